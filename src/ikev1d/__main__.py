@@ -1,0 +1,3 @@
+from ikev1d.cli import main
+
+raise SystemExit(main())

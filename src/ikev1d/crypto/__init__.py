@@ -1,0 +1,1 @@
+"""ikev1d.crypto"""
