@@ -1,0 +1,113 @@
+"""What the protocol engine exchanges with the outside world.
+
+The engine is sans-I/O (STYLE.md): it is fed datagrams with their addresses and
+the current time, and it hands back datagrams to send, the time of its next
+timer and events. Only ``ikev1d.io`` touches sockets; only the data plane
+installs keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+Endpoint: TypeAlias = tuple[str, int]
+"""(address, UDP port); the port tells the I/O layer which socket: 500 or 4500."""
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """One ISAKMP message on the wire.
+
+    ``data`` never carries the RFC 3948 non-ESP marker: the I/O layer adds it
+    when sending from/to port 4500 and strips it on receipt.
+    """
+
+    data: bytes
+    local: Endpoint
+    remote: Endpoint
+
+
+@dataclass(frozen=True)
+class IkeSaEstablished:
+    conn: str
+    ike_id: int
+    local: Endpoint
+    remote: Endpoint
+    local_id: str
+    remote_id: str
+    proposal: str
+    auth: str
+    initiator: bool
+
+
+@dataclass(frozen=True)
+class IkeSaDeleted:
+    conn: str
+    ike_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChildSaEstablished:
+    """An IPsec SA pair is negotiated: everything a data plane needs to install it.
+
+    ``keymat_in`` protects traffic we receive (SPI ``spi_in``, chosen by us);
+    ``keymat_out`` traffic we send (SPI ``spi_out``, chosen by the peer). Each is
+    the encryption key (with the 4-byte salt for AES-GCM) followed by the
+    integrity key, RFC 2409 section 5.5.
+    """
+
+    conn: str
+    child: str
+    ike_id: int
+    child_id: int
+    spi_in: int
+    spi_out: int
+    proposal: str
+    encryption: str
+    key_length: int
+    icv_length: int
+    integrity: str | None
+    mode: str
+    encap: bool
+    local: Endpoint
+    remote: Endpoint
+    local_ts: tuple[Network, ...]
+    remote_ts: tuple[Network, ...]
+    keymat_in: bytes = field(repr=False)
+    keymat_out: bytes = field(repr=False)
+    lifetime_s: float = 3600.0
+    life_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ChildSaDeleted:
+    conn: str
+    child: str
+    ike_id: int
+    child_id: int
+    spi_in: int
+    spi_out: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConnectionFailed:
+    """An exchange for ``conn`` (and ``child``, if known) failed; ``reason`` is for people."""
+
+    conn: str
+    child: str | None
+    reason: str
+
+
+Event: TypeAlias = (
+    IkeSaEstablished | IkeSaDeleted | ChildSaEstablished | ChildSaDeleted | ConnectionFailed
+)
+
+
+class EngineError(Exception):
+    """The engine was misused locally (unknown connection name, ...), not a peer problem."""
