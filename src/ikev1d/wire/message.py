@@ -1,0 +1,327 @@
+"""ISAKMP header and payload chain (RFC 2408 §3.1, §3.2).
+
+A plaintext message is ``Message(header, payloads)``. Encrypted messages
+(E flag, RFC 2408 §3.1) are taken apart in two steps because decryption
+belongs to the engine: ``split_message`` gives the header and the ciphertext,
+the engine decrypts, then ``decode_payloads(header.next_payload, plaintext,
+allow_trailing=True)`` ignores the RFC 2409 §5.3 padding after the last
+payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from ._reader import Reader
+from .enums import ExchangeType, Flags, PayloadType
+from .errors import (
+    EncryptedMessageError,
+    InvalidPayloadTypeError,
+    InvalidVersionError,
+    LengthMismatchError,
+    TruncatedError,
+    WireError,
+)
+from .payloads import (
+    GENERIC_HEADER_LENGTH,
+    AttributePayload,
+    CertPayload,
+    CrPayload,
+    DeletePayload,
+    FragmentPayload,
+    HashPayload,
+    IdPayload,
+    KePayload,
+    NatDPayload,
+    NatOaPayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    SaPayload,
+    SigPayload,
+    UnknownPayload,
+    VendorIdPayload,
+)
+
+__all__ = [
+    "HEADER_LENGTH",
+    "ISAKMP_VERSION",
+    "NON_ESP_MARKER",
+    "Header",
+    "Message",
+    "PayloadSpan",
+    "decode_header",
+    "decode_message",
+    "decode_payload_spans",
+    "decode_payloads",
+    "encode_header",
+    "encode_payloads",
+    "first_payload_type",
+    "split_message",
+    "strip_non_esp_marker",
+]
+
+HEADER_LENGTH = 28
+ISAKMP_VERSION = 0x10  # major 1, minor 0 (RFC 2408 §3.1)
+COOKIE_LENGTH = 8
+
+# RFC 3948 §2.2: on UDP 4500 IKE messages are preceded by four zero bytes.
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """RFC 2408 §3.1 ISAKMP header."""
+
+    initiator_cookie: bytes
+    responder_cookie: bytes
+    next_payload: int
+    exchange_type: int
+    flags: int
+    message_id: int
+    length: int = 0
+    major_version: int = 1
+    minor_version: int = 0
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & Flags.ENCRYPTION)
+
+    @property
+    def cookies(self) -> bytes:
+        """CKY-I | CKY-R, the ISAKMP SPI of RFC 2408 §2.4."""
+        return self.initiator_cookie + self.responder_cookie
+
+
+def decode_header(data: bytes) -> Header:
+    """Parse the 28-byte header; the length field must be >= 28 and <= len(data)."""
+    if len(data) < HEADER_LENGTH:
+        raise TruncatedError(f"ISAKMP header needs {HEADER_LENGTH} bytes, got {len(data)}")
+    r = Reader(data[:HEADER_LENGTH], "ISAKMP header")
+    icookie = r.take(COOKIE_LENGTH, "initiator cookie")
+    rcookie = r.take(COOKIE_LENGTH, "responder cookie")
+    next_payload = PayloadType(r.u8("next payload"))
+    version = r.u8("version")
+    exchange_type = ExchangeType(r.u8("exchange type"))
+    flags = Flags(r.u8("flags"))
+    message_id = r.u32("message id")
+    length = r.u32("length")
+    major, minor = version >> 4, version & 0x0F
+    if major != 1:
+        # RFC 2408 §5.2: a major version we do not speak is INVALID-MAJOR-VERSION.
+        raise InvalidVersionError(f"ISAKMP major version {major}, only 1 is supported")
+    if length < HEADER_LENGTH:
+        raise LengthMismatchError(f"ISAKMP length field {length} < {HEADER_LENGTH}")
+    if length > len(data):
+        raise TruncatedError(f"ISAKMP length field {length} > {len(data)} bytes received")
+    return Header(
+        icookie, rcookie, next_payload, exchange_type, flags, message_id, length, major, minor
+    )
+
+
+def split_message(data: bytes) -> tuple[Header, bytes]:
+    """The header and the body ``data[28:length]`` (ciphertext when encrypted).
+
+    Bytes after ``length`` in the datagram are ignored.
+    """
+    header = decode_header(data)
+    return header, bytes(data[HEADER_LENGTH : header.length])
+
+
+def encode_header(header: Header, body_length: int) -> bytes:
+    """The 28 header bytes, with length = 28 + body_length (``header.length`` is ignored)."""
+    if len(header.initiator_cookie) != COOKIE_LENGTH or len(header.responder_cookie) != 8:
+        raise ValueError("ISAKMP cookies are 8 bytes each")
+    if not (0 <= header.major_version < 16 and 0 <= header.minor_version < 16):
+        raise ValueError("ISAKMP version fields are 4 bits")
+    length = HEADER_LENGTH + body_length
+    if length > 0xFFFFFFFF:
+        raise ValueError("message too long")
+    return (
+        header.initiator_cookie
+        + header.responder_cookie
+        + bytes(
+            (
+                header.next_payload,
+                (header.major_version << 4) | header.minor_version,
+                header.exchange_type,
+                header.flags,
+            )
+        )
+        + header.message_id.to_bytes(4, "big")
+        + length.to_bytes(4, "big")
+    )
+
+
+# --------------------------------------------------------------------------- payload chain
+
+
+def first_payload_type(payloads: Sequence[Payload]) -> int:
+    """The header's next-payload value for this chain (NONE when empty)."""
+    return int(payloads[0].payload_type) if payloads else int(PayloadType.NONE)
+
+
+def encode_payloads(payloads: Sequence[Payload]) -> bytes:
+    """Payloads with their generic headers, next-payload fields chained, the last NONE."""
+    out = bytearray()
+    for i, p in enumerate(payloads):
+        nxt = int(payloads[i + 1].payload_type) if i + 1 < len(payloads) else 0
+        body = p.encode_body()
+        length = GENERIC_HEADER_LENGTH + len(body)
+        if length > 0xFFFF:
+            raise ValueError(f"{p.payload_type} payload is {length} bytes, over 65535")
+        out += bytes((nxt, 0)) + length.to_bytes(2, "big") + body
+    return bytes(out)
+
+
+def _decode_unknown(payload_type: int) -> Callable[[bytes], Payload]:
+    def decode(body: bytes) -> Payload:
+        return UnknownPayload(payload_type, body)
+
+    return decode
+
+
+def _decode_natd_draft(body: bytes) -> Payload:
+    return NatDPayload(body, draft=True)
+
+
+def _decode_natoa_draft(body: bytes) -> Payload:
+    p = NatOaPayload.decode_body(body)
+    return NatOaPayload(p.id_type, p.data, draft=True)
+
+
+_DECODERS: dict[int, Callable[[bytes], Payload]] = {
+    PayloadType.SA: SaPayload.decode_body,
+    PayloadType.KE: KePayload.decode_body,
+    PayloadType.ID: IdPayload.decode_body,
+    PayloadType.CERT: CertPayload.decode_body,
+    PayloadType.CR: CrPayload.decode_body,
+    PayloadType.HASH: HashPayload.decode_body,
+    PayloadType.SIG: SigPayload.decode_body,
+    PayloadType.NONCE: NoncePayload.decode_body,
+    PayloadType.NOTIFICATION: NotifyPayload.decode_body,
+    PayloadType.DELETE: DeletePayload.decode_body,
+    PayloadType.VENDOR_ID: VendorIdPayload.decode_body,
+    PayloadType.ATTRIBUTE: AttributePayload.decode_body,
+    PayloadType.NAT_D: NatDPayload.decode_body,
+    PayloadType.NAT_OA: NatOaPayload.decode_body,
+    PayloadType.NAT_D_DRAFT: _decode_natd_draft,
+    PayloadType.NAT_OA_DRAFT: _decode_natoa_draft,
+    PayloadType.FRAGMENT: FragmentPayload.decode_body,
+}
+
+# RFC 2408 §3.5/§3.6: proposal and transform payloads only exist inside an SA.
+_NESTED_ONLY = frozenset({int(PayloadType.PROPOSAL), int(PayloadType.TRANSFORM)})
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadSpan:
+    """A decoded payload and where it sat in the body: ``body[start:end]`` is the whole
+    payload including its generic header, ``body[start + 4:end]`` its body (e.g.
+    SAi_b of RFC 2409 §5 exactly as the peer sent it)."""
+
+    payload: Payload
+    start: int
+    end: int
+
+
+def decode_payload_spans(
+    first_type: int, body: bytes, *, allow_trailing: bool = False
+) -> tuple[PayloadSpan, ...]:
+    """Like :func:`decode_payloads`, also giving each payload's byte range in ``body``."""
+    r = Reader(body, "payload chain")
+    spans: list[PayloadSpan] = []
+    current = int(first_type)
+    index = 0
+    while current != PayloadType.NONE:
+        start = r.offset
+        what = f"payload {index} ({PayloadType(current)})"
+        if current in _NESTED_ONLY:
+            raise InvalidPayloadTypeError(f"{what} outside an SA payload")
+        if r.remaining() < GENERIC_HEADER_LENGTH:
+            raise TruncatedError(f"{what}: {r.remaining()} bytes left, header needs 4")
+        nxt = r.u8("next payload")
+        r.u8("reserved")
+        length = r.u16("payload length")
+        if length < GENERIC_HEADER_LENGTH:
+            raise LengthMismatchError(f"{what}: length field {length} < 4")
+        if length - GENERIC_HEADER_LENGTH > r.remaining():
+            raise TruncatedError(
+                f"{what}: length field {length}, only "
+                f"{r.remaining() + GENERIC_HEADER_LENGTH} bytes left"
+            )
+        payload_body = r.take(length - GENERIC_HEADER_LENGTH, "payload body")
+        decoder = _DECODERS.get(current) or _decode_unknown(current)
+        try:
+            payload = decoder(payload_body)
+        except WireError as e:
+            raise type(e)(f"{what}: {e}", e.notify) from e
+        spans.append(PayloadSpan(payload, start, r.offset))
+        current = nxt
+        index += 1
+    if r.remaining() and not allow_trailing:
+        raise LengthMismatchError(
+            f"{r.remaining()} bytes after the last payload (next payload NONE)"
+        )
+    return tuple(spans)
+
+
+def decode_payloads(
+    first_type: int, body: bytes, *, allow_trailing: bool = False
+) -> tuple[Payload, ...]:
+    """Decode a payload chain starting with ``first_type`` (the header's next payload).
+
+    Every generic length must be >= 4 and fit in what is left; every nested
+    length too. With ``allow_trailing`` bytes after the payload whose next
+    payload is NONE are ignored (padding of a decrypted body, RFC 2409 §5.3);
+    without, they are a LengthMismatchError.
+    """
+    return tuple(
+        s.payload for s in decode_payload_spans(first_type, body, allow_trailing=allow_trailing)
+    )
+
+
+# --------------------------------------------------------------------------- message
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A plaintext ISAKMP message."""
+
+    header: Header
+    payloads: tuple[Payload, ...]
+
+    def encode(self) -> bytes:
+        """Wire bytes; the header's next payload and length are filled in."""
+        body = encode_payloads(self.payloads)
+        header = replace(self.header, next_payload=first_payload_type(self.payloads))
+        return encode_header(header, len(body)) + body
+
+    def normalized(self) -> Message:
+        """This message with the header fields encode() fills in, as decode would give it."""
+        body_len = len(encode_payloads(self.payloads))
+        return replace(
+            self,
+            header=replace(
+                self.header,
+                next_payload=first_payload_type(self.payloads),
+                length=HEADER_LENGTH + body_len,
+            ),
+        )
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode a plaintext message; one with the E flag set raises EncryptedMessageError."""
+    header, body = split_message(data)
+    if header.encrypted:
+        raise EncryptedMessageError("message is encrypted; use split_message + decrypt")
+    return Message(header, decode_payloads(header.next_payload, body))
+
+
+def strip_non_esp_marker(datagram: bytes) -> bytes | None:
+    """For a datagram on UDP 4500: the IKE message after the non-ESP marker, or
+    None when it is ESP (RFC 3948 §2.2: a non-zero SPI where the marker would be)."""
+    if len(datagram) >= 4 and datagram[:4] == NON_ESP_MARKER:
+        return datagram[4:]
+    return None
