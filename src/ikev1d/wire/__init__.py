@@ -58,13 +58,13 @@ from .ids import (
 from .message import (
     HEADER_LENGTH,
     NON_ESP_MARKER,
+    DecodedPayload,
     Header,
     Message,
-    PayloadSpan,
     decode_header,
     decode_message,
-    decode_payload_spans,
     decode_payloads,
+    decode_payloads_with_spans,
     encode_header,
     encode_payloads,
     first_payload_type,
@@ -94,6 +94,7 @@ from .payloads import (
     VendorIdPayload,
     make_attribute,
 )
+from .spans import PayloadSpan, payload_spans
 
 __all__ = [
     "DOI",
@@ -105,6 +106,7 @@ __all__ = [
     "CertEncoding",
     "CertPayload",
     "CrPayload",
+    "DecodedPayload",
     "DeletePayload",
     "DhGroup",
     "EncapsulationMode",
@@ -154,8 +156,8 @@ __all__ = [
     "XauthType",
     "decode_header",
     "decode_message",
-    "decode_payload_spans",
     "decode_payloads",
+    "decode_payloads_with_spans",
     "dn_to_text",
     "encode_header",
     "encode_payloads",
@@ -170,6 +172,7 @@ __all__ = [
     "id_to_network",
     "id_to_text",
     "make_attribute",
+    "payload_spans",
     "split_message",
     "strip_non_esp_marker",
 ]

@@ -48,13 +48,13 @@ __all__ = [
     "HEADER_LENGTH",
     "ISAKMP_VERSION",
     "NON_ESP_MARKER",
+    "DecodedPayload",
     "Header",
     "Message",
-    "PayloadSpan",
     "decode_header",
     "decode_message",
-    "decode_payload_spans",
     "decode_payloads",
+    "decode_payloads_with_spans",
     "encode_header",
     "encode_payloads",
     "first_payload_type",
@@ -216,7 +216,7 @@ _NESTED_ONLY = frozenset({int(PayloadType.PROPOSAL), int(PayloadType.TRANSFORM)}
 
 
 @dataclass(frozen=True, slots=True)
-class PayloadSpan:
+class DecodedPayload:
     """A decoded payload and where it sat in the body: ``body[start:end]`` is the whole
     payload including its generic header, ``body[start + 4:end]`` its body (e.g.
     SAi_b of RFC 2409 §5 exactly as the peer sent it)."""
@@ -225,13 +225,25 @@ class PayloadSpan:
     start: int
     end: int
 
+    @property
+    def payload_type(self) -> int:
+        return int(self.payload.payload_type)
 
-def decode_payload_spans(
+    def body(self, data: bytes) -> bytes:
+        """The payload body as received, without the generic header (the "_b" of RFC 2409)."""
+        return data[self.start + GENERIC_HEADER_LENGTH : self.end]
+
+    def raw(self, data: bytes) -> bytes:
+        """The whole payload as received, generic header included."""
+        return data[self.start : self.end]
+
+
+def decode_payloads_with_spans(
     first_type: int, body: bytes, *, allow_trailing: bool = False
-) -> tuple[PayloadSpan, ...]:
+) -> tuple[DecodedPayload, ...]:
     """Like :func:`decode_payloads`, also giving each payload's byte range in ``body``."""
     r = Reader(body, "payload chain")
-    spans: list[PayloadSpan] = []
+    spans: list[DecodedPayload] = []
     current = int(first_type)
     index = 0
     while current != PayloadType.NONE:
@@ -257,7 +269,7 @@ def decode_payload_spans(
             payload = decoder(payload_body)
         except WireError as e:
             raise type(e)(f"{what}: {e}", e.notify) from e
-        spans.append(PayloadSpan(payload, start, r.offset))
+        spans.append(DecodedPayload(payload, start, r.offset))
         current = nxt
         index += 1
     if r.remaining() and not allow_trailing:
@@ -278,7 +290,8 @@ def decode_payloads(
     without, they are a LengthMismatchError.
     """
     return tuple(
-        s.payload for s in decode_payload_spans(first_type, body, allow_trailing=allow_trailing)
+        s.payload
+        for s in decode_payloads_with_spans(first_type, body, allow_trailing=allow_trailing)
     )
 
 
