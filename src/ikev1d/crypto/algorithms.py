@@ -1,0 +1,153 @@
+"""Phase 1 primitives by strongSwan-style names: hashes, the HMAC PRF, CBC ciphers.
+
+RFC 2409 §4: "the pseudo-random function is the HMAC version of the negotiated hash
+algorithm" unless a PRF is negotiated (none is, in practice). Encryption is CBC over
+the payloads following the ISAKMP header (RFC 2408 §3.1 E flag, RFC 2409 Appendix B).
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
+
+from ikev1d.crypto.errors import CryptoError, DecryptError
+
+__all__ = [
+    "CIPHERS",
+    "HASHES",
+    "IkeCipher",
+    "cipher_key_length",
+    "digest_size",
+    "hash_digest",
+    "pad_plaintext",
+    "prf",
+]
+
+_HASH_TYPES: dict[str, type[hashes.HashAlgorithm]] = {
+    "md5": hashes.MD5,  # RFC 2409 Appendix A, hash 1
+    "sha1": hashes.SHA1,  # hash 2
+    "sha256": hashes.SHA256,  # RFC 4868 §2.4 / IANA IKE hash 4
+    "sha384": hashes.SHA384,  # hash 5
+    "sha512": hashes.SHA512,  # hash 6
+}
+_HASH_INSTANCES: dict[str, hashes.HashAlgorithm] = {n: t() for n, t in _HASH_TYPES.items()}
+
+HASHES: frozenset[str] = frozenset(_HASH_TYPES)
+CIPHERS: frozenset[str] = frozenset({"aes", "3des"})
+
+
+def _hash(alg: str) -> hashes.HashAlgorithm:
+    try:
+        return _HASH_INSTANCES[alg]
+    except KeyError:
+        raise CryptoError(f"unknown hash algorithm {alg!r}") from None
+
+
+def digest_size(alg: str) -> int:
+    """Output length in octets of hash `alg` (and of its HMAC PRF)."""
+    return _hash(alg).digest_size
+
+
+def hash_digest(alg: str, data: bytes) -> bytes:
+    """The negotiated hash over `data` (used by SKEYID for PKE, IVs and NAT-D)."""
+    h = hashes.Hash(_hash(alg))
+    h.update(data)
+    return h.finalize()
+
+
+def prf(alg: str, key: bytes, data: bytes) -> bytes:
+    """prf(key, data): HMAC with the negotiated hash (RFC 2409 §4, RFC 2104)."""
+    mac = hmac.HMAC(key, _hash(alg))
+    mac.update(data)
+    return mac.finalize()
+
+
+def cipher_key_length(alg: str, key_bits: int | None) -> int:
+    """Encryption key length in octets for a Phase 1 cipher.
+
+    3des: always 24 octets (RFC 2409 Appendix A, the Key Length attribute is not sent).
+    aes: the negotiated Key Length attribute (RFC 3602 §5.3 semantics), 128/192/256.
+    """
+    if alg == "3des":
+        if key_bits not in (None, 192):
+            raise CryptoError(f"3des has a fixed 192-bit key, not {key_bits}")
+        return 24
+    if alg == "aes":
+        if key_bits not in (128, 192, 256):
+            raise CryptoError(f"aes needs a key length of 128, 192 or 256 bits, not {key_bits}")
+        return key_bits // 8
+    raise CryptoError(f"unknown cipher {alg!r}")
+
+
+def pad_plaintext(data: bytes, block_size: int) -> bytes:
+    """Pad the payload chain to a whole number of cipher blocks before encryption.
+
+    RFC 2409 leaves the padding content open; strongSwan (encrypted_payload.c,
+    encrypt_v1) always appends 1..block_size zero octets, so the message is never
+    exactly aligned before padding. We do the same: zeros are what every receiver
+    tolerates (the payload chain's lengths say where the data ends, and an
+    implementation reading the last octet as a pad length reads 0). Receivers must
+    accept any padding: ikev1d ignores the octets after the last payload.
+    """
+    if block_size <= 0:
+        raise CryptoError("block size must be positive")
+    return data + bytes(block_size - len(data) % block_size)
+
+
+class IkeCipher:
+    """CBC encryption of ISAKMP payloads (RFC 2409 Appendix B) with one key."""
+
+    __slots__ = ("_algorithm", "alg", "block_size", "key_length")
+
+    alg: str
+    block_size: int
+    key_length: int
+
+    def __init__(self, alg: str, key: bytes) -> None:
+        algorithm: CipherAlgorithm
+        if alg == "aes":
+            if len(key) not in (16, 24, 32):
+                raise CryptoError(f"aes key must be 16, 24 or 32 octets, not {len(key)}")
+            algorithm = algorithms.AES(key)
+            self.block_size = 16
+        elif alg == "3des":
+            if len(key) != 24:
+                raise CryptoError(f"3des key must be 24 octets, not {len(key)}")
+            algorithm = TripleDES(key)
+            self.block_size = 8
+        else:
+            raise CryptoError(f"unknown cipher {alg!r}")
+        self.alg = alg
+        self.key_length = len(key)
+        self._algorithm = algorithm
+
+    def __repr__(self) -> str:  # never show the key
+        return f"IkeCipher({self.alg!r}, key_length={self.key_length})"
+
+    def _cipher(self, iv: bytes) -> Cipher[modes.CBC]:
+        if len(iv) != self.block_size:
+            raise CryptoError(f"IV must be {self.block_size} octets, not {len(iv)}")
+        return Cipher(self._algorithm, modes.CBC(iv))
+
+    def encrypt(self, iv: bytes, plaintext: bytes) -> bytes:
+        """CBC-encrypt already padded plaintext (see pad_plaintext)."""
+        if not plaintext or len(plaintext) % self.block_size:
+            raise CryptoError(
+                f"plaintext length {len(plaintext)} is not a positive multiple of "
+                f"the block size {self.block_size}"
+            )
+        enc = self._cipher(iv).encryptor()
+        return enc.update(plaintext) + enc.finalize()
+
+    def decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
+        """CBC-decrypt; DecryptError unless the ciphertext is whole, non-empty blocks."""
+        if not ciphertext or len(ciphertext) % self.block_size:
+            raise DecryptError(
+                f"ciphertext length {len(ciphertext)} is not a positive multiple of "
+                f"the block size {self.block_size}"
+            )
+        if len(iv) != self.block_size:
+            raise DecryptError(f"IV must be {self.block_size} octets, not {len(iv)}")
+        dec = self._cipher(iv).decryptor()
+        return dec.update(ciphertext) + dec.finalize()
