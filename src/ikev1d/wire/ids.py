@@ -108,10 +108,11 @@ def id_to_network(p: IdPayload) -> IPNetwork | None:
         return ipaddress.ip_network(ipaddress.ip_address(p.data))
     if t in (IdType.IPV4_ADDR_SUBNET, IdType.IPV6_ADDR_SUBNET):
         addr, mask = _addresses(p)
-        try:
-            return ipaddress.ip_network(f"{addr}/{mask}", strict=False)
-        except ValueError:  # non-contiguous mask
+        bits = addr.max_prefixlen
+        host = ~int(mask) & ((1 << bits) - 1)
+        if host & (host + 1):  # non-contiguous mask: not a CIDR block
             return None
+        return ipaddress.ip_network((addr, bits - host.bit_length()), strict=False)
     if t in (IdType.IPV4_ADDR_RANGE, IdType.IPV6_ADDR_RANGE):
         first, last = _addresses(p)
         if int(first) > int(last):
