@@ -94,7 +94,6 @@ from .payloads import (
     VendorIdPayload,
     make_attribute,
 )
-from .spans import PayloadSpan, payload_spans
 
 __all__ = [
     "DOI",
@@ -141,7 +140,6 @@ __all__ = [
     "NotifyType",
     "OpenIntEnum",
     "Payload",
-    "PayloadSpan",
     "PayloadType",
     "Proposal",
     "ProtocolId",
@@ -172,7 +170,6 @@ __all__ = [
     "id_to_network",
     "id_to_text",
     "make_attribute",
-    "payload_spans",
     "split_message",
     "strip_non_esp_marker",
 ]
