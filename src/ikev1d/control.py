@@ -1,0 +1,182 @@
+"""The control protocol between ``ikev1d`` commands and the daemon (no I/O here).
+
+Over a Unix stream socket, one connection per command:
+
+* the client sends one request: a JSON object on one line (UTF-8, ``\\n``-terminated)::
+
+      {"command": "up", "name": "site-b", "child": null, "timeout": 90}
+      {"command": "down", "name": "site-b"}
+      {"command": "status"}
+      {"command": "reload"}
+      {"command": "ping"}
+
+* the daemon answers with JSON lines. Zero or more progress lines
+  (``{"progress": "ISAKMP SA established ..."}``, only for ``up``) are followed
+  by exactly one final line that has an ``ok`` member and a ``message``::
+
+      {"ok": true, "message": "site-b: established net"}
+      {"ok": false, "message": "site-b: NO-PROPOSAL-CHOSEN ..."}
+      {"ok": true, "message": "", "status": {"ike_sas": [...]}}
+
+  then it closes the connection.
+
+The socket path is ``--socket``, else ``$IKEV1D_SOCKET``, else
+``/run/ikev1d/ikev1d.sock``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+DEFAULT_SOCKET_PATH = "/run/ikev1d/ikev1d.sock"
+SOCKET_ENV = "IKEV1D_SOCKET"
+MAX_LINE = 1 << 20
+"""Longest request or response line accepted (a large status document fits)."""
+DEFAULT_UP_TIMEOUT = 90.0
+"""Seconds ``up`` waits: longer than the default retransmission schedule."""
+
+
+class ControlProtocolError(Exception):
+    """A malformed request or response line; the message is for people."""
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    name: str
+    child: str | None = None
+    timeout: float = DEFAULT_UP_TIMEOUT
+
+
+@dataclass(frozen=True)
+class DownRequest:
+    name: str
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class ReloadRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class PingRequest:
+    pass
+
+
+Request: TypeAlias = UpRequest | DownRequest | StatusRequest | ReloadRequest | PingRequest
+
+
+def resolve_socket_path(option: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``--socket``, else ``$IKEV1D_SOCKET``, else the default path."""
+    if option:
+        return option
+    env = os.environ if environ is None else environ
+    return env.get(SOCKET_ENV) or DEFAULT_SOCKET_PATH
+
+
+def encode_request(request: Request) -> bytes:
+    body: dict[str, Any]
+    match request:
+        case UpRequest(name=name, child=child, timeout=timeout):
+            body = {"command": "up", "name": name, "child": child, "timeout": timeout}
+        case DownRequest(name=name):
+            body = {"command": "down", "name": name}
+        case StatusRequest():
+            body = {"command": "status"}
+        case ReloadRequest():
+            body = {"command": "reload"}
+        case PingRequest():
+            body = {"command": "ping"}
+    return _line(body)
+
+
+def _load_object(line: bytes) -> dict[str, Any]:
+    if len(line) > MAX_LINE:
+        raise ControlProtocolError("line too long")
+    try:
+        body = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ControlProtocolError(f"not a JSON line: {exc}") from None
+    if not isinstance(body, dict):
+        raise ControlProtocolError("not a JSON object")
+    return body
+
+
+def _name(body: Mapping[str, Any]) -> str:
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ControlProtocolError("'name' must be a non-empty string")
+    return name
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse one request line; raises ControlProtocolError."""
+    body = _load_object(line)
+    command = body.get("command")
+    if command == "up":
+        child = body.get("child")
+        if child is not None and (not isinstance(child, str) or not child):
+            raise ControlProtocolError("'child' must be a non-empty string or null")
+        timeout = body.get("timeout", DEFAULT_UP_TIMEOUT)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ControlProtocolError("'timeout' must be a positive number of seconds")
+        return UpRequest(_name(body), child, float(timeout))
+    if command == "down":
+        return DownRequest(_name(body))
+    if command == "status":
+        return StatusRequest()
+    if command == "reload":
+        return ReloadRequest()
+    if command == "ping":
+        return PingRequest()
+    raise ControlProtocolError(f"unknown command {command!r}")
+
+
+def _line(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def encode_progress(message: str) -> bytes:
+    return _line({"progress": message})
+
+
+def encode_response(ok: bool, message: str = "", **extra: Any) -> bytes:
+    return _line({"ok": ok, "message": message, **extra})
+
+
+@dataclass(frozen=True)
+class Response:
+    """A decoded daemon line: ``final`` is False for progress lines."""
+
+    final: bool
+    ok: bool
+    message: str
+    body: dict[str, Any]
+
+
+def decode_response(line: bytes) -> Response:
+    body = _load_object(line)
+    if "ok" in body:
+        ok = body["ok"]
+        message = body.get("message", "")
+        if not isinstance(ok, bool) or not isinstance(message, str):
+            raise ControlProtocolError("bad final line: 'ok' must be a bool, 'message' a string")
+        return Response(True, ok, message, body)
+    progress = body.get("progress")
+    if not isinstance(progress, str):
+        raise ControlProtocolError("line has neither 'ok' nor 'progress'")
+    return Response(False, True, progress, body)

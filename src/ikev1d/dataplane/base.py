@@ -1,0 +1,118 @@
+"""The interface between the daemon and a data plane backend, and the "none" backend.
+
+The daemon hands every ``ChildSaEstablished`` event to ``install`` and every
+``ChildSaDeleted`` to ``remove``; it asks ``counters`` when building the status
+document. UDP-encapsulated ESP (RFC 3948) arrives on the daemon's NAT-T socket,
+which IKE shares, so the daemon passes those packets to ``receive_esp_udp`` and
+gives the backend a way to send them with ``attach``.
+
+A backend module ``ikev1d.dataplane.<name>`` provides
+``create_backend(config: ikev1d.config.Config) -> DataplaneBackend`` and raises
+``DataplaneError`` when it cannot start (no /dev/net/tun, no XFRM, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint
+
+if TYPE_CHECKING:
+    import asyncio
+
+SendUdp = Callable[[bytes, Endpoint, Endpoint], None]
+"""``send_udp(esp_packet, local, remote)``: send UDP-encapsulated ESP from ``local``."""
+
+BACKEND_NAMES = ("userspace", "kernel", "none")
+
+
+class DataplaneError(Exception):
+    """A backend failed to start, install or remove an SA; the message is for people."""
+
+
+def zero_counters() -> dict[str, int]:
+    return {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
+
+
+@runtime_checkable
+class DataplaneBackend(Protocol):
+    """What the daemon needs from a data plane."""
+
+    name: str
+
+    def attach(self, send_udp: SendUdp, loop: asyncio.AbstractEventLoop) -> None:
+        """Called once before any other call: how to send UDP-encapsulated ESP, and
+        the event loop to register readers (TUN, raw ESP socket) with."""
+
+    def install(self, sa: ChildSaEstablished) -> None:
+        """Install both directions of an IPsec SA (and its policies/routes)."""
+
+    def remove(self, sa: ChildSaDeleted) -> None:
+        """Remove the SA pair; an unknown SPI pair is not an error."""
+
+    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
+        """``bytes_in``, ``bytes_out``, ``packets_in``, ``packets_out`` of an SA pair."""
+
+    def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        """An ESP packet that arrived UDP-encapsulated (marker and UDP header removed)."""
+
+    def close(self) -> None:
+        """Remove everything installed and release devices; called exactly once."""
+
+
+class NoneBackend:
+    """``dataplane = "none"``: keying only. Installs nothing, counts nothing."""
+
+    name = "none"
+
+    def __init__(self) -> None:
+        self.installed: dict[tuple[int, int], ChildSaEstablished] = {}
+        self.closed = False
+
+    def attach(self, send_udp: SendUdp, loop: asyncio.AbstractEventLoop) -> None:
+        pass
+
+    def install(self, sa: ChildSaEstablished) -> None:
+        # Kept only so tests and status can see what would have been installed.
+        self.installed[(sa.spi_in, sa.spi_out)] = sa
+
+    def remove(self, sa: ChildSaDeleted) -> None:
+        self.installed.pop((sa.spi_in, sa.spi_out), None)
+
+    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
+        return zero_counters()
+
+    def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        pass
+
+    def close(self) -> None:
+        self.installed.clear()
+        self.closed = True
+
+
+def create_backend(name: str, config: object = None) -> DataplaneBackend:
+    """The backend called ``name``; others than "none" are imported on first use.
+
+    Raises DataplaneError for an unknown name, a backend module that is missing
+    or broken, or a backend that cannot start.
+    """
+    if name == "none":
+        return NoneBackend()
+    if name not in BACKEND_NAMES:
+        raise DataplaneError(
+            f"unknown data plane {name!r} (use one of: {', '.join(BACKEND_NAMES)})"
+        )
+    try:
+        module = importlib.import_module(f"ikev1d.dataplane.{name}")
+        factory = module.create_backend
+    except (ImportError, AttributeError) as exc:
+        raise DataplaneError(f"data plane {name!r} is not available: {exc}") from exc
+    try:
+        backend = factory(config)
+    except OSError as exc:
+        raise DataplaneError(f"data plane {name!r} cannot start: {exc}") from exc
+    if not isinstance(backend, DataplaneBackend):
+        raise DataplaneError(f"data plane {name!r} is not available: bad backend object")
+    return backend
