@@ -1,0 +1,143 @@
+"""ikev1d.crypto.algorithms: the HMAC PRF against RFC 4231 / RFC 2202 vectors, hashes
+against FIPS 180 / RFC 1321 "abc" digests, CBC against NIST SP 800-38A, padding."""
+
+from __future__ import annotations
+
+import pytest
+
+from ikev1d.crypto import (
+    HASHES,
+    CryptoError,
+    DecryptError,
+    IkeCipher,
+    cipher_key_length,
+    digest_size,
+    hash_digest,
+    pad_plaintext,
+    prf,
+)
+
+# RFC 4231 §4.2 (test case 1) and §4.3 (test case 2); RFC 2202 §2/§3 test cases 1 and 2.
+HMAC_VECTORS = [
+    ("md5", b"\x0b" * 16, b"Hi There", "9294727a3638bb1c13f48ef8158bfc9d"),
+    ("md5", b"Jefe", b"what do ya want for nothing?", "750c783e6ab0b503eaa86e310a5db738"),
+    ("sha1", b"\x0b" * 20, b"Hi There", "b617318655057264e28bc0b6fb378c8ef146be00"),
+    ("sha1", b"Jefe", b"what do ya want for nothing?", "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"),
+    (
+        "sha256",
+        b"\x0b" * 20,
+        b"Hi There",
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+    ),
+    (
+        "sha256",
+        b"Jefe",
+        b"what do ya want for nothing?",
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+    ),
+    (
+        "sha384",
+        b"\x0b" * 20,
+        b"Hi There",
+        "afd03944d84895626b0825f4ab46907f15f9dadbe4101ec682aa034c7cebc59c"
+        "faea9ea9076ede7f4af152e8b2fa9cb6",
+    ),
+    (
+        "sha512",
+        b"\x0b" * 20,
+        b"Hi There",
+        "87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cde"
+        "daa833b7d6b8a702038b274eaea3f4e4be9d914eeb61f1702e696c203a126854",
+    ),
+]
+
+
+@pytest.mark.parametrize(("alg", "key", "data", "expected"), HMAC_VECTORS)
+def test_prf_is_hmac_rfc_vectors(alg: str, key: bytes, data: bytes, expected: str) -> None:
+    assert prf(alg, key, data) == bytes.fromhex(expected)
+    assert digest_size(alg) == len(bytes.fromhex(expected))
+
+
+def test_prf_long_key_rfc4231_case6() -> None:
+    # RFC 4231 §4.7: a 131-octet key is hashed first (HMAC detail the PRF inherits).
+    key = b"\xaa" * 131
+    data = b"Test Using Larger Than Block-Size Key - Hash Key First"
+    expected = "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+    assert prf("sha256", key, data) == bytes.fromhex(expected)
+
+
+def test_hash_digest_abc() -> None:
+    # RFC 1321 appendix A.5, FIPS 180-2 appendix B.1
+    assert hash_digest("md5", b"abc").hex() == "900150983cd24fb0d6963f7d28e17f72"
+    assert hash_digest("sha1", b"abc").hex() == "a9993e364706816aba3e25717850c26c9cd0d89d"
+    assert hash_digest("sha256", b"abc").hex() == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+    assert HASHES == {"md5", "sha1", "sha256", "sha384", "sha512"}
+    with pytest.raises(CryptoError):
+        hash_digest("sha3", b"")
+    with pytest.raises(CryptoError):
+        prf("whirlpool", b"k", b"")
+
+
+def test_aes_cbc_nist_sp800_38a() -> None:
+    # NIST SP 800-38A F.2.1 CBC-AES128.Encrypt, first two blocks
+    key = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
+    iv = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+    plaintext = bytes.fromhex("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51")
+    ciphertext = bytes.fromhex("7649abac8119b246cee98e9b12e9197d5086cb9b507219ee95db113a917678b2")
+    cipher = IkeCipher("aes", key)
+    assert (cipher.block_size, cipher.key_length) == (16, 16)
+    assert cipher.encrypt(iv, plaintext) == ciphertext
+    assert cipher.decrypt(iv, ciphertext) == plaintext
+    # CBC chaining: the second block decrypts alone with the first ciphertext block as IV,
+    # which is how IKEv1 chains IVs across messages (RFC 2409 Appendix B).
+    assert cipher.decrypt(ciphertext[:16], ciphertext[16:]) == plaintext[16:]
+
+
+def test_3des_roundtrip_and_sizes() -> None:
+    key = bytes(range(24))
+    cipher = IkeCipher("3des", key)
+    assert (cipher.block_size, cipher.key_length) == (8, 24)
+    iv = b"\x01" * 8
+    data = pad_plaintext(b"hello isakmp", 8)
+    ciphertext = cipher.encrypt(iv, data)
+    assert ciphertext != data and len(ciphertext) == 16
+    assert cipher.decrypt(iv, ciphertext) == data
+    assert "key_length=24" in repr(cipher) and key.hex() not in repr(cipher)
+
+
+def test_cipher_rejects_bad_lengths() -> None:
+    cipher = IkeCipher("aes", bytes(32))
+    for bad in (b"", bytes(15), bytes(17)):
+        with pytest.raises(DecryptError):
+            cipher.decrypt(bytes(16), bad)
+    with pytest.raises(DecryptError):
+        cipher.decrypt(bytes(8), bytes(16))
+    with pytest.raises(CryptoError):
+        cipher.encrypt(bytes(16), bytes(15))
+    with pytest.raises(CryptoError):
+        cipher.encrypt(bytes(8), bytes(16))
+    for alg, key in (("aes", bytes(20)), ("3des", bytes(16)), ("blowfish", bytes(16))):
+        with pytest.raises(CryptoError):
+            IkeCipher(alg, key)
+
+
+def test_cipher_key_length() -> None:
+    assert cipher_key_length("3des", None) == 24
+    assert cipher_key_length("aes", 128) == 16
+    assert cipher_key_length("aes", 256) == 32
+    for alg, bits in (("aes", None), ("aes", 512), ("3des", 128), ("des", 64)):
+        with pytest.raises(CryptoError):
+            cipher_key_length(alg, bits)
+
+
+@pytest.mark.parametrize("length", range(0, 34))
+def test_pad_plaintext_like_strongswan(length: int) -> None:
+    data = bytes([0xAA]) * length
+    padded = pad_plaintext(data, 16)
+    # strongSwan encrypt_v1: always 1..block_size zero octets.
+    assert len(padded) % 16 == 0
+    assert padded[:length] == data
+    assert 1 <= len(padded) - length <= 16
+    assert set(padded[length:]) == {0}
