@@ -1,0 +1,187 @@
+"""Packet capture inside a namespace (dumpcap) and dissection with tshark.
+
+tshark's ISAKMP/ESP dissectors are a decoder nobody on this project wrote, so
+tests check our wire format against them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ikev1d.testbed.netns import Namespace
+
+__all__ = [
+    "Capture",
+    "CaptureError",
+    "isakmp_decryption_table",
+    "tshark_available",
+    "tshark_json",
+    "uat_option",
+]
+
+DUMPCAP = "dumpcap"
+_PACKETS_RE = re.compile(r"Packets(?: captured)?: (\d+)")
+TSHARK = "tshark"
+
+
+class CaptureError(RuntimeError):
+    """dumpcap or tshark failed."""
+
+
+def tshark_available() -> tuple[bool, str]:
+    """Whether dumpcap and tshark are installed; (ok, reason)."""
+    for tool in (DUMPCAP, TSHARK):
+        if shutil.which(tool) is None:
+            return False, f"{tool} not found (apt-get install tshark)"
+    return True, ""
+
+
+class Capture:
+    """dumpcap on `ifname` inside `ns`, writing `path`; ready when the constructor returns.
+
+    ``pcapng=False`` writes classic pcap (``dumpcap -P``).  `capture_filter`
+    is a BPF filter such as ``"udp port 500 or udp port 4500"``.
+    """
+
+    def __init__(
+        self,
+        ns: Namespace,
+        ifname: str,
+        path: Path | str,
+        capture_filter: str | None = None,
+        pcapng: bool = False,
+        start_timeout: float = 10.0,
+    ) -> None:
+        self.ns = ns
+        self.ifname = ifname
+        self.path = Path(path).resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [DUMPCAP, "-i", ifname, "-w", str(self.path)]
+        if not pcapng:
+            cmd.append("-P")
+        if capture_filter:
+            cmd += ["-f", capture_filter]
+        self._stderr: list[str] = []
+        self._packets = 0
+        self._ready = threading.Event()
+        self.proc: subprocess.Popen[str] = ns.popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + start_timeout
+        while not self._ready.wait(0.02):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise CaptureError(
+                    f"dumpcap on {ns.name}/{ifname} did not start: {''.join(self._stderr)}"
+                )
+
+    def _read_stderr(self) -> None:
+        stream = self.proc.stderr
+        if stream is None:
+            return
+        # dumpcap updates its packet count as "\rPackets: N" without a newline, so read
+        # whatever arrives instead of lines.
+        fd = stream.fileno()
+        while chunk := os.read(fd, 4096):
+            self._stderr.append(chunk.decode(errors="replace"))
+            if "Capturing on" in self.stderr:
+                self._ready.set()
+            if (m := _PACKETS_RE.findall(self.stderr)) != []:
+                self._packets = int(m[-1])
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    @property
+    def packets_captured(self) -> int:
+        """Packet count dumpcap reported when it stopped (0 while running)."""
+        return self._packets
+
+    def stop(self, settle: float = 0.5, grace: float = 5.0) -> Path:
+        """Stop dumpcap and return the file path.
+
+        dumpcap takes packets from the kernel's ring buffer in blocks that are
+        handed over only after a timeout (~250 ms); packets still in an open
+        block are lost on SIGTERM.  So wait `settle` seconds first.
+        """
+        if self.proc.poll() is None:
+            time.sleep(settle)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(grace)
+        self._reader.join(1.0)
+        return self.path
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def uat_option(table: str, rows: Sequence[Sequence[str]]) -> list[str]:
+    """``-o uat:TABLE:row`` options; each field is quoted as tshark's UAT syntax wants."""
+    opts: list[str] = []
+    for row in rows:
+        fields = ",".join(f'"{f}"' for f in row)
+        opts += ["-o", f"uat:{table}:{fields}"]
+    return opts
+
+
+def isakmp_decryption_table(entries: Mapping[str, str]) -> list[str]:
+    """tshark options that decrypt IKEv1: initiator cookie (hex) -> encryption key (hex)."""
+    return uat_option("ikev1_decryption_table", [(ck, key) for ck, key in entries.items()])
+
+
+def tshark_json(
+    pcap: Path | str,
+    extra_args: Sequence[str] = (),
+    display_filter: str | None = None,
+    timeout: float = 60.0,
+) -> list[dict[str, Any]]:
+    """Dissect `pcap` with ``tshark -T json`` and return the parsed packet list.
+
+    `extra_args` go before ``-T json``: e.g. ``-o`` preferences (ISAKMP
+    decryption table, ESP SA table) or ``-x`` / ``-J isakmp``.
+    """
+    cmd = [TSHARK, "-n", "-r", str(pcap), *extra_args]
+    if display_filter:
+        cmd += ["-Y", display_filter]
+    cmd += ["-T", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    if proc.returncode != 0:
+        raise CaptureError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    if not proc.stdout.strip():
+        return []
+    packets: list[dict[str, Any]] = json.loads(proc.stdout)
+    return packets
