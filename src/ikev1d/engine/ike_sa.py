@@ -1,0 +1,385 @@
+"""The state of one ISAKMP SA: cookies, keys, IV chains, peers, children.
+
+Exchanges (Main Mode, Quick Mode, Informational) are tasks that read and
+change this state; the engine routes messages to them.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from ikev1d.crypto import (
+    CryptoError,
+    IkeCipher,
+    Phase1Keys,
+    informational_hash,
+    pad_plaintext,
+    phase2_iv,
+)
+from ikev1d.engine.api import Datagram, Endpoint, Event, Network
+from ikev1d.engine.timers import Timer, Timers
+from ikev1d.engine.vendor import PeerVendors
+from ikev1d.wire import (
+    DecodedPayload,
+    ExchangeType,
+    Flags,
+    HashPayload,
+    Header,
+    NotifyPayload,
+    NotifyType,
+    Payload,
+    ProtocolId,
+    WireError,
+    decode_payloads_with_spans,
+    encode_header,
+    encode_payloads,
+)
+
+if TYPE_CHECKING:
+    from ikev1d.config import ChildConfig, Config, ConnectionConfig
+    from ikev1d.crypto import DhKeyPair
+    from ikev1d.engine.api import ChildSaEstablished
+    from ikev1d.engine.quick_mode import QuickMode
+    from ikev1d.proposals import EspProposal, IkeProposal
+
+log = logging.getLogger("ikev1d.engine")
+
+
+class Context(Protocol):
+    """What an SA and its exchanges need from the engine."""
+
+    config: Config
+    timers: Timers
+
+    def random_bytes(self, n: int) -> bytes: ...
+    def send(self, datagram: Datagram) -> None: ...
+    def emit(self, event: Event) -> None: ...
+    def next_id(self) -> int: ...
+    def on_ike_sa_gone(self, sa: IkeSa) -> None: ...
+    def allocate_spi(self) -> bytes: ...
+    def on_phase1_established(self, sa: IkeSa, now: float) -> None: ...
+    def on_phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None: ...
+    def on_quick_mode_done(
+        self,
+        qm: QuickMode,
+        result: tuple[ChildSa, ChildSaEstablished] | None,
+        reason: str,
+        now: float,
+    ) -> None: ...
+
+
+class IkeState(enum.Enum):
+    CONNECTING = "CONNECTING"
+    ESTABLISHED = "ESTABLISHED"
+    REKEYING = "REKEYING"
+    DELETING = "DELETING"
+
+
+class ProtocolFailure(Exception):
+    """The peer's message cannot be accepted; ``notify`` tells the peer why (if any)."""
+
+    def __init__(self, message: str, notify: NotifyType | None = None) -> None:
+        super().__init__(message)
+        self.notify = notify
+
+
+@dataclass
+class ChildSa:
+    child_id: int
+    config: ChildConfig
+    spi_in: bytes
+    spi_out: bytes
+    proposal: EspProposal
+    mode: str
+    encap: bool
+    local_ts: tuple[Network, ...]
+    remote_ts: tuple[Network, ...]
+    keymat_in: bytes = field(repr=False)
+    keymat_out: bytes = field(repr=False)
+    established_at: float
+    lifetime_s: float
+    life_bytes: int
+    state: str = "INSTALLED"
+    expiry: Timer | None = None
+
+
+class Retransmission:
+    """Resends a request with exponential backoff until answered or given up.
+
+    RFC 2408 section 5: "the initiator retransmits"; the interval doubles each
+    time (``retransmit_timeout`` * 2^n), ``retransmit_tries`` in all.
+    """
+
+    def __init__(
+        self,
+        sa: IkeSa,
+        data: bytes,
+        now: float,
+        on_give_up: Callable[[float], None],
+    ) -> None:
+        self.sa = sa
+        self.data = data
+        self.tries = 0
+        self.on_give_up = on_give_up
+        self.timer: Timer | None = None
+        self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        daemon = self.sa.ctx.config.daemon
+        delay = daemon.retransmit_timeout * (2**self.tries)
+        self.timer = self.sa.ctx.timers.schedule(now + delay, self._fire)
+
+    def _fire(self, now: float) -> None:
+        if self.tries + 1 >= self.sa.ctx.config.daemon.retransmit_tries:
+            self.timer = None
+            self.on_give_up(now)
+            return
+        self.tries += 1
+        log.debug("retransmitting (try %d)", self.tries + 1, extra=self.sa.log_extra)
+        self.sa.transmit(self.data)
+        self._arm(now)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+@dataclass
+class ResponseCache:
+    """The last request seen and what we answered: a repeated request gets the
+    same answer again and is not processed twice (RFC 2408 section 5)."""
+
+    request_digest: bytes
+    responses: list[bytes]
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class IkeSa:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        initiator: bool,
+        local: Endpoint,
+        remote: Endpoint,
+        conn: ConnectionConfig | None,
+        candidates: Sequence[ConnectionConfig],
+        now: float,
+    ) -> None:
+        self.ctx = ctx
+        self.ike_id = ctx.next_id()
+        self.initiator = initiator
+        self.local = local
+        self.remote = remote
+        self.conn = conn
+        self.candidates = list(candidates)
+        self.state = IkeState.CONNECTING
+        self.created_at = now
+        self.established_at: float | None = None
+        self.cky_i = b""
+        self.cky_r = bytes(8)
+        self.proposal: IkeProposal | None = None
+        self.auth_method = 1
+        self.lifetime_s: float = 0.0
+        self.dh: DhKeyPair | None = None
+        self.keys: Phase1Keys | None = None
+        self.cipher: IkeCipher | None = None
+        self.hash_alg = "sha1"
+        self.phase1_iv = b""
+        """Phase 1 CBC chain (RFC 2409 Appendix B); after Main Mode, its last block."""
+        self.exchange_ivs: dict[int, bytes] = {}
+        self.peer_vendors = PeerVendors(frozenset(), ())
+        self.nat_t_rfc = False
+        self.nat_t = False
+        self.nat_local = False
+        self.nat_remote = False
+        self.local_id = ""
+        self.remote_id = ""
+        self.children: list[ChildSa] = []
+        self.exchanges: dict[int, object] = {}
+        self.completed_message_ids: set[int] = set()
+        self.responses: dict[int, ResponseCache] = {}
+        self.timers: list[Timer] = []
+        self.requested_children: list[str] | None = None
+
+    # -- identification -----------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.conn.name if self.conn is not None else "(unknown)"
+
+    @property
+    def log_extra(self) -> dict[str, str]:
+        return {"conn": self.name, "peer": f"{self.remote[0]}:{self.remote[1]}"}
+
+    @property
+    def udp_encap(self) -> bool:
+        return self.nat_local or self.nat_remote
+
+    def transmit(self, data: bytes) -> None:
+        self.ctx.send(Datagram(data, self.local, self.remote))
+
+    def float_to_nat_t_port(self) -> None:
+        """RFC 3947 section 4: once a NAT is detected, IKE moves to port 4500."""
+        nat_t_port = self.ctx.config.daemon.port_nat_t
+        if self.local[1] != nat_t_port:
+            self.local = (self.local[0], nat_t_port)
+        if self.remote[1] != nat_t_port:
+            self.remote = (self.remote[0], nat_t_port)
+
+    # -- message protection (RFC 2409 section 5.3, Appendix B) ---------------
+
+    def header(self, exchange: int, message_id: int, flags: int = 0) -> Header:
+        return Header(
+            initiator_cookie=self.cky_i,
+            responder_cookie=self.cky_r,
+            next_payload=0,
+            exchange_type=exchange,
+            flags=flags,
+            message_id=message_id,
+        )
+
+    def plain_message(self, exchange: int, message_id: int, payloads: Sequence[Payload]) -> bytes:
+        body = encode_payloads(payloads)
+        header = self.header(exchange, message_id)
+        header = _with_next(header, payloads)
+        return encode_header(header, len(body)) + body
+
+    def encrypted_message(
+        self,
+        exchange: int,
+        message_id: int,
+        payloads: Sequence[Payload],
+        iv: bytes,
+        flags: int = 0,
+    ) -> tuple[bytes, bytes]:
+        """The message and the IV for the next one in this CBC chain."""
+        if self.cipher is None:
+            raise ProtocolFailure("no keys yet")
+        plaintext = pad_plaintext(encode_payloads(payloads), self.cipher.block_size)
+        ciphertext = self.cipher.encrypt(iv, plaintext)
+        header = _with_next(self.header(exchange, message_id, flags | Flags.ENCRYPTION), payloads)
+        return encode_header(header, len(ciphertext)) + ciphertext, ciphertext[
+            -self.cipher.block_size :
+        ]
+
+    def decrypt(self, header: Header, body: bytes, iv: bytes) -> tuple[bytes, bytes]:
+        """(plaintext, IV for the next message); ProtocolFailure if it cannot be."""
+        if self.cipher is None:
+            raise ProtocolFailure("encrypted message before keys exist")
+        if not header.flags & Flags.ENCRYPTION:
+            raise ProtocolFailure("message should be encrypted", NotifyType.INVALID_FLAGS)
+        try:
+            plaintext = self.cipher.decrypt(iv, body)
+        except CryptoError as exc:
+            raise ProtocolFailure(f"cannot decrypt: {exc}", NotifyType.PAYLOAD_MALFORMED) from exc
+        return plaintext, body[-self.cipher.block_size :]
+
+    def parse_plaintext(self, header: Header, plaintext: bytes) -> tuple[Payload, ...]:
+        return tuple(d.payload for d in decode_spans(header, plaintext, allow_trailing=True))
+
+    def exchange_iv(self, message_id: int) -> bytes:
+        """RFC 2409 Appendix B: an exchange after Phase 1 starts its own CBC chain."""
+        iv = self.exchange_ivs.get(message_id)
+        if iv is None:
+            if self.cipher is None:
+                raise ProtocolFailure("no keys yet")
+            iv = phase2_iv(self.hash_alg, self.phase1_iv, message_id, self.cipher.block_size)
+        return iv
+
+    # -- informational exchange (RFC 2409 section 5.7) -----------------------
+
+    def send_informational(self, payloads: Sequence[Payload]) -> None:
+        """An encrypted Informational exchange with HASH(1); one message, no reply."""
+        if self.keys is None or self.cipher is None:
+            return
+        message_id = self.new_message_id()
+        rest = encode_payloads(payloads)
+        hash_1 = informational_hash(self.hash_alg, self.keys.skeyid_a, message_id, rest)
+        iv = phase2_iv(self.hash_alg, self.phase1_iv, message_id, self.cipher.block_size)
+        data, _ = self.encrypted_message(
+            ExchangeType.INFORMATIONAL, message_id, [HashPayload(hash_1), *payloads], iv
+        )
+        self.transmit(data)
+
+    def send_notify(self, notify: NotifyType, spi: bytes = b"", protocol: int = 1) -> None:
+        """Tell the peer why: encrypted once keys exist, else in the clear (RFC 2408 5.1)."""
+        if not spi and protocol == ProtocolId.ISAKMP:
+            spi = self.cky_i + self.cky_r
+        payload = NotifyPayload(notify_type=notify, spi=spi, protocol_id=protocol)
+        if self.keys is not None and self.state is IkeState.ESTABLISHED:
+            self.send_informational([payload])
+        else:
+            self.transmit(self.plain_message(ExchangeType.INFORMATIONAL, 0, [payload]))
+
+    def new_message_id(self) -> int:
+        while True:
+            message_id = int.from_bytes(self.ctx.random_bytes(4), "big")
+            if message_id and message_id not in self.exchanges and (
+                message_id not in self.completed_message_ids
+            ):
+                return message_id
+
+    def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
+        timer = self.ctx.timers.schedule(deadline, callback)
+        self.timers.append(timer)
+        self.timers = [t for t in self.timers if not t.cancelled]
+        return timer
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+        for child in self.children:
+            if child.expiry is not None:
+                child.expiry.cancel()
+
+
+def _with_next(header: Header, payloads: Sequence[Payload]) -> Header:
+    first = payloads[0].payload_type if payloads else 0
+    return Header(
+        initiator_cookie=header.initiator_cookie,
+        responder_cookie=header.responder_cookie,
+        next_payload=first,
+        exchange_type=header.exchange_type,
+        flags=header.flags,
+        message_id=header.message_id,
+    )
+
+
+def payloads_after_hash(header: Header, plaintext: bytes) -> tuple[bytes, bytes]:
+    """(HASH payload data, the exact bytes of the payloads that follow it).
+
+    RFC 2409 section 5.5: the HASH covers the message "following the HASH
+    payload" as sent, without the padding after the last payload.
+    """
+    spans = decode_spans(header, plaintext, allow_trailing=True)
+    if not spans or spans[0].payload_type != 8:
+        raise ProtocolFailure("the first payload must be HASH", NotifyType.INVALID_PAYLOAD_TYPE)
+    return spans[0].body(plaintext), plaintext[spans[0].end : spans[-1].end]
+
+
+def decode_spans(
+    header: Header, body: bytes, *, allow_trailing: bool = False
+) -> tuple[DecodedPayload, ...]:
+    try:
+        return decode_payloads_with_spans(header.next_payload, body, allow_trailing=allow_trailing)
+    except WireError as exc:
+        raise ProtocolFailure(str(exc), exc.notify) from exc
+
+
+def payload_body(header: Header, body: bytes, payload_type: int) -> bytes:
+    """The first payload of that type exactly as received (RFC 2409's "_b" values)."""
+    for span in decode_spans(header, body, allow_trailing=True):
+        if span.payload_type == payload_type:
+            return span.body(body)
+    raise ProtocolFailure(f"missing payload {payload_type}", NotifyType.PAYLOAD_MALFORMED)

@@ -1,0 +1,459 @@
+"""Phase 2, Quick Mode (RFC 2409 section 5.5, seed 43.6.3).
+
+    Initiator                                   Responder
+    HDR*, HASH(1), SA, Ni [, KE] [, IDci, IDcr] -->
+                                  <--   HDR*, HASH(2), SA, Nr [, KE] [, IDci, IDcr]
+    HDR*, HASH(3)                               -->
+
+The tunnel (IDci/IDcr, source and destination networks) must match a child
+configured on the responder exactly, else INVALID-ID-INFORMATION; the first
+acceptable ESP proposal is taken, else NO-PROPOSAL-CHOSEN.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ikev1d.crypto import (
+    DhKeyPair,
+    InvalidPublicValue,
+    generate_keypair,
+    keymat,
+    qm_hash1,
+    qm_hash2,
+    qm_hash3,
+)
+from ikev1d.engine import rules
+from ikev1d.engine.api import ChildSaEstablished, Network
+from ikev1d.engine.ike_sa import (
+    ChildSa,
+    IkeSa,
+    ProtocolFailure,
+    ResponseCache,
+    Retransmission,
+    digest,
+    payloads_after_hash,
+)
+from ikev1d.engine.main_mode import first
+from ikev1d.engine.sa_proposals import (
+    EspChoice,
+    encapsulation_mode,
+    esp_sa_payload,
+    mode_of,
+    offered_esp,
+    select_esp,
+)
+from ikev1d.proposals import (
+    EspProposal,
+    esp_encryption_key_bytes,
+    esp_icv_bytes,
+    esp_integrity_key_bytes,
+)
+from ikev1d.wire import (
+    ExchangeType,
+    HashPayload,
+    Header,
+    IdPayload,
+    IpsecAttr,
+    KePayload,
+    LifeType,
+    NoncePayload,
+    NotifyPayload,
+    NotifyType,
+    Payload,
+    ProtocolId,
+    SaPayload,
+    WireError,
+    encode_payloads,
+    id_from_network,
+    make_attribute,
+)
+from ikev1d.wire._reader import Reader
+from ikev1d.wire.payloads import decode_attributes, encode_attributes
+
+if TYPE_CHECKING:
+    from ikev1d.config import ChildConfig
+
+log = logging.getLogger("ikev1d.engine")
+
+QM = ExchangeType.QUICK_MODE
+NONCE_LENGTH = 32
+
+
+class QmState(enum.Enum):
+    QM1_SENT = 1
+    QM2_SENT = 2
+    DONE = 3
+    FAILED = 4
+
+
+def spi_text(spi: bytes) -> str:
+    return spi.hex()
+
+
+def ts_text(nets: Sequence[Network]) -> str:
+    return ",".join(str(n) for n in nets)
+
+
+class QuickMode:
+    def __init__(self, sa: IkeSa, message_id: int, initiator: bool) -> None:
+        self.sa = sa
+        self.message_id = message_id
+        self.initiator = initiator
+        self.state = QmState.QM1_SENT if initiator else QmState.QM2_SENT
+        self.child: ChildConfig | None = None
+        self.local_ts: Network | None = None
+        self.remote_ts: Network | None = None
+        self.spi_in = b""
+        self.spi_out = b""
+        self.ni = b""
+        self.nr = b""
+        self.dh: DhKeyPair | None = None
+        self.g_qm_xy: bytes | None = None
+        self.choice: EspChoice | None = None
+        self.proposal: EspProposal | None = None
+        self.lifetime_s = 0.0
+        self.retransmission: Retransmission | None = None
+        self.encap = False
+        self.mode = "tunnel"
+
+    # -- helpers ------------------------------------------------------------
+
+    @property
+    def _keys(self) -> tuple[str, bytes, bytes]:
+        keys = self.sa.keys
+        if keys is None:
+            raise ProtocolFailure("Quick Mode without Phase 1 keys")
+        return self.sa.hash_alg, keys.skeyid_a, keys.skeyid_d
+
+    def _decrypt(self, header: Header, body: bytes) -> tuple[bytes, tuple[Payload, ...]]:
+        sa = self.sa
+        plaintext, next_iv = sa.decrypt(header, body, sa.exchange_iv(self.message_id))
+        payloads = sa.parse_plaintext(header, plaintext)
+        sa.exchange_ivs[self.message_id] = next_iv
+        return plaintext, payloads
+
+    def _encrypt(self, payloads: Sequence[Payload], flags: int = 0) -> bytes:
+        sa = self.sa
+        data, next_iv = sa.encrypted_message(
+            QM, self.message_id, payloads, sa.exchange_iv(self.message_id), flags
+        )
+        sa.exchange_ivs[self.message_id] = next_iv
+        return data
+
+    def _pfs_public(self, group: int | None) -> list[Payload]:
+        if group is None:
+            return []
+        self.dh = generate_keypair(group)
+        return [KePayload(self.dh.public_bytes)]
+
+    def _pfs_secret(self, payloads: Sequence[Payload]) -> None:
+        if self.proposal is None or self.proposal.dh_group is None:
+            return
+        if self.dh is None:
+            raise ProtocolFailure(
+                "PFS group chosen but no key exchange", NotifyType.NO_PROPOSAL_CHOSEN
+            )
+        ke = [p for p in payloads if isinstance(p, KePayload)]
+        if not ke:
+            raise ProtocolFailure("PFS needs a KE payload", NotifyType.PAYLOAD_MALFORMED)
+        try:
+            self.g_qm_xy = self.dh.shared_secret(ke[0].data)
+        except InvalidPublicValue as exc:
+            raise ProtocolFailure(
+                f"invalid PFS key exchange value: {exc}", NotifyType.INVALID_KEY_INFORMATION
+            ) from exc
+
+    def _send_request(self, data: bytes, now: float) -> None:
+        if self.retransmission is not None:
+            self.retransmission.cancel()
+        self.sa.transmit(data)
+        self.retransmission = Retransmission(self.sa, data, now, self._give_up)
+
+    def _give_up(self, now: float) -> None:
+        self.fail("no response to Quick Mode", now)
+
+    def cancel(self) -> None:
+        if self.retransmission is not None:
+            self.retransmission.cancel()
+            self.retransmission = None
+
+    def fail(self, reason: str, now: float) -> None:
+        self.cancel()
+        self.state = QmState.FAILED
+        self.sa.ctx.on_quick_mode_done(self, None, reason, now)
+
+    def _install(self, now: float) -> None:
+        sa = self.sa
+        proposal = self.proposal
+        child = self.child
+        if proposal is None or child is None or self.local_ts is None or self.remote_ts is None:
+            raise ProtocolFailure("Quick Mode incomplete")
+        prf, _a, skeyid_d = self._keys
+        length = esp_encryption_key_bytes(proposal) + esp_integrity_key_bytes(proposal)
+        ni, nr = self.ni, self.nr
+        keymat_in = keymat(prf, skeyid_d, ProtocolId.ESP, self.spi_in, ni, nr, length, self.g_qm_xy)
+        keymat_out = keymat(
+            prf, skeyid_d, ProtocolId.ESP, self.spi_out, ni, nr, length, self.g_qm_xy
+        )
+        child_sa = ChildSa(
+            child_id=sa.ctx.next_id(),
+            config=child,
+            spi_in=self.spi_in,
+            spi_out=self.spi_out,
+            proposal=proposal,
+            mode=self.mode,
+            encap=self.encap,
+            local_ts=(self.local_ts,),
+            remote_ts=(self.remote_ts,),
+            keymat_in=keymat_in,
+            keymat_out=keymat_out,
+            established_at=now,
+            lifetime_s=self.lifetime_s,
+            life_bytes=child.life_bytes,
+        )
+        log.debug(
+            "KEYMAT in %s out %s", keymat_in.hex(), keymat_out.hex(), extra=sa.log_extra
+        )
+        event = ChildSaEstablished(
+            conn=sa.name,
+            child=child.name,
+            ike_id=sa.ike_id,
+            child_id=child_sa.child_id,
+            spi_in=int.from_bytes(self.spi_in, "big"),
+            spi_out=int.from_bytes(self.spi_out, "big"),
+            proposal=proposal.render(),
+            encryption=proposal.encryption,
+            key_length=proposal.key_length,
+            icv_length=esp_icv_bytes(proposal),
+            integrity=proposal.integrity,
+            mode=self.mode,
+            encap=self.encap,
+            local=sa.local,
+            remote=sa.remote,
+            local_ts=child_sa.local_ts,
+            remote_ts=child_sa.remote_ts,
+            keymat_in=keymat_in,
+            keymat_out=keymat_out,
+            lifetime_s=self.lifetime_s,
+            life_bytes=child.life_bytes,
+        )
+        self.state = QmState.DONE
+        self.cancel()
+        sa.ctx.on_quick_mode_done(self, (child_sa, event), "", now)
+
+    def _lifetime(self, peer_seconds: int | None) -> None:
+        ours = self.child.rekey_time if self.child is not None else 3600.0
+        self.lifetime_s = min(ours, float(peer_seconds)) if peer_seconds else ours
+
+    # -- initiator -------------------------------------------------------------
+
+    def start(self, child: ChildConfig, local_ts: Network, remote_ts: Network, now: float) -> None:
+        sa = self.sa
+        self.child, self.local_ts, self.remote_ts = child, local_ts, remote_ts
+        self.spi_in = sa.ctx.allocate_spi()
+        self.ni = sa.ctx.random_bytes(NONCE_LENGTH)
+        self.encap = sa.udp_encap
+        self.mode = child.mode
+        encap_value = encapsulation_mode(child.mode, self.encap, sa.nat_t_rfc)
+        sa_payload = esp_sa_payload(
+            child.esp_proposals, self.spi_in, encap_value, int(child.rekey_time),
+            child.life_bytes // 1024,
+        )
+        pfs_group = next((p.dh_group for p in child.esp_proposals if p.dh_group), None)
+        rest: list[Payload] = [sa_payload, NoncePayload(self.ni)]
+        rest += self._pfs_public(pfs_group)
+        rest += [id_from_network(local_ts), id_from_network(remote_ts)]
+        prf, skeyid_a, _d = self._keys
+        hash_1 = qm_hash1(prf, skeyid_a, self.message_id, encode_payloads(rest))
+        self._send_request(self._encrypt([HashPayload(hash_1), *rest]), now)
+
+    def process(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
+        sa = self.sa
+        cached = sa.responses.get(self.message_id)
+        if cached is not None and cached.request_digest == digest(raw):
+            for response in cached.responses:
+                sa.transmit(response)
+            return
+        if self.state in (QmState.DONE, QmState.FAILED):
+            return
+        if self.initiator:
+            self._process_qm2(header, body, raw, now)
+        else:
+            self._process_qm3(header, body, now)
+
+    def _process_qm2(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
+        sa = self.sa
+        plaintext, payloads = self._decrypt(header, body)
+        rules.check(rules.QUICK_MODE[2], payloads, "Quick Mode message 2")
+        prf, skeyid_a, _d = self._keys
+        received_hash, rest = payloads_after_hash(header, plaintext)
+        nonce = first(payloads, NoncePayload)
+        expected = qm_hash2(prf, skeyid_a, self.message_id, self.ni, rest)
+        if not hmac.compare_digest(expected, received_hash):
+            raise ProtocolFailure("Quick Mode HASH(2) does not verify",
+                                  NotifyType.INVALID_HASH_INFORMATION)
+        self.nr = nonce.data
+        response_sa = first(payloads, SaPayload)
+        if self.child is None:
+            raise ProtocolFailure("no child")
+        choice = select_esp(response_sa, self.child.esp_proposals)
+        if choice is None or sum(len(p.transforms) for p in response_sa.proposals) != 1:
+            raise ProtocolFailure(
+                "responder chose an ESP proposal we did not offer: "
+                + ", ".join(offered_esp(response_sa)),
+                NotifyType.NO_PROPOSAL_CHOSEN,
+            )
+        ids = [p for p in payloads if isinstance(p, IdPayload)]
+        if ids and (
+            len(ids) != 2
+            or ids[0].to_network() != self.local_ts
+            or ids[1].to_network() != self.remote_ts
+        ):
+            raise ProtocolFailure("responder changed the traffic selectors",
+                                  NotifyType.INVALID_ID_INFORMATION)
+        self.choice = choice
+        self.proposal = choice.proposal
+        self.spi_out = choice.spi
+        self._pfs_secret(payloads)
+        self._lifetime(choice.lifetime_s)
+        for notify in payloads:
+            if isinstance(notify, NotifyPayload) and (
+                notify.notify_type == NotifyType.RESPONDER_LIFETIME
+            ):
+                self._responder_lifetime(notify.data)
+        hash_3 = qm_hash3(prf, skeyid_a, self.message_id, self.ni, self.nr)
+        data = self._encrypt([HashPayload(hash_3)])
+        sa.responses[self.message_id] = ResponseCache(digest(raw), [data])
+        sa.transmit(data)
+        self._install(now)
+
+    def _responder_lifetime(self, data: bytes) -> None:
+        """RFC 2407 4.6.3.1: the responder may shorten the lifetime it will honour."""
+        try:
+            attributes = decode_attributes(Reader(data, "RESPONDER-LIFETIME"))
+        except WireError:
+            return  # a malformed optional notification changes nothing
+        current = None
+        for attribute in attributes:
+            if attribute.type == IpsecAttr.SA_LIFE_TYPE:
+                current = attribute.int_value()
+            elif attribute.type == IpsecAttr.SA_LIFE_DURATION and current == LifeType.SECONDS:
+                self.lifetime_s = min(self.lifetime_s, float(attribute.int_value()))
+
+    # -- responder ---------------------------------------------------------------
+
+    def first_message(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
+        sa = self.sa
+        plaintext, payloads = self._decrypt(header, body)
+        rules.check(rules.QUICK_MODE[1], payloads, "Quick Mode message 1")
+        prf, skeyid_a, _d = self._keys
+        received_hash, rest = payloads_after_hash(header, plaintext)
+        expected = qm_hash1(prf, skeyid_a, self.message_id, rest)
+        if not hmac.compare_digest(expected, received_hash):
+            raise ProtocolFailure("Quick Mode HASH(1) does not verify",
+                                  NotifyType.INVALID_HASH_INFORMATION)
+        offer = first(payloads, SaPayload)
+        self.ni = first(payloads, NoncePayload).data
+        ids = [p for p in payloads if isinstance(p, IdPayload)]
+        if ids and len(ids) != 2:
+            raise ProtocolFailure("Quick Mode needs both IDci and IDcr",
+                                  NotifyType.INVALID_ID_INFORMATION)
+        if ids:
+            remote_net, local_net = ids[0].to_network(), ids[1].to_network()
+        else:
+            remote_net = _host(sa.remote[0])
+            local_net = _host(sa.local[0])
+        peer_spi = next((p.spi for p in offer.proposals if p.protocol_id == ProtocolId.ESP), b"")
+        child = self._find_child(local_net, remote_net)
+        if child is None or local_net is None or remote_net is None:
+            offered = f"{remote_net or ids[0].to_text()} === {local_net or ids[1].to_text()}"
+            log.warning(
+                "INVALID-ID-INFORMATION: no child matches the peer's tunnel %s", offered,
+                extra=sa.log_extra,
+            )
+            sa.send_notify(NotifyType.INVALID_ID_INFORMATION, peer_spi, ProtocolId.ESP)
+            raise QuickModeRefused("INVALID-ID-INFORMATION")
+        self.child, self.local_ts, self.remote_ts = child, local_net, remote_net
+        choice = select_esp(offer, child.esp_proposals)
+        if choice is not None:
+            mode, _udp = mode_of(choice.encapsulation_mode)
+            if mode != child.mode:
+                choice = None
+        if choice is None:
+            log.warning(
+                "NO-PROPOSAL-CHOSEN: peer offered %s; child %s accepts %s (mode %s)",
+                ", ".join(offered_esp(offer)) or "nothing", child.name,
+                ", ".join(p.render() for p in child.esp_proposals), child.mode,
+                extra=sa.log_extra,
+            )
+            sa.send_notify(NotifyType.NO_PROPOSAL_CHOSEN, peer_spi, ProtocolId.ESP)
+            raise QuickModeRefused("NO-PROPOSAL-CHOSEN")
+        self.choice = choice
+        self.proposal = choice.proposal
+        self.mode, self.encap = mode_of(choice.encapsulation_mode)
+        self.spi_out = choice.spi
+        self.spi_in = sa.ctx.allocate_spi()
+        self.nr = sa.ctx.random_bytes(NONCE_LENGTH)
+        self._lifetime(choice.lifetime_s)
+        out_rest: list[Payload] = [choice.response_sa(self.spi_in), NoncePayload(self.nr)]
+        out_rest += self._pfs_public(choice.proposal.dh_group)
+        self._pfs_secret(payloads)
+        if ids:
+            out_rest += list(ids)
+        if choice.lifetime_s and self.lifetime_s < choice.lifetime_s:
+            out_rest.append(self._responder_lifetime_notify())
+        hash_2 = qm_hash2(prf, skeyid_a, self.message_id, self.ni, encode_payloads(out_rest))
+        data = self._encrypt([HashPayload(hash_2), *out_rest])
+        sa.responses[self.message_id] = ResponseCache(digest(raw), [data])
+        self.state = QmState.QM2_SENT
+        self._send_request(data, now)
+
+    def _responder_lifetime_notify(self) -> NotifyPayload:
+        attributes = (
+            make_attribute(IpsecAttr.SA_LIFE_TYPE, LifeType.SECONDS),
+            make_attribute(IpsecAttr.SA_LIFE_DURATION, int(self.lifetime_s)),
+        )
+        return NotifyPayload(
+            notify_type=NotifyType.RESPONDER_LIFETIME,
+            spi=self.spi_out,
+            protocol_id=ProtocolId.ESP,
+            data=encode_attributes(attributes),
+        )
+
+    def _find_child(
+        self, local_net: Network | None, remote_net: Network | None
+    ) -> ChildConfig | None:
+        """Seed 43.6.3: "The configuration of a tunnel must be identical on both sides.\""""
+        conn = self.sa.conn
+        if conn is None or local_net is None or remote_net is None:
+            return None
+        for child in conn.children.values():
+            if local_net in child.local_ts and remote_net in child.remote_ts:
+                return child
+        return None
+
+    def _process_qm3(self, header: Header, body: bytes, now: float) -> None:
+        plaintext, payloads = self._decrypt(header, body)
+        rules.check(rules.QUICK_MODE[3], payloads, "Quick Mode message 3")
+        prf, skeyid_a, _d = self._keys
+        received_hash, _rest = payloads_after_hash(header, plaintext)
+        expected = qm_hash3(prf, skeyid_a, self.message_id, self.ni, self.nr)
+        if not hmac.compare_digest(expected, received_hash):
+            raise ProtocolFailure("Quick Mode HASH(3) does not verify",
+                                  NotifyType.INVALID_HASH_INFORMATION)
+        self._install(now)
+
+
+class QuickModeRefused(ProtocolFailure):
+    """We told the peer why already; log nothing more than the engine does."""
+
+
+def _host(address: str) -> Network:
+    import ipaddress
+
+    return ipaddress.ip_network(address)

@@ -1,0 +1,60 @@
+"""Which payloads each message may and must carry: protocol rules as data.
+
+Checked before an exchange sees the message (STYLE.md principle 5). Keys are
+(exchange, message number within the exchange); values are the payload types
+that must be present and those that may be. Vendor IDs and notifications are
+tolerated where peers are known to add them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ikev1d.engine.ike_sa import ProtocolFailure
+from ikev1d.wire import NotifyType, Payload, PayloadType
+
+P = PayloadType
+_NAT_D = {P.NAT_D, P.NAT_D_DRAFT}
+_NAT_OA = {P.NAT_OA, P.NAT_OA_DRAFT}
+
+
+@dataclass(frozen=True)
+class Rule:
+    required: frozenset[int]
+    allowed: frozenset[int]
+    encrypted: bool
+
+
+def _rule(required: set[int], optional: set[int], encrypted: bool) -> Rule:
+    return Rule(frozenset(required), frozenset(required | optional), encrypted)
+
+
+MAIN_MODE = {
+    1: _rule({P.SA}, {P.VENDOR_ID}, False),
+    2: _rule({P.SA}, {P.VENDOR_ID, P.NOTIFICATION}, False),
+    3: _rule({P.KE, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.CR}, False),
+    4: _rule({P.KE, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.CR}, False),
+    5: _rule({P.ID, P.HASH}, {P.NOTIFICATION, P.VENDOR_ID, P.CERT, P.CR}, True),
+    6: _rule({P.ID, P.HASH}, {P.NOTIFICATION, P.VENDOR_ID, P.CERT}, True),
+}
+
+QUICK_MODE = {
+    1: _rule({P.HASH, P.SA, P.NONCE}, {P.KE, P.ID, P.NOTIFICATION} | _NAT_OA, True),
+    2: _rule({P.HASH, P.SA, P.NONCE}, {P.KE, P.ID, P.NOTIFICATION} | _NAT_OA, True),
+    3: _rule({P.HASH}, set(), True),
+}
+
+INFORMATIONAL = _rule({P.HASH}, {P.NOTIFICATION, P.DELETE}, True)
+
+
+def check(rule: Rule, payloads: Sequence[Payload], what: str) -> None:
+    present = {int(p.payload_type) for p in payloads}
+    missing = rule.required - present
+    if missing:
+        names = ", ".join(PayloadType(t).name for t in sorted(missing))
+        raise ProtocolFailure(f"{what} lacks {names}", NotifyType.PAYLOAD_MALFORMED)
+    extra = present - rule.allowed
+    if extra:
+        names = ", ".join(PayloadType(t).name for t in sorted(extra))
+        raise ProtocolFailure(f"{what} carries unexpected {names}", NotifyType.INVALID_PAYLOAD_TYPE)

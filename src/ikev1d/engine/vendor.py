@@ -1,0 +1,113 @@
+"""Vendor ID payloads: how IKEv1 peers announce the extensions they speak.
+
+Seed 43.6.1: "vendor payloads are sent along with the list of proposals. The
+peer responds to the vendor payloads it knows and ignores all unknown ones."
+Most of these IDs are MD5 hashes of a string, as the drafts define them.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+
+class Extension(enum.Enum):
+    NAT_T_RFC = "NAT-T (RFC 3947)"
+    NAT_T_DRAFT = "NAT-T (draft)"
+    DPD = "DPD (RFC 3706)"
+    FRAGMENTATION = "IKE fragmentation"
+    XAUTH = "XAuth"
+    CISCO_UNITY = "Cisco Unity"
+    STRONGSWAN = "strongSwan"
+    IKEV1D = "ikev1d"
+
+
+def _md5(text: bytes) -> bytes:
+    return hashlib.md5(text, usedforsecurity=False).digest()
+
+
+#: RFC 3947 section 3.1: MD5("RFC 3947").
+VID_NAT_T_RFC = _md5(b"RFC 3947")
+#: The draft NAT-T versions strongSwan and Libreswan still send and accept.
+VID_NAT_T_DRAFTS = (
+    _md5(b"draft-ietf-ipsec-nat-t-ike-02\n"),
+    _md5(b"draft-ietf-ipsec-nat-t-ike-02"),
+    _md5(b"draft-ietf-ipsec-nat-t-ike-03"),
+    _md5(b"draft-ietf-ipsec-nat-t-ike-00"),
+)
+#: RFC 3706 section 5.
+VID_DPD = bytes.fromhex("afcad71368a1f1c96b8696fc77570100")
+#: Fragmentation as strongSwan, Cisco and Windows speak it: MD5("FRAGMENTATION") + flags.
+VID_FRAGMENTATION = _md5(b"FRAGMENTATION")
+VID_XAUTH = _md5(b"draft-ietf-ipsra-isakmp-xauth-06.txt")[:8]
+VID_CISCO_UNITY = bytes.fromhex("12f5f28c457168a9702d9fe274cc0100")
+VID_STRONGSWAN = _md5(b"strongSwan")
+VID_IKEV1D = _md5(b"ikev1d")
+
+
+@dataclass(frozen=True)
+class PeerVendors:
+    """What a peer's Vendor ID payloads told us."""
+
+    extensions: frozenset[Extension]
+    unknown: tuple[bytes, ...]
+
+    @property
+    def nat_t(self) -> bool:
+        return bool(self.extensions & {Extension.NAT_T_RFC, Extension.NAT_T_DRAFT})
+
+    @property
+    def nat_t_rfc(self) -> bool:
+        return Extension.NAT_T_RFC in self.extensions
+
+
+def recognise(vids: list[bytes]) -> PeerVendors:
+    found: set[Extension] = set()
+    unknown: list[bytes] = []
+    for vid in vids:
+        if vid == VID_NAT_T_RFC:
+            found.add(Extension.NAT_T_RFC)
+        elif vid in VID_NAT_T_DRAFTS:
+            found.add(Extension.NAT_T_DRAFT)
+        elif vid == VID_DPD:
+            found.add(Extension.DPD)
+        elif vid[:16] == VID_FRAGMENTATION:
+            found.add(Extension.FRAGMENTATION)
+        elif vid == VID_XAUTH:
+            found.add(Extension.XAUTH)
+        elif vid == VID_CISCO_UNITY:
+            found.add(Extension.CISCO_UNITY)
+        elif vid == VID_STRONGSWAN:
+            found.add(Extension.STRONGSWAN)
+        elif vid == VID_IKEV1D:
+            found.add(Extension.IKEV1D)
+        else:
+            unknown.append(vid)
+    return PeerVendors(frozenset(found), tuple(unknown))
+
+
+def our_vendor_ids() -> list[bytes]:
+    """The IDs we send in the first Main Mode message of each side.
+
+    NAT-T in its RFC and draft forms (the peer's answer tells which it speaks),
+    DPD, fragmentation (we reassemble; we do not fragment ourselves yet) and our own.
+    """
+    return [
+        VID_IKEV1D,
+        VID_NAT_T_RFC,
+        *VID_NAT_T_DRAFTS[:2],
+        VID_DPD,
+    ]
+
+
+def responder_vendor_ids(peer: PeerVendors) -> list[bytes]:
+    """Answer the known VIDs: exactly one NAT-T flavour, the best both speak."""
+    vids = [VID_IKEV1D]
+    if Extension.NAT_T_RFC in peer.extensions:
+        vids.append(VID_NAT_T_RFC)
+    elif Extension.NAT_T_DRAFT in peer.extensions:
+        vids.append(VID_NAT_T_DRAFTS[0])
+    if Extension.DPD in peer.extensions:
+        vids.append(VID_DPD)
+    return vids

@@ -1,0 +1,426 @@
+"""Two engines talking in memory: fast, deterministic, with a fake clock.
+
+This proves only that ikev1d agrees with itself; tests/interop/ checks the
+same paths against a real strongSwan.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from ikev1d.config import Config, parse_config
+from ikev1d.engine import Engine, EngineError
+from ikev1d.engine.api import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ConnectionFailed,
+    Datagram,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+)
+from ikev1d.wire import ExchangeType, Flags, decode_message, split_message
+
+A_ADDR = "192.0.2.1"
+B_ADDR = "192.0.2.2"
+
+
+def config_text(
+    local: str,
+    remote: str,
+    local_ts: str,
+    remote_ts: str,
+    *,
+    proposals: str = '["aes128-sha256-modp2048"]',
+    esp: str = '["aes128gcm16", "aes128-sha256"]',
+    psk: str = "a very long shared secret for tests",
+    encap: bool = False,
+    remote_addrs: str | None = None,
+    extra_daemon: str = "",
+) -> str:
+    return f"""
+[daemon]
+dataplane = "none"
+retransmit_timeout = "1s"
+retransmit_tries = 3
+{extra_daemon}
+
+[connections.gw]
+local_addrs = ["{local}"]
+remote_addrs = {remote_addrs or f'["{remote}"]'}
+proposals = {proposals}
+encap = {"true" if encap else "false"}
+
+[connections.gw.local]
+auth = "psk"
+id = "{local}"
+
+[connections.gw.remote]
+auth = "psk"
+id = "{remote}"
+
+[connections.gw.children.net]
+local_ts = ["{local_ts}"]
+remote_ts = ["{remote_ts}"]
+esp_proposals = {esp}
+
+[secrets.gw]
+secret = "{psk}"
+ids = ["{remote}"]
+"""
+
+
+@dataclass
+class Peer:
+    engine: Engine
+    address: str
+    events: list[Event] = field(default_factory=list)
+
+    def of(self, kind: type) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+@dataclass
+class Net:
+    a: Peer
+    b: Peer
+    now: float = 1000.0
+    drop: Callable[[Datagram], bool] = lambda d: False
+    wire: list[tuple[str, Datagram]] = field(default_factory=list)
+
+    def peer_at(self, address: str) -> Peer:
+        return self.a if address == self.a.address else self.b
+
+    def pump(self, rounds: int = 50) -> None:
+        for _ in range(rounds):
+            moved = False
+            for src in (self.a, self.b):
+                for dgram in src.engine.datagrams_to_send():
+                    moved = True
+                    self.wire.append((src.address, dgram))
+                    if self.drop(dgram):
+                        continue
+                    dst = self.peer_at(dgram.remote[0])
+                    dst.engine.receive_datagram(dgram.data, dgram.remote, dgram.local, self.now)
+                src.events += src.engine.events()
+            if not moved:
+                return
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            deadlines = [d for d in (self.a.engine.get_timer(), self.b.engine.get_timer()) if d]
+            due = [d for d in deadlines if d <= end]
+            if not due:
+                break
+            self.now = max(self.now, min(due))
+            for peer in (self.a, self.b):
+                peer.engine.handle_timer(self.now)
+            self.pump()
+        self.now = end
+
+
+def make_net(a_cfg: str, b_cfg: str, seed: int = 1) -> Net:
+    rng = random.Random(seed)
+    a = Engine(parse_config(a_cfg), random_bytes=rng.randbytes)
+    b = Engine(parse_config(b_cfg), random_bytes=rng.randbytes)
+    return Net(Peer(a, A_ADDR), Peer(b, B_ADDR))
+
+
+def default_net(**kw: object) -> Net:
+    a_kw = dict(kw)
+    b_kw = dict(kw)
+    for key in list(kw):
+        if key.startswith("a_"):
+            a_kw[key[2:]] = a_kw.pop(key)
+            b_kw.pop(key)
+        elif key.startswith("b_"):
+            b_kw[key[2:]] = b_kw.pop(key)
+            a_kw.pop(key)
+    return make_net(
+        config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24", **a_kw),  # type: ignore[arg-type]
+        config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24", **b_kw),  # type: ignore[arg-type]
+    )
+
+
+def establish(net: Net) -> None:
+    net.a.engine.initiate("gw", None, net.now)
+    net.pump()
+
+
+def test_main_mode_and_quick_mode_establish_with_matching_keys() -> None:
+    net = default_net()
+    establish(net)
+    assert len(net.a.of(IkeSaEstablished)) == 1
+    assert len(net.b.of(IkeSaEstablished)) == 1
+    (ca,) = net.a.of(ChildSaEstablished)
+    (cb,) = net.b.of(ChildSaEstablished)
+    assert isinstance(ca, ChildSaEstablished) and isinstance(cb, ChildSaEstablished)
+    assert ca.spi_in == cb.spi_out and ca.spi_out == cb.spi_in
+    assert ca.keymat_out == cb.keymat_in and ca.keymat_in == cb.keymat_out
+    assert ca.keymat_in != ca.keymat_out
+    assert ca.proposal == "aes128gcm16" and len(ca.keymat_in) == 16 + 4
+    assert [str(n) for n in ca.local_ts] == ["10.1.0.0/24"]
+    assert [str(n) for n in cb.local_ts] == ["10.2.0.0/24"]
+    # Main Mode is 6 messages and Quick Mode 3: the seed's "at least 9".
+    exchanges = [split_message(d.data)[0].exchange_type for _, d in net.wire]
+    assert exchanges.count(ExchangeType.IDENTITY_PROTECTION) == 6
+    assert exchanges.count(ExchangeType.QUICK_MODE) == 3
+    status = net.a.engine.status(net.now)
+    (ike,) = status["ike_sas"]
+    assert ike["state"] == "ESTABLISHED" and ike["initiator"] is True
+    assert ike["proposal"] == "aes128-sha256-modp2048" and ike["auth"] == "psk"
+    (child,) = ike["children"]
+    assert child["state"] == "INSTALLED" and child["spi_in"] == f"{ca.spi_in:08x}"
+
+
+def test_messages_5_and_6_are_encrypted_and_first_four_are_not() -> None:
+    net = default_net()
+    establish(net)
+    mm = [split_message(d.data)[0] for _, d in net.wire
+          if split_message(d.data)[0].exchange_type == ExchangeType.IDENTITY_PROTECTION]
+    assert [bool(h.flags & Flags.ENCRYPTION) for h in mm] == [False] * 4 + [True] * 2
+
+
+def test_responder_takes_first_acceptable_proposal_in_initiator_order() -> None:
+    net = default_net(
+        a_proposals='["aes256-sha512-modp4096", "aes128-sha256-ecp256", "aes256-sha256-modp2048"]',
+        b_proposals='["aes256-sha256-modp2048", "aes128-sha256-ecp256"]',
+    )
+    establish(net)
+    (ike,) = net.b.of(IkeSaEstablished)
+    assert isinstance(ike, IkeSaEstablished) and ike.proposal == "aes128-sha256-ecp256"
+
+
+@pytest.mark.parametrize("proposal", ["3des-sha1-modp1024", "aes256-sha384-curve25519",
+                                      "aes192-sha512-ecp384"])
+def test_other_groups_and_ciphers(proposal: str) -> None:
+    net = default_net(proposals=f'["{proposal}"]')
+    establish(net)
+    assert len(net.a.of(ChildSaEstablished)) == 1
+
+
+def test_pfs_quick_mode() -> None:
+    net = default_net(esp='["aes256-sha256-modp2048"]')
+    establish(net)
+    (ca,) = net.a.of(ChildSaEstablished)
+    (cb,) = net.b.of(ChildSaEstablished)
+    assert isinstance(ca, ChildSaEstablished) and isinstance(cb, ChildSaEstablished)
+    assert ca.proposal == "aes256-sha256-modp2048"
+    assert ca.keymat_out == cb.keymat_in
+    # QM1 and QM2 carry a 256-byte KE each with PFS (modp2048): compare with no PFS.
+    plain = default_net(esp='["aes256-sha256"]')
+    establish(plain)
+
+    def qm_sizes(n: Net) -> list[int]:
+        return [len(d.data) for _, d in n.wire if split_message(d.data)[0].exchange_type == 32]
+
+    with_pfs, without = qm_sizes(net), qm_sizes(plain)
+    assert with_pfs[0] - without[0] >= 256 and with_pfs[1] - without[1] >= 256
+    assert with_pfs[2] == without[2]
+
+
+def test_phase1_no_proposal_chosen(caplog: pytest.LogCaptureFixture) -> None:
+    net = default_net(a_proposals='["aes256-sha512-modp4096"]',
+                      b_proposals='["aes128-sha256-modp2048"]')
+    with caplog.at_level(logging.INFO):
+        establish(net)
+    (failed,) = net.a.of(ConnectionFailed)
+    assert isinstance(failed, ConnectionFailed) and "NO-PROPOSAL-CHOSEN" in failed.reason
+    assert "NO-PROPOSAL-CHOSEN" in caplog.text
+    assert "aes256-sha512-modp4096" in caplog.text and "aes128-sha256-modp2048" in caplog.text
+    assert net.b.engine.status(net.now) == {"ike_sas": []}
+    assert net.a.engine.status(net.now) == {"ike_sas": []}
+
+
+def test_phase2_no_proposal_chosen(caplog: pytest.LogCaptureFixture) -> None:
+    net = default_net(a_esp='["aes256-sha512"]', b_esp='["aes128gcm16"]')
+    with caplog.at_level(logging.INFO):
+        establish(net)
+    assert len(net.a.of(IkeSaEstablished)) == 1
+    (failed,) = net.a.of(ConnectionFailed)
+    assert isinstance(failed, ConnectionFailed) and "NO-PROPOSAL-CHOSEN" in failed.reason
+    assert not net.b.of(ChildSaEstablished)
+
+
+def test_invalid_id_information(caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net(
+        config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"),
+        config_text(B_ADDR, A_ADDR, "10.2.0.0/16", "10.1.0.0/24"),
+    )
+    with caplog.at_level(logging.INFO):
+        establish(net)
+    (failed,) = net.a.of(ConnectionFailed)
+    assert isinstance(failed, ConnectionFailed) and "INVALID-ID-INFORMATION" in failed.reason
+    assert "INVALID-ID-INFORMATION" in caplog.text
+
+
+def test_wrong_psk_fails_authentication(caplog: pytest.LogCaptureFixture) -> None:
+    net = default_net(b_psk="another long but different secret")
+    with caplog.at_level(logging.INFO):
+        establish(net)
+        net.advance(30)
+    assert "authentication failed" in caplog.text
+    assert not net.a.of(IkeSaEstablished) and not net.b.of(IkeSaEstablished)
+    assert any(isinstance(e, ConnectionFailed) for e in net.a.events)
+    assert net.a.engine.status(net.now) == {"ike_sas": []}
+
+
+def test_wrong_remote_id_fails_authentication(caplog: pytest.LogCaptureFixture) -> None:
+    text = config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24").replace(
+        f'[connections.gw.remote]\nauth = "psk"\nid = "{B_ADDR}"',
+        '[connections.gw.remote]\nauth = "psk"\nid = "gw.example.org"',
+    ).replace(f'ids = ["{B_ADDR}"]', f'ids = ["{B_ADDR}", "gw.example.org"]')
+    net = make_net(text, config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"))
+    with caplog.at_level(logging.INFO):
+        establish(net)
+    assert "authentication failed" in caplog.text
+    assert not net.a.of(IkeSaEstablished)
+
+
+def test_aggressive_mode_is_refused_without_state(caplog: pytest.LogCaptureFixture) -> None:
+    from ikev1d.wire import (
+        Header,
+        KePayload,
+        NoncePayload,
+        Payload,
+        encode_header,
+        encode_payloads,
+    )
+    from ikev1d.wire.ids import id_from_address
+
+    net = default_net()
+    payloads: list[Payload] = [
+        KePayload(b"\x01" * 256), NoncePayload(b"\x02" * 32), id_from_address(A_ADDR),
+    ]
+    body = encode_payloads(payloads)
+    header = Header(initiator_cookie=b"\x11" * 8, responder_cookie=bytes(8),
+                    next_payload=4, exchange_type=ExchangeType.AGGRESSIVE, flags=0,
+                    message_id=0)
+    with caplog.at_level(logging.INFO):
+        net.b.engine.receive_datagram(encode_header(header, len(body)) + body,
+                                      (B_ADDR, 500), (A_ADDR, 500), net.now)
+    (reply,) = net.b.engine.datagrams_to_send()
+    message = decode_message(reply.data)
+    assert message.header.exchange_type == ExchangeType.INFORMATIONAL
+    assert "Aggressive Mode is not supported" in caplog.text
+    assert net.b.engine.ike_sa_count() == 0
+    assert net.b.engine.get_timer() is None
+
+
+def test_lost_response_is_retransmitted_and_duplicate_not_processed_twice() -> None:
+    net = default_net()
+    dropped: list[int] = []
+
+    def drop_first_mm4(d: Datagram) -> bool:
+        header = split_message(d.data)[0]
+        # The 4th Main Mode message (responder's KE) is lost once.
+        if d.local[0] == B_ADDR and header.exchange_type == 2 and not dropped:
+            if len([1 for s, w in net.wire if s == B_ADDR]) == 2:
+                dropped.append(1)
+                return True
+        return False
+
+    net.drop = drop_first_mm4
+    establish(net)
+    assert dropped and not net.a.of(IkeSaEstablished)
+    net.advance(1.5)
+    assert len(net.a.of(IkeSaEstablished)) == 1
+    assert len(net.b.of(IkeSaEstablished)) == 1
+    assert len(net.a.of(ChildSaEstablished)) == 1
+    # B saw message 3 twice but answered from its cache: still one SA.
+    assert net.b.engine.ike_sa_count() == 1
+
+
+def test_unanswered_initiator_gives_up() -> None:
+    net = default_net()
+    net.drop = lambda d: True
+    establish(net)
+    net.advance(60)
+    (failed,) = net.a.of(ConnectionFailed)
+    assert isinstance(failed, ConnectionFailed) and "no response" in failed.reason
+    # 3 tries in all: the first send and two retransmissions.
+    assert len([1 for s, _ in net.wire if s == A_ADDR]) == 3
+    assert net.a.engine.get_timer() is None
+
+
+def test_half_open_sa_expires_on_responder() -> None:
+    net = default_net()
+    net.drop = lambda d: d.local[0] == A_ADDR and split_message(d.data)[0].flags == 0 and \
+        len([1 for s, _ in net.wire if s == A_ADDR]) > 1
+    establish(net)
+    assert net.b.engine.ike_sa_count() == 1
+    net.advance(120)
+    assert net.b.engine.ike_sa_count() == 0
+
+
+def test_half_open_cap_per_peer(caplog: pytest.LogCaptureFixture) -> None:
+    net = default_net(b_extra_daemon="half_open_per_peer = 2")
+    a_cfg = parse_config(config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"))
+    # Four initiators at the same address send message 1 and never continue.
+    with caplog.at_level(logging.INFO):
+        for seed in range(4):
+            initiator = Engine(a_cfg, random_bytes=random.Random(100 + seed).randbytes)
+            initiator.initiate("gw", None, net.now)
+            for dgram in initiator.datagrams_to_send():
+                net.b.engine.receive_datagram(dgram.data, dgram.remote, dgram.local, net.now)
+    assert net.b.engine.ike_sa_count() == 2
+    assert "too many half-open SAs" in caplog.text
+    assert len(net.b.engine.datagrams_to_send()) == 2
+
+
+def test_delete_in_both_directions() -> None:
+    net = default_net()
+    establish(net)
+    net.a.engine.terminate("gw", net.now)
+    net.pump()
+    assert len(net.b.of(ChildSaDeleted)) == 1 and len(net.b.of(IkeSaDeleted)) == 1
+    assert net.b.engine.status(net.now) == {"ike_sas": []}
+    net2 = default_net()
+    establish(net2)
+    net2.b.engine.terminate("gw", net2.now)
+    net2.pump()
+    assert len(net2.a.of(ChildSaDeleted)) == 1 and len(net2.a.of(IkeSaDeleted)) == 1
+
+
+def test_encap_forces_nat_t_port_and_udp_encapsulation() -> None:
+    net = default_net(a_encap=True)
+    establish(net)
+    (ca,) = net.a.of(ChildSaEstablished)
+    (cb,) = net.b.of(ChildSaEstablished)
+    assert isinstance(ca, ChildSaEstablished) and isinstance(cb, ChildSaEstablished)
+    assert ca.encap and cb.encap
+    assert ca.remote[1] == 4500 and cb.local[1] == 4500
+    ports = [d.remote[1] for s, d in net.wire if s == A_ADDR]
+    assert ports[:2] == [500, 500] and set(ports[2:]) == {4500}
+
+
+def test_unknown_connection_is_a_local_error() -> None:
+    net = default_net()
+    with pytest.raises(EngineError):
+        net.a.engine.initiate("nope", None, net.now)
+
+
+def test_garbage_never_raises() -> None:
+    net = default_net()
+    establish(net)
+    rng = random.Random(7)
+    captured = [d.data for _, d in net.wire]
+    for _ in range(3000):
+        base = bytearray(rng.choice(captured))
+        for _ in range(rng.randint(1, 4)):
+            base[rng.randrange(len(base))] = rng.randrange(256)
+        net.b.engine.receive_datagram(bytes(base), (B_ADDR, 500), (A_ADDR, 500), net.now)
+        net.b.engine.receive_datagram(rng.randbytes(rng.randint(0, 80)), (B_ADDR, 500),
+                                      (A_ADDR, 500), net.now)
+    net.b.engine.datagrams_to_send()
+    assert len(net.b.of(IkeSaEstablished)) == 1
+
+
+def config_for(text: str) -> Config:
+    return parse_config(text)
