@@ -726,9 +726,7 @@ def _load_auth(
         private_key = ld.file(private_key, f"{path}.private_key")
     if pubkey is not None:
         pubkey = ld.file(pubkey, f"{path}.pubkey")
-    config = AuthConfig(auth, identity, certs, private_key, cacerts, pubkey)
-    _check_auth_files(ld, config, path, remote=remote)
-    return config
+    return AuthConfig(auth, identity, certs, private_key, cacerts, pubkey)
 
 
 def _check_auth_files(ld: _Loader, a: AuthConfig, path: str, *, remote: bool) -> None:
@@ -821,6 +819,8 @@ def _load_connection(
             f"is {remote.auth!r} but local.auth is {local.auth!r}: IKEv1 negotiates one "
             "authentication method for both sides (RFC 2409 section 5)",
         )
+    _check_auth_files(ld, local, f"{path}.local", remote=False)
+    _check_auth_files(ld, remote, f"{path}.remote", remote=True)
 
     dpd_delay = ld.get_duration(data, path, "dpd_delay", d.dpd_delay, allow_zero=True)
     dpd_timeout = ld.get_duration(data, path, "dpd_timeout", d.dpd_timeout)

@@ -1,0 +1,781 @@
+"""The TOML configuration: every documented key, every error path, the lookups."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from ikev1d.config import (
+    DEFAULT_ESP_PROPOSALS,
+    DEFAULT_IKE_PROPOSALS,
+    AuthConfig,
+    Config,
+    ConfigError,
+    ConnectionConfig,
+    DaemonConfig,
+    classify_id,
+    config_warnings,
+    load_config,
+    parse_config,
+)
+from ikev1d.durations import DurationError, format_duration, parse_duration
+from ikev1d.proposals import EspProposal, IkeProposal, parse_esp_proposal, parse_ike_proposal
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+# The SPEC.md example, every key set (values differ from the defaults where possible).
+FULL = """
+[daemon]
+listen = ["192.0.2.1", "2001:db8::1"]
+port = 5000
+port_nat_t = 5001
+dataplane = "kernel"
+retransmit_timeout = "3s"
+retransmit_tries = 7
+half_open_per_peer = 4
+half_open_total = 100
+half_open_timeout = "1m"
+log_level = "debug"
+allow_insecure_algorithms = false
+
+[connections.site-b]
+local_addrs = ["192.0.2.1"]
+remote_addrs = ["192.0.2.2"]
+proposals = ["aes256-sha256-modp2048", "aes128-sha1-modp2048"]
+encap = true
+dpd_delay = "20s"
+dpd_timeout = "2m"
+dpd_action = "hold"
+rekey_time = "4h"
+reauth_time = "1d"
+start_action = "start"
+vips = ["0.0.0.0"]
+pools = []
+modecfg = "push"
+
+[connections.site-b.local]
+auth = "psk"
+id = "gw-a.example.org"
+
+[connections.site-b.remote]
+auth = "psk"
+id = "192.0.2.2"
+
+[connections.site-b.children.net]
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.2.0.0/24", "2001:db8:2::/48"]
+esp_proposals = ["aes128gcm16-modp2048", "aes128-sha256"]
+mode = "transport"
+rekey_time = "1h"
+life_bytes = 1000000
+start_action = "start"
+
+[connections.dyn]
+remote_addrs = ["%any"]
+pools = ["clients"]
+dpd_action = "clear"
+
+[connections.dyn.children.lan]
+local_ts = ["10.2.0.0/16"]
+
+[secrets.site-b]
+secret = "a long random string, long enough"
+ids = ["192.0.2.2"]
+
+[pools.clients]
+addrs = "10.3.0.0/24"
+dns = ["10.3.0.1"]
+split_include = ["10.2.0.0/16"]
+"""
+
+
+def load(text: str) -> Config:
+    return parse_config(text, "test.toml")
+
+
+def error(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    return str(info.value)
+
+
+MINIMAL = """
+[connections.c]
+remote_addrs = ["192.0.2.2"]
+"""
+
+
+# --- every key --------------------------------------------------------------------
+
+
+def test_every_documented_key() -> None:
+    cfg = load(FULL)
+    assert cfg.source == "test.toml"
+    assert cfg.daemon == DaemonConfig(
+        listen=("192.0.2.1", "2001:db8::1"), port=5000, port_nat_t=5001, dataplane="kernel",
+        retransmit_timeout=3.0, retransmit_tries=7, half_open_per_peer=4,
+        half_open_total=100, half_open_timeout=60.0, log_level="debug",
+        allow_insecure_algorithms=False,
+    )
+    assert list(cfg.connections) == ["site-b", "dyn"]
+    conn = cfg.connections["site-b"]
+    assert conn.name == "site-b"
+    assert conn.local_addrs == ("192.0.2.1",)
+    assert conn.remote_addrs == ("192.0.2.2",)
+    assert conn.proposals == (
+        IkeProposal("aes", 256, "sha256", 14), IkeProposal("aes", 128, "sha1", 14)
+    )
+    assert conn.encap is True
+    assert (conn.dpd_delay, conn.dpd_timeout, conn.dpd_action) == (20.0, 120.0, "hold")
+    assert (conn.rekey_time, conn.reauth_time) == (14400.0, 86400.0)
+    assert conn.phase1_lifetime == 14400.0
+    assert conn.start_action == "start"
+    assert conn.vips == ("0.0.0.0",)
+    assert conn.pools == ()
+    assert conn.modecfg == "push"
+    assert conn.local == AuthConfig(auth="psk", id="gw-a.example.org")
+    assert conn.remote == AuthConfig(auth="psk", id="192.0.2.2")
+    child = conn.children["net"]
+    assert child.name == "net"
+    assert child.local_ts == (ipaddress.ip_network("10.1.0.0/24"),)
+    assert child.remote_ts == (
+        ipaddress.ip_network("10.2.0.0/24"), ipaddress.ip_network("2001:db8:2::/48")
+    )
+    assert child.esp_proposals == (
+        EspProposal("aesgcm", 128, 16, None, 14), EspProposal("aes", 128, 0, "sha256", None)
+    )
+    assert (child.mode, child.rekey_time, child.life_bytes, child.start_action) == (
+        "transport", 3600.0, 1000000, "start"
+    )
+    assert cfg.connections["dyn"].pools == ("clients",)
+    secret = cfg.secrets["site-b"]
+    assert (secret.name, secret.ids) == ("site-b", ("192.0.2.2",))
+    assert secret.value == b"a long random string, long enough"
+    assert "long random" not in repr(secret)  # secrets stay out of logs
+    pool = cfg.pools["clients"]
+    assert pool.addrs == ipaddress.ip_network("10.3.0.0/24")
+    assert pool.dns == ("10.3.0.1",)
+    assert pool.split_include == (ipaddress.ip_network("10.2.0.0/16"),)
+
+
+def test_defaults() -> None:
+    cfg = load(MINIMAL)
+    assert cfg.daemon == DaemonConfig()
+    assert cfg.daemon.listen == ("0.0.0.0",)
+    conn = cfg.connections["c"]
+    assert conn.proposals == tuple(
+        p for text in DEFAULT_IKE_PROPOSALS for p in parse_ike_proposal(text)
+    )
+    assert not any(p.weak for p in conn.proposals)
+    assert (conn.encap, conn.dpd_delay, conn.dpd_timeout, conn.dpd_action) == (
+        False, 30.0, 150.0, "restart"
+    )
+    assert (conn.rekey_time, conn.start_action, conn.modecfg) == (14400.0, "none", "pull")
+    assert conn.local == AuthConfig(auth="psk", id=None)  # filled from the address at runtime
+    assert conn.remote.id == "192.0.2.2"  # the single remote address
+    assert conn.children == {}
+
+
+def test_default_child_and_ids() -> None:
+    cfg = load("""
+[connections.c]
+local_addrs = ["192.0.2.1"]
+remote_addrs = ["192.0.2.2", "192.0.2.3"]
+[connections.c.children.x]
+""")
+    conn = cfg.connections["c"]
+    assert conn.local.id == "192.0.2.1"
+    assert conn.remote.id == "%any"  # several possible peers
+    child = conn.children["x"]
+    assert child.local_ts == () and child.remote_ts == ()  # dynamic
+    assert child.esp_proposals == tuple(
+        p for text in DEFAULT_ESP_PROPOSALS for p in parse_esp_proposal(text)
+    )
+    assert (child.mode, child.rekey_time, child.life_bytes) == ("tunnel", 3600.0, 0)
+
+
+def test_multi_algorithm_proposals_flatten_in_order_without_duplicates() -> None:
+    cfg = load("""
+[connections.c]
+remote_addrs = ["192.0.2.2"]
+proposals = ["aes128-aes256-sha256-modp2048", "aes128-sha256-modp2048-ecp256"]
+""")
+    assert [p.render() for p in cfg.connections["c"].proposals] == [
+        "aes128-sha256-modp2048", "aes256-sha256-modp2048", "aes128-sha256-ecp256",
+    ]
+
+
+def test_comma_separated_proposal_string_as_in_swanctl() -> None:
+    cfg = load("""
+[connections.c]
+remote_addrs = ["192.0.2.2"]
+proposals = "aes256-sha256-modp2048, aes128-sha1-modp2048"
+""")
+    assert len(cfg.connections["c"].proposals) == 2
+
+
+def test_ipv6_normalized_and_cidr_remote() -> None:
+    cfg = load("""
+[connections.c]
+local_addrs = ["2001:DB8:0::1"]
+remote_addrs = ["2001:db8::/64"]
+""")
+    conn = cfg.connections["c"]
+    assert conn.local_addrs == ("2001:db8::1",)
+    assert conn.remote_addrs == ("2001:db8::/64",)
+    assert conn.remote.id == "%any"
+
+
+def test_integer_durations_are_seconds() -> None:
+    cfg = load(MINIMAL.replace("]\n", "]\nrekey_time = 7200\ndpd_delay = 0\n", 1))
+    assert cfg.connections["c"].rekey_time == 7200.0
+    assert cfg.connections["c"].dpd_delay == 0.0
+
+
+def test_insecure_allowed_when_configured() -> None:
+    cfg = load("""
+[daemon]
+allow_insecure_algorithms = true
+[connections.c]
+remote_addrs = ["192.0.2.2"]
+proposals = ["aes128-md5-modp2048"]
+""")
+    assert cfg.connections["c"].proposals[0].integrity == "md5"
+    assert any("allow_insecure_algorithms" in w for w in config_warnings(cfg))
+
+
+def test_secret_encodings() -> None:
+    cfg = load("""
+[secrets.hex]
+secret = "0x00112233"
+ids = ["192.0.2.2"]
+[secrets.b64]
+secret = "0sAAECAw=="
+ids = ["192.0.2.3"]
+""")
+    assert cfg.secrets["hex"].value == b"\x00\x11\x22\x33"
+    assert cfg.secrets["b64"].value == b"\x00\x01\x02\x03"
+
+
+def test_aggressive_false_is_only_a_note() -> None:
+    cfg = load(MINIMAL + "aggressive = false\n")
+    assert any("aggressive" in w for w in config_warnings(cfg))
+
+
+def test_version_1_is_accepted() -> None:
+    load(MINIMAL + "version = 1\n")
+
+
+def test_cert_files_resolved_against_the_config_directory(tmp_path: Path) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("-----BEGIN X-----\n")
+    conf = tmp_path / "ikev1d.toml"
+    conf.write_text("""
+[connections.c]
+remote_addrs = ["192.0.2.2"]
+[connections.c.local]
+auth = "pubkey"
+id = "C=DE, O=Example, CN=gw-a"
+certs = ["cert.pem"]
+private_key = "key.pem"
+[connections.c.remote]
+auth = "pubkey"
+id = "C=DE, O=Example, CN=gw-b"
+cacerts = ["ca.pem"]
+""")
+    cfg = load_config(conf)
+    conn = cfg.connections["c"]
+    assert conn.local.certs == (str(tmp_path / "cert.pem"),)
+    assert conn.local.private_key == str(tmp_path / "key.pem")
+    assert conn.remote.cacerts == (str(tmp_path / "ca.pem"),)
+    assert conn.remote.id == "C=DE, O=Example, CN=gw-b"
+
+
+def test_rsa_encryption(tmp_path: Path) -> None:
+    for name in ("key.pem", "peer.pem"):
+        (tmp_path / name).write_text("x")
+    cfg = parse_config("""
+[connections.c]
+remote_addrs = ["192.0.2.2"]
+[connections.c.local]
+auth = "rsa-encryption"
+private_key = "key.pem"
+[connections.c.remote]
+auth = "rsa-encryption"
+pubkey = "peer.pem"
+""", "t.toml", tmp_path)
+    assert cfg.connections["c"].remote.pubkey == str(tmp_path / "peer.pem")
+
+
+@pytest.mark.parametrize("name", ["site-a.toml", "site-b.toml", "dynamic-peers.toml"])
+def test_examples_load(name: str) -> None:
+    cfg = load_config(EXAMPLES / name)
+    assert cfg.connections
+
+
+def test_site_examples_match_each_other() -> None:
+    a = load_config(EXAMPLES / "site-a.toml").connections["site-b"]
+    b = load_config(EXAMPLES / "site-b.toml").connections["site-a"]
+    assert a.local_addrs == b.remote_addrs and a.remote_addrs == b.local_addrs
+    assert a.local.id == b.remote.id and a.remote.id == b.local.id
+    assert set(a.proposals) & set(b.proposals)
+    assert a.children["net"].local_ts == b.children["net"].remote_ts
+    assert a.children["net"].remote_ts == b.children["net"].local_ts
+    assert set(a.children["net"].esp_proposals) & set(b.children["net"].esp_proposals)
+    cfg_a = load_config(EXAMPLES / "site-a.toml")
+    cfg_b = load_config(EXAMPLES / "site-b.toml")
+    assert cfg_a.psk_for("192.0.2.1", "192.0.2.2") == cfg_b.psk_for("192.0.2.2", "192.0.2.1")
+    assert config_warnings(cfg_a) == [] and config_warnings(cfg_b) == []
+
+
+# --- errors: FILE: KEY: reason ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("[daemon]\nlisten = ['x']", "daemon.listen[0]", "not an IP address"),
+        ("[daemon]\nlisten = []", "daemon.listen", "at least one"),
+        ("[daemon]\nlisten = '0.0.0.0'", "daemon.listen", "expected a list"),
+        ("[daemon]\nport = 0", "daemon.port", "out of range"),
+        ("[daemon]\nport = '500'", "daemon.port", "expected an integer"),
+        ("[daemon]\nport = true", "daemon.port", "expected an integer"),
+        ("[daemon]\nport_nat_t = 500", "daemon.port_nat_t", "must differ"),
+        ("[daemon]\ndataplane = 'xfrm'", "daemon.dataplane", "userspace | kernel | none"),
+        ("[daemon]\nretransmit_timeout = '2x'", "daemon.retransmit_timeout", "invalid duration"),
+        ("[daemon]\nretransmit_timeout = '0s'", "daemon.retransmit_timeout", "longer than 0s"),
+        ("[daemon]\nretransmit_tries = -1", "daemon.retransmit_tries", "out of range"),
+        ("[daemon]\nhalf_open_per_peer = 0", "daemon.half_open_per_peer", "out of range"),
+        ("[daemon]\nhalf_open_total = 0", "daemon.half_open_total", "out of range"),
+        ("[daemon]\nhalf_open_timeout = -5", "daemon.half_open_timeout", "non-negative"),
+        ("[daemon]\nlog_level = 'loud'", "daemon.log_level", "debug | info"),
+        ("[daemon]\nallow_insecure_algorithms = 1", "daemon.allow_insecure_algorithms",
+         "true or false"),
+        ("[daemon]\nlisten_addr = []", "daemon.listen_addr", "did you mean 'listen'"),
+        ("daemon = 3", "daemon", "expected a table"),
+        ("[deamon]", "deamon", "did you mean 'daemon'"),
+        ("[connection.x]", "connection", "did you mean 'connections'"),
+    ],
+)
+def test_daemon_and_top_level_errors(text: str, key: str, reason: str) -> None:
+    message = error(text)
+    assert message.startswith(f"test.toml: {key}: ")
+    assert reason in message
+
+
+C = "[connections.c]\nremote_addrs = ['192.0.2.2']\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("[connections.c]\n", "connections.c.remote_addrs", "required"),
+        ("[connections.c]\nremote_addrs = ['gw.example.org']", "connections.c.remote_addrs[0]",
+         "host names are not resolved"),
+        ("[connections.c]\nremote_addrs = ['%any', '192.0.2.2']", "connections.c.remote_addrs",
+         "cannot be combined"),
+        ("[connections.c]\nremote_addrs = ['10.0.0.1/8']", "connections.c.remote_addrs[0]",
+         "did you mean '10.0.0.0/8'"),
+        (C + "local_addrs = ['%any']", "connections.c.local_addrs[0]", "not an IP address"),
+        (C + "proposals = ['aes128-sha1-modp2048', 'blowfish-sha1-modp2048']",
+         "connections.c.proposals[1]",
+         "unknown algorithm 'blowfish' in proposal 'blowfish-sha1-modp2048'"),
+        (C + "proposals = ['aes128-sha1-modp768']", "connections.c.proposals[0]",
+         "DH group 1"),
+        (C + "proposals = ['aes128-md5-modp2048']", "connections.c.proposals[0]",
+         "allow_insecure_algorithms"),
+        (C + "proposals = ['aes128-sha256']", "connections.c.proposals[0]", "no DH group"),
+        (C + "proposals = []", "connections.c.proposals", "must not be empty"),
+        (C + "proposals = [1]", "connections.c.proposals[0]", "expected a string"),
+        (C + "encap = 'yes'", "connections.c.encap", "true or false"),
+        (C + "dpd_delay = '30 seconds'", "connections.c.dpd_delay", "invalid duration"),
+        (C + "dpd_delay = '60s'\ndpd_timeout = '30s'", "connections.c.dpd_timeout",
+         "longer than dpd_delay"),
+        (C + "dpd_action = 'trap'", "connections.c.dpd_action", "clear | hold | restart"),
+        (C + "rekey_time = '0s'", "connections.c.rekey_time", "longer than 0s"),
+        (C + "reauth_time = 'soon'", "connections.c.reauth_time", "invalid duration"),
+        (C + "start_action = 'trap'", "connections.c.start_action", "none | start"),
+        (C + "vips = ['any']", "connections.c.vips[0]", "not an IP address"),
+        (C + "pools = ['client']\n[pools.clients]\naddrs = '10.3.0.0/24'",
+         "connections.c.pools[0]", "did you mean 'clients'"),
+        (C + "vips = ['0.0.0.0']\npools = ['p']\n[pools.p]\naddrs = '10.3.0.0/24'",
+         "connections.c.pools", "not both"),
+        (C + "modecfg = 'both'", "connections.c.modecfg", "pull | push"),
+        (C + "aggressive = true", "connections.c.aggressive", "Aggressive Mode is not supported"),
+        (C + "version = 2", "connections.c.version", "IKEv1 only"),
+        (C + "rekey = '1h'", "connections.c.rekey", "did you mean 'rekey_time'"),
+        ("[connections.'bad name']\nremote_addrs = ['192.0.2.2']", "connections.bad name",
+         "invalid name"),
+        ("[connections.c]\nremote_addrs = ['%any']\nstart_action = 'start'",
+         "connections.c.start_action", "cannot initiate"),
+        ("[connections.c]\nremote_addrs = ['%any']\n[connections.c.children.x]\n"
+         "start_action = 'start'", "connections.c.children.x.start_action", "cannot initiate"),
+    ],
+)
+def test_connection_errors(text: str, key: str, reason: str) -> None:
+    message = error(text)
+    assert message.startswith(f"test.toml: {key}: ")
+    assert reason in message
+
+
+L = C + "[connections.c.local]\n"
+R = C + "[connections.c.remote]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        (L + "auth = 'eap'", "connections.c.local.auth", "psk | pubkey | rsa-encryption"),
+        (L + "id = '%any'", "connections.c.local.id", "only allowed for the remote"),
+        (L + "id = 'not valid!'", "connections.c.local.id", "not a valid identity"),
+        (L + "id = 'me@'", "connections.c.local.id", "not a valid user FQDN"),
+        (L + "id = 'C=DE, O'", "connections.c.local.id", "not KEY=VALUE"),
+        (L + "id = 'XX=DE'", "connections.c.local.id", "invalid distinguished name"),
+        (L + "cacerts = []", "connections.c.local.cacerts", "belongs in [connections.c.remote]"),
+        (R + "private_key = 'k.pem'", "connections.c.remote.private_key",
+         "belongs in [connections.c.local]"),
+        (R + "idd = 'x'", "connections.c.remote.idd", "did you mean 'id'"),
+        (R + "auth = 'pubkey'", "connections.c.remote.auth", "one authentication method"),
+        (L + "certs = ['missing.pem']", "connections.c.local.certs[0]", "file not found"),
+        (L + "auth = 'pubkey'\n[connections.c.remote]\nauth = 'pubkey'",
+         "connections.c.local.certs", "needs our certificate"),
+        ("[connections.c]\nremote_addrs = ['192.0.2.2']\nlocal = 'psk'", "connections.c.local",
+         "expected a table"),
+    ],
+)
+def test_auth_errors(text: str, key: str, reason: str) -> None:
+    message = error(text)
+    assert message.startswith(f"test.toml: {key}: ")
+    assert reason in message
+
+
+def test_auth_file_requirements(tmp_path: Path) -> None:
+    (tmp_path / "f.pem").write_text("x")
+
+    def err(local: str, remote: str) -> str:
+        text = (f"{C}[connections.c.local]\n{local}\n[connections.c.remote]\n{remote}\n")
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, "t.toml", tmp_path)
+        return str(info.value)
+
+    assert "connections.c.local.certs: only used with" in err(
+        "certs = ['f.pem']", "")
+    assert "connections.c.local.private_key: auth = \"pubkey\" needs our private key" in err(
+        "auth = 'pubkey'\ncerts = ['f.pem']", "auth = 'pubkey'\ncacerts = ['f.pem']")
+    assert "connections.c.remote.cacerts: auth = \"pubkey\" needs trust anchors" in err(
+        "auth = 'pubkey'\ncerts = ['f.pem']\nprivate_key = 'f.pem'", "auth = 'pubkey'")
+    assert "connections.c.remote.pubkey: auth = \"rsa-encryption\" needs the peer's" in err(
+        "auth = 'rsa-encryption'\nprivate_key = 'f.pem'", "auth = 'rsa-encryption'")
+
+
+CH = C + "[connections.c.children.x]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        (CH + "local_ts = ['10.1.0.1/24']", "connections.c.children.x.local_ts[0]",
+         "host bits set; did you mean '10.1.0.0/24'"),
+        (CH + "remote_ts = ['nowhere']", "connections.c.children.x.remote_ts[0]",
+         "not a network"),
+        (CH + "remote_ts = ['dynamic', '10.0.0.0/8']", "connections.c.children.x.remote_ts",
+         "cannot be combined"),
+        (CH + "esp_proposals = ['aes128']", "connections.c.children.x.esp_proposals[0]",
+         "no integrity algorithm"),
+        (CH + "esp_proposals = ['aes128gcm16', 'aes128gcm16-sha1']",
+         "connections.c.children.x.esp_proposals[1]", "remove 'sha1'"),
+        (CH + "mode = 'beet'", "connections.c.children.x.mode", "tunnel | transport"),
+        (CH + "rekey_time = '-1h'", "connections.c.children.x.rekey_time", "invalid duration"),
+        (CH + "life_bytes = -1", "connections.c.children.x.life_bytes", "out of range"),
+        (CH + "lifetime = '1h'", "connections.c.children.x.lifetime", "unknown key"),
+        (C + "[connections.c.children.'a b']", "connections.c.children.a b", "invalid name"),
+        (C + "children = 1", "connections.c.children", "expected a table"),
+    ],
+)
+def test_child_errors(text: str, key: str, reason: str) -> None:
+    message = error(text)
+    assert message.startswith(f"test.toml: {key}: ")
+    assert reason in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("[secrets.s]\nids = ['%any']", "secrets.s.secret", "required"),
+        ("[secrets.s]\nsecret = ''\nids = ['%any']", "secrets.s.secret", "must not be empty"),
+        ("[secrets.s]\nsecret = '0xzz'\nids = ['%any']", "secrets.s.secret", "encoding"),
+        ("[secrets.s]\nsecret = 'long enough secret here'", "secrets.s.ids", "required"),
+        ("[secrets.s]\nsecret = 'x'\nids = ['a b']", "secrets.s.ids[0]", "not a valid"),
+        ("[secrets.s]\nsecret = 'x'\nid = ['%any']", "secrets.s.id", "did you mean 'ids'"),
+        ("[pools.p]\ndns = []", "pools.p.addrs", "required"),
+        ("[pools.p]\naddrs = '10.3.0.1-10.3.0.9'", "pools.p.addrs", "not a network"),
+        ("[pools.p]\naddrs = '10.3.0.1/32'", "pools.p.addrs", "no addresses"),
+        ("[pools.p]\naddrs = '10.3.0.0/24'\ndns = ['x']", "pools.p.dns[0]", "not an IP"),
+        ("[pools.p]\naddrs = '10.3.0.0/24'\nsplit_include = ['10.2.0.1/16']",
+         "pools.p.split_include[0]", "host bits"),
+    ],
+)
+def test_secret_and_pool_errors(text: str, key: str, reason: str) -> None:
+    message = error(text)
+    assert message.startswith(f"test.toml: {key}: ")
+    assert reason in message
+
+
+def test_toml_syntax_error() -> None:
+    message = error("[daemon\n")
+    assert message.startswith("test.toml: not valid TOML: ")
+    assert "line 1" in message
+
+
+def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert str(info.value).startswith(f"{missing}: cannot read")
+    bad = tmp_path / "ikev1d.toml"
+    bad.write_text(C + "proposals = ['aes128-sha1-modp2048', 'blowfish-sha1-modp2048']\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert str(info.value) == (
+        f"{bad}: connections.c.proposals[1]: unknown algorithm 'blowfish' in proposal "
+        "'blowfish-sha1-modp2048'"
+    )
+    assert (info.value.source, info.value.key) == (str(bad), "connections.c.proposals[1]")
+
+
+# --- warnings --------------------------------------------------------------------
+
+
+def test_any_psk_warning_as_the_seed_cautions() -> None:
+    cfg = load("""
+[connections.rw]
+remote_addrs = ["%any"]
+dpd_action = "clear"
+[connections.rw.children.x]
+local_ts = ["10.0.0.0/8"]
+remote_ts = ["10.9.0.0/16"]
+[secrets.any]
+secret = "a shared secret that is long"
+ids = ["%any"]
+""")
+    warnings = config_warnings(cfg)
+    shared = [w for w in warnings if "share one pre-shared key" in w]
+    assert len(shared) == 1
+    assert shared[0].startswith("test.toml: connections.rw, secrets.any: ")
+    assert "security risk" in shared[0]
+    assert "certificate" in shared[0]
+
+
+def test_any_secret_alone_also_warns() -> None:
+    cfg = load("""
+[secrets.any]
+secret = "a shared secret that is long"
+ids = ["%any"]
+""")
+    assert any("share one pre-shared key" in w for w in config_warnings(cfg))
+
+
+def test_no_any_psk_warning_for_static_peers() -> None:
+    cfg = load(FULL.replace("remote_addrs = [\"%any\"]", "remote_addrs = [\"192.0.2.3\"]"))
+    assert not cfg.connections["dyn"].dynamic_peer
+    assert not any("share one pre-shared key" in w for w in config_warnings(cfg))
+
+
+def test_weak_short_psk_and_other_warnings() -> None:
+    cfg = load("""
+[connections.c]
+remote_addrs = ["192.0.2.2"]
+proposals = ["3des-sha1-modp1024"]
+rekey_time = "1h"
+[connections.c.children.x]
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.2.0.0/24"]
+esp_proposals = ["3des-sha1"]
+rekey_time = "2h"
+[connections.d]
+remote_addrs = ["192.0.2.3"]
+[secrets.c]
+secret = "short"
+ids = ["192.0.2.2"]
+[pools.unused]
+addrs = "10.3.0.0/24"
+""")
+    warnings = config_warnings(cfg)
+    text = "\n".join(warnings)
+    assert "test.toml: connections.c.proposals: 3des-sha1-modp1024: 3des" in text
+    assert "modp1024" in text
+    assert "test.toml: connections.c.children.x.esp_proposals: 3des-sha1: 3des" in text
+    assert "test.toml: secrets.c.secret: the pre-shared key is only 5 characters" in text
+    assert "test.toml: connections.d: auth = \"psk\" but no [secrets.*] entry" in text
+    assert "test.toml: connections.d.children: no children" in text
+    assert "test.toml: connections.c.children.x.rekey_time: Phase 2 lifetime" in text
+    assert "test.toml: pools.unused: not used" in text
+    assert not any("connections.c: auth" in w for w in warnings)
+
+
+def test_dynamic_peer_warnings() -> None:
+    cfg = load("""
+[connections.a]
+remote_addrs = ["%any"]
+proposals = ["aes256-sha256-modp2048"]
+[connections.b]
+remote_addrs = ["%any"]
+proposals = ["aes128-sha256-ecp256"]
+dpd_action = "clear"
+""")
+    text = "\n".join(config_warnings(cfg))
+    assert "test.toml: connections.a.dpd_action: \"restart\" cannot re-initiate" in text
+    assert "different proposals" in text
+    assert "connections.b.dpd_action" not in text
+
+
+def test_prf_note_reaches_warnings() -> None:
+    cfg = load(C + "proposals = ['aes128-sha256-prfsha256-modp2048']\n")
+    assert any("prfsha256" in w and "ignored" in w for w in config_warnings(cfg))
+
+
+# --- lookups ------------------------------------------------------------------------
+
+LOOKUP = """
+[connections.any-a]
+remote_addrs = ["%any"]
+proposals = ["aes256-sha256-modp2048"]
+dpd_action = "clear"
+[connections.static]
+local_addrs = ["192.0.2.1"]
+remote_addrs = ["192.0.2.2"]
+proposals = ["aes128-sha1-modp2048"]
+[connections.subnet]
+remote_addrs = ["198.51.100.0/24"]
+[connections.static-any-local]
+remote_addrs = ["192.0.2.2"]
+[connections.other-local]
+local_addrs = ["192.0.2.9"]
+remote_addrs = ["192.0.2.2"]
+[connections.any-b]
+remote_addrs = ["%any"]
+proposals = ["aes128-sha256-ecp256", "aes256-sha256-modp2048"]
+dpd_action = "clear"
+[connections.named]
+remote_addrs = ["203.0.113.7"]
+[connections.named.remote]
+id = "branch.example.org"
+[secrets.static]
+secret = "static secret, long enough"
+ids = ["192.0.2.2"]
+[secrets.any]
+secret = "shared secret for everyone"
+ids = ["%any"]
+[secrets.static-with-local]
+secret = "static secret with our id listed"
+ids = ["192.0.2.2", "gw-a.example.org"]
+[secrets.branch]
+secret = "branch secret, long enough!"
+ids = ["Branch.Example.org"]
+"""
+
+
+def names(conns: list[ConnectionConfig]) -> list[str]:
+    return [c.name for c in conns]
+
+
+def test_connections_for_addresses() -> None:
+    cfg = load(LOOKUP)
+    assert names(cfg.connections_for_addresses("192.0.2.1", "192.0.2.2")) == [
+        "static", "static-any-local", "any-a", "any-b",
+    ]
+    assert names(cfg.connections_for_addresses("192.0.2.5", "192.0.2.2")) == [
+        "static-any-local", "any-a", "any-b",
+    ]
+    assert names(cfg.connections_for_addresses("192.0.2.1", "198.51.100.9")) == [
+        "subnet", "any-a", "any-b",
+    ]
+    assert names(cfg.connections_for_addresses("192.0.2.1", "192.0.2.99")) == ["any-a", "any-b"]
+    assert names(cfg.connections_for_addresses("2001:db8::1", "2001:db8::2")) == [
+        "any-a", "any-b",
+    ]
+    assert cfg.connections_for_addresses("not-an-ip", "192.0.2.2") == []
+
+
+def test_dynamic_peer_proposals_are_the_union() -> None:
+    cfg = load(LOOKUP)
+    assert [p.render() for p in cfg.dynamic_peer_proposals()] == [
+        "aes256-sha256-modp2048", "aes128-sha256-ecp256",
+    ]
+
+
+def test_psk_for() -> None:
+    cfg = load(LOOKUP)
+    # by peer address; the secret that also lists our ID wins a tie
+    assert cfg.psk_for(None, "192.0.2.2") == b"static secret, long enough"
+    assert cfg.psk_for("gw-a.example.org", "192.0.2.2") == b"static secret with our id listed"
+    # unknown peer: the %any secret
+    assert cfg.psk_for(None, "192.0.2.77") == b"shared secret for everyone"
+    # the address selects exactly one connection, whose remote ID a secret lists
+    assert cfg.psk_for(None, "203.0.113.7") == b"branch secret, long enough!"
+    # by ID, case-insensitively for FQDNs
+    assert cfg.psk_for(None, "branch.example.ORG") == b"branch secret, long enough!"
+
+
+def test_psk_for_without_any_secret() -> None:
+    cfg = load(C + "[secrets.s]\nsecret = 'a secret of some length'\nids = ['192.0.2.2']\n")
+    assert cfg.psk_for(None, "192.0.2.2") == b"a secret of some length"
+    assert cfg.psk_for(None, "192.0.2.3") is None
+    assert cfg.psk_for(None, "::ffff:192.0.2.3") is None
+
+
+def test_psk_for_normalizes_ipv6() -> None:
+    cfg = load("[secrets.s]\nsecret = 'a secret of some length'\nids = ['2001:DB8::0:2']\n")
+    assert cfg.psk_for(None, "2001:db8::2") == b"a secret of some length"
+
+
+# --- identities and durations -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("192.0.2.1", "ipv4_addr"),
+        ("2001:db8::1", "ipv6_addr"),
+        ("gw.example.org", "fqdn"),
+        ("@gw", "fqdn"),
+        ("me@example.org", "user_fqdn"),
+        ("C=DE, O=X, CN=gw", "der_asn1_dn"),
+        ("%any", "any"),
+    ],
+)
+def test_classify_id(text: str, kind: str) -> None:
+    assert classify_id(text)[0] == kind
+
+
+@pytest.mark.parametrize("text", ["", "a b", "-gw.example.org", "me@", "@", "CN="])
+def test_classify_id_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        classify_id(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90.0), ("30m", 1800.0), ("4h", 14400.0), ("1d", 86400.0), ("45", 45.0),
+     (120, 120.0), ("1.5h", 5400.0), (" 2 m ", 120.0), ("0s", 0.0)],
+)
+def test_parse_duration(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "4 hours", "-1s", "1w", True, -3, [1], "nan"])
+def test_parse_duration_rejects(text: object) -> None:
+    with pytest.raises(DurationError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(14400.0, "4h"), (90.0, "90s"), (1800.0, "30m"), (86400.0, "1d"), (1.5, "1.5s"),
+     (0.0, "0s")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
