@@ -1,0 +1,768 @@
+"""The daemon: drives the sans-I/O engine from sockets, a timer, signals and the control socket.
+
+It makes no protocol decisions (STYLE.md, like aioquic's asyncio adapter): after
+every input to the engine (datagram, timer, command, reload) it sends what the
+engine wants sent, hands IPsec SA events to the data plane, answers waiting
+``up`` commands, and re-arms one timer at ``engine.get_timer()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ikev1d import logsetup
+from ikev1d.control import (
+    MAX_LINE,
+    ControlProtocolError,
+    DownRequest,
+    PingRequest,
+    ReloadRequest,
+    Request,
+    StatusRequest,
+    UpRequest,
+    decode_request,
+    encode_progress,
+    encode_response,
+)
+from ikev1d.dataplane.base import DataplaneBackend, DataplaneError, create_backend
+from ikev1d.engine.api import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ConnectionFailed,
+    Datagram,
+    Endpoint,
+    EngineError,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+)
+from ikev1d.io.udp import UdpError, UdpTransport
+
+log = logging.getLogger("ikev1d.daemon")
+
+LINGER_S = 0.5
+"""How long the daemon keeps running after shutdown so the Delete messages leave."""
+CONTROL_READ_TIMEOUT_S = 10.0
+
+
+# --- what the daemon needs from its collaborators -------------------------------------
+
+
+class DaemonSection(Protocol):
+    @property
+    def listen(self) -> Sequence[str]: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def port_nat_t(self) -> int: ...
+    @property
+    def dataplane(self) -> str: ...
+    @property
+    def log_level(self) -> str: ...
+
+
+class ConnectionSection(Protocol):
+    @property
+    def children(self) -> Mapping[str, Any]: ...
+
+
+class ConfigLike(Protocol):
+    """The parts of ``ikev1d.config.Config`` the daemon reads."""
+
+    @property
+    def daemon(self) -> DaemonSection: ...
+    @property
+    def connections(self) -> Mapping[str, ConnectionSection]: ...
+
+
+class EngineLike(Protocol):
+    """The interface of ``ikev1d.engine.Engine``."""
+
+    def receive_datagram(
+        self, data: bytes, local: Endpoint, remote: Endpoint, now: float
+    ) -> None: ...
+    def initiate(self, conn: str, child: str | None, now: float) -> None: ...
+    def terminate(self, conn: str, now: float) -> None: ...
+    def shutdown(self, now: float) -> None: ...
+    def reload(self, config: Any, now: float) -> None: ...
+    def datagrams_to_send(self) -> list[Datagram]: ...
+    def events(self) -> list[Event]: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def status(self, now: float) -> dict[str, Any]: ...
+
+
+class DaemonError(Exception):
+    """The daemon cannot start or run; the message is for people."""
+
+
+class ConfigLoadError(Exception):
+    """The configuration file is unreadable or invalid ("FILE: KEY: reason")."""
+
+
+ConfigLoader = Callable[[str], ConfigLike]
+EngineFactory = Callable[[ConfigLike, Callable[[int], bytes]], EngineLike]
+BackendFactory = Callable[[str, ConfigLike], DataplaneBackend]
+
+
+def load_config(path: str) -> ConfigLike:
+    """``ikev1d.config.load_config`` with its errors as ConfigLoadError."""
+    try:
+        module = importlib.import_module("ikev1d.config")
+    except ImportError as exc:
+        raise ConfigLoadError(f"the configuration loader is not available: {exc}") from exc
+    config_error: type[Exception] = getattr(module, "ConfigError", ValueError)
+    try:
+        config: ConfigLike = module.load_config(path)
+    except config_error as exc:
+        raise ConfigLoadError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigLoadError(f"{path}: {exc.strerror or exc}") from None
+    return config
+
+
+def config_warnings(config: ConfigLike) -> list[str]:
+    module = importlib.import_module("ikev1d.config")
+    warn = getattr(module, "config_warnings", None)
+    return list(warn(config)) if warn is not None else []
+
+
+def create_engine(config: ConfigLike, random_bytes: Callable[[int], bytes]) -> EngineLike:
+    try:
+        engine_class = importlib.import_module("ikev1d.engine").Engine
+    except (ImportError, AttributeError) as exc:
+        raise DaemonError(f"the protocol engine is not available: {exc}") from exc
+    engine: EngineLike = engine_class(config, random_bytes=random_bytes)
+    return engine
+
+
+def _create_backend(name: str, config: ConfigLike) -> DataplaneBackend:
+    return create_backend(name, config)
+
+
+# --- pending `up` commands ----------------------------------------------------------
+
+
+@dataclass
+class _UpWaiter:
+    conn: str
+    children: set[str]
+    """Children still to be established; empty: waiting for the ISAKMP SA only."""
+    progress: Callable[[str], None]
+    result: asyncio.Future[tuple[bool, str]]
+    established: list[str] = field(default_factory=list)
+
+    def finish(self, ok: bool, message: str) -> None:
+        if not self.result.done():
+            self.result.set_result((ok, message))
+
+
+def _endpoint_text(endpoint: Endpoint) -> str:
+    address, port = endpoint
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+# --- the daemon ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    config_path: str
+    socket_path: str
+    log_level: str | None = None
+    """From the command line; overrides ``[daemon] log_level``."""
+    linger_s: float = LINGER_S
+
+
+class Daemon:
+    """One running daemon. ``await run()``; ``request_stop()`` (or SIGTERM) ends it."""
+
+    def __init__(
+        self,
+        options: DaemonOptions,
+        *,
+        config_loader: ConfigLoader = load_config,
+        engine_factory: EngineFactory = create_engine,
+        backend_factory: BackendFactory = _create_backend,
+        warnings: Callable[[ConfigLike], list[str]] = config_warnings,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        self.options = options
+        self._config_loader = config_loader
+        self._engine_factory = engine_factory
+        self._backend_factory = backend_factory
+        self._warnings = warnings
+        self._random_bytes = random_bytes
+        self._install_signals = install_signal_handlers
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._config: ConfigLike | None = None
+        self._engine: EngineLike | None = None
+        self._backend: DataplaneBackend | None = None
+        self._udp: UdpTransport | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._waiters: list[_UpWaiter] = []
+        self._cleanups: list[tuple[str, Callable[[], None]]] = []
+        self._stop: asyncio.Event | None = None
+        self._started = asyncio.Event()
+        self._stopped = False
+
+    # properties for tests and callers that know the daemon is started
+
+    @property
+    def engine(self) -> EngineLike:
+        if self._engine is None:
+            raise DaemonError("daemon not started")
+        return self._engine
+
+    @property
+    def udp(self) -> UdpTransport:
+        if self._udp is None:
+            raise DaemonError("daemon not started")
+        return self._udp
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise DaemonError("daemon not started")
+        return self._loop
+
+    def now(self) -> float:
+        # The loop clock is time.monotonic(), the clock the engine's timers use.
+        return self.loop.time()
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    # --- start and stop ---
+
+    async def run(self) -> None:
+        """Start, serve until stopped, shut down. Raises DaemonError if it cannot start."""
+        await self.start()
+        try:
+            if self._stop is not None:
+                await self._stop.wait()
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        """Bring everything up, or leave nothing behind and raise DaemonError."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            self._start()
+            await self._start_control_server()
+        except BaseException:
+            self._run_cleanups()
+            raise
+        log.info("ikev1d started (config %s, control socket %s)",
+                 self.options.config_path, self.options.socket_path)
+        self._started.set()
+        self._pump()
+
+    def _start(self) -> None:
+        try:
+            config = self._config_loader(self.options.config_path)
+        except ConfigLoadError as exc:
+            raise DaemonError(str(exc)) from None
+        self._config = config
+        self._apply_log_level(config)
+        self._log_warnings(config)
+        _check_control_socket(self.options.socket_path)
+
+        try:
+            backend = self._backend_factory(config.daemon.dataplane, config)
+        except DataplaneError as exc:
+            raise DaemonError(str(exc)) from None
+        self._backend = backend
+        self._cleanups.append(("data plane", backend.close))
+
+        udp = UdpTransport(
+            self.loop,
+            config.daemon.listen,
+            config.daemon.port,
+            config.daemon.port_nat_t,
+            on_ike=self._on_ike,
+            on_esp=self._on_esp,
+        )
+        try:
+            udp.open()
+        except UdpError as exc:
+            raise DaemonError(str(exc)) from None
+        self._udp = udp
+        self._cleanups.append(("UDP sockets", udp.close))
+        try:
+            backend.attach(udp.send_esp_udp, self.loop)
+        except (DataplaneError, OSError) as exc:
+            raise DaemonError(f"data plane {backend.name!r}: {exc}") from None
+
+        self._engine = self._engine_factory(config, self._random_bytes)
+        self._cleanups.append(("timer", self._cancel_timer))
+
+        if self._install_signals:
+            self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            self.loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            self.loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            self._cleanups.append(("signal handlers", self._remove_signal_handlers))
+
+    async def _start_control_server(self) -> None:
+        path = self.options.socket_path
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            try:
+                os.makedirs(parent, mode=0o700)
+            except OSError as exc:
+                raise DaemonError(f"cannot create {parent}: {exc.strerror}") from None
+        # umask so the socket is 0600 from the first moment, not after a chmod.
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._handle_client, path=path, limit=MAX_LINE
+            )
+        except OSError as exc:
+            raise DaemonError(f"cannot create control socket {path}: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        self._cleanups.append(("control socket", self._remove_control_socket))
+
+    def _remove_control_socket(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.options.socket_path)
+
+    def _remove_signal_handlers(self) -> None:
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            self.loop.remove_signal_handler(signum)
+
+    def _run_cleanups(self) -> None:
+        while self._cleanups:
+            what, cleanup = self._cleanups.pop()
+            try:
+                cleanup()
+            except Exception:
+                log.exception("error while closing %s", what)
+
+    def request_stop(self) -> None:
+        """Begin the shutdown (SIGTERM, SIGINT)."""
+        if self._stop is not None and not self._stop.is_set():
+            log.info("shutting down: deleting all SAs")
+            self._stop.set()
+
+    async def stop(self) -> None:
+        """Send Deletes for every SA, let them leave, close everything. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            self._server.close()
+        for waiter in self._waiters:
+            waiter.finish(False, f"{waiter.conn}: the daemon is shutting down")
+        if self._engine is not None:
+            self._call_engine("shutting down", lambda e, now: e.shutdown(now))
+            await asyncio.sleep(self.options.linger_s)
+        self._run_cleanups()
+        log.info("ikev1d stopped")
+
+    # --- signals and reload ---
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading %s", self.options.config_path)
+        self.reload()
+
+    def reload(self) -> tuple[bool, str]:
+        """Load the config file again; on error keep running with the old one."""
+        try:
+            config = self._config_loader(self.options.config_path)
+        except ConfigLoadError as exc:
+            message = f"reload failed, keeping the previous configuration: {exc}"
+            log.error("%s", message)
+            return False, message
+        old = self._config
+        if old is not None and _daemon_section_changed(old, config):
+            log.warning("changes to [daemon] listen/port/port_nat_t/dataplane need a restart")
+        self._log_warnings(config)
+        self._apply_log_level(config)
+        try:
+            self.engine.reload(config, self.now())
+        except Exception as exc:
+            log.exception("reload failed in the engine")
+            self._pump()
+            return False, f"reload failed: {exc}"
+        self._config = config
+        self._pump()
+        message = f"reloaded {self.options.config_path}"
+        log.info("%s", message)
+        return True, message
+
+    def _apply_log_level(self, config: ConfigLike) -> None:
+        if self.options.log_level is not None:
+            return
+        level = getattr(config.daemon, "log_level", None)
+        if isinstance(level, str) and level:
+            try:
+                logsetup.set_level(level)
+            except logsetup.LogSetupError as exc:
+                log.warning("[daemon] log_level: %s", exc)
+
+    def _log_warnings(self, config: ConfigLike) -> None:
+        try:
+            warnings = self._warnings(config)
+        except Exception:
+            log.exception("cannot compute configuration warnings")
+            return
+        for warning in warnings:
+            log.warning("config: %s", warning)
+
+    # --- driving the engine ---
+
+    def _call_engine(self, what: str, call: Callable[[EngineLike, float], None]) -> None:
+        """Run one engine input, then flush its output; a bug in it must not kill the daemon."""
+        try:
+            call(self.engine, self.now())
+        except Exception:
+            log.exception("internal error while %s", what)
+        self._pump()
+
+    def _pump(self) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        try:
+            datagrams = engine.datagrams_to_send()
+            events = engine.events()
+        except Exception:
+            log.exception("internal error collecting engine output")
+            datagrams, events = [], []
+        if self._udp is not None:
+            for datagram in datagrams:
+                self._udp.send_ike(datagram)
+        for event in events:
+            try:
+                self._dispatch(event)
+            except Exception:
+                log.exception("internal error handling %s", type(event).__name__)
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        try:
+            when = self.engine.get_timer()
+        except Exception:
+            log.exception("internal error asking the engine for its timer")
+            when = None
+        if when == self._timer_at and (when is None or self._timer is not None):
+            return
+        self._cancel_timer()
+        if when is not None:
+            self._timer_at = when
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._call_engine("handling a timer", lambda e, now: e.handle_timer(now))
+
+    def _on_ike(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        self._call_engine(
+            f"processing a datagram from {_endpoint_text(remote)}",
+            lambda e, now: e.receive_datagram(data, local, remote, now),
+        )
+
+    def _on_esp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        if self._backend is None:
+            return
+        try:
+            self._backend.receive_esp_udp(data, local, remote)
+        except Exception:
+            log.exception("data plane error on ESP from %s", _endpoint_text(remote))
+
+    # --- events ---
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case IkeSaEstablished():
+                self._on_ike_established(event)
+            case IkeSaDeleted():
+                log.info("ISAKMP SA deleted: %s", event.reason, extra={"conn": event.conn})
+            case ChildSaEstablished():
+                self._on_child_established(event)
+            case ChildSaDeleted():
+                self._on_child_deleted(event)
+            case ConnectionFailed():
+                self._on_failed(event)
+
+    def _waiters_for(self, conn: str) -> list[_UpWaiter]:
+        return [w for w in self._waiters if w.conn == conn and not w.result.done()]
+
+    def _on_ike_established(self, event: IkeSaEstablished) -> None:
+        text = (
+            f"ISAKMP SA established {_endpoint_text(event.local)} '{event.local_id}'"
+            f" ... {_endpoint_text(event.remote)} '{event.remote_id}'"
+            f" ({event.proposal}, {event.auth}, {'initiator' if event.initiator else 'responder'})"
+        )
+        log.info("%s", text, extra={"conn": event.conn, "peer": event.remote})
+        for waiter in self._waiters_for(event.conn):
+            waiter.progress(f"{event.conn}: {text}")
+            if not waiter.children:
+                waiter.finish(True, f"{event.conn}: ISAKMP SA established")
+
+    def _on_child_established(self, event: ChildSaEstablished) -> None:
+        extra = {"conn": event.conn, "peer": event.remote}
+        backend = self._backend
+        if backend is not None:
+            try:
+                backend.install(event)
+            except Exception as exc:
+                if not isinstance(exc, DataplaneError | OSError):
+                    log.exception("data plane failed installing %s", event.child, extra=extra)
+                reason = f"installing IPsec SA {event.child} failed: {exc}"
+                log.error("%s", reason, extra=extra)
+                for waiter in self._waiters_for(event.conn):
+                    if event.child in waiter.children:
+                        waiter.finish(False, f"{event.conn}: {reason}")
+                return
+        text = (
+            f"IPsec SA established {event.child} SPIs {event.spi_in:08x}_i {event.spi_out:08x}_o"
+            f" ({event.proposal}, {event.mode}{', UDP-encapsulated' if event.encap else ''})"
+            f" {', '.join(map(str, event.local_ts))} === {', '.join(map(str, event.remote_ts))}"
+        )
+        log.info("%s", text, extra=extra)
+        for waiter in self._waiters_for(event.conn):
+            if event.child in waiter.children:
+                waiter.children.discard(event.child)
+                waiter.established.append(event.child)
+                waiter.progress(f"{event.conn}: {text}")
+                if not waiter.children:
+                    waiter.finish(
+                        True, f"{event.conn}: established {', '.join(waiter.established)}"
+                    )
+
+    def _on_child_deleted(self, event: ChildSaDeleted) -> None:
+        if self._backend is not None:
+            try:
+                self._backend.remove(event)
+            except Exception:
+                log.exception("data plane failed removing %s", event.child,
+                              extra={"conn": event.conn})
+        log.info(
+            "IPsec SA deleted %s SPIs %08x_i %08x_o: %s",
+            event.child, event.spi_in, event.spi_out, event.reason,
+            extra={"conn": event.conn},
+        )
+
+    def _on_failed(self, event: ConnectionFailed) -> None:
+        what = f"{event.conn}/{event.child}" if event.child else event.conn
+        log.info("connection %s failed: %s", what, event.reason, extra={"conn": event.conn})
+        for waiter in self._waiters_for(event.conn):
+            if event.child is None or event.child in waiter.children or not waiter.children:
+                waiter.finish(False, f"{what}: {event.reason}")
+
+    # --- control commands ---
+
+    async def _handle_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            try:
+                line = await asyncio.wait_for(reader.readline(), CONTROL_READ_TIMEOUT_S)
+                request = decode_request(line)
+            except (ValueError, ControlProtocolError, TimeoutError) as exc:
+                writer.write(encode_response(False, f"bad request: {exc or 'timeout'}"))
+            else:
+                writer.write(await self.execute(request, lambda text: writer.write(
+                    encode_progress(text))))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        except Exception:
+            log.exception("internal error answering a control request")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def execute(self, request: Request, progress: Callable[[str], None]) -> bytes:
+        """Carry out one control request; the final response line."""
+        match request:
+            case UpRequest():
+                ok, message = await self.up(request, progress)
+                return encode_response(ok, message)
+            case DownRequest(name=name):
+                ok, message = self.down(name)
+                return encode_response(ok, message)
+            case StatusRequest():
+                return encode_response(True, "", status=self.status())
+            case ReloadRequest():
+                ok, message = self.reload()
+                return encode_response(ok, message)
+            case PingRequest():
+                return encode_response(True, "pong", pid=os.getpid())
+        return encode_response(False, "unknown command")
+
+    def _children_of(self, name: str) -> list[str] | None:
+        config = self._config
+        if config is None or name not in config.connections:
+            return None
+        return list(config.connections[name].children)
+
+    async def up(self, request: UpRequest, progress: Callable[[str], None]) -> tuple[bool, str]:
+        name = request.name
+        children = self._children_of(name)
+        if children is None:
+            return False, f"no connection named {name!r}"
+        if request.child is not None:
+            if request.child not in children:
+                return False, f"connection {name!r} has no child {request.child!r}"
+            children = [request.child]
+        if self._already_up(name, children):
+            return True, f"{name}: already established"
+        waiter = _UpWaiter(name, set(children), progress, self.loop.create_future())
+        self._waiters.append(waiter)
+        try:
+            try:
+                self.engine.initiate(name, request.child, self.now())
+            except EngineError as exc:
+                self._pump()
+                return False, f"{name}: {exc}"
+            except Exception as exc:
+                log.exception("internal error initiating %s", name, extra={"conn": name})
+                self._pump()
+                return False, f"{name}: internal error: {exc}"
+            log.info("initiating%s", f" child {request.child}" if request.child else "",
+                     extra={"conn": name})
+            self._pump()
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter.result), request.timeout)
+            except TimeoutError:
+                missing = ", ".join(sorted(waiter.children)) or "ISAKMP SA"
+                return False, (
+                    f"{name}: timed out after {request.timeout:g}s waiting for {missing}"
+                    " (the daemon keeps trying)"
+                )
+        finally:
+            self._waiters.remove(waiter)
+
+    def _already_up(self, name: str, children: list[str]) -> bool:
+        try:
+            document = self.engine.status(self.now())
+        except Exception:
+            return False
+        for ike_sa in document.get("ike_sas", []):
+            if ike_sa.get("name") != name or ike_sa.get("state") != "ESTABLISHED":
+                continue
+            installed = {
+                child.get("name")
+                for child in ike_sa.get("children", [])
+                if child.get("state") == "INSTALLED"
+            }
+            if set(children) <= installed:
+                return True
+        return False
+
+    def down(self, name: str) -> tuple[bool, str]:
+        if self._children_of(name) is None:
+            return False, f"no connection named {name!r}"
+        before = self._count_sas(name)
+        try:
+            self.engine.terminate(name, self.now())
+        except EngineError as exc:
+            self._pump()
+            return False, f"{name}: {exc}"
+        except Exception as exc:
+            log.exception("internal error terminating %s", name, extra={"conn": name})
+            self._pump()
+            return False, f"{name}: internal error: {exc}"
+        self._pump()
+        for waiter in self._waiters_for(name):
+            waiter.finish(False, f"{name}: taken down")
+        ike, child = before
+        if ike == 0 and child == 0:
+            return True, f"{name}: no SAs to delete"
+        return True, f"{name}: deleted {ike} ISAKMP SA(s) and {child} IPsec SA(s)"
+
+    def _count_sas(self, name: str) -> tuple[int, int]:
+        try:
+            document = self.engine.status(self.now())
+        except Exception:
+            return 0, 0
+        ike_sas = [s for s in document.get("ike_sas", []) if s.get("name") == name]
+        return len(ike_sas), sum(len(s.get("children", [])) for s in ike_sas)
+
+    def status(self) -> dict[str, Any]:
+        """The engine's status document with the data plane's counters filled in."""
+        document = self.engine.status(self.now())
+        backend = self._backend
+        if backend is None:
+            return document
+        for ike_sa in document.get("ike_sas", []):
+            for child in ike_sa.get("children", []):
+                try:
+                    spi_in = int(child["spi_in"], 16)
+                    spi_out = int(child["spi_out"], 16)
+                    child.update(backend.counters(spi_in, spi_out))
+                except (KeyError, TypeError, ValueError):
+                    continue
+                except Exception:
+                    log.exception("data plane failed reporting counters")
+        return document
+
+
+def _daemon_section_changed(old: ConfigLike, new: ConfigLike) -> bool:
+    a, b = old.daemon, new.daemon
+    return (
+        tuple(a.listen) != tuple(b.listen)
+        or a.port != b.port
+        or a.port_nat_t != b.port_nat_t
+        or a.dataplane != b.dataplane
+    )
+
+
+def _check_control_socket(path: str) -> None:
+    """Refuse to start when a daemon answers on ``path``; remove a stale socket file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DaemonError(f"control socket {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise DaemonError(f"control socket {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("removing stale control socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except OSError as exc:
+        raise DaemonError(f"control socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise DaemonError(f"another ikev1d is already running on control socket {path}")
+
+
+def run_daemon(options: DaemonOptions) -> int:
+    """Run in the foreground until SIGTERM/SIGINT; exit status. Raises DaemonError."""
+    daemon = Daemon(options)
+    asyncio.run(daemon.run())
+    return 0

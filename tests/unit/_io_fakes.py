@@ -1,0 +1,316 @@
+"""A fake engine, config and data plane for the daemon, control and CLI tests.
+
+The fake engine implements the Engine interface the daemon drives (see
+ikev1d.io.daemon.EngineLike) with scripted behaviour per connection name, and
+uses its timer so the daemon's timer scheduling is exercised too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ikev1d.dataplane.base import NoneBackend, SendUdp
+from ikev1d.engine.api import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ConnectionFailed,
+    Datagram,
+    Endpoint,
+    EngineError,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+)
+from ikev1d.io.daemon import ConfigLike, Daemon, DaemonOptions
+
+PEER: Endpoint = ("127.0.0.1", 40999)
+
+
+@dataclass(frozen=True)
+class FakeDaemonSection:
+    listen: tuple[str, ...]
+    port: int
+    port_nat_t: int
+    dataplane: str = "none"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class FakeConnection:
+    children: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    daemon: FakeDaemonSection
+    connections: Mapping[str, FakeConnection] = field(default_factory=dict)
+    generation: int = 0
+
+
+def make_config(port: int, port_nat_t: int, listen: tuple[str, ...] = ("127.0.0.1",),
+                generation: int = 0) -> FakeConfig:
+    return FakeConfig(
+        FakeDaemonSection(listen, port, port_nat_t),
+        {
+            # "ok" connections establish after a timer; "fail" fail; "hang" never answer.
+            "site-ok": FakeConnection({"net": None, "net2": None}),
+            "site-fail": FakeConnection({"net": None}),
+            "site-hang": FakeConnection({"net": None}),
+            "site-nochild": FakeConnection({}),
+        },
+        generation,
+    )
+
+
+def fresh_config() -> FakeConfig:
+    port, port_nat_t = free_udp_ports(2)
+    return make_config(port, port_nat_t)
+
+
+def collecting_factory(
+    engines: list[FakeEngine],
+) -> Callable[[ConfigLike, Callable[[int], bytes]], FakeEngine]:
+    def factory(config: ConfigLike, random_bytes: Callable[[int], bytes]) -> FakeEngine:
+        engines.append(FakeEngine(config, random_bytes))
+        return engines[-1]
+
+    return factory
+
+
+def free_udp_ports(count: int) -> list[int]:
+    """Distinct UDP ports that were free on 127.0.0.1 a moment ago."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class FakeEngine:
+    def __init__(self, config: ConfigLike, random_bytes: Callable[[int], bytes]) -> None:
+        self.config = config
+        self.random_bytes = random_bytes
+        self.received: list[tuple[bytes, Endpoint, Endpoint]] = []
+        self.calls: list[str] = []
+        self.reloaded: list[Any] = []
+        self._out: list[Datagram] = []
+        self._events: list[Event] = []
+        self._timer: float | None = None
+        self._scheduled: list[tuple[str, str | None]] = []
+        self.established: dict[str, list[str]] = {}
+        self.local: Endpoint = ("127.0.0.1", 500)
+        self.peer: Endpoint = PEER
+        """Where terminate/shutdown address their Delete messages."""
+        self.next_spi = 0xC0000001
+
+    # --- the Engine interface ---
+
+    def receive_datagram(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
+        self.received.append((data, local, remote))
+        self.local = local
+        if data.startswith(b"ping"):
+            self._out.append(Datagram(b"pong" + data[4:], local, remote))
+        if data == b"crash":
+            raise RuntimeError("engine bug")
+
+    def initiate(self, conn: str, child: str | None, now: float) -> None:
+        self.calls.append(f"initiate {conn} {child}")
+        if conn not in self.config.connections:
+            raise EngineError(f"no connection {conn!r}")
+        if conn == "site-hang":
+            return
+        self._scheduled.append((conn, child))
+        self._timer = now + 0.02
+
+    def terminate(self, conn: str, now: float) -> None:
+        self.calls.append(f"terminate {conn}")
+        children = self.established.pop(conn, None)
+        if children is None:
+            return
+        for n, name in enumerate(children):
+            self._events.append(ChildSaDeleted(conn, name, 1, n, 0xC0000001 + n, 0xD0000001 + n,
+                                               "deleted by request"))
+        self._events.append(IkeSaDeleted(conn, 1, "deleted by request"))
+        self._out.append(Datagram(b"delete " + conn.encode(), self.local, self.peer))
+
+    def shutdown(self, now: float) -> None:
+        self.calls.append("shutdown")
+        self._out.append(Datagram(b"shutdown-delete", self.local, self.peer))
+
+    def reload(self, config: Any, now: float) -> None:
+        self.calls.append("reload")
+        self.reloaded.append(config)
+        self.config = config
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def get_timer(self) -> float | None:
+        return self._timer
+
+    def handle_timer(self, now: float) -> None:
+        self.calls.append("timer")
+        if self._timer is None or now < self._timer:
+            return
+        self._timer = None
+        scheduled, self._scheduled = self._scheduled, []
+        for conn, child in scheduled:
+            if conn == "site-fail":
+                self._events.append(ConnectionFailed(conn, None, "NO-PROPOSAL-CHOSEN from peer"))
+                continue
+            local, remote = ("127.0.0.1", 500), ("127.0.0.2", 500)
+            self._events.append(IkeSaEstablished(conn, 1, local, remote, "127.0.0.1",
+                                                 "127.0.0.2", "aes128-sha256-modp2048",
+                                                 "psk", True))
+            names = [child] if child else list(self.config.connections[conn].children)
+            for name in names:
+                spi_in, spi_out = self.next_spi, self.next_spi + 0x10000000
+                self.next_spi += 1
+                self._events.append(ChildSaEstablished(
+                    conn, name, 1, spi_in, spi_in, spi_out, "aes128gcm16", "aes-gcm-16", 16,
+                    16, None, "tunnel", False, local, remote,
+                    (ipaddress.ip_network("10.1.0.0/24"),),
+                    (ipaddress.ip_network("10.2.0.0/24"),), b"k" * 20, b"k" * 20,
+                ))
+            self.established[conn] = names
+
+    def status(self, now: float) -> dict[str, Any]:
+        ike_sas = []
+        for conn, children in self.established.items():
+            ike_sas.append({
+                "name": conn, "state": "ESTABLISHED",
+                "local": "127.0.0.1:500", "remote": "127.0.0.2:500",
+                "local_id": "127.0.0.1", "remote_id": "127.0.0.2", "initiator": True,
+                "cookies": "0102030405060708:1112131415161718",
+                "proposal": "aes128-sha256-modp2048", "auth": "psk",
+                "nat_local": False, "nat_remote": False,
+                "established_s": 1, "rekey_in_s": 14000, "virtual_ip": None,
+                "children": [{
+                    "name": name, "state": "INSTALLED", "mode": "tunnel", "encap": False,
+                    "spi_in": "c0000001", "spi_out": "d0000001", "proposal": "aes128gcm16",
+                    "local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24"],
+                    "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
+                    "rekey_in_s": 3000, "expires_in_s": 3600,
+                } for name in children],
+            })
+        return {"ike_sas": ike_sas}
+
+
+class RecordingBackend(NoneBackend):
+    """The none backend plus a record of what the daemon did with it."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.esp: list[tuple[bytes, Endpoint, Endpoint]] = []
+        self.removed: list[ChildSaDeleted] = []
+        self.send_udp: SendUdp | None = None
+
+    def attach(self, send_udp: SendUdp, loop: asyncio.AbstractEventLoop) -> None:
+        self.send_udp = send_udp
+
+    def install(self, sa: ChildSaEstablished) -> None:
+        super().install(sa)
+
+    def remove(self, sa: ChildSaDeleted) -> None:
+        self.removed.append(sa)
+        super().remove(sa)
+
+    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
+        return {"bytes_in": spi_in & 0xFF, "bytes_out": 2, "packets_in": 3, "packets_out": 4}
+
+    def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        self.esp.append((data, local, remote))
+
+
+@dataclass
+class Harness:
+    daemon: Daemon
+    config: FakeConfig
+    backend: RecordingBackend
+    socket_path: str
+    engines: list[FakeEngine]
+
+    @property
+    def engine(self) -> FakeEngine:
+        return self.engines[-1]
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(
+    listen: tuple[str, ...] = ("127.0.0.1",),
+    install_signal_handlers: bool = False,
+    config_loader: Callable[[str], ConfigLike] | None = None,
+) -> AsyncIterator[Harness]:
+    """A started Daemon with a FakeEngine on free loopback ports and a temp control socket."""
+    port, port_nat_t = free_udp_ports(2)
+    config = make_config(port, port_nat_t, listen)
+    backend = RecordingBackend()
+    engines: list[FakeEngine] = []
+    engine_factory = collecting_factory(engines)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        socket_path = os.path.join(tmp, "run", "ikev1d.sock")
+        daemon = Daemon(
+            DaemonOptions(os.path.join(tmp, "ikev1d.toml"), socket_path, linger_s=0.05),
+            config_loader=config_loader or (lambda path: config),
+            engine_factory=engine_factory,
+            backend_factory=lambda name, cfg: backend,
+            warnings=lambda cfg: [],
+            install_signal_handlers=install_signal_handlers,
+        )
+        await daemon.start()
+        try:
+            yield Harness(daemon, config, backend, socket_path, engines)
+        finally:
+            await daemon.stop()
+
+
+class UdpPeer:
+    """A plain non-blocking UDP socket playing the remote peer, usable from a coroutine."""
+
+    def __init__(self, address: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((address, 0))
+        self.sock.setblocking(False)
+        self.endpoint: Endpoint = self.sock.getsockname()
+
+    def send(self, data: bytes, to: Endpoint) -> None:
+        self.sock.sendto(data, to)
+
+    async def recv(self, timeout: float = 2.0) -> tuple[bytes, Endpoint]:
+        loop = asyncio.get_running_loop()
+        data, addr = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 65535), timeout)
+        return data, (addr[0], addr[1])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Wait until ``check()`` holds (the daemon runs in the same loop)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)

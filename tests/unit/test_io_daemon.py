@@ -1,0 +1,307 @@
+"""The daemon runtime with a fake engine on loopback high ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import stat
+import tempfile
+
+import pytest
+
+from ikev1d.dataplane.base import DataplaneError
+from ikev1d.io.daemon import ConfigLoadError, Daemon, DaemonError, DaemonOptions
+from ikev1d.io.udp import NON_ESP_MARKER
+from tests.unit._io_fakes import (
+    FakeConfig,
+    FakeEngine,
+    RecordingBackend,
+    UdpPeer,
+    collecting_factory,
+    eventually,
+    free_udp_ports,
+    fresh_config,
+    make_config,
+    running_daemon,
+)
+
+
+def test_datagram_reaches_engine_and_answer_comes_back() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            peer = UdpPeer()
+            try:
+                port = h.config.daemon.port
+                peer.send(b"ping-1", ("127.0.0.1", port))
+                data, source = await peer.recv()
+                assert data == b"pong-1"
+                assert source == ("127.0.0.1", port)
+                assert h.engine.received == [(b"ping-1", ("127.0.0.1", port), peer.endpoint)]
+            finally:
+                peer.close()
+
+    asyncio.run(body())
+
+
+def test_wildcard_bind_learns_local_address_and_replies_from_it() -> None:
+    async def body() -> None:
+        async with running_daemon(listen=("0.0.0.0",)) as h:
+            peer = UdpPeer()
+            try:
+                port = h.config.daemon.port
+                # 127.0.0.2 is on lo but is not the address the peer's packets come from.
+                peer.send(b"ping-2", ("127.0.0.2", port))
+                data, source = await peer.recv()
+                assert data == b"pong-2"
+                assert source == ("127.0.0.2", port)
+                assert h.engine.received[0][1] == ("127.0.0.2", port)
+            finally:
+                peer.close()
+
+    asyncio.run(body())
+
+
+def test_nat_t_port_strips_marker_drops_keepalive_and_hands_esp_to_data_plane() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            peer = UdpPeer()
+            try:
+                nat_t = ("127.0.0.1", h.config.daemon.port_nat_t)
+                peer.send(b"\xff", nat_t)
+                peer.send(b"\x00\x00\x10\x01esp-payload", nat_t)
+                peer.send(NON_ESP_MARKER + b"ping-3", nat_t)
+                data, source = await peer.recv()
+                # The answer leaves the NAT-T port with the marker added back.
+                assert data == NON_ESP_MARKER + b"pong-3"
+                assert source == nat_t
+                assert h.engine.received == [(b"ping-3", nat_t, peer.endpoint)]
+                assert h.backend.esp == [(b"\x00\x00\x10\x01esp-payload", nat_t, peer.endpoint)]
+                # The backend sends UDP-encapsulated ESP without a marker.
+                assert h.backend.send_udp is not None
+                h.backend.send_udp(b"\x00\x00\x10\x01out", nat_t, peer.endpoint)
+                data, _ = await peer.recv()
+                assert data == b"\x00\x00\x10\x01out"
+            finally:
+                peer.close()
+
+    asyncio.run(body())
+
+
+def test_engine_exception_is_logged_and_daemon_keeps_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            peer = UdpPeer()
+            try:
+                port = ("127.0.0.1", h.config.daemon.port)
+                peer.send(b"crash", port)
+                peer.send(b"ping-4", port)
+                data, _ = await peer.recv()
+                assert data == b"pong-4"
+            finally:
+                peer.close()
+
+    asyncio.run(body())
+    assert "internal error while processing a datagram" in caplog.text
+
+
+def test_stop_calls_shutdown_flushes_deletes_and_cleans_up() -> None:
+    async def body() -> None:
+        peer = UdpPeer()
+        try:
+            async with running_daemon() as h:
+                port = ("127.0.0.1", h.config.daemon.port)
+                peer.send(b"ping-5", port)
+                await peer.recv()
+                h.engine.local = port
+                h.engine.peer = peer.endpoint
+                h.daemon.request_stop()
+                socket_path = h.socket_path
+                assert os.path.exists(socket_path)
+                engine, backend = h.engine, h.backend
+            # running_daemon's exit awaited daemon.stop()
+            assert "shutdown" in engine.calls
+            assert backend.closed
+            assert not os.path.exists(socket_path)
+            data, source = await peer.recv()
+            assert (data, source) == (b"shutdown-delete", port)
+        finally:
+            peer.close()
+
+    asyncio.run(body())
+
+
+def test_sigterm_sends_deletes_and_run_returns() -> None:
+    async def body() -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.setblocking(False)
+        port, port_nat_t = free_udp_ports(2)
+        config = make_config(port, port_nat_t)
+        engines: list[FakeEngine] = []
+        backend = RecordingBackend()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ikev1d.sock")
+            daemon = Daemon(
+                DaemonOptions("x.toml", path, linger_s=0.05),
+                config_loader=lambda p: config,
+                engine_factory=collecting_factory(engines),
+                backend_factory=lambda n, c: backend,
+                warnings=lambda c: [],
+            )
+            task = asyncio.create_task(daemon.run())
+            await daemon.wait_started()
+            engines[0].peer = listener.getsockname()
+            engines[0].local = ("127.0.0.1", port)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(task, 2.0)
+            data = await asyncio.wait_for(
+                asyncio.get_running_loop().sock_recv(listener, 100), 1.0
+            )
+            assert data == b"shutdown-delete"
+            assert engines[0].calls == ["shutdown"]
+            assert backend.closed
+            assert not os.path.exists(path)
+            # The handlers are gone: SIGHUP must not be routed to the stopped daemon.
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        listener.close()
+
+    asyncio.run(body())
+
+
+def test_sighup_reloads_and_a_bad_config_keeps_the_old_one() -> None:
+    port, port_nat_t = free_udp_ports(2)
+    configs: list[FakeConfig | ConfigLoadError] = [
+        make_config(port, port_nat_t),
+        make_config(port, port_nat_t, generation=1),
+        ConfigLoadError("x.toml: connections.a.proposals: unknown algorithm 'foo'"),
+    ]
+
+    def loader(path: str) -> FakeConfig:
+        item = configs.pop(0)
+        if isinstance(item, ConfigLoadError):
+            raise item
+        return item
+
+    async def body() -> None:
+        async with running_daemon(install_signal_handlers=True, config_loader=loader) as h:
+            os.kill(os.getpid(), signal.SIGHUP)
+            await eventually(lambda: "reload" in h.engine.calls)
+            assert h.engine.reloaded[0].generation == 1
+            ok, message = h.daemon.reload()
+            assert not ok
+            assert "unknown algorithm 'foo'" in message
+            assert h.engine.calls.count("reload") == 1
+
+    asyncio.run(body())
+
+
+def test_port_in_use_fails_cleanly() -> None:
+    async def body() -> None:
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind(("127.0.0.1", 0))
+        port_nat_t = blocker.getsockname()[1]
+        port = free_udp_ports(1)[0]
+        config = make_config(port, port_nat_t)
+        backend = RecordingBackend()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ikev1d.sock")
+            daemon = Daemon(
+                DaemonOptions("x.toml", path),
+                config_loader=lambda p: config,
+                engine_factory=FakeEngine,
+                backend_factory=lambda n, c: backend,
+                warnings=lambda c: [],
+            )
+            with pytest.raises(DaemonError, match=f"cannot bind UDP 127.0.0.1 port {port_nat_t}"):
+                await daemon.start()
+            assert backend.closed
+            assert not os.path.exists(path)
+            # The port 500 socket that did bind was closed again.
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.bind(("127.0.0.1", port))
+            probe.close()
+        blocker.close()
+
+    asyncio.run(body())
+
+
+def test_bad_config_and_data_plane_errors_fail_start() -> None:
+    def bad_loader(path: str) -> FakeConfig:
+        raise ConfigLoadError("x.toml: daemon.port: must be 1..65535")
+
+    def bad_backend(name: str, cfg: object) -> RecordingBackend:
+        raise DataplaneError("data plane 'userspace' is not available: no /dev/net/tun")
+
+    async def body() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ikev1d.sock")
+            daemon = Daemon(DaemonOptions("x.toml", path), config_loader=bad_loader,
+                            engine_factory=FakeEngine, warnings=lambda c: [])
+            with pytest.raises(DaemonError, match=r"daemon\.port: must be"):
+                await daemon.start()
+            config = fresh_config()
+            daemon = Daemon(DaemonOptions("x.toml", path), config_loader=lambda p: config,
+                            engine_factory=FakeEngine, backend_factory=bad_backend,
+                            warnings=lambda c: [])
+            with pytest.raises(DaemonError, match="no /dev/net/tun"):
+                await daemon.start()
+            assert not os.path.exists(path)
+
+    asyncio.run(body())
+
+
+def test_control_socket_permissions_stale_socket_and_running_daemon() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            mode = os.stat(h.socket_path).st_mode
+            assert stat.S_IMODE(mode) == 0o600
+            assert stat.S_IMODE(os.stat(os.path.dirname(h.socket_path)).st_mode) == 0o700
+            # A second daemon on the same socket refuses to start and leaves the socket alone.
+            config = fresh_config()
+            second = Daemon(DaemonOptions("x.toml", h.socket_path),
+                            config_loader=lambda p: config, engine_factory=FakeEngine,
+                            backend_factory=lambda n, c: RecordingBackend(),
+                            warnings=lambda c: [], install_signal_handlers=False)
+            with pytest.raises(DaemonError, match="already running"):
+                await second.start()
+            assert os.path.exists(h.socket_path)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "stale.sock")
+            stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            stale.bind(path)
+            stale.close()  # the file stays, nobody listens
+            config = fresh_config()
+            daemon = Daemon(DaemonOptions("x.toml", path, linger_s=0.0),
+                            config_loader=lambda p: config, engine_factory=FakeEngine,
+                            backend_factory=lambda n, c: RecordingBackend(),
+                            warnings=lambda c: [], install_signal_handlers=False)
+            await daemon.start()
+            assert stat.S_ISSOCK(os.stat(path).st_mode)
+            await daemon.stop()
+            assert not os.path.exists(path)
+
+    asyncio.run(body())
+
+
+def test_child_events_reach_data_plane_and_counters_reach_status() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            h.daemon.engine.initiate("site-ok", None, h.daemon.now())
+            h.daemon._pump()  # what every input path does
+            await eventually(lambda: len(h.backend.installed) == 2)
+            status = h.daemon.status()
+            child = status["ike_sas"][0]["children"][0]
+            assert (child["bytes_in"], child["bytes_out"]) == (0x01, 2)
+            assert (child["packets_in"], child["packets_out"]) == (3, 4)
+            ok, message = h.daemon.down("site-ok")
+            assert ok, message
+            assert "deleted 1 ISAKMP SA(s) and 2 IPsec SA(s)" in message
+            assert [sa.child for sa in h.backend.removed] == ["net", "net2"]
+            assert h.backend.installed == {}
+
+    asyncio.run(body())
