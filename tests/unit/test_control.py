@@ -1,0 +1,256 @@
+"""The control protocol: codec, and round trips over a real Unix socket to a daemon
+driving a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import socket
+import tempfile
+
+import pytest
+
+from ikev1d.control import (
+    DEFAULT_SOCKET_PATH,
+    ControlProtocolError,
+    DownRequest,
+    PingRequest,
+    ReloadRequest,
+    Request,
+    Response,
+    StatusRequest,
+    UpRequest,
+    decode_request,
+    decode_response,
+    encode_progress,
+    encode_request,
+    encode_response,
+    resolve_socket_path,
+)
+from ikev1d.io.control_client import DaemonUnreachable, send_request
+from tests.unit._io_fakes import running_daemon
+
+# --- codec ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        UpRequest("site-b"),
+        UpRequest("site-b", "net", 2.5),
+        DownRequest("site-b"),
+        StatusRequest(),
+        ReloadRequest(),
+        PingRequest(),
+    ],
+)
+def test_request_round_trip(request_: Request) -> None:
+    line = encode_request(request_)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode_request(line) == request_
+
+
+def test_wire_format_is_the_documented_one() -> None:
+    assert json.loads(encode_request(UpRequest("a", None, 5))) == {
+        "command": "up", "name": "a", "child": None, "timeout": 5,
+    }
+    assert json.loads(encode_response(True, "x", status={"ike_sas": []})) == {
+        "ok": True, "message": "x", "status": {"ike_sas": []},
+    }
+    assert decode_request(b'{"command":"up","name":"a"}\n') == UpRequest("a", None, 90.0)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"not json\n", "not a JSON line"),
+        (b"[1]\n", "not a JSON object"),
+        (b"\xff\n", "not a JSON line"),
+        (b'{"command":"fly"}\n', "unknown command"),
+        (b'{"command":"up"}\n', "'name'"),
+        (b'{"command":"up","name":""}\n', "'name'"),
+        (b'{"command":"down","name":3}\n', "'name'"),
+        (b'{"command":"up","name":"a","child":5}\n', "'child'"),
+        (b'{"command":"up","name":"a","timeout":0}\n', "'timeout'"),
+        (b'{"command":"up","name":"a","timeout":true}\n', "'timeout'"),
+        (b'{"command":"up","name":"a","timeout":"5"}\n', "'timeout'"),
+        (b'{"command":"up","name":"a","timeout":1e999}\n', "'timeout'"),
+    ],
+)
+def test_bad_requests_are_typed_errors(line: bytes, reason: str) -> None:
+    with pytest.raises(ControlProtocolError, match=reason):
+        decode_request(line)
+
+
+def test_responses_and_progress_lines() -> None:
+    assert decode_response(encode_progress("half way")) == Response(
+        False, True, "half way", {"progress": "half way"}
+    )
+    final = decode_response(encode_response(False, "no"))
+    assert (final.final, final.ok, final.message) == (True, False, "no")
+    with pytest.raises(ControlProtocolError):
+        decode_response(b'{"something":"else"}\n')
+    with pytest.raises(ControlProtocolError):
+        decode_response(b'{"ok":"yes"}\n')
+
+
+def test_socket_path_resolution() -> None:
+    assert resolve_socket_path("/x.sock", {"IKEV1D_SOCKET": "/y.sock"}) == "/x.sock"
+    assert resolve_socket_path(None, {"IKEV1D_SOCKET": "/y.sock"}) == "/y.sock"
+    assert resolve_socket_path(None, {}) == DEFAULT_SOCKET_PATH == "/run/ikev1d/ikev1d.sock"
+
+
+# --- round trips over the socket -------------------------------------------------------
+
+
+async def _call(path: str, request: Request, progress: list[str] | None = None) -> Response:
+    """The blocking client, in a thread, against the daemon running in this loop."""
+    loop = asyncio.get_running_loop()
+    on_progress = progress.append if progress is not None else None
+    return await loop.run_in_executor(
+        None, functools.partial(send_request, path, request, on_progress)
+    )
+
+
+def test_up_waits_for_every_child_and_streams_progress() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            progress: list[str] = []
+            response = await _call(h.socket_path, UpRequest("site-ok", None, 5), progress)
+            assert response.ok, response.message
+            assert response.message == "site-ok: established net, net2"
+            assert "initiate site-ok None" in h.engine.calls
+            assert "timer" in h.engine.calls  # established via the daemon's timer
+            assert any("ISAKMP SA established" in p for p in progress)
+            assert sum("IPsec SA established" in p for p in progress) == 2
+            # Asking again does not initiate a second time.
+            again = await _call(h.socket_path, UpRequest("site-ok", "net", 5))
+            assert again.ok and "already established" in again.message
+            assert h.engine.calls.count("initiate site-ok None") == 1
+
+    asyncio.run(body())
+
+
+def test_up_one_child_and_a_connection_without_children() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            response = await _call(h.socket_path, UpRequest("site-ok", "net2", 5))
+            assert response.ok and response.message == "site-ok: established net2"
+            response = await _call(h.socket_path, UpRequest("site-nochild", None, 5))
+            assert response.ok and "ISAKMP SA established" in response.message
+
+    asyncio.run(body())
+
+
+def test_up_failure_carries_the_reason() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            response = await _call(h.socket_path, UpRequest("site-fail", None, 5))
+            assert not response.ok
+            assert response.message == "site-fail: NO-PROPOSAL-CHOSEN from peer"
+
+    asyncio.run(body())
+
+
+def test_up_timeout() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            response = await _call(h.socket_path, UpRequest("site-hang", None, 0.2))
+            assert not response.ok
+            assert "timed out after 0.2s waiting for net" in response.message
+            assert 0.2 <= loop.time() - start < 2.0
+            assert h.daemon._waiters == []
+
+    asyncio.run(body())
+
+
+def test_up_unknown_names() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            response = await _call(h.socket_path, UpRequest("nope", None, 5))
+            assert not response.ok and "no connection named 'nope'" in response.message
+            response = await _call(h.socket_path, UpRequest("site-ok", "nope", 5))
+            assert not response.ok and "has no child 'nope'" in response.message
+            assert not any(c.startswith("initiate") for c in h.engine.calls)
+
+    asyncio.run(body())
+
+
+def test_status_and_down() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            response = await _call(h.socket_path, StatusRequest())
+            assert response.ok and response.body["status"] == {"ike_sas": []}
+            assert (await _call(h.socket_path, UpRequest("site-ok", None, 5))).ok
+            response = await _call(h.socket_path, StatusRequest())
+            ike_sas = response.body["status"]["ike_sas"]
+            assert [s["name"] for s in ike_sas] == ["site-ok"]
+            # counters come from the data plane, not the engine's zeros
+            assert ike_sas[0]["children"][0]["packets_out"] == 4
+
+            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            peer.bind(("127.0.0.1", 0))
+            peer.setblocking(False)
+            h.engine.peer = peer.getsockname()
+            h.engine.local = ("127.0.0.1", h.config.daemon.port)
+            response = await _call(h.socket_path, DownRequest("site-ok"))
+            assert response.ok, response.message
+            assert "terminate site-ok" in h.engine.calls
+            delete = await asyncio.wait_for(loop_recv(peer), 1.0)
+            assert delete == b"delete site-ok"
+            peer.close()
+            response = await _call(h.socket_path, StatusRequest())
+            assert response.body["status"] == {"ike_sas": []}
+            response = await _call(h.socket_path, DownRequest("nope"))
+            assert not response.ok
+
+    asyncio.run(body())
+
+
+async def loop_recv(sock: socket.socket) -> bytes:
+    return await asyncio.get_running_loop().sock_recv(sock, 1000)
+
+
+def test_reload_and_ping() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            response = await _call(h.socket_path, ReloadRequest())
+            assert response.ok and "reloaded" in response.message
+            assert h.engine.calls == ["reload"]
+            response = await _call(h.socket_path, PingRequest())
+            assert response.ok and response.body["pid"] == os.getpid()
+
+    asyncio.run(body())
+
+
+def test_garbage_request_gets_an_error_line() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            reader, writer = await asyncio.open_unix_connection(h.socket_path)
+            writer.write(b"hello\n")
+            line = await reader.readline()
+            writer.close()
+            response = decode_response(line)
+            assert not response.ok and response.message.startswith("bad request")
+
+    asyncio.run(body())
+
+
+def test_unreachable_daemon() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "none.sock")
+        with pytest.raises(DaemonUnreachable) as info:
+            send_request(path, StatusRequest())
+        assert str(info.value) == (
+            f"cannot reach the daemon at {path}: is `ikev1d daemon` running?"
+        )
+        # a socket file nobody listens on
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(path)
+        stale.close()
+        with pytest.raises(DaemonUnreachable):
+            send_request(path, StatusRequest())
