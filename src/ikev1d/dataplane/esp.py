@@ -1,0 +1,567 @@
+"""ESP packet processing (RFC 4303), pure: bytes in, bytes out, no I/O, no clock.
+
+One ``OutboundSa`` seals packets we send, one ``InboundSa`` opens packets we
+receive; the data plane backends (TUN userspace, tests, pcap writers) own the
+sockets and look SAs up by SPI (``peek_spi``).
+
+Packet layout (RFC 4303 §2)::
+
+    SPI (4) | Sequence Number (4) | IV (0/8/16) | ciphertext | ICV
+
+    ciphertext = E(payload | padding 1,2,3,... | pad length (1) | next header (1))
+
+Transforms:
+
+* AES-CBC (RFC 3602) and 3DES-CBC (RFC 2451) with HMAC-MD5-96 (RFC 2403),
+  HMAC-SHA1-96 (RFC 2404) or HMAC-SHA2 (RFC 4868): encrypt-then-MAC, the ICV
+  covers SPI | seq | IV | ciphertext (RFC 4303 §2.8, §3.3.2) and is checked
+  before anything is decrypted (§3.4.4).
+* AES-GCM (RFC 4106): nonce = 4-byte salt from KEYMAT | 8-byte explicit IV
+  (§3.1, §4), AAD = SPI | seq (§5); 8, 12 or 16 octet ICV (§6).
+* NULL encryption (RFC 2410), with an integrity algorithm only.
+
+Speed matters here (this is the per-packet path), so each SA keeps long-lived
+OpenSSL contexts: an ``AESGCM`` object, a pre-keyed HMAC that is ``copy()``-ed
+per packet, and one CBC context per direction whose chaining value is steered
+to each packet's random IV (see ``_CbcEncryptor``), because building a
+``Cipher`` object costs several times more than encrypting 1400 bytes.
+"""
+
+from __future__ import annotations
+
+import hmac as stdlib_hmac  # compare_digest only; the MACs come from `cryptography`
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ikev1d.dataplane.replay import DEFAULT_REPLAY_WINDOW, ReplayWindow
+
+__all__ = [
+    "ESP_HEADER_LENGTH",
+    "IPPROTO_NONE",
+    "EspAlgorithm",
+    "EspCounters",
+    "EspError",
+    "EspIcvError",
+    "EspMalformedError",
+    "EspReplayError",
+    "EspSequenceExhausted",
+    "InboundSa",
+    "OutboundSa",
+    "UnsupportedEspAlgorithm",
+    "esp_algorithm",
+    "keymat_length",
+    "peek_seq",
+    "peek_spi",
+]
+
+ESP_HEADER_LENGTH: Final = 8
+"""SPI and Sequence Number (RFC 4303 §2.1, §2.2)."""
+
+IPPROTO_NONE: Final = 59
+"""Next header of a dummy packet (RFC 4303 §2.6): the receiver discards it."""
+
+GCM_SALT_LENGTH: Final = 4
+"""RFC 4106 §8.1: the last 4 octets of the encryption KEYMAT are the nonce salt."""
+
+_HEADER = struct.Struct("!II")
+_PAD_BYTES = bytes(range(1, 256))  # RFC 4303 §2.4: padding is 1, 2, 3, ...
+
+
+class EspError(Exception):
+    """A packet was dropped or could not be built; the message says why (no key material)."""
+
+
+class EspReplayError(EspError):
+    """Sequence number already received or left of the replay window (RFC 4303 §3.4.3)."""
+
+
+class EspIcvError(EspError):
+    """Integrity check failed (RFC 4303 §3.4.4): the packet is not from the peer, or was altered."""
+
+
+class EspMalformedError(EspError):
+    """Too short, not block aligned, wrong SPI, or bad padding / pad length."""
+
+
+class EspSequenceExhausted(EspError):
+    """The 32-bit sequence number would wrap (RFC 4303 §3.3.3): the SA must be rekeyed."""
+
+
+class UnsupportedEspAlgorithm(EspError, ValueError):
+    """No such transform, or a combination ESP does not allow (e.g. CBC without integrity)."""
+
+
+@dataclass
+class EspCounters:
+    """Per-SA counters; ``bytes`` counts inner payload octets, as strongSwan does."""
+
+    bytes: int = 0
+    packets: int = 0
+    replayed: int = 0
+    failed_icv: int = 0
+    malformed: int = 0
+
+
+# --- transforms ----------------------------------------------------------------------
+
+_ENCRYPTIONS: Final = ("aes-cbc", "aes-gcm", "3des-cbc", "null")
+# (IV length, padding alignment): RFC 3602 §3 (16-byte IV, 16-byte blocks), RFC 2451
+# §2.3 (8, 8), RFC 4106 §3.1/§3.2 (8-byte explicit IV, 4-byte alignment), RFC 2410.
+_IV_AND_BLOCK: Final[dict[str, tuple[int, int]]] = {
+    "aes-cbc": (16, 16),
+    "3des-cbc": (8, 8),
+    "aes-gcm": (8, 4),
+    "null": (0, 4),
+}
+# name -> (hash, key length, ICV length): RFC 2403 §3, RFC 2404 §3, RFC 4868 §2.1-2.3.
+_INTEGRITIES: Final[dict[str, tuple[type[hashes.HashAlgorithm], int, int]]] = {
+    "hmac-md5-96": (hashes.MD5, 16, 12),
+    "hmac-sha1-96": (hashes.SHA1, 20, 12),
+    "hmac-sha256-128": (hashes.SHA256, 32, 16),
+    "hmac-sha384-192": (hashes.SHA384, 48, 24),
+    "hmac-sha512-256": (hashes.SHA512, 64, 32),
+}
+# strongSwan proposal keywords -> our names.
+_SWAN_ENCRYPTIONS: Final = {"aes": "aes-cbc", "aesgcm": "aes-gcm", "3des": "3des-cbc",
+                            "null": "null"}
+_SWAN_INTEGRITIES: Final = {
+    "md5": "hmac-md5-96",
+    "sha1": "hmac-sha1-96",
+    "sha256": "hmac-sha256-128",
+    "sha384": "hmac-sha384-192",
+    "sha512": "hmac-sha512-256",
+}
+
+
+@dataclass(frozen=True)
+class EspAlgorithm:
+    """An ESP transform: cipher, its key length (octets, without the GCM salt), ICV length."""
+
+    encryption: str
+    key_length: int
+    icv_length: int
+    integrity: str | None
+
+    def __post_init__(self) -> None:
+        if self.encryption not in _ENCRYPTIONS:
+            raise UnsupportedEspAlgorithm(f"unsupported ESP encryption {self.encryption!r}")
+        if self.encryption in ("aes-cbc", "aes-gcm") and self.key_length not in (16, 24, 32):
+            raise UnsupportedEspAlgorithm(f"AES key length {self.key_length} octets")
+        if self.encryption == "3des-cbc" and self.key_length != 24:
+            raise UnsupportedEspAlgorithm(f"3DES key length {self.key_length} octets, not 24")
+        if self.encryption == "null" and self.key_length != 0:
+            raise UnsupportedEspAlgorithm("NULL encryption takes no key")
+        if self.encryption == "aes-gcm":
+            if self.integrity is not None:
+                raise UnsupportedEspAlgorithm("AES-GCM is combined mode: no integrity algorithm")
+            if self.icv_length not in (8, 12, 16):
+                raise UnsupportedEspAlgorithm(f"AES-GCM ICV of {self.icv_length} octets")
+            return
+        if self.integrity is None:
+            # RFC 4303 §3.2.2 allows confidentiality-only ESP, but it is open to
+            # cut-and-paste attacks (RFC 4303 §3.2.2, Bellovin); nobody should run it.
+            raise UnsupportedEspAlgorithm(f"{self.encryption} needs an integrity algorithm")
+        if self.integrity not in _INTEGRITIES:
+            raise UnsupportedEspAlgorithm(f"unsupported ESP integrity {self.integrity!r}")
+        if self.icv_length != _INTEGRITIES[self.integrity][2]:
+            raise UnsupportedEspAlgorithm(
+                f"{self.integrity} has a {_INTEGRITIES[self.integrity][2]}-octet ICV"
+            )
+
+    @property
+    def aead(self) -> bool:
+        return self.encryption == "aes-gcm"
+
+    @property
+    def iv_length(self) -> int:
+        return _IV_AND_BLOCK[self.encryption][0]
+
+    @property
+    def block_size(self) -> int:
+        """What the ciphertext is padded to a multiple of (at least 4, RFC 4303 §2.4)."""
+        return _IV_AND_BLOCK[self.encryption][1]
+
+    @property
+    def salt_length(self) -> int:
+        return GCM_SALT_LENGTH if self.aead else 0
+
+    @property
+    def integrity_key_length(self) -> int:
+        return 0 if self.integrity is None else _INTEGRITIES[self.integrity][1]
+
+    @property
+    def overhead(self) -> int:
+        """Octets ESP adds to a payload at most (header, IV, max padding, trailer, ICV)."""
+        return ESP_HEADER_LENGTH + self.iv_length + self.block_size - 1 + 2 + self.icv_length
+
+
+def esp_algorithm(
+    encryption: str, key_length_bits: int, integrity: str | None, icv_length: int = 16
+) -> EspAlgorithm:
+    """An ``EspAlgorithm`` from strongSwan-style names (as in ``aes128gcm16``, ``aes256-sha256``).
+
+    `encryption` is ``aes``, ``aesgcm``, ``3des`` or ``null``; `integrity` ``md5``,
+    ``sha1``, ``sha256``, ``sha384``, ``sha512`` or None (AES-GCM). `icv_length`
+    (octets) matters only for AES-GCM; HMAC ICV lengths follow from the hash. A
+    `key_length_bits` of 0 means the fixed length for 3DES (192) and NULL (0).
+    """
+    try:
+        name = _SWAN_ENCRYPTIONS[encryption]
+    except KeyError:
+        raise UnsupportedEspAlgorithm(f"unsupported ESP encryption {encryption!r}") from None
+    if name == "3des-cbc" and key_length_bits == 0:
+        key_length_bits = 192
+    if key_length_bits % 8:
+        raise UnsupportedEspAlgorithm(f"key length {key_length_bits} is not whole octets")
+    if integrity is None:
+        return EspAlgorithm(name, key_length_bits // 8, icv_length, None)
+    try:
+        integ = _SWAN_INTEGRITIES[integrity]
+    except KeyError:
+        raise UnsupportedEspAlgorithm(f"unsupported ESP integrity {integrity!r}") from None
+    return EspAlgorithm(name, key_length_bits // 8, _INTEGRITIES[integ][2], integ)
+
+
+def keymat_length(alg: EspAlgorithm) -> int:
+    """KEYMAT octets one direction needs: encryption key (+ GCM salt), then integrity key.
+
+    RFC 2409 §5.5 and RFC 2407 §4.5: the encryption key is taken first, the
+    authentication key from the octets that follow; RFC 4106 §8.1 adds the salt.
+    """
+    return alg.key_length + alg.salt_length + alg.integrity_key_length
+
+
+def _split_keymat(alg: EspAlgorithm, keymat: bytes) -> tuple[bytes, bytes, bytes]:
+    """(encryption key, GCM salt, integrity key); extra KEYMAT octets are ignored."""
+    need = keymat_length(alg)
+    if len(keymat) < need:
+        raise EspError(f"KEYMAT of {len(keymat)} octets, the transform needs {need}")
+    enc_end = alg.key_length
+    salt_end = enc_end + alg.salt_length
+    return keymat[:enc_end], keymat[enc_end:salt_end], keymat[salt_end:need]
+
+
+def _block_cipher(alg: EspAlgorithm, key: bytes) -> CipherAlgorithm:
+    if alg.encryption == "3des-cbc":
+        return TripleDES(key)
+    return algorithms.AES(key)
+
+
+def peek_spi(packet: bytes) -> int:
+    """The SPI of an ESP packet, to find its inbound SA (RFC 4303 §2.1)."""
+    if len(packet) < ESP_HEADER_LENGTH:
+        raise EspMalformedError(f"ESP packet of {len(packet)} octets has no header")
+    spi: int = _HEADER.unpack_from(packet)[0]
+    return spi
+
+
+def peek_seq(packet: bytes) -> int:
+    """The sequence number field of an ESP packet (RFC 4303 §2.2)."""
+    if len(packet) < ESP_HEADER_LENGTH:
+        raise EspMalformedError(f"ESP packet of {len(packet)} octets has no header")
+    seq: int = _HEADER.unpack_from(packet)[1]
+    return seq
+
+
+# --- CBC over one long-lived context ---------------------------------------------------
+
+
+class _CbcEncryptor:
+    """CBC encryption with a fresh IV per packet, on one OpenSSL context per SA.
+
+    A CBC context XORs the first block of its next input with the last
+    ciphertext block it produced (its chaining value C). Feeding it
+    P0 ^ C ^ IV instead of P0 yields E(P0 ^ IV): exactly CBC under IV, so the
+    output is that of a new context keyed with the packet's IV (RFC 3602 §3).
+    Every input is a whole number of blocks, so the context holds nothing back.
+    """
+
+    __slots__ = ("_block", "_chain", "_ctx")
+
+    def __init__(self, cipher: CipherAlgorithm, block: int) -> None:
+        self._ctx = Cipher(cipher, modes.CBC(bytes(block))).encryptor()
+        self._block = block
+        self._chain = 0
+
+    def encrypt(self, iv: bytes, plaintext: bytearray) -> bytes:
+        """Encrypt `plaintext` (block aligned; its first block is overwritten) under `iv`."""
+        b = self._block
+        first = int.from_bytes(plaintext[:b], "big") ^ int.from_bytes(iv, "big") ^ self._chain
+        plaintext[:b] = first.to_bytes(b, "big")
+        ciphertext = self._ctx.update(plaintext)
+        self._chain = int.from_bytes(ciphertext[-b:], "big")
+        return ciphertext
+
+
+class _CbcDecryptor:
+    """CBC decryption on one context; the first output block is re-based on the packet's IV.
+
+    P0 = D(C0) ^ IV, and the context computed D(C0) ^ chain, so XOR chain ^ IV in.
+    """
+
+    __slots__ = ("_block", "_chain", "_ctx")
+
+    def __init__(self, cipher: CipherAlgorithm, block: int) -> None:
+        self._ctx = Cipher(cipher, modes.CBC(bytes(block))).decryptor()
+        self._block = block
+        self._chain = 0
+
+    def decrypt(self, iv: memoryview, ciphertext: memoryview) -> bytearray:
+        b = self._block
+        plaintext = bytearray(self._ctx.update(ciphertext))
+        first = int.from_bytes(plaintext[:b], "big") ^ int.from_bytes(iv, "big") ^ self._chain
+        plaintext[:b] = first.to_bytes(b, "big")
+        self._chain = int.from_bytes(ciphertext[-b:], "big")
+        return plaintext
+
+
+# --- SAs ------------------------------------------------------------------------------
+
+
+class OutboundSa:
+    """Seals packets for one outbound SA: sequence numbers, padding, IV, encryption, ICV.
+
+    `random_bytes` supplies CBC IVs, which RFC 4303 §3.3.2 / RFC 3602 §2.4 require
+    to be unpredictable; the edge passes ``os.urandom`` (the default), tests a
+    deterministic source. AES-GCM uses the sequence number as its explicit IV,
+    unique per key as RFC 4106 §3.1 requires, so it needs no randomness.
+    """
+
+    def __init__(
+        self,
+        spi: int,
+        alg: EspAlgorithm,
+        keymat: bytes,
+        *,
+        max_seq: int = 2**32 - 1,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not 0 < spi < 2**32:
+            raise EspError(f"SPI {spi:#x} is not a non-zero 32-bit value")
+        if not 0 < max_seq < 2**32:
+            raise EspError(f"max_seq {max_seq} is not a positive 32-bit value")
+        self.spi = spi
+        self.alg = alg
+        self.max_seq = max_seq
+        self.seq = 0
+        """Sequence number of the last packet sealed; the first packet gets 1 (RFC 4303 §3.3.3)."""
+        self.counters = EspCounters()
+        self._random_bytes = random_bytes
+        enc_key, salt, integ_key = _split_keymat(alg, keymat)
+        self._salt = salt
+        self._block = alg.block_size
+        self._iv_length = alg.iv_length
+        self._icv_length = alg.icv_length
+        self._hmac = _make_hmac(alg, integ_key)
+        self._cbc = (
+            _CbcEncryptor(_block_cipher(alg, enc_key), self._block)
+            if alg.encryption in ("aes-cbc", "3des-cbc")
+            else None
+        )
+        self._gcm_key = enc_key if alg.aead else b""
+        self._aesgcm = AESGCM(enc_key) if alg.aead and alg.icv_length == 16 else None
+
+    @property
+    def exhausted(self) -> bool:
+        """No sequence number is left: the SA must have been replaced by now."""
+        return self.seq >= self.max_seq
+
+    @property
+    def remaining(self) -> int:
+        """How many more packets this SA may seal."""
+        return self.max_seq - self.seq
+
+    def seal(self, payload: bytes, next_header: int) -> bytes:
+        """The ESP packet carrying `payload`, whose protocol is `next_header`.
+
+        Tunnel mode: `payload` is the whole inner IP packet, `next_header` 4 (IPv4)
+        or 41 (IPv6). Transport mode: the upper-layer payload and its protocol.
+        Raises EspSequenceExhausted instead of ever reusing a sequence number.
+        """
+        if self.seq >= self.max_seq:
+            raise EspSequenceExhausted(
+                f"SPI {self.spi:08x}: sequence number {self.seq} is the last one; rekey"
+            )
+        if not 0 <= next_header <= 255:
+            raise EspError(f"next header {next_header} is not an octet")
+        seq = self.seq + 1
+        self.seq = seq
+        header = _HEADER.pack(self.spi, seq)
+        # RFC 4303 §2.4: pad so that payload | padding | pad length | next header
+        # fills whole cipher blocks (and 4-octet words); pad bytes are 1, 2, 3, ...
+        pad_length = -(len(payload) + 2) % self._block
+        plaintext = bytearray(payload)
+        plaintext += _PAD_BYTES[:pad_length]
+        plaintext.append(pad_length)
+        plaintext.append(next_header)
+
+        if self._cbc is not None:
+            iv = self._random_bytes(self._iv_length)
+            if len(iv) != self._iv_length:
+                raise EspError(f"random source gave {len(iv)} octets for a "
+                               f"{self._iv_length}-octet IV")
+            ciphertext = self._cbc.encrypt(iv, plaintext)
+            packet = header + iv + ciphertext
+            packet += self._icv(packet)
+        elif self.alg.aead:
+            # RFC 4106 §3.1: the explicit IV is our 64-bit counter (the sequence number).
+            iv = seq.to_bytes(8, "big")
+            nonce = self._salt + iv
+            if self._aesgcm is not None:
+                packet = header + iv + self._aesgcm.encrypt(nonce, plaintext, header)
+            else:
+                encryptor = Cipher(algorithms.AES(self._gcm_key), modes.GCM(nonce)).encryptor()
+                encryptor.authenticate_additional_data(header)
+                ciphertext = encryptor.update(plaintext) + encryptor.finalize()
+                packet = header + iv + ciphertext + encryptor.tag[: self._icv_length]
+        else:  # NULL encryption (RFC 2410): the plaintext goes as it is, with an ICV
+            packet = header + plaintext
+            packet += self._icv(packet)
+
+        self.counters.packets += 1
+        self.counters.bytes += len(payload)
+        return packet
+
+    def _icv(self, data: bytes) -> bytes:
+        if self._hmac is None:  # pragma: no cover - AEAD never gets here
+            raise EspError("no integrity algorithm")
+        mac = self._hmac.copy()
+        mac.update(data)
+        return mac.finalize()[: self._icv_length]
+
+
+class InboundSa:
+    """Opens packets for one inbound SA, in the order RFC 4303 §3.4 prescribes.
+
+    Length checks, replay check (§3.4.3), ICV check before decryption (§3.4.4;
+    combined in AES-GCM's decryption, RFC 4106 §5), decryption, padding check
+    (§2.4), then the replay window update. Each refusal raises a typed EspError
+    and is counted; nothing decrypted is returned from a packet that failed.
+    """
+
+    def __init__(
+        self,
+        spi: int,
+        alg: EspAlgorithm,
+        keymat: bytes,
+        replay_window: int = DEFAULT_REPLAY_WINDOW,
+    ) -> None:
+        if not 0 < spi < 2**32:
+            raise EspError(f"SPI {spi:#x} is not a non-zero 32-bit value")
+        self.spi = spi
+        self.alg = alg
+        self.counters = EspCounters()
+        self.replay = ReplayWindow(replay_window)
+        enc_key, salt, integ_key = _split_keymat(alg, keymat)
+        self._salt = salt
+        self._block = alg.block_size
+        self._iv_length = alg.iv_length
+        self._icv_length = alg.icv_length
+        self._hmac = _make_hmac(alg, integ_key)
+        self._cbc = (
+            _CbcDecryptor(_block_cipher(alg, enc_key), self._block)
+            if alg.encryption in ("aes-cbc", "3des-cbc")
+            else None
+        )
+        self._gcm_key = enc_key if alg.aead else b""
+        self._aesgcm = AESGCM(enc_key) if alg.aead and alg.icv_length == 16 else None
+        # Smallest valid ciphertext: one block for CBC; pad length + next header otherwise.
+        self._min_ciphertext = self._block if self._cbc is not None else 2
+        self._min_length = ESP_HEADER_LENGTH + self._iv_length + self._min_ciphertext + (
+            self._icv_length
+        )
+
+    def open(self, packet: bytes) -> tuple[int, bytes]:
+        """(next header, payload) of an ESP packet for this SA; raises an EspError to drop it.
+
+        A next header of 59 (``IPPROTO_NONE``) marks a dummy packet (RFC 4303 §2.6)
+        that the caller must discard.
+        """
+        counters = self.counters
+        length = len(packet)
+        if length < self._min_length:
+            counters.malformed += 1
+            raise EspMalformedError(
+                f"SPI {self.spi:08x}: {length}-octet packet, at least {self._min_length} needed"
+            )
+        spi, seq = _HEADER.unpack_from(packet)
+        if spi != self.spi:
+            counters.malformed += 1
+            raise EspMalformedError(f"packet for SPI {spi:08x} given to SA {self.spi:08x}")
+        ct_start = ESP_HEADER_LENGTH + self._iv_length
+        ct_end = length - self._icv_length
+        if self._cbc is not None and (ct_end - ct_start) % self._block:
+            counters.malformed += 1
+            raise EspMalformedError(
+                f"SPI {self.spi:08x} seq {seq}: ciphertext of {ct_end - ct_start} octets "
+                f"is not a multiple of the {self._block}-octet block"
+            )
+        if not self.replay.check(seq):
+            counters.replayed += 1
+            raise EspReplayError(f"SPI {self.spi:08x}: sequence number {seq} replayed or too old")
+
+        view = memoryview(packet)
+        if self._hmac is None:
+            plaintext = self._open_gcm(view, seq, ct_start)
+        else:
+            mac = self._hmac.copy()
+            mac.update(view[:ct_end])
+            icv = mac.finalize()[: self._icv_length]
+            if not stdlib_hmac.compare_digest(icv, view[ct_end:]):
+                counters.failed_icv += 1
+                raise EspIcvError(f"SPI {self.spi:08x} seq {seq}: ICV mismatch")
+            if self._cbc is not None:
+                plaintext = self._cbc.decrypt(view[ESP_HEADER_LENGTH:ct_start],
+                                              view[ct_start:ct_end])
+            else:
+                plaintext = bytearray(view[ct_start:ct_end])
+
+        # RFC 4303 §2.4, §2.5: trailer, then the padding, which must be 1, 2, 3, ...
+        pad_length = plaintext[-2]
+        next_header = plaintext[-1]
+        payload_end = len(plaintext) - 2 - pad_length
+        if payload_end < 0 or plaintext[payload_end:-2] != _PAD_BYTES[:pad_length]:
+            counters.malformed += 1
+            raise EspMalformedError(
+                f"SPI {self.spi:08x} seq {seq}: bad padding (pad length {pad_length})"
+            )
+        self.replay.update(seq)
+        counters.packets += 1
+        counters.bytes += payload_end
+        return next_header, bytes(plaintext[:payload_end])
+
+    def _open_gcm(self, view: memoryview, seq: int, ct_start: int) -> bytearray:
+        """AES-GCM decryption that verifies the ICV first (RFC 4106 §5: AAD = SPI | seq)."""
+        aad = view[:ESP_HEADER_LENGTH]
+        nonce = self._salt + bytes(view[ESP_HEADER_LENGTH:ct_start])
+        try:
+            if self._aesgcm is not None:
+                return bytearray(self._aesgcm.decrypt(nonce, view[ct_start:], aad))
+            ct_end = len(view) - self._icv_length
+            decryptor = Cipher(
+                algorithms.AES(self._gcm_key),
+                modes.GCM(nonce, bytes(view[ct_end:]), min_tag_length=self._icv_length),
+            ).decryptor()
+            decryptor.authenticate_additional_data(aad)
+            plaintext = decryptor.update(view[ct_start:ct_end])
+            return bytearray(plaintext + decryptor.finalize())
+        except InvalidTag:
+            self.counters.failed_icv += 1
+            raise EspIcvError(f"SPI {self.spi:08x} seq {seq}: ICV mismatch") from None
+
+
+def _make_hmac(alg: EspAlgorithm, key: bytes) -> hmac.HMAC | None:
+    """A keyed HMAC context that is copied for each packet (the key schedule done once)."""
+    if alg.integrity is None:
+        return None
+    hash_type = _INTEGRITIES[alg.integrity][0]
+    return hmac.HMAC(key, hash_type())
