@@ -49,7 +49,7 @@ def tshark_available() -> tuple[bool, str]:
 
 
 class Capture:
-    """dumpcap on `ifname` inside `ns`, writing `path`; ready when the constructor returns.
+    """dumpcap on `ifname` inside `ns`, writing `path`; capturing when the constructor returns.
 
     ``pcapng=False`` writes classic pcap (``dumpcap -P``).  `capture_filter`
     is a BPF filter such as ``"udp port 500 or udp port 4500"``.
@@ -63,6 +63,7 @@ class Capture:
         capture_filter: str | None = None,
         pcapng: bool = False,
         start_timeout: float = 10.0,
+        warmup: float = 0.2,
     ) -> None:
         self.ns = ns
         self.ifname = ifname
@@ -93,6 +94,9 @@ class Capture:
                 raise CaptureError(
                     f"dumpcap on {ns.name}/{ifname} did not start: {''.join(self._stderr)}"
                 )
+        # dumpcap reports "Capturing on" a few milliseconds before packets really reach
+        # it (measured here: 7 of 15 packets sent at once were lost, none after 50 ms).
+        time.sleep(warmup)
 
     def _read_stderr(self) -> None:
         stream = self.proc.stderr
