@@ -2,26 +2,26 @@
 
 Fixtures: tests/vectors/strongswan/<scenario>.json, written by
 scripts/capture_strongswan_vectors.py from two charons talking IKEv1 in network
-namespaces, charon logging at ike=4 (which prints g^xy, SKEYID, SKEYID_d/a/e, the
-encryption key). Each holds the PSK, the raw ISAKMP messages in wire order (hex,
-non-ESP marker stripped) and the values charon logged.
+namespaces (see the "_doc" and "source" keys in each file). charon logs at ike=4 /
+chd=4 / enc=4: g^xy, SKEYID, SKEYID_d/a/e, Ka, the initial IV, HASH_I/R, Hash(1..3),
+the Quick Mode DH secret, the ESP keys, and the IV / plaintext / padding of every
+message it encrypted.
 
-From the raw messages alone we extract Ni_b / Nr_b, g^xi / g^xr, the cookies and
-SAi_b, then check that
-- SKEYID, SKEYID_d/a/e and the encryption key equal what charon logged;
-- messages 5 and 6 decrypt with our key and IV chain (Phase 1 IV, then the last
-  ciphertext block) into a valid payload chain whose HASH_I / HASH_R we recompute;
-- Quick Mode messages decrypt with phase2_iv() and their HASH(1)/(2)/(3) verify,
-  as do the HASH(1) of any Informational exchange;
-- KEYMAT (with g(qm)^xy for PFS) equals the ESP keys charon logged, when it logged them.
+From the raw ISAKMP messages alone (a tiny local TLV reader, so this test does not
+depend on our wire codec) we take Ni_b / Nr_b, g^xi / g^xr, the cookies and SAi_b,
+then check with ikev1d.crypto that
+- SKEYID, SKEYID_d/a/e and the encryption key (Appendix B expansion for 3DES-SHA1)
+  equal charon's;
+- our IV chain (phase1_iv, last ciphertext block, phase2_iv per message ID) gives the
+  IV charon used for every encrypted message, decryption gives charon's plaintext,
+  and pad_plaintext() pads exactly as charon did;
+- HASH_I / HASH_R of messages 5 / 6, Quick Mode HASH(1)/(2)/(3) and the
+  Informational HASH(1) recompute from the decrypted payloads;
+- KEYMAT (with g(qm)^xy for PFS) equals charon's ESP keys, and the NAT-D hashes match.
 
-g^xy is logged by charon, so no private DH value is needed. The ISAKMP walking is a
-tiny local TLV reader on purpose: this test checks crypto against strongSwan without
-depending on our own wire codec.
-
-Until the capture script has written tests/vectors/strongswan/ at all, the tests
-skip; once the directory exists, every scenario below must be there (a missing file
-fails).
+No private DH value is needed: g^xy is in the log. Until the capture script has
+created tests/vectors/strongswan/ the tests skip; once it exists, every scenario in
+REQUIRED must be there (a missing file fails).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ import pytest
 
 from ikev1d.crypto import (
     IkeCipher,
+    Phase1Keys,
     cipher_key_length,
     derive_phase1_keys,
     encryption_key,
@@ -46,6 +46,8 @@ from ikev1d.crypto import (
     informational_hash,
     keymat,
     last_cipher_block,
+    nat_d_hash,
+    pad_plaintext,
     phase1_iv,
     phase2_iv,
     qm_hash1,
@@ -55,13 +57,15 @@ from ikev1d.crypto import (
 )
 
 VECTOR_DIR = Path(__file__).resolve().parents[1] / "vectors" / "strongswan"
-SCENARIOS = [
+REQUIRED = [
     "psk-aes128-sha256-modp2048",
     "psk-aes128-sha256-ecp256",
     "psk-aes128-sha256-curve25519",
     "psk-3des-sha1-modp1024",
     "psk-aes128-sha256-modp2048-pfs",
 ]
+PRESENT = sorted(p.stem for p in VECTOR_DIR.glob("*.json")) if VECTOR_DIR.is_dir() else []
+SCENARIOS = sorted(set(REQUIRED) | set(PRESENT))
 
 # RFC 2408 §3.1 / §3.2 and RFC 2409 Appendix A numbers used below.
 HEADER_LENGTH = 28
@@ -70,120 +74,15 @@ EXCHANGE_MAIN_MODE = 2
 EXCHANGE_INFORMATIONAL = 5
 EXCHANGE_QUICK_MODE = 32
 PAYLOAD_SA = 1
-PAYLOAD_PROPOSAL = 2
 PAYLOAD_KE = 4
 PAYLOAD_ID = 5
 PAYLOAD_HASH = 8
 PAYLOAD_NONCE = 10
-PROTO_ESP = 3
+PROTO_ESP = 3  # RFC 2407 §4.4.1, PROTO_IPSEC_ESP
 
 
-# --- fixture loading -----------------------------------------------------------------
-
-
-def _norm(key: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", key.lower())
-
-
-def _flatten(obj: Any, out: dict[str, Any]) -> None:
-    """Every key of every nested mapping, normalised; the first occurrence wins."""
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            out.setdefault(_norm(str(key)), value)
-        for value in obj.values():
-            _flatten(value, out)
-
-
-def _hex(value: Any) -> bytes:
-    if isinstance(value, dict):
-        for key in ("hex", "value", "data"):
-            if key in value:
-                return _hex(value[key])
-    assert isinstance(value, str), f"expected a hex string, got {value!r}"
-    return bytes.fromhex(re.sub(r"[\s:]", "", value))
-
-
-# Names the fixture may use for a logged value (compared after _norm). charon's own
-# ike=4 labels come first: "shared Diffie Hellman secret", "encryption key Ka", ...
-LOGGED = {
-    "g_xy": ("shared Diffie Hellman secret", "g_xy", "gxy", "shared_secret", "dh_secret"),
-    "g_qm_xy": ("DH secret", "g_qm_xy", "gqmxy", "qm_shared_secret", "pfs_shared_secret"),
-    "skeyid": ("SKEYID",),
-    "skeyid_d": ("SKEYID_d",),
-    "skeyid_a": ("SKEYID_a",),
-    "skeyid_e": ("SKEYID_e",),
-    "encryption_key": ("encryption key Ka", "encryption_key", "ka", "enc_key"),
-    "initial_iv": ("initial IV", "phase1_iv", "iv"),
-    "encr_i": ("encryption initiator key", "encr_i", "esp_encr_i"),
-    "encr_r": ("encryption responder key", "encr_r", "esp_encr_r"),
-    "integ_i": ("integrity initiator key", "integ_i", "esp_integ_i"),
-    "integ_r": ("integrity responder key", "integ_r", "esp_integ_r"),
-}
-
-
-@dataclass
-class Vector:
-    name: str
-    raw: dict[str, Any]
-    flat: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _flatten(self.raw, self.flat)
-
-    def get(self, *names: str) -> Any:
-        for name in names:
-            value = self.flat.get(_norm(name))
-            if value not in (None, "", []):
-                return value
-        return None
-
-    def logged_all(self, what: str) -> list[bytes]:
-        """Every value charon logged under the label for `what`, in log order."""
-        value = self.get(*LOGGED[what])
-        if value is None:
-            return []
-        return [_hex(v) for v in value] if isinstance(value, list) else [_hex(value)]
-
-    def logged(self, what: str) -> bytes | None:
-        """The value logged for `what`; if logged several times, all copies must agree."""
-        values = set(self.logged_all(what))
-        assert len(values) <= 1, f"{self.name}: charon logged differing {what} values"
-        return values.pop() if values else None
-
-    def psk(self) -> bytes:
-        hex_value = self.get("psk_hex", "secret_hex")
-        if hex_value is not None:
-            return _hex(hex_value)
-        text = self.get("psk", "secret", "pre_shared_key")
-        assert isinstance(text, str), f"{self.name}: no PSK in fixture"
-        if text.startswith("0x"):
-            return bytes.fromhex(text[2:])
-        return text.encode()
-
-    def messages(self) -> list[bytes]:
-        entries = self.get("messages", "packets", "isakmp_messages")
-        assert isinstance(entries, list) and entries, f"{self.name}: no messages in fixture"
-        out: list[bytes] = []
-        for entry in entries:
-            if isinstance(entry, dict):
-                entry = next(
-                    entry[k] for k in ("hex", "data", "raw", "bytes", "isakmp") if k in entry
-                )
-            data = _hex(entry)
-            if data[:4] == b"\x00\x00\x00\x00":  # non-ESP marker, should be stripped already
-                data = data[4:]
-            if not out or out[-1] != data:  # drop retransmissions
-                out.append(data)
-        return out
-
-
-def _load(name: str) -> Vector:
-    path = VECTOR_DIR / f"{name}.json"
-    if not VECTOR_DIR.is_dir():
-        pytest.skip(f"strongSwan vectors not captured yet ({VECTOR_DIR} missing)")
-    if not path.is_file():
-        pytest.fail(f"fixture {path} is missing: run scripts/capture_strongswan_vectors.py")
-    return Vector(name, json.loads(path.read_text()))
+def h(text: str) -> bytes:
+    return bytes.fromhex(text)
 
 
 # --- a tiny ISAKMP reader (RFC 2408 §3.1-3.2), independent of ikev1d.wire --------------
@@ -197,21 +96,19 @@ class Header:
     exchange: int
     flags: int
     message_id: int
-    length: int
 
 
 @dataclass(frozen=True)
 class Payload:
     type: int
-    start: int  # offset of the generic header within the chain data
+    start: int  # offset of the generic header in the chain
     end: int
     body: bytes
 
 
 def parse_header(data: bytes) -> Header:
     assert len(data) >= HEADER_LENGTH
-    length = int.from_bytes(data[24:28], "big")
-    assert length == len(data), "ISAKMP length field disagrees with the datagram"
+    assert int.from_bytes(data[24:28], "big") == len(data), "ISAKMP length field"
     return Header(
         cky_i=data[0:8],
         cky_r=data[8:16],
@@ -219,20 +116,20 @@ def parse_header(data: bytes) -> Header:
         exchange=data[18],
         flags=data[19],
         message_id=int.from_bytes(data[20:24], "big"),
-        length=length,
     )
 
 
-def walk(first: int, data: bytes) -> list[Payload]:
-    """The payload chain starting at data[0]; trailing bytes (CBC padding) are ignored."""
+def walk(first: int, chain: bytes) -> list[Payload]:
+    """The payload chain at chain[0]; bytes after the last payload (padding) are ignored."""
     payloads: list[Payload] = []
     offset, ptype = 0, first
     while ptype != 0:
-        assert offset + 4 <= len(data), "payload header runs past the data"
-        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
-        assert 4 <= length <= len(data) - offset, f"bad payload length {length}"
-        payloads.append(Payload(ptype, offset, offset + length, data[offset + 4 : offset + length]))
-        ptype = data[offset]
+        assert offset + 4 <= len(chain), "payload header runs past the data"
+        length = int.from_bytes(chain[offset + 2 : offset + 4], "big")
+        assert 4 <= length <= len(chain) - offset, f"bad payload length {length}"
+        body = chain[offset + 4 : offset + length]
+        payloads.append(Payload(ptype, offset, offset + length, body))
+        ptype = chain[offset]
         offset += length
     return payloads
 
@@ -243,18 +140,14 @@ def body_of(payloads: list[Payload], ptype: int) -> bytes:
     return found[0]
 
 
-def ke_data(body: bytes) -> bytes:
-    return body  # KE payload: the generic header is already stripped, the rest is data
-
-
 def first_spi(sa_body: bytes) -> bytes:
-    """SPI of the first proposal of an SA payload body (RFC 2408 §3.4-3.5)."""
-    proposals = sa_body[8:]  # DOI (4) + Situation (4), IPsec DOI
-    spi_size = proposals[6]
-    return proposals[8 : 8 + spi_size]
+    """SPI of the first proposal in an SA payload body (RFC 2408 §3.4/3.5, IPsec DOI)."""
+    proposal = sa_body[8:]  # after DOI (4) and Situation (4)
+    spi_size = proposal[6]
+    return proposal[8 : 8 + spi_size]
 
 
-# --- scenario description --------------------------------------------------------------
+# --- one captured exchange ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -262,144 +155,196 @@ class Suite:
     cipher: str
     key_bits: int | None
     hash: str
-    pfs: bool
 
 
-def suite_of(name: str) -> Suite:
-    match = re.fullmatch(r"psk-(aes(\d+)|3des)-(md5|sha1|sha256|sha384|sha512)-(\w+?)(-pfs)?", name)
-    assert match, name
-    cipher = "3des" if match.group(1) == "3des" else "aes"
-    key_bits = int(match.group(2)) if match.group(2) else None
-    return Suite(cipher, key_bits, match.group(3), match.group(5) is not None)
+def suite_of(proposal: str) -> Suite:
+    m = re.fullmatch(r"(aes(\d+)|3des)-(md5|sha1|sha256|sha384|sha512)-\w+", proposal)
+    assert m, f"unexpected Phase 1 proposal {proposal!r}"
+    cipher = "3des" if m.group(1) == "3des" else "aes"
+    return Suite(cipher, int(m.group(2)) if m.group(2) else None, m.group(3))
 
 
-# --- the exchange, decrypted step by step -------------------------------------------------
+@dataclass
+class Message:
+    data: bytes
+    header: Header
+    fixture: dict[str, Any]  # the fixture's entry: from, iv, plaintext, padding, ...
 
 
 @dataclass
 class Exchange:
-    """What the raw messages give us, plus what we derived and decrypted."""
-
-    vector: Vector
+    name: str
+    vector: dict[str, Any]
     suite: Suite
-    cky_i: bytes = b""
-    cky_r: bytes = b""
-    sa_i_b: bytes = b""
-    g_xi: bytes = b""
-    g_xr: bytes = b""
-    ni_b: bytes = b""
-    nr_b: bytes = b""
-    main_mode: list[bytes] = field(default_factory=list)
-    later: list[bytes] = field(default_factory=list)
+    psk: bytes
+    messages: list[Message]
+    main_mode: list[Message]
+    cky_i: bytes
+    cky_r: bytes
+    sa_i_b: bytes
+    g_xi: bytes
+    g_xr: bytes
+    ni_b: bytes
+    nr_b: bytes
+
+    @property
+    def phase1(self) -> dict[str, str]:
+        p1: dict[str, str] = self.vector["phase1"]
+        return p1
 
 
-def split_exchange(vector: Vector) -> Exchange:
-    ex = Exchange(vector, suite_of(vector.name))
-    for data in vector.messages():
-        header = parse_header(data)
-        if header.exchange == EXCHANGE_MAIN_MODE and len(ex.main_mode) < 6:
-            ex.main_mode.append(data)
-        else:
-            ex.later.append(data)
-    assert len(ex.main_mode) == 6, f"{vector.name}: {len(ex.main_mode)} Main Mode messages"
-    m1, m2, m3, m4 = (parse_header(m) for m in ex.main_mode[:4])
-    ex.cky_i, ex.cky_r = m1.cky_i, m2.cky_r
-    assert m1.cky_r == bytes(8) and ex.cky_r != bytes(8)
-    assert all(h.flags & FLAG_ENCRYPTION == 0 for h in (m1, m2, m3, m4))
-    p1 = walk(m1.next_payload, ex.main_mode[0][HEADER_LENGTH:])
-    ex.sa_i_b = body_of(p1, PAYLOAD_SA)  # RFC 2409 §5: SAi_b without the generic header
-    p3 = walk(m3.next_payload, ex.main_mode[2][HEADER_LENGTH:])
-    p4 = walk(m4.next_payload, ex.main_mode[3][HEADER_LENGTH:])
-    ex.g_xi, ex.ni_b = ke_data(body_of(p3, PAYLOAD_KE)), body_of(p3, PAYLOAD_NONCE)
-    ex.g_xr, ex.nr_b = ke_data(body_of(p4, PAYLOAD_KE)), body_of(p4, PAYLOAD_NONCE)
-    return ex
+def load(name: str) -> Exchange:
+    path = VECTOR_DIR / f"{name}.json"
+    if not VECTOR_DIR.is_dir():
+        pytest.skip(f"strongSwan vectors not captured yet ({VECTOR_DIR} missing)")
+    if not path.is_file():
+        pytest.fail(f"fixture {path} is missing: run scripts/capture_strongswan_vectors.py")
+    vector = json.loads(path.read_text())
+    psk = h(vector["psk"])
+    assert psk == vector["psk_text"].encode()
+
+    messages: list[Message] = []
+    for entry in vector["messages"]:
+        data = h(entry["data"])
+        if messages and messages[-1].data == data:
+            continue  # a retransmission
+        messages.append(Message(data, parse_header(data), entry))
+    main_mode = [m for m in messages if m.header.exchange == EXCHANGE_MAIN_MODE]
+    assert len(main_mode) == 6, f"{name}: {len(main_mode)} Main Mode messages"
+    m1, m2, m3, m4 = main_mode[:4]
+    assert m1.header.cky_r == bytes(8) and m2.header.cky_r != bytes(8)
+    assert not any(m.header.flags & FLAG_ENCRYPTION for m in (m1, m2, m3, m4))
+    p1 = walk(m1.header.next_payload, m1.data[HEADER_LENGTH:])
+    p3 = walk(m3.header.next_payload, m3.data[HEADER_LENGTH:])
+    p4 = walk(m4.header.next_payload, m4.data[HEADER_LENGTH:])
+    return Exchange(
+        name=name,
+        vector=vector,
+        suite=suite_of(vector["proposal"]),
+        psk=psk,
+        messages=messages,
+        main_mode=main_mode,
+        cky_i=m1.header.cky_i,
+        cky_r=m2.header.cky_r,
+        sa_i_b=body_of(p1, PAYLOAD_SA),  # RFC 2409 §5: SA body without generic header
+        g_xi=body_of(p3, PAYLOAD_KE),
+        g_xr=body_of(p4, PAYLOAD_KE),
+        ni_b=body_of(p3, PAYLOAD_NONCE),
+        nr_b=body_of(p4, PAYLOAD_NONCE),
+    )
 
 
 @pytest.fixture(params=SCENARIOS)
 def exchange(request: pytest.FixtureRequest) -> Exchange:
-    return split_exchange(_load(request.param))
+    return load(request.param)
 
 
-def test_scenario_list_matches_fixture_directory() -> None:
+def our_phase1(ex: Exchange, psk: bytes | None = None) -> tuple[Phase1Keys, IkeCipher]:
+    s = ex.suite
+    skeyid = skeyid_psk(s.hash, ex.psk if psk is None else psk, ex.ni_b, ex.nr_b)
+    keys = derive_phase1_keys(s.hash, skeyid, h(ex.phase1["g_xy"]), ex.cky_i, ex.cky_r)
+    key = encryption_key(s.hash, keys.skeyid_e, cipher_key_length(s.cipher, s.key_bits))
+    return keys, IkeCipher(s.cipher, key)
+
+
+@dataclass
+class Decrypted:
+    message: Message
+    iv: bytes
+    payloads: list[Payload]
+    plain: bytes
+
+    def rest_after_hash(self) -> bytes:
+        """The payloads after HASH, generic headers included, padding excluded."""
+        assert self.payloads[0].type == PAYLOAD_HASH, "exchange must start with HASH"
+        return self.plain[self.payloads[0].end : self.payloads[-1].end]
+
+
+def decrypt_all(ex: Exchange, cipher: IkeCipher) -> list[Decrypted]:
+    """Decrypt every encrypted message with our IV chain (RFC 2409 Appendix B).
+
+    Main Mode: the Phase 1 IV, then the last ciphertext block of the previous message.
+    Every later exchange starts from hash(last Phase 1 CBC block | M-ID) and chains
+    within its message ID.
+    """
+    bs = cipher.block_size
+    chain: dict[int, bytes] = {0: phase1_iv(ex.suite.hash, ex.g_xi, ex.g_xr, bs)}
+    last_phase1_block = b""
+    out: list[Decrypted] = []
+    for msg in ex.messages:
+        if not msg.header.flags & FLAG_ENCRYPTION:
+            continue
+        mid = msg.header.message_id
+        if mid not in chain:
+            assert last_phase1_block, "Phase 2 message before the end of Phase 1"
+            chain[mid] = phase2_iv(ex.suite.hash, last_phase1_block, mid, bs)
+        iv = chain[mid]
+        body = msg.data[HEADER_LENGTH:]
+        plain = cipher.decrypt(iv, body)
+        chain[mid] = last_cipher_block(body, bs)
+        if mid == 0:
+            last_phase1_block = chain[0]
+        out.append(Decrypted(msg, iv, walk(msg.header.next_payload, plain), plain))
+    return out
+
+
+# --- the tests -----------------------------------------------------------------------------
+
+
+def test_every_required_scenario_was_captured() -> None:
     if not VECTOR_DIR.is_dir():
         pytest.skip(f"strongSwan vectors not captured yet ({VECTOR_DIR} missing)")
-    present = {p.stem for p in VECTOR_DIR.glob("*.json")}
-    missing = set(SCENARIOS) - present
+    missing = set(REQUIRED) - set(PRESENT)
     assert not missing, f"missing strongSwan fixtures: {sorted(missing)}"
 
 
-def phase1_g_xy(vector: Vector) -> bytes:
-    """charon's Phase 1 g^xy: the first "shared Diffie Hellman secret" it logged."""
-    values = vector.logged_all("g_xy")
-    assert values, f"{vector.name}: charon's g^xy missing from the fixture"
-    return values[0]
-
-
-def quick_mode_g_xy(vector: Vector) -> bytes | None:
-    """g(qm)^xy for PFS: logged separately, or as charon's second DH secret."""
-    explicit = vector.logged("g_qm_xy")
-    if explicit is not None:
-        return explicit
-    values = vector.logged_all("g_xy")
-    return values[1] if len(values) > 1 else None
-
-
-def _phase1(ex: Exchange) -> tuple[Any, bytes, IkeCipher]:
-    s = ex.suite
-    g_xy = phase1_g_xy(ex.vector)
-    skeyid = skeyid_psk(s.hash, ex.vector.psk(), ex.ni_b, ex.nr_b)
-    keys = derive_phase1_keys(s.hash, skeyid, g_xy, ex.cky_i, ex.cky_r)
-    key = encryption_key(s.hash, keys.skeyid_e, cipher_key_length(s.cipher, s.key_bits))
-    return keys, key, IkeCipher(s.cipher, key)
-
-
-def test_g_xy_length_matches_group(exchange: Exchange) -> None:
-    g_xy = phase1_g_xy(exchange.vector)
-    group = exchange.vector.name.split("-")[3]
-    expected = {"modp2048": 256, "modp1024": 128, "ecp256": 32, "curve25519": 32}[group]
-    assert len(g_xy) == expected
-    # KE data lengths: MODP = prime length, ECP = x|y, Curve25519 = 32 (RFC 5903 §7, 8031)
-    ke_len = {"modp2048": 256, "modp1024": 128, "ecp256": 64, "curve25519": 32}[group]
-    assert len(exchange.g_xi) == len(exchange.g_xr) == ke_len
+def test_ke_and_g_xy_lengths(exchange: Exchange) -> None:
+    # RFC 2409 §5 / RFC 5903 §7 / RFC 8031: KE data is the prime length (MODP), x | y
+    # (ECP) or 32 octets (Curve25519); g^xy has the prime length, x only, or 32.
+    group = exchange.vector["proposal"].split("-")[2]
+    ke, secret = {
+        "modp1024": (128, 128),
+        "modp2048": (256, 256),
+        "ecp256": (64, 32),
+        "ecp384": (96, 48),
+        "curve25519": (32, 32),
+    }[group]
+    assert len(exchange.g_xi) == len(exchange.g_xr) == ke
+    assert len(h(exchange.phase1["g_xy"])) == secret
+    assert exchange.g_xi.hex() == exchange.phase1["ke_i"]
 
 
 def test_phase1_keys_match_charon(exchange: Exchange) -> None:
-    keys, key, _ = _phase1(exchange)
-    v = exchange.vector
-    for ours, what in (
-        (keys.skeyid, "skeyid"),
-        (keys.skeyid_d, "skeyid_d"),
-        (keys.skeyid_a, "skeyid_a"),
-        (keys.skeyid_e, "skeyid_e"),
-        (key, "encryption_key"),
-    ):
-        logged = v.logged(what)
-        assert logged is not None, f"{v.name}: charon's {what} missing from the fixture"
-        assert ours == logged, f"{v.name}: our {what} differs from charon's"
+    keys, cipher = our_phase1(exchange)
+    p1 = exchange.phase1
+    assert keys.skeyid.hex() == p1["skeyid"]
+    assert keys.skeyid_d.hex() == p1["skeyid_d"]
+    assert keys.skeyid_a.hex() == p1["skeyid_a"]
+    assert keys.skeyid_e.hex() == p1["skeyid_e"]
+    key = encryption_key(exchange.suite.hash, keys.skeyid_e, cipher.key_length)
+    assert key.hex() == p1["encryption_key"]
+    iv = phase1_iv(exchange.suite.hash, exchange.g_xi, exchange.g_xr, cipher.block_size)
+    assert iv.hex() == p1["initial_iv"]
 
 
-def _decrypt(cipher: IkeCipher, data: bytes, iv: bytes) -> tuple[Header, list[Payload], bytes]:
-    header = parse_header(data)
-    assert header.flags & FLAG_ENCRYPTION
-    body = data[HEADER_LENGTH:]
-    plain = cipher.decrypt(iv, body)
-    return header, walk(header.next_payload, plain), plain
+def test_iv_chain_decryption_and_padding_match_charon(exchange: Exchange) -> None:
+    _, cipher = our_phase1(exchange)
+    decrypted = decrypt_all(exchange, cipher)
+    assert len(decrypted) >= 5  # MM 5, 6 and three Quick Mode messages at least
+    for d in decrypted:
+        entry = d.message.fixture
+        assert d.iv.hex() == entry["iv"], f"IV of a {entry['exchange']} message"
+        plaintext = h(entry["plaintext"])
+        assert d.plain == plaintext + h(entry["padding"])
+        # We pad exactly like charon (zeros, 1..block size octets; see pad_plaintext).
+        assert pad_plaintext(plaintext, cipher.block_size) == d.plain
 
 
-def _main_mode_5_6(ex: Exchange) -> tuple[Any, IkeCipher, bytes]:
-    """Decrypt and authenticate messages 5 and 6; return keys, cipher, last Phase 1 IV."""
-    s = ex.suite
-    keys, _, cipher = _phase1(ex)
-    iv = phase1_iv(s.hash, ex.g_xi, ex.g_xr, cipher.block_size)
-    logged_iv = ex.vector.logged("initial_iv")
-    if logged_iv is not None and len(logged_iv) == cipher.block_size:
-        assert iv == logged_iv
-    m5, m6 = ex.main_mode[4], ex.main_mode[5]
-    _, p5, _ = _decrypt(cipher, m5, iv)
-    iv = last_cipher_block(m5[HEADER_LENGTH:], cipher.block_size)
-    _, p6, _ = _decrypt(cipher, m6, iv)
-    iv = last_cipher_block(m6[HEADER_LENGTH:], cipher.block_size)
-
+def test_main_mode_hash_i_and_hash_r(exchange: Exchange) -> None:
+    ex, s = exchange, exchange.suite
+    keys, cipher = our_phase1(ex)
+    by_message = {id(d.message): d for d in decrypt_all(ex, cipher)}
+    m5, m6 = (by_message[id(m)] for m in ex.main_mode[4:6])
     expected_i = hash_i(
         s.hash,
         keys.skeyid,
@@ -408,9 +353,8 @@ def _main_mode_5_6(ex: Exchange) -> tuple[Any, IkeCipher, bytes]:
         ex.cky_i,
         ex.cky_r,
         ex.sa_i_b,
-        body_of(p5, PAYLOAD_ID),
+        body_of(m5.payloads, PAYLOAD_ID),
     )
-    assert hmac.compare_digest(body_of(p5, PAYLOAD_HASH), expected_i), "HASH_I mismatch"
     expected_r = hash_r(
         s.hash,
         keys.skeyid,
@@ -419,97 +363,102 @@ def _main_mode_5_6(ex: Exchange) -> tuple[Any, IkeCipher, bytes]:
         ex.cky_r,
         ex.cky_i,
         ex.sa_i_b,
-        body_of(p6, PAYLOAD_ID),
+        body_of(m6.payloads, PAYLOAD_ID),
     )
-    assert hmac.compare_digest(body_of(p6, PAYLOAD_HASH), expected_r), "HASH_R mismatch"
-    return keys, cipher, iv
+    assert hmac.compare_digest(body_of(m5.payloads, PAYLOAD_HASH), expected_i)
+    assert hmac.compare_digest(body_of(m6.payloads, PAYLOAD_HASH), expected_r)
+    assert expected_i.hex() == ex.phase1["hash_i"]
+    assert expected_r.hex() == ex.phase1["hash_r"]
 
 
-def test_main_mode_messages_5_and_6_decrypt_and_authenticate(exchange: Exchange) -> None:
-    _main_mode_5_6(exchange)
-
-
-def test_wrong_psk_does_not_authenticate(exchange: Exchange) -> None:
-    # The checks above can fail: a different PSK gives a different key, so message 5
-    # no longer decrypts into a chain whose HASH_I verifies.
-    exchange.vector.raw = dict(exchange.vector.raw)
-    exchange.vector.flat = {**exchange.vector.flat, "psk": "not the secret", "pskhex": None}
+def test_wrong_psk_fails_to_authenticate(exchange: Exchange) -> None:
+    # The checks can fail: with another PSK, message 5 decrypts to garbage (or, should
+    # the chain happen to parse, its HASH_I does not verify).
+    keys, cipher = our_phase1(exchange, psk=b"not the secret")
+    assert keys.skeyid.hex() != exchange.phase1["skeyid"]
     with pytest.raises(AssertionError):
-        _main_mode_5_6(exchange)
+        _check_hash_i_with(exchange, keys, cipher)
+    _check_hash_i_with(exchange, *our_phase1(exchange))  # and the right PSK passes
 
 
-def _later_exchanges(ex: Exchange) -> Iterator[tuple[int, int, list[bytes]]]:
-    """(exchange type, message ID, messages) for every exchange after Main Mode."""
-    groups: dict[int, tuple[int, list[bytes]]] = {}
-    for data in ex.later:
-        header = parse_header(data)
-        groups.setdefault(header.message_id, (header.exchange, []))[1].append(data)
-    for message_id, (exchange_type, messages) in groups.items():
-        yield exchange_type, message_id, messages
+def _check_hash_i_with(ex: Exchange, keys: Phase1Keys, cipher: IkeCipher) -> None:
+    m5 = next(d for d in decrypt_all(ex, cipher) if d.message is ex.main_mode[4])
+    expected = hash_i(
+        ex.suite.hash,
+        keys.skeyid,
+        ex.g_xi,
+        ex.g_xr,
+        ex.cky_i,
+        ex.cky_r,
+        ex.sa_i_b,
+        body_of(m5.payloads, PAYLOAD_ID),
+    )
+    assert hmac.compare_digest(body_of(m5.payloads, PAYLOAD_HASH), expected)
 
 
-def test_quick_mode_hashes_verify(exchange: Exchange) -> None:
-    ex = exchange
-    s = ex.suite
-    keys, cipher, p1_iv = _main_mode_5_6(ex)
-    quick_modes = 0
-    for exchange_type, message_id, messages in _later_exchanges(ex):
-        iv = phase2_iv(s.hash, p1_iv, message_id, cipher.block_size)
-        if exchange_type == EXCHANGE_INFORMATIONAL:
-            _, payloads, plain = _decrypt(cipher, messages[0], iv)
-            assert payloads[0].type == PAYLOAD_HASH
-            rest = plain[payloads[0].end : payloads[-1].end]
-            expected = informational_hash(s.hash, keys.skeyid_a, message_id, rest)
-            assert payloads[0].body == expected, "Informational HASH(1) mismatch"
-            continue
-        if exchange_type != EXCHANGE_QUICK_MODE:
-            continue
-        quick_modes += 1
-        assert len(messages) >= 3, f"Quick Mode {message_id:#x}: {len(messages)} messages"
-        decrypted = []
-        for data in messages[:3]:
-            _, payloads, plain = _decrypt(cipher, data, iv)
-            iv = last_cipher_block(data[HEADER_LENGTH:], cipher.block_size)
-            assert payloads[0].type == PAYLOAD_HASH, "Quick Mode must start with HASH"
-            decrypted.append((payloads, plain))
-        (q1, plain1), (q2, plain2), (q3, _) = decrypted
-        ni_b, nr_b = body_of(q1, PAYLOAD_NONCE), body_of(q2, PAYLOAD_NONCE)
-        rest1 = plain1[q1[0].end : q1[-1].end]
-        rest2 = plain2[q2[0].end : q2[-1].end]
-        assert q1[0].body == qm_hash1(s.hash, keys.skeyid_a, message_id, rest1), "HASH(1)"
-        assert q2[0].body == qm_hash2(s.hash, keys.skeyid_a, message_id, ni_b, rest2), "HASH(2)"
-        assert q3[0].body == qm_hash3(s.hash, keys.skeyid_a, message_id, ni_b, nr_b), "HASH(3)"
-        if ex.suite.pfs:
-            assert any(p.type == PAYLOAD_KE for p in q1), "PFS scenario without KE in QM"
-            assert any(p.type == PAYLOAD_KE for p in q2)
-        _check_keymat(ex, keys.skeyid_d, q1, q2, ni_b, nr_b)
-    assert quick_modes >= 1, f"{ex.vector.name}: no Quick Mode in the capture"
+def test_quick_mode_and_informational_hashes(exchange: Exchange) -> None:
+    ex, s = exchange, exchange.suite
+    keys, cipher = our_phase1(ex)
+    decrypted = decrypt_all(ex, cipher)
+    quick = [d for d in decrypted if d.message.header.exchange == EXCHANGE_QUICK_MODE]
+    assert len(quick) == 3, f"{ex.name}: {len(quick)} Quick Mode messages"
+    q1, q2, q3 = quick
+    mid = q1.message.header.message_id
+    assert q2.message.header.message_id == q3.message.header.message_id == mid
+    assert f"{mid:08x}" == ex.vector["phase2"]["message_id"]
+    ni_b, nr_b = body_of(q1.payloads, PAYLOAD_NONCE), body_of(q2.payloads, PAYLOAD_NONCE)
+    hash1 = qm_hash1(s.hash, keys.skeyid_a, mid, q1.rest_after_hash())
+    hash2 = qm_hash2(s.hash, keys.skeyid_a, mid, ni_b, q2.rest_after_hash())
+    hash3 = qm_hash3(s.hash, keys.skeyid_a, mid, ni_b, nr_b)
+    assert q1.payloads[0].body == hash1
+    assert q2.payloads[0].body == hash2
+    assert q3.payloads[0].body == hash3
+    p2 = ex.vector["phase2"]
+    assert (hash1.hex(), hash2.hex(), hash3.hex()) == (p2["hash_1"], p2["hash_2"], p2["hash_3"])
+
+    informational = [d for d in decrypted if d.message.header.exchange == EXCHANGE_INFORMATIONAL]
+    for d in informational:  # Delete payloads at the end of the capture, maybe more
+        expected = informational_hash(
+            s.hash, keys.skeyid_a, d.message.header.message_id, d.rest_after_hash()
+        )
+        assert d.payloads[0].body == expected
 
 
-def _check_keymat(
-    ex: Exchange,
-    skeyid_d: bytes,
-    q1: list[Payload],
-    q2: list[Payload],
-    ni_b: bytes,
-    nr_b: bytes,
-) -> None:
-    """KEYMAT (RFC 2409 §5.5) against the ESP keys charon logged.
+def test_keymat_matches_charon_esp_keys(exchange: Exchange) -> None:
+    """KEYMAT (RFC 2409 §5.5) for both ESP SAs.
 
-    An SA's KEYMAT uses the SPI its receiver chose (RFC 2409 §5.5). charon's
-    "initiator" keys protect initiator -> responder traffic, i.e. the SA whose SPI the
-    responder chose (QM2); the "responder" keys use the initiator's SPI (QM1).
+    Each SA's KEYMAT uses the SPI its receiver chose: initiator -> responder traffic
+    the responder's SPI (from Quick Mode message 2), the reverse the initiator's (QM1).
     """
-    v = ex.vector
-    g_qm_xy: bytes | None = None
-    if ex.suite.pfs:
-        g_qm_xy = quick_mode_g_xy(v)
-        assert g_qm_xy is not None, f"{v.name}: g(qm)^xy not in the fixture"
-    spi_i = first_spi(body_of(q1, PAYLOAD_SA))
-    spi_r = first_spi(body_of(q2, PAYLOAD_SA))
-    for spi, encr_what, integ_what in ((spi_r, "encr_i", "integ_i"), (spi_i, "encr_r", "integ_r")):
-        encr, integ = v.logged(encr_what), v.logged(integ_what)
-        assert encr is not None and integ is not None, f"{v.name}: ESP keys not in the fixture"
-        expected = encr + integ  # KEYMAT: encryption key first, then integrity key
-        ours = keymat(ex.suite.hash, skeyid_d, PROTO_ESP, spi, ni_b, nr_b, len(expected), g_qm_xy)
-        assert ours == expected, f"KEYMAT for SPI {spi.hex()} differs from charon's ESP keys"
+    ex, s = exchange, exchange.suite
+    keys, cipher = our_phase1(ex)
+    quick = [d for d in decrypt_all(ex, cipher) if d.message.header.exchange == EXCHANGE_QUICK_MODE]
+    q1, q2 = quick[0], quick[1]
+    ni_b, nr_b = body_of(q1.payloads, PAYLOAD_NONCE), body_of(q2.payloads, PAYLOAD_NONCE)
+    pfs = any(p.type == PAYLOAD_KE for p in q1.payloads)
+    p2 = ex.vector["phase2"]
+    names_group = re.search(r"-(modp|ecp|curve)\w*$", ex.vector["esp_proposal"]) is not None
+    assert pfs == ("g_qm_xy" in p2) == names_group  # a DH group in the ESP proposal: PFS
+    g_qm_xy = h(p2["g_qm_xy"]) if pfs else None
+    spi_i = first_spi(body_of(q1.payloads, PAYLOAD_SA))
+    spi_r = first_spi(body_of(q2.payloads, PAYLOAD_SA))
+    esp = ex.vector["esp"]
+    for direction, spi in (("initiator_to_responder", spi_r), ("responder_to_initiator", spi_i)):
+        logged = esp[direction]
+        assert spi.hex() == logged["spi"]
+        # encryption key first, then integrity key (none for AES-GCM, whose
+        # "encryption key" includes the 4-octet salt, RFC 4106 §8.1)
+        expected = h(logged["encryption_key"]) + h(logged.get("integrity_key", ""))
+        ours = keymat(s.hash, keys.skeyid_d, PROTO_ESP, spi, ni_b, nr_b, len(expected), g_qm_xy)
+        assert ours == expected, f"{ex.name}: KEYMAT for SPI {spi.hex()} differs"
+
+
+def test_nat_d_hashes(exchange: Exchange) -> None:
+    natd = exchange.vector["natd"]
+    assert natd, "charon logged no NAT-D hashes"
+    for entry in natd:
+        data = h(entry["input"])  # CKY-I | CKY-R | IP | port (RFC 3947 §3.2)
+        cky_i, cky_r, address, port = data[:8], data[8:16], data[16:-2], data[-2:]
+        assert (cky_i, cky_r) == (exchange.cky_i, exchange.cky_r)
+        ours = nat_d_hash(exchange.suite.hash, cky_i, cky_r, address, int.from_bytes(port, "big"))
+        assert ours.hex() == entry["hash"]
