@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -153,18 +153,25 @@ class Capture:
         self.stop()
 
 
-def uat_option(table: str, rows: Sequence[Sequence[str]]) -> list[str]:
-    """``-o uat:TABLE:row`` options; each field is quoted as tshark's UAT syntax wants."""
+def uat_option(
+    table: str, rows: Sequence[Sequence[str]], bare: Collection[int] = ()
+) -> list[str]:
+    """``-o uat:TABLE:row`` options for tshark.
+
+    UAT string and enum fields are written in double quotes, hex-bytes fields
+    bare: list the indices of the bare (hex) fields in `bare`.
+    """
     opts: list[str] = []
     for row in rows:
-        fields = ",".join(f'"{f}"' for f in row)
+        fields = ",".join(f if i in bare else f'"{f}"' for i, f in enumerate(row))
         opts += ["-o", f"uat:{table}:{fields}"]
     return opts
 
 
 def isakmp_decryption_table(entries: Mapping[str, str]) -> list[str]:
-    """tshark options that decrypt IKEv1: initiator cookie (hex) -> encryption key (hex)."""
-    return uat_option("ikev1_decryption_table", [(ck, key) for ck, key in entries.items()])
+    """tshark options that decrypt IKEv1: initiator cookie (hex) -> encryption key Ka (hex)."""
+    rows = [(ck, key) for ck, key in entries.items()]
+    return uat_option("ikev1_decryption_table", rows, bare=(0, 1))
 
 
 def tshark_json(
