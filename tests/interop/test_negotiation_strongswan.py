@@ -272,3 +272,53 @@ def test_delete_from_strongswan(make_pair: Any) -> None:
     assert pair.ours.wait_log("ISAKMP SA deleted", timeout=10)
     assert "IPsec SA deleted" in pair.ours.log_text()
     assert pair.ours.status()["ike_sas"] == []
+
+
+def _walk(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+@pytest.mark.parametrize("we_initiate", [True, False])
+def test_tshark_dissects_and_decrypts_what_ikev1d_sent(
+    make_pair: Any, capture_factory: Any, we_initiate: bool
+) -> None:
+    import re
+
+    from ikev1d.testbed.capture import isakmp_decryption_table, tshark_json
+
+    pair = make_pair(proposals=["aes128-sha256-modp2048"], esp=["aes128-sha256-modp2048"])
+    cap = capture_factory(pair.topo.a, pair.topo.if_a, "udp port 500 or udp port 4500")
+    if we_initiate:
+        assert pair.ours.up("gw").returncode == 0
+    else:
+        ok, out = pair.theirs.initiate("net", "gw")
+        assert ok, out
+    pcap = cap.stop()
+    match = re.search(r"CKY-I ([0-9a-f]{16}) .* Ka ([0-9a-f]+)", pair.ours.log_text())
+    assert match, "ikev1d logs the Phase 1 key at debug level"
+    packets = tshark_json(
+        pcap, [*isakmp_decryption_table({match[1]: match[2]}), "--no-duplicate-keys"]
+    )
+    ours = [p for p in packets
+            if p["_source"]["layers"]["ip"]["ip.src"] == pair.topo.addr_a]
+    # Main Mode 3 messages + Quick Mode 1 or 2 messages from our side.
+    assert len(ours) >= 4
+    for packet in packets:
+        layers = packet["_source"]["layers"]
+        assert "isakmp" in layers
+        assert "_ws.malformed" not in str(layers), layers
+    # Messages 5 and 6 (and Quick Mode) decrypted: tshark shows ID and HASH payloads in them.
+    id_types: list[str] = []
+    for packet in packets:
+        for key, value in _walk(packet["_source"]["layers"]):
+            if key == "isakmp.id.type":
+                id_types += value if isinstance(value, list) else [value]
+    # IPV4_ADDR in Main Mode 5 and 6, IPV4_ADDR_SUBNET twice in each Quick Mode 1/2.
+    assert id_types.count("1") == 2, id_types
+    assert id_types.count("4") == 4, id_types

@@ -205,10 +205,11 @@ class MainMode:
         key = encryption_key(prf, sa.keys.skeyid_e, key_length)
         sa.cipher = IkeCipher(proposal.encryption, key)
         sa.phase1_iv = phase1_iv(prf, self.g_xi, self.g_xr, sa.cipher.block_size)
+        # Debug level only: with these, tshark or a person can decrypt the exchange.
         log.debug(
-            "Phase 1 keys: SKEYID_d %s SKEYID_a %s SKEYID_e %s Ka %s IV %s",
-            sa.keys.skeyid_d.hex(), sa.keys.skeyid_a.hex(), sa.keys.skeyid_e.hex(),
-            key.hex(), sa.phase1_iv.hex(), extra=sa.log_extra,
+            "Phase 1 keys: CKY-I %s CKY-R %s SKEYID_d %s SKEYID_a %s SKEYID_e %s Ka %s IV %s",
+            sa.cky_i.hex(), sa.cky_r.hex(), sa.keys.skeyid_d.hex(), sa.keys.skeyid_a.hex(),
+            sa.keys.skeyid_e.hex(), key.hex(), sa.phase1_iv.hex(), extra=sa.log_extra,
         )
 
     def _shared_secret(self, peer_public: bytes) -> None:
