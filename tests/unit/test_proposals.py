@@ -6,6 +6,7 @@ import pytest
 
 from ikev1d.proposals import (
     DH_GROUPS,
+    SUPPORTED_DH_GROUPS,
     EspProposal,
     IkeProposal,
     ProposalError,
@@ -356,3 +357,53 @@ def test_esp_unsupported_attributes(
     transform_id: int, key_length: int | None, auth: int | None, group: int | None
 ) -> None:
     assert esp_proposal_from_attributes(transform_id, key_length, auth, group) is None
+
+
+# --- exhaustive: every proposal we can represent ----------------------------------
+
+_IKE_CIPHERS = [("aes", 128), ("aes", 192), ("aes", 256), ("3des", 192), ("des", 64)]
+_HASHES = ["md5", "sha1", "sha256", "sha384", "sha512"]
+_GROUPS = sorted(SUPPORTED_DH_GROUPS)
+ALL_IKE = [
+    IkeProposal(enc, key, integrity, group)
+    for enc, key in _IKE_CIPHERS
+    for integrity in _HASHES
+    for group in _GROUPS
+]
+ALL_ESP = [
+    EspProposal(enc, key, icv, integrity, group, esn)
+    for enc, key, icv, integrities in (
+        [("aesgcm", k, i, [None]) for k in (128, 192, 256) for i in (8, 12, 16)]
+        + [(e, k, 0, list(_HASHES)) for e, k in [*_IKE_CIPHERS, ("null", 0)]]
+    )
+    for integrity in integrities
+    for group in [None, *_GROUPS]
+    for esn in (False, True)
+]
+
+
+def test_every_ike_proposal_round_trips() -> None:
+    assert len(ALL_IKE) == 5 * 5 * 11
+    for p in ALL_IKE:
+        assert parse_ike_proposal(p.render(), allow_insecure=True) == [p]
+        enc, key_length = ike_encryption_id(p)
+        assert ike_proposal_from_attributes(enc, key_length, ike_hash_id(p), p.dh_group) == p
+        # refused without allow_insecure exactly when md5 or des is in it
+        insecure = p.integrity == "md5" or p.encryption == "des"
+        if insecure:
+            with pytest.raises(ProposalError):
+                parse_ike_proposal(p.render())
+        else:
+            assert parse_ike_proposal(p.render()) == [p]
+
+
+def test_every_esp_proposal_round_trips() -> None:
+    for p in ALL_ESP:
+        assert parse_esp_proposal(p.render(), allow_insecure=True) == [p]
+        key_length = p.key_length if p.encryption in ("aes", "aesgcm") else None
+        back = esp_proposal_from_attributes(
+            esp_transform_id(p), key_length, esp_auth_alg(p), p.dh_group
+        )
+        # ESN is its own attribute (RFC 4304), not part of these four values
+        assert back == EspProposal(p.encryption, p.key_length, p.icv_length, p.integrity,
+                                   p.dh_group)
