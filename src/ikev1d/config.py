@@ -152,6 +152,14 @@ class ChildConfig:
     life_bytes: int = 0
     start_action: str = "none"
 
+    def traffic_selectors(
+        self, local_addr: str, remote_addr: str
+    ) -> tuple[tuple[IPNetwork, ...], tuple[IPNetwork, ...]]:
+        """(local_ts, remote_ts) with "dynamic" (empty) replaced by a host prefix
+        (/32 or /128) of the given address: the IKE address of that side, or
+        its virtual IP once Mode Config has assigned one."""
+        return _or_host(self.local_ts, local_addr), _or_host(self.remote_ts, remote_addr)
+
 
 @dataclass(frozen=True)
 class ConnectionConfig:
@@ -395,6 +403,12 @@ def _remote_rank(conn: ConnectionConfig, remote: IPAddress) -> int | None:
             rank = 0
         best = rank if best is None else min(best, rank)
     return best
+
+
+def _or_host(selectors: tuple[IPNetwork, ...], address: str) -> tuple[IPNetwork, ...]:
+    if selectors:
+        return selectors
+    return (ipaddress.ip_network(address.strip()),)
 
 
 def _decode_secret(text: str) -> bytes:

@@ -194,6 +194,13 @@ remote_addrs = ["192.0.2.2", "192.0.2.3"]
         p for text in DEFAULT_ESP_PROPOSALS for p in parse_esp_proposal(text)
     )
     assert (child.mode, child.rekey_time, child.life_bytes) == ("tunnel", 3600.0, 0)
+    assert child.traffic_selectors("192.0.2.1", "2001:db8::7") == (
+        (ipaddress.ip_network("192.0.2.1/32"),), (ipaddress.ip_network("2001:db8::7/128"),)
+    )
+    static = load(FULL).connections["site-b"].children["net"]
+    assert static.traffic_selectors("192.0.2.1", "192.0.2.2") == (
+        static.local_ts, static.remote_ts
+    )
 
 
 def test_multi_algorithm_proposals_flatten_in_order_without_duplicates() -> None:
