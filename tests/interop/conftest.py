@@ -9,7 +9,6 @@ to the test report.
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
@@ -29,8 +28,8 @@ _LOG_TAIL_LINES = 80
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Turn SIGTERM into SystemExit so finalizers and atexit handlers delete namespaces.
-    sys.exit(128 + signum)
+    # Stop the session like Ctrl-C does, so fixture finalizers (and atexit) delete namespaces.
+    pytest.exit("SIGTERM: stopping, cleaning up namespaces", returncode=128 + signum)
 
 
 @pytest.fixture(scope="session")

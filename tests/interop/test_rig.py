@@ -7,14 +7,16 @@ encapsulation) and the capture/dissection work on this machine.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ikev1d.testbed import netns
-from ikev1d.testbed.capture import tshark_json
+from ikev1d.testbed.capture import isakmp_decryption_table, tshark_json
 from ikev1d.testbed.netns import Namespace, Topology, veth_pair
 from ikev1d.testbed.ping import ping
 from ikev1d.testbed.strongswan import Charon, swanctl_conf
@@ -162,3 +164,17 @@ def test_veth_pair_with_caller_addresses(require_root_netns: None) -> None:
         assert if_x in x.run(["ip", "-br", "link"]).stdout
         assert "198.51.100.2/30" in y.run(["ip", "-br", "addr", "show", if_y]).stdout
         assert ping(x, "198.51.100.2", count=1).received == 1
+
+
+def test_demo_capture_decrypts_with_its_logged_key(require_root_netns: None) -> None:
+    """The committed demo pcap and its JSON belong together: tshark decrypts with Ka."""
+    demo = Path(__file__).parents[2] / "src" / "ikev1d" / "demo_data"
+    vector = json.loads((demo / "strongswan-main-quick-mode.json").read_text())
+    table = {vector["initiator_cookie"]: vector["phase1"]["encryption_key"]}
+    packets = tshark_json(demo / "strongswan-main-quick-mode.pcap", isakmp_decryption_table(table))
+    text = json.dumps([p["_source"]["layers"].get("isakmp") for p in packets])
+    # IDii/IDir (Main Mode 5/6) and the Quick Mode client IDs are only visible decrypted.
+    assert '"isakmp.id.data.ipv4_addr": "192.0.2.1"' in text
+    assert '"isakmp.id.data.ipv4_addr": "192.0.2.2"' in text
+    subnet = '"isakmp.id.data.ipv4_addr": "10.2.0.0", "isakmp.id.data.ipv4_subnet": "255.255.255.0"'
+    assert subnet in text

@@ -180,7 +180,10 @@ def tshark_json(
     display_filter: str | None = None,
     timeout: float = 60.0,
 ) -> list[dict[str, Any]]:
-    """Dissect `pcap` with ``tshark -T json`` and return the parsed packet list.
+    """Dissect `pcap` with ``tshark -T json --no-duplicate-keys``; the parsed packet list.
+
+    A field that occurs more than once in one object (e.g. ``isakmp.typepayload``
+    for each payload) is a list; a field that occurs once is a plain value.
 
     `extra_args` go before ``-T json``: e.g. ``-o`` preferences (ISAKMP
     decryption table, ESP SA table) or ``-x`` / ``-J isakmp``.
@@ -188,7 +191,11 @@ def tshark_json(
     cmd = [TSHARK, "-n", "-r", str(pcap), *extra_args]
     if display_filter:
         cmd += ["-Y", display_filter]
+    # tshark repeats keys for repeated fields (several payloads of one type); json.loads
+    # would keep only the last, so have them merged into arrays.
     cmd += ["-T", "json"]
+    if "--no-duplicate-keys" not in extra_args:
+        cmd.append("--no-duplicate-keys")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
     if proc.returncode != 0:
         raise CaptureError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
