@@ -786,3 +786,71 @@ def test_parse_duration_rejects(text: object) -> None:
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+# The example from SPEC.md "Configuration (TOML)", verbatim: it must load as written.
+SPEC_EXAMPLE = """
+[daemon]
+listen = ["0.0.0.0"]          # addresses for UDP 500 and 4500
+port = 500
+port_nat_t = 4500
+dataplane = "userspace"       # userspace (TUN + ESP in ikev1d) | kernel (Linux XFRM) | none
+retransmit_timeout = "2s"     # first retransmission; backs off exponentially
+retransmit_tries = 5
+
+[connections.site-b]
+local_addrs = ["192.0.2.1"]
+remote_addrs = ["192.0.2.2"]  # ["%any"] for peers with dynamic addresses
+proposals = ["aes256-sha256-modp2048", "aes128-sha1-modp2048"]  # strongSwan syntax, preference order
+encap = false                 # force UDP encapsulation even without NAT
+dpd_delay = "30s"             # 0 disables DPD
+dpd_timeout = "150s"
+dpd_action = "restart"        # clear | hold | restart
+rekey_time = "4h"             # Phase 1 lifetime offered; rekeyed before it ends
+start_action = "none"         # none | start (initiate when loaded)
+vips = []                     # Mode Config client: ["0.0.0.0"] requests an address
+pools = []                    # Mode Config server: names of [pools.*]
+modecfg = "pull"              # pull | push
+
+[connections.site-b.local]
+auth = "psk"                  # psk | pubkey | rsa-encryption
+id = "192.0.2.1"              # IP, FQDN ("gw.example.org"), user FQDN ("me@example.org"), DN ("C=DE, O=X, CN=gw")
+certs = []                    # PEM files, for pubkey
+private_key = ""              # PEM file, for pubkey / rsa-encryption
+
+[connections.site-b.remote]
+auth = "psk"
+id = "192.0.2.2"              # "%any" accepts any ID that authenticates
+cacerts = []                  # trust anchors for the peer's certificate
+pubkey = ""                   # peer's public key / certificate, for rsa-encryption
+
+[connections.site-b.children.net]
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.2.0.0/24"]
+esp_proposals = ["aes128gcm16-modp2048", "aes128-sha256"]  # a DH group means PFS
+mode = "tunnel"               # tunnel | transport
+rekey_time = "1h"
+life_bytes = 0                # 0: no volume limit
+start_action = "none"         # none | start
+
+[secrets.site-b]
+secret = "a long random string"
+ids = ["192.0.2.2"]           # peer IDs or addresses it is for; "%any" for dynamic peers
+
+[pools.clients]
+addrs = "10.3.0.0/24"
+dns = ["10.3.0.1"]
+split_include = ["10.2.0.0/16"]
+"""  # noqa: E501  (long comment lines, as in SPEC.md)
+
+
+def test_spec_example_loads_verbatim() -> None:
+    cfg = load(SPEC_EXAMPLE)
+    conn = cfg.connections["site-b"]
+    assert [p.render() for p in conn.proposals] == [
+        "aes256-sha256-modp2048", "aes128-sha1-modp2048",
+    ]
+    assert conn.local.private_key is None and conn.remote.pubkey is None
+    assert conn.children["net"].esp_proposals[0].pfs
+    assert cfg.psk_for("192.0.2.1", "192.0.2.2") == b"a long random string"
+    assert cfg.pools["clients"].addrs == ipaddress.ip_network("10.3.0.0/24")
