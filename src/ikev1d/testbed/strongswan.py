@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,6 +44,7 @@ DEFAULT_LOAD = (
     "random nonce aes sha1 sha2 md5 hmac pem pkcs1 pkcs8 x509 pubkey gmp curve25519 openssl "
     "kernel-libipsec kernel-netlink socket-default vici attr"
 )
+_MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 _CRED_DIRS = (
     "x509", "x509ca", "x509ocsp", "x509aa", "x509ac", "x509crl",
     "pubkey", "private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12",
@@ -254,6 +255,10 @@ class Charon:
         self.vici_path = self.work_dir / "charon.vici"
         self.log_path = self.work_dir / "charon.log"
         self.stdout_path = self.work_dir / "charon.stdout"
+        if len(str(self.vici_path)) > _MAX_UNIX_PATH:
+            raise CharonError(
+                f"work dir too long for a unix socket path ({self.vici_path}); use a shorter one"
+            )
         self.conf_path.write_text(strongswan_conf(self.work_dir, log_levels, extra=extra_conf))
         self.proc: subprocess.Popen[bytes] | None = None
         if start:
@@ -411,7 +416,7 @@ class Charon:
 
     def wait_for(
         self,
-        predicate: Any,
+        predicate: Callable[[list[dict[str, Any]]], bool],
         timeout: float = 10.0,
         interval: float = 0.1,
     ) -> list[dict[str, Any]]:
@@ -423,6 +428,18 @@ class Charon:
                 return sas
             if time.monotonic() > deadline:
                 raise CharonError(f"condition not met within {timeout}s; SAs: {sas}")
+            time.sleep(interval)
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, interval: float = 0.1) -> str:
+        """Wait until a log line matches regex `pattern`; return that line (raise on timeout)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log_text().splitlines():
+                if regex.search(line):
+                    return line
+            if time.monotonic() > deadline:
+                raise CharonError(f"no log line matching {pattern!r} within {timeout}s")
             time.sleep(interval)
 
     def log_text(self) -> str:
