@@ -7,6 +7,9 @@ no such lists inside a transform (RFC 2409 section 5: each transform carries
 exactly one value per attribute), so a string expands into every combination,
 one transform each, encryption varying slowest and the DH group fastest, each
 slot in the order written: the first combination is the most preferred.
+(strongSwan 5.9.8 itself, as an IKEv1 initiator, sends only the first
+combination -- seen with tshark on its Main Mode message 1 -- so that one
+comes first here too, and the rest are extra offers it would not make.)
 
 Token names follow strongSwan's proposal keywords (proposal_keywords_static.txt).
 In IKEv1 the "integrity" token of a Phase 1 proposal is the Hash Algorithm
