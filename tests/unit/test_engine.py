@@ -424,3 +424,19 @@ def test_garbage_never_raises() -> None:
 
 def config_for(text: str) -> Config:
     return parse_config(text)
+
+
+def test_dynamic_traffic_selectors_are_the_hosts() -> None:
+    def host_only(text: str) -> str:
+        return "\n".join(line for line in text.splitlines() if not line.endswith("_ts = [\"x\"]"))
+
+    a_text = config_text(A_ADDR, B_ADDR, "x", "x")
+    b_text = config_text(B_ADDR, A_ADDR, "x", "x")
+    a_text = a_text.replace('local_ts = ["x"]\nremote_ts = ["x"]\n', "")
+    b_text = b_text.replace('local_ts = ["x"]\nremote_ts = ["x"]\n', "")
+    net = make_net(host_only(a_text), host_only(b_text))
+    establish(net)
+    (ca,) = net.a.of(ChildSaEstablished)
+    assert isinstance(ca, ChildSaEstablished)
+    assert [str(n) for n in ca.local_ts] == [f"{A_ADDR}/32"]
+    assert [str(n) for n in ca.remote_ts] == [f"{B_ADDR}/32"]

@@ -402,8 +402,9 @@ class Engine:
         child = conn.children.get(child_name)
         if child is None:
             return
-        for local_ts in child.local_ts:
-            for remote_ts in child.remote_ts:
+        local_nets, remote_nets = child.traffic_selectors(sa.local[0], sa.remote[0])
+        for local_ts in local_nets:
+            for remote_ts in remote_nets:
                 qm = QuickMode(sa, sa.new_message_id(), initiator=True)
                 sa.exchanges[qm.message_id] = qm
                 try:

@@ -433,7 +433,8 @@ class QuickMode:
         if conn is None or local_net is None or remote_net is None:
             return None
         for child in conn.children.values():
-            if local_net in child.local_ts and remote_net in child.remote_ts:
+            local_nets, remote_nets = child.traffic_selectors(self.sa.local[0], self.sa.remote[0])
+            if local_net in local_nets and remote_net in remote_nets:
                 return child
         return None
 
