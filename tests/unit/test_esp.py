@@ -315,7 +315,7 @@ def test_icv_checked_before_decryption() -> None:
     assert real is not None
 
     class Spy:
-        def decrypt(self, iv: memoryview, ct: memoryview) -> bytearray:
+        def decrypt(self, iv: memoryview, ct: memoryview) -> bytes:
             decrypted.append(len(ct))
             assert real is not None
             return real.decrypt(iv, ct)

@@ -25,6 +25,8 @@ OpenSSL contexts: an ``AESGCM`` object, a pre-keyed HMAC that is ``copy()``-ed
 per packet, and one CBC context per direction whose chaining value is steered
 to each packet's random IV (see ``_CbcEncryptor``), because building a
 ``Cipher`` object costs several times more than encrypting 1400 bytes.
+SAs are therefore stateful and not thread-safe: use each from one thread (the
+event loop).
 """
 
 from __future__ import annotations
@@ -315,13 +317,12 @@ class _CbcDecryptor:
         self._block = block
         self._chain = 0
 
-    def decrypt(self, iv: memoryview, ciphertext: memoryview) -> bytearray:
+    def decrypt(self, iv: memoryview, ciphertext: memoryview) -> bytes:
         b = self._block
-        plaintext = bytearray(self._ctx.update(ciphertext))
+        plaintext = self._ctx.update(ciphertext)
         first = int.from_bytes(plaintext[:b], "big") ^ int.from_bytes(iv, "big") ^ self._chain
-        plaintext[:b] = first.to_bytes(b, "big")
         self._chain = int.from_bytes(ciphertext[-b:], "big")
-        return plaintext
+        return first.to_bytes(b, "big") + plaintext[b:]
 
 
 # --- SAs ------------------------------------------------------------------------------
@@ -523,7 +524,7 @@ class InboundSa:
                 plaintext = self._cbc.decrypt(view[ESP_HEADER_LENGTH:ct_start],
                                               view[ct_start:ct_end])
             else:
-                plaintext = bytearray(view[ct_start:ct_end])
+                plaintext = bytes(view[ct_start:ct_end])
 
         # RFC 4303 §2.4, §2.5: trailer, then the padding, which must be 1, 2, 3, ...
         pad_length = plaintext[-2]
@@ -537,15 +538,15 @@ class InboundSa:
         self.replay.update(seq)
         counters.packets += 1
         counters.bytes += payload_end
-        return next_header, bytes(plaintext[:payload_end])
+        return next_header, plaintext[:payload_end]
 
-    def _open_gcm(self, view: memoryview, seq: int, ct_start: int) -> bytearray:
+    def _open_gcm(self, view: memoryview, seq: int, ct_start: int) -> bytes:
         """AES-GCM decryption that verifies the ICV first (RFC 4106 §5: AAD = SPI | seq)."""
         aad = view[:ESP_HEADER_LENGTH]
         nonce = self._salt + bytes(view[ESP_HEADER_LENGTH:ct_start])
         try:
             if self._aesgcm is not None:
-                return bytearray(self._aesgcm.decrypt(nonce, view[ct_start:], aad))
+                return self._aesgcm.decrypt(nonce, view[ct_start:], aad)
             ct_end = len(view) - self._icv_length
             decryptor = Cipher(
                 algorithms.AES(self._gcm_key),
@@ -553,7 +554,7 @@ class InboundSa:
             ).decryptor()
             decryptor.authenticate_additional_data(aad)
             plaintext = decryptor.update(view[ct_start:ct_end])
-            return bytearray(plaintext + decryptor.finalize())
+            return plaintext + decryptor.finalize()
         except InvalidTag:
             self.counters.failed_icv += 1
             raise EspIcvError(f"SPI {self.spi:08x} seq {seq}: ICV mismatch") from None
