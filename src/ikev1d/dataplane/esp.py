@@ -368,8 +368,7 @@ class OutboundSa:
             if alg.encryption in ("aes-cbc", "3des-cbc")
             else None
         )
-        self._gcm_key = enc_key if alg.aead else b""
-        self._aesgcm = AESGCM(enc_key) if alg.aead and alg.icv_length == 16 else None
+        self._aesgcm = AESGCM(enc_key) if alg.aead else None
 
     @property
     def exhausted(self) -> bool:
@@ -413,17 +412,15 @@ class OutboundSa:
             ciphertext = self._cbc.encrypt(iv, plaintext)
             packet = header + iv + ciphertext
             packet += self._icv(packet)
-        elif self.alg.aead:
+        elif self._aesgcm is not None:
             # RFC 4106 §3.1: the explicit IV is our 64-bit counter (the sequence number).
             iv = seq.to_bytes(8, "big")
             nonce = self._salt + iv
-            if self._aesgcm is not None:
-                packet = header + iv + self._aesgcm.encrypt(nonce, plaintext, header)
-            else:
-                encryptor = Cipher(algorithms.AES(self._gcm_key), modes.GCM(nonce)).encryptor()
-                encryptor.authenticate_additional_data(header)
-                ciphertext = encryptor.update(plaintext) + encryptor.finalize()
-                packet = header + iv + ciphertext + encryptor.tag[: self._icv_length]
+            sealed = self._aesgcm.encrypt(nonce, plaintext, header)
+            if self._icv_length != 16:
+                # RFC 4106 §6: a shorter ICV is the full GCM tag truncated.
+                sealed = sealed[: len(sealed) - 16 + self._icv_length]
+            packet = header + iv + sealed
         else:  # NULL encryption (RFC 2410): the plaintext goes as it is, with an ICV
             packet = header + plaintext
             packet += self._icv(packet)
