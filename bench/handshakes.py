@@ -1,0 +1,616 @@
+"""Handshake benchmark: ikev1d as IKEv1 responder against strongSwan as responder.
+
+Run by hand, as root (it creates network namespaces)::
+
+    .venv/bin/python bench/handshakes.py [--tunnels N] [--window W] [--quick]
+
+The load generator is a real strongSwan charon (independent of our code).
+strongSwan's `load-tester` plugin is not shipped by Debian 12 (it is missing
+from libcharon-extra-plugins), so the charon initiator gets N identical
+IKEv1 connections (``t1`` .. ``tN``, same addresses, IDs and PSK) and the
+benchmark initiates them over vici from W threads, so at most W handshakes
+(Main Mode + Quick Mode, PSK, no PFS) are in flight at any time.  charon
+never reuses an IKE SA across connection configs, so every initiate is a full
+Main Mode.
+
+The same load is then pointed at each responder in turn (ikev1d, then charon
+with the openssl plugin preferred, then charon with its default gmp-first
+plugin order), each a fresh process in the same namespace and address.  The
+responder's CPU time is utime+stime from /proc/PID/stat before and after the
+run.  Rates are only reported when every tunnel is established on the
+responder (an IKE SA in ESTABLISHED with an INSTALLED IPsec SA); otherwise the
+row says FAILED with the count.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import queue
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import vici
+
+from ikev1d.testbed import netns
+from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d.testbed.netns import Namespace, Topology
+from ikev1d.testbed.strongswan import DEFAULT_LOAD, Charon, strongswan_conf
+
+PSK = "bench-handshakes-shared-secret"
+CHILD = "net"
+# Each initiator connection has its own ID (t17.bench.example): charon reuses an IKEv1 IKE SA
+# for any connection whose settings are equal (names are not compared), so identical
+# connections would all share one Main Mode.
+ID_DOMAIN = "bench.example"
+# Load order decides which plugin provides DH: the first one that offers the group.
+LOAD_OPENSSL_FIRST = DEFAULT_LOAD.replace(" gmp", "").replace("openssl", "openssl gmp")
+LOAD_GMP_FIRST = DEFAULT_LOAD
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Group:
+    """One DH group under test: the Phase 1 proposal and the (no-PFS) ESP proposal."""
+
+    name: str
+    ike_proposal: str
+    esp_proposal: str
+
+
+GROUPS = (
+    Group("modp2048", "aes128-sha256-modp2048", "aes128-sha256"),
+    Group("ecp256", "aes128-sha256-ecp256", "aes128-sha256"),
+)
+
+
+@dataclass
+class RunResult:
+    group: str
+    responder: str
+    tunnels: int
+    initiated_ok: int = 0
+    established: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.established == self.tunnels and self.initiated_ok == self.tunnels
+
+    @property
+    def rate(self) -> float:
+        return self.established / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_per_tunnel(self) -> float:
+        return 1000.0 * self.cpu_seconds / self.established if self.established else 0.0
+
+
+# --- process CPU time -----------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (all its threads), from /proc/PID/stat (proc(5))."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may contain spaces and parentheses; fields resume after the last ')'.
+    rest = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15, counted from 1
+    return (utime + stime) / _CLK_TCK
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def find_pid(ns: Namespace, comm_prefix: str, hint: int | None = None) -> int:
+    """The pid of the process named `comm_prefix`* in `ns` (prefer `hint` if it matches)."""
+    if hint is not None and _comm(hint).startswith(comm_prefix):
+        return hint
+    for pid in ns.pids():
+        if _comm(pid).startswith(comm_prefix):
+            return pid
+    raise RuntimeError(f"no process {comm_prefix!r} in {ns.name}")
+
+
+# --- swanctl.conf for the initiator (N connections) and the strongSwan responder ----------
+
+
+def _swanctl_conn(
+    name: str,
+    local: str,
+    remote: str,
+    local_id: str,
+    remote_id: str,
+    group: Group,
+    local_net: str,
+    remote_net: str,
+) -> str:
+    return (
+        f"  {name} {{\n"
+        "    version = 1\n"
+        f"    local_addrs = {local}\n"
+        f"    remote_addrs = {remote}\n"
+        f"    proposals = {group.ike_proposal}\n"
+        "    rekey_time = 0\n"
+        "    reauth_time = 0\n"
+        "    unique = no\n"
+        "    send_certreq = no\n"
+        f"    local {{\n      auth = psk\n      id = {local_id}\n    }}\n"
+        f"    remote {{\n      auth = psk\n      id = {remote_id}\n    }}\n"
+        "    children {\n"
+        f"      {CHILD} {{\n"
+        f"        local_ts = {local_net}\n"
+        f"        remote_ts = {remote_net}\n"
+        f"        esp_proposals = {group.esp_proposal}\n"
+        "        rekey_time = 0\n"
+        "      }\n"
+        "    }\n"
+        "  }\n"
+    )
+
+
+def _swanctl_secret(initiator: str, responder: str) -> str:
+    # One PSK for both addresses: charon's Main Mode responder looks it up by its own and the
+    # peer's IP (the peer's ID is not known yet), the initiator finds it by the responder's ID.
+    return (
+        f"secrets {{\n  ike-bench {{\n    id-1 = {initiator}\n    id-2 = {responder}\n"
+        f"    secret = 0x{PSK.encode().hex()}\n  }}\n}}\n"
+    )
+
+
+def initiator_swanctl_conf(
+    n: int, local: str, remote: str, group: Group, local_net: str, remote_net: str
+) -> str:
+    """N connections t1..tN, equal except for the local ID (tI.bench.example)."""
+    body = "".join(
+        _swanctl_conn(
+            f"t{i}", local, remote, f"t{i}.{ID_DOMAIN}", remote, group, local_net, remote_net
+        )
+        for i in range(1, n + 1)
+    )
+    return f"connections {{\n{body}}}\n{_swanctl_secret(local, remote)}"
+
+
+def responder_swanctl_conf(
+    local: str, remote: str, group: Group, local_net: str, remote_net: str
+) -> str:
+    """One connection accepting any initiator ID from `remote`."""
+    conn = _swanctl_conn("bench", local, remote, local, "%any", group, local_net, remote_net)
+    return f"connections {{\n{conn}}}\n{_swanctl_secret(remote, local)}"
+
+
+def charon_tuning(threads: int) -> str:
+    """strongswan.conf lines (inside charon {}) for many SAs, used on both charons.
+
+    The IKE SA table defaults to a single bucket (a linear list); sized as
+    strongSwan's load-tester documentation recommends.  No routes: nothing
+    is ever sent through the tunnels, and kernel-libipsec would add one per SA.
+    """
+    return (
+        f"  threads = {threads}\n"
+        "  install_routes = no\n"
+        "  ikesa_table_size = 4096\n"
+        "  ikesa_table_segments = 16\n"
+        "  init_limit_half_open = 0\n"
+        "  block_threshold = 1000000\n"
+    )
+
+
+def start_charon(ns: Namespace, work_dir: Path, load: str, threads: int, log_level: int) -> Charon:
+    charon = Charon(ns, work_dir, start=False)
+    charon.conf_path.write_text(
+        strongswan_conf(
+            charon.work_dir, {"default": log_level}, load=load, extra=charon_tuning(threads)
+        )
+    )
+    charon.start()
+    return charon
+
+
+@contextlib.contextmanager
+def _vici_session(path: Path, timeout: float) -> Iterator[Any]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Blocking connect: charon's vici socket has a short listen backlog.
+        sock.connect(str(path))
+        sock.settimeout(timeout)
+        yield vici.Session(sock)
+    finally:
+        sock.close()
+
+
+def drive(initiator: Charon, n: int, window: int, timeout: float) -> tuple[int, float, list[str]]:
+    """Initiate t1..tN with at most `window` in flight; (succeeded, seconds, errors).
+
+    One vici session per slot of the window, opened one after another before
+    the clock starts (charon's vici socket has a short listen backlog).
+    """
+    free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    with contextlib.ExitStack() as stack:
+        for _ in range(window):
+            free.put(stack.enter_context(_vici_session(initiator.vici_path, timeout + 30)))
+
+        def one(i: int) -> str | None:
+            session = free.get()
+            request = {
+                "child": CHILD,
+                "ike": f"t{i}",
+                "timeout": int(timeout * 1000),
+                "loglevel": 0,
+            }
+            try:
+                for _log in session.initiate(request):
+                    pass
+            except (
+                vici.exception.CommandException,
+                vici.exception.SessionException,
+                OSError,
+            ) as exc:
+                return f"t{i}: {exc}"
+            finally:
+                free.put(session)
+            return None
+
+        start = time.monotonic()
+        with ThreadPoolExecutor(max_workers=window) as pool:
+            outcomes = list(pool.map(one, range(1, n + 1)))
+        elapsed = time.monotonic() - start
+    errors = [e for e in outcomes if e is not None]
+    return n - len(errors), elapsed, errors
+
+
+# --- counting tunnels on the responders ------------------------------------------------------
+
+
+def count_ikev1d(daemon: Ikev1dDaemon) -> int:
+    doc = daemon.status()
+    return sum(
+        1
+        for sa in doc.get("ike_sas", [])
+        if sa.get("state") == "ESTABLISHED"
+        and any(c.get("state") == "INSTALLED" for c in sa.get("children", []))
+    )
+
+
+def count_charon(charon: Charon) -> int:
+    return sum(
+        1
+        for sa in charon.list_sas()
+        if sa.get("state") == "ESTABLISHED"
+        and any(c.get("state") == "INSTALLED" for c in sa.get("children", []))
+    )
+
+
+def wait_count(counter: Any, n: int, timeout: float) -> int:
+    """Poll `counter()` until it reaches n (QM3 may still be in flight) or timeout."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while True:
+        count = int(counter())
+        if count >= n or time.monotonic() > deadline:
+            return count
+        time.sleep(0.5)
+
+
+_LOG_LEVEL_RE = re.compile(r"\b(ERROR|WARNING|CRITICAL)\b")
+
+
+def summarize_log(text: str, limit: int = 8) -> list[str]:
+    """Distinct WARNING/ERROR messages of the ikev1d log with counts (numbers masked)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in text.splitlines():
+        m = _LOG_LEVEL_RE.search(line)
+        if m is not None:
+            key = re.sub(r"[0-9a-f]{8,}|\d+", "#", line[m.start() :])
+            counts[key[:160]] += 1
+    return [f"{c}x {msg}" for msg, c in counts.most_common(limit)]
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    tunnels: int
+    window: int
+    timeout: float
+    work_dir: Path
+    profile_dir: Path | None
+    charon_log_level: int
+    ikev1d_log_level: str
+
+
+def run_one(
+    topo: Topology, group: Group, responder: str, load: str | None, s: Settings
+) -> RunResult:
+    """One measured run: fresh responder (ikev1d if `load` is None, else charon) and initiator."""
+    result = RunResult(group.name, responder, s.tunnels)
+    tag = f"{group.name}-{re.sub(r'[^A-Za-z0-9]+', '_', responder)}"
+    run_dir = s.work_dir / tag
+    a, b = topo.addr_a, topo.addr_b
+    net_a, net_b = topo.inner_net_a, topo.inner_net_b
+    threads = s.window + 16
+    with contextlib.ExitStack() as stack:
+        daemon: Ikev1dDaemon | None = None
+        resp_charon: Charon | None = None
+        if load is None:
+            conf = ikev1d_conf(
+                "bench",
+                b,
+                a,
+                b,
+                "%any",
+                PSK,
+                [group.ike_proposal],
+                [group.esp_proposal],
+                net_b,
+                net_a,
+                child=CHILD,
+                dataplane="none",
+                secret_ids=[a],
+                retransmit_timeout="4s",
+                retransmit_tries=5,
+                rekey_time="24h",
+                child_rekey_time="8h",
+                extra_daemon=(
+                    "half_open_per_peer = 1000000\nhalf_open_total = 1000000\n"
+                    'half_open_timeout = "60s"'
+                ),
+            )
+            daemon = Ikev1dDaemon(topo.b, run_dir / "ikev1d", conf, log_level=s.ikev1d_log_level)
+            daemon.start()
+            stack.callback(daemon.stop)
+            proc = daemon.process
+            resp_pid = find_pid(topo.b, "python", proc.pid if proc else None)
+        else:
+            resp_charon = start_charon(
+                topo.b, run_dir / "responder", load, threads, s.charon_log_level
+            )
+            stack.callback(resp_charon.stop)
+            resp_charon.load_config(responder_swanctl_conf(b, a, group, net_b, net_a))
+            resp_pid = find_pid(
+                topo.b, "charon", resp_charon.proc.pid if resp_charon.proc else None
+            )
+        initiator = start_charon(
+            topo.a, run_dir / "initiator", LOAD_OPENSSL_FIRST, threads, s.charon_log_level
+        )
+        stack.callback(initiator.stop)
+        initiator.load_config(initiator_swanctl_conf(s.tunnels, a, b, group, net_a, net_b))
+
+        profiler: subprocess.Popen[bytes] | None = None
+        if s.profile_dir is not None and daemon is not None:
+            profiler = start_profiler(resp_pid, s.profile_dir / f"{group.name}.collapsed")
+
+        cpu_before = cpu_seconds(resp_pid)
+        ok, elapsed, errors = drive(initiator, s.tunnels, s.window, s.timeout)
+        time.sleep(0.3)  # the responder finishes the last QM3s
+        cpu_after = cpu_seconds(resp_pid)
+        if profiler is not None:
+            stop_profiler(profiler)
+
+        result.initiated_ok = ok
+        result.seconds = elapsed
+        result.cpu_seconds = cpu_after - cpu_before
+        result.errors = errors[:5] + ([f"... {len(errors) - 5} more"] if len(errors) > 5 else [])
+        if daemon is not None:
+            result.established = wait_count(lambda: count_ikev1d(daemon), s.tunnels, 10.0)
+            result.errors += [f"log: {line}" for line in summarize_log(daemon.log_text())]
+            if daemon.process is not None and daemon.process.poll() is not None:
+                result.errors.append(f"ikev1d exited with {daemon.process.returncode}")
+        elif resp_charon is not None:
+            result.established = wait_count(lambda: count_charon(resp_charon), s.tunnels, 10.0)
+    return result
+
+
+# --- profiling (py-spy, optional) ----------------------------------------------------------
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("py-spy not found; no profile (pip install py-spy into .venv)", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(2)  # SIGINT: py-spy writes the profile and exits
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def profile_summary(path: Path, top: int = 20) -> list[str]:
+    """Top functions by self and by inclusive time from py-spy's collapsed stacks."""
+    if not path.exists():
+        return [f"(no profile at {path})"]
+    self_t: collections.Counter[str] = collections.Counter()
+    incl_t: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            if " (" in f
+            else f
+            for f in stack.split(";")
+        ]
+        total += count
+        self_t[frames[-1]] += count
+        for f in set(frames):
+            incl_t[f] += count
+    if total == 0:
+        return ["(empty profile)"]
+    lines = [f"{total} samples; self time:"]
+    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in self_t.most_common(top)]
+    lines.append("inclusive time:")
+    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in incl_t.most_common(top)]
+    return lines
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def format_table(results: Sequence[RunResult]) -> str:
+    rows = [f"{'group':<9} {'responder':<20} {'tunnels/s':>10} {'CPU ms/tunnel':>14}  note"]
+    for group in dict.fromkeys(r.group for r in results):
+        mine = [r for r in results if r.group == group]
+        for r in mine:
+            if r.complete:
+                rows.append(
+                    f"{r.group:<9} {r.responder:<20} {r.rate:>10.1f} "
+                    f"{r.cpu_ms_per_tunnel:>14.2f}  {r.seconds:.1f}s"
+                )
+            else:
+                rows.append(
+                    f"{r.group:<9} {r.responder:<20} {'FAILED':>10} {'-':>14}  "
+                    f"{r.established}/{r.tunnels} established on responder, "
+                    f"{r.initiated_ok}/{r.tunnels} initiates ok"
+                )
+        ours = next((r for r in mine if r.responder == "ikev1d" and r.complete), None)
+        for theirs in mine:
+            if ours is None or theirs is ours or not theirs.complete:
+                continue
+            label = f"ratio ikev1d/{theirs.responder}"
+            rate = ours.rate / theirs.rate if theirs.rate else float("nan")
+            cpu = (
+                ours.cpu_ms_per_tunnel / theirs.cpu_ms_per_tunnel
+                if theirs.cpu_ms_per_tunnel
+                else float("nan")
+            )
+            rows.append(f"{label:<30} {rate:>10.2f} {cpu:>14.2f}")
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--tunnels", type=int, default=1000, help="tunnels per run (1000)")
+    parser.add_argument("--window", type=int, default=32, help="concurrent handshakes (32)")
+    parser.add_argument("--quick", action="store_true", help="sanity run: 100 tunnels")
+    parser.add_argument(
+        "--groups", default="modp2048,ecp256", help="comma-separated: modp2048,ecp256"
+    )
+    parser.add_argument(
+        "--no-gmp",
+        action="store_true",
+        help="skip strongSwan with its default gmp-first plugin order",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds one handshake may take before it counts as failed",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record the ikev1d responder with py-spy into DIR and summarize",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--ikev1d-log-level", default="info")
+    parser.add_argument("--charon-log-level", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tunnels = 100
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    wanted = [g.strip() for g in args.groups.split(",") if g.strip()]
+    groups = [g for g in GROUPS if g.name in wanted]
+    if not groups:
+        parser.error(f"--groups: choose from {', '.join(g.name for g in GROUPS)}")
+
+    netns.cleanup_stale()
+    work_dir = Path(tempfile.mkdtemp(prefix="ikev1d-bench-"))
+    settings = Settings(
+        args.tunnels,
+        args.window,
+        args.timeout,
+        work_dir,
+        args.profile,
+        args.charon_log_level,
+        args.ikev1d_log_level,
+    )
+    print(f"{args.tunnels} tunnels, window {args.window}, work dir {work_dir}", flush=True)
+    results: list[RunResult] = []
+    ok = True
+    try:
+        with netns.two_hosts() as topo:
+            for group in groups:
+                responders: list[tuple[str, str | None]] = [
+                    ("ikev1d", None),
+                    ("strongSwan(openssl)", LOAD_OPENSSL_FIRST),
+                ]
+                if not args.no_gmp and group.name.startswith("modp"):
+                    responders.append(("strongSwan(gmp)", LOAD_GMP_FIRST))
+                for name, load in responders:
+                    r = run_one(topo, group, name, load, settings)
+                    results.append(r)
+                    state = "ok" if r.complete else "FAILED"
+                    print(
+                        f"  {group.name} {name}: {state}, {r.established}/{r.tunnels} in "
+                        f"{r.seconds:.1f}s, responder CPU {r.cpu_seconds:.2f}s",
+                        flush=True,
+                    )
+                    for err in r.errors:
+                        print(f"    {err}", flush=True)
+                    ok = ok and r.complete
+    finally:
+        if args.keep or not ok:
+            print(f"logs kept in {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    print()
+    print(format_table(results))
+    if args.profile is not None:
+        for group in groups:
+            print(f"\nikev1d responder profile, {group.name}:")
+            print("\n".join(profile_summary(args.profile / f"{group.name}.collapsed")))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
