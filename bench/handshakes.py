@@ -532,9 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--groups", default="modp2048,ecp256", help="comma-separated: modp2048,ecp256"
     )
     parser.add_argument(
-        "--no-gmp",
-        action="store_true",
-        help="skip strongSwan with its default gmp-first plugin order",
+        "--responders",
+        default="ikev1d,openssl,gmp",
+        help="comma-separated: ikev1d, openssl (strongSwan, openssl plugin first), "
+        "gmp (strongSwan, default gmp-first order; MODP groups only)",
     )
     parser.add_argument(
         "--timeout",
@@ -560,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     wanted = [g.strip() for g in args.groups.split(",") if g.strip()]
     groups = [g for g in GROUPS if g.name in wanted]
+    kinds = {k.strip() for k in args.responders.split(",") if k.strip()}
+    if not kinds or not kinds <= {"ikev1d", "openssl", "gmp"}:
+        parser.error("--responders: choose from ikev1d, openssl, gmp")
     if not groups:
         parser.error(f"--groups: choose from {', '.join(g.name for g in GROUPS)}")
 
@@ -580,11 +584,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with netns.two_hosts() as topo:
             for group in groups:
-                responders: list[tuple[str, str | None]] = [
-                    ("ikev1d", None),
-                    ("strongSwan(openssl)", LOAD_OPENSSL_FIRST),
-                ]
-                if not args.no_gmp and group.name.startswith("modp"):
+                responders: list[tuple[str, str | None]] = []
+                if "ikev1d" in kinds:
+                    responders.append(("ikev1d", None))
+                if "openssl" in kinds:
+                    responders.append(("strongSwan(openssl)", LOAD_OPENSSL_FIRST))
+                # gmp has no ECP groups; openssl does those in both plugin orders.
+                if "gmp" in kinds and group.name.startswith("modp"):
                     responders.append(("strongSwan(gmp)", LOAD_GMP_FIRST))
                 for name, load in responders:
                     r = run_one(topo, group, name, load, settings)
