@@ -440,3 +440,33 @@ def test_dynamic_traffic_selectors_are_the_hosts() -> None:
     assert isinstance(ca, ChildSaEstablished)
     assert [str(n) for n in ca.local_ts] == [f"{A_ADDR}/32"]
     assert [str(n) for n in ca.remote_ts] == [f"{B_ADDR}/32"]
+
+
+def test_commit_bit_adds_a_fourth_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ikev1d.engine.quick_mode import QuickMode
+
+    monkeypatch.setattr(QuickMode, "initiator_commit", True)
+    net = default_net()
+    establish(net)
+    assert len(net.a.of(ChildSaEstablished)) == 1
+    headers = [split_message(d.data)[0] for _, d in net.wire]
+    qm = [h for h in headers if h.exchange_type == ExchangeType.QUICK_MODE]
+    assert [bool(h.flags & Flags.COMMIT) for h in qm] == [True, True, False]
+    # The 4th message: B's Informational CONNECTED after QM3.
+    assert headers[-1].exchange_type == ExchangeType.INFORMATIONAL
+    assert net.wire[-1][0] == B_ADDR
+
+
+def test_commit_bit_without_connected_installs_after_a_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ikev1d.engine.quick_mode import QuickMode
+
+    monkeypatch.setattr(QuickMode, "initiator_commit", True)
+    net = default_net()
+    net.drop = lambda d: split_message(d.data)[0].exchange_type == ExchangeType.INFORMATIONAL
+    establish(net)
+    assert len(net.b.of(ChildSaEstablished)) == 1
+    assert not net.a.of(ChildSaEstablished)
+    net.advance(11)
+    assert len(net.a.of(ChildSaEstablished)) == 1

@@ -549,6 +549,15 @@ class Engine:
                 protocol_id=ProtocolId.ISAKMP, data=notify.data,
             )])
             return
+        if notify.notify_type == NotifyType.CONNECTED:
+            waiting = [
+                qm for qm in sa.exchanges.values()
+                if isinstance(qm, QuickMode) and qm.state is QmState.AWAIT_CONNECTED
+            ]
+            matching = [qm for qm in waiting if notify.spi in (qm.spi_in, qm.spi_out)]
+            for qm in matching or waiting[:1]:
+                qm.connected(now)
+            return
         if notify.notify_type in (NotifyType.R_U_THERE_ACK, NotifyType.INITIAL_CONTACT):
             return
         if notify.notify_type < 8192:

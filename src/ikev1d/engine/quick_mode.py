@@ -47,6 +47,7 @@ from ikev1d.engine.sa_proposals import (
     offered_esp,
     select_esp,
 )
+from ikev1d.engine.timers import Timer
 from ikev1d.proposals import (
     EspProposal,
     esp_encryption_key_bytes,
@@ -55,6 +56,7 @@ from ikev1d.proposals import (
 )
 from ikev1d.wire import (
     ExchangeType,
+    Flags,
     HashPayload,
     Header,
     IdPayload,
@@ -87,8 +89,15 @@ NONCE_LENGTH = 32
 class QmState(enum.Enum):
     QM1_SENT = 1
     QM2_SENT = 2
-    DONE = 3
-    FAILED = 4
+    AWAIT_CONNECTED = 3
+    """QM3 sent; the responder set the commit bit, so wait for its CONNECTED."""
+    DONE = 4
+    FAILED = 5
+
+
+#: How long an initiator waits for CONNECTED before it installs anyway: some
+#: peers set the commit bit and never send the notification.
+CONNECTED_WAIT_S = 10.0
 
 
 def spi_text(spi: bytes) -> str:
@@ -100,6 +109,9 @@ def ts_text(nets: Sequence[Network]) -> str:
 
 
 class QuickMode:
+    #: Set the commit bit in QM1 (RFC 2408 3.1); off by default, as in strongSwan.
+    initiator_commit = False
+
     def __init__(self, sa: IkeSa, message_id: int, initiator: bool) -> None:
         self.sa = sa
         self.message_id = message_id
@@ -120,6 +132,9 @@ class QuickMode:
         self.retransmission: Retransmission | None = None
         self.encap = False
         self.mode = "tunnel"
+        self.commit = False
+        """The commit bit is in play for this exchange (RFC 2408 section 3.1)."""
+        self.connected_timer: Timer | None = None
 
     # -- helpers ------------------------------------------------------------
 
@@ -270,7 +285,8 @@ class QuickMode:
         rest += [id_from_network(local_ts), id_from_network(remote_ts)]
         prf, skeyid_a, _d = self._keys
         hash_1 = qm_hash1(prf, skeyid_a, self.message_id, encode_payloads(rest))
-        self._send_request(self._encrypt([HashPayload(hash_1), *rest]), now)
+        flags = Flags.COMMIT if self.initiator_commit else 0
+        self._send_request(self._encrypt([HashPayload(hash_1), *rest], flags), now)
 
     def process(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
         sa = self.sa
@@ -330,7 +346,28 @@ class QuickMode:
         data = self._encrypt([HashPayload(hash_3)])
         sa.responses[self.message_id] = ResponseCache(digest(raw), [data])
         sa.transmit(data)
+        if header.flags & Flags.COMMIT:
+            # RFC 2408 3.1: the side that did not set the commit bit waits for the
+            # CONNECTED notification before it uses the SA (the 4th message).
+            self.commit = True
+            self.state = QmState.AWAIT_CONNECTED
+            self.cancel()
+            self.connected_timer = sa.schedule(now + CONNECTED_WAIT_S, self._connected_timeout)
+            return
         self._install(now)
+
+    def _connected_timeout(self, now: float) -> None:
+        if self.state is QmState.AWAIT_CONNECTED:
+            log.info("no CONNECTED notification after the commit bit; installing anyway",
+                     extra=self.sa.log_extra)
+            self._install(now)
+
+    def connected(self, now: float) -> None:
+        """The peer's CONNECTED notification for this exchange arrived."""
+        if self.state is QmState.AWAIT_CONNECTED:
+            if self.connected_timer is not None:
+                self.connected_timer.cancel()
+            self._install(now)
 
     def _responder_lifetime(self, data: bytes) -> None:
         """RFC 2407 4.6.3.1: the responder may shorten the lifetime it will honour."""
@@ -408,7 +445,12 @@ class QuickMode:
         if choice.lifetime_s and self.lifetime_s < choice.lifetime_s:
             out_rest.append(self._responder_lifetime_notify())
         hash_2 = qm_hash2(prf, skeyid_a, self.message_id, self.ni, encode_payloads(out_rest))
-        data = self._encrypt([HashPayload(hash_2), *out_rest])
+        # An initiator that asks for the commit bit gets it back, and a CONNECTED
+        # notification once QM3 is in (the 4th message).
+        self.commit = bool(header.flags & Flags.COMMIT)
+        data = self._encrypt(
+            [HashPayload(hash_2), *out_rest], Flags.COMMIT if self.commit else 0
+        )
         sa.responses[self.message_id] = ResponseCache(digest(raw), [data])
         self.state = QmState.QM2_SENT
         self._send_request(data, now)
@@ -448,6 +490,10 @@ class QuickMode:
             raise ProtocolFailure("Quick Mode HASH(3) does not verify",
                                   NotifyType.INVALID_HASH_INFORMATION)
         self._install(now)
+        if self.commit:
+            self.sa.send_informational([NotifyPayload(
+                notify_type=NotifyType.CONNECTED, spi=self.spi_in, protocol_id=ProtocolId.ESP,
+            )])
 
 
 class QuickModeRefused(ProtocolFailure):
