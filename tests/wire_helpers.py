@@ -3,6 +3,8 @@ messages that look like real exchanges, and a tiny pcap writer for tshark."""
 
 from __future__ import annotations
 
+import datetime
+import functools
 import ipaddress
 import struct
 from collections.abc import Iterable, Sequence
@@ -252,13 +254,51 @@ def _hdr(exchange: int, message_id: int = 0, rcookie: bytes = RCOOKIE) -> Header
     return Header(ICOOKIE, rcookie, 0, exchange, 0, message_id)
 
 
-def sample_messages() -> list[Sample]:
+@functools.cache
+def test_certificate_der() -> bytes:
+    """A small self-signed ECDSA certificate, so dissectors see a well-formed CERT."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    key = ec.derive_private_key(1234567, ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw.example.org")])
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(when)
+        .not_valid_after(when + datetime.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.DER)
+
+
+def fragment_samples() -> list[Sample]:
+    """Message "ids_v4" cut into two type-132 fragments, as an IKEv1 fragmenting
+    peer sends it; a dissector that reassembles sees the whole message again."""
+    whole = next(s for s in sample_messages(with_fragments=False) if s.name == "ids_v4")
+    data = whole.message.encode()
+    half = len(data) // 2
+    hdr = _hdr(ExchangeType.IDENTITY_PROTECTION)
+    return [
+        Sample("frag1", Message(hdr, (FragmentPayload(7, 1, False, data[:half]),))),
+        Sample("frag2", Message(hdr, (FragmentPayload(7, 2, True, data[half:]),))),
+    ]
+
+
+def sample_messages(with_fragments: bool = True) -> list[Sample]:
     """Plaintext messages shaped like the ones the engine sends (all payloads in the
     clear, so an external dissector can check every field)."""
     mm = ExchangeType.IDENTITY_PROTECTION
     qm = ExchangeType.QUICK_MODE
     info = ExchangeType.INFORMATIONAL
-    return [
+    samples = [
         Sample(
             "mm1",
             Message(
@@ -381,20 +421,6 @@ def sample_messages() -> list[Sample]:
             nat_t=True,
         ),
         Sample(
-            "frag",
-            Message(
-                _hdr(mm),
-                (FragmentPayload(7, 1, False, bytes(range(64))),),
-            ),
-        ),
-        Sample(
-            "frag_last",
-            Message(
-                _hdr(mm),
-                (FragmentPayload(7, 2, True, bytes(range(10))),),
-            ),
-        ),
-        Sample(
             "natd_draft",
             Message(
                 _hdr(mm),
@@ -411,7 +437,7 @@ def sample_messages() -> list[Sample]:
             Message(
                 _hdr(mm),
                 (
-                    CertPayload(CertEncoding.X509_SIG, b"\x30\x03\x02\x01\x00"),
+                    CertPayload(CertEncoding.X509_SIG, test_certificate_der()),
                     CrPayload(CertEncoding.X509_SIG, b""),
                     SigPayload(bytes(range(64))),
                     UnknownPayload(200, b"unknown"),
@@ -419,6 +445,9 @@ def sample_messages() -> list[Sample]:
             ),
         ),
     ]
+    if with_fragments:
+        samples += fragment_samples()
+    return samples
 
 
 # --------------------------------------------------------------------------- pcap
