@@ -1,24 +1,299 @@
-"""The `ikev1d` command line."""
+"""The ``ikev1d`` command line (SPEC.md, "Command line").
+
+Exit status: 0 success, 1 failure (reason on stderr), 2 bad usage, 130 interrupted.
+User errors print one ``ikev1d: ...`` line, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import math
 import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ikev1d.control import (
+    DEFAULT_UP_TIMEOUT,
+    ControlProtocolError,
+    DownRequest,
+    ReloadRequest,
+    Request,
+    Response,
+    StatusRequest,
+    UpRequest,
+    resolve_socket_path,
+)
+from ikev1d.logsetup import LEVELS
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _log_level(text: str) -> str:
+    level = text.lower()
+    if level == "warn":
+        level = "warning"
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"use one of: {', '.join(LEVELS)}")
+    return level
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ikev1d", description="IKEv1 IPsec VPN gateway")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def control_socket(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--socket", metavar="PATH",
+            help="control socket (default: $IKEV1D_SOCKET, else /run/ikev1d/ikev1d.sock)",
+        )
+
+    p = sub.add_parser("daemon", help="run the daemon in the foreground")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file")
+    control_socket(p)
+    p.add_argument("--log-file", metavar="PATH", help="also log to this file")
+    p.add_argument("--log-level", type=_log_level, metavar="LEVEL",
+                   help=f"one of {', '.join(LEVELS)} (default: [daemon] log_level, else info)")
+
+    p = sub.add_parser("up", help="initiate a connection and wait until it is established")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--child", metavar="CHILD", help="only this child (default: all)")
+    p.add_argument(
+        "--timeout", type=_positive_seconds, default=DEFAULT_UP_TIMEOUT, metavar="SECONDS",
+        help=f"give up after this long (default {DEFAULT_UP_TIMEOUT:g})",
+    )
+    control_socket(p)
+
+    p = sub.add_parser("down", help="delete a connection's SAs (Delete payloads sent)")
+    p.add_argument("name", metavar="NAME")
+    control_socket(p)
+
+    p = sub.add_parser("status", help="show the SAs")
+    p.add_argument("--json", action="store_true", help="the status JSON document")
+    control_socket(p)
+
+    p = sub.add_parser("reload", help="reload the configuration file")
+    control_socket(p)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("file", metavar="FILE")
+
     sub.add_parser("demo", help="run a complete example on this machine")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _error(message: str) -> int:
+    print(f"ikev1d: {message}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+# --- commands ----------------------------------------------------------------------
+
+
+def _request(socket_option: str | None, request: Request, show_progress: bool = False) -> Response:
+    from ikev1d.io.control_client import send_request
+
+    def progress(text: str) -> None:
+        print(text, flush=True)
+
+    return send_request(
+        resolve_socket_path(socket_option), request, progress if show_progress else None
+    )
+
+
+def _simple(socket_option: str | None, request: Request, show_progress: bool = False) -> int:
+    response = _request(socket_option, request, show_progress)
+    if not response.ok:
+        return _error(response.message)
+    if response.message:
+        print(response.message)
+    return EXIT_OK
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from ikev1d.io.daemon import DaemonError, DaemonOptions, run_daemon
+    from ikev1d.logsetup import LogSetupError, setup_logging
+
+    try:
+        setup_logging(args.log_level or "info", args.log_file)
+    except LogSetupError as exc:
+        return _error(str(exc))
+    options = DaemonOptions(
+        config_path=args.config,
+        socket_path=resolve_socket_path(args.socket),
+        log_level=args.log_level,
+    )
+    try:
+        return run_daemon(options)
+    except DaemonError as exc:
+        import logging
+
+        logging.getLogger("ikev1d.daemon").error("cannot start: %s", exc)
+        return EXIT_FAILURE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    response = _request(args.socket, StatusRequest())
+    if not response.ok:
+        return _error(response.message)
+    document = response.body.get("status", {})
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_status(document), end="")
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from ikev1d.config import ConfigError, config_warnings, load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    warnings = config_warnings(config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    count = len(config.connections)
+    print(
+        f"{args.file}: OK ({count} connection{'s' if count != 1 else ''}"
+        f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''})"
+    )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        demo = importlib.import_module("ikev1d.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name != "ikev1d.demo":
+            raise
+        return _error("the demo is not available in this build")
+    result = demo.run_demo()
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    match args.command:
+        case "daemon":
+            return cmd_daemon(args)
+        case "up":
+            return _simple(args.socket, UpRequest(args.name, args.child, args.timeout), True)
+        case "down":
+            return _simple(args.socket, DownRequest(args.name))
+        case "status":
+            return cmd_status(args)
+        case "reload":
+            return _simple(args.socket, ReloadRequest())
+        case "check-config":
+            return cmd_check_config(args)
+        case "demo":
+            return cmd_demo(args)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ikev1d.io.control_client import DaemonUnreachable
+
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        print("ikev1d demo: nothing to show yet")
-        return 0
-    return 2
+    try:
+        return run(args)
+    except (DaemonUnreachable, ControlProtocolError) as exc:
+        return _error(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `ikev1d status | head`: the reader went away, which is not our error.
+        return EXIT_OK
+
+
+# --- the table for people ------------------------------------------------------------
+
+
+def _seconds(value: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "?"
+    total = int(value)
+    if total < 120:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
+    return f"{minutes}m{secs:02d}s"
+
+
+def _field(item: dict[str, Any], key: str, default: str = "-") -> str:
+    value = item.get(key)
+    if value is None or value == "":
+        return default
+    return str(value)
+
+
+def format_status(document: dict[str, Any]) -> str:
+    """The status document as a table for people, in the spirit of ``swanctl --list-sas``."""
+    ike_sas = document.get("ike_sas") or []
+    if not ike_sas:
+        return "no SAs\n"
+    lines: list[str] = []
+    for ike in ike_sas:
+        role = "initiator" if ike.get("initiator") else "responder"
+        lines.append(
+            f"{_field(ike, 'name')}: {_field(ike, 'state')}, IKEv1, {role},"
+            f" cookies {_field(ike, 'cookies')}"
+        )
+        nat_l = ", behind NAT" if ike.get("nat_local") else ""
+        nat_r = ", behind NAT" if ike.get("nat_remote") else ""
+        lines.append(f"  local  '{_field(ike, 'local_id')}' @ {_field(ike, 'local')}{nat_l}")
+        lines.append(f"  remote '{_field(ike, 'remote_id')}' @ {_field(ike, 'remote')}{nat_r}")
+        lines.append(f"  {_field(ike, 'proposal')}, auth {_field(ike, 'auth')}")
+        timing = []
+        if ike.get("established_s") is not None:
+            timing.append(f"established {_seconds(ike.get('established_s'))} ago")
+        if ike.get("rekey_in_s") is not None:
+            timing.append(f"rekeying in {_seconds(ike.get('rekey_in_s'))}")
+        if timing:
+            lines.append("  " + ", ".join(timing))
+        if ike.get("virtual_ip"):
+            lines.append(f"  virtual IP {ike['virtual_ip']}")
+        for child in ike.get("children") or []:
+            encap = ", UDP-encapsulated" if child.get("encap") else ""
+            lines.append(
+                f"  {_field(child, 'name')}: {_field(child, 'state')},"
+                f" {_field(child, 'mode').upper()}{encap}, {_field(child, 'proposal')}"
+            )
+            for direction, spi in (("in ", "spi_in"), ("out", "spi_out")):
+                suffix = direction.strip()
+                lines.append(
+                    f"    {direction} {_field(child, spi):>8},"
+                    f" {child.get('bytes_' + suffix, 0):>12} bytes,"
+                    f" {child.get('packets_' + suffix, 0):>9} packets"
+                )
+            lines.append(f"    local  {', '.join(child.get('local_ts') or ['-'])}")
+            lines.append(f"    remote {', '.join(child.get('remote_ts') or ['-'])}")
+            timing = []
+            if child.get("rekey_in_s") is not None:
+                timing.append(f"rekeying in {_seconds(child.get('rekey_in_s'))}")
+            if child.get("expires_in_s") is not None:
+                timing.append(f"expires in {_seconds(child.get('expires_in_s'))}")
+            if timing:
+                lines.append("    " + ", ".join(timing))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

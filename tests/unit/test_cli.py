@@ -1,5 +1,269 @@
-from ikev1d.cli import main
+"""The `ikev1d` command line: parsing, error messages, the status table, and the
+control commands against a daemon that drives a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+
+from ikev1d.cli import build_parser, format_status, main
+from tests.unit._io_fakes import running_daemon
+
+SPEC_STATUS = {"ike_sas": [{
+    "name": "site-b", "state": "ESTABLISHED",
+    "local": "192.0.2.1:500", "remote": "192.0.2.2:500",
+    "local_id": "192.0.2.1", "remote_id": "192.0.2.2",
+    "initiator": True, "cookies": "a1b2:c3d4",
+    "proposal": "aes256-sha256-modp2048", "auth": "psk",
+    "nat_local": False, "nat_remote": True,
+    "established_s": 12, "rekey_in_s": 14300, "virtual_ip": None,
+    "children": [{
+        "name": "net", "state": "INSTALLED", "mode": "tunnel",
+        "encap": True, "spi_in": "c1234567", "spi_out": "c7654321",
+        "proposal": "aes128gcm16-modp2048",
+        "local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24", "10.3.0.0/24"],
+        "bytes_in": 1500, "bytes_out": 84, "packets_in": 3, "packets_out": 1,
+        "rekey_in_s": 3300, "expires_in_s": 3600}]}]}
+
+VALID_CONFIG = """
+[daemon]
+listen = ["127.0.0.1"]
+dataplane = "none"
+
+[connections.site-b]
+local_addrs = ["127.0.0.1"]
+remote_addrs = ["127.0.0.2"]
+proposals = ["aes256-sha256-modp2048"]
+
+[connections.site-b.local]
+auth = "psk"
+id = "127.0.0.1"
+
+[connections.site-b.remote]
+auth = "psk"
+id = "127.0.0.2"
+
+[connections.site-b.children.net]
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.2.0.0/24"]
+esp_proposals = ["aes128gcm16-modp2048"]
+
+[secrets.site-b]
+secret = "a long random string for testing"
+ids = ["127.0.0.2"]
+"""
 
 
-def test_demo_command_exits_zero() -> None:
-    assert main(["demo"]) == 0
+# --- parsing -------------------------------------------------------------------------
+
+
+def test_parser_accepts_the_spec_commands() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["daemon", "-c", "f.toml", "--socket", "/s", "--log-file", "/l",
+                              "--log-level", "DEBUG"])
+    assert (args.config, args.socket, args.log_file, args.log_level) == (
+        "f.toml", "/s", "/l", "debug")
+    args = parser.parse_args(["up", "site-b", "--child", "net", "--timeout", "7.5"])
+    assert (args.name, args.child, args.timeout, args.socket) == ("site-b", "net", 7.5, None)
+    assert parser.parse_args(["up", "x"]).timeout == 90.0
+    assert parser.parse_args(["down", "x"]).name == "x"
+    assert parser.parse_args(["status", "--json"]).json is True
+    assert parser.parse_args(["status"]).json is False
+    assert parser.parse_args(["reload"]).command == "reload"
+    assert parser.parse_args(["check-config", "f.toml"]).file == "f.toml"
+    assert parser.parse_args(["demo"]).command == "demo"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["daemon"], "-c/--config"),
+        (["up"], "NAME"),
+        (["up", "x", "--timeout", "0"], "positive number of seconds"),
+        (["up", "x", "--timeout", "soon"], "not a number of seconds"),
+        (["daemon", "-c", "f", "--log-level", "loud"], "use one of"),
+        (["fly"], "invalid choice"),
+        ([], "COMMAND"),
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --- errors for people ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv", [["status"], ["status", "--json"], ["up", "x"], ["down", "x"], ["reload"]]
+)
+def test_no_daemon_is_a_clear_one_line_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ikev1d.sock")
+        monkeypatch.setenv("IKEV1D_SOCKET", path)
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == f"ikev1d: cannot reach the daemon at {path}: is `ikev1d daemon` running?\n"
+
+
+def test_default_socket_path_in_the_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IKEV1D_SOCKET", raising=False)
+    if os.path.exists("/run/ikev1d/ikev1d.sock"):
+        pytest.skip("a real daemon is running here")
+    assert main(["status"]) == 1
+    assert "cannot reach the daemon at /run/ikev1d/ikev1d.sock" in capsys.readouterr().err
+
+
+def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(VALID_CONFIG)
+    assert main(["check-config", str(good)]) == 0
+    assert f"{good}: OK (1 connection" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(VALID_CONFIG.replace('dataplane = "none"', "dataplane = 5"))
+    assert main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{bad}: daemon.dataplane: ")
+    assert "Traceback" not in err
+
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 1
+    assert "missing.toml: cannot read" in capsys.readouterr().err
+
+
+def test_check_config_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # SPEC: `%any` peers sharing one PSK are accepted but warned about.
+    text = VALID_CONFIG.replace('remote_addrs = ["127.0.0.2"]', 'remote_addrs = ["%any"]')
+    text = text.replace('id = "127.0.0.2"', 'id = "%any"').replace(
+        'ids = ["127.0.0.2"]', 'ids = ["%any"]')
+    path = tmp_path / "any.toml"
+    path.write_text(text)
+    assert main(["check-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "OK" in captured.out
+    assert "warning: " in captured.err
+
+
+def test_demo_dispatches_to_run_demo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = types.ModuleType("ikev1d.demo")
+    calls: list[int] = []
+
+    def run_demo() -> int:
+        calls.append(1)
+        return 3
+
+    module.run_demo = run_demo  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ikev1d.demo", module)
+    assert main(["demo"]) == 3
+    assert calls == [1]
+
+
+def test_demo_missing_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ikev1d.demo", None)  # makes the import fail
+    assert main(["demo"]) == 1
+    assert "demo is not available" in capsys.readouterr().err
+
+
+def test_daemon_with_a_bad_config_exits_1_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[daemon]\nport = 0\n")
+    sock = tmp_path / "run" / "ikev1d.sock"
+    result = subprocess.run(
+        [sys.executable, "-m", "ikev1d", "daemon", "-c", str(bad), "--socket", str(sock)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert f"cannot start: {bad}: daemon.port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not sock.exists()
+
+
+def test_daemon_unusable_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["daemon", "-c", "x.toml", "--log-file", str(tmp_path / "no" / "dir.log")]) == 1
+    assert "cannot open log file" in capsys.readouterr().err
+
+
+# --- the status table ----------------------------------------------------------------
+
+
+def test_status_table_shows_what_people_look_for() -> None:
+    text = format_status(SPEC_STATUS)
+    lines = text.splitlines()
+    assert lines[0] == "site-b: ESTABLISHED, IKEv1, initiator, cookies a1b2:c3d4"
+    assert "  local  '192.0.2.1' @ 192.0.2.1:500" in lines
+    assert "  remote '192.0.2.2' @ 192.0.2.2:500, behind NAT" in lines
+    assert "  aes256-sha256-modp2048, auth psk" in lines
+    assert "  established 12s ago, rekeying in 3h58m" in lines
+    assert "  net: INSTALLED, TUNNEL, UDP-encapsulated, aes128gcm16-modp2048" in lines
+    assert any(line.split() == ["in", "c1234567,", "1500", "bytes,", "3", "packets"]
+               for line in lines)
+    assert any(line.split() == ["out", "c7654321,", "84", "bytes,", "1", "packets"]
+               for line in lines)
+    assert "    remote 10.2.0.0/24, 10.3.0.0/24" in lines
+    assert "    rekeying in 55m00s, expires in 1h00m" in lines
+    assert format_status({"ike_sas": []}) == "no SAs\n"
+    # missing members do not crash the table
+    assert format_status({"ike_sas": [{"name": "x", "children": [{}]}]}).startswith("x: -")
+
+
+# --- against a daemon ----------------------------------------------------------------
+
+
+def test_control_commands_against_a_daemon(capsys: pytest.CaptureFixture[str]) -> None:
+    async def cli(*argv: str) -> int:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(main, list(argv)))
+
+    async def body() -> None:
+        async with running_daemon() as h:
+            sock = ("--socket", h.socket_path)
+            assert await cli("up", "site-ok", "--timeout", "5", *sock) == 0
+            out = capsys.readouterr().out
+            assert "ISAKMP SA established" in out
+            assert out.endswith("site-ok: established net, net2\n")
+
+            assert await cli("status", "--json", *sock) == 0
+            document = json.loads(capsys.readouterr().out)
+            assert [c["name"] for c in document["ike_sas"][0]["children"]] == ["net", "net2"]
+
+            assert await cli("status", *sock) == 0
+            assert "site-ok: ESTABLISHED" in capsys.readouterr().out
+
+            assert await cli("up", "site-fail", *sock) == 1
+            assert capsys.readouterr().err == (
+                "ikev1d: site-fail: NO-PROPOSAL-CHOSEN from peer\n")
+
+            assert await cli("up", "site-hang", "--timeout", "0.1", *sock) == 1
+            assert "timed out" in capsys.readouterr().err
+
+            assert await cli("down", "site-ok", *sock) == 0
+            assert "deleted 1 ISAKMP SA(s)" in capsys.readouterr().out
+
+            assert await cli("down", "nope", *sock) == 1
+            assert "no connection named 'nope'" in capsys.readouterr().err
+
+            assert await cli("reload", *sock) == 0
+            assert "reloaded" in capsys.readouterr().out
+
+    asyncio.run(body())

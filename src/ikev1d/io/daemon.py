@@ -1,5 +1,9 @@
 """The daemon: drives the sans-I/O engine from sockets, a timer, signals and the control socket.
 
+The engine logs the protocol events (``ISAKMP SA established`` ...) itself; the
+daemon logs them again only at DEBUG, and logs what is its own business: sockets,
+the data plane, reloads, start and stop.
+
 It makes no protocol decisions (STYLE.md, like aioquic's asyncio adapter): after
 every input to the engine (datagram, timer, command, reload) it sends what the
 engine wants sent, hands IPsec SA events to the data plane, answers waiting
@@ -20,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ikev1d import config as config_module
 from ikev1d import logsetup
 from ikev1d.control import (
     MAX_LINE,
@@ -118,23 +123,15 @@ BackendFactory = Callable[[str, ConfigLike], DataplaneBackend]
 def load_config(path: str) -> ConfigLike:
     """``ikev1d.config.load_config`` with its errors as ConfigLoadError."""
     try:
-        module = importlib.import_module("ikev1d.config")
-    except ImportError as exc:
-        raise ConfigLoadError(f"the configuration loader is not available: {exc}") from exc
-    config_error: type[Exception] = getattr(module, "ConfigError", ValueError)
-    try:
-        config: ConfigLike = module.load_config(path)
-    except config_error as exc:
+        return config_module.load_config(path)
+    except config_module.ConfigError as exc:
         raise ConfigLoadError(str(exc)) from None
-    except OSError as exc:
-        raise ConfigLoadError(f"{path}: {exc.strerror or exc}") from None
-    return config
 
 
 def config_warnings(config: ConfigLike) -> list[str]:
-    module = importlib.import_module("ikev1d.config")
-    warn = getattr(module, "config_warnings", None)
-    return list(warn(config)) if warn is not None else []
+    if isinstance(config, config_module.Config):
+        return config_module.config_warnings(config)
+    return []
 
 
 def create_engine(config: ConfigLike, random_bytes: Callable[[int], bytes]) -> EngineLike:
@@ -501,13 +498,17 @@ class Daemon:
             case IkeSaEstablished():
                 self._on_ike_established(event)
             case IkeSaDeleted():
-                log.info("ISAKMP SA deleted: %s", event.reason, extra={"conn": event.conn})
+                log.debug("event: ISAKMP SA deleted: %s", event.reason, extra={"conn": event.conn})
             case ChildSaEstablished():
                 self._on_child_established(event)
             case ChildSaDeleted():
                 self._on_child_deleted(event)
             case ConnectionFailed():
                 self._on_failed(event)
+
+    @property
+    def _backend_name(self) -> str:
+        return self._backend.name if self._backend is not None else "-"
 
     def _waiters_for(self, conn: str) -> list[_UpWaiter]:
         return [w for w in self._waiters if w.conn == conn and not w.result.done()]
@@ -518,7 +519,7 @@ class Daemon:
             f" ... {_endpoint_text(event.remote)} '{event.remote_id}'"
             f" ({event.proposal}, {event.auth}, {'initiator' if event.initiator else 'responder'})"
         )
-        log.info("%s", text, extra={"conn": event.conn, "peer": event.remote})
+        log.debug("event: %s", text, extra={"conn": event.conn, "peer": event.remote})
         for waiter in self._waiters_for(event.conn):
             waiter.progress(f"{event.conn}: {text}")
             if not waiter.children:
@@ -544,7 +545,7 @@ class Daemon:
             f" ({event.proposal}, {event.mode}{', UDP-encapsulated' if event.encap else ''})"
             f" {', '.join(map(str, event.local_ts))} === {', '.join(map(str, event.remote_ts))}"
         )
-        log.info("%s", text, extra=extra)
+        log.debug("event: %s (installed in data plane %r)", text, self._backend_name, extra=extra)
         for waiter in self._waiters_for(event.conn):
             if event.child in waiter.children:
                 waiter.children.discard(event.child)
@@ -562,15 +563,15 @@ class Daemon:
             except Exception:
                 log.exception("data plane failed removing %s", event.child,
                               extra={"conn": event.conn})
-        log.info(
-            "IPsec SA deleted %s SPIs %08x_i %08x_o: %s",
+        log.debug(
+            "event: IPsec SA deleted %s SPIs %08x_i %08x_o: %s",
             event.child, event.spi_in, event.spi_out, event.reason,
             extra={"conn": event.conn},
         )
 
     def _on_failed(self, event: ConnectionFailed) -> None:
         what = f"{event.conn}/{event.child}" if event.child else event.conn
-        log.info("connection %s failed: %s", what, event.reason, extra={"conn": event.conn})
+        log.debug("event: connection %s failed: %s", what, event.reason, extra={"conn": event.conn})
         for waiter in self._waiters_for(event.conn):
             if event.child is None or event.child in waiter.children or not waiter.children:
                 waiter.finish(False, f"{what}: {event.reason}")
@@ -646,8 +647,8 @@ class Daemon:
                 log.exception("internal error initiating %s", name, extra={"conn": name})
                 self._pump()
                 return False, f"{name}: internal error: {exc}"
-            log.info("initiating%s", f" child {request.child}" if request.child else "",
-                     extra={"conn": name})
+            log.debug("up: initiating%s", f" child {request.child}" if request.child else "",
+                      extra={"conn": name})
             self._pump()
             try:
                 return await asyncio.wait_for(asyncio.shield(waiter.result), request.timeout)
