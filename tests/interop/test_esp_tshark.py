@@ -5,9 +5,10 @@ libgcrypt) is a decoder nobody here wrote. We write one pcap with packets of
 every transform, raw (IP protocol 50) and UDP-encapsulated (RFC 3948, port
 4500), tunnel and transport mode, give tshark the keys in its ``esp_sa`` table,
 and check it finds the ICV correct, the padding where RFC 4303 §2.4 puts it, the
-next header, and the inner packet (addresses and payload) we sealed. One
-tampered packet per SA must be reported as a bad ICV, which shows the check is
-really done. tshark runs once for the whole module (it starts slowly).
+next header, and the inner packet (addresses and payload) we sealed. Two
+tampered packets per SA (a ciphertext bit, an ICV bit) must be reported as a
+bad ICV, which shows the check is really done. tshark runs once for the whole
+module (it starts slowly).
 """
 
 from __future__ import annotations
@@ -131,11 +132,15 @@ def _build(tmp: Path) -> tuple[Path, list[str], list[Expected]]:
             cases.append((IPPROTO_UDP, _udp(OUTER_SRC, OUTER_DST, data), None, None, data))
             data = _text(21)
             cases.append((1, _icmp_echo(data), None, None, data))
+            # Two more to be tampered with: one bit of the first ciphertext octet (the
+            # trailer stays intact, so tshark still parses the packet), and one of the ICV.
+            data = _text(40)
+            cases += [(1, _icmp_echo(data), None, None, data)] * 2
             for n, (next_header, payload, isrc, idst, data) in enumerate(cases):
                 esp = sa.seal(payload, next_header)
-                tamper = n == len(cases) - 1
-                if tamper:  # one bit of the ciphertext flipped: the ICV must fail
-                    flip = len(esp) - alg.icv_length - 3
+                tamper = n >= len(cases) - 2
+                if tamper:
+                    flip = 8 + alg.iv_length if n == len(cases) - 2 else len(esp) - 1
                     esp = esp[:flip] + bytes([esp[flip] ^ 0x10]) + esp[flip + 1 :]
                 if encapsulated:
                     frame = build_ipv4_packet(OUTER_SRC, OUTER_DST, IPPROTO_UDP,
@@ -188,7 +193,7 @@ def test_every_packet_decrypted_and_authenticated(
     dissected: list[tuple[Expected, dict[str, str]]],
 ) -> None:
     good = [(e, r) for e, r in dissected if e.icv_good]
-    assert len(good) == len(TRANSFORMS) * 2 * 8
+    assert len(good) == len(TRANSFORMS) * 2 * 9
     for exp, row in good:
         where = f"frame {row['frame.number']} (SPI {exp.spi:#x}, seq {exp.seq})"
         assert int(row["esp.spi"], 0) == exp.spi, where
@@ -214,7 +219,7 @@ def test_every_packet_decrypted_and_authenticated(
 
 def test_tampered_packets_reported_bad(dissected: list[tuple[Expected, dict[str, str]]]) -> None:
     bad = [(e, r) for e, r in dissected if not e.icv_good]
-    assert len(bad) == len(TRANSFORMS) * 2
+    assert len(bad) == len(TRANSFORMS) * 2 * 2
     for exp, row in bad:
         assert int(row["esp.spi"], 0) == exp.spi
         assert row["esp.icv_bad"] == "1", f"frame {row['frame.number']}"
