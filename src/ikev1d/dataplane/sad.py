@@ -1,0 +1,224 @@
+"""The Security Association Database of the userspace data plane, pure (no I/O, no clock).
+
+RFC 4301 §4.4 splits IPsec state into an SPD (which traffic is protected) and
+an SAD (the keys). IKEv1 Quick Mode negotiates both at once: each IPsec SA pair
+carries the traffic selectors it protects (RFC 2409 §5.5 client IDs), so here
+one :class:`SaEntry` holds the pair's ESP state and its selectors, and
+:class:`Sad` answers the two per-packet questions:
+
+* outbound: which SA protects a packet from ``src`` to ``dst``? (``src`` in the
+  local selectors and ``dst`` in the remote ones; the most specific pair of
+  prefixes wins; among equals the newest SA, so a rekeyed SA takes over at once);
+* inbound: which SA has this SPI, and may the decrypted inner packet pass its
+  selectors (RFC 4301 §5.2 step 4: "check that the packet matches the SA's
+  selectors", otherwise drop)?
+
+Addresses are handled as ``(version, int)``: parsing a header into
+``ipaddress`` objects per packet would cost more than the lookup itself.
+Outbound answers are cached per (src, dst) pair, so the steady state of a flow
+is one dict lookup; the cache is dropped whenever an SA comes or goes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from ikev1d.dataplane.esp import InboundSa, OutboundSa
+from ikev1d.engine.api import Endpoint, Network
+
+__all__ = [
+    "Prefix",
+    "SaCounters",
+    "SaEntry",
+    "Sad",
+    "inner_addresses",
+    "prefixes",
+]
+
+_CACHE_LIMIT = 4096
+"""Outbound cache entries kept before the cache is simply emptied (a scan refills it)."""
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A traffic selector network as integers: ``addr & mask == network``."""
+
+    version: int
+    network: int
+    mask: int
+    length: int
+
+    @classmethod
+    def of(cls, net: Network) -> Prefix:
+        return cls(net.version, int(net.network_address), int(net.netmask), net.prefixlen)
+
+    def contains(self, version: int, addr: int) -> bool:
+        return version == self.version and addr & self.mask == self.network
+
+
+def prefixes(nets: Iterable[Network]) -> tuple[Prefix, ...]:
+    return tuple(Prefix.of(n) for n in nets)
+
+
+def inner_addresses(packet: bytes) -> tuple[int, int, int] | None:
+    """(IP version, source, destination) of an IP packet, or None if it is not one.
+
+    Only the fixed header is read (RFC 791 §3.1, RFC 8200 §3); the total length
+    is not checked here because the TUN device and ESP hand over whole packets.
+    """
+    if not packet:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        if len(packet) < 20:
+            return None
+        return 4, int.from_bytes(packet[12:16], "big"), int.from_bytes(packet[16:20], "big")
+    if version == 6:
+        if len(packet) < 40:
+            return None
+        return 6, int.from_bytes(packet[8:24], "big"), int.from_bytes(packet[24:40], "big")
+    return None
+
+
+def _best_length(prefixes_: tuple[Prefix, ...], version: int, addr: int) -> int:
+    """Length of the longest prefix containing ``addr``, or -1 when none does."""
+    best = -1
+    for p in prefixes_:
+        if p.version == version and addr & p.mask == p.network and p.length > best:
+            best = p.length
+    return best
+
+
+@dataclass
+class SaCounters:
+    """What ``status`` shows for an SA pair, plus why packets were dropped.
+
+    ``bytes_*`` count inner (tunnelled) packet octets, as strongSwan's
+    kernel-libipsec does, so both ends of a tunnel report the same numbers.
+    """
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    dropped_policy_in: int = 0
+    dropped_out: int = 0
+
+    def as_status(self) -> dict[str, int]:
+        return {
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+        }
+
+
+@dataclass(eq=False)
+class SaEntry:
+    """One installed IPsec SA pair: ESP state, selectors, where its ESP goes."""
+
+    spi_in: int
+    spi_out: int
+    inbound: InboundSa
+    outbound: OutboundSa
+    local_ts: tuple[Prefix, ...]
+    remote_ts: tuple[Prefix, ...]
+    local: Endpoint
+    remote: Endpoint
+    encap: bool
+    mode: str = "tunnel"
+    name: str = ""
+    serial: int = 0
+    """Install order, to prefer the newest of SAs with equal selectors (make-before-break)."""
+    counters: SaCounters = field(default_factory=SaCounters)
+    remote_networks: tuple[Network, ...] = ()
+    local_networks: tuple[Network, ...] = ()
+
+    def permits_inbound(self, version: int, src: int, dst: int) -> bool:
+        """RFC 4301 §5.2: a decrypted packet must come from the remote selectors to local ones."""
+        return _best_length(self.remote_ts, version, src) >= 0 and _best_length(
+            self.local_ts, version, dst
+        ) >= 0
+
+    def outbound_score(self, version: int, src: int, dst: int) -> tuple[int, int] | None:
+        """(remote prefix length, local prefix length) if this SA covers src -> dst."""
+        remote = _best_length(self.remote_ts, version, dst)
+        if remote < 0:
+            return None
+        local = _best_length(self.local_ts, version, src)
+        if local < 0:
+            return None
+        return remote, local
+
+
+class Sad:
+    """SA pairs by inbound SPI, and the outbound selector lookup."""
+
+    def __init__(self) -> None:
+        self._by_spi_in: dict[int, SaEntry] = {}
+        self._by_pair: dict[tuple[int, int], SaEntry] = {}
+        self._entries: list[SaEntry] = []
+        self._cache: dict[tuple[int, int, int], SaEntry | None] = {}
+        self._serial = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[SaEntry]:
+        return iter(list(self._entries))
+
+    def add(self, entry: SaEntry) -> None:
+        """Install ``entry``; an entry with the same SPI pair is replaced."""
+        self.remove(entry.spi_in, entry.spi_out)
+        self._serial += 1
+        entry.serial = self._serial
+        self._by_spi_in[entry.spi_in] = entry
+        self._by_pair[(entry.spi_in, entry.spi_out)] = entry
+        self._entries.append(entry)
+        self._cache.clear()
+
+    def remove(self, spi_in: int, spi_out: int) -> SaEntry | None:
+        entry = self._by_pair.pop((spi_in, spi_out), None)
+        if entry is None:
+            return None
+        if self._by_spi_in.get(spi_in) is entry:
+            del self._by_spi_in[spi_in]
+        self._entries.remove(entry)
+        self._cache.clear()
+        return entry
+
+    def get(self, spi_in: int, spi_out: int) -> SaEntry | None:
+        return self._by_pair.get((spi_in, spi_out))
+
+    def by_spi_in(self, spi: int) -> SaEntry | None:
+        """The SA an inbound ESP packet belongs to (RFC 4301 §4.4.2: the SPI selects it)."""
+        return self._by_spi_in.get(spi)
+
+    def lookup_outbound(self, version: int, src: int, dst: int) -> SaEntry | None:
+        """The SA protecting ``src -> dst``: longest remote, then local prefix; newest on ties."""
+        key = (version, src, dst)
+        cache = self._cache
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        best: SaEntry | None = None
+        best_score = (-1, -1, -1)
+        for entry in self._entries:
+            score = entry.outbound_score(version, src, dst)
+            if score is None:
+                continue
+            full = (score[0], score[1], entry.serial)
+            if full > best_score:
+                best, best_score = entry, full
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = best
+        return best
+
+    def lookup_outbound_addresses(self, src: str, dst: str) -> SaEntry | None:
+        """:meth:`lookup_outbound` for address strings (tests, diagnostics)."""
+        s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        return self.lookup_outbound(s.version, int(s), int(d))

@@ -1,0 +1,466 @@
+"""``dataplane = "userspace"``: ikev1d carries the tunnelled traffic itself.
+
+Outbound: packets the kernel routes into our TUN device are matched to an SA by
+traffic selectors (:mod:`ikev1d.dataplane.sad`), sealed in ESP tunnel mode
+(RFC 4303 §2.6: the whole inner packet, next header 4 or 41), and sent either
+as raw ESP (IP protocol 50) or, when the SA is UDP-encapsulated (NAT-T,
+RFC 3948), through the daemon's port-4500 socket.
+
+Inbound: raw ESP and ESP-in-UDP are looked up by SPI, opened (replay window,
+ICV, padding), the inner packet is checked against the SA's selectors
+(RFC 4301 §5.2) and written to the TUN device.
+
+A packet that fails anywhere is dropped and counted, never raised into the
+event loop; drops are logged at debug level per packet and at most every
+``_LOG_INTERVAL`` seconds per reason at info level.
+
+The OS-facing objects (TUN device, raw sockets, routes) come from
+:mod:`ikev1d.io.tun` and are passed in, so tests can hand in fakes
+(:class:`TunLike`, :class:`RawLike`, :class:`RoutesLike`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, Protocol
+
+from ikev1d.dataplane.base import DataplaneError, SendUdp, zero_counters
+from ikev1d.dataplane.esp import (
+    EspError,
+    EspIcvError,
+    EspReplayError,
+    EspSequenceExhausted,
+    InboundSa,
+    OutboundSa,
+    esp_algorithm,
+)
+from ikev1d.dataplane.packet import NAT_KEEPALIVE
+from ikev1d.dataplane.sad import Sad, SaEntry, inner_addresses, prefixes
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = [
+    "DROP_REASONS",
+    "RawLike",
+    "RoutesLike",
+    "TunLike",
+    "UserspaceBackend",
+    "create_backend",
+]
+
+log = logging.getLogger(__name__)
+
+_BATCH: Final = 256
+"""Packets handled per readiness event before yielding to the loop (fairness to IKE)."""
+_LOG_INTERVAL: Final = 10.0
+NAT_KEEPALIVE_INTERVAL: Final = 20.0
+"""RFC 3948 §4: keepalives every 20 s keep NAT mappings of UDP-encapsulated SAs alive."""
+_IPPROTO_IPIP: Final = 4
+_IPPROTO_IPV6: Final = 41
+_IPPROTO_NONE: Final = 59
+
+DROP_REASONS: Final = (
+    "not_ip",        # TUN gave something that is not an IPv4/IPv6 packet
+    "no_sa",         # no SA covers the packet's addresses
+    "seq_exhausted", # the SA's sequence numbers ran out (RFC 4303 §3.3.3)
+    "send_error",    # the socket refused the ESP packet (buffer full, no route)
+    "unknown_spi",   # ESP for an SPI we do not have
+    "replay",        # RFC 4303 §3.4.3
+    "icv",           # RFC 4303 §3.4.4
+    "malformed",     # too short, bad padding, wrong next header
+    "policy",        # inner addresses outside the SA's selectors (RFC 4301 §5.2)
+    "tun_error",     # the TUN device refused the decrypted packet
+)
+
+
+class TunLike(Protocol):
+    name: str
+
+    def fileno(self) -> int: ...
+    def read(self) -> bytes | None: ...
+    def write(self, packet: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+class RawLike(Protocol):
+    def fileno(self) -> int: ...
+    def recv(self) -> tuple[bytes, str] | None: ...
+    def send(self, esp: bytes, local: str, remote: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class RoutesLike(Protocol):
+    def local_address_in(self, networks: tuple[Network, ...]) -> str | None: ...
+    def add(self, network: Network, src: str | None) -> None: ...
+    def remove(self, network: Network) -> None: ...
+    def close(self) -> None: ...
+
+
+class UserspaceBackend:
+    """TUN + ESP in this process. One instance per daemon; single-threaded (the event loop)."""
+
+    name = "userspace"
+
+    def __init__(
+        self,
+        tun: TunLike,
+        raw4: RawLike,
+        routes: RoutesLike,
+        *,
+        raw6_factory: Callable[[], RawLike] | None = None,
+    ) -> None:
+        self.tun = tun
+        self.raw4 = raw4
+        self.raw6: RawLike | None = None
+        self._raw6_factory = raw6_factory
+        self.routes = routes
+        self.sad = Sad()
+        self._route_refs: dict[Network, int] = {}
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._send_udp: SendUdp | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._readers: list[int] = []
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._log_next: dict[str, float] = {}
+        self._log_suppressed: dict[str, int] = {}
+        self._closed = False
+
+    # --- DataplaneBackend -----------------------------------------------------------
+
+    def attach(self, send_udp: SendUdp, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember how to send ESP-in-UDP and start reading the TUN device and raw socket.
+
+        Objects whose ``fileno()`` is negative (test fakes) are not registered; the
+        tests call :meth:`handle_tun_readable` / :meth:`handle_raw_readable` instead.
+        """
+        self._send_udp = send_udp
+        self._loop = loop
+        self._add_reader(self.tun.fileno(), self.handle_tun_readable)
+        self._add_reader(self.raw4.fileno(), self.handle_raw_readable)
+
+    def install(self, sa: ChildSaEstablished) -> None:
+        if self._closed:
+            raise DataplaneError("the userspace data plane is closed")
+        if sa.mode != "tunnel":
+            # In transport mode the protected traffic goes to the peer's own address,
+            # which IKE uses too: routing it into the TUN device would swallow IKE.
+            raise DataplaneError(
+                f"{sa.conn}/{sa.child}: mode {sa.mode!r} is not supported by the userspace "
+                "data plane (tunnel only); use dataplane = \"kernel\""
+            )
+        if not sa.local_ts or not sa.remote_ts:
+            raise DataplaneError(f"{sa.conn}/{sa.child}: no traffic selectors to route")
+        try:
+            alg = esp_algorithm(sa.encryption, sa.key_length, sa.integrity, sa.icv_length)
+            outbound = OutboundSa(sa.spi_out, alg, sa.keymat_out)
+            inbound = InboundSa(sa.spi_in, alg, sa.keymat_in)
+        except EspError as exc:
+            raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
+        if not sa.encap and ":" in sa.remote[0]:
+            self._open_raw6()
+        entry = SaEntry(
+            spi_in=sa.spi_in,
+            spi_out=sa.spi_out,
+            inbound=inbound,
+            outbound=outbound,
+            local_ts=prefixes(sa.local_ts),
+            remote_ts=prefixes(sa.remote_ts),
+            local=sa.local,
+            remote=sa.remote,
+            encap=sa.encap,
+            mode=sa.mode,
+            name=f"{sa.conn}/{sa.child}",
+            remote_networks=tuple(sa.remote_ts),
+            local_networks=tuple(sa.local_ts),
+        )
+        src = self.routes.local_address_in(tuple(sa.local_ts))
+        added: list[Network] = []
+        try:
+            for net in sa.remote_ts:
+                self._route_ref(net, src)
+                added.append(net)
+        except OSError as exc:
+            for net in added:
+                self._route_unref(net)
+            raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
+        self.sad.add(entry)
+        if sa.encap:
+            self._schedule_keepalive()
+        log.debug(
+            "userspace: installed %s SPIs %08x_i %08x_o, %s via %s%s",
+            entry.name, sa.spi_in, sa.spi_out,
+            ", ".join(map(str, sa.remote_ts)), self.tun.name, f" src {src}" if src else "",
+        )
+
+    def remove(self, sa: ChildSaDeleted) -> None:
+        entry = self.sad.remove(sa.spi_in, sa.spi_out)
+        if entry is None:
+            return
+        for net in entry.remote_networks:
+            self._route_unref(net)
+        log.debug("userspace: removed %s SPIs %08x_i %08x_o", entry.name, sa.spi_in, sa.spi_out)
+
+    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
+        """The four status counters, plus why inbound packets of this SA were dropped."""
+        entry = self.sad.get(spi_in, spi_out)
+        if entry is None:
+            return zero_counters()
+        status = entry.counters.as_status()
+        esp = entry.inbound.counters
+        status["replayed_in"] = esp.replayed
+        status["icv_failed_in"] = esp.failed_icv
+        status["malformed_in"] = esp.malformed
+        status["policy_dropped_in"] = entry.counters.dropped_policy_in
+        return status
+
+    def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        try:
+            self._inbound(data)
+        except Exception:  # never into the event loop
+            log.exception("userspace: unexpected error on UDP-encapsulated ESP")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self._loop is not None:
+            for fd in self._readers:
+                self._loop.remove_reader(fd)
+        self._readers.clear()
+        for entry in self.sad:
+            self.sad.remove(entry.spi_in, entry.spi_out)
+        self._route_refs.clear()  # routes.close() removes what is left
+        for step in (self.routes.close, self.tun.close, self.raw4.close):
+            try:
+                step()
+            except Exception:
+                log.exception("userspace: error while closing")
+        if self.raw6 is not None:
+            self.raw6.close()
+            self.raw6 = None
+
+    # --- the packet paths ------------------------------------------------------------
+
+    def handle_tun_readable(self) -> None:
+        """Seal and send what the TUN device has queued (at most ``_BATCH`` packets)."""
+        read = self.tun.read
+        outbound = self._outbound
+        try:
+            for _ in range(_BATCH):
+                packet = read()
+                if packet is None:
+                    return
+                outbound(packet)
+        except Exception:
+            log.exception("userspace: unexpected error on the outbound path")
+
+    def handle_raw_readable(self) -> None:
+        self._drain_raw(self.raw4)
+
+    def _drain_raw(self, raw: RawLike) -> None:
+        recv = raw.recv
+        inbound = self._inbound
+        try:
+            for _ in range(_BATCH):
+                got = recv()
+                if got is None:
+                    return
+                inbound(got[0])
+        except Exception:
+            log.exception("userspace: unexpected error on the inbound path")
+
+    def _outbound(self, packet: bytes) -> None:
+        addrs = inner_addresses(packet)
+        if addrs is None:
+            self._drop("not_ip", "outbound: not an IP packet")
+            return
+        version, src, dst = addrs
+        entry = self.sad.lookup_outbound(version, src, dst)
+        if entry is None:
+            self._drop("no_sa", "outbound: no SA covers the packet")
+            return
+        try:
+            esp = entry.outbound.seal(packet, _IPPROTO_IPIP if version == 4 else _IPPROTO_IPV6)
+        except EspSequenceExhausted as exc:
+            entry.counters.dropped_out += 1
+            self._drop("seq_exhausted", str(exc))
+            return
+        except EspError as exc:
+            entry.counters.dropped_out += 1
+            self._drop("malformed", f"outbound: {exc}")
+            return
+        try:
+            if entry.encap:
+                send_udp = self._send_udp
+                if send_udp is None:
+                    raise OSError("not attached to the daemon's UDP sockets")
+                send_udp(esp, entry.local, entry.remote)
+            else:
+                raw = self.raw4 if ":" not in entry.remote[0] else self.raw6
+                if raw is None:
+                    raise OSError("no IPv6 raw ESP socket")
+                raw.send(esp, entry.local[0], entry.remote[0])
+        except OSError as exc:
+            entry.counters.dropped_out += 1
+            self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
+            return
+        counters = entry.counters
+        counters.packets_out += 1
+        counters.bytes_out += len(packet)
+
+    def _inbound(self, esp: bytes) -> None:
+        if len(esp) < 8:
+            self._drop("malformed", f"inbound: {len(esp)}-octet ESP packet")
+            return
+        spi = int.from_bytes(esp[:4], "big")
+        entry = self.sad.by_spi_in(spi)
+        if entry is None:
+            self._drop("unknown_spi", f"inbound: unknown SPI {spi:08x}")
+            return
+        try:
+            next_header, inner = entry.inbound.open(esp)
+        except EspReplayError as exc:
+            self._drop("replay", str(exc))
+            return
+        except EspIcvError as exc:
+            self._drop("icv", str(exc))
+            return
+        except EspError as exc:
+            self._drop("malformed", str(exc))
+            return
+        if next_header == _IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
+            return
+        addrs = inner_addresses(inner)
+        if addrs is None or next_header != (
+            _IPPROTO_IPIP if addrs[0] == 4 else _IPPROTO_IPV6
+        ):
+            self._drop("malformed", f"inbound SPI {spi:08x}: next header {next_header} "
+                       "does not introduce an IP packet of that version")
+            return
+        counters = entry.counters
+        if not entry.permits_inbound(*addrs):
+            counters.dropped_policy_in += 1
+            self._drop("policy", f"inbound SPI {spi:08x}: inner packet outside the "
+                       "SA's traffic selectors")
+            return
+        try:
+            self.tun.write(inner)
+        except OSError as exc:
+            self._drop("tun_error", f"inbound: TUN write: {exc}")
+            return
+        counters.packets_in += 1
+        counters.bytes_in += len(inner)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _drop(self, reason: str, detail: str) -> None:
+        """Count a dropped packet; debug log each, info log at most every _LOG_INTERVAL s."""
+        self.drops[reason] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("ESP packet dropped (%s): %s", reason, detail)
+        now = self._loop.time() if self._loop is not None else 0.0
+        if now >= self._log_next.get(reason, 0.0):
+            suppressed = self._log_suppressed.pop(reason, 0)
+            more = f" ({suppressed} more since the last report)" if suppressed else ""
+            log.info("ESP packet dropped (%s): %s%s", reason, detail, more)
+            self._log_next[reason] = now + _LOG_INTERVAL
+        else:
+            self._log_suppressed[reason] = self._log_suppressed.get(reason, 0) + 1
+
+    def _route_ref(self, net: Network, src: str | None) -> None:
+        """Route ``net`` into the TUN device unless an SA already did.
+
+        During a make-before-break rekey both SAs cover the same networks: the
+        route stays until the last SA needing it is removed.
+        """
+        count = self._route_refs.get(net, 0)
+        if count == 0:
+            self.routes.add(net, src)
+        self._route_refs[net] = count + 1
+
+    def _route_unref(self, net: Network) -> None:
+        count = self._route_refs.pop(net, 0)
+        if count > 1:
+            self._route_refs[net] = count - 1
+        elif count == 1:
+            self.routes.remove(net)
+
+    def _add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        if self._loop is None or fd < 0:
+            return
+        self._loop.add_reader(fd, callback)
+        self._readers.append(fd)
+
+    def _open_raw6(self) -> None:
+        if self.raw6 is not None:
+            return
+        if self._raw6_factory is None:
+            raise DataplaneError("raw ESP over IPv6 is not available")
+        try:
+            raw6 = self._raw6_factory()
+        except OSError as exc:
+            raise DataplaneError(f"raw ESP over IPv6: {exc}") from None
+        self.raw6 = raw6
+        self._add_reader(raw6.fileno(), lambda: self._drain_raw(raw6))
+
+    def _schedule_keepalive(self) -> None:
+        if self._keepalive is None and self._loop is not None:
+            self._keepalive = self._loop.call_later(NAT_KEEPALIVE_INTERVAL, self._send_keepalives)
+
+    def _send_keepalives(self) -> None:
+        """RFC 3948 §2.3: a one-octet 0xFF datagram to each UDP-encapsulating peer.
+
+        The SA tells us it is encapsulated, not which side is behind the NAT, so every
+        encapsulated peer gets them; a peer not behind NAT discards them (RFC 3948 §4).
+        """
+        self._keepalive = None
+        send_udp = self._send_udp
+        peers = {(e.local, e.remote) for e in self.sad if e.encap}
+        if not peers or send_udp is None or self._closed:
+            return
+        for local, remote in peers:
+            try:
+                send_udp(NAT_KEEPALIVE, local, remote)
+            except OSError as exc:
+                log.debug("NAT-T keepalive to %s: %s", remote[0], exc)
+        self._schedule_keepalive()
+
+
+def create_backend(config: object = None) -> UserspaceBackend:
+    """Open the TUN device and the raw ESP socket; DataplaneError (cleaned up) if impossible.
+
+    ``config.daemon.tun_name`` / ``tun_mtu`` are used when the configuration has them.
+    """
+    from ikev1d.io.tun import DEFAULT_MTU, DEFAULT_TUN_NAME, RawEspSocket, Routes, TunDevice
+
+    daemon = getattr(config, "daemon", None)
+    name = getattr(daemon, "tun_name", None)
+    mtu = getattr(daemon, "tun_mtu", None)
+    tun_name = name if isinstance(name, str) and name else DEFAULT_TUN_NAME
+    tun_mtu = mtu if isinstance(mtu, int) and mtu >= 576 else DEFAULT_MTU
+
+    cleanups: list[Callable[[], None]] = []
+    try:
+        tun = TunDevice(tun_name, tun_mtu)
+        cleanups.append(tun.close)
+        raw4 = RawEspSocket(socket.AF_INET)
+        cleanups.append(raw4.close)
+        routes = Routes(tun.index)
+    except OSError as exc:
+        for cleanup in reversed(cleanups):
+            cleanup()
+        raise DataplaneError(f"userspace data plane cannot start: {exc.strerror or exc}") from None
+    except BaseException:
+        for cleanup in reversed(cleanups):
+            cleanup()
+        raise
+    log.info("userspace data plane on %s (MTU %d)", tun.name, tun_mtu)
+    return UserspaceBackend(tun, raw4, routes,
+                            raw6_factory=lambda: RawEspSocket(socket.AF_INET6))

@@ -1,0 +1,243 @@
+"""The OS-facing parts of the userspace data plane: TUN device, raw ESP sockets, routes.
+
+* :class:`TunDevice`: a Linux TUN interface (``/dev/net/tun``, ``TUNSETIFF`` with
+  ``IFF_TUN | IFF_NO_PI``: every read and write is exactly one IP packet). The
+  interface is not persistent, so it disappears when the file descriptor is closed,
+  even if the daemon dies.
+* :class:`RawEspSocket`: IP protocol 50 (RFC 4303 §2) on a raw socket. The kernel
+  writes the outer IP header on send; on receipt an IPv4 raw socket hands over the
+  whole datagram (reassembled), an IPv6 one only the payload.
+* :class:`Routes`: routes of remote networks into the TUN device, with ``src`` set
+  to an address of ours inside the SA's local networks when the host has one, so
+  ordinary programs pick a source address that the SA covers. pyroute2 (netlink).
+
+Everything is non-blocking; ``read``/``recv`` return None when nothing is left
+(EAGAIN), which lets the data plane drain a readiness event in one loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from typing import Any, Final
+
+from ikev1d.engine.api import Network
+
+__all__ = [
+    "DEFAULT_MTU",
+    "DEFAULT_TUN_NAME",
+    "RawEspSocket",
+    "Routes",
+    "TunDevice",
+    "TunError",
+]
+
+log = logging.getLogger(__name__)
+
+TUN_PATH: Final = "/dev/net/tun"
+DEFAULT_TUN_NAME: Final = "ikev1d%d"
+"""The kernel replaces %d with the first free number (ikev1d0, ikev1d1, ...)."""
+DEFAULT_MTU: Final = 1400
+"""Leaves room for outer IPv4 (20) + UDP (8) + ESP header/IV (24) + padding/trailer/ICV (<=49)."""
+
+# linux/if_tun.h
+_TUNSETIFF: Final = 0x400454CA
+_IFF_TUN: Final = 0x0001
+_IFF_NO_PI: Final = 0x1000
+_IFREQ: Final = struct.Struct("16sH22x")
+
+_IPPROTO_ESP: Final = 50
+_IP_PKTINFO: Final = 8
+_SOCKET_BUFFER: Final = 4 * 1024 * 1024
+_MAX_PACKET: Final = 65535
+
+
+class TunError(OSError):
+    """The TUN device, the raw socket or a route could not be set up; the message says why."""
+
+
+class TunDevice:
+    """A TUN interface owned by this process; ``close`` removes it."""
+
+    def __init__(self, name: str = DEFAULT_TUN_NAME, mtu: int = DEFAULT_MTU) -> None:
+        try:
+            fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise TunError(errno.ENOENT, f"{TUN_PATH} does not exist (no TUN support; "
+                           "load the 'tun' module or use dataplane = \"kernel\")") from None
+        except PermissionError:
+            raise TunError(errno.EACCES, f"no permission to open {TUN_PATH} "
+                           "(run as root or with CAP_NET_ADMIN)") from None
+        except OSError as exc:
+            raise TunError(exc.errno, f"cannot open {TUN_PATH}: {exc.strerror}") from None
+        self._fd = fd
+        try:
+            ifr = _IFREQ.pack(name.encode(), _IFF_TUN | _IFF_NO_PI)
+            try:
+                answer = fcntl.ioctl(fd, _TUNSETIFF, ifr)
+            except OSError as exc:
+                raise TunError(exc.errno, f"cannot create TUN device {name!r}: "
+                               f"{exc.strerror}") from None
+            self.name = answer[:16].rstrip(b"\0").decode()
+            self.mtu = mtu
+            self.index = _link_up(self.name, mtu)
+        except BaseException:
+            os.close(fd)
+            self._fd = -1
+            raise
+        log.debug("TUN device %s (index %d, MTU %d) open", self.name, self.index, mtu)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self) -> bytes | None:
+        """One IP packet, or None when the queue is empty."""
+        try:
+            return os.read(self._fd, _MAX_PACKET)
+        except BlockingIOError:
+            return None
+
+    def write(self, packet: bytes) -> None:
+        """Hand one IP packet to the kernel as if it arrived on this interface."""
+        os.write(self._fd, packet)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _link_up(name: str, mtu: int) -> int:
+    from pyroute2 import IPRoute  # imported here: a 0.2 s import only this backend needs
+
+    try:
+        with IPRoute() as ipr:
+            indexes = ipr.link_lookup(ifname=name)
+            if not indexes:
+                raise TunError(errno.ENODEV, f"TUN device {name} vanished")
+            index = int(indexes[0])
+            ipr.link("set", index=index, mtu=mtu, state="up")
+    except TunError:
+        raise
+    except Exception as exc:  # pyroute2 raises NetlinkError and friends
+        raise TunError(errno.EIO, f"cannot bring up {name}: {exc}") from None
+    return index
+
+
+class RawEspSocket:
+    """ESP straight over IP (protocol 50) for one address family."""
+
+    def __init__(self, family: int = socket.AF_INET) -> None:
+        try:
+            sock = socket.socket(family, socket.SOCK_RAW, _IPPROTO_ESP)
+        except PermissionError:
+            raise TunError(errno.EPERM, "no permission for a raw ESP socket "
+                           "(run as root or with CAP_NET_RAW)") from None
+        except OSError as exc:
+            raise TunError(exc.errno, f"cannot open a raw ESP socket: {exc.strerror}") from None
+        self.family = family
+        self._sock = sock
+        try:
+            sock.setblocking(False)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+        except BaseException:
+            sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv(self) -> tuple[bytes, str] | None:
+        """(ESP packet, outer source address), or None when the queue is empty.
+
+        IPv4 raw sockets deliver the IP header too (raw(7)); it is cut off here.
+        """
+        try:
+            data, addr = self._sock.recvfrom(_MAX_PACKET)
+        except BlockingIOError:
+            return None
+        if self.family == socket.AF_INET:
+            if len(data) < 20:
+                return b"", str(addr[0])
+            data = data[(data[0] & 0x0F) * 4:]
+        return data, str(addr[0])
+
+    def send(self, esp: bytes, local: str, remote: str) -> None:
+        """Send ``esp`` to ``remote`` from ``local`` (IP_PKTINFO picks the source address)."""
+        if self.family == socket.AF_INET and local and local != "0.0.0.0":  # noqa: S104
+            info = struct.pack("@i4s4s", 0, socket.inet_aton(local), bytes(4))
+            self._sock.sendmsg([esp], [(socket.IPPROTO_IP, _IP_PKTINFO, info)], 0, (remote, 0))
+        else:
+            self._sock.sendto(esp, (remote, 0))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class Routes:
+    """Routes into the TUN device (the backend counts which SAs still need each one)."""
+
+    def __init__(self, ifindex: int) -> None:
+        from pyroute2 import IPRoute
+
+        self.ifindex = ifindex
+        self._ipr: Any = IPRoute()
+        self._installed: set[str] = set()
+
+    def local_address_in(self, networks: Iterable[Network]) -> str | None:
+        """An address configured on this host inside one of ``networks``, if any."""
+        nets = list(networks)
+        try:
+            messages = self._ipr.get_addr()
+        except Exception as exc:
+            log.debug("cannot list addresses: %s", exc)
+            return None
+        for msg in messages:
+            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if not text:
+                continue
+            addr = ipaddress.ip_address(text)
+            if any(addr.version == n.version and addr in n for n in nets):
+                return str(addr)
+        return None
+
+    def add(self, network: Network, src: str | None) -> None:
+        """Route ``network`` into the TUN device (``src``: preferred source address)."""
+        kwargs: dict[str, Any] = {"dst": str(network), "oif": self.ifindex}
+        if network.version == 6:
+            kwargs["family"] = socket.AF_INET6
+        if src is not None:
+            kwargs["prefsrc"] = src
+        try:
+            self._ipr.route("replace", **kwargs)
+        except Exception as exc:
+            raise TunError(errno.EIO, f"cannot add route to {network} "
+                           f"via TUN{f' src {src}' if src else ''}: {exc}") from None
+        self._installed.add(str(network))
+
+    def remove(self, network: Network) -> None:
+        self._installed.discard(str(network))
+        kwargs: dict[str, Any] = {"dst": str(network), "oif": self.ifindex}
+        if network.version == 6:
+            kwargs["family"] = socket.AF_INET6
+        try:
+            self._ipr.route("del", **kwargs)
+        except Exception as exc:
+            # Gone already (the device went down, or someone removed it): nothing to undo.
+            log.debug("removing route to %s: %s", network, exc)
+
+    def close(self) -> None:
+        """Remove every route still installed, and the netlink socket."""
+        for net_text in list(self._installed):
+            self.remove(ipaddress.ip_network(net_text))
+        with contextlib.suppress(Exception):
+            self._ipr.close()

@@ -1,0 +1,134 @@
+"""The SAD's selector lookup (longest prefix, newest on ties, cache invalidation)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from ikev1d.dataplane.esp import InboundSa, OutboundSa, esp_algorithm
+from ikev1d.dataplane.packet import build_ipv4_packet
+from ikev1d.dataplane.sad import Prefix, Sad, SaEntry, inner_addresses, prefixes
+
+ALG = esp_algorithm("aesgcm", 128, None, 16)
+KEY = bytes(range(20))
+
+
+def entry(spi: int, local: list[str], remote: list[str]) -> SaEntry:
+    return SaEntry(
+        spi_in=spi,
+        spi_out=spi + 0x1000,
+        inbound=InboundSa(spi, ALG, KEY),
+        outbound=OutboundSa(spi + 0x1000, ALG, KEY),
+        local_ts=prefixes(ipaddress.ip_network(n) for n in local),
+        remote_ts=prefixes(ipaddress.ip_network(n) for n in remote),
+        local=("192.0.2.1", 500),
+        remote=("192.0.2.2", 500),
+        encap=False,
+    )
+
+
+def test_single_sa_matches_only_inside_both_selectors() -> None:
+    sad = Sad()
+    e = entry(1, ["10.1.0.0/24"], ["10.2.0.0/24"])
+    sad.add(e)
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.0.9") is e
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.3.0.9") is None  # dst outside
+    assert sad.lookup_outbound_addresses("10.9.0.1", "10.2.0.9") is None  # src outside
+    assert sad.lookup_outbound_addresses("10.2.0.9", "10.1.0.1") is None  # reversed
+    assert sad.by_spi_in(1) is e and sad.by_spi_in(0x1001) is None
+
+
+def test_longest_remote_prefix_wins_then_longest_local() -> None:
+    sad = Sad()
+    wide = entry(1, ["10.1.0.0/16"], ["10.2.0.0/16"])
+    narrow_remote = entry(2, ["10.1.0.0/16"], ["10.2.5.0/24"])
+    narrow_local = entry(3, ["10.1.7.0/24"], ["10.2.0.0/16"])
+    for e in (narrow_remote, wide, narrow_local):
+        sad.add(e)
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.5.1") is narrow_remote
+    assert sad.lookup_outbound_addresses("10.1.7.1", "10.2.5.1") is narrow_remote
+    assert sad.lookup_outbound_addresses("10.1.7.1", "10.2.6.1") is narrow_local
+    assert sad.lookup_outbound_addresses("10.1.8.1", "10.2.6.1") is wide
+
+
+def test_newest_of_equal_sas_wins_and_removal_falls_back() -> None:
+    sad = Sad()
+    old = entry(1, ["10.1.0.0/24"], ["10.2.0.0/24"])
+    new = entry(2, ["10.1.0.0/24"], ["10.2.0.0/24"])
+    sad.add(old)
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.0.1") is old  # now cached
+    sad.add(new)  # make-before-break rekey: the new SA takes over at once
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.0.1") is new
+    assert sad.remove(2, 0x1002) is new
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.0.1") is old
+    assert sad.remove(2, 0x1002) is None
+    assert sad.remove(1, 0x1001) is old
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.0.1") is None
+    assert len(sad) == 0
+
+
+def test_multiple_selectors_and_ipv6() -> None:
+    sad = Sad()
+    e = entry(1, ["10.1.0.0/24", "fd01::/64"], ["10.2.0.0/24", "fd02::/64"])
+    sad.add(e)
+    assert sad.lookup_outbound_addresses("fd01::1", "fd02::5") is e
+    assert sad.lookup_outbound_addresses("10.1.0.1", "fd02::5") is None
+    v6 = ipaddress.ip_address("fd02::5")
+    assert e.permits_inbound(6, int(v6), int(ipaddress.ip_address("fd01::1")))
+    assert not e.permits_inbound(4, int(v6) & 0xFFFFFFFF, 0)
+
+
+def test_inbound_selectors() -> None:
+    e = entry(1, ["10.1.0.0/24"], ["10.2.0.0/24"])
+
+    def a(text: str) -> int:
+        return int(ipaddress.ip_address(text))
+
+    assert e.permits_inbound(4, a("10.2.0.7"), a("10.1.0.1"))
+    assert not e.permits_inbound(4, a("10.3.0.7"), a("10.1.0.1"))
+    assert not e.permits_inbound(4, a("10.2.0.7"), a("10.1.1.1"))
+    assert not e.permits_inbound(6, a("10.2.0.7"), a("10.1.0.1"))
+
+
+def test_replacing_the_same_spi_pair() -> None:
+    sad = Sad()
+    first = entry(1, ["10.1.0.0/24"], ["10.2.0.0/24"])
+    second = entry(1, ["10.1.0.0/24"], ["10.4.0.0/24"])
+    sad.add(first)
+    sad.add(second)
+    assert len(sad) == 1 and sad.by_spi_in(1) is second
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.0.1") is None
+
+
+def test_cache_is_bounded() -> None:
+    sad = Sad()
+    sad.add(entry(1, ["0.0.0.0/0"], ["10.2.0.0/16"]))
+    for i in range(10000):
+        sad.lookup_outbound(4, i, int(ipaddress.ip_address("10.2.0.0")) + i % 65536)
+    assert len(sad._cache) <= 4096
+
+
+@pytest.mark.parametrize(
+    ("packet", "expected"),
+    [
+        (build_ipv4_packet("10.1.0.1", "10.2.0.2", 17, b"x"),
+         (4, int(ipaddress.ip_address("10.1.0.1")), int(ipaddress.ip_address("10.2.0.2")))),
+        (b"\x60" + bytes(7) + ipaddress.ip_address("fd01::1").packed
+         + ipaddress.ip_address("fd02::2").packed,
+         (6, int(ipaddress.ip_address("fd01::1")), int(ipaddress.ip_address("fd02::2")))),
+        (b"", None),
+        (b"\x45" + bytes(10), None),
+        (b"\x60" + bytes(30), None),
+        (b"\x10" + bytes(40), None),
+    ],
+)
+def test_inner_addresses(packet: bytes, expected: tuple[int, int, int] | None) -> None:
+    assert inner_addresses(packet) == expected
+
+
+def test_prefix() -> None:
+    p = Prefix.of(ipaddress.ip_network("10.2.0.0/16"))
+    assert p.contains(4, int(ipaddress.ip_address("10.2.255.1")))
+    assert not p.contains(4, int(ipaddress.ip_address("10.3.0.1")))
+    assert not p.contains(6, int(ipaddress.ip_address("10.2.0.1")))

@@ -1,0 +1,393 @@
+"""The userspace backend with fake I/O: two backends wired back to back.
+
+A's fake raw socket delivers into B's and the reverse, so every test checks
+real sealing by one side and opening by the other, selector enforcement,
+counters, drops, routes and cleanup, without a TUN device or root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from ikev1d.dataplane.base import DataplaneBackend, DataplaneError
+from ikev1d.dataplane.packet import build_ipv4_packet
+from ikev1d.dataplane.userspace import UserspaceBackend
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
+
+net = ipaddress.ip_network
+
+
+class FakeTun:
+    name = "faketun0"
+
+    def __init__(self) -> None:
+        self.to_read: deque[bytes] = deque()
+        self.written: list[bytes] = []
+        self.closed = False
+        self.fail_write = False
+
+    def fileno(self) -> int:
+        return -1
+
+    def read(self) -> bytes | None:
+        return self.to_read.popleft() if self.to_read else None
+
+    def write(self, packet: bytes) -> None:
+        if self.fail_write:
+            raise OSError(5, "EIO")
+        self.written.append(bytes(packet))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeRaw:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, str, str]] = []
+        self.to_recv: deque[tuple[bytes, str]] = deque()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return -1
+
+    def recv(self) -> tuple[bytes, str] | None:
+        return self.to_recv.popleft() if self.to_recv else None
+
+    def send(self, esp: bytes, local: str, remote: str) -> None:
+        self.sent.append((esp, local, remote))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeRoutes:
+    def __init__(self, local_addrs: list[str], fail_on: str | None = None) -> None:
+        self.local_addrs = [ipaddress.ip_address(a) for a in local_addrs]
+        self.routes: dict[str, str | None] = {}
+        self.fail_on = fail_on
+        self.closed = False
+
+    def local_address_in(self, networks: tuple[Network, ...]) -> str | None:
+        for a in self.local_addrs:
+            if any(a.version == n.version and a in n for n in networks):
+                return str(a)
+        return None
+
+    def add(self, network: Network, src: str | None) -> None:
+        if str(network) == self.fail_on:
+            raise OSError(17, f"cannot add route to {network}")
+        self.routes[str(network)] = src
+
+    def remove(self, network: Network) -> None:
+        self.routes.pop(str(network), None)
+
+    def close(self) -> None:
+        self.routes.clear()
+        self.closed = True
+
+
+KEYS = {  # (encryption, key bits, integrity, icv) -> keymat length per direction
+    "aes128gcm16": ("aesgcm", 128, None, 16, 20),
+    "aes256-sha256": ("aes", 256, "sha256", 16, 64),
+    "3des-sha1": ("3des", 192, "sha1", 12, 44),
+}
+
+
+def child(
+    proposal: str = "aes128gcm16",
+    *,
+    initiator: bool = True,
+    local_ts: tuple[str, ...] = ("10.1.0.0/24",),
+    remote_ts: tuple[str, ...] = ("10.2.0.0/24",),
+    encap: bool = False,
+    spis: tuple[int, int] = (0xC0000001, 0xC0000002),
+) -> ChildSaEstablished:
+    """A's view (initiator=True) or B's view of the same SA pair."""
+    enc, bits, integ, icv, klen = KEYS[proposal]
+    key_a_to_b = bytes((i * 7 + 1) & 0xFF for i in range(klen))
+    key_b_to_a = bytes((i * 13 + 5) & 0xFF for i in range(klen))
+    a, b = ("192.0.2.1", 4500 if encap else 500), ("192.0.2.2", 4500 if encap else 500)
+    spi_a_in, spi_b_in = spis
+    if initiator:
+        local, remote, spi_in, spi_out, kin, kout = a, b, spi_a_in, spi_b_in, key_b_to_a, key_a_to_b
+    else:
+        local, remote, spi_in, spi_out, kin, kout = b, a, spi_b_in, spi_a_in, key_a_to_b, key_b_to_a
+        local_ts, remote_ts = remote_ts, local_ts
+    return ChildSaEstablished(
+        conn="gw", child="net", ike_id=1, child_id=1, spi_in=spi_in, spi_out=spi_out,
+        proposal=proposal, encryption=enc, key_length=bits, icv_length=icv, integrity=integ,
+        mode="tunnel", encap=encap, local=local, remote=remote,
+        local_ts=tuple(net(n) for n in local_ts), remote_ts=tuple(net(n) for n in remote_ts),
+        keymat_in=kin, keymat_out=kout,
+    )
+
+
+def deleted(sa: ChildSaEstablished) -> ChildSaDeleted:
+    return ChildSaDeleted("gw", "net", 1, 1, sa.spi_in, sa.spi_out, "test")
+
+
+class Side:
+    def __init__(self, local_addrs: list[str]) -> None:
+        self.tun = FakeTun()
+        self.raw = FakeRaw()
+        self.routes = FakeRoutes(local_addrs)
+        self.backend = UserspaceBackend(self.tun, self.raw, self.routes)
+        self.udp_sent: list[tuple[bytes, Endpoint, Endpoint]] = []
+
+    def send_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        self.udp_sent.append((data, local, remote))
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture
+def sides(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[Side, Side]]:
+    a, b = Side(["10.1.0.1"]), Side(["10.2.0.1"])
+    for s in (a, b):
+        s.backend.attach(s.send_udp, loop)
+    yield a, b
+    for s in (a, b):
+        s.backend.close()
+
+
+def carry_raw(src: Side, dst: Side) -> int:
+    """Move what ``src`` sent as raw ESP into ``dst``'s raw socket and let it read."""
+    n = len(src.raw.sent)
+    for esp, _local, remote in src.raw.sent:
+        assert remote in ("192.0.2.1", "192.0.2.2")
+        dst.raw.to_recv.append((esp, remote))
+    src.raw.sent.clear()
+    dst.backend.handle_raw_readable()
+    return n
+
+
+def udp_packet(src: str, dst: str, payload: bytes) -> bytes:
+    return build_ipv4_packet(src, dst, 17, b"\x30\x39\x00\x35" + bytes(4) + payload)
+
+
+def test_is_a_dataplane_backend(sides: tuple[Side, Side]) -> None:
+    assert isinstance(sides[0].backend, DataplaneBackend)
+
+
+@pytest.mark.parametrize("proposal", list(KEYS))
+def test_packets_cross_both_ways_and_counters_agree(
+    sides: tuple[Side, Side], proposal: str
+) -> None:
+    a, b = sides
+    a.backend.install(child(proposal))
+    b.backend.install(child(proposal, initiator=False))
+    assert a.routes.routes == {"10.2.0.0/24": "10.1.0.1"}
+    assert b.routes.routes == {"10.1.0.0/24": "10.2.0.1"}
+
+    to_b = [udp_packet("10.1.0.1", "10.2.0.1", bytes([i]) * (i * 50)) for i in range(1, 6)]
+    a.tun.to_read.extend(to_b)
+    a.backend.handle_tun_readable()
+    assert len(a.raw.sent) == 5
+    for esp, local, remote in a.raw.sent:
+        assert (local, remote) == ("192.0.2.1", "192.0.2.2")
+        assert esp[:4] == (0xC0000002).to_bytes(4, "big")  # B's inbound SPI
+        assert to_b[0][20:] not in esp
+    carry_raw(a, b)
+    assert b.tun.written == to_b
+
+    back = udp_packet("10.2.0.1", "10.1.0.1", b"reply")
+    b.tun.to_read.append(back)
+    b.backend.handle_tun_readable()
+    carry_raw(b, a)
+    assert a.tun.written == [back]
+
+    ca = a.backend.counters(0xC0000001, 0xC0000002)
+    cb = b.backend.counters(0xC0000002, 0xC0000001)
+    assert ca["packets_out"] == cb["packets_in"] == 5
+    assert ca["bytes_out"] == cb["bytes_in"] == sum(map(len, to_b))
+    assert ca["packets_in"] == cb["packets_out"] == 1
+    assert ca["bytes_in"] == cb["bytes_out"] == len(back)
+    assert a.backend.counters(1, 2) == {"bytes_in": 0, "bytes_out": 0,
+                                        "packets_in": 0, "packets_out": 0}
+
+
+def test_udp_encapsulated_sa_goes_through_send_udp(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.backend.install(child(encap=True))
+    b.backend.install(child(encap=True, initiator=False))
+    packet = udp_packet("10.1.0.1", "10.2.0.1", b"hello")
+    a.tun.to_read.append(packet)
+    a.backend.handle_tun_readable()
+    assert a.raw.sent == []
+    ((esp, local, remote),) = a.udp_sent
+    assert local == ("192.0.2.1", 4500) and remote == ("192.0.2.2", 4500)
+    b.backend.receive_esp_udp(esp, ("192.0.2.2", 4500), ("192.0.2.1", 4500))
+    assert b.tun.written == [packet]
+    assert b.backend.counters(0xC0000002, 0xC0000001)["packets_in"] == 1
+
+
+def test_nat_keepalives_for_encapsulated_peers(sides: tuple[Side, Side]) -> None:
+    a, _ = sides
+    a.backend.install(child(encap=True))
+    a.backend._send_keepalives()
+    assert a.udp_sent == [(b"\xff", ("192.0.2.1", 4500), ("192.0.2.2", 4500))]
+    assert a.backend._keepalive is not None  # rescheduled
+
+
+def test_no_keepalives_without_encapsulation(sides: tuple[Side, Side]) -> None:
+    a, _ = sides
+    a.backend.install(child())
+    a.backend._send_keepalives()
+    assert a.udp_sent == [] and a.backend._keepalive is None
+
+
+def test_replayed_and_tampered_packets_are_dropped_and_counted(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.backend.install(child("aes256-sha256"))
+    b.backend.install(child("aes256-sha256", initiator=False))
+    a.tun.to_read.append(udp_packet("10.1.0.1", "10.2.0.1", b"one"))
+    a.tun.to_read.append(udp_packet("10.1.0.1", "10.2.0.1", b"two"))
+    a.backend.handle_tun_readable()
+    first, second = (esp for esp, _, _ in a.raw.sent)
+    a.raw.sent.clear()
+    flipped = bytearray(second)
+    flipped[40] ^= 0x01
+    for esp in (first, first, bytes(flipped), second):
+        b.raw.to_recv.append((esp, "192.0.2.1"))
+    b.backend.handle_raw_readable()
+    assert len(b.tun.written) == 2  # first once, then second: not the replay, not the flipped one
+    c = b.backend.counters(0xC0000002, 0xC0000001)
+    assert (c["packets_in"], c["replayed_in"], c["icv_failed_in"]) == (2, 1, 1)
+    assert b.backend.drops["replay"] == 1 and b.backend.drops["icv"] == 1
+
+
+def test_unknown_spi_and_garbage_are_dropped(sides: tuple[Side, Side]) -> None:
+    _, b = sides
+    b.backend.install(child(initiator=False))
+    b.raw.to_recv.extend([(b"\x12\x34\x56\x78" + bytes(40), "192.0.2.1"), (b"\x01", "x")])
+    b.backend.handle_raw_readable()
+    b.backend.receive_esp_udp(b"abc", ("192.0.2.2", 4500), ("192.0.2.1", 4500))
+    assert b.tun.written == []
+    assert b.backend.drops["unknown_spi"] == 1 and b.backend.drops["malformed"] == 2
+
+
+def test_inbound_packet_outside_the_selectors_is_dropped(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    # A (misconfigured or hostile) believes the SA covers 10.9.0.0/16 too; B does not.
+    a.backend.install(child(local_ts=("10.1.0.0/24", "10.9.0.0/16")))
+    b.backend.install(child(initiator=False))
+    a.tun.to_read.extend([
+        udp_packet("10.9.0.1", "10.2.0.1", b"spoofed source"),
+        udp_packet("10.1.0.1", "10.2.0.1", b"fine"),
+    ])
+    a.backend.handle_tun_readable()
+    assert carry_raw(a, b) == 2
+    assert len(b.tun.written) == 1 and b.tun.written[0].endswith(b"fine")
+    c = b.backend.counters(0xC0000002, 0xC0000001)
+    assert c["policy_dropped_in"] == 1 and c["packets_in"] == 1
+    assert b.backend.drops["policy"] == 1
+
+
+def test_outbound_without_matching_sa_is_dropped(sides: tuple[Side, Side]) -> None:
+    a, _ = sides
+    a.backend.install(child())
+    a.tun.to_read.extend([udp_packet("10.1.0.1", "10.7.0.1", b"x"), b"\x00junk", b""])
+    a.backend.handle_tun_readable()
+    assert a.raw.sent == []
+    assert a.backend.drops["no_sa"] == 1 and a.backend.drops["not_ip"] == 2
+
+
+def test_tun_write_error_is_counted_not_raised(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.backend.install(child())
+    b.backend.install(child(initiator=False))
+    b.tun.fail_write = True
+    a.tun.to_read.append(udp_packet("10.1.0.1", "10.2.0.1", b"x"))
+    a.backend.handle_tun_readable()
+    carry_raw(a, b)
+    assert b.backend.drops["tun_error"] == 1
+    assert b.backend.counters(0xC0000002, 0xC0000001)["packets_in"] == 0
+
+
+def test_reads_are_batched(sides: tuple[Side, Side]) -> None:
+    a, _ = sides
+    a.backend.install(child())
+    a.tun.to_read.extend(udp_packet("10.1.0.1", "10.2.0.1", b"x") for _ in range(300))
+    a.backend.handle_tun_readable()
+    assert len(a.raw.sent) == 256 and len(a.tun.to_read) == 44
+    a.backend.handle_tun_readable()
+    assert len(a.raw.sent) == 300
+
+
+def test_remove_drops_routes_and_sa(sides: tuple[Side, Side]) -> None:
+    a, _ = sides
+    sa = child(remote_ts=("10.2.0.0/24", "10.4.0.0/16"))
+    a.backend.install(sa)
+    assert set(a.routes.routes) == {"10.2.0.0/24", "10.4.0.0/16"}
+    a.backend.remove(deleted(sa))
+    a.backend.remove(deleted(sa))  # unknown pair: not an error
+    assert a.routes.routes == {}
+    a.tun.to_read.append(udp_packet("10.1.0.1", "10.2.0.1", b"x"))
+    a.backend.handle_tun_readable()
+    assert a.raw.sent == [] and a.backend.drops["no_sa"] == 1
+
+
+def test_rekey_new_sa_takes_over_outbound_old_still_accepted(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    old, new = child(), child(spis=(0xC0000003, 0xC0000004))
+    a.backend.install(old)
+    b.backend.install(child(initiator=False))
+    a.backend.install(new)
+    b.backend.install(child(initiator=False, spis=(0xC0000003, 0xC0000004)))
+    a.tun.to_read.append(udp_packet("10.1.0.1", "10.2.0.1", b"x"))
+    a.backend.handle_tun_readable()
+    assert a.raw.sent[0][0][:4] == (0xC0000004).to_bytes(4, "big")
+    carry_raw(a, b)
+    a.backend.remove(deleted(old))
+    assert a.routes.routes == {"10.2.0.0/24": "10.1.0.1"}  # still needed by the new SA
+    b.tun.to_read.append(udp_packet("10.2.0.1", "10.1.0.1", b"y"))
+    b.backend.handle_tun_readable()
+    carry_raw(b, a)
+    assert len(a.tun.written) == 1
+
+
+def test_transport_mode_and_bad_algorithms_are_refused(sides: tuple[Side, Side]) -> None:
+    a, _ = sides
+    with pytest.raises(DataplaneError, match="tunnel only"):
+        a.backend.install(replace(child(), mode="transport"))
+    with pytest.raises(DataplaneError, match="KEYMAT"):
+        a.backend.install(replace(child(), keymat_in=b"short"))
+    assert len(a.backend.sad) == 0 and a.routes.routes == {}
+
+
+def test_route_failure_undoes_the_install(sides: tuple[Side, Side]) -> None:
+    a, _ = sides
+    a.routes.fail_on = "10.4.0.0/16"
+    with pytest.raises(DataplaneError, match=r"10\.4\.0\.0/16"):
+        a.backend.install(child(remote_ts=("10.2.0.0/24", "10.4.0.0/16")))
+    assert a.routes.routes == {} and len(a.backend.sad) == 0
+
+
+def test_no_src_when_no_local_address_inside(loop: asyncio.AbstractEventLoop) -> None:
+    s = Side(["172.16.0.1"])
+    s.backend.attach(s.send_udp, loop)
+    s.backend.install(child())
+    assert s.routes.routes == {"10.2.0.0/24": None}
+    s.backend.close()
+
+
+def test_close_releases_everything_once(sides: tuple[Side, Side]) -> None:
+    a, _ = sides
+    a.backend.install(child(encap=True))
+    a.backend.close()
+    a.backend.close()
+    assert a.tun.closed and a.raw.closed and a.routes.closed
+    assert len(a.backend.sad) == 0 and a.backend._keepalive is None
+    with pytest.raises(DataplaneError):
+        a.backend.install(child())
