@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from cryptography import x509
@@ -13,6 +14,7 @@ class IdentityError(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=1024)
 def id_payload(text: str) -> IdPayload:
     """The Phase 1 ID for a configured identity; protocol and port zero (RFC 2407 4.6.2)."""
     try:

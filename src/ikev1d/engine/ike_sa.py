@@ -368,18 +368,32 @@ def payloads_after_hash(header: Header, plaintext: bytes) -> tuple[bytes, bytes]
     return spans[0].body(plaintext), plaintext[spans[0].end : spans[-1].end]
 
 
+_last_decoded: list[tuple[int, bytes, bool, tuple[DecodedPayload, ...]]] = []
+
+
 def decode_spans(
     header: Header, body: bytes, *, allow_trailing: bool = False
 ) -> tuple[DecodedPayload, ...]:
+    """Decode a payload chain; the steps handling one message share one decoding."""
+    if _last_decoded:
+        first, data, trailing, spans = _last_decoded[0]
+        if first == header.next_payload and trailing == allow_trailing and data is body:
+            return spans
     try:
-        return decode_payloads_with_spans(header.next_payload, body, allow_trailing=allow_trailing)
+        spans = decode_payloads_with_spans(
+            header.next_payload, body, allow_trailing=allow_trailing
+        )
     except WireError as exc:
         raise ProtocolFailure(str(exc), exc.notify) from exc
+    _last_decoded[:] = [(header.next_payload, body, allow_trailing, spans)]
+    return spans
 
 
-def payload_body(header: Header, body: bytes, payload_type: int) -> bytes:
+def payload_body(
+    header: Header, body: bytes, payload_type: int, *, allow_trailing: bool = True
+) -> bytes:
     """The first payload of that type exactly as received (RFC 2409's "_b" values)."""
-    for span in decode_spans(header, body, allow_trailing=True):
+    for span in decode_spans(header, body, allow_trailing=allow_trailing):
         if span.payload_type == payload_type:
             return span.body(body)
     raise ProtocolFailure(f"missing payload {payload_type}", NotifyType.PAYLOAD_MALFORMED)

@@ -405,7 +405,7 @@ class MainMode:
         sa.candidates = [c for c in sa.candidates if choice.proposal in c.proposals]
         sa.conn = sa.candidates[0]
         self._choose(choice)
-        self.sa_i_b = payload_body(header, body, 1)
+        self.sa_i_b = payload_body(header, body, 1, allow_trailing=False)
         self._vendors(payloads)
         out: list[Payload] = [choice.response_sa()]
         out += [VendorIdPayload(v) for v in vendor.responder_vendor_ids(sa.peer_vendors)]

@@ -7,6 +7,7 @@ compares them with what it sees; a mismatch means a NAT on that side.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from ikev1d.crypto import nat_d_hash
 from ikev1d.engine.api import Endpoint
 
 
+@functools.lru_cache(maxsize=1024)
 def _address_bytes(address: str) -> bytes:
     return ipaddress.ip_address(address).packed
 
