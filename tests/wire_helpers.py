@@ -429,6 +429,9 @@ def sample_messages(with_fragments: bool = True) -> list[Sample]:
                     NoncePayload(bytes(16)),
                     NatDPayload(bytes(range(16)), draft=True),
                     NatDPayload(bytes(range(16, 32)), draft=True),
+                    NatOaPayload(
+                        IdType.IPV6_ADDR, ipaddress.IPv6Address("2001:db8::77").packed, draft=True
+                    ),
                 ),
             ),
         ),

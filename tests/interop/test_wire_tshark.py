@@ -238,7 +238,8 @@ def check_payload(e: ET.Element, p: Payload) -> None:
         assert raw(e, "isakmp.ike.nat_hash") == p.data
     elif isinstance(p, NatOaPayload):
         assert num(e, "isakmp.id.type") == p.id_type
-        assert raw(e, "isakmp.ike.nat_original_address_ipv4") == p.data
+        family = "ipv4" if p.id_type == IdType.IPV4_ADDR else "ipv6"
+        assert raw(e, f"isakmp.ike.nat_original_address_{family}") == p.data
     elif isinstance(p, FragmentPayload):
         assert num(e, "isakmp.frag.packetid") == p.fragment_id
         assert num(e, "isakmp.frag.seq") == p.number
