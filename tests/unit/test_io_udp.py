@@ -1,0 +1,153 @@
+"""UdpTransport on its own: IP_PKTINFO local addresses, socket choice, NAT-T demux, bind errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from ikev1d.engine.api import Datagram, Endpoint
+from ikev1d.io.udp import NON_ESP_MARKER, UdpError, UdpTransport
+from tests.unit._io_fakes import UdpPeer, eventually, free_udp_ports
+
+Packets = list[tuple[bytes, Endpoint, Endpoint]]
+
+
+def _transport(
+    loop: asyncio.AbstractEventLoop, listen: tuple[str, ...], ike: Packets, esp: Packets
+) -> UdpTransport:
+    port, port_nat_t = free_udp_ports(2)
+    return UdpTransport(
+        loop, listen, port, port_nat_t,
+        on_ike=lambda d, lo, re: ike.append((d, lo, re)),
+        on_esp=lambda d, lo, re: esp.append((d, lo, re)),
+    )
+
+
+def test_wildcard_socket_reports_each_destination_address() -> None:
+    async def body() -> None:
+        ike: Packets = []
+        esp: Packets = []
+        udp = _transport(asyncio.get_running_loop(), ("0.0.0.0",), ike, esp)
+        udp.open()
+        peer = UdpPeer()
+        try:
+            for n, address in enumerate(("127.0.0.1", "127.0.0.3", "127.0.0.4")):
+                peer.send(b"x%d" % n, (address, udp.port))
+            await eventually(lambda: len(ike) == 3)
+            assert sorted(local for _, local, _ in ike) == [
+                ("127.0.0.1", udp.port), ("127.0.0.3", udp.port), ("127.0.0.4", udp.port)]
+            # Replies leave from the address chosen by the engine, on either port.
+            udp.send_ike(Datagram(b"r1", ("127.0.0.4", udp.port), peer.endpoint))
+            assert await peer.recv() == (b"r1", ("127.0.0.4", udp.port))
+            udp.send_ike(Datagram(b"r2", ("127.0.0.3", udp.port_nat_t), peer.endpoint))
+            assert await peer.recv() == (NON_ESP_MARKER + b"r2", ("127.0.0.3", udp.port_nat_t))
+        finally:
+            peer.close()
+            udp.close()
+
+    asyncio.run(body())
+
+
+def test_specific_binds_pick_the_socket_by_local_address() -> None:
+    async def body() -> None:
+        ike: Packets = []
+        udp = _transport(asyncio.get_running_loop(), ("127.0.0.5", "127.0.0.6"), ike, [])
+        udp.open()
+        peer = UdpPeer()
+        try:
+            assert len(udp.sockets) == 4
+            udp.send_ike(Datagram(b"a", ("127.0.0.6", udp.port), peer.endpoint))
+            assert await peer.recv() == (b"a", ("127.0.0.6", udp.port))
+            udp.send_ike(Datagram(b"b", ("127.0.0.5", udp.port), peer.endpoint))
+            assert await peer.recv() == (b"b", ("127.0.0.5", udp.port))
+            # No socket for this address: dropped with a warning, not an exception.
+            assert not udp.send_ike(Datagram(b"c", ("127.0.0.7", udp.port), peer.endpoint))
+            assert not udp.send_ike(Datagram(b"d", ("127.0.0.5", 1), peer.endpoint))
+        finally:
+            peer.close()
+            udp.close()
+
+    asyncio.run(body())
+
+
+def test_nat_t_demultiplexing() -> None:
+    async def body() -> None:
+        ike: Packets = []
+        esp: Packets = []
+        udp = _transport(asyncio.get_running_loop(), ("127.0.0.1",), ike, esp)
+        udp.open()
+        peer = UdpPeer()
+        try:
+            nat_t = ("127.0.0.1", udp.port_nat_t)
+            ike500 = ("127.0.0.1", udp.port)
+            peer.send(NON_ESP_MARKER + b"ike", nat_t)
+            peer.send(b"\xff", nat_t)  # keepalive: nobody sees it
+            peer.send(b"\x01\x02\x03\x04esp", nat_t)
+            peer.send(NON_ESP_MARKER + b"on-500", ike500)  # port 500 has no marker handling
+            await eventually(lambda: len(ike) == 2 and len(esp) == 1)
+            await asyncio.sleep(0.02)
+            assert sorted(ike) == sorted([
+                (b"ike", nat_t, peer.endpoint),
+                (NON_ESP_MARKER + b"on-500", ike500, peer.endpoint),
+            ])
+            assert esp == [(b"\x01\x02\x03\x04esp", nat_t, peer.endpoint)]
+        finally:
+            peer.close()
+            udp.close()
+
+    asyncio.run(body())
+
+
+def test_bind_conflict_closes_everything_and_names_the_port() -> None:
+    async def body() -> None:
+        blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        blocker.bind(("127.0.0.1", 0))
+        try:
+            port = free_udp_ports(1)[0]
+            udp = UdpTransport(asyncio.get_running_loop(), ("127.0.0.1",), port,
+                               blocker.getsockname()[1], lambda *a: None, lambda *a: None)
+            with pytest.raises(UdpError, match=r"(?i)address already in use"):
+                udp.open()
+            assert udp.sockets == []
+        finally:
+            blocker.close()
+        bad = UdpTransport(asyncio.get_running_loop(), ("not-an-ip",), 1, 2,
+                           lambda *a: None, lambda *a: None)
+        with pytest.raises(UdpError, match="not an IP address"):
+            bad.open()
+
+    asyncio.run(body())
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no ::1 here")
+
+    async def body() -> None:
+        ike: Packets = []
+        udp = _transport(asyncio.get_running_loop(), ("::",), ike, [])
+        udp.open()
+        peer = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        peer.bind(("::1", 0))
+        peer.setblocking(False)
+        try:
+            peer.sendto(b"v6", ("::1", udp.port))
+            await eventually(lambda: len(ike) == 1)
+            assert ike[0][1] == ("::1", udp.port)
+            udp.send_ike(Datagram(b"r6", ("::1", udp.port), ike[0][2]))
+            data = await asyncio.wait_for(
+                asyncio.get_running_loop().sock_recv(peer, 100), 2.0)
+            assert data == b"r6"
+        finally:
+            peer.close()
+            udp.close()
+
+    asyncio.run(body())
