@@ -112,7 +112,9 @@ class UserspaceBackend:
         routes: RoutesLike,
         *,
         raw6_factory: Callable[[], RawLike] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
+        """``on_close`` runs last in :meth:`close` (the netlink helper's shutdown)."""
         self.tun = tun
         self.raw4 = raw4
         self.raw6: RawLike | None = None
@@ -128,6 +130,7 @@ class UserspaceBackend:
         self._log_next: dict[str, float] = {}
         self._log_suppressed: dict[str, int] = {}
         self._closed = False
+        self._on_close = on_close
 
     # --- DataplaneBackend -----------------------------------------------------------
 
@@ -245,6 +248,8 @@ class UserspaceBackend:
         if self.raw6 is not None:
             self.raw6.close()
             self.raw6 = None
+        if self._on_close is not None:
+            self._on_close()
 
     # --- the packet paths ------------------------------------------------------------
 
@@ -438,7 +443,14 @@ def create_backend(config: object = None) -> UserspaceBackend:
 
     ``config.daemon.tun_name`` / ``tun_mtu`` are used when the configuration has them.
     """
-    from ikev1d.io.tun import DEFAULT_MTU, DEFAULT_TUN_NAME, RawEspSocket, Routes, TunDevice
+    from ikev1d.io.tun import (
+        DEFAULT_MTU,
+        DEFAULT_TUN_NAME,
+        Netlink,
+        RawEspSocket,
+        Routes,
+        TunDevice,
+    )
 
     daemon = getattr(config, "daemon", None)
     name = getattr(daemon, "tun_name", None)
@@ -448,19 +460,22 @@ def create_backend(config: object = None) -> UserspaceBackend:
 
     cleanups: list[Callable[[], None]] = []
     try:
-        tun = TunDevice(tun_name, tun_mtu)
+        netlink = Netlink()
+        cleanups.append(netlink.close)
+        tun = TunDevice(netlink, tun_name, tun_mtu)
         cleanups.append(tun.close)
         raw4 = RawEspSocket(socket.AF_INET)
         cleanups.append(raw4.close)
-        routes = Routes(tun.index)
+        routes = Routes(netlink, tun.index)
     except OSError as exc:
         for cleanup in reversed(cleanups):
             cleanup()
         raise DataplaneError(f"userspace data plane cannot start: {exc.strerror or exc}") from None
-    except BaseException:
+    except Exception as exc:  # e.g. pyroute2 missing or failing in an unexpected way
         for cleanup in reversed(cleanups):
             cleanup()
-        raise
+        raise DataplaneError(f"userspace data plane cannot start: {exc}") from None
     log.info("userspace data plane on %s (MTU %d)", tun.name, tun_mtu)
     return UserspaceBackend(tun, raw4, routes,
-                            raw6_factory=lambda: RawEspSocket(socket.AF_INET6))
+                            raw6_factory=lambda: RawEspSocket(socket.AF_INET6),
+                            on_close=netlink.close)

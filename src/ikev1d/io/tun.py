@@ -25,14 +25,16 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
 
 from ikev1d.engine.api import Network
 
 __all__ = [
     "DEFAULT_MTU",
     "DEFAULT_TUN_NAME",
+    "Netlink",
     "RawEspSocket",
     "Routes",
     "TunDevice",
@@ -57,6 +59,8 @@ _IPPROTO_ESP: Final = 50
 _IP_PKTINFO: Final = 8
 _SOCKET_BUFFER: Final = 4 * 1024 * 1024
 _MAX_PACKET: Final = 65535
+_NETLINK_TIMEOUT: Final = 10.0
+_T = TypeVar("_T")
 
 
 class TunError(OSError):
@@ -66,7 +70,9 @@ class TunError(OSError):
 class TunDevice:
     """A TUN interface owned by this process; ``close`` removes it."""
 
-    def __init__(self, name: str = DEFAULT_TUN_NAME, mtu: int = DEFAULT_MTU) -> None:
+    def __init__(
+        self, netlink: Netlink, name: str = DEFAULT_TUN_NAME, mtu: int = DEFAULT_MTU
+    ) -> None:
         try:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -87,7 +93,7 @@ class TunDevice:
                                f"{exc.strerror}") from None
             self.name = answer[:16].rstrip(b"\0").decode()
             self.mtu = mtu
-            self.index = _link_up(self.name, mtu)
+            self.index = _link_up(netlink, self.name, mtu)
         except BaseException:
             os.close(fd)
             self._fd = -1
@@ -114,21 +120,63 @@ class TunDevice:
             self._fd = -1
 
 
-def _link_up(name: str, mtu: int) -> int:
-    from pyroute2 import IPRoute  # imported here: a 0.2 s import only this backend needs
+class Netlink:
+    """pyroute2's IPRoute, used from one worker thread.
+
+    pyroute2 0.9's synchronous API drives an asyncio loop of its own and refuses
+    to run inside the daemon's running loop ("This event loop is already
+    running"), so every call is made in a dedicated thread and waited for.
+    Link and route changes happen only when SAs come and go, so blocking the
+    loop for those milliseconds is fine.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ikev1d-netlink")
+        self._ipr: Any = None
+        try:
+            self.call(lambda ipr: None)
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, fn: Callable[[Any], _T]) -> _T:
+        """``fn(ipr)`` in the netlink thread; its exception is re-raised here."""
+        return self._pool.submit(self._run, fn).result(timeout=_NETLINK_TIMEOUT)
+
+    def _run(self, fn: Callable[[Any], _T]) -> _T:
+        if self._ipr is None:
+            from pyroute2 import IPRoute  # imported here: 0.2 s that only this backend needs
+
+            self._ipr = IPRoute()
+        return fn(self._ipr)
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._ipr is not None:
+                with contextlib.suppress(Exception):
+                    self._ipr.close()
+                self._ipr = None
+
+        with contextlib.suppress(Exception):
+            self._pool.submit(_close).result(timeout=_NETLINK_TIMEOUT)
+        self._pool.shutdown(wait=False)
+
+
+def _link_up(netlink: Netlink, name: str, mtu: int) -> int:
+    def up(ipr: Any) -> int:
+        indexes = ipr.link_lookup(ifname=name)
+        if not indexes:
+            raise TunError(errno.ENODEV, f"TUN device {name} vanished")
+        index = int(indexes[0])
+        ipr.link("set", index=index, mtu=mtu, state="up")
+        return index
 
     try:
-        with IPRoute() as ipr:
-            indexes = ipr.link_lookup(ifname=name)
-            if not indexes:
-                raise TunError(errno.ENODEV, f"TUN device {name} vanished")
-            index = int(indexes[0])
-            ipr.link("set", index=index, mtu=mtu, state="up")
+        return netlink.call(up)
     except TunError:
         raise
     except Exception as exc:  # pyroute2 raises NetlinkError and friends
         raise TunError(errno.EIO, f"cannot bring up {name}: {exc}") from None
-    return index
 
 
 class RawEspSocket:
@@ -186,18 +234,16 @@ class RawEspSocket:
 class Routes:
     """Routes into the TUN device (the backend counts which SAs still need each one)."""
 
-    def __init__(self, ifindex: int) -> None:
-        from pyroute2 import IPRoute
-
+    def __init__(self, netlink: Netlink, ifindex: int) -> None:
         self.ifindex = ifindex
-        self._ipr: Any = IPRoute()
+        self._netlink = netlink
         self._installed: set[str] = set()
 
     def local_address_in(self, networks: Iterable[Network]) -> str | None:
         """An address configured on this host inside one of ``networks``, if any."""
         nets = list(networks)
         try:
-            messages = self._ipr.get_addr()
+            messages = self._netlink.call(lambda ipr: list(ipr.get_addr()))
         except Exception as exc:
             log.debug("cannot list addresses: %s", exc)
             return None
@@ -218,7 +264,7 @@ class Routes:
         if src is not None:
             kwargs["prefsrc"] = src
         try:
-            self._ipr.route("replace", **kwargs)
+            self._netlink.call(lambda ipr: ipr.route("replace", **kwargs))
         except Exception as exc:
             raise TunError(errno.EIO, f"cannot add route to {network} "
                            f"via TUN{f' src {src}' if src else ''}: {exc}") from None
@@ -230,14 +276,12 @@ class Routes:
         if network.version == 6:
             kwargs["family"] = socket.AF_INET6
         try:
-            self._ipr.route("del", **kwargs)
+            self._netlink.call(lambda ipr: ipr.route("del", **kwargs))
         except Exception as exc:
             # Gone already (the device went down, or someone removed it): nothing to undo.
             log.debug("removing route to %s: %s", network, exc)
 
     def close(self) -> None:
-        """Remove every route still installed, and the netlink socket."""
+        """Remove every route still installed (the Netlink helper is closed by its owner)."""
         for net_text in list(self._installed):
             self.remove(ipaddress.ip_network(net_text))
-        with contextlib.suppress(Exception):
-            self._ipr.close()
