@@ -85,6 +85,8 @@ class RunResult:
     established: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    initiator_cpu_seconds: float = 0.0
+    driver_cpu_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -110,6 +112,12 @@ def cpu_seconds(pid: int) -> float:
     rest = stat[stat.rindex(")") + 2 :].split()
     utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15, counted from 1
     return (utime + stime) / _CLK_TCK
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process (the vici driver threads), for context."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _comm(pid: int) -> str:
@@ -398,10 +406,15 @@ def run_one(
         if s.profile_dir is not None and daemon is not None:
             profiler = start_profiler(resp_pid, s.profile_dir / f"{group.name}.collapsed")
 
+        init_pid = find_pid(topo.a, "charon", initiator.proc.pid if initiator.proc else None)
+        init_before = cpu_seconds(init_pid)
+        driver_before = _own_cpu()
         cpu_before = cpu_seconds(resp_pid)
         ok, elapsed, errors = drive(initiator, s.tunnels, s.window, s.timeout)
         time.sleep(0.3)  # the responder finishes the last QM3s
         cpu_after = cpu_seconds(resp_pid)
+        result.initiator_cpu_seconds = cpu_seconds(init_pid) - init_before
+        result.driver_cpu_seconds = _own_cpu() - driver_before
         if profiler is not None:
             stop_profiler(profiler)
 
@@ -500,7 +513,8 @@ def format_table(results: Sequence[RunResult]) -> str:
             if r.complete:
                 rows.append(
                     f"{r.group:<9} {r.responder:<20} {r.rate:>10.1f} "
-                    f"{r.cpu_ms_per_tunnel:>14.2f}  {r.seconds:.1f}s"
+                    f"{r.cpu_ms_per_tunnel:>14.2f}  {r.seconds:.1f}s, initiator "
+                    f"{1000 * r.initiator_cpu_seconds / r.established:.1f} ms/tunnel"
                 )
             else:
                 rows.append(
@@ -598,7 +612,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     state = "ok" if r.complete else "FAILED"
                     print(
                         f"  {group.name} {name}: {state}, {r.established}/{r.tunnels} in "
-                        f"{r.seconds:.1f}s, responder CPU {r.cpu_seconds:.2f}s",
+                        f"{r.seconds:.1f}s, responder CPU {r.cpu_seconds:.2f}s, "
+                        f"initiator charon {r.initiator_cpu_seconds:.2f}s, "
+                        f"vici driver {r.driver_cpu_seconds:.2f}s",
                         flush=True,
                     )
                     for err in r.errors:
