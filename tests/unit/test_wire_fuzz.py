@@ -26,6 +26,7 @@ from ikev1d.wire import (
     split_message,
 )
 from ikev1d.wire.describe import describe_message
+from tests.unit.test_wire_vectors import ALL as STRONGSWAN_MESSAGES
 from tests.wire_helpers import sample_messages
 
 ITERATIONS = 100_000
@@ -139,7 +140,7 @@ def _use(payloads: tuple[Payload, ...]) -> None:
 
 def test_fuzz_decoder_raises_only_wire_error() -> None:
     rng = random.Random(SEED)
-    corpus = [s.message.encode() for s in sample_messages()]
+    corpus = [s.message.encode() for s in sample_messages()] + STRONGSWAN_MESSAGES
     mutators = _mutators(rng, corpus)
     stats = {"ok": 0, "wire_error": 0}
     started = time.monotonic()
