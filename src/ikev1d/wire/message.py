@@ -131,13 +131,25 @@ def split_message(data: bytes) -> tuple[Header, bytes]:
 
 def encode_header(header: Header, body_length: int) -> bytes:
     """The 28 header bytes, with length = 28 + body_length (``header.length`` is ignored)."""
-    if len(header.initiator_cookie) != COOKIE_LENGTH or len(header.responder_cookie) != 8:
+    if (
+        len(header.initiator_cookie) != COOKIE_LENGTH
+        or len(header.responder_cookie) != COOKIE_LENGTH
+    ):
         raise ValueError("ISAKMP cookies are 8 bytes each")
     if not (0 <= header.major_version < 16 and 0 <= header.minor_version < 16):
         raise ValueError("ISAKMP version fields are 4 bits")
+    for field, value in (
+        ("next payload", header.next_payload),
+        ("exchange type", header.exchange_type),
+        ("flags", header.flags),
+    ):
+        if not 0 <= value <= 0xFF:
+            raise ValueError(f"ISAKMP {field} {value} does not fit in 8 bits")
+    if not 0 <= header.message_id <= 0xFFFFFFFF:
+        raise ValueError(f"message id {header.message_id} does not fit in 32 bits")
     length = HEADER_LENGTH + body_length
-    if length > 0xFFFFFFFF:
-        raise ValueError("message too long")
+    if body_length < 0 or length > 0xFFFFFFFF:
+        raise ValueError(f"body length {body_length} out of range")
     return (
         header.initiator_cookie
         + header.responder_cookie
