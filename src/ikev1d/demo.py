@@ -1,0 +1,875 @@
+"""``ikev1d demo``: a complete example on this machine, in a few numbered steps.
+
+1. A real IKEv1 exchange (two strongSwan gateways, recorded with dumpcap) read by
+   our pcap reader, decoded by our codec, decrypted by our crypto.
+2. Two ikev1d gateways in network namespaces negotiate Main Mode + Quick Mode.
+3. Traffic through the tunnel, when the userspace data plane is available.
+4. The same site A against a real strongSwan, when strongSwan is installed.
+5. Teardown: Delete payloads, daemons stopped, namespaces removed.
+
+Everything runs in network namespaces named ``ikdemo-<pid>-...`` and a temporary
+directory; both are removed on success, failure, Ctrl-C or SIGTERM.  Output goes
+through :class:`Console` (``print`` is for cli.py only), in colour only on a TTY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import ClassVar, TextIO
+
+from ikev1d.demo_exchange import DemoDataError, MessageView, load_demo_exchange
+from ikev1d.demo_pcap import IPPROTO_ESP, PcapError, ipv4_of, read_capture, udp_of
+from ikev1d.testbed import netns
+from ikev1d.testbed.capture import Capture, CaptureError, tshark_available
+from ikev1d.testbed.daemon import DaemonError, Ikev1dDaemon, ikev1d_conf
+from ikev1d.testbed.netns import Namespace, NetnsError, Topology
+from ikev1d.testbed.strongswan import Charon, CharonError, strongswan_available, swanctl_conf
+
+__all__ = ["Console", "DemoFailure", "dataplane_available", "run_demo"]
+
+NS_PREFIX = "ikdemo"
+CONNECTION_A = "site-b"  # on site A: the connection to site B
+CONNECTION_B = "site-a"
+CHILD = "net"
+# A demo secret, shown in the config on purpose; 20+ characters so check-config is quiet.
+PSK = "ikev1d-demo-pre-shared-key"
+IKE_PROPOSALS = ("aes256-sha256-modp2048",)
+ESP_PROPOSALS = ("aes128gcm16-modp2048",)
+ECHO_PORT = 7777
+TOTAL_STEPS = 5
+
+_ESTABLISHED = ("ISAKMP SA established", "IPsec SA established")
+_DELETED = ("IPsec SA deleted", "ISAKMP SA deleted")
+_LOG_PREFIX = re.compile(r"^\S+\s+(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+")
+
+
+class DemoFailure(RuntimeError):
+    """A demo step did not show what it should; the message says what and where."""
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+class Console:
+    """Writes the demo's output; ANSI colours only when asked to (a TTY by default)."""
+
+    _CODES: ClassVar[dict[str, str]] = {
+        "bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "step": "1;36",
+    }  # fmt: skip
+
+    def __init__(self, out: TextIO, color: bool | None = None) -> None:
+        self.out = out
+        if color is None:
+            color = _is_tty(out) and "NO_COLOR" not in os.environ and (
+                os.environ.get("TERM", "") != "dumb"
+            )
+        self.color = color
+        encoding = (getattr(out, "encoding", None) or "").lower().replace("-", "")
+        self.check_mark = "✓" if encoding.startswith("utf") else "ok"
+        self.cross_mark = "✗" if encoding.startswith("utf") else "!!"
+
+    def paint(self, text: str, style: str) -> str:
+        if not self.color or not text:
+            return text
+        return f"\x1b[{self._CODES[style]}m{text}\x1b[0m"
+
+    def write(self, text: str = "") -> None:
+        try:
+            self.out.write(text + "\n")
+        except UnicodeEncodeError:  # e.g. tshark's arrows on an ASCII terminal
+            encoding = getattr(self.out, "encoding", None) or "ascii"
+            self.out.write((text + "\n").encode(encoding, "replace").decode(encoding))
+        self.out.flush()
+
+    def line(self, text: str = "", indent: int = 3, style: str | None = None) -> None:
+        self.write(" " * indent + (self.paint(text, style) if style else text))
+
+    def lines(self, texts: Sequence[str], indent: int = 5, style: str | None = None) -> None:
+        for text in texts:
+            self.line(text, indent, style)
+
+    def title(self, text: str) -> None:
+        self.write(self.paint(text, "bold"))
+
+    def step(self, number: int, title: str, *explanation: str) -> None:
+        self.write()
+        self.write(self.paint(f"[{number}/{TOTAL_STEPS}] {title}", "step"))
+        for text in explanation:
+            self.line(text, style="dim")
+        self.write()
+
+    def command(self, where: str, argv: str) -> None:
+        self.line(self.paint(f"{where} $ ", "dim") + self.paint(argv, "bold"))
+
+    def ok(self, text: str) -> None:
+        self.line(self.paint(f"{self.check_mark} {text}", "green"))
+
+    def skip(self, text: str) -> None:
+        self.line(self.paint(f"- skipped: {text}", "yellow"))
+
+    def error(self, text: str) -> None:
+        self.write(self.paint(f"{self.cross_mark} {text}", "red"))
+
+    def highlight(self, text: str) -> str:
+        """Log lines with the event words in colour."""
+        for phrase in _ESTABLISHED:
+            text = text.replace(phrase, self.paint(phrase, "green"))
+        for phrase in _DELETED:
+            text = text.replace(phrase, self.paint(phrase, "yellow"))
+        return text
+
+
+def _is_tty(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def dataplane_available() -> bool:
+    """Whether the userspace data plane (TUN + ESP in ikev1d) is in this build."""
+    try:
+        module = importlib.import_module("ikev1d.dataplane.userspace")
+    except ImportError:
+        return False
+    return hasattr(module, "create_backend")
+
+
+class LogCursor:
+    """New lines of a growing log since the last call to :meth:`mark`."""
+
+    def __init__(self, read: Callable[[], str]) -> None:
+        self._read = read
+        self._offset = 0
+
+    def mark(self) -> None:
+        self._offset = len(self._read())
+
+    def new_text(self) -> str:
+        return self._read()[self._offset :]
+
+    def first_lines_with(self, phrases: Sequence[str]) -> list[str]:
+        """For each phrase the first new line containing it, without timestamp and level."""
+        found: list[str] = []
+        lines = self.new_text().splitlines()
+        for phrase in phrases:
+            for line in lines:
+                if phrase in line:
+                    found.append(_LOG_PREFIX.sub("", line))
+                    break
+        return found
+
+    def wait_for(self, phrases: Sequence[str], timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.first_lines_with(phrases)
+            if len(lines) == len(phrases) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
+
+
+@dataclass
+class Site:
+    label: str  # "A" / "B"
+    ns: Namespace
+    address: str
+    inner_address: str
+    inner_net: str
+    ifname: str
+
+
+@dataclass
+class Outcome:
+    """What the summary line reports."""
+
+    decoded: int = 0
+    decrypted: int = 0
+    verified: int = 0
+    gateways: bool = False
+    traffic: list[str] = field(default_factory=list)
+    strongswan: str = "not run"
+    teardown: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Demo:
+    """The demo's resources (namespaces, daemons, charon, temp dir) and its steps."""
+
+    def __init__(self, console: Console, work_dir: Path, stack: contextlib.ExitStack,
+                 with_strongswan: bool, dataplane: str = "auto") -> None:
+        self.con = console
+        self.work = work_dir
+        self.stack = stack
+        self.with_strongswan = with_strongswan
+        self.outcome = Outcome()
+        self.auto_dataplane = dataplane == "auto"
+        if self.auto_dataplane:
+            dataplane = "userspace" if dataplane_available() else "none"
+        self.dataplane = dataplane
+        self.dataplane_note = ""
+        self.topo: Topology | None = None
+        self.a: Site | None = None
+        self.b: Site | None = None
+        self.gw_a: Ikev1dDaemon | None = None
+        self.gw_b: Ikev1dDaemon | None = None
+        self.charon: Charon | None = None
+
+    # -- step 1 ---------------------------------------------------------------------------
+
+    def step_decode(self) -> None:
+        con = self.con
+        con.step(
+            1, "A real IKEv1 exchange, decoded",
+            "Two strongSwan 5.9.8 gateways (Main Mode + Quick Mode, pre-shared key), recorded",
+            "with dumpcap. ikev1d's own pcap reader, ISAKMP codec and RFC 2409 key derivation",
+            "read it; only the pre-shared key and charon's DH secret g^xy come from its log.",
+        )
+        try:
+            view = load_demo_exchange()
+        except DemoDataError as exc:
+            raise DemoFailure(f"step 1: {exc}") from exc
+        first = view.messages[0].wire[0] if view.messages else ""
+        cookies = re.search(r"i_cookie=(\w+)", first)
+        con.line(f"suite {view.suite}, initiator cookie {cookies.group(1) if cookies else '?'}",
+                 style="dim")
+        for message in view.messages:
+            self._show_message(message)
+        con.write()
+        for check in view.key_checks:
+            con.ok(check)
+        decrypted = [m for m in view.messages if m.decrypted]
+        verified = [c for m in view.messages for c in m.checks]
+        self.outcome.decoded = len(view.messages)
+        self.outcome.decrypted = len(decrypted)
+        self.outcome.verified = len(verified)
+        if not view.ok:
+            problems = [*view.problems, *(f"{m.title}: {m.problem}" for m in view.messages
+                                          if m.problem)]
+            raise DemoFailure("step 1: " + "; ".join(problems))
+        con.ok(f"{len(view.messages)} messages decoded, {len(decrypted)} decrypted, "
+               f"{len(verified)} HASH payloads verified")
+
+    def _show_message(self, m: MessageView) -> None:
+        con = self.con
+        f = m.frame
+        arrow = f"{f.src}:{f.sport} -> {f.dst}:{f.dport}"
+        lock = f"  [encrypted, {len(f.data) - 28} bytes]" if m.encrypted else ""
+        con.write()
+        con.line(con.paint(f"{m.title:<15}", "bold") + f" {m.sender:<9}  {arrow}"
+                 + con.paint(lock, "yellow"))
+        if not m.encrypted:
+            con.lines(m.wire[1:])
+            return
+        if m.decrypted:
+            con.lines([f"decrypted: {m.decrypted[0]}"])
+            con.lines(m.decrypted[1:], indent=16)
+        for check in m.checks:
+            con.line(con.paint(f"{con.check_mark} {check}", "green"), indent=5)
+        if m.problem:
+            con.line(con.paint(f"{con.cross_mark} {m.problem}", "red"), indent=5)
+
+    # -- step 2 ---------------------------------------------------------------------------
+
+    def build_sites(self) -> None:
+        topo = netns.build_two_hosts(prefix=NS_PREFIX)
+        self.stack.callback(topo.close)
+        self.topo = topo
+        self.a = Site("A", topo.a, topo.addr_a, topo.inner_addr_a, topo.inner_net_a, topo.if_a)
+        self.b = Site("B", topo.b, topo.addr_b, topo.inner_addr_b, topo.inner_net_b, topo.if_b)
+
+    def _sites(self) -> tuple[Site, Site]:
+        if self.a is None or self.b is None:
+            raise DemoFailure("the namespaces are not set up")
+        return self.a, self.b
+
+    def _daemon(self, site: Site, peer: Site, name: str) -> Ikev1dDaemon:
+        config = ikev1d_conf(
+            name, site.address, peer.address, site.address, peer.address, PSK,
+            IKE_PROPOSALS, ESP_PROPOSALS, site.inner_net, peer.inner_net,
+            child=CHILD, dataplane=self.dataplane,
+        )  # fmt: skip
+        daemon = Ikev1dDaemon(site.ns, self.work / f"ikev1d-{site.label.lower()}", config,
+                              log_level="info")
+        self.stack.callback(daemon.stop)
+        return daemon
+
+    def step_gateways(self) -> None:
+        con = self.con
+        self.build_sites()
+        a, b = self._sites()
+        con.step(
+            2, "Two ikev1d gateways negotiate",
+            f"Site A {a.address} (network {a.inner_net}) and site B {b.address} (network "
+            f"{b.inner_net}),",
+            f"each a network namespace running `ikev1d daemon`: pre-shared key, "
+            f"IKE {IKE_PROPOSALS[0]},",
+            f"ESP {ESP_PROPOSALS[0]} (PFS), data plane \"{self.dataplane}\". "
+            "A initiates; B answers.",
+        )
+        self.gw_a = self._daemon(a, b, CONNECTION_A)
+        self.gw_b = self._daemon(b, a, CONNECTION_B)
+        try:
+            _start_together(self.gw_a, self.gw_b)
+        except DemoFailure as exc:
+            if not (self.auto_dataplane and self.dataplane == "userspace"):
+                raise
+            # The userspace data plane is new; show why it failed and go on keying only.
+            self.gw_a.stop()
+            self.gw_b.stop()
+            reason = _first_error_line(str(exc))
+            self.dataplane_note = f"userspace data plane failed to start: {reason}"
+            con.line(con.paint(f"! {self.dataplane_note}", "yellow"))
+            con.line(con.paint('! continuing with dataplane = "none" (keying only)', "yellow"))
+            self.dataplane = "none"
+            self.gw_a = self._daemon(a, b, CONNECTION_A)
+            self.gw_b = self._daemon(b, a, CONNECTION_B)
+            _start_together(self.gw_a, self.gw_b)
+        con.ok(f"ikev1d daemons running in {a.ns.name} and {b.ns.name}")
+        log_a = LogCursor(self.gw_a.log_text)
+        log_b = LogCursor(self.gw_b.log_text)
+        log_a.mark()
+        log_b.mark()
+        elapsed = self._up("A", self.gw_a)
+        self._show_log("site A (initiator)", log_a, _ESTABLISHED)
+        self._show_log("site B (responder)", log_b, _ESTABLISHED)
+        con.write()
+        self._show_status("A", self.gw_a)
+        _check_established(self.gw_a, "A")
+        _check_established(self.gw_b, "B")
+        self.outcome.gateways = True
+        con.ok(f"Main Mode + Quick Mode between two ikev1d in {elapsed:.1f} s")
+
+    def _up(self, where: str, daemon: Ikev1dDaemon) -> float:
+        con = self.con
+        con.command(where, f"ikev1d up {CONNECTION_A}")
+        started = time.monotonic()
+        result = daemon.up(CONNECTION_A, timeout=15.0, check=False)
+        elapsed = time.monotonic() - started
+        if result.returncode != 0:
+            raise DemoFailure(
+                f"`ikev1d up {CONNECTION_A}` on site {where} failed "
+                f"({result.returncode}): {(result.stdout + result.stderr).strip()}"
+            )
+        return elapsed
+
+    def _show_log(self, who: str, cursor: LogCursor, phrases: Sequence[str]) -> None:
+        lines = cursor.wait_for(phrases, timeout=5.0)
+        self.con.line(f"log of {who}:", style="dim")
+        self.con.lines([self.con.highlight(line) for line in lines])
+        missing = [p for p in phrases if not any(p in line for line in lines)]
+        if missing:
+            raise DemoFailure(f"log of {who} has no line with {', '.join(missing)}")
+
+    def _show_status(self, where: str, daemon: Ikev1dDaemon, counters_only: bool = False) -> str:
+        """`ikev1d status` (the table for people); only the IPsec SA lines if counters_only."""
+        self.con.command(where, "ikev1d status" + ("   (IPsec SA lines)" if counters_only
+                                                    else ""))
+        result = daemon.cli("status", check=False)
+        if result.returncode != 0:
+            raise DemoFailure(f"`ikev1d status` on site {where} failed: {result.stderr.strip()}")
+        lines = result.stdout.rstrip("\n").splitlines()
+        if counters_only:
+            lines = [ln for ln in lines if ln.strip().startswith((f"{CHILD}:", "in ", "out "))]
+        self.con.lines(lines)
+        return result.stdout
+
+    # -- step 3 ---------------------------------------------------------------------------
+
+    def step_traffic(self, number: int, peer: str) -> None:
+        """TCP echo from A's network to B's through the tunnel, and what the wire saw."""
+        con = self.con
+        a, b = self._sites()
+        title = "Traffic through the tunnel" + (" (to strongSwan)" if peer == "strongSwan"
+                                                 else "")
+        if self.dataplane != "userspace":
+            if number:
+                con.step(number, title)
+            if self.dataplane_note:
+                con.skip(self.dataplane_note)
+                self.outcome.traffic.append("skipped (userspace data plane failed to start)")
+            else:
+                con.skip("the userspace data plane (ikev1d.dataplane.userspace) is not "
+                         "available in this build")
+                self.outcome.traffic.append("skipped (no userspace data plane)")
+            return
+        if number:
+            con.step(
+                number, title,
+                f"A TCP client on {a.inner_address} talks to an echo server on "
+                f"{b.inner_address}; ikev1d routes",
+                "the remote network into its TUN device and carries the packets in ESP.",
+                "dumpcap listens on site A's outside interface meanwhile.",
+            )
+        if self.gw_a is None:
+            raise DemoFailure("site A's ikev1d is not running")
+        ok, reason = tshark_available()
+        message = f"hello from {a.inner_address}, sent through the tunnel ({os.getpid()})"
+        server = _start_echo_server(b.ns, b.inner_address)
+        self.stack.callback(_stop_process, server)
+        capture_path = self.work / f"traffic-{peer.lower()}.pcap"
+        capture = Capture(a.ns, a.ifname, capture_path) if ok else None
+        try:
+            con.command("A", f"echo client {a.inner_address} -> {b.inner_address}:{ECHO_PORT}")
+            reply = _echo_client(a.ns, a.inner_address, b.inner_address, message)
+        finally:
+            if capture is not None:
+                capture.stop()
+            _stop_process(server)
+        con.line(f"sent:     {message}", indent=5)
+        con.line(f"received: {reply}", indent=5)
+        if reply != f"echo: {message}":
+            raise DemoFailure(f"the echo through the tunnel came back as {reply!r}")
+        con.write()
+        status = self._show_status("A", self.gw_a, counters_only=True)
+        if re.search(r"\b[1-9]\d* packets", status) is None:
+            raise DemoFailure("the status table shows no packets through the tunnel")
+        if capture is None:
+            con.skip(f"wire view: {reason}")
+        else:
+            self._show_wire(capture_path, message)
+        self.outcome.traffic.append(f"echo through the tunnel to {peer}")
+        con.ok(f"the echo reached {b.inner_address} and came back, encrypted on the wire")
+
+    def _show_wire(self, path: Path, message: str) -> None:
+        con = self.con
+        con.write()
+        con.command("A", f"tshark -r {path.name}")
+        tshark = shutil.which("tshark") or "tshark"
+        result = subprocess.run(  # noqa: S603 - fixed argv, our own capture file
+            [tshark, "-n", "-r", str(path)],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        lines = [ln.strip() for ln in result.stdout.splitlines() if ln.strip()]
+        con.lines(lines[:8])
+        if len(lines) > 8:
+            con.line(f"... and {len(lines) - 8} more", indent=5, style="dim")
+        raw_esp, udp_esp, ike, other = _classify(path.read_bytes())
+        if message.encode() in path.read_bytes():
+            raise DemoFailure("the message text crossed the wire in clear")
+        if raw_esp + udp_esp == 0 or other:
+            raise DemoFailure(f"on the wire: {raw_esp} ESP, {udp_esp} ESP in UDP, {ike} IKE, "
+                              f"{other} other packets")
+        kinds = [f"{raw_esp} ESP (IP protocol 50)" if raw_esp else "",
+                 f"{udp_esp} ESP in UDP 4500 (RFC 3948)" if udp_esp else "",
+                 f"{ike} IKE" if ike else ""]  # fmt: skip
+        con.ok(f"on the wire only {', '.join(k for k in kinds if k)}; "
+               "the message text appears in no packet")
+
+    # -- step 4 ---------------------------------------------------------------------------
+
+    def step_strongswan(self) -> None:
+        con = self.con
+        a, b = self._sites()
+        if not self.with_strongswan:
+            con.step(4, "Against strongSwan")
+            con.skip("--no-strongswan")
+            self.outcome.strongswan = "skipped (--no-strongswan)"
+            return
+        ok, reason = strongswan_available()
+        if not ok:
+            con.step(4, "Against strongSwan")
+            con.skip(reason)
+            self.outcome.strongswan = f"skipped ({reason})"
+            return
+        con.step(
+            4, "Against strongSwan",
+            "Site B's ikev1d stops (SIGTERM: it sends Delete for its SAs) and a strongSwan",
+            "charon takes its place with the same addresses, key and proposals. strongSwan",
+            "here carries ESP in userspace (kernel-libipsec), which needs UDP encapsulation:",
+            "encap = yes, so both sides move to UDP 4500 (RFC 3947).",
+        )
+        if self.gw_a is None or self.gw_b is None:
+            raise DemoFailure("the ikev1d gateways are not running")
+        log_a = LogCursor(self.gw_a.log_text)
+        log_a.mark()
+        code = self.gw_b.stop()
+        if code != 0:
+            raise DemoFailure(f"ikev1d on site B exited with {code}: "
+                              f"{self.gw_b.log_text()[-800:]}")
+        if len(log_a.wait_for(_DELETED, timeout=5.0)) != len(_DELETED):
+            raise DemoFailure("site A did not log the Delete from site B's ikev1d")
+        con.ok("site B's ikev1d stopped; site A removed the SAs it deleted")
+        charon = Charon(b.ns, self.work / "charon-b")
+        self.stack.callback(charon.stop)
+        self.charon = charon
+        charon.load_config(swanctl_conf(
+            CONNECTION_B, b.address, a.address, b.address, a.address, PSK,
+            IKE_PROPOSALS, ESP_PROPOSALS, b.inner_net, a.inner_net, child=CHILD, encap=True,
+        ))  # fmt: skip
+        con.ok(f"strongSwan charon running in {b.ns.name}")
+        log_a.mark()
+        charon_log = LogCursor(charon.log_text)
+        charon_log.mark()
+        elapsed = self._up("A", self.gw_a)
+        self._show_log("site A (ikev1d)", log_a, _ESTABLISHED)
+        lines = charon_log.wait_for(("IKE_SA", "CHILD_SA"), timeout=5.0)
+        established = [ln for ln in charon_log.new_text().splitlines() if "established" in ln]
+        con.line("log of site B (strongSwan):", style="dim")
+        con.lines([_charon_line(ln) for ln in established[:2]] or lines)
+        con.write()
+        con.command("B", "swanctl --list-sas")
+        sas = charon.swanctl(["--list-sas"])
+        con.lines([ln.rstrip() for ln in sas.stdout.splitlines() if ln.strip()])
+        their = charon.list_sas()
+        if not their or their[0].get("state") != "ESTABLISHED":
+            raise DemoFailure(f"strongSwan does not list an established IKE SA: {their}")
+        con.write()
+        self._show_status("A", self.gw_a)
+        con.ok(f"ikev1d and strongSwan agree on the SAs (set up in {elapsed:.1f} s)")
+        self.outcome.strongswan = "established"
+        if self.dataplane == "userspace":
+            con.write()
+            self.step_traffic(0, "strongSwan")
+
+    # -- step 5 ---------------------------------------------------------------------------
+
+    def step_teardown(self) -> None:
+        con = self.con
+        a, b = self._sites()
+        peer = "strongSwan" if self.charon is not None else "ikev1d"
+        con.step(
+            5, "Teardown",
+            f"`ikev1d down` sends Delete payloads for the IPsec SA and the ISAKMP SA to "
+            f"{peer};",
+            "then the daemons stop and the namespaces and temporary files are removed.",
+        )
+        if self.gw_a is None:
+            raise DemoFailure("site A's ikev1d is not running")
+        log_a = LogCursor(self.gw_a.log_text)
+        log_a.mark()
+        peer_log: LogCursor | None = None
+        if self.charon is not None:
+            peer_log = LogCursor(self.charon.log_text)
+        elif self.gw_b is not None:
+            peer_log = LogCursor(self.gw_b.log_text)
+        if peer_log is not None:
+            peer_log.mark()
+        con.command("A", f"ikev1d down {CONNECTION_A}")
+        result = self.gw_a.cli("down", CONNECTION_A, check=False)
+        if result.returncode != 0:
+            raise DemoFailure(f"`ikev1d down` failed: {(result.stdout + result.stderr).strip()}")
+        self._show_log("site A", log_a, _DELETED)
+        if self.charon is not None and peer_log is not None:
+            self.charon.wait_for(lambda sas: not sas, timeout=5.0)
+            lines = [ln for ln in peer_log.new_text().splitlines()
+                     if "[IKE]" in ln and ("DELETE" in ln or "deleting" in ln)]  # fmt: skip
+            con.line("log of site B (strongSwan):", style="dim")
+            con.lines([_charon_line(ln) for ln in lines[:4]])
+            con.ok("strongSwan lists no SAs any more")
+        elif peer_log is not None:
+            self._show_log("site B", peer_log, _DELETED)
+        con.write()
+        for label, daemon in (("A", self.gw_a), ("B", self.gw_b)):
+            if daemon is not None and daemon.process is not None and (
+                daemon.process.poll() is None
+            ):
+                code = daemon.stop()
+                if code != 0:
+                    raise DemoFailure(f"ikev1d on site {label} exited with {code}")
+                con.ok(f"ikev1d on site {label} stopped (exit 0)")
+        if self.charon is not None:
+            self.charon.stop()
+            con.ok("strongSwan charon stopped")
+        names = [a.ns.name, b.ns.name]
+        if self.topo is not None:
+            self.topo.close()
+        left = [n for n in names if n in _netns_names()]
+        if left:
+            raise DemoFailure(f"namespaces left behind: {', '.join(left)}")
+        con.ok(f"namespaces {', '.join(names)} deleted")
+        self.outcome.teardown = True
+
+
+def _charon_line(line: str) -> str:
+    """charon's filelog line without the time and thread: '[IKE] IKE_SA ... established'."""
+    m = re.match(r"^\S+\s+\d+\[(\w+)\]\s+(?:<[^>]*>\s+)?(.*)$", line)
+    return f"[{m.group(1)}] {m.group(2)}" if m else line.strip()
+
+
+def _check_established(daemon: Ikev1dDaemon, where: str) -> None:
+    """`ikev1d status --json` must show the ISAKMP SA ESTABLISHED and its child INSTALLED."""
+    try:
+        document = daemon.status()
+    except (DaemonError, ValueError) as exc:
+        raise DemoFailure(f"`ikev1d status --json` on site {where}: {exc}") from exc
+    states = [(ike.get("state"), [c.get("state") for c in ike.get("children", [])])
+              for ike in document.get("ike_sas", [])]  # fmt: skip
+    if states != [("ESTABLISHED", ["INSTALLED"])]:
+        raise DemoFailure(f"site {where} reports SAs in states {states}")
+
+
+def _first_error_line(text: str) -> str:
+    """The ERROR line of a daemon's stderr, else the first line."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if m := re.search(r"\bERROR\s+(.*)", ln):
+            return m.group(1).strip()
+    return lines[0] if lines else text
+
+
+def _netns_names() -> set[str]:
+    ip = shutil.which("ip") or "ip"
+    listing = subprocess.run(  # noqa: S603 - fixed argv
+        [ip, "netns", "list"], capture_output=True, text=True, check=False
+    ).stdout
+    return {line.split()[0] for line in listing.splitlines() if line.split()}
+
+
+def _start_together(*daemons: Ikev1dDaemon) -> None:
+    """Start daemons in parallel (each takes a second or two to import and bind)."""
+    errors: list[BaseException] = []
+
+    def start(d: Ikev1dDaemon) -> None:
+        try:
+            d.start(timeout=20.0)
+        except BaseException as exc:  # reported below, in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(d,), daemon=True) for d in daemons]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise DemoFailure(f"ikev1d did not start: {errors[0]}")
+
+
+_ECHO_SERVER = """
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(1)
+srv.settimeout(30)
+print("ready", flush=True)
+conn, _ = srv.accept()
+conn.settimeout(10)
+data = b""
+while chunk := conn.recv(65536):
+    data += chunk
+conn.sendall(b"echo: " + data)
+conn.close()
+"""
+
+_ECHO_CLIENT = """
+import socket, sys
+src, dst, port, text = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+conn = socket.create_connection((dst, port), timeout=10, source_address=(src, 0))
+conn.sendall(text.encode())
+conn.shutdown(socket.SHUT_WR)
+data = b""
+while chunk := conn.recv(65536):
+    data += chunk
+sys.stdout.write(data.decode())
+"""
+
+
+def _start_echo_server(ns: Namespace, address: str) -> subprocess.Popen[str]:
+    server: subprocess.Popen[str] = ns.popen(
+        [sys.executable, "-c", _ECHO_SERVER, address, str(ECHO_PORT)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ready = server.stdout.readline() if server.stdout is not None else ""
+    if ready.strip() != "ready":
+        _stop_process(server)
+        err = server.stderr.read() if server.stderr is not None else ""
+        raise DemoFailure(f"echo server in {ns.name} did not start: {err.strip()}")
+    return server
+
+
+def _echo_client(ns: Namespace, src: str, dst: str, message: str) -> str:
+    try:
+        result = ns.run([sys.executable, "-c", _ECHO_CLIENT, src, dst, str(ECHO_PORT), message],
+                        check=False, timeout=20)
+    except subprocess.TimeoutExpired as exc:
+        raise DemoFailure(f"no answer from {dst} through the tunnel") from exc
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["?"])[-1]
+        raise DemoFailure(f"echo client {src} -> {dst} failed: {last}")
+    return result.stdout
+
+
+def _stop_process(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _classify(capture: bytes) -> tuple[int, int, int, int]:
+    """(raw ESP, UDP-encapsulated ESP, IKE, other) IPv4 packets in a capture."""
+    esp = udp_esp = ike = other = 0
+    try:
+        packets = read_capture(capture)
+    except PcapError as exc:
+        raise DemoFailure(f"cannot read the traffic capture: {exc}") from exc
+    for packet in packets:
+        ip = ipv4_of(packet)
+        if ip is None:
+            continue  # ARP and the like: not IP traffic
+        udp = udp_of(ip)
+        if ip.protocol == IPPROTO_ESP:
+            esp += 1
+        elif udp is not None and 4500 in (udp.sport, udp.dport):
+            if udp.payload[:4] == b"\x00\x00\x00\x00":
+                ike += 1
+            elif udp.payload != b"\xff":  # NAT-T keepalive
+                udp_esp += 1
+        elif udp is not None and 500 in (udp.sport, udp.dport):
+            ike += 1
+        else:
+            other += 1
+    return esp, udp_esp, ike, other
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def _preflight() -> str | None:
+    """Why the demo cannot run here, or None."""
+    if os.geteuid() != 0:
+        return ("ikev1d demo needs root: it creates network namespaces, veth links and "
+                "runs gateways inside them.\n  Run it as root, e.g. `sudo make demo` or "
+                "`sudo .venv/bin/ikev1d demo`.")  # fmt: skip
+    if shutil.which("ip") is None:
+        return "ikev1d demo needs iproute2 (`ip`): apt-get install iproute2"
+    ok, reason = netns.netns_available()
+    if not ok:
+        return f"ikev1d demo cannot create network namespaces here: {reason}"
+    return None
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the demo like Ctrl-C does, so cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """Ignore Ctrl-C / SIGTERM while cleaning up, so a second one cannot leave leftovers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ikev1d demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--dataplane", choices=("auto", "userspace", "none"), default="auto",
+                        help="auto: userspace when it is available and starts, else none")
+    parser.add_argument("--no-strongswan", action="store_true",
+                        help="skip step 4 (ikev1d against strongSwan)")
+    return parser.parse_args(list(argv))
+
+
+def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the demo; 0 on success, non-zero with a message otherwise."""
+    args = _parse(argv or [])
+    color = {"auto": None, "always": True, "never": False}[args.color]
+    con = Console(out if out is not None else sys.stdout, color)
+    problem = _preflight()
+    if problem is not None:
+        con.error(problem)
+        return 2
+    started = time.monotonic()
+    con.title("ikev1d demo: an IKEv1 VPN gateway in Python, shown working on this machine")
+    con.line(f"Runs in network namespaces {NS_PREFIX}-{os.getpid()}-* and a temporary "
+             "directory, removed at the end.", indent=0, style="dim")
+    netns.cleanup_stale(NS_PREFIX)  # leftovers of a demo that was killed hard
+    demo: Demo | None = None
+    code = 1
+    stack = contextlib.ExitStack()
+    try:
+        with _terminate_as_exit():
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ikev1d-demo-")))
+            demo = Demo(con, work, stack, with_strongswan=not args.no_strongswan,
+                        dataplane=args.dataplane)
+            demo.step_decode()
+            demo.step_gateways()
+            demo.step_traffic(3, "ikev1d")
+            demo.step_strongswan()
+            demo.step_teardown()
+            code = 0
+    except KeyboardInterrupt:
+        con.write()
+        con.error("interrupted; cleaning up")
+        code = 130
+    except (DemoFailure, DaemonError, CharonError, CaptureError, NetnsError, OSError,
+            subprocess.SubprocessError) as exc:
+        con.write()
+        con.error(f"demo failed: {exc}")
+        if demo is not None:
+            _show_log_tails(con, demo)
+        code = 1
+    finally:
+        with _uninterruptible():
+            stack.close()
+    elapsed = time.monotonic() - started
+    con.write()
+    if code == 0 and demo is not None:
+        o = demo.outcome
+        con.write(con.paint(f"demo finished in {elapsed:.1f} s", "bold"))
+        con.line(
+            f"summary: {o.decoded} strongSwan messages decoded ({o.decrypted} decrypted, "
+            f"{o.verified} hashes verified); ikev1d <-> ikev1d established; "
+            f"ikev1d <-> strongSwan {o.strongswan}; traffic: {', '.join(o.traffic)}; "
+            "SAs deleted, everything removed.",
+            indent=0,
+        )
+    else:
+        con.error(f"demo stopped after {elapsed:.1f} s; namespaces and files removed")
+    return code
+
+
+def _show_log_tails(con: Console, demo: Demo, lines: int = 12) -> None:
+    """The end of each log, to explain a failure before the files are removed."""
+    for who, read in (("site A ikev1d", demo.gw_a.log_text if demo.gw_a else None),
+                      ("site B ikev1d", demo.gw_b.log_text if demo.gw_b else None),
+                      ("site B strongSwan", demo.charon.log_text if demo.charon else None)):
+        if read is None:
+            continue
+        tail = read().splitlines()[-lines:]
+        if tail:
+            con.line(f"last lines of the {who} log:", indent=0, style="dim")
+            con.lines(tail, indent=2, style="dim")

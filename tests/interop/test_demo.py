@@ -1,0 +1,115 @@
+"""`python -m ikev1d demo` end to end: exit 0, the key lines, nothing left behind.
+
+The demo runs as a separate process (as `make demo` runs it), so this also checks
+that it cleans up by itself: no namespace named after its pid, no daemon, no
+temporary directory survives it, and a SIGTERM in the middle leaves nothing either.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.interop
+
+DEMO = [sys.executable, "-m", "ikev1d", "demo"]  # stdout is a pipe: no colours
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def _demo_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("ikev1d-demo-*"))
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def _leftovers(pid: int, dirs_before: set[Path]) -> list[str]:
+    ns = sorted(n for n in _netns() if n.startswith(f"ikdemo-{pid}-"))
+    dirs = sorted(str(d) for d in _demo_dirs() - dirs_before)
+    procs = [p for d in dirs for p in _processes_mentioning(d)]
+    return ns + dirs + procs
+
+
+def test_demo_runs_and_cleans_up(require_root_netns: None) -> None:
+    dirs_before = _demo_dirs()
+    started = time.monotonic()
+    proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=180)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, out
+    assert "\x1b[" not in out  # no colour codes when stdout is not a terminal
+    # step 1: the recorded strongSwan exchange, decoded and decrypted
+    for n in range(1, 7):
+        assert f"Main Mode {n} " in out, out
+    for n in range(1, 4):
+        assert f"Quick Mode {n} " in out, out
+    assert "HASH_I verified" in out and "HASH_R verified" in out
+    assert "11 messages decoded, 7 decrypted, 7 HASH payloads verified" in out
+    assert "ID IPV4_ADDR_SUBNET 10.2.0.0/24" in out  # from a decrypted Quick Mode message
+    # step 2: two ikev1d, both logs, the status table
+    assert out.count("ISAKMP SA established") >= 2
+    assert out.count("IPsec SA established") >= 2
+    assert "$ ikev1d status" in out
+    assert "site-b: ESTABLISHED, IKEv1, initiator" in out
+    assert "net: INSTALLED, TUNNEL" in out
+    # step 4: strongSwan (the rig fixture guarantees it is installed)
+    assert "IKE_SA site-a[1] established" in out
+    assert "$ swanctl --list-sas" in out
+    # step 3 only with the userspace data plane
+    if "skipped: the userspace data plane" not in out and "failed to start" not in out:
+        assert "received: echo: hello from 10.1.0.1" in out
+        assert "the message text appears in no packet" in out
+    # step 5: Delete and teardown
+    assert "ISAKMP SA deleted" in out and "IPsec SA deleted" in out
+    assert "received DELETE for IKE_SA" in out
+    assert "demo finished" in out
+    assert _leftovers(proc.pid, dirs_before) == []
+    assert elapsed < 90, f"the demo took {elapsed:.0f} s"
+
+
+@pytest.mark.parametrize("delay", [1.0, 3.0])
+def test_sigterm_midway_leaves_nothing(require_root_netns: None, delay: float) -> None:
+    dirs_before = _demo_dirs()
+    proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(delay)
+    finished_already = proc.poll() is not None
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    if not finished_already:
+        assert proc.returncode in (0, 130), out
+        if proc.returncode == 130:
+            assert "interrupted; cleaning up" in out
+    assert _leftovers(proc.pid, dirs_before) == []
+
+
+def test_refuses_without_root(require_root_netns: None) -> None:
+    # As an unprivileged user the demo explains itself instead of failing half-way.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *DEMO],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "needs root" in proc.stdout
