@@ -224,6 +224,10 @@ class RecordingBackend(NoneBackend):
         self.esp: list[tuple[bytes, Endpoint, Endpoint]] = []
         self.removed: list[ChildSaDeleted] = []
         self.send_udp: SendUdp | None = None
+        self.nat_t_ports: list[int] = []
+
+    def use_nat_t_sockets(self, sockets: list[socket.socket]) -> None:
+        self.nat_t_ports = [s.getsockname()[1] for s in sockets]
 
     def attach(self, send_udp: SendUdp, loop: asyncio.AbstractEventLoop) -> None:
         self.send_udp = send_udp

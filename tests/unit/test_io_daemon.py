@@ -78,6 +78,7 @@ def test_nat_t_port_strips_marker_drops_keepalive_and_hands_esp_to_data_plane() 
                 assert source == nat_t
                 assert h.engine.received == [(b"ping-3", nat_t, peer.endpoint)]
                 assert h.backend.esp == [(b"\x00\x00\x10\x01esp-payload", nat_t, peer.endpoint)]
+                assert h.backend.nat_t_ports == [nat_t[1]]
                 # The backend sends UDP-encapsulated ESP without a marker.
                 assert h.backend.send_udp is not None
                 h.backend.send_udp(b"\x00\x00\x10\x01out", nat_t, peer.endpoint)

@@ -302,6 +302,10 @@ class Daemon:
         self._cleanups.append(("UDP sockets", udp.close))
         try:
             backend.attach(udp.send_esp_udp, self.loop)
+            # Optional hook: the kernel backend sets UDP_ENCAP on these (RFC 3948 in XFRM).
+            use_nat_t_sockets = getattr(backend, "use_nat_t_sockets", None)
+            if callable(use_nat_t_sockets):
+                use_nat_t_sockets([s.sock for s in udp.sockets if s.port == udp.port_nat_t])
         except (DataplaneError, OSError) as exc:
             raise DaemonError(f"data plane {backend.name!r}: {exc}") from None
 
