@@ -3,6 +3,7 @@
 dh          Diffie-Hellman groups and the KE exchange (RFC 2409 §6, RFC 3526, 5903, 8031)
 algorithms  hashes, the HMAC PRF and CBC ciphers (RFC 2409 §4, Appendix B)
 ike_keys    SKEYID, derived keys, HASH_I/R, IVs, Quick Mode hashes, KEYMAT, NAT-D
+pubkey      RSA / ECDSA signatures over HASH_I/R, RSA nonce encryption (§5.1, §5.2)
 errors      CryptoError, InvalidPublicValue, DecryptError
 """
 
@@ -50,6 +51,14 @@ from ikev1d.crypto.ike_keys import (
     skeyid_psk,
     skeyid_sig,
 )
+from ikev1d.crypto.pubkey import (
+    ecdsa_sign_hash,
+    ecdsa_verify_hash,
+    pke_decrypt,
+    pke_encrypt,
+    rsa_sign_hash,
+    rsa_verify_hash,
+)
 
 __all__ = [
     "CIPHERS",
@@ -66,6 +75,8 @@ __all__ = [
     "cipher_key_length",
     "derive_phase1_keys",
     "digest_size",
+    "ecdsa_sign_hash",
+    "ecdsa_verify_hash",
     "encryption_key",
     "generate_keypair",
     "get_group",
@@ -82,11 +93,15 @@ __all__ = [
     "pad_plaintext",
     "phase1_iv",
     "phase2_iv",
+    "pke_decrypt",
+    "pke_encrypt",
     "prf",
     "prf_output_length",
     "qm_hash1",
     "qm_hash2",
     "qm_hash3",
+    "rsa_sign_hash",
+    "rsa_verify_hash",
     "skeyid_pke",
     "skeyid_psk",
     "skeyid_sig",
