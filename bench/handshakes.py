@@ -87,6 +87,8 @@ class RunResult:
     cpu_seconds: float = 0.0
     initiator_cpu_seconds: float = 0.0
     driver_cpu_seconds: float = 0.0
+    latency_p50: float = float("nan")
+    latency_p95: float = float("nan")
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -244,8 +246,16 @@ def _vici_session(path: Path, timeout: float) -> Iterator[Any]:
         sock.close()
 
 
-def drive(initiator: Charon, n: int, window: int, timeout: float) -> tuple[int, float, list[str]]:
-    """Initiate t1..tN with at most `window` in flight; (succeeded, seconds, errors).
+@dataclass(frozen=True)
+class DriveResult:
+    succeeded: int
+    seconds: float
+    errors: list[str]
+    latencies: list[float]  # seconds per successful initiate (Main Mode + Quick Mode)
+
+
+def drive(initiator: Charon, n: int, window: int, timeout: float) -> DriveResult:
+    """Initiate t1..tN with at most `window` in flight.
 
     One vici session per slot of the window, opened one after another before
     the clock starts (charon's vici socket has a short listen backlog).
@@ -255,7 +265,7 @@ def drive(initiator: Charon, n: int, window: int, timeout: float) -> tuple[int, 
         for _ in range(window):
             free.put(stack.enter_context(_vici_session(initiator.vici_path, timeout + 30)))
 
-        def one(i: int) -> str | None:
+        def one(i: int) -> str | float:
             session = free.get()
             request = {
                 "child": CHILD,
@@ -263,6 +273,7 @@ def drive(initiator: Charon, n: int, window: int, timeout: float) -> tuple[int, 
                 "timeout": int(timeout * 1000),
                 "loglevel": 0,
             }
+            began = time.monotonic()
             try:
                 for _log in session.initiate(request):
                     pass
@@ -274,14 +285,22 @@ def drive(initiator: Charon, n: int, window: int, timeout: float) -> tuple[int, 
                 return f"t{i}: {exc}"
             finally:
                 free.put(session)
-            return None
+            return time.monotonic() - began
 
         start = time.monotonic()
         with ThreadPoolExecutor(max_workers=window) as pool:
             outcomes = list(pool.map(one, range(1, n + 1)))
         elapsed = time.monotonic() - start
-    errors = [e for e in outcomes if e is not None]
-    return n - len(errors), elapsed, errors
+    errors = [e for e in outcomes if isinstance(e, str)]
+    latencies = [e for e in outcomes if isinstance(e, float)]
+    return DriveResult(len(latencies), elapsed, errors, latencies)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # --- counting tunnels on the responders ------------------------------------------------------
@@ -410,7 +429,7 @@ def run_one(
         init_before = cpu_seconds(init_pid)
         driver_before = _own_cpu()
         cpu_before = cpu_seconds(resp_pid)
-        ok, elapsed, errors = drive(initiator, s.tunnels, s.window, s.timeout)
+        driven = drive(initiator, s.tunnels, s.window, s.timeout)
         time.sleep(0.3)  # the responder finishes the last QM3s
         cpu_after = cpu_seconds(resp_pid)
         result.initiator_cpu_seconds = cpu_seconds(init_pid) - init_before
@@ -418,8 +437,11 @@ def run_one(
         if profiler is not None:
             stop_profiler(profiler)
 
-        result.initiated_ok = ok
-        result.seconds = elapsed
+        result.initiated_ok = driven.succeeded
+        result.seconds = driven.seconds
+        result.latency_p50 = percentile(driven.latencies, 0.5)
+        result.latency_p95 = percentile(driven.latencies, 0.95)
+        errors = driven.errors
         result.cpu_seconds = cpu_after - cpu_before
         result.errors = errors[:5] + ([f"... {len(errors) - 5} more"] if len(errors) > 5 else [])
         if daemon is not None:
@@ -614,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"  {group.name} {name}: {state}, {r.established}/{r.tunnels} in "
                         f"{r.seconds:.1f}s, responder CPU {r.cpu_seconds:.2f}s, "
                         f"initiator charon {r.initiator_cpu_seconds:.2f}s, "
-                        f"vici driver {r.driver_cpu_seconds:.2f}s",
+                        f"vici driver {r.driver_cpu_seconds:.2f}s; handshake latency "
+                        f"p50 {1000 * r.latency_p50:.0f} ms, p95 {1000 * r.latency_p95:.0f} ms",
                         flush=True,
                     )
                     for err in r.errors:
