@@ -35,8 +35,10 @@ from typing import Any, TypeAlias
 
 DEFAULT_SOCKET_PATH = "/run/ikev1d/ikev1d.sock"
 SOCKET_ENV = "IKEV1D_SOCKET"
-MAX_LINE = 1 << 20
-"""Longest request or response line accepted (a large status document fits)."""
+MAX_REQUEST_LINE = 1 << 16
+"""Longest request line the daemon reads."""
+MAX_RESPONSE_LINE = 1 << 26
+"""Longest response line a client reads (a status document with many thousand SAs)."""
 DEFAULT_UP_TIMEOUT = 90.0
 """Seconds ``up`` waits: longer than the default retransmission schedule."""
 
@@ -99,8 +101,8 @@ def encode_request(request: Request) -> bytes:
     return _line(body)
 
 
-def _load_object(line: bytes) -> dict[str, Any]:
-    if len(line) > MAX_LINE:
+def _load_object(line: bytes, limit: int) -> dict[str, Any]:
+    if len(line) > limit:
         raise ControlProtocolError("line too long")
     try:
         body = json.loads(line.decode("utf-8"))
@@ -120,7 +122,7 @@ def _name(body: Mapping[str, Any]) -> str:
 
 def decode_request(line: bytes) -> Request:
     """Parse one request line; raises ControlProtocolError."""
-    body = _load_object(line)
+    body = _load_object(line, MAX_REQUEST_LINE)
     command = body.get("command")
     if command == "up":
         child = body.get("child")
@@ -169,7 +171,7 @@ class Response:
 
 
 def decode_response(line: bytes) -> Response:
-    body = _load_object(line)
+    body = _load_object(line, MAX_RESPONSE_LINE)
     if "ok" in body:
         ok = body["ok"]
         message = body.get("message", "")

@@ -254,3 +254,16 @@ def test_unreachable_daemon() -> None:
         stale.close()
         with pytest.raises(DaemonUnreachable):
             send_request(path, StatusRequest())
+
+
+def test_overlong_request_is_refused() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            reader, writer = await asyncio.open_unix_connection(h.socket_path)
+            writer.write(b'{"command":"status","pad":"' + b"x" * 200_000 + b'"}\n')
+            line = await reader.readline()
+            writer.close()
+            response = decode_response(line)
+            assert not response.ok and response.message.startswith("bad request")
+
+    asyncio.run(body())

@@ -6,7 +6,7 @@ import socket
 from collections.abc import Callable
 
 from ikev1d.control import (
-    MAX_LINE,
+    MAX_RESPONSE_LINE,
     ControlProtocolError,
     Request,
     Response,
@@ -59,7 +59,7 @@ def send_request(
         stream = sock.makefile("rb")
         while True:
             try:
-                line = stream.readline(MAX_LINE + 1)
+                line = stream.readline(MAX_RESPONSE_LINE + 1)
             except TimeoutError:
                 raise ControlProtocolError(f"no answer from the daemon in {timeout:g}s") from None
             if not line:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from ikev1d import config as config_module
 from ikev1d import logsetup
 from ikev1d.control import (
-    MAX_LINE,
+    MAX_REQUEST_LINE,
     ControlProtocolError,
     DownRequest,
     PingRequest,
@@ -330,7 +330,7 @@ class Daemon:
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
-                self._handle_client, path=path, limit=MAX_LINE
+                self._handle_client, path=path, limit=MAX_REQUEST_LINE
             )
         except OSError as exc:
             raise DaemonError(f"cannot create control socket {path}: {exc.strerror}") from None
