@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("file", metavar="FILE")
 
-    sub.add_parser("demo", help="run a complete example on this machine")
+    # The demo has its own options (`ikev1d demo --help`); main() passes them through.
+    sub.add_parser("demo", help="run a complete example on this machine", add_help=False)
     return parser
 
 
@@ -177,18 +178,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, demo_args: list[str]) -> int:
     try:
         demo = importlib.import_module("ikev1d.demo")
     except ModuleNotFoundError as exc:
         if exc.name != "ikev1d.demo":
             raise
         return _error("the demo is not available in this build")
-    result = demo.run_demo()
+    result = demo.run_demo(demo_args)
     return result if isinstance(result, int) else EXIT_OK
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, demo_args: list[str] | None = None) -> int:
     match args.command:
         case "daemon":
             return cmd_daemon(args)
@@ -203,16 +204,19 @@ def run(args: argparse.Namespace) -> int:
         case "check-config":
             return cmd_check_config(args)
         case "demo":
-            return cmd_demo(args)
+            return cmd_demo(args, demo_args or [])
     return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ikev1d.io.control_client import DaemonUnreachable
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return run(args)
+        return run(args, extra)
     except (DaemonUnreachable, ControlProtocolError) as exc:
         return _error(str(exc))
     except KeyboardInterrupt:

@@ -92,6 +92,7 @@ def test_parser_accepts_the_spec_commands() -> None:
         (["up", "x", "--timeout", "soon"], "not a number of seconds"),
         (["daemon", "-c", "f", "--log-level", "loud"], "use one of"),
         (["fly"], "invalid choice"),
+        (["status", "--yaml"], "unrecognized arguments: --yaml"),
         ([], "COMMAND"),
     ],
 )
@@ -165,16 +166,18 @@ def test_demo_dispatches_to_run_demo(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     module = types.ModuleType("ikev1d.demo")
-    calls: list[int] = []
+    calls: list[list[str]] = []
 
-    def run_demo() -> int:
-        calls.append(1)
+    def run_demo(argv: list[str]) -> int:
+        calls.append(argv)
         return 3
 
     module.run_demo = run_demo  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ikev1d.demo", module)
     assert main(["demo"]) == 3
-    assert calls == [1]
+    # the demo's own options (and -h) are passed through
+    assert main(["demo", "--color", "never", "-h"]) == 3
+    assert calls == [[], ["--color", "never", "-h"]]
 
 
 def test_demo_missing_is_a_clear_error(
