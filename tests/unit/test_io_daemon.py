@@ -252,6 +252,18 @@ def test_bad_config_and_data_plane_errors_fail_start() -> None:
                 await daemon.start()
             assert not os.path.exists(path)
 
+            def bad_engine(cfg: object, rnd: object) -> FakeEngine:
+                raise ValueError("no usable proposal")
+
+            backend = RecordingBackend()
+            daemon = Daemon(DaemonOptions("x.toml", path), config_loader=lambda p: config,
+                            engine_factory=bad_engine, backend_factory=lambda n, c: backend,
+                            warnings=lambda c: [])
+            with pytest.raises(DaemonError, match="engine cannot start: no usable proposal"):
+                await daemon.start()
+            assert backend.closed
+            assert not os.path.exists(path)
+
     asyncio.run(body())
 
 

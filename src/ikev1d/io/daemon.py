@@ -309,7 +309,13 @@ class Daemon:
         except (DataplaneError, OSError) as exc:
             raise DaemonError(f"data plane {backend.name!r}: {exc}") from None
 
-        self._engine = self._engine_factory(config, self._random_bytes)
+        try:
+            self._engine = self._engine_factory(config, self._random_bytes)
+        except DaemonError:
+            raise
+        except Exception as exc:
+            log.debug("engine construction failed", exc_info=True)
+            raise DaemonError(f"the protocol engine cannot start: {exc}") from exc
         self._cleanups.append(("timer", self._cancel_timer))
 
         if self._install_signals:
