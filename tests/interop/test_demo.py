@@ -113,3 +113,25 @@ def test_refuses_without_root(require_root_netns: None) -> None:
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "needs root" in proc.stdout
+
+
+def test_a_failing_step_reports_and_cleans_up(
+    require_root_netns: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from ikev1d import demo
+
+    def broken(self: demo.Demo) -> None:
+        raise demo.DemoFailure("strongSwan step broke on purpose")
+
+    monkeypatch.setattr(demo.Demo, "step_strongswan", broken)
+    dirs_before = _demo_dirs()
+    out = io.StringIO()
+    assert demo.run_demo([], out=out) == 1
+    text = out.getvalue()
+    assert "demo failed: strongSwan step broke on purpose" in text
+    assert "last lines of the site A ikev1d log:" in text  # why, before the files go
+    assert "namespaces and files removed" in text
+    assert "demo finished" not in text
+    assert _leftovers(os.getpid(), dirs_before) == []
