@@ -267,3 +267,17 @@ def test_overlong_request_is_refused() -> None:
             assert not response.ok and response.message.startswith("bad request")
 
     asyncio.run(body())
+
+
+def test_internal_error_is_an_answer_not_a_hangup() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            def broken(now: float) -> dict[str, object]:
+                raise RuntimeError("status bug")
+
+            h.engine.status = broken  # type: ignore[method-assign]
+            response = await _call(h.socket_path, StatusRequest())
+            assert not response.ok
+            assert response.message == "internal error: status bug"
+
+    asyncio.run(body())

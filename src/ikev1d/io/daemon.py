@@ -598,8 +598,14 @@ class Daemon:
             except (ValueError, ControlProtocolError, TimeoutError) as exc:
                 writer.write(encode_response(False, f"bad request: {exc or 'timeout'}"))
             else:
-                writer.write(await self.execute(request, lambda text: writer.write(
-                    encode_progress(text))))
+                try:
+                    answer = await self.execute(
+                        request, lambda text: writer.write(encode_progress(text))
+                    )
+                except Exception as exc:
+                    log.exception("internal error answering %s", type(request).__name__)
+                    answer = encode_response(False, f"internal error: {exc}")
+                writer.write(answer)
             await writer.drain()
         except (ConnectionError, OSError):
             pass
