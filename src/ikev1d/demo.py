@@ -236,16 +236,19 @@ class Demo:
 
     def step_decode(self) -> None:
         con = self.con
-        con.step(
-            1, "A real IKEv1 exchange, decoded",
-            "Two strongSwan 5.9.8 gateways (Main Mode + Quick Mode, pre-shared key), recorded",
-            "with dumpcap. ikev1d's own pcap reader, ISAKMP codec and RFC 2409 key derivation",
-            "read it; only the pre-shared key and charon's DH secret g^xy come from its log.",
-        )
         try:
             view = load_demo_exchange()
         except DemoDataError as exc:
+            con.step(1, "A real IKEv1 exchange, decoded")
             raise DemoFailure(f"step 1: {exc}") from exc
+        version = re.search(r"strongSwan [\d.]+", view.source)
+        con.step(
+            1, "A real IKEv1 exchange, decoded",
+            f"Two {version.group(0) if version else 'strongSwan'} gateways (Main Mode + Quick "
+            "Mode, pre-shared key), recorded",
+            "with dumpcap. ikev1d's own pcap reader, ISAKMP codec and RFC 2409 key derivation",
+            "read it; only the pre-shared key and charon's DH secret g^xy come from its log.",
+        )
         first = view.messages[0].wire[0] if view.messages else ""
         cookies = re.search(r"i_cookie=(\w+)", first)
         con.line(f"suite {view.suite}, initiator cookie {cookies.group(1) if cookies else '?'}",
