@@ -1,0 +1,420 @@
+"""``dataplane = "kernel"``: the negotiated IPsec SAs and their policies in Linux XFRM.
+
+For each IPsec SA pair (RFC 4301 §4.4.2 SAD, §4.4.1 SPD), this backend installs
+
+* two XFRM states: inbound (src = peer, dst = us, SPI ``spi_in``, ``keymat_in``)
+  and outbound (src = us, dst = peer, SPI ``spi_out``, ``keymat_out``), with
+  the kernel's names for the transform (``rfc4106(gcm(aes))`` with its ICV
+  length, ``cbc(aes)`` / ``cbc(des3_ede)`` with ``hmac(sha1)`` truncated to
+  96 bits or ``hmac(sha256/384/512)`` to half the hash, RFC 4868 §2.1), the
+  mode, a 64-packet replay window, and UDP encapsulation (RFC 3948) when NAT
+  traversal is on;
+* XFRM policies ``out`` (local_ts -> remote_ts) and ``in`` (and ``fwd`` in
+  tunnel mode, for routed traffic) for every pair of local and remote
+  networks, each with an ESP template naming the outer addresses and a reqid.
+
+The reqid ties policies to states. Like strongSwan, one reqid belongs to one
+set of policies (outer addresses, mode, networks), not to one SA pair: a
+rekeyed SA pair (make-before-break) gets the reqid of the pair it replaces,
+so the policies stay put, the kernel sends on the newest outbound state
+(``xfrm_state_find`` prefers the most recently added) and the old pair can be
+deleted without a gap. Policies are removed with the last SA pair using them.
+
+Only what was installed here is deleted again (by SPI and destination for
+states, selector and direction for policies); other XFRM entries are left
+alone. A failed install is rolled back before ``DataplaneError`` is raised.
+
+Counters are the kernel's own (``xfrm_lifetime_cur``: what ``ip -s xfrm
+state`` prints as "current"). The netlink side is :mod:`ikev1d.io.xfrm`;
+tests hand in a fake with the same methods (:class:`XfrmLike`).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Protocol
+
+from ikev1d.dataplane.base import DataplaneError, SendUdp, zero_counters
+from ikev1d.dataplane.esp import (
+    EspAlgorithm,
+    UnsupportedEspAlgorithm,
+    esp_algorithm,
+    keymat_length,
+)
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
+from ikev1d.io.xfrm import (
+    XfrmAlgorithm,
+    XfrmPolicy,
+    XfrmSelector,
+    XfrmState,
+    XfrmStateCounters,
+    XfrmTemplate,
+)
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = [
+    "POLICY_PRIORITY_BASE",
+    "REPLAY_WINDOW",
+    "KernelBackend",
+    "XfrmLike",
+    "create_backend",
+    "plan_policies",
+    "plan_states",
+    "policy_priority",
+    "xfrm_algorithms",
+]
+
+log = logging.getLogger(__name__)
+
+REPLAY_WINDOW: Final = 64
+"""Packets; RFC 4303 §3.4.3 asks for at least 32 and recommends 64."""
+POLICY_PRIORITY_BASE: Final = 200_000
+"""Lower is preferred; more specific selectors get lower numbers (see policy_priority)."""
+
+# Linux crypto API names: net/xfrm/xfrm_algo.c.
+_CIPHERS: Final = {"aes-cbc": "cbc(aes)", "3des-cbc": "cbc(des3_ede)", "null": "ecb(cipher_null)"}
+_AEADS: Final = {"aes-gcm": "rfc4106(gcm(aes))"}
+_INTEGRITIES: Final = {
+    "hmac-md5-96": ("hmac(md5)", 96),  # RFC 2403
+    "hmac-sha1-96": ("hmac(sha1)", 96),  # RFC 2404
+    "hmac-sha256-128": ("hmac(sha256)", 128),  # RFC 4868 §2.1
+    "hmac-sha384-192": ("hmac(sha384)", 192),
+    "hmac-sha512-256": ("hmac(sha512)", 256),
+}
+_GONE: Final = (errno.ENOENT, errno.ESRCH)
+"""What the kernel answers for an SA or policy that is not (any longer) there."""
+
+
+class XfrmLike(Protocol):
+    """The netlink operations the backend needs (:class:`ikev1d.io.xfrm.XfrmSocket`)."""
+
+    def add_state(self, state: XfrmState) -> None: ...
+    def delete_state(self, dst: str, spi: int) -> None: ...
+    def state_counters(self, dst: str, spi: int) -> XfrmStateCounters: ...
+    def add_policy(self, policy: XfrmPolicy) -> None: ...
+    def delete_policy(self, selector: XfrmSelector, direction: str) -> None: ...
+    def close(self) -> None: ...
+
+
+PrepareSockets = Callable[[SendUdp], tuple[int, list[str]]]
+"""Given attach()'s ``send_udp``: (NAT-T sockets now decapsulating ESP-in-UDP, problems)."""
+
+
+# --- what to install (pure) -----------------------------------------------------------------
+
+
+def _esp_algorithm(sa: ChildSaEstablished) -> EspAlgorithm:
+    try:
+        return esp_algorithm(sa.encryption, sa.key_length, sa.integrity, sa.icv_length)
+    except UnsupportedEspAlgorithm as exc:
+        raise DataplaneError(f"IPsec SA {sa.child}: {exc}") from None
+
+
+def xfrm_algorithms(sa: ChildSaEstablished, keymat: bytes) -> tuple[XfrmAlgorithm, ...]:
+    """The kernel transforms for one direction, keyed from that direction's KEYMAT.
+
+    KEYMAT is the encryption key, for AES-GCM followed by the 4-octet salt
+    (RFC 4106 §8.1, which the kernel takes as the key's last four octets), then
+    the integrity key (RFC 2409 §5.5).
+    """
+    alg = _esp_algorithm(sa)
+    need = keymat_length(alg)
+    if len(keymat) < need:
+        raise DataplaneError(
+            f"IPsec SA {sa.child}: KEYMAT of {len(keymat)} octets, {sa.proposal} needs {need}"
+        )
+    enc_end = alg.key_length + alg.salt_length
+    if alg.encryption in _AEADS:
+        return (XfrmAlgorithm("aead", _AEADS[alg.encryption], keymat[:enc_end],
+                              alg.icv_length * 8),)
+    algorithms = [XfrmAlgorithm("crypt", _CIPHERS[alg.encryption], keymat[:enc_end])]
+    if alg.integrity is not None:
+        name, trunc_bits = _INTEGRITIES[alg.integrity]
+        algorithms.append(XfrmAlgorithm("auth", name, keymat[enc_end:need], trunc_bits))
+    return tuple(algorithms)
+
+
+def _host_network(address: str) -> Network:
+    return ipaddress.ip_network(address)
+
+
+def plan_states(sa: ChildSaEstablished, reqid: int) -> tuple[XfrmState, XfrmState]:
+    """(inbound, outbound) XFRM states for an SA pair."""
+    local, remote = sa.local[0], sa.remote[0]
+    in_selector: XfrmSelector | None = None
+    out_selector: XfrmSelector | None = None
+    if sa.mode == "transport":
+        # Transport mode protects the two hosts' own traffic.
+        in_selector = XfrmSelector(_host_network(remote), _host_network(local))
+        out_selector = XfrmSelector(_host_network(local), _host_network(remote))
+    elif sa.mode != "tunnel":
+        raise DataplaneError(f"IPsec SA {sa.child}: unknown mode {sa.mode!r}")
+    in_encap = out_encap = None
+    if sa.encap:
+        # RFC 3948: the ports as seen on the wire, the peer's possibly NAT-mapped.
+        in_encap = (sa.remote[1], sa.local[1])
+        out_encap = (sa.local[1], sa.remote[1])
+    inbound = XfrmState(remote, local, sa.spi_in, reqid, sa.mode,
+                        xfrm_algorithms(sa, sa.keymat_in), REPLAY_WINDOW, in_encap, in_selector)
+    outbound = XfrmState(local, remote, sa.spi_out, reqid, sa.mode,
+                         xfrm_algorithms(sa, sa.keymat_out), REPLAY_WINDOW, out_encap,
+                         out_selector)
+    return inbound, outbound
+
+
+def policy_priority(selector: XfrmSelector) -> int:
+    """More specific selectors first, like strongSwan's automatic priorities."""
+    return POLICY_PRIORITY_BASE - 256 * (selector.src.prefixlen + selector.dst.prefixlen)
+
+
+def plan_policies(sa: ChildSaEstablished, reqid: int) -> tuple[XfrmPolicy, ...]:
+    """out / in (/ fwd in tunnel mode) for every same-family (local_ts, remote_ts) pair."""
+    local, remote = sa.local[0], sa.remote[0]
+    outbound = XfrmTemplate(local, remote, reqid, sa.mode)
+    inbound = XfrmTemplate(remote, local, reqid, sa.mode)
+    policies: list[XfrmPolicy] = []
+    for local_ts in sa.local_ts:
+        for remote_ts in sa.remote_ts:
+            if local_ts.version != remote_ts.version:
+                continue
+            out_sel = XfrmSelector(local_ts, remote_ts)
+            in_sel = XfrmSelector(remote_ts, local_ts)
+            policies.append(XfrmPolicy(out_sel, "out", policy_priority(out_sel), outbound))
+            policies.append(XfrmPolicy(in_sel, "in", policy_priority(in_sel), inbound))
+            if sa.mode == "tunnel":
+                policies.append(XfrmPolicy(in_sel, "fwd", policy_priority(in_sel), inbound))
+    if not policies:
+        raise DataplaneError(
+            f"IPsec SA {sa.child}: no local/remote network pair of the same address family"
+        )
+    return tuple(policies)
+
+
+def _policy_key(sa: ChildSaEstablished) -> tuple[object, ...]:
+    return (sa.local[0], sa.remote[0], sa.mode, sa.local_ts, sa.remote_ts)
+
+
+# --- the backend ----------------------------------------------------------------------------
+
+
+@dataclass
+class _PolicySet:
+    reqid: int
+    policies: tuple[XfrmPolicy, ...]
+    users: set[tuple[int, int]] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _InstalledPair:
+    key: tuple[object, ...]
+    inbound: XfrmState
+    outbound: XfrmState
+
+
+def _state_text(state: XfrmState) -> str:
+    return f"SA {state.spi:08x} {state.src} -> {state.dst}"
+
+
+def _policy_text(policy: XfrmPolicy) -> str:
+    return f"policy {policy.selector.src} -> {policy.selector.dst} {policy.direction}"
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    if exc.errno == errno.EPROTONOSUPPORT:
+        text += " (this kernel has no ESP: load esp4/esp6)"
+    elif exc.errno in (errno.ENOSYS, errno.ENOENT) and "algorithm" in text:
+        text += " (the kernel lacks this crypto algorithm)"
+    elif exc.errno == errno.EEXIST:
+        text += " (another IPsec daemon's entry?)"
+    return text
+
+
+class KernelBackend:
+    """SAs and policies in Linux XFRM. Single-threaded (the daemon's event loop)."""
+
+    name = "kernel"
+
+    def __init__(
+        self,
+        xfrm: XfrmLike,
+        *,
+        prepare_sockets: PrepareSockets | None = None,
+        first_reqid: int = 1,
+    ) -> None:
+        self.xfrm = xfrm
+        self._prepare_sockets = prepare_sockets
+        self._next_reqid = first_reqid
+        self._policy_sets: dict[tuple[object, ...], _PolicySet] = {}
+        self._pairs: dict[tuple[int, int], _InstalledPair] = {}
+        self._decap_sockets = 0
+        self._decap_problems: list[str] = []
+        self._closed = False
+
+    # --- DataplaneBackend ---
+
+    def attach(self, send_udp: SendUdp, loop: asyncio.AbstractEventLoop) -> None:
+        """Prepare the daemon's UDP sockets (bypass policies, ESP-in-UDP decapsulation).
+
+        The kernel sends and receives ESP itself, so neither ``send_udp`` nor
+        the loop is needed beyond this.
+        """
+        if self._prepare_sockets is None:
+            return
+        self._decap_sockets, self._decap_problems = self._prepare_sockets(send_udp)
+        for problem in self._decap_problems:
+            log.warning("kernel data plane: %s", problem)
+
+    def install(self, sa: ChildSaEstablished) -> None:
+        if self._closed:
+            raise DataplaneError("kernel data plane is closed")
+        pair_id = (sa.spi_in, sa.spi_out)
+        if pair_id in self._pairs:
+            raise DataplaneError(
+                f"IPsec SA {sa.child}: SPIs {sa.spi_in:08x}/{sa.spi_out:08x} already installed"
+            )
+        if sa.encap and self._prepare_sockets is not None and self._decap_sockets == 0:
+            problems = "; ".join(self._decap_problems) or "no NAT-T socket"
+            raise DataplaneError(
+                f"IPsec SA {sa.child} is UDP-encapsulated but the kernel cannot receive it: "
+                f"{problems}"
+            )
+        key = _policy_key(sa)
+        policy_set = self._policy_sets.get(key)
+        reqid = policy_set.reqid if policy_set is not None else self._next_reqid
+        inbound, outbound = plan_states(sa, reqid)
+        new_policies = plan_policies(sa, reqid) if policy_set is None else ()
+
+        undo: list[Callable[[], None]] = []
+        try:
+            # States before policies: a policy without its SA would drop (and ACQUIRE).
+            for state in (inbound, outbound):
+                self._call(f"adding {_state_text(state)}", self.xfrm.add_state, state)
+                undo.append(functools.partial(self.xfrm.delete_state, state.dst, state.spi))
+            for policy in new_policies:
+                self._call(f"adding {_policy_text(policy)}", self.xfrm.add_policy, policy)
+                undo.append(functools.partial(
+                    self.xfrm.delete_policy, policy.selector, policy.direction))
+        except DataplaneError:
+            for step in reversed(undo):
+                try:
+                    step()
+                except OSError as exc:
+                    log.error("kernel data plane: rollback step failed: %s", exc)
+            raise
+        if policy_set is None:
+            policy_set = _PolicySet(reqid, new_policies)
+            self._policy_sets[key] = policy_set
+            self._next_reqid += 1
+        policy_set.users.add(pair_id)
+        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound)
+        log.info(
+            "kernel data plane: installed SAs %08x_i %08x_o reqid %d (%s, %s%s), %s",
+            sa.spi_in, sa.spi_out, reqid, sa.proposal, sa.mode,
+            ", UDP-encapsulated" if sa.encap else "",
+            f"{len(new_policies)} policies" if new_policies else "policies shared",
+            extra={"conn": sa.conn},
+        )
+
+    def remove(self, sa: ChildSaDeleted) -> None:
+        self._remove_pair((sa.spi_in, sa.spi_out))
+
+    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
+        result = zero_counters()
+        pair = self._pairs.get((spi_in, spi_out))
+        if pair is None:
+            return result
+        for state, direction in ((pair.inbound, "in"), (pair.outbound, "out")):
+            try:
+                current = self.xfrm.state_counters(state.dst, state.spi)
+            except OSError as exc:
+                log.debug("kernel data plane: counters of %s: %s", _state_text(state), exc)
+                continue
+            result[f"bytes_{direction}"] = current.bytes
+            result[f"packets_{direction}"] = current.packets
+        return result
+
+    def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        # With UDP_ENCAP set on the NAT-T socket the kernel takes ESP-in-UDP itself;
+        # what still reaches us matched no SA (or decapsulation is off).
+        log.debug("kernel data plane: ignoring %d octets of ESP-in-UDP from %s",
+                  len(data), remote[0])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for pair_id in list(self._pairs):
+                try:
+                    self._remove_pair(pair_id)
+                except DataplaneError as exc:
+                    log.error("kernel data plane: %s", exc)
+        finally:
+            self.xfrm.close()
+
+    # --- helpers ---
+
+    @property
+    def installed(self) -> dict[tuple[int, int], tuple[XfrmState, XfrmState]]:
+        """(spi_in, spi_out) -> (inbound, outbound) states now installed."""
+        return {k: (p.inbound, p.outbound) for k, p in self._pairs.items()}
+
+    @property
+    def policies(self) -> list[XfrmPolicy]:
+        return [p for s in self._policy_sets.values() for p in s.policies]
+
+    @staticmethod
+    def _call(what: str, operation: Callable[..., None], *args: object) -> None:
+        try:
+            operation(*args)
+        except OSError as exc:
+            raise DataplaneError(f"kernel data plane: {what}: {_reason(exc)}") from None
+
+    def _remove_pair(self, pair_id: tuple[int, int]) -> None:
+        """Delete an SA pair's states, and its policies when no other pair uses them."""
+        pair = self._pairs.pop(pair_id, None)
+        if pair is None:
+            return
+        errors: list[str] = []
+        for state in (pair.outbound, pair.inbound):
+            try:
+                self.xfrm.delete_state(state.dst, state.spi)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    errors.append(f"deleting {_state_text(state)}: {_reason(exc)}")
+        policy_set = self._policy_sets.get(pair.key)
+        if policy_set is not None:
+            policy_set.users.discard(pair_id)
+            if not policy_set.users:
+                del self._policy_sets[pair.key]
+                for policy in policy_set.policies:
+                    try:
+                        self.xfrm.delete_policy(policy.selector, policy.direction)
+                    except OSError as exc:
+                        if exc.errno not in _GONE:
+                            errors.append(f"deleting {_policy_text(policy)}: {_reason(exc)}")
+        log.info("kernel data plane: removed SAs %08x_i %08x_o", pair_id[0], pair_id[1])
+        if errors:
+            raise DataplaneError("kernel data plane: " + "; ".join(errors))
+
+
+def create_backend(config: object = None) -> KernelBackend:
+    """Open the XFRM netlink socket; DataplaneError if the kernel has no XFRM."""
+    from ikev1d.io.xfrm import XfrmSocket, prepare_ike_sockets
+
+    try:
+        xfrm = XfrmSocket()
+    except OSError as exc:
+        raise DataplaneError(
+            f"kernel data plane cannot start: no XFRM netlink: {exc.strerror or exc}"
+        ) from None
+    log.info("kernel data plane: XFRM over netlink")
+    return KernelBackend(xfrm, prepare_sockets=prepare_ike_sockets)

@@ -1,0 +1,505 @@
+"""Linux XFRM over netlink: add and delete IPsec SAs and policies, read SA counters.
+
+Messages are packed here with ``struct`` from the layouts in <linux/xfrm.h>
+(x86-64/aarch64 alignment: ``xfrm_usersa_info`` is 224 octets). pyroute2 is not
+used: 0.9 has no NETLINK_XFRM family at all (only an ``ifinfmsg`` plugin for
+xfrm *interfaces*), its message classes are untyped, and its synchronous API
+runs an asyncio loop of its own that cannot be entered from the daemon's loop.
+Shelling out to ``ip xfrm`` would put the keys on a command line (readable in
+/proc by every user), so that is not done either. A request is one netlink
+datagram answered in microseconds, so the socket is used synchronously.
+
+The value classes (:class:`XfrmState`, :class:`XfrmPolicy`, ...) are plain
+frozen dataclasses; :func:`encode_new_state` and friends are pure, so the byte
+layout is unit-tested without a kernel.
+
+Also here, because only ``ikev1d.io`` touches sockets: :func:`prepare_ike_sockets`
+makes the daemon's UDP sockets bypass IPsec policies (IKE must never be caught
+by its own tunnels) and lets the kernel decapsulate ESP-in-UDP arriving on the
+NAT-T port (RFC 3948, ``UDP_ENCAP_ESPINUDP``).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+from ikev1d.engine.api import Network
+
+__all__ = [
+    "XFRM_INF",
+    "XfrmAlgorithm",
+    "XfrmError",
+    "XfrmPolicy",
+    "XfrmSelector",
+    "XfrmSocket",
+    "XfrmState",
+    "XfrmStateCounters",
+    "XfrmTemplate",
+    "encode_del_policy",
+    "encode_del_state",
+    "encode_get_state",
+    "encode_new_policy",
+    "encode_new_state",
+    "prepare_ike_sockets",
+]
+
+log = logging.getLogger("ikev1d.io.xfrm")
+
+# --- constants from <linux/netlink.h> and <linux/xfrm.h> ------------------------------
+
+NETLINK_XFRM: Final = 6
+SOL_NETLINK: Final = 270
+NETLINK_CAP_ACK: Final = 10
+NETLINK_EXT_ACK: Final = 11
+NLM_F_REQUEST: Final = 0x1
+NLM_F_ACK: Final = 0x4
+NLM_F_CAPPED: Final = 0x100
+NLM_F_ACK_TLVS: Final = 0x200
+NLMSG_ERROR: Final = 2
+NLMSG_DONE: Final = 3
+NLMSGERR_ATTR_MSG: Final = 1
+
+XFRM_MSG_NEWSA: Final = 0x10
+XFRM_MSG_DELSA: Final = 0x11
+XFRM_MSG_GETSA: Final = 0x12
+XFRM_MSG_NEWPOLICY: Final = 0x13
+XFRM_MSG_DELPOLICY: Final = 0x14
+
+XFRMA_ALG_AUTH_TRUNC: Final = 20
+XFRMA_ALG_CRYPT: Final = 2
+XFRMA_ALG_AEAD: Final = 18
+XFRMA_ENCAP: Final = 4
+XFRMA_TMPL: Final = 5
+XFRMA_REPLAY_ESN_VAL: Final = 23
+
+XFRM_MODE_TRANSPORT: Final = 0
+XFRM_MODE_TUNNEL: Final = 1
+XFRM_POLICY_IN: Final = 0
+XFRM_POLICY_OUT: Final = 1
+XFRM_POLICY_FWD: Final = 2
+XFRM_POLICY_ALLOW: Final = 0
+XFRM_STATE_AF_UNSPEC: Final = 32
+"""SA flag: a tunnel-mode SA carries inner packets of either family (strongSwan sets it too)."""
+XFRM_INF: Final = 0xFFFF_FFFF_FFFF_FFFF
+"""No limit, in ``xfrm_lifetime_cfg``."""
+
+IPPROTO_ESP: Final = 50
+UDP_ENCAP: Final = 100
+UDP_ENCAP_ESPINUDP: Final = 2
+"""RFC 3948 encapsulation, non-ESP marker for IKE (<linux/udp.h>)."""
+IP_XFRM_POLICY: Final = 17
+IPV6_XFRM_POLICY: Final = 35
+
+_MODES: Final = {"transport": XFRM_MODE_TRANSPORT, "tunnel": XFRM_MODE_TUNNEL}
+_DIRECTIONS: Final = {"in": XFRM_POLICY_IN, "out": XFRM_POLICY_OUT, "fwd": XFRM_POLICY_FWD}
+
+# Struct layouts, native byte order ("=" with explicit padding, as the kernel ABI has it).
+_NLMSGHDR = struct.Struct("=IHHII")
+_NLATTR = struct.Struct("=HH")
+_SELECTOR = struct.Struct("=16s16sHHHHHBBB3xiI")  # xfrm_selector, 56
+_XFRM_ID = struct.Struct("=16sIB3x")  # xfrm_id, 24
+_LIFETIME_CFG = struct.Struct("=8Q")  # 64
+_LIFETIME_CUR = struct.Struct("=4Q")  # 32
+_USERSA_TAIL = struct.Struct("=IIIIIHBBB7x")  # stats(12) seq reqid family mode replay flags
+_USERSA_ID = struct.Struct("=16sIHB1x")  # xfrm_usersa_id, 24
+_USERPOLICY_TAIL = struct.Struct("=IIBBBB4x")  # priority index dir action flags share + pad
+_USERPOLICY_ID = struct.Struct("=56sIB3x")  # xfrm_userpolicy_id, 64
+_USER_TMPL = struct.Struct("=24sH2x16sIBBBxIII")  # xfrm_user_tmpl, 64
+_ALGO_NAME = struct.Struct("=64sI")  # xfrm_algo header
+_ENCAP_TMPL = struct.Struct("=HHH2x16s")  # xfrm_encap_tmpl, 24
+_REPLAY_ESN = struct.Struct("=6I")  # xfrm_replay_state_esn header
+
+USERSA_INFO_SIZE: Final = (
+    _SELECTOR.size + _XFRM_ID.size + 16 + _LIFETIME_CFG.size + _LIFETIME_CUR.size
+    + _USERSA_TAIL.size
+)  # fmt: skip
+USERPOLICY_INFO_SIZE: Final = (
+    _SELECTOR.size + _LIFETIME_CFG.size + _LIFETIME_CUR.size + _USERPOLICY_TAIL.size
+)
+_CURLFT_OFFSET: Final = _SELECTOR.size + _XFRM_ID.size + 16 + _LIFETIME_CFG.size
+
+
+class XfrmError(OSError):
+    """The kernel refused a request (``errno`` set) or answered something unexpected."""
+
+
+# --- values ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class XfrmAlgorithm:
+    """A kernel crypto algorithm with its key.
+
+    ``kind`` is ``crypt`` (``xfrm_algo``), ``auth`` (``xfrm_algo_auth``,
+    ``bits`` = truncation length) or ``aead`` (``xfrm_algo_aead``, ``bits`` =
+    ICV length).
+    """
+
+    kind: str
+    name: str
+    key: bytes = field(repr=False)
+    bits: int = 0
+
+
+@dataclass(frozen=True)
+class XfrmSelector:
+    """Which packets: source and destination networks (any protocol, any port)."""
+
+    src: Network
+    dst: Network
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if self.src.version == 6 else socket.AF_INET
+
+
+@dataclass(frozen=True)
+class XfrmState:
+    """One SA (one direction): ``src``/``dst`` are the outer addresses."""
+
+    src: str
+    dst: str
+    spi: int
+    reqid: int
+    mode: str
+    algorithms: tuple[XfrmAlgorithm, ...]
+    replay_window: int = 0
+    encap: tuple[int, int] | None = None
+    """(source port, destination port) of UDP encapsulation (RFC 3948), or None."""
+    selector: XfrmSelector | None = None
+    """Transport mode: the hosts; None (any, either family) for tunnel mode."""
+
+
+@dataclass(frozen=True)
+class XfrmTemplate:
+    """What a policy requires: ESP from ``src`` to ``dst`` with ``reqid``, in ``mode``."""
+
+    src: str
+    dst: str
+    reqid: int
+    mode: str
+
+
+@dataclass(frozen=True)
+class XfrmPolicy:
+    selector: XfrmSelector
+    direction: str
+    """``in``, ``out`` or ``fwd``."""
+    priority: int
+    template: XfrmTemplate
+
+
+@dataclass(frozen=True)
+class XfrmStateCounters:
+    """From ``xfrm_lifetime_cur`` of an SA: what ``ip -s xfrm state`` prints as current."""
+
+    bytes: int
+    packets: int
+
+
+# --- encoding (pure) ---------------------------------------------------------------------
+
+
+def _family_of(address: str) -> int:
+    return socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+
+
+def _xfrm_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """``xfrm_address_t``: 16 octets, an IPv4 address in the first four."""
+    return ipaddress.ip_address(address).packed.ljust(16, b"\x00")
+
+
+def _encode_selector(selector: XfrmSelector | None, family: int = 0) -> bytes:
+    if selector is None:
+        return _SELECTOR.pack(bytes(16), bytes(16), 0, 0, 0, 0, family, 0, 0, 0, 0, 0)
+    return _SELECTOR.pack(
+        _xfrm_address(selector.dst.network_address),
+        _xfrm_address(selector.src.network_address),
+        0, 0, 0, 0,  # dport, dport_mask, sport, sport_mask: any port
+        selector.family,
+        selector.dst.prefixlen,
+        selector.src.prefixlen,
+        0,  # any protocol
+        0,  # any interface
+        0,  # any user
+    )  # fmt: skip
+
+
+def _infinite_lifetime() -> bytes:
+    return _LIFETIME_CFG.pack(*(XFRM_INF,) * 4, *(0,) * 4)
+
+
+def _attribute(kind: int, payload: bytes) -> bytes:
+    length = _NLATTR.size + len(payload)
+    return _NLATTR.pack(length, kind) + payload + bytes(-length % 4)
+
+
+def _encode_algorithm(alg: XfrmAlgorithm) -> bytes:
+    name = alg.name.encode()
+    if len(name) >= 64:
+        raise ValueError(f"algorithm name {alg.name!r} too long")
+    head = _ALGO_NAME.pack(name, len(alg.key) * 8)
+    if alg.kind == "crypt":
+        return _attribute(XFRMA_ALG_CRYPT, head + alg.key)
+    if alg.kind == "auth":
+        return _attribute(XFRMA_ALG_AUTH_TRUNC, head + struct.pack("=I", alg.bits) + alg.key)
+    if alg.kind == "aead":
+        return _attribute(XFRMA_ALG_AEAD, head + struct.pack("=I", alg.bits) + alg.key)
+    raise ValueError(f"unknown algorithm kind {alg.kind!r}")
+
+
+def _mode(mode: str) -> int:
+    try:
+        return _MODES[mode]
+    except KeyError:
+        raise ValueError(f"unknown IPsec mode {mode!r}") from None
+
+
+def _spi_field(spi: int) -> int:
+    """The SPI as the native-order u32 whose memory holds it in network order (``__be32``)."""
+    value: int = struct.unpack("=I", spi.to_bytes(4, "big"))[0]
+    return value
+
+
+def encode_new_state(state: XfrmState) -> bytes:
+    """XFRM_MSG_NEWSA payload: ``xfrm_usersa_info`` and its attributes."""
+    family = _family_of(state.src)
+    if _family_of(state.dst) != family:
+        raise ValueError(f"SA addresses {state.src} and {state.dst} differ in family")
+    replay_window = state.replay_window
+    flags = 0
+    if state.selector is None and state.mode == "tunnel":
+        flags |= XFRM_STATE_AF_UNSPEC
+    # Windows above 32 need the bitmap attribute; usersa_info.replay_window must then be 0.
+    esn_attr = b""
+    if replay_window > 32:
+        words = (replay_window + 31) // 32
+        esn = _REPLAY_ESN.pack(words, 0, 0, 0, 0, replay_window) + bytes(4 * words)
+        esn_attr = _attribute(XFRMA_REPLAY_ESN_VAL, esn)
+        replay_window = 0
+    info = b"".join((
+        _encode_selector(state.selector),
+        _XFRM_ID.pack(_xfrm_address(state.dst), _spi_field(state.spi), IPPROTO_ESP),
+        _xfrm_address(state.src),
+        _infinite_lifetime(),
+        _LIFETIME_CUR.pack(0, 0, 0, 0),
+        _USERSA_TAIL.pack(0, 0, 0, 0, state.reqid, family, _mode(state.mode), replay_window, flags),
+    ))  # fmt: skip
+    attrs = [_encode_algorithm(alg) for alg in state.algorithms]
+    if state.encap is not None:
+        sport, dport = state.encap
+        attrs.append(_attribute(XFRMA_ENCAP, _ENCAP_TMPL.pack(
+            UDP_ENCAP_ESPINUDP, socket.htons(sport), socket.htons(dport), bytes(16))))
+    attrs.append(esn_attr)
+    return info + b"".join(attrs)
+
+
+def encode_del_state(dst: str, spi: int) -> bytes:
+    """XFRM_MSG_DELSA / GETSA payload: ``xfrm_usersa_id``."""
+    return _USERSA_ID.pack(_xfrm_address(dst), _spi_field(spi), _family_of(dst), IPPROTO_ESP)
+
+
+encode_get_state = encode_del_state
+
+
+def _direction(direction: str) -> int:
+    try:
+        return _DIRECTIONS[direction]
+    except KeyError:
+        raise ValueError(f"unknown policy direction {direction!r}") from None
+
+
+def encode_new_policy(policy: XfrmPolicy) -> bytes:
+    """XFRM_MSG_NEWPOLICY payload: ``xfrm_userpolicy_info`` and one ESP template."""
+    tmpl = policy.template
+    info = b"".join((
+        _encode_selector(policy.selector),
+        _infinite_lifetime(),
+        _LIFETIME_CUR.pack(0, 0, 0, 0),
+        _USERPOLICY_TAIL.pack(policy.priority, 0, _direction(policy.direction),
+                              XFRM_POLICY_ALLOW, 0, 0),
+    ))  # fmt: skip
+    template = _USER_TMPL.pack(
+        # id: destination and protocol; SPI 0 = any SA with this reqid.
+        _XFRM_ID.pack(_xfrm_address(tmpl.dst), 0, IPPROTO_ESP),
+        _family_of(tmpl.dst),
+        _xfrm_address(tmpl.src),
+        tmpl.reqid,
+        _mode(tmpl.mode),
+        0,  # share: XFRM_SHARE_ANY
+        0,  # not optional
+        0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF,  # any auth, encryption, compression algorithm
+    )  # fmt: skip
+    return info + _attribute(XFRMA_TMPL, template)
+
+
+def encode_del_policy(selector: XfrmSelector, direction: str) -> bytes:
+    """XFRM_MSG_DELPOLICY payload: ``xfrm_userpolicy_id`` (selector and direction)."""
+    return _USERPOLICY_ID.pack(_encode_selector(selector), 0, _direction(direction))
+
+
+def decode_state_counters(payload: bytes) -> XfrmStateCounters:
+    """``curlft`` bytes and packets from an ``xfrm_usersa_info`` (a GETSA answer)."""
+    if len(payload) < USERSA_INFO_SIZE:
+        raise XfrmError(f"short xfrm_usersa_info ({len(payload)} octets)")
+    nbytes, packets, _add, _use = _LIFETIME_CUR.unpack_from(payload, _CURLFT_OFFSET)
+    return XfrmStateCounters(nbytes, packets)
+
+
+# --- the netlink socket ------------------------------------------------------------------
+
+
+def _error_text(code: int, ext_msg: str) -> str:
+    text = os.strerror(code)
+    return f"{text}: {ext_msg}" if ext_msg else text
+
+
+class XfrmSocket:
+    """A NETLINK_XFRM socket in the caller's network namespace; one request at a time."""
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
+        try:
+            sock.settimeout(timeout)
+            for option in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
+                try:
+                    sock.setsockopt(SOL_NETLINK, option, 1)
+                except OSError:
+                    pass  # older kernels: errors without the explanatory text
+            sock.bind((0, 0))
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._seq = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _request(self, msg_type: int, payload: bytes, ack: bool = True) -> bytes | None:
+        """Send one request; the first reply's payload (None for a plain ACK)."""
+        self._seq = (self._seq + 1) & 0xFFFF_FFFF
+        seq = self._seq
+        flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
+        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), msg_type, flags, seq, 0)
+        self._sock.sendto(header + payload, (0, 0))
+        while True:
+            data = self._sock.recv(65536)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, rflags, rseq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size or offset + length > len(data):
+                    raise XfrmError("malformed netlink answer")
+                body = data[offset + _NLMSGHDR.size : offset + length]
+                offset += (length + 3) & ~3
+                if rseq != seq:
+                    continue  # an answer to an earlier, timed-out request
+                if kind == NLMSG_ERROR:
+                    self._raise_for_error(body, rflags)
+                    return None
+                if kind == NLMSG_DONE:
+                    return None
+                return body
+
+    @staticmethod
+    def _raise_for_error(body: bytes, flags: int) -> None:
+        if len(body) < 4:
+            raise XfrmError("short netlink error message")
+        (code,) = struct.unpack_from("=i", body)
+        if code == 0:
+            return
+        ext_msg = ""
+        if flags & NLM_F_ACK_TLVS:
+            # After the error code: the request's header (and its payload unless capped).
+            start = 4 + _NLMSGHDR.size
+            if not flags & NLM_F_CAPPED and len(body) >= start:
+                (orig_len,) = struct.unpack_from("=I", body, 4)
+                start = 4 + ((orig_len + 3) & ~3)
+            while start + _NLATTR.size <= len(body):
+                alen, akind = _NLATTR.unpack_from(body, start)
+                if alen < _NLATTR.size:
+                    break
+                if akind == NLMSGERR_ATTR_MSG:
+                    ext_msg = body[start + 4 : start + alen].split(b"\x00")[0].decode(
+                        "utf-8", "replace")
+                start += (alen + 3) & ~3
+        raise XfrmError(-code, _error_text(-code, ext_msg))
+
+    def add_state(self, state: XfrmState) -> None:
+        self._request(XFRM_MSG_NEWSA, encode_new_state(state))
+
+    def delete_state(self, dst: str, spi: int) -> None:
+        self._request(XFRM_MSG_DELSA, encode_del_state(dst, spi))
+
+    def state_counters(self, dst: str, spi: int) -> XfrmStateCounters:
+        body = self._request(XFRM_MSG_GETSA, encode_get_state(dst, spi), ack=False)
+        if body is None:
+            raise XfrmError(errno.ENOENT, "no answer to XFRM_MSG_GETSA")
+        return decode_state_counters(body)
+
+    def add_policy(self, policy: XfrmPolicy) -> None:
+        self._request(XFRM_MSG_NEWPOLICY, encode_new_policy(policy))
+
+    def delete_policy(self, selector: XfrmSelector, direction: str) -> None:
+        self._request(XFRM_MSG_DELPOLICY, encode_del_policy(selector, direction))
+
+
+# --- the daemon's IKE sockets --------------------------------------------------------------
+
+
+def _bypass_policy(family: int, direction: int) -> bytes:
+    """An ``xfrm_userpolicy_info`` that lets a socket's traffic skip IPsec policies."""
+    return b"".join((
+        _encode_selector(None, family),
+        _infinite_lifetime(),
+        _LIFETIME_CUR.pack(0, 0, 0, 0),
+        _USERPOLICY_TAIL.pack(0, 0, direction, XFRM_POLICY_ALLOW, 0, 0),
+    ))  # fmt: skip
+
+
+def prepare_ike_sockets(send_udp: object) -> tuple[int, list[str]]:
+    """Make the daemon's UDP sockets fit for kernel IPsec; (NAT-T sockets with decap, problems).
+
+    ``send_udp`` is what the daemon hands a data plane in ``attach``: the bound
+    ``UdpTransport.send_esp_udp``, through which its sockets are reached.
+
+    * Every socket gets per-socket bypass policies in and out, as strongSwan
+      does: IKE (and keepalives) must pass even when a tunnel's selectors
+      cover the gateways' own addresses.
+    * Each NAT-T socket gets ``UDP_ENCAP_ESPINUDP``: the kernel then takes
+      ESP-in-UDP arriving there (RFC 3948 section 2.1) into its SAs and still
+      delivers IKE (non-ESP marker) and NAT-keepalives to us.
+    """
+    from ikev1d.io.udp import UdpTransport  # here: udp imports nothing of ours but api
+
+    transport = getattr(send_udp, "__self__", None)
+    if not isinstance(transport, UdpTransport):
+        return 0, ["the daemon's UDP sockets are not reachable; ESP-in-UDP cannot be decapsulated"]
+    decap = 0
+    problems: list[str] = []
+    for udp in transport.sockets:
+        sock = udp.sock
+        if udp.family == socket.AF_INET6:
+            level, option = socket.IPPROTO_IPV6, IPV6_XFRM_POLICY
+        else:
+            level, option = socket.IPPROTO_IP, IP_XFRM_POLICY
+        try:
+            for direction in (XFRM_POLICY_IN, XFRM_POLICY_OUT):
+                sock.setsockopt(level, option, _bypass_policy(udp.family, direction))
+        except OSError as exc:
+            problems.append(f"UDP {udp.address} port {udp.port}: no IPsec bypass policy: {exc}")
+        if udp.port == transport.port_nat_t:
+            try:
+                sock.setsockopt(socket.IPPROTO_UDP, UDP_ENCAP, UDP_ENCAP_ESPINUDP)
+            except OSError as exc:
+                problems.append(f"UDP {udp.address} port {udp.port}: no ESP-in-UDP decap: {exc}")
+            else:
+                decap += 1
+    return decap, problems
