@@ -76,6 +76,10 @@ DROP_REASONS: Final = (
     "tun_error",     # the TUN device refused the decrypted packet
 )
 
+_QUIET_REASONS: Final = frozenset({"not_ip", "no_sa"})
+"""Drops logged at debug level only: the kernel itself sends packets into the TUN device
+(IPv6 router solicitations, MLD reports) that no SA covers, and that is not news."""
+
 
 class TunLike(Protocol):
     name: str
@@ -370,6 +374,8 @@ class UserspaceBackend:
         self.drops[reason] += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("ESP packet dropped (%s): %s", reason, detail)
+        if reason in _QUIET_REASONS:
+            return
         now = self._loop.time() if self._loop is not None else 0.0
         if now >= self._log_next.get(reason, 0.0):
             suppressed = self._log_suppressed.pop(reason, 0)

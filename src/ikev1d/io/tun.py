@@ -192,6 +192,7 @@ class RawEspSocket:
             raise TunError(exc.errno, f"cannot open a raw ESP socket: {exc.strerror}") from None
         self.family = family
         self._sock = sock
+        self._pktinfo: dict[str, list[tuple[int, int, bytes]]] = {}
         try:
             sock.setblocking(False)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -221,11 +222,21 @@ class RawEspSocket:
 
     def send(self, esp: bytes, local: str, remote: str) -> None:
         """Send ``esp`` to ``remote`` from ``local`` (IP_PKTINFO picks the source address)."""
-        if self.family == socket.AF_INET and local and local != "0.0.0.0":  # noqa: S104
-            info = struct.pack("@i4s4s", 0, socket.inet_aton(local), bytes(4))
-            self._sock.sendmsg([esp], [(socket.IPPROTO_IP, _IP_PKTINFO, info)], 0, (remote, 0))
+        cmsg = self._pktinfo.get(local)
+        if cmsg is None:
+            cmsg = self._pktinfo[local] = self._make_pktinfo(local)
+        if cmsg:
+            self._sock.sendmsg([esp], cmsg, 0, (remote, 0))
         else:
             self._sock.sendto(esp, (remote, 0))
+
+    def _make_pktinfo(self, local: str) -> list[tuple[int, int, bytes]]:
+        """The ancillary data selecting ``local`` as source, built once per address."""
+        if self.family != socket.AF_INET or not local or local == "0.0.0.0":  # noqa: S104
+            return []
+        # struct in_pktinfo: ifindex 0 (routing chooses), ipi_spec_dst = source address.
+        info = struct.pack("@i4s4s", 0, socket.inet_aton(local), bytes(4))
+        return [(socket.IPPROTO_IP, _IP_PKTINFO, info)]
 
     def close(self) -> None:
         self._sock.close()
