@@ -87,6 +87,7 @@ class RunResult:
     cpu_seconds: float = 0.0
     initiator_cpu_seconds: float = 0.0
     driver_cpu_seconds: float = 0.0
+    sys_seconds: float = 0.0  # the kernel's part of cpu_seconds
     latency_p50: float = float("nan")
     latency_p95: float = float("nan")
     errors: list[str] = field(default_factory=list)
@@ -107,13 +108,18 @@ class RunResult:
 # --- process CPU time -----------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process `pid` (all its threads), from /proc/PID/stat (proc(5))."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) in seconds of process `pid`, all its threads, from /proc/PID/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # The command name may contain spaces and parentheses; fields resume after the last ')'.
     rest = stat[stat.rindex(")") + 2 :].split()
-    utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15, counted from 1
-    return (utime + stime) / _CLK_TCK
+    utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15 of proc(5), counted from 1
+    return utime / _CLK_TCK, stime / _CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (all its threads)."""
+    return sum(cpu_times(pid))
 
 
 def _own_cpu() -> float:
@@ -428,10 +434,12 @@ def run_one(
         init_pid = find_pid(topo.a, "charon", initiator.proc.pid if initiator.proc else None)
         init_before = cpu_seconds(init_pid)
         driver_before = _own_cpu()
+        sys_before = cpu_times(resp_pid)[1]
         cpu_before = cpu_seconds(resp_pid)
         driven = drive(initiator, s.tunnels, s.window, s.timeout)
         time.sleep(0.3)  # the responder finishes the last QM3s
         cpu_after = cpu_seconds(resp_pid)
+        result.sys_seconds = cpu_times(resp_pid)[1] - sys_before
         result.initiator_cpu_seconds = cpu_seconds(init_pid) - init_before
         result.driver_cpu_seconds = _own_cpu() - driver_before
         if profiler is not None:
@@ -474,6 +482,7 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
             "--rate",
             "200",
             "--nonblocking",
+            "--gil",  # Python CPU only: sendto/epoll waits (GIL released) are not CPU here
             "--output",
             str(out),
         ],
@@ -634,7 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     state = "ok" if r.complete else "FAILED"
                     print(
                         f"  {group.name} {name}: {state}, {r.established}/{r.tunnels} in "
-                        f"{r.seconds:.1f}s, responder CPU {r.cpu_seconds:.2f}s, "
+                        f"{r.seconds:.1f}s, responder CPU {r.cpu_seconds:.2f}s "
+                        f"({r.sys_seconds:.2f}s system), "
                         f"initiator charon {r.initiator_cpu_seconds:.2f}s, "
                         f"vici driver {r.driver_cpu_seconds:.2f}s; handshake latency "
                         f"p50 {1000 * r.latency_p50:.0f} ms, p95 {1000 * r.latency_p95:.0f} ms",
