@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -428,7 +429,8 @@ class Demo:
         server = _start_echo_server(b.ns, b.inner_address)
         self.stack.callback(_stop_process, server)
         capture_path = self.work / f"traffic-{peer.lower()}.pcap"
-        capture = Capture(a.ns, a.ifname, capture_path) if ok else None
+        # IPv4 only: the veth's own IPv6 link-local chatter (MLD) is not part of the story.
+        capture = Capture(a.ns, a.ifname, capture_path, capture_filter="ip") if ok else None
         try:
             con.command("A", f"echo client {a.inner_address} -> {b.inner_address}:{ECHO_PORT}")
             reply = _echo_client(a.ns, a.inner_address, b.inner_address, message)
@@ -460,7 +462,8 @@ class Demo:
             [tshark, "-n", "-r", str(path)],
             capture_output=True, text=True, check=False, timeout=30,
         )  # fmt: skip
-        lines = [ln.strip() for ln in result.stdout.splitlines() if ln.strip()]
+        lines = textwrap.dedent(result.stdout).splitlines()
+        lines = [ln.rstrip() for ln in lines if ln.strip()]
         con.lines(lines[:8])
         if len(lines) > 8:
             con.line(f"... and {len(lines) - 8} more", indent=5, style="dim")
@@ -473,7 +476,7 @@ class Demo:
         kinds = [f"{raw_esp} ESP (IP protocol 50)" if raw_esp else "",
                  f"{udp_esp} ESP in UDP 4500 (RFC 3948)" if udp_esp else "",
                  f"{ike} IKE" if ike else ""]  # fmt: skip
-        con.ok(f"on the wire only {', '.join(k for k in kinds if k)}; "
+        con.ok(f"IPv4 on the wire: only {', '.join(k for k in kinds if k)}; "
                "the message text appears in no packet")
 
     # -- step 4 ---------------------------------------------------------------------------
