@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ikev1d.dataplane.base import NoneBackend, SendUdp
+from ikev1d.dataplane.base import DataplaneError, NoneBackend, SendUdp
 from ikev1d.engine.api import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -146,6 +146,9 @@ class FakeEngine:
         self._events.append(IkeSaDeleted(conn, 1, "deleted by request"))
         self._out.append(Datagram(b"delete " + conn.encode(), self.local, self.peer))
 
+    def install_failed(self, child_id: int, reason: str, now: float) -> None:
+        self.calls.append(f"install_failed {child_id}")
+
     def shutdown(self, now: float) -> None:
         self.calls.append("shutdown")
         self._out.append(Datagram(b"shutdown-delete", self.local, self.peer))
@@ -225,6 +228,8 @@ class RecordingBackend(NoneBackend):
         self.removed: list[ChildSaDeleted] = []
         self.send_udp: SendUdp | None = None
         self.nat_t_ports: list[int] = []
+        self.refuse: str | None = None
+        """When set, install() fails with this message, as a broken data plane would."""
 
     def use_nat_t_sockets(self, sockets: list[socket.socket]) -> None:
         self.nat_t_ports = [s.getsockname()[1] for s in sockets]
@@ -233,6 +238,8 @@ class RecordingBackend(NoneBackend):
         self.send_udp = send_udp
 
     def install(self, sa: ChildSaEstablished) -> None:
+        if self.refuse is not None:
+            raise DataplaneError(self.refuse)
         super().install(sa)
 
     def remove(self, sa: ChildSaDeleted) -> None:

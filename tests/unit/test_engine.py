@@ -470,3 +470,15 @@ def test_commit_bit_without_connected_installs_after_a_wait(
     assert not net.a.of(ChildSaEstablished)
     net.advance(11)
     assert len(net.a.of(ChildSaEstablished)) == 1
+
+
+def test_install_failure_deletes_the_sa_on_both_sides() -> None:
+    net = default_net()
+    establish(net)
+    (ca,) = net.a.of(ChildSaEstablished)
+    assert isinstance(ca, ChildSaEstablished)
+    net.a.engine.install_failed(ca.child_id, "TUN device gone", net.now)
+    net.pump()
+    assert len(net.a.of(ChildSaDeleted)) == 1 and len(net.b.of(ChildSaDeleted)) == 1
+    (ike,) = net.b.engine.status(net.now)["ike_sas"]
+    assert ike["children"] == []

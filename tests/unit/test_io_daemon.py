@@ -11,6 +11,7 @@ import tempfile
 
 import pytest
 
+from ikev1d.control import UpRequest
 from ikev1d.dataplane.base import DataplaneError
 from ikev1d.io.daemon import ConfigLoadError, Daemon, DaemonError, DaemonOptions
 from ikev1d.io.udp import NON_ESP_MARKER
@@ -315,6 +316,20 @@ def test_child_events_reach_data_plane_and_counters_reach_status() -> None:
             assert ok, message
             assert "deleted 1 ISAKMP SA(s) and 2 IPsec SA(s)" in message
             assert [sa.child for sa in h.backend.removed] == ["net", "net2"]
+            assert h.backend.installed == {}
+
+    asyncio.run(body())
+
+
+def test_failed_install_fails_up_and_tells_the_engine() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            h.backend.refuse = "no route to the TUN device"
+            ok, message = await h.daemon.up(UpRequest("site-ok", None, 5.0), lambda text: None)
+            assert not ok
+            assert "no route to the TUN device" in message
+            engine = h.engines[-1]
+            assert any(call.startswith("install_failed") for call in engine.calls)
             assert h.backend.installed == {}
 
     asyncio.run(body())

@@ -168,6 +168,14 @@ class Engine:
         for sa in self._sas_of(conn):
             self._delete_sa(sa, "deleted by local request", send=True)
 
+    def install_failed(self, child_id: int, reason: str, now: float) -> None:
+        """The data plane could not install an IPsec SA: delete it, telling the peer,
+        so that nothing is left half-installed on either side."""
+        for sa in self._all_sas():
+            for child in list(sa.children):
+                if child.child_id == child_id:
+                    self._delete_child(sa, child, reason, send=True)
+
     def shutdown(self, now: float) -> None:
         for sa in list(self._all_sas()):
             self._delete_sa(sa, "daemon shutting down", send=True)
