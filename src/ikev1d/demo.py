@@ -409,6 +409,9 @@ class Demo:
             if self.dataplane_note:
                 con.skip(self.dataplane_note)
                 self.outcome.traffic.append("skipped (userspace data plane failed to start)")
+            elif not self.auto_dataplane:
+                con.skip(f"--dataplane {self.dataplane}: keying only, no traffic")
+                self.outcome.traffic.append(f"skipped (--dataplane {self.dataplane})")
             else:
                 con.skip("the userspace data plane (ikev1d.dataplane.userspace) is not "
                          "available in this build")
