@@ -1,0 +1,114 @@
+"""The userspace data plane against strongSwan's kernel-libipsec, ikev1d in both roles.
+
+strongSwan runs with ``encap = yes`` (kernel-libipsec does only UDP-encapsulated
+ESP), so both sides carry ESP in UDP 4500 (RFC 3948): ours through the daemon's
+NAT-T socket. TCP and UDP go both ways between the inner networks (10.1.0.1 on
+A's lo, 10.2.0.1 on B's, which kernel-libipsec needs for its source route), the
+wire shows only IKE and ESP-in-UDP, and the counters of both sides agree:
+strongSwan's libipsec counts the inner IP packets' octets (ipsec_processor.c
+passes the decrypted/plain IP packet's length to ``update_usestats``), which is
+what ikev1d counts too, so bytes and packets must be equal exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d.testbed.netns import Topology
+from ikev1d.testbed.ping import ping
+from ikev1d.testbed.strongswan import Charon, swanctl_conf
+
+from .conftest import CaptureFactory, CharonFactory
+from .test_dataplane_ikev1d import assert_only_ike_and_esp, child_of, settled, traffic_both_ways
+
+pytestmark = pytest.mark.interop
+
+PSK = "dataplane-psk-0123456789abcdef"
+
+
+@dataclass
+class Pair:
+    topo: Topology
+    ours: Ikev1dDaemon
+    theirs: Charon
+
+
+@pytest.fixture
+def make_pair(
+    two_hosts: Topology, charon_factory: CharonFactory, tmp_path: Path
+) -> Iterator[Callable[[str], Pair]]:
+    started: list[Ikev1dDaemon] = []
+
+    def make(esp: str) -> Pair:
+        topo = two_hosts
+        ours = Ikev1dDaemon(topo.a, tmp_path / "ikev1d", ikev1d_conf(
+            "gw", topo.addr_a, topo.addr_b, topo.addr_a, topo.addr_b, PSK,
+            ["aes128-sha256-modp2048"], [esp], topo.inner_net_a, topo.inner_net_b,
+            dataplane="userspace",
+        ))
+        started.append(ours)
+        ours.start()
+        theirs = charon_factory(topo.b, "b")
+        theirs.load_config(swanctl_conf(
+            "gw", topo.addr_b, topo.addr_a, topo.addr_b, topo.addr_a, PSK,
+            ["aes128-sha256-modp2048"], [esp], topo.inner_net_b, topo.inner_net_a,
+        ))
+        return Pair(topo, ours, theirs)
+
+    yield make
+    for daemon in started:
+        code = daemon.stop()
+        assert code == 0, daemon.log_text()[-3000:]
+
+
+def their_counters(pair: Pair) -> dict[str, int]:
+    (ike,) = pair.theirs.list_sas()
+    (child,) = ike["children"]
+    return {
+        "spi_in": int(child["spi-in"], 16), "spi_out": int(child["spi-out"], 16),
+        "bytes_in": int(child["bytes-in"]), "bytes_out": int(child["bytes-out"]),
+        "packets_in": int(child["packets-in"]), "packets_out": int(child["packets-out"]),
+    }
+
+
+def _agree(ours: dict[str, Any], theirs: dict[str, int]) -> bool:
+    return bool(ours["packets_out"] == theirs["packets_in"]
+                and ours["packets_in"] == theirs["packets_out"])
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["ikev1d-initiates", "swan-initiates"])
+@pytest.mark.parametrize("esp", ["aes128gcm16", "aes256-sha256", "3des-sha1"])
+def test_traffic_with_strongswan(
+    make_pair: Callable[[str], Pair], capture_factory: CaptureFactory,
+    esp: str, we_initiate: bool,
+) -> None:
+    pair = make_pair(esp)
+    topo = pair.topo
+    cap = capture_factory(topo.a, topo.if_a)
+    if we_initiate:
+        result = pair.ours.up("gw")
+        assert result.returncode == 0, result.stdout + result.stderr
+    else:
+        ok, out = pair.theirs.initiate("net", "gw")
+        assert ok, out + pair.ours.log_text()[-3000:]
+
+    assert ping(topo.a, topo.inner_addr_b, count=2) == (2, 2)
+    traffic_both_ways(topo)
+
+    ours, theirs = settled(lambda: (child_of(pair.ours), their_counters(pair)), _agree)
+    assert ours["encap"] is True and ours["proposal"] == esp
+    assert int(ours["spi_out"], 16) == theirs["spi_in"]
+    assert ours["packets_out"] > 200 and ours["packets_in"] > 200
+    assert ours["packets_out"] == theirs["packets_in"]
+    assert ours["packets_in"] == theirs["packets_out"]
+    assert ours["bytes_out"] == theirs["bytes_in"]
+    assert ours["bytes_in"] == theirs["bytes_out"]
+    assert ours["replayed_in"] == ours["icv_failed_in"] == ours["malformed_in"] == 0
+
+    assert_only_ike_and_esp(cap.stop())
