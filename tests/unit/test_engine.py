@@ -482,3 +482,20 @@ def test_install_failure_deletes_the_sa_on_both_sides() -> None:
     assert len(net.a.of(ChildSaDeleted)) == 1 and len(net.b.of(ChildSaDeleted)) == 1
     (ike,) = net.b.engine.status(net.now)["ike_sas"]
     assert ike["children"] == []
+
+
+def test_reload_keeps_unchanged_and_deletes_removed_connections() -> None:
+    net = default_net()
+    establish(net)
+    same = parse_config(config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"))
+    net.a.engine.reload(same, net.now)
+    net.pump()
+    assert len(net.a.engine.status(net.now)["ike_sas"]) == 1
+    assert not net.b.of(IkeSaDeleted)
+    text = config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24")
+    text = text.replace("connections.gw", "connections.other")
+    renamed = parse_config(text.replace("[secrets.gw]", "[secrets.other]"))
+    net.a.engine.reload(renamed, net.now)
+    net.pump()
+    assert net.a.engine.status(net.now) == {"ike_sas": []}
+    assert len(net.b.of(IkeSaDeleted)) == 1
