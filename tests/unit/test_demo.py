@@ -139,3 +139,11 @@ def test_options() -> None:
     assert demo._parse([]).dataplane == "auto"
     with pytest.raises(SystemExit):
         demo._parse(["--dataplane", "kernel-magic"])
+
+
+def test_embedded_echo_scripts_compile() -> None:
+    # They run as `python -c` in the namespaces; a syntax slip would only show as a
+    # failed traffic step.
+    compile(demo._ECHO_SERVER, "<echo server>", "exec")
+    compile(demo._ECHO_CLIENT, "<echo client>", "exec")
+    assert 'sys.stdout.write("ready\\n")' in demo._ECHO_SERVER
