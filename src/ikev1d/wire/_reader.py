@@ -14,7 +14,7 @@ class Reader:
     __slots__ = ("_data", "_end", "_pos", "what")
 
     def __init__(self, data: bytes, what: str = "data") -> None:
-        self._data = bytes(data)
+        self._data = data if type(data) is bytes else bytes(data)
         self._pos = 0
         self._end = len(self._data)
         self.what = what

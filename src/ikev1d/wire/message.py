@@ -260,7 +260,10 @@ def decode_payloads_with_spans(
     index = 0
     while current != PayloadType.NONE:
         start = r.offset
-        what = f"payload {index} ({PayloadType(current)})"
+        if current in _NESTED_ONLY or r.remaining() < GENERIC_HEADER_LENGTH:
+            what = f"payload {index} ({PayloadType(current)})"
+        else:
+            what = "payload"  # the common case: spelled out only if it goes wrong
         if current in _NESTED_ONLY:
             raise InvalidPayloadTypeError(f"{what} outside an SA payload")
         if r.remaining() < GENERIC_HEADER_LENGTH:
@@ -269,8 +272,10 @@ def decode_payloads_with_spans(
         r.u8("reserved")
         length = r.u16("payload length")
         if length < GENERIC_HEADER_LENGTH:
+            what = f"payload {index} ({PayloadType(current)})"
             raise LengthMismatchError(f"{what}: length field {length} < 4")
         if length - GENERIC_HEADER_LENGTH > r.remaining():
+            what = f"payload {index} ({PayloadType(current)})"
             raise TruncatedError(
                 f"{what}: length field {length}, only "
                 f"{r.remaining() + GENERIC_HEADER_LENGTH} bytes left"
@@ -280,6 +285,7 @@ def decode_payloads_with_spans(
         try:
             payload = decoder(payload_body)
         except WireError as e:
+            what = f"payload {index} ({PayloadType(current)})"
             raise type(e)(f"{what}: {e}", e.notify) from e
         spans.append(DecodedPayload(payload, start, r.offset))
         current = nxt

@@ -106,7 +106,7 @@ class Attribute:
         if af_type & _AF_TV:
             return cls(af_type & 0x7FFF, r.u16("TV attribute value"))
         length = r.u16("TLV attribute length")
-        return cls(af_type, r.take(length, f"TLV attribute {af_type} value"))
+        return cls(af_type, r.take(length, "TLV attribute value"))
 
 
 def make_attribute(type: int, value: int) -> Attribute:
@@ -214,13 +214,15 @@ def _nested_chain(r: Reader, kind: PayloadType, what: str, count: int | None) ->
         return bodies
     if count is None and not r.remaining():
         return bodies
+    header_field = f"{what} header"
+    body_field = f"{what} payload"
     while True:
-        nxt = r.u8(f"{what} next payload")
-        r.u8(f"{what} reserved")
-        length = r.u16(f"{what} length")
+        nxt = r.u8(header_field)
+        r.u8(header_field)
+        length = r.u16(header_field)
         if length < GENERIC_HEADER_LENGTH:
             raise WireError(f"{what} payload length {length} < 4")
-        bodies.append(r.take(length - GENERIC_HEADER_LENGTH, f"{what} payload"))
+        bodies.append(r.take(length - GENERIC_HEADER_LENGTH, body_field))
         if nxt == PayloadType.NONE:
             break
         if nxt != kind:
