@@ -28,16 +28,15 @@ import argparse
 import collections
 import contextlib
 import os
-import queue
 import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,8 @@ from ikev1d.testbed.strongswan import DEFAULT_LOAD, Charon, strongswan_conf
 
 PSK = "bench-handshakes-shared-secret"
 CHILD = "net"
+# charon's default worker thread count; initiates do not block workers (vici timeout -1).
+CHARON_THREADS = 16
 # Each initiator connection has its own ID (t17.bench.example): charon reuses an IKEv1 IKE SA
 # for any connection whose settings are equal (names are not compared), so identical
 # connections would all share one Main Mode.
@@ -260,46 +261,94 @@ class DriveResult:
     latencies: list[float]  # seconds per successful initiate (Main Mode + Quick Mode)
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def drive(initiator: Charon, n: int, window: int, timeout: float) -> DriveResult:
-    """Initiate t1..tN with at most `window` in flight.
+    """Initiate t1..tN with at most `window` handshakes in flight.
 
-    One vici session per slot of the window, opened one after another before
-    the clock starts (charon's vici socket has a short listen backlog).
+    Each ``initiate`` returns at once (vici ``timeout = -1``), so no charon
+    worker thread waits on it; completion comes from vici events on a second
+    session: ``child-updown`` with ``up`` ends a tunnel's handshake, an
+    ``ike-updown`` without ``up`` (the IKE SA went down before its IPsec SA
+    came up) fails it.  A tunnel still pending `timeout` s after its
+    initiate fails too.
     """
-    free: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    with contextlib.ExitStack() as stack:
-        for _ in range(window):
-            free.put(stack.enter_context(_vici_session(initiator.vici_path, timeout + 30)))
+    lock = threading.Lock()
+    slots = threading.Semaphore(window)
+    started: dict[str, float] = {}
+    latencies: list[float] = []
+    errors: list[str] = []
+    all_done = threading.Event()
+    stop = threading.Event()
 
-        def one(i: int) -> str | float:
-            session = free.get()
-            request = {
-                "child": CHILD,
-                "ike": f"t{i}",
-                "timeout": int(timeout * 1000),
-                "loglevel": 0,
-            }
-            began = time.monotonic()
-            try:
-                for _log in session.initiate(request):
-                    pass
-            except (
-                vici.exception.CommandException,
-                vici.exception.SessionException,
-                OSError,
-            ) as exc:
-                return f"t{i}: {exc}"
-            finally:
-                free.put(session)
-            return time.monotonic() - began
+    def finish(name: str, error: str | None) -> None:
+        with lock:
+            began = started.pop(name, None)
+            if began is None:
+                return
+            if error is None:
+                latencies.append(time.monotonic() - began)
+            else:
+                errors.append(f"{name}: {error}")
+            if len(latencies) + len(errors) >= n:
+                all_done.set()
+        slots.release()
 
+    def listen(session: Any) -> None:
+        try:
+            for event_type, message in session.listen(["ike-updown", "child-updown"], 0.2):
+                if stop.is_set():
+                    break
+                if event_type is None:
+                    continue
+                fields = {_text(k): v for k, v in message.items()}
+                up = _text(fields.pop("up", b"no")) == "yes"
+                kind = _text(event_type)
+                for name in fields:
+                    if kind == "child-updown" and up:
+                        finish(name, None)
+                    elif kind == "ike-updown" and not up:
+                        finish(name, "IKE SA went down before the IPsec SA was established")
+        except (vici.exception.SessionException, OSError):
+            pass  # closed under us at the end of the run
+
+    with (
+        _vici_session(initiator.vici_path, timeout + 30) as control,
+        _vici_session(initiator.vici_path, timeout + 30) as events,
+    ):
+        listener = threading.Thread(target=listen, args=(events,), daemon=True)
+        listener.start()
+        time.sleep(0.3)  # the listener has registered for the events
         start = time.monotonic()
-        with ThreadPoolExecutor(max_workers=window) as pool:
-            outcomes = list(pool.map(one, range(1, n + 1)))
+        for i in range(1, n + 1):
+            name = f"t{i}"
+            while not slots.acquire(timeout=1.0):
+                _expire(started, lock, timeout, finish)
+            with lock:
+                started[name] = time.monotonic()
+            request = {"child": CHILD, "ike": name, "timeout": -1, "loglevel": 0}
+            try:
+                for _log in control.initiate(request):
+                    pass
+            except (vici.exception.CommandException, vici.exception.SessionException) as exc:
+                finish(name, f"initiate refused: {exc}")
+        while not all_done.wait(1.0):
+            _expire(started, lock, timeout, finish)
         elapsed = time.monotonic() - start
-    errors = [e for e in outcomes if isinstance(e, str)]
-    latencies = [e for e in outcomes if isinstance(e, float)]
+        stop.set()
+        listener.join(5.0)
     return DriveResult(len(latencies), elapsed, errors, latencies)
+
+
+def _expire(started: dict[str, float], lock: threading.Lock, timeout: float, finish: Any) -> None:
+    """Fail the tunnels whose handshake has been pending for more than `timeout` s."""
+    now = time.monotonic()
+    with lock:
+        late = [name for name, began in started.items() if now - began > timeout]
+    for name in late:
+        finish(name, f"not established after {timeout:.0f}s")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -379,7 +428,7 @@ def run_one(
     run_dir = s.work_dir / tag
     a, b = topo.addr_a, topo.addr_b
     net_a, net_b = topo.inner_net_a, topo.inner_net_b
-    threads = s.window + 16
+    threads = CHARON_THREADS
     with contextlib.ExitStack() as stack:
         daemon: Ikev1dDaemon | None = None
         resp_charon: Charon | None = None
