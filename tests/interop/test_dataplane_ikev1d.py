@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,8 @@ elif role == "udp-client":
 elif role == "esp-injector":
     # Catch one ESP packet from the peer, wait until its UDP payload was delivered,
     # then send it again (a replay), and once more with a bit of its sequence number
-    # and one of its ciphertext flipped: a number the replay window has not seen
-    # (RFC 4303 3.4.3 checks that before the ICV), so only the ICV can refuse it.
+    # (+2**24: far right of the window, which RFC 4303 3.4.3 checks before the ICV)
+    # and one of its ciphertext flipped, so only the ICV can refuse it.
     peer, own, inner, port = args[0], args[1], args[2], int(args[3])
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50); raw.settimeout(10)
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((inner, port)); u.settimeout(10)
@@ -103,7 +104,7 @@ elif role == "esp-injector":
     u.recvfrom(65536)
     delivered = 1
     raw.sendto(esp, (own, 0))
-    flipped = bytearray(esp); flipped[7] ^= 0x40; flipped[len(esp) // 2] ^= 0x10
+    flipped = bytearray(esp); flipped[4] ^= 0x01; flipped[len(esp) // 2] ^= 0x10
     raw.sendto(bytes(flipped), (own, 0))
     u.settimeout(1.5)
     try:
@@ -185,9 +186,12 @@ def child_of(daemon: Ikev1dDaemon) -> dict[str, Any]:
 COUNTERS = ("bytes_in", "bytes_out", "packets_in", "packets_out")
 
 
-def settled(read: Callable[[], tuple[dict[str, int], dict[str, int]]],
-            agree: Callable[[dict[str, int], dict[str, int]], bool],
-            timeout: float = 3.0) -> tuple[dict[str, int], dict[str, int]]:
+Counters = dict[str, Any]
+
+
+def settled(read: Callable[[], tuple[Counters, Counters]],
+            agree: Callable[[Counters, Counters], bool],
+            timeout: float = 3.0) -> tuple[Counters, Counters]:
     """Poll both sides' counters until ``agree`` (the last packets may still be in flight)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -195,6 +199,19 @@ def settled(read: Callable[[], tuple[dict[str, int], dict[str, int]]],
         if agree(ours, theirs) or time.monotonic() > deadline:
             return ours, theirs
         time.sleep(0.2)
+
+
+def _no_tun_route(ns: Namespace) -> bool:
+    return "ikev1d" not in ns.run(["ip", "route"]).stdout
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 @dataclass
@@ -288,6 +305,14 @@ def test_raw_esp_between_two_ikev1d(  # and replay / ICV drops at the end
     assert (esp_out, esp_in) == (ours["packets_out"], ours["packets_in"])
 
     inject_replay_and_tamper(pair)
+
+    # Nothing left behind: `down` removes the routes on both sides (B on the Delete),
+    # stopping the daemon removes the TUN device.
+    assert pair.a.down("gw").returncode == 0
+    for ns in (topo.a, topo.b):
+        assert wait_until(partial(_no_tun_route, ns))
+    assert pair.a.stop() == 0
+    assert "ikev1d" not in topo.a.run(["ip", "link"]).stdout
 
 
 def inject_replay_and_tamper(pair: Pair) -> None:
