@@ -8,7 +8,7 @@ import pytest
 
 from ikev1d.dataplane.esp import InboundSa, OutboundSa, esp_algorithm
 from ikev1d.dataplane.packet import build_ipv4_packet
-from ikev1d.dataplane.sad import Prefix, Sad, SaEntry, inner_addresses, prefixes
+from ikev1d.dataplane.sad import Prefix, Sad, SaEntry, address_key, inner_addresses, prefixes
 
 ALG = esp_algorithm("aesgcm", 128, None, 16)
 KEY = bytes(range(20))
@@ -105,7 +105,7 @@ def test_cache_is_bounded() -> None:
     sad = Sad()
     sad.add(entry(1, ["0.0.0.0/0"], ["10.2.0.0/16"]))
     for i in range(10000):
-        sad.lookup_outbound(4, i, int(ipaddress.ip_address("10.2.0.0")) + i % 65536)
+        sad.lookup_outbound_key(i.to_bytes(4, "big") + (0x0A020000 + i % 65536).to_bytes(4, "big"))
     assert len(sad._cache) <= 4096
 
 
@@ -132,3 +132,18 @@ def test_prefix() -> None:
     assert p.contains(4, int(ipaddress.ip_address("10.2.255.1")))
     assert not p.contains(4, int(ipaddress.ip_address("10.3.0.1")))
     assert not p.contains(6, int(ipaddress.ip_address("10.2.0.1")))
+
+
+def test_address_key_and_cached_inbound_verdicts() -> None:
+    v4 = build_ipv4_packet("10.2.0.7", "10.1.0.1", 17, b"x")
+    assert address_key(v4) == bytes([10, 2, 0, 7, 10, 1, 0, 1])
+    assert address_key(b"\x45" + bytes(10)) is None and address_key(b"") is None
+    assert address_key(b"\x20" + bytes(50)) is None
+    v6 = b"\x60" + bytes(7) + bytes(range(32))
+    assert address_key(v6) == bytes(range(32))
+    e = entry(1, ["10.1.0.0/24"], ["10.2.0.0/24"])
+    key = address_key(v4)
+    assert key is not None
+    assert e.permits_inbound_key(key) and e.permits_inbound_key(key)  # second from cache
+    bad = address_key(build_ipv4_packet("10.3.0.7", "10.1.0.1", 17, b"x"))
+    assert bad is not None and not e.permits_inbound_key(bad)

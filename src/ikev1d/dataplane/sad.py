@@ -33,6 +33,7 @@ __all__ = [
     "SaCounters",
     "SaEntry",
     "Sad",
+    "address_key",
     "inner_addresses",
     "prefixes",
 ]
@@ -80,6 +81,28 @@ def inner_addresses(packet: bytes) -> tuple[int, int, int] | None:
             return None
         return 6, int.from_bytes(packet[8:24], "big"), int.from_bytes(packet[24:40], "big")
     return None
+
+
+def address_key(packet: bytes) -> bytes | None:
+    """Source and destination address octets of an IP packet (8 for IPv4, 32 for IPv6).
+
+    The per-packet lookups are cached under this key: slicing it out is cheaper
+    than converting addresses to integers, which happens only on a cache miss.
+    """
+    if not packet:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        return packet[12:20] if len(packet) >= 20 else None
+    if version == 6:
+        return packet[8:40] if len(packet) >= 40 else None
+    return None
+
+
+def _split_key(key: bytes) -> tuple[int, int, int]:
+    half = len(key) // 2
+    return (4 if half == 4 else 6, int.from_bytes(key[:half], "big"),
+            int.from_bytes(key[half:], "big"))
 
 
 def _best_length(prefixes_: tuple[Prefix, ...], version: int, addr: int) -> int:
@@ -135,6 +158,20 @@ class SaEntry:
     counters: SaCounters = field(default_factory=SaCounters)
     remote_networks: tuple[Network, ...] = ()
     local_networks: tuple[Network, ...] = ()
+    _inbound_cache: dict[bytes, bool] = field(default_factory=dict, repr=False)
+
+    def permits_inbound_key(self, key: bytes) -> bool:
+        """:meth:`permits_inbound` for an :func:`address_key`, cached per address pair."""
+        cache = self._inbound_cache
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        verdict = self.permits_inbound(*_split_key(key))
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = verdict
+        return verdict
 
     def permits_inbound(self, version: int, src: int, dst: int) -> bool:
         """RFC 4301 §5.2: a decrypted packet must come from the remote selectors to local ones."""
@@ -160,7 +197,7 @@ class Sad:
         self._by_spi_in: dict[int, SaEntry] = {}
         self._by_pair: dict[tuple[int, int], SaEntry] = {}
         self._entries: list[SaEntry] = []
-        self._cache: dict[tuple[int, int, int], SaEntry | None] = {}
+        self._cache: dict[bytes, SaEntry | None] = {}
         self._serial = 0
 
     def __len__(self) -> int:
@@ -196,14 +233,21 @@ class Sad:
         """The SA an inbound ESP packet belongs to (RFC 4301 §4.4.2: the SPI selects it)."""
         return self._by_spi_in.get(spi)
 
-    def lookup_outbound(self, version: int, src: int, dst: int) -> SaEntry | None:
-        """The SA protecting ``src -> dst``: longest remote, then local prefix; newest on ties."""
-        key = (version, src, dst)
+    def lookup_outbound_key(self, key: bytes) -> SaEntry | None:
+        """:meth:`lookup_outbound` for an :func:`address_key`; a dict lookup once cached."""
         cache = self._cache
         try:
             return cache[key]
         except KeyError:
             pass
+        best = self.lookup_outbound(*_split_key(key))
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = best
+        return best
+
+    def lookup_outbound(self, version: int, src: int, dst: int) -> SaEntry | None:
+        """The SA protecting ``src -> dst``: longest remote, then local prefix; newest on ties."""
         best: SaEntry | None = None
         best_score = (-1, -1, -1)
         for entry in self._entries:
@@ -213,12 +257,11 @@ class Sad:
             full = (score[0], score[1], entry.serial)
             if full > best_score:
                 best, best_score = entry, full
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[key] = best
         return best
 
     def lookup_outbound_addresses(self, src: str, dst: str) -> SaEntry | None:
-        """:meth:`lookup_outbound` for address strings (tests, diagnostics)."""
+        """:meth:`lookup_outbound_key` (cached, as packets are) for address strings."""
         s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-        return self.lookup_outbound(s.version, int(s), int(d))
+        if s.version != d.version:
+            return None
+        return self.lookup_outbound_key(s.packed + d.packed)

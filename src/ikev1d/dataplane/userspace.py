@@ -37,7 +37,7 @@ from ikev1d.dataplane.esp import (
     esp_algorithm,
 )
 from ikev1d.dataplane.packet import NAT_KEEPALIVE
-from ikev1d.dataplane.sad import Sad, SaEntry, inner_addresses, prefixes
+from ikev1d.dataplane.sad import Sad, SaEntry, address_key, prefixes
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
 
 if TYPE_CHECKING:
@@ -286,17 +286,16 @@ class UserspaceBackend:
             log.exception("userspace: unexpected error on the inbound path")
 
     def _outbound(self, packet: bytes) -> None:
-        addrs = inner_addresses(packet)
-        if addrs is None:
+        key = address_key(packet)
+        if key is None:
             self._drop("not_ip", "outbound: not an IP packet")
             return
-        version, src, dst = addrs
-        entry = self.sad.lookup_outbound(version, src, dst)
+        entry = self.sad.lookup_outbound_key(key)
         if entry is None:
             self._drop("no_sa", "outbound: no SA covers the packet")
             return
         try:
-            esp = entry.outbound.seal(packet, _IPPROTO_IPIP if version == 4 else _IPPROTO_IPV6)
+            esp = entry.outbound.seal(packet, _IPPROTO_IPIP if len(key) == 8 else _IPPROTO_IPV6)
         except EspSequenceExhausted as exc:
             entry.counters.dropped_out += 1
             self._drop("seq_exhausted", str(exc))
@@ -346,15 +345,13 @@ class UserspaceBackend:
             return
         if next_header == _IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
             return
-        addrs = inner_addresses(inner)
-        if addrs is None or next_header != (
-            _IPPROTO_IPIP if addrs[0] == 4 else _IPPROTO_IPV6
-        ):
+        key = address_key(inner)
+        if key is None or next_header != (_IPPROTO_IPIP if len(key) == 8 else _IPPROTO_IPV6):
             self._drop("malformed", f"inbound SPI {spi:08x}: next header {next_header} "
                        "does not introduce an IP packet of that version")
             return
         counters = entry.counters
-        if not entry.permits_inbound(*addrs):
+        if not entry.permits_inbound_key(key):
             counters.dropped_policy_in += 1
             self._drop("policy", f"inbound SPI {spi:08x}: inner packet outside the "
                        "SA's traffic selectors")
