@@ -417,6 +417,7 @@ class Settings:
     profile_dir: Path | None
     charon_log_level: int
     ikev1d_log_level: str
+    half_open: int
 
 
 def run_one(
@@ -452,7 +453,7 @@ def run_one(
                 rekey_time="24h",
                 child_rekey_time="8h",
                 extra_daemon=(
-                    "half_open_per_peer = 1000000\nhalf_open_total = 1000000\n"
+                    f"half_open_per_peer = {s.half_open}\nhalf_open_total = {s.half_open}\n"
                     'half_open_timeout = "60s"'
                 ),
             )
@@ -647,6 +648,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--ikev1d-log-level", default="info")
     parser.add_argument("--charon-log-level", type=int, default=1)
+    parser.add_argument(
+        "--ikev1d-half-open",
+        type=int,
+        default=1_000_000,
+        help="ikev1d half_open_per_peer and half_open_total (all tunnels come from one address)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.tunnels = 100
@@ -671,6 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile,
         args.charon_log_level,
         args.ikev1d_log_level,
+        args.ikev1d_half_open,
     )
     print(f"{args.tunnels} tunnels, window {args.window}, work dir {work_dir}", flush=True)
     results: list[RunResult] = []
