@@ -58,6 +58,9 @@ _IFREQ: Final = struct.Struct("16sH22x")
 _IPPROTO_ESP: Final = 50
 _IP_PKTINFO: Final = 8
 _SOCKET_BUFFER: Final = 4 * 1024 * 1024
+_SO_SNDBUFFORCE: Final = 32  # asm-generic/socket.h
+_SO_RCVBUFFORCE: Final = 33
+_TX_QUEUE_LENGTH: Final = 1000
 _MAX_PACKET: Final = 65535
 _NETLINK_TIMEOUT: Final = 10.0
 _T = TypeVar("_T")
@@ -168,7 +171,7 @@ def _link_up(netlink: Netlink, name: str, mtu: int) -> int:
         if not indexes:
             raise TunError(errno.ENODEV, f"TUN device {name} vanished")
         index = int(indexes[0])
-        ipr.link("set", index=index, mtu=mtu, state="up")
+        ipr.link("set", index=index, mtu=mtu, txqlen=_TX_QUEUE_LENGTH, state="up")
         return index
 
     try:
@@ -195,9 +198,16 @@ class RawEspSocket:
         self._pktinfo: dict[str, list[tuple[int, int, bytes]]] = {}
         try:
             sock.setblocking(False)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+            # Bursts arrive while the loop is busy sealing; a small buffer turns them
+            # into losses (and TCP retransmissions). The *FORCE variants (root) go past
+            # net.core.rmem_max/wmem_max, which would otherwise cap the request.
+            for force, opt in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                               (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
         except BaseException:
             sock.close()
             raise
