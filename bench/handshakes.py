@@ -27,10 +27,12 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -421,12 +423,12 @@ class Settings:
 
 
 def run_one(
-    topo: Topology, group: Group, responder: str, load: str | None, s: Settings
+    topo: Topology, group: Group, responder: str, load: str | None, s: Settings, rep: int = 0
 ) -> RunResult:
     """One measured run: fresh responder (ikev1d if `load` is None, else charon) and initiator."""
     result = RunResult(group.name, responder, s.tunnels)
     tag = f"{group.name}-{re.sub(r'[^A-Za-z0-9]+', '_', responder)}"
-    run_dir = s.work_dir / tag
+    run_dir = s.work_dir / f"{tag}-{rep + 1}"
     a, b = topo.addr_a, topo.addr_b
     net_a, net_b = topo.inner_net_a, topo.inner_net_b
     threads = CHARON_THREADS
@@ -478,7 +480,7 @@ def run_one(
         initiator.load_config(initiator_swanctl_conf(s.tunnels, a, b, group, net_a, net_b))
 
         profiler: subprocess.Popen[bytes] | None = None
-        if s.profile_dir is not None and daemon is not None:
+        if s.profile_dir is not None and daemon is not None and rep == 0:
             profiler = start_profiler(resp_pid, s.profile_dir / f"{group.name}.collapsed")
 
         init_pid = find_pid(topo.a, "charon", initiator.proc.pid if initiator.proc else None)
@@ -586,35 +588,47 @@ def profile_summary(path: Path, top: int = 20) -> list[str]:
 # --- output ---------------------------------------------------------------------------------
 
 
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def format_table(results: Sequence[RunResult]) -> str:
+    """One row per (group, responder): medians over the repeats; FAILED if any run failed."""
     rows = [f"{'group':<9} {'responder':<20} {'tunnels/s':>10} {'CPU ms/tunnel':>14}  note"]
     for group in dict.fromkeys(r.group for r in results):
-        mine = [r for r in results if r.group == group]
-        for r in mine:
-            if r.complete:
+        medians: dict[str, tuple[float, float]] = {}
+        for responder in dict.fromkeys(r.responder for r in results if r.group == group):
+            runs = [r for r in results if r.group == group and r.responder == responder]
+            failed = [r for r in runs if not r.complete]
+            if failed:
+                f = failed[0]
                 rows.append(
-                    f"{r.group:<9} {r.responder:<20} {r.rate:>10.1f} "
-                    f"{r.cpu_ms_per_tunnel:>14.2f}  {r.seconds:.1f}s, initiator "
-                    f"{1000 * r.initiator_cpu_seconds / r.established:.1f} ms/tunnel"
+                    f"{group:<9} {responder:<20} {'FAILED':>10} {'-':>14}  "
+                    f"{len(failed)}/{len(runs)} runs failed; first: {f.established}/{f.tunnels} "
+                    f"established on responder, {f.initiated_ok}/{f.tunnels} initiates ok"
                 )
-            else:
-                rows.append(
-                    f"{r.group:<9} {r.responder:<20} {'FAILED':>10} {'-':>14}  "
-                    f"{r.established}/{r.tunnels} established on responder, "
-                    f"{r.initiated_ok}/{r.tunnels} initiates ok"
-                )
-        ours = next((r for r in mine if r.responder == "ikev1d" and r.complete), None)
-        for theirs in mine:
-            if ours is None or theirs is ours or not theirs.complete:
                 continue
-            label = f"ratio ikev1d/{theirs.responder}"
-            rate = ours.rate / theirs.rate if theirs.rate else float("nan")
-            cpu = (
-                ours.cpu_ms_per_tunnel / theirs.cpu_ms_per_tunnel
-                if theirs.cpu_ms_per_tunnel
-                else float("nan")
-            )
-            rows.append(f"{label:<30} {rate:>10.2f} {cpu:>14.2f}")
+            rate = _median([r.rate for r in runs])
+            cpu = _median([r.cpu_ms_per_tunnel for r in runs])
+            init = _median([1000 * r.initiator_cpu_seconds / r.established for r in runs])
+            medians[responder] = (rate, cpu)
+            note = f"initiator {init:.1f} ms/tunnel"
+            if len(runs) > 1:
+                note = (
+                    f"median of {len(runs)}: rate {min(r.rate for r in runs):.0f}.."
+                    f"{max(r.rate for r in runs):.0f}, CPU "
+                    f"{min(r.cpu_ms_per_tunnel for r in runs):.2f}.."
+                    f"{max(r.cpu_ms_per_tunnel for r in runs):.2f}; {note}"
+                )
+            rows.append(f"{group:<9} {responder:<20} {rate:>10.1f} {cpu:>14.2f}  {note}")
+        ours = medians.get("ikev1d")
+        for responder, (rate, cpu) in medians.items():
+            if ours is None or responder == "ikev1d":
+                continue
+            label = f"ratio ikev1d/{responder}"
+            rate_ratio = ours[0] / rate if rate else float("nan")
+            cpu_ratio = ours[1] / cpu if cpu else float("nan")
+            rows.append(f"{label:<30} {rate_ratio:>10.2f} {cpu_ratio:>14.2f}")
     return "\n".join(rows)
 
 
@@ -623,6 +637,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tunnels", type=int, default=1000, help="tunnels per run (1000)")
     parser.add_argument("--window", type=int, default=32, help="concurrent handshakes (32)")
     parser.add_argument("--quick", action="store_true", help="sanity run: 100 tunnels")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run everything R times, interleaved, and report medians (the box is shared)",
+    )
     parser.add_argument(
         "--groups", default="modp2048,ecp256", help="comma-separated: modp2048,ecp256"
     )
@@ -685,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = True
     try:
         with netns.two_hosts() as topo:
-            for group in groups:
+            for rep, group in itertools.product(range(args.repeat), groups):
                 responders: list[tuple[str, str | None]] = []
                 if "ikev1d" in kinds:
                     responders.append(("ikev1d", None))
@@ -695,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "gmp" in kinds and group.name.startswith("modp"):
                     responders.append(("strongSwan(gmp)", LOAD_GMP_FIRST))
                 for name, load in responders:
-                    r = run_one(topo, group, name, load, settings)
+                    r = run_one(topo, group, name, load, settings, rep)
                     results.append(r)
                     state = "ok" if r.complete else "FAILED"
                     print(
