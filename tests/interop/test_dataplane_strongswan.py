@@ -105,10 +105,10 @@ def test_traffic_with_strongswan(
     assert ours["encap"] is True and ours["proposal"] == esp
     assert int(ours["spi_out"], 16) == theirs["spi_in"]
     assert ours["packets_out"] > 200 and ours["packets_in"] > 200
-    assert ours["packets_out"] == theirs["packets_in"]
-    assert ours["packets_in"] == theirs["packets_out"]
-    assert ours["bytes_out"] == theirs["bytes_in"]
-    assert ours["bytes_in"] == theirs["bytes_out"]
+    assert ours["packets_out"] == theirs["packets_in"], (ours, theirs)
+    assert ours["packets_in"] == theirs["packets_out"], (ours, theirs)
+    assert ours["bytes_out"] == theirs["bytes_in"], (ours, theirs)
+    assert ours["bytes_in"] == theirs["bytes_out"], (ours, theirs)
     assert ours["replayed_in"] == ours["icv_failed_in"] == ours["malformed_in"] == 0
 
     assert_only_ike_and_esp(cap.stop())
