@@ -229,14 +229,17 @@ class Pair:
 def make_pair(two_hosts: Topology, tmp_path: Path) -> Iterator[Callable[..., Pair]]:
     started: list[Ikev1dDaemon] = []
 
-    def make(esp: str, nets: tuple[str, str] | None = None) -> Pair:
-        """Daemons on A and B; ``nets`` = (A's, B's) inner networks, default the topology's."""
+    def make(esp: str, nets: tuple[str, str] | None = None,
+             outer: tuple[str, str] | None = None) -> Pair:
+        """Daemons on A and B; ``nets`` = (A's, B's) inner networks, ``outer`` their IKE/ESP
+        addresses; by default the topology's."""
         topo = two_hosts
         net_a, net_b = nets or (topo.inner_net_a, topo.inner_net_b)
+        addr_a, addr_b = outer or (topo.addr_a, topo.addr_b)
         daemons = []
         for label, ns, local, remote, lnet, rnet in (
-            ("a", topo.a, topo.addr_a, topo.addr_b, net_a, net_b),
-            ("b", topo.b, topo.addr_b, topo.addr_a, net_b, net_a),
+            ("a", topo.a, addr_a, addr_b, net_a, net_b),
+            ("b", topo.b, addr_b, addr_a, net_b, net_a),
         ):
             d = Ikev1dDaemon(ns, tmp_path / f"ikev1d-{label}", ikev1d_conf(
                 "gw", local, remote, local, remote, PSK, ["aes128-sha256-modp2048"], [esp],
@@ -321,12 +324,15 @@ def test_raw_esp_between_two_ikev1d(  # and replay / ICV drops at the end
     assert "ikev1d" not in topo.a.run(["ip", "link"]).stdout
 
 
-def test_ipv6_inner_over_ipv4_outer(make_pair: Callable[..., Pair]) -> None:
-    """Tunnel-mode ESP with next header 41 (RFC 4303 2.6): IPv6 networks over IPv4 ESP."""
-    pair = make_pair("aes128gcm16", nets=("fd01::/64", "fd02::/64"))
-    topo = pair.topo
-    topo.a.add_lo_address("fd01::1/64")
-    topo.b.add_lo_address("fd02::1/64")
+def test_ipv6_over_ipv6(two_hosts: Topology, make_pair: Callable[..., Pair]) -> None:
+    """IPv6 networks (ESP next header 41, RFC 4303 2.6) over raw ESP on an IPv6 link."""
+    topo = two_hosts
+    for ns, ifname, outer, inner in ((topo.a, topo.if_a, "fd99::1/64", "fd01::1/64"),
+                                     (topo.b, topo.if_b, "fd99::2/64", "fd02::1/64")):
+        ns.run(["ip", "addr", "add", outer, "dev", ifname, "nodad"])
+        ns.add_lo_address(inner)
+    pair = make_pair("aes256-sha256", nets=("fd01::/64", "fd02::/64"),
+                     outer=("fd99::1", "fd99::2"))
     assert pair.a.up("gw").returncode == 0
     assert "fd02::/64 dev ikev1d0" in topo.a.run(["ip", "-6", "route"]).stdout
     traffic_both_ways(topo, "fd01::1", "fd02::1")
