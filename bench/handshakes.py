@@ -61,6 +61,7 @@ ID_DOMAIN = "bench.example"
 # Load order decides which plugin provides DH: the first one that offers the group.
 LOAD_OPENSSL_FIRST = DEFAULT_LOAD.replace(" gmp", "").replace("openssl", "openssl gmp")
 LOAD_GMP_FIRST = DEFAULT_LOAD
+SHORT_EXPONENTS = "  dh_exponent_ansi_x9_42 = no\n"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -232,11 +233,16 @@ def charon_tuning(threads: int) -> str:
     )
 
 
-def start_charon(ns: Namespace, work_dir: Path, load: str, threads: int, log_level: int) -> Charon:
+def start_charon(
+    ns: Namespace, work_dir: Path, load: str, threads: int, log_level: int, extra: str = ""
+) -> Charon:
     charon = Charon(ns, work_dir, start=False)
     charon.conf_path.write_text(
         strongswan_conf(
-            charon.work_dir, {"default": log_level}, load=load, extra=charon_tuning(threads)
+            charon.work_dir,
+            {"default": log_level},
+            load=load,
+            extra=charon_tuning(threads) + extra,
         )
     )
     charon.start()
@@ -423,7 +429,13 @@ class Settings:
 
 
 def run_one(
-    topo: Topology, group: Group, responder: str, load: str | None, s: Settings, rep: int = 0
+    topo: Topology,
+    group: Group,
+    responder: str,
+    load: str | None,
+    s: Settings,
+    rep: int = 0,
+    extra_conf: str = "",
 ) -> RunResult:
     """One measured run: fresh responder (ikev1d if `load` is None, else charon) and initiator."""
     result = RunResult(group.name, responder, s.tunnels)
@@ -466,7 +478,7 @@ def run_one(
             resp_pid = find_pid(topo.b, "python", proc.pid if proc else None)
         else:
             resp_charon = start_charon(
-                topo.b, run_dir / "responder", load, threads, s.charon_log_level
+                topo.b, run_dir / "responder", load, threads, s.charon_log_level, extra_conf
             )
             stack.callback(resp_charon.stop)
             resp_charon.load_config(responder_swanctl_conf(b, a, group, net_b, net_a))
@@ -648,9 +660,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--responders",
-        default="ikev1d,openssl,gmp",
+        default="ikev1d,openssl,gmp,gmp-short",
         help="comma-separated: ikev1d, openssl (strongSwan, openssl plugin first), "
-        "gmp (strongSwan, default gmp-first order; MODP groups only)",
+        "gmp (strongSwan, default gmp-first order; MODP only), "
+        "gmp-short (the same with dh_exponent_ansi_x9_42 = no; MODP only)",
     )
     parser.add_argument(
         "--timeout",
@@ -683,8 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = [g.strip() for g in args.groups.split(",") if g.strip()]
     groups = [g for g in GROUPS if g.name in wanted]
     kinds = {k.strip() for k in args.responders.split(",") if k.strip()}
-    if not kinds or not kinds <= {"ikev1d", "openssl", "gmp"}:
-        parser.error("--responders: choose from ikev1d, openssl, gmp")
+    if not kinds or not kinds <= {"ikev1d", "openssl", "gmp", "gmp-short"}:
+        parser.error("--responders: choose from ikev1d, openssl, gmp, gmp-short")
     if not groups:
         parser.error(f"--groups: choose from {', '.join(g.name for g in GROUPS)}")
 
@@ -706,16 +719,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with netns.two_hosts() as topo:
             for rep, group in itertools.product(range(args.repeat), groups):
-                responders: list[tuple[str, str | None]] = []
+                responders: list[tuple[str, str | None, str]] = []
                 if "ikev1d" in kinds:
-                    responders.append(("ikev1d", None))
+                    responders.append(("ikev1d", None, ""))
                 if "openssl" in kinds:
-                    responders.append(("strongSwan(openssl)", LOAD_OPENSSL_FIRST))
+                    responders.append(("strongSwan(openssl)", LOAD_OPENSSL_FIRST, ""))
                 # gmp has no ECP groups; openssl does those in both plugin orders.
-                if "gmp" in kinds and group.name.startswith("modp"):
-                    responders.append(("strongSwan(gmp)", LOAD_GMP_FIRST))
-                for name, load in responders:
-                    r = run_one(topo, group, name, load, settings, rep)
+                modp = group.name.startswith("modp")
+                if "gmp" in kinds and modp:
+                    responders.append(("strongSwan(gmp)", LOAD_GMP_FIRST, ""))
+                # charon draws full-length (ANSI X9.42) MODP exponents by default; gmp honours
+                # dh_exponent_ansi_x9_42 = no (openssl does not, measured): short exponents
+                # sized to the group's strength, like the ones ikev1d uses.
+                if "gmp-short" in kinds and modp:
+                    responders.append(("strongSwan(gmp,short)", LOAD_GMP_FIRST, SHORT_EXPONENTS))
+                for name, load, extra in responders:
+                    r = run_one(topo, group, name, load, settings, rep, extra)
                     results.append(r)
                     state = "ok" if r.complete else "FAILED"
                     print(
