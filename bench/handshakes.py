@@ -606,7 +606,7 @@ def _median(values: Sequence[float]) -> float:
 
 def format_table(results: Sequence[RunResult]) -> str:
     """One row per (group, responder): medians over the repeats; FAILED if any run failed."""
-    rows = [f"{'group':<9} {'responder':<20} {'tunnels/s':>10} {'CPU ms/tunnel':>14}  note"]
+    rows = [f"{'group':<9} {'responder':<24} {'tunnels/s':>10} {'CPU ms/tunnel':>14}  note"]
     for group in dict.fromkeys(r.group for r in results):
         medians: dict[str, tuple[float, float]] = {}
         for responder in dict.fromkeys(r.responder for r in results if r.group == group):
@@ -615,7 +615,7 @@ def format_table(results: Sequence[RunResult]) -> str:
             if failed:
                 f = failed[0]
                 rows.append(
-                    f"{group:<9} {responder:<20} {'FAILED':>10} {'-':>14}  "
+                    f"{group:<9} {responder:<24} {'FAILED':>10} {'-':>14}  "
                     f"{len(failed)}/{len(runs)} runs failed; first: {f.established}/{f.tunnels} "
                     f"established on responder, {f.initiated_ok}/{f.tunnels} initiates ok"
                 )
@@ -632,15 +632,21 @@ def format_table(results: Sequence[RunResult]) -> str:
                     f"{min(r.cpu_ms_per_tunnel for r in runs):.2f}.."
                     f"{max(r.cpu_ms_per_tunnel for r in runs):.2f}; {note}"
                 )
-            rows.append(f"{group:<9} {responder:<20} {rate:>10.1f} {cpu:>14.2f}  {note}")
+            rows.append(f"{group:<9} {responder:<24} {rate:>10.1f} {cpu:>14.2f}  {note}")
         ours = medians.get("ikev1d")
-        for responder, (rate, cpu) in medians.items():
-            if ours is None or responder == "ikev1d":
-                continue
+        theirs = {k: v for k, v in medians.items() if k != "ikev1d"}
+        best = min(theirs, key=lambda k: theirs[k][1]) if theirs else None
+        for responder, (rate, cpu) in theirs.items():
+            if ours is None:
+                break
             label = f"ratio ikev1d/{responder}"
             rate_ratio = ours[0] / rate if rate else float("nan")
             cpu_ratio = ours[1] / cpu if cpu else float("nan")
-            rows.append(f"{label:<30} {rate_ratio:>10.2f} {cpu_ratio:>14.2f}")
+            mark = "  <- strongSwan's lowest CPU (target: CPU <= 0.50, rate > 1)"
+            rows.append(
+                f"{label:<34} {rate_ratio:>10.2f} {cpu_ratio:>14.2f}"
+                + (mark if responder == best and len(theirs) > 1 else "")
+            )
     return "\n".join(rows)
 
 
