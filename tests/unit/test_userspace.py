@@ -27,7 +27,7 @@ class FakeTun:
     name = "faketun0"
 
     def __init__(self) -> None:
-        self.to_read: deque[bytes] = deque()
+        self.to_read: deque[bytes | OSError] = deque()
         self.written: list[bytes] = []
         self.closed = False
         self.fail_write = False
@@ -36,7 +36,12 @@ class FakeTun:
         return -1
 
     def read(self) -> bytes | None:
-        return self.to_read.popleft() if self.to_read else None
+        if not self.to_read:
+            return None
+        item = self.to_read.popleft()
+        if isinstance(item, OSError):
+            raise item
+        return item
 
     def write(self, packet: bytes) -> None:
         if self.fail_write:
@@ -50,14 +55,19 @@ class FakeTun:
 class FakeRaw:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, str, str]] = []
-        self.to_recv: deque[tuple[bytes, str]] = deque()
+        self.to_recv: deque[tuple[bytes, str] | OSError] = deque()
         self.closed = False
 
     def fileno(self) -> int:
         return -1
 
     def recv(self) -> tuple[bytes, str] | None:
-        return self.to_recv.popleft() if self.to_recv else None
+        if not self.to_recv:
+            return None
+        item = self.to_recv.popleft()
+        if isinstance(item, OSError):
+            raise item
+        return item
 
     def send(self, esp: bytes, local: str, remote: str) -> None:
         self.sent.append((esp, local, remote))
@@ -391,3 +401,16 @@ def test_close_releases_everything_once(sides: tuple[Side, Side]) -> None:
     assert len(a.backend.sad) == 0 and a.backend._keepalive is None
     with pytest.raises(DataplaneError):
         a.backend.install(child())
+
+
+def test_socket_errors_are_counted_and_reading_goes_on(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.backend.install(child())
+    b.backend.install(child(initiator=False))
+    a.tun.to_read.extend([udp_packet("10.1.0.1", "10.2.0.1", b"x"), OSError(5, "EIO")])
+    a.backend.handle_tun_readable()
+    (esp, _, _), = a.raw.sent
+    b.raw.to_recv.extend([ConnectionRefusedError(111, "refused"), (esp, "192.0.2.1")])
+    b.backend.handle_raw_readable()
+    assert len(b.tun.written) == 1
+    assert a.backend.drops["socket_error"] == 1 and b.backend.drops["socket_error"] == 1

@@ -74,6 +74,7 @@ DROP_REASONS: Final = (
     "malformed",     # too short, bad padding, wrong next header
     "policy",        # inner addresses outside the SA's selectors (RFC 4301 §5.2)
     "tun_error",     # the TUN device refused the decrypted packet
+    "socket_error",  # reading the TUN device or raw socket failed
 )
 
 _QUIET_REASONS: Final = frozenset({"not_ip", "no_sa"})
@@ -263,7 +264,11 @@ class UserspaceBackend:
         outbound = self._outbound
         try:
             for _ in range(_BATCH):
-                packet = read()
+                try:
+                    packet = read()
+                except OSError as exc:
+                    self._drop("socket_error", f"reading {self.tun.name}: {exc}")
+                    return
                 if packet is None:
                     return
                 outbound(packet)
@@ -278,7 +283,11 @@ class UserspaceBackend:
         inbound = self._inbound
         try:
             for _ in range(_BATCH):
-                got = recv()
+                try:
+                    got = recv()
+                except OSError as exc:  # e.g. an ICMP error reported on the socket
+                    self._drop("socket_error", f"raw ESP socket: {exc}")
+                    continue
                 if got is None:
                     return
                 inbound(got[0])

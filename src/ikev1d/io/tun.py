@@ -57,6 +57,8 @@ _IFREQ: Final = struct.Struct("16sH22x")
 
 _IPPROTO_ESP: Final = 50
 _IP_PKTINFO: Final = 8
+_IP_MTU_DISCOVER: Final = 10  # linux/in.h; the socket module of Python 3.11 lacks both
+_IP_PMTUDISC_DONT: Final = 0
 _SOCKET_BUFFER: Final = 4 * 1024 * 1024
 _SO_SNDBUFFORCE: Final = 32  # asm-generic/socket.h
 _SO_RCVBUFFORCE: Final = 33
@@ -110,7 +112,7 @@ class TunDevice:
         """One IP packet, or None when the queue is empty."""
         try:
             return os.read(self._fd, _MAX_PACKET)
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return None
 
     def write(self, packet: bytes) -> None:
@@ -198,6 +200,12 @@ class RawEspSocket:
         self._pktinfo: dict[str, list[tuple[int, int, bytes]]] = {}
         try:
             sock.setblocking(False)
+            if family == socket.AF_INET:
+                # Fragment outer packets that exceed the path MTU instead of failing
+                # with EMSGSIZE: a smaller MTU on the way (PPPoE, another tunnel) must
+                # not turn into a black hole for the users' traffic (RFC 4459 §3 lists
+                # fragmenting after encapsulation as what tunnels commonly do).
+                sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
             # Bursts arrive while the loop is busy sealing; a small buffer turns them
             # into losses (and TCP retransmissions). The *FORCE variants (root) go past
             # net.core.rmem_max/wmem_max, which would otherwise cap the request.
@@ -218,11 +226,13 @@ class RawEspSocket:
     def recv(self) -> tuple[bytes, str] | None:
         """(ESP packet, outer source address), or None when the queue is empty.
 
+        Other socket errors (a pending ICMP error, for instance) raise OSError.
+
         IPv4 raw sockets deliver the IP header too (raw(7)); it is cut off here.
         """
         try:
             data, addr = self._sock.recvfrom(_MAX_PACKET)
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return None
         if self.family == socket.AF_INET:
             if len(data) < 20:
