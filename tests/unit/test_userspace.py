@@ -414,3 +414,38 @@ def test_socket_errors_are_counted_and_reading_goes_on(sides: tuple[Side, Side])
     b.backend.handle_raw_readable()
     assert len(b.tun.written) == 1
     assert a.backend.drops["socket_error"] == 1 and b.backend.drops["socket_error"] == 1
+
+
+def test_authenticated_newest_esp_from_a_new_port_moves_the_sa(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    a.backend.install(child(encap=True))
+    b.backend.install(child(encap=True, initiator=False))
+    a.tun.to_read.extend(udp_packet("10.1.0.1", "10.2.0.1", bytes([i])) for i in range(3))
+    a.backend.handle_tun_readable()
+    first, second, third = (esp for esp, _, _ in a.udp_sent)
+    rebound = ("192.0.2.1", 31337)
+    b.backend.receive_esp_udp(second, ("192.0.2.2", 4500), ("192.0.2.1", 4500))
+    b.backend.receive_esp_udp(first, ("192.0.2.2", 4500), ("203.0.113.9", 1))  # older: ignored
+    forged = bytearray(third)
+    forged[-1] ^= 1
+    b.backend.receive_esp_udp(bytes(forged), ("192.0.2.2", 4500), ("203.0.113.9", 2))
+    entry = b.backend.sad.by_spi_in(0xC0000002)
+    assert entry is not None and entry.remote == ("192.0.2.1", 4500)
+    b.backend.receive_esp_udp(third, ("192.0.2.2", 4500), rebound)  # newest and authentic
+    assert entry.remote == rebound
+    b.tun.to_read.append(udp_packet("10.2.0.1", "10.1.0.1", b"back"))
+    b.backend.handle_tun_readable()
+    assert b.udp_sent[-1][2] == rebound
+
+
+def test_installing_the_same_pair_twice_keeps_one_route_reference(
+    sides: tuple[Side, Side],
+) -> None:
+    a, _ = sides
+    sa = child()
+    a.backend.install(sa)
+    a.backend.install(sa)
+    a.backend.remove(deleted(sa))
+    assert a.routes.routes == {} and len(a.backend.sad) == 0

@@ -35,6 +35,7 @@ from ikev1d.dataplane.esp import (
     InboundSa,
     OutboundSa,
     esp_algorithm,
+    peek_seq,
 )
 from ikev1d.dataplane.packet import NAT_KEEPALIVE
 from ikev1d.dataplane.sad import Sad, SaEntry, address_key, prefixes
@@ -185,6 +186,9 @@ class UserspaceBackend:
             remote_networks=tuple(sa.remote_ts),
             local_networks=tuple(sa.local_ts),
         )
+        if self.sad.get(sa.spi_in, sa.spi_out) is not None:  # installed twice: replace
+            self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
+                                       sa.spi_in, sa.spi_out, "reinstalled"))
         src = self.routes.local_address_in(tuple(sa.local_ts))
         added: list[Network] = []
         try:
@@ -227,7 +231,7 @@ class UserspaceBackend:
 
     def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         try:
-            self._inbound(data)
+            self._inbound(data, remote)
         except Exception:  # never into the event loop
             log.exception("userspace: unexpected error on UDP-encapsulated ESP")
 
@@ -332,7 +336,8 @@ class UserspaceBackend:
         counters.packets_out += 1
         counters.bytes_out += len(packet)
 
-    def _inbound(self, esp: bytes) -> None:
+    def _inbound(self, esp: bytes, remote: Endpoint | None = None) -> None:
+        """Open ``esp`` and deliver it; ``remote``: where ESP-in-UDP came from (else None)."""
         if len(esp) < 8:
             self._drop("malformed", f"inbound: {len(esp)}-octet ESP packet")
             return
@@ -352,6 +357,8 @@ class UserspaceBackend:
         except EspError as exc:
             self._drop("malformed", str(exc))
             return
+        if remote is not None and remote != entry.remote and entry.encap:
+            self._nat_mapping_changed(entry, esp, remote)
         if next_header == _IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
             return
         key = address_key(inner)
@@ -374,6 +381,22 @@ class UserspaceBackend:
         counters.bytes_in += len(inner)
 
     # --- helpers ---------------------------------------------------------------------
+
+    def _nat_mapping_changed(self, entry: SaEntry, esp: bytes, remote: Endpoint) -> None:
+        """Follow the peer's NAT mapping when authenticated ESP arrives from a new address/port.
+
+        A NAT may rebind the peer's port 4500 to another public port (RFC 3948 §4:
+        keepalives exist because mappings time out). The packet has passed its ICV,
+        so only the peer can have sent it; and only the newest sequence number may
+        move the SA, so an attacker replaying an old packet from elsewhere cannot
+        (the kernel's XFRM does the same before reporting XFRM_MSG_MAPPING).
+        """
+        if peek_seq(esp) != entry.inbound.replay.top:
+            return
+        log.info("userspace: %s: peer's UDP-encapsulated ESP now comes from %s port %d "
+                 "(was %s port %d); following the NAT mapping",
+                 entry.name, remote[0], remote[1], entry.remote[0], entry.remote[1])
+        entry.remote = remote
 
     def _drop(self, reason: str, detail: str) -> None:
         """Count a dropped packet; debug log each, info log at most every _LOG_INTERVAL s."""
