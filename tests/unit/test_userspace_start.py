@@ -58,7 +58,7 @@ def test_raw_socket_failure_closes_the_tun_device(monkeypatch: pytest.MonkeyPatc
         def close(self) -> None:
             closed.append("tun")
 
-    def no_raw(family: int) -> None:
+    def no_raw(family: int = 2) -> None:
         raise tun.TunError(1, "no permission for a raw ESP socket")
 
     monkeypatch.setattr(tun, "TunDevice", FakeTunDevice)

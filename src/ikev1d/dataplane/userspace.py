@@ -22,7 +22,6 @@ The OS-facing objects (TUN device, raw sockets, routes) come from
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -499,7 +498,7 @@ def create_backend(config: object = None) -> UserspaceBackend:
         cleanups.append(netlink.close)
         tun = TunDevice(netlink, tun_name, tun_mtu)
         cleanups.append(tun.close)
-        raw4 = RawEspSocket(socket.AF_INET)
+        raw4 = RawEspSocket()
         cleanups.append(raw4.close)
         routes = Routes(netlink, tun.index)
     except OSError as exc:
@@ -512,5 +511,5 @@ def create_backend(config: object = None) -> UserspaceBackend:
         raise DataplaneError(f"userspace data plane cannot start: {exc}") from None
     log.info("userspace data plane on %s (MTU %d)", tun.name, tun_mtu)
     return UserspaceBackend(tun, raw4, routes,
-                            raw6_factory=lambda: RawEspSocket(socket.AF_INET6),
+                            raw6_factory=RawEspSocket.ipv6,
                             on_close=netlink.close)

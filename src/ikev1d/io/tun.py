@@ -220,6 +220,11 @@ class RawEspSocket:
             sock.close()
             raise
 
+    @classmethod
+    def ipv6(cls) -> RawEspSocket:
+        """ESP over IPv6 (opened when the first SA with an IPv6 peer is installed)."""
+        return cls(socket.AF_INET6)
+
     def fileno(self) -> int:
         return self._sock.fileno()
 
