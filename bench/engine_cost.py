@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             stats = pstats.Stats(profiler, stream=sys.stdout)
             stats.sort_stats("tottime").print_stats(args.top)
-            stats.sort_stats("cumulative").print_stats(args.top)
+            stats.sort_stats(os.environ.get("SORT", "cumulative")).print_stats(args.top)
     return 0 if ok else 1
 
 

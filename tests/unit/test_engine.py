@@ -370,7 +370,8 @@ def test_half_open_cap_per_peer(caplog: pytest.LogCaptureFixture) -> None:
             for dgram in initiator.datagrams_to_send():
                 net.b.engine.receive_datagram(dgram.data, dgram.remote, dgram.local, net.now)
     assert net.b.engine.ike_sa_count() == 2
-    assert "too many half-open SAs" in caplog.text
+    # Two requests dropped, one log line: the log is rate-limited per peer.
+    assert caplog.text.count("too many half-open SAs") == 1
     assert len(net.b.engine.datagrams_to_send()) == 2
 
 

@@ -56,9 +56,24 @@ def hash_digest(alg: str, data: bytes) -> bytes:
     return h.finalize()
 
 
+_KEYED: dict[tuple[str, bytes], hmac.HMAC] = {}
+_KEYED_MAX = 64
+
+
 def prf(alg: str, key: bytes, data: bytes) -> bytes:
-    """prf(key, data): HMAC with the negotiated hash (RFC 2409 §4, RFC 2104)."""
-    mac = hmac.HMAC(key, _hash(alg))
+    """prf(key, data): HMAC with the negotiated hash (RFC 2409 §4, RFC 2104).
+
+    A handshake uses each of its few keys (SKEYID, SKEYID_a, SKEYID_d) several
+    times; copying a keyed HMAC costs a tenth of keying a new one, so the last
+    few keyed objects are kept (bounded, oldest dropped first).
+    """
+    keyed = _KEYED.get((alg, key))
+    if keyed is None:
+        keyed = hmac.HMAC(key, _hash(alg))
+        if len(_KEYED) >= _KEYED_MAX:
+            del _KEYED[next(iter(_KEYED))]
+        _KEYED[(alg, key)] = keyed
+    mac = keyed.copy()
     mac.update(data)
     return mac.finalize()
 

@@ -55,6 +55,7 @@ from ikev1d.wire import (
 log = logging.getLogger("ikev1d.engine")
 
 _AUTH_NAMES = {1: "psk"}
+DROP_LOG_INTERVAL_S = 5.0
 
 
 def notify_name(value: int) -> str:
@@ -78,6 +79,12 @@ class Engine:
         """Responder SAs before authentication, by (CKY-I, peer address)."""
         self._main_modes: dict[int, MainMode] = {}
         self._spis: set[bytes] = set()
+        self._half_open_per_peer: dict[str, int] = {}
+        self._drop_log: dict[str, tuple[float, int]] = {}
+        # Configuration lookups per peer, done once per configuration (they parse
+        # addresses and IDs, which showed in handshake profiles).
+        self._candidates_cache: dict[tuple[str, str], list[ConnectionConfig]] = {}
+        self._psk_cache: dict[tuple[str | None, str], bytes | None] = {}
 
     # -- Context for SAs and exchanges -------------------------------------------
 
@@ -92,6 +99,20 @@ class Engine:
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def psk_for(self, local_id: str | None, remote: str) -> bytes | None:
+        key = (local_id, remote)
+        if key not in self._psk_cache:
+            self._psk_cache[key] = self.config.psk_for(local_id, remote)
+        return self._psk_cache[key]
+
+    def _connections_for(self, local: str, remote: str) -> list[ConnectionConfig]:
+        key = (local, remote)
+        cached = self._candidates_cache.get(key)
+        if cached is None:
+            cached = list(self.config.connections_for_addresses(local, remote))
+            self._candidates_cache[key] = cached
+        return cached
 
     def allocate_spi(self) -> bytes:
         while True:
@@ -182,6 +203,8 @@ class Engine:
 
     def reload(self, config: Config, now: float) -> None:
         self.config = config
+        self._candidates_cache.clear()
+        self._psk_cache.clear()
         for sa in list(self._all_sas()):
             new = config.connections.get(sa.name)
             if new is None:
@@ -314,13 +337,20 @@ class Engine:
     ) -> None:
         extra = {"peer": f"{remote[0]}:{remote[1]}"}
         daemon = self.config.daemon
-        per_peer = sum(1 for (_c, addr) in self._half_open if addr == remote[0])
+        per_peer = self._half_open_per_peer.get(remote[0], 0)
         if per_peer >= daemon.half_open_per_peer or len(self._half_open) >= daemon.half_open_total:
-            log.warning("dropping Main Mode request from %s: too many half-open SAs "
-                        "(%d from this peer, %d in all)", remote[0], per_peer,
-                        len(self._half_open), extra=extra)
+            # One line per peer every few seconds: a flood must not flood the log too.
+            last, suppressed = self._drop_log.get(remote[0], (-1e9, 0))
+            if now - last >= DROP_LOG_INTERVAL_S:
+                log.warning("dropping Main Mode request from %s: too many half-open SAs "
+                            "(%d from this peer, %d in all; %d more dropped since the last "
+                            "such line)", remote[0], per_peer, len(self._half_open), suppressed,
+                            extra=extra)
+                self._drop_log[remote[0]] = (now, 0)
+            else:
+                self._drop_log[remote[0]] = (last, suppressed + 1)
             return
-        candidates = self.config.connections_for_addresses(local[0], remote[0])
+        candidates = self._connections_for(local[0], remote[0])
         specific = [c for c in candidates if remote[0] in c.remote_addrs]
         pool = specific or candidates
         if not pool:
@@ -340,6 +370,7 @@ class Engine:
         if mm.state is MmState.FAILED:
             return
         self._half_open[(sa.cky_i, remote[0])] = sa
+        self._half_open_per_peer[remote[0]] = per_peer + 1
         self._sas[sa.cky_i + sa.cky_r] = sa
         sa.schedule(now + daemon.half_open_timeout, lambda t: self._half_open_expired(sa))
 
@@ -369,7 +400,7 @@ class Engine:
     def on_phase1_established(self, sa: IkeSa, now: float) -> None:
         sa.state = IkeState.ESTABLISHED
         sa.established_at = now
-        self._half_open.pop((sa.cky_i, sa.remote[0]), None)
+        self._leave_half_open(sa)
         proposal = sa.proposal.render() if sa.proposal else "?"
         auth = _AUTH_NAMES.get(sa.auth_method, str(sa.auth_method))
         log.info(
@@ -655,11 +686,19 @@ class Engine:
         self._sas.pop(sa.cky_i + sa.cky_r, None)
         if self._initiating.get(sa.cky_i) is sa:
             del self._initiating[sa.cky_i]
-        self._half_open.pop((sa.cky_i, sa.remote[0]), None)
+        self._leave_half_open(sa)
         for child in sa.children:
             self._spis.discard(child.spi_in)
         if sa.state is not IkeState.DELETING:
             sa.state = IkeState.DELETING
+
+    def _leave_half_open(self, sa: IkeSa) -> None:
+        if self._half_open.pop((sa.cky_i, sa.remote[0]), None) is not None:
+            left = self._half_open_per_peer.get(sa.remote[0], 1) - 1
+            if left > 0:
+                self._half_open_per_peer[sa.remote[0]] = left
+            else:
+                self._half_open_per_peer.pop(sa.remote[0], None)
 
     def on_ike_sa_gone(self, sa: IkeSa) -> None:
         self._drop_sa(sa)

@@ -317,7 +317,7 @@ class MainMode:
             if self.sent_natd:
                 self._process_natd(payloads)
             remote_id = sa.conn.remote.id if sa.conn is not None else None
-            self.psk = sa.ctx.config.psk_for(
+            self.psk = sa.ctx.psk_for(
                 sa.conn.local.id if sa.conn is not None else None,
                 remote_id if remote_id and remote_id != "%any" else sa.remote[0],
             )
@@ -438,7 +438,7 @@ class MainMode:
                 sa.nat_t = True
                 self._process_natd(payloads)
             conn = sa.conn
-            self.psk = sa.ctx.config.psk_for(
+            self.psk = sa.ctx.psk_for(
                 conn.local.id if conn is not None else None, sa.remote[0]
             )
             if self.psk is None:
