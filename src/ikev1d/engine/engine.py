@@ -460,8 +460,7 @@ class Engine:
         if qm is None:
             cached = sa.responses.get(message_id)
             if message_id in sa.completed_message_ids:
-                if cached is not None and hmac.compare_digest(cached.request_digest,
-                                                              _digest(raw)):
+                if cached is not None and cached.request == raw:
                     for response in cached.responses:
                         sa.transmit(response)
                 return
@@ -765,12 +764,6 @@ def _child_status(child: ChildSa, now: float) -> dict[str, Any]:
         "rekey_in_s": remaining,
         "expires_in_s": remaining,
     }
-
-
-def _digest(data: bytes) -> bytes:
-    from ikev1d.engine.ike_sa import digest
-
-    return digest(data)
 
 
 __all__ = ["ConnectionConfig", "Engine", "EngineError"]

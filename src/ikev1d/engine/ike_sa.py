@@ -7,7 +7,6 @@ change this state; the engine routes messages to them.
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -156,12 +155,8 @@ class ResponseCache:
     """The last request seen and what we answered: a repeated request gets the
     same answer again and is not processed twice (RFC 2408 section 5)."""
 
-    request_digest: bytes
+    request: bytes
     responses: list[bytes]
-
-
-def digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
 
 
 class IkeSa:

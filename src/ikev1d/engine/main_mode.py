@@ -39,7 +39,6 @@ from ikev1d.engine.ike_sa import (
     ResponseCache,
     Retransmission,
     decode_spans,
-    digest,
     payload_body,
 )
 from ikev1d.engine.sa_proposals import IkeChoice, ike_sa_payload, offered_ike, select_ike
@@ -146,7 +145,7 @@ class MainMode:
             self.retransmission.cancel()
 
     def _respond(self, request: bytes, response: bytes) -> None:
-        self.sa.responses[0] = ResponseCache(digest(request), [response])
+        self.sa.responses[0] = ResponseCache(request, [response])
         self.sa.transmit(response)
 
     def _natd_payloads(self) -> list[Payload]:
@@ -273,7 +272,7 @@ class MainMode:
         sa = self.sa
         if self.state in (MmState.DONE, MmState.FAILED):
             cached = sa.responses.get(0)
-            if cached is not None and cached.request_digest == digest(raw):
+            if cached is not None and cached.request == raw:
                 for response in cached.responses:
                     sa.transmit(response)
             return
@@ -415,7 +414,7 @@ class MainMode:
     def _process_responder(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
         sa = self.sa
         cached = sa.responses.get(0)
-        if cached is not None and cached.request_digest == digest(raw):
+        if cached is not None and cached.request == raw:
             for response in cached.responses:
                 sa.transmit(response)
             return

@@ -35,7 +35,6 @@ from ikev1d.engine.ike_sa import (
     ProtocolFailure,
     ResponseCache,
     Retransmission,
-    digest,
     payloads_after_hash,
 )
 from ikev1d.engine.main_mode import first
@@ -291,7 +290,7 @@ class QuickMode:
     def process(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
         sa = self.sa
         cached = sa.responses.get(self.message_id)
-        if cached is not None and cached.request_digest == digest(raw):
+        if cached is not None and cached.request == raw:
             for response in cached.responses:
                 sa.transmit(response)
             return
@@ -344,7 +343,7 @@ class QuickMode:
                 self._responder_lifetime(notify.data)
         hash_3 = qm_hash3(prf, skeyid_a, self.message_id, self.ni, self.nr)
         data = self._encrypt([HashPayload(hash_3)])
-        sa.responses[self.message_id] = ResponseCache(digest(raw), [data])
+        sa.responses[self.message_id] = ResponseCache(raw, [data])
         sa.transmit(data)
         if header.flags & Flags.COMMIT:
             # RFC 2408 3.1: the side that did not set the commit bit waits for the
@@ -451,7 +450,7 @@ class QuickMode:
         data = self._encrypt(
             [HashPayload(hash_2), *out_rest], Flags.COMMIT if self.commit else 0
         )
-        sa.responses[self.message_id] = ResponseCache(digest(raw), [data])
+        sa.responses[self.message_id] = ResponseCache(raw, [data])
         self.state = QmState.QM2_SENT
         self._send_request(data, now)
 

@@ -10,6 +10,7 @@ payload.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -94,19 +95,20 @@ class Header:
         return self.initiator_cookie + self.responder_cookie
 
 
+_HEADER = struct.Struct("!8s8sBBBBII")
+
+
 def decode_header(data: bytes) -> Header:
     """Parse the 28-byte header; the length field must be >= 28 and <= len(data)."""
     if len(data) < HEADER_LENGTH:
         raise TruncatedError(f"ISAKMP header needs {HEADER_LENGTH} bytes, got {len(data)}")
-    r = Reader(data[:HEADER_LENGTH], "ISAKMP header")
-    icookie = r.take(COOKIE_LENGTH, "initiator cookie")
-    rcookie = r.take(COOKIE_LENGTH, "responder cookie")
-    next_payload = PayloadType(r.u8("next payload"))
-    version = r.u8("version")
-    exchange_type = ExchangeType(r.u8("exchange type"))
-    flags = Flags(r.u8("flags"))
-    message_id = r.u32("message id")
-    length = r.u32("length")
+    # One unpack for the fixed 28 bytes: this runs for every datagram received.
+    icookie, rcookie, next_raw, version, exchange_raw, flags_raw, message_id, length = (
+        _HEADER.unpack_from(data)
+    )
+    next_payload = PayloadType(next_raw)
+    exchange_type = ExchangeType(exchange_raw)
+    flags = Flags(flags_raw)
     major, minor = version >> 4, version & 0x0F
     if major != 1:
         # RFC 2408 §5.2: a major version we do not speak is INVALID-MAJOR-VERSION.
