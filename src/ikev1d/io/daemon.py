@@ -436,12 +436,17 @@ class Daemon:
 
     # --- driving the engine ---
 
-    def _call_engine(self, what: str, call: Callable[[EngineLike, float], None]) -> None:
-        """Run one engine input, then flush its output; a bug in it must not kill the daemon."""
+    def _call_engine(
+        self, what: str | Callable[[], str], call: Callable[[EngineLike, float], None]
+    ) -> None:
+        """Run one engine input, then flush its output; a bug in it must not kill the daemon.
+
+        ``what`` may be a callable, so that the per-datagram path formats no text
+        unless something goes wrong."""
         try:
             call(self.engine, self.now())
         except Exception:
-            log.exception("internal error while %s", what)
+            log.exception("internal error while %s", what() if callable(what) else what)
         self._pump()
 
     def _pump(self) -> None:
@@ -490,7 +495,7 @@ class Daemon:
 
     def _on_ike(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         self._call_engine(
-            f"processing a datagram from {_endpoint_text(remote)}",
+            lambda: f"processing a datagram from {_endpoint_text(remote)}",
             lambda e, now: e.receive_datagram(data, local, remote, now),
         )
 

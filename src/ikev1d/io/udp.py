@@ -154,6 +154,7 @@ class UdpTransport:
         self._on_ike = on_ike
         self._on_esp = on_esp
         self.sockets: list[UdpSocket] = []
+        self._socket_cache: dict[Endpoint, UdpSocket | None] = {}
 
     def open(self) -> None:
         """Bind every (address, port); on any failure close what was opened and raise UdpError."""
@@ -170,6 +171,7 @@ class UdpTransport:
                             reason += " (is another IKE daemon running?)"
                         raise UdpError(f"cannot bind UDP {address} port {port}: {reason}") from None
                     self.sockets.append(sock)
+                    self._socket_cache.clear()
                     self._loop.add_reader(sock.fileno(), self._readable, sock)
         except UdpError:
             self.close()
@@ -182,6 +184,7 @@ class UdpTransport:
             self._loop.remove_reader(sock.fileno())
             sock.close()
         self.sockets.clear()
+        self._socket_cache.clear()
 
     def _readable(self, sock: UdpSocket) -> None:
         for _ in range(_READS_PER_WAKEUP):
@@ -208,6 +211,15 @@ class UdpTransport:
             self._on_esp(data, local, remote)
 
     def _socket_for(self, local: Endpoint) -> UdpSocket | None:
+        # Every datagram sent asks this; the answer only changes when sockets do.
+        cache = self._socket_cache
+        if local in cache:
+            return cache[local]
+        sock = self._find_socket(local)
+        cache[local] = sock
+        return sock
+
+    def _find_socket(self, local: Endpoint) -> UdpSocket | None:
         address, port = local
         try:
             ip = ipaddress.ip_address(address)
