@@ -9,6 +9,7 @@ send its ESP-in-UDP there. Both run ikev1d with ``encap = false``: NAT-D
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,48 +45,54 @@ class NatSetup:
 
 
 @pytest.fixture
-def nat_setup(
+def make_nat(
     namespace_factory: Callable[[str], Namespace], tmp_path: Path
-) -> Iterator[NatSetup]:
-    a, r, b = namespace_factory("a"), namespace_factory("r"), namespace_factory("b")
-    if_a, _ = veth_pair(a, r, "192.168.1.2/24", "192.168.1.1/24")
-    outside_if, if_b = veth_pair(r, b, f"{NAT_ADDR}/24", "192.0.2.2/24")
-    a.add_route("default", via="192.168.1.1")
-    a.add_lo_address("10.1.0.1/24")
-    b.add_lo_address("10.2.0.1/24")
-    r.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-    r.run(["nft", "add", "table", "ip", "nat"])
-    r.run(["nft", "add", "chain", "ip", "nat", "post",
-           "{ type nat hook postrouting priority 100 ; }"])
-    r.run(["nft", "add", "rule", "ip", "nat", "post", "oifname", outside_if,
-           "masquerade", "fully-random"])
-    topo = Topology(a, b, if_a, if_b, "192.168.1.2/24", "192.0.2.2/24",
-                    "10.1.0.1/24", "10.2.0.1/24")
-    da = Ikev1dDaemon(a, tmp_path / "ikev1d-a", ikev1d_conf(
-        "gw", "192.168.1.2", "192.0.2.2", "192.168.1.2", "192.0.2.2", PSK,
-        ["aes128-sha256-modp2048"], ["aes128gcm16"], "10.1.0.0/24", "10.2.0.0/24",
-        dataplane="userspace",
-    ))
-    # B knows A only by the NAT's address; A's ID is still its own address.
-    db = Ikev1dDaemon(b, tmp_path / "ikev1d-b", ikev1d_conf(
-        "gw", "192.0.2.2", NAT_ADDR, "192.0.2.2", "192.168.1.2", PSK,
-        ["aes128-sha256-modp2048"], ["aes128gcm16"], "10.2.0.0/24", "10.1.0.0/24",
-        dataplane="userspace",
-    ))
-    started = []
-    try:
+) -> Iterator[Callable[[str], NatSetup]]:
+    """``make_nat(tunnel)``: the topology and both daemons; B's side of the tunnel is
+    ``tunnel`` (10.2.0.0/24, or 0.0.0.0/0 for a full tunnel from A)."""
+    started: list[Ikev1dDaemon] = []
+
+    def make(tunnel: str) -> NatSetup:
+        a, r, b = namespace_factory("a"), namespace_factory("r"), namespace_factory("b")
+        if_a, _ = veth_pair(a, r, "192.168.1.2/24", "192.168.1.1/24")
+        outside_if, if_b = veth_pair(r, b, f"{NAT_ADDR}/24", "192.0.2.2/24")
+        a.add_route("default", via="192.168.1.1")
+        a.add_lo_address("10.1.0.1/24")
+        b.add_lo_address("10.2.0.1/24")
+        r.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        r.run(["nft", "add", "table", "ip", "nat"])
+        r.run(["nft", "add", "chain", "ip", "nat", "post",
+               "{ type nat hook postrouting priority 100 ; }"])
+        r.run(["nft", "add", "rule", "ip", "nat", "post", "oifname", outside_if,
+               "masquerade", "fully-random"])
+        topo = Topology(a, b, if_a, if_b, "192.168.1.2/24", "192.0.2.2/24",
+                        "10.1.0.1/24", "10.2.0.1/24")
+        da = Ikev1dDaemon(a, tmp_path / "ikev1d-a", ikev1d_conf(
+            "gw", "192.168.1.2", "192.0.2.2", "192.168.1.2", "192.0.2.2", PSK,
+            ["aes128-sha256-modp2048"], ["aes128gcm16"], "10.1.0.0/24", tunnel,
+            dataplane="userspace",
+        ))
+        # B knows A only by the NAT's address; A's ID is still its own address.
+        db = Ikev1dDaemon(b, tmp_path / "ikev1d-b", ikev1d_conf(
+            "gw", "192.0.2.2", NAT_ADDR, "192.0.2.2", "192.168.1.2", PSK,
+            ["aes128-sha256-modp2048"], ["aes128gcm16"], tunnel, "10.1.0.0/24",
+            dataplane="userspace",
+        ))
         for d in (da, db):
-            d.start()
             started.append(d)
-        yield NatSetup(topo, r, outside_if, da, db)
-    finally:
-        for d in started:
-            code = d.stop()
-            assert code == 0, d.log_text()[-3000:]
+            d.start()
+        return NatSetup(topo, r, outside_if, da, db)
+
+    yield make
+    for d in started:
+        code = d.stop()
+        assert code == 0, d.log_text()[-3000:]
 
 
-def test_traffic_through_nat(nat_setup: NatSetup, capture_factory: CaptureFactory) -> None:
-    s = nat_setup
+def test_traffic_through_nat(
+    make_nat: Callable[[str], NatSetup], capture_factory: CaptureFactory
+) -> None:
+    s = make_nat("10.2.0.0/24")
     cap = capture_factory(s.router, s.outside_if)
     result = s.a.up("gw")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -114,3 +121,40 @@ def test_traffic_through_nat(nat_setup: NatSetup, capture_factory: CaptureFactor
     to_nat = {tuple(f) for f in _tshark_fields(pcap, "ip.dst", "udp.dstport", "esp.spi")
               if f[0] == NAT_ADDR and f[2]}
     assert to_nat and {port for _, port, _ in to_nat} == {nat_port}
+
+
+def test_full_tunnel_keeps_ike_and_esp_outside(make_nat: Callable[[str], NatSetup]) -> None:
+    """remote_ts 0.0.0.0/0 on A: everything goes into the tunnel except IKE/ESP to the peer.
+
+    Without the pinned route to the peer, A's own ESP to 192.0.2.2 would be routed into
+    the TUN device and sealed again in a loop; without the /1 split, A's default route
+    via the NAT router would be replaced and lost when the SA goes.
+    """
+    s = make_nat("0.0.0.0/0")
+    a = s.topo.a
+    default_before = a.run(["ip", "route", "show", "default"]).stdout
+    assert "via 192.168.1.1" in default_before
+    result = s.a.up("gw")
+    assert result.returncode == 0, result.stdout + result.stderr
+    routes = a.run(["ip", "route"]).stdout
+    assert "0.0.0.0/1 dev ikev1d0" in routes and "128.0.0.0/1 dev ikev1d0" in routes
+    assert "192.0.2.2 via 192.168.1.1" in routes
+
+    assert ping(a, "10.2.0.1", count=2) == (2, 2)
+    traffic_both_ways(s.topo)
+    ours, theirs = settled(
+        lambda: (child_of(s.a), child_of(s.b)),
+        lambda x, y: x["packets_out"] == y["packets_in"] and x["packets_in"] == y["packets_out"],
+    )
+    assert ours["packets_out"] == theirs["packets_in"] > 200, (ours, theirs)
+    # No loop: a few hundred packets for 600 kB each way, not an avalanche of re-sealed ESP.
+    assert ours["packets_out"] < 2000, ours
+    assert s.a.status()["ike_sas"][0]["state"] == "ESTABLISHED"
+
+    assert s.a.down("gw").returncode == 0
+    deadline = time.monotonic() + 5
+    while "ikev1d0" in a.run(["ip", "route"]).stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
+    routes = a.run(["ip", "route"]).stdout
+    assert "ikev1d0" not in routes and "192.0.2.2 via" not in routes
+    assert a.run(["ip", "route", "show", "default"]).stdout == default_before

@@ -80,6 +80,8 @@ class FakeRoutes:
     def __init__(self, local_addrs: list[str], fail_on: str | None = None) -> None:
         self.local_addrs = [ipaddress.ip_address(a) for a in local_addrs]
         self.routes: dict[str, str | None] = {}
+        self.bypasses: set[str] = set()
+        self.log: list[str] = []
         self.fail_on = fail_on
         self.closed = False
 
@@ -93,9 +95,20 @@ class FakeRoutes:
         if str(network) == self.fail_on:
             raise OSError(17, f"cannot add route to {network}")
         self.routes[str(network)] = src
+        self.log.append(f"add {network}")
 
     def remove(self, network: Network) -> None:
         self.routes.pop(str(network), None)
+        self.log.append(f"del {network}")
+
+    def add_bypass(self, peer: str) -> bool:
+        self.bypasses.add(peer)
+        self.log.append(f"bypass {peer}")
+        return True
+
+    def remove_bypass(self, peer: str) -> None:
+        self.bypasses.discard(peer)
+        self.log.append(f"unbypass {peer}")
 
     def close(self) -> None:
         self.routes.clear()
@@ -449,3 +462,32 @@ def test_installing_the_same_pair_twice_keeps_one_route_reference(
     a.backend.install(sa)
     a.backend.remove(deleted(sa))
     assert a.routes.routes == {} and len(a.backend.sad) == 0
+
+
+def test_full_tunnel_splits_the_default_route_and_pins_the_peer(
+    sides: tuple[Side, Side],
+) -> None:
+    a, b = sides
+    sa = child(remote_ts=("0.0.0.0/0",))
+    a.backend.install(sa)
+    assert a.routes.log == ["bypass 192.0.2.2", "add 0.0.0.0/1", "add 128.0.0.0/1"]
+    assert a.routes.routes == {"0.0.0.0/1": "10.1.0.1", "128.0.0.0/1": "10.1.0.1"}
+    b.backend.install(child(initiator=False, remote_ts=("0.0.0.0/0",)))  # B's local_ts is /0
+    assert b.routes.bypasses == set() and set(b.routes.routes) == {"10.1.0.0/24"}
+    a.tun.to_read.append(udp_packet("10.1.0.1", "198.51.100.7", b"anywhere"))
+    a.backend.handle_tun_readable()
+    carry_raw(a, b)
+    assert len(b.tun.written) == 1
+    a.backend.remove(deleted(sa))
+    assert a.routes.routes == {} and a.routes.bypasses == set()
+    assert a.routes.log[-1] == "unbypass 192.0.2.2"
+
+
+def test_tun_routes_and_peer_inside() -> None:
+    from ikev1d.dataplane.userspace import peer_inside, tun_routes
+
+    assert tun_routes((net("::/0"), net("10.0.0.0/8"), net("10.0.0.0/8"))) == (
+        net("::/1"), net("8000::/1"), net("10.0.0.0/8"))
+    assert peer_inside("192.0.2.2", (net("192.0.0.0/16"),))
+    assert not peer_inside("192.0.2.2", (net("10.0.0.0/8"), net("::/0")))
+    assert not peer_inside("not-an-address", (net("0.0.0.0/0"),))

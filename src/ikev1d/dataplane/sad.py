@@ -158,6 +158,10 @@ class SaEntry:
     counters: SaCounters = field(default_factory=SaCounters)
     remote_networks: tuple[Network, ...] = ()
     local_networks: tuple[Network, ...] = ()
+    routes: tuple[Network, ...] = ()
+    """What is routed into the TUN device for this SA (the remote networks, /0 split)."""
+    bypass: str | None = None
+    """The peer's address when it lies inside the remote networks (its route is pinned)."""
     _inbound_cache: dict[bytes, bool] = field(default_factory=dict, repr=False)
 
     def permits_inbound_key(self, key: bytes) -> bool:

@@ -21,6 +21,7 @@ The OS-facing objects (TUN device, raw sockets, routes) come from
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
@@ -102,7 +103,34 @@ class RoutesLike(Protocol):
     def local_address_in(self, networks: tuple[Network, ...]) -> str | None: ...
     def add(self, network: Network, src: str | None) -> None: ...
     def remove(self, network: Network) -> None: ...
+    def add_bypass(self, peer: str) -> bool: ...
+    def remove_bypass(self, peer: str) -> None: ...
     def close(self) -> None: ...
+
+
+def tun_routes(networks: tuple[Network, ...]) -> tuple[Network, ...]:
+    """The routes that send ``networks`` into the TUN device.
+
+    A default network (0.0.0.0/0, ::/0) becomes its two halves, as OpenVPN does:
+    they win over the host's default route by being longer, without replacing it,
+    so removing them gives the host its old default route back.
+    """
+    out: list[Network] = []
+    for net in networks:
+        if net.prefixlen == 0:
+            out.extend(net.subnets(prefixlen_diff=1))
+        else:
+            out.append(net)
+    return tuple(dict.fromkeys(out))
+
+
+def peer_inside(peer: str, networks: tuple[Network, ...]) -> bool:
+    """Whether the peer's outer address is inside the SA's remote networks (a full tunnel)."""
+    try:
+        addr = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(addr.version == n.version and addr in n for n in networks)
 
 
 class UserspaceBackend:
@@ -127,6 +155,7 @@ class UserspaceBackend:
         self.routes = routes
         self.sad = Sad()
         self._route_refs: dict[Network, int] = {}
+        self._bypass_refs: dict[str, int] = {}
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._send_udp: SendUdp | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -184,19 +213,27 @@ class UserspaceBackend:
             name=f"{sa.conn}/{sa.child}",
             remote_networks=tuple(sa.remote_ts),
             local_networks=tuple(sa.local_ts),
+            routes=tun_routes(tuple(sa.remote_ts)),
+            bypass=sa.remote[0] if peer_inside(sa.remote[0], tuple(sa.remote_ts)) else None,
         )
         if self.sad.get(sa.spi_in, sa.spi_out) is not None:  # installed twice: replace
             self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
                                        sa.spi_in, sa.spi_out, "reinstalled"))
         src = self.routes.local_address_in(tuple(sa.local_ts))
         added: list[Network] = []
+        bypass = entry.bypass
         try:
-            for net in sa.remote_ts:
+            if bypass is not None:
+                # Before the TUN routes: IKE and ESP to the peer must keep their path.
+                self._bypass_ref(bypass)
+            for net in entry.routes:
                 self._route_ref(net, src)
                 added.append(net)
         except OSError as exc:
             for net in added:
                 self._route_unref(net)
+            if bypass is not None:
+                self._bypass_unref(bypass)
             raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
         self.sad.add(entry)
         if sa.encap:
@@ -211,8 +248,10 @@ class UserspaceBackend:
         entry = self.sad.remove(sa.spi_in, sa.spi_out)
         if entry is None:
             return
-        for net in entry.remote_networks:
+        for net in entry.routes:
             self._route_unref(net)
+        if entry.bypass is not None:
+            self._bypass_unref(entry.bypass)
         log.debug("userspace: removed %s SPIs %08x_i %08x_o", entry.name, sa.spi_in, sa.spi_out)
 
     def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
@@ -248,6 +287,7 @@ class UserspaceBackend:
         for entry in self.sad:
             self.sad.remove(entry.spi_in, entry.spi_out)
         self._route_refs.clear()  # routes.close() removes what is left
+        self._bypass_refs.clear()
         for step in (self.routes.close, self.tun.close, self.raw4.close):
             try:
                 step()
@@ -423,6 +463,20 @@ class UserspaceBackend:
         if count == 0:
             self.routes.add(net, src)
         self._route_refs[net] = count + 1
+
+    def _bypass_ref(self, peer: str) -> None:
+        count = self._bypass_refs.get(peer, 0)
+        if count == 0 and not self.routes.add_bypass(peer):
+            log.warning("userspace: the SA's remote networks contain the peer %s, but its "
+                        "route could not be pinned outside %s", peer, self.tun.name)
+        self._bypass_refs[peer] = count + 1
+
+    def _bypass_unref(self, peer: str) -> None:
+        count = self._bypass_refs.pop(peer, 0)
+        if count > 1:
+            self._bypass_refs[peer] = count - 1
+        elif count == 1:
+            self.routes.remove_bypass(peer)
 
     def _route_unref(self, net: Network) -> None:
         count = self._route_refs.pop(net, 0)

@@ -274,6 +274,7 @@ class Routes:
         self.ifindex = ifindex
         self._netlink = netlink
         self._installed: set[str] = set()
+        self._bypasses: set[str] = set()
 
     def local_address_in(self, networks: Iterable[Network]) -> str | None:
         """An address configured on this host inside one of ``networks``, if any."""
@@ -317,7 +318,58 @@ class Routes:
             # Gone already (the device went down, or someone removed it): nothing to undo.
             log.debug("removing route to %s: %s", network, exc)
 
+    def add_bypass(self, peer: str) -> bool:
+        """Pin a host route to ``peer`` on the path it has now, outside the TUN device.
+
+        Needed when an SA's remote networks contain the peer's own address (a
+        full tunnel, remote_ts 0.0.0.0/0): otherwise IKE and ESP to the peer would
+        be routed into the TUN device and sealed again, forever. strongSwan's
+        kernel-libipsec installs the same kind of exclude route. Returns False when
+        there is nothing to pin (no route, or the path already is the TUN device).
+        """
+        addr = ipaddress.ip_address(peer)
+        family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+
+        def pin(ipr: Any) -> bool:
+            found = ipr.route("get", dst=peer, family=family)
+            if not found:
+                return False
+            oif = found[0].get_attr("RTA_OIF")
+            gateway = found[0].get_attr("RTA_GATEWAY")
+            if oif is None or oif == self.ifindex:
+                return False
+            kwargs: dict[str, Any] = {"dst": f"{peer}/{addr.max_prefixlen}", "oif": oif,
+                                      "family": family}
+            if gateway:
+                kwargs["gateway"] = gateway
+            ipr.route("replace", **kwargs)
+            return True
+
+        try:
+            pinned = self._netlink.call(pin)
+        except Exception as exc:
+            raise TunError(errno.EIO, f"cannot pin the route to peer {peer}: {exc}") from None
+        if pinned:
+            self._bypasses.add(peer)
+        return bool(pinned)
+
+    def remove_bypass(self, peer: str) -> None:
+        if peer not in self._bypasses:
+            return
+        self._bypasses.discard(peer)
+        addr = ipaddress.ip_address(peer)
+        kwargs: dict[str, Any] = {
+            "dst": f"{peer}/{addr.max_prefixlen}",
+            "family": socket.AF_INET6 if addr.version == 6 else socket.AF_INET,
+        }
+        try:
+            self._netlink.call(lambda ipr: ipr.route("del", **kwargs))
+        except Exception as exc:
+            log.debug("removing the route to peer %s: %s", peer, exc)
+
     def close(self) -> None:
         """Remove every route still installed (the Netlink helper is closed by its owner)."""
         for net_text in list(self._installed):
             self.remove(ipaddress.ip_network(net_text))
+        for peer in list(self._bypasses):
+            self.remove_bypass(peer)
