@@ -42,3 +42,21 @@ demo: deps venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
+
+# The kernel data plane under a stock Debian kernel in qemu (this machine's kernel has
+# no ESP): apt packages and virtme-ng in .vm-venv when missing, then one VM boot that
+# runs tests/vm/ (results in vm-out/). Not part of `test`: see scripts/run-vm-tests.sh.
+VM_DEB_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static
+.PHONY: test-kernel
+test-kernel: deps venv
+	@missing=""; for p in $(VM_DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	test -x .vm-venv/bin/vng || { $(PYTHON) -m venv .vm-venv && .vm-venv/bin/pip install -q 'virtme-ng==1.42'; }
+	scripts/run-vm-tests.sh
