@@ -141,6 +141,9 @@ def test_full_tunnel_keeps_ike_and_esp_outside(make_nat: Callable[[str], NatSetu
     assert "192.0.2.2 via 192.168.1.1" in routes
 
     assert ping(a, "10.2.0.1", count=2) == (2, 2)
+    # B's side is 0.0.0.0/0: its route's source must still be a real address (not 127.0.0.1).
+    assert "src 127." not in s.topo.b.run(["ip", "route"]).stdout
+    assert ping(s.topo.b, "10.1.0.1", count=2) == (2, 2)
     traffic_both_ways(s.topo)
     ours, theirs = settled(
         lambda: (child_of(s.a), child_of(s.b)),

@@ -289,6 +289,9 @@ class Routes:
             if not text:
                 continue
             addr = ipaddress.ip_address(text)
+            if addr.is_loopback or addr.is_link_local:
+                # Never a source for tunnelled traffic (a 0.0.0.0/0 selector contains them).
+                continue
             if any(addr.version == n.version and addr in n for n in nets):
                 return str(addr)
         return None
