@@ -10,6 +10,13 @@ Inbound: raw ESP and ESP-in-UDP are looked up by SPI, opened (replay window,
 ICV, padding), the inner packet is checked against the SA's selectors
 (RFC 4301 §5.2) and written to the TUN device.
 
+Routes: each SA's remote networks are routed into the TUN device, with a
+source address of ours inside its local networks when the host has one. A
+default network is routed as its two halves, and when the remote networks
+contain the peer itself (a full tunnel) the route to the peer is pinned first,
+so that our own IKE and ESP never enter the tunnel. UDP-encapsulated SAs send
+NAT-keepalives and follow the peer's NAT rebinding (authenticated packets only).
+
 A packet that fails anywhere is dropped and counted, never raised into the
 event loop; drops are logged at debug level per packet and at most every
 ``_LOG_INTERVAL`` seconds per reason at info level.
@@ -46,11 +53,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DROP_REASONS",
+    "NAT_KEEPALIVE_INTERVAL",
     "RawLike",
     "RoutesLike",
     "TunLike",
     "UserspaceBackend",
     "create_backend",
+    "peer_inside",
+    "tun_routes",
 ]
 
 log = logging.getLogger(__name__)
