@@ -24,6 +24,7 @@ import pytest
 
 from ikev1d.dataplane.base import DataplaneBackend, DataplaneError
 from ikev1d.dataplane.kernel import (
+    PROBE_SPI,
     REPLAY_WINDOW,
     KernelBackend,
     plan_policies,
@@ -382,6 +383,26 @@ def test_udp_encapsulated_sa_needs_the_decapsulating_socket(fake: FakeXfrm) -> N
     ok.install(make_sa(encap=True))
 
 
+def test_probe_adds_and_deletes_an_esp_sa_with_a_reserved_spi(
+    backend: KernelBackend, fake: FakeXfrm
+) -> None:
+    added: list[object] = []
+
+    def record(name: str, arg: object) -> None:
+        if name == "add_state":
+            added.append(arg)
+
+    fake.fail = record
+    fake.states[("127.0.0.1", PROBE_SPI)] = XfrmState("127.0.0.1", "127.0.0.1", PROBE_SPI, 0,
+                                                      "transport", ())  # left by a crash
+    backend.probe()
+    assert fake.states == {} and len(added) == 2
+    assert isinstance(added[0], XfrmState) and 0 < added[0].spi < 256
+    fake.fail = lambda name, arg: OSError(errno.EPROTONOSUPPORT, "Protocol not supported")
+    with pytest.raises(DataplaneError, match=r"cannot start.*no ESP: load esp4"):
+        backend.probe()
+
+
 # --- the netlink messages ------------------------------------------------------------------
 
 
@@ -525,6 +546,19 @@ def test_host_kernel_accepts_our_policies_as_iproute2_reads_them(
     removed = host_netns(sys.executable, "-c", _IN_NETNS, "delete")
     assert removed.returncode == 0, removed.stderr
     assert host_netns("ip", "xfrm", "policy").stdout == ""
+
+
+def test_host_kernel_without_esp_fails_at_start(
+    host_netns: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    code = ("from ikev1d.dataplane.kernel import create_backend\n"
+            "try:\n    create_backend(None)\nexcept Exception as exc:\n"
+            "    print(type(exc).__name__, exc)\n")
+    result = host_netns(sys.executable, "-c", code)
+    if "DataplaneError" not in result.stdout:
+        pytest.skip(f"this kernel has ESP (use the VM tests): {result.stdout}{result.stderr}")
+    assert "cannot start: the kernel refuses an ESP SA" in result.stdout
+    assert host_netns("ip", "xfrm", "state").stdout == ""
 
 
 def test_host_kernel_without_esp_rolls_back_to_nothing(

@@ -320,7 +320,9 @@ def test_every_transform_carries_ping_and_tcp_and_down_removes_only_ours(
     _wait(lambda: not tunnel.theirs.list_sas(), 30, "strongSwan to take the Deletes")
 
 
-def test_udp_encapsulated_esp_through_both_kernels_and_sigterm_cleans_up(make_tunnel: MakeTunnel) -> None:
+def test_udp_encapsulated_esp_through_both_kernels_and_sigterm_cleans_up(
+    make_tunnel: MakeTunnel,
+) -> None:
     tunnel = make_tunnel([("net", "aes128gcm16")], encap=True)
     result = tunnel.ours.up("gw", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

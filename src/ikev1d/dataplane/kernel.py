@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "POLICY_PRIORITY_BASE",
+    "PROBE_SPI",
     "REPLAY_WINDOW",
     "KernelBackend",
     "XfrmLike",
@@ -75,6 +76,8 @@ log = logging.getLogger(__name__)
 
 REPLAY_WINDOW: Final = 64
 """Packets; RFC 4303 §3.4.3 asks for at least 32 and recommends 64."""
+PROBE_SPI: Final = 0xFF
+"""SPIs 1-255 are reserved by IANA (RFC 4303 §2.1): never negotiated, so safe for a probe."""
 POLICY_PRIORITY_BASE: Final = 200_000
 """Lower is preferred; more specific selectors get lower numbers (see policy_priority)."""
 
@@ -360,6 +363,31 @@ class KernelBackend:
         finally:
             self.xfrm.close()
 
+    def probe(self) -> None:
+        """Add and delete a throw-away ESP SA, so a kernel without ESP fails at start.
+
+        Raises DataplaneError with the reason (e.g. no esp4 module) instead of
+        letting every later install fail.
+        """
+        state = XfrmState("127.0.0.1", "127.0.0.1", PROBE_SPI, 0, "transport", (
+            XfrmAlgorithm("crypt", "cbc(aes)", bytes(16)),
+            XfrmAlgorithm("auth", "hmac(sha1)", bytes(20), 96),
+        ))  # fmt: skip
+        for attempt in (1, 2):
+            try:
+                self.xfrm.add_state(state)
+            except OSError as exc:
+                if exc.errno == errno.EEXIST and attempt == 1:
+                    # Left by a daemon that was killed between the two calls.
+                    self._call("removing an old probe SA", self.xfrm.delete_state,
+                               state.dst, state.spi)
+                    continue
+                raise DataplaneError(
+                    f"kernel data plane cannot start: the kernel refuses an ESP SA: {_reason(exc)}"
+                ) from None
+            break
+        self._call("removing the probe SA", self.xfrm.delete_state, state.dst, state.spi)
+
     # --- helpers ---
 
     @property
@@ -416,5 +444,11 @@ def create_backend(config: object = None) -> KernelBackend:
         raise DataplaneError(
             f"kernel data plane cannot start: no XFRM netlink: {exc.strerror or exc}"
         ) from None
+    backend = KernelBackend(xfrm, prepare_sockets=prepare_ike_sockets)
+    try:
+        backend.probe()
+    except DataplaneError:
+        xfrm.close()
+        raise
     log.info("kernel data plane: XFRM over netlink")
-    return KernelBackend(xfrm, prepare_sockets=prepare_ike_sockets)
+    return backend
