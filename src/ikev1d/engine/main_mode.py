@@ -253,6 +253,35 @@ class MainMode:
             self.retransmission.cancel()
         sa.ctx.on_phase1_established(sa, now)
 
+    def _read_id_hash(
+        self, header: Header, body: bytes, number: int, notify: NotifyType | None
+    ) -> tuple[bytes, bytes, IdPayload, bytes, bytes]:
+        """Decrypt Main Mode message 5 or 6: (SKEYID, next IV, ID, ID body as sent, HASH).
+
+        With different pre-shared keys the message decrypts to garbage, so a
+        message that does not parse is an authentication failure too.
+        """
+        sa = self.sa
+        if sa.keys is None:
+            raise ProtocolFailure("no keys")
+        plaintext, next_iv = sa.decrypt(header, body, sa.phase1_iv)
+        try:
+            payloads = sa.parse_plaintext(header, plaintext)
+            rules.check(rules.MAIN_MODE[number], payloads, f"Main Mode message {number}")
+        except ProtocolFailure as exc:
+            raise ProtocolFailure(
+                f"authentication failed: cannot read message {number} ({exc}); "
+                "different pre-shared keys?",
+                notify,
+            ) from exc
+        return (
+            sa.keys.skeyid,
+            next_iv,
+            first(payloads, IdPayload),
+            payload_body(header, plaintext, 5),
+            first(payloads, HashPayload).data,
+        )
+
     # -- initiator --------------------------------------------------------------
 
     def start(self, now: float) -> None:
@@ -340,24 +369,13 @@ class MainMode:
             self.state = MmState.MM5_SENT
             self._send_request(data, now)
         elif self.state is MmState.MM5_SENT:
-            if sa.keys is None:
-                raise ProtocolFailure("no keys")
-            plaintext, next_iv = sa.decrypt(header, body, sa.phase1_iv)
-            try:
-                payloads = sa.parse_plaintext(header, plaintext)
-                rules.check(rules.MAIN_MODE[6], payloads, "Main Mode message 6")
-            except ProtocolFailure as exc:
-                raise ProtocolFailure(
-                    f"authentication failed: cannot read message 6 ({exc}); "
-                    "different pre-shared keys?"
-                ) from exc
-            id_payload_r = first(payloads, IdPayload)
-            id_ir_b = payload_body(header, plaintext, 5)
+            skeyid, next_iv, id_payload_r, id_ir_b, received = self._read_id_hash(
+                header, body, 6, None
+            )
             expected = hash_r(
-                sa.hash_alg, sa.keys.skeyid, self.g_xr, self.g_xi, sa.cky_r, sa.cky_i,
+                sa.hash_alg, skeyid, self.g_xr, self.g_xi, sa.cky_r, sa.cky_i,
                 self.sa_i_b, id_ir_b,
             )
-            received = first(payloads, HashPayload).data
             if not hmac.compare_digest(expected, received):
                 raise ProtocolFailure(
                     "authentication failed: HASH_R does not verify (wrong pre-shared key?)"
@@ -455,25 +473,13 @@ class MainMode:
             self.state = MmState.MM4_SENT
             self._respond(raw, sa.plain_message(MM, 0, out))
         elif self.state is MmState.MM4_SENT:
-            if sa.keys is None:
-                raise ProtocolFailure("no keys")
-            plaintext, next_iv = sa.decrypt(header, body, sa.phase1_iv)
-            try:
-                payloads = sa.parse_plaintext(header, plaintext)
-                rules.check(rules.MAIN_MODE[5], payloads, "Main Mode message 5")
-            except ProtocolFailure as exc:
-                raise ProtocolFailure(
-                    f"authentication failed: cannot read message 5 ({exc}); "
-                    "different pre-shared keys?",
-                    NotifyType.AUTHENTICATION_FAILED,
-                ) from exc
-            id_ii = first(payloads, IdPayload)
-            id_ii_b = payload_body(header, plaintext, 5)
+            skeyid, next_iv, id_ii, id_ii_b, received = self._read_id_hash(
+                header, body, 5, NotifyType.AUTHENTICATION_FAILED
+            )
             expected = hash_i(
-                sa.hash_alg, sa.keys.skeyid, self.g_xi, self.g_xr, sa.cky_i, sa.cky_r,
+                sa.hash_alg, skeyid, self.g_xi, self.g_xr, sa.cky_i, sa.cky_r,
                 self.sa_i_b, id_ii_b,
             )
-            received = first(payloads, HashPayload).data
             if not hmac.compare_digest(expected, received):
                 raise ProtocolFailure(
                     "authentication failed: HASH_I does not verify (wrong pre-shared key?)",
@@ -495,7 +501,7 @@ class MainMode:
             sa.phase1_iv = next_iv
             id_ir = self._own_id()
             hash_value = hash_r(
-                sa.hash_alg, sa.keys.skeyid, self.g_xr, self.g_xi, sa.cky_r, sa.cky_i,
+                sa.hash_alg, skeyid, self.g_xr, self.g_xi, sa.cky_r, sa.cky_i,
                 self.sa_i_b, id_ir.encode_body(),
             )
             data, sa.phase1_iv = sa.encrypted_message(
