@@ -4,10 +4,13 @@ strongSwan runs with ``encap = yes`` (kernel-libipsec does only UDP-encapsulated
 ESP), so both sides carry ESP in UDP 4500 (RFC 3948): ours through the daemon's
 NAT-T socket. TCP and UDP go both ways between the inner networks (10.1.0.1 on
 A's lo, 10.2.0.1 on B's, which kernel-libipsec needs for its source route), the
-wire shows only IKE and ESP-in-UDP, and the counters of both sides agree:
-strongSwan's libipsec counts the inner IP packets' octets (ipsec_processor.c
-passes the decrypted/plain IP packet's length to ``update_usestats``), which is
-what ikev1d counts too, so bytes and packets must be equal exactly.
+wire shows only IKE and ESP-in-UDP, and the counters of both sides agree.
+strongSwan 5.9's libipsec (src/libipsec/ipsec_processor.c) calls
+``sa->update_usestats(sa, len)`` with the length of the inner IP packet: outbound
+once it is encrypted, inbound once it is decrypted (before its policy check,
+which drops nothing here). ikev1d counts the same inner packet length (outbound
+once sent, inbound once written to the TUN device), so with no packet lost both
+packets and bytes must be equal exactly.
 """
 
 from __future__ import annotations
