@@ -402,10 +402,10 @@ def format_table(results: Sequence[Result]) -> str:
         for ours in (k for k in rows if k.startswith("ikev1d")):
             o, t = rows[ours], swans[best]
             mbps = o.mbps / t.mbps if t.mbps else float("nan")
-            cpu = o.gb_total / t.gb_total if t.gb_total else float("nan")
+            cpu_ratio = o.gb_total / t.gb_total if t.gb_total else float("nan")
             lines.append(
                 f"  ratio {ours} / {best}: Mbit/s {mbps:.2f} (target >= 1.00), "
-                f"CPU s/GB A+B {cpu:.2f}"
+                f"CPU s/GB A+B {cpu_ratio:.2f}"
             )
     return "\n".join(lines)
 
