@@ -500,3 +500,28 @@ def test_reload_keeps_unchanged_and_deletes_removed_connections() -> None:
     net.pump()
     assert net.a.engine.status(net.now) == {"ike_sas": []}
     assert len(net.b.of(IkeSaDeleted)) == 1
+
+
+def test_unreadable_answer_to_message_5_fails_authentication_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from ikev1d.wire import Header, encode_header
+
+    net = default_net()
+    # Let B answer nothing after message 4; then B "sends" an encrypted
+    # notification under other keys (what strongSwan does with another PSK).
+    net.drop = lambda d: d.local[0] == B_ADDR and split_message(d.data)[0].flags & 1 != 0
+    with caplog.at_level(logging.INFO):
+        establish(net)
+        mm5 = next(d for s, d in net.wire if s == A_ADDR and split_message(d.data)[0].flags & 1)
+        h = split_message(mm5.data)[0]
+        garbage = bytes(range(64))
+        reply = Header(initiator_cookie=h.initiator_cookie, responder_cookie=h.responder_cookie,
+                       next_payload=8, exchange_type=ExchangeType.INFORMATIONAL,
+                       flags=Flags.ENCRYPTION, message_id=0x12345678)
+        net.a.engine.receive_datagram(encode_header(reply, len(garbage)) + garbage,
+                                      mm5.local, mm5.remote, net.now)
+        net.pump()
+    (failed,) = net.a.of(ConnectionFailed)
+    assert isinstance(failed, ConnectionFailed) and "authentication failed" in failed.reason
+    assert net.a.engine.get_timer() is None

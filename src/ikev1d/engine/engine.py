@@ -566,18 +566,41 @@ class Engine:
             check(INFORMATIONAL, payloads, "Informational exchange")
             received, rest = payloads_after_hash(header, plaintext)
         except ProtocolFailure as exc:
+            if self._phase1_unreadable(sa, now):
+                return
             log.info("dropping Informational exchange: %s", exc, extra=sa.log_extra)
             return
         expected = informational_hash(sa.hash_alg, sa.keys.skeyid_a, message_id, rest)
         if not hmac.compare_digest(expected, received):
+            if self._phase1_unreadable(sa, now):
+                return
             log.info("dropping Informational exchange: HASH(1) does not verify",
                      extra=sa.log_extra)
             return
+        mm = self._main_modes.get(sa.ike_id)
+        if sa.state is IkeState.CONNECTING and mm is not None and mm.state is MmState.MM5_SENT:
+            errors = [p for p in payloads
+                      if isinstance(p, NotifyPayload) and p.notify_type < 8192]
+            if errors:
+                mm.fail(f"authentication failed: peer sent {notify_name(errors[0].notify_type)}",
+                        now)
+                return
         for payload in payloads:
             if isinstance(payload, NotifyPayload):
                 self._notification(sa, payload, now)
             elif isinstance(payload, DeletePayload):
                 self._delete_request(sa, payload)
+
+    def _phase1_unreadable(self, sa: IkeSa, now: float) -> bool:
+        """An encrypted answer to our Main Mode message 5 that we cannot read means
+        the peer derived other keys: the pre-shared keys differ (strongSwan answers
+        a message 5 it cannot decrypt like this). Fail now rather than retransmit."""
+        mm = self._main_modes.get(sa.ike_id)
+        if sa.state is not IkeState.CONNECTING or mm is None or mm.state is not MmState.MM5_SENT:
+            return False
+        mm.fail("authentication failed: the peer's encrypted answer to our ID/HASH cannot be "
+                "read (different pre-shared keys?)", now)
+        return True
 
     def _notification(self, sa: IkeSa, notify: NotifyPayload, now: float) -> None:
         name = notify_name(notify.notify_type)
