@@ -99,6 +99,8 @@ class Sample:
     seconds: float = 0.0  # wall time between the CPU samples
     cpu_a: float = 0.0  # CPU seconds of the daemon in A (sends: seals)
     cpu_b: float = 0.0  # CPU seconds of the daemon in B (receives: opens)
+    sys_a: float = 0.0  # the kernel's part (stime) of cpu_a: system calls, TUN, sockets
+    sys_b: float = 0.0
     box_busy: float = 0.0  # CPU seconds the whole machine was busy (/proc/stat)
     iperf_cpu: float = 0.0  # CPU seconds of the iperf3 client and server (their own report)
 
@@ -128,12 +130,12 @@ class Result:
 # --- process CPU time -----------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime in seconds of process `pid` (all its threads), from /proc/PID/stat."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) in seconds of process `pid` (all its threads), from /proc/PID/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # The command name may contain spaces and parentheses; fields resume after the last ')'.
     rest = stat[stat.rindex(")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / _CLK_TCK  # fields 14 and 15 of proc(5)
+    return int(rest[11]) / _CLK_TCK, int(rest[12]) / _CLK_TCK  # fields 14 and 15 of proc(5)
 
 
 def box_busy_seconds() -> float:
@@ -303,12 +305,12 @@ def iperf3_client(
 
 def measure(topo: Topology, t: Tunnel, port: int, proto: str, seconds: int) -> Sample:
     pids = [p for p in (t.pid_a, t.pid_b) if p is not None]
-    before = [cpu_seconds(p) for p in pids]
+    before = [cpu_times(p) for p in pids]
     busy_before = box_busy_seconds()
     began = time.monotonic()
     report = iperf3_client(topo.a, t, port, proto, seconds)
     elapsed = time.monotonic() - began
-    after = [cpu_seconds(p) for p in pids]
+    after = [cpu_times(p) for p in pids]
     busy = box_busy_seconds() - busy_before
     end = report["end"]
     received = end["sum_received"]
@@ -329,7 +331,9 @@ def measure(topo: Topology, t: Tunnel, port: int, proto: str, seconds: int) -> S
     else:
         sample.retransmits = int(end.get("sum_sent", {}).get("retransmits", 0))
     if len(pids) == 2:
-        sample.cpu_a, sample.cpu_b = after[0] - before[0], after[1] - before[1]
+        sample.sys_a, sample.sys_b = after[0][1] - before[0][1], after[1][1] - before[1][1]
+        sample.cpu_a = after[0][0] - before[0][0] + sample.sys_a
+        sample.cpu_b = after[1][0] - before[1][0] + sample.sys_b
     return sample
 
 
@@ -387,6 +391,10 @@ def format_table(results: Sequence[Result]) -> str:
                        f"{max(x.mbps for x in r.samples):.0f}"
             if proto == "tcp":
                 note += f"; retr {int(_median([x.retransmits for x in r.samples]))}"
+            if r.setup != VETH.name:
+                ka = _median([x.sys_a / x.cpu_a if x.cpu_a else 0.0 for x in r.samples])
+                kb = _median([x.sys_b / x.cpu_b if x.cpu_b else 0.0 for x in r.samples])
+                note += f"; sys {100 * ka:.0f}%/{100 * kb:.0f}%"
             loss = f"{row.lost:7.1f}" if proto == "udp" else f"{'-':>7}"
             if r.setup == VETH.name:
                 cpu = f"{'-':>8}" * 4
@@ -432,8 +440,9 @@ def run_setup(
                 print(
                     f"  [{rnd + 1}] {alg} {r.proto} {setup.name}: {sample.mbps:.0f} Mbit/s"
                     + (f", loss {sample.lost_percent:.1f}%" if r.proto == "udp" else "")
-                    + (f", CPU A {sample.cpu_a:.2f}s B {sample.cpu_b:.2f}s"
-                       f" in {sample.seconds:.1f}s" if t.pid_a else "")
+                    + (f", CPU A {sample.cpu_a:.2f}s ({sample.sys_a:.2f} sys) "
+                       f"B {sample.cpu_b:.2f}s ({sample.sys_b:.2f} sys) in {sample.seconds:.1f}s"
+                       if t.pid_a else "")
                     + f"; iperf3 {sample.iperf_cpu / sample.seconds:.2f} cores, "
                     f"other processes {sample.others:.2f} cores",
                     flush=True,
@@ -468,8 +477,9 @@ def profile_run(topo: Topology, t: Tunnel, port: int, s: Settings, tag: str) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="1 run of 3 s per configuration")
-    parser.add_argument("--seconds", type=int, default=10, help="iperf3 -t (10)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (3)")
+    parser.add_argument("--seconds", type=int, default=None, help="iperf3 -t (10; --quick 3)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="rounds, each running every configuration once (3; --quick 1)")
     parser.add_argument("--algs", default="aes128gcm16,aes128-sha256",
                         help="ESP proposals, comma-separated (e.g. add 3des-sha1)")
     parser.add_argument("--setups", default="veth,ikev1d,ikev1d-udp,openssl,default",
@@ -484,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ikev1d-log-level", default="info")
     parser.add_argument("--charon-log-level", type=int, default=1)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.seconds, args.repeat = 3, 1
+    args.seconds = args.seconds or (3 if args.quick else 10)
+    args.repeat = args.repeat or (1 if args.quick else 3)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
