@@ -10,6 +10,7 @@ The traffic helpers here are shared with ``test_dataplane_strongswan.py``.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -218,6 +219,47 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
+def kernel_drops(*namespaces: Namespace) -> int:
+    """Packets the kernel reports dropping before a socket got them.
+
+    The veth receive backlog (/proc/net/softnet_stat, second column; global, so
+    other tests' drops count too), full raw-socket queues (/proc/net/raw and raw6,
+    last column) and UDP receive-buffer errors (/proc/net/snmp) of ``namespaces``.
+    On a loaded machine these lose a packet now and then, which TCP repairs; the
+    counter checks allow exactly that many missing packets.
+    """
+    softnet = Path("/proc/net/softnet_stat").read_text().splitlines()
+    total = sum(int(line.split()[1], 16) for line in softnet if line.strip())
+    for ns in namespaces:
+        text = ns.run(["cat", "/proc/net/raw", "/proc/net/raw6", "/proc/net/snmp"]).stdout
+        udp: list[list[str]] = []
+        for line in text.splitlines():
+            fields = line.split()
+            if fields and fields[0].endswith(":") and fields[0][:-1].isdigit():
+                total += int(fields[-1])  # a raw socket's drops
+            elif fields and fields[0] == "Udp:":
+                udp.append(fields[1:])
+        if len(udp) == 2:
+            total += int(dict(zip(udp[0], udp[1], strict=True))["RcvbufErrors"])
+    return total
+
+
+def assert_counters_agree(ours: Counters, theirs: Counters, lost: int = 0) -> None:
+    """Our packets/bytes out are their packets/bytes in, and the reverse.
+
+    Only as many packets as the kernel reported dropping (``lost``) may be missing;
+    with none missing the byte counts must be equal exactly.
+    """
+    for sent, received in ((ours, theirs), (theirs, ours)):
+        missing = sent["packets_out"] - received["packets_in"]
+        extra = sent["bytes_out"] - received["bytes_in"]
+        assert 0 <= missing <= lost, (ours, theirs, lost)
+        if missing == 0:
+            assert extra == 0, (ours, theirs)
+        else:
+            assert 0 < extra <= missing * 1500, (ours, theirs, lost)
+
+
 @dataclass
 class Pair:
     topo: Topology
@@ -288,6 +330,7 @@ def test_raw_esp_between_two_ikev1d(  # and replay / ICV drops at the end
     topo = pair.topo
     cap = capture_factory(topo.a, topo.if_a)
     assert pair.a.up("gw").returncode == 0
+    drops_before = kernel_drops(topo.a, topo.b)
 
     routes = topo.a.run(["ip", "route", "show", topo.inner_net_b]).stdout
     assert "dev ikev1d" in routes and f"src {topo.inner_addr_a}" in routes
@@ -302,17 +345,20 @@ def test_raw_esp_between_two_ikev1d(  # and replay / ICV drops at the end
     )
     assert ours["spi_out"] == theirs["spi_in"] and ours["encap"] is False
     assert ours["packets_out"] > 200 and ours["bytes_out"] > 600_000  # 2x300 kB echoed
-    assert ours["packets_out"] == theirs["packets_in"], (ours, theirs)
-    assert ours["packets_in"] == theirs["packets_out"], (ours, theirs)
-    assert ours["bytes_out"] == theirs["bytes_in"], (ours, theirs)
-    assert ours["bytes_in"] == theirs["bytes_out"], (ours, theirs)
+    lost = kernel_drops(topo.a, topo.b) - drops_before
+    assert_counters_agree(ours, theirs, lost)
     for side in (ours, theirs):
         assert side["replayed_in"] == side["icv_failed_in"] == side["policy_dropped_in"] == 0
 
     frames = assert_only_ike_and_esp(cap.stop())
     esp_out = sum(1 for src, proto in frames if proto == "50" and src == topo.addr_a)
     esp_in = sum(1 for src, proto in frames if proto == "50" and src == topo.addr_b)
-    assert (esp_out, esp_in) == (ours["packets_out"], ours["packets_in"])
+    # What A sent and received is what crossed its veth; dumpcap may miss a few when
+    # the machine is busy, and says how many ("received/dropped on interface").
+    m = re.search(r"received/dropped on interface '[^']*': \d+/(\d+)", cap.stderr)
+    slack = lost + (int(m.group(1)) if m else 0)
+    assert 0 <= ours["packets_out"] - esp_out <= slack, (esp_out, ours)
+    assert 0 <= esp_in - ours["packets_in"] <= slack, (esp_in, ours)
 
     inject_replay_and_tamper(pair)
 
@@ -336,13 +382,14 @@ def test_ipv6_over_ipv6(two_hosts: Topology, make_pair: Callable[..., Pair]) -> 
                      outer=("fd99::1", "fd99::2"))
     assert pair.a.up("gw").returncode == 0
     assert "fd02::/64 dev ikev1d0" in topo.a.run(["ip", "-6", "route"]).stdout
+    drops_before = kernel_drops(topo.a, topo.b)
     traffic_both_ways(topo, "fd01::1", "fd02::1")
     ours, theirs = settled(
         lambda: (child_of(pair.a), child_of(pair.b)),
         lambda x, y: x["bytes_out"] == y["bytes_in"] and x["bytes_in"] == y["bytes_out"],
     )
-    assert ours["packets_out"] == theirs["packets_in"] > 100
-    assert ours["bytes_out"] == theirs["bytes_in"]
+    assert ours["packets_out"] > 100 and theirs["packets_out"] > 100
+    assert_counters_agree(ours, theirs, kernel_drops(topo.a, topo.b) - drops_before)
 
 
 def inject_replay_and_tamper(pair: Pair) -> None:

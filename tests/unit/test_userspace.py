@@ -335,7 +335,8 @@ def test_tun_write_error_is_counted_not_raised(sides: tuple[Side, Side]) -> None
     a.backend.handle_tun_readable()
     carry_raw(a, b)
     assert b.backend.drops["tun_error"] == 1
-    assert b.backend.counters(0xC0000002, 0xC0000001)["packets_in"] == 0
+    c = b.backend.counters(0xC0000002, 0xC0000001)
+    assert (c["packets_in"], c["tun_dropped_in"]) == (0, 1)
 
 
 def test_reads_are_batched(sides: tuple[Side, Side]) -> None:
@@ -491,3 +492,18 @@ def test_tun_routes_and_peer_inside() -> None:
     assert peer_inside("192.0.2.2", (net("192.0.0.0/16"),))
     assert not peer_inside("192.0.2.2", (net("10.0.0.0/8"), net("::/0")))
     assert not peer_inside("not-an-address", (net("0.0.0.0/0"),))
+
+
+def test_send_errors_are_counted_per_sa(sides: tuple[Side, Side]) -> None:
+    a, _ = sides
+    a.backend.install(child())
+
+    def refuse(esp: bytes, local: str, remote: str) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    a.raw.send = refuse  # type: ignore[method-assign]
+    a.tun.to_read.extend(udp_packet("10.1.0.1", "10.2.0.1", b"x") for _ in range(3))
+    a.backend.handle_tun_readable()
+    c = a.backend.counters(0xC0000001, 0xC0000002)
+    assert (c["packets_out"], c["dropped_out"]) == (0, 3)
+    assert a.backend.drops["send_error"] == 3

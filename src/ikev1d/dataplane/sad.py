@@ -127,6 +127,7 @@ class SaCounters:
     packets_in: int = 0
     packets_out: int = 0
     dropped_policy_in: int = 0
+    dropped_tun_in: int = 0
     dropped_out: int = 0
 
     def as_status(self) -> dict[str, int]:

@@ -265,7 +265,8 @@ class UserspaceBackend:
         log.debug("userspace: removed %s SPIs %08x_i %08x_o", entry.name, sa.spi_in, sa.spi_out)
 
     def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
-        """The four status counters, plus why inbound packets of this SA were dropped."""
+        """The four status counters, plus why packets of this SA were dropped (``*_in``:
+        received ones, by reason; ``dropped_out``: sealing or sending failed)."""
         entry = self.sad.get(spi_in, spi_out)
         if entry is None:
             return zero_counters()
@@ -275,6 +276,8 @@ class UserspaceBackend:
         status["icv_failed_in"] = esp.failed_icv
         status["malformed_in"] = esp.malformed
         status["policy_dropped_in"] = entry.counters.dropped_policy_in
+        status["tun_dropped_in"] = entry.counters.dropped_tun_in
+        status["dropped_out"] = entry.counters.dropped_out
         return status
 
     def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
@@ -424,6 +427,7 @@ class UserspaceBackend:
         try:
             self.tun.write(inner)
         except OSError as exc:
+            counters.dropped_tun_in += 1
             self._drop("tun_error", f"inbound: TUN write: {exc}")
             return
         counters.packets_in += 1
