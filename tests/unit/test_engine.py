@@ -525,3 +525,32 @@ def test_unreadable_answer_to_message_5_fails_authentication_at_once(
     (failed,) = net.a.of(ConnectionFailed)
     assert isinstance(failed, ConnectionFailed) and "authentication failed" in failed.reason
     assert net.a.engine.get_timer() is None
+
+
+def test_ipv6_peers_with_fqdn_and_user_fqdn_ids() -> None:
+    a6, b6 = "2001:db8::1", "2001:db8::2"
+
+    def text(local: str, remote: str, lid: str, rid: str, lts: str, rts: str) -> str:
+        return config_text(local, remote, lts, rts).replace(
+            f'[connections.gw.local]\nauth = "psk"\nid = "{local}"',
+            f'[connections.gw.local]\nauth = "psk"\nid = "{lid}"',
+        ).replace(
+            f'[connections.gw.remote]\nauth = "psk"\nid = "{remote}"',
+            f'[connections.gw.remote]\nauth = "psk"\nid = "{rid}"',
+        )
+
+    a = Engine(parse_config(text(a6, b6, "gw-a.example.org", "admin@b.example.org",
+                                 "fd00:1::/64", "fd00:2::/64")),
+               random_bytes=random.Random(3).randbytes)
+    b = Engine(parse_config(text(b6, a6, "admin@b.example.org", "gw-a.example.org",
+                                 "fd00:2::/64", "fd00:1::/64")),
+               random_bytes=random.Random(4).randbytes)
+    net = Net(Peer(a, a6), Peer(b, b6))
+    establish(net)
+    (ike_a,) = net.a.of(IkeSaEstablished)
+    (ike_b,) = net.b.of(IkeSaEstablished)
+    assert isinstance(ike_a, IkeSaEstablished) and isinstance(ike_b, IkeSaEstablished)
+    assert ike_a.remote_id == "admin@b.example.org" and ike_b.remote_id == "gw-a.example.org"
+    (child,) = net.a.of(ChildSaEstablished)
+    assert isinstance(child, ChildSaEstablished)
+    assert [str(n) for n in child.remote_ts] == ["fd00:2::/64"]

@@ -345,10 +345,13 @@ class MainMode:
             if self.sent_natd:
                 self._process_natd(payloads)
             remote_id = sa.conn.remote.id if sa.conn is not None else None
-            self.psk = sa.ctx.psk_for(
-                sa.conn.local.id if sa.conn is not None else None,
-                remote_id if remote_id and remote_id != "%any" else sa.remote[0],
-            )
+            # The secret may name the peer's identity or its address (seed 43.6.1).
+            local_id = sa.conn.local.id if sa.conn is not None else None
+            self.psk = None
+            if remote_id and remote_id != "%any":
+                self.psk = sa.ctx.psk_for(local_id, remote_id)
+            if self.psk is None:
+                self.psk = sa.ctx.psk_for(local_id, sa.remote[0])
             if self.psk is None:
                 self.fail(
                     f"authentication failed: no pre-shared key for {sa.remote[0]}", now,
