@@ -47,7 +47,8 @@ TUN_PATH: Final = "/dev/net/tun"
 DEFAULT_TUN_NAME: Final = "ikev1d%d"
 """The kernel replaces %d with the first free number (ikev1d0, ikev1d1, ...)."""
 DEFAULT_MTU: Final = 1400
-"""Leaves room for outer IPv4 (20) + UDP (8) + ESP header/IV (24) + padding/trailer/ICV (<=49)."""
+"""A 1400-octet packet becomes at most 1492 octets on a 1500-octet link: IPv4 (20) + UDP 4500
+(8) + SPI/sequence (8) + AES-CBC IV (16) + 1408 ciphertext + HMAC-SHA-512-256 ICV (32)."""
 
 # linux/if_tun.h
 _TUNSETIFF: Final = 0x400454CA
