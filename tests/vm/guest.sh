@@ -17,7 +17,7 @@ mkdir -p "$BASE"
 printf 'swanctl {\n  load = pem pkcs1 x509 pubkey random nonce openssl\n}\n' > "$BASE/swanctl.conf"
 
 IKEV1D_VM_GUEST=1 STRONGSWAN_CONF="$BASE/swanctl.conf" PYTHONDONTWRITEBYTECODE=1 \
-  "$ROOT/.venv/bin/python" -m pytest tests/vm -v -ra --durations=0 -p no:cacheprovider \
+  "$ROOT/.venv/bin/python" -m pytest tests/vm -v -ra --durations=0 -p no:cacheprovider -p no:hypothesispytest \
     --basetemp="$BASE/t" --junitxml="$OUT/junit.xml" >"$OUT/pytest.txt" 2>&1
 rc=$?
 

@@ -34,6 +34,7 @@ from ikev1d.testbed.ping import ping
 from ikev1d.testbed.strongswan import DEFAULT_LOAD, Charon, strongswan_conf, swanctl_conf
 
 from .conftest import xfrm
+from .esp_peer import PROPOSALS, spis
 
 PSK = "kernel-dataplane-psk-0123456789"
 KERNEL_LOAD = DEFAULT_LOAD.replace("kernel-libipsec ", "")
@@ -303,12 +304,13 @@ def test_every_transform_carries_ping_and_tcp_and_down_removes_only_ours(
     assert to_b > 100_000 and to_a > 100_000
 
     states = _states(topo.a)
-    gcm = _children(tunnel)["gcm"]
+    children = _children(tunnel)
+    gcm = children["gcm"]
     assert states[gcm["spi_in"]]["bytes"] > to_a and states[gcm["spi_out"]]["bytes"] > to_b
     assert gcm["bytes_in"] >= states[gcm["spi_in"]]["bytes"]
     assert gcm["packets_out"] >= states[gcm["spi_out"]]["packets"] > 6
     for name, _esp, _patterns in CHILDREN[1:]:
-        child = _children(tunnel)[name]
+        child = children[name]
         assert child["packets_in"] >= 6 and child["packets_out"] >= 6, child
     (their_ike,) = tunnel.theirs.list_sas()
     their_gcm = next(c for c in their_ike["children"] if c["name"] == "gcm")
@@ -356,13 +358,22 @@ def test_transport_mode_between_the_gateways(make_tunnel: MakeTunnel) -> None:
     assert _states(topo.a) == {} and _policies(topo.a) == []
 
 
-@pytest.mark.parametrize("proposal", ["aes128gcm16", "aes256-sha256", "3des-sha1"])
-def test_kernel_and_ikev1d_userspace_esp_agree(two_hosts: Topology, proposal: str) -> None:
-    """A's kernel (SAs from KernelBackend) answers ESP sealed by ikev1d's userspace ESP in B."""
+def test_kernel_and_ikev1d_userspace_esp_agree(two_hosts: Topology) -> None:
+    """A's kernel (SAs from KernelBackend) answers ESP sealed by ikev1d's userspace ESP in B.
+
+    One SA pair per transform (esp_peer.PROPOSALS), each on its own inner networks.
+    """
     topo = two_hosts
-    topo.a.run(["ip", "route", "add", "10.2.0.0/24", "via", topo.addr_b])
-    topo.a.run([sys.executable, ESP_PEER, "install", proposal])
-    result = topo.b.run([sys.executable, ESP_PEER, "exchange", proposal, "3"], check=False)
+    for index in range(len(PROPOSALS)):
+        if index:
+            topo.a.add_lo_address(f"{_inner_addr(1, index)}/24")
+        topo.a.run(["ip", "route", "add", _inner(2, index), "via", topo.addr_b])
+    installed = topo.a.run([sys.executable, ESP_PEER, "install"], check=False)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    result = topo.b.run([sys.executable, ESP_PEER, "exchange", "3"], check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     states = _states(topo.a)
-    assert states["a1000001"]["packets"] == 3 and states["b2000002"]["packets"] == 3
+    assert len(states) == 2 * len(PROPOSALS)
+    for spi_in, spi_out in (spis(index) for index in range(len(PROPOSALS))):
+        assert states[f"{spi_in:08x}"]["packets"] == 3, states[f"{spi_in:08x}"]["text"]
+        assert states[f"{spi_out:08x}"]["packets"] == 3, states[f"{spi_out:08x}"]["text"]
