@@ -72,20 +72,26 @@ def make_pair(
         their_psk: str = PSK,
         their_ts: tuple[str, str] | None = None,
         aggressive: bool = False,
+        child_rekey_time: str = "1h",
+        their_child_rekey_time: str = "1h",
+        their_child_life_time: str | None = None,
+        their_extra_conf: str = "",
     ) -> Pair:
         topo = two_hosts
         ours = Ikev1dDaemon(topo.a, tmp_path / "ikev1d", ikev1d_conf(
             "gw", topo.addr_a, topo.addr_b, topo.addr_a, topo.addr_b, PSK,
             proposals, esp, topo.inner_net_a, topo.inner_net_b,
+            child_rekey_time=child_rekey_time,
         ))
         started.append(ours)
         ours.start()
-        theirs = charon_factory(topo.b, "b")
+        theirs = charon_factory(topo.b, "b", extra_conf=their_extra_conf)
         local_ts, remote_ts = their_ts or (topo.inner_net_b, topo.inner_net_a)
         theirs.load_config(swanctl_conf(
             "gw", topo.addr_b, topo.addr_a, topo.addr_b, topo.addr_a, their_psk,
             their_proposals or proposals, their_esp or esp, local_ts, remote_ts,
-            aggressive=aggressive,
+            aggressive=aggressive, child_rekey_time=their_child_rekey_time,
+            life_time=their_child_life_time,
         ))
         return Pair(topo, ours, theirs)
 
@@ -325,3 +331,39 @@ def test_tshark_dissects_and_decrypts_what_ikev1d_sent(
     # IPV4_ADDR in Main Mode 5 and 6, IPV4_ADDR_SUBNET twice in each Quick Mode 1/2.
     assert id_types.count("1") == 2, id_types
     assert id_types.count("4") == 4, id_types
+
+
+def test_ikev1d_renews_the_ipsec_sa(make_pair: Any) -> None:
+    import time
+
+    pair = make_pair(proposals=["aes128-sha256-modp2048"], esp=["aes128-sha256"],
+                     child_rekey_time="12s")
+    assert pair.ours.up("gw").returncode == 0
+    (first,) = pair.ours.status()["ike_sas"][0]["children"]
+    assert pair.ours.wait_log("IPsec SA renewed", timeout=15)
+    time.sleep(0.5)
+    (ike,) = pair.ours.status()["ike_sas"]
+    (child,) = ike["children"]
+    assert child["spi_in"] != first["spi_in"]
+    # strongSwan has the new pair and deleted the old one on our Delete.
+    (theirs,) = pair.theirs.list_sas()
+    assert [c["spi-out"] for c in theirs["children"]] == [child["spi_in"]]
+    assert f"received DELETE for ESP CHILD_SA with SPI {first['spi_in']}" in \
+        pair.theirs.log_text()
+
+
+def test_strongswan_renews_the_ipsec_sa(make_pair: Any) -> None:
+    pair = make_pair(proposals=["aes128-sha256-modp2048"], esp=["aes128-sha256"],
+                     their_child_rekey_time="8s", their_child_life_time="30s",
+                     # IKEv1 charon keeps a renewed SA until it expires unless told.
+                     their_extra_conf="delete_rekeyed = yes\n")
+    assert pair.ours.up("gw").returncode == 0
+    (first,) = pair.ours.status()["ike_sas"][0]["children"]
+    # charon renews (between 8 s minus jitter and 30 s) and deletes the old SA:
+    # we keep only the new one.
+    assert pair.ours.wait_log("IPsec SA deleted", timeout=30), pair.ours.log_text()[-2000:]
+    (ike,) = pair.ours.status()["ike_sas"]
+    (child,) = ike["children"]
+    assert child["spi_in"] != first["spi_in"]
+    (theirs,) = pair.theirs.list_sas()
+    assert [c["spi-out"] for c in theirs["children"]] == [child["spi_in"]]

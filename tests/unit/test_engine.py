@@ -554,3 +554,59 @@ def test_ipv6_peers_with_fqdn_and_user_fqdn_ids() -> None:
     (child,) = net.a.of(ChildSaEstablished)
     assert isinstance(child, ChildSaEstablished)
     assert [str(n) for n in child.remote_ts] == ["fd00:2::/64"]
+
+
+def _short_lifetimes(text: str, ike: str, child: str) -> str:
+    text = text.replace('encap = false\n', f'encap = false\nrekey_time = "{ike}"\n', 1)
+    return text.replace('esp_proposals = ', f'rekey_time = "{child}"\nesp_proposals = ', 1)
+
+
+def test_ipsec_sa_is_renewed_before_it_expires() -> None:
+    net = make_net(
+        _short_lifetimes(config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"), "4h", "60s"),
+        _short_lifetimes(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"), "4h", "60s"),
+    )
+    establish(net)
+    (first_a,) = net.a.of(ChildSaEstablished)
+    assert isinstance(first_a, ChildSaEstablished)
+    (child,) = net.a.engine.status(net.now)["ike_sas"][0]["children"]
+    assert 48 <= child["rekey_in_s"] <= 54 and child["expires_in_s"] == 60
+    net.advance(56)
+    # Make before break: the new pair is up on both sides, then the old one goes.
+    new_a = [e for e in net.a.of(ChildSaEstablished) if e is not first_a]
+    assert len(new_a) == 1 and isinstance(new_a[0], ChildSaEstablished)
+    assert len(net.b.of(ChildSaEstablished)) == 2
+    deleted_a = net.a.of(ChildSaDeleted)
+    deleted_b = net.b.of(ChildSaDeleted)
+    assert [e.spi_in for e in deleted_a if isinstance(e, ChildSaDeleted)] == [first_a.spi_in]
+    assert [e.spi_out for e in deleted_b if isinstance(e, ChildSaDeleted)] == [first_a.spi_in]
+    events_a = net.a.events
+    assert events_a.index(new_a[0]) < events_a.index(deleted_a[0])
+    for peer in (net.a, net.b):
+        (ike,) = peer.engine.status(net.now)["ike_sas"]
+        assert len(ike["children"]) == 1 and ike["children"][0]["state"] == "INSTALLED"
+    # And again a lifetime later: renewals go on.
+    net.advance(60)
+    assert len(net.a.of(ChildSaEstablished)) == 3
+
+
+def test_isakmp_sa_is_renewed_and_keeps_its_ipsec_sas() -> None:
+    net = make_net(
+        _short_lifetimes(config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"), "120s", "1h"),
+        _short_lifetimes(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"), "120s", "1h"),
+    )
+    establish(net)
+    (first,) = net.a.of(IkeSaEstablished)
+    net.advance(115)
+    assert len(net.a.of(IkeSaEstablished)) == 2
+    assert len(net.a.of(IkeSaDeleted)) == 1 and len(net.b.of(IkeSaDeleted)) == 1
+    assert not net.a.of(ChildSaDeleted) and not net.b.of(ChildSaDeleted)
+    (ike,) = net.a.engine.status(net.now)["ike_sas"]
+    assert ike["state"] == "ESTABLISHED" and len(ike["children"]) == 1
+    assert isinstance(first, IkeSaEstablished)
+    (b_ike,) = net.b.engine.status(net.now)["ike_sas"]
+    assert b_ike["cookies"] == ike["cookies"] and len(b_ike["children"]) == 1
+    # A Quick Mode still works over the renewed ISAKMP SA.
+    net.a.engine.terminate("gw", net.now)
+    net.pump()
+    assert len(net.b.of(ChildSaDeleted)) == 1

@@ -415,10 +415,66 @@ class Engine:
             initiator=sa.initiator,
         ))
         sa.schedule(now + sa.lifetime_s, lambda t: self._ike_expired(sa))
+        sa.rekey_at = now + self._rekey_delay(sa.lifetime_s, sa.initiator)
+        sa.schedule(sa.rekey_at, lambda t: self._ike_rekey(sa, t))
+        old = sa.replaces
+        if old is not None:
+            sa.replaces = None
+            self._take_over(old, sa)
         if sa.initiator and sa.requested_children:
             for name in sa.requested_children:
                 self._start_quick_modes(sa, name, now)
         sa.requested_children = None
+
+    def _rekey_delay(self, lifetime: float, initiator: bool) -> float:
+        """When to renew an SA of this lifetime (seed 43.6.4: "renewed regularly").
+
+        Before the end by a margin (10 %, at most 9 minutes) plus random jitter,
+        so that both ends do not renew at once; the side that did not initiate
+        waits half the margin longer, so that normally one side renews and the
+        other sees the new SA arrive."""
+        margin = min(0.1 * lifetime, 540.0)
+        jitter = int.from_bytes(self._random(2), "big") / 65535 * min(0.05 * lifetime, 60.0)
+        if not initiator:
+            margin /= 2
+            jitter /= 2
+        return max(lifetime - margin - jitter, 0.5 * lifetime)
+
+    def _ike_rekey(self, sa: IkeSa, now: float) -> None:
+        """Renew Phase 1 with a new Main Mode; the IPsec SAs move to it once it is up."""
+        conn = sa.conn
+        if sa.state is not IkeState.ESTABLISHED or conn is None:
+            return
+        remote = sa.remote[0] if sa.remote[0] in conn.remote_addrs else next(
+            (a for a in conn.remote_addrs if a != "%any"), None)
+        if remote is None:
+            # A peer with a dynamic address must renew it; we cannot reach it first.
+            return
+        port = self.config.daemon.port
+        new = IkeSa(self, initiator=True, local=(sa.local[0], port), remote=(remote, port),
+                    conn=conn, candidates=[conn], now=now)
+        new.requested_children = []
+        new.replaces = sa
+        sa.state = IkeState.REKEYING
+        mm = MainMode(new)
+        self._main_modes[new.ike_id] = mm
+        try:
+            mm.start(now)
+        except ProtocolFailure as exc:
+            log.warning("cannot renew the ISAKMP SA: %s", exc, extra=sa.log_extra)
+            sa.state = IkeState.ESTABLISHED
+            self._main_modes.pop(new.ike_id, None)
+            return
+        self._initiating[new.cky_i] = new
+        log.info("renewing the ISAKMP SA (Main Mode)", extra=sa.log_extra)
+
+    def _take_over(self, old: IkeSa, new: IkeSa) -> None:
+        """The renewed ISAKMP SA takes the IPsec SAs; the old one is deleted."""
+        new.children.extend(old.children)
+        old.children.clear()
+        log.info("ISAKMP SA renewed: %s:%s replaces %s:%s", new.cky_i.hex(), new.cky_r.hex(),
+                 old.cky_i.hex(), old.cky_r.hex(), extra=new.log_extra)
+        self._delete_sa(old, "renewed", send=True, children=False)
 
     def _ike_expired(self, sa: IkeSa) -> None:
         log.info("ISAKMP SA lifetime reached", extra=sa.log_extra)
@@ -427,12 +483,36 @@ class Engine:
     def on_phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None:
         if not quiet:
             log.warning("Main Mode failed: %s", reason, extra=sa.log_extra)
+        old = sa.replaces
+        if old is not None and old.state is IkeState.REKEYING:
+            old.state = IkeState.ESTABLISHED  # it runs until its lifetime ends
         name = sa.conn.name if sa.conn is not None and sa.initiator else sa.name
         if sa.initiator:
             self.emit(ConnectionFailed(name, None, reason))
         self._drop_sa(sa)
 
     # -- Quick Mode ---------------------------------------------------------------------
+
+    def _child_rekey(self, child: ChildSa, now: float) -> None:
+        """Renew an IPsec SA with a new Quick Mode; make before break (seed 43.6.4)."""
+        sa = self._owner_of(child)
+        if sa is None or not sa.usable or child.state != "INSTALLED":
+            return
+        qm = QuickMode(sa, sa.new_message_id(), initiator=True)
+        qm.replaces = child
+        sa.exchanges[qm.message_id] = qm
+        child.state = "REKEYING"
+        log.info("renewing IPsec SA %s_i", child.spi_in.hex(), extra=sa.log_extra)
+        try:
+            qm.start(child.config, child.local_ts[0], child.remote_ts[0], now)
+        except ProtocolFailure as exc:
+            qm.fail(str(exc), now)
+
+    def _owner_of(self, child: ChildSa) -> IkeSa | None:
+        for sa in self._all_sas():
+            if child in sa.children:
+                return sa
+        return None
 
     def _start_quick_modes(self, sa: IkeSa, child_name: str, now: float) -> None:
         conn = sa.conn
@@ -452,7 +532,7 @@ class Engine:
                     qm.fail(str(exc), now)
 
     def _quick_mode(self, sa: IkeSa, header: Header, body: bytes, raw: bytes, now: float) -> None:
-        if sa.state is not IkeState.ESTABLISHED:
+        if not sa.usable:
             log.info("dropping Quick Mode before the ISAKMP SA is established", extra=sa.log_extra)
             return
         message_id = header.message_id
@@ -507,10 +587,17 @@ class Engine:
         child_name = qm.child.name if qm.child is not None else None
         if result is None:
             log.warning("Quick Mode failed: %s", reason, extra=sa.log_extra)
-            if qm.initiator:
+            if qm.replaces is not None:
+                # Renewal failed: the old SA runs on until its lifetime ends.
+                qm.replaces.state = "INSTALLED"
+            elif qm.initiator:
                 self.emit(ConnectionFailed(sa.name, child_name, reason))
             return
         child, event = result
+        # The same tunnel negotiated again: a renewal, by us or by the peer.
+        older = [c for other in self._all_sas() for c in other.children
+                 if c.config.name == child.config.name and c.local_ts == child.local_ts
+                 and c.remote_ts == child.remote_ts and other.name == sa.name]
         sa.children.append(child)
         log.info(
             "IPsec SA established: child %s, SPIs %s_i %s_o, %s, %s %s === %s%s",
@@ -520,11 +607,28 @@ class Engine:
             extra=sa.log_extra,
         )
         child.expiry = self.timers.schedule(
-            now + child.lifetime_s, lambda t: self._child_expired(sa, child)
+            now + child.lifetime_s, lambda t: self._child_expired(child)
+        )
+        child.rekey = self.timers.schedule(
+            now + self._rekey_delay(child.lifetime_s, qm.initiator),
+            lambda t: self._child_rekey(child, t),
         )
         self.emit(event)
+        for old in older:
+            # The old SA is not renewed again; whoever renewed it deletes it.
+            if old.rekey is not None:
+                old.rekey.cancel()
+            if old is qm.replaces:
+                owner = self._owner_of(old)
+                if owner is not None:
+                    log.info("IPsec SA renewed: %s_i replaces %s_i", child.spi_in.hex(),
+                             old.spi_in.hex(), extra=sa.log_extra)
+                    self._delete_child(owner, old, "renewed", send=True)
 
-    def _child_expired(self, sa: IkeSa, child: ChildSa) -> None:
+    def _child_expired(self, child: ChildSa) -> None:
+        sa = self._owner_of(child)
+        if sa is None:
+            return
         log.info("IPsec SA %s_i lifetime reached", child.spi_in.hex(), extra=sa.log_extra)
         self._delete_child(sa, child, "lifetime reached", send=True)
 
@@ -639,6 +743,14 @@ class Engine:
             for spi in delete.spis:
                 if spi == sa.cky_i + sa.cky_r:
                     log.info("peer deleted the ISAKMP SA", extra=sa.log_extra)
+                    successor = next(
+                        (o for o in self._all_sas() if o is not sa and o.usable
+                         and o.name == sa.name and o.remote[0] == sa.remote[0]), None)
+                    if successor is not None:
+                        # The peer renewed Phase 1: its IPsec SAs live on (RFC 2409
+                        # ties them to no ISAKMP SA); the new one can delete them.
+                        successor.children.extend(sa.children)
+                        sa.children.clear()
                     self._delete_sa(sa, "deleted by peer", send=False)
             return
         if delete.protocol_id != ProtocolId.ESP:
@@ -661,9 +773,10 @@ class Engine:
         if child not in sa.children:
             return
         sa.children.remove(child)
-        if child.expiry is not None:
-            child.expiry.cancel()
-        if send and sa.state is IkeState.ESTABLISHED:
+        for timer in (child.expiry, child.rekey):
+            if timer is not None:
+                timer.cancel()
+        if send and sa.usable:
             sa.send_informational([DeletePayload(protocol_id=ProtocolId.ESP, spis=(child.spi_in,))])
         self._spis.discard(child.spi_in)
         log.info("IPsec SA deleted: child %s, SPIs %s_i %s_o (%s)", child.config.name,
@@ -678,7 +791,7 @@ class Engine:
         if children:
             for child in list(sa.children):
                 self._delete_child(sa, child, reason, send=send)
-        established = sa.state is IkeState.ESTABLISHED
+        established = sa.usable
         if send and established:
             sa.send_informational([DeletePayload(
                 protocol_id=ProtocolId.ISAKMP, spis=(sa.cky_i + sa.cky_r,),
@@ -760,8 +873,7 @@ class Engine:
                 "nat_local": sa.nat_local,
                 "nat_remote": sa.nat_remote,
                 "established_s": int(now - established) if established is not None else None,
-                "rekey_in_s": (int(established + sa.lifetime_s - now)
-                               if established is not None else None),
+                "rekey_in_s": int(sa.rekey_at - now) if sa.rekey_at is not None else None,
                 "virtual_ip": None,
                 "children": [_child_status(c, now) for c in sa.children],
             })
@@ -770,6 +882,8 @@ class Engine:
 
 def _child_status(child: ChildSa, now: float) -> dict[str, Any]:
     remaining = int(child.established_at + child.lifetime_s - now)
+    rekey = child.rekey
+    rekey_in = int(rekey.deadline - now) if rekey is not None and not rekey.cancelled else None
     return {
         "name": child.config.name,
         "state": child.state,
@@ -784,7 +898,7 @@ def _child_status(child: ChildSa, now: float) -> dict[str, Any]:
         "bytes_out": 0,
         "packets_in": 0,
         "packets_out": 0,
-        "rekey_in_s": remaining,
+        "rekey_in_s": rekey_in,
         "expires_in_s": remaining,
     }
 

@@ -106,6 +106,7 @@ class ChildSa:
     life_bytes: int
     state: str = "INSTALLED"
     expiry: Timer | None = None
+    rekey: Timer | None = None
 
 
 class Retransmission:
@@ -206,6 +207,9 @@ class IkeSa:
         self.responses: dict[int, ResponseCache] = {}
         self.timers: list[Timer] = []
         self.requested_children: list[str] | None = None
+        self.replaces: IkeSa | None = None
+        self.rekey_at: float | None = None
+        """The ISAKMP SA this one renews (seed 43.6.4); its IPsec SAs move here."""
 
     # -- identification -----------------------------------------------------
 
@@ -216,6 +220,12 @@ class IkeSa:
     @property
     def log_extra(self) -> dict[str, str]:
         return {"conn": self.name, "peer": f"{self.remote[0]}:{self.remote[1]}"}
+
+    @property
+    def usable(self) -> bool:
+        """Established, possibly with its successor being negotiated: it still
+        carries Quick Modes and Informational exchanges."""
+        return self.state in (IkeState.ESTABLISHED, IkeState.REKEYING)
 
     @property
     def udp_encap(self) -> bool:
@@ -312,7 +322,7 @@ class IkeSa:
         if not spi and protocol == ProtocolId.ISAKMP:
             spi = self.cky_i + self.cky_r
         payload = NotifyPayload(notify_type=notify, spi=spi, protocol_id=protocol)
-        if self.keys is not None and self.state is IkeState.ESTABLISHED:
+        if self.keys is not None and self.usable:
             self.send_informational([payload])
         else:
             self.transmit(self.plain_message(ExchangeType.INFORMATIONAL, 0, [payload]))
@@ -336,8 +346,9 @@ class IkeSa:
             timer.cancel()
         self.timers.clear()
         for child in self.children:
-            if child.expiry is not None:
-                child.expiry.cancel()
+            for child_timer in (child.expiry, child.rekey):
+                if child_timer is not None:
+                    child_timer.cancel()
 
 
 def _with_next(header: Header, payloads: Sequence[Payload]) -> Header:

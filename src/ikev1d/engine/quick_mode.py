@@ -134,6 +134,8 @@ class QuickMode:
         self.commit = False
         """The commit bit is in play for this exchange (RFC 2408 section 3.1)."""
         self.connected_timer: Timer | None = None
+        self.replaces: ChildSa | None = None
+        """The IPsec SA this exchange renews (seed 43.6.4), deleted once this one is up."""
 
     # -- helpers ------------------------------------------------------------
 
