@@ -76,13 +76,17 @@ def make_pair(
         their_child_rekey_time: str = "1h",
         their_child_life_time: str | None = None,
         their_extra_conf: str = "",
+        our_extra_conn: str = "",
     ) -> Pair:
         topo = two_hosts
-        ours = Ikev1dDaemon(topo.a, tmp_path / "ikev1d", ikev1d_conf(
+        text = ikev1d_conf(
             "gw", topo.addr_a, topo.addr_b, topo.addr_a, topo.addr_b, PSK,
             proposals, esp, topo.inner_net_a, topo.inner_net_b,
             child_rekey_time=child_rekey_time,
-        ))
+        )
+        if our_extra_conn:
+            text = text.replace("encap = false\n", f"encap = false\n{our_extra_conn}", 1)
+        ours = Ikev1dDaemon(topo.a, tmp_path / "ikev1d", text)
         started.append(ours)
         ours.start()
         theirs = charon_factory(topo.b, "b", extra_conf=their_extra_conf)
@@ -367,3 +371,20 @@ def test_strongswan_renews_the_ipsec_sa(make_pair: Any) -> None:
     assert child["spi_in"] != first["spi_in"]
     (theirs,) = pair.theirs.list_sas()
     assert [c["spi-out"] for c in theirs["children"]] == [child["spi_in"]]
+
+
+def test_dpd_detects_a_dead_strongswan(make_pair: Any) -> None:
+    import time
+
+    pair = make_pair(proposals=["aes128-sha256-modp2048"], esp=["aes128-sha256"],
+                     our_extra_conn='dpd_delay = "1s"\ndpd_timeout = "4s"\n'
+                                    'dpd_action = "clear"\n')
+    assert pair.ours.up("gw").returncode == 0
+    time.sleep(3)  # charon answers R-U-THERE: still up
+    assert pair.ours.status()["ike_sas"][0]["state"] == "ESTABLISHED"
+    log = pair.theirs.log_text()
+    assert log.count("[ HASH N(DPD) ]") >= 2 and log.count("[ HASH N(DPD_ACK) ]") >= 2
+    # The peer vanishes without a word (a stopped charon would send Deletes).
+    pair.topo.b.run(["ip", "link", "set", pair.topo.if_b, "down"])
+    assert pair.ours.wait_log("DPD: peer 192.0.2.2 not responding", timeout=10)
+    assert pair.ours.status()["ike_sas"] == []

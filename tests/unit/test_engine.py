@@ -610,3 +610,25 @@ def test_isakmp_sa_is_renewed_and_keeps_its_ipsec_sas() -> None:
     net.a.engine.terminate("gw", net.now)
     net.pump()
     assert len(net.b.of(ChildSaDeleted)) == 1
+
+
+def test_dpd_keeps_a_live_peer_and_restarts_after_a_dead_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    net = default_net()  # dpd_delay 30 s, dpd_timeout 150 s, dpd_action restart
+    establish(net)
+    net.advance(400)  # the peer answers every R-U-THERE
+    assert not net.a.of(IkeSaDeleted)
+    dpd = [d for s, d in net.wire if s == A_ADDR
+           and split_message(d.data)[0].exchange_type == ExchangeType.INFORMATIONAL]
+    assert len(dpd) >= 10
+    net.drop = lambda d: d.local[0] == B_ADDR  # the peer goes silent
+    mark = len(net.wire)
+    with caplog.at_level(logging.INFO):
+        net.advance(200)
+    assert "DPD: peer 192.0.2.2 not responding" in caplog.text
+    assert len(net.a.of(IkeSaDeleted)) == 1 and len(net.a.of(ChildSaDeleted)) == 1
+    # dpd_action = restart: a new Main Mode goes out.
+    new_mm = [d for s, d in net.wire[mark:] if s == A_ADDR
+              and split_message(d.data)[0].exchange_type == ExchangeType.IDENTITY_PROTECTION]
+    assert new_mm

@@ -39,6 +39,7 @@ from ikev1d.engine.main_mode import MainMode, MmState
 from ikev1d.engine.quick_mode import QmState, QuickMode, QuickModeRefused
 from ikev1d.engine.rules import INFORMATIONAL, check
 from ikev1d.engine.timers import Timers
+from ikev1d.engine.vendor import Extension
 from ikev1d.wire import (
     DeletePayload,
     ExchangeType,
@@ -421,6 +422,13 @@ class Engine:
         if old is not None:
             sa.replaces = None
             self._take_over(old, sa)
+        conn = sa.conn
+        if conn is not None and conn.dpd_delay > 0 and (
+            Extension.DPD in sa.peer_vendors.extensions
+        ):
+            # RFC 3706 section 7: start from a random sequence number.
+            sa.dpd_seq = int.from_bytes(self._random(2), "big")
+            sa.schedule(now + conn.dpd_delay, lambda t: self._dpd_tick(sa, t))
         if sa.initiator and sa.requested_children:
             for name in sa.requested_children:
                 self._start_quick_modes(sa, name, now)
@@ -475,6 +483,41 @@ class Engine:
         log.info("ISAKMP SA renewed: %s:%s replaces %s:%s", new.cky_i.hex(), new.cky_r.hex(),
                  old.cky_i.hex(), old.cky_r.hex(), extra=new.log_extra)
         self._delete_sa(old, "renewed", send=True, children=False)
+
+    def _dpd_tick(self, sa: IkeSa, now: float) -> None:
+        """RFC 3706: ask the peer R-U-THERE every dpd_delay; if no R-U-THERE-ACK
+        comes for dpd_timeout, the peer is dead and dpd_action applies."""
+        conn = sa.conn
+        if conn is None or not sa.usable:
+            return
+        if sa.dpd_unanswered_since is not None and (
+            now - sa.dpd_unanswered_since >= conn.dpd_timeout
+        ):
+            self._peer_dead(sa, now)
+            return
+        if sa.dpd_unanswered_since is None:
+            sa.dpd_unanswered_since = now
+        sa.dpd_seq = (sa.dpd_seq + 1) & 0xFFFFFFFF
+        sa.send_informational([NotifyPayload(
+            notify_type=NotifyType.R_U_THERE, spi=sa.cky_i + sa.cky_r,
+            protocol_id=ProtocolId.ISAKMP, data=sa.dpd_seq.to_bytes(4, "big"),
+        )])
+        remaining = conn.dpd_timeout - (now - sa.dpd_unanswered_since)
+        sa.schedule(now + min(conn.dpd_delay, max(remaining, 0.0)),
+                    lambda t: self._dpd_tick(sa, t))
+
+    def _peer_dead(self, sa: IkeSa, now: float) -> None:
+        conn = sa.conn
+        if conn is None:
+            return
+        log.warning("DPD: peer %s not responding for %d s; action %s", sa.remote[0],
+                    int(conn.dpd_timeout), conn.dpd_action, extra=sa.log_extra)
+        self._delete_sa(sa, "peer not responding (DPD)", send=False)
+        if conn.dpd_action == "restart":
+            try:
+                self.initiate(conn.name, None, now)
+            except EngineError as exc:
+                log.warning("cannot restart %s: %s", conn.name, exc, extra=sa.log_extra)
 
     def _ike_expired(self, sa: IkeSa) -> None:
         log.info("ISAKMP SA lifetime reached", extra=sa.log_extra)
@@ -723,7 +766,11 @@ class Engine:
             for qm in matching or waiting[:1]:
                 qm.connected(now)
             return
-        if notify.notify_type in (NotifyType.R_U_THERE_ACK, NotifyType.INITIAL_CONTACT):
+        if notify.notify_type == NotifyType.R_U_THERE_ACK:
+            if notify.data == sa.dpd_seq.to_bytes(4, "big"):
+                sa.dpd_unanswered_since = None
+            return
+        if notify.notify_type == NotifyType.INITIAL_CONTACT:
             return
         if notify.notify_type < 8192:
             pending = [

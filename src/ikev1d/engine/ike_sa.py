@@ -209,6 +209,8 @@ class IkeSa:
         self.requested_children: list[str] | None = None
         self.replaces: IkeSa | None = None
         self.rekey_at: float | None = None
+        self.dpd_seq = 0
+        self.dpd_unanswered_since: float | None = None
         """The ISAKMP SA this one renews (seed 43.6.4); its IPsec SAs move here."""
 
     # -- identification -----------------------------------------------------
