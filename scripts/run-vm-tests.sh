@@ -13,7 +13,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/vm-out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+# Old results are removed, but only from a directory this script made.
+if [ -n "$(ls -A "$OUT")" ] && [ ! -e "$OUT/.ikev1d-vm-out" ]; then
+    echo "run-vm-tests: $OUT is not empty and not an earlier results directory" >&2
+    exit 2
+fi
 find "$OUT" -mindepth 1 -delete
+touch "$OUT/.ikev1d-vm-out"
 PATH=$ROOT/.vm-venv/bin:$PATH
 export PATH
 KERNEL=$(ls -1v /boot/vmlinuz-*-amd64 2>/dev/null | tail -1)
