@@ -32,9 +32,10 @@ from ikev1d.dataplane.kernel import (
     policy_priority,
     xfrm_algorithms,
 )
-from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Network
 from ikev1d.io import xfrm as xfrm_io
 from ikev1d.io.xfrm import (
+    Route,
     XfrmAlgorithm,
     XfrmPolicy,
     XfrmSelector,
@@ -403,6 +404,78 @@ def test_probe_adds_and_deletes_an_esp_sa_with_a_reserved_spi(
         backend.probe()
 
 
+class FakeRoutes:
+    def __init__(self, addresses: list[str], gateway: str | None = None) -> None:
+        self.addresses = addresses
+        self.gateway = gateway
+        self.table: dict[Network, Route] = {}
+        self.closed = False
+
+    def local_addresses(self) -> list[str]:
+        return self.addresses
+
+    def route_to(self, address: str) -> tuple[int, str | None]:
+        if address == "203.0.113.1":
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        return 3, self.gateway
+
+    def add_route(self, route: Route) -> None:
+        if route.dst in self.table:
+            raise OSError(errno.EEXIST, "File exists")
+        self.table[route.dst] = route
+
+    def delete_route(self, route: Route) -> None:
+        if self.table.pop(route.dst, None) is None:
+            raise OSError(errno.ESRCH, "No such process")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_routes_to_remote_networks_from_a_local_address_inside_the_local_networks(
+    fake: FakeXfrm,
+) -> None:
+    routes = FakeRoutes(["127.0.0.1", LOCAL, "10.1.0.1", "fd00::1"])
+    backend = KernelBackend(fake, routes=routes)
+    sa = make_sa(remote_ts=("10.2.0.0/24", "10.3.0.0/16", "fd02::/64"))
+    backend.install(sa)
+    assert routes.table == {
+        net("10.2.0.0/24"): Route(net("10.2.0.0/24"), 3, REMOTE, "10.1.0.1"),
+        net("10.3.0.0/16"): Route(net("10.3.0.0/16"), 3, REMOTE, "10.1.0.1"),
+    }  # no IPv6 address inside 10.1.0.0/24: no IPv6 route
+    rekeyed = replace(sa, spi_in=0xC5, spi_out=0xC6)
+    backend.install(rekeyed)
+    backend.remove(deleted(sa))
+    assert len(routes.table) == 2  # still used by the rekeyed pair
+    backend.remove(deleted(rekeyed))
+    assert routes.table == {}
+    backend.close()
+    assert routes.closed
+
+
+def test_no_routes_without_a_local_address_in_transport_mode_or_over_existing_routes(
+    fake: FakeXfrm,
+) -> None:
+    routes = FakeRoutes([LOCAL], gateway="192.0.2.254")
+    backend = KernelBackend(fake, routes=routes)
+    backend.install(make_sa())  # a pure gateway: 10.1.0.0/24 is behind it, not on it
+    assert routes.table == {}
+    routes.addresses.append("10.1.0.1")
+    backend.install(make_sa(child="t", spi_in=3, spi_out=4, mode="transport",
+                            local_ts=(f"{LOCAL}/32",), remote_ts=(f"{REMOTE}/32",)))
+    assert routes.table == {}
+    theirs = Route(net("10.7.0.0/24"), 9, "192.0.2.9", "10.1.0.9")
+    routes.table[theirs.dst] = theirs
+    backend.install(make_sa(child="x", spi_in=5, spi_out=6, remote_ts=("10.7.0.0/24",
+                                                                       "10.8.0.0/24")))
+    assert routes.table[net("10.8.0.0/24")].gateway == "192.0.2.254"
+    backend.remove(ChildSaDeleted("gw", "x", 1, 1, 5, 6, "test"))
+    assert routes.table == {theirs.dst: theirs}  # theirs left alone
+    backend.install(make_sa(child="u", spi_in=7, spi_out=8, remote=("203.0.113.1", 500),
+                            remote_ts=("10.9.0.0/24",)))
+    assert (7, 8) in backend.installed  # no route to the peer: SAs anyway, routes not
+
+
 # --- the netlink messages ------------------------------------------------------------------
 
 
@@ -478,6 +551,18 @@ def test_policy_and_id_layouts() -> None:
     assert struct.unpack_from("=HB", sa_id, 20) == (socket.AF_INET, 50)
     pol_id = xfrm_io.encode_del_policy(out.selector, "fwd")
     assert len(pol_id) == 64 and pol_id[:56] == info[:56] and pol_id[60] == 2
+
+
+def test_route_layout() -> None:
+    route = Route(net("10.2.0.0/24"), 7, REMOTE, "10.1.0.1")
+    msg = xfrm_io.encode_route(route)
+    family, dst_len, _src, _tos, table, proto, scope, kind, _flags = struct.unpack_from(
+        "=BBBBBBBBI", msg)
+    assert (family, dst_len, table, proto, scope, kind) == (socket.AF_INET, 24, 254, 4, 0, 1)
+    attrs = _attributes(msg[12:])
+    assert attrs[1] == socket.inet_aton("10.2.0.0") and attrs[5] == socket.inet_aton(REMOTE)
+    assert attrs[4] == struct.pack("=I", 7) and attrs[7] == socket.inet_aton("10.1.0.1")
+    assert 7 not in _attributes(xfrm_io.encode_route(route, delete=True)[12:])
 
 
 def test_counters_decoded_from_usersa_info() -> None:

@@ -3,11 +3,11 @@
 ikev1d runs in namespace A with the kernel backend; charon runs in B with its
 ``kernel-netlink`` plugin (not kernel-libipsec), so both ends are Linux XFRM
 and plain ESP (IP protocol 50) unless a test asks for UDP encapsulation.
-Traffic is ICMP (busybox ping) and TCP (iperf3, both directions at once)
-between the inner networks (10.1.N.1 <-> 10.2.N.1). B's inbound policies
-require ESP, so a packet that left A in the clear would be dropped there: an
-answered ping is proof that A's kernel encrypted it with the keys ikev1d
-installed, and decrypted the answer.
+ikev1d adds the routes to the remote networks itself. Traffic is ICMP
+(busybox ping) and TCP (iperf3, both directions at once) between the inner
+networks (10.1.N.1 <-> 10.2.N.1). B's inbound policies require ESP, so a
+packet that left A in the clear would be dropped there: an answered ping is
+proof that A's kernel encrypted it with the keys ikev1d installed, and decrypted the answer.
 
 Every Python process costs ~5 s under qemu's emulation, so one connection
 carries a child per ESP transform instead of one connection per transform.
@@ -121,14 +121,10 @@ def make_tunnel(two_hosts: Topology, tmp_path: Path) -> Iterator[MakeTunnel]:
             ts: tuple[str, str] = (f"{topo.addr_a}/32", f"{topo.addr_b}/32")
         else:
             ts = (_inner(1, 0), _inner(2, 0))
-            for i in range(len(children)):
-                if i:
-                    topo.a.add_lo_address(f"{_inner_addr(1, i)}/24")
-                    topo.b.add_lo_address(f"{_inner_addr(2, i)}/24")
-                # The kernel backend installs SAs and policies, not routes (strongSwan
-                # puts its own in table 220); the route gives A's packets the right source.
-                topo.a.run(["ip", "route", "add", _inner(2, i), "via", topo.addr_b,
-                            "src", _inner_addr(1, i)])
+            # No routes in A: ikev1d adds them (source address inside the local network).
+            for i in range(1, len(children)):
+                topo.a.add_lo_address(f"{_inner_addr(1, i)}/24")
+                topo.b.add_lo_address(f"{_inner_addr(2, i)}/24")
         ours = Ikev1dDaemon(topo.a, tmp_path / "ikev1d", ikev1d_conf(
             "gw", topo.addr_a, topo.addr_b, topo.addr_a, topo.addr_b, PSK,
             [IKE], [esp], ts[0], ts[1], child=first, encap=encap, mode=mode,
@@ -290,6 +286,10 @@ def test_every_transform_carries_ping_and_tcp_and_down_removes_only_ours(
                                                                      child["spi_in"])
     assert len(reqids) == len(CHILDREN)
 
+    for index in range(len(CHILDREN)):
+        route = topo.a.run(["ip", "route", "show", _inner(2, index)]).stdout
+        assert f"via {topo.addr_b}" in route and f"src {_inner_addr(1, index)}" in route, route
+
     ours_policies = [p for p in _policies(topo.a) if p not in foreign_policies]
     assert len(ours_policies) == 3 * len(CHILDREN)
     directions = sorted(re.search(r"dir (\w+)", p).group(1)  # type: ignore[union-attr]
@@ -319,6 +319,7 @@ def test_every_transform_carries_ping_and_tcp_and_down_removes_only_ours(
     assert tunnel.ours.down("gw").returncode == 0
     _wait(lambda: set(_states(topo.a)) == {FOREIGN_SPI}, 30, "ikev1d's SAs to go")
     assert _policies(topo.a) == foreign_policies
+    assert "10.2." not in topo.a.run(["ip", "route"]).stdout
     _wait(lambda: not tunnel.theirs.list_sas(), 30, "strongSwan to take the Deletes")
 
 

@@ -13,6 +13,9 @@ For each IPsec SA pair (RFC 4301 §4.4.2 SAD, §4.4.1 SPD), this backend install
   tunnel mode, for routed traffic) for every pair of local and remote
   networks, each with an ESP template naming the outer addresses and a reqid.
 
+* a route to each remote network with a source address inside the local
+  networks, when this host has one (tunnel mode; like strongSwan's table 220).
+
 The reqid ties policies to states. Like strongSwan, one reqid belongs to one
 set of policies (outer addresses, mode, networks), not to one SA pair: a
 rekeyed SA pair (make-before-break) gets the reqid of the pair it replaces,
@@ -48,6 +51,7 @@ from ikev1d.dataplane.esp import (
 )
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
 from ikev1d.io.xfrm import (
+    Route,
     XfrmAlgorithm,
     XfrmPolicy,
     XfrmSelector,
@@ -64,6 +68,7 @@ __all__ = [
     "PROBE_SPI",
     "REPLAY_WINDOW",
     "KernelBackend",
+    "RoutesLike",
     "XfrmLike",
     "create_backend",
     "plan_policies",
@@ -103,6 +108,16 @@ class XfrmLike(Protocol):
     def state_counters(self, dst: str, spi: int) -> XfrmStateCounters: ...
     def add_policy(self, policy: XfrmPolicy) -> None: ...
     def delete_policy(self, selector: XfrmSelector, direction: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class RoutesLike(Protocol):
+    """The rtnetlink operations for tunnel routes (:class:`ikev1d.io.xfrm.RouteSocket`)."""
+
+    def local_addresses(self) -> list[str]: ...
+    def route_to(self, address: str) -> tuple[int, str | None]: ...
+    def add_route(self, route: Route) -> None: ...
+    def delete_route(self, route: Route) -> None: ...
     def close(self) -> None: ...
 
 
@@ -219,6 +234,7 @@ class _InstalledPair:
     key: tuple[object, ...]
     inbound: XfrmState
     outbound: XfrmState
+    routes: tuple[Route, ...] = ()
 
 
 def _state_text(state: XfrmState) -> str:
@@ -249,10 +265,14 @@ class KernelBackend:
         self,
         xfrm: XfrmLike,
         *,
+        routes: RoutesLike | None = None,
         prepare_sockets: PrepareSockets | None = None,
         first_reqid: int = 1,
     ) -> None:
+        """``routes``: install tunnel routes (see :meth:`_add_routes`); None: no routes."""
         self.xfrm = xfrm
+        self.routes = routes
+        self._route_refs: dict[Route, int] = {}
         self._prepare_sockets = prepare_sockets
         self._next_reqid = first_reqid
         self._policy_sets: dict[tuple[object, ...], _PolicySet] = {}
@@ -317,7 +337,8 @@ class KernelBackend:
             self._policy_sets[key] = policy_set
             self._next_reqid += 1
         policy_set.users.add(pair_id)
-        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound)
+        routes = self._add_routes(sa)
+        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, routes)
         log.info(
             "kernel data plane: installed SAs %08x_i %08x_o reqid %d (%s, %s%s), %s",
             sa.spi_in, sa.spi_out, reqid, sa.proposal, sa.mode,
@@ -362,6 +383,8 @@ class KernelBackend:
                     log.error("kernel data plane: %s", exc)
         finally:
             self.xfrm.close()
+            if self.routes is not None:
+                self.routes.close()
 
     def probe(self) -> None:
         """Add and delete a throw-away ESP SA, so a kernel without ESP fails at start.
@@ -406,12 +429,67 @@ class KernelBackend:
         except OSError as exc:
             raise DataplaneError(f"kernel data plane: {what}: {_reason(exc)}") from None
 
+    def _add_routes(self, sa: ChildSaEstablished) -> tuple[Route, ...]:
+        """Routes to the remote networks with a source address inside the local ones.
+
+        As strongSwan does (its table 220): without them a program on this host
+        would send to the remote networks from its outer address, which no policy
+        covers. Only when this host has an address in the SA's local networks, only
+        in tunnel mode, and never over an existing route (that one is left alone).
+        A route that cannot be added is logged, not fatal: the SAs still serve
+        forwarded traffic.
+        """
+        if self.routes is None or sa.mode != "tunnel":
+            return ()
+        try:
+            addresses = [ipaddress.ip_address(a) for a in self.routes.local_addresses()]
+            oif, gateway = self.routes.route_to(sa.remote[0])
+        except OSError as exc:
+            log.warning("kernel data plane: no routes for %s: %s", sa.child, _reason(exc),
+                        extra={"conn": sa.conn})
+            return ()
+        added: list[Route] = []
+        for remote_ts in sa.remote_ts:
+            source = next((a for a in addresses for net in sa.local_ts
+                           if a.version == remote_ts.version and a in net), None)
+            if source is None:
+                continue
+            route = Route(remote_ts, oif, gateway or sa.remote[0], str(source))
+            if route not in self._route_refs:
+                try:
+                    self.routes.add_route(route)
+                except OSError as exc:
+                    level = logging.INFO if exc.errno == errno.EEXIST else logging.WARNING
+                    log.log(level, "kernel data plane: route to %s not added: %s",
+                            remote_ts, _reason(exc), extra={"conn": sa.conn})
+                    continue
+                self._route_refs[route] = 0
+            self._route_refs[route] += 1
+            added.append(route)
+        return tuple(added)
+
+    def _remove_routes(self, routes: tuple[Route, ...]) -> list[str]:
+        errors: list[str] = []
+        for route in routes:
+            self._route_refs[route] -= 1
+            if self._route_refs[route] > 0:
+                continue
+            del self._route_refs[route]
+            if self.routes is None:
+                continue
+            try:
+                self.routes.delete_route(route)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    errors.append(f"deleting route to {route.dst}: {_reason(exc)}")
+        return errors
+
     def _remove_pair(self, pair_id: tuple[int, int]) -> None:
         """Delete an SA pair's states, and its policies when no other pair uses them."""
         pair = self._pairs.pop(pair_id, None)
         if pair is None:
             return
-        errors: list[str] = []
+        errors = self._remove_routes(pair.routes)
         for state in (pair.outbound, pair.inbound):
             try:
                 self.xfrm.delete_state(state.dst, state.spi)
@@ -436,7 +514,7 @@ class KernelBackend:
 
 def create_backend(config: object = None) -> KernelBackend:
     """Open the XFRM netlink socket; DataplaneError if the kernel has no XFRM."""
-    from ikev1d.io.xfrm import XfrmSocket, prepare_ike_sockets
+    from ikev1d.io.xfrm import RouteSocket, XfrmSocket, prepare_ike_sockets
 
     try:
         xfrm = XfrmSocket()
@@ -444,11 +522,19 @@ def create_backend(config: object = None) -> KernelBackend:
         raise DataplaneError(
             f"kernel data plane cannot start: no XFRM netlink: {exc.strerror or exc}"
         ) from None
-    backend = KernelBackend(xfrm, prepare_sockets=prepare_ike_sockets)
+    try:
+        routes = RouteSocket()
+    except OSError as exc:
+        xfrm.close()
+        raise DataplaneError(
+            f"kernel data plane cannot start: no route netlink: {exc.strerror or exc}"
+        ) from None
+    backend = KernelBackend(xfrm, routes=routes, prepare_sockets=prepare_ike_sockets)
     try:
         backend.probe()
     except DataplaneError:
         xfrm.close()
+        routes.close()
         raise
     log.info("kernel data plane: XFRM over netlink")
     return backend

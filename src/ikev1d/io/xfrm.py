@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -34,6 +35,8 @@ from ikev1d.engine.api import Network
 
 __all__ = [
     "XFRM_INF",
+    "Route",
+    "RouteSocket",
     "XfrmAlgorithm",
     "XfrmError",
     "XfrmPolicy",
@@ -47,6 +50,7 @@ __all__ = [
     "encode_get_state",
     "encode_new_policy",
     "encode_new_state",
+    "encode_route",
     "prepare_ike_sockets",
 ]
 
@@ -54,17 +58,39 @@ log = logging.getLogger("ikev1d.io.xfrm")
 
 # --- constants from <linux/netlink.h> and <linux/xfrm.h> ------------------------------
 
+NETLINK_ROUTE: Final = 0
 NETLINK_XFRM: Final = 6
 SOL_NETLINK: Final = 270
 NETLINK_CAP_ACK: Final = 10
 NETLINK_EXT_ACK: Final = 11
 NLM_F_REQUEST: Final = 0x1
 NLM_F_ACK: Final = 0x4
+NLM_F_DUMP: Final = 0x300
+NLM_F_EXCL: Final = 0x200
+NLM_F_CREATE: Final = 0x400
 NLM_F_CAPPED: Final = 0x100
 NLM_F_ACK_TLVS: Final = 0x200
 NLMSG_ERROR: Final = 2
 NLMSG_DONE: Final = 3
 NLMSGERR_ATTR_MSG: Final = 1
+
+# <linux/rtnetlink.h>
+RTM_NEWADDR: Final = 20
+RTM_GETADDR: Final = 22
+RTM_NEWROUTE: Final = 24
+RTM_DELROUTE: Final = 25
+RTM_GETROUTE: Final = 26
+RTA_DST: Final = 1
+RTA_OIF: Final = 4
+RTA_GATEWAY: Final = 5
+RTA_PREFSRC: Final = 7
+IFA_ADDRESS: Final = 1
+IFA_LOCAL: Final = 2
+RT_TABLE_MAIN: Final = 254
+RTPROT_STATIC: Final = 4
+RT_SCOPE_UNIVERSE: Final = 0
+RT_SCOPE_NOWHERE: Final = 255
+RTN_UNICAST: Final = 1
 
 XFRM_MSG_NEWSA: Final = 0x10
 XFRM_MSG_DELSA: Final = 0x11
@@ -115,6 +141,8 @@ _USER_TMPL = struct.Struct("=24sH2x16sIBBBxIII")  # xfrm_user_tmpl, 64
 _ALGO_NAME = struct.Struct("=64sI")  # xfrm_algo header
 _ENCAP_TMPL = struct.Struct("=HHH2x16s")  # xfrm_encap_tmpl, 24
 _REPLAY_ESN = struct.Struct("=6I")  # xfrm_replay_state_esn header
+_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg, 12
+_IFADDRMSG = struct.Struct("=BBBBI")  # ifaddrmsg, 8
 
 USERSA_INFO_SIZE: Final = (
     _SELECTOR.size + _XFRM_ID.size + 16 + _LIFETIME_CFG.size + _LIFETIME_CUR.size
@@ -361,11 +389,11 @@ def _error_text(code: int, ext_msg: str) -> str:
     return f"{text}: {ext_msg}" if ext_msg else text
 
 
-class XfrmSocket:
-    """A NETLINK_XFRM socket in the caller's network namespace; one request at a time."""
+class _NetlinkSocket:
+    """A netlink socket of one protocol in the caller's network namespace; one request at a time."""
 
-    def __init__(self, timeout: float = 5.0) -> None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
+    def __init__(self, protocol: int, timeout: float = 5.0) -> None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         try:
             sock.settimeout(timeout)
             for option in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
@@ -383,13 +411,14 @@ class XfrmSocket:
     def close(self) -> None:
         self._sock.close()
 
-    def _request(self, msg_type: int, payload: bytes, ack: bool = True) -> bytes | None:
-        """Send one request; the first reply's payload (None for a plain ACK)."""
+    def _send(self, msg_type: int, payload: bytes, flags: int) -> int:
         self._seq = (self._seq + 1) & 0xFFFF_FFFF
-        seq = self._seq
-        flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
-        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), msg_type, flags, seq, 0)
+        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), msg_type, flags, self._seq, 0)
         self._sock.sendto(header + payload, (0, 0))
+        return self._seq
+
+    def _answers(self, seq: int) -> Iterator[tuple[int, int, bytes]]:
+        """(type, flags, payload) of the messages answering request ``seq``."""
         while True:
             data = self._sock.recv(65536)
             offset = 0
@@ -399,14 +428,35 @@ class XfrmSocket:
                     raise XfrmError("malformed netlink answer")
                 body = data[offset + _NLMSGHDR.size : offset + length]
                 offset += (length + 3) & ~3
-                if rseq != seq:
-                    continue  # an answer to an earlier, timed-out request
-                if kind == NLMSG_ERROR:
-                    self._raise_for_error(body, rflags)
-                    return None
-                if kind == NLMSG_DONE:
-                    return None
-                return body
+                if rseq == seq:  # else an answer to an earlier, timed-out request
+                    yield kind, rflags, body
+
+    def _request(self, msg_type: int, payload: bytes, ack: bool = True,
+                 extra_flags: int = 0) -> bytes | None:
+        """Send one request; the first reply's payload (None for a plain ACK)."""
+        seq = self._send(msg_type, payload, NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
+                         | extra_flags)
+        for kind, rflags, body in self._answers(seq):
+            if kind == NLMSG_ERROR:
+                self._raise_for_error(body, rflags)
+                return None
+            if kind == NLMSG_DONE:
+                return None
+            return body
+        return None  # not reached: _answers() only ends by raising
+
+    def _dump(self, msg_type: int, payload: bytes) -> list[tuple[int, bytes]]:
+        """A dump request: every (type, payload) until NLMSG_DONE."""
+        seq = self._send(msg_type, payload, NLM_F_REQUEST | NLM_F_DUMP)
+        result: list[tuple[int, bytes]] = []
+        for kind, rflags, body in self._answers(seq):
+            if kind == NLMSG_ERROR:
+                self._raise_for_error(body, rflags)
+                break
+            if kind == NLMSG_DONE:
+                break
+            result.append((kind, body))
+        return result
 
     @staticmethod
     def _raise_for_error(body: bytes, flags: int) -> None:
@@ -432,6 +482,13 @@ class XfrmSocket:
                 start += (alen + 3) & ~3
         raise XfrmError(-code, _error_text(-code, ext_msg))
 
+
+class XfrmSocket(_NetlinkSocket):
+    """A NETLINK_XFRM socket: SAs and policies."""
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        super().__init__(NETLINK_XFRM, timeout)
+
     def add_state(self, state: XfrmState) -> None:
         self._request(XFRM_MSG_NEWSA, encode_new_state(state))
 
@@ -449,6 +506,85 @@ class XfrmSocket:
 
     def delete_policy(self, selector: XfrmSelector, direction: str) -> None:
         self._request(XFRM_MSG_DELPOLICY, encode_del_policy(selector, direction))
+
+
+# --- routes for the tunnels (rtnetlink) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """``DST via GATEWAY dev OIF src PREFSRC`` in the main table."""
+
+    dst: Network
+    oif: int
+    gateway: str
+    prefsrc: str
+
+
+def _parse_attributes(data: bytes, offset: int) -> dict[int, bytes]:
+    attrs: dict[int, bytes] = {}
+    while offset + _NLATTR.size <= len(data):
+        length, kind = _NLATTR.unpack_from(data, offset)
+        if length < _NLATTR.size:
+            break
+        attrs[kind & 0x3FFF] = data[offset + _NLATTR.size : offset + length]
+        offset += (length + 3) & ~3
+    return attrs
+
+
+def encode_route(route: Route, delete: bool = False) -> bytes:
+    """RTM_NEWROUTE / RTM_DELROUTE payload: ``rtmsg`` and its attributes."""
+    family = socket.AF_INET6 if route.dst.version == 6 else socket.AF_INET
+    scope = RT_SCOPE_NOWHERE if delete else RT_SCOPE_UNIVERSE
+    return b"".join((
+        _RTMSG.pack(family, route.dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, scope,
+                    RTN_UNICAST, 0),
+        _attribute(RTA_DST, route.dst.network_address.packed),
+        _attribute(RTA_GATEWAY, ipaddress.ip_address(route.gateway).packed),
+        _attribute(RTA_OIF, struct.pack("=I", route.oif)),
+        b"" if delete else _attribute(RTA_PREFSRC, ipaddress.ip_address(route.prefsrc).packed),
+    ))  # fmt: skip
+
+
+class RouteSocket(_NetlinkSocket):
+    """A NETLINK_ROUTE socket: the host's addresses, the path to a peer, tunnel routes."""
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        super().__init__(NETLINK_ROUTE, timeout)
+
+    def local_addresses(self) -> list[str]:
+        """Every address configured on an interface of this namespace."""
+        result: list[str] = []
+        for kind, body in self._dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+            if kind != RTM_NEWADDR or len(body) < _IFADDRMSG.size:
+                continue
+            attrs = _parse_attributes(body, _IFADDRMSG.size)
+            raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+            if raw is not None and len(raw) in (4, 16):
+                result.append(str(ipaddress.ip_address(raw)))
+        return result
+
+    def route_to(self, address: str) -> tuple[int, str | None]:
+        """(outgoing interface index, gateway or None when on-link) towards ``address``."""
+        ip = ipaddress.ip_address(address)
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        payload = _RTMSG.pack(family, ip.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + _attribute(
+            RTA_DST, ip.packed)
+        body = self._request(RTM_GETROUTE, payload, ack=False)
+        if body is None or len(body) < _RTMSG.size:
+            raise XfrmError(errno.ENETUNREACH, f"no route to {address}")
+        attrs = _parse_attributes(body, _RTMSG.size)
+        if RTA_OIF not in attrs:
+            raise XfrmError(errno.ENETUNREACH, f"no interface towards {address}")
+        (oif,) = struct.unpack("=I", attrs[RTA_OIF][:4])
+        gateway = attrs.get(RTA_GATEWAY)
+        return oif, str(ipaddress.ip_address(gateway)) if gateway else None
+
+    def add_route(self, route: Route) -> None:
+        self._request(RTM_NEWROUTE, encode_route(route), extra_flags=NLM_F_CREATE | NLM_F_EXCL)
+
+    def delete_route(self, route: Route) -> None:
+        self._request(RTM_DELROUTE, encode_route(route, delete=True))
 
 
 # --- the daemon's IKE sockets --------------------------------------------------------------
