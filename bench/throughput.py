@@ -42,7 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from throughput_profile import profile_summary, start_profiler, stop_profiler
+from throughput_profile import (
+    perf_summary,
+    profile_summary,
+    start_perf,
+    start_profiler,
+    stop_profiler,
+)
 
 from ikev1d.testbed import netns
 from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
@@ -193,6 +199,7 @@ class Settings:
     profile_dir: Path | None
     profile_native: bool
     nice: int = 0  # niceness of the daemons and iperf3 (0: left alone)
+    perf: bool = False  # profile with perf instead of py-spy
 
 
 def _start_charon(ns: Namespace, work_dir: Path, load: str, log_level: int) -> Charon:
@@ -481,19 +488,30 @@ def run_setup(
 
 
 def profile_run(topo: Topology, t: Tunnel, port: int, s: Settings, tag: str) -> None:
-    """One extra TCP run (not measured) with py-spy recording both ikev1d processes."""
+    """One extra TCP run (not measured) with py-spy (or perf) recording both ikev1d processes."""
     if s.profile_dir is None or t.pid_a is None or t.pid_b is None:
+        return
+    sides = (("A", t.pid_a), ("B", t.pid_b))
+    if s.perf:
+        perfs = [start_perf(pid, s.profile_dir / f"{tag}-{side}.perf", s.seconds - 1)
+                 for side, pid in sides]
+        try:
+            iperf3_client(topo.a, t, port, "tcp", s.seconds, s.nice)
+        finally:
+            for p in perfs:
+                if p is not None:
+                    p.wait(60)
         return
     profilers = [
         start_profiler(pid, s.profile_dir / f"{tag}-{side}.collapsed", s.profile_native)
-        for side, pid in (("A", t.pid_a), ("B", t.pid_b))
+        for side, pid in sides
     ]
     try:
         iperf3_client(topo.a, t, port, "tcp", s.seconds, s.nice)
     finally:
-        for p in profilers:
-            if p is not None:
-                stop_profiler(p)
+        for prof in profilers:
+            if prof is not None:
+                stop_profiler(prof)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -512,6 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "ikev1d setup; collapsed stacks into DIR, summary printed")
     parser.add_argument("--native", action="store_true",
                         help="with --profile: py-spy --native (C frames: OpenSSL, syscalls)")
+    parser.add_argument("--perf", action="store_true",
+                        help="with --profile: perf record -g instead of py-spy (kernel and C "
+                             "frames: system calls, interpreter, OpenSSL)")
     parser.add_argument("--nice", type=int, default=0, metavar="N",
                         help="run the daemons (all threads) and iperf3 at niceness N, e.g. -10, "
                              "to measure them ahead of other load on a shared machine")
@@ -538,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     netns.cleanup_stale()
     work_dir = Path(tempfile.mkdtemp(prefix="ikev1d-tput-"))
     s = Settings(args.seconds, args.repeat, work_dir, args.ikev1d_log_level,
-                 args.charon_log_level, args.profile, args.native, args.nice)
+                 args.charon_log_level, args.profile, args.native, args.nice,
+                 args.perf)
     print(f"{args.repeat} x {args.seconds} s per configuration"
           + (f", daemons and iperf3 at nice {args.nice}" if args.nice else "")
           + f"; load average {Path('/proc/loadavg').read_text().split()[0]}; work dir {work_dir}",
@@ -585,6 +607,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in sorted(args.profile.glob("*.collapsed")):
             print(f"\nprofile {path.name}:")
             print("\n".join(profile_summary(path)))
+        for path in sorted(args.profile.glob("*.perf")):
+            print(f"\nperf profile {path.name}:")
+            print("\n".join(perf_summary(path)))
     return 1 if any(r.error for r in results) else 0
 
 

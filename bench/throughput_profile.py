@@ -74,3 +74,52 @@ def profile_summary(path: Path, top: int = 15) -> list[str]:
     lines.append("inclusive time:")
     lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in incl_t.most_common(top)]
     return lines
+
+
+# --- perf (kernel and C frames: where the system calls and OpenSSL time go) ----------------
+
+# Inclusive-time entry points worth showing: the data plane's system calls and the crypto.
+# (Not the interpreter's: libpython has no frame pointers, so its call chains are cut short;
+# its self time by binary is the figure to read.)
+_PERF_SYMBOLS = (
+    "__libc_sendmsg", "read", "__GI___libc_write", "__libc_recvfrom", "epoll_wait",
+    "__GI___getrandom", "tun_get_user", "tcp_v4_rcv", "net_rx_action", "schedule",
+    "_aesni_ctr32_ghash_6x", "aesni_cbc_encrypt",
+    "sha256_block_data_order_shaext",
+)  # fmt: skip
+
+
+def start_perf(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """``perf record -g`` of `pid` for `seconds` into `out`; None if perf is missing."""
+    perf = shutil.which("perf")
+    if perf is None:
+        print("perf not found; no kernel profile (apt-get install linux-perf)", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [perf, "record", "-F", "499", "-g", "-p", str(pid), "-o", str(out),
+         "--", "sleep", str(seconds)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _perf_report(path: Path, *args: str) -> list[str]:
+    proc = subprocess.run(
+        ["perf", "report", "-i", str(path), "--stdio", "-g", "none", *args],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    return [ln for ln in proc.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def perf_summary(path: Path) -> list[str]:
+    """Self time by binary (kernel, interpreter, OpenSSL...) and inclusive time of entry points."""
+    if not path.exists():
+        return [f"(no perf data at {path})"]
+    lines = ["self time by binary:"]
+    lines += [f"  {ln.strip()}" for ln in _perf_report(path, "--no-children", "--sort", "dso")[:6]]
+    lines.append("inclusive time (children) of system calls and crypto:")
+    for ln in _perf_report(path, "--children", "--sort", "sym"):
+        fields = ln.split()
+        if fields and fields[-1] in _PERF_SYMBOLS:
+            lines.append(f"  {fields[0]:>8}  {fields[-1]}")
+    return lines
