@@ -388,3 +388,47 @@ def test_dpd_detects_a_dead_strongswan(make_pair: Any) -> None:
     pair.topo.b.run(["ip", "link", "set", pair.topo.if_b, "down"])
     assert pair.ours.wait_log("DPD: peer 192.0.2.2 not responding", timeout=10)
     assert pair.ours.status()["ike_sas"] == []
+
+
+def test_five_children_come_up_one_quick_mode_after_another(
+    two_hosts: Topology, charon_factory: CharonFactory, tmp_path: Path
+) -> None:
+    """Five tunnels of one connection: strongSwan keeps the IVs of only a few
+    Quick Modes, so ikev1d runs them one at a time; all five must agree."""
+    topo = two_hosts
+    pairs = [(f"10.1.{i}.0/24", f"10.2.{i}.0/24") for i in range(5)]
+    # kernel-libipsec needs an address of its own inside each local network.
+    for i in range(1, 5):
+        topo.a.add_lo_address(f"10.1.{i}.1/24")
+        topo.b.add_lo_address(f"10.2.{i}.1/24")
+    text = ikev1d_conf("gw", topo.addr_a, topo.addr_b, topo.addr_a, topo.addr_b, PSK,
+                       ["aes128-sha256-modp2048"], ["aes128gcm16"], pairs[0][0], pairs[0][1],
+                       child="c0")
+    for i, (lts, rts) in enumerate(pairs[1:], 1):
+        text += (f'\n[connections.gw.children.c{i}]\nlocal_ts = ["{lts}"]\n'
+                 f'remote_ts = ["{rts}"]\nesp_proposals = ["aes128gcm16"]\n')
+    ours = Ikev1dDaemon(topo.a, tmp_path / "ikev1d", text)
+    ours.start()
+    try:
+        theirs = charon_factory(topo.b, "b")
+        conf = swanctl_conf("gw", topo.addr_b, topo.addr_a, topo.addr_b, topo.addr_a, PSK,
+                            ["aes128-sha256-modp2048"], ["aes128gcm16"], pairs[0][1],
+                            pairs[0][0], child="c0")
+        extra = "".join(
+            f"      c{i} {{\n        local_ts = {rts}\n        remote_ts = {lts}\n"
+            f"        esp_proposals = aes128gcm16\n      }}\n"
+            for i, (lts, rts) in enumerate(pairs[1:], 1))
+        conf = conf.replace("    children {\n", "    children {\n" + extra, 1)
+        theirs.load_config(conf)
+        result = ours.up("gw", timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        (ike,) = ours.status()["ike_sas"]
+        assert len(ike["children"]) == 5
+        sas = theirs.wait_for(lambda s: len(s) == 1 and len(s[0]["children"]) == 5)
+        theirs_by_spi = {c["spi-out"]: c for c in sas[0]["children"]}
+        for child in ike["children"]:
+            assert theirs_by_spi[child["spi_in"]]["spi-in"] == child["spi_out"]
+            assert theirs_by_spi[child["spi_in"]]["state"] == "INSTALLED"
+        assert "decryption failed" not in theirs.log_text()
+    finally:
+        assert ours.stop() == 0

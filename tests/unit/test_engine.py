@@ -632,3 +632,39 @@ def test_dpd_keeps_a_live_peer_and_restarts_after_a_dead_one(
     new_mm = [d for s, d in net.wire[mark:] if s == A_ADDR
               and split_message(d.data)[0].exchange_type == ExchangeType.IDENTITY_PROTECTION]
     assert new_mm
+
+
+def test_quick_modes_of_one_isakmp_sa_run_one_at_a_time() -> None:
+    nets_a = '"10.1.0.0/24", "10.1.1.0/24"'
+    nets_b = '"10.2.0.0/24", "10.2.1.0/24"'
+    a_text = config_text(A_ADDR, B_ADDR, "x", "y").replace(
+        'local_ts = ["x"]', f"local_ts = [{nets_a}]").replace(
+        'remote_ts = ["y"]', f"remote_ts = [{nets_b}]")
+    b_text = config_text(B_ADDR, A_ADDR, "x", "y").replace(
+        'local_ts = ["x"]', f"local_ts = [{nets_b}]").replace(
+        'remote_ts = ["y"]', f"remote_ts = [{nets_a}]")
+    net = make_net(a_text, b_text)
+    establish(net)
+    assert len(net.a.of(ChildSaEstablished)) == 4 and len(net.b.of(ChildSaEstablished)) == 4
+    # On the wire: QM1 QM2 QM3, QM1 QM2 QM3, ... never two exchanges interleaved.
+    qm_ids = [split_message(d.data)[0].message_id for _, d in net.wire
+              if split_message(d.data)[0].exchange_type == ExchangeType.QUICK_MODE]
+    assert len(qm_ids) == 12
+    assert all(len(set(qm_ids[i:i + 3])) == 1 for i in range(0, 12, 3))
+    assert len(set(qm_ids)) == 4
+
+
+def test_delete_naming_our_inbound_spi_is_honoured() -> None:
+    """charon deletes an IPsec SA it failed to install by the SPI we receive on."""
+    from ikev1d.wire import DeletePayload, ProtocolId
+
+    net = default_net()
+    establish(net)
+    (ca,) = net.a.of(ChildSaEstablished)
+    assert isinstance(ca, ChildSaEstablished)
+    b_sa = next(iter(net.b.engine._sas.values()))
+    b_sa.send_informational([DeletePayload(protocol_id=ProtocolId.ESP,
+                                           spis=(ca.spi_in.to_bytes(4, "big"),))])
+    net.pump()
+    (deleted,) = net.a.of(ChildSaDeleted)
+    assert isinstance(deleted, ChildSaDeleted) and deleted.spi_in == ca.spi_in

@@ -541,15 +541,10 @@ class Engine:
         sa = self._owner_of(child)
         if sa is None or not sa.usable or child.state != "INSTALLED":
             return
-        qm = QuickMode(sa, sa.new_message_id(), initiator=True)
-        qm.replaces = child
-        sa.exchanges[qm.message_id] = qm
         child.state = "REKEYING"
         log.info("renewing IPsec SA %s_i", child.spi_in.hex(), extra=sa.log_extra)
-        try:
-            qm.start(child.config, child.local_ts[0], child.remote_ts[0], now)
-        except ProtocolFailure as exc:
-            qm.fail(str(exc), now)
+        sa.quick_mode_queue.append((child.config, child.local_ts[0], child.remote_ts[0], child))
+        self._next_quick_mode(sa, now)
 
     def _owner_of(self, child: ChildSa) -> IkeSa | None:
         for sa in self._all_sas():
@@ -567,12 +562,28 @@ class Engine:
         local_nets, remote_nets = child.traffic_selectors(sa.local[0], sa.remote[0])
         for local_ts in local_nets:
             for remote_ts in remote_nets:
-                qm = QuickMode(sa, sa.new_message_id(), initiator=True)
-                sa.exchanges[qm.message_id] = qm
-                try:
-                    qm.start(child, local_ts, remote_ts, now)
-                except ProtocolFailure as exc:
-                    qm.fail(str(exc), now)
+                sa.quick_mode_queue.append((child, local_ts, remote_ts, None))
+        self._next_quick_mode(sa, now)
+
+    def _next_quick_mode(self, sa: IkeSa, now: float) -> None:
+        """Start the next queued Quick Mode unless one of ours is still running.
+
+        One at a time per ISAKMP SA, as strongSwan initiates them: it keeps the
+        IVs of only a few exchanges, so a burst of parallel Quick Modes (one per
+        child) loses some of them on its side."""
+        while sa.quick_mode_queue and sa.usable and not any(
+            isinstance(x, QuickMode) and x.initiator for x in sa.exchanges.values()
+        ):
+            child, local_ts, remote_ts, replaces = sa.quick_mode_queue.pop(0)
+            if replaces is not None and self._owner_of(replaces) is None:
+                continue  # the SA to renew is gone meanwhile
+            qm = QuickMode(sa, sa.new_message_id(), initiator=True)
+            qm.replaces = replaces
+            sa.exchanges[qm.message_id] = qm
+            try:
+                qm.start(child, local_ts, remote_ts, now)
+            except ProtocolFailure as exc:
+                qm.fail(str(exc), now)
 
     def _quick_mode(self, sa: IkeSa, header: Header, body: bytes, raw: bytes, now: float) -> None:
         if not sa.usable:
@@ -627,6 +638,20 @@ class Engine:
         sa = qm.sa
         sa.exchanges.pop(qm.message_id, None)
         sa.completed_message_ids.add(qm.message_id)
+        try:
+            self._on_quick_mode_done(qm, result, reason, now)
+        finally:
+            if qm.initiator:
+                self._next_quick_mode(sa, now)
+
+    def _on_quick_mode_done(
+        self,
+        qm: QuickMode,
+        result: tuple[ChildSa, ChildSaEstablished] | None,
+        reason: str,
+        now: float,
+    ) -> None:
+        sa = qm.sa
         child_name = qm.child.name if qm.child is not None else None
         if result is None:
             log.warning("Quick Mode failed: %s", reason, extra=sa.log_extra)
@@ -802,17 +827,17 @@ class Engine:
             return
         if delete.protocol_id != ProtocolId.ESP:
             return
+        # The peer names an IPsec SA by the SPI it receives on (our spi_out); charon
+        # names one it failed to install by ours. Look in every ISAKMP SA with this
+        # peer: the Delete may come through a newer one.
+        peers = [sa, *(o for o in self._all_sas() if o is not sa and o.remote[0] == sa.remote[0])]
         for spi in delete.spis:
-            for child in list(sa.children):
-                if child.spi_out == spi:
-                    self._delete_child(sa, child, "deleted by peer", send=False)
-        # strongSwan deletes an IPsec SA through any ISAKMP SA with the same peer.
-        for other in self._all_sas():
-            if other is not sa and other.remote[0] == sa.remote[0]:
-                for spi in delete.spis:
-                    for child in list(other.children):
-                        if child.spi_out == spi:
-                            self._delete_child(other, child, "deleted by peer", send=False)
+            found = [(o, c) for o in peers for c in o.children if c.spi_out == spi] or [
+                (o, c) for o in peers for c in o.children if c.spi_in == spi]
+            for owner, child in found:
+                self._delete_child(owner, child, "deleted by peer", send=False)
+            if not found:
+                log.info("peer deleted an unknown IPsec SA %s", spi.hex(), extra=sa.log_extra)
 
     # -- deletion ---------------------------------------------------------------------------
 

@@ -210,6 +210,10 @@ class IkeSa:
         self.replaces: IkeSa | None = None
         self.rekey_at: float | None = None
         self.dpd_seq = 0
+        self.quick_mode_queue: list[
+            tuple[ChildConfig, Network, Network, ChildSa | None]
+        ] = []
+        """Quick Modes we will initiate, one at a time (see Engine._next_quick_mode)."""
         self.dpd_unanswered_since: float | None = None
         """The ISAKMP SA this one renews (seed 43.6.4); its IPsec SAs move here."""
 
