@@ -662,10 +662,11 @@ class Engine:
                 self.emit(ConnectionFailed(sa.name, child_name, reason))
             return
         child, event = result
-        # The same tunnel negotiated again: a renewal, by us or by the peer.
-        older = [c for other in self._all_sas() for c in other.children
+        # The same tunnel negotiated again over this ISAKMP SA: a renewal, by us or
+        # by the peer (a renewed ISAKMP SA has taken its predecessor's IPsec SAs).
+        older = [c for c in sa.children
                  if c.config.name == child.config.name and c.local_ts == child.local_ts
-                 and c.remote_ts == child.remote_ts and other.name == sa.name]
+                 and c.remote_ts == child.remote_ts]
         sa.children.append(child)
         log.info(
             "IPsec SA established: child %s, SPIs %s_i %s_o, %s, %s %s === %s%s",
