@@ -668,3 +668,37 @@ def test_delete_naming_our_inbound_spi_is_honoured() -> None:
     net.pump()
     (deleted,) = net.a.of(ChildSaDeleted)
     assert isinstance(deleted, ChildSaDeleted) and deleted.spi_in == ca.spi_in
+
+
+def test_dynamic_peers_share_a_connection_without_disturbing_each_other() -> None:
+    """Two road warriors (%any, one shared PSK) on one responder connection; each
+    tunnel is the peer's own address (dynamic selector) to the responder's net."""
+    b_text = config_text(B_ADDR, "%any", "10.2.0.0/24", "x", remote_addrs='["%any"]')
+    b_text = b_text.replace('remote_ts = ["x"]\n', "").replace(
+        'auth = "psk"\nid = "%any"', 'auth = "psk"')
+    b = Engine(parse_config(b_text), random_bytes=random.Random(9).randbytes)
+    peers = {}
+    for n, address in enumerate(("192.0.2.11", "192.0.2.12")):
+        text = config_text(address, B_ADDR, "x", "10.2.0.0/24").replace('local_ts = ["x"]\n', "")
+        peers[address] = Engine(parse_config(text), random_bytes=random.Random(n).randbytes)
+    for engine in peers.values():
+        engine.initiate("gw", None, 0.0)
+    events: list[Event] = []
+    for _ in range(20):
+        moved = False
+        for engine in peers.values():
+            for d in engine.datagrams_to_send():
+                moved = True
+                b.receive_datagram(d.data, d.remote, d.local, 0.0)
+        for d in b.datagrams_to_send():
+            moved = True
+            peers[d.remote[0]].receive_datagram(d.data, d.remote, d.local, 0.0)
+        events += b.events()
+        if not moved:
+            break
+    children = [e for e in events if isinstance(e, ChildSaEstablished)]
+    assert sorted(str(c.remote_ts[0]) for c in children) == ["192.0.2.11/32", "192.0.2.12/32"]
+    status = b.status(0.0)["ike_sas"]
+    assert len(status) == 2
+    # Neither peer's tunnel counts as a renewal of the other's: both keep their timers.
+    assert all(ike["children"][0]["rekey_in_s"] is not None for ike in status)
