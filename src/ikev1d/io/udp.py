@@ -48,6 +48,7 @@ Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 
 _SO_SNDBUFFORCE = 32  # Linux <asm-generic/socket.h>; not exported by the socket module
 _SO_RCVBUFFORCE = 33
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum flag arithmetic per packet is slow
 _SOCKET_BUFFER = 4 * 1024 * 1024
 
 class UdpError(Exception):
@@ -114,7 +115,7 @@ class UdpSocket:
             data, ancdata, flags, addr = self.sock.recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
         except (BlockingIOError, InterruptedError):
             return None
-        if flags & socket.MSG_TRUNC:
+        if flags & _MSG_TRUNC:
             log.debug("dropping truncated datagram from %s", addr[0])
             return b"", (self.address, self.port), (str(addr[0]), int(addr[1]))
         local = (self._local_address(ancdata), self.port)
