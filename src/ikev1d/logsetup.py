@@ -83,6 +83,12 @@ def setup_logging(level: str | int = "info", log_file: str | None = None) -> Non
     Raises LogSetupError for an unknown level or a log file that cannot be opened.
     """
     numeric = parse_level(level) if isinstance(level, str) else level
+    # Records need no caller, thread or process details (the line shows none), and
+    # gathering them costs more than formatting the line: every handshake logs some.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # the documented way to skip the caller lookup
     formatter = EventFormatter()
     new_handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file:
