@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import vici
+from benchlib import find_pid, profile_summary, start_profiler, stop_profiler
 
 from ikev1d.testbed import netns
 from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
@@ -130,23 +131,6 @@ def _own_cpu() -> float:
     """CPU seconds of this process (the vici driver threads), for context."""
     t = os.times()
     return t.user + t.system
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def find_pid(ns: Namespace, comm_prefix: str, hint: int | None = None) -> int:
-    """The pid of the process named `comm_prefix`* in `ns` (prefer `hint` if it matches)."""
-    if hint is not None and _comm(hint).startswith(comm_prefix):
-        return hint
-    for pid in ns.pids():
-        if _comm(pid).startswith(comm_prefix):
-            return pid
-    raise RuntimeError(f"no process {comm_prefix!r} in {ns.name}")
 
 
 # --- swanctl.conf for the initiator (N connections) and the strongSwan responder ----------
@@ -527,74 +511,6 @@ def run_one(
 
 
 # --- profiling (py-spy, optional) ----------------------------------------------------------
-
-
-def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
-        print("py-spy not found; no profile (pip install py-spy into .venv)", file=sys.stderr)
-        return None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            py_spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--format",
-            "raw",
-            "--rate",
-            "200",
-            "--nonblocking",
-            "--gil",  # Python CPU only: sendto/epoll waits (GIL released) are not CPU here
-            "--output",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)  # py-spy attaches
-    return proc
-
-
-def stop_profiler(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(2)  # SIGINT: py-spy writes the profile and exits
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def profile_summary(path: Path, top: int = 20) -> list[str]:
-    """Top functions by self and by inclusive time from py-spy's collapsed stacks."""
-    if not path.exists():
-        return [f"(no profile at {path})"]
-    self_t: collections.Counter[str] = collections.Counter()
-    incl_t: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [
-            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
-            if " (" in f
-            else f
-            for f in stack.split(";")
-        ]
-        total += count
-        self_t[frames[-1]] += count
-        for f in set(frames):
-            incl_t[f] += count
-    if total == 0:
-        return ["(empty profile)"]
-    lines = [f"{total} samples; self time:"]
-    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in self_t.most_common(top)]
-    lines.append("inclusive time:")
-    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in incl_t.most_common(top)]
-    return lines
 
 
 # --- output ---------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from throughput_profile import (
+from benchlib import (
+    find_pid,
     perf_summary,
     profile_summary,
     start_perf,
@@ -154,23 +155,6 @@ def box_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, steal = fields[0], fields[1], fields[2], fields[7]
     return (user + nice + system + steal) / _CLK_TCK
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def find_pid(ns: Namespace, comm_prefix: str, hint: int | None = None) -> int:
-    """The pid of the process named `comm_prefix`* in `ns` (prefer `hint` if it matches)."""
-    if hint is not None and _comm(hint).startswith(comm_prefix):
-        return hint
-    for pid in ns.pids():
-        if _comm(pid).startswith(comm_prefix):
-            return pid
-    raise RuntimeError(f"no process {comm_prefix!r} in {ns.name}")
 
 
 # --- tunnels --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""py-spy around a daemon process for bench/throughput.py (py-spy is not a project dependency).
+"""What the benchmarks share: finding a daemon's pid in a namespace, and py-spy/perf
+around it (py-spy is not a project dependency).
 
 ``.venv/bin/pip install py-spy``; sampled without ``--gil``, so time spent in
 system calls (TUN reads/writes, sendmsg) counts as well: it is CPU time of the
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ikev1d.testbed.netns import Namespace
 
 
 def start_profiler(pid: int, out: Path, native: bool = False) -> subprocess.Popen[bytes] | None:
@@ -123,3 +126,20 @@ def perf_summary(path: Path) -> list[str]:
         if fields and fields[-1] in _PERF_SYMBOLS:
             lines.append(f"  {fields[0]:>8}  {fields[-1]}")
     return lines
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def find_pid(ns: Namespace, comm_prefix: str, hint: int | None = None) -> int:
+    """The pid of the process named `comm_prefix`* in `ns` (prefer `hint` if it matches)."""
+    if hint is not None and _comm(hint).startswith(comm_prefix):
+        return hint
+    for pid in ns.pids():
+        if _comm(pid).startswith(comm_prefix):
+            return pid
+    raise RuntimeError(f"no process {comm_prefix!r} in {ns.name}")
