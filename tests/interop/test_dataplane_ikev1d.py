@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -298,8 +298,10 @@ def make_pair(two_hosts: Topology, tmp_path: Path) -> Iterator[Callable[..., Pai
         assert code == 0, d.log_text()[-3000:]
 
 
-def _tshark_fields(pcap: Path, *fields: str) -> list[list[str]]:
+def _tshark_fields(pcap: Path, *fields: str, decode_as: Sequence[str] = ()) -> list[list[str]]:
     cmd = [TSHARK, "-n", "-r", str(pcap), "-T", "fields"]
+    for rule in decode_as:
+        cmd += ["-d", rule]
     for f in fields:
         cmd += ["-e", f]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout

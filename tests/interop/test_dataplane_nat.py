@@ -119,8 +119,11 @@ def test_traffic_through_nat(
     pcap = cap.stop()
     assert_only_ike_and_esp(pcap)
     # On the outside, B's ESP-in-UDP goes to the translated port, not to 4500.
-    to_nat = {tuple(f) for f in _tshark_fields(pcap, "ip.dst", "udp.dstport", "esp.spi")
-              if f[0] == NAT_ADDR and f[2]}
+    # tshark picks a UDP dissector by the lower port: a translated port below 4500
+    # that belongs to another protocol would hide the ESP, so say what it is.
+    fields = _tshark_fields(pcap, "ip.dst", "udp.dstport", "esp.spi",
+                            decode_as=[f"udp.port=={nat_port},udpencap"])
+    to_nat = {tuple(f) for f in fields if f[0] == NAT_ADDR and f[2]}
     assert to_nat and {port for _, port, _ in to_nat} == {nat_port}
 
 
