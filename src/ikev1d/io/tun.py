@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 from ikev1d.engine.api import Network
+from ikev1d.io.sockbuf import enlarge_buffers
 
 __all__ = [
     "DEFAULT_MTU",
@@ -60,9 +61,6 @@ _IPPROTO_ESP: Final = 50
 _IP_PKTINFO: Final = 8
 _IP_MTU_DISCOVER: Final = 10  # linux/in.h; the socket module of Python 3.11 lacks both
 _IP_PMTUDISC_DONT: Final = 0
-_SOCKET_BUFFER: Final = 4 * 1024 * 1024
-_SO_SNDBUFFORCE: Final = 32  # asm-generic/socket.h
-_SO_RCVBUFFORCE: Final = 33
 _TX_QUEUE_LENGTH: Final = 1000
 _MAX_PACKET: Final = 65535
 _NETLINK_TIMEOUT: Final = 10.0
@@ -207,16 +205,7 @@ class RawEspSocket:
                 # not turn into a black hole for the users' traffic (RFC 4459 §3 lists
                 # fragmenting after encapsulation as what tunnels commonly do).
                 sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
-            # Bursts arrive while the loop is busy sealing; a small buffer turns them
-            # into losses (and TCP retransmissions). The *FORCE variants (root) go past
-            # net.core.rmem_max/wmem_max, which would otherwise cap the request.
-            for force, opt in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                               (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+            enlarge_buffers(sock)
         except BaseException:
             sock.close()
             raise

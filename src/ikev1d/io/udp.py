@@ -16,7 +16,6 @@ On the NAT-T port (RFC 3948 section 2):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -25,6 +24,7 @@ import struct
 from collections.abc import Callable, Iterable
 
 from ikev1d.engine.api import Datagram, Endpoint
+from ikev1d.io.sockbuf import enlarge_buffers
 
 log = logging.getLogger("ikev1d.io")
 
@@ -46,10 +46,7 @@ Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 """``callback(data, local, remote)``."""
 
 
-_SO_SNDBUFFORCE = 32  # Linux <asm-generic/socket.h>; not exported by the socket module
-_SO_RCVBUFFORCE = 33
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum flag arithmetic per packet is slow
-_SOCKET_BUFFER = 4 * 1024 * 1024
 
 class UdpError(Exception):
     """A socket could not be opened; the message names address and port."""
@@ -76,16 +73,7 @@ class UdpSocket:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            # The NAT-T socket also carries UDP-encapsulated ESP: bursts arrive while
-            # the loop is busy, and the default buffer turns them into losses. The
-            # *FORCE options (root) go past net.core.rmem_max; fall back quietly.
-            for force, opt in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF),
-                               (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+            enlarge_buffers(sock)  # the NAT-T socket carries ESP-in-UDP too
             sock.bind((self.address, port))
         except OSError:
             sock.close()
