@@ -392,13 +392,11 @@ class IdPayload:
 
 
 @dataclass(frozen=True, slots=True)
-class CertPayload:
-    """RFC 2408 §3.9 certificate payload."""
+class _EncodingAndData:
+    """A one-octet encoding (certificate type) followed by opaque data."""
 
     encoding: int
     data: bytes
-
-    payload_type: ClassVar[PayloadType] = PayloadType.CERT
 
     def encode_body(self) -> bytes:
         _check_uint(self.encoding, 8, "certificate encoding")
@@ -406,27 +404,22 @@ class CertPayload:
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
-        r = Reader(data, "CERT payload")
+        r = Reader(data, f"{cls.__name__}")
         return cls(r.u8("certificate encoding"), r.rest())
 
 
 @dataclass(frozen=True, slots=True)
-class CrPayload:
+class CertPayload(_EncodingAndData):
+    """RFC 2408 §3.9 certificate payload."""
+
+    payload_type: ClassVar[PayloadType] = PayloadType.CERT
+
+
+@dataclass(frozen=True, slots=True)
+class CrPayload(_EncodingAndData):
     """RFC 2408 §3.10 certificate request payload (data: a DER DN of an acceptable CA)."""
 
-    encoding: int
-    data: bytes
-
     payload_type: ClassVar[PayloadType] = PayloadType.CR
-
-    def encode_body(self) -> bytes:
-        _check_uint(self.encoding, 8, "certificate type")
-        return bytes((self.encoding,)) + self.data
-
-    @classmethod
-    def decode_body(cls, data: bytes) -> Self:
-        r = Reader(data, "CR payload")
-        return cls(r.u8("certificate type"), r.rest())
 
 
 # --------------------------------------------------------------------------- N / D
