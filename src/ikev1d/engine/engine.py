@@ -33,7 +33,6 @@ from ikev1d.engine.ike_sa import (
     IkeSa,
     IkeState,
     ProtocolFailure,
-    payloads_after_hash,
 )
 from ikev1d.engine.main_mode import MainMode, MmState
 from ikev1d.engine.quick_mode import QmState, QuickMode, QuickModeRefused
@@ -735,9 +734,10 @@ class Engine:
         message_id = header.message_id
         try:
             plaintext, _ = sa.decrypt(header, body, sa.exchange_iv(message_id))
-            payloads = sa.parse_plaintext(header, plaintext)
+            parsed = sa.parse_plaintext(header, plaintext)
+            payloads = parsed.payloads
             check(INFORMATIONAL, payloads, "Informational exchange")
-            received, rest = payloads_after_hash(header, plaintext)
+            received, rest = parsed.after_hash()
         except ProtocolFailure as exc:
             if self._phase1_unreadable(sa, now):
                 return

@@ -296,8 +296,9 @@ class IkeSa:
             raise ProtocolFailure(f"cannot decrypt: {exc}", NotifyType.PAYLOAD_MALFORMED) from exc
         return plaintext, body[-self.cipher.block_size :]
 
-    def parse_plaintext(self, header: Header, plaintext: bytes) -> tuple[Payload, ...]:
-        return tuple(d.payload for d in decode_spans(header, plaintext, allow_trailing=True))
+    def parse_plaintext(self, header: Header, plaintext: bytes) -> Parsed:
+        """A decrypted chain: bytes after the last payload are padding (RFC 2409 5.3)."""
+        return parse(header, plaintext, allow_trailing=True)
 
     def exchange_iv(self, message_id: int) -> bytes:
         """RFC 2409 Appendix B: an exchange after Phase 1 starts its own CBC chain."""
@@ -369,44 +370,45 @@ def _with_next(header: Header, payloads: Sequence[Payload]) -> Header:
     )
 
 
-def payloads_after_hash(header: Header, plaintext: bytes) -> tuple[bytes, bytes]:
-    """(HASH payload data, the exact bytes of the payloads that follow it).
+@dataclass(frozen=True)
+class Parsed:
+    """A decoded payload chain together with the bytes it came from.
 
-    RFC 2409 section 5.5: the HASH covers the message "following the HASH
-    payload" as sent, without the padding after the last payload.
+    Several IKEv1 hashes cover payloads exactly as received (RFC 2409 section 5:
+    SAi_b, IDii_b; section 5.5: everything after the HASH payload), so a message
+    is decoded once and both views are kept.
     """
-    spans = decode_spans(header, plaintext, allow_trailing=True)
-    if not spans or spans[0].payload_type != 8:
-        raise ProtocolFailure("the first payload must be HASH", NotifyType.INVALID_PAYLOAD_TYPE)
-    return spans[0].body(plaintext), plaintext[spans[0].end : spans[-1].end]
+
+    data: bytes
+    spans: tuple[DecodedPayload, ...]
+
+    @property
+    def payloads(self) -> tuple[Payload, ...]:
+        return tuple(span.payload for span in self.spans)
+
+    def body_of(self, payload_type: int) -> bytes:
+        """The first payload of that type as received, without its generic header."""
+        for span in self.spans:
+            if span.payload_type == payload_type:
+                return span.body(self.data)
+        raise ProtocolFailure(f"missing payload {payload_type}", NotifyType.PAYLOAD_MALFORMED)
+
+    def after_hash(self) -> tuple[bytes, bytes]:
+        """(HASH payload data, the exact bytes of the payloads that follow it),
+        without the padding after the last payload."""
+        spans = self.spans
+        if not spans or spans[0].payload_type != 8:
+            raise ProtocolFailure(
+                "the first payload must be HASH", NotifyType.INVALID_PAYLOAD_TYPE
+            )
+        return spans[0].body(self.data), self.data[spans[0].end : spans[-1].end]
 
 
-_last_decoded: list[tuple[int, bytes, bool, tuple[DecodedPayload, ...]]] = []
-
-
-def decode_spans(
-    header: Header, body: bytes, *, allow_trailing: bool = False
-) -> tuple[DecodedPayload, ...]:
-    """Decode a payload chain; the steps handling one message share one decoding."""
-    if _last_decoded:
-        first, data, trailing, spans = _last_decoded[0]
-        if first == header.next_payload and trailing == allow_trailing and data is body:
-            return spans
+def parse(header: Header, body: bytes, *, allow_trailing: bool = False) -> Parsed:
     try:
         spans = decode_payloads_with_spans(
             header.next_payload, body, allow_trailing=allow_trailing
         )
     except WireError as exc:
         raise ProtocolFailure(str(exc), exc.notify) from exc
-    _last_decoded[:] = [(header.next_payload, body, allow_trailing, spans)]
-    return spans
-
-
-def payload_body(
-    header: Header, body: bytes, payload_type: int, *, allow_trailing: bool = True
-) -> bytes:
-    """The first payload of that type exactly as received (RFC 2409's "_b" values)."""
-    for span in decode_spans(header, body, allow_trailing=allow_trailing):
-        if span.payload_type == payload_type:
-            return span.body(body)
-    raise ProtocolFailure(f"missing payload {payload_type}", NotifyType.PAYLOAD_MALFORMED)
+    return Parsed(body, spans)

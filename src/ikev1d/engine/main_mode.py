@@ -38,8 +38,7 @@ from ikev1d.engine.ike_sa import (
     ProtocolFailure,
     ResponseCache,
     Retransmission,
-    decode_spans,
-    payload_body,
+    parse,
 )
 from ikev1d.engine.sa_proposals import IkeChoice, ike_sa_payload, offered_ike, select_ike
 from ikev1d.wire import (
@@ -266,7 +265,8 @@ class MainMode:
             raise ProtocolFailure("no keys")
         plaintext, next_iv = sa.decrypt(header, body, sa.phase1_iv)
         try:
-            payloads = sa.parse_plaintext(header, plaintext)
+            parsed = sa.parse_plaintext(header, plaintext)
+            payloads = parsed.payloads
             rules.check(rules.MAIN_MODE[number], payloads, f"Main Mode message {number}")
         except ProtocolFailure as exc:
             raise ProtocolFailure(
@@ -278,7 +278,7 @@ class MainMode:
             sa.keys.skeyid,
             next_iv,
             first(payloads, IdPayload),
-            payload_body(header, plaintext, 5),
+            parsed.body_of(5),
             first(payloads, HashPayload).data,
         )
 
@@ -313,7 +313,7 @@ class MainMode:
     def _process_initiator(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
         sa = self.sa
         if self.state is MmState.MM1_SENT:
-            payloads = _decode(header, body)
+            payloads = parse(header, body).payloads
             rules.check(rules.MAIN_MODE[2], payloads, "Main Mode message 2")
             sa.cky_r = header.responder_cookie
             response_sa = first(payloads, SaPayload)
@@ -335,7 +335,7 @@ class MainMode:
             self.state = MmState.MM3_SENT
             self._send_request(sa.plain_message(MM, 0, out), now)
         elif self.state is MmState.MM3_SENT:
-            payloads = _decode(header, body)
+            payloads = parse(header, body).payloads
             rules.check(rules.MAIN_MODE[4], payloads, "Main Mode message 4")
             ke = first(payloads, KePayload)
             nonce = first(payloads, NoncePayload)
@@ -400,7 +400,8 @@ class MainMode:
         """Main Mode message 1: pick a proposal before any identity is known."""
         sa = self.sa
         sa.cky_i = header.initiator_cookie
-        payloads = _decode(header, body)
+        parsed = parse(header, body)
+        payloads = parsed.payloads
         rules.check(rules.MAIN_MODE[1], payloads, "Main Mode message 1")
         offer = first(payloads, SaPayload)
         acceptable = acceptable_proposals(sa.candidates)
@@ -425,7 +426,7 @@ class MainMode:
         sa.candidates = [c for c in sa.candidates if choice.proposal in c.proposals]
         sa.conn = sa.candidates[0]
         self._choose(choice)
-        self.sa_i_b = payload_body(header, body, 1, allow_trailing=False)
+        self.sa_i_b = parsed.body_of(1)
         self._vendors(payloads)
         out: list[Payload] = [choice.response_sa()]
         out += [VendorIdPayload(v) for v in vendor.responder_vendor_ids(sa.peer_vendors)]
@@ -442,7 +443,7 @@ class MainMode:
         if self.state is MmState.MM2_SENT:
             if header.flags & 1:
                 raise ProtocolFailure("Main Mode message 3 must not be encrypted")
-            payloads = _decode(header, body)
+            payloads = parse(header, body).payloads
             rules.check(rules.MAIN_MODE[3], payloads, "Main Mode message 3")
             proposal = sa.proposal
             if proposal is None:
@@ -522,9 +523,5 @@ def assert_one_transform(sa_payload: SaPayload) -> None:
             f"responder's SA must hold one transform, it holds {count}",
             NotifyType.BAD_PROPOSAL_SYNTAX,
         )
-
-
-def _decode(header: Header, body: bytes) -> tuple[Payload, ...]:
-    return tuple(d.payload for d in decode_spans(header, body))
 
 

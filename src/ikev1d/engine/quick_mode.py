@@ -32,10 +32,10 @@ from ikev1d.engine.api import ChildSaEstablished, Network
 from ikev1d.engine.ike_sa import (
     ChildSa,
     IkeSa,
+    Parsed,
     ProtocolFailure,
     ResponseCache,
     Retransmission,
-    payloads_after_hash,
 )
 from ikev1d.engine.main_mode import first
 from ikev1d.engine.sa_proposals import (
@@ -146,12 +146,12 @@ class QuickMode:
             raise ProtocolFailure("Quick Mode without Phase 1 keys")
         return self.sa.hash_alg, keys.skeyid_a, keys.skeyid_d
 
-    def _decrypt(self, header: Header, body: bytes) -> tuple[bytes, tuple[Payload, ...]]:
+    def _decrypt(self, header: Header, body: bytes) -> Parsed:
         sa = self.sa
         plaintext, next_iv = sa.decrypt(header, body, sa.exchange_iv(self.message_id))
-        payloads = sa.parse_plaintext(header, plaintext)
+        parsed = sa.parse_plaintext(header, plaintext)
         sa.exchange_ivs[self.message_id] = next_iv
-        return plaintext, payloads
+        return parsed
 
     def _encrypt(self, payloads: Sequence[Payload], flags: int = 0) -> bytes:
         sa = self.sa
@@ -305,10 +305,11 @@ class QuickMode:
 
     def _process_qm2(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
         sa = self.sa
-        plaintext, payloads = self._decrypt(header, body)
+        parsed = self._decrypt(header, body)
+        payloads = parsed.payloads
         rules.check(rules.QUICK_MODE[2], payloads, "Quick Mode message 2")
         prf, skeyid_a, _d = self._keys
-        received_hash, rest = payloads_after_hash(header, plaintext)
+        received_hash, rest = parsed.after_hash()
         nonce = first(payloads, NoncePayload)
         expected = qm_hash2(prf, skeyid_a, self.message_id, self.ni, rest)
         if not hmac.compare_digest(expected, received_hash):
@@ -387,10 +388,11 @@ class QuickMode:
 
     def first_message(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
         sa = self.sa
-        plaintext, payloads = self._decrypt(header, body)
+        parsed = self._decrypt(header, body)
+        payloads = parsed.payloads
         rules.check(rules.QUICK_MODE[1], payloads, "Quick Mode message 1")
         prf, skeyid_a, _d = self._keys
-        received_hash, rest = payloads_after_hash(header, plaintext)
+        received_hash, rest = parsed.after_hash()
         expected = qm_hash1(prf, skeyid_a, self.message_id, rest)
         if not hmac.compare_digest(expected, received_hash):
             raise ProtocolFailure("Quick Mode HASH(1) does not verify",
@@ -482,10 +484,11 @@ class QuickMode:
         return None
 
     def _process_qm3(self, header: Header, body: bytes, now: float) -> None:
-        plaintext, payloads = self._decrypt(header, body)
+        parsed = self._decrypt(header, body)
+        payloads = parsed.payloads
         rules.check(rules.QUICK_MODE[3], payloads, "Quick Mode message 3")
         prf, skeyid_a, _d = self._keys
-        received_hash, _rest = payloads_after_hash(header, plaintext)
+        received_hash, _rest = parsed.after_hash()
         expected = qm_hash3(prf, skeyid_a, self.message_id, self.ni, self.nr)
         if not hmac.compare_digest(expected, received_hash):
             raise ProtocolFailure("Quick Mode HASH(3) does not verify",
