@@ -908,9 +908,6 @@ class Engine:
             else:
                 self._half_open_per_peer.pop(sa.remote[0], None)
 
-    def on_ike_sa_gone(self, sa: IkeSa) -> None:
-        self._drop_sa(sa)
-
     # -- status ------------------------------------------------------------------------------
 
     def _all_sas(self) -> list[IkeSa]:
