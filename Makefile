@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEB_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-                libstrongswan-extra-plugins tshark iproute2 nftables iperf3
+                libstrongswan-extra-plugins libstrongswan-standard-plugins \
+                libcharon-extauth-plugins strongswan-pki \
+                tshark iproute2 nftables iperf3 python3-venv
 
 .PHONY: test demo lint typecheck unit deps venv clean
 
