@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ikev1d.testbed.netns import Namespace
+from ikev1d_lab.netns import Namespace
 
 
 def start_profiler(pid: int, out: Path, native: bool = False) -> subprocess.Popen[bytes] | None:

@@ -46,10 +46,10 @@ from typing import Any
 import vici
 from benchlib import find_pid, profile_summary, start_profiler, stop_profiler
 
-from ikev1d.testbed import netns
-from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
-from ikev1d.testbed.netns import Namespace, Topology
-from ikev1d.testbed.strongswan import DEFAULT_LOAD, Charon, strongswan_conf
+from ikev1d_lab import netns
+from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.netns import Namespace, Topology
+from ikev1d_lab.strongswan import DEFAULT_LOAD, Charon, strongswan_conf
 
 PSK = "bench-handshakes-shared-secret"
 CHILD = "net"

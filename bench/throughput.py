@@ -51,11 +51,11 @@ from benchlib import (
     stop_profiler,
 )
 
-from ikev1d.testbed import netns
-from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
-from ikev1d.testbed.netns import Namespace, Topology
-from ikev1d.testbed.ping import ping
-from ikev1d.testbed.strongswan import DEFAULT_LOAD, Charon, strongswan_conf, swanctl_conf
+from ikev1d_lab import netns
+from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.netns import Namespace, Topology
+from ikev1d_lab.ping import ping
+from ikev1d_lab.strongswan import DEFAULT_LOAD, Charon, strongswan_conf, swanctl_conf
 
 PSK = "bench-throughput-shared-secret"
 IKE_PROPOSAL = "aes128-sha256-modp2048"

@@ -34,14 +34,14 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
 
-from ikev1d.testbed.capture import Capture
-from ikev1d.testbed.netns import Topology, cleanup_stale, two_hosts
-from ikev1d.testbed.ping import ping
-from ikev1d.testbed.strongswan import Charon, swanctl_conf
+from ikev1d_lab.capture import Capture
+from ikev1d_lab.netns import Topology, cleanup_stale, two_hosts
+from ikev1d_lab.ping import ping
+from ikev1d_lab.strongswan import Charon, swanctl_conf
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "tests" / "vectors" / "strongswan"
-DEMO_DIR = REPO / "src" / "ikev1d" / "demo_data"
+DEMO_DIR = REPO / "src" / "ikev1d_lab" / "demo_data"
 DEMO_SCENARIO = "psk-aes128-sha256-modp2048"
 DEMO_NAME = "strongswan-main-quick-mode"
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ikev1d.control import (
+from ikev1d.daemon.control import (
     DEFAULT_UP_TIMEOUT,
     ControlProtocolError,
     DownRequest,
@@ -106,7 +106,7 @@ def _error(message: str) -> int:
 
 
 def _request(socket_option: str | None, request: Request, show_progress: bool = False) -> Response:
-    from ikev1d.io.control_client import send_request
+    from ikev1d.daemon.control_client import send_request
 
     def progress(text: str) -> None:
         print(text, flush=True)
@@ -126,7 +126,7 @@ def _simple(socket_option: str | None, request: Request, show_progress: bool = F
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from ikev1d.io.daemon import DaemonError, DaemonOptions, run_daemon
+    from ikev1d.daemon.runtime import DaemonError, DaemonOptions, run_daemon
     from ikev1d.logsetup import LogSetupError, setup_logging
 
     try:
@@ -180,9 +180,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace, demo_args: list[str]) -> int:
     try:
-        demo = importlib.import_module("ikev1d.demo")
+        demo = importlib.import_module("ikev1d_lab.demo")
     except ModuleNotFoundError as exc:
-        if exc.name != "ikev1d.demo":
+        if exc.name != "ikev1d_lab.demo":
             raise
         return _error("the demo is not available in this build")
     result = demo.run_demo(demo_args)
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace, demo_args: list[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ikev1d.io.control_client import DaemonUnreachable
+    from ikev1d.daemon.control_client import DaemonUnreachable
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from ikev1d.testbed import netns
-from ikev1d.testbed.capture import Capture, tshark_available
-from ikev1d.testbed.netns import Namespace, Topology
-from ikev1d.testbed.strongswan import Charon, strongswan_available
+from ikev1d_lab import netns
+from ikev1d_lab.capture import Capture, tshark_available
+from ikev1d_lab.netns import Namespace, Topology
+from ikev1d_lab.strongswan import Charon, strongswan_available
 
 CharonFactory = Callable[..., Charon]
 CaptureFactory = Callable[..., Capture]

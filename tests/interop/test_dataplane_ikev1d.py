@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from ikev1d.testbed.capture import TSHARK
-from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
-from ikev1d.testbed.netns import Namespace, Topology
-from ikev1d.testbed.ping import ping
+from ikev1d_lab.capture import TSHARK
+from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.netns import Namespace, Topology
+from ikev1d_lab.ping import ping
 
 from .conftest import CaptureFactory
 

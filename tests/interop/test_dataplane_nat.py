@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
-from ikev1d.testbed.netns import Namespace, Topology, veth_pair
-from ikev1d.testbed.ping import ping
+from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.netns import Namespace, Topology, veth_pair
+from ikev1d_lab.ping import ping
 
 from .conftest import CaptureFactory
 from .test_dataplane_ikev1d import (

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
-from ikev1d.testbed.netns import Topology
-from ikev1d.testbed.ping import ping
-from ikev1d.testbed.strongswan import Charon, swanctl_conf
+from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.netns import Topology
+from ikev1d_lab.ping import ping
+from ikev1d_lab.strongswan import Charon, swanctl_conf
 
 from .conftest import CaptureFactory, CharonFactory
 from .test_dataplane_ikev1d import (

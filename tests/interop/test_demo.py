@@ -120,7 +120,7 @@ def test_a_failing_step_reports_and_cleans_up(
 ) -> None:
     import io
 
-    from ikev1d import demo
+    from ikev1d_lab import demo
 
     def broken(self: demo.Demo) -> None:
         raise demo.DemoFailure("strongSwan step broke on purpose")

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
-from ikev1d.testbed.netns import Topology
-from ikev1d.testbed.strongswan import Charon, swanctl_conf
+from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.netns import Topology
+from ikev1d_lab.strongswan import Charon, swanctl_conf
 
 from .conftest import CharonFactory
 
@@ -306,7 +306,7 @@ def test_tshark_dissects_and_decrypts_what_ikev1d_sent(
 ) -> None:
     import re
 
-    from ikev1d.testbed.capture import isakmp_decryption_table, tshark_json
+    from ikev1d_lab.capture import isakmp_decryption_table, tshark_json
 
     pair = make_pair(proposals=["aes128-sha256-modp2048"], esp=["aes128-sha256-modp2048"])
     cap = capture_factory(pair.topo.a, pair.topo.if_a, "udp port 500 or udp port 4500")

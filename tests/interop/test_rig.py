@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from ikev1d.testbed import netns
-from ikev1d.testbed.capture import isakmp_decryption_table, tshark_json
-from ikev1d.testbed.netns import Namespace, Topology, veth_pair
-from ikev1d.testbed.ping import ping
-from ikev1d.testbed.strongswan import Charon, swanctl_conf
+from ikev1d_lab import netns
+from ikev1d_lab.capture import isakmp_decryption_table, tshark_json
+from ikev1d_lab.netns import Namespace, Topology, veth_pair
+from ikev1d_lab.ping import ping
+from ikev1d_lab.strongswan import Charon, swanctl_conf
 
 from .conftest import CaptureFactory, CharonFactory
 
@@ -168,7 +168,7 @@ def test_veth_pair_with_caller_addresses(require_root_netns: None) -> None:
 
 def test_demo_capture_decrypts_with_its_logged_key(require_root_netns: None) -> None:
     """The committed demo pcap and its JSON belong together: tshark decrypts with Ka."""
-    demo = Path(__file__).parents[2] / "src" / "ikev1d" / "demo_data"
+    demo = Path(__file__).parents[2] / "src" / "ikev1d_lab" / "demo_data"
     vector = json.loads((demo / "strongswan-main-quick-mode.json").read_text())
     table = {vector["initiator_cookie"]: vector["phase1"]["encryption_key"]}
     packets = tshark_json(demo / "strongswan-main-quick-mode.pcap", isakmp_decryption_table(table))

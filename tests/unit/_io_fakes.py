@@ -1,7 +1,7 @@
 """A fake engine, config and data plane for the daemon, control and CLI tests.
 
 The fake engine implements the Engine interface the daemon drives (see
-ikev1d.io.daemon.EngineLike) with scripted behaviour per connection name, and
+ikev1d.daemon.runtime.EngineLike) with scripted behaviour per connection name, and
 uses its timer so the daemon's timer scheduling is exercised too.
 """
 
@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ikev1d.daemon.runtime import ConfigLike, Daemon, DaemonOptions
 from ikev1d.dataplane.base import DataplaneError, NoneBackend, SendUdp
 from ikev1d.engine.api import (
     ChildSaDeleted,
@@ -29,7 +30,6 @@ from ikev1d.engine.api import (
     IkeSaDeleted,
     IkeSaEstablished,
 )
-from ikev1d.io.daemon import ConfigLike, Daemon, DaemonOptions
 
 PEER: Endpoint = ("127.0.0.1", 40999)
 

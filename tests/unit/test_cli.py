@@ -165,7 +165,7 @@ def test_check_config_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_demo_dispatches_to_run_demo(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    module = types.ModuleType("ikev1d.demo")
+    module = types.ModuleType("ikev1d_lab.demo")
     calls: list[list[str]] = []
 
     def run_demo(argv: list[str]) -> int:
@@ -173,7 +173,7 @@ def test_demo_dispatches_to_run_demo(
         return 3
 
     module.run_demo = run_demo  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ikev1d.demo", module)
+    monkeypatch.setitem(sys.modules, "ikev1d_lab.demo", module)
     assert main(["demo"]) == 3
     # the demo's own options (and -h) are passed through
     assert main(["demo", "--color", "never", "-h"]) == 3
@@ -183,7 +183,7 @@ def test_demo_dispatches_to_run_demo(
 def test_demo_missing_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "ikev1d.demo", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "ikev1d_lab.demo", None)  # makes the import fail
     assert main(["demo"]) == 1
     assert "demo is not available" in capsys.readouterr().err
 

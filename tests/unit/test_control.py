@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from ikev1d.control import (
+from ikev1d.daemon.control import (
     DEFAULT_SOCKET_PATH,
     ControlProtocolError,
     DownRequest,
@@ -29,7 +29,7 @@ from ikev1d.control import (
     encode_response,
     resolve_socket_path,
 )
-from ikev1d.io.control_client import DaemonUnreachable, send_request
+from ikev1d.daemon.control_client import DaemonUnreachable, send_request
 from tests.unit._io_fakes import running_daemon
 
 # --- codec ---------------------------------------------------------------------------

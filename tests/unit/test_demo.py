@@ -7,10 +7,10 @@ import struct
 
 import pytest
 
-from ikev1d import demo
-from ikev1d.demo import Console, LogCursor, run_demo
-from ikev1d.demo_exchange import DEMO_PCAP
-from ikev1d.demo_pcap import read_capture
+from ikev1d_lab import demo
+from ikev1d_lab.demo import Console, LogCursor, run_demo
+from ikev1d_lab.demo_exchange import DEMO_PCAP
+from ikev1d_lab.demo_pcap import read_capture
 
 
 class _Tty(io.StringIO):
@@ -120,7 +120,7 @@ def test_classify_tells_esp_ike_and_the_rest_apart() -> None:
 def test_classify_the_recorded_exchange() -> None:
     from importlib import resources
 
-    data = (resources.files("ikev1d") / "demo_data" / DEMO_PCAP).read_bytes()
+    data = (resources.files("ikev1d_lab") / "demo_data" / DEMO_PCAP).read_bytes()
     assert len(read_capture(data)) == 13
     assert demo._classify(data) == (0, 2, 11, 0)
 

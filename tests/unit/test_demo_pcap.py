@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from ikev1d.demo_exchange import DEMO_PCAP, DEMO_VECTOR, decode_exchange, load_demo_exchange
-from ikev1d.demo_pcap import (
+from ikev1d_lab.demo_exchange import DEMO_PCAP, DEMO_VECTOR, decode_exchange, load_demo_exchange
+from ikev1d_lab.demo_pcap import (
     PcapError,
     PcapPacket,
     ipv4_of,
@@ -27,7 +27,7 @@ from ikev1d.demo_pcap import (
 
 
 def _data(name: str) -> bytes:
-    return (resources.files("ikev1d") / "demo_data" / name).read_bytes()
+    return (resources.files("ikev1d_lab") / "demo_data" / name).read_bytes()
 
 
 @pytest.fixture(scope="module")

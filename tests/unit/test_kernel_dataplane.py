@@ -32,9 +32,8 @@ from ikev1d.dataplane.kernel import (
     policy_priority,
     xfrm_algorithms,
 )
-from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Network
-from ikev1d.io import xfrm as xfrm_io
-from ikev1d.io.xfrm import (
+from ikev1d.dataplane.linux import xfrm as xfrm_io
+from ikev1d.dataplane.linux.xfrm import (
     Route,
     XfrmAlgorithm,
     XfrmPolicy,
@@ -43,6 +42,7 @@ from ikev1d.io.xfrm import (
     XfrmStateCounters,
     XfrmTemplate,
 )
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Network
 
 net = ipaddress.ip_network
 LOCAL, REMOTE = "192.0.2.1", "192.0.2.2"
@@ -578,7 +578,7 @@ def test_counters_decoded_from_usersa_info() -> None:
 _IN_NETNS = """
 import sys
 from ikev1d.dataplane.kernel import KernelBackend, plan_policies
-from ikev1d.io.xfrm import XfrmSocket
+from ikev1d.dataplane.linux.xfrm import XfrmSocket
 from tests.unit.test_kernel_dataplane import make_sa
 action = sys.argv[1]
 sock = XfrmSocket()

@@ -9,7 +9,7 @@ import pytest
 
 from ikev1d.dataplane import userspace
 from ikev1d.dataplane.base import DataplaneError, create_backend
-from ikev1d.io import tun
+from ikev1d.dataplane.linux import tun
 
 
 def _netlink_threads() -> list[threading.Thread]:
@@ -40,7 +40,7 @@ def test_refused_tun_device_is_a_clear_dataplane_error(
     def refuse(path: str, flags: int) -> int:
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr("ikev1d.io.tun.os.open", refuse)
+    monkeypatch.setattr("ikev1d.dataplane.linux.tun.os.open", refuse)
     with pytest.raises(DataplaneError, match="no permission to open /dev/net/tun"):
         userspace.create_backend(None)
     assert _wait_no_netlink_threads()

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from ikev1d.testbed import netns
-from ikev1d.testbed.netns import Topology
-from ikev1d.testbed.strongswan import strongswan_available
+from ikev1d_lab import netns
+from ikev1d_lab.netns import Topology
+from ikev1d_lab.strongswan import strongswan_available
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -62,7 +62,7 @@ def a_side(index: int, proposal: str) -> ChildSaEstablished:
 
 def install() -> int:
     from ikev1d.dataplane.kernel import KernelBackend
-    from ikev1d.io.xfrm import XfrmSocket
+    from ikev1d.dataplane.linux.xfrm import XfrmSocket
 
     backend = KernelBackend(XfrmSocket())
     for index, proposal in enumerate(PROPOSALS):

@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from ikev1d.testbed.daemon import Ikev1dDaemon, ikev1d_conf
-from ikev1d.testbed.netns import Namespace, Topology
-from ikev1d.testbed.ping import ping
-from ikev1d.testbed.strongswan import DEFAULT_LOAD, Charon, strongswan_conf, swanctl_conf
+from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.netns import Namespace, Topology
+from ikev1d_lab.ping import ping
+from ikev1d_lab.strongswan import DEFAULT_LOAD, Charon, strongswan_conf, swanctl_conf
 
 from .conftest import xfrm
 from .esp_peer import PROPOSALS, spis

@@ -28,7 +28,7 @@ states, selector and direction for policies); other XFRM entries are left
 alone. A failed install is rolled back before ``DataplaneError`` is raised.
 
 Counters are the kernel's own (``xfrm_lifetime_cur``: what ``ip -s xfrm
-state`` prints as "current"). The netlink side is :mod:`ikev1d.io.xfrm`;
+state`` prints as "current"). The netlink side is :mod:`ikev1d.dataplane.linux.xfrm`;
 tests hand in a fake with the same methods (:class:`XfrmLike`).
 """
 
@@ -49,8 +49,7 @@ from ikev1d.dataplane.esp import (
     esp_algorithm,
     keymat_length,
 )
-from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
-from ikev1d.io.xfrm import (
+from ikev1d.dataplane.linux.xfrm import (
     Route,
     XfrmAlgorithm,
     XfrmPolicy,
@@ -59,6 +58,7 @@ from ikev1d.io.xfrm import (
     XfrmStateCounters,
     XfrmTemplate,
 )
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
 
 if TYPE_CHECKING:
     import asyncio
@@ -101,7 +101,7 @@ _GONE: Final = (errno.ENOENT, errno.ESRCH)
 
 
 class XfrmLike(Protocol):
-    """The netlink operations the backend needs (:class:`ikev1d.io.xfrm.XfrmSocket`)."""
+    """The netlink operations the backend needs (``linux.xfrm.XfrmSocket``)."""
 
     def add_state(self, state: XfrmState) -> None: ...
     def delete_state(self, dst: str, spi: int) -> None: ...
@@ -112,7 +112,7 @@ class XfrmLike(Protocol):
 
 
 class RoutesLike(Protocol):
-    """The rtnetlink operations for tunnel routes (:class:`ikev1d.io.xfrm.RouteSocket`)."""
+    """The rtnetlink operations for tunnel routes (``linux.xfrm.RouteSocket``)."""
 
     def local_addresses(self) -> list[str]: ...
     def route_to(self, address: str) -> tuple[int, str | None]: ...
@@ -514,7 +514,7 @@ class KernelBackend:
 
 def create_backend(config: object = None) -> KernelBackend:
     """Open the XFRM netlink socket; DataplaneError if the kernel has no XFRM."""
-    from ikev1d.io.xfrm import RouteSocket, XfrmSocket, prepare_ike_sockets
+    from ikev1d.dataplane.linux.xfrm import RouteSocket, XfrmSocket, prepare_ike_sockets
 
     try:
         xfrm = XfrmSocket()

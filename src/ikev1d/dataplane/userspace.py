@@ -22,7 +22,7 @@ event loop; drops are logged at debug level per packet and at most every
 ``_LOG_INTERVAL`` seconds per reason at info level.
 
 The OS-facing objects (TUN device, raw sockets, routes) come from
-:mod:`ikev1d.io.tun` and are passed in, so tests can hand in fakes
+:mod:`ikev1d.dataplane.linux.tun` and are passed in, so tests can hand in fakes
 (:class:`TunLike`, :class:`RawLike`, :class:`RoutesLike`).
 """
 
@@ -545,7 +545,7 @@ def create_backend(config: object = None) -> UserspaceBackend:
 
     ``config.daemon.tun_name`` / ``tun_mtu`` are used when the configuration has them.
     """
-    from ikev1d.io.tun import (
+    from ikev1d.dataplane.linux.tun import (
         DEFAULT_MTU,
         DEFAULT_TUN_NAME,
         Netlink,

@@ -2,8 +2,8 @@
 
 The engine is sans-I/O (STYLE.md): it is fed datagrams with their addresses and
 the current time, and it hands back datagrams to send, the time of its next
-timer and events. Only ``ikev1d.io`` touches sockets; only the data plane
-installs keys.
+timer and events. Only ``ikev1d.daemon`` and ``ikev1d.dataplane.linux`` touch
+sockets; only the data plane installs keys.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ikev1d.testbed.netns import Namespace
+from ikev1d_lab.netns import Namespace
 
 __all__ = [
     "Capture",

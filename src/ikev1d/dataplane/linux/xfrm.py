@@ -13,7 +13,7 @@ The value classes (:class:`XfrmState`, :class:`XfrmPolicy`, ...) are plain
 frozen dataclasses; :func:`encode_new_state` and friends are pure, so the byte
 layout is unit-tested without a kernel.
 
-Also here, because only ``ikev1d.io`` touches sockets: :func:`prepare_ike_sockets`
+Also here, because only the adapters touch sockets: :func:`prepare_ike_sockets`
 makes the daemon's UDP sockets bypass IPsec policies (IKE must never be caught
 by its own tunnels) and lets the kernel decapsulate ESP-in-UDP arriving on the
 NAT-T port (RFC 3948, ``UDP_ENCAP_ESPINUDP``).
@@ -27,9 +27,9 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 from ikev1d.engine.api import Network
 
@@ -54,7 +54,7 @@ __all__ = [
     "prepare_ike_sockets",
 ]
 
-log = logging.getLogger("ikev1d.io.xfrm")
+log = logging.getLogger("ikev1d.dataplane.linux.xfrm")
 
 # --- constants from <linux/netlink.h> and <linux/xfrm.h> ------------------------------
 
@@ -600,6 +600,27 @@ def _bypass_policy(family: int, direction: int) -> bytes:
     ))  # fmt: skip
 
 
+class IkeSocket(Protocol):
+    """One of the daemon's bound UDP sockets (``ikev1d.daemon.udp``), as seen from here."""
+
+    sock: socket.socket
+    family: int
+    address: str
+    port: int
+
+
+@runtime_checkable
+class IkeSockets(Protocol):
+    """The daemon's UDP transport: its sockets and which port is NAT-T.
+
+    Stated here so that the data plane needs nothing of the daemon."""
+
+    @property
+    def sockets(self) -> Sequence[IkeSocket]: ...
+    @property
+    def port_nat_t(self) -> int: ...
+
+
 def prepare_ike_sockets(send_udp: object) -> tuple[int, list[str]]:
     """Make the daemon's UDP sockets fit for kernel IPsec; (NAT-T sockets with decap, problems).
 
@@ -613,10 +634,8 @@ def prepare_ike_sockets(send_udp: object) -> tuple[int, list[str]]:
       ESP-in-UDP arriving there (RFC 3948 section 2.1) into its SAs and still
       delivers IKE (non-ESP marker) and NAT-keepalives to us.
     """
-    from ikev1d.io.udp import UdpTransport  # here: udp imports nothing of ours but api
-
     transport = getattr(send_udp, "__self__", None)
-    if not isinstance(transport, UdpTransport):
+    if not isinstance(transport, IkeSockets):
         return 0, ["the daemon's UDP sockets are not reachable; ESP-in-UDP cannot be decapsulated"]
     decap = 0
     problems: list[str] = []

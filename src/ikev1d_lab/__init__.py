@@ -1,4 +1,4 @@
-"""ikev1d.testbed: the rig for interop tests, `ikev1d demo` and bench/.
+"""ikev1d_lab: the rig for interop tests, `ikev1d demo` and bench/.
 
 Real peers instead of mocks, each in its own Linux network namespace:
 
@@ -9,6 +9,7 @@ Real peers instead of mocks, each in its own Linux network namespace:
   log in a work dir), swanctl.conf rendering for IKEv1 PSK connections.
 - `capture`: dumpcap inside a namespace, tshark dissection to JSON.
 - `ping`: ICMP echo from a namespace (this machine has no ping binary).
+- `demo`, `demo_exchange`, `demo_pcap`: what `ikev1d demo` runs and shows.
 - `daemon`: ikev1d itself in a namespace, driven through its CLI (kept by the
   interop-test authors).
 

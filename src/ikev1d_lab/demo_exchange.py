@@ -1,6 +1,6 @@
 """Step 1 of the demo: a strongSwan <-> strongSwan exchange, decoded and decrypted by ikev1d.
 
-The capture in ``ikev1d/demo_data`` was recorded by
+The capture in ``ikev1d_lab/demo_data`` was recorded by
 ``scripts/capture_strongswan_vectors.py``: two strongSwan 5.9.8 charons in network
 namespaces doing Main Mode + Quick Mode with a pre-shared key.  From the bytes on
 the wire our codec reads every message; with only the pre-shared key and the
@@ -37,7 +37,6 @@ from ikev1d.crypto import (
     qm_hash3,
     skeyid_psk,
 )
-from ikev1d.demo_pcap import IsakmpFrame, PcapError, isakmp_frames, read_capture
 from ikev1d.wire import (
     DecodedPayload,
     ExchangeType,
@@ -54,6 +53,7 @@ from ikev1d.wire import (
 )
 from ikev1d.wire.describe import describe_message, describe_payload
 from ikev1d.wire.message import decode_payloads_with_spans, split_message
+from ikev1d_lab.demo_pcap import IsakmpFrame, PcapError, isakmp_frames, read_capture
 
 __all__ = [
     "DEMO_PCAP",
@@ -124,7 +124,7 @@ class _Phase1:
 
 def _demo_bytes(name: str) -> bytes:
     try:
-        return (resources.files("ikev1d") / "demo_data" / name).read_bytes()
+        return (resources.files("ikev1d_lab") / "demo_data" / name).read_bytes()
     except OSError as exc:
         raise DemoDataError(f"demo data {name} is missing: {exc}") from exc
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import vici
 
-from ikev1d.testbed.netns import Namespace
+from ikev1d_lab.netns import Namespace
 
 __all__ = [
     "CHARON",

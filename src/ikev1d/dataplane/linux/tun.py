@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
+from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.engine.api import Network
-from ikev1d.io.sockbuf import enlarge_buffers
 
 __all__ = [
     "DEFAULT_MTU",

@@ -23,10 +23,10 @@ import socket
 import struct
 from collections.abc import Callable, Iterable
 
+from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.engine.api import Datagram, Endpoint
-from ikev1d.io.sockbuf import enlarge_buffers
 
-log = logging.getLogger("ikev1d.io")
+log = logging.getLogger("ikev1d.daemon")
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 """RFC 3948 section 2.2: precedes IKE messages on the NAT-T port."""

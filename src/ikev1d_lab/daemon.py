@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ikev1d.testbed.netns import Namespace
+from ikev1d_lab.netns import Namespace
 
 
 def _toml_list(values: Sequence[str]) -> str:

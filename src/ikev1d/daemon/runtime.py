@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -26,7 +25,7 @@ from typing import Any, Protocol
 
 from ikev1d import config as config_module
 from ikev1d import logsetup
-from ikev1d.control import (
+from ikev1d.daemon.control import (
     MAX_REQUEST_LINE,
     ControlProtocolError,
     DownRequest,
@@ -39,7 +38,9 @@ from ikev1d.control import (
     encode_progress,
     encode_response,
 )
+from ikev1d.daemon.udp import UdpError, UdpTransport
 from ikev1d.dataplane.base import DataplaneBackend, DataplaneError, create_backend
+from ikev1d.engine import Engine
 from ikev1d.engine.api import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -51,7 +52,6 @@ from ikev1d.engine.api import (
     IkeSaDeleted,
     IkeSaEstablished,
 )
-from ikev1d.io.udp import UdpError, UdpTransport
 
 log = logging.getLogger("ikev1d.daemon")
 
@@ -136,12 +136,9 @@ def config_warnings(config: ConfigLike) -> list[str]:
 
 
 def create_engine(config: ConfigLike, random_bytes: Callable[[int], bytes]) -> EngineLike:
-    try:
-        engine_class = importlib.import_module("ikev1d.engine").Engine
-    except (ImportError, AttributeError) as exc:
-        raise DaemonError(f"the protocol engine is not available: {exc}") from exc
-    engine: EngineLike = engine_class(config, random_bytes=random_bytes)
-    return engine
+    if not isinstance(config, config_module.Config):
+        raise DaemonError("the protocol engine needs a loaded configuration")
+    return Engine(config, random_bytes=random_bytes)
 
 
 def _create_backend(name: str, config: ConfigLike) -> DataplaneBackend:

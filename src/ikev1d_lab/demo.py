@@ -33,13 +33,13 @@ from pathlib import Path
 from types import FrameType
 from typing import ClassVar, TextIO
 
-from ikev1d.demo_exchange import DemoDataError, MessageView, load_demo_exchange
-from ikev1d.demo_pcap import IPPROTO_ESP, PcapError, ipv4_of, read_capture, udp_of
-from ikev1d.testbed import netns
-from ikev1d.testbed.capture import Capture, CaptureError, tshark_available
-from ikev1d.testbed.daemon import DaemonError, Ikev1dDaemon, ikev1d_conf
-from ikev1d.testbed.netns import Namespace, NetnsError, Topology
-from ikev1d.testbed.strongswan import Charon, CharonError, strongswan_available, swanctl_conf
+from ikev1d_lab import netns
+from ikev1d_lab.capture import Capture, CaptureError, tshark_available
+from ikev1d_lab.daemon import DaemonError, Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.demo_exchange import DemoDataError, MessageView, load_demo_exchange
+from ikev1d_lab.demo_pcap import IPPROTO_ESP, PcapError, ipv4_of, read_capture, udp_of
+from ikev1d_lab.netns import Namespace, NetnsError, Topology
+from ikev1d_lab.strongswan import Charon, CharonError, strongswan_available, swanctl_conf
 
 __all__ = ["Console", "DemoFailure", "dataplane_available", "run_demo"]
 
@@ -461,7 +461,7 @@ class Demo:
         con.write()
         con.command("A", f"tshark -r {path.name}")
         tshark = shutil.which("tshark") or "tshark"
-        result = subprocess.run(  # noqa: S603 - fixed argv, our own capture file
+        result = subprocess.run(
             [tshark, "-n", "-r", str(path)],
             capture_output=True, text=True, check=False, timeout=30,
         )  # fmt: skip
@@ -636,7 +636,7 @@ def _first_error_line(text: str) -> str:
 
 def _netns_names() -> set[str]:
     ip = shutil.which("ip") or "ip"
-    listing = subprocess.run(  # noqa: S603 - fixed argv
+    listing = subprocess.run(
         [ip, "netns", "list"], capture_output=True, text=True, check=False
     ).stdout
     return {line.split()[0] for line in listing.splitlines() if line.split()}

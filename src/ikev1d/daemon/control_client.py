@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from ikev1d.control import (
+from ikev1d.daemon.control import (
     MAX_RESPONSE_LINE,
     ControlProtocolError,
     Request,

@@ -1,8 +1,8 @@
 """A minimal ICMP echo client (this machine has no `ping` binary).
 
-Run inside a namespace as ``python -m ikev1d.testbed.ping -I SRC -c N DST``;
+Run inside a namespace as ``python -m ikev1d_lab.ping -I SRC -c N DST``;
 exit status 0 when every echo was answered.  :func:`ping` does that for a
-:class:`~ikev1d.testbed.netns.Namespace`.
+:class:`~ikev1d_lab.netns.Namespace`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ikev1d.testbed.netns import Namespace
+    from ikev1d_lab.netns import Namespace
 
 __all__ = ["PingResult", "echo", "ping"]
 
@@ -85,7 +85,7 @@ def ping(
     ns: Namespace, dst: str, src: str | None = None, count: int = 2, timeout: float = 2.0
 ) -> PingResult:
     """Ping `dst` from inside `ns` (optionally from source address `src`)."""
-    cmd = [sys.executable, "-m", "ikev1d.testbed.ping", "-c", str(count), "-W", str(timeout)]
+    cmd = [sys.executable, "-m", "ikev1d_lab.ping", "-c", str(count), "-W", str(timeout)]
     if src is not None:
         cmd += ["-I", src]
     proc = ns.run([*cmd, dst], check=False, timeout=count * timeout + 30)
