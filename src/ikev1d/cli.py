@@ -12,7 +12,6 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from ikev1d.daemon.control import (
     DEFAULT_UP_TIMEOUT,
@@ -26,6 +25,14 @@ from ikev1d.daemon.control import (
     resolve_socket_path,
 )
 from ikev1d.logsetup import LEVELS
+from ikev1d.status import (
+    ChildSaStatus,
+    IkeSaStatus,
+    Network,
+    StatusDocument,
+    StatusFormatError,
+    endpoint_text,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -151,9 +158,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     response = _request(args.socket, StatusRequest())
     if not response.ok:
         return _error(response.message)
-    document = response.body.get("status", {})
+    try:
+        document = StatusDocument.from_json(response.body.get("status"))
+    except StatusFormatError as exc:
+        return _error(f"the daemon answered with a malformed status document: {exc}")
     if args.json:
-        print(json.dumps(document, indent=2))
+        print(json.dumps(document.to_json(), indent=2))
     else:
         print(format_status(document), end="")
     return EXIT_OK
@@ -229,10 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- the table for people ------------------------------------------------------------
 
 
-def _seconds(value: Any) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "?"
-    total = int(value)
+def _seconds(total: int) -> str:
     if total < 120:
         return f"{total}s"
     minutes, secs = divmod(total, 60)
@@ -242,62 +249,69 @@ def _seconds(value: Any) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def _field(item: dict[str, Any], key: str, default: str = "-") -> str:
-    value = item.get(key)
-    if value is None or value == "":
-        return default
-    return str(value)
+def _text(value: str | None) -> str:
+    return value or "-"
 
 
-def format_status(document: dict[str, Any]) -> str:
+def _networks(networks: tuple[Network, ...]) -> str:
+    return ", ".join(str(n) for n in networks) or "-"
+
+
+def format_status(document: StatusDocument) -> str:
     """The status document as a table for people, in the spirit of ``swanctl --list-sas``."""
-    ike_sas = document.get("ike_sas") or []
-    if not ike_sas:
+    if not document.ike_sas:
         return "no SAs\n"
     lines: list[str] = []
-    for ike in ike_sas:
-        role = "initiator" if ike.get("initiator") else "responder"
-        lines.append(
-            f"{_field(ike, 'name')}: {_field(ike, 'state')}, IKEv1, {role},"
-            f" cookies {_field(ike, 'cookies')}"
-        )
-        nat_l = ", behind NAT" if ike.get("nat_local") else ""
-        nat_r = ", behind NAT" if ike.get("nat_remote") else ""
-        lines.append(f"  local  '{_field(ike, 'local_id')}' @ {_field(ike, 'local')}{nat_l}")
-        lines.append(f"  remote '{_field(ike, 'remote_id')}' @ {_field(ike, 'remote')}{nat_r}")
-        lines.append(f"  {_field(ike, 'proposal')}, auth {_field(ike, 'auth')}")
-        timing = []
-        if ike.get("established_s") is not None:
-            timing.append(f"established {_seconds(ike.get('established_s'))} ago")
-        if ike.get("rekey_in_s") is not None:
-            timing.append(f"rekeying in {_seconds(ike.get('rekey_in_s'))}")
-        if timing:
-            lines.append("  " + ", ".join(timing))
-        if ike.get("virtual_ip"):
-            lines.append(f"  virtual IP {ike['virtual_ip']}")
-        for child in ike.get("children") or []:
-            encap = ", UDP-encapsulated" if child.get("encap") else ""
-            lines.append(
-                f"  {_field(child, 'name')}: {_field(child, 'state')},"
-                f" {_field(child, 'mode').upper()}{encap}, {_field(child, 'proposal')}"
-            )
-            for direction, spi in (("in ", "spi_in"), ("out", "spi_out")):
-                suffix = direction.strip()
-                lines.append(
-                    f"    {direction} {_field(child, spi):>8},"
-                    f" {child.get('bytes_' + suffix, 0):>12} bytes,"
-                    f" {child.get('packets_' + suffix, 0):>9} packets"
-                )
-            lines.append(f"    local  {', '.join(child.get('local_ts') or ['-'])}")
-            lines.append(f"    remote {', '.join(child.get('remote_ts') or ['-'])}")
-            timing = []
-            if child.get("rekey_in_s") is not None:
-                timing.append(f"rekeying in {_seconds(child.get('rekey_in_s'))}")
-            if child.get("expires_in_s") is not None:
-                timing.append(f"expires in {_seconds(child.get('expires_in_s'))}")
-            if timing:
-                lines.append("    " + ", ".join(timing))
+    for ike in document.ike_sas:
+        lines += _ike_sa_lines(ike)
+        for child in ike.children:
+            lines += _child_sa_lines(child)
     return "\n".join(lines) + "\n"
+
+
+def _ike_sa_lines(ike: IkeSaStatus) -> list[str]:
+    role = "initiator" if ike.initiator else "responder"
+    cky_i, cky_r = ike.cookies
+    nat_l = ", behind NAT" if ike.nat_local else ""
+    nat_r = ", behind NAT" if ike.nat_remote else ""
+    lines = [
+        f"{_text(ike.name)}: {_text(ike.state)}, IKEv1, {role},"
+        f" cookies {cky_i.hex()}:{cky_r.hex()}",
+        f"  local  '{_text(ike.local_id)}' @ {endpoint_text(ike.local)}{nat_l}",
+        f"  remote '{_text(ike.remote_id)}' @ {endpoint_text(ike.remote)}{nat_r}",
+        f"  {_text(ike.proposal)}, auth {_text(ike.auth)}",
+    ]
+    timing = []
+    if ike.established_s is not None:
+        timing.append(f"established {_seconds(ike.established_s)} ago")
+    if ike.rekey_in_s is not None:
+        timing.append(f"rekeying in {_seconds(ike.rekey_in_s)}")
+    if timing:
+        lines.append("  " + ", ".join(timing))
+    if ike.virtual_ip:
+        lines.append(f"  virtual IP {ike.virtual_ip}")
+    return lines
+
+
+def _child_sa_lines(child: ChildSaStatus) -> list[str]:
+    encap = ", UDP-encapsulated" if child.encap else ""
+    counters = child.counters
+    lines = [
+        f"  {_text(child.name)}: {_text(child.state)},"
+        f" {_text(child.mode).upper()}{encap}, {_text(child.proposal)}",
+        f"    in  {child.spi_in:08x}, {counters.bytes_in:>12} bytes,"
+        f" {counters.packets_in:>9} packets",
+        f"    out {child.spi_out:08x}, {counters.bytes_out:>12} bytes,"
+        f" {counters.packets_out:>9} packets",
+        f"    local  {_networks(child.local_ts)}",
+        f"    remote {_networks(child.remote_ts)}",
+    ]
+    timing = []
+    if child.rekey_in_s is not None:
+        timing.append(f"rekeying in {_seconds(child.rekey_in_s)}")
+    timing.append(f"expires in {_seconds(child.expires_in_s)}")
+    lines.append("    " + ", ".join(timing))
+    return lines
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from ikev1d.engine.api import (
     IkeSaDeleted,
     IkeSaEstablished,
 )
+from ikev1d.status import ChildSaStatus, Counters, IkeSaStatus, StatusDocument
 
 PEER: Endpoint = ("127.0.0.1", 40999)
 
@@ -195,26 +196,29 @@ class FakeEngine:
                 ))
             self.established[conn] = names
 
-    def status(self, now: float) -> dict[str, Any]:
-        ike_sas = []
-        for conn, children in self.established.items():
-            ike_sas.append({
-                "name": conn, "state": "ESTABLISHED",
-                "local": "127.0.0.1:500", "remote": "127.0.0.2:500",
-                "local_id": "127.0.0.1", "remote_id": "127.0.0.2", "initiator": True,
-                "cookies": "0102030405060708:1112131415161718",
-                "proposal": "aes128-sha256-modp2048", "auth": "psk",
-                "nat_local": False, "nat_remote": False,
-                "established_s": 1, "rekey_in_s": 14000, "virtual_ip": None,
-                "children": [{
-                    "name": name, "state": "INSTALLED", "mode": "tunnel", "encap": False,
-                    "spi_in": "c0000001", "spi_out": "d0000001", "proposal": "aes128gcm16",
-                    "local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24"],
-                    "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
-                    "rekey_in_s": 3000, "expires_in_s": 3600,
-                } for name in children],
-            })
-        return {"ike_sas": ike_sas}
+    def status(self, now: float) -> StatusDocument:
+        return StatusDocument(tuple(
+            IkeSaStatus(
+                name=conn, state="ESTABLISHED",
+                local=("127.0.0.1", 500), remote=("127.0.0.2", 500),
+                local_id="127.0.0.1", remote_id="127.0.0.2", initiator=True,
+                cookies=(bytes.fromhex("0102030405060708"), bytes.fromhex("1112131415161718")),
+                proposal="aes128-sha256-modp2048", auth="psk",
+                nat_local=False, nat_remote=False,
+                established_s=1, rekey_in_s=14000, virtual_ip=None,
+                children=tuple(
+                    ChildSaStatus(
+                        name=name, state="INSTALLED", mode="tunnel", encap=False,
+                        spi_in=0xC0000001, spi_out=0xD0000001, proposal="aes128gcm16",
+                        local_ts=(ipaddress.ip_network("10.1.0.0/24"),),
+                        remote_ts=(ipaddress.ip_network("10.2.0.0/24"),),
+                        rekey_in_s=3000, expires_in_s=3600,
+                    )
+                    for name in children
+                ),
+            )
+            for conn, children in self.established.items()
+        ))
 
 
 class RecordingBackend(NoneBackend):
@@ -246,8 +250,8 @@ class RecordingBackend(NoneBackend):
         self.removed.append(sa)
         super().remove(sa)
 
-    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
-        return {"bytes_in": spi_in & 0xFF, "bytes_out": 2, "packets_in": 3, "packets_out": 4}
+    def counters(self, spi_in: int, spi_out: int) -> Counters:
+        return Counters(bytes_in=spi_in & 0xFF, bytes_out=2, packets_in=3, packets_out=4)
 
     def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         self.esp.append((data, local, remote))

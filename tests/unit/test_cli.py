@@ -11,11 +11,15 @@ import subprocess
 import sys
 import tempfile
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from ikev1d import cli
 from ikev1d.cli import build_parser, format_status, main
+from ikev1d.daemon.control import Response
+from ikev1d.status import StatusDocument
 from tests.unit._io_fakes import running_daemon
 
 SPEC_STATUS = {"ike_sas": [{
@@ -211,7 +215,7 @@ def test_daemon_unusable_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_status_table_shows_what_people_look_for() -> None:
-    text = format_status(SPEC_STATUS)
+    text = format_status(StatusDocument.from_json(SPEC_STATUS))
     lines = text.splitlines()
     assert lines[0] == "site-b: ESTABLISHED, IKEv1, initiator, cookies a1b2:c3d4"
     assert "  local  '192.0.2.1' @ 192.0.2.1:500" in lines
@@ -225,9 +229,38 @@ def test_status_table_shows_what_people_look_for() -> None:
                for line in lines)
     assert "    remote 10.2.0.0/24, 10.3.0.0/24" in lines
     assert "    rekeying in 55m00s, expires in 1h00m" in lines
-    assert format_status({"ike_sas": []}) == "no SAs\n"
-    # missing members do not crash the table
-    assert format_status({"ike_sas": [{"name": "x", "children": [{}]}]}).startswith("x: -")
+    assert format_status(StatusDocument()) == "no SAs\n"
+
+
+def test_status_of_a_connecting_sa_shows_dashes_for_what_is_not_known_yet() -> None:
+    (ike,) = StatusDocument.from_json(SPEC_STATUS).ike_sas
+    connecting = replace(ike, state="CONNECTING", remote_id=None, proposal=None,
+                         cookies=(ike.cookies[0], bytes(8)), established_s=None,
+                         rekey_in_s=None, children=())
+    assert format_status(StatusDocument((connecting,))).splitlines() == [
+        "site-b: CONNECTING, IKEv1, initiator, cookies a1b2:0000000000000000",
+        "  local  '192.0.2.1' @ 192.0.2.1:500",
+        "  remote '-' @ 192.0.2.2:500, behind NAT",
+        "  -, auth psk",
+    ]
+
+
+@pytest.mark.parametrize(("status", "reason"), [
+    ({"ike_sas": [{"name": "x", "children": [{}]}]}, "ike_sas[0]: missing member 'state'"),
+    ({"ike_sas": "none"}, "status.ike_sas: expected an array, got 'none'"),
+    (None, "status: expected an object, got null"),
+])
+def test_a_malformed_status_answer_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    status: object, reason: str,
+) -> None:
+    body = {"ok": True, "message": "", "status": status}
+    if status is None:
+        del body["status"]
+    monkeypatch.setattr(cli, "_request", lambda *args: Response(True, True, "", body))
+    assert main(["status", "--json"]) == 1
+    assert capsys.readouterr() == (
+        "", f"ikev1d: the daemon answered with a malformed status document: {reason}\n")
 
 
 # --- against a daemon ----------------------------------------------------------------
@@ -247,7 +280,10 @@ def test_control_commands_against_a_daemon(capsys: pytest.CaptureFixture[str]) -
             assert out.endswith("site-ok: established net, net2\n")
 
             assert await cli("status", "--json", *sock) == 0
-            document = json.loads(capsys.readouterr().out)
+            out = capsys.readouterr().out
+            # exactly the daemon's document, read into the typed form and written back
+            assert out == json.dumps(h.daemon.status().to_json(), indent=2) + "\n"
+            document = json.loads(out)
             assert [c["name"] for c in document["ike_sas"][0]["children"]] == ["net", "net2"]
 
             assert await cli("status", *sock) == 0

@@ -30,6 +30,7 @@ from ikev1d.daemon.control import (
     resolve_socket_path,
 )
 from ikev1d.daemon.control_client import DaemonUnreachable, send_request
+from ikev1d.status import StatusDocument
 from tests.unit._io_fakes import running_daemon
 
 # --- codec ---------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def test_overlong_request_is_refused() -> None:
 def test_internal_error_is_an_answer_not_a_hangup() -> None:
     async def body() -> None:
         async with running_daemon() as h:
-            def broken(now: float) -> dict[str, object]:
+            def broken(now: float) -> StatusDocument:
                 raise RuntimeError("status bug")
 
             h.engine.status = broken  # type: ignore[method-assign]

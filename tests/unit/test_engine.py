@@ -171,7 +171,7 @@ def test_main_mode_and_quick_mode_establish_with_matching_keys() -> None:
     exchanges = [split_message(d.data)[0].exchange_type for _, d in net.wire]
     assert exchanges.count(ExchangeType.IDENTITY_PROTECTION) == 6
     assert exchanges.count(ExchangeType.QUICK_MODE) == 3
-    status = net.a.engine.status(net.now)
+    status = net.a.engine.status(net.now).to_json()
     (ike,) = status["ike_sas"]
     assert ike["state"] == "ESTABLISHED" and ike["initiator"] is True
     assert ike["proposal"] == "aes128-sha256-modp2048" and ike["auth"] == "psk"
@@ -234,8 +234,8 @@ def test_phase1_no_proposal_chosen(caplog: pytest.LogCaptureFixture) -> None:
     assert isinstance(failed, ConnectionFailed) and "NO-PROPOSAL-CHOSEN" in failed.reason
     assert "NO-PROPOSAL-CHOSEN" in caplog.text
     assert "aes256-sha512-modp4096" in caplog.text and "aes128-sha256-modp2048" in caplog.text
-    assert net.b.engine.status(net.now) == {"ike_sas": []}
-    assert net.a.engine.status(net.now) == {"ike_sas": []}
+    assert net.b.engine.status(net.now).to_json() == {"ike_sas": []}
+    assert net.a.engine.status(net.now).to_json() == {"ike_sas": []}
 
 
 def test_phase2_no_proposal_chosen(caplog: pytest.LogCaptureFixture) -> None:
@@ -268,7 +268,7 @@ def test_wrong_psk_fails_authentication(caplog: pytest.LogCaptureFixture) -> Non
     assert "authentication failed" in caplog.text
     assert not net.a.of(IkeSaEstablished) and not net.b.of(IkeSaEstablished)
     assert any(isinstance(e, ConnectionFailed) for e in net.a.events)
-    assert net.a.engine.status(net.now) == {"ike_sas": []}
+    assert net.a.engine.status(net.now).to_json() == {"ike_sas": []}
 
 
 def test_wrong_remote_id_fails_authentication(caplog: pytest.LogCaptureFixture) -> None:
@@ -381,7 +381,7 @@ def test_delete_in_both_directions() -> None:
     net.a.engine.terminate("gw", net.now)
     net.pump()
     assert len(net.b.of(ChildSaDeleted)) == 1 and len(net.b.of(IkeSaDeleted)) == 1
-    assert net.b.engine.status(net.now) == {"ike_sas": []}
+    assert net.b.engine.status(net.now).to_json() == {"ike_sas": []}
     net2 = default_net()
     establish(net2)
     net2.b.engine.terminate("gw", net2.now)
@@ -481,7 +481,7 @@ def test_install_failure_deletes_the_sa_on_both_sides() -> None:
     net.a.engine.install_failed(ca.child_id, "TUN device gone", net.now)
     net.pump()
     assert len(net.a.of(ChildSaDeleted)) == 1 and len(net.b.of(ChildSaDeleted)) == 1
-    (ike,) = net.b.engine.status(net.now)["ike_sas"]
+    (ike,) = net.b.engine.status(net.now).to_json()["ike_sas"]
     assert ike["children"] == []
 
 
@@ -491,14 +491,14 @@ def test_reload_keeps_unchanged_and_deletes_removed_connections() -> None:
     same = parse_config(config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"))
     net.a.engine.reload(same, net.now)
     net.pump()
-    assert len(net.a.engine.status(net.now)["ike_sas"]) == 1
+    assert len(net.a.engine.status(net.now).to_json()["ike_sas"]) == 1
     assert not net.b.of(IkeSaDeleted)
     text = config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24")
     text = text.replace("connections.gw", "connections.other")
     renamed = parse_config(text.replace("[secrets.gw]", "[secrets.other]"))
     net.a.engine.reload(renamed, net.now)
     net.pump()
-    assert net.a.engine.status(net.now) == {"ike_sas": []}
+    assert net.a.engine.status(net.now).to_json() == {"ike_sas": []}
     assert len(net.b.of(IkeSaDeleted)) == 1
 
 
@@ -569,7 +569,7 @@ def test_ipsec_sa_is_renewed_before_it_expires() -> None:
     establish(net)
     (first_a,) = net.a.of(ChildSaEstablished)
     assert isinstance(first_a, ChildSaEstablished)
-    (child,) = net.a.engine.status(net.now)["ike_sas"][0]["children"]
+    (child,) = net.a.engine.status(net.now).to_json()["ike_sas"][0]["children"]
     assert 48 <= child["rekey_in_s"] <= 54 and child["expires_in_s"] == 60
     net.advance(56)
     # Make before break: the new pair is up on both sides, then the old one goes.
@@ -583,7 +583,7 @@ def test_ipsec_sa_is_renewed_before_it_expires() -> None:
     events_a = net.a.events
     assert events_a.index(new_a[0]) < events_a.index(deleted_a[0])
     for peer in (net.a, net.b):
-        (ike,) = peer.engine.status(net.now)["ike_sas"]
+        (ike,) = peer.engine.status(net.now).to_json()["ike_sas"]
         assert len(ike["children"]) == 1 and ike["children"][0]["state"] == "INSTALLED"
     # And again a lifetime later: renewals go on.
     net.advance(60)
@@ -601,10 +601,10 @@ def test_isakmp_sa_is_renewed_and_keeps_its_ipsec_sas() -> None:
     assert len(net.a.of(IkeSaEstablished)) == 2
     assert len(net.a.of(IkeSaDeleted)) == 1 and len(net.b.of(IkeSaDeleted)) == 1
     assert not net.a.of(ChildSaDeleted) and not net.b.of(ChildSaDeleted)
-    (ike,) = net.a.engine.status(net.now)["ike_sas"]
+    (ike,) = net.a.engine.status(net.now).to_json()["ike_sas"]
     assert ike["state"] == "ESTABLISHED" and len(ike["children"]) == 1
     assert isinstance(first, IkeSaEstablished)
-    (b_ike,) = net.b.engine.status(net.now)["ike_sas"]
+    (b_ike,) = net.b.engine.status(net.now).to_json()["ike_sas"]
     assert b_ike["cookies"] == ike["cookies"] and len(b_ike["children"]) == 1
     # A Quick Mode still works over the renewed ISAKMP SA.
     net.a.engine.terminate("gw", net.now)
@@ -698,7 +698,7 @@ def test_dynamic_peers_share_a_connection_without_disturbing_each_other() -> Non
             break
     children = [e for e in events if isinstance(e, ChildSaEstablished)]
     assert sorted(str(c.remote_ts[0]) for c in children) == ["192.0.2.11/32", "192.0.2.12/32"]
-    status = b.status(0.0)["ike_sas"]
+    status = b.status(0.0).to_json()["ike_sas"]
     assert len(status) == 2
     # Neither peer's tunnel counts as a renewal of the other's: both keep their timers.
     assert all(ike["children"][0]["rekey_in_s"] is not None for ike in status)

@@ -50,4 +50,4 @@ def test_unknown_vid_is_logged_in_hex_and_ignored(
     with caplog.at_level(logging.INFO):
         establish(net)
     assert "ignoring unknown vendor ID deadbeef00112233" in caplog.text
-    assert len(net.b.engine.status(net.now)["ike_sas"]) == 1
+    assert len(net.b.engine.status(net.now).to_json()["ike_sas"]) == 1

@@ -15,6 +15,7 @@ from ikev1d.dataplane.base import (
     create_backend,
 )
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished
+from ikev1d.status import Counters
 
 
 def _sa() -> ChildSaEstablished:
@@ -30,8 +31,7 @@ def test_none_backend_installs_nothing_and_counts_zero() -> None:
     assert isinstance(backend, NoneBackend)
     assert isinstance(backend, DataplaneBackend)
     backend.install(_sa())
-    assert backend.counters(0xC0000001, 0xD0000001) == {
-        "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
+    assert backend.counters(0xC0000001, 0xD0000001) == Counters(0, 0, 0, 0, drops=None)
     backend.remove(ChildSaDeleted("c", "net", 1, 1, 0xC0000001, 0xD0000001, "test"))
     backend.remove(ChildSaDeleted("c", "net", 1, 1, 5, 6, "unknown pair is fine"))
     backend.close()

@@ -15,6 +15,7 @@ from ikev1d.daemon.control import UpRequest
 from ikev1d.daemon.runtime import ConfigLoadError, Daemon, DaemonError, DaemonOptions
 from ikev1d.daemon.udp import NON_ESP_MARKER
 from ikev1d.dataplane.base import DataplaneError
+from ikev1d.status import Counters
 from tests.unit._io_fakes import (
     FakeConfig,
     FakeEngine,
@@ -308,10 +309,13 @@ def test_child_events_reach_data_plane_and_counters_reach_status() -> None:
             h.daemon.engine.initiate("site-ok", None, h.daemon.now())
             h.daemon._pump()  # what every input path does
             await eventually(lambda: len(h.backend.installed) == 2)
+            # The engine knows no traffic; the daemon puts the data plane's counters in.
+            assert all(child.counters == Counters() for ike_sa in
+                       h.engine.status(h.daemon.now()).ike_sas for child in ike_sa.children)
             status = h.daemon.status()
-            child = status["ike_sas"][0]["children"][0]
-            assert (child["bytes_in"], child["bytes_out"]) == (0x01, 2)
-            assert (child["packets_in"], child["packets_out"]) == (3, 4)
+            child = status.ike_sas[0].children[0]
+            assert child.counters == Counters(bytes_in=0x01, bytes_out=2, packets_in=3,
+                                              packets_out=4)
             ok, message = h.daemon.down("site-ok")
             assert ok, message
             assert "deleted 1 ISAKMP SA(s) and 2 IPsec SA(s)" in message

@@ -43,6 +43,7 @@ from ikev1d.dataplane.linux.xfrm import (
     XfrmTemplate,
 )
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Network
+from ikev1d.status import Counters
 
 net = ipaddress.ip_network
 LOCAL, REMOTE = "192.0.2.1", "192.0.2.2"
@@ -339,12 +340,12 @@ def test_counters_come_from_the_kernel_states(backend: KernelBackend, fake: Fake
     backend.install(sa)
     fake.counters[(LOCAL, sa.spi_in)] = XfrmStateCounters(1000, 10)
     fake.counters[(REMOTE, sa.spi_out)] = XfrmStateCounters(2000, 20)
-    assert backend.counters(sa.spi_in, sa.spi_out) == {
-        "bytes_in": 1000, "packets_in": 10, "bytes_out": 2000, "packets_out": 20}
-    assert backend.counters(1, 2) == {"bytes_in": 0, "packets_in": 0, "bytes_out": 0,
-                                      "packets_out": 0}
+    assert backend.counters(sa.spi_in, sa.spi_out) == Counters(
+        bytes_in=1000, bytes_out=2000, packets_in=10, packets_out=20)
+    assert backend.counters(1, 2) == Counters(0, 0, 0, 0)
     del fake.states[(REMOTE, sa.spi_out)]  # expired behind our back
-    assert backend.counters(sa.spi_in, sa.spi_out)["bytes_out"] == 0
+    assert backend.counters(sa.spi_in, sa.spi_out) == Counters(
+        bytes_in=1000, bytes_out=0, packets_in=10, packets_out=0)
 
 
 def test_close_removes_everything_once_and_closes_the_socket(

@@ -19,6 +19,7 @@ from ikev1d.dataplane.base import DataplaneBackend, DataplaneError
 from ikev1d.dataplane.packet import build_ipv4_packet
 from ikev1d.dataplane.userspace import UserspaceBackend
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
+from ikev1d.status import Counters, DropCounters
 
 net = ipaddress.ip_network
 
@@ -232,12 +233,13 @@ def test_packets_cross_both_ways_and_counters_agree(
 
     ca = a.backend.counters(0xC0000001, 0xC0000002)
     cb = b.backend.counters(0xC0000002, 0xC0000001)
-    assert ca["packets_out"] == cb["packets_in"] == 5
-    assert ca["bytes_out"] == cb["bytes_in"] == sum(map(len, to_b))
-    assert ca["packets_in"] == cb["packets_out"] == 1
-    assert ca["bytes_in"] == cb["bytes_out"] == len(back)
-    assert a.backend.counters(1, 2) == {"bytes_in": 0, "bytes_out": 0,
-                                        "packets_in": 0, "packets_out": 0}
+    assert ca.packets_out == cb.packets_in == 5
+    assert ca.bytes_out == cb.bytes_in == sum(map(len, to_b))
+    assert ca.packets_in == cb.packets_out == 1
+    assert ca.bytes_in == cb.bytes_out == len(back)
+    assert ca.drops == cb.drops == DropCounters()
+    # an SA pair it does not know: zeros, and no drop reasons to show
+    assert a.backend.counters(1, 2) == Counters(0, 0, 0, 0, drops=None)
 
 
 def test_udp_encapsulated_sa_goes_through_send_udp(sides: tuple[Side, Side]) -> None:
@@ -252,7 +254,7 @@ def test_udp_encapsulated_sa_goes_through_send_udp(sides: tuple[Side, Side]) -> 
     assert local == ("192.0.2.1", 4500) and remote == ("192.0.2.2", 4500)
     b.backend.receive_esp_udp(esp, ("192.0.2.2", 4500), ("192.0.2.1", 4500))
     assert b.tun.written == [packet]
-    assert b.backend.counters(0xC0000002, 0xC0000001)["packets_in"] == 1
+    assert b.backend.counters(0xC0000002, 0xC0000001).packets_in == 1
 
 
 def test_nat_keepalives_for_encapsulated_peers(sides: tuple[Side, Side]) -> None:
@@ -286,7 +288,8 @@ def test_replayed_and_tampered_packets_are_dropped_and_counted(sides: tuple[Side
     b.backend.handle_raw_readable()
     assert len(b.tun.written) == 2  # first once, then second: not the replay, not the flipped one
     c = b.backend.counters(0xC0000002, 0xC0000001)
-    assert (c["packets_in"], c["replayed_in"], c["icv_failed_in"]) == (2, 1, 1)
+    assert c.drops is not None
+    assert (c.packets_in, c.drops.replayed_in, c.drops.icv_failed_in) == (2, 1, 1)
     assert b.backend.drops["replay"] == 1 and b.backend.drops["icv"] == 1
 
 
@@ -313,7 +316,8 @@ def test_inbound_packet_outside_the_selectors_is_dropped(sides: tuple[Side, Side
     assert carry_raw(a, b) == 2
     assert len(b.tun.written) == 1 and b.tun.written[0].endswith(b"fine")
     c = b.backend.counters(0xC0000002, 0xC0000001)
-    assert c["policy_dropped_in"] == 1 and c["packets_in"] == 1
+    assert c.drops is not None
+    assert c.drops.policy_dropped_in == 1 and c.packets_in == 1
     assert b.backend.drops["policy"] == 1
 
 
@@ -336,7 +340,8 @@ def test_tun_write_error_is_counted_not_raised(sides: tuple[Side, Side]) -> None
     carry_raw(a, b)
     assert b.backend.drops["tun_error"] == 1
     c = b.backend.counters(0xC0000002, 0xC0000001)
-    assert (c["packets_in"], c["tun_dropped_in"]) == (0, 1)
+    assert c.drops is not None
+    assert (c.packets_in, c.drops.tun_dropped_in) == (0, 1)
 
 
 def test_reads_are_batched(sides: tuple[Side, Side]) -> None:
@@ -505,5 +510,6 @@ def test_send_errors_are_counted_per_sa(sides: tuple[Side, Side]) -> None:
     a.tun.to_read.extend(udp_packet("10.1.0.1", "10.2.0.1", b"x") for _ in range(3))
     a.backend.handle_tun_readable()
     c = a.backend.counters(0xC0000001, 0xC0000002)
-    assert (c["packets_out"], c["dropped_out"]) == (0, 3)
+    assert c.drops is not None
+    assert (c.packets_out, c.drops.dropped_out) == (0, 3)
     assert a.backend.drops["send_error"] == 3

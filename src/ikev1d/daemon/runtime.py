@@ -20,7 +20,7 @@ import signal
 import socket
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ikev1d import config as config_module
@@ -52,6 +52,7 @@ from ikev1d.engine.api import (
     IkeSaDeleted,
     IkeSaEstablished,
 )
+from ikev1d.status import ChildSaStatus, StatusDocument
 
 log = logging.getLogger("ikev1d.daemon")
 
@@ -105,7 +106,7 @@ class EngineLike(Protocol):
     def events(self) -> list[Event]: ...
     def get_timer(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
-    def status(self, now: float) -> dict[str, Any]: ...
+    def status(self, now: float) -> StatusDocument: ...
 
 
 class DaemonError(Exception):
@@ -633,7 +634,7 @@ class Daemon:
                 ok, message = self.down(name)
                 return encode_response(ok, message)
             case StatusRequest():
-                return encode_response(True, "", status=self.status())
+                return encode_response(True, "", status=self.status().to_json())
             case ReloadRequest():
                 ok, message = self.reload()
                 return encode_response(ok, message)
@@ -689,14 +690,10 @@ class Daemon:
             document = self.engine.status(self.now())
         except Exception:
             return False
-        for ike_sa in document.get("ike_sas", []):
-            if ike_sa.get("name") != name or ike_sa.get("state") != "ESTABLISHED":
+        for ike_sa in document.ike_sas:
+            if ike_sa.name != name or ike_sa.state != "ESTABLISHED":
                 continue
-            installed = {
-                child.get("name")
-                for child in ike_sa.get("children", [])
-                if child.get("state") == "INSTALLED"
-            }
+            installed = {child.name for child in ike_sa.children if child.state == "INSTALLED"}
             if set(children) <= installed:
                 return True
         return False
@@ -727,26 +724,32 @@ class Daemon:
             document = self.engine.status(self.now())
         except Exception:
             return 0, 0
-        ike_sas = [s for s in document.get("ike_sas", []) if s.get("name") == name]
-        return len(ike_sas), sum(len(s.get("children", [])) for s in ike_sas)
+        ike_sas = [s for s in document.ike_sas if s.name == name]
+        return len(ike_sas), sum(len(s.children) for s in ike_sas)
 
-    def status(self) -> dict[str, Any]:
-        """The engine's status document with the data plane's counters filled in."""
+    def status(self) -> StatusDocument:
+        """The engine's status document with the data plane's counters in place of the
+        engine's zeros."""
         document = self.engine.status(self.now())
         backend = self._backend
         if backend is None:
             return document
-        for ike_sa in document.get("ike_sas", []):
-            for child in ike_sa.get("children", []):
-                try:
-                    spi_in = int(child["spi_in"], 16)
-                    spi_out = int(child["spi_out"], 16)
-                    child.update(backend.counters(spi_in, spi_out))
-                except (KeyError, TypeError, ValueError):
-                    continue
-                except Exception:
-                    log.exception("data plane failed reporting counters")
-        return document
+        return replace(document, ike_sas=tuple(
+            replace(ike_sa, children=tuple(
+                self._with_counters(backend, child) for child in ike_sa.children
+            ))
+            for ike_sa in document.ike_sas
+        ))
+
+    @staticmethod
+    def _with_counters(backend: DataplaneBackend, child: ChildSaStatus) -> ChildSaStatus:
+        try:
+            counters = backend.counters(child.spi_in, child.spi_out)
+        except Exception:
+            # Status still answers, with the engine's zeros for this SA.
+            log.exception("data plane failed reporting counters")
+            return child
+        return replace(child, counters=counters)
 
 
 def _daemon_section_changed(old: ConfigLike, new: ConfigLike) -> bool:

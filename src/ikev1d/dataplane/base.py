@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint
+from ikev1d.status import Counters
 
 if TYPE_CHECKING:
     import asyncio
@@ -37,8 +38,8 @@ class DataplaneError(Exception):
     """A backend failed to start, install or remove an SA; the message is for people."""
 
 
-def zero_counters() -> dict[str, int]:
-    return {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
+def zero_counters() -> Counters:
+    return Counters()
 
 
 @runtime_checkable
@@ -57,8 +58,8 @@ class DataplaneBackend(Protocol):
     def remove(self, sa: ChildSaDeleted) -> None:
         """Remove the SA pair; an unknown SPI pair is not an error."""
 
-    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
-        """``bytes_in``, ``bytes_out``, ``packets_in``, ``packets_out`` of an SA pair."""
+    def counters(self, spi_in: int, spi_out: int) -> Counters:
+        """The traffic of an SA pair (zeros for a pair it does not know)."""
 
     def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         """An ESP packet that arrived UDP-encapsulated (marker and UDP header removed)."""
@@ -86,7 +87,7 @@ class NoneBackend:
     def remove(self, sa: ChildSaDeleted) -> None:
         self.installed.pop((sa.spi_in, sa.spi_out), None)
 
-    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
+    def counters(self, spi_in: int, spi_out: int) -> Counters:
         return zero_counters()
 
     def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:

@@ -59,6 +59,7 @@ from ikev1d.dataplane.linux.xfrm import (
     XfrmTemplate,
 )
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
+from ikev1d.status import Counters
 
 if TYPE_CHECKING:
     import asyncio
@@ -350,20 +351,27 @@ class KernelBackend:
     def remove(self, sa: ChildSaDeleted) -> None:
         self._remove_pair((sa.spi_in, sa.spi_out))
 
-    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
-        result = zero_counters()
+    def counters(self, spi_in: int, spi_out: int) -> Counters:
         pair = self._pairs.get((spi_in, spi_out))
         if pair is None:
-            return result
-        for state, direction in ((pair.inbound, "in"), (pair.outbound, "out")):
-            try:
-                current = self.xfrm.state_counters(state.dst, state.spi)
-            except OSError as exc:
-                log.debug("kernel data plane: counters of %s: %s", _state_text(state), exc)
-                continue
-            result[f"bytes_{direction}"] = current.bytes
-            result[f"packets_{direction}"] = current.packets
-        return result
+            return zero_counters()
+        inbound = self._state_counters(pair.inbound)
+        outbound = self._state_counters(pair.outbound)
+        return Counters(
+            bytes_in=inbound.bytes,
+            bytes_out=outbound.bytes,
+            packets_in=inbound.packets,
+            packets_out=outbound.packets,
+        )
+
+    def _state_counters(self, state: XfrmState) -> XfrmStateCounters:
+        """The kernel's counters of one state; zeros when it cannot say (the state may
+        have just expired), as status should still answer."""
+        try:
+            return self.xfrm.state_counters(state.dst, state.spi)
+        except OSError as exc:
+            log.debug("kernel data plane: counters of %s: %s", _state_text(state), exc)
+            return XfrmStateCounters(0, 0)
 
     def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         # With UDP_ENCAP set on the NAT-T socket the kernel takes ESP-in-UDP itself;

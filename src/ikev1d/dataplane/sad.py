@@ -130,14 +130,6 @@ class SaCounters:
     dropped_tun_in: int = 0
     dropped_out: int = 0
 
-    def as_status(self) -> dict[str, int]:
-        return {
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "packets_in": self.packets_in,
-            "packets_out": self.packets_out,
-        }
-
 
 @dataclass(eq=False)
 class SaEntry:

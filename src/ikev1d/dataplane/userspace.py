@@ -47,6 +47,7 @@ from ikev1d.dataplane.esp import (
 from ikev1d.dataplane.packet import NAT_KEEPALIVE
 from ikev1d.dataplane.sad import Sad, SaEntry, address_key, prefixes
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
+from ikev1d.status import Counters, DropCounters
 
 if TYPE_CHECKING:
     import asyncio
@@ -264,21 +265,28 @@ class UserspaceBackend:
             self._bypass_unref(entry.bypass)
         log.debug("userspace: removed %s SPIs %08x_i %08x_o", entry.name, sa.spi_in, sa.spi_out)
 
-    def counters(self, spi_in: int, spi_out: int) -> dict[str, int]:
-        """The four status counters, plus why packets of this SA were dropped (``*_in``:
+    def counters(self, spi_in: int, spi_out: int) -> Counters:
+        """The traffic of this SA pair, plus why its packets were dropped (``*_in``:
         received ones, by reason; ``dropped_out``: sealing or sending failed)."""
         entry = self.sad.get(spi_in, spi_out)
         if entry is None:
             return zero_counters()
-        status = entry.counters.as_status()
+        counters = entry.counters
         esp = entry.inbound.counters
-        status["replayed_in"] = esp.replayed
-        status["icv_failed_in"] = esp.failed_icv
-        status["malformed_in"] = esp.malformed
-        status["policy_dropped_in"] = entry.counters.dropped_policy_in
-        status["tun_dropped_in"] = entry.counters.dropped_tun_in
-        status["dropped_out"] = entry.counters.dropped_out
-        return status
+        return Counters(
+            bytes_in=counters.bytes_in,
+            bytes_out=counters.bytes_out,
+            packets_in=counters.packets_in,
+            packets_out=counters.packets_out,
+            drops=DropCounters(
+                replayed_in=esp.replayed,
+                icv_failed_in=esp.failed_icv,
+                malformed_in=esp.malformed,
+                policy_dropped_in=counters.dropped_policy_in,
+                tun_dropped_in=counters.dropped_tun_in,
+                dropped_out=counters.dropped_out,
+            ),
+        )
 
     def receive_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         try:

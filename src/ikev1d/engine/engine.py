@@ -13,7 +13,6 @@ import ipaddress
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from ikev1d.config import Config, ConnectionConfig
 from ikev1d.crypto import informational_hash
@@ -39,6 +38,7 @@ from ikev1d.engine.quick_mode import QmState, QuickMode, QuickModeRefused
 from ikev1d.engine.rules import INFORMATIONAL, check
 from ikev1d.engine.timers import Timers
 from ikev1d.engine.vendor import Extension
+from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument
 from ikev1d.wire import (
     DeletePayload,
     ExchangeType,
@@ -923,54 +923,52 @@ class Engine:
     def ike_sa_count(self) -> int:
         return len(self._all_sas())
 
-    def status(self, now: float) -> dict[str, Any]:
+    def status(self, now: float) -> StatusDocument:
         ike_sas = []
         for sa in sorted(self._all_sas(), key=lambda s: s.ike_id):
             if sa.state is IkeState.DELETING:
                 continue
             established = sa.established_at
-            ike_sas.append({
-                "name": sa.name,
-                "state": sa.state.value,
-                "local": f"{sa.local[0]}:{sa.local[1]}",
-                "remote": f"{sa.remote[0]}:{sa.remote[1]}",
-                "local_id": sa.local_id or None,
-                "remote_id": sa.remote_id or None,
-                "initiator": sa.initiator,
-                "cookies": f"{sa.cky_i.hex()}:{sa.cky_r.hex()}",
-                "proposal": sa.proposal.render() if sa.proposal else None,
-                "auth": _AUTH_NAMES.get(sa.auth_method, str(sa.auth_method)),
-                "nat_local": sa.nat_local,
-                "nat_remote": sa.nat_remote,
-                "established_s": int(now - established) if established is not None else None,
-                "rekey_in_s": int(sa.rekey_at - now) if sa.rekey_at is not None else None,
-                "virtual_ip": None,
-                "children": [_child_status(c, now) for c in sa.children],
-            })
-        return {"ike_sas": ike_sas}
+            ike_sas.append(IkeSaStatus(
+                name=sa.name,
+                state=sa.state.value,
+                local=sa.local,
+                remote=sa.remote,
+                local_id=sa.local_id or None,
+                remote_id=sa.remote_id or None,
+                initiator=sa.initiator,
+                cookies=(sa.cky_i, sa.cky_r),
+                proposal=sa.proposal.render() if sa.proposal else None,
+                auth=_AUTH_NAMES.get(sa.auth_method, str(sa.auth_method)),
+                nat_local=sa.nat_local,
+                nat_remote=sa.nat_remote,
+                established_s=int(now - established) if established is not None else None,
+                rekey_in_s=int(sa.rekey_at - now) if sa.rekey_at is not None else None,
+                virtual_ip=None,
+                children=tuple(_child_status(c, now) for c in sa.children),
+            ))
+        return StatusDocument(tuple(ike_sas))
 
 
-def _child_status(child: ChildSa, now: float) -> dict[str, Any]:
+def _child_status(child: ChildSa, now: float) -> ChildSaStatus:
+    """The IPsec SA as the engine knows it; the data plane's counters are not its to
+    know, so they stay at the zeros the daemon replaces."""
     remaining = int(child.established_at + child.lifetime_s - now)
     rekey = child.rekey
     rekey_in = int(rekey.deadline - now) if rekey is not None and not rekey.cancelled else None
-    return {
-        "name": child.config.name,
-        "state": child.state,
-        "mode": child.mode,
-        "encap": child.encap,
-        "spi_in": child.spi_in.hex(),
-        "spi_out": child.spi_out.hex(),
-        "proposal": child.proposal.render(),
-        "local_ts": [str(n) for n in child.local_ts],
-        "remote_ts": [str(n) for n in child.remote_ts],
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "packets_in": 0,
-        "packets_out": 0,
-        "rekey_in_s": rekey_in,
-        "expires_in_s": remaining,
-    }
+    return ChildSaStatus(
+        name=child.config.name,
+        state=child.state,
+        mode=child.mode,
+        encap=child.encap,
+        spi_in=int.from_bytes(child.spi_in, "big"),
+        spi_out=int.from_bytes(child.spi_out, "big"),
+        proposal=child.proposal.render(),
+        local_ts=child.local_ts,
+        remote_ts=child.remote_ts,
+        rekey_in_s=rekey_in,
+        expires_in_s=remaining,
+    )
 
 
 __all__ = ["ConnectionConfig", "Engine", "EngineError"]
