@@ -1,8 +1,9 @@
-"""A fake engine, config and data plane for the daemon, control and CLI tests.
+"""A scripted engine, a real configuration and a recording data plane for the daemon,
+control and CLI tests.
 
-The fake engine implements the Engine interface the daemon drives (see
-ikev1d.daemon.runtime.EngineLike) with scripted behaviour per connection name, and
-uses its timer so the daemon's timer scheduling is exercised too.
+FakeEngine is an ``ikev1d.engine.Engine`` (its configuration, its output queues and
+its timers are the real ones, so the daemon's timer scheduling is exercised too)
+whose protocol is scripted per connection name instead of negotiated.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import ipaddress
 import os
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
-from ikev1d.daemon.runtime import ConfigLike, Daemon, DaemonOptions
+from ikev1d.config import Config, parse_config
+from ikev1d.daemon.runtime import Daemon, DaemonOptions
 from ikev1d.dataplane.base import DataplaneError, NoneBackend, SendUdp
+from ikev1d.engine import Engine
 from ikev1d.engine.api import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -26,7 +28,6 @@ from ikev1d.engine.api import (
     Datagram,
     Endpoint,
     EngineError,
-    Event,
     IkeSaDeleted,
     IkeSaEstablished,
 )
@@ -34,52 +35,48 @@ from ikev1d.status import ChildSaStatus, Counters, IkeSaStatus, StatusDocument
 
 PEER: Endpoint = ("127.0.0.1", 40999)
 
+# "ok" connections establish after a timer; "fail" fail; "hang" never answer.
+CONFIG = """
+[daemon]
+listen = [{listen}]
+port = {port}
+port_nat_t = {port_nat_t}
+dataplane = "none"
 
-@dataclass(frozen=True)
-class FakeDaemonSection:
-    listen: tuple[str, ...]
-    port: int
-    port_nat_t: int
-    dataplane: str = "none"
-    log_level: str = "info"
+[connections.site-ok]
+remote_addrs = ["127.0.0.2"]
+[connections.site-ok.children.net]
+[connections.site-ok.children.net2]
 
+[connections.site-fail]
+remote_addrs = ["127.0.0.2"]
+[connections.site-fail.children.net]
 
-@dataclass(frozen=True)
-class FakeConnection:
-    children: Mapping[str, Any]
+[connections.site-hang]
+remote_addrs = ["127.0.0.2"]
+[connections.site-hang.children.net]
 
-
-@dataclass(frozen=True)
-class FakeConfig:
-    daemon: FakeDaemonSection
-    connections: Mapping[str, FakeConnection] = field(default_factory=dict)
-    generation: int = 0
-
-
-def make_config(port: int, port_nat_t: int, listen: tuple[str, ...] = ("127.0.0.1",),
-                generation: int = 0) -> FakeConfig:
-    return FakeConfig(
-        FakeDaemonSection(listen, port, port_nat_t),
-        {
-            # "ok" connections establish after a timer; "fail" fail; "hang" never answer.
-            "site-ok": FakeConnection({"net": None, "net2": None}),
-            "site-fail": FakeConnection({"net": None}),
-            "site-hang": FakeConnection({"net": None}),
-            "site-nochild": FakeConnection({}),
-        },
-        generation,
-    )
+[connections.site-nochild]
+remote_addrs = ["127.0.0.2"]
+"""
 
 
-def fresh_config() -> FakeConfig:
+def make_config(port: int, port_nat_t: int,
+                listen: tuple[str, ...] = ("127.0.0.1",)) -> Config:
+    text = CONFIG.format(listen=", ".join(f'"{a}"' for a in listen), port=port,
+                         port_nat_t=port_nat_t)
+    return parse_config(text, "ikev1d.toml")
+
+
+def fresh_config() -> Config:
     port, port_nat_t = free_udp_ports(2)
     return make_config(port, port_nat_t)
 
 
 def collecting_factory(
     engines: list[FakeEngine],
-) -> Callable[[ConfigLike, Callable[[int], bytes]], FakeEngine]:
-    def factory(config: ConfigLike, random_bytes: Callable[[int], bytes]) -> FakeEngine:
+) -> Callable[[Config, Callable[[int], bytes]], FakeEngine]:
+    def factory(config: Config, random_bytes: Callable[[int], bytes]) -> FakeEngine:
         engines.append(FakeEngine(config, random_bytes))
         return engines[-1]
 
@@ -100,30 +97,25 @@ def free_udp_ports(count: int) -> list[int]:
             s.close()
 
 
-class FakeEngine:
-    def __init__(self, config: ConfigLike, random_bytes: Callable[[int], bytes]) -> None:
-        self.config = config
-        self.random_bytes = random_bytes
+class FakeEngine(Engine):
+    def __init__(self, config: Config, random_bytes: Callable[[int], bytes]) -> None:
+        super().__init__(config, random_bytes=random_bytes)
         self.received: list[tuple[bytes, Endpoint, Endpoint]] = []
         self.calls: list[str] = []
-        self.reloaded: list[Any] = []
-        self._out: list[Datagram] = []
-        self._events: list[Event] = []
-        self._timer: float | None = None
-        self._scheduled: list[tuple[str, str | None]] = []
+        self.reloaded: list[Config] = []
         self.established: dict[str, list[str]] = {}
         self.local: Endpoint = ("127.0.0.1", 500)
         self.peer: Endpoint = PEER
         """Where terminate/shutdown address their Delete messages."""
         self.next_spi = 0xC0000001
 
-    # --- the Engine interface ---
+    # --- the inputs, scripted ---
 
     def receive_datagram(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
         self.received.append((data, local, remote))
         self.local = local
         if data.startswith(b"ping"):
-            self._out.append(Datagram(b"pong" + data[4:], local, remote))
+            self.send(Datagram(b"pong" + data[4:], local, remote))
         if data == b"crash":
             raise RuntimeError("engine bug")
 
@@ -133,8 +125,7 @@ class FakeEngine:
             raise EngineError(f"no connection {conn!r}")
         if conn == "site-hang":
             return
-        self._scheduled.append((conn, child))
-        self._timer = now + 0.02
+        self.timers.schedule(now + 0.02, lambda t: self._answer(conn, child))
 
     def terminate(self, conn: str, now: float) -> None:
         self.calls.append(f"terminate {conn}")
@@ -142,59 +133,45 @@ class FakeEngine:
         if children is None:
             return
         for n, name in enumerate(children):
-            self._events.append(ChildSaDeleted(conn, name, 1, n, 0xC0000001 + n, 0xD0000001 + n,
-                                               "deleted by request"))
-        self._events.append(IkeSaDeleted(conn, 1, "deleted by request"))
-        self._out.append(Datagram(b"delete " + conn.encode(), self.local, self.peer))
+            self.emit(ChildSaDeleted(conn, name, 1, n, 0xC0000001 + n, 0xD0000001 + n,
+                                     "deleted by request"))
+        self.emit(IkeSaDeleted(conn, 1, "deleted by request"))
+        self.send(Datagram(b"delete " + conn.encode(), self.local, self.peer))
 
     def install_failed(self, child_id: int, reason: str, now: float) -> None:
         self.calls.append(f"install_failed {child_id}")
 
     def shutdown(self, now: float) -> None:
         self.calls.append("shutdown")
-        self._out.append(Datagram(b"shutdown-delete", self.local, self.peer))
+        self.send(Datagram(b"shutdown-delete", self.local, self.peer))
 
-    def reload(self, config: Any, now: float) -> None:
+    def reload(self, config: Config, now: float) -> None:
         self.calls.append("reload")
         self.reloaded.append(config)
-        self.config = config
+        super().reload(config, now)
 
-    def datagrams_to_send(self) -> list[Datagram]:
-        out, self._out = self._out, []
-        return out
-
-    def events(self) -> list[Event]:
-        out, self._events = self._events, []
-        return out
-
-    def get_timer(self) -> float | None:
-        return self._timer
-
-    def handle_timer(self, now: float) -> None:
+    def _answer(self, conn: str, child: str | None) -> None:
+        """The peer's answer to ``initiate``, when the timer it set fires."""
         self.calls.append("timer")
-        if self._timer is None or now < self._timer:
+        if conn == "site-fail":
+            self.emit(ConnectionFailed(conn, None, "NO-PROPOSAL-CHOSEN from peer"))
             return
-        self._timer = None
-        scheduled, self._scheduled = self._scheduled, []
-        for conn, child in scheduled:
-            if conn == "site-fail":
-                self._events.append(ConnectionFailed(conn, None, "NO-PROPOSAL-CHOSEN from peer"))
-                continue
-            local, remote = ("127.0.0.1", 500), ("127.0.0.2", 500)
-            self._events.append(IkeSaEstablished(conn, 1, local, remote, "127.0.0.1",
-                                                 "127.0.0.2", "aes128-sha256-modp2048",
-                                                 "psk", True))
-            names = [child] if child else list(self.config.connections[conn].children)
-            for name in names:
-                spi_in, spi_out = self.next_spi, self.next_spi + 0x10000000
-                self.next_spi += 1
-                self._events.append(ChildSaEstablished(
-                    conn, name, 1, spi_in, spi_in, spi_out, "aes128gcm16", "aes-gcm-16", 16,
-                    16, None, "tunnel", False, local, remote,
-                    (ipaddress.ip_network("10.1.0.0/24"),),
-                    (ipaddress.ip_network("10.2.0.0/24"),), b"k" * 20, b"k" * 20,
-                ))
-            self.established[conn] = names
+        local, remote = ("127.0.0.1", 500), ("127.0.0.2", 500)
+        self.emit(IkeSaEstablished(conn, 1, local, remote, "127.0.0.1", "127.0.0.2",
+                                   "aes128-sha256-modp2048", "psk", True))
+        names = [child] if child else list(self.config.connections[conn].children)
+        for name in names:
+            spi_in, spi_out = self.next_spi, self.next_spi + 0x10000000
+            self.next_spi += 1
+            self.emit(ChildSaEstablished(
+                conn, name, 1, spi_in, spi_in, spi_out, "aes128gcm16", "aes-gcm-16", 16,
+                16, None, "tunnel", False, local, remote,
+                (ipaddress.ip_network("10.1.0.0/24"),),
+                (ipaddress.ip_network("10.2.0.0/24"),), b"k" * 20, b"k" * 20,
+            ))
+        self.established[conn] = names
+
+    # --- the output that follows from the script ---
 
     def status(self, now: float) -> StatusDocument:
         return StatusDocument(tuple(
@@ -260,7 +237,7 @@ class RecordingBackend(NoneBackend):
 @dataclass
 class Harness:
     daemon: Daemon
-    config: FakeConfig
+    config: Config
     backend: RecordingBackend
     socket_path: str
     engines: list[FakeEngine]
@@ -274,7 +251,7 @@ class Harness:
 async def running_daemon(
     listen: tuple[str, ...] = ("127.0.0.1",),
     install_signal_handlers: bool = False,
-    config_loader: Callable[[str], ConfigLike] | None = None,
+    config_loader: Callable[[str], Config] | None = None,
 ) -> AsyncIterator[Harness]:
     """A started Daemon with a FakeEngine on free loopback ports and a temp control socket."""
     port, port_nat_t = free_udp_ports(2)

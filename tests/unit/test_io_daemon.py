@@ -11,13 +11,13 @@ import tempfile
 
 import pytest
 
+from ikev1d.config import Config
 from ikev1d.daemon.control import UpRequest
 from ikev1d.daemon.runtime import ConfigLoadError, Daemon, DaemonError, DaemonOptions
 from ikev1d.daemon.udp import NON_ESP_MARKER
 from ikev1d.dataplane.base import DataplaneError
 from ikev1d.status import Counters
 from tests.unit._io_fakes import (
-    FakeConfig,
     FakeEngine,
     RecordingBackend,
     UdpPeer,
@@ -177,13 +177,14 @@ def test_sigterm_sends_deletes_and_run_returns() -> None:
 
 def test_sighup_reloads_and_a_bad_config_keeps_the_old_one() -> None:
     port, port_nat_t = free_udp_ports(2)
-    configs: list[FakeConfig | ConfigLoadError] = [
+    second = make_config(port, port_nat_t)
+    configs: list[Config | ConfigLoadError] = [
         make_config(port, port_nat_t),
-        make_config(port, port_nat_t, generation=1),
+        second,
         ConfigLoadError("x.toml: connections.a.proposals: unknown algorithm 'foo'"),
     ]
 
-    def loader(path: str) -> FakeConfig:
+    def loader(path: str) -> Config:
         item = configs.pop(0)
         if isinstance(item, ConfigLoadError):
             raise item
@@ -193,7 +194,8 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one() -> None:
         async with running_daemon(install_signal_handlers=True, config_loader=loader) as h:
             os.kill(os.getpid(), signal.SIGHUP)
             await eventually(lambda: "reload" in h.engine.calls)
-            assert h.engine.reloaded[0].generation == 1
+            assert len(h.engine.reloaded) == 1 and h.engine.reloaded[0] is second
+            assert h.engine.config is second
             ok, message = h.daemon.reload()
             assert not ok
             assert "unknown algorithm 'foo'" in message
@@ -233,7 +235,7 @@ def test_port_in_use_fails_cleanly() -> None:
 
 
 def test_bad_config_and_data_plane_errors_fail_start() -> None:
-    def bad_loader(path: str) -> FakeConfig:
+    def bad_loader(path: str) -> Config:
         raise ConfigLoadError("x.toml: daemon.port: must be 1..65535")
 
     def bad_backend(name: str, cfg: object) -> RecordingBackend:

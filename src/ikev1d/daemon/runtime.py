@@ -19,12 +19,12 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
 
 from ikev1d import config as config_module
 from ikev1d import logsetup
+from ikev1d.config import Config
 from ikev1d.daemon.control import (
     MAX_REQUEST_LINE,
     ControlProtocolError,
@@ -45,7 +45,6 @@ from ikev1d.engine.api import (
     ChildSaDeleted,
     ChildSaEstablished,
     ConnectionFailed,
-    Datagram,
     Endpoint,
     EngineError,
     Event,
@@ -61,54 +60,6 @@ LINGER_S = 0.5
 CONTROL_READ_TIMEOUT_S = 10.0
 
 
-# --- what the daemon needs from its collaborators -------------------------------------
-
-
-class DaemonSection(Protocol):
-    @property
-    def listen(self) -> Sequence[str]: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def port_nat_t(self) -> int: ...
-    @property
-    def dataplane(self) -> str: ...
-    @property
-    def log_level(self) -> str: ...
-
-
-class ConnectionSection(Protocol):
-    @property
-    def children(self) -> Mapping[str, Any]: ...
-
-
-class ConfigLike(Protocol):
-    """The parts of ``ikev1d.config.Config`` the daemon reads."""
-
-    @property
-    def daemon(self) -> DaemonSection: ...
-    @property
-    def connections(self) -> Mapping[str, ConnectionSection]: ...
-
-
-class EngineLike(Protocol):
-    """The interface of ``ikev1d.engine.Engine``."""
-
-    def receive_datagram(
-        self, data: bytes, local: Endpoint, remote: Endpoint, now: float
-    ) -> None: ...
-    def initiate(self, conn: str, child: str | None, now: float) -> None: ...
-    def terminate(self, conn: str, now: float) -> None: ...
-    def install_failed(self, child_id: int, reason: str, now: float) -> None: ...
-    def shutdown(self, now: float) -> None: ...
-    def reload(self, config: Any, now: float) -> None: ...
-    def datagrams_to_send(self) -> list[Datagram]: ...
-    def events(self) -> list[Event]: ...
-    def get_timer(self) -> float | None: ...
-    def handle_timer(self, now: float) -> None: ...
-    def status(self, now: float) -> StatusDocument: ...
-
-
 class DaemonError(Exception):
     """The daemon cannot start or run; the message is for people."""
 
@@ -117,12 +68,12 @@ class ConfigLoadError(Exception):
     """The configuration file is unreadable or invalid ("FILE: KEY: reason")."""
 
 
-ConfigLoader = Callable[[str], ConfigLike]
-EngineFactory = Callable[[ConfigLike, Callable[[int], bytes]], EngineLike]
-BackendFactory = Callable[[str, ConfigLike], DataplaneBackend]
+ConfigLoader = Callable[[str], Config]
+EngineFactory = Callable[[Config, Callable[[int], bytes]], Engine]
+BackendFactory = Callable[[str, Config], DataplaneBackend]
 
 
-def load_config(path: str) -> ConfigLike:
+def load_config(path: str) -> Config:
     """``ikev1d.config.load_config`` with its errors as ConfigLoadError."""
     try:
         return config_module.load_config(path)
@@ -130,19 +81,11 @@ def load_config(path: str) -> ConfigLike:
         raise ConfigLoadError(str(exc)) from None
 
 
-def config_warnings(config: ConfigLike) -> list[str]:
-    if isinstance(config, config_module.Config):
-        return config_module.config_warnings(config)
-    return []
-
-
-def create_engine(config: ConfigLike, random_bytes: Callable[[int], bytes]) -> EngineLike:
-    if not isinstance(config, config_module.Config):
-        raise DaemonError("the protocol engine needs a loaded configuration")
+def create_engine(config: Config, random_bytes: Callable[[int], bytes]) -> Engine:
     return Engine(config, random_bytes=random_bytes)
 
 
-def _create_backend(name: str, config: ConfigLike) -> DataplaneBackend:
+def _create_backend(name: str, config: Config) -> DataplaneBackend:
     return create_backend(name, config)
 
 
@@ -190,7 +133,7 @@ class Daemon:
         config_loader: ConfigLoader = load_config,
         engine_factory: EngineFactory = create_engine,
         backend_factory: BackendFactory = _create_backend,
-        warnings: Callable[[ConfigLike], list[str]] = config_warnings,
+        warnings: Callable[[Config], list[str]] = config_module.config_warnings,
         random_bytes: Callable[[int], bytes] = os.urandom,
         install_signal_handlers: bool = True,
     ) -> None:
@@ -202,8 +145,8 @@ class Daemon:
         self._random_bytes = random_bytes
         self._install_signals = install_signal_handlers
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._config: ConfigLike | None = None
-        self._engine: EngineLike | None = None
+        self._config: Config | None = None
+        self._engine: Engine | None = None
         self._backend: DataplaneBackend | None = None
         self._udp: UdpTransport | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -218,7 +161,7 @@ class Daemon:
     # properties for tests and callers that know the daemon is started
 
     @property
-    def engine(self) -> EngineLike:
+    def engine(self) -> Engine:
         if self._engine is None:
             raise DaemonError("daemon not started")
         return self._engine
@@ -413,17 +356,17 @@ class Daemon:
         log.info("%s", message)
         return True, message
 
-    def _apply_log_level(self, config: ConfigLike) -> None:
+    def _apply_log_level(self, config: Config) -> None:
         if self.options.log_level is not None:
             return
-        level = getattr(config.daemon, "log_level", None)
-        if isinstance(level, str) and level:
+        level = config.daemon.log_level
+        if level:
             try:
                 logsetup.set_level(level)
             except logsetup.LogSetupError as exc:
                 log.warning("[daemon] log_level: %s", exc)
 
-    def _log_warnings(self, config: ConfigLike) -> None:
+    def _log_warnings(self, config: Config) -> None:
         try:
             warnings = self._warnings(config)
         except Exception:
@@ -435,7 +378,7 @@ class Daemon:
     # --- driving the engine ---
 
     def _call_engine(
-        self, what: str | Callable[[], str], call: Callable[[EngineLike, float], None]
+        self, what: str | Callable[[], str], call: Callable[[Engine, float], None]
     ) -> None:
         """Run one engine input, then flush its output; a bug in it must not kill the daemon.
 
@@ -752,7 +695,7 @@ class Daemon:
         return replace(child, counters=counters)
 
 
-def _daemon_section_changed(old: ConfigLike, new: ConfigLike) -> bool:
+def _daemon_section_changed(old: Config, new: Config) -> bool:
     a, b = old.daemon, new.daemon
     return (
         tuple(a.listen) != tuple(b.listen)
