@@ -22,6 +22,7 @@ from ikev1d.daemon.control import (
     Response,
     StatusRequest,
     UpRequest,
+    decode_status,
     resolve_socket_path,
 )
 from ikev1d.logsetup import LEVELS
@@ -30,7 +31,6 @@ from ikev1d.status import (
     IkeSaStatus,
     Network,
     StatusDocument,
-    StatusFormatError,
     endpoint_text,
 )
 
@@ -158,10 +158,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     response = _request(args.socket, StatusRequest())
     if not response.ok:
         return _error(response.message)
-    try:
-        document = StatusDocument.from_json(response.body.get("status"))
-    except StatusFormatError as exc:
-        return _error(f"the daemon answered with a malformed status document: {exc}")
+    document = decode_status(response)
     if args.json:
         print(json.dumps(document.to_json(), indent=2))
     else:

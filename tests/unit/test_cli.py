@@ -259,8 +259,7 @@ def test_a_malformed_status_answer_is_a_clear_error(
         del body["status"]
     monkeypatch.setattr(cli, "_request", lambda *args: Response(True, True, "", body))
     assert main(["status", "--json"]) == 1
-    assert capsys.readouterr() == (
-        "", f"ikev1d: the daemon answered with a malformed status document: {reason}\n")
+    assert capsys.readouterr() == ("", f"ikev1d: malformed status document: {reason}\n")
 
 
 # --- against a daemon ----------------------------------------------------------------

@@ -24,13 +24,15 @@ from ikev1d.daemon.control import (
     UpRequest,
     decode_request,
     decode_response,
+    decode_status,
     encode_progress,
     encode_request,
     encode_response,
+    encode_status_response,
     resolve_socket_path,
 )
 from ikev1d.daemon.control_client import DaemonUnreachable, send_request
-from ikev1d.status import StatusDocument
+from ikev1d.status import ChildSaStatus, Counters, IkeSaStatus, StatusDocument
 from tests.unit._io_fakes import running_daemon
 
 # --- codec ---------------------------------------------------------------------------
@@ -95,6 +97,28 @@ def test_responses_and_progress_lines() -> None:
         decode_response(b'{"something":"else"}\n')
     with pytest.raises(ControlProtocolError):
         decode_response(b'{"ok":"yes"}\n')
+
+
+def test_status_answer_carries_the_document_and_reads_back() -> None:
+    net = ChildSaStatus(
+        name="net", state="INSTALLED", mode="tunnel", encap=True, spi_in=0xC1234567,
+        spi_out=0xC7654321, proposal="aes128gcm16", local_ts=(), remote_ts=(),
+        rekey_in_s=None, expires_in_s=60, counters=Counters(1, 2, 3, 4),
+    )
+    document = StatusDocument((IkeSaStatus(
+        name="site-b", state="ESTABLISHED", local=("192.0.2.1", 4500),
+        remote=("192.0.2.2", 4500), local_id="192.0.2.1", remote_id="192.0.2.2",
+        initiator=False, cookies=(b"\xa1" * 8, b"\xc3" * 8), proposal="aes256-sha256-modp2048",
+        auth="psk", nat_local=False, nat_remote=True, established_s=5, rekey_in_s=100,
+        virtual_ip=None, children=(net,),
+    ),))
+    line = encode_status_response(document)
+    assert json.loads(line) == {"ok": True, "message": "", "status": document.to_json()}
+    assert decode_status(decode_response(line)) == document
+    with pytest.raises(ControlProtocolError, match="malformed status document: status: missing"):
+        decode_status(decode_response(encode_response(True, "", status={})))
+    with pytest.raises(ControlProtocolError, match="status: expected an object, got null"):
+        decode_status(decode_response(encode_response(True, "")))
 
 
 def test_socket_path_resolution() -> None:

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from ikev1d.status import StatusDocument, StatusFormatError
+
 DEFAULT_SOCKET_PATH = "/run/ikev1d/ikev1d.sock"
 SOCKET_ENV = "IKEV1D_SOCKET"
 MAX_REQUEST_LINE = 1 << 16
@@ -160,6 +162,11 @@ def encode_response(ok: bool, message: str = "", **extra: Any) -> bytes:
     return _line({"ok": ok, "message": message, **extra})
 
 
+def encode_status_response(document: StatusDocument) -> bytes:
+    """The answer to ``status``: the document in its JSON form under ``status``."""
+    return encode_response(True, "", status=document.to_json())
+
+
 @dataclass(frozen=True)
 class Response:
     """A decoded daemon line: ``final`` is False for progress lines."""
@@ -182,3 +189,12 @@ def decode_response(line: bytes) -> Response:
     if not isinstance(progress, str):
         raise ControlProtocolError("line has neither 'ok' nor 'progress'")
     return Response(False, True, progress, body)
+
+
+def decode_status(response: Response) -> StatusDocument:
+    """The document of a successful ``status`` answer; raises ControlProtocolError when
+    it is missing or malformed."""
+    try:
+        return StatusDocument.from_json(response.body.get("status"))
+    except StatusFormatError as exc:
+        raise ControlProtocolError(f"malformed status document: {exc}") from None

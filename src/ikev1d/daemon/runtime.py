@@ -37,6 +37,7 @@ from ikev1d.daemon.control import (
     decode_request,
     encode_progress,
     encode_response,
+    encode_status_response,
 )
 from ikev1d.daemon.udp import UdpError, UdpTransport
 from ikev1d.dataplane.base import DataplaneBackend, DataplaneError, create_backend
@@ -577,7 +578,7 @@ class Daemon:
                 ok, message = self.down(name)
                 return encode_response(ok, message)
             case StatusRequest():
-                return encode_response(True, "", status=self.status().to_json())
+                return encode_status_response(self.status())
             case ReloadRequest():
                 ok, message = self.reload()
                 return encode_response(ok, message)
