@@ -208,12 +208,8 @@ class RecordingBackend(NoneBackend):
         self.esp: list[tuple[bytes, Endpoint, Endpoint]] = []
         self.removed: list[ChildSaDeleted] = []
         self.send_udp: SendUdp | None = None
-        self.nat_t_ports: list[int] = []
         self.refuse: str | None = None
         """When set, install() fails with this message, as a broken data plane would."""
-
-    def use_nat_t_sockets(self, sockets: list[socket.socket]) -> None:
-        self.nat_t_ports = [s.getsockname()[1] for s in sockets]
 
     def attach(self, send_udp: SendUdp, loop: asyncio.AbstractEventLoop) -> None:
         self.send_udp = send_udp

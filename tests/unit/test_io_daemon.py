@@ -11,13 +11,14 @@ import tempfile
 
 import pytest
 
-from ikev1d.config import Config
+from ikev1d.config import Config, parse_config
 from ikev1d.daemon.control import UpRequest
 from ikev1d.daemon.runtime import ConfigLoadError, Daemon, DaemonError, DaemonOptions
 from ikev1d.daemon.udp import NON_ESP_MARKER
 from ikev1d.dataplane.base import DataplaneError
 from ikev1d.status import Counters
 from tests.unit._io_fakes import (
+    CONFIG,
     FakeEngine,
     RecordingBackend,
     UdpPeer,
@@ -80,7 +81,6 @@ def test_nat_t_port_strips_marker_drops_keepalive_and_hands_esp_to_data_plane() 
                 assert source == nat_t
                 assert h.engine.received == [(b"ping-3", nat_t, peer.endpoint)]
                 assert h.backend.esp == [(b"\x00\x00\x10\x01esp-payload", nat_t, peer.endpoint)]
-                assert h.backend.nat_t_ports == [nat_t[1]]
                 # The backend sends UDP-encapsulated ESP without a marker.
                 assert h.backend.send_udp is not None
                 h.backend.send_udp(b"\x00\x00\x10\x01out", nat_t, peer.endpoint)
@@ -339,3 +339,20 @@ def test_failed_install_fails_up_and_tells_the_engine() -> None:
             assert h.backend.installed == {}
 
     asyncio.run(body())
+
+
+def test_start_action_start_initiates_when_the_daemon_starts() -> None:
+    port, port_nat_t = free_udp_ports(2)
+    text = CONFIG.format(listen='"127.0.0.1"', port=port, port_nat_t=port_nat_t)
+    section = "[connections.site-ok]\n"
+    text = text.replace(section, section + 'start_action = "start"\n')
+    config = parse_config(text, "ikev1d.toml")
+
+    async def main() -> None:
+        async with running_daemon(config_loader=lambda path: config) as h:
+            await eventually(lambda: any(c.startswith("initiate") for c in h.engine.calls))
+            assert [c for c in h.engine.calls if c.startswith("initiate")] == [
+                "initiate site-ok None"
+            ]
+
+    asyncio.run(main())

@@ -210,6 +210,9 @@ class Daemon:
         log.info("ikev1d started (config %s, control socket %s)",
                  self.options.config_path, self.options.socket_path)
         self._started.set()
+        # start_action = "start": initiate what the configuration says to, now that
+        # the sockets and the data plane are up.
+        self.engine.start(self.now())
         self._pump()
 
     def _start(self) -> None:
@@ -245,10 +248,6 @@ class Daemon:
         self._cleanups.append(("UDP sockets", udp.close))
         try:
             backend.attach(udp.send_esp_udp, self.loop)
-            # Optional hook: the kernel backend sets UDP_ENCAP on these (RFC 3948 in XFRM).
-            use_nat_t_sockets = getattr(backend, "use_nat_t_sockets", None)
-            if callable(use_nat_t_sockets):
-                use_nat_t_sockets([s.sock for s in udp.sockets if s.port == udp.port_nat_t])
         except (DataplaneError, OSError) as exc:
             raise DaemonError(f"data plane {backend.name!r}: {exc}") from None
 

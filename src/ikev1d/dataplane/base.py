@@ -9,11 +9,6 @@ gives the backend a way to send them with ``attach``.
 A backend module ``ikev1d.dataplane.<name>`` provides
 ``create_backend(config: ikev1d.config.Config) -> DataplaneBackend`` and raises
 ``DataplaneError`` when it cannot start (no /dev/net/tun, no XFRM, ...).
-
-A backend may also define ``use_nat_t_sockets(sockets: list[socket.socket])``:
-the daemon calls it right after ``attach`` with its bound NAT-T sockets, so a
-kernel backend can set ``UDP_ENCAP_ESPINUDP`` on them. The daemon keeps owning
-(and closing) them; IKE packets with the non-ESP marker still reach the daemon.
 """
 
 from __future__ import annotations
