@@ -444,7 +444,7 @@ def test_dynamic_traffic_selectors_are_the_hosts() -> None:
 
 
 def test_commit_bit_adds_a_fourth_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ikev1d.engine.quick_mode import QuickMode
+    from ikev1d.engine.exchanges.quick_mode import QuickMode
 
     monkeypatch.setattr(QuickMode, "initiator_commit", True)
     net = default_net()
@@ -461,7 +461,7 @@ def test_commit_bit_adds_a_fourth_message(monkeypatch: pytest.MonkeyPatch) -> No
 def test_commit_bit_without_connected_installs_after_a_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ikev1d.engine.quick_mode import QuickMode
+    from ikev1d.engine.exchanges.quick_mode import QuickMode
 
     monkeypatch.setattr(QuickMode, "initiator_commit", True)
     net = default_net()
