@@ -101,8 +101,9 @@ def ts_text(nets: Sequence[Network]) -> str:
 
 
 class QuickMode(Exchange):
-    #: Set the commit bit in QM1 (RFC 2408 3.1); off by default, as in strongSwan.
-    initiator_commit = False
+    """One Quick Mode, for either role. As initiator we never set the commit bit
+    (RFC 2408 section 3.1), as strongSwan does not; a responder's, or an
+    initiator's, is honoured."""
 
     exchange_type = QM
 
@@ -127,7 +128,8 @@ class QuickMode(Exchange):
         """The commit bit is in play for this exchange (RFC 2408 section 3.1)."""
         self.connected_timer: Timer | None = None
         self.replaces: ChildSa | None = None
-        """The IPsec SA this exchange renews (seed 43.6.4), deleted once this one is up."""
+        """The IPsec SA this exchange renews, deleted once this one is up (make
+        before break, so that traffic never lacks an SA)."""
 
     @staticmethod
     def receive(sa: IkeSa, message: Message, now: float) -> None:
@@ -307,8 +309,7 @@ class QuickMode(Exchange):
         rest += [id_from_network(local_ts), id_from_network(remote_ts)]
         prf, skeyid_a, _d = self._keys
         hash_1 = qm_hash1(prf, skeyid_a, self.message_id, encode_payloads(rest))
-        flags = Flags.COMMIT if self.initiator_commit else 0
-        self.send_request(self._encrypt([HashPayload(hash_1), *rest], flags), now)
+        self.send_request(self._encrypt([HashPayload(hash_1), *rest]), now)
 
     def process(self, message: Message, now: float) -> None:
         if self.initiator:
@@ -400,8 +401,7 @@ class QuickMode(Exchange):
 
     def first_message(self, message: Message, now: float) -> None:
         sa = self.sa
-        header = message.header
-        parsed = self._decrypt(header, message.body)
+        parsed = self._decrypt(message.header, message.body)
         payloads = parsed.payloads
         rules.check(rules.QUICK_MODE[1], payloads, "Quick Mode message 1")
         prf, skeyid_a, _d = self._keys
@@ -413,39 +413,9 @@ class QuickMode(Exchange):
         offer = first(payloads, SaPayload)
         self.ni = first(payloads, NoncePayload).data
         ids = [p for p in payloads if isinstance(p, IdPayload)]
-        if ids and len(ids) != 2:
-            raise ProtocolFailure("Quick Mode needs both IDci and IDcr",
-                                  NotifyType.INVALID_ID_INFORMATION)
-        if ids:
-            remote_net, local_net = ids[0].to_network(), ids[1].to_network()
-        else:
-            remote_net = _host(sa.remote[0])
-            local_net = _host(sa.local[0])
         peer_spi = next((p.spi for p in offer.proposals if p.protocol_id == ProtocolId.ESP), b"")
-        child = self._find_child(local_net, remote_net)
-        if child is None or local_net is None or remote_net is None:
-            offered = f"{remote_net or ids[0].to_text()} === {local_net or ids[1].to_text()}"
-            log.warning(
-                "INVALID-ID-INFORMATION: no child matches the peer's tunnel %s", offered,
-                extra=sa.log_extra,
-            )
-            sa.send_notify(NotifyType.INVALID_ID_INFORMATION, peer_spi, ProtocolId.ESP)
-            raise QuickModeRefused("INVALID-ID-INFORMATION")
-        self.child, self.local_ts, self.remote_ts = child, local_net, remote_net
-        choice = select_esp(offer, child.esp_proposals)
-        if choice is not None:
-            mode, _udp = mode_of(choice.encapsulation_mode)
-            if mode != child.mode:
-                choice = None
-        if choice is None:
-            log.warning(
-                "NO-PROPOSAL-CHOSEN: peer offered %s; child %s accepts %s (mode %s)",
-                ", ".join(offered_esp(offer)) or "nothing", child.name,
-                ", ".join(p.render() for p in child.esp_proposals), child.mode,
-                extra=sa.log_extra,
-            )
-            sa.send_notify(NotifyType.NO_PROPOSAL_CHOSEN, peer_spi, ProtocolId.ESP)
-            raise QuickModeRefused("NO-PROPOSAL-CHOSEN")
+        child = self._choose_tunnel(ids, peer_spi)
+        choice = self._choose_proposal(offer, child, peer_spi)
         self.choice = choice
         self.proposal = choice.proposal
         mode, self.encap = mode_of(choice.encapsulation_mode)
@@ -464,13 +434,57 @@ class QuickMode(Exchange):
         hash_2 = qm_hash2(prf, skeyid_a, self.message_id, self.ni, encode_payloads(out_rest))
         # An initiator that asks for the commit bit gets it back, and a CONNECTED
         # notification once QM3 is in (the 4th message).
-        self.commit = bool(header.flags & Flags.COMMIT)
+        self.commit = bool(message.header.flags & Flags.COMMIT)
         data = self._encrypt(
             [HashPayload(hash_2), *out_rest], Flags.COMMIT if self.commit else 0
         )
         self.remember(message.raw, data)
         self.state = QmState.QM2_SENT
         self.send_request(data, now)
+
+    def _choose_tunnel(self, ids: list[IdPayload], peer_spi: bytes) -> ChildConfig:
+        """The child whose tunnel is IDci/IDcr (without them: between the IKE
+        addresses, RFC 2409 section 5.5); INVALID-ID-INFORMATION if none."""
+        sa = self.sa
+        if ids and len(ids) != 2:
+            raise ProtocolFailure("Quick Mode needs both IDci and IDcr",
+                                  NotifyType.INVALID_ID_INFORMATION)
+        if ids:
+            remote_net, local_net = ids[0].to_network(), ids[1].to_network()
+        else:
+            remote_net = _host(sa.remote[0])
+            local_net = _host(sa.local[0])
+        child = self._find_child(local_net, remote_net)
+        if child is None or local_net is None or remote_net is None:
+            offered = f"{remote_net or ids[0].to_text()} === {local_net or ids[1].to_text()}"
+            log.warning(
+                "INVALID-ID-INFORMATION: no child matches the peer's tunnel %s", offered,
+                extra=sa.log_extra,
+            )
+            sa.send_notify(NotifyType.INVALID_ID_INFORMATION, peer_spi, ProtocolId.ESP)
+            raise QuickModeRefused("INVALID-ID-INFORMATION")
+        self.child, self.local_ts, self.remote_ts = child, local_net, remote_net
+        return child
+
+    def _choose_proposal(self, offer: SaPayload, child: ChildConfig, peer_spi: bytes) -> EspChoice:
+        """The first offered ESP proposal the child accepts, in the child's mode;
+        NO-PROPOSAL-CHOSEN if none."""
+        choice = select_esp(offer, child.esp_proposals)
+        if choice is not None:
+            mode, _udp = mode_of(choice.encapsulation_mode)
+            if mode != child.mode:
+                choice = None
+        if choice is None:
+            sa = self.sa
+            log.warning(
+                "NO-PROPOSAL-CHOSEN: peer offered %s; child %s accepts %s (mode %s)",
+                ", ".join(offered_esp(offer)) or "nothing", child.name,
+                ", ".join(p.render() for p in child.esp_proposals), child.mode,
+                extra=sa.log_extra,
+            )
+            sa.send_notify(NotifyType.NO_PROPOSAL_CHOSEN, peer_spi, ProtocolId.ESP)
+            raise QuickModeRefused("NO-PROPOSAL-CHOSEN")
+        return choice
 
     def _responder_lifetime_notify(self) -> NotifyPayload:
         attributes = (
