@@ -317,7 +317,7 @@ class Engine:
         handler(sa, message, now)
 
     def _refuse_aggressive(self, header: Header, local: Endpoint, remote: Endpoint) -> None:
-        """Aggressive Mode (RFC 2409 section 5.4) is not implemented: it sends the
+        """Aggressive Mode (RFC 2409 section 5) is not implemented: it sends the
         identity in the clear and lets anyone test guesses of a pre-shared key
         offline. Say so, keep nothing."""
         extra = {"peer": f"{remote[0]}:{remote[1]}"}

@@ -50,6 +50,7 @@ def test_pre_shared_keys_are_the_only_method_accepted() -> None:
     assert REGISTRY.names() == {AuthMethod.PRE_SHARED_KEY: "psk"}
     assert REGISTRY.for_config("psk") is PskAuthenticator
     assert REGISTRY.for_config("pubkey") is None
+    assert REGISTRY.to_offer("psk") is PskAuthenticator
 
 
 @pytest.mark.parametrize("method", [AuthMethod.RSA_SIG, AuthMethod.RSA_ENC, 250,

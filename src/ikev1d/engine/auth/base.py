@@ -185,6 +185,16 @@ class Registry:
     def for_config(self, name: str) -> type[Authenticator] | None:
         return next((c for c in self._by_method.values() if c.config_name == name), None)
 
+    def to_offer(self, name: str) -> type[Authenticator]:
+        """What an initiator offers for the configuration's ``auth``: its
+        implementation, else the first one registered (pre-shared keys), which
+        is what ikev1d has always offered while the configuration accepts
+        methods that are not implemented."""
+        implementation = self.for_config(name)
+        if implementation is not None:
+            return implementation
+        return next(iter(self._by_method.values()))
+
     def create(self, wire: int, sa: IkeSa, material: Phase1Material) -> Authenticator:
         """The authenticator for a negotiated method; UnknownAuthMethod if none."""
         method = resolve(wire)

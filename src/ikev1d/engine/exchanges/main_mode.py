@@ -302,12 +302,7 @@ class MainMode(Exchange):
             raise ProtocolFailure("initiator without a connection")
         sa.cky_i = sa.ctx.random_bytes(8)
         self.offered = list(conn.proposals)
-        # Pre-shared keys while the configuration's method has no implementation:
-        # what ikev1d has always offered.
-        method = REGISTRY.for_config(conn.local.auth) or REGISTRY.for_config("psk")
-        if method is None:
-            raise ProtocolFailure(f"authentication {conn.local.auth!r} is not supported")
-        self.offered_method = int(method.method)
+        self.offered_method = int(REGISTRY.to_offer(conn.local.auth).method)
         sa_payload = ike_sa_payload(self.offered, self.offered_method, int(conn.rekey_time))
         self.material.sa_i_b = sa_payload.encode_body()
         payloads: list[Payload] = [sa_payload]
