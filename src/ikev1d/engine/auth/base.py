@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from ikev1d.crypto import hash_i, hash_r
 from ikev1d.engine import rules
 from ikev1d.engine.identity import IdentityError, describe, id_payload, matches
 from ikev1d.engine.ike_sa import ProtocolFailure, first
@@ -117,6 +118,18 @@ class Authenticator(abc.ABC):
     def rule(self, number: int) -> rules.Rule:
         """Which payloads Main Mode message ``number`` (3 to 6) carries with this method."""
         return rules.MAIN_MODE_AUTH[self.method][number]
+
+    def proof_hash(self, of_initiator: bool, id_b: bytes) -> bytes:
+        """HASH_I or HASH_R (RFC 2409 section 5): what pre-shared keys send as is
+        and signatures sign."""
+        sa, m = self.sa, self.material
+        if sa.keys is None:
+            raise ProtocolFailure("no keys")
+        if of_initiator:
+            return hash_i(sa.hash_alg, sa.keys.skeyid, m.g_xi, m.g_xr, sa.cky_i, sa.cky_r,
+                          m.sa_i_b, id_b)
+        return hash_r(sa.hash_alg, sa.keys.skeyid, m.g_xr, m.g_xi, sa.cky_r, sa.cky_i,
+                      m.sa_i_b, id_b)
 
     # -- messages 3 and 4 ----------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from ikev1d.crypto import hash_i, hash_r, skeyid_psk
+from ikev1d.crypto import skeyid_psk
 from ikev1d.engine.auth.base import Authenticator, our_id
 from ikev1d.engine.ike_sa import Parsed, ProtocolFailure, first
 from ikev1d.wire import (
@@ -67,26 +67,16 @@ class PskAuthenticator(Authenticator):
         m = self.material
         return skeyid_psk(self.sa.hash_alg, self._key(), m.ni, m.nr)
 
-    def _hash(self, of_initiator: bool, id_b: bytes) -> bytes:
-        sa, m = self.sa, self.material
-        if sa.keys is None:
-            raise ProtocolFailure("no keys")
-        if of_initiator:
-            return hash_i(sa.hash_alg, sa.keys.skeyid, m.g_xi, m.g_xr, sa.cky_i, sa.cky_r,
-                          m.sa_i_b, id_b)
-        return hash_r(sa.hash_alg, sa.keys.skeyid, m.g_xr, m.g_xi, sa.cky_r, sa.cky_i,
-                      m.sa_i_b, id_b)
-
     def proof_payloads(self) -> list[Payload]:
         own = our_id(self.sa)
-        return [own, HashPayload(self._hash(self.sa.initiator, own.encode_body()))]
+        return [own, HashPayload(self.proof_hash(self.sa.initiator, own.encode_body()))]
 
     def verify_proof(self, parsed: Parsed, notify: NotifyType | None) -> IdPayload:
         payloads = parsed.payloads
         peer_id = first(payloads, IdPayload)
         received = first(payloads, HashPayload).data
         of_initiator = not self.sa.initiator
-        expected = self._hash(of_initiator, parsed.body_of(PayloadType.ID))
+        expected = self.proof_hash(of_initiator, parsed.body_of(PayloadType.ID))
         if not hmac.compare_digest(expected, received):
             which = "HASH_I" if of_initiator else "HASH_R"
             raise ProtocolFailure(

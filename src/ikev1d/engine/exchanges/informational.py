@@ -30,12 +30,15 @@ from ikev1d.wire import (
 
 log = logging.getLogger("ikev1d.engine")
 
-#: RFC 2408 section 3.14.1: types below this are errors; from it on, status.
-FIRST_STATUS_TYPE = 8192
+#: RFC 2408 section 3.14.1: types 1 to 8191 are the errors the RFCs define;
+#: from here on come private-use errors and the status types (CONNECTED,
+#: RESPONDER-LIFETIME, DPD's R-U-THERE), which end no exchange.
+FIRST_PRIVATE_TYPE = 8192
 
 
 def is_error(notify: NotifyPayload) -> bool:
-    return notify.notify_type < FIRST_STATUS_TYPE
+    """A defined error notification: the peer refuses something of ours."""
+    return notify.notify_type < FIRST_PRIVATE_TYPE
 
 
 def receive(sa: IkeSa, message: Message, now: float) -> None:
