@@ -91,6 +91,8 @@ class Net:
     b: Peer
     now: float = 1000.0
     drop: Callable[[Datagram], bool] = lambda d: False
+    rewrite: Callable[[Datagram], Datagram] = lambda d: d
+    """Changes a datagram on its way, as a peer that behaves otherwise would send it."""
     wire: list[tuple[str, Datagram]] = field(default_factory=list)
 
     def peer_at(self, address: str) -> Peer:
@@ -102,6 +104,7 @@ class Net:
             for src in (self.a, self.b):
                 for dgram in src.engine.datagrams_to_send():
                     moved = True
+                    dgram = self.rewrite(dgram)
                     self.wire.append((src.address, dgram))
                     if self.drop(dgram):
                         continue
@@ -167,7 +170,7 @@ def test_main_mode_and_quick_mode_establish_with_matching_keys() -> None:
     assert ca.proposal == "aes128gcm16" and len(ca.keymat_in) == 16 + 4
     assert [str(n) for n in ca.local_ts] == ["10.1.0.0/24"]
     assert [str(n) for n in cb.local_ts] == ["10.2.0.0/24"]
-    # Main Mode is 6 messages and Quick Mode 3: the seed's "at least 9".
+    # Main Mode is 6 messages and Quick Mode 3 (RFC 2409 sections 5 and 5.5).
     exchanges = [split_message(d.data)[0].exchange_type for _, d in net.wire]
     assert exchanges.count(ExchangeType.IDENTITY_PROTECTION) == 6
     assert exchanges.count(ExchangeType.QUICK_MODE) == 3
@@ -218,7 +221,8 @@ def test_pfs_quick_mode() -> None:
     establish(plain)
 
     def qm_sizes(n: Net) -> list[int]:
-        return [len(d.data) for _, d in n.wire if split_message(d.data)[0].exchange_type == 32]
+        return [len(d.data) for _, d in n.wire if split_message(d.data)[0].exchange_type
+                == ExchangeType.QUICK_MODE]
 
     with_pfs, without = qm_sizes(net), qm_sizes(plain)
     assert with_pfs[0] - without[0] >= 256 and with_pfs[1] - without[1] >= 256
@@ -320,7 +324,8 @@ def test_lost_response_is_retransmitted_and_duplicate_not_processed_twice() -> N
     def drop_first_mm4(d: Datagram) -> bool:
         header = split_message(d.data)[0]
         # The 4th Main Mode message (responder's KE) is lost once.
-        if d.local[0] == B_ADDR and header.exchange_type == 2 and not dropped:
+        mm = header.exchange_type == ExchangeType.IDENTITY_PROTECTION
+        if d.local[0] == B_ADDR and mm and not dropped:
             if len([1 for s, w in net.wire if s == B_ADDR]) == 2:
                 dropped.append(1)
                 return True
@@ -443,11 +448,32 @@ def test_dynamic_traffic_selectors_are_the_hosts() -> None:
     assert [str(n) for n in ca.remote_ts] == [f"{B_ADDR}/32"]
 
 
-def test_commit_bit_adds_a_fourth_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ikev1d.engine.quick_mode import QuickMode
+FLAGS_OFFSET = 19
+"""Where the ISAKMP header keeps its flags (RFC 2408 section 3.1)."""
 
-    monkeypatch.setattr(QuickMode, "initiator_commit", True)
+
+def commit_bit_in_qm1() -> Callable[[Datagram], Datagram]:
+    """A rewrite that makes A's first Quick Mode message look as an initiator that
+    sets the commit bit sends it: the header is outside HASH(1) (RFC 2409 5.5)."""
+    seen: set[int] = set()
+
+    def rewrite(d: Datagram) -> Datagram:
+        header = split_message(d.data)[0]
+        if d.local[0] != A_ADDR or header.exchange_type != ExchangeType.QUICK_MODE:
+            return d
+        if header.message_id in seen:
+            return d  # QM3
+        seen.add(header.message_id)
+        data = bytearray(d.data)
+        data[FLAGS_OFFSET] |= Flags.COMMIT
+        return Datagram(bytes(data), d.local, d.remote)
+
+    return rewrite
+
+
+def test_commit_bit_adds_a_fourth_message() -> None:
     net = default_net()
+    net.rewrite = commit_bit_in_qm1()
     establish(net)
     assert len(net.a.of(ChildSaEstablished)) == 1
     headers = [split_message(d.data)[0] for _, d in net.wire]
@@ -458,13 +484,9 @@ def test_commit_bit_adds_a_fourth_message(monkeypatch: pytest.MonkeyPatch) -> No
     assert net.wire[-1][0] == B_ADDR
 
 
-def test_commit_bit_without_connected_installs_after_a_wait(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from ikev1d.engine.quick_mode import QuickMode
-
-    monkeypatch.setattr(QuickMode, "initiator_commit", True)
+def test_commit_bit_without_connected_installs_after_a_wait() -> None:
     net = default_net()
+    net.rewrite = commit_bit_in_qm1()
     net.drop = lambda d: split_message(d.data)[0].exchange_type == ExchangeType.INFORMATIONAL
     establish(net)
     assert len(net.b.of(ChildSaEstablished)) == 1
@@ -510,10 +532,13 @@ def test_unreadable_answer_to_message_5_fails_authentication_at_once(
     net = default_net()
     # Let B answer nothing after message 4; then B "sends" an encrypted
     # notification under other keys (what strongSwan does with another PSK).
-    net.drop = lambda d: d.local[0] == B_ADDR and split_message(d.data)[0].flags & 1 != 0
+    def encrypted(d: Datagram) -> bool:
+        return split_message(d.data)[0].flags & Flags.ENCRYPTION != 0
+
+    net.drop = lambda d: d.local[0] == B_ADDR and encrypted(d)
     with caplog.at_level(logging.INFO):
         establish(net)
-        mm5 = next(d for s, d in net.wire if s == A_ADDR and split_message(d.data)[0].flags & 1)
+        mm5 = next(d for s, d in net.wire if s == A_ADDR and encrypted(d))
         h = split_message(mm5.data)[0]
         garbage = bytes(range(64))
         reply = Header(initiator_cookie=h.initiator_cookie, responder_cookie=h.responder_cookie,
@@ -662,7 +687,7 @@ def test_delete_naming_our_inbound_spi_is_honoured() -> None:
     establish(net)
     (ca,) = net.a.of(ChildSaEstablished)
     assert isinstance(ca, ChildSaEstablished)
-    b_sa = next(iter(net.b.engine._sas.values()))
+    (b_sa,) = net.b.engine.all_sas()
     b_sa.send_informational([DeletePayload(protocol_id=ProtocolId.ESP,
                                            spis=(ca.spi_in.to_bytes(4, "big"),))])
     net.pump()

@@ -1,6 +1,6 @@
 """What the protocol engine exchanges with the outside world.
 
-The engine is sans-I/O (STYLE.md): it is fed datagrams with their addresses and
+The engine is sans-I/O: it is fed datagrams with their addresses and
 the current time, and it hands back datagrams to send, the time of its next
 timer and events. Only ``ikev1d.daemon`` and ``ikev1d.dataplane.linux`` touch
 sockets; only the data plane installs keys.

@@ -1,4 +1,5 @@
-"""The state of one ISAKMP SA: cookies, keys, IV chains, peers, children.
+"""The state of one ISAKMP SA: cookies, keys, IV chains, peers, children,
+its table of exchanges and its queue of work after Phase 1.
 
 Exchanges (Main Mode, Quick Mode, Informational) are tasks that read and
 change this state; the engine routes messages to them.
@@ -10,7 +11,7 @@ import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from ikev1d.crypto import (
     CryptoError,
@@ -25,6 +26,7 @@ from ikev1d.engine.timers import Timer, Timers
 from ikev1d.engine.vendor import PeerVendors
 from ikev1d.wire import (
     DecodedPayload,
+    DeletePayload,
     ExchangeType,
     Flags,
     HashPayload,
@@ -32,6 +34,7 @@ from ikev1d.wire import (
     NotifyPayload,
     NotifyType,
     Payload,
+    PayloadType,
     ProtocolId,
     WireError,
     decode_payloads_with_spans,
@@ -43,10 +46,14 @@ if TYPE_CHECKING:
     from ikev1d.config import ChildConfig, Config, ConnectionConfig
     from ikev1d.crypto import DhKeyPair
     from ikev1d.engine.api import ChildSaEstablished
-    from ikev1d.engine.quick_mode import QuickMode
+    from ikev1d.engine.auth.base import CredentialCache, XauthRole
+    from ikev1d.engine.exchanges.base import Exchange
+    from ikev1d.engine.exchanges.quick_mode import QuickMode
     from ikev1d.proposals import EspProposal, IkeProposal
 
 log = logging.getLogger("ikev1d.engine")
+
+T = TypeVar("T")
 
 
 class Context(Protocol):
@@ -54,13 +61,13 @@ class Context(Protocol):
 
     config: Config
     timers: Timers
+    credentials: CredentialCache
 
     def random_bytes(self, n: int) -> bytes: ...
     def send(self, datagram: Datagram) -> None: ...
     def emit(self, event: Event) -> None: ...
     def next_id(self) -> int: ...
     def allocate_spi(self) -> bytes: ...
-    def psk_for(self, local_id: str | None, remote: str) -> bytes | None: ...
     def on_phase1_established(self, sa: IkeSa, now: float) -> None: ...
     def on_phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None: ...
     def on_quick_mode_done(
@@ -70,6 +77,7 @@ class Context(Protocol):
         reason: str,
         now: float,
     ) -> None: ...
+    def peer_deleted(self, sa: IkeSa, delete: DeletePayload) -> None: ...
 
 
 class IkeState(enum.Enum):
@@ -87,6 +95,19 @@ class ProtocolFailure(Exception):
         self.notify = notify
 
 
+class ChildState(enum.StrEnum):
+    INSTALLED = "INSTALLED"
+    REKEYING = "REKEYING"
+    """A renewal is under way; the SA carries traffic until the new one is up."""
+
+
+class ChildMode(enum.StrEnum):
+    """RFC 2407 section 4.5, Encapsulation Mode (with or without UDP)."""
+
+    TUNNEL = "tunnel"
+    TRANSPORT = "transport"
+
+
 @dataclass
 class ChildSa:
     child_id: int
@@ -94,7 +115,7 @@ class ChildSa:
     spi_in: bytes
     spi_out: bytes
     proposal: EspProposal
-    mode: str
+    mode: ChildMode
     encap: bool
     local_ts: tuple[Network, ...]
     remote_ts: tuple[Network, ...]
@@ -103,51 +124,71 @@ class ChildSa:
     established_at: float
     lifetime_s: float
     life_bytes: int
-    state: str = "INSTALLED"
+    state: ChildState = ChildState.INSTALLED
     expiry: Timer | None = None
     rekey: Timer | None = None
 
 
-class Retransmission:
-    """Resends a request with exponential backoff until answered or given up.
+class WorkKind(enum.IntEnum):
+    """What we run on an ISAKMP SA after Phase 1, in this order: XAUTH proves
+    the user, Mode Config then hands out the address, and the Quick Modes
+    negotiate tunnels that may use it."""
 
-    RFC 2408 section 5: "the initiator retransmits"; the interval doubles each
-    time (``retransmit_timeout`` * 2^n), ``retransmit_tries`` in all.
+    XAUTH = 1
+    MODE_CONFIG = 2
+    QUICK_MODE = 3
+
+
+class Work(Protocol):
+    kind: ClassVar[WorkKind]
+
+
+@dataclass(frozen=True)
+class QuickModeWork:
+    """A Quick Mode we will initiate: a tunnel of a child, or a renewal of an IPsec SA."""
+
+    kind: ClassVar[WorkKind] = WorkKind.QUICK_MODE
+    child: ChildConfig
+    local_ts: Network
+    remote_ts: Network
+    replaces: ChildSa | None = None
+
+
+class WorkQueue:
+    """Our work on one ISAKMP SA after Phase 1: one item at a time, in the
+    order of :class:`WorkKind`, first come first served within a kind.
+
+    One at a time also for Quick Modes, as strongSwan initiates them: it keeps
+    the IVs of only a few exchanges, so a burst of parallel Quick Modes (one
+    per child) loses some of them on its side.
     """
 
-    def __init__(
-        self,
-        sa: IkeSa,
-        data: bytes,
-        now: float,
-        on_give_up: Callable[[float], None],
-    ) -> None:
-        self.sa = sa
-        self.data = data
-        self.tries = 0
-        self.on_give_up = on_give_up
-        self.timer: Timer | None = None
-        self._arm(now)
+    def __init__(self) -> None:
+        self._pending: list[Work] = []
+        self.running: object | None = None
+        """The exchange that carries the current item, until it ends."""
 
-    def _arm(self, now: float) -> None:
-        daemon = self.sa.ctx.config.daemon
-        delay = daemon.retransmit_timeout * (2**self.tries)
-        self.timer = self.sa.ctx.timers.schedule(now + delay, self._fire)
+    def __len__(self) -> int:
+        return len(self._pending)
 
-    def _fire(self, now: float) -> None:
-        if self.tries + 1 >= self.sa.ctx.config.daemon.retransmit_tries:
-            self.timer = None
-            self.on_give_up(now)
-            return
-        self.tries += 1
-        log.debug("retransmitting (try %d)", self.tries + 1, extra=self.sa.log_extra)
-        self.sa.transmit(self.data)
-        self._arm(now)
+    def add(self, work: Work) -> None:
+        at = len(self._pending)
+        while at > 0 and self._pending[at - 1].kind > work.kind:
+            at -= 1
+        self._pending.insert(at, work)
 
-    def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def next(self) -> Work | None:
+        """The next item to run, unless one is running."""
+        if self.running is not None or not self._pending:
+            return None
+        return self._pending.pop(0)
+
+    def ended(self, exchange: object) -> bool:
+        """An exchange ended; True if it carried the current item."""
+        if self.running is None or self.running is not exchange:
+            return False
+        self.running = None
+        return True
 
 
 @dataclass
@@ -201,20 +242,21 @@ class IkeSa:
         self.local_id = ""
         self.remote_id = ""
         self.children: list[ChildSa] = []
-        self.exchanges: dict[int, object] = {}
+        self.exchanges: dict[int, Exchange] = {}
+        """The exchanges under way or done, by message ID (Main Mode: zero)."""
         self.completed_message_ids: set[int] = set()
         self.responses: dict[int, ResponseCache] = {}
         self.timers: list[Timer] = []
         self.requested_children: list[str] | None = None
         self.replaces: IkeSa | None = None
+        """The ISAKMP SA this one renews; its IPsec SAs move here once it is up."""
         self.rekey_at: float | None = None
         self.dpd_seq = 0
-        self.quick_mode_queue: list[
-            tuple[ChildConfig, Network, Network, ChildSa | None]
-        ] = []
-        """Quick Modes we will initiate, one at a time (see Engine._next_quick_mode)."""
+        self.work = WorkQueue()
+        self.xauth_role: XauthRole | None = None
+        """Who answers XAUTH after Phase 1, from the negotiated method; read by
+        the work queue once the Transaction exchange exists."""
         self.dpd_unanswered_since: float | None = None
-        """The ISAKMP SA this one renews (seed 43.6.4); its IPsec SAs move here."""
 
     # -- identification -----------------------------------------------------
 
@@ -323,7 +365,9 @@ class IkeSa:
         )
         self.transmit(data)
 
-    def send_notify(self, notify: NotifyType, spi: bytes = b"", protocol: int = 1) -> None:
+    def send_notify(
+        self, notify: NotifyType, spi: bytes = b"", protocol: int = ProtocolId.ISAKMP
+    ) -> None:
         """Tell the peer why: encrypted once keys exist, else in the clear (RFC 2408 5.1)."""
         if not spi and protocol == ProtocolId.ISAKMP:
             spi = self.cky_i + self.cky_r
@@ -340,6 +384,13 @@ class IkeSa:
                 message_id not in self.completed_message_ids
             ):
                 return message_id
+
+    def end_exchange(self, message_id: int) -> None:
+        """The exchange is over: forget it, but not its message ID nor its response."""
+        exchange = self.exchanges.pop(message_id, None)
+        if exchange is not None:
+            exchange.cancel()
+        self.completed_message_ids.add(message_id)
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
         timer = self.ctx.timers.schedule(deadline, callback)
@@ -396,11 +447,19 @@ class Parsed:
         """(HASH payload data, the exact bytes of the payloads that follow it),
         without the padding after the last payload."""
         spans = self.spans
-        if not spans or spans[0].payload_type != 8:
+        if not spans or spans[0].payload_type != PayloadType.HASH:
             raise ProtocolFailure(
                 "the first payload must be HASH", NotifyType.INVALID_PAYLOAD_TYPE
             )
         return spans[0].body(self.data), self.data[spans[0].end : spans[-1].end]
+
+
+def first(payloads: Sequence[Payload], kind: type[T]) -> T:
+    """The first payload of a kind the message rules require."""
+    for payload in payloads:
+        if isinstance(payload, kind):
+            return payload
+    raise ProtocolFailure(f"missing {kind.__name__}", NotifyType.PAYLOAD_MALFORMED)
 
 
 def parse(header: Header, body: bytes, *, allow_trailing: bool = False) -> Parsed:

@@ -1,9 +1,11 @@
 """Which payloads each message may and must carry: protocol rules as data.
 
-Checked before an exchange sees the message (STYLE.md principle 5). Keys are
-(exchange, message number within the exchange); values are the payload types
-that must be present and those that may be. Vendor IDs and notifications are
-tolerated where peers are known to add them.
+Checked before an exchange sees the message, as strongSwan's message rules
+are. Keys are the message number within the exchange (and, for Main Mode
+messages 3 to 6, the authentication method first: RFC 2409 sections 5.1 to
+5.3 change those messages with it); values are the payload types that must be
+present and those that may be. Vendor IDs and notifications are tolerated
+where peers are known to add them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ikev1d.engine.ike_sa import ProtocolFailure
-from ikev1d.wire import NotifyType, Payload, PayloadType
+from ikev1d.wire import AuthMethod, NotifyType, Payload, PayloadType
 
 P = PayloadType
 _NAT_D = {P.NAT_D, P.NAT_D_DRAFT}
@@ -30,13 +32,22 @@ def _rule(required: set[int], optional: set[int], encrypted: bool) -> Rule:
     return Rule(frozenset(required), frozenset(required | optional), encrypted)
 
 
-MAIN_MODE = {
+#: Messages 1 and 2 negotiate the method, so they cannot depend on it.
+MAIN_MODE_SA = {
     1: _rule({P.SA}, {P.VENDOR_ID}, False),
     2: _rule({P.SA}, {P.VENDOR_ID, P.NOTIFICATION}, False),
+}
+
+#: Messages 3 to 6 by authentication method (RFC 2409 section 5.4 for pre-shared keys).
+_MAIN_MODE_PSK = {
     3: _rule({P.KE, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.CR}, False),
     4: _rule({P.KE, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.CR}, False),
     5: _rule({P.ID, P.HASH}, {P.NOTIFICATION, P.VENDOR_ID, P.CERT, P.CR}, True),
     6: _rule({P.ID, P.HASH}, {P.NOTIFICATION, P.VENDOR_ID, P.CERT}, True),
+}
+
+MAIN_MODE_AUTH: dict[int, dict[int, Rule]] = {
+    AuthMethod.PRE_SHARED_KEY: _MAIN_MODE_PSK,
 }
 
 QUICK_MODE = {

@@ -1,8 +1,9 @@
 """SA payloads from our proposals, and choosing from the peer's.
 
-Seed 43.6.1/43.6.3: the initiator sends its combinations in descending order
-of preference; the responder takes the first one it also accepts. In IKEv1
-each combination is one transform of a single proposal (RFC 2408 section 4.2).
+The initiator lists its combinations most preferred first; the responder
+takes the first one it also accepts, so both ends agree without another
+round trip. In IKEv1 each combination is one transform of a single proposal,
+and the responder answers with exactly that one (RFC 2408 section 4.2).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Vendor ID payloads: how IKEv1 peers announce the extensions they speak.
 
-Seed 43.6.1: "vendor payloads are sent along with the list of proposals. The
-peer responds to the vendor payloads it knows and ignores all unknown ones."
+Vendor IDs (RFC 2408 section 3.16) travel in Phase 1: ours go along with the
+proposals in message 1, a responder answers the ones it knows, and unknown
+ones are ignored, so an extension is used only when both sides announce it.
 Most of these IDs are MD5 hashes of a string, as the drafts define them.
 """
 

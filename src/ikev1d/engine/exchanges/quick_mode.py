@@ -1,4 +1,4 @@
-"""Phase 2, Quick Mode (RFC 2409 section 5.5, seed 43.6.3).
+"""Phase 2, Quick Mode (RFC 2409 section 5.5).
 
     Initiator                                   Responder
     HDR*, HASH(1), SA, Ni [, KE] [, IDci, IDcr] -->
@@ -29,15 +29,8 @@ from ikev1d.crypto import (
 )
 from ikev1d.engine import rules
 from ikev1d.engine.api import ChildSaEstablished, Network
-from ikev1d.engine.ike_sa import (
-    ChildSa,
-    IkeSa,
-    Parsed,
-    ProtocolFailure,
-    ResponseCache,
-    Retransmission,
-)
-from ikev1d.engine.main_mode import first
+from ikev1d.engine.exchanges.base import PHASE1_MESSAGE_ID, Exchange, Message, replay
+from ikev1d.engine.ike_sa import ChildMode, ChildSa, IkeSa, Parsed, ProtocolFailure, first
 from ikev1d.engine.sa_proposals import (
     EspChoice,
     encapsulation_mode,
@@ -107,14 +100,15 @@ def ts_text(nets: Sequence[Network]) -> str:
     return ",".join(str(n) for n in nets)
 
 
-class QuickMode:
-    #: Set the commit bit in QM1 (RFC 2408 3.1); off by default, as in strongSwan.
-    initiator_commit = False
+class QuickMode(Exchange):
+    """One Quick Mode, for either role. As initiator we never set the commit bit
+    (RFC 2408 section 3.1), as strongSwan does not; a responder's, or an
+    initiator's, is honoured."""
+
+    exchange_type = QM
 
     def __init__(self, sa: IkeSa, message_id: int, initiator: bool) -> None:
-        self.sa = sa
-        self.message_id = message_id
-        self.initiator = initiator
+        super().__init__(sa, message_id, initiator)
         self.state = QmState.QM1_SENT if initiator else QmState.QM2_SENT
         self.child: ChildConfig | None = None
         self.local_ts: Network | None = None
@@ -128,14 +122,46 @@ class QuickMode:
         self.choice: EspChoice | None = None
         self.proposal: EspProposal | None = None
         self.lifetime_s = 0.0
-        self.retransmission: Retransmission | None = None
         self.encap = False
-        self.mode = "tunnel"
+        self.mode = ChildMode.TUNNEL
         self.commit = False
         """The commit bit is in play for this exchange (RFC 2408 section 3.1)."""
         self.connected_timer: Timer | None = None
         self.replaces: ChildSa | None = None
-        """The IPsec SA this exchange renews (seed 43.6.4), deleted once this one is up."""
+        """The IPsec SA this exchange renews, deleted once this one is up (make
+        before break, so that traffic never lacks an SA)."""
+
+    @staticmethod
+    def receive(sa: IkeSa, message: Message, now: float) -> None:
+        """The dispatch entry for Quick Mode messages: a known exchange, or a new
+        one the peer starts."""
+        if not sa.usable:
+            log.info("dropping Quick Mode before the ISAKMP SA is established", extra=sa.log_extra)
+            return
+        message_id = message.header.message_id
+        if message_id == PHASE1_MESSAGE_ID:
+            return
+        exchange = sa.exchanges.get(message_id)
+        if exchange is not None:
+            if exchange.exchange_type == QM:
+                exchange.handle(message, now)
+            return
+        if message_id in sa.completed_message_ids:
+            replay(sa, message_id, message.raw)
+            return
+        qm = QuickMode(sa, message_id, initiator=False)
+        sa.exchanges[message_id] = qm
+        try:
+            qm.first_message(message, now)
+        except QuickModeRefused:
+            sa.end_exchange(message_id)
+        except ProtocolFailure as exc:
+            log.warning("Quick Mode request refused: %s", exc, extra=sa.log_extra)
+            sa.end_exchange(message_id)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (QmState.DONE, QmState.FAILED)
 
     # -- helpers ------------------------------------------------------------
 
@@ -184,19 +210,16 @@ class QuickMode:
                 f"invalid PFS key exchange value: {exc}", NotifyType.INVALID_KEY_INFORMATION
             ) from exc
 
-    def _send_request(self, data: bytes, now: float) -> None:
-        if self.retransmission is not None:
-            self.retransmission.cancel()
-        self.sa.transmit(data)
-        self.retransmission = Retransmission(self.sa, data, now, self._give_up)
-
-    def _give_up(self, now: float) -> None:
+    def give_up(self, now: float) -> None:
         self.fail("no response to Quick Mode", now)
 
-    def cancel(self) -> None:
-        if self.retransmission is not None:
-            self.retransmission.cancel()
-            self.retransmission = None
+    def failed(self, error: ProtocolFailure, now: float) -> None:
+        if not self.initiator:
+            log.warning("Quick Mode failed: %s", error, extra=self.sa.log_extra)
+            return
+        if error.notify is not None and error.notify != NotifyType.INVALID_HASH_INFORMATION:
+            self.sa.send_notify(error.notify, self.spi_in, ProtocolId.ESP)
+        self.fail(str(error), now)
 
     def fail(self, reason: str, now: float) -> None:
         self.cancel()
@@ -274,7 +297,7 @@ class QuickMode:
         self.spi_in = sa.ctx.allocate_spi()
         self.ni = sa.ctx.random_bytes(NONCE_LENGTH)
         self.encap = sa.udp_encap
-        self.mode = child.mode
+        self.mode = ChildMode(child.mode)
         encap_value = encapsulation_mode(child.mode, self.encap, sa.nat_t_rfc)
         sa_payload = esp_sa_payload(
             child.esp_proposals, self.spi_in, encap_value, int(child.rekey_time),
@@ -286,26 +309,18 @@ class QuickMode:
         rest += [id_from_network(local_ts), id_from_network(remote_ts)]
         prf, skeyid_a, _d = self._keys
         hash_1 = qm_hash1(prf, skeyid_a, self.message_id, encode_payloads(rest))
-        flags = Flags.COMMIT if self.initiator_commit else 0
-        self._send_request(self._encrypt([HashPayload(hash_1), *rest], flags), now)
+        self.send_request(self._encrypt([HashPayload(hash_1), *rest]), now)
 
-    def process(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
-        sa = self.sa
-        cached = sa.responses.get(self.message_id)
-        if cached is not None and cached.request == raw:
-            for response in cached.responses:
-                sa.transmit(response)
-            return
-        if self.state in (QmState.DONE, QmState.FAILED):
-            return
+    def process(self, message: Message, now: float) -> None:
         if self.initiator:
-            self._process_qm2(header, body, raw, now)
+            self._process_qm2(message, now)
         else:
-            self._process_qm3(header, body, now)
+            self._process_qm3(message, now)
 
-    def _process_qm2(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
+    def _process_qm2(self, message: Message, now: float) -> None:
         sa = self.sa
-        parsed = self._decrypt(header, body)
+        header = message.header
+        parsed = self._decrypt(header, message.body)
         payloads = parsed.payloads
         rules.check(rules.QUICK_MODE[2], payloads, "Quick Mode message 2")
         prf, skeyid_a, _d = self._keys
@@ -345,9 +360,7 @@ class QuickMode:
             ):
                 self._responder_lifetime(notify.data)
         hash_3 = qm_hash3(prf, skeyid_a, self.message_id, self.ni, self.nr)
-        data = self._encrypt([HashPayload(hash_3)])
-        sa.responses[self.message_id] = ResponseCache(raw, [data])
-        sa.transmit(data)
+        self.respond(message.raw, self._encrypt([HashPayload(hash_3)]))
         if header.flags & Flags.COMMIT:
             # RFC 2408 3.1: the side that did not set the commit bit waits for the
             # CONNECTED notification before it uses the SA (the 4th message).
@@ -386,9 +399,9 @@ class QuickMode:
 
     # -- responder ---------------------------------------------------------------
 
-    def first_message(self, header: Header, body: bytes, raw: bytes, now: float) -> None:
+    def first_message(self, message: Message, now: float) -> None:
         sa = self.sa
-        parsed = self._decrypt(header, body)
+        parsed = self._decrypt(message.header, message.body)
         payloads = parsed.payloads
         rules.check(rules.QUICK_MODE[1], payloads, "Quick Mode message 1")
         prf, skeyid_a, _d = self._keys
@@ -400,42 +413,13 @@ class QuickMode:
         offer = first(payloads, SaPayload)
         self.ni = first(payloads, NoncePayload).data
         ids = [p for p in payloads if isinstance(p, IdPayload)]
-        if ids and len(ids) != 2:
-            raise ProtocolFailure("Quick Mode needs both IDci and IDcr",
-                                  NotifyType.INVALID_ID_INFORMATION)
-        if ids:
-            remote_net, local_net = ids[0].to_network(), ids[1].to_network()
-        else:
-            remote_net = _host(sa.remote[0])
-            local_net = _host(sa.local[0])
         peer_spi = next((p.spi for p in offer.proposals if p.protocol_id == ProtocolId.ESP), b"")
-        child = self._find_child(local_net, remote_net)
-        if child is None or local_net is None or remote_net is None:
-            offered = f"{remote_net or ids[0].to_text()} === {local_net or ids[1].to_text()}"
-            log.warning(
-                "INVALID-ID-INFORMATION: no child matches the peer's tunnel %s", offered,
-                extra=sa.log_extra,
-            )
-            sa.send_notify(NotifyType.INVALID_ID_INFORMATION, peer_spi, ProtocolId.ESP)
-            raise QuickModeRefused("INVALID-ID-INFORMATION")
-        self.child, self.local_ts, self.remote_ts = child, local_net, remote_net
-        choice = select_esp(offer, child.esp_proposals)
-        if choice is not None:
-            mode, _udp = mode_of(choice.encapsulation_mode)
-            if mode != child.mode:
-                choice = None
-        if choice is None:
-            log.warning(
-                "NO-PROPOSAL-CHOSEN: peer offered %s; child %s accepts %s (mode %s)",
-                ", ".join(offered_esp(offer)) or "nothing", child.name,
-                ", ".join(p.render() for p in child.esp_proposals), child.mode,
-                extra=sa.log_extra,
-            )
-            sa.send_notify(NotifyType.NO_PROPOSAL_CHOSEN, peer_spi, ProtocolId.ESP)
-            raise QuickModeRefused("NO-PROPOSAL-CHOSEN")
+        child = self._choose_tunnel(ids, peer_spi)
+        choice = self._choose_proposal(offer, child, peer_spi)
         self.choice = choice
         self.proposal = choice.proposal
-        self.mode, self.encap = mode_of(choice.encapsulation_mode)
+        mode, self.encap = mode_of(choice.encapsulation_mode)
+        self.mode = ChildMode(mode)
         self.spi_out = choice.spi
         self.spi_in = sa.ctx.allocate_spi()
         self.nr = sa.ctx.random_bytes(NONCE_LENGTH)
@@ -450,13 +434,57 @@ class QuickMode:
         hash_2 = qm_hash2(prf, skeyid_a, self.message_id, self.ni, encode_payloads(out_rest))
         # An initiator that asks for the commit bit gets it back, and a CONNECTED
         # notification once QM3 is in (the 4th message).
-        self.commit = bool(header.flags & Flags.COMMIT)
+        self.commit = bool(message.header.flags & Flags.COMMIT)
         data = self._encrypt(
             [HashPayload(hash_2), *out_rest], Flags.COMMIT if self.commit else 0
         )
-        sa.responses[self.message_id] = ResponseCache(raw, [data])
+        self.remember(message.raw, data)
         self.state = QmState.QM2_SENT
-        self._send_request(data, now)
+        self.send_request(data, now)
+
+    def _choose_tunnel(self, ids: list[IdPayload], peer_spi: bytes) -> ChildConfig:
+        """The child whose tunnel is IDci/IDcr (without them: between the IKE
+        addresses, RFC 2409 section 5.5); INVALID-ID-INFORMATION if none."""
+        sa = self.sa
+        if ids and len(ids) != 2:
+            raise ProtocolFailure("Quick Mode needs both IDci and IDcr",
+                                  NotifyType.INVALID_ID_INFORMATION)
+        if ids:
+            remote_net, local_net = ids[0].to_network(), ids[1].to_network()
+        else:
+            remote_net = _host(sa.remote[0])
+            local_net = _host(sa.local[0])
+        child = self._find_child(local_net, remote_net)
+        if child is None or local_net is None or remote_net is None:
+            offered = f"{remote_net or ids[0].to_text()} === {local_net or ids[1].to_text()}"
+            log.warning(
+                "INVALID-ID-INFORMATION: no child matches the peer's tunnel %s", offered,
+                extra=sa.log_extra,
+            )
+            sa.send_notify(NotifyType.INVALID_ID_INFORMATION, peer_spi, ProtocolId.ESP)
+            raise QuickModeRefused("INVALID-ID-INFORMATION")
+        self.child, self.local_ts, self.remote_ts = child, local_net, remote_net
+        return child
+
+    def _choose_proposal(self, offer: SaPayload, child: ChildConfig, peer_spi: bytes) -> EspChoice:
+        """The first offered ESP proposal the child accepts, in the child's mode;
+        NO-PROPOSAL-CHOSEN if none."""
+        choice = select_esp(offer, child.esp_proposals)
+        if choice is not None:
+            mode, _udp = mode_of(choice.encapsulation_mode)
+            if mode != child.mode:
+                choice = None
+        if choice is None:
+            sa = self.sa
+            log.warning(
+                "NO-PROPOSAL-CHOSEN: peer offered %s; child %s accepts %s (mode %s)",
+                ", ".join(offered_esp(offer)) or "nothing", child.name,
+                ", ".join(p.render() for p in child.esp_proposals), child.mode,
+                extra=sa.log_extra,
+            )
+            sa.send_notify(NotifyType.NO_PROPOSAL_CHOSEN, peer_spi, ProtocolId.ESP)
+            raise QuickModeRefused("NO-PROPOSAL-CHOSEN")
+        return choice
 
     def _responder_lifetime_notify(self) -> NotifyPayload:
         attributes = (
@@ -473,7 +501,9 @@ class QuickMode:
     def _find_child(
         self, local_net: Network | None, remote_net: Network | None
     ) -> ChildConfig | None:
-        """Seed 43.6.3: "The configuration of a tunnel must be identical on both sides.\""""
+        """RFC 2409 section 5.5: the responder takes the identities as the peer
+        proposed them or refuses them; so a tunnel must be configured alike on both
+        sides."""
         conn = self.sa.conn
         if conn is None or local_net is None or remote_net is None:
             return None
@@ -483,8 +513,8 @@ class QuickMode:
                 return child
         return None
 
-    def _process_qm3(self, header: Header, body: bytes, now: float) -> None:
-        parsed = self._decrypt(header, body)
+    def _process_qm3(self, message: Message, now: float) -> None:
+        parsed = self._decrypt(message.header, message.body)
         payloads = parsed.payloads
         rules.check(rules.QUICK_MODE[3], payloads, "Quick Mode message 3")
         prf, skeyid_a, _d = self._keys

@@ -1,0 +1,13 @@
+"""Phase 1 authentication methods; adding one is a module and a line in REGISTRY."""
+
+from ikev1d.engine.auth.base import Authenticator, Registry
+from ikev1d.engine.auth.psk import PskAuthenticator
+
+REGISTRY = Registry([
+    PskAuthenticator,
+])
+
+AUTH_NAMES = REGISTRY.names()
+"""How logs and the status name a negotiated method."""
+
+__all__ = ["AUTH_NAMES", "REGISTRY", "Authenticator", "Registry"]

@@ -1,0 +1,151 @@
+"""The Informational exchange (RFC 2409 section 5.7, RFC 2408 section 4.8).
+
+One-way: one message, no response, no retransmission. After Phase 1 it is
+encrypted with its own IV chain and carries HASH(1) first; during Phase 1 a
+peer may send an unprotected one, under message ID zero like Main Mode. So it
+is dispatched, never kept in the SA's table of exchanges: notifications go to
+the exchange they concern (Main Mode, a Quick Mode), Deletes to the engine.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from ikev1d.crypto import informational_hash
+from ikev1d.engine.exchanges.base import PHASE1_MESSAGE_ID, Message
+from ikev1d.engine.exchanges.main_mode import notify_name
+from ikev1d.engine.exchanges.quick_mode import QmState, QuickMode
+from ikev1d.engine.ike_sa import IkeSa, IkeState, ProtocolFailure
+from ikev1d.engine.rules import INFORMATIONAL, check
+from ikev1d.wire import (
+    DeletePayload,
+    Flags,
+    NotifyPayload,
+    NotifyType,
+    ProtocolId,
+    WireError,
+    decode_payloads,
+)
+
+log = logging.getLogger("ikev1d.engine")
+
+#: RFC 2408 section 3.14.1: types 1 to 8191 are the errors the RFCs define;
+#: from here on come private-use errors and the status types (CONNECTED,
+#: RESPONDER-LIFETIME, DPD's R-U-THERE), which end no exchange.
+FIRST_PRIVATE_TYPE = 8192
+
+
+def is_error(notify: NotifyPayload) -> bool:
+    """A defined error notification: the peer refuses something of ours."""
+    return notify.notify_type < FIRST_PRIVATE_TYPE
+
+
+def receive(sa: IkeSa, message: Message, now: float) -> None:
+    """The dispatch entry: protected or not, as the header says."""
+    if message.header.flags & Flags.ENCRYPTION:
+        receive_protected(sa, message, now)
+    else:
+        receive_unprotected(sa, message, now)
+
+
+def receive_unprotected(sa: IkeSa, message: Message, now: float) -> None:
+    """Unprotected notifications: believed only while Phase 1 is still running."""
+    try:
+        payloads = decode_payloads(message.header.next_payload, message.body)
+    except WireError as exc:
+        log.info("dropping malformed notification: %s", exc, extra=sa.log_extra)
+        return
+    for payload in payloads:
+        if not isinstance(payload, NotifyPayload):
+            continue
+        if sa.state is not IkeState.CONNECTING or not is_error(payload):
+            log.info("ignoring unprotected %s notification", notify_name(payload.notify_type),
+                     extra=sa.log_extra)
+            continue
+        phase1 = sa.exchanges.get(PHASE1_MESSAGE_ID)
+        if phase1 is not None and phase1.peer_notified(payload, False, now):
+            return
+
+
+def _unreadable(sa: IkeSa, now: float) -> bool:
+    phase1 = sa.exchanges.get(PHASE1_MESSAGE_ID)
+    return (sa.state is IkeState.CONNECTING and phase1 is not None
+            and phase1.unreadable_answer(now))
+
+
+def receive_protected(sa: IkeSa, message: Message, now: float) -> None:
+    if sa.keys is None:
+        return
+    header, message_id = message.header, message.header.message_id
+    try:
+        plaintext, _ = sa.decrypt(header, message.body, sa.exchange_iv(message_id))
+        parsed = sa.parse_plaintext(header, plaintext)
+        payloads = parsed.payloads
+        check(INFORMATIONAL, payloads, "Informational exchange")
+        received, rest = parsed.after_hash()
+    except ProtocolFailure as exc:
+        if not _unreadable(sa, now):
+            log.info("dropping Informational exchange: %s", exc, extra=sa.log_extra)
+        return
+    expected = informational_hash(sa.hash_alg, sa.keys.skeyid_a, message_id, rest)
+    if not hmac.compare_digest(expected, received):
+        if not _unreadable(sa, now):
+            log.info("dropping Informational exchange: HASH(1) does not verify",
+                     extra=sa.log_extra)
+        return
+    phase1 = sa.exchanges.get(PHASE1_MESSAGE_ID)
+    if sa.state is IkeState.CONNECTING and phase1 is not None:
+        errors = [p for p in payloads if isinstance(p, NotifyPayload) and is_error(p)]
+        if errors and phase1.peer_notified(errors[0], True, now):
+            return
+    for payload in payloads:
+        if isinstance(payload, NotifyPayload):
+            _notification(sa, payload, now)
+        elif isinstance(payload, DeletePayload):
+            sa.ctx.peer_deleted(sa, payload)
+
+
+def _quick_modes(sa: IkeSa) -> list[QuickMode]:
+    return [x for x in sa.exchanges.values() if isinstance(x, QuickMode)]
+
+
+def _notification(sa: IkeSa, notify: NotifyPayload, now: float) -> None:
+    if notify.notify_type == NotifyType.R_U_THERE:
+        sa.send_informational([NotifyPayload(
+            notify_type=NotifyType.R_U_THERE_ACK, spi=sa.cky_i + sa.cky_r,
+            protocol_id=ProtocolId.ISAKMP, data=notify.data,
+        )])
+    elif notify.notify_type == NotifyType.R_U_THERE_ACK:
+        if notify.data == sa.dpd_seq.to_bytes(4, "big"):
+            sa.dpd_unanswered_since = None
+    elif notify.notify_type == NotifyType.CONNECTED:
+        _connected(sa, notify, now)
+    elif notify.notify_type == NotifyType.INITIAL_CONTACT:
+        pass
+    elif is_error(notify):
+        _quick_mode_refused(sa, notify, now)
+    else:
+        log.info("peer sent %s notification", notify_name(notify.notify_type),
+                 extra=sa.log_extra)
+
+
+def _connected(sa: IkeSa, notify: NotifyPayload, now: float) -> None:
+    """RFC 2408 section 3.1: the responder's CONNECTED after a Quick Mode with the
+    commit bit; it names the IPsec SA by one of its SPIs."""
+    waiting = [qm for qm in _quick_modes(sa) if qm.state is QmState.AWAIT_CONNECTED]
+    matching = [qm for qm in waiting if notify.spi in (qm.spi_in, qm.spi_out)]
+    for qm in matching or waiting[:1]:
+        qm.connected(now)
+
+
+def _quick_mode_refused(sa: IkeSa, notify: NotifyPayload, now: float) -> None:
+    """An error notification ends our Quick Mode it names by SPI, or all of ours
+    that wait for an answer."""
+    name = notify_name(notify.notify_type)
+    pending = [qm for qm in _quick_modes(sa) if qm.initiator and qm.state is QmState.QM1_SENT]
+    matching = [qm for qm in pending if notify.spi and qm.spi_in == notify.spi]
+    for qm in matching or pending:
+        qm.fail(f"peer sent {name}", now)
+    if not pending:
+        log.warning("peer sent %s", name, extra=sa.log_extra)

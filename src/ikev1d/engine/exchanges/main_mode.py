@@ -1,0 +1,475 @@
+"""Phase 1, Main Mode (RFC 2409 section 5).
+
+    Initiator                          Responder
+    HDR, SA, VID                 -->
+                                 <--   HDR, SA, VID
+    HDR, KE, Ni, NAT-D, NAT-D    -->
+                                 <--   HDR, KE, Nr, NAT-D, NAT-D
+    HDR*, IDii, [CERT,] proof    -->                      (port 4500 once NAT is seen)
+                                 <--   HDR*, IDir, [CERT,] proof
+
+Six messages; Aggressive Mode is refused by the engine before it gets here.
+What messages 3 to 6 carry, SKEYID and the proof of identity come from the
+authenticator of the negotiated method (``ikev1d.engine.auth``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ikev1d.crypto import (
+    IkeCipher,
+    InvalidPublicValue,
+    cipher_key_length,
+    derive_phase1_keys,
+    encryption_key,
+    generate_keypair,
+    phase1_iv,
+)
+from ikev1d.engine import natd, rules, vendor
+from ikev1d.engine.auth import REGISTRY
+from ikev1d.engine.auth.base import (
+    Authenticator,
+    Phase1Material,
+    UnknownAuthMethod,
+    id_text,
+    peer_matches,
+)
+from ikev1d.engine.exchanges.base import PHASE1_MESSAGE_ID, Exchange, Message
+from ikev1d.engine.ike_sa import IkeSa, Parsed, ProtocolFailure, first, parse
+from ikev1d.engine.sa_proposals import IkeChoice, ike_sa_payload, offered_ike, select_ike
+from ikev1d.wire import (
+    ExchangeType,
+    Flags,
+    IdPayload,
+    NatDPayload,
+    NotifyPayload,
+    NotifyType,
+    Payload,
+    ProtocolId,
+    SaPayload,
+    VendorIdPayload,
+)
+
+if TYPE_CHECKING:
+    from ikev1d.config import ConnectionConfig
+    from ikev1d.proposals import IkeProposal
+
+log = logging.getLogger("ikev1d.engine")
+
+NONCE_LENGTH = 32
+MM = ExchangeType.IDENTITY_PROTECTION
+
+
+class MmState(enum.Enum):
+    MM1_SENT = 1
+    MM2_SENT = 2
+    MM3_SENT = 3
+    MM4_SENT = 4
+    MM5_SENT = 5
+    DONE = 6
+    FAILED = 7
+
+
+def notify_name(value: int) -> str:
+    """RFC 2408 spells notification names with hyphens, as logs and people do."""
+    return NotifyType(value).name.replace("_", "-")
+
+
+def acceptable_proposals(candidates: Sequence[ConnectionConfig]) -> list[IkeProposal]:
+    """A static peer's connection decides; dynamic peers share a common set."""
+    seen: list[IkeProposal] = []
+    for conn in candidates:
+        for proposal in conn.proposals:
+            if proposal not in seen:
+                seen.append(proposal)
+    return seen
+
+
+class MainMode(Exchange):
+    """The Main Mode task of one ISAKMP SA, for either role."""
+
+    exchange_type = MM
+
+    def __init__(self, sa: IkeSa) -> None:
+        super().__init__(sa, PHASE1_MESSAGE_ID, sa.initiator)
+        self.state = MmState.MM1_SENT if sa.initiator else MmState.MM2_SENT
+        self.material = Phase1Material()
+        self.auth: Authenticator | None = None
+        self.offered: list[IkeProposal] = []
+        self.offered_method = 0
+        self.sent_natd = False
+
+    @staticmethod
+    def receive(sa: IkeSa, message: Message, now: float) -> None:
+        """The dispatch entry for Main Mode messages of a known ISAKMP SA."""
+        mm = sa.exchanges.get(PHASE1_MESSAGE_ID)
+        if mm is None or mm.exchange_type != MM:
+            return
+        if not mm.finished and not sa.initiator and (
+            message.local[1] != sa.local[1] or message.remote[1] != sa.remote[1]
+        ):
+            # RFC 3947 section 4: the initiator moved to port 4500; follow it.
+            sa.local, sa.remote = message.local, message.remote
+        mm.handle(message, now)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (MmState.DONE, MmState.FAILED)
+
+    @property
+    def _auth(self) -> Authenticator:
+        if self.auth is None:
+            raise ProtocolFailure("no authentication method negotiated yet")
+        return self.auth
+
+    # -- failure ------------------------------------------------------------------
+
+    def give_up(self, now: float) -> None:
+        reason = "no response from peer"
+        if self.state is MmState.MM5_SENT:
+            reason = self._auth.no_answer()
+        self.fail(reason, now)
+
+    def failed(self, error: ProtocolFailure, now: float) -> None:
+        self.fail(str(error), now, error.notify)
+
+    def fail(self, reason: str, now: float, notify: NotifyType | None = None) -> None:
+        self.cancel()
+        self.state = MmState.FAILED
+        if notify is not None:
+            self.sa.send_notify(notify)
+        self.sa.ctx.on_phase1_failed(self.sa, reason)
+
+    def peer_notified(self, notify: NotifyPayload, protected: bool, now: float) -> bool:
+        """An error notification while Phase 1 runs ends it. After our message 5,
+        or naming authentication, it means the peer did not accept our proof."""
+        if self.finished or (protected and self.state is not MmState.MM5_SENT):
+            return False
+        name = notify_name(notify.notify_type)
+        if self.state is MmState.MM5_SENT or notify.notify_type in (
+            NotifyType.AUTHENTICATION_FAILED, NotifyType.INVALID_HASH_INFORMATION,
+        ):
+            self.fail(f"authentication failed: peer sent {name}", now)
+        else:
+            self.fail(f"peer sent {name}", now)
+        return True
+
+    def unreadable_answer(self, now: float) -> bool:
+        """An encrypted answer to our message 5 that we cannot read means the peer
+        derived other keys: fail now rather than retransmit."""
+        if self.state is not MmState.MM5_SENT:
+            return False
+        self.fail(self._auth.unreadable_answer(), now)
+        return True
+
+    # -- common ---------------------------------------------------------------------
+
+    def _natd_payloads(self) -> list[Payload]:
+        sa = self.sa
+        if not sa.nat_t:
+            return []
+        conn = sa.conn
+        fake = None
+        if conn is not None and conn.encap:
+            # Force UDP encapsulation: a source hash that cannot match makes the
+            # peer see "us" behind a NAT (what strongSwan's encap=yes does too).
+            fake = sa.ctx.random_bytes(len(natd.natd_hash(sa.hash_alg, b"", b"", sa.local)))
+        hashes = natd.natd_payload_data(
+            sa.hash_alg, sa.cky_i, sa.cky_r, sa.local, sa.remote, fake_source=fake
+        )
+        self.sent_natd = True
+        return [NatDPayload(h, draft=not sa.nat_t_rfc) for h in hashes]
+
+    def _process_natd(self, payloads: Sequence[Payload]) -> None:
+        sa = self.sa
+        received = [p.data for p in payloads if isinstance(p, NatDPayload)]
+        result = natd.detect(sa.hash_alg, sa.cky_i, sa.cky_r, sa.local, sa.remote, received)
+        if result is None:
+            return
+        sa.nat_local = result.local_behind_nat
+        sa.nat_remote = result.remote_behind_nat
+        if sa.conn is not None and sa.conn.encap and not sa.nat_local:
+            # encap = true: behave as if we are behind a NAT, so ESP goes in UDP.
+            sa.nat_local = True
+        if result.any or sa.nat_local:
+            log.info(
+                "NAT detected (local behind NAT: %s, peer behind NAT: %s)",
+                "yes" if sa.nat_local else "no",
+                "yes" if sa.nat_remote else "no",
+                extra=sa.log_extra,
+            )
+
+    def _choose(self, choice: IkeChoice) -> None:
+        sa = self.sa
+        self.auth = REGISTRY.create(choice.auth_method, sa, self.material)
+        sa.xauth_role = self.auth.xauth
+        sa.proposal = choice.proposal
+        sa.auth_method = choice.auth_method
+        sa.hash_alg = choice.proposal.integrity
+        ours = sa.conn.rekey_time if sa.conn is not None else 14400.0
+        sa.lifetime_s = min(ours, float(choice.lifetime_s)) if choice.lifetime_s else ours
+
+    def _derive_keys(self) -> None:
+        """RFC 2409 section 5: SKEYID (by method), SKEYID_d/a/e, the cipher key, the IV."""
+        sa = self.sa
+        proposal = sa.proposal
+        if proposal is None:
+            raise ProtocolFailure("keys derived before the proposal is known")
+        prf = proposal.integrity
+        skeyid = self._auth.skeyid()
+        sa.keys = derive_phase1_keys(prf, skeyid, self.material.g_xy, sa.cky_i, sa.cky_r)
+        key_length = cipher_key_length(proposal.encryption, proposal.key_length)
+        key = encryption_key(prf, sa.keys.skeyid_e, key_length)
+        sa.cipher = IkeCipher(proposal.encryption, key)
+        sa.phase1_iv = phase1_iv(prf, self.material.g_xi, self.material.g_xr,
+                                 sa.cipher.block_size)
+        # Debug level only: with these, tshark or a person can decrypt the exchange.
+        log.debug(
+            "Phase 1 keys: CKY-I %s CKY-R %s SKEYID_d %s SKEYID_a %s SKEYID_e %s Ka %s IV %s",
+            sa.cky_i.hex(), sa.cky_r.hex(), sa.keys.skeyid_d.hex(), sa.keys.skeyid_a.hex(),
+            sa.keys.skeyid_e.hex(), key.hex(), sa.phase1_iv.hex(), extra=sa.log_extra,
+        )
+
+    def _shared_secret(self, peer_public: bytes) -> None:
+        if self.sa.dh is None:
+            raise ProtocolFailure("no DH key pair")
+        try:
+            self.material.g_xy = self.sa.dh.shared_secret(peer_public)
+        except InvalidPublicValue as exc:
+            raise ProtocolFailure(
+                f"invalid key exchange value: {exc}", NotifyType.INVALID_KEY_INFORMATION
+            ) from exc
+
+    def _vendors(self, payloads: Sequence[Payload]) -> None:
+        sa = self.sa
+        vids = [p.data for p in payloads if isinstance(p, VendorIdPayload)]
+        sa.peer_vendors = vendor.recognise(vids)
+        for unknown in sa.peer_vendors.unknown:
+            log.info("ignoring unknown vendor ID %s", unknown.hex(), extra=sa.log_extra)
+        if sa.peer_vendors.extensions:
+            log.debug(
+                "peer supports %s",
+                ", ".join(sorted(e.value for e in sa.peer_vendors.extensions)),
+                extra=sa.log_extra,
+            )
+        sa.nat_t = sa.peer_vendors.nat_t
+        sa.nat_t_rfc = sa.peer_vendors.nat_t_rfc
+
+    def _established(self, now: float) -> None:
+        self.state = MmState.DONE
+        self.cancel()
+        self.sa.ctx.on_phase1_established(self.sa, now)
+
+    def _read_proof(self, message: Message, number: int, notify: NotifyType | None) -> IdPayload:
+        """Decrypt Main Mode message 5 or 6 and verify it: the peer's proven ID.
+
+        With keys derived from different credentials the message decrypts to
+        garbage, so a message that does not parse is an authentication failure too.
+        """
+        sa = self.sa
+        auth = self._auth
+        plaintext, next_iv = sa.decrypt(message.header, message.body, sa.phase1_iv)
+        try:
+            parsed: Parsed = sa.parse_plaintext(message.header, plaintext)
+            rules.check(auth.rule(number), parsed.payloads, f"Main Mode message {number}")
+        except ProtocolFailure as exc:
+            raise ProtocolFailure(auth.unreadable_message(number, exc), notify) from exc
+        peer_id = auth.verify_proof(parsed, notify)
+        sa.phase1_iv = next_iv
+        return peer_id
+
+    def _send_proof(self, request: bytes, now: float) -> None:
+        sa = self.sa
+        data, sa.phase1_iv = sa.encrypted_message(
+            MM, PHASE1_MESSAGE_ID, self._auth.proof_payloads(), sa.phase1_iv
+        )
+        if sa.initiator:
+            self.state = MmState.MM5_SENT
+            self.send_request(data, now)
+        else:
+            self.respond(request, data)
+
+    # -- initiator ------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        sa = self.sa
+        conn = sa.conn
+        if conn is None:
+            raise ProtocolFailure("initiator without a connection")
+        sa.cky_i = sa.ctx.random_bytes(8)
+        self.offered = list(conn.proposals)
+        self.offered_method = int(REGISTRY.to_offer(conn.local.auth).method)
+        sa_payload = ike_sa_payload(self.offered, self.offered_method, int(conn.rekey_time))
+        self.material.sa_i_b = sa_payload.encode_body()
+        payloads: list[Payload] = [sa_payload]
+        payloads += [VendorIdPayload(v) for v in vendor.our_vendor_ids()]
+        self.send_request(sa.plain_message(MM, PHASE1_MESSAGE_ID, payloads), now)
+
+    def process(self, message: Message, now: float) -> None:
+        if not self.sa.initiator:
+            self._process_responder(message, now)
+        elif self.state is MmState.MM1_SENT:
+            self._process_message_2(message, now)
+        elif self.state is MmState.MM3_SENT:
+            self._process_message_4(message, now)
+        elif self.state is MmState.MM5_SENT:
+            self._process_message_6(message, now)
+
+    def _process_message_2(self, message: Message, now: float) -> None:
+        sa = self.sa
+        payloads = parse(message.header, message.body).payloads
+        rules.check(rules.MAIN_MODE_SA[2], payloads, "Main Mode message 2")
+        sa.cky_r = message.header.responder_cookie
+        response_sa = first(payloads, SaPayload)
+        assert_one_transform(response_sa)
+        choice = select_ike(response_sa, self.offered, {self.offered_method})
+        if choice is None:
+            raise ProtocolFailure(
+                "responder chose a proposal we did not offer: "
+                + ", ".join(offered_ike(response_sa)),
+                NotifyType.NO_PROPOSAL_CHOSEN,
+            )
+        self._choose(choice)
+        self._vendors(payloads)
+        sa.dh = generate_keypair(choice.proposal.dh_group)
+        self.material.g_xi = sa.dh.public_bytes
+        self.material.ni = sa.ctx.random_bytes(NONCE_LENGTH)
+        out = self._auth.key_exchange_payloads() + self._natd_payloads()
+        self.state = MmState.MM3_SENT
+        self.send_request(sa.plain_message(MM, PHASE1_MESSAGE_ID, out), now)
+
+    def _process_message_4(self, message: Message, now: float) -> None:
+        sa = self.sa
+        auth = self._auth
+        payloads = parse(message.header, message.body).payloads
+        rules.check(auth.rule(4), payloads, "Main Mode message 4")
+        auth.read_key_exchange(payloads)
+        self._shared_secret(self.material.g_xr)
+        if self.sent_natd:
+            self._process_natd(payloads)
+        self._derive_keys()
+        if sa.udp_encap:
+            sa.float_to_nat_t_port()
+        self._send_proof(message.raw, now)
+
+    def _process_message_6(self, message: Message, now: float) -> None:
+        sa = self.sa
+        peer_id = self._read_proof(message, 6, None)
+        remote_id = sa.conn.remote.id if sa.conn is not None else None
+        if not peer_matches(remote_id, peer_id):
+            raise ProtocolFailure(
+                f"authentication failed: peer identity {id_text(peer_id)} "
+                f"is not the configured {remote_id}",
+                NotifyType.INVALID_ID_INFORMATION,
+            )
+        sa.remote_id = id_text(peer_id)
+        self._established(now)
+
+    # -- responder --------------------------------------------------------------------
+
+    def first_message(self, message: Message, now: float) -> None:
+        """Main Mode message 1: pick a proposal before any identity is known."""
+        sa = self.sa
+        sa.cky_i = message.header.initiator_cookie
+        parsed = parse(message.header, message.body)
+        payloads = parsed.payloads
+        rules.check(rules.MAIN_MODE_SA[1], payloads, "Main Mode message 1")
+        offer = first(payloads, SaPayload)
+        acceptable = acceptable_proposals(sa.candidates)
+        choice = select_ike(offer, acceptable, REGISTRY.accepted())
+        sa.cky_r = sa.ctx.random_bytes(8)
+        if choice is None:
+            self._no_proposal_chosen(offer, acceptable)
+            return
+        # Keep the connections that offered the chosen proposal.
+        sa.candidates = [c for c in sa.candidates if choice.proposal in c.proposals]
+        sa.conn = sa.candidates[0]
+        try:
+            self._choose(choice)
+        except UnknownAuthMethod:
+            self._no_proposal_chosen(offer, acceptable)
+            return
+        self.material.sa_i_b = parsed.body_of(1)
+        self._vendors(payloads)
+        out: list[Payload] = [choice.response_sa()]
+        out += [VendorIdPayload(v) for v in vendor.responder_vendor_ids(sa.peer_vendors)]
+        self.state = MmState.MM2_SENT
+        self.respond(message.raw, sa.plain_message(MM, PHASE1_MESSAGE_ID, out))
+
+    def _no_proposal_chosen(self, offer: SaPayload, acceptable: Sequence[IkeProposal]) -> None:
+        sa = self.sa
+        log.warning(
+            "NO-PROPOSAL-CHOSEN: peer offered %s; we accept %s",
+            ", ".join(offered_ike(offer)) or "nothing",
+            ", ".join(p.render() for p in acceptable),
+            extra=sa.log_extra,
+        )
+        sa.transmit(sa.plain_message(
+            ExchangeType.INFORMATIONAL, PHASE1_MESSAGE_ID,
+            [NotifyPayload(notify_type=NotifyType.NO_PROPOSAL_CHOSEN,
+                           spi=sa.cky_i + sa.cky_r, protocol_id=ProtocolId.ISAKMP)],
+        ))
+        self.state = MmState.FAILED
+        sa.ctx.on_phase1_failed(sa, "NO-PROPOSAL-CHOSEN", quiet=True)
+
+    def _process_responder(self, message: Message, now: float) -> None:
+        if self.state is MmState.MM2_SENT:
+            self._process_message_3(message, now)
+        elif self.state is MmState.MM4_SENT:
+            self._process_message_5(message, now)
+
+    def _process_message_3(self, message: Message, now: float) -> None:
+        sa = self.sa
+        auth = self._auth
+        if message.header.flags & Flags.ENCRYPTION:
+            raise ProtocolFailure("Main Mode message 3 must not be encrypted")
+        payloads = parse(message.header, message.body).payloads
+        rules.check(auth.rule(3), payloads, "Main Mode message 3")
+        proposal = sa.proposal
+        if proposal is None:
+            raise ProtocolFailure("no proposal")
+        auth.read_key_exchange(payloads)
+        sa.dh = generate_keypair(proposal.dh_group)
+        self.material.g_xr = sa.dh.public_bytes
+        self._shared_secret(self.material.g_xi)
+        self.material.nr = sa.ctx.random_bytes(NONCE_LENGTH)
+        has_natd = any(isinstance(p, NatDPayload) for p in payloads)
+        if has_natd:
+            sa.nat_t = True
+            self._process_natd(payloads)
+        self._derive_keys()
+        out = auth.key_exchange_payloads()
+        if has_natd:
+            out += self._natd_payloads()
+        self.state = MmState.MM4_SENT
+        self.respond(message.raw, sa.plain_message(MM, PHASE1_MESSAGE_ID, out))
+
+    def _process_message_5(self, message: Message, now: float) -> None:
+        sa = self.sa
+        peer_id = self._read_proof(message, 5, NotifyType.AUTHENTICATION_FAILED)
+        # Now that the identity is known, settle on the connection it belongs to.
+        conn = next((c for c in sa.candidates if peer_matches(c.remote.id, peer_id)), None)
+        if conn is None:
+            raise ProtocolFailure(
+                f"authentication failed: peer identity {id_text(peer_id)} matches "
+                "no configured connection",
+                NotifyType.INVALID_ID_INFORMATION,
+            )
+        sa.conn = conn
+        sa.remote_id = id_text(peer_id)
+        self._send_proof(message.raw, now)
+        self._established(now)
+
+
+def assert_one_transform(sa_payload: SaPayload) -> None:
+    """RFC 2408 section 4.2: the responder answers with exactly one transform."""
+    count = sum(len(p.transforms) for p in sa_payload.proposals)
+    if count != 1:
+        raise ProtocolFailure(
+            f"responder's SA must hold one transform, it holds {count}",
+            NotifyType.BAD_PROPOSAL_SYNTAX,
+        )

@@ -1,0 +1,283 @@
+"""What happens to SAs over time: Phase 1 and Quick Modes coming up or failing,
+renewal before expiry (make before break), expiry, Dead Peer Detection, and a
+renewed ISAKMP SA taking over its predecessor's IPsec SAs."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ikev1d.engine.api import ChildSaEstablished, ConnectionFailed, EngineError, IkeSaEstablished
+from ikev1d.engine.auth import AUTH_NAMES
+from ikev1d.engine.exchanges.quick_mode import QuickMode
+from ikev1d.engine.ike_sa import (
+    ChildSa,
+    ChildState,
+    IkeSa,
+    IkeState,
+    ProtocolFailure,
+    QuickModeWork,
+)
+from ikev1d.engine.vendor import Extension
+from ikev1d.wire import NotifyPayload, NotifyType, ProtocolId
+
+if TYPE_CHECKING:
+    from ikev1d.engine.engine import Engine
+
+log = logging.getLogger("ikev1d.engine")
+
+
+class Lifecycle:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- Phase 1 ---------------------------------------------------------------------
+
+    def phase1_established(self, sa: IkeSa, now: float) -> None:
+        sa.state = IkeState.ESTABLISHED
+        sa.established_at = now
+        self.engine.leave_half_open(sa)
+        proposal = sa.proposal.render() if sa.proposal else "?"
+        auth = AUTH_NAMES.get(sa.auth_method, str(sa.auth_method))
+        log.info(
+            "ISAKMP SA established: %s[%s]...%s[%s], %s, auth %s%s",
+            sa.local[0], sa.local_id, sa.remote[0], sa.remote_id, proposal, auth,
+            ", NAT-T (UDP 4500)" if sa.udp_encap else "",
+            extra=sa.log_extra,
+        )
+        self.engine.emit(IkeSaEstablished(
+            conn=sa.name, ike_id=sa.ike_id, local=sa.local, remote=sa.remote,
+            local_id=sa.local_id, remote_id=sa.remote_id, proposal=proposal, auth=auth,
+            initiator=sa.initiator,
+        ))
+        sa.schedule(now + sa.lifetime_s, lambda t: self._ike_expired(sa))
+        sa.rekey_at = now + self.rekey_delay(sa.lifetime_s, sa.initiator)
+        sa.schedule(sa.rekey_at, lambda t: self._ike_rekey(sa, t))
+        old = sa.replaces
+        if old is not None:
+            sa.replaces = None
+            self._take_over(old, sa)
+        self._start_dpd(sa, now)
+        if sa.initiator and sa.requested_children:
+            for name in sa.requested_children:
+                self.start_quick_modes(sa, name, now)
+        sa.requested_children = None
+
+    def phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None:
+        if not quiet:
+            log.warning("Main Mode failed: %s", reason, extra=sa.log_extra)
+        old = sa.replaces
+        if old is not None and old.state is IkeState.REKEYING:
+            old.state = IkeState.ESTABLISHED  # it runs until its lifetime ends
+        name = sa.conn.name if sa.conn is not None and sa.initiator else sa.name
+        if sa.initiator:
+            self.engine.emit(ConnectionFailed(name, None, reason))
+        self.engine.drop_sa(sa)
+
+    def rekey_delay(self, lifetime: float, initiator: bool) -> float:
+        """When to renew an SA of this lifetime: before the end by a margin (10 %,
+        at most 9 minutes) plus random jitter, so that both ends do not renew at
+        once; the side that did not initiate waits half the margin longer, so
+        that normally one side renews and the other sees the new SA arrive."""
+        margin = min(0.1 * lifetime, 540.0)
+        jitter = (int.from_bytes(self.engine.random_bytes(2), "big") / 65535
+                  * min(0.05 * lifetime, 60.0))
+        if not initiator:
+            margin /= 2
+            jitter /= 2
+        return max(lifetime - margin - jitter, 0.5 * lifetime)
+
+    def _ike_rekey(self, sa: IkeSa, now: float) -> None:
+        """Renew Phase 1 with a new Main Mode; the IPsec SAs move to it once it is up."""
+        conn = sa.conn
+        if sa.state is not IkeState.ESTABLISHED or conn is None:
+            return
+        remote = sa.remote[0] if sa.remote[0] in conn.remote_addrs else next(
+            (a for a in conn.remote_addrs if a != "%any"), None)
+        if remote is None:
+            # A peer with a dynamic address must renew it; we cannot reach it first.
+            return
+        port = self.engine.config.daemon.port
+        new = IkeSa(self.engine, initiator=True, local=(sa.local[0], port),
+                    remote=(remote, port), conn=conn, candidates=[conn], now=now)
+        new.requested_children = []
+        new.replaces = sa
+        sa.state = IkeState.REKEYING
+        try:
+            self.engine.start_phase1(new, now)
+        except ProtocolFailure as exc:
+            log.warning("cannot renew the ISAKMP SA: %s", exc, extra=sa.log_extra)
+            sa.state = IkeState.ESTABLISHED
+            return
+        log.info("renewing the ISAKMP SA (Main Mode)", extra=sa.log_extra)
+
+    def _take_over(self, old: IkeSa, new: IkeSa) -> None:
+        """The renewed ISAKMP SA takes the IPsec SAs; the old one is deleted."""
+        new.children.extend(old.children)
+        old.children.clear()
+        log.info("ISAKMP SA renewed: %s:%s replaces %s:%s", new.cky_i.hex(), new.cky_r.hex(),
+                 old.cky_i.hex(), old.cky_r.hex(), extra=new.log_extra)
+        self.engine.deletion.delete_sa(old, "renewed", send=True, children=False)
+
+    def _ike_expired(self, sa: IkeSa) -> None:
+        log.info("ISAKMP SA lifetime reached", extra=sa.log_extra)
+        self.engine.deletion.delete_sa(sa, "lifetime reached", send=True, children=False)
+
+    # -- Dead Peer Detection (RFC 3706) -------------------------------------------------
+
+    def _start_dpd(self, sa: IkeSa, now: float) -> None:
+        conn = sa.conn
+        if conn is not None and conn.dpd_delay > 0 and (
+            Extension.DPD in sa.peer_vendors.extensions
+        ):
+            # RFC 3706 section 7: start from a random sequence number.
+            sa.dpd_seq = int.from_bytes(self.engine.random_bytes(2), "big")
+            sa.schedule(now + conn.dpd_delay, lambda t: self._dpd_tick(sa, t))
+
+    def _dpd_tick(self, sa: IkeSa, now: float) -> None:
+        """RFC 3706: ask the peer R-U-THERE every dpd_delay; if no R-U-THERE-ACK
+        comes for dpd_timeout, the peer is dead and dpd_action applies."""
+        conn = sa.conn
+        if conn is None or not sa.usable:
+            return
+        if sa.dpd_unanswered_since is not None and (
+            now - sa.dpd_unanswered_since >= conn.dpd_timeout
+        ):
+            self._peer_dead(sa, now)
+            return
+        if sa.dpd_unanswered_since is None:
+            sa.dpd_unanswered_since = now
+        sa.dpd_seq = (sa.dpd_seq + 1) & 0xFFFFFFFF
+        sa.send_informational([NotifyPayload(
+            notify_type=NotifyType.R_U_THERE, spi=sa.cky_i + sa.cky_r,
+            protocol_id=ProtocolId.ISAKMP, data=sa.dpd_seq.to_bytes(4, "big"),
+        )])
+        remaining = conn.dpd_timeout - (now - sa.dpd_unanswered_since)
+        sa.schedule(now + min(conn.dpd_delay, max(remaining, 0.0)),
+                    lambda t: self._dpd_tick(sa, t))
+
+    def _peer_dead(self, sa: IkeSa, now: float) -> None:
+        conn = sa.conn
+        if conn is None:
+            return
+        log.warning("DPD: peer %s not responding for %d s; action %s", sa.remote[0],
+                    int(conn.dpd_timeout), conn.dpd_action, extra=sa.log_extra)
+        self.engine.deletion.delete_sa(sa, "peer not responding (DPD)", send=False)
+        if conn.dpd_action == "restart":
+            try:
+                self.engine.initiate(conn.name, None, now)
+            except EngineError as exc:
+                log.warning("cannot restart %s: %s", conn.name, exc, extra=sa.log_extra)
+
+    # -- Quick Modes and IPsec SAs ---------------------------------------------------------
+
+    def start_quick_modes(self, sa: IkeSa, child_name: str, now: float) -> None:
+        conn = sa.conn
+        if conn is None:
+            return
+        child = conn.children.get(child_name)
+        if child is None:
+            return
+        local_nets, remote_nets = child.traffic_selectors(sa.local[0], sa.remote[0])
+        for local_ts in local_nets:
+            for remote_ts in remote_nets:
+                sa.work.add(QuickModeWork(child, local_ts, remote_ts))
+        self.run_work(sa, now)
+
+    def run_work(self, sa: IkeSa, now: float) -> None:
+        """Start the next queued item unless one of ours still runs on this SA."""
+        while sa.usable:
+            work = sa.work.next()
+            if work is None:
+                return
+            if not isinstance(work, QuickModeWork):
+                continue  # no other kind of work exists yet
+            if work.replaces is not None and self.engine.owner_of(work.replaces) is None:
+                continue  # the SA to renew is gone meanwhile
+            qm = QuickMode(sa, sa.new_message_id(), initiator=True)
+            qm.replaces = work.replaces
+            sa.exchanges[qm.message_id] = qm
+            sa.work.running = qm
+            try:
+                qm.start(work.child, work.local_ts, work.remote_ts, now)
+            except ProtocolFailure as exc:
+                qm.fail(str(exc), now)
+
+    def _child_rekey(self, child: ChildSa, now: float) -> None:
+        """Renew an IPsec SA with a new Quick Mode; make before break."""
+        sa = self.engine.owner_of(child)
+        if sa is None or not sa.usable or child.state != ChildState.INSTALLED:
+            return
+        child.state = ChildState.REKEYING
+        log.info("renewing IPsec SA %s_i", child.spi_in.hex(), extra=sa.log_extra)
+        sa.work.add(QuickModeWork(child.config, child.local_ts[0], child.remote_ts[0], child))
+        self.run_work(sa, now)
+
+    def _child_expired(self, child: ChildSa) -> None:
+        sa = self.engine.owner_of(child)
+        if sa is None:
+            return
+        log.info("IPsec SA %s_i lifetime reached", child.spi_in.hex(), extra=sa.log_extra)
+        self.engine.deletion.delete_child(sa, child, "lifetime reached", send=True)
+
+    def quick_mode_done(
+        self,
+        qm: QuickMode,
+        result: tuple[ChildSa, ChildSaEstablished] | None,
+        reason: str,
+        now: float,
+    ) -> None:
+        sa = qm.sa
+        sa.end_exchange(qm.message_id)
+        try:
+            if result is None:
+                self._quick_mode_failed(qm, reason)
+            else:
+                self._child_up(qm, *result, now)
+        finally:
+            if sa.work.ended(qm):
+                self.run_work(sa, now)
+
+    def _quick_mode_failed(self, qm: QuickMode, reason: str) -> None:
+        sa = qm.sa
+        log.warning("Quick Mode failed: %s", reason, extra=sa.log_extra)
+        if qm.replaces is not None:
+            # Renewal failed: the old SA runs on until its lifetime ends.
+            qm.replaces.state = ChildState.INSTALLED
+        elif qm.initiator:
+            child_name = qm.child.name if qm.child is not None else None
+            self.engine.emit(ConnectionFailed(sa.name, child_name, reason))
+
+    def _child_up(self, qm: QuickMode, child: ChildSa, event: ChildSaEstablished,
+                  now: float) -> None:
+        sa = qm.sa
+        # The same tunnel negotiated again over this ISAKMP SA: a renewal, by us or
+        # by the peer (a renewed ISAKMP SA has taken its predecessor's IPsec SAs).
+        older = [c for c in sa.children
+                 if c.config.name == child.config.name and c.local_ts == child.local_ts
+                 and c.remote_ts == child.remote_ts]
+        sa.children.append(child)
+        log.info(
+            "IPsec SA established: child %s, SPIs %s_i %s_o, %s, %s %s === %s%s",
+            child.config.name, child.spi_in.hex(), child.spi_out.hex(), event.proposal,
+            child.mode, ",".join(map(str, child.local_ts)), ",".join(map(str, child.remote_ts)),
+            ", UDP-encapsulated" if child.encap else "",
+            extra=sa.log_extra,
+        )
+        timers = self.engine.timers
+        child.expiry = timers.schedule(now + child.lifetime_s, lambda t: self._child_expired(child))
+        child.rekey = timers.schedule(
+            now + self.rekey_delay(child.lifetime_s, qm.initiator),
+            lambda t: self._child_rekey(child, t),
+        )
+        self.engine.emit(event)
+        for old in older:
+            # The old SA is not renewed again; whoever renewed it deletes it.
+            if old.rekey is not None:
+                old.rekey.cancel()
+            if old is qm.replaces:
+                owner = self.engine.owner_of(old)
+                if owner is not None:
+                    log.info("IPsec SA renewed: %s_i replaces %s_i", child.spi_in.hex(),
+                             old.spi_in.hex(), extra=sa.log_extra)
+                    self.engine.deletion.delete_child(owner, old, "renewed", send=True)
