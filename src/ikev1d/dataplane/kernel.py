@@ -86,16 +86,6 @@ PROBE_SPI: Final = 0xFF
 POLICY_PRIORITY_BASE: Final = 200_000
 """Lower is preferred; more specific selectors get lower numbers (see policy_priority)."""
 
-# Linux crypto API names: net/xfrm/xfrm_algo.c.
-_CIPHERS: Final = {"aes-cbc": "cbc(aes)", "3des-cbc": "cbc(des3_ede)", "null": "ecb(cipher_null)"}
-_AEADS: Final = {"aes-gcm": "rfc4106(gcm(aes))"}
-_INTEGRITIES: Final = {
-    "hmac-md5-96": ("hmac(md5)", 96),  # RFC 2403
-    "hmac-sha1-96": ("hmac(sha1)", 96),  # RFC 2404
-    "hmac-sha256-128": ("hmac(sha256)", 128),  # RFC 4868 §2.1
-    "hmac-sha384-192": ("hmac(sha384)", 192),
-    "hmac-sha512-256": ("hmac(sha512)", 256),
-}
 _GONE: Final = (errno.ENOENT, errno.ESRCH)
 """What the kernel answers for an SA or policy that is not (any longer) there."""
 
@@ -149,13 +139,17 @@ def xfrm_algorithms(sa: ChildSaEstablished, keymat: bytes) -> tuple[XfrmAlgorith
             f"IPsec SA {sa.child}: KEYMAT of {len(keymat)} octets, {sa.proposal} needs {need}"
         )
     enc_end = alg.key_length + alg.salt_length
-    if alg.encryption in _AEADS:
-        return (XfrmAlgorithm("aead", _AEADS[alg.encryption], keymat[:enc_end],
-                              alg.icv_length * 8),)
-    algorithms = [XfrmAlgorithm("crypt", _CIPHERS[alg.encryption], keymat[:enc_end])]
-    if alg.integrity is not None:
-        name, trunc_bits = _INTEGRITIES[alg.integrity]
-        algorithms.append(XfrmAlgorithm("auth", name, keymat[enc_end:need], trunc_bits))
+    # The Linux crypto API names (net/xfrm/xfrm_algo.c) are in the transform table.
+    cipher = alg.cipher.xfrm
+    if cipher is None:
+        raise DataplaneError(f"IPsec SA {sa.child}: the kernel has no {alg.encryption}")
+    if alg.aead:
+        return (XfrmAlgorithm("aead", cipher, keymat[:enc_end], alg.icv_length * 8),)
+    algorithms = [XfrmAlgorithm("crypt", cipher, keymat[:enc_end])]
+    if alg.mac is not None:
+        # HMAC truncated to the ICV: 96 bits (RFC 2403, 2404) or half the hash (RFC 4868 §2.1).
+        algorithms.append(XfrmAlgorithm("auth", alg.mac.xfrm, keymat[enc_end:need],
+                                        alg.mac.icv_bytes * 8))
     return tuple(algorithms)
 
 
