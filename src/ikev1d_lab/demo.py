@@ -33,11 +33,18 @@ from pathlib import Path
 from types import FrameType
 from typing import ClassVar, TextIO
 
+from ikev1d.wire.constants import (
+    IKE_PORT,
+    IPPROTO_ESP,
+    NAT_KEEPALIVE,
+    NAT_T_PORT,
+    NON_ESP_MARKER,
+)
 from ikev1d_lab import netns
 from ikev1d_lab.capture import Capture, CaptureError, tshark_available
 from ikev1d_lab.daemon import DaemonError, Ikev1dDaemon, ikev1d_conf
 from ikev1d_lab.demo_exchange import DemoDataError, MessageView, load_demo_exchange
-from ikev1d_lab.demo_pcap import IPPROTO_ESP, PcapError, ipv4_of, read_capture, udp_of
+from ikev1d_lab.demo_pcap import PcapError, ipv4_of, read_capture, udp_of
 from ikev1d_lab.netns import Namespace, NetnsError, Topology
 from ikev1d_lab.strongswan import Charon, CharonError, strongswan_available, swanctl_conf
 
@@ -741,12 +748,13 @@ def _classify(capture: bytes) -> tuple[int, int, int, int]:
         udp = udp_of(ip)
         if ip.protocol == IPPROTO_ESP:
             esp += 1
-        elif udp is not None and 4500 in (udp.sport, udp.dport):
-            if udp.payload[:4] == b"\x00\x00\x00\x00":
+        elif udp is not None and NAT_T_PORT in (udp.sport, udp.dport):
+            # RFC 3948 §2.2, §2.3: IKE behind the non-ESP marker, keepalives, else ESP
+            if udp.payload[:4] == NON_ESP_MARKER:
                 ike += 1
-            elif udp.payload != b"\xff":  # NAT-T keepalive
+            elif udp.payload != NAT_KEEPALIVE:
                 udp_esp += 1
-        elif udp is not None and 500 in (udp.sport, udp.dport):
+        elif udp is not None and IKE_PORT in (udp.sport, udp.dport):
             ike += 1
         else:
             other += 1

@@ -13,8 +13,8 @@ import pytest
 
 from ikev1d.daemon.control import UpRequest
 from ikev1d.daemon.runtime import ConfigLoadError, Daemon, DaemonError, DaemonOptions
-from ikev1d.daemon.udp import NON_ESP_MARKER
 from ikev1d.dataplane.base import DataplaneError
+from ikev1d.wire.constants import NON_ESP_MARKER
 from tests.unit._io_fakes import (
     FakeConfig,
     FakeEngine,

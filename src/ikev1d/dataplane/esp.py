@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ikev1d.crypto import transforms
 from ikev1d.dataplane.replay import DEFAULT_REPLAY_WINDOW, ReplayWindow
+from ikev1d.wire.constants import IPPROTO_NONE
 
 __all__ = [
     "ESP_HEADER_LENGTH",
@@ -67,9 +68,6 @@ __all__ = [
 
 ESP_HEADER_LENGTH: Final = 8
 """SPI and Sequence Number (RFC 4303 §2.1, §2.2)."""
-
-IPPROTO_NONE: Final = 59
-"""Next header of a dummy packet (RFC 4303 §2.6): the receiver discards it."""
 
 _HEADER = struct.Struct("!II")
 _PAD_BYTES = bytes(range(1, 256))  # RFC 4303 §2.4: padding is 1, 2, 3, ...

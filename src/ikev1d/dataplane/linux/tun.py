@@ -31,6 +31,7 @@ from typing import Any, Final, TypeVar
 
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.engine.api import Network
+from ikev1d.wire.constants import IPPROTO_ESP
 
 __all__ = [
     "DEFAULT_MTU",
@@ -57,7 +58,6 @@ _IFF_TUN: Final = 0x0001
 _IFF_NO_PI: Final = 0x1000
 _IFREQ: Final = struct.Struct("16sH22x")
 
-_IPPROTO_ESP: Final = 50
 _IP_PKTINFO: Final = 8
 _IP_MTU_DISCOVER: Final = 10  # linux/in.h; the socket module of Python 3.11 lacks both
 _IP_PMTUDISC_DONT: Final = 0
@@ -188,7 +188,7 @@ class RawEspSocket:
 
     def __init__(self, family: int = socket.AF_INET) -> None:
         try:
-            sock = socket.socket(family, socket.SOCK_RAW, _IPPROTO_ESP)
+            sock = socket.socket(family, socket.SOCK_RAW, IPPROTO_ESP)
         except PermissionError:
             raise TunError(errno.EPERM, "no permission for a raw ESP socket "
                            "(run as root or with CAP_NET_RAW)") from None
