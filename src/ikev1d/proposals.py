@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from ikev1d.crypto import transforms
 from ikev1d.crypto.dh import GROUPS
+from ikev1d.errors import Ikev1dError
 from ikev1d.wire.enums import DhGroup as DhGroupId
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-class ProposalError(ValueError):
+class ProposalError(Ikev1dError, ValueError):
     """A proposal string or value we cannot or will not use."""
 
 

@@ -42,9 +42,10 @@ from ikev1d.wire.constants import (
 )
 from ikev1d_lab import netns
 from ikev1d_lab.capture import Capture, CaptureError, tshark_available
-from ikev1d_lab.daemon import DaemonError, Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.daemon import Ikev1dDaemon, LabDaemonError, ikev1d_conf
 from ikev1d_lab.demo_exchange import DemoDataError, MessageView, load_demo_exchange
 from ikev1d_lab.demo_pcap import PcapError, ipv4_of, read_capture, udp_of
+from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace, NetnsError, Topology
 from ikev1d_lab.strongswan import Charon, CharonError, strongswan_available, swanctl_conf
 
@@ -66,7 +67,7 @@ _DELETED = ("IPsec SA deleted", "ISAKMP SA deleted")
 _LOG_PREFIX = re.compile(r"^\S+\s+(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+")
 
 
-class DemoFailure(RuntimeError):
+class DemoFailure(LabError):
     """A demo step did not show what it should; the message says what and where."""
 
 
@@ -624,7 +625,7 @@ def _check_established(daemon: Ikev1dDaemon, where: str) -> None:
     """`ikev1d status --json` must show the ISAKMP SA ESTABLISHED and its child INSTALLED."""
     try:
         document = daemon.status()
-    except (DaemonError, ValueError) as exc:
+    except (LabDaemonError, ValueError) as exc:
         raise DemoFailure(f"`ikev1d status --json` on site {where}: {exc}") from exc
     states = [(ike.get("state"), [c.get("state") for c in ike.get("children", [])])
               for ike in document.get("ike_sas", [])]  # fmt: skip
@@ -853,7 +854,7 @@ def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
         con.write()
         con.error("interrupted; cleaning up")
         code = 130
-    except (DemoFailure, DaemonError, CharonError, CaptureError, NetnsError, OSError,
+    except (DemoFailure, LabDaemonError, CharonError, CaptureError, NetnsError, OSError,
             subprocess.SubprocessError) as exc:
         con.write()
         con.error(f"demo failed: {exc}")

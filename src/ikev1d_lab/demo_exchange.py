@@ -54,6 +54,7 @@ from ikev1d.wire import (
 from ikev1d.wire.describe import describe_message, describe_payload
 from ikev1d.wire.message import decode_payloads_with_spans, split_message
 from ikev1d_lab.demo_pcap import IsakmpFrame, PcapError, isakmp_frames, read_capture
+from ikev1d_lab.errors import LabError
 
 __all__ = [
     "DEMO_PCAP",
@@ -69,7 +70,7 @@ DEMO_PCAP = "strongswan-main-quick-mode.pcap"
 DEMO_VECTOR = "strongswan-main-quick-mode.json"
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(LabError):
     """The recorded exchange is missing or is not a PSK Main Mode we can follow."""
 
 

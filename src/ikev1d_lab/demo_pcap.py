@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ikev1d.wire.constants import IKE_PORT, IPPROTO_UDP, NAT_T_PORT, NON_ESP_MARKER
+from ikev1d_lab.errors import LabError
 
 __all__ = [
     "IpPacket",
@@ -52,7 +53,7 @@ _PCAPNG_SPB = 0x00000003
 _PCAPNG_EPB = 0x00000006
 _PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
 
-class PcapError(ValueError):
+class PcapError(LabError, ValueError):
     """The capture file is truncated or not a pcap / pcapng file."""
 
 

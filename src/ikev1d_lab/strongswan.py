@@ -25,6 +25,7 @@ from typing import Any
 
 import vici
 
+from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace
 
 __all__ = [
@@ -51,7 +52,7 @@ _CRED_DIRS = (
 )  # fmt: skip
 
 
-class CharonError(RuntimeError):
+class CharonError(LabError):
     """charon did not start, or a vici/swanctl request failed."""
 
 

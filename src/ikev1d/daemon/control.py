@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from ikev1d.errors import Ikev1dError
+
 DEFAULT_SOCKET_PATH = "/run/ikev1d/ikev1d.sock"
 SOCKET_ENV = "IKEV1D_SOCKET"
 MAX_REQUEST_LINE = 1 << 16
@@ -43,7 +45,7 @@ DEFAULT_UP_TIMEOUT = 90.0
 """Seconds ``up`` waits: longer than the default retransmission schedule."""
 
 
-class ControlProtocolError(Exception):
+class ControlProtocolError(Ikev1dError):
     """A malformed request or response line; the message is for people."""
 
 

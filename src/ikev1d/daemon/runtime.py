@@ -52,6 +52,7 @@ from ikev1d.engine.api import (
     IkeSaDeleted,
     IkeSaEstablished,
 )
+from ikev1d.errors import Ikev1dError
 
 log = logging.getLogger("ikev1d.daemon")
 
@@ -108,11 +109,11 @@ class EngineLike(Protocol):
     def status(self, now: float) -> dict[str, Any]: ...
 
 
-class DaemonError(Exception):
+class DaemonError(Ikev1dError):
     """The daemon cannot start or run; the message is for people."""
 
 
-class ConfigLoadError(Exception):
+class ConfigLoadError(Ikev1dError):
     """The configuration file is unreadable or invalid ("FILE: KEY: reason")."""
 
 

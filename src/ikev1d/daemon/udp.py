@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.engine.api import Datagram, Endpoint
+from ikev1d.errors import Ikev1dError
 from ikev1d.wire.constants import NAT_KEEPALIVE, NON_ESP_MARKER
 
 log = logging.getLogger("ikev1d.daemon")
@@ -45,7 +46,7 @@ Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum flag arithmetic per packet is slow
 
-class UdpError(Exception):
+class UdpError(Ikev1dError):
     """A socket could not be opened; the message names address and port."""
 
 

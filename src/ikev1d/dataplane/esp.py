@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ikev1d.crypto import transforms
 from ikev1d.dataplane.replay import DEFAULT_REPLAY_WINDOW, ReplayWindow
+from ikev1d.errors import Ikev1dError
 from ikev1d.wire.constants import IPPROTO_NONE
 
 __all__ = [
@@ -73,7 +74,7 @@ _HEADER = struct.Struct("!II")
 _PAD_BYTES = bytes(range(1, 256))  # RFC 4303 §2.4: padding is 1, 2, 3, ...
 
 
-class EspError(Exception):
+class EspError(Ikev1dError):
     """A packet was dropped or could not be built; the message says why (no key material)."""
 
 

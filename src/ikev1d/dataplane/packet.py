@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
+from ikev1d.errors import Ikev1dError
 from ikev1d.wire.constants import (
     IPPROTO_ESP,
     IPPROTO_IPIP,
@@ -49,7 +50,7 @@ _IPV6 = struct.Struct("!IHBB16s16s")
 _UDP = struct.Struct("!HHHH")
 
 
-class PacketError(ValueError):
+class PacketError(Ikev1dError, ValueError):
     """Not a well-formed IP packet (or not one we can handle)."""
 
 

@@ -8,6 +8,8 @@ garbage).
 
 from __future__ import annotations
 
+from ikev1d.errors import Ikev1dError
+
 from .enums import NotifyType
 
 __all__ = [
@@ -21,7 +23,7 @@ __all__ = [
 ]
 
 
-class WireError(Exception):
+class WireError(Ikev1dError):
     """The peer's bytes do not form a valid ISAKMP message."""
 
     default_notify: NotifyType = NotifyType.PAYLOAD_MALFORMED

@@ -31,6 +31,7 @@ from typing import Any, Final, TypeVar
 
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.engine.api import Network
+from ikev1d.errors import Ikev1dError
 from ikev1d.wire.constants import IPPROTO_ESP
 
 __all__ = [
@@ -67,7 +68,7 @@ _NETLINK_TIMEOUT: Final = 10.0
 _T = TypeVar("_T")
 
 
-class TunError(OSError):
+class TunError(Ikev1dError, OSError):
     """The TUN device, the raw socket or a route could not be set up; the message says why."""
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
 from ikev1d.engine.api import Network
+from ikev1d.errors import Ikev1dError
 from ikev1d.wire.constants import IPPROTO_ESP
 
 __all__ = [
@@ -154,7 +155,7 @@ USERPOLICY_INFO_SIZE: Final = (
 _CURLFT_OFFSET: Final = _SELECTOR.size + _XFRM_ID.size + 16 + _LIFETIME_CFG.size
 
 
-class XfrmError(OSError):
+class XfrmError(Ikev1dError, OSError):
     """The kernel refused a request (``errno`` set) or answered something unexpected."""
 
 
