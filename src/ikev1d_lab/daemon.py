@@ -1,8 +1,8 @@
 """Run ikev1d daemons in test namespaces and drive them through the CLI.
 
 Tests, the demo and the benchmarks talk to ikev1d only through its public
-interfaces (SPEC.md): the TOML config, `ikev1d daemon`, `up`, `down`,
-`status --json`, and the log lines.
+interfaces, the ones a user has: the TOML config, `ikev1d daemon`, `up`,
+`down`, `status --json`, and the log lines.
 """
 
 from __future__ import annotations

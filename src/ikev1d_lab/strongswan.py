@@ -73,7 +73,7 @@ def strongswan_conf(
     load: str = DEFAULT_LOAD,
     extra: str = "",
 ) -> str:
-    """strongswan.conf in the SPEC.md recipe form.
+    """strongswan.conf for a charon of the rig: its own vici socket and log in `work_dir`.
 
     `log_levels` maps filelog subsystems to levels, e.g. ``{"default": 2, "ike": 4}``
     (``ike = 4`` makes charon log the DH secret, SKEYID and derived keys).

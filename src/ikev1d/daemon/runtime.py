@@ -4,7 +4,7 @@ The engine logs the protocol events (``ISAKMP SA established`` ...) itself; the
 daemon logs them again only at DEBUG, and logs what is its own business: sockets,
 the data plane, reloads, start and stop.
 
-It makes no protocol decisions (STYLE.md, like aioquic's asyncio adapter): after
+It makes no protocol decisions (like aioquic's asyncio adapter): after
 every input to the engine (datagram, timer, command, reload) it sends what the
 engine wants sent, hands IPsec SA events to the data plane, answers waiting
 ``up`` commands, and re-arms one timer at ``engine.get_timer()``.
