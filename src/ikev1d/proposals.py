@@ -68,7 +68,9 @@ _T = TypeVar("_T")
 
 # DH group token -> IANA group number (RFC 2409 6.1/6.2, RFC 3526, RFC 5903, RFC 8031).
 DH_GROUPS: dict[str, int] = {group.name: number for number, group in GROUPS.items()}
-_DH_ALIASES: dict[str, int] = {**DH_GROUPS, "x25519": int(DhGroupId.CURVE25519)}
+_DH_ALIASES: dict[str, int] = {
+    name: number for number, group in GROUPS.items() for name in (group.name, *group.aliases)
+}
 _DH_NAMES: dict[int, str] = {number: name for name, number in DH_GROUPS.items()}
 
 # Group 1 (768-bit MODP, RFC 2409 6.1) is refused outright when the configuration loads.
@@ -76,10 +78,6 @@ _REFUSED_DH_GROUP = int(DhGroupId.MODP_768)
 SUPPORTED_DH_GROUPS: frozenset[int] = frozenset(
     n for n in DH_GROUPS.values() if n != _REFUSED_DH_GROUP
 )
-_WEAK_DH_GROUPS: dict[int, str] = {
-    2: "modp1024 (1024-bit MODP, DH group 2) is weak",
-    5: "modp1536 (1536-bit MODP, DH group 5) is weak",
-}
 
 _PRF_TOKENS: frozenset[str] = frozenset(row.prf_token for row in transforms.INTEGRITIES)
 _IKE_ENCRYPTIONS: frozenset[str] = frozenset(
@@ -270,8 +268,8 @@ def _weaknesses(
         reasons.append(cipher.weakness)
     if integrity is not None and _integrity_row(integrity).weakness:
         reasons.append(_integrity_row(integrity).weakness)
-    if dh_group is not None and dh_group in _WEAK_DH_GROUPS:
-        reasons.append(_WEAK_DH_GROUPS[dh_group])
+    if dh_group is not None and GROUPS[dh_group].weakness:
+        reasons.append(GROUPS[dh_group].weakness)
     return tuple(reasons)
 
 

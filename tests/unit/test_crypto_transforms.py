@@ -12,8 +12,10 @@ from __future__ import annotations
 import pytest
 
 from ikev1d.crypto import transforms
+from ikev1d.crypto.dh import GROUPS, DhKind
 from ikev1d.crypto.transforms import ENCRYPTIONS, INTEGRITIES
-from ikev1d.proposals import IkeProposal, parse_esp_proposal, parse_ike_proposal
+from ikev1d.proposals import DH_GROUPS, IkeProposal, parse_esp_proposal, parse_ike_proposal
+from ikev1d.wire.enums import DhGroup as WireDhGroup
 from ikev1d.wire.enums import EspTransformId, IkeEncryption, IkeHash, IpsecAuthAlg
 
 # (name, ICV octets) -> (IKE Encryption Algorithm, ESP transform ID, XFRM name).
@@ -115,3 +117,19 @@ def test_lookups_are_unambiguous() -> None:
         assert transforms.integrity_by_esp_name(integrity.esp_name) is integrity
     assert transforms.encryption_by_ike_id(8) is None  # Camellia: not implemented
     assert transforms.integrity_by_esp_auth_id(9) is None  # AES-XCBC-MAC: not implemented
+
+
+def test_dh_group_rows_match_the_wire_registry_and_their_rfcs() -> None:
+    # The DH groups' row table is crypto.dh.GROUPS; the IANA names are the wire enum's.
+    for number, group in GROUPS.items():
+        member = WireDhGroup(number)
+        assert member.name.startswith(group.kind.name), (number, member.name)
+        bits = int(member.name.rsplit("_", 1)[1]) if "_" in member.name else 255
+        if group.kind is DhKind.MODP:  # RFC 2409 §6, RFC 3526: g^x is one modulus long
+            assert group.public_length * 8 == bits
+        elif group.kind is DhKind.ECP:  # RFC 5903 §7: x | y, each ceil(bits / 8) octets
+            assert group.public_length == 2 * ((bits + 7) // 8)
+        else:  # RFC 8031 §2: 32 octets
+            assert group.public_length == 32
+        assert str(bits) in group.name or group.kind is DhKind.CURVE25519
+    assert DH_GROUPS == {g.name: n for n, g in GROUPS.items()}
