@@ -45,6 +45,7 @@ __all__ = [
     "esp_encryption_key_bytes",
     "esp_icv_bytes",
     "esp_integrity_key_bytes",
+    "esp_key_length",
     "esp_proposal_from_attributes",
     "esp_transform_id",
     "ike_encryption_block_bytes",
@@ -500,6 +501,11 @@ def esp_transform_id(p: EspProposal) -> int:
     if row.esp_id is None:  # EspProposal admits only ciphers with an ESP value
         raise ProposalError(f"{p.encryption} has no ESP transform identifier")
     return int(row.esp_id)
+
+
+def esp_key_length(p: EspProposal) -> int | None:
+    """Key Length attribute (RFC 2407 §4.5): sent for a variable-length cipher only."""
+    return None if _encryption_row(p.encryption, p.icv_length).fixed_key else p.key_length
 
 
 def esp_auth_alg(p: EspProposal) -> int | None:

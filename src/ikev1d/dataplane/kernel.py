@@ -138,11 +138,19 @@ def xfrm_algorithms(sa: ChildSaEstablished, keymat: bytes) -> tuple[XfrmAlgorith
         raise DataplaneError(
             f"IPsec SA {sa.child}: KEYMAT of {len(keymat)} octets, {sa.proposal} needs {need}"
         )
+    try:
+        return _xfrm_algorithms(alg, keymat)
+    except DataplaneError as exc:
+        raise DataplaneError(f"IPsec SA {sa.child}: {exc}") from None
+
+
+def _xfrm_algorithms(alg: EspAlgorithm, keymat: bytes) -> tuple[XfrmAlgorithm, ...]:
+    """The kernel's names (net/xfrm/xfrm_algo.c, in the transform table) with their keys."""
+    need = keymat_length(alg)
     enc_end = alg.key_length + alg.salt_length
-    # The Linux crypto API names (net/xfrm/xfrm_algo.c) are in the transform table.
     cipher = alg.cipher.xfrm
     if cipher is None:
-        raise DataplaneError(f"IPsec SA {sa.child}: the kernel has no {alg.encryption}")
+        raise DataplaneError(f"the kernel has no {alg.encryption}")
     if alg.aead:
         return (XfrmAlgorithm("aead", cipher, keymat[:enc_end], alg.icv_length * 8),)
     algorithms = [XfrmAlgorithm("crypt", cipher, keymat[:enc_end])]
@@ -386,10 +394,9 @@ class KernelBackend:
         Raises DataplaneError with the reason (e.g. no esp4 module) instead of
         letting every later install fail.
         """
-        state = XfrmState("127.0.0.1", "127.0.0.1", PROBE_SPI, 0, "transport", (
-            XfrmAlgorithm("crypt", "cbc(aes)", bytes(16)),
-            XfrmAlgorithm("auth", "hmac(sha1)", bytes(20), 96),
-        ))  # fmt: skip
+        alg = esp_algorithm("aes", 128, "sha1")
+        state = XfrmState("127.0.0.1", "127.0.0.1", PROBE_SPI, 0, "transport",
+                          _xfrm_algorithms(alg, bytes(keymat_length(alg))))
         for attempt in (1, 2):
             try:
                 self.xfrm.add_state(state)
