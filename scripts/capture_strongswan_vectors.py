@@ -34,6 +34,7 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
 
+from ikev1d.wire.constants import NAT_KEEPALIVE, NAT_T_PORT, NON_ESP_MARKER
 from ikev1d_lab.capture import Capture
 from ikev1d_lab.netns import Topology, cleanup_stale, two_hosts
 from ikev1d_lab.ping import ping
@@ -429,16 +430,16 @@ def build_vector(
         sender = side_of[dg.src]
         data = dg.payload
         port = dg.dport if sender == "initiator" else dg.sport
-        if port == 4500:
-            if data == b"\xff":
-                continue  # NAT-keepalive (RFC 3948 2.3)
-            if data[:4] != b"\x00\x00\x00\x00":
+        if port == NAT_T_PORT:
+            if data == NAT_KEEPALIVE:
+                continue  # RFC 3948 §2.3
+            if data[:4] != NON_ESP_MARKER:
                 spi, seq = struct.unpack_from("!II", data, 0)
                 esp_packets.append(
                     {"from": sender, "spi": f"{spi:08x}", "seq": seq, "data": data.hex()}
                 )
                 continue
-            data = data[4:]  # non-ESP marker (RFC 3948 2.2)
+            data = data[len(NON_ESP_MARKER) :]  # RFC 3948 §2.2
         messages.append(_message(sc, sender, port, data, logs))
 
     cookies = {m["data"][:16] for m in messages}, {m["data"][16:32] for m in messages[1:]}

@@ -1,4 +1,4 @@
-"""The ``ikev1d`` command line (SPEC.md, "Command line").
+"""The ``ikev1d`` command line: daemon, up, down, status, reload, check-config, demo.
 
 Exit status: 0 success, 1 failure (reason on stderr), 2 bad usage, 130 interrupted.
 User errors print one ``ikev1d: ...`` line, never a traceback.

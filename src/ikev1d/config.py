@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ikev1d.durations import DurationError, format_duration, parse_duration
+from ikev1d.errors import Ikev1dError
 from ikev1d.proposals import (
     EspProposal,
     IkeProposal,
@@ -88,7 +89,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _MIN_PSK_LENGTH = 20
 
 
-class ConfigError(Exception):
+class ConfigError(Ikev1dError):
     """An invalid configuration; str() is ``FILE: KEY: reason``."""
 
     def __init__(self, source: str, key: str, reason: str) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import re
 
+from ikev1d.errors import Ikev1dError
+
 __all__ = ["DurationError", "format_duration", "parse_duration"]
 
 
-class DurationError(ValueError):
+class DurationError(Ikev1dError, ValueError):
     """A duration we cannot read; the message says what is accepted."""
 
 

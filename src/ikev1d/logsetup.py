@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import time
 
+from ikev1d.errors import Ikev1dError
+
 LEVELS: dict[str, int] = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -24,7 +26,7 @@ LEVELS: dict[str, int] = {
 ROOT_LOGGER = "ikev1d"
 
 
-class LogSetupError(Exception):
+class LogSetupError(Ikev1dError):
     """An unknown log level or an unusable log file; the message is for people."""
 
 

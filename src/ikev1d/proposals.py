@@ -18,15 +18,21 @@ attribute, which also gives the PRF (RFC 2409 section 4, HMAC of the hash).
 The engine never needs the token strings: the functions at the end map
 proposals to and from the IANA values carried in SA payloads
 (RFC 2409 appendix A for Phase 1, RFC 2407 section 4.4/4.5 for ESP).
+Keywords, values and sizes are read from the transform table
+(``ikev1d.crypto.transforms``) and the DH groups from ``ikev1d.crypto.dh``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
 from typing import TypeVar
+
+from ikev1d.crypto import transforms
+from ikev1d.crypto.dh import GROUPS
+from ikev1d.errors import Ikev1dError
+from ikev1d.wire.enums import DhGroup as DhGroupId
 
 __all__ = [
     "DH_GROUPS",
@@ -39,6 +45,7 @@ __all__ = [
     "esp_encryption_key_bytes",
     "esp_icv_bytes",
     "esp_integrity_key_bytes",
+    "esp_key_length",
     "esp_proposal_from_attributes",
     "esp_transform_id",
     "ike_encryption_block_bytes",
@@ -51,69 +58,36 @@ __all__ = [
 ]
 
 
-class ProposalError(ValueError):
+class ProposalError(Ikev1dError, ValueError):
     """A proposal string or value we cannot or will not use."""
 
 
 _T = TypeVar("_T")
 
 
-# --- token tables -----------------------------------------------------------
+# --- token tables, derived from the transform rows ---------------------------
 
 # DH group token -> IANA group number (RFC 2409 6.1/6.2, RFC 3526, RFC 5903, RFC 8031).
-DH_GROUPS: dict[str, int] = {
-    "modp768": 1,
-    "modp1024": 2,
-    "modp1536": 5,
-    "modp2048": 14,
-    "modp3072": 15,
-    "modp4096": 16,
-    "modp6144": 17,
-    "modp8192": 18,
-    "ecp256": 19,
-    "ecp384": 20,
-    "ecp521": 21,
-    "curve25519": 31,
+DH_GROUPS: dict[str, int] = {group.name: number for number, group in GROUPS.items()}
+_DH_ALIASES: dict[str, int] = {
+    name: number for number, group in GROUPS.items() for name in (group.name, *group.aliases)
 }
-_DH_ALIASES: dict[str, int] = {**DH_GROUPS, "x25519": 31}
 _DH_NAMES: dict[int, str] = {number: name for name, number in DH_GROUPS.items()}
 
-# Group 1 (768-bit MODP) is refused outright (SPEC: "group 1 is refused at config load").
-SUPPORTED_DH_GROUPS: frozenset[int] = frozenset(n for n in DH_GROUPS.values() if n != 1)
-_WEAK_DH_GROUPS: dict[int, str] = {
-    2: "modp1024 (1024-bit MODP, DH group 2) is weak",
-    5: "modp1536 (1536-bit MODP, DH group 5) is weak",
-}
-
-_INTEGRITY_ALIASES: dict[str, str] = {
-    "md5": "md5",
-    "sha": "sha1",
-    "sha1": "sha1",
-    "sha256": "sha256",
-    "sha2_256": "sha256",
-    "sha384": "sha384",
-    "sha2_384": "sha384",
-    "sha512": "sha512",
-    "sha2_512": "sha512",
-}
-_PRF_TOKENS: frozenset[str] = frozenset(
-    {"prfmd5", "prfsha1", "prfsha256", "prfsha384", "prfsha512"}
+# Group 1 (768-bit MODP, RFC 2409 6.1) is refused outright when the configuration loads.
+_REFUSED_DH_GROUP = int(DhGroupId.MODP_768)
+SUPPORTED_DH_GROUPS: frozenset[int] = frozenset(
+    n for n in DH_GROUPS.values() if n != _REFUSED_DH_GROUP
 )
-_INSECURE_INTEGRITY: frozenset[str] = frozenset({"md5"})
-_INSECURE_ENCRYPTION: frozenset[str] = frozenset({"des"})
 
-_IKE_ENCRYPTIONS: frozenset[str] = frozenset({"aes", "3des", "des"})
-_ESP_ENCRYPTIONS: frozenset[str] = frozenset({"aes", "aesgcm", "3des", "des", "null"})
-_INTEGRITIES: frozenset[str] = frozenset({"md5", "sha1", "sha256", "sha384", "sha512"})
-_AES_KEY_LENGTHS: frozenset[int] = frozenset({128, 192, 256})
-_FIXED_KEY_LENGTHS: dict[str, int] = {"3des": 192, "des": 64, "null": 0}
-
-# aes128gcm16, aes256gcm8, aes128gcm128 (ICV in bits), aes192gcm (= 16 octets).
-_GCM_RE = re.compile(r"^aes(128|192|256)gcm(8|12|16|64|96|128)?$")
-_GCM_ICV_TOKENS: dict[str, int] = {
-    "": 16, "8": 8, "64": 8, "12": 12, "96": 12, "16": 16, "128": 16,
-}
-_CBC_RE = re.compile(r"^aes(128|192|256)?$")
+_PRF_TOKENS: frozenset[str] = frozenset(row.prf_token for row in transforms.INTEGRITIES)
+_IKE_ENCRYPTIONS: frozenset[str] = frozenset(
+    row.name for row in transforms.ENCRYPTIONS if row.ike_id is not None
+)
+_ESP_ENCRYPTIONS: frozenset[str] = frozenset(
+    row.name for row in transforms.ENCRYPTIONS if row.esp_id is not None
+)
+_INTEGRITIES: frozenset[str] = frozenset(row.name for row in transforms.INTEGRITIES)
 
 
 @dataclass(frozen=True)
@@ -124,15 +98,25 @@ class _Encryption:
 
 
 def _encryption_token(token: str) -> _Encryption | None:
-    match = _CBC_RE.match(token)
-    if match:
-        return _Encryption("aes", int(match.group(1) or 128))
-    match = _GCM_RE.match(token)
-    if match:
-        return _Encryption("aesgcm", int(match.group(1)), _GCM_ICV_TOKENS[match.group(2) or ""])
-    if token in _FIXED_KEY_LENGTHS:
-        return _Encryption(token, _FIXED_KEY_LENGTHS[token])
-    return None
+    found = transforms.encryption_by_token(token)
+    if found is None:
+        return None
+    row, key_bits = found
+    return _Encryption(row.name, key_bits, row.icv_bytes)
+
+
+def _encryption_row(name: str, icv_length: int = 0) -> transforms.EncryptionTransform:
+    row = transforms.encryption_by_name(name, icv_length)
+    if row is None:
+        raise ProposalError(f"unsupported encryption {name!r}")
+    return row
+
+
+def _integrity_row(name: str) -> transforms.IntegrityTransform:
+    row = transforms.integrity_by_name(name)
+    if row is None:
+        raise ProposalError(f"unsupported integrity {name!r}")
+    return row
 
 
 def dh_group_name(number: int) -> str:
@@ -141,11 +125,7 @@ def dh_group_name(number: int) -> str:
 
 
 def _encryption_text(encryption: str, key_length: int, icv_length: int = 0) -> str:
-    if encryption == "aes":
-        return f"aes{key_length}"
-    if encryption == "aesgcm":
-        return f"aes{key_length}gcm{icv_length}"
-    return encryption
+    return _encryption_row(encryption, icv_length).token(key_length)
 
 
 # --- proposals --------------------------------------------------------------
@@ -203,8 +183,8 @@ class EspProposal:
         if self.encryption not in _ESP_ENCRYPTIONS:
             raise ProposalError(f"unsupported ESP encryption {self.encryption!r}")
         _check_key_length(self.encryption, self.key_length)
-        if self.encryption == "aesgcm":
-            if self.icv_length not in (8, 12, 16):
+        if self.is_aead:
+            if transforms.encryption_by_name(self.encryption, self.icv_length) is None:
                 raise ProposalError(f"AES-GCM ICV length {self.icv_length} is not 8, 12 or 16")
             if self.integrity is not None:
                 raise ProposalError("AES-GCM provides its own integrity; no integrity algorithm")
@@ -221,7 +201,7 @@ class EspProposal:
 
     @property
     def is_aead(self) -> bool:
-        return self.encryption == "aesgcm"
+        return _is_aead(self.encryption)
 
     @property
     def pfs(self) -> bool:
@@ -251,32 +231,46 @@ class EspProposal:
         return bool(self.weaknesses)
 
 
+def _is_aead(encryption: str) -> bool:
+    return any(row.aead for row in transforms.ENCRYPTIONS if row.name == encryption)
+
+
+def _key_bits(encryption: str) -> tuple[int, ...]:
+    """Key lengths the cipher family takes (the same for every ICV length of AES-GCM)."""
+    for row in transforms.ENCRYPTIONS:
+        if row.name == encryption:
+            return row.key_bits
+    raise ProposalError(f"unsupported encryption {encryption!r}")
+
+
+def _fixed_key_bits(encryption: str) -> int | None:
+    """The key length of a fixed-key cipher, None for a variable one (AES)."""
+    lengths = _key_bits(encryption)
+    return lengths[0] if len(lengths) == 1 else None
+
+
 def _check_key_length(encryption: str, key_length: int) -> None:
-    if encryption in ("aes", "aesgcm"):
-        if key_length not in _AES_KEY_LENGTHS:
-            raise ProposalError(f"AES key length {key_length} is not 128, 192 or 256")
-    elif key_length != _FIXED_KEY_LENGTHS[encryption]:
-        raise ProposalError(
-            f"{encryption} key length is {_FIXED_KEY_LENGTHS[encryption]}, not {key_length}"
-        )
+    lengths = _key_bits(encryption)
+    fixed = _fixed_key_bits(encryption)
+    if fixed is None:
+        if key_length not in lengths:
+            allowed = transforms.or_list(lengths)
+            raise ProposalError(f"AES key length {key_length} is not {allowed}")
+    elif key_length != fixed:
+        raise ProposalError(f"{encryption} key length is {fixed}, not {key_length}")
 
 
 def _weaknesses(
     encryption: str, integrity: str | None, dh_group: int | None, icv_length: int
 ) -> tuple[str, ...]:
     reasons: list[str] = []
-    if encryption == "des":
-        reasons.append("des (56-bit key) is broken")
-    elif encryption == "3des":
-        reasons.append("3des (64-bit block cipher) is weak")
-    elif encryption == "null":
-        reasons.append("null encryption provides no confidentiality")
-    if encryption == "aesgcm" and icv_length == 8:
-        reasons.append("an 8-octet AES-GCM ICV is weak")
-    if integrity == "md5":
-        reasons.append("md5 is broken")
-    if dh_group is not None and dh_group in _WEAK_DH_GROUPS:
-        reasons.append(_WEAK_DH_GROUPS[dh_group])
+    cipher = _encryption_row(encryption, icv_length)
+    if cipher.weakness:
+        reasons.append(cipher.weakness)
+    if integrity is not None and _integrity_row(integrity).weakness:
+        reasons.append(_integrity_row(integrity).weakness)
+    if dh_group is not None and GROUPS[dh_group].weakness:
+        reasons.append(GROUPS[dh_group].weakness)
     return tuple(reasons)
 
 
@@ -306,24 +300,26 @@ def _split(text: str, *, esp: bool, allow_insecure: bool, notes: list[str] | Non
         if not word:
             raise ProposalError(f"empty algorithm name in proposal {proposal!r}")
         encryption = _encryption_token(word)
+        integrity_row = transforms.integrity_by_token(word)
         if encryption is not None:
-            if encryption.name in _INSECURE_ENCRYPTION and not allow_insecure:
+            row = _encryption_row(encryption.name, encryption.icv_length)
+            if row.insecure and not allow_insecure:
                 raise ProposalError(
                     f"{word} is insecure and refused in proposal {proposal!r}; set "
                     "[daemon] allow_insecure_algorithms = true to accept it"
                 )
-            if not esp and encryption.name == "aesgcm":
+            if not esp and row.aead:
                 raise ProposalError(
                     f"{word} is an AEAD algorithm, which IKEv1 Phase 1 cannot use, "
                     f"in proposal {proposal!r}"
                 )
-            if not esp and encryption.name == "null":
-                raise ProposalError(f"null encryption is not allowed for IKE in proposal "
+            if not esp and row.ike_id is None:
+                raise ProposalError(f"{row.name} encryption is not allowed for IKE in proposal "
                                     f"{proposal!r}")
             _add(slots.encryptions, encryption)
-        elif word in _INTEGRITY_ALIASES:
-            integrity = _INTEGRITY_ALIASES[word]
-            if integrity in _INSECURE_INTEGRITY and not allow_insecure:
+        elif integrity_row is not None:
+            integrity = integrity_row.name
+            if integrity_row.insecure and not allow_insecure:
                 raise ProposalError(
                     f"{word} is insecure and refused in proposal {proposal!r}; set "
                     "[daemon] allow_insecure_algorithms = true to accept it"
@@ -341,9 +337,9 @@ def _split(text: str, *, esp: bool, allow_insecure: bool, notes: list[str] | Non
                 )
         elif word in _DH_ALIASES:
             group = _DH_ALIASES[word]
-            if group == 1:
+            if group == _REFUSED_DH_GROUP:
                 raise ProposalError(
-                    f"{word} (DH group 1) is refused in proposal {proposal!r}: far too weak"
+                    f"{word} (DH group {group}) is refused in proposal {proposal!r}: far too weak"
                 )
             _add(slots.dh_groups, group)
         elif word in ("modpnone", "esn", "noesn"):
@@ -401,7 +397,7 @@ def parse_esp_proposal(
     """
     slots = _split(text, esp=True, allow_insecure=allow_insecure, notes=notes)
     proposal = text.strip()
-    aead = {enc.name == "aesgcm" for enc in slots.encryptions}
+    aead = {_is_aead(enc.name) for enc in slots.encryptions}
     if len(aead) > 1:
         raise ProposalError(
             f"proposal {proposal!r} mixes AEAD (aes*gcm*) and non-AEAD encryption; "
@@ -434,25 +430,6 @@ def parse_esp_proposal(
 
 # --- IANA values for SA payloads ---------------------------------------------
 
-# RFC 2409 appendix A, Encryption Algorithm (class 1); AES-CBC from RFC 3602 section 5.3.
-_IKE_ENCRYPTION_IDS: dict[str, int] = {"des": 1, "3des": 5, "aes": 7}
-# RFC 2409 appendix A, Hash Algorithm (class 2); SHA2 values from RFC 4868 / IANA.
-_IKE_HASH_IDS: dict[str, int] = {"md5": 1, "sha1": 2, "sha256": 4, "sha384": 5, "sha512": 6}
-# RFC 2407 section 4.4.4 (IPSEC ESP transform identifiers), RFC 4106 section 8.4 for GCM.
-_ESP_CBC_IDS: dict[str, int] = {"des": 2, "3des": 3, "null": 11, "aes": 12}
-_ESP_GCM_IDS: dict[int, int] = {8: 18, 12: 19, 16: 20}
-# RFC 2407 section 4.5 Authentication Algorithm; SHA2 values from RFC 4868 section 3.
-_ESP_AUTH_IDS: dict[str, int] = {"md5": 1, "sha1": 2, "sha256": 5, "sha384": 6, "sha512": 7}
-
-_HASH_BYTES: dict[str, int] = {"md5": 16, "sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
-# HMAC-MD5-96 / HMAC-SHA1-96 (RFC 2403/2404), HMAC-SHA2-N-N/2 (RFC 4868 section 2.3).
-_ICV_BYTES: dict[str, int] = {"md5": 12, "sha1": 12, "sha256": 16, "sha384": 24, "sha512": 32}
-_BLOCK_BYTES: dict[str, int] = {"aes": 16, "3des": 8, "des": 8}
-
-
-def _reverse(table: dict[str, int]) -> dict[int, str]:
-    return {value: name for name, value in table.items()}
-
 
 def ike_encryption_id(p: IkeProposal) -> tuple[int, int | None]:
     """(Encryption Algorithm value, Key Length attribute or None).
@@ -460,13 +437,16 @@ def ike_encryption_id(p: IkeProposal) -> tuple[int, int | None]:
     AES has a variable key length, so the Key Length attribute is sent
     (RFC 2409 appendix A); 3DES and DES have fixed keys and none is sent.
     """
-    key_length = p.key_length if p.encryption == "aes" else None
-    return _IKE_ENCRYPTION_IDS[p.encryption], key_length
+    row = _encryption_row(p.encryption)
+    if row.ike_id is None:  # IkeProposal admits only ciphers with an IKE value
+        raise ProposalError(f"{p.encryption} has no IKE Encryption Algorithm value")
+    key_length = None if row.fixed_key else p.key_length
+    return int(row.ike_id), key_length
 
 
 def ike_hash_id(p: IkeProposal) -> int:
     """Hash Algorithm attribute value (RFC 2409 appendix A)."""
-    return _IKE_HASH_IDS[p.integrity]
+    return int(_integrity_row(p.integrity).ike_hash_id)
 
 
 def ike_encryption_key_bytes(p: IkeProposal) -> int:
@@ -476,7 +456,22 @@ def ike_encryption_key_bytes(p: IkeProposal) -> int:
 
 def ike_encryption_block_bytes(p: IkeProposal) -> int:
     """Cipher block size, which is also the IV length (RFC 2409 appendix B)."""
-    return _BLOCK_BYTES[p.encryption]
+    return _encryption_row(p.encryption).block_bytes
+
+
+def _key_length(
+    row: transforms.EncryptionTransform, key_length: int | None
+) -> int | None:
+    """The key length a transform's attributes give, None if they do not give one.
+
+    A variable-length cipher needs the Key Length attribute; a fixed-length one
+    may omit it, and if it sends one it must be the cipher's (RFC 2407 §4.5).
+    """
+    if not row.fixed_key:
+        return key_length
+    if key_length is not None and key_length != row.key_bits[0]:
+        return None
+    return row.key_bits[0]
 
 
 def ike_proposal_from_attributes(
@@ -487,27 +482,30 @@ def ike_proposal_from_attributes(
     AES without a Key Length attribute is not accepted (strongSwan behaves the
     same); a Key Length on a fixed-length cipher must match the cipher's.
     """
-    encryption = _reverse(_IKE_ENCRYPTION_IDS).get(encryption_alg)
-    integrity = _reverse(_IKE_HASH_IDS).get(hash_alg)
-    if encryption is None or integrity is None:
+    cipher = transforms.encryption_by_ike_id(encryption_alg)
+    hash_row = transforms.integrity_by_ike_hash_id(hash_alg)
+    if cipher is None or hash_row is None:
         return None
-    if encryption != "aes":
-        if key_length is not None and key_length != _FIXED_KEY_LENGTHS[encryption]:
-            return None
-        key_length = _FIXED_KEY_LENGTHS[encryption]
-    if key_length is None:
+    bits = _key_length(cipher, key_length)
+    if bits is None:
         return None
     try:
-        return IkeProposal(encryption, key_length, integrity, group)
+        return IkeProposal(cipher.name, bits, hash_row.name, group)
     except ProposalError:
         return None
 
 
 def esp_transform_id(p: EspProposal) -> int:
     """IPSEC ESP transform identifier (RFC 2407 4.4.4, RFC 4106 8.4)."""
-    if p.encryption == "aesgcm":
-        return _ESP_GCM_IDS[p.icv_length]
-    return _ESP_CBC_IDS[p.encryption]
+    row = _encryption_row(p.encryption, p.icv_length)
+    if row.esp_id is None:  # EspProposal admits only ciphers with an ESP value
+        raise ProposalError(f"{p.encryption} has no ESP transform identifier")
+    return int(row.esp_id)
+
+
+def esp_key_length(p: EspProposal) -> int | None:
+    """Key Length attribute (RFC 2407 §4.5): sent for a variable-length cipher only."""
+    return None if _encryption_row(p.encryption, p.icv_length).fixed_key else p.key_length
 
 
 def esp_auth_alg(p: EspProposal) -> int | None:
@@ -517,7 +515,7 @@ def esp_auth_alg(p: EspProposal) -> int | None:
     """
     if p.integrity is None:
         return None
-    return _ESP_AUTH_IDS[p.integrity]
+    return int(_integrity_row(p.integrity).esp_auth_id)
 
 
 def esp_proposal_from_attributes(
@@ -526,49 +524,36 @@ def esp_proposal_from_attributes(
     """The ESP proposal these transform values mean, or None if unsupported."""
     integrity: str | None = None
     if auth_alg is not None:
-        integrity = _reverse(_ESP_AUTH_IDS).get(auth_alg)
-        if integrity is None:
+        hash_row = transforms.integrity_by_esp_auth_id(auth_alg)
+        if hash_row is None:
             return None
-    gcm_icv = _reverse_int(_ESP_GCM_IDS).get(transform_id)
+        integrity = hash_row.name
+    cipher = transforms.encryption_by_esp_id(transform_id)
+    if cipher is None:
+        return None
+    bits = _key_length(cipher, key_length)
+    if bits is None:
+        return None
     try:
-        if gcm_icv is not None:
-            if key_length is None:
-                return None
-            return EspProposal("aesgcm", key_length, gcm_icv, integrity, group)
-        encryption = _reverse(_ESP_CBC_IDS).get(transform_id)
-        if encryption is None:
-            return None
-        if encryption != "aes":
-            if key_length is not None and key_length != _FIXED_KEY_LENGTHS[encryption]:
-                return None
-            key_length = _FIXED_KEY_LENGTHS[encryption]
-        if key_length is None:
-            return None
-        return EspProposal(encryption, key_length, 0, integrity, group)
+        return EspProposal(cipher.name, bits, cipher.icv_bytes, integrity, group)
     except ProposalError:
         return None
 
 
-def _reverse_int(table: dict[int, int]) -> dict[int, int]:
-    return {value: key for key, value in table.items()}
-
-
 def esp_encryption_key_bytes(p: EspProposal) -> int:
     """Encryption KEYMAT length: for AES-GCM the key plus the 4-byte salt (RFC 4106 8.1)."""
-    if p.encryption == "aesgcm":
-        return p.key_length // 8 + 4
-    return p.key_length // 8
+    return p.key_length // 8 + _encryption_row(p.encryption, p.icv_length).salt_bytes
 
 
 def esp_integrity_key_bytes(p: EspProposal) -> int:
     """HMAC key length: the hash output length (RFC 2403/2404, RFC 4868 2.1); 0 for GCM."""
     if p.integrity is None:
         return 0
-    return _HASH_BYTES[p.integrity]
+    return _integrity_row(p.integrity).hash_bytes
 
 
 def esp_icv_bytes(p: EspProposal) -> int:
     """ICV length on the wire (truncated HMAC, RFC 4868 2.3; or the GCM ICV)."""
     if p.integrity is None:
         return p.icv_length
-    return _ICV_BYTES[p.integrity]
+    return _integrity_row(p.integrity).icv_bytes

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from ikev1d.errors import Ikev1dError
+
 Endpoint = tuple[str, int]
 """(address, port), as the engine and the daemon speak of UDP endpoints."""
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -30,7 +32,7 @@ _HEX = re.compile(r"[0-9a-f]*")
 _SPI = re.compile(r"[0-9a-f]{8}")
 
 
-class StatusFormatError(ValueError):
+class StatusFormatError(Ikev1dError, ValueError):
     """A status document that does not have the documented shape; says where and why."""
 
 

@@ -12,6 +12,7 @@ Real peers instead of mocks, each in its own Linux network namespace:
 - `demo`, `demo_exchange`, `demo_pcap`: what `ikev1d demo` runs and shows.
 - `daemon`: ikev1d itself in a namespace, driven through its CLI (kept by the
   interop-test authors).
+- `errors`: `LabError`, the root of the lab's exceptions.
 
 Submodules are imported explicitly; importing the package itself is cheap.
 """

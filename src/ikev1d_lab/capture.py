@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace
 
 __all__ = [
@@ -36,7 +37,7 @@ _PACKETS_RE = re.compile(r"Packets(?: captured)?: (\d+)")
 TSHARK = "tshark"
 
 
-class CaptureError(RuntimeError):
+class CaptureError(LabError):
     """dumpcap or tshark failed."""
 
 

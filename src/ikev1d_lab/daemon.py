@@ -1,8 +1,8 @@
 """Run ikev1d daemons in test namespaces and drive them through the CLI.
 
 Tests, the demo and the benchmarks talk to ikev1d only through its public
-interfaces (SPEC.md): the TOML config, `ikev1d daemon`, `up`, `down`,
-`status --json`, and the log lines.
+interfaces, the ones a user has: the TOML config, `ikev1d daemon`, `up`,
+`down`, `status --json`, and the log lines.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace
 
 
@@ -87,8 +88,8 @@ ids = {_toml_list(ids)}
 """
 
 
-class DaemonError(RuntimeError):
-    pass
+class LabDaemonError(LabError):
+    """ikev1d in a namespace did not start, or its CLI failed."""
 
 
 class Ikev1dDaemon:
@@ -120,14 +121,14 @@ class Ikev1dDaemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise DaemonError(f"ikev1d exited with {self.process.returncode}: "
-                                  f"{self.stderr_path.read_text()}")
+                raise LabDaemonError(f"ikev1d exited with {self.process.returncode}: "
+                                     f"{self.stderr_path.read_text()}")
             if self.socket_path.exists():
                 result = self.cli("status", "--json", check=False)
                 if result.returncode == 0:
                     return
             time.sleep(0.1)
-        raise DaemonError(f"ikev1d did not start: {self.stderr_path.read_text()}")
+        raise LabDaemonError(f"ikev1d did not start: {self.stderr_path.read_text()}")
 
     def cli(self, *args: str, check: bool = True,
             timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -135,8 +136,8 @@ class Ikev1dDaemon:
             "check-config" else [*self._cli(), *args]
         result = self.ns.run(cmd, check=False, timeout=timeout)
         if check and result.returncode != 0:
-            raise DaemonError(f"ikev1d {' '.join(args)} failed ({result.returncode}): "
-                              f"{result.stdout}{result.stderr}")
+            raise LabDaemonError(f"ikev1d {' '.join(args)} failed ({result.returncode}): "
+                                 f"{result.stdout}{result.stderr}")
         return result
 
     def up(self, name: str, child: str | None = None, timeout: float = 20.0,

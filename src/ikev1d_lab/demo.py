@@ -33,11 +33,19 @@ from pathlib import Path
 from types import FrameType
 from typing import ClassVar, TextIO
 
+from ikev1d.wire.constants import (
+    IKE_PORT,
+    IPPROTO_ESP,
+    NAT_KEEPALIVE,
+    NAT_T_PORT,
+    NON_ESP_MARKER,
+)
 from ikev1d_lab import netns
 from ikev1d_lab.capture import Capture, CaptureError, tshark_available
-from ikev1d_lab.daemon import DaemonError, Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.daemon import Ikev1dDaemon, LabDaemonError, ikev1d_conf
 from ikev1d_lab.demo_exchange import DemoDataError, MessageView, load_demo_exchange
-from ikev1d_lab.demo_pcap import IPPROTO_ESP, PcapError, ipv4_of, read_capture, udp_of
+from ikev1d_lab.demo_pcap import PcapError, ipv4_of, read_capture, udp_of
+from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace, NetnsError, Topology
 from ikev1d_lab.strongswan import Charon, CharonError, strongswan_available, swanctl_conf
 
@@ -59,7 +67,7 @@ _DELETED = ("IPsec SA deleted", "ISAKMP SA deleted")
 _LOG_PREFIX = re.compile(r"^\S+\s+(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+")
 
 
-class DemoFailure(RuntimeError):
+class DemoFailure(LabError):
     """A demo step did not show what it should; the message says what and where."""
 
 
@@ -617,7 +625,7 @@ def _check_established(daemon: Ikev1dDaemon, where: str) -> None:
     """`ikev1d status --json` must show the ISAKMP SA ESTABLISHED and its child INSTALLED."""
     try:
         document = daemon.status()
-    except (DaemonError, ValueError) as exc:
+    except (LabDaemonError, ValueError) as exc:
         raise DemoFailure(f"`ikev1d status --json` on site {where}: {exc}") from exc
     states = [(ike.get("state"), [c.get("state") for c in ike.get("children", [])])
               for ike in document.get("ike_sas", [])]  # fmt: skip
@@ -741,12 +749,13 @@ def _classify(capture: bytes) -> tuple[int, int, int, int]:
         udp = udp_of(ip)
         if ip.protocol == IPPROTO_ESP:
             esp += 1
-        elif udp is not None and 4500 in (udp.sport, udp.dport):
-            if udp.payload[:4] == b"\x00\x00\x00\x00":
+        elif udp is not None and NAT_T_PORT in (udp.sport, udp.dport):
+            # RFC 3948 §2.2, §2.3: IKE behind the non-ESP marker, keepalives, else ESP
+            if udp.payload[:4] == NON_ESP_MARKER:
                 ike += 1
-            elif udp.payload != b"\xff":  # NAT-T keepalive
+            elif udp.payload != NAT_KEEPALIVE:
                 udp_esp += 1
-        elif udp is not None and 500 in (udp.sport, udp.dport):
+        elif udp is not None and IKE_PORT in (udp.sport, udp.dport):
             ike += 1
         else:
             other += 1
@@ -845,7 +854,7 @@ def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
         con.write()
         con.error("interrupted; cleaning up")
         code = 130
-    except (DemoFailure, DaemonError, CharonError, CaptureError, NetnsError, OSError,
+    except (DemoFailure, LabDaemonError, CharonError, CaptureError, NetnsError, OSError,
             subprocess.SubprocessError) as exc:
         con.write()
         con.error(f"demo failed: {exc}")

@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 
 from ikev1d.crypto import (
+    CIPHERS,
     CryptoError,
     IkeCipher,
     Phase1Keys,
@@ -36,6 +37,7 @@ from ikev1d.crypto import (
     qm_hash2,
     qm_hash3,
     skeyid_psk,
+    transforms,
 )
 from ikev1d.wire import (
     DecodedPayload,
@@ -44,8 +46,6 @@ from ikev1d.wire import (
     Header,
     IdPayload,
     IkeAttr,
-    IkeEncryption,
-    IkeHash,
     KePayload,
     NoncePayload,
     SaPayload,
@@ -54,6 +54,7 @@ from ikev1d.wire import (
 from ikev1d.wire.describe import describe_message, describe_payload
 from ikev1d.wire.message import decode_payloads_with_spans, split_message
 from ikev1d_lab.demo_pcap import IsakmpFrame, PcapError, isakmp_frames, read_capture
+from ikev1d_lab.errors import LabError
 
 __all__ = [
     "DEMO_PCAP",
@@ -68,18 +69,8 @@ __all__ = [
 DEMO_PCAP = "strongswan-main-quick-mode.pcap"
 DEMO_VECTOR = "strongswan-main-quick-mode.json"
 
-# IANA IKE attribute values -> ikev1d.crypto algorithm names (RFC 2409 Appendix A).
-_CIPHERS = {IkeEncryption.AES_CBC: "aes", IkeEncryption.TRIPLE_DES_CBC: "3des"}
-_HASHES = {
-    IkeHash.MD5: "md5",
-    IkeHash.SHA: "sha1",
-    IkeHash.SHA2_256: "sha256",
-    IkeHash.SHA2_384: "sha384",
-    IkeHash.SHA2_512: "sha512",
-}
 
-
-class DemoDataError(RuntimeError):
+class DemoDataError(LabError):
     """The recorded exchange is missing or is not a PSK Main Mode we can follow."""
 
 
@@ -164,11 +155,12 @@ def _suite_of(sa: SaPayload) -> tuple[str, int | None, str]:
     if proposal is None or not proposal.transforms:
         raise DemoDataError("Main Mode 2 carries no transform")
     attrs = {a.type: a.int_value() for a in proposal.transforms[0].attributes}
-    cipher = _CIPHERS.get(IkeEncryption(attrs.get(IkeAttr.ENCRYPTION_ALGORITHM, 0)))
-    prf = _HASHES.get(IkeHash(attrs.get(IkeAttr.HASH_ALGORITHM, 0)))
-    if cipher is None or prf is None:
+    # IKE attribute values (RFC 2409 Appendix A) -> ikev1d.crypto algorithm names.
+    cipher = transforms.encryption_by_ike_id(attrs.get(IkeAttr.ENCRYPTION_ALGORITHM, 0))
+    prf = transforms.integrity_by_ike_hash_id(attrs.get(IkeAttr.HASH_ALGORITHM, 0))
+    if cipher is None or cipher.name not in CIPHERS or prf is None:
         raise DemoDataError(f"unsupported Phase 1 transform {proposal.transforms[0]}")
-    return cipher, attrs.get(IkeAttr.KEY_LENGTH), prf
+    return cipher.name, attrs.get(IkeAttr.KEY_LENGTH), prf.name
 
 
 def _phase1(mm: Sequence[IsakmpFrame], vector: dict[str, Any]) -> _Phase1:

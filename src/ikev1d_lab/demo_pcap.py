@@ -16,9 +16,10 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from ikev1d.wire.constants import IKE_PORT, IPPROTO_UDP, NAT_T_PORT, NON_ESP_MARKER
+from ikev1d_lab.errors import LabError
+
 __all__ = [
-    "IKE_NATT_PORT",
-    "IKE_PORT",
     "IpPacket",
     "IsakmpFrame",
     "PcapError",
@@ -29,11 +30,6 @@ __all__ = [
     "read_capture",
     "udp_of",
 ]
-
-IKE_PORT = 500
-IKE_NATT_PORT = 4500
-IPPROTO_UDP = 17
-IPPROTO_ESP = 50
 
 # Link-layer header types (https://www.tcpdump.org/linktypes.html).
 LINKTYPE_ETHERNET = 1
@@ -57,12 +53,7 @@ _PCAPNG_SPB = 0x00000003
 _PCAPNG_EPB = 0x00000006
 _PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
 
-# RFC 3948 §2.2: on UDP 4500 an IKE message follows four zero octets (the non-ESP
-# marker); anything else there is ESP, whose SPI is never zero.
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
-
-
-class PcapError(ValueError):
+class PcapError(LabError, ValueError):
     """The capture file is truncated or not a pcap / pcapng file."""
 
 
@@ -262,7 +253,7 @@ def isakmp_frames(packets: Iterable[PcapPacket]) -> list[IsakmpFrame]:
         if udp is None:
             continue
         ports = (udp.sport, udp.dport)
-        if IKE_NATT_PORT in ports:
+        if NAT_T_PORT in ports:
             if not udp.payload.startswith(NON_ESP_MARKER):
                 continue  # ESP (non-zero SPI) or a keepalive
             message = udp.payload[len(NON_ESP_MARKER) :]

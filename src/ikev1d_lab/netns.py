@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from ikev1d_lab.errors import LabError
+
 __all__ = [
     "DEFAULT_PREFIX",
     "Namespace",
@@ -43,7 +45,7 @@ _LIVE: dict[str, Namespace] = {}
 _IP = "ip"
 
 
-class NetnsError(RuntimeError):
+class NetnsError(LabError):
     """An `ip` command needed by the test rig failed."""
 
 

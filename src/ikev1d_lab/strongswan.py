@@ -25,6 +25,7 @@ from typing import Any
 
 import vici
 
+from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace
 
 __all__ = [
@@ -51,7 +52,7 @@ _CRED_DIRS = (
 )  # fmt: skip
 
 
-class CharonError(RuntimeError):
+class CharonError(LabError):
     """charon did not start, or a vici/swanctl request failed."""
 
 
@@ -72,7 +73,7 @@ def strongswan_conf(
     load: str = DEFAULT_LOAD,
     extra: str = "",
 ) -> str:
-    """strongswan.conf in the SPEC.md recipe form.
+    """strongswan.conf for a charon of the rig: its own vici socket and log in `work_dir`.
 
     `log_levels` maps filelog subsystems to levels, e.g. ``{"default": 2, "ike": 4}``
     (``ike = 4`` makes charon log the DH secret, SKEYID and derived keys).

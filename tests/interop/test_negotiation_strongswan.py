@@ -225,7 +225,8 @@ def test_phase2_no_proposal_chosen(make_pair: Any, we_initiate: bool) -> None:
 @pytest.mark.parametrize("we_initiate", [True, False])
 def test_invalid_id_information(make_pair: Any, two_hosts: Topology, we_initiate: bool) -> None:
     # strongSwan narrows a subset, so as responder it refuses only a disjoint
-    # network; we require the exact tunnel (seed 43.6.3), so a /16 is refused.
+    # network; ikev1d accepts only the configured networks exactly (it does not
+    # narrow), so a /16 is refused with INVALID-ID-INFORMATION (RFC 2408 §3.14.1).
     their_local = "10.3.0.0/24" if we_initiate else "10.2.0.0/16"
     pair = make_pair(proposals=["aes128-sha256-modp2048"], esp=["aes128-sha256"],
                      their_ts=(their_local, two_hosts.inner_net_a))

@@ -154,7 +154,7 @@ def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_check_config_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # SPEC: `%any` peers sharing one PSK are accepted but warned about.
+    # `%any` peers sharing one PSK are accepted, but check-config warns about them.
     text = VALID_CONFIG.replace('remote_addrs = ["127.0.0.2"]', 'remote_addrs = ["%any"]')
     text = text.replace('id = "127.0.0.2"', 'id = "%any"').replace(
         'ids = ["127.0.0.2"]', 'ids = ["%any"]')

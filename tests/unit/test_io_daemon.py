@@ -14,9 +14,9 @@ import pytest
 from ikev1d.config import Config, parse_config
 from ikev1d.daemon.control import UpRequest
 from ikev1d.daemon.runtime import ConfigLoadError, Daemon, DaemonError, DaemonOptions
-from ikev1d.daemon.udp import NON_ESP_MARKER
 from ikev1d.dataplane.base import DataplaneError
 from ikev1d.status import Counters
+from ikev1d.wire.constants import NON_ESP_MARKER
 from tests.unit._io_fakes import (
     CONFIG,
     FakeEngine,

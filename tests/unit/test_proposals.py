@@ -15,6 +15,7 @@ from ikev1d.proposals import (
     esp_encryption_key_bytes,
     esp_icv_bytes,
     esp_integrity_key_bytes,
+    esp_key_length,
     esp_proposal_from_attributes,
     esp_transform_id,
     ike_encryption_block_bytes,
@@ -401,6 +402,7 @@ def test_every_esp_proposal_round_trips() -> None:
     for p in ALL_ESP:
         assert parse_esp_proposal(p.render(), allow_insecure=True) == [p]
         key_length = p.key_length if p.encryption in ("aes", "aesgcm") else None
+        assert esp_key_length(p) == key_length
         back = esp_proposal_from_attributes(
             esp_transform_id(p), key_length, esp_auth_alg(p), p.dh_group
         )

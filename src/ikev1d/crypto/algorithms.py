@@ -7,10 +7,10 @@ the payloads following the ISAKMP header (RFC 2408 §3.1 E flag, RFC 2409 Append
 
 from __future__ import annotations
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, modes
 
+from ikev1d.crypto import transforms
 from ikev1d.crypto.errors import CryptoError, DecryptError
 
 __all__ = [
@@ -24,17 +24,18 @@ __all__ = [
     "prf",
 ]
 
-_HASH_TYPES: dict[str, type[hashes.HashAlgorithm]] = {
-    "md5": hashes.MD5,  # RFC 2409 Appendix A, hash 1
-    "sha1": hashes.SHA1,  # hash 2
-    "sha256": hashes.SHA256,  # RFC 4868 §2.4 / IANA IKE hash 4
-    "sha384": hashes.SHA384,  # hash 5
-    "sha512": hashes.SHA512,  # hash 6
+_HASH_INSTANCES: dict[str, hashes.HashAlgorithm] = {
+    row.name: row.primitive() for row in transforms.INTEGRITIES
 }
-_HASH_INSTANCES: dict[str, hashes.HashAlgorithm] = {n: t() for n, t in _HASH_TYPES.items()}
+# The Phase 1 ciphers: an IKE Encryption Algorithm value and a `cryptography` primitive.
+_CIPHER_ROWS: dict[str, transforms.EncryptionTransform] = {
+    row.name: row
+    for row in transforms.ENCRYPTIONS
+    if row.ike_id is not None and row.primitive is not None
+}
 
-HASHES: frozenset[str] = frozenset(_HASH_TYPES)
-CIPHERS: frozenset[str] = frozenset({"aes", "3des"})
+HASHES: frozenset[str] = frozenset(_HASH_INSTANCES)
+CIPHERS: frozenset[str] = frozenset(_CIPHER_ROWS)
 
 
 def _hash(alg: str) -> hashes.HashAlgorithm:
@@ -78,21 +79,28 @@ def prf(alg: str, key: bytes, data: bytes) -> bytes:
     return mac.finalize()
 
 
+def _cipher_row(alg: str) -> transforms.EncryptionTransform:
+    try:
+        return _CIPHER_ROWS[alg]
+    except KeyError:
+        raise CryptoError(f"unknown cipher {alg!r}") from None
+
+
 def cipher_key_length(alg: str, key_bits: int | None) -> int:
     """Encryption key length in octets for a Phase 1 cipher.
 
     3des: always 24 octets (RFC 2409 Appendix A, the Key Length attribute is not sent).
     aes: the negotiated Key Length attribute (RFC 3602 §5.3 semantics), 128/192/256.
     """
-    if alg == "3des":
-        if key_bits not in (None, 192):
-            raise CryptoError(f"3des has a fixed 192-bit key, not {key_bits}")
-        return 24
-    if alg == "aes":
-        if key_bits not in (128, 192, 256):
-            raise CryptoError(f"aes needs a key length of 128, 192 or 256 bits, not {key_bits}")
-        return key_bits // 8
-    raise CryptoError(f"unknown cipher {alg!r}")
+    row = _cipher_row(alg)
+    if row.fixed_key:
+        if key_bits not in (None, row.key_bits[0]):
+            raise CryptoError(f"{alg} has a fixed {row.key_bits[0]}-bit key, not {key_bits}")
+        return row.key_bits[0] // 8
+    if key_bits not in row.key_bits:
+        allowed = transforms.or_list(row.key_bits)
+        raise CryptoError(f"{alg} needs a key length of {allowed} bits, not {key_bits}")
+    return key_bits // 8
 
 
 def pad_plaintext(data: bytes, block_size: int) -> bytes:
@@ -120,19 +128,15 @@ class IkeCipher:
     key_length: int
 
     def __init__(self, alg: str, key: bytes) -> None:
-        algorithm: CipherAlgorithm
-        if alg == "aes":
-            if len(key) not in (16, 24, 32):
-                raise CryptoError(f"aes key must be 16, 24 or 32 octets, not {len(key)}")
-            algorithm = algorithms.AES(key)
-            self.block_size = 16
-        elif alg == "3des":
-            if len(key) != 24:
-                raise CryptoError(f"3des key must be 24 octets, not {len(key)}")
-            algorithm = TripleDES(key)
-            self.block_size = 8
-        else:
+        row = _cipher_row(alg)
+        octets = [bits // 8 for bits in row.key_bits]
+        if len(key) not in octets:
+            allowed = transforms.or_list(octets)
+            raise CryptoError(f"{alg} key must be {allowed} octets, not {len(key)}")
+        if row.primitive is None:  # excluded from _CIPHER_ROWS; keeps mypy informed
             raise CryptoError(f"unknown cipher {alg!r}")
+        algorithm: CipherAlgorithm = row.primitive(key)
+        self.block_size = row.block_bytes
         self.alg = alg
         self.key_length = len(key)
         self._algorithm = algorithm

@@ -66,6 +66,8 @@ class DhGroup:
     name: str  # strongSwan proposal token
     public_length: int  # length of the KE payload data in octets
     kind: DhKind
+    aliases: tuple[str, ...] = ()  # other strongSwan tokens for the same group
+    weakness: str = ""  # why check-config warns about it (empty: no warning)
 
 
 # The primes below are the published RFC 2409 §6 / RFC 3526 values
@@ -221,8 +223,10 @@ _ECP_CURVES: dict[int, ec.EllipticCurve] = {
 
 GROUPS: dict[int, DhGroup] = {
     1: DhGroup(1, "modp768", 96, DhKind.MODP),  # known, refused at config load (too weak)
-    2: DhGroup(2, "modp1024", 128, DhKind.MODP),
-    5: DhGroup(5, "modp1536", 192, DhKind.MODP),
+    2: DhGroup(2, "modp1024", 128, DhKind.MODP,
+               weakness="modp1024 (1024-bit MODP, DH group 2) is weak"),
+    5: DhGroup(5, "modp1536", 192, DhKind.MODP,
+               weakness="modp1536 (1536-bit MODP, DH group 5) is weak"),
     14: DhGroup(14, "modp2048", 256, DhKind.MODP),
     15: DhGroup(15, "modp3072", 384, DhKind.MODP),
     16: DhGroup(16, "modp4096", 512, DhKind.MODP),
@@ -231,10 +235,12 @@ GROUPS: dict[int, DhGroup] = {
     19: DhGroup(19, "ecp256", 64, DhKind.ECP),
     20: DhGroup(20, "ecp384", 96, DhKind.ECP),
     21: DhGroup(21, "ecp521", 132, DhKind.ECP),
-    31: DhGroup(31, "curve25519", 32, DhKind.CURVE25519),
+    31: DhGroup(31, "curve25519", 32, DhKind.CURVE25519, aliases=("x25519",)),
 }
 
-_GROUPS_BY_NAME: dict[str, DhGroup] = {g.name: g for g in GROUPS.values()}
+_GROUPS_BY_NAME: dict[str, DhGroup] = {
+    name: g for g in GROUPS.values() for name in (g.name, *g.aliases)
+}
 
 
 def get_group(number: int) -> DhGroup:

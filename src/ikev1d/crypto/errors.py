@@ -6,8 +6,10 @@ The engine maps them to notifications: InvalidPublicValue to INVALID-KEY-INFORMA
 
 from __future__ import annotations
 
+from ikev1d.errors import Ikev1dError
 
-class CryptoError(Exception):
+
+class CryptoError(Ikev1dError):
     """A crypto primitive was asked for something it cannot do (unknown algorithm,
     unsupported group, wrong key or IV length)."""
 

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from ikev1d.errors import Ikev1dError
 from ikev1d.status import StatusDocument, StatusFormatError
 
 DEFAULT_SOCKET_PATH = "/run/ikev1d/ikev1d.sock"
@@ -45,7 +46,7 @@ DEFAULT_UP_TIMEOUT = 90.0
 """Seconds ``up`` waits: longer than the default retransmission schedule."""
 
 
-class ControlProtocolError(Exception):
+class ControlProtocolError(Ikev1dError):
     """A malformed request or response line; the message is for people."""
 
 

@@ -14,12 +14,13 @@ from ikev1d.daemon.control import (
     decode_response,
     encode_request,
 )
+from ikev1d.errors import Ikev1dError
 
 REPLY_TIMEOUT_S = 30.0
 """How long to wait for the daemon's answer to a command other than ``up``."""
 
 
-class DaemonUnreachable(Exception):
+class DaemonUnreachable(Ikev1dError):
     """Nobody answers on the control socket; the message is for people."""
 
     def __init__(self, path: str, reason: str | None = None) -> None:

@@ -4,7 +4,7 @@ The engine logs the protocol events (``ISAKMP SA established`` ...) itself; the
 daemon logs them again only at DEBUG, and logs what is its own business: sockets,
 the data plane, reloads, start and stop.
 
-It makes no protocol decisions (STYLE.md, like aioquic's asyncio adapter): after
+It makes no protocol decisions (like aioquic's asyncio adapter): after
 every input to the engine (datagram, timer, command, reload) it sends what the
 engine wants sent, hands IPsec SA events to the data plane, answers waiting
 ``up`` commands, and re-arms one timer at ``engine.get_timer()``.
@@ -52,6 +52,7 @@ from ikev1d.engine.api import (
     IkeSaDeleted,
     IkeSaEstablished,
 )
+from ikev1d.errors import Ikev1dError
 from ikev1d.status import ChildSaStatus, StatusDocument
 
 log = logging.getLogger("ikev1d.daemon")
@@ -61,11 +62,11 @@ LINGER_S = 0.5
 CONTROL_READ_TIMEOUT_S = 10.0
 
 
-class DaemonError(Exception):
+class DaemonError(Ikev1dError):
     """The daemon cannot start or run; the message is for people."""
 
 
-class ConfigLoadError(Exception):
+class ConfigLoadError(Ikev1dError):
     """The configuration file is unreadable or invalid ("FILE: KEY: reason")."""
 
 

@@ -25,13 +25,11 @@ from collections.abc import Callable, Iterable
 
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.engine.api import Datagram, Endpoint
+from ikev1d.errors import Ikev1dError
+from ikev1d.wire.constants import NAT_KEEPALIVE, NON_ESP_MARKER
 
 log = logging.getLogger("ikev1d.daemon")
 
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
-"""RFC 3948 section 2.2: precedes IKE messages on the NAT-T port."""
-NAT_KEEPALIVE = b"\xff"
-"""RFC 3948 section 2.3."""
 
 # Linux values; Python 3.11's socket module lacks IP_PKTINFO.
 IP_PKTINFO: int = getattr(socket, "IP_PKTINFO", 8)
@@ -48,7 +46,7 @@ Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum flag arithmetic per packet is slow
 
-class UdpError(Exception):
+class UdpError(Ikev1dError):
     """A socket could not be opened; the message names address and port."""
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint
+from ikev1d.errors import Ikev1dError
 from ikev1d.status import Counters
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ SendUdp = Callable[[bytes, Endpoint, Endpoint], None]
 BACKEND_NAMES = ("userspace", "kernel", "none")
 
 
-class DataplaneError(Exception):
+class DataplaneError(Ikev1dError):
     """A backend failed to start, install or remove an SA; the message is for people."""
 
 

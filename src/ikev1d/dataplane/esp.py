@@ -35,16 +35,18 @@ import hmac as stdlib_hmac  # compare_digest only; the MACs come from `cryptogra
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives import hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ikev1d.crypto import transforms
 from ikev1d.dataplane.replay import DEFAULT_REPLAY_WINDOW, ReplayWindow
+from ikev1d.errors import Ikev1dError
+from ikev1d.wire.constants import IPPROTO_NONE
 
 __all__ = [
     "ESP_HEADER_LENGTH",
@@ -68,17 +70,11 @@ __all__ = [
 ESP_HEADER_LENGTH: Final = 8
 """SPI and Sequence Number (RFC 4303 §2.1, §2.2)."""
 
-IPPROTO_NONE: Final = 59
-"""Next header of a dummy packet (RFC 4303 §2.6): the receiver discards it."""
-
-GCM_SALT_LENGTH: Final = 4
-"""RFC 4106 §8.1: the last 4 octets of the encryption KEYMAT are the nonce salt."""
-
 _HEADER = struct.Struct("!II")
 _PAD_BYTES = bytes(range(1, 256))  # RFC 4303 §2.4: padding is 1, 2, 3, ...
 
 
-class EspError(Exception):
+class EspError(Ikev1dError):
     """A packet was dropped or could not be built; the message says why (no key material)."""
 
 
@@ -115,32 +111,17 @@ class EspCounters:
 
 # --- transforms ----------------------------------------------------------------------
 
-_ENCRYPTIONS: Final = ("aes-cbc", "aes-gcm", "3des-cbc", "null")
-# (IV length, padding alignment): RFC 3602 §3 (16-byte IV, 16-byte blocks), RFC 2451
-# §2.3 (8, 8), RFC 4106 §3.1/§3.2 (8-byte explicit IV, 4-byte alignment), RFC 2410.
-_IV_AND_BLOCK: Final[dict[str, tuple[int, int]]] = {
-    "aes-cbc": (16, 16),
-    "3des-cbc": (8, 8),
-    "aes-gcm": (8, 4),
-    "null": (0, 4),
-}
-# name -> (hash, key length, ICV length): RFC 2403 §3, RFC 2404 §3, RFC 4868 §2.1-2.3.
-_INTEGRITIES: Final[dict[str, tuple[type[hashes.HashAlgorithm], int, int]]] = {
-    "hmac-md5-96": (hashes.MD5, 16, 12),
-    "hmac-sha1-96": (hashes.SHA1, 20, 12),
-    "hmac-sha256-128": (hashes.SHA256, 32, 16),
-    "hmac-sha384-192": (hashes.SHA384, 48, 24),
-    "hmac-sha512-256": (hashes.SHA512, 64, 32),
-}
-# strongSwan proposal keywords -> our names.
-_SWAN_ENCRYPTIONS: Final = {"aes": "aes-cbc", "aesgcm": "aes-gcm", "3des": "3des-cbc",
-                            "null": "null"}
-_SWAN_INTEGRITIES: Final = {
-    "md5": "hmac-md5-96",
-    "sha1": "hmac-sha1-96",
-    "sha256": "hmac-sha256-128",
-    "sha384": "hmac-sha384-192",
-    "sha512": "hmac-sha512-256",
+# The data plane implements the rows of the transform table that have an ESP name:
+# AES-CBC (RFC 3602), 3DES-CBC (RFC 2451), AES-GCM (RFC 4106), NULL (RFC 2410);
+# HMAC-MD5-96 (RFC 2403), HMAC-SHA1-96 (RFC 2404), HMAC-SHA2 (RFC 4868).
+_ENCRYPTIONS: Final = frozenset(
+    row.esp_name for row in transforms.ENCRYPTIONS if row.esp_name is not None
+)
+_AEADS: Final = frozenset(
+    row.esp_name for row in transforms.ENCRYPTIONS if row.esp_name is not None and row.aead
+)
+_BY_PROPOSAL_NAME: Final = {
+    row.name: row.esp_name for row in transforms.ENCRYPTIONS if row.esp_name is not None
 }
 
 
@@ -152,53 +133,70 @@ class EspAlgorithm:
     key_length: int
     icv_length: int
     integrity: str | None
+    cipher: transforms.EncryptionTransform = field(init=False, repr=False, compare=False)
+    """The transform table's row for `encryption` (and, for AES-GCM, its ICV length)."""
+    mac: transforms.IntegrityTransform | None = field(init=False, repr=False, compare=False)
+    """The row of `integrity`; None for AES-GCM."""
 
     def __post_init__(self) -> None:
         if self.encryption not in _ENCRYPTIONS:
             raise UnsupportedEspAlgorithm(f"unsupported ESP encryption {self.encryption!r}")
-        if self.encryption in ("aes-cbc", "aes-gcm") and self.key_length not in (16, 24, 32):
-            raise UnsupportedEspAlgorithm(f"AES key length {self.key_length} octets")
-        if self.encryption == "3des-cbc" and self.key_length != 24:
-            raise UnsupportedEspAlgorithm(f"3DES key length {self.key_length} octets, not 24")
-        if self.encryption == "null" and self.key_length != 0:
-            raise UnsupportedEspAlgorithm("NULL encryption takes no key")
-        if self.encryption == "aes-gcm":
+        aead = self.encryption in _AEADS
+        cipher = transforms.encryption_by_esp_name(self.encryption,
+                                                   self.icv_length if aead else 0)
+        if cipher is None:
+            raise UnsupportedEspAlgorithm(f"AES-GCM ICV of {self.icv_length} octets")
+        key_octets = [bits // 8 for bits in cipher.key_bits]
+        if self.key_length not in key_octets:
+            raise UnsupportedEspAlgorithm(
+                f"{self.encryption} key length {self.key_length} octets, "
+                f"not {transforms.or_list(key_octets)}"
+            )
+        object.__setattr__(self, "cipher", cipher)
+        object.__setattr__(self, "mac", None)
+        if aead:
             if self.integrity is not None:
                 raise UnsupportedEspAlgorithm("AES-GCM is combined mode: no integrity algorithm")
-            if self.icv_length not in (8, 12, 16):
-                raise UnsupportedEspAlgorithm(f"AES-GCM ICV of {self.icv_length} octets")
             return
         if self.integrity is None:
             # RFC 4303 §3.2.2 allows confidentiality-only ESP, but it is open to
             # cut-and-paste attacks (RFC 4303 §3.2.2, Bellovin); nobody should run it.
             raise UnsupportedEspAlgorithm(f"{self.encryption} needs an integrity algorithm")
-        if self.integrity not in _INTEGRITIES:
+        integrity = transforms.integrity_by_esp_name(self.integrity)
+        if integrity is None:
             raise UnsupportedEspAlgorithm(f"unsupported ESP integrity {self.integrity!r}")
-        if self.icv_length != _INTEGRITIES[self.integrity][2]:
+        if self.icv_length != integrity.icv_bytes:
             raise UnsupportedEspAlgorithm(
-                f"{self.integrity} has a {_INTEGRITIES[self.integrity][2]}-octet ICV"
+                f"{self.integrity} has a {integrity.icv_bytes}-octet ICV"
             )
+        object.__setattr__(self, "mac", integrity)
 
     @property
     def aead(self) -> bool:
-        return self.encryption == "aes-gcm"
+        return self.cipher.aead
+
+    @property
+    def cbc(self) -> bool:
+        """A block cipher in CBC mode with a random IV (RFC 3602, RFC 2451)."""
+        return not self.cipher.aead and self.cipher.primitive is not None
 
     @property
     def iv_length(self) -> int:
-        return _IV_AND_BLOCK[self.encryption][0]
+        return self.cipher.iv_bytes
 
     @property
     def block_size(self) -> int:
         """What the ciphertext is padded to a multiple of (at least 4, RFC 4303 §2.4)."""
-        return _IV_AND_BLOCK[self.encryption][1]
+        return self.cipher.esp_block_bytes
 
     @property
     def salt_length(self) -> int:
-        return GCM_SALT_LENGTH if self.aead else 0
+        """RFC 4106 §8.1: the last octets of the encryption KEYMAT are the nonce salt."""
+        return self.cipher.salt_bytes
 
     @property
     def integrity_key_length(self) -> int:
-        return 0 if self.integrity is None else _INTEGRITIES[self.integrity][1]
+        return 0 if self.mac is None else self.mac.hash_bytes
 
     @property
     def overhead(self) -> int:
@@ -216,21 +214,20 @@ def esp_algorithm(
     (octets) matters only for AES-GCM; HMAC ICV lengths follow from the hash. A
     `key_length_bits` of 0 means the fixed length for 3DES (192) and NULL (0).
     """
-    try:
-        name = _SWAN_ENCRYPTIONS[encryption]
-    except KeyError:
-        raise UnsupportedEspAlgorithm(f"unsupported ESP encryption {encryption!r}") from None
-    if name == "3des-cbc" and key_length_bits == 0:
-        key_length_bits = 192
+    name = _BY_PROPOSAL_NAME.get(encryption)
+    if name is None:
+        raise UnsupportedEspAlgorithm(f"unsupported ESP encryption {encryption!r}")
+    fixed = transforms.encryption_by_esp_name(name)
+    if key_length_bits == 0 and fixed is not None and fixed.fixed_key:
+        key_length_bits = fixed.key_bits[0]
     if key_length_bits % 8:
         raise UnsupportedEspAlgorithm(f"key length {key_length_bits} is not whole octets")
     if integrity is None:
         return EspAlgorithm(name, key_length_bits // 8, icv_length, None)
-    try:
-        integ = _SWAN_INTEGRITIES[integrity]
-    except KeyError:
-        raise UnsupportedEspAlgorithm(f"unsupported ESP integrity {integrity!r}") from None
-    return EspAlgorithm(name, key_length_bits // 8, _INTEGRITIES[integ][2], integ)
+    integ = transforms.integrity_by_name(integrity)
+    if integ is None:
+        raise UnsupportedEspAlgorithm(f"unsupported ESP integrity {integrity!r}")
+    return EspAlgorithm(name, key_length_bits // 8, integ.icv_bytes, integ.esp_name)
 
 
 def keymat_length(alg: EspAlgorithm) -> int:
@@ -253,9 +250,9 @@ def _split_keymat(alg: EspAlgorithm, keymat: bytes) -> tuple[bytes, bytes, bytes
 
 
 def _block_cipher(alg: EspAlgorithm, key: bytes) -> CipherAlgorithm:
-    if alg.encryption == "3des-cbc":
-        return TripleDES(key)
-    return algorithms.AES(key)
+    if alg.cipher.primitive is None:
+        raise EspError(f"{alg.encryption} has no block cipher")
+    return alg.cipher.primitive(key)
 
 
 def peek_spi(packet: bytes) -> int:
@@ -365,7 +362,7 @@ class OutboundSa:
         self._hmac = _make_hmac(alg, integ_key)
         self._cbc = (
             _CbcEncryptor(_block_cipher(alg, enc_key), self._block)
-            if alg.encryption in ("aes-cbc", "3des-cbc")
+            if alg.cbc
             else None
         )
         self._aesgcm = AESGCM(enc_key) if alg.aead else None
@@ -467,7 +464,7 @@ class InboundSa:
         self._hmac = _make_hmac(alg, integ_key)
         self._cbc = (
             _CbcDecryptor(_block_cipher(alg, enc_key), self._block)
-            if alg.encryption in ("aes-cbc", "3des-cbc")
+            if alg.cbc
             else None
         )
         self._gcm_key = enc_key if alg.aead else b""
@@ -559,7 +556,6 @@ class InboundSa:
 
 def _make_hmac(alg: EspAlgorithm, key: bytes) -> hmac.HMAC | None:
     """A keyed HMAC context that is copied for each packet (the key schedule done once)."""
-    if alg.integrity is None:
+    if alg.mac is None:
         return None
-    hash_type = _INTEGRITIES[alg.integrity][0]
-    return hmac.HMAC(key, hash_type())
+    return hmac.HMAC(key, alg.mac.primitive())

@@ -87,16 +87,6 @@ PROBE_SPI: Final = 0xFF
 POLICY_PRIORITY_BASE: Final = 200_000
 """Lower is preferred; more specific selectors get lower numbers (see policy_priority)."""
 
-# Linux crypto API names: net/xfrm/xfrm_algo.c.
-_CIPHERS: Final = {"aes-cbc": "cbc(aes)", "3des-cbc": "cbc(des3_ede)", "null": "ecb(cipher_null)"}
-_AEADS: Final = {"aes-gcm": "rfc4106(gcm(aes))"}
-_INTEGRITIES: Final = {
-    "hmac-md5-96": ("hmac(md5)", 96),  # RFC 2403
-    "hmac-sha1-96": ("hmac(sha1)", 96),  # RFC 2404
-    "hmac-sha256-128": ("hmac(sha256)", 128),  # RFC 4868 §2.1
-    "hmac-sha384-192": ("hmac(sha384)", 192),
-    "hmac-sha512-256": ("hmac(sha512)", 256),
-}
 _GONE: Final = (errno.ENOENT, errno.ESRCH)
 """What the kernel answers for an SA or policy that is not (any longer) there."""
 
@@ -149,14 +139,26 @@ def xfrm_algorithms(sa: ChildSaEstablished, keymat: bytes) -> tuple[XfrmAlgorith
         raise DataplaneError(
             f"IPsec SA {sa.child}: KEYMAT of {len(keymat)} octets, {sa.proposal} needs {need}"
         )
+    try:
+        return _xfrm_algorithms(alg, keymat)
+    except DataplaneError as exc:
+        raise DataplaneError(f"IPsec SA {sa.child}: {exc}") from None
+
+
+def _xfrm_algorithms(alg: EspAlgorithm, keymat: bytes) -> tuple[XfrmAlgorithm, ...]:
+    """The kernel's names (net/xfrm/xfrm_algo.c, in the transform table) with their keys."""
+    need = keymat_length(alg)
     enc_end = alg.key_length + alg.salt_length
-    if alg.encryption in _AEADS:
-        return (XfrmAlgorithm("aead", _AEADS[alg.encryption], keymat[:enc_end],
-                              alg.icv_length * 8),)
-    algorithms = [XfrmAlgorithm("crypt", _CIPHERS[alg.encryption], keymat[:enc_end])]
-    if alg.integrity is not None:
-        name, trunc_bits = _INTEGRITIES[alg.integrity]
-        algorithms.append(XfrmAlgorithm("auth", name, keymat[enc_end:need], trunc_bits))
+    cipher = alg.cipher.xfrm
+    if cipher is None:
+        raise DataplaneError(f"the kernel has no {alg.encryption}")
+    if alg.aead:
+        return (XfrmAlgorithm("aead", cipher, keymat[:enc_end], alg.icv_length * 8),)
+    algorithms = [XfrmAlgorithm("crypt", cipher, keymat[:enc_end])]
+    if alg.mac is not None:
+        # HMAC truncated to the ICV: 96 bits (RFC 2403, 2404) or half the hash (RFC 4868 §2.1).
+        algorithms.append(XfrmAlgorithm("auth", alg.mac.xfrm, keymat[enc_end:need],
+                                        alg.mac.icv_bytes * 8))
     return tuple(algorithms)
 
 
@@ -400,10 +402,9 @@ class KernelBackend:
         Raises DataplaneError with the reason (e.g. no esp4 module) instead of
         letting every later install fail.
         """
-        state = XfrmState("127.0.0.1", "127.0.0.1", PROBE_SPI, 0, "transport", (
-            XfrmAlgorithm("crypt", "cbc(aes)", bytes(16)),
-            XfrmAlgorithm("auth", "hmac(sha1)", bytes(20), 96),
-        ))  # fmt: skip
+        alg = esp_algorithm("aes", 128, "sha1")
+        state = XfrmState("127.0.0.1", "127.0.0.1", PROBE_SPI, 0, "transport",
+                          _xfrm_algorithms(alg, bytes(keymat_length(alg))))
         for attempt in (1, 2):
             try:
                 self.xfrm.add_state(state)

@@ -12,7 +12,18 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Final, Literal
+from typing import Literal
+
+from ikev1d.errors import Ikev1dError
+from ikev1d.wire.constants import (
+    IPPROTO_ESP,
+    IPPROTO_IPIP,
+    IPPROTO_IPV6,
+    IPPROTO_UDP,
+    NAT_KEEPALIVE,
+    NAT_T_PORT,
+    NON_ESP_MARKER,
+)
 
 __all__ = [
     "IPPROTO_ESP",
@@ -34,23 +45,12 @@ __all__ = [
     "udp_encapsulate",
 ]
 
-IPPROTO_IPIP: Final = 4  # IPv4 in IP: ESP next header for a tunnelled IPv4 packet
-IPPROTO_UDP: Final = 17
-IPPROTO_IPV6: Final = 41  # IPv6 in IP: ESP next header for a tunnelled IPv6 packet
-IPPROTO_ESP: Final = 50
-
-NAT_T_PORT: Final = 4500
-NON_ESP_MARKER: Final = b"\x00\x00\x00\x00"
-"""RFC 3948 §2.2: four zero octets in front of IKE messages on port 4500 (SPI 0 is never ESP)."""
-NAT_KEEPALIVE: Final = b"\xff"
-"""RFC 3948 §2.3: the one-octet NAT-keepalive packet."""
-
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _UDP = struct.Struct("!HHHH")
 
 
-class PacketError(ValueError):
+class PacketError(Ikev1dError, ValueError):
     """Not a well-formed IP packet (or not one we can handle)."""
 
 

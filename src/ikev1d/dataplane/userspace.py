@@ -44,10 +44,10 @@ from ikev1d.dataplane.esp import (
     esp_algorithm,
     peek_seq,
 )
-from ikev1d.dataplane.packet import NAT_KEEPALIVE
 from ikev1d.dataplane.sad import Sad, SaEntry, address_key, prefixes
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
 from ikev1d.status import Counters, DropCounters
+from ikev1d.wire.constants import IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE, NAT_KEEPALIVE
 
 if TYPE_CHECKING:
     import asyncio
@@ -71,9 +71,6 @@ _BATCH: Final = 256
 _LOG_INTERVAL: Final = 10.0
 NAT_KEEPALIVE_INTERVAL: Final = 20.0
 """RFC 3948 §4: keepalives every 20 s keep NAT mappings of UDP-encapsulated SAs alive."""
-_IPPROTO_IPIP: Final = 4
-_IPPROTO_IPV6: Final = 41
-_IPPROTO_NONE: Final = 59
 
 DROP_REASONS: Final = (
     "not_ip",        # TUN gave something that is not an IPv4/IPv6 packet
@@ -368,7 +365,7 @@ class UserspaceBackend:
             self._drop("no_sa", "outbound: no SA covers the packet")
             return
         try:
-            esp = entry.outbound.seal(packet, _IPPROTO_IPIP if len(key) == 8 else _IPPROTO_IPV6)
+            esp = entry.outbound.seal(packet, IPPROTO_IPIP if len(key) == 8 else IPPROTO_IPV6)
         except EspSequenceExhausted as exc:
             entry.counters.dropped_out += 1
             self._drop("seq_exhausted", str(exc))
@@ -419,10 +416,10 @@ class UserspaceBackend:
             return
         if remote is not None and remote != entry.remote and entry.encap:
             self._nat_mapping_changed(entry, esp, remote)
-        if next_header == _IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
+        if next_header == IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
             return
         key = address_key(inner)
-        if key is None or next_header != (_IPPROTO_IPIP if len(key) == 8 else _IPPROTO_IPV6):
+        if key is None or next_header != (IPPROTO_IPIP if len(key) == 8 else IPPROTO_IPV6):
             self._drop("malformed", f"inbound SPI {spi:08x}: next header {next_header} "
                        "does not introduce an IP packet of that version")
             return

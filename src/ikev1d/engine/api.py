@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from ikev1d.errors import Ikev1dError
+
 Endpoint: TypeAlias = tuple[str, int]
 """(address, UDP port); the port tells the I/O layer which socket: 500 or 4500."""
 
@@ -109,5 +111,5 @@ Event: TypeAlias = (
 )
 
 
-class EngineError(Exception):
+class EngineError(Ikev1dError):
     """The engine was misused locally (unknown connection name, ...), not a peer problem."""

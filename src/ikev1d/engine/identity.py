@@ -7,10 +7,11 @@ import ipaddress
 
 from cryptography import x509
 
+from ikev1d.errors import Ikev1dError
 from ikev1d.wire import IdPayload, IdType, id_from_address, id_from_fqdn, id_from_user_fqdn
 
 
-class IdentityError(ValueError):
+class IdentityError(Ikev1dError, ValueError):
     pass
 
 

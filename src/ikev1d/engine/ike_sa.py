@@ -24,6 +24,7 @@ from ikev1d.crypto import (
 from ikev1d.engine.api import Datagram, Endpoint, Event, Network
 from ikev1d.engine.timers import Timer, Timers
 from ikev1d.engine.vendor import PeerVendors
+from ikev1d.errors import Ikev1dError
 from ikev1d.wire import (
     DecodedPayload,
     DeletePayload,
@@ -87,7 +88,7 @@ class IkeState(enum.Enum):
     DELETING = "DELETING"
 
 
-class ProtocolFailure(Exception):
+class ProtocolFailure(Ikev1dError):
     """The peer's message cannot be accepted; ``notify`` tells the peer why (if any)."""
 
     def __init__(self, message: str, notify: NotifyType | None = None) -> None:

@@ -9,8 +9,18 @@ Most of these IDs are MD5 hashes of a string, as the drafts define them.
 from __future__ import annotations
 
 import enum
-import hashlib
 from dataclasses import dataclass
+
+from ikev1d.wire.vendor_ids import (
+    VID_CISCO_UNITY,
+    VID_DPD,
+    VID_FRAGMENTATION,
+    VID_IKEV1D,
+    VID_NAT_T_DRAFTS,
+    VID_NAT_T_RFC,
+    VID_STRONGSWAN,
+    VID_XAUTH,
+)
 
 
 class Extension(enum.Enum):
@@ -22,29 +32,6 @@ class Extension(enum.Enum):
     CISCO_UNITY = "Cisco Unity"
     STRONGSWAN = "strongSwan"
     IKEV1D = "ikev1d"
-
-
-def _md5(text: bytes) -> bytes:
-    return hashlib.md5(text, usedforsecurity=False).digest()
-
-
-#: RFC 3947 section 3.1: MD5("RFC 3947").
-VID_NAT_T_RFC = _md5(b"RFC 3947")
-#: The draft NAT-T versions strongSwan and Libreswan still send and accept.
-VID_NAT_T_DRAFTS = (
-    _md5(b"draft-ietf-ipsec-nat-t-ike-02\n"),
-    _md5(b"draft-ietf-ipsec-nat-t-ike-02"),
-    _md5(b"draft-ietf-ipsec-nat-t-ike-03"),
-    _md5(b"draft-ietf-ipsec-nat-t-ike-00"),
-)
-#: RFC 3706 section 5.
-VID_DPD = bytes.fromhex("afcad71368a1f1c96b8696fc77570100")
-#: Fragmentation as strongSwan, Cisco and Windows speak it: MD5("FRAGMENTATION") + flags.
-VID_FRAGMENTATION = _md5(b"FRAGMENTATION")
-VID_XAUTH = _md5(b"draft-ietf-ipsra-isakmp-xauth-06.txt")[:8]
-VID_CISCO_UNITY = bytes.fromhex("12f5f28c457168a9702d9fe274cc0100")
-VID_STRONGSWAN = _md5(b"strongSwan")
-VID_IKEV1D = _md5(b"ikev1d")
 
 
 @dataclass(frozen=True)

@@ -51,21 +51,9 @@ from .payloads import (
     UnknownPayload,
     VendorIdPayload,
 )
+from .vendor_ids import KNOWN_VENDOR_IDS
 
 __all__ = ["describe_message", "describe_payload", "describe_transform", "vendor_id_name"]
-
-# Vendor IDs (prefixes) as strongSwan's vendor_id_payload / ikev1 vendor task list them.
-_KNOWN_VIDS: tuple[tuple[str, str], ...] = (
-    ("4a131c81070358455c5728f20e95452f", "RFC 3947 NAT-T"),
-    ("90cb80913ebb696e086381b5ec427b1f", "draft-ietf-ipsec-nat-t-ike-02\\n"),
-    ("cd60464335df21f87cfdb2fc68b6a448", "draft-ietf-ipsec-nat-t-ike-02"),
-    ("7d9419a65310ca6f2c179d9215529d56", "draft-ietf-ipsec-nat-t-ike-03"),
-    ("afcad71368a1f1c96b8696fc77570100", "DPD (RFC 3706)"),
-    ("4048b7d56ebce88525e7de7f00d6c2d3", "IKE fragmentation"),
-    ("09002689dfd6b712", "XAUTH"),
-    ("12f5f28c457168a9702d9fe274cc0100", "Cisco Unity"),
-    ("882fe56d6fd20dbc2251613b2ebe5beb", "strongSwan"),
-)
 
 _AUTH_SHORT = {
     AuthMethod.PRE_SHARED_KEY: "PSK",
@@ -85,9 +73,8 @@ _MODE_NAMES = {
 
 def vendor_id_name(data: bytes) -> str | None:
     """The well-known extension a vendor ID announces, if any."""
-    h = data.hex()
-    for prefix, name in _KNOWN_VIDS:
-        if h.startswith(prefix):
+    for prefix, name in KNOWN_VENDOR_IDS:
+        if data.startswith(prefix):
             return name
     return None
 

@@ -1,12 +1,14 @@
 """Typed decode errors: each carries the notification the engine answers with.
 
 Malformed input never raises anything but a :class:`WireError` subclass
-(STYLE.md principle 2); the engine maps ``err.notify`` to an RFC 2408 §3.14.1
+(never IndexError, struct.error or KeyError); the engine maps ``err.notify`` to an RFC 2408 §3.14.1
 notification (or silently drops, as RFC 2408 §5.1 allows for unauthenticated
 garbage).
 """
 
 from __future__ import annotations
+
+from ikev1d.errors import Ikev1dError
 
 from .enums import NotifyType
 
@@ -21,7 +23,7 @@ __all__ = [
 ]
 
 
-class WireError(Exception):
+class WireError(Ikev1dError):
     """The peer's bytes do not form a valid ISAKMP message."""
 
     default_notify: NotifyType = NotifyType.PAYLOAD_MALFORMED

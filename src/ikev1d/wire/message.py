@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ._reader import Reader
+from .constants import NON_ESP_MARKER
 from .enums import ExchangeType, Flags, PayloadType
 from .errors import (
     EncryptedMessageError,
@@ -67,8 +68,6 @@ HEADER_LENGTH = 28
 ISAKMP_VERSION = 0x10  # major 1, minor 0 (RFC 2408 §3.1)
 COOKIE_LENGTH = 8
 
-# RFC 3948 §2.2: on UDP 4500 IKE messages are preceded by four zero bytes.
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
 
 
 @dataclass(frozen=True, slots=True)

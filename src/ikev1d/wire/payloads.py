@@ -622,7 +622,7 @@ class FragmentPayload:
 
 @dataclass(frozen=True, slots=True)
 class UnknownPayload:
-    """A payload type this codec does not model, kept as its raw body (STYLE.md #3)."""
+    """A payload type this codec does not model, kept as its raw body, not dropped."""
 
     payload_type: int
     data: bytes

@@ -31,6 +31,8 @@ from typing import Any, Final, TypeVar
 
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.engine.api import Network
+from ikev1d.errors import Ikev1dError
+from ikev1d.wire.constants import IPPROTO_ESP
 
 __all__ = [
     "DEFAULT_MTU",
@@ -57,7 +59,6 @@ _IFF_TUN: Final = 0x0001
 _IFF_NO_PI: Final = 0x1000
 _IFREQ: Final = struct.Struct("16sH22x")
 
-_IPPROTO_ESP: Final = 50
 _IP_PKTINFO: Final = 8
 _IP_MTU_DISCOVER: Final = 10  # linux/in.h; the socket module of Python 3.11 lacks both
 _IP_PMTUDISC_DONT: Final = 0
@@ -67,7 +68,7 @@ _NETLINK_TIMEOUT: Final = 10.0
 _T = TypeVar("_T")
 
 
-class TunError(OSError):
+class TunError(Ikev1dError, OSError):
     """The TUN device, the raw socket or a route could not be set up; the message says why."""
 
 
@@ -188,7 +189,7 @@ class RawEspSocket:
 
     def __init__(self, family: int = socket.AF_INET) -> None:
         try:
-            sock = socket.socket(family, socket.SOCK_RAW, _IPPROTO_ESP)
+            sock = socket.socket(family, socket.SOCK_RAW, IPPROTO_ESP)
         except PermissionError:
             raise TunError(errno.EPERM, "no permission for a raw ESP socket "
                            "(run as root or with CAP_NET_RAW)") from None

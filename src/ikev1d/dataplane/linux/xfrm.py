@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
 from ikev1d.engine.api import Network
+from ikev1d.errors import Ikev1dError
+from ikev1d.wire.constants import IPPROTO_ESP
 
 __all__ = [
     "XFRM_INF",
@@ -116,7 +118,6 @@ XFRM_STATE_AF_UNSPEC: Final = 32
 XFRM_INF: Final = 0xFFFF_FFFF_FFFF_FFFF
 """No limit, in ``xfrm_lifetime_cfg``."""
 
-IPPROTO_ESP: Final = 50
 UDP_ENCAP: Final = 100
 UDP_ENCAP_ESPINUDP: Final = 2
 """RFC 3948 encapsulation, non-ESP marker for IKE (<linux/udp.h>)."""
@@ -154,7 +155,7 @@ USERPOLICY_INFO_SIZE: Final = (
 _CURLFT_OFFSET: Final = _SELECTOR.size + _XFRM_ID.size + 16 + _LIFETIME_CFG.size
 
 
-class XfrmError(OSError):
+class XfrmError(Ikev1dError, OSError):
     """The kernel refused a request (``errno`` set) or answered something unexpected."""
 
 
