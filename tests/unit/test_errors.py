@@ -14,6 +14,7 @@ import ikev1d_lab
 from ikev1d.errors import Ikev1dError
 from ikev1d_lab.errors import LabError
 
+
 def _modules(package: ModuleType) -> list[ModuleType]:
     names = [package.__name__] + [
         info.name

@@ -15,6 +15,7 @@ from ikev1d.proposals import (
     EspProposal,
     IkeProposal,
     esp_auth_alg,
+    esp_key_length,
     esp_proposal_from_attributes,
     esp_transform_id,
     ike_encryption_id,
@@ -208,8 +209,9 @@ def esp_sa_payload(
         auth = esp_auth_alg(proposal)
         if auth is not None:
             attributes.append(make_attribute(IpsecAttr.AUTH_ALGORITHM, auth))
-        if proposal.encryption in ("aes", "aesgcm"):
-            attributes.append(make_attribute(IpsecAttr.KEY_LENGTH, proposal.key_length))
+        key_length = esp_key_length(proposal)
+        if key_length is not None:
+            attributes.append(make_attribute(IpsecAttr.KEY_LENGTH, key_length))
         transforms.append(Transform(number, esp_transform_id(proposal), tuple(attributes)))
     return SaPayload((Proposal(1, ProtocolId.ESP, spi, tuple(transforms)),))
 

@@ -21,6 +21,9 @@ from ikev1d.engine.ike_sa import IkeSa, ProtocolFailure, ResponseCache
 from ikev1d.engine.timers import Timer
 from ikev1d.wire import Header, NotifyPayload
 
+NONCE_LENGTH = 32
+"""Bytes of every nonce we send (RFC 2409 section 5: between 8 and 256; 32 as strongSwan)."""
+
 log = logging.getLogger("ikev1d.engine")
 
 #: Phase 1 runs under message ID zero (RFC 2408 section 3.1), and so do the

@@ -38,7 +38,7 @@ from ikev1d.engine.auth.base import (
     id_text,
     peer_matches,
 )
-from ikev1d.engine.exchanges.base import PHASE1_MESSAGE_ID, Exchange, Message
+from ikev1d.engine.exchanges.base import NONCE_LENGTH, PHASE1_MESSAGE_ID, Exchange, Message
 from ikev1d.engine.ike_sa import IkeSa, Parsed, ProtocolFailure, first, parse
 from ikev1d.engine.sa_proposals import IkeChoice, ike_sa_payload, offered_ike, select_ike
 from ikev1d.wire import (
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ikev1d.engine")
 
-NONCE_LENGTH = 32
 MM = ExchangeType.IDENTITY_PROTECTION
 
 

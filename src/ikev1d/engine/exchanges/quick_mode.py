@@ -29,7 +29,13 @@ from ikev1d.crypto import (
 )
 from ikev1d.engine import rules
 from ikev1d.engine.api import ChildSaEstablished, Network
-from ikev1d.engine.exchanges.base import PHASE1_MESSAGE_ID, Exchange, Message, replay
+from ikev1d.engine.exchanges.base import (
+    NONCE_LENGTH,
+    PHASE1_MESSAGE_ID,
+    Exchange,
+    Message,
+    replay,
+)
 from ikev1d.engine.ike_sa import ChildMode, ChildSa, IkeSa, Parsed, ProtocolFailure, first
 from ikev1d.engine.sa_proposals import (
     EspChoice,
@@ -75,7 +81,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ikev1d.engine")
 
 QM = ExchangeType.QUICK_MODE
-NONCE_LENGTH = 32
 
 
 class QmState(enum.Enum):
