@@ -1,0 +1,10 @@
+"""Bring a strongSwan swanctl.conf along: read it, convert it to ikev1d's TOML."""
+
+from ikev1d.swanctl.settings import Section, Setting, SettingsError, parse_settings
+
+__all__ = [
+    "Section",
+    "Setting",
+    "SettingsError",
+    "parse_settings",
+]
