@@ -2,7 +2,9 @@
 
 The syntax cases follow strongswan.conf(5) ("SYNTAX", "REFERENCING OTHER
 SECTIONS", "INCLUDING FILES"); the mapping cases swanctl.conf(5).  Every
-converted file must load with ikev1d's own loader.
+converted file must load with ikev1d's own loader, and the configurations the
+interop tests give strongSwan must come out as the ikev1d configuration the
+same tests write by hand.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from ikev1d.cli import main
 from ikev1d.config import parse_config
 from ikev1d.swanctl import Conversion, SettingsError, convert_swanctl, parse_settings
 from ikev1d.swanctl.toml_out import dump_toml, toml_string
+from ikev1d_lab.daemon import ikev1d_conf
+from tests.interop.strongswan_configs import CASES, PSK, DefaultHosts, StrongswanCase
 
 # --- the settings parser ---------------------------------------------------------------
 
@@ -496,6 +500,35 @@ connections {
     assert not any(n.split(": ")[1] == "tmpl" for n in notes), notes
     assert any(": authorities: dropped:" in n for n in notes)
     assert any(": stray: dropped: not a swanctl.conf section" in n for n in notes)
+
+
+# --- the interop configurations ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_interop_configurations_become_what_the_tests_write_by_hand(
+    case: StrongswanCase,
+) -> None:
+    """The charon configuration of each interop case, converted, says what the
+    hand-written ikev1d configuration for B's side would say."""
+    hosts = DefaultHosts()
+    conversion = _convert(case.charon_conf(hosts))
+    converted = parse_config(conversion.toml)
+    nets = case.child_networks(hosts)
+    by_hand = parse_config(ikev1d_conf(
+        "gw", hosts.addr_b, hosts.addr_a, hosts.addr_b, hosts.addr_a, PSK,
+        case.their_proposals or case.proposals, case.their_esp or case.esp,
+        nets[0][1], nets[0][0], encap=True, child_rekey_time=case.child_rekey_time,
+        child="net" if case.children == 1 else "c0",
+    ))
+    ours, theirs = converted.connections["gw"], by_hand.connections["gw"]
+    for key in ("local_addrs", "remote_addrs", "proposals", "encap", "local", "remote"):
+        assert getattr(ours, key) == getattr(theirs, key), key
+    (name,) = theirs.children
+    assert ours.children[name] == theirs.children[name]
+    assert len(ours.children) == case.children
+    assert converted.psk_for(hosts.addr_b, hosts.addr_a) == PSK.encode()
+    assert all(str(n).startswith("swanctl.conf:") for n in conversion.notes)
 
 
 # --- the command -----------------------------------------------------------------------------
