@@ -16,6 +16,8 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ikev1d.cli import main
 from ikev1d.config import parse_config
@@ -581,3 +583,73 @@ def test_command_says_when_nothing_was_converted(
         "speaks IKEv1 only",
         f"ikev1d: {conf}: nothing to convert (no IKEv1 connection, IKE secret or pool)",
     ]
+
+
+# --- any input -------------------------------------------------------------------------------
+
+_WORDS = st.sampled_from([
+    "connections", "secrets", "pools", "children", "local", "remote", "remote-2", "net", "gw",
+    "ike-gw", "eap-x", "rw", "version", "auth", "id", "secret", "remote_addrs", "local_addrs",
+    "proposals", "esp_proposals", "local_ts", "remote_ts", "dpd_delay", "dpd_timeout",
+    "dpd_action", "start_action", "rekey_time", "reauth_time", "mode", "encap", "vips",
+    "pools", "addrs", "dns", "aggressive", "pull", "life_bytes", "certs", "include",
+])
+_VALUES = st.sampled_from([
+    "1", "0", "2", "psk", "pubkey", "xauth", "192.0.2.2", "%any", "10.1.0.0/24",
+    "10.1.0.1/24", "10.2.0.0/24[tcp]", "dynamic", "aes128-sha256-modp2048", "aes128gcm16",
+    "default", "30s", "0", "4h", "yes", "no", "trap", "start", "restart", "tunnel", "pass",
+    "0x3132", "0sMTIz", "0xzz", "a-secret", "@gw.example.org", "C=DE, CN=x", "rw",
+    "10.3.0.0/24", "10.3.0.1", "", "x y", '"quoted # value"', "hold",
+])
+_LINES = st.one_of(
+    st.tuples(_WORDS, _VALUES).map(lambda kv: f"{kv[0]} = {kv[1]}"),
+    _WORDS.map(lambda w: f"{w} {{"),
+    st.just("}"),
+    st.just("# comment"),
+    st.text(alphabet='ab {}=#":,.\\\n', max_size=8),
+)
+
+
+@given(st.lists(_LINES, max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_any_input_parses_or_fails_cleanly_and_what_converts_loads(lines: list[str]) -> None:
+    """The parser raises only SettingsError; whatever parses converts to TOML
+    that loads (the converter drops rather than passes on what the loader refuses)."""
+    try:
+        root = parse_settings("\n".join(lines) + "\n", "swanctl.conf")
+    except SettingsError:
+        return
+    conversion = convert_swanctl(root)
+    parse_config(conversion.toml, "<converted>")
+
+
+def _block(name: str, body: st.SearchStrategy[list[str]]) -> st.SearchStrategy[str]:
+    return body.map(lambda lines: f"{name} {{\n" + "".join(f"{line}\n" for line in lines)
+                    + "}")
+
+
+_SETTINGS = st.lists(st.tuples(_WORDS, _VALUES).map(lambda kv: f"{kv[0]} = {kv[1]}"),
+                     max_size=6)
+
+# Mostly what converts (psk on both sides, a subnet pool), then random settings that
+# may spoil it.
+_PSK = st.lists(_SETTINGS, min_size=0, max_size=1).map(
+    lambda extra: ["auth = psk", *(extra[0] if extra else [])])
+_CONNECTION = st.tuples(
+    _SETTINGS, _block("local", _PSK), _block("remote", _PSK),
+    _block("children", st.lists(_block("net", _SETTINGS), max_size=2)),
+).map(lambda parts: [*parts[0], parts[1], parts[2], parts[3]])
+_DOCUMENT = st.tuples(
+    _block("connections", st.lists(_block("gw", _CONNECTION), max_size=1)),
+    _block("secrets", st.lists(_block("ike-gw", _SETTINGS.map(
+        lambda lines: ["secret = 0x3132", *lines])), max_size=1)),
+    _block("pools", st.lists(_block("rw", _SETTINGS.map(
+        lambda lines: ["addrs = 10.3.0.0/24", *lines])), max_size=1)),
+).map("\n".join)
+
+
+@given(_DOCUMENT)
+@settings(max_examples=200, deadline=None)
+def test_any_swanctl_shaped_file_converts_to_toml_that_loads(text: str) -> None:
+    conversion = convert_swanctl(parse_settings(text, "swanctl.conf"))
+    parse_config(conversion.toml, "<converted>")
