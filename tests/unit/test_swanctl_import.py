@@ -585,6 +585,52 @@ def test_command_says_when_nothing_was_converted(
     ]
 
 
+def _write_key_and_cert(key_path: Path, cert_path: Path | None, name: str) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    if cert_path is None:
+        return
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_command_pairs_the_certificate_with_its_private_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Like swanctl --load-creds: certificates in x509/ and x509ca/, keys in private/ or
+    # ecdsa/, paired by public key.
+    _write_key_and_cert(tmp_path / "private" / "a-other.pem", None, "other")
+    _write_key_and_cert(tmp_path / "ecdsa" / "b-gw.pem", tmp_path / "x509" / "gw.pem", "gw")
+    _write_key_and_cert(tmp_path / "private" / "c-ca.pem", tmp_path / "x509ca" / "ca.pem", "ca")
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(
+        "connections { gw { version = 1\n remote_addrs = 192.0.2.2\n"
+        " local { auth = pubkey\n certs = gw.pem\n id = \"CN=gw\" }\n"
+        " remote { auth = pubkey\n cacerts = ca.pem\n id = \"CN=peer\" } } }\n")
+    assert main(["import-swanctl", str(conf)]) == 0
+    out, err = capsys.readouterr()
+    local = parse_config(out).connections["gw"].local
+    assert local.certs == (str(tmp_path / "x509" / "gw.pem"),)
+    assert local.private_key == str(tmp_path / "ecdsa" / "b-gw.pem")
+    assert f"private_key = {tmp_path}/ecdsa/b-gw.pem: the key matching" in err
+
+
 # --- any input -------------------------------------------------------------------------------
 
 _WORDS = st.sampled_from([

@@ -27,7 +27,7 @@ import base64
 import binascii
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
@@ -137,6 +137,7 @@ class Conversion:
 class _Converter:
     base_dir: PurePath | None
     private_keys: Sequence[str]
+    key_for_certificate: Callable[[str], str | None] | None = None
     notes: list[Note] = field(default_factory=list)
 
     # -- notes ------------------------------------------------------------------
@@ -561,6 +562,15 @@ class _Converter:
         return table
 
     def private_key(self, sec: Section, path: str, local: TomlTable) -> bool:
+        certs = local.get("certs")
+        if isinstance(certs, list) and certs and self.key_for_certificate is not None:
+            key = self.key_for_certificate(certs[0])
+            if key is not None:
+                local["private_key"] = key
+                self.note(sec, f"{path}.local", "note",
+                          f"private_key = {key}: the key matching {certs[0]}, as swanctl "
+                          "finds it")
+                return True
         if len(self.private_keys) == 1:
             local["private_key"] = self.private_keys[0]
             self.note(sec, f"{path}.local", "note",
@@ -809,12 +819,20 @@ def _valid_secret(text: str) -> bool:
     return True
 
 
-def convert_swanctl(root: Section, *, base_dir: PurePath | None = None,
-                    private_keys: Sequence[str] = (), source: str = "swanctl.conf") -> Conversion:
-    """Convert a parsed swanctl.conf; ``base_dir`` (the file's folder) resolves the
-    credential file names swanctl looks up in x509/, x509ca/ and pubkey/, and
-    ``private_keys`` are the key files found beside it (for auth = pubkey)."""
-    converter = _Converter(base_dir, private_keys)
+def convert_swanctl(
+    root: Section, *, base_dir: PurePath | None = None, private_keys: Sequence[str] = (),
+    key_for_certificate: Callable[[str], str | None] | None = None,
+    source: str = "swanctl.conf",
+) -> Conversion:
+    """Convert a parsed swanctl.conf.
+
+    ``base_dir`` (the file's folder) resolves the credential file names swanctl
+    looks up in x509/, x509ca/ and pubkey/.  For auth = pubkey, ikev1d needs the
+    private key's file name, which swanctl finds by matching the certificate:
+    ``key_for_certificate(cert_file)`` does that match, and failing it the only
+    file in ``private_keys`` (the key files found beside swanctl.conf) is taken.
+    """
+    converter = _Converter(base_dir, private_keys, key_for_certificate)
     table, connections, secrets, pools = converter.convert(root)
     header = (f"# Converted from {source} by ikev1d import-swanctl; "
               "review it, then check it with `ikev1d check-config`.\n\n")
