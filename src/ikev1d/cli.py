@@ -192,7 +192,7 @@ def cmd_import_swanctl(args: argparse.Namespace) -> int:
     try:
         conversion = import_swanctl_file(args.file)
     except SettingsError as exc:
-        return _error(f"cannot read {args.file}: {exc}")
+        return _error(f"{exc}")
     except OSError as exc:
         return _error(f"cannot read {args.file}: {exc.strerror or exc}")
     for note in conversion.notes:
