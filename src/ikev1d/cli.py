@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("file", metavar="FILE")
 
+    p = sub.add_parser("import-swanctl",
+                       help="convert a strongSwan swanctl.conf to ikev1d's TOML (on stdout)")
+    p.add_argument("file", metavar="FILE")
+
     # The demo has its own options (`ikev1d demo --help`); main() passes them through.
     sub.add_parser("demo", help="run a complete example on this machine", add_help=False)
     return parser
@@ -185,6 +189,32 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_swanctl(args: argparse.Namespace) -> int:
+    """The TOML on stdout, one line per dropped option on stderr; exit 0 when
+    something was converted and the result loads."""
+    from ikev1d.config import ConfigError, parse_config
+    from ikev1d.swanctl import SettingsError
+    from ikev1d.swanctl.files import import_swanctl_file
+
+    try:
+        conversion = import_swanctl_file(args.file)
+    except SettingsError as exc:
+        return _error(f"{exc}")
+    except OSError as exc:
+        return _error(f"cannot read {args.file}: {exc.strerror or exc}")
+    for note in conversion.notes:
+        print(note, file=sys.stderr)
+    if not conversion.converted:
+        return _error(f"{args.file}: nothing to convert (no IKEv1 connection, IKE secret "
+                      "or pool)")
+    sys.stdout.write(conversion.toml)
+    try:
+        parse_config(conversion.toml, "<converted>")
+    except ConfigError as exc:
+        return _error(f"the converted configuration does not load: {exc}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, demo_args: list[str]) -> int:
     try:
         demo = importlib.import_module("ikev1d_lab.demo")
@@ -210,6 +240,8 @@ def run(args: argparse.Namespace, demo_args: list[str] | None = None) -> int:
             return _simple(args.socket, ReloadRequest())
         case "check-config":
             return cmd_check_config(args)
+        case "import-swanctl":
+            return cmd_import_swanctl(args)
         case "demo":
             return cmd_demo(args, demo_args or [])
     return EXIT_USAGE

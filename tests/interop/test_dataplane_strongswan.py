@@ -28,6 +28,7 @@ from ikev1d_lab.ping import ping
 from ikev1d_lab.strongswan import Charon, swanctl_conf
 
 from .conftest import CaptureFactory, CharonFactory
+from .strongswan_configs import DATAPLANE_ESP
 from .test_dataplane_ikev1d import (
     assert_counters_agree,
     assert_only_ike_and_esp,
@@ -93,7 +94,7 @@ def _agree(ours: dict[str, Any], theirs: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["ikev1d-initiates", "swan-initiates"])
-@pytest.mark.parametrize("esp", ["aes128gcm16", "aes256-sha256", "3des-sha1"])
+@pytest.mark.parametrize("esp", DATAPLANE_ESP)
 def test_traffic_with_strongswan(
     make_pair: Callable[[str], Pair], capture_factory: CaptureFactory,
     esp: str, we_initiate: bool,

@@ -20,6 +20,7 @@ from ikev1d_lab.netns import Topology
 from ikev1d_lab.strongswan import Charon, swanctl_conf
 
 from .conftest import CharonFactory
+from .strongswan_configs import ALGORITHMS, ONLY_THE_SECOND, THREE_PROPOSALS, TWO_PROPOSALS
 
 pytestmark = pytest.mark.interop
 
@@ -129,14 +130,6 @@ def _assert_same_sas(pair: Pair, ike_proposal: str, esp_proposal: str, *,
     assert child["remote_ts"] == [pair.topo.inner_net_b]
 
 
-ALGORITHMS = [
-    ("aes128-sha256-modp2048", "aes128-sha256"),
-    ("aes128-sha256-ecp256", "aes128gcm16"),
-    ("aes256-sha256-curve25519", "aes256-sha256"),
-    ("3des-sha1-modp1024", "3des-sha1"),
-]
-
-
 @pytest.mark.parametrize(("ike_proposal", "esp_proposal"), ALGORITHMS)
 def test_ikev1d_initiates(make_pair: Any, ike_proposal: str, esp_proposal: str) -> None:
     pair = make_pair(proposals=[ike_proposal], esp=[esp_proposal])
@@ -156,18 +149,16 @@ def test_strongswan_initiates(make_pair: Any, ike_proposal: str, esp_proposal: s
 
 
 def test_three_proposals_peer_accepts_only_the_second(make_pair: Any) -> None:
-    ours = ["aes256-sha512-modp4096", "aes128-sha256-ecp256", "aes256-sha256-modp2048"]
     # strongSwan accepts the second of ours, and one we do not offer.
-    pair = make_pair(proposals=ours, esp=["aes128-sha256"],
-                     their_proposals=["aes192-sha384-modp3072", "aes128-sha256-ecp256"])
+    pair = make_pair(proposals=THREE_PROPOSALS, esp=["aes128-sha256"],
+                     their_proposals=ONLY_THE_SECOND)
     assert pair.ours.up("gw").returncode == 0
     _assert_same_sas(pair, "aes128-sha256-ecp256", "aes128-sha256", we_initiated=True)
 
 
 def test_three_proposals_from_strongswan_we_take_the_second(make_pair: Any) -> None:
-    theirs = ["aes256-sha512-modp4096", "aes128-sha256-ecp256", "aes256-sha256-modp2048"]
-    pair = make_pair(proposals=["aes256-sha256-modp2048", "aes128-sha256-ecp256"],
-                     esp=["aes128-sha256"], their_proposals=theirs)
+    pair = make_pair(proposals=TWO_PROPOSALS, esp=["aes128-sha256"],
+                     their_proposals=THREE_PROPOSALS)
     ok, out = pair.theirs.initiate("net", "gw")
     assert ok, out
     _assert_same_sas(pair, "aes128-sha256-ecp256", "aes128-sha256", we_initiated=False)
