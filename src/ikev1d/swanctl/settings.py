@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
+from ikev1d.errors import Ikev1dError
+
 __all__ = [
     "IncludeResolver",
     "Section",
@@ -50,7 +52,7 @@ _NAME_RE = re.compile(r'[^\s.,:{}="#]+')
 _MAX_INCLUDE_DEPTH = 32
 
 
-class SettingsError(Exception):
+class SettingsError(Ikev1dError):
     """A file that does not parse; str() is ``FILE:LINE: reason``."""
 
     def __init__(self, source: str, line: int, reason: str) -> None:
