@@ -212,8 +212,9 @@ elif [ -n "$cache" ] && [ -s "$cache/$SUITE-minbase.tar" ]; then
 else
   if ! command -v debootstrap >/dev/null; then
     say "installing debootstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null ||
-      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap; }
+    apt=(apt-get -q -o DPkg::Lock::Timeout=600)  # wait while another apt runs
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y debootstrap >/dev/null ||
+      { "${apt[@]}" update >/dev/null && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y debootstrap; }
   fi
   mirror=$(apt_mirror)
   say "debootstrap --variant=minbase --include=$EXTRA_PACKAGES $SUITE $root $mirror"
