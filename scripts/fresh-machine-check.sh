@@ -25,6 +25,7 @@ SUITE=bookworm
 EXTRA_PACKAGES=make,git,ca-certificates
 CLONE=/root/ikev1d
 CHROOT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+LOCAL_CAS=/usr/local/share/ca-certificates
 STEP_TIMEOUT=7200  # seconds per make command: a stuck test must not hold the box forever
 
 say() { printf '%s\n' "fresh-machine-check: $*" >&2; }
@@ -63,13 +64,19 @@ inside_cleanup() {
 }
 
 run_in_root() {  # name command...: run in the chroot, log, record exit status and time
-  local root=$1 logs=$2 name=$3 started status
+  local root=$1 logs=$2 name=$3 started status env
   shift 3
+  env=(HOME=/root PATH="$CHROOT_PATH" LANG=C.UTF-8 TERM=dumb)
+  if compgen -G "$root$LOCAL_CAS/*.crt" >/dev/null; then
+    # pip upgrades itself to one that trusts only its own CA bundle: point it at the
+    # system's, which now has the local authorities too.
+    env+=(PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
+  fi
   say "running \`$*\` in the root (log: $logs/$name.log)"
   started=$(date +%s)
   set +e
   timeout --kill-after=60 "$STEP_TIMEOUT" \
-    chroot "$root" /usr/bin/env -i HOME=/root PATH="$CHROOT_PATH" LANG=C.UTF-8 TERM=dumb \
+    chroot "$root" /usr/bin/env -i "${env[@]}" \
     /bin/sh -c "cd $CLONE && $*" </dev/null 2>&1 | tee "$logs/$name.log"
   status=${PIPESTATUS[0]}
   set -e
@@ -242,6 +249,14 @@ fi
 touch "$root/.ikev1d-fresh-base"
 base_seconds=$(( $(date +%s) - base_started ))
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# The certificate authorities this machine's administrator added (a network whose
+# proxy inspects TLS has one), as they would be on any machine of that network.
+if compgen -G "$LOCAL_CAS/*.crt" >/dev/null; then
+  mkdir -p "$root$LOCAL_CAS"
+  cp "$LOCAL_CAS"/*.crt "$root$LOCAL_CAS/"
+  chroot "$root" /usr/sbin/update-ca-certificates >/dev/null 2>&1 ||
+    die "update-ca-certificates failed in the root"
+fi
 # A new root has no Python yet: bringing it is part of what the two commands must do.
 if [ "${base_how#reused}" = "$base_how" ] && [ -e "$root/usr/bin/python3" ]; then
   die "the new root already has python3: not the minimal Debian this check is about"
