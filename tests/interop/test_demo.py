@@ -148,3 +148,26 @@ def test_a_failing_step_reports_and_cleans_up(
     assert "namespaces and files removed" in text
     assert "demo finished" not in text
     assert _leftovers(os.getpid(), dirs_before) == []
+
+
+def test_without_strongswan_the_demo_runs_the_rest(
+    require_root_netns: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # As on a machine where only `pip install` ran: no charon.  Every step that needs no
+    # peer from outside runs, and the output says what to install for the one that does.
+    import io
+
+    from ikev1d_lab import demo
+
+    monkeypatch.setattr(demo, "CHARON", str(tmp_path / "no-charon"))
+    dirs_before = _demo_dirs()
+    out = io.StringIO()
+    assert demo.run_demo([], out=out) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "11 messages decoded, 7 decrypted, 7 HASH payloads verified" in text
+    assert text.count("IPsec SA established") >= 2
+    assert "skipped: strongSwan is not installed here" in text
+    assert "ikev1d <-> strongSwan skipped (strongSwan not installed)" in text
+    assert "for the step against strongSwan: apt-get install strongswan-charon" in text
+    assert "ISAKMP SA deleted" in text and "demo finished" in text
+    assert _leftovers(os.getpid(), dirs_before) == []
