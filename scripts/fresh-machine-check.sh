@@ -84,8 +84,9 @@ run_in_root() {  # name command...: run in the chroot, log, record exit status a
 }
 
 inside() {  # ROOT LOGS
+  inside_root=$1  # global: the EXIT trap runs after this function has returned
   local root=$1 logs=$2 left
-  trap 'inside_cleanup "$root"' EXIT
+  trap 'inside_cleanup "$inside_root"' EXIT
   trap 'exit 130' INT TERM HUP
   mount --bind "$root" "$root"
   mount -t proc proc "$root/proc"
