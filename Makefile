@@ -2,15 +2,26 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# Every program the demo and the tests run, by Debian package: strongSwan's charon,
+# swanctl and pki with the plugins the test configurations load (openssl and gcm are in
+# the standard plugins, XAUTH in extauth), tshark and dumpcap, ip, nft, sysctl (procps)
+# and iperf3 for the benchmarks.
 DEB_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
                 libstrongswan-extra-plugins libstrongswan-standard-plugins \
                 libcharon-extauth-plugins strongswan-pki \
-                tshark iproute2 nftables iperf3 python3-venv
+                tshark iproute2 nftables procps iperf3
+# A minimal Debian has no Python at all; an interpreter given as PYTHON=... is the
+# caller's own, and then only its venv module is assumed.
+ifeq ($(origin PYTHON),file)
+DEB_PACKAGES += python3 python3-venv
+endif
 
-.PHONY: test demo lint typecheck unit deps venv clean
+.PHONY: test demo lint typecheck unit deps venv clean test-fresh
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# `deps` first: on a fresh machine it is what brings the interpreter.  A venv that an
+# earlier run left without pip (python3-venv was missing then) is made again.
+$(VENV)/.installed: pyproject.toml | deps
+	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
@@ -19,7 +30,11 @@ venv: $(VENV)/.installed
 
 # Debian packages the tests and the demo need; installed only when missing.
 deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+	@if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then \
+	  echo "not a Debian system: make sure these (Debian names) are installed: $(DEB_PACKAGES)"; \
+	  exit 0; \
+	fi; \
+	missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -41,6 +56,12 @@ test: deps venv lint typecheck
 
 demo: deps venv
 	$(VENV)/bin/ikev1d demo
+
+# The two commands above on a fresh minimal Debian 12 (debootstrap, then a chroot) from a
+# clean clone of the committed HEAD: needs root and the network, takes 15-30 minutes.
+# Not part of `test`; options (e.g. FRESH_ARGS="--cache DIR"): scripts/fresh-machine-check.sh -h
+test-fresh:
+	SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO scripts/fresh-machine-check.sh $(FRESH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

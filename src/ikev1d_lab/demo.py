@@ -47,9 +47,16 @@ from ikev1d_lab.demo_exchange import DemoDataError, MessageView, load_demo_excha
 from ikev1d_lab.demo_pcap import PcapError, ipv4_of, read_capture, udp_of
 from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace, NetnsError, Topology
-from ikev1d_lab.strongswan import Charon, CharonError, strongswan_available, swanctl_conf
+from ikev1d_lab.strongswan import (
+    CHARON,
+    DEFAULT_LOAD,
+    SWANCTL,
+    Charon,
+    CharonError,
+    swanctl_conf,
+)
 
-__all__ = ["Console", "DemoFailure", "dataplane_available", "run_demo"]
+__all__ = ["Console", "DemoFailure", "dataplane_available", "run_demo", "strongswan_missing"]
 
 NS_PREFIX = "ikdemo"
 CONNECTION_A = "site-b"  # on site A: the connection to site B
@@ -152,6 +159,32 @@ def _is_tty(out: TextIO) -> bool:
 
 # --- helpers ----------------------------------------------------------------------------
 
+STRONGSWAN_PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
+# Debian's packages for the charon plugins step 4 loads that libstrongswan (a dependency
+# of strongswan-charon) does not ship; a missing one makes charon refuse the config.
+_PLUGIN_PACKAGES = {
+    "openssl": "libstrongswan-standard-plugins",
+    "curve25519": "libstrongswan-extra-plugins",
+    "kernel-libipsec": "libcharon-extra-plugins",
+    "vici": "strongswan-swanctl",
+}
+
+
+def strongswan_missing(plugin_dir: Path | None = None) -> list[str]:
+    """The Debian packages step 4 (ikev1d against strongSwan) lacks here; [] when none."""
+    plugin_dir = plugin_dir or STRONGSWAN_PLUGIN_DIR
+    missing: list[str] = []
+    if not os.access(CHARON, os.X_OK):
+        missing.append("strongswan-charon")
+    if shutil.which(SWANCTL) is None:
+        missing.append("strongswan-swanctl")
+    for plugin in DEFAULT_LOAD.split():
+        package = _PLUGIN_PACKAGES.get(plugin, "strongswan-charon")
+        if not (plugin_dir / f"libstrongswan-{plugin}.so").exists() and package not in missing:
+            missing.append(package)
+    return missing
+
+
 
 def dataplane_available() -> bool:
     """Whether the userspace data plane (TUN + ESP in ikev1d) is in this build."""
@@ -240,6 +273,7 @@ class Demo:
         self.gw_a: Ikev1dDaemon | None = None
         self.gw_b: Ikev1dDaemon | None = None
         self.charon: Charon | None = None
+        self.install_hint = ""  # what to install for the steps that were skipped
 
     # -- step 1 ---------------------------------------------------------------------------
 
@@ -494,18 +528,22 @@ class Demo:
 
     def step_strongswan(self) -> None:
         con = self.con
-        a, b = self._sites()
         if not self.with_strongswan:
             con.step(4, "Against strongSwan")
             con.skip("--no-strongswan")
             self.outcome.strongswan = "skipped (--no-strongswan)"
             return
-        ok, reason = strongswan_available()
-        if not ok:
+        missing = strongswan_missing()
+        if missing:
             con.step(4, "Against strongSwan")
-            con.skip(reason)
-            self.outcome.strongswan = f"skipped ({reason})"
+            con.skip("strongSwan is not installed here" if "strongswan-charon" in missing
+                     else "strongSwan here lacks plugins that this step loads")
+            self.install_hint = f"apt-get install {' '.join(missing)}"
+            con.line(f"to see this step too: {self.install_hint}, then run the demo again",
+                     style="dim")
+            self.outcome.strongswan = "skipped (strongSwan not installed)"
             return
+        a, b = self._sites()
         con.step(
             4, "Against strongSwan",
             "Site B's ikev1d stops (SIGTERM: it sends Delete for its SAs) and a strongSwan",
@@ -876,6 +914,8 @@ def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
             "SAs deleted, everything removed.",
             indent=0,
         )
+        if demo.install_hint:
+            con.line(f"for the step against strongSwan: {demo.install_hint}", indent=0)
     else:
         con.error(f"demo stopped after {elapsed:.1f} s; namespaces and files removed")
     return code

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,7 @@ from ikev1d_lab import demo
 from ikev1d_lab.demo import Console, LogCursor, run_demo
 from ikev1d_lab.demo_exchange import DEMO_PCAP
 from ikev1d_lab.demo_pcap import read_capture
+from ikev1d_lab.strongswan import DEFAULT_LOAD
 
 
 class _Tty(io.StringIO):
@@ -147,3 +150,63 @@ def test_embedded_echo_scripts_compile() -> None:
     compile(demo._ECHO_SERVER, "<echo server>", "exec")
     compile(demo._ECHO_CLIENT, "<echo client>", "exec")
     assert 'sys.stdout.write("ready\\n")' in demo._ECHO_SERVER
+
+
+_ALL_STRONGSWAN = [
+    "strongswan-charon", "strongswan-swanctl", "libstrongswan-extra-plugins",
+    "libstrongswan-standard-plugins", "libcharon-extra-plugins",
+]  # fmt: skip
+
+
+def _fake_strongswan(root: Path, monkeypatch: pytest.MonkeyPatch, plugins: list[str]) -> Path:
+    """charon, swanctl and the given plugins as empty files under root; PATH only there."""
+    bin_dir, plugin_dir = root / "bin", root / "plugins"
+    bin_dir.mkdir()
+    plugin_dir.mkdir()
+    for program in (bin_dir / "charon", bin_dir / "swanctl"):
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    for plugin in plugins:
+        (plugin_dir / f"libstrongswan-{plugin}.so").touch()
+    monkeypatch.setattr(demo, "CHARON", str(bin_dir / "charon"))
+    monkeypatch.setattr(demo, "STRONGSWAN_PLUGIN_DIR", plugin_dir)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return root
+
+
+def test_strongswan_missing_names_the_debian_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugins = DEFAULT_LOAD.split()
+    _fake_strongswan(tmp_path, monkeypatch, plugins)
+    assert demo.strongswan_missing() == []
+    # The plugins of libstrongswan-standard-plugins (openssl) alone missing: what a
+    # fresh Debian had after installing strongswan-charon without recommends.
+    (tmp_path / "plugins" / "libstrongswan-openssl.so").unlink()
+    assert demo.strongswan_missing() == ["libstrongswan-standard-plugins"]
+    # No strongSwan at all: no charon, no swanctl on PATH, no plugins.
+    (tmp_path / "bin" / "charon").unlink()
+    (tmp_path / "bin" / "swanctl").unlink()
+    for plugin in plugins:
+        (tmp_path / "plugins" / f"libstrongswan-{plugin}.so").unlink(missing_ok=True)
+    assert demo.strongswan_missing() == _ALL_STRONGSWAN
+
+
+def test_without_strongswan_step_4_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_strongswan(tmp_path, monkeypatch, plugins=[])
+    (tmp_path / "bin" / "charon").unlink()
+    (tmp_path / "bin" / "swanctl").unlink()
+    out = io.StringIO()
+    with contextlib.ExitStack() as stack:
+        d = demo.Demo(Console(out, color=False), tmp_path, stack, with_strongswan=True,
+                      dataplane="none")
+        d.step_strongswan()  # no namespaces exist: it must not get as far as needing them
+    text = out.getvalue()
+    assert "[4/5] Against strongSwan" in text
+    assert "skipped: strongSwan is not installed here" in text
+    assert f"apt-get install {' '.join(_ALL_STRONGSWAN)}" in text
+    assert d.charon is None
+    assert d.outcome.strongswan == "skipped (strongSwan not installed)"
+    assert d.install_hint == f"apt-get install {' '.join(_ALL_STRONGSWAN)}"
