@@ -15,7 +15,8 @@ from ikev1d.config import (
     ConfigError,
     ConnectionConfig,
     DaemonConfig,
-    classify_id,
+    Identity,
+    IdKind,
     config_warnings,
     load_config,
     parse_config,
@@ -135,8 +136,8 @@ def test_every_documented_key() -> None:
     assert conn.vips == ("0.0.0.0",)
     assert conn.pools == ()
     assert conn.modecfg == "push"
-    assert conn.local == AuthConfig(auth="psk", id="gw-a.example.org")
-    assert conn.remote == AuthConfig(auth="psk", id="192.0.2.2")
+    assert conn.local == AuthConfig(auth="psk", id=Identity.parse("gw-a.example.org"))
+    assert conn.remote == AuthConfig(auth="psk", id=Identity.parse("192.0.2.2"))
     child = conn.children["net"]
     assert child.name == "net"
     assert child.local_ts == (ipaddress.ip_network("10.1.0.0/24"),)
@@ -151,7 +152,7 @@ def test_every_documented_key() -> None:
     )
     assert cfg.connections["dyn"].pools == ("clients",)
     secret = cfg.secrets["site-b"]
-    assert (secret.name, secret.ids) == ("site-b", ("192.0.2.2",))
+    assert (secret.name, secret.ids) == ("site-b", (Identity.parse("192.0.2.2"),))
     assert secret.value == b"a long random string, long enough"
     assert "long random" not in repr(secret)  # secrets stay out of logs
     pool = cfg.pools["clients"]
@@ -174,7 +175,7 @@ def test_defaults() -> None:
     )
     assert (conn.rekey_time, conn.start_action, conn.modecfg) == (14400.0, "none", "pull")
     assert conn.local == AuthConfig(auth="psk", id=None)  # filled from the address at runtime
-    assert conn.remote.id == "192.0.2.2"  # the single remote address
+    assert str(conn.remote.id) == "192.0.2.2"  # the single remote address
     assert conn.children == {}
 
 
@@ -186,8 +187,8 @@ remote_addrs = ["192.0.2.2", "192.0.2.3"]
 [connections.c.children.x]
 """)
     conn = cfg.connections["c"]
-    assert conn.local.id == "192.0.2.1"
-    assert conn.remote.id == "%any"  # several possible peers
+    assert str(conn.local.id) == "192.0.2.1"
+    assert conn.remote.id is not None and conn.remote.id.is_any  # several possible peers
     child = conn.children["x"]
     assert child.local_ts == () and child.remote_ts == ()  # dynamic
     assert child.esp_proposals == tuple(
@@ -232,7 +233,7 @@ remote_addrs = ["2001:db8::/64"]
     conn = cfg.connections["c"]
     assert conn.local_addrs == ("2001:db8::1",)
     assert conn.remote_addrs == ("2001:db8::/64",)
-    assert conn.remote.id == "%any"
+    assert conn.remote.id is not None and conn.remote.id.is_any
 
 
 def test_integer_durations_are_seconds() -> None:
@@ -297,7 +298,7 @@ cacerts = ["ca.pem"]
     assert conn.local.certs == (str(tmp_path / "cert.pem"),)
     assert conn.local.private_key == str(tmp_path / "key.pem")
     assert conn.remote.cacerts == (str(tmp_path / "ca.pem"),)
-    assert conn.remote.id == "C=DE, O=Example, CN=gw-b"
+    assert str(conn.remote.id) == "C=DE, O=Example, CN=gw-b"
 
 
 def test_rsa_encryption(tmp_path: Path) -> None:
@@ -742,25 +743,44 @@ def test_psk_for_normalizes_ipv6() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "kind"),
+    ("text", "kind", "shown"),
     [
-        ("192.0.2.1", "ipv4_addr"),
-        ("2001:db8::1", "ipv6_addr"),
-        ("gw.example.org", "fqdn"),
-        ("@gw", "fqdn"),
-        ("me@example.org", "user_fqdn"),
-        ("C=DE, O=X, CN=gw", "der_asn1_dn"),
-        ("%any", "any"),
+        ("192.0.2.1", IdKind.IPV4_ADDR, "192.0.2.1"),
+        ("2001:DB8::1", IdKind.IPV6_ADDR, "2001:db8::1"),
+        ("gw.example.org", IdKind.FQDN, "gw.example.org"),
+        ("@gw", IdKind.FQDN, "gw"),  # the @ forces an FQDN, as in strongSwan
+        ("@192.0.2.1", IdKind.FQDN, "@192.0.2.1"),
+        ("me@example.org", IdKind.USER_FQDN, "me@example.org"),
+        ("C=DE, O=X, CN=gw", IdKind.DN, "C=DE, O=X, CN=gw"),
+        ("c=DE,o=X,  cn=gw", IdKind.DN, "C=DE, O=X, CN=gw"),
+        ("C=DE, O=X\\, Inc., E=gw@x.org", IdKind.DN, "C=DE, O=X\\, Inc., E=gw@x.org"),
+        ("@#0102ff", IdKind.KEY_ID, "@#0102ff"),
+        ("keyid:0102FF", IdKind.KEY_ID, "@#0102ff"),
+        ("%any", IdKind.ANY, "%any"),
     ],
 )
-def test_classify_id(text: str, kind: str) -> None:
-    assert classify_id(text)[0] == kind
+def test_identity_parse(text: str, kind: IdKind, shown: str) -> None:
+    identity = Identity.parse(text)
+    assert identity.kind is kind
+    assert str(identity) == shown
+    assert Identity.parse(shown) == identity  # what is shown reads back
 
 
-@pytest.mark.parametrize("text", ["", "a b", "-gw.example.org", "me@", "@", "CN="])
-def test_classify_id_rejects(text: str) -> None:
+@pytest.mark.parametrize(
+    "text", ["", "a b", "-gw.example.org", "me@", "@", "CN=", "C=DE, O", "XX=DE", "@#zz",
+             "m\u00e9@example.org"],
+)
+def test_identity_parse_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        classify_id(text)
+        Identity.parse(text)
+
+
+def test_identity_equality_ignores_fqdn_case_and_trailing_dot() -> None:
+    assert Identity.parse("GW.Example.org.") == Identity.parse("@gw.example.org")
+    assert Identity.parse("Me@Example.org") == Identity.parse("me@example.org")
+    assert Identity.parse("gw.example.org") != Identity.parse("me@gw.example.org")
+    assert Identity.parse("2001:db8::0:1") == Identity.parse("2001:DB8::1")
+    assert len({Identity.parse("a.example"), Identity.parse("A.EXAMPLE")}) == 1
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ikev1d.durations import format_duration, parse_duration
 
 from .errors import ConfigError
-from .identity import classify_id
+from .identity import Identity, IdentityError, IdKind
 from .loader import load_config, parse_config
 from .model import (
     DEFAULT_ESP_PROPOSALS,
@@ -36,9 +36,11 @@ __all__ = [
     "ConnectionConfig",
     "DaemonConfig",
     "IPNetwork",
+    "IdKind",
+    "Identity",
+    "IdentityError",
     "PoolConfig",
     "SecretConfig",
-    "classify_id",
     "config_warnings",
     "format_duration",
     "load_config",

@@ -26,7 +26,7 @@ from ikev1d.proposals import (
 )
 
 from .errors import ConfigError
-from .identity import ANY
+from .identity import ANY, Identity
 from .model import (
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
@@ -139,7 +139,7 @@ def _esp_proposals(
 
 
 def _load_auth(
-    ld: TomlReader, raw: object, path: str, *, remote: bool, default_id: str | None
+    ld: TomlReader, raw: object, path: str, *, remote: bool, default_id: Identity | None
 ) -> AuthConfig:
     data = ld.table(raw if raw is not None else {}, path)
     conn_path = path.rpartition(".")[0]
@@ -281,9 +281,10 @@ def _connection_auth(
 ) -> tuple[AuthConfig, AuthConfig]:
     # Defaults (swanctl): our ID is our address; the peer's is its address when
     # there is exactly one, otherwise any ID that authenticates.
-    local_default = local_addrs[0] if local_addrs else None
-    remote_default = remote_addrs[0] if len(remote_addrs) == 1 and "/" not in remote_addrs[0] \
-        and remote_addrs[0] != ANY else ANY
+    local_default = Identity.from_address(local_addrs[0]) if local_addrs else None
+    single_peer = len(remote_addrs) == 1 and "/" not in remote_addrs[0] \
+        and remote_addrs[0] != ANY
+    remote_default = Identity.parse(remote_addrs[0] if single_peer else ANY)
     local = _load_auth(ld, data.get("local"), f"{path}.local", remote=False,
                        default_id=local_default)
     remote = _load_auth(ld, data.get("remote"), f"{path}.remote", remote=True,

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from ikev1d.proposals import EspProposal, IkeProposal
 
-from .identity import ANY, normalize_id
+from .identity import ANY, Identity, IdentityError
 
 __all__ = [
     "DEFAULT_ESP_PROPOSALS",
@@ -38,7 +38,6 @@ __all__ = [
     "PoolConfig",
     "SecretConfig",
     "decode_secret",
-    "ip_or_none",
     "union",
 ]
 
@@ -91,7 +90,7 @@ class AuthConfig:
     """
 
     auth: str = "psk"
-    id: str | None = None
+    id: Identity | None = None
     certs: tuple[str, ...] = ()
     private_key: str | None = None
     cacerts: tuple[str, ...] = ()
@@ -160,7 +159,7 @@ class ConnectionConfig:
 class SecretConfig:
     name: str
     secret: str = field(repr=False)
-    ids: tuple[str, ...] = ()
+    ids: tuple[Identity, ...] = ()
 
     @property
     def value(self) -> bytes:
@@ -197,14 +196,14 @@ class Config:
         address before a subnet containing it), then the ``%any`` ones; ties
         keep file order, a specific local address before "any local".
         """
-        local = ip_or_none(local_addr)
-        remote = ip_or_none(remote_addr)
+        local = _ip_or_none(local_addr)
+        remote = _ip_or_none(remote_addr)
         if local is None or remote is None:
             return []
         ranked: list[tuple[int, int, int, ConnectionConfig]] = []
         for index, conn in enumerate(self.connections.values()):
             if conn.local_addrs and not any(
-                ip_or_none(a) == local for a in conn.local_addrs
+                _ip_or_none(a) == local for a in conn.local_addrs
             ):
                 continue
             rank = _remote_rank(conn, remote)
@@ -219,33 +218,39 @@ class Config:
         the union of the ``%any`` connections' proposals, in file order."""
         return union(c.proposals for c in self.connections.values() if c.dynamic_peer)
 
-    def psk_for(self, local_id: str | None, remote_id_or_addr: str) -> bytes | None:
-        """The pre-shared key for a peer, or None (seed 43.6.1).
+    def psk_for(
+        self, local_id: Identity | str | None, remote_id_or_addr: Identity | str
+    ) -> bytes | None:
+        """The pre-shared key for a peer, or None.
 
         A secret whose ``ids`` name the peer (its address, or its ID) wins over
         one for ``%any``; if ``local_id`` is also listed, that secret wins a
         tie.  A peer address that selects exactly one statically configured
         connection also matches secrets listing that connection's remote ID
-        (the "ID where unambiguous" case).  Among equals, file order decides.
+        (the "ID where unambiguous" case: Main Mode needs the key before the
+        encrypted IDs arrive, RFC 2409 section 5.4).  Among equals, file
+        order decides.
         """
-        wanted = {normalize_id(remote_id_or_addr)}
-        remote_ip = ip_or_none(remote_id_or_addr)
+        remote = _as_identity(remote_id_or_addr)
+        wanted = {remote} if remote is not None else set()
+        remote_ip = remote.address if remote is not None else None
         if remote_ip is not None:
             static_ids = {
-                normalize_id(c.remote.id)
+                c.remote.id
                 for c in self.connections.values()
-                if c.remote.id not in (None, ANY) and _remote_rank(c, remote_ip) in (0, 1)
+                if c.remote.id is not None and not c.remote.id.is_any
+                and _remote_rank(c, remote_ip) in (0, 1)
             }
             if len(static_ids) == 1:
                 wanted |= static_ids
-        local = normalize_id(local_id) if local_id else None
+        local = _as_identity(local_id) if local_id else None
         best: SecretConfig | None = None
         best_score = 0
         for secret in self.secrets.values():
-            ids = {normalize_id(i) for i in secret.ids}
+            ids = set(secret.ids)
             if wanted & ids:
                 score = 4
-            elif ANY in ids:
+            elif any(i.is_any for i in ids):
                 score = 2
             else:
                 continue
@@ -256,7 +261,17 @@ class Config:
         return best.value if best is not None else None
 
 
-def ip_or_none(text: str) -> IPAddress | None:
+def _as_identity(value: Identity | str) -> Identity | None:
+    """An identity, or an address or ID as text; text that is neither names no one."""
+    if isinstance(value, Identity):
+        return value
+    try:
+        return Identity.parse(value)
+    except IdentityError:
+        return None
+
+
+def _ip_or_none(text: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text.strip())
     except ValueError:

@@ -12,7 +12,7 @@ from typing import TypeVar
 from ikev1d.durations import DurationError, parse_duration
 
 from .errors import ConfigError
-from .identity import ANY, classify_id
+from .identity import ANY, Identity, IdentityError
 from .model import IPNetwork
 
 __all__ = ["TomlReader"]
@@ -194,14 +194,14 @@ class TomlReader:
             raise self.error(key, f"file not readable: {path}")
         return str(path)
 
-    def identity(self, text: str, key: str, *, allow_any: bool) -> str:
+    def identity(self, text: str, key: str, *, allow_any: bool) -> Identity:
         try:
-            kind, _ = classify_id(text)
-        except ValueError as exc:
+            identity = Identity.parse(text)
+        except IdentityError as exc:
             raise self.error(key, str(exc)) from None
-        if kind == "any" and not allow_any:
+        if identity.is_any and not allow_any:
             raise self.error(key, "\"%any\" is only allowed for the remote side")
-        return text.strip()
+        return identity
 
 
 def _type_name(value: object) -> str:

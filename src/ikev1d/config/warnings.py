@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ikev1d.durations import format_duration
 
-from .identity import ANY
+from .identity import ANY, Identity
 from .model import ChildConfig, Config, ConnectionConfig
 
 __all__ = ["config_warnings"]
@@ -50,7 +50,7 @@ def _shared_psk(cfg: Config) -> list[str]:
     psk_dynamic = [
         c.name for c in cfg.connections.values() if c.dynamic_peer and c.local.auth == "psk"
     ]
-    any_secrets = [s.name for s in cfg.secrets.values() if ANY in s.ids]
+    any_secrets = [s.name for s in cfg.secrets.values() if any(i.is_any for i in s.ids)]
     if not psk_dynamic and not any_secrets:
         return []
     keys = [f"connections.{n}" for n in psk_dynamic] + [f"secrets.{n}" for n in any_secrets]
@@ -106,7 +106,9 @@ def _child_warnings(src: str, conn: ConnectionConfig, child: ChildConfig, cpath:
 
 
 def _no_secret(cfg: Config, conn: ConnectionConfig) -> bool:
-    candidates = [a for a in conn.remote_addrs if a != ANY and "/" not in a]
+    candidates: list[Identity | str] = [
+        a for a in conn.remote_addrs if a != ANY and "/" not in a
+    ]
     if conn.remote.id is not None:
         candidates.append(conn.remote.id)
     if conn.dynamic_peer:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ikev1d.config import Config, ConnectionConfig
+from ikev1d.config import Config, ConnectionConfig, Identity
 from ikev1d.crypto import informational_hash
 from ikev1d.engine.api import (
     ChildSaDeleted,
@@ -84,7 +84,7 @@ class Engine:
         # Configuration lookups per peer, done once per configuration (they parse
         # addresses and IDs, which showed in handshake profiles).
         self._candidates_cache: dict[tuple[str, str], list[ConnectionConfig]] = {}
-        self._psk_cache: dict[tuple[str | None, str], bytes | None] = {}
+        self._psk_cache: dict[tuple[Identity | str | None, Identity | str], bytes | None] = {}
 
     # -- Context for SAs and exchanges -------------------------------------------
 
@@ -100,7 +100,7 @@ class Engine:
     def next_id(self) -> int:
         return next(self._ids)
 
-    def psk_for(self, local_id: str | None, remote: str) -> bytes | None:
+    def psk_for(self, local_id: Identity | str | None, remote: Identity | str) -> bytes | None:
         key = (local_id, remote)
         if key not in self._psk_cache:
             self._psk_cache[key] = self.config.psk_for(local_id, remote)

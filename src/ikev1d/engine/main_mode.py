@@ -239,7 +239,7 @@ class MainMode:
         sa = self.sa
         conn = sa.conn
         text = conn.local.id if conn is not None and conn.local.id else sa.local[0]
-        sa.local_id = text
+        sa.local_id = str(text)
         try:
             return id_payload(text)
         except IdentityError as exc:
@@ -348,7 +348,7 @@ class MainMode:
             # The secret may name the peer's identity or its address (seed 43.6.1).
             local_id = sa.conn.local.id if sa.conn is not None else None
             self.psk = None
-            if remote_id and remote_id != "%any":
+            if remote_id is not None and not remote_id.is_any:
                 self.psk = sa.ctx.psk_for(local_id, remote_id)
             if self.psk is None:
                 self.psk = sa.ctx.psk_for(local_id, sa.remote[0])
