@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,20 @@ import pytest
 from ikev1d.config import (
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
+    Auth,
     AuthConfig,
     Config,
     ConfigError,
     ConnectionConfig,
     DaemonConfig,
+    Dataplane,
+    DpdAction,
     Identity,
     IdKind,
+    IpsecMode,
+    LogLevel,
+    ModeCfg,
+    StartAction,
     config_warnings,
     load_config,
     parse_config,
@@ -115,9 +123,10 @@ def test_every_documented_key() -> None:
     cfg = load(FULL)
     assert cfg.source == "test.toml"
     assert cfg.daemon == DaemonConfig(
-        listen=("192.0.2.1", "2001:db8::1"), port=5000, port_nat_t=5001, dataplane="kernel",
+        listen=("192.0.2.1", "2001:db8::1"), port=5000, port_nat_t=5001,
+        dataplane=Dataplane.KERNEL,
         retransmit_timeout=3.0, retransmit_tries=7, half_open_per_peer=4,
-        half_open_total=100, half_open_timeout=60.0, log_level="debug",
+        half_open_total=100, half_open_timeout=60.0, log_level=LogLevel.DEBUG,
         allow_insecure_algorithms=False,
     )
     assert list(cfg.connections) == ["site-b", "dyn"]
@@ -136,8 +145,8 @@ def test_every_documented_key() -> None:
     assert conn.vips == ("0.0.0.0",)
     assert conn.pools == ()
     assert conn.modecfg == "push"
-    assert conn.local == AuthConfig(auth="psk", id=Identity.parse("gw-a.example.org"))
-    assert conn.remote == AuthConfig(auth="psk", id=Identity.parse("192.0.2.2"))
+    assert conn.local == AuthConfig(auth=Auth.PSK, id=Identity.parse("gw-a.example.org"))
+    assert conn.remote == AuthConfig(auth=Auth.PSK, id=Identity.parse("192.0.2.2"))
     child = conn.children["net"]
     assert child.name == "net"
     assert child.local_ts == (ipaddress.ip_network("10.1.0.0/24"),)
@@ -161,6 +170,20 @@ def test_every_documented_key() -> None:
     assert pool.split_include == (ipaddress.ip_network("10.2.0.0/16"),)
 
 
+def test_choices_are_str_enums_equal_to_their_text() -> None:
+    cfg = load(FULL)
+    conn = cfg.connections["site-b"]
+    child = conn.children["net"]
+    assert cfg.daemon.dataplane is Dataplane.KERNEL and cfg.daemon.log_level is LogLevel.DEBUG
+    assert conn.dpd_action == "hold"  # as code that compares with strings expects
+    assert conn.dpd_action is DpdAction.HOLD
+    assert conn.start_action is StartAction.START and conn.modecfg is ModeCfg.PUSH
+    assert conn.local.auth is Auth.PSK
+    assert child.mode is IpsecMode.TRANSPORT
+    assert json.dumps({"mode": child.mode}) == '{"mode": "transport"}'
+    assert f"{child.mode}" == "transport"
+
+
 def test_defaults() -> None:
     cfg = load(MINIMAL)
     assert cfg.daemon == DaemonConfig()
@@ -174,7 +197,7 @@ def test_defaults() -> None:
         False, 30.0, 150.0, "restart"
     )
     assert (conn.rekey_time, conn.start_action, conn.modecfg) == (14400.0, "none", "pull")
-    assert conn.local == AuthConfig(auth="psk", id=None)  # filled from the address at runtime
+    assert conn.local == AuthConfig(auth=Auth.PSK, id=None)  # filled from the address at runtime
     assert str(conn.remote.id) == "192.0.2.2"  # the single remote address
     assert conn.children == {}
 

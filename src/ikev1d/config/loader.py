@@ -30,14 +30,21 @@ from .identity import ANY, Identity
 from .model import (
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
+    Auth,
     AuthConfig,
     ChildConfig,
     Config,
     ConnectionConfig,
     DaemonConfig,
+    Dataplane,
+    DpdAction,
     IPNetwork,
+    IpsecMode,
+    LogLevel,
+    ModeCfg,
     PoolConfig,
     SecretConfig,
+    StartAction,
     decode_secret,
     union,
 )
@@ -46,7 +53,6 @@ from .reader import TomlReader
 __all__ = ["load_config", "parse_config"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _DAEMON_KEYS = (
     "listen", "port", "port_nat_t", "dataplane", "retransmit_timeout", "retransmit_tries",
@@ -88,15 +94,14 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
         listen=listen,
         port=port,
         port_nat_t=port_nat_t,
-        dataplane=ld.get_choice(data, path, "dataplane", d.dataplane,
-                                ("userspace", "kernel", "none")),
+        dataplane=ld.get_choice(data, path, "dataplane", d.dataplane, Dataplane),
         retransmit_timeout=ld.get_duration(data, path, "retransmit_timeout",
                                            d.retransmit_timeout),
         retransmit_tries=ld.get_int(data, path, "retransmit_tries", d.retransmit_tries, 0, 100),
         half_open_per_peer=ld.get_int(data, path, "half_open_per_peer", d.half_open_per_peer, 1),
         half_open_total=ld.get_int(data, path, "half_open_total", d.half_open_total, 1),
         half_open_timeout=ld.get_duration(data, path, "half_open_timeout", d.half_open_timeout),
-        log_level=ld.get_choice(data, path, "log_level", d.log_level, _LOG_LEVELS),
+        log_level=ld.get_choice(data, path, "log_level", d.log_level, LogLevel),
         allow_insecure_algorithms=ld.get_bool(data, path, "allow_insecure_algorithms",
                                               d.allow_insecure_algorithms),
     )
@@ -149,7 +154,7 @@ def _load_auth(
     else:
         elsewhere = {k: f"[{conn_path}.remote]" for k in _REMOTE_KEYS}
         ld.check_keys(data, path, _LOCAL_KEYS, elsewhere)
-    auth = ld.get_choice(data, path, "auth", "psk", ("psk", "pubkey", "rsa-encryption"))
+    auth = ld.get_choice(data, path, "auth", Auth.PSK, Auth)
     id_text = ld.get_optional_str(data, path, "id")
     identity = (
         ld.identity(id_text, f"{path}.id", allow_any=remote) if id_text is not None
@@ -167,7 +172,7 @@ def _load_auth(
 
 
 def _check_auth_files(ld: TomlReader, a: AuthConfig, path: str, *, remote: bool) -> None:
-    if a.auth == "psk":
+    if a.auth is Auth.PSK:
         for key, present in (("certs", a.certs), ("private_key", a.private_key),
                              ("cacerts", a.cacerts), ("pubkey", a.pubkey)):
             if present:
@@ -175,17 +180,17 @@ def _check_auth_files(ld: TomlReader, a: AuthConfig, path: str, *, remote: bool)
                                "\"rsa-encryption\", not with auth = \"psk\"")
         return
     if not remote:
-        if a.auth == "pubkey" and not a.certs:
+        if a.auth is Auth.PUBKEY and not a.certs:
             raise ld.error(f"{path}.certs", "auth = \"pubkey\" needs our certificate "
                            "(a PEM file)")
         if a.private_key is None:
             raise ld.error(f"{path}.private_key",
                            f"auth = \"{a.auth}\" needs our private key (a PEM file)")
         return
-    if a.auth == "pubkey" and not a.cacerts and a.pubkey is None:
+    if a.auth is Auth.PUBKEY and not a.cacerts and a.pubkey is None:
         raise ld.error(f"{path}.cacerts", "auth = \"pubkey\" needs trust anchors (cacerts) "
                        "or the peer's certificate (pubkey) to verify the peer")
-    if a.auth == "rsa-encryption" and a.pubkey is None:
+    if a.auth is Auth.RSA_ENCRYPTION and a.pubkey is None:
         raise ld.error(
             f"{path}.pubkey",
             "auth = \"rsa-encryption\" needs the peer's public key or certificate beforehand "
@@ -216,11 +221,10 @@ def _load_child(
         local_ts=selectors["local_ts"],
         remote_ts=selectors["remote_ts"],
         esp_proposals=_esp_proposals(ld, data, path, allow_insecure),
-        mode=ld.get_choice(data, path, "mode", d.mode, ("tunnel", "transport")),
+        mode=ld.get_choice(data, path, "mode", d.mode, IpsecMode),
         rekey_time=ld.get_duration(data, path, "rekey_time", d.rekey_time),
         life_bytes=ld.get_int(data, path, "life_bytes", d.life_bytes, 0),
-        start_action=ld.get_choice(data, path, "start_action", d.start_action,
-                                   ("none", "start")),
+        start_action=ld.get_choice(data, path, "start_action", d.start_action, StartAction),
     )
 
 
@@ -236,7 +240,7 @@ def _load_connection(
     local, remote = _connection_auth(ld, data, path, local_addrs, remote_addrs)
     dpd_delay, dpd_timeout = _connection_dpd(ld, data, path, d)
     vips, pools = _connection_mode_config(ld, data, path, pool_names)
-    start_action = ld.get_choice(data, path, "start_action", d.start_action, ("none", "start"))
+    start_action = ld.get_choice(data, path, "start_action", d.start_action, StartAction)
     children = _connection_children(ld, data, path, allow_insecure)
     if ANY in remote_addrs:
         _check_no_initiation(ld, path, start_action, children)
@@ -248,14 +252,13 @@ def _load_connection(
         encap=ld.get_bool(data, path, "encap", d.encap),
         dpd_delay=dpd_delay,
         dpd_timeout=dpd_timeout,
-        dpd_action=ld.get_choice(data, path, "dpd_action", d.dpd_action,
-                                 ("clear", "hold", "restart")),
+        dpd_action=ld.get_choice(data, path, "dpd_action", d.dpd_action, DpdAction),
         rekey_time=ld.get_duration(data, path, "rekey_time", d.rekey_time),
         reauth_time=ld.get_duration(data, path, "reauth_time", d.reauth_time, allow_zero=True),
         start_action=start_action,
         vips=vips,
         pools=pools,
-        modecfg=ld.get_choice(data, path, "modecfg", d.modecfg, ("pull", "push")),
+        modecfg=ld.get_choice(data, path, "modecfg", d.modecfg, ModeCfg),
         local=local,
         remote=remote,
         children=children,
@@ -292,8 +295,8 @@ def _connection_auth(
     if local.auth != remote.auth:
         raise ld.error(
             f"{path}.remote.auth",
-            f"is {remote.auth!r} but local.auth is {local.auth!r}: IKEv1 negotiates one "
-            "authentication method for both sides (RFC 2409 section 5)",
+            f"is {remote.auth.value!r} but local.auth is {local.auth.value!r}: IKEv1 "
+            "negotiates one authentication method for both sides (RFC 2409 section 5)",
         )
     _check_auth_files(ld, local, f"{path}.local", remote=False)
     _check_auth_files(ld, remote, f"{path}.remote", remote=True)
@@ -342,14 +345,14 @@ def _connection_children(
 
 
 def _check_no_initiation(
-    ld: TomlReader, path: str, start_action: str, children: Mapping[str, ChildConfig]
+    ld: TomlReader, path: str, start_action: StartAction, children: Mapping[str, ChildConfig]
 ) -> None:
     """A ``%any`` peer has no address to initiate to."""
-    if start_action == "start":
+    if start_action is StartAction.START:
         raise ld.error(f"{path}.start_action",
                        "cannot initiate to \"%any\": set remote_addrs to the peer's address")
     for child in children.values():
-        if child.start_action == "start":
+        if child.start_action is StartAction.START:
             raise ld.error(f"{path}.children.{child.name}.start_action",
                            "cannot initiate to \"%any\": set remote_addrs to the "
                            "peer's address")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,15 +29,22 @@ from .identity import ANY, Identity, IdentityError
 __all__ = [
     "DEFAULT_ESP_PROPOSALS",
     "DEFAULT_IKE_PROPOSALS",
+    "Auth",
     "AuthConfig",
     "ChildConfig",
     "Config",
     "ConnectionConfig",
     "DaemonConfig",
+    "Dataplane",
+    "DpdAction",
     "IPAddress",
     "IPNetwork",
+    "IpsecMode",
+    "LogLevel",
+    "ModeCfg",
     "PoolConfig",
     "SecretConfig",
+    "StartAction",
     "decode_secret",
     "union",
 ]
@@ -62,6 +70,59 @@ DEFAULT_ESP_PROPOSALS: tuple[str, ...] = (
 )
 
 
+# --- the choices ---------------------------------------------------------------
+# StrEnums: each member is also its string, so code comparing with "restart"
+# keeps working and status output shows the plain value.
+
+
+class Dataplane(enum.StrEnum):
+    USERSPACE = "userspace"  # TUN device and ESP in ikev1d
+    KERNEL = "kernel"  # Linux XFRM
+    NONE = "none"  # keying only
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Auth(enum.StrEnum):
+    """Phase 1 authentication (RFC 2409 section 5): one method for both sides."""
+
+    PSK = "psk"
+    PUBKEY = "pubkey"  # signatures, RFC 2409 section 5.1
+    RSA_ENCRYPTION = "rsa-encryption"  # RFC 2409 sections 5.2 and 5.3
+
+
+class DpdAction(enum.StrEnum):
+    """What happens when DPD (RFC 3706) declares the peer dead."""
+
+    CLEAR = "clear"
+    HOLD = "hold"
+    RESTART = "restart"
+
+
+class StartAction(enum.StrEnum):
+    NONE = "none"
+    START = "start"
+
+
+class IpsecMode(enum.StrEnum):
+    """RFC 2407 section 4.5 encapsulation mode of a child's IPsec SA."""
+
+    TUNNEL = "tunnel"
+    TRANSPORT = "transport"
+
+
+class ModeCfg(enum.StrEnum):
+    """Who starts Mode Config (draft-dukes-ike-mode-cfg-02 section 3.2)."""
+
+    PULL = "pull"
+    PUSH = "push"
+
+
 # --- the dataclasses ----------------------------------------------------------
 
 
@@ -70,13 +131,13 @@ class DaemonConfig:
     listen: tuple[str, ...] = ("0.0.0.0",)  # noqa: S104  (a gateway listens on all by default)
     port: int = 500
     port_nat_t: int = 4500
-    dataplane: str = "userspace"
+    dataplane: Dataplane = Dataplane.USERSPACE
     retransmit_timeout: float = 2.0
     retransmit_tries: int = 5
     half_open_per_peer: int = 8
     half_open_total: int = 1024
     half_open_timeout: float = 30.0
-    log_level: str = "info"
+    log_level: LogLevel = LogLevel.INFO
     allow_insecure_algorithms: bool = False
 
 
@@ -89,7 +150,7 @@ class AuthConfig:
     file's directory).
     """
 
-    auth: str = "psk"
+    auth: Auth = Auth.PSK
     id: Identity | None = None
     certs: tuple[str, ...] = ()
     private_key: str | None = None
@@ -106,10 +167,10 @@ class ChildConfig:
     local_ts: tuple[IPNetwork, ...] = ()
     remote_ts: tuple[IPNetwork, ...] = ()
     esp_proposals: tuple[EspProposal, ...] = ()
-    mode: str = "tunnel"
+    mode: IpsecMode = IpsecMode.TUNNEL
     rekey_time: float = 3600.0
     life_bytes: int = 0
-    start_action: str = "none"
+    start_action: StartAction = StartAction.NONE
 
     def traffic_selectors(
         self, local_addr: str, remote_addr: str
@@ -129,13 +190,13 @@ class ConnectionConfig:
     encap: bool = False
     dpd_delay: float = 30.0
     dpd_timeout: float = 150.0
-    dpd_action: str = "restart"
+    dpd_action: DpdAction = DpdAction.RESTART
     rekey_time: float = 14400.0
     reauth_time: float = 0.0
-    start_action: str = "none"
+    start_action: StartAction = StartAction.NONE
     vips: tuple[str, ...] = ()
     pools: tuple[str, ...] = ()
-    modecfg: str = "pull"
+    modecfg: ModeCfg = ModeCfg.PULL
     local: AuthConfig = field(default_factory=AuthConfig)
     remote: AuthConfig = field(default_factory=AuthConfig)
     children: dict[str, ChildConfig] = field(default_factory=dict)

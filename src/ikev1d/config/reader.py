@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import enum
 import ipaddress
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -18,6 +19,7 @@ from .model import IPNetwork
 __all__ = ["TomlReader"]
 
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 class TomlReader:
@@ -84,16 +86,17 @@ class TomlReader:
         return value if value.strip() else None
 
     def get_choice(
-        self, data: Mapping[str, object], path: str, key: str, default: str,
-        choices: Collection[str], extra: str = "",
-    ) -> str:
+        self, data: Mapping[str, object], path: str, key: str, default: _E, choices: type[_E],
+    ) -> _E:
+        """One of a StrEnum's values; the error lists them all."""
         value = self.get_str(data, path, key, default)
-        if value not in choices:
+        try:
+            return choices(value)
+        except ValueError:
             raise self.error(
                 f"{path}.{key}",
-                f"invalid value {value!r}: expected one of {' | '.join(choices)}{extra}",
-            )
-        return value
+                f"invalid value {value!r}: expected one of {' | '.join(choices)}",
+            ) from None
 
     def get_bool(self, data: Mapping[str, object], path: str, key: str, default: bool) -> bool:
         value = data.get(key, default)

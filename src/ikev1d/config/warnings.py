@@ -5,7 +5,7 @@ from __future__ import annotations
 from ikev1d.durations import format_duration
 
 from .identity import ANY, Identity
-from .model import ChildConfig, Config, ConnectionConfig
+from .model import Auth, ChildConfig, Config, ConnectionConfig, DpdAction, IpsecMode
 
 __all__ = ["config_warnings"]
 
@@ -48,7 +48,7 @@ def _shared_psk(cfg: Config) -> list[str]:
     """Dynamic peers share one PSK: any of them can impersonate the others, because
     Main Mode picks the PSK by address before any identity is known (RFC 2409 5.4)."""
     psk_dynamic = [
-        c.name for c in cfg.connections.values() if c.dynamic_peer and c.local.auth == "psk"
+        c.name for c in cfg.connections.values() if c.dynamic_peer and c.local.auth is Auth.PSK
     ]
     any_secrets = [s.name for s in cfg.secrets.values() if any(i.is_any for i in s.ids)]
     if not psk_dynamic and not any_secrets:
@@ -71,10 +71,10 @@ def _connection_warnings(cfg: Config, conn: ConnectionConfig) -> list[str]:
         if proposal.weak:
             out.append(f"{src}: {path}.proposals: {proposal.render()}: "
                        f"{'; '.join(proposal.weaknesses)}")
-    if conn.local.auth == "psk" and _no_secret(cfg, conn):
+    if conn.local.auth is Auth.PSK and _no_secret(cfg, conn):
         out.append(f"{src}: {path}: auth = \"psk\" but no [secrets.*] entry lists the "
                    f"peer ({', '.join(conn.remote_addrs)} / {conn.remote.id}) or \"%any\"")
-    if conn.dynamic_peer and conn.dpd_action == "restart" and conn.dpd_delay > 0:
+    if conn.dynamic_peer and conn.dpd_action is DpdAction.RESTART and conn.dpd_delay > 0:
         out.append(f"{src}: {path}.dpd_action: \"restart\" cannot re-initiate to a dynamic "
                    "peer (%any); \"clear\" is the usual choice for responders")
     if not conn.children:
@@ -97,7 +97,7 @@ def _child_warnings(src: str, conn: ConnectionConfig, child: ChildConfig, cpath:
             f"({format_duration(child.rekey_time)}) is longer than Phase 1's "
             f"({format_duration(conn.phase1_lifetime)}); usually Phase 1 lives longer"
         )
-    if child.mode == "tunnel" and not conn.vips and not conn.pools and (
+    if child.mode is IpsecMode.TUNNEL and not conn.vips and not conn.pools and (
         not child.local_ts or not child.remote_ts
     ):
         out.append(f"{src}: {cpath}: local_ts/remote_ts not set: the tunnel covers "
