@@ -37,6 +37,7 @@ __all__ = [
     "DaemonConfig",
     "Dataplane",
     "DpdAction",
+    "Fragmentation",
     "IPAddress",
     "IPNetwork",
     "IpsecMode",
@@ -44,6 +45,7 @@ __all__ = [
     "ModeCfg",
     "PoolConfig",
     "SecretConfig",
+    "SecretType",
     "StartAction",
     "decode_secret",
     "union",
@@ -114,6 +116,20 @@ class IpsecMode(enum.StrEnum):
 
     TUNNEL = "tunnel"
     TRANSPORT = "transport"
+
+
+class Fragmentation(enum.StrEnum):
+    """IKE fragmentation of large Phase 1 messages, strongSwan's choices."""
+
+    YES = "yes"  # announce support, fragment when needed
+    ACCEPT = "accept"  # announce support, never fragment
+    FORCE = "force"  # fragment from the first message on
+    NO = "no"
+
+
+class SecretType(enum.StrEnum):
+    IKE = "ike"  # a pre-shared key for Phase 1
+    XAUTH = "xauth"  # a user's XAUTH password
 
 
 class ModeCfg(enum.StrEnum):
@@ -197,6 +213,7 @@ class ConnectionConfig:
     vips: tuple[str, ...] = ()
     pools: tuple[str, ...] = ()
     modecfg: ModeCfg = ModeCfg.PULL
+    fragmentation: Fragmentation = Fragmentation.YES
     local: AuthConfig = field(default_factory=AuthConfig)
     remote: AuthConfig = field(default_factory=AuthConfig)
     children: dict[str, ChildConfig] = field(default_factory=dict)

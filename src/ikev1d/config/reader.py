@@ -48,23 +48,6 @@ class TomlReader:
             if key in allowed:
                 continue
             where = f"{path}.{key}" if path else key
-            if key == "aggressive" and path.startswith("connections."):
-                if data[key] is False:
-                    self.notes.append(
-                        f"{self.source}: {where}: Aggressive Mode is never used; "
-                        "the key can be removed"
-                    )
-                    continue
-                raise self.error(
-                    where,
-                    "Aggressive Mode is not supported: Phase 1 is Main Mode only, because "
-                    "Aggressive Mode weakens the protection of the identities and the PSK; "
-                    "remove this key",
-                )
-            if key == "version" and path.startswith("connections.") and path.count(".") == 1:
-                if data[key] in (0, 1):
-                    continue
-                raise self.error(where, "ikev1d speaks IKEv1 only; use version = 1 or omit it")
             if elsewhere and key in elsewhere:
                 raise self.error(where, f"unknown key; {key!r} belongs in {elsewhere[key]}")
             hint = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
@@ -87,16 +70,42 @@ class TomlReader:
 
     def get_choice(
         self, data: Mapping[str, object], path: str, key: str, default: _E, choices: type[_E],
+        not_yet: Collection[_E] = (),
     ) -> _E:
-        """One of a StrEnum's values; the error lists them all."""
+        """One of a StrEnum's values; the error lists them all.  A value in
+        ``not_yet`` names a feature that does not exist yet and is refused."""
         value = self.get_str(data, path, key, default)
         try:
-            return choices(value)
+            choice = choices(value)
         except ValueError:
             raise self.error(
                 f"{path}.{key}",
                 f"invalid value {value!r}: expected one of {' | '.join(choices)}",
             ) from None
+        if choice in not_yet:
+            raise self.not_implemented(f"{path}.{key}", f"{key} = \"{choice}\"")
+        return choice
+
+    # -- features that do not exist yet ------------------------------------------------
+
+    def not_implemented(self, key: str, what: str = "") -> ConfigError:
+        """Refuse a value whose feature does not exist yet, rather than load it
+        and silently do something else."""
+        return self.error(key, "not implemented yet" + (f": {what}" if what else ""))
+
+    def refuse_unless_empty(self, data: Mapping[str, object], path: str, key: str) -> None:
+        """A key of a feature that does not exist yet loads only when absent or
+        empty ("", [] or an empty table)."""
+        value = data.get(key)
+        if value is None or value == [] or value == {}:
+            return
+        if isinstance(value, str):
+            if value.strip():
+                raise self.not_implemented(f"{path}.{key}")
+            return
+        if isinstance(value, list | dict):
+            raise self.not_implemented(f"{path}.{key}")
+        raise self.error(f"{path}.{key}", f"expected a string or a list, got {_type_name(value)}")
 
     def get_bool(self, data: Mapping[str, object], path: str, key: str, default: bool) -> bool:
         value = data.get(key, default)

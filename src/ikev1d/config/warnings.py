@@ -59,7 +59,7 @@ def _shared_psk(cfg: Config) -> list[str]:
         f"{cfg.source}: {', '.join(keys)}: {who} with dynamic peers (%any) share "
         "one pre-shared key: using the same pre-shared key for several peers is a "
         "security risk and is discouraged (any of them can impersonate the others); "
-        "prefer authentication by certificate (auth = \"pubkey\")"
+        "prefer authentication by certificate (auth = \"pubkey\") once it is implemented"
     ]
 
 
