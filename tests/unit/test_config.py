@@ -608,7 +608,7 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
 # --- warnings --------------------------------------------------------------------
 
 
-def test_any_psk_warning_as_the_seed_cautions() -> None:
+def test_any_psk_warning() -> None:
     cfg = load("""
 [connections.rw]
 remote_addrs = ["%any"]
@@ -859,7 +859,7 @@ def test_format_duration(seconds: float, text: str) -> None:
 
 # The complete sample configuration (every key, with the comments a swanctl user
 # reads), verbatim.
-SPEC_SAMPLE = """
+FULL_SAMPLE = """
 [daemon]
 listen = ["0.0.0.0"]          # addresses for UDP 500 and 4500
 port = 500
@@ -940,8 +940,8 @@ split_include = ["10.2.0.0/16"]
 
 
 def test_sample_loads_but_for_the_features_not_implemented_yet() -> None:
-    assert error(SPEC_SAMPLE) == "test.toml: pools.clients: not implemented yet"
-    without_pool = SPEC_SAMPLE.replace(SAMPLE_POOL.strip(), "")
+    assert error(FULL_SAMPLE) == "test.toml: pools.clients: not implemented yet"
+    without_pool = FULL_SAMPLE.replace(SAMPLE_POOL.strip(), "")
     assert error(without_pool) == (
         'test.toml: connections.site-b.remote_xauth.auth: not implemented yet: auth = "xauth"'
     )

@@ -267,7 +267,10 @@ class Config:
     def connections_for_addresses(
         self, local_addr: str, remote_addr: str
     ) -> list[ConnectionConfig]:
-        """Candidate connections for a Phase 1 request, best first (seed 43.6.1).
+        """Candidate connections for a Phase 1 request, best first.
+
+        Main Mode's first message carries proposals but no identity (RFC 2409
+        section 5), so the responder can only go by addresses here.
 
         Connections whose ``local_addrs`` contain ``local_addr`` (or are empty)
         and whose ``remote_addrs`` name ``remote_addr`` come first (an exact
@@ -292,8 +295,9 @@ class Config:
         return [item[3] for item in ranked]
 
     def dynamic_peer_proposals(self) -> tuple[IkeProposal, ...]:
-        """The common Phase 1 set for peers without a static address (seed 43.6.1):
-        the union of the ``%any`` connections' proposals, in file order."""
+        """The common Phase 1 set for peers without a static address: the union
+        of the ``%any`` connections' proposals, in file order (before any
+        identity arrives such peers cannot be told apart)."""
         return union(c.proposals for c in self.connections.values() if c.dynamic_peer)
 
     def psk_for(

@@ -696,7 +696,9 @@ class FragmentPayload:
 
 @dataclass(frozen=True, slots=True)
 class UnknownPayload:
-    """A payload type this codec does not model, kept as its raw body (STYLE.md #3)."""
+    """A payload type this codec does not model, kept as its raw body rather than
+    refused here: whether to answer INVALID-PAYLOAD-TYPE (RFC 2408 section 5.2)
+    is the engine's decision, not the decoder's."""
 
     payload_type: int
     data: bytes
