@@ -47,6 +47,7 @@ deps:
 lint: venv
 	$(VENV)/bin/ruff check src tests bench scripts
 	@! grep -rnE "^\s*assert\b" src --include=*.py || (echo "assert in src/: use a typed error"; exit 1)
+	$(PY) scripts/check_imports.py
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,21 @@ import pytest
 from ikev1d.config import (
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
+    Auth,
     AuthConfig,
     Config,
     ConfigError,
     ConnectionConfig,
     DaemonConfig,
-    classify_id,
+    Dataplane,
+    DpdAction,
+    Fragmentation,
+    Identity,
+    IdKind,
+    IpsecMode,
+    LogLevel,
+    ModeCfg,
+    StartAction,
     config_warnings,
     load_config,
     parse_config,
@@ -25,7 +35,8 @@ from ikev1d.proposals import EspProposal, IkeProposal, parse_esp_proposal, parse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
-# The SPEC.md example, every key set (values differ from the defaults where possible).
+# Every key set (values differ from the defaults where possible; keys of features
+# that do not exist yet hold their empty value).
 FULL = """
 [daemon]
 listen = ["192.0.2.1", "2001:db8::1"]
@@ -39,6 +50,8 @@ half_open_total = 100
 half_open_timeout = "1m"
 log_level = "debug"
 allow_insecure_algorithms = false
+metrics = ""
+keylog_dir = ""
 
 [connections.site-b]
 local_addrs = ["192.0.2.1"]
@@ -47,21 +60,34 @@ proposals = ["aes256-sha256-modp2048", "aes128-sha1-modp2048"]
 encap = true
 dpd_delay = "20s"
 dpd_timeout = "2m"
-dpd_action = "hold"
+dpd_action = "clear"
 rekey_time = "4h"
-reauth_time = "1d"
+reauth_time = "0s"
 start_action = "start"
-vips = ["0.0.0.0"]
+vips = []
 pools = []
-modecfg = "push"
+modecfg = "pull"
+fragmentation = "accept"
+aggressive = false
+version = 1
 
 [connections.site-b.local]
 auth = "psk"
 id = "gw-a.example.org"
+certs = []
+private_key = ""
 
 [connections.site-b.remote]
 auth = "psk"
 id = "192.0.2.2"
+cacerts = []
+crls = []
+pubkey = ""
+
+[connections.site-b.local_xauth]
+xauth_id = ""
+
+[connections.site-b.remote_xauth]
 
 [connections.site-b.children.net]
 local_ts = ["10.1.0.0/24"]
@@ -74,20 +100,17 @@ start_action = "start"
 
 [connections.dyn]
 remote_addrs = ["%any"]
-pools = ["clients"]
 dpd_action = "clear"
 
 [connections.dyn.children.lan]
 local_ts = ["10.2.0.0/16"]
 
 [secrets.site-b]
+type = "ike"
 secret = "a long random string, long enough"
 ids = ["192.0.2.2"]
 
-[pools.clients]
-addrs = "10.3.0.0/24"
-dns = ["10.3.0.1"]
-split_include = ["10.2.0.0/16"]
+[pools]
 """
 
 
@@ -114,9 +137,10 @@ def test_every_documented_key() -> None:
     cfg = load(FULL)
     assert cfg.source == "test.toml"
     assert cfg.daemon == DaemonConfig(
-        listen=("192.0.2.1", "2001:db8::1"), port=5000, port_nat_t=5001, dataplane="kernel",
+        listen=("192.0.2.1", "2001:db8::1"), port=5000, port_nat_t=5001,
+        dataplane=Dataplane.KERNEL,
         retransmit_timeout=3.0, retransmit_tries=7, half_open_per_peer=4,
-        half_open_total=100, half_open_timeout=60.0, log_level="debug",
+        half_open_total=100, half_open_timeout=60.0, log_level=LogLevel.DEBUG,
         allow_insecure_algorithms=False,
     )
     assert list(cfg.connections) == ["site-b", "dyn"]
@@ -128,15 +152,14 @@ def test_every_documented_key() -> None:
         IkeProposal("aes", 256, "sha256", 14), IkeProposal("aes", 128, "sha1", 14)
     )
     assert conn.encap is True
-    assert (conn.dpd_delay, conn.dpd_timeout, conn.dpd_action) == (20.0, 120.0, "hold")
-    assert (conn.rekey_time, conn.reauth_time) == (14400.0, 86400.0)
+    assert (conn.dpd_delay, conn.dpd_timeout, conn.dpd_action) == (20.0, 120.0, "clear")
+    assert (conn.rekey_time, conn.reauth_time) == (14400.0, 0.0)
     assert conn.phase1_lifetime == 14400.0
     assert conn.start_action == "start"
-    assert conn.vips == ("0.0.0.0",)
-    assert conn.pools == ()
-    assert conn.modecfg == "push"
-    assert conn.local == AuthConfig(auth="psk", id="gw-a.example.org")
-    assert conn.remote == AuthConfig(auth="psk", id="192.0.2.2")
+    assert conn.vips == () and conn.pools == ()
+    assert (conn.modecfg, conn.fragmentation) == ("pull", "accept")
+    assert conn.local == AuthConfig(auth=Auth.PSK, id=Identity.parse("gw-a.example.org"))
+    assert conn.remote == AuthConfig(auth=Auth.PSK, id=Identity.parse("192.0.2.2"))
     child = conn.children["net"]
     assert child.name == "net"
     assert child.local_ts == (ipaddress.ip_network("10.1.0.0/24"),)
@@ -149,15 +172,26 @@ def test_every_documented_key() -> None:
     assert (child.mode, child.rekey_time, child.life_bytes, child.start_action) == (
         "transport", 3600.0, 1000000, "start"
     )
-    assert cfg.connections["dyn"].pools == ("clients",)
     secret = cfg.secrets["site-b"]
-    assert (secret.name, secret.ids) == ("site-b", ("192.0.2.2",))
+    assert (secret.name, secret.ids) == ("site-b", (Identity.parse("192.0.2.2"),))
     assert secret.value == b"a long random string, long enough"
     assert "long random" not in repr(secret)  # secrets stay out of logs
-    pool = cfg.pools["clients"]
-    assert pool.addrs == ipaddress.ip_network("10.3.0.0/24")
-    assert pool.dns == ("10.3.0.1",)
-    assert pool.split_include == (ipaddress.ip_network("10.2.0.0/16"),)
+    assert cfg.pools == {}
+
+
+def test_choices_are_str_enums_equal_to_their_text() -> None:
+    cfg = load(FULL)
+    conn = cfg.connections["site-b"]
+    child = conn.children["net"]
+    assert cfg.daemon.dataplane is Dataplane.KERNEL and cfg.daemon.log_level is LogLevel.DEBUG
+    assert conn.dpd_action == "clear"  # as code that compares with strings expects
+    assert conn.dpd_action is DpdAction.CLEAR
+    assert conn.start_action is StartAction.START and conn.modecfg is ModeCfg.PULL
+    assert conn.fragmentation is Fragmentation.ACCEPT
+    assert conn.local.auth is Auth.PSK
+    assert child.mode is IpsecMode.TRANSPORT
+    assert json.dumps({"mode": child.mode}) == '{"mode": "transport"}'
+    assert f"{child.mode}" == "transport"
 
 
 def test_defaults() -> None:
@@ -173,8 +207,8 @@ def test_defaults() -> None:
         False, 30.0, 150.0, "restart"
     )
     assert (conn.rekey_time, conn.start_action, conn.modecfg) == (14400.0, "none", "pull")
-    assert conn.local == AuthConfig(auth="psk", id=None)  # filled from the address at runtime
-    assert conn.remote.id == "192.0.2.2"  # the single remote address
+    assert conn.local == AuthConfig(auth=Auth.PSK, id=None)  # filled from the address at runtime
+    assert str(conn.remote.id) == "192.0.2.2"  # the single remote address
     assert conn.children == {}
 
 
@@ -186,8 +220,8 @@ remote_addrs = ["192.0.2.2", "192.0.2.3"]
 [connections.c.children.x]
 """)
     conn = cfg.connections["c"]
-    assert conn.local.id == "192.0.2.1"
-    assert conn.remote.id == "%any"  # several possible peers
+    assert str(conn.local.id) == "192.0.2.1"
+    assert conn.remote.id is not None and conn.remote.id.is_any  # several possible peers
     child = conn.children["x"]
     assert child.local_ts == () and child.remote_ts == ()  # dynamic
     assert child.esp_proposals == tuple(
@@ -232,7 +266,7 @@ remote_addrs = ["2001:db8::/64"]
     conn = cfg.connections["c"]
     assert conn.local_addrs == ("2001:db8::1",)
     assert conn.remote_addrs == ("2001:db8::/64",)
-    assert conn.remote.id == "%any"
+    assert conn.remote.id is not None and conn.remote.id.is_any
 
 
 def test_integer_durations_are_seconds() -> None:
@@ -273,47 +307,6 @@ def test_aggressive_false_is_only_a_note() -> None:
 
 def test_version_1_is_accepted() -> None:
     load(MINIMAL + "version = 1\n")
-
-
-def test_cert_files_resolved_against_the_config_directory(tmp_path: Path) -> None:
-    for name in ("cert.pem", "key.pem", "ca.pem"):
-        (tmp_path / name).write_text("-----BEGIN X-----\n")
-    conf = tmp_path / "ikev1d.toml"
-    conf.write_text("""
-[connections.c]
-remote_addrs = ["192.0.2.2"]
-[connections.c.local]
-auth = "pubkey"
-id = "C=DE, O=Example, CN=gw-a"
-certs = ["cert.pem"]
-private_key = "key.pem"
-[connections.c.remote]
-auth = "pubkey"
-id = "C=DE, O=Example, CN=gw-b"
-cacerts = ["ca.pem"]
-""")
-    cfg = load_config(conf)
-    conn = cfg.connections["c"]
-    assert conn.local.certs == (str(tmp_path / "cert.pem"),)
-    assert conn.local.private_key == str(tmp_path / "key.pem")
-    assert conn.remote.cacerts == (str(tmp_path / "ca.pem"),)
-    assert conn.remote.id == "C=DE, O=Example, CN=gw-b"
-
-
-def test_rsa_encryption(tmp_path: Path) -> None:
-    for name in ("key.pem", "peer.pem"):
-        (tmp_path / name).write_text("x")
-    cfg = parse_config("""
-[connections.c]
-remote_addrs = ["192.0.2.2"]
-[connections.c.local]
-auth = "rsa-encryption"
-private_key = "key.pem"
-[connections.c.remote]
-auth = "rsa-encryption"
-pubkey = "peer.pem"
-""", "t.toml", tmp_path)
-    assert cfg.connections["c"].remote.pubkey == str(tmp_path / "peer.pem")
 
 
 @pytest.mark.parametrize("name", ["site-a.toml", "site-b.toml", "dynamic-peers.toml"])
@@ -404,14 +397,15 @@ C = "[connections.c]\nremote_addrs = ['192.0.2.2']\n"
         (C + "rekey_time = '0s'", "connections.c.rekey_time", "longer than 0s"),
         (C + "reauth_time = 'soon'", "connections.c.reauth_time", "invalid duration"),
         (C + "start_action = 'trap'", "connections.c.start_action", "none | start"),
-        (C + "vips = ['any']", "connections.c.vips[0]", "not an IP address"),
-        (C + "pools = ['client']\n[pools.clients]\naddrs = '10.3.0.0/24'",
-         "connections.c.pools[0]", "did you mean 'clients'"),
-        (C + "vips = ['0.0.0.0']\npools = ['p']\n[pools.p]\naddrs = '10.3.0.0/24'",
-         "connections.c.pools", "not both"),
+        (C + "fragmentation = 'maybe'", "connections.c.fragmentation", "yes | accept"),
         (C + "modecfg = 'both'", "connections.c.modecfg", "pull | push"),
         (C + "aggressive = true", "connections.c.aggressive", "Aggressive Mode is not supported"),
         (C + "version = 2", "connections.c.version", "IKEv1 only"),
+        (C + "aggressive = 'no'", "connections.c.aggressive", "Aggressive Mode is not supported"),
+        (C + "[connections.c.remote_xauth]\nauth = 'eap'", "connections.c.remote_xauth.auth",
+         "expected xauth"),
+        (C + "[connections.c.remote_xauth]\nxauth_id = ''", "connections.c.remote_xauth.xauth_id",
+         "unknown key"),
         (C + "rekey = '1h'", "connections.c.rekey", "did you mean 'rekey_time'"),
         ("[connections.'bad name']\nremote_addrs = ['192.0.2.2']", "connections.bad name",
          "invalid name"),
@@ -444,10 +438,7 @@ R = C + "[connections.c.remote]\n"
         (R + "private_key = 'k.pem'", "connections.c.remote.private_key",
          "belongs in [connections.c.local]"),
         (R + "idd = 'x'", "connections.c.remote.idd", "did you mean 'id'"),
-        (R + "auth = 'pubkey'", "connections.c.remote.auth", "one authentication method"),
-        (L + "certs = ['missing.pem']", "connections.c.local.certs[0]", "file not found"),
-        (L + "auth = 'pubkey'\n[connections.c.remote]\nauth = 'pubkey'",
-         "connections.c.local.certs", "needs our certificate"),
+        (R + "pubkey = 3", "connections.c.remote.pubkey", "expected a string or a list"),
         ("[connections.c]\nremote_addrs = ['192.0.2.2']\nlocal = 'psk'", "connections.c.local",
          "expected a table"),
     ],
@@ -458,23 +449,88 @@ def test_auth_errors(text: str, key: str, reason: str) -> None:
     assert reason in message
 
 
-def test_auth_file_requirements(tmp_path: Path) -> None:
-    (tmp_path / "f.pem").write_text("x")
+# Every value that asks for a feature that does not exist yet: (text, key).  The
+# configuration reference must mark each of these keys "not implemented yet".
+NOT_IMPLEMENTED = [
+    ("[daemon]\nmetrics = '127.0.0.1:9616'", "daemon.metrics"),
+    ("[daemon]\nkeylog_dir = '/var/lib/ikev1d/keys'", "daemon.keylog_dir"),
+    (C + "vips = ['0.0.0.0']", "connections.c.vips"),
+    (C + "pools = ['clients']", "connections.c.pools"),
+    (C + "modecfg = 'push'", "connections.c.modecfg"),
+    (C + "dpd_action = 'hold'", "connections.c.dpd_action"),
+    (C + "fragmentation = 'force'", "connections.c.fragmentation"),
+    (C + "reauth_time = '1h'", "connections.c.reauth_time"),
+    (L + "auth = 'pubkey'", "connections.c.local.auth"),
+    (L + "auth = 'rsa-encryption'", "connections.c.local.auth"),
+    (R + "auth = 'pubkey'", "connections.c.remote.auth"),
+    (R + "auth = 'rsa-encryption'", "connections.c.remote.auth"),
+    (L + "certs = ['cert.pem']", "connections.c.local.certs"),
+    (L + "private_key = 'key.pem'", "connections.c.local.private_key"),
+    (R + "cacerts = ['ca.pem']", "connections.c.remote.cacerts"),
+    (R + "crls = ['ca.crl']", "connections.c.remote.crls"),
+    (R + "pubkey = 'peer.pem'", "connections.c.remote.pubkey"),
+    (C + "[connections.c.local_xauth]\nauth = 'xauth'", "connections.c.local_xauth.auth"),
+    (C + "[connections.c.local_xauth]\nxauth_id = 'alice'",
+     "connections.c.local_xauth.xauth_id"),
+    (C + "[connections.c.remote_xauth]\nauth = 'xauth'", "connections.c.remote_xauth.auth"),
+    ("[secrets.s]\ntype = 'xauth'\nsecret = 'a password'\nids = ['alice']", "secrets.s.type"),
+    ("[pools.clients]\naddrs = '10.3.0.0/24'", "pools.clients"),
+]
 
-    def err(local: str, remote: str) -> str:
-        text = (f"{C}[connections.c.local]\n{local}\n[connections.c.remote]\n{remote}\n")
-        with pytest.raises(ConfigError) as info:
-            parse_config(text, "t.toml", tmp_path)
-        return str(info.value)
 
-    assert "connections.c.local.certs: only used with" in err(
-        "certs = ['f.pem']", "")
-    assert "connections.c.local.private_key: auth = \"pubkey\" needs our private key" in err(
-        "auth = 'pubkey'\ncerts = ['f.pem']", "auth = 'pubkey'\ncacerts = ['f.pem']")
-    assert "connections.c.remote.cacerts: auth = \"pubkey\" needs trust anchors" in err(
-        "auth = 'pubkey'\ncerts = ['f.pem']\nprivate_key = 'f.pem'", "auth = 'pubkey'")
-    assert "connections.c.remote.pubkey: auth = \"rsa-encryption\" needs the peer's" in err(
-        "auth = 'rsa-encryption'\nprivate_key = 'f.pem'", "auth = 'rsa-encryption'")
+@pytest.mark.parametrize(("text", "key"), NOT_IMPLEMENTED)
+def test_not_implemented_yet(text: str, key: str) -> None:
+    message = error(text)
+    assert message.startswith(f"test.toml: {key}: not implemented yet")
+
+
+def test_refusal_comes_before_the_file_checks(tmp_path: Path) -> None:
+    # A certificate that exists changes nothing: the feature is what is missing.
+    (tmp_path / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    text = L + "auth = 'pubkey'\ncerts = ['cert.pem']\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.toml", tmp_path)
+    assert str(info.value) == 't.toml: connections.c.local.auth: not implemented yet: ' \
+        'auth = "pubkey"'
+    with pytest.raises(ConfigError) as info:
+        parse_config(L + "certs = ['missing.pem']\n", "t.toml", tmp_path)
+    assert str(info.value) == "t.toml: connections.c.local.certs: not implemented yet"
+
+
+def test_empty_and_default_values_of_features_not_implemented_yet_load() -> None:
+    cfg = load("""
+[daemon]
+metrics = ""
+keylog_dir = ""
+[connections.c]
+remote_addrs = ["192.0.2.2"]
+vips = []
+pools = []
+modecfg = "pull"
+dpd_action = "clear"
+fragmentation = "no"
+reauth_time = 0
+[connections.c.local]
+auth = "psk"
+certs = []
+private_key = ""
+[connections.c.remote]
+auth = "psk"
+cacerts = []
+crls = []
+pubkey = " "
+[connections.c.local_xauth]
+xauth_id = ""
+[connections.c.remote_xauth]
+[secrets.s]
+type = "ike"
+secret = "a long random string, long enough"
+ids = ["192.0.2.2"]
+[pools]
+""")
+    conn = cfg.connections["c"]
+    assert conn.fragmentation is Fragmentation.NO and conn.remote.pubkey is None
+    assert cfg.pools == {}
 
 
 CH = C + "[connections.c.children.x]\n"
@@ -516,12 +572,9 @@ def test_child_errors(text: str, key: str, reason: str) -> None:
         ("[secrets.s]\nsecret = 'long enough secret here'", "secrets.s.ids", "required"),
         ("[secrets.s]\nsecret = 'x'\nids = ['a b']", "secrets.s.ids[0]", "not a valid"),
         ("[secrets.s]\nsecret = 'x'\nid = ['%any']", "secrets.s.id", "did you mean 'ids'"),
-        ("[pools.p]\ndns = []", "pools.p.addrs", "required"),
-        ("[pools.p]\naddrs = '10.3.0.1-10.3.0.9'", "pools.p.addrs", "not a network"),
-        ("[pools.p]\naddrs = '10.3.0.1/32'", "pools.p.addrs", "no addresses"),
-        ("[pools.p]\naddrs = '10.3.0.0/24'\ndns = ['x']", "pools.p.dns[0]", "not an IP"),
-        ("[pools.p]\naddrs = '10.3.0.0/24'\nsplit_include = ['10.2.0.1/16']",
-         "pools.p.split_include[0]", "host bits"),
+        ("[secrets.s]\ntype = 'eap'\nsecret = 'x'\nids = ['%any']", "secrets.s.type",
+         "ike | xauth"),
+        ("pools = 1", "pools", "expected a table"),
     ],
 )
 def test_secret_and_pool_errors(text: str, key: str, reason: str) -> None:
@@ -555,7 +608,7 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
 # --- warnings --------------------------------------------------------------------
 
 
-def test_any_psk_warning_as_the_seed_cautions() -> None:
+def test_any_psk_warning() -> None:
     cfg = load("""
 [connections.rw]
 remote_addrs = ["%any"]
@@ -606,8 +659,6 @@ remote_addrs = ["192.0.2.3"]
 [secrets.c]
 secret = "short"
 ids = ["192.0.2.2"]
-[pools.unused]
-addrs = "10.3.0.0/24"
 """)
     warnings = config_warnings(cfg)
     text = "\n".join(warnings)
@@ -618,7 +669,6 @@ addrs = "10.3.0.0/24"
     assert "test.toml: connections.d: auth = \"psk\" but no [secrets.*] entry" in text
     assert "test.toml: connections.d.children: no children" in text
     assert "test.toml: connections.c.children.x.rekey_time: Phase 2 lifetime" in text
-    assert "test.toml: pools.unused: not used" in text
     assert not any("connections.c: auth" in w for w in warnings)
 
 
@@ -742,25 +792,44 @@ def test_psk_for_normalizes_ipv6() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "kind"),
+    ("text", "kind", "shown"),
     [
-        ("192.0.2.1", "ipv4_addr"),
-        ("2001:db8::1", "ipv6_addr"),
-        ("gw.example.org", "fqdn"),
-        ("@gw", "fqdn"),
-        ("me@example.org", "user_fqdn"),
-        ("C=DE, O=X, CN=gw", "der_asn1_dn"),
-        ("%any", "any"),
+        ("192.0.2.1", IdKind.IPV4_ADDR, "192.0.2.1"),
+        ("2001:DB8::1", IdKind.IPV6_ADDR, "2001:db8::1"),
+        ("gw.example.org", IdKind.FQDN, "gw.example.org"),
+        ("@gw", IdKind.FQDN, "gw"),  # the @ forces an FQDN, as in strongSwan
+        ("@192.0.2.1", IdKind.FQDN, "@192.0.2.1"),
+        ("me@example.org", IdKind.USER_FQDN, "me@example.org"),
+        ("C=DE, O=X, CN=gw", IdKind.DN, "C=DE, O=X, CN=gw"),
+        ("c=DE,o=X,  cn=gw", IdKind.DN, "C=DE, O=X, CN=gw"),
+        ("C=DE, O=X\\, Inc., E=gw@x.org", IdKind.DN, "C=DE, O=X\\, Inc., E=gw@x.org"),
+        ("@#0102ff", IdKind.KEY_ID, "@#0102ff"),
+        ("keyid:0102FF", IdKind.KEY_ID, "@#0102ff"),
+        ("%any", IdKind.ANY, "%any"),
     ],
 )
-def test_classify_id(text: str, kind: str) -> None:
-    assert classify_id(text)[0] == kind
+def test_identity_parse(text: str, kind: IdKind, shown: str) -> None:
+    identity = Identity.parse(text)
+    assert identity.kind is kind
+    assert str(identity) == shown
+    assert Identity.parse(shown) == identity  # what is shown reads back
 
 
-@pytest.mark.parametrize("text", ["", "a b", "-gw.example.org", "me@", "@", "CN="])
-def test_classify_id_rejects(text: str) -> None:
+@pytest.mark.parametrize(
+    "text", ["", "a b", "-gw.example.org", "me@", "@", "CN=", "C=DE, O", "XX=DE", "@#zz",
+             "m\u00e9@example.org"],
+)
+def test_identity_parse_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        classify_id(text)
+        Identity.parse(text)
+
+
+def test_identity_equality_ignores_fqdn_case_and_trailing_dot() -> None:
+    assert Identity.parse("GW.Example.org.") == Identity.parse("@gw.example.org")
+    assert Identity.parse("Me@Example.org") == Identity.parse("me@example.org")
+    assert Identity.parse("gw.example.org") != Identity.parse("me@gw.example.org")
+    assert Identity.parse("2001:db8::0:1") == Identity.parse("2001:DB8::1")
+    assert len({Identity.parse("a.example"), Identity.parse("A.EXAMPLE")}) == 1
 
 
 @pytest.mark.parametrize(
@@ -788,8 +857,9 @@ def test_format_duration(seconds: float, text: str) -> None:
     assert parse_duration(text) == seconds
 
 
-# The example from SPEC.md "Configuration (TOML)", verbatim: it must load as written.
-SPEC_EXAMPLE = """
+# The complete sample configuration (every key, with the comments a swanctl user
+# reads), verbatim.
+FULL_SAMPLE = """
 [daemon]
 listen = ["0.0.0.0"]          # addresses for UDP 500 and 4500
 port = 500
@@ -797,6 +867,8 @@ port_nat_t = 4500
 dataplane = "userspace"       # userspace (TUN + ESP in ikev1d) | kernel (Linux XFRM) | none
 retransmit_timeout = "2s"     # first retransmission; backs off exponentially
 retransmit_tries = 5
+metrics = ""                  # "127.0.0.1:9616": Prometheus /metrics (off when empty)
+keylog_dir = ""               # Wireshark ikev1_decryption_table + esp_sa files (off when empty)
 
 [connections.site-b]
 local_addrs = ["192.0.2.1"]
@@ -811,6 +883,7 @@ start_action = "none"         # none | start (initiate when loaded)
 vips = []                     # Mode Config client: ["0.0.0.0"] requests an address
 pools = []                    # Mode Config server: names of [pools.*]
 modecfg = "pull"              # pull | push
+fragmentation = "yes"         # IKE fragmentation: yes | accept | force | no
 
 [connections.site-b.local]
 auth = "psk"                  # psk | pubkey | rsa-encryption
@@ -822,7 +895,13 @@ private_key = ""              # PEM file, for pubkey / rsa-encryption
 auth = "psk"
 id = "192.0.2.2"              # "%any" accepts any ID that authenticates
 cacerts = []                  # trust anchors for the peer's certificate
-pubkey = ""                   # peer's public key / certificate, for rsa-encryption
+crls = []                     # revocation lists (PEM or DER) for the chain
+pubkey = ""                   # peer's public key / certificate (pinned; rsa-encryption needs it)
+
+[connections.site-b.remote_xauth]   # optional second round (swanctl's remote-2): XAUTH server
+auth = "xauth"
+# client side: [connections.X.local_xauth] auth = "xauth", xauth_id = "alice";
+# XAUTH passwords: [secrets.NAME] type = "xauth", ids = ["alice"], secret = "..."
 
 [connections.site-b.children.net]
 local_ts = ["10.1.0.0/24"]
@@ -834,6 +913,7 @@ life_bytes = 0                # 0: no volume limit
 start_action = "none"         # none | start
 
 [secrets.site-b]
+type = "ike"                  # ike (pre-shared key, the default) | xauth (a user's password)
 secret = "a long random string"
 ids = ["192.0.2.2"]           # peer IDs or addresses it is for; "%any" for dynamic peers
 
@@ -841,16 +921,36 @@ ids = ["192.0.2.2"]           # peer IDs or addresses it is for; "%any" for dyna
 addrs = "10.3.0.0/24"
 dns = ["10.3.0.1"]
 split_include = ["10.2.0.0/16"]
-"""  # noqa: E501  (long comment lines, as in SPEC.md)
+"""  # noqa: E501  (long comment lines, kept verbatim)
 
 
-def test_spec_example_loads_verbatim() -> None:
-    cfg = load(SPEC_EXAMPLE)
+# Its two parts that ask for features that do not exist yet.
+SAMPLE_XAUTH = """
+[connections.site-b.remote_xauth]   # optional second round (swanctl's remote-2): XAUTH server
+auth = "xauth"
+# client side: [connections.X.local_xauth] auth = "xauth", xauth_id = "alice";
+# XAUTH passwords: [secrets.NAME] type = "xauth", ids = ["alice"], secret = "..."
+"""
+SAMPLE_POOL = """
+[pools.clients]
+addrs = "10.3.0.0/24"
+dns = ["10.3.0.1"]
+split_include = ["10.2.0.0/16"]
+"""
+
+
+def test_sample_loads_but_for_the_features_not_implemented_yet() -> None:
+    assert error(FULL_SAMPLE) == "test.toml: pools.clients: not implemented yet"
+    without_pool = FULL_SAMPLE.replace(SAMPLE_POOL.strip(), "")
+    assert error(without_pool) == (
+        'test.toml: connections.site-b.remote_xauth.auth: not implemented yet: auth = "xauth"'
+    )
+    cfg = load(without_pool.replace(SAMPLE_XAUTH.strip(), ""))
     conn = cfg.connections["site-b"]
     assert [p.render() for p in conn.proposals] == [
         "aes256-sha256-modp2048", "aes128-sha1-modp2048",
     ]
     assert conn.local.private_key is None and conn.remote.pubkey is None
+    assert conn.fragmentation is Fragmentation.YES and conn.dpd_action is DpdAction.RESTART
     assert conn.children["net"].esp_proposals[0].pfs
     assert cfg.psk_for("192.0.2.1", "192.0.2.2") == b"a long random string"
-    assert cfg.pools["clients"].addrs == ipaddress.ip_network("10.3.0.0/24")

@@ -267,8 +267,10 @@ def test_a_plain_site_to_site_connection() -> None:
     ("unique = replace", {}, "connections.site.unique: dropped: ikev1d has no uniqueness"),
     ("mobike = no", {}, "connections.site.mobike: dropped: MOBIKE is IKEv2 only"),
     ("some_future_option = 1", {}, "some_future_option: dropped: not supported by ikev1d"),
-    ("vips = 0.0.0.0", {"vips": ["0.0.0.0"]}, None),
-    ("pull = no", {"modecfg": "push"}, None),
+    ("vips = 0.0.0.0", {"vips": None},
+     "connections.site.vips: dropped: not implemented yet in ikev1d"),
+    ("pull = no", {"modecfg": None},
+     "connections.site.modecfg: dropped: not implemented yet: modecfg = \"push\" in ikev1d"),
     ("pools = nowhere", {}, "pools: nowhere: dropped: no such pool was converted"),
 ])
 def test_connection_options(extra: str, expected: dict[str, Any], note: str | None) -> None:
@@ -384,11 +386,11 @@ def test_pubkey_authentication_names_the_files() -> None:
     base = PurePath("/etc/swanctl")
     conversion = convert_swanctl(parse_settings(text % ""), base_dir=base,
                                  private_keys=["/etc/swanctl/private/gw.key"])
-    conn = tomllib.loads(conversion.toml)["connections"]["site"]
-    assert conn["local"] == {"auth": "pubkey", "certs": ["/etc/swanctl/x509/gw.pem"],
-                             "private_key": "/etc/swanctl/private/gw.key"}
-    assert conn["remote"] == {"auth": "pubkey", "cacerts": ["/etc/swanctl/x509ca/ca.pem"],
-                              "id": "C=DE, O=X, CN=peer"}
+    # Certificates are not implemented in ikev1d yet: the loader refuses them, and a
+    # connection is never converted into one that authenticates some other way.
+    assert "connections" not in tomllib.loads(conversion.toml)
+    assert any("connections.site.local.auth: skipped: not implemented yet" in n
+               for n in _notes(conversion))
     # Without exactly one key to choose, the connection cannot be converted.
     conversion = convert_swanctl(parse_settings(text % ""), base_dir=base, private_keys=[])
     assert "connections" not in tomllib.loads(conversion.toml)
@@ -442,15 +444,17 @@ connections { rw { pools = rw, range
 """
     conversion = _convert(text)
     doc = _loaded(conversion)
-    assert doc["pools"] == {"rw": {"addrs": "10.3.0.0/24", "dns": ["10.3.0.1", "10.3.0.2"],
-                                   "split_include": ["10.2.0.0/16"]}}
-    assert doc["connections"]["rw"]["pools"] == ["rw"]
+    # Mode Config does not exist in ikev1d yet: its loader refuses pools, so they go.
+    assert "pools" not in doc
+    assert "pools" not in doc["connections"]["rw"]
     assert doc["connections"]["rw"]["remote_addrs"] == ["%any"]
     notes = _notes(conversion)
+    assert any("pools.rw: dropped: not implemented yet in ikev1d" in n for n in notes)
+    assert any("connections.rw.pools: dropped: not implemented yet in ikev1d" in n
+               for n in notes)
     assert any("pools.rw.nbns: dropped" in n for n in notes)
     assert any("pools.range.addrs: skipped: 10.4.0.10-10.4.0.20: ikev1d pools are subnets"
                in n for n in notes)
-    assert any("connections.rw.pools: range: dropped: no such pool" in n for n in notes)
 
 
 def test_unusual_names_and_addresses() -> None:
@@ -564,6 +568,7 @@ def test_command_refuses_a_file_that_does_not_parse(
     conf.write_text("connections {\n  gw {\n    version = 1\n")
     assert main(["import-swanctl", str(conf)]) == 1
     out, err = capsys.readouterr()
+    assert "[connections" not in out
     assert out == ""
     assert err == f"ikev1d: {conf}:2: section 'gw' is not closed with '}}'\n"
     assert main(["import-swanctl", str(tmp_path / "missing.conf")]) == 1
@@ -577,6 +582,7 @@ def test_command_says_when_nothing_was_converted(
     conf.write_text("connections {\n  v2 {\n    version = 2\n  }\n}\n")
     assert main(["import-swanctl", str(conf)]) == 1
     out, err = capsys.readouterr()
+    assert "[connections" not in out
     assert out == ""
     assert err.splitlines() == [
         f"{conf}:2: connections.v2: skipped: an IKEv2 connection (version = 2); ikev1d "
@@ -623,12 +629,13 @@ def test_command_pairs_the_certificate_with_its_private_key(
         "connections { gw { version = 1\n remote_addrs = 192.0.2.2\n"
         " local { auth = pubkey\n certs = gw.pem\n id = \"CN=gw\" }\n"
         " remote { auth = pubkey\n cacerts = ca.pem\n id = \"CN=peer\" } } }\n")
-    assert main(["import-swanctl", str(conf)]) == 0
+    # The pairing is done and said; the connection itself then waits for certificate
+    # authentication in ikev1d, so nothing is converted.
+    assert main(["import-swanctl", str(conf)]) == 1
     out, err = capsys.readouterr()
-    local = parse_config(out).connections["gw"].local
-    assert local.certs == (str(tmp_path / "x509" / "gw.pem"),)
-    assert local.private_key == str(tmp_path / "ecdsa" / "b-gw.pem")
+    assert "[connections" not in out
     assert f"private_key = {tmp_path}/ecdsa/b-gw.pem: the key matching" in err
+    assert "connections.gw.local.auth: skipped: not implemented yet" in err
 
 
 # --- any input -------------------------------------------------------------------------------

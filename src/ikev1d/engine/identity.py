@@ -1,58 +1,25 @@
-"""IKE identities: configured strings <-> ID payloads (RFC 2407 section 4.6.2)."""
+"""IKE identities in Main Mode (RFC 2407 section 4.6.2), on top of ikev1d.config's Identity."""
 
 from __future__ import annotations
 
-import functools
-import ipaddress
+from ikev1d.config.identity import Identity, IdentityError
+from ikev1d.wire import IdPayload
 
-from cryptography import x509
-
-from ikev1d.errors import Ikev1dError
-from ikev1d.wire import IdPayload, IdType, id_from_address, id_from_fqdn, id_from_user_fqdn
+__all__ = ["IdentityError", "describe", "id_payload", "matches"]
 
 
-class IdentityError(Ikev1dError, ValueError):
-    pass
+def id_payload(identity: Identity | str) -> IdPayload:
+    """Our Phase 1 ID: the configured identity, or our IKE address (text) when none is."""
+    if isinstance(identity, str):
+        identity = Identity.parse(identity)
+    return identity.to_id_payload()
 
 
-@functools.lru_cache(maxsize=1024)
-def id_payload(text: str) -> IdPayload:
-    """The Phase 1 ID for a configured identity; protocol and port zero (RFC 2407 4.6.2)."""
-    try:
-        return id_from_address(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    if "=" in text:
-        try:
-            name = x509.Name.from_rfc4514_string(_to_rfc4514(text))
-        except ValueError as exc:
-            raise IdentityError(f"invalid distinguished name {text!r}: {exc}") from exc
-        return IdPayload(IdType.DER_ASN1_DN, 0, 0, name.public_bytes())
-    if "@" in text and not text.startswith("@"):
-        return id_from_user_fqdn(text)
-    return id_from_fqdn(text.lstrip("@"))
-
-
-def _to_rfc4514(text: str) -> str:
-    """strongSwan writes DNs most-significant first, "C=DE, O=X, CN=gw"; RFC 4514 the reverse."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    return ",".join(reversed(parts))
-
-
-def matches(expected: str | None, received: IdPayload) -> bool:
+def matches(expected: Identity | None, received: IdPayload) -> bool:
     """Does the peer's ID equal the configured one? None or %any accept any."""
-    if expected is None or expected == "%any":
-        return True
-    try:
-        wanted = id_payload(expected)
-    except IdentityError:
-        return False
-    if wanted.id_type != received.id_type:
-        return False
-    if wanted.id_type in (IdType.FQDN, IdType.USER_FQDN):
-        return wanted.data.lower() == received.data.lower()
-    return wanted.data == received.data
+    return expected is None or expected.matches(received)
 
 
 def describe(payload: IdPayload) -> str:
-    return payload.to_text()
+    """The peer's ID for logs and status, e.g. ``gw.example.org`` or ``C=DE, O=X, CN=gw``."""
+    return str(Identity.from_id_payload(payload))

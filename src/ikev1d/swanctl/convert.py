@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-from ikev1d.config import classify_id
+from ikev1d.config import ConfigError, Identity, parse_config
 from ikev1d.durations import DurationError, format_duration, parse_duration
 from ikev1d.proposals import ProposalError, parse_esp_proposal, parse_ike_proposal
 from ikev1d.swanctl.settings import Section, Setting
@@ -198,11 +198,11 @@ class _Converter:
     def identity(self, setting: Setting, path: str, *, allow_any: bool) -> str | None:
         value = setting.value.strip()
         try:
-            kind, _ = classify_id(value)
+            identity = Identity.parse(value)
         except ValueError as exc:
             self.dropped(setting, path, str(exc))
             return None
-        if kind == "any" and not allow_any:
+        if identity.is_any and not allow_any:
             self.dropped(setting, path, "%any is only meaningful for the remote side")
             return None
         return value
@@ -834,9 +834,103 @@ def convert_swanctl(
     """
     converter = _Converter(base_dir, private_keys, key_for_certificate)
     table, connections, secrets, pools = converter.convert(root)
+    _drop_not_implemented(root, table, converter, base_dir)
+    connections, secrets, pools = (
+        [name for name in names if name in _table_at(table, key)]
+        for key, names in (("connections", connections), ("secrets", secrets), ("pools", pools))
+    )
     header = (f"# Converted from {source} by ikev1d import-swanctl; "
               "review it, then check it with `ikev1d check-config`.\n\n")
     body = dump_toml(table) if table else ""
     notes = sorted(converter.notes, key=lambda n: (n.source != source, n.source, n.line))
     return Conversion(header + body, tuple(notes), tuple(connections),
                       tuple(secrets), tuple(pools))
+
+
+_NOT_IMPLEMENTED = "not implemented yet"
+
+
+def _drop_not_implemented(
+    root: Section, table: TomlTable, converter: _Converter, base_dir: PurePath | None
+) -> None:
+    """Drop, with a note, what ikev1d's loader refuses as not implemented yet.
+
+    The loader is the one judge of which features exist, so this asks it rather
+    than keeping a second list here: load, drop the key it names, load again."""
+    for _ in range(1000):
+        try:
+            parse_config(dump_toml(table), "<converted>",
+                         str(base_dir) if base_dir is not None else None)
+        except ConfigError as exc:
+            if not exc.reason.startswith(_NOT_IMPLEMENTED):
+                return  # another problem: the command reports it when it checks the result
+            # Leaving out how a peer authenticates would weaken the connection (the
+            # loader's default is a pre-shared key): such a connection goes whole.
+            conn = _authentication_of(exc.key)
+            path, action = (conn, "skipped") if conn else (exc.key, "dropped")
+            if not _pop_path(table, path):
+                return
+            converter.note(_origin(root, exc.key), exc.key, action, f"{exc.reason} in ikev1d")
+        else:
+            return
+
+
+def _table_at(table: TomlTable, key: str) -> TomlTable:
+    value = table.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+_AUTH_SECTIONS = ("local", "remote", "local_xauth", "remote_xauth")
+
+
+def _authentication_of(dotted: str) -> str | None:
+    """``connections.NAME`` when the key path lies in one of its authentication
+    rounds, else None."""
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[2:], start=2):
+        if part in _AUTH_SECTIONS and parts[0] == "connections":
+            return ".".join(parts[:i])
+    return None
+
+
+def _pop_path(table: TomlTable, dotted: str) -> bool:
+    """Remove the value at a dotted key path (names may themselves hold dots), and
+    the tables that this leaves empty."""
+    parts = dotted.split(".")
+    trail: list[tuple[dict[str, object], str]] = []
+    node: object = table
+    i = 0
+    while i < len(parts) and isinstance(node, dict):
+        for j in range(len(parts), i, -1):
+            key = ".".join(parts[i:j])
+            if key in node:
+                trail.append((node, key))
+                node, i = node[key], j
+                break
+        else:
+            return False
+    if i < len(parts) or not trail:
+        return False
+    parent, key = trail.pop()
+    del parent[key]
+    while trail and not parent:
+        parent, key = trail.pop()
+        del parent[key]
+    return True
+
+
+def _origin(root: Section, dotted: str) -> Section | Setting:
+    """The deepest swanctl.conf section or setting along a key path, for its line."""
+    item: Section | Setting = root
+    parts = dotted.split(".")
+    i = 0
+    while i < len(parts) and isinstance(item, Section):
+        for j in range(len(parts), i, -1):
+            key = ".".join(parts[i:j])
+            found = item.sections.get(key) or item.settings.get(key)
+            if found is not None:
+                item, i = found, j
+                break
+        else:
+            break
+    return item

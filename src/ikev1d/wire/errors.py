@@ -1,7 +1,8 @@
 """Typed decode errors: each carries the notification the engine answers with.
 
-Malformed input never raises anything but a :class:`WireError` subclass
-(never IndexError, struct.error or KeyError); the engine maps ``err.notify`` to an RFC 2408 §3.14.1
+Malformed input never raises anything but a :class:`WireError` subclass, so
+that the engine can answer every malformation (RFC 2408 section 5 lists the
+checks and their notifications); it maps ``err.notify`` to an RFC 2408 §3.14.1
 notification (or silently drops, as RFC 2408 §5.1 allows for unauthenticated
 garbage).
 """

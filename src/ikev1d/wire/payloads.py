@@ -45,8 +45,13 @@ __all__ = [
     "VendorIdPayload",
     "decode_attributes",
     "encode_attributes",
+    "id_to_network",
+    "id_to_text",
     "make_attribute",
 ]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 GENERIC_HEADER_LENGTH = 4
 _MAX_PAYLOAD_LENGTH = 0xFFFF
@@ -375,17 +380,86 @@ class IdPayload:
         check_id_data(id_type, body)
         return cls(id_type, protocol, port, body)
 
-    def to_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-        """The traffic selector as one network, or None (see ids.id_to_network)."""
-        from .ids import id_to_network
-
+    def to_network(self) -> IPNetwork | None:
+        """The traffic selector as one network, or None (see id_to_network)."""
         return id_to_network(self)
 
     def to_text(self) -> str:
-        """Readable form, e.g. ``10.1.0.0/24`` or ``gw.example.org`` (see ids.id_to_text)."""
-        from .ids import id_to_text
-
+        """Readable form, e.g. ``10.1.0.0/24`` or ``gw.example.org`` (see id_to_text)."""
         return id_to_text(self)
+
+
+# The conversions live here, next to the payload they read, so that ids.py (the
+# constructors) depends on this module and not the other way round.
+
+
+def _addresses(p: IdPayload) -> tuple[IPAddress, IPAddress]:
+    """The two halves of a subnet/range ID, after the length check."""
+    check_id_data(p.id_type, p.data)
+    half = len(p.data) // 2
+    a = ipaddress.ip_address(p.data[:half])
+    b = ipaddress.ip_address(p.data[half:])
+    return a, b
+
+
+def id_to_network(p: IdPayload) -> IPNetwork | None:
+    """The ID as one CIDR network: *_ADDR as a host, *_ADDR_SUBNET with a contiguous
+    mask, *_ADDR_RANGE only when the range is exactly one CIDR block. Otherwise None."""
+    t = p.id_type
+    if t in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+        check_id_data(t, p.data)
+        return ipaddress.ip_network(ipaddress.ip_address(p.data))
+    if t in (IdType.IPV4_ADDR_SUBNET, IdType.IPV6_ADDR_SUBNET):
+        addr, mask = _addresses(p)
+        bits = addr.max_prefixlen
+        host = ~int(mask) & ((1 << bits) - 1)
+        if host & (host + 1):  # non-contiguous mask: not a CIDR block
+            return None
+        return ipaddress.ip_network((addr, bits - host.bit_length()), strict=False)
+    if t in (IdType.IPV4_ADDR_RANGE, IdType.IPV6_ADDR_RANGE):
+        first, last = _addresses(p)
+        if int(first) > int(last):
+            return None
+        nets: list[IPNetwork]
+        if isinstance(first, ipaddress.IPv4Address) and isinstance(last, ipaddress.IPv4Address):
+            nets = list(ipaddress.summarize_address_range(first, last))
+        elif isinstance(first, ipaddress.IPv6Address) and isinstance(last, ipaddress.IPv6Address):
+            nets = list(ipaddress.summarize_address_range(first, last))
+        else:
+            return None
+        return nets[0] if len(nets) == 1 else None
+    return None
+
+
+def id_to_text(p: IdPayload) -> str:
+    """Readable ID: ``192.0.2.1``, ``gw.example.org``, ``10.1.0.0/24``,
+    ``10.0.0.1-10.0.0.9``, KEY_ID as hex, other types as ``TYPE:hex``.
+
+    A DN stays bytes here (``DN:hex``): reading X.501 names is the job of
+    ``cryptography.x509``, which the wire layer does not use."""
+    t = p.id_type
+    try:
+        if t in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+            check_id_data(t, p.data)
+            return str(ipaddress.ip_address(p.data))
+        if t in (IdType.IPV4_ADDR_SUBNET, IdType.IPV6_ADDR_SUBNET):
+            net = id_to_network(p)
+            if net is not None:
+                return str(net)
+            addr, mask = _addresses(p)
+            return f"{addr}/{mask}"
+        if t in (IdType.IPV4_ADDR_RANGE, IdType.IPV6_ADDR_RANGE):
+            first, last = _addresses(p)
+            return f"{first}-{last}"
+        if t in (IdType.FQDN, IdType.USER_FQDN):
+            return p.data.decode("ascii", errors="backslashreplace")
+    except InvalidIdError:
+        pass
+    if t == IdType.DER_ASN1_DN:
+        return "DN:" + p.data.hex()
+    if t == IdType.KEY_ID:
+        return p.data.hex()
+    return f"{IdType(t)}:{p.data.hex()}"
 
 
 # --------------------------------------------------------------------------- CERT / CR
@@ -622,7 +696,9 @@ class FragmentPayload:
 
 @dataclass(frozen=True, slots=True)
 class UnknownPayload:
-    """A payload type this codec does not model, kept as its raw body, not dropped."""
+    """A payload type this codec does not model, kept as its raw body rather than
+    refused here: whether to answer INVALID-PAYLOAD-TYPE (RFC 2408 section 5.2)
+    is the engine's decision, not the decoder's."""
 
     payload_type: int
     data: bytes

@@ -26,6 +26,7 @@ from ikev1d.engine.ike_sa import ProtocolFailure, first
 from ikev1d.wire import AuthMethod, IdPayload, KePayload, NoncePayload, NotifyType, Payload
 
 if TYPE_CHECKING:
+    from ikev1d.config import Identity
     from ikev1d.engine.ike_sa import IkeSa, Parsed
 
 T = TypeVar("T")
@@ -226,15 +227,15 @@ class Registry:
 def our_id(sa: IkeSa) -> IdPayload:
     """Our ID payload: the configured identity, or our IKE address (RFC 2407 4.6.2)."""
     conn = sa.conn
-    text = conn.local.id if conn is not None and conn.local.id else sa.local[0]
-    sa.local_id = text
+    identity = conn.local.id if conn is not None and conn.local.id else sa.local[0]
+    sa.local_id = str(identity)
     try:
-        return id_payload(text)
+        return id_payload(identity)
     except IdentityError as exc:
         raise ProtocolFailure(str(exc)) from exc
 
 
-def peer_matches(expected: str | None, received: IdPayload) -> bool:
+def peer_matches(expected: Identity | None, received: IdPayload) -> bool:
     """Does the peer's proven ID equal the configured one (None or %any: any)?"""
     return matches(expected, received)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 
+from ikev1d.config import Identity
 from ikev1d.crypto import skeyid_psk
 from ikev1d.engine.auth.base import Authenticator, our_id
 from ikev1d.engine.ike_sa import Parsed, ProtocolFailure, first
@@ -34,7 +35,7 @@ class PskAuthenticator(Authenticator):
     name = "psk"
     config_name = "psk"
 
-    def _lookup(self, local_id: str | None, remote: str) -> bytes | None:
+    def _lookup(self, local_id: Identity | None, remote: Identity | str) -> bytes | None:
         ctx = self.sa.ctx
         return ctx.credentials.get(
             ("psk", local_id, remote), lambda: ctx.config.psk_for(local_id, remote)
@@ -55,7 +56,7 @@ class PskAuthenticator(Authenticator):
         # The secret may name the peer's identity or its address.
         remote_id = conn.remote.id if conn is not None else None
         psk = None
-        if remote_id and remote_id != "%any":
+        if remote_id is not None and not remote_id.is_any:
             psk = self._lookup(local_id, remote_id)
         if psk is None:
             psk = self._lookup(local_id, sa.remote[0])

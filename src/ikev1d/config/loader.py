@@ -1,0 +1,536 @@
+"""The TOML configuration file -> validated, frozen dataclasses.
+
+Key names follow strongSwan's swanctl.conf so its users feel at home; the
+accepted keys are those of the key tables below, and docs/configuration.md
+describes each.  Every problem is reported as ``FILE: KEY: reason``
+(ConfigError); unknown keys are errors, with a "did you mean" hint, so that a
+typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import binascii
+import difflib
+import re
+import tomllib
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from ikev1d.durations import format_duration
+from ikev1d.proposals import (
+    EspProposal,
+    IkeProposal,
+    ProposalError,
+    parse_esp_proposal,
+    parse_ike_proposal,
+)
+
+from .errors import ConfigError
+from .identity import ANY, Identity
+from .model import (
+    DEFAULT_ESP_PROPOSALS,
+    DEFAULT_IKE_PROPOSALS,
+    Auth,
+    AuthConfig,
+    ChildConfig,
+    Config,
+    ConnectionConfig,
+    DaemonConfig,
+    Dataplane,
+    DpdAction,
+    Fragmentation,
+    IPNetwork,
+    IpsecMode,
+    LogLevel,
+    ModeCfg,
+    PoolConfig,
+    SecretConfig,
+    SecretType,
+    StartAction,
+    decode_secret,
+    union,
+)
+from .reader import TomlReader
+
+__all__ = ["KEY_TABLES", "load_config", "parse_config"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# The keys each table accepts ("<name>" stands for any name).  Anything else is
+# an error; docs/configuration.md describes every key, and a test keeps the two
+# in step.
+_DAEMON_KEYS = (
+    "listen", "port", "port_nat_t", "dataplane", "retransmit_timeout", "retransmit_tries",
+    "half_open_per_peer", "half_open_total", "half_open_timeout", "log_level",
+    "allow_insecure_algorithms", "metrics", "keylog_dir",
+)
+_CONNECTION_KEYS = (
+    "local_addrs", "remote_addrs", "proposals", "encap", "dpd_delay", "dpd_timeout",
+    "dpd_action", "rekey_time", "reauth_time", "start_action", "vips", "pools", "modecfg",
+    "fragmentation", "aggressive", "version",
+    "local", "remote", "local_xauth", "remote_xauth", "children",
+)
+_LOCAL_KEYS = ("auth", "id", "certs", "private_key")
+_REMOTE_KEYS = ("auth", "id", "cacerts", "crls", "pubkey")
+_LOCAL_XAUTH_KEYS = ("auth", "xauth_id")
+_REMOTE_XAUTH_KEYS = ("auth",)
+_CHILD_KEYS = (
+    "local_ts", "remote_ts", "esp_proposals", "mode", "rekey_time", "life_bytes",
+    "start_action",
+)
+_SECRET_KEYS = ("type", "secret", "ids")
+_POOL_KEYS = ("addrs", "dns", "split_include")
+_TOP_KEYS = ("daemon", "connections", "secrets", "pools")
+
+KEY_TABLES: Mapping[str, tuple[str, ...]] = {
+    "": _TOP_KEYS,
+    "daemon": _DAEMON_KEYS,
+    "connections.<name>": _CONNECTION_KEYS,
+    "connections.<name>.local": _LOCAL_KEYS,
+    "connections.<name>.remote": _REMOTE_KEYS,
+    "connections.<name>.local_xauth": _LOCAL_XAUTH_KEYS,
+    "connections.<name>.remote_xauth": _REMOTE_XAUTH_KEYS,
+    "connections.<name>.children.<name>": _CHILD_KEYS,
+    "secrets.<name>": _SECRET_KEYS,
+    "pools.<name>": _POOL_KEYS,
+}
+
+
+# --- sections -----------------------------------------------------------------------
+
+
+def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
+    data = ld.table(raw, "daemon")
+    path = "daemon"
+    ld.check_keys(data, path, _DAEMON_KEYS)
+    ld.refuse_unless_empty(data, path, "metrics")
+    ld.refuse_unless_empty(data, path, "keylog_dir")
+    d = DaemonConfig()
+    listen = ld.get_list(data, path, "listen", d.listen, ld.address)
+    if not listen:
+        raise ld.error("daemon.listen", "needs at least one address (\"0.0.0.0\" for all)")
+    port = ld.get_int(data, path, "port", d.port, 1, 65535)
+    port_nat_t = ld.get_int(data, path, "port_nat_t", d.port_nat_t, 1, 65535)
+    if port == port_nat_t:
+        raise ld.error("daemon.port_nat_t", f"must differ from daemon.port ({port})")
+    return DaemonConfig(
+        listen=listen,
+        port=port,
+        port_nat_t=port_nat_t,
+        dataplane=ld.get_choice(data, path, "dataplane", d.dataplane, Dataplane),
+        retransmit_timeout=ld.get_duration(data, path, "retransmit_timeout",
+                                           d.retransmit_timeout),
+        retransmit_tries=ld.get_int(data, path, "retransmit_tries", d.retransmit_tries, 0, 100),
+        half_open_per_peer=ld.get_int(data, path, "half_open_per_peer", d.half_open_per_peer, 1),
+        half_open_total=ld.get_int(data, path, "half_open_total", d.half_open_total, 1),
+        half_open_timeout=ld.get_duration(data, path, "half_open_timeout", d.half_open_timeout),
+        log_level=ld.get_choice(data, path, "log_level", d.log_level, LogLevel),
+        allow_insecure_algorithms=ld.get_bool(data, path, "allow_insecure_algorithms",
+                                              d.allow_insecure_algorithms),
+    )
+
+
+def _ike_proposals(
+    ld: TomlReader, data: Mapping[str, object], path: str, allow_insecure: bool
+) -> tuple[IkeProposal, ...]:
+    def convert(text: str, key: str) -> list[IkeProposal]:
+        try:
+            return parse_ike_proposal(text, allow_insecure=allow_insecure, notes=notes)
+        except ProposalError as exc:
+            raise ld.error(key, str(exc)) from None
+
+    notes: list[str] = []
+    groups = ld.get_list(data, path, "proposals", [], convert, split_commas=True)
+    ld.notes.extend(f"{ld.source}: {path}.proposals: {n}" for n in notes)
+    if "proposals" in data and not groups:
+        raise ld.error(f"{path}.proposals", "must not be empty (omit it for the defaults)")
+    if not groups:
+        groups = tuple(parse_ike_proposal(t) for t in DEFAULT_IKE_PROPOSALS)
+    return union(groups)
+
+
+def _esp_proposals(
+    ld: TomlReader, data: Mapping[str, object], path: str, allow_insecure: bool
+) -> tuple[EspProposal, ...]:
+    def convert(text: str, key: str) -> list[EspProposal]:
+        try:
+            return parse_esp_proposal(text, allow_insecure=allow_insecure)
+        except ProposalError as exc:
+            raise ld.error(key, str(exc)) from None
+
+    groups = ld.get_list(data, path, "esp_proposals", [], convert, split_commas=True)
+    if "esp_proposals" in data and not groups:
+        raise ld.error(f"{path}.esp_proposals", "must not be empty (omit it for the defaults)")
+    if not groups:
+        groups = tuple(parse_esp_proposal(t) for t in DEFAULT_ESP_PROPOSALS)
+    return union(groups)
+
+
+def _load_auth(
+    ld: TomlReader, raw: object, path: str, *, remote: bool, default_id: Identity | None
+) -> AuthConfig:
+    data = ld.table(raw if raw is not None else {}, path)
+    conn_path = path.rpartition(".")[0]
+    if remote:
+        elsewhere = {k: f"[{conn_path}.local]" for k in _LOCAL_KEYS}
+        ld.check_keys(data, path, _REMOTE_KEYS, elsewhere)
+    else:
+        elsewhere = {k: f"[{conn_path}.remote]" for k in _REMOTE_KEYS}
+        ld.check_keys(data, path, _LOCAL_KEYS, elsewhere)
+    # Certificates and RSA encryption come with their authenticators; until then
+    # their keys load only empty, and what follows checks them for that day.
+    auth = ld.get_choice(data, path, "auth", Auth.PSK, Auth,
+                         not_yet=(Auth.PUBKEY, Auth.RSA_ENCRYPTION))
+    for key in ("certs", "private_key", "cacerts", "crls", "pubkey"):
+        ld.refuse_unless_empty(data, path, key)
+    id_text = ld.get_optional_str(data, path, "id")
+    identity = (
+        ld.identity(id_text, f"{path}.id", allow_any=remote) if id_text is not None
+        else default_id
+    )
+    certs = ld.get_list(data, path, "certs", (), ld.file)
+    cacerts = ld.get_list(data, path, "cacerts", (), ld.file)
+    private_key = ld.get_optional_str(data, path, "private_key")
+    pubkey = ld.get_optional_str(data, path, "pubkey")
+    if private_key is not None:
+        private_key = ld.file(private_key, f"{path}.private_key")
+    if pubkey is not None:
+        pubkey = ld.file(pubkey, f"{path}.pubkey")
+    return AuthConfig(auth, identity, certs, private_key, cacerts, pubkey)
+
+
+def _check_auth_files(ld: TomlReader, a: AuthConfig, path: str, *, remote: bool) -> None:
+    if a.auth is Auth.PSK:
+        for key, present in (("certs", a.certs), ("private_key", a.private_key),
+                             ("cacerts", a.cacerts), ("pubkey", a.pubkey)):
+            if present:
+                raise ld.error(f"{path}.{key}", "only used with auth = \"pubkey\" or "
+                               "\"rsa-encryption\", not with auth = \"psk\"")
+        return
+    if not remote:
+        if a.auth is Auth.PUBKEY and not a.certs:
+            raise ld.error(f"{path}.certs", "auth = \"pubkey\" needs our certificate "
+                           "(a PEM file)")
+        if a.private_key is None:
+            raise ld.error(f"{path}.private_key",
+                           f"auth = \"{a.auth}\" needs our private key (a PEM file)")
+        return
+    if a.auth is Auth.PUBKEY and not a.cacerts and a.pubkey is None:
+        raise ld.error(f"{path}.cacerts", "auth = \"pubkey\" needs trust anchors (cacerts) "
+                       "or the peer's certificate (pubkey) to verify the peer")
+    if a.auth is Auth.RSA_ENCRYPTION and a.pubkey is None:
+        raise ld.error(
+            f"{path}.pubkey",
+            "auth = \"rsa-encryption\" needs the peer's public key or certificate beforehand "
+            "(RFC 2409 section 5.2: the nonce is encrypted with it)",
+        )
+
+
+def _load_child(
+    ld: TomlReader, name: str, raw: object, path: str, allow_insecure: bool
+) -> ChildConfig:
+    data = ld.table(raw, path)
+    ld.check_keys(data, path, _CHILD_KEYS)
+    d = ChildConfig(name)
+
+    def traffic_selector(text: str, key: str) -> IPNetwork | None:
+        if text.strip() == "dynamic":
+            return None
+        return ld.network(text, key)
+
+    selectors: dict[str, tuple[IPNetwork, ...]] = {}
+    for key in ("local_ts", "remote_ts"):
+        items = ld.get_list(data, path, key, (), traffic_selector)
+        if None in items and len(items) > 1:
+            raise ld.error(f"{path}.{key}", "\"dynamic\" cannot be combined with networks")
+        selectors[key] = tuple(n for n in items if n is not None)
+    return ChildConfig(
+        name=name,
+        local_ts=selectors["local_ts"],
+        remote_ts=selectors["remote_ts"],
+        esp_proposals=_esp_proposals(ld, data, path, allow_insecure),
+        mode=ld.get_choice(data, path, "mode", d.mode, IpsecMode),
+        rekey_time=ld.get_duration(data, path, "rekey_time", d.rekey_time),
+        life_bytes=ld.get_int(data, path, "life_bytes", d.life_bytes, 0),
+        start_action=ld.get_choice(data, path, "start_action", d.start_action, StartAction),
+    )
+
+
+def _load_connection(
+    ld: TomlReader, name: str, raw: object, allow_insecure: bool, pool_names: Collection[str]
+) -> ConnectionConfig:
+    path = f"connections.{name}"
+    _check_name(ld, name, path)
+    data = ld.table(raw, path)
+    ld.check_keys(data, path, _CONNECTION_KEYS)
+    _check_main_mode_only(ld, data, path)
+    d = ConnectionConfig(name)
+    local_addrs, remote_addrs = _connection_addresses(ld, data, path)
+    local, remote = _connection_auth(ld, data, path, local_addrs, remote_addrs)
+    _check_no_xauth(ld, data, path)
+    dpd_delay, dpd_timeout = _connection_dpd(ld, data, path, d)
+    vips, pools = _connection_mode_config(ld, data, path, pool_names)
+    start_action = ld.get_choice(data, path, "start_action", d.start_action, StartAction)
+    children = _connection_children(ld, data, path, allow_insecure)
+    if ANY in remote_addrs:
+        _check_no_initiation(ld, path, start_action, children)
+    return ConnectionConfig(
+        name=name,
+        local_addrs=local_addrs,
+        remote_addrs=remote_addrs,
+        proposals=_ike_proposals(ld, data, path, allow_insecure),
+        encap=ld.get_bool(data, path, "encap", d.encap),
+        dpd_delay=dpd_delay,
+        dpd_timeout=dpd_timeout,
+        dpd_action=ld.get_choice(data, path, "dpd_action", d.dpd_action, DpdAction,
+                                 not_yet=(DpdAction.HOLD,)),
+        rekey_time=ld.get_duration(data, path, "rekey_time", d.rekey_time),
+        reauth_time=_reauth_time(ld, data, path),
+        start_action=start_action,
+        vips=vips,
+        pools=pools,
+        modecfg=ld.get_choice(data, path, "modecfg", d.modecfg, ModeCfg,
+                              not_yet=(ModeCfg.PUSH,)),
+        # Messages of PSK authentication fit one datagram, so "yes" and "accept"
+        # change nothing yet; "force" would fragment every message.
+        fragmentation=ld.get_choice(data, path, "fragmentation", d.fragmentation,
+                                    Fragmentation, not_yet=(Fragmentation.FORCE,)),
+        local=local,
+        remote=remote,
+        children=children,
+    )
+
+
+def _check_main_mode_only(ld: TomlReader, data: Mapping[str, object], path: str) -> None:
+    """swanctl's ``aggressive`` and ``version`` load where they ask for what ikev1d does."""
+    if "aggressive" in data:
+        if data["aggressive"] is not False:
+            raise ld.error(
+                f"{path}.aggressive",
+                "Aggressive Mode is not supported: Phase 1 is Main Mode only, because "
+                "Aggressive Mode weakens the protection of the identities and the PSK "
+                "(RFC 2409 section 5.4); remove this key",
+            )
+        ld.notes.append(f"{ld.source}: {path}.aggressive: Aggressive Mode is never used; "
+                        "the key can be removed")
+    version = data.get("version", 1)
+    if isinstance(version, bool) or version not in (0, 1):
+        raise ld.error(f"{path}.version", "ikev1d speaks IKEv1 only; use version = 1 or omit it")
+
+
+def _check_no_xauth(ld: TomlReader, data: Mapping[str, object], path: str) -> None:
+    """XAUTH sections load only empty until XAUTH exists."""
+    for section, keys in (("local_xauth", _LOCAL_XAUTH_KEYS),
+                          ("remote_xauth", _REMOTE_XAUTH_KEYS)):
+        if section not in data:
+            continue
+        spath = f"{path}.{section}"
+        table = ld.table(data[section], spath)
+        ld.check_keys(table, spath, keys)
+        if "auth" in table:
+            auth = ld.get_str(table, spath, "auth", "")
+            if auth != "xauth":
+                raise ld.error(f"{spath}.auth", f"invalid value {auth!r}: expected xauth")
+            raise ld.not_implemented(f"{spath}.auth", "auth = \"xauth\"")
+        ld.refuse_unless_empty(table, spath, "xauth_id")
+
+
+def _reauth_time(ld: TomlReader, data: Mapping[str, object], path: str) -> float:
+    # The engine renews Phase 1 at rekey_time, and in IKEv1 every renewal of
+    # Phase 1 is a new Main Mode, i.e. a reauthentication; a separate
+    # reauth_time is not applied yet.
+    seconds = ld.get_duration(data, path, "reauth_time", 0.0, allow_zero=True)
+    if seconds:
+        raise ld.not_implemented(f"{path}.reauth_time", "only 0 (renew at rekey_time)")
+    return seconds
+
+
+def _connection_addresses(
+    ld: TomlReader, data: Mapping[str, object], path: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    local_addrs = ld.get_list(data, path, "local_addrs", (), ld.address)
+    remote_addrs = ld.get_list(data, path, "remote_addrs", (), ld.remote_address)
+    if not remote_addrs:
+        raise ld.error(f"{path}.remote_addrs",
+                       "required: the peer's address, or [\"%any\"] for dynamic peers")
+    if ANY in remote_addrs and len(remote_addrs) > 1:
+        raise ld.error(f"{path}.remote_addrs", "\"%any\" cannot be combined with addresses")
+    return local_addrs, remote_addrs
+
+
+def _connection_auth(
+    ld: TomlReader, data: Mapping[str, object], path: str,
+    local_addrs: tuple[str, ...], remote_addrs: tuple[str, ...],
+) -> tuple[AuthConfig, AuthConfig]:
+    # Defaults (swanctl): our ID is our address; the peer's is its address when
+    # there is exactly one, otherwise any ID that authenticates.
+    local_default = Identity.from_address(local_addrs[0]) if local_addrs else None
+    single_peer = len(remote_addrs) == 1 and "/" not in remote_addrs[0] \
+        and remote_addrs[0] != ANY
+    remote_default = Identity.parse(remote_addrs[0] if single_peer else ANY)
+    local = _load_auth(ld, data.get("local"), f"{path}.local", remote=False,
+                       default_id=local_default)
+    remote = _load_auth(ld, data.get("remote"), f"{path}.remote", remote=True,
+                        default_id=remote_default)
+    if local.auth != remote.auth:
+        raise ld.error(
+            f"{path}.remote.auth",
+            f"is {remote.auth.value!r} but local.auth is {local.auth.value!r}: IKEv1 "
+            "negotiates one authentication method for both sides (RFC 2409 section 5)",
+        )
+    _check_auth_files(ld, local, f"{path}.local", remote=False)
+    _check_auth_files(ld, remote, f"{path}.remote", remote=True)
+    return local, remote
+
+
+def _connection_dpd(
+    ld: TomlReader, data: Mapping[str, object], path: str, d: ConnectionConfig
+) -> tuple[float, float]:
+    dpd_delay = ld.get_duration(data, path, "dpd_delay", d.dpd_delay, allow_zero=True)
+    dpd_timeout = ld.get_duration(data, path, "dpd_timeout", d.dpd_timeout)
+    if dpd_delay > 0 and dpd_timeout <= dpd_delay:
+        raise ld.error(f"{path}.dpd_timeout",
+                       f"must be longer than dpd_delay ({format_duration(dpd_delay)})")
+    return dpd_delay, dpd_timeout
+
+
+def _connection_mode_config(
+    ld: TomlReader, data: Mapping[str, object], path: str, pool_names: Collection[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # Mode Config (draft-dukes-ike-mode-cfg-02) is not there yet.
+    ld.refuse_unless_empty(data, path, "vips")
+    ld.refuse_unless_empty(data, path, "pools")
+
+    def pool(text: str, key: str) -> str:
+        if text not in pool_names:
+            hint = difflib.get_close_matches(text, list(pool_names), n=1)
+            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ld.error(key, f"no pool {text!r} is defined in [pools]{suffix}")
+        return text
+
+    vips = ld.get_list(data, path, "vips", (), ld.address)
+    pools = ld.get_list(data, path, "pools", (), pool)
+    if vips and pools:
+        raise ld.error(f"{path}.pools", "a connection is either a Mode Config client (vips) "
+                       "or a server (pools), not both")
+    return vips, pools
+
+
+def _connection_children(
+    ld: TomlReader, data: Mapping[str, object], path: str, allow_insecure: bool
+) -> dict[str, ChildConfig]:
+    children_raw = ld.table(data.get("children", {}), f"{path}.children")
+    children: dict[str, ChildConfig] = {}
+    for child_name, child_raw in children_raw.items():
+        child_path = f"{path}.children.{child_name}"
+        _check_name(ld, child_name, child_path)
+        children[child_name] = _load_child(ld, child_name, child_raw, child_path, allow_insecure)
+    return children
+
+
+def _check_no_initiation(
+    ld: TomlReader, path: str, start_action: StartAction, children: Mapping[str, ChildConfig]
+) -> None:
+    """A ``%any`` peer has no address to initiate to."""
+    if start_action is StartAction.START:
+        raise ld.error(f"{path}.start_action",
+                       "cannot initiate to \"%any\": set remote_addrs to the peer's address")
+    for child in children.values():
+        if child.start_action is StartAction.START:
+            raise ld.error(f"{path}.children.{child.name}.start_action",
+                           "cannot initiate to \"%any\": set remote_addrs to the "
+                           "peer's address")
+
+
+def _load_secret(ld: TomlReader, name: str, raw: object) -> SecretConfig:
+    path = f"secrets.{name}"
+    _check_name(ld, name, path)
+    data = ld.table(raw, path)
+    ld.check_keys(data, path, _SECRET_KEYS)
+    ld.get_choice(data, path, "type", SecretType.IKE, SecretType, not_yet=(SecretType.XAUTH,))
+    if "secret" not in data:
+        raise ld.error(f"{path}.secret", "required")
+    secret = ld.get_str(data, path, "secret", "")
+    if not secret:
+        raise ld.error(f"{path}.secret", "must not be empty")
+    try:
+        value = decode_secret(secret)
+    except (binascii.Error, ValueError):
+        raise ld.error(f"{path}.secret", "invalid 0x (hex) or 0s (base64) encoding") from None
+    if not value:
+        raise ld.error(f"{path}.secret", "must not be empty")
+    ids = ld.get_list(data, path, "ids", (),
+                      lambda t, k: ld.identity(t, k, allow_any=True))
+    if not ids:
+        raise ld.error(f"{path}.ids", "required: the peer addresses or IDs this secret is "
+                       "for, or [\"%any\"] for dynamic peers")
+    return SecretConfig(name, secret, ids)
+
+
+def _load_pool(ld: TomlReader, name: str, raw: object) -> PoolConfig:
+    path = f"pools.{name}"
+    _check_name(ld, name, path)
+    data = ld.table(raw, path)
+    ld.check_keys(data, path, _POOL_KEYS)
+    if "addrs" not in data:
+        raise ld.error(f"{path}.addrs", "required: the address range as a subnet "
+                       "(\"10.3.0.0/24\")")
+    addrs = ld.network(ld.get_str(data, path, "addrs", ""), f"{path}.addrs")
+    if addrs.num_addresses < 2:
+        raise ld.error(f"{path}.addrs", "the pool has no addresses to hand out")
+    return PoolConfig(
+        name=name,
+        addrs=addrs,
+        dns=ld.get_list(data, path, "dns", (), ld.address),
+        split_include=ld.get_list(data, path, "split_include", (), ld.network),
+    )
+
+
+def _check_name(ld: TomlReader, name: str, path: str) -> None:
+    if not _NAME_RE.match(name):
+        raise ld.error(path, f"invalid name {name!r}: use letters, digits, '-', '_' and '.'")
+
+
+# --- entry points ------------------------------------------------------------------
+
+
+def parse_config(text: str, source: str = "<string>", base_dir: str | Path | None = None) -> Config:
+    """Validate a TOML configuration; relative file names are resolved against
+    ``base_dir`` (default: the current directory)."""
+    ld = TomlReader(source, Path(base_dir) if base_dir is not None else Path.cwd())
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    ld.check_keys(data, "", _TOP_KEYS)
+    daemon = _load_daemon(ld, data.get("daemon", {}))
+    allow_insecure = daemon.allow_insecure_algorithms
+
+    pool_tables = ld.table(data.get("pools", {}), "pools")
+    if pool_tables:
+        # Address pools serve Mode Config, which is not there yet.
+        raise ld.not_implemented(f"pools.{next(iter(pool_tables))}")
+    pools = {name: _load_pool(ld, name, raw) for name, raw in pool_tables.items()}
+    connections = {
+        name: _load_connection(ld, name, raw, allow_insecure, pools)
+        for name, raw in ld.table(data.get("connections", {}), "connections").items()
+    }
+    secrets = {
+        name: _load_secret(ld, name, raw)
+        for name, raw in ld.table(data.get("secrets", {}), "secrets").items()
+    }
+    return Config(daemon, connections, secrets, pools, source, tuple(ld.notes))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a configuration file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "not UTF-8 text") from None
+    return parse_config(text, str(path), file.resolve().parent)
+
+

@@ -1,0 +1,407 @@
+"""The configuration as validated, frozen dataclasses, and the lookups the engine makes.
+
+Two lookups are decided here because Main Mode forces them (RFC 2409 section 5):
+
+* Phase 1 responder: the peer's proposals arrive before any ID, so the
+  connection is found by (local address, remote address); connections with
+  ``remote_addrs = ["%any"]`` come last and share a common set of proposals
+  (the union of theirs).
+* PSK: Main Mode encrypts the IDs with keys derived from the PSK (RFC 2409
+  section 5.4), so the PSK is chosen by the peer's address (or an ID where
+  that is unambiguous); dynamic peers all share the ``%any`` secret, which
+  ``config_warnings`` flags.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ikev1d.proposals import EspProposal, IkeProposal
+
+from .identity import ANY, Identity, IdentityError
+
+__all__ = [
+    "DEFAULT_ESP_PROPOSALS",
+    "DEFAULT_IKE_PROPOSALS",
+    "Auth",
+    "AuthConfig",
+    "ChildConfig",
+    "Config",
+    "ConnectionConfig",
+    "DaemonConfig",
+    "Dataplane",
+    "DpdAction",
+    "Fragmentation",
+    "IPAddress",
+    "IPNetwork",
+    "IpsecMode",
+    "LogLevel",
+    "ModeCfg",
+    "PoolConfig",
+    "SecretConfig",
+    "SecretType",
+    "StartAction",
+    "decode_secret",
+    "union",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Modern first; one SHA-1 combination last for legacy peers (strongSwan's own
+# defaults include all of these, so two default-configured ends agree).
+DEFAULT_IKE_PROPOSALS: tuple[str, ...] = (
+    "aes128-sha256-curve25519",
+    "aes128-sha256-ecp256",
+    "aes256-sha384-ecp384",
+    "aes256-sha256-modp2048",
+    "aes128-sha256-modp2048",
+    "aes128-sha1-modp2048",
+)
+DEFAULT_ESP_PROPOSALS: tuple[str, ...] = (
+    "aes128gcm16",
+    "aes256gcm16",
+    "aes128-sha256",
+    "aes256-sha256",
+)
+
+
+# --- the choices ---------------------------------------------------------------
+# StrEnums: each member is also its string, so code comparing with "restart"
+# keeps working and status output shows the plain value.
+
+
+class Dataplane(enum.StrEnum):
+    USERSPACE = "userspace"  # TUN device and ESP in ikev1d
+    KERNEL = "kernel"  # Linux XFRM
+    NONE = "none"  # keying only
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Auth(enum.StrEnum):
+    """Phase 1 authentication (RFC 2409 section 5): one method for both sides."""
+
+    PSK = "psk"
+    PUBKEY = "pubkey"  # signatures, RFC 2409 section 5.1
+    RSA_ENCRYPTION = "rsa-encryption"  # RFC 2409 sections 5.2 and 5.3
+
+
+class DpdAction(enum.StrEnum):
+    """What happens when DPD (RFC 3706) declares the peer dead."""
+
+    CLEAR = "clear"
+    HOLD = "hold"
+    RESTART = "restart"
+
+
+class StartAction(enum.StrEnum):
+    NONE = "none"
+    START = "start"
+
+
+class IpsecMode(enum.StrEnum):
+    """RFC 2407 section 4.5 encapsulation mode of a child's IPsec SA."""
+
+    TUNNEL = "tunnel"
+    TRANSPORT = "transport"
+
+
+class Fragmentation(enum.StrEnum):
+    """IKE fragmentation of large Phase 1 messages, strongSwan's choices."""
+
+    YES = "yes"  # announce support, fragment when needed
+    ACCEPT = "accept"  # announce support, never fragment
+    FORCE = "force"  # fragment from the first message on
+    NO = "no"
+
+
+class SecretType(enum.StrEnum):
+    IKE = "ike"  # a pre-shared key for Phase 1
+    XAUTH = "xauth"  # a user's XAUTH password
+
+
+class ModeCfg(enum.StrEnum):
+    """Who starts Mode Config (draft-dukes-ike-mode-cfg-02 section 3.2)."""
+
+    PULL = "pull"
+    PUSH = "push"
+
+
+# --- the dataclasses ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    listen: tuple[str, ...] = ("0.0.0.0",)  # noqa: S104  (a gateway listens on all by default)
+    port: int = 500
+    port_nat_t: int = 4500
+    dataplane: Dataplane = Dataplane.USERSPACE
+    retransmit_timeout: float = 2.0
+    retransmit_tries: int = 5
+    half_open_per_peer: int = 8
+    half_open_total: int = 1024
+    half_open_timeout: float = 30.0
+    log_level: LogLevel = LogLevel.INFO
+    allow_insecure_algorithms: bool = False
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """One side's authentication ([connections.X.local] or [connections.X.remote]).
+
+    ``id`` None means "the IKE address of this side", filled in at runtime.
+    File names are absolute (relative ones are resolved against the config
+    file's directory).
+    """
+
+    auth: Auth = Auth.PSK
+    id: Identity | None = None
+    certs: tuple[str, ...] = ()
+    private_key: str | None = None
+    cacerts: tuple[str, ...] = ()
+    pubkey: str | None = None
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """A Phase 2 tunnel.  Empty ``local_ts``/``remote_ts`` mean "dynamic":
+    the IKE address of that side, or its Mode Config virtual IP."""
+
+    name: str
+    local_ts: tuple[IPNetwork, ...] = ()
+    remote_ts: tuple[IPNetwork, ...] = ()
+    esp_proposals: tuple[EspProposal, ...] = ()
+    mode: IpsecMode = IpsecMode.TUNNEL
+    rekey_time: float = 3600.0
+    life_bytes: int = 0
+    start_action: StartAction = StartAction.NONE
+
+    def traffic_selectors(
+        self, local_addr: str, remote_addr: str
+    ) -> tuple[tuple[IPNetwork, ...], tuple[IPNetwork, ...]]:
+        """(local_ts, remote_ts) with "dynamic" (empty) replaced by a host prefix
+        (/32 or /128) of the given address: the IKE address of that side, or
+        its virtual IP once Mode Config has assigned one."""
+        return _or_host(self.local_ts, local_addr), _or_host(self.remote_ts, remote_addr)
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    name: str
+    local_addrs: tuple[str, ...] = ()
+    remote_addrs: tuple[str, ...] = ()
+    proposals: tuple[IkeProposal, ...] = ()
+    encap: bool = False
+    dpd_delay: float = 30.0
+    dpd_timeout: float = 150.0
+    dpd_action: DpdAction = DpdAction.RESTART
+    rekey_time: float = 14400.0
+    reauth_time: float = 0.0
+    start_action: StartAction = StartAction.NONE
+    vips: tuple[str, ...] = ()
+    pools: tuple[str, ...] = ()
+    modecfg: ModeCfg = ModeCfg.PULL
+    fragmentation: Fragmentation = Fragmentation.YES
+    local: AuthConfig = field(default_factory=AuthConfig)
+    remote: AuthConfig = field(default_factory=AuthConfig)
+    children: dict[str, ChildConfig] = field(default_factory=dict)
+
+    @property
+    def dynamic_peer(self) -> bool:
+        """The peer may come from any address (``remote_addrs`` has ``%any``)."""
+        return ANY in self.remote_addrs
+
+    @property
+    def phase1_lifetime(self) -> float:
+        """Seconds an ISAKMP SA lives.  In IKEv1 renewing Phase 1 is a new Main
+        Mode, i.e. always a reauthentication, so the shorter of rekey_time and
+        a non-zero reauth_time applies."""
+        if self.reauth_time > 0:
+            return min(self.rekey_time, self.reauth_time)
+        return self.rekey_time
+
+
+@dataclass(frozen=True)
+class SecretConfig:
+    name: str
+    secret: str = field(repr=False)
+    ids: tuple[Identity, ...] = ()
+
+    @property
+    def value(self) -> bytes:
+        """The key bytes: ``0x`` hex and ``0s`` base64 as in swanctl, else UTF-8."""
+        return decode_secret(self.secret)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    addrs: IPNetwork
+    dns: tuple[str, ...] = ()
+    split_include: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    connections: dict[str, ConnectionConfig] = field(default_factory=dict)
+    secrets: dict[str, SecretConfig] = field(default_factory=dict)
+    pools: dict[str, PoolConfig] = field(default_factory=dict)
+    source: str = "<string>"
+    # Remarks made while loading (ignored tokens, keys that have no effect);
+    # config_warnings() reports them.
+    notes: tuple[str, ...] = ()
+
+    def connections_for_addresses(
+        self, local_addr: str, remote_addr: str
+    ) -> list[ConnectionConfig]:
+        """Candidate connections for a Phase 1 request, best first.
+
+        Main Mode's first message carries proposals but no identity (RFC 2409
+        section 5), so the responder can only go by addresses here.
+
+        Connections whose ``local_addrs`` contain ``local_addr`` (or are empty)
+        and whose ``remote_addrs`` name ``remote_addr`` come first (an exact
+        address before a subnet containing it), then the ``%any`` ones; ties
+        keep file order, a specific local address before "any local".
+        """
+        local = _ip_or_none(local_addr)
+        remote = _ip_or_none(remote_addr)
+        if local is None or remote is None:
+            return []
+        ranked: list[tuple[int, int, int, ConnectionConfig]] = []
+        for index, conn in enumerate(self.connections.values()):
+            if conn.local_addrs and not any(
+                _ip_or_none(a) == local for a in conn.local_addrs
+            ):
+                continue
+            rank = _remote_rank(conn, remote)
+            if rank is None:
+                continue
+            ranked.append((rank, 0 if conn.local_addrs else 1, index, conn))
+        ranked.sort(key=lambda item: item[:3])
+        return [item[3] for item in ranked]
+
+    def dynamic_peer_proposals(self) -> tuple[IkeProposal, ...]:
+        """The common Phase 1 set for peers without a static address: the union
+        of the ``%any`` connections' proposals, in file order (before any
+        identity arrives such peers cannot be told apart)."""
+        return union(c.proposals for c in self.connections.values() if c.dynamic_peer)
+
+    def psk_for(
+        self, local_id: Identity | str | None, remote_id_or_addr: Identity | str
+    ) -> bytes | None:
+        """The pre-shared key for a peer, or None.
+
+        A secret whose ``ids`` name the peer (its address, or its ID) wins over
+        one for ``%any``; if ``local_id`` is also listed, that secret wins a
+        tie.  A peer address that selects exactly one statically configured
+        connection also matches secrets listing that connection's remote ID
+        (the "ID where unambiguous" case: Main Mode needs the key before the
+        encrypted IDs arrive, RFC 2409 section 5.4).  Among equals, file
+        order decides.
+        """
+        remote = _as_identity(remote_id_or_addr)
+        wanted = {remote} if remote is not None else set()
+        remote_ip = remote.address if remote is not None else None
+        if remote_ip is not None:
+            static_ids = {
+                c.remote.id
+                for c in self.connections.values()
+                if c.remote.id is not None and not c.remote.id.is_any
+                and _remote_rank(c, remote_ip) in (0, 1)
+            }
+            if len(static_ids) == 1:
+                wanted |= static_ids
+        local = _as_identity(local_id) if local_id else None
+        best: SecretConfig | None = None
+        best_score = 0
+        for secret in self.secrets.values():
+            ids = set(secret.ids)
+            if wanted & ids:
+                score = 4
+            elif any(i.is_any for i in ids):
+                score = 2
+            else:
+                continue
+            if local is not None and local in ids:
+                score += 1
+            if score > best_score:
+                best, best_score = secret, score
+        return best.value if best is not None else None
+
+
+def _as_identity(value: Identity | str) -> Identity | None:
+    """An identity, or an address or ID as text; text that is neither names no one."""
+    if isinstance(value, Identity):
+        return value
+    try:
+        return Identity.parse(value)
+    except IdentityError:
+        return None
+
+
+def _ip_or_none(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def _remote_rank(conn: ConnectionConfig, remote: IPAddress) -> int | None:
+    """0: an exact address, 1: a subnet containing it, 2: %any, None: no match."""
+    best: int | None = None
+    for entry in conn.remote_addrs:
+        if entry == ANY:
+            rank = 2
+        elif "/" in entry:
+            net = ipaddress.ip_network(entry)
+            if remote.version != net.version or remote not in net:
+                continue
+            rank = 1
+        else:
+            if ipaddress.ip_address(entry) != remote:
+                continue
+            rank = 0
+        best = rank if best is None else min(best, rank)
+    return best
+
+
+def _or_host(selectors: tuple[IPNetwork, ...], address: str) -> tuple[IPNetwork, ...]:
+    if selectors:
+        return selectors
+    return (ipaddress.ip_network(address.strip()),)
+
+
+def decode_secret(text: str) -> bytes:
+    if text.startswith("0x"):
+        return binascii.unhexlify(text[2:])
+    if text.startswith("0s"):
+        return base64.b64decode(text[2:], validate=True)
+    return text.encode("utf-8")
+
+
+_P = TypeVar("_P")
+
+
+def union(groups: Iterable[Iterable[_P]]) -> tuple[_P, ...]:
+    seen: list[_P] = []
+    for group in groups:
+        for item in group:
+            if item not in seen:
+                seen.append(item)
+    return tuple(seen)
+
+

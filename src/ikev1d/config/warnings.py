@@ -1,0 +1,116 @@
+"""Things that load but deserve a second look (``ikev1d check-config``)."""
+
+from __future__ import annotations
+
+from ikev1d.durations import format_duration
+
+from .identity import ANY, Identity
+from .model import Auth, ChildConfig, Config, ConnectionConfig, DpdAction, IpsecMode
+
+__all__ = ["config_warnings"]
+
+_MIN_PSK_LENGTH = 20
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Things that load but deserve a second look, each ``FILE: KEY: text``."""
+    src = cfg.source
+    out = _shared_psk(cfg)
+    if cfg.daemon.allow_insecure_algorithms:
+        out.append(f"{src}: daemon.allow_insecure_algorithms: insecure algorithms (md5, des) "
+                   "are allowed")
+    dynamic_sets = {
+        c.name: c.proposals for c in cfg.connections.values() if c.dynamic_peer
+    }
+    if len(set(dynamic_sets.values())) > 1:
+        out.append(
+            f"{src}: connections: the dynamic-peer connections "
+            f"{', '.join(dynamic_sets)} have different proposals; a responder cannot tell "
+            "them apart before authentication, so it accepts the union of them for all"
+        )
+    used_pools: set[str] = set()
+    for conn in cfg.connections.values():
+        used_pools.update(conn.pools)
+        out += _connection_warnings(cfg, conn)
+    for secret in cfg.secrets.values():
+        if len(secret.value) < _MIN_PSK_LENGTH:
+            out.append(f"{src}: secrets.{secret.name}.secret: the pre-shared key is only "
+                       f"{len(secret.value)} characters; use at least {_MIN_PSK_LENGTH} "
+                       "random characters")
+    for pool in cfg.pools.values():
+        if pool.name not in used_pools:
+            out.append(f"{src}: pools.{pool.name}: not used by any connection")
+    out.extend(cfg.notes)
+    return out
+
+
+def _shared_psk(cfg: Config) -> list[str]:
+    """Dynamic peers share one PSK: any of them can impersonate the others, because
+    Main Mode picks the PSK by address before any identity is known (RFC 2409 5.4)."""
+    psk_dynamic = [
+        c.name for c in cfg.connections.values() if c.dynamic_peer and c.local.auth is Auth.PSK
+    ]
+    any_secrets = [s.name for s in cfg.secrets.values() if any(i.is_any for i in s.ids)]
+    if not psk_dynamic and not any_secrets:
+        return []
+    keys = [f"connections.{n}" for n in psk_dynamic] + [f"secrets.{n}" for n in any_secrets]
+    who = f"connections {', '.join(psk_dynamic)}" if psk_dynamic else "connections"
+    return [
+        f"{cfg.source}: {', '.join(keys)}: {who} with dynamic peers (%any) share "
+        "one pre-shared key: using the same pre-shared key for several peers is a "
+        "security risk and is discouraged (any of them can impersonate the others); "
+        "prefer authentication by certificate (auth = \"pubkey\") once it is implemented"
+    ]
+
+
+def _connection_warnings(cfg: Config, conn: ConnectionConfig) -> list[str]:
+    src = cfg.source
+    path = f"connections.{conn.name}"
+    out: list[str] = []
+    for proposal in conn.proposals:
+        if proposal.weak:
+            out.append(f"{src}: {path}.proposals: {proposal.render()}: "
+                       f"{'; '.join(proposal.weaknesses)}")
+    if conn.local.auth is Auth.PSK and _no_secret(cfg, conn):
+        out.append(f"{src}: {path}: auth = \"psk\" but no [secrets.*] entry lists the "
+                   f"peer ({', '.join(conn.remote_addrs)} / {conn.remote.id}) or \"%any\"")
+    if conn.dynamic_peer and conn.dpd_action is DpdAction.RESTART and conn.dpd_delay > 0:
+        out.append(f"{src}: {path}.dpd_action: \"restart\" cannot re-initiate to a dynamic "
+                   "peer (%any); \"clear\" is the usual choice for responders")
+    if not conn.children:
+        out.append(f"{src}: {path}.children: no children: Phase 1 only, no traffic "
+                   "will be protected")
+    for child in conn.children.values():
+        out += _child_warnings(src, conn, child, f"{path}.children.{child.name}")
+    return out
+
+
+def _child_warnings(src: str, conn: ConnectionConfig, child: ChildConfig, cpath: str) -> list[str]:
+    out: list[str] = []
+    for esp in child.esp_proposals:
+        if esp.weak:
+            out.append(f"{src}: {cpath}.esp_proposals: {esp.render()}: "
+                       f"{'; '.join(esp.weaknesses)}")
+    if child.rekey_time > conn.phase1_lifetime:
+        out.append(
+            f"{src}: {cpath}.rekey_time: Phase 2 lifetime "
+            f"({format_duration(child.rekey_time)}) is longer than Phase 1's "
+            f"({format_duration(conn.phase1_lifetime)}); usually Phase 1 lives longer"
+        )
+    if child.mode is IpsecMode.TUNNEL and not conn.vips and not conn.pools and (
+        not child.local_ts or not child.remote_ts
+    ):
+        out.append(f"{src}: {cpath}: local_ts/remote_ts not set: the tunnel covers "
+                   "only the two gateway addresses")
+    return out
+
+
+def _no_secret(cfg: Config, conn: ConnectionConfig) -> bool:
+    candidates: list[Identity | str] = [
+        a for a in conn.remote_addrs if a != ANY and "/" not in a
+    ]
+    if conn.remote.id is not None:
+        candidates.append(conn.remote.id)
+    if conn.dynamic_peer:
+        candidates.append(ANY)
+    return all(cfg.psk_for(conn.local.id, c) is None for c in candidates)
