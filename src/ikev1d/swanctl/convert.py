@@ -266,27 +266,10 @@ class _Converter:
 
     def connection(self, name: str, sec: Section, pool_names: set[str]) -> TomlTable | None:
         path = f"connections.{name}"
-        version = sec.settings.get("version")
-        version_value = version.value.strip() if version is not None else "0"
-        if version_value == "2":
-            self.note(sec, path, "skipped", "an IKEv2 connection (version = 2); "
-                      "ikev1d speaks IKEv1 only")
+        if not self.convertible(name, sec, path):
             return None
-        if version_value not in ("0", "1"):
-            self.note(version or sec, f"{path}.version", "skipped",
-                      f"unknown IKE version {version_value!r}")
-            return None
-        if version_value == "0":
-            self.note(version or sec, f"{path}.version", "note",
-                      "version = 0 (any) converted as IKEv1; charon would initiate IKEv2")
-        if not _NAME_RE.match(name):
-            self.note(sec, path, "skipped", f"the name {name!r} is not valid in ikev1d: "
-                      "use letters, digits, '-', '_' and '.'")
-            return None
-
         conn: TomlTable = {}
         s = sec.settings
-
         local_addrs = self.local_addrs(s.get("local_addrs"), f"{path}.local_addrs")
         remote_addrs = self.remote_addrs(s.get("remote_addrs"), f"{path}.remote_addrs")
         if not remote_addrs:
@@ -296,8 +279,43 @@ class _Converter:
         if local_addrs:
             conn["local_addrs"] = local_addrs
         conn["remote_addrs"] = remote_addrs
-        dynamic = remote_addrs == [_ANY]
+        self.phase1(sec, path, conn)
+        self.mode_config(sec, path, conn, pool_names)
+        if not self.authentication(sec, path, conn, remote_addrs):
+            return None
+        self.children(sec, path, conn, dynamic=remote_addrs == [_ANY])
+        handled = ("version", "local_addrs", "remote_addrs", "proposals", "encap",
+                   "dpd_delay", "dpd_timeout", "rekey_time", "reauth_time", "aggressive",
+                   "vips", "pools", "pull")
+        auth_sections = [n for n in sec.sections if _is_round(n, "local")
+                         or _is_round(n, "remote")]
+        self.drop_rest(sec, path, handled, _CONNECTION_DROPS, (*auth_sections, "children"))
+        return conn
 
+    def convertible(self, name: str, sec: Section, path: str) -> bool:
+        """An IKEv1 connection (version 1, or 0 meaning any) with a name ikev1d takes."""
+        version = sec.settings.get("version")
+        version_value = version.value.strip() if version is not None else "0"
+        if version_value == "2":
+            self.note(sec, path, "skipped", "an IKEv2 connection (version = 2); "
+                      "ikev1d speaks IKEv1 only")
+            return False
+        if version_value not in ("0", "1"):
+            self.note(version or sec, f"{path}.version", "skipped",
+                      f"unknown IKE version {version_value!r}")
+            return False
+        if version_value == "0":
+            self.note(version or sec, f"{path}.version", "note",
+                      "version = 0 (any) converted as IKEv1; charon would initiate IKEv2")
+        if not _NAME_RE.match(name):
+            self.note(sec, path, "skipped", f"the name {name!r} is not valid in ikev1d: "
+                      "use letters, digits, '-', '_' and '.'")
+            return False
+        return True
+
+    def phase1(self, sec: Section, path: str, conn: TomlTable) -> None:
+        """Proposals, encapsulation, DPD, lifetime; Aggressive Mode refused."""
+        s = sec.settings
         if "proposals" in s:
             kept = self.proposals(s["proposals"], f"{path}.proposals", esp=False)
             if kept:
@@ -306,10 +324,8 @@ class _Converter:
             encap = self.boolean(s["encap"], f"{path}.encap")
             if encap is not None:
                 conn["encap"] = encap
-
         self.dpd(sec, path, conn)
         self.lifetime(sec, path, conn)
-
         if "aggressive" in s:
             aggressive = self.boolean(s["aggressive"], f"{path}.aggressive")
             if aggressive:
@@ -317,6 +333,9 @@ class _Converter:
                              "Aggressive Mode is not supported: ikev1d uses Main Mode only, "
                              "which protects the identities")
 
+    def mode_config(self, sec: Section, path: str, conn: TomlTable, pool_names: set[str]) -> None:
+        """vips (client) or pools (server), and pull/push."""
+        s = sec.settings
         vips: list[str] = []
         if "vips" in s:
             for text in _split_list(s["vips"].value):
@@ -341,14 +360,10 @@ class _Converter:
             conn["vips"] = vips
         if pools:
             conn["pools"] = pools
-        if "pull" in s:
-            pull = self.boolean(s["pull"], f"{path}.pull")
-            if pull is False:
-                conn["modecfg"] = "push"
+        if "pull" in s and self.boolean(s["pull"], f"{path}.pull") is False:
+            conn["modecfg"] = "push"
 
-        if not self.authentication(sec, path, conn, remote_addrs):
-            return None
-
+    def children(self, sec: Section, path: str, conn: TomlTable, *, dynamic: bool) -> None:
         children: TomlTable = {}
         children_section = sec.section("children")
         dpd_actions: list[tuple[Setting, str]] = []
@@ -362,14 +377,6 @@ class _Converter:
         self.dpd_action(dpd_actions, conn)
         if children:
             conn["children"] = children
-
-        handled = ("version", "local_addrs", "remote_addrs", "proposals", "encap",
-                   "dpd_delay", "dpd_timeout", "rekey_time", "reauth_time", "aggressive",
-                   "vips", "pools", "pull")
-        auth_sections = [n for n in sec.sections if _is_round(n, "local")
-                         or _is_round(n, "remote")]
-        self.drop_rest(sec, path, handled, _CONNECTION_DROPS, (*auth_sections, "children"))
-        return conn
 
     def local_addrs(self, setting: Setting | None, path: str) -> list[str]:
         if setting is None:
@@ -614,6 +621,18 @@ class _Converter:
                           "the child is left out")
                 return None
             child["mode"] = mode
+        self.child_lifetime(s, path, child)
+        if "start_action" in s:
+            self.start_action(s["start_action"], f"{path}.start_action", dynamic, child)
+        if "dpd_action" in s:
+            self.child_dpd_action(s["dpd_action"], path, dpd_actions)
+        handled = ("local_ts", "remote_ts", "esp_proposals", "mode", "rekey_time",
+                   "life_bytes", "start_action", "dpd_action")
+        self.drop_rest(sec, path, handled, _CHILD_DROPS)
+        return child
+
+    def child_lifetime(self, s: dict[str, Setting], path: str, child: TomlTable) -> None:
+        """rekey_time (swanctl's default when absent) and life_bytes."""
         rekey = _SWANCTL_CHILD_REKEY_TIME
         if "rekey_time" in s:
             parsed = self.duration(s["rekey_time"], f"{path}.rekey_time")
@@ -632,27 +651,23 @@ class _Converter:
             else:
                 self.dropped(s["life_bytes"], f"{path}.life_bytes",
                              f"{text!r} is not a number of bytes")
-        if "start_action" in s:
-            self.start_action(s["start_action"], f"{path}.start_action", dynamic, child)
-        for key in ("dpd_action",):
-            if key not in s:
-                continue
-            action = s[key].value.strip().lower()
-            mapped = {"clear": "clear", "restart": "restart", "none": "clear",
-                      "trap": "hold", "hold": "hold"}.get(action)
-            setting = Setting(f"{path}.{key}", s[key].value, s[key].source, s[key].line)
-            if mapped is None:
-                self.dropped(s[key], f"{path}.{key}", f"unknown action {action!r}")
-                continue
-            if action == "trap":
-                self.note(s[key], f"{path}.{key}", "note",
-                          "trap: ikev1d has no trap policies; converted as hold (the SAs "
-                          "are deleted and nothing is re-initiated)")
-            dpd_actions.append((setting, mapped))
-        handled = ("local_ts", "remote_ts", "esp_proposals", "mode", "rekey_time",
-                   "life_bytes", "start_action", "dpd_action")
-        self.drop_rest(sec, path, handled, _CHILD_DROPS)
-        return child
+
+    def child_dpd_action(self, setting: Setting, path: str,
+                         dpd_actions: list[tuple[Setting, str]]) -> None:
+        """swanctl's per-child dpd_action, gathered for the connection (ikev1d's is per
+        connection)."""
+        key = f"{path}.dpd_action"
+        action = setting.value.strip().lower()
+        mapped = {"clear": "clear", "restart": "restart", "none": "clear",
+                  "trap": "hold", "hold": "hold"}.get(action)
+        if mapped is None:
+            self.dropped(setting, key, f"unknown action {action!r}")
+            return
+        if action == "trap":
+            self.note(setting, key, "note",
+                      "trap: ikev1d has no trap policies; converted as hold (the SAs "
+                      "are deleted and nothing is re-initiated)")
+        dpd_actions.append((Setting(key, setting.value, setting.source, setting.line), mapped))
 
     def start_action(self, setting: Setting, path: str, dynamic: bool,
                      child: TomlTable) -> None:
