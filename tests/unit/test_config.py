@@ -987,3 +987,10 @@ def test_metrics_listener_errors(value: str, reason: str) -> None:
     assert reason in message
     assert "metrics = 9616" not in message
     assert "expected a string" in error("[daemon]\nmetrics = 9616")
+
+
+def test_metrics_off_loopback_is_warned_about() -> None:
+    assert not config_warnings(load("[daemon]\nmetrics = '127.0.0.1:9616'"))
+    assert not config_warnings(load("[daemon]\nmetrics = '[::1]:9616'"))
+    (warning,) = config_warnings(load("[daemon]\nmetrics = '0.0.0.0:9616'"))
+    assert warning.startswith("test.toml: daemon.metrics: /metrics on 0.0.0.0 is reachable")
