@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 # Every program the demo and the tests run, by Debian package: strongSwan's charon,
 # swanctl and pki with the plugins the test configurations load (openssl and gcm are in
 # the standard plugins, XAUTH in extauth), tshark and dumpcap, ip, nft, sysctl (procps)
-# and iperf3 for the benchmarks.
+# and iperf3 for the benchmarks; systemd-analyze (in systemd; installing the package
+# in a container or chroot does not make it the init system) checks contrib/ikev1d.service.
 DEB_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
                 libstrongswan-extra-plugins libstrongswan-standard-plugins \
                 libcharon-extauth-plugins strongswan-pki \
-                tshark iproute2 nftables procps iperf3
+                tshark iproute2 nftables procps iperf3 systemd
 # A minimal Debian has no Python at all; an interpreter given as PYTHON=... is the
 # caller's own, and then only its venv module is assumed.
 ifeq ($(origin PYTHON),file)

@@ -5,12 +5,22 @@
 Modules log through ``logging.getLogger("ikev1d.<module>")`` and pass
 ``extra={"conn": name, "peer": address}`` when they know them; either may be
 missing, and ``peer`` may be an address string or an (address, port) endpoint.
+
+Under systemd, stderr is a stream to the journal (``JOURNAL_STREAM`` names
+its device and inode); each line then starts with ``<N>``, the syslog
+priority of its level (RFC 5424 section 6.2.1), which the journal strips and
+keeps as the entry's priority, so ``journalctl -p warning`` works. SIGUSR1
+makes the daemon call ``reopen_log_files`` after logrotate moved the file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
+from collections.abc import Mapping
+from typing import TextIO
 
 from ikev1d.errors import Ikev1dError
 
@@ -24,6 +34,16 @@ LEVELS: dict[str, int] = {
 """Accepted ``--log-level`` / ``[daemon] log_level`` values (case-insensitive)."""
 
 ROOT_LOGGER = "ikev1d"
+
+SYSLOG_PRIORITIES: tuple[tuple[int, int], ...] = (
+    (logging.CRITICAL, 2),  # crit
+    (logging.ERROR, 3),     # err
+    (logging.WARNING, 4),   # warning
+    (logging.INFO, 6),      # info
+    (0, 7),                 # debug
+)
+"""(lowest logging level, syslog priority), RFC 5424 section 6.2.1; the first that
+the record's level reaches applies."""
 
 
 class LogSetupError(Ikev1dError):
@@ -76,6 +96,40 @@ class EventFormatter(logging.Formatter):
         return text
 
 
+def syslog_priority(levelno: int) -> int:
+    for level, priority in SYSLOG_PRIORITIES:
+        if levelno >= level:
+            return priority
+    return 7
+
+
+class JournalFormatter(EventFormatter):
+    """The same lines, each prefixed with ``<N>`` for the journal; a traceback's
+    lines too, so that they stay in the record's priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+def stderr_is_journal(
+    environ: Mapping[str, str] | None = None, stream: TextIO | None = None
+) -> bool:
+    """Whether stderr is the journal's stream: ``JOURNAL_STREAM`` is ``DEVICE:INODE``
+    of it. Compared with stderr itself, because a child that inherits the variable
+    may have its stderr redirected elsewhere."""
+    env = os.environ if environ is None else environ
+    value = env.get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
 _handlers: list[logging.Handler] = []
 
 
@@ -92,22 +146,54 @@ def setup_logging(level: str | int = "info", log_file: str | None = None) -> Non
     logging.logMultiprocessing = False
     logging._srcfile = None  # the documented way to skip the caller lookup
     formatter = EventFormatter()
-    new_handlers: list[logging.Handler] = [logging.StreamHandler()]
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(JournalFormatter() if stderr_is_journal() else formatter)
+    new_handlers: list[logging.Handler] = [stderr]
     if log_file:
         try:
-            new_handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
             raise LogSetupError(f"cannot open log file {log_file}: {exc.strerror}") from None
+        file_handler.setFormatter(formatter)
+        new_handlers.append(file_handler)
     root = logging.getLogger(ROOT_LOGGER)
     for old in _handlers:
         root.removeHandler(old)
         old.close()
     _handlers.clear()
     for handler in new_handlers:
-        handler.setFormatter(formatter)
         root.addHandler(handler)
         _handlers.append(handler)
     root.setLevel(numeric)
+
+
+def reopen_log_files() -> list[str]:
+    """Close and open again each log file (SIGUSR1, after logrotate renamed it), so
+    that lines go to a new file at the configured name; the paths reopened.
+
+    Raises LogSetupError when a file cannot be opened; that handler then stays
+    closed (it opens the file again at its next line, and logs nothing if it
+    still cannot: logging reports that on stderr)."""
+    reopened = []
+    for handler in _handlers:
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        handler.acquire()
+        try:
+            old = handler.stream
+            handler.stream = None  # FileHandler opens it again at the next line
+            if old is not None:
+                old.close()
+            try:
+                handler.stream = handler._open()
+            except OSError as exc:
+                raise LogSetupError(
+                    f"cannot reopen log file {handler.baseFilename}: {exc.strerror}"
+                ) from None
+        finally:
+            handler.release()
+        reopened.append(handler.baseFilename)
+    return reopened
 
 
 def set_level(level: str | int) -> None:

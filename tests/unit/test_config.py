@@ -452,7 +452,6 @@ def test_auth_errors(text: str, key: str, reason: str) -> None:
 # Every value that asks for a feature that does not exist yet: (text, key).  The
 # configuration reference must mark each of these keys "not implemented yet".
 NOT_IMPLEMENTED = [
-    ("[daemon]\nmetrics = '127.0.0.1:9616'", "daemon.metrics"),
     ("[daemon]\nkeylog_dir = '/var/lib/ikev1d/keys'", "daemon.keylog_dir"),
     (C + "vips = ['0.0.0.0']", "connections.c.vips"),
     (C + "pools = ['clients']", "connections.c.pools"),
@@ -954,3 +953,44 @@ def test_sample_loads_but_for_the_features_not_implemented_yet() -> None:
     assert conn.fragmentation is Fragmentation.YES and conn.dpd_action is DpdAction.RESTART
     assert conn.children["net"].esp_proposals[0].pfs
     assert cfg.psk_for("192.0.2.1", "192.0.2.2") == b"a long random string"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", None),
+        ("127.0.0.1:9616", ("127.0.0.1", 9616)),
+        (" [::1]:9100 ", ("::1", 9100)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+    ],
+)
+def test_metrics_listener(value: str, expected: tuple[str, int] | None) -> None:
+    assert load(f"[daemon]\nmetrics = {value!r}").daemon.metrics == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("127.0.0.1", "is not ADDRESS:PORT"),
+        ("127.0.0.1:", "is not ADDRESS:PORT"),
+        (":9616", "is not ADDRESS:PORT"),
+        ("localhost:9616", "is not an IP address"),
+        ("::1:9616", "in brackets"),
+        ("127.0.0.1:0", "not in 1-65535"),
+        ("127.0.0.1:70000", "not in 1-65535"),
+        ("127.0.0.1:96x6", "is not ADDRESS:PORT"),
+    ],
+)
+def test_metrics_listener_errors(value: str, reason: str) -> None:
+    message = error(f"[daemon]\nmetrics = {value!r}")
+    assert message.startswith("test.toml: daemon.metrics: "), message
+    assert reason in message
+    assert "metrics = 9616" not in message
+    assert "expected a string" in error("[daemon]\nmetrics = 9616")
+
+
+def test_metrics_off_loopback_is_warned_about() -> None:
+    assert not config_warnings(load("[daemon]\nmetrics = '127.0.0.1:9616'"))
+    assert not config_warnings(load("[daemon]\nmetrics = '[::1]:9616'"))
+    (warning,) = config_warnings(load("[daemon]\nmetrics = '0.0.0.0:9616'"))
+    assert warning.startswith("test.toml: daemon.metrics: /metrics on 0.0.0.0 is reachable")

@@ -103,7 +103,6 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
     data = ld.table(raw, "daemon")
     path = "daemon"
     ld.check_keys(data, path, _DAEMON_KEYS)
-    ld.refuse_unless_empty(data, path, "metrics")
     ld.refuse_unless_empty(data, path, "keylog_dir")
     d = DaemonConfig()
     listen = ld.get_list(data, path, "listen", d.listen, ld.address)
@@ -127,7 +126,28 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
         log_level=ld.get_choice(data, path, "log_level", d.log_level, LogLevel),
         allow_insecure_algorithms=ld.get_bool(data, path, "allow_insecure_algorithms",
                                               d.allow_insecure_algorithms),
+        metrics=_listener(ld, ld.get_str(data, path, "metrics", ""), "daemon.metrics"),
     )
+
+
+def _listener(ld: TomlReader, text: str, key: str) -> tuple[str, int] | None:
+    """``"127.0.0.1:9616"`` or ``"[::1]:9616"`` as (address, port); ``""``: None.
+
+    An address, not a host name: the daemon resolves nothing at start."""
+    value = text.strip()
+    if not value:
+        return None
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ld.error(key, f"{text!r}: write an IPv6 address in brackets, like \"[::1]:9616\"")
+    if not sep or not host or not port_text.isdigit() or not port_text.isascii():
+        raise ld.error(key, f"{text!r} is not ADDRESS:PORT (like \"127.0.0.1:9616\")")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ld.error(key, f"{text!r}: port {port} is not in 1-65535")
+    return ld.address(host, key), port
 
 
 def _ike_proposals(

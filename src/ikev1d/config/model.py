@@ -155,6 +155,8 @@ class DaemonConfig:
     half_open_timeout: float = 30.0
     log_level: LogLevel = LogLevel.INFO
     allow_insecure_algorithms: bool = False
+    metrics: tuple[str, int] | None = None
+    """(address, TCP port) of the Prometheus ``/metrics`` listener; None: off."""
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from ikev1d.durations import format_duration
 
 from .identity import ANY, Identity
@@ -19,6 +21,13 @@ def config_warnings(cfg: Config) -> list[str]:
     if cfg.daemon.allow_insecure_algorithms:
         out.append(f"{src}: daemon.allow_insecure_algorithms: insecure algorithms (md5, des) "
                    "are allowed")
+    if cfg.daemon.metrics is not None and not ipaddress.ip_address(
+        cfg.daemon.metrics[0]
+    ).is_loopback:
+        out.append(f"{src}: daemon.metrics: /metrics on {cfg.daemon.metrics[0]} is reachable "
+                   "from the network without authentication and shows connection names, "
+                   "peer identities and addresses; use a loopback or management address and "
+                   "a firewall")
     dynamic_sets = {
         c.name: c.proposals for c in cfg.connections.values() if c.dynamic_peer
     }

@@ -39,6 +39,8 @@ from ikev1d.daemon.control import (
     encode_response,
     encode_status_response,
 )
+from ikev1d.daemon.metrics import MetricsError, MetricsServer, MetricsSnapshot, make_registry
+from ikev1d.daemon.systemd import Notifier
 from ikev1d.daemon.udp import UdpError, UdpTransport
 from ikev1d.dataplane.base import DataplaneBackend, DataplaneError, create_backend
 from ikev1d.engine import Engine
@@ -138,8 +140,10 @@ class Daemon:
         warnings: Callable[[Config], list[str]] = config_module.config_warnings,
         random_bytes: Callable[[int], bytes] = os.urandom,
         install_signal_handlers: bool = True,
+        notifier: Notifier | None = None,
     ) -> None:
         self.options = options
+        self._notifier = notifier if notifier is not None else Notifier({})
         self._config_loader = config_loader
         self._engine_factory = engine_factory
         self._backend_factory = backend_factory
@@ -152,6 +156,7 @@ class Daemon:
         self._backend: DataplaneBackend | None = None
         self._udp: UdpTransport | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._metrics: MetricsServer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._waiters: list[_UpWaiter] = []
@@ -184,6 +189,10 @@ class Daemon:
         # The loop clock is time.monotonic(), the clock the engine's timers use.
         return self.loop.time()
 
+    @property
+    def metrics_server(self) -> MetricsServer | None:
+        return self._metrics
+
     async def wait_started(self) -> None:
         await self._started.wait()
 
@@ -205,6 +214,7 @@ class Daemon:
         try:
             self._start()
             await self._start_control_server()
+            await self._start_metrics()
         except BaseException:
             self._run_cleanups()
             raise
@@ -215,6 +225,9 @@ class Daemon:
         # the sockets and the data plane are up.
         self.engine.start(self.now())
         self._pump()
+        # Sockets bound, data plane up, control socket answering: ready for systemd
+        # (Type=notify), which starts units ordered after this one only now.
+        self._notifier.ready("running")
 
     def _start(self) -> None:
         try:
@@ -265,6 +278,7 @@ class Daemon:
             self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             self.loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             self.loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            self.loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
             self._cleanups.append(("signal handlers", self._remove_signal_handlers))
 
     async def _start_control_server(self) -> None:
@@ -287,6 +301,32 @@ class Daemon:
             os.umask(old_umask)
         self._cleanups.append(("control socket", self._remove_control_socket))
 
+    async def _start_metrics(self) -> None:
+        config = self._config
+        if config is None or config.daemon.metrics is None:
+            return
+        server = MetricsServer(make_registry(self.metrics_snapshot), config.daemon.metrics)
+        try:
+            await server.start()
+        except MetricsError as exc:
+            raise DaemonError(str(exc)) from None
+        self._metrics = server
+        self._cleanups.append(("metrics listener", server.close))
+        host = config.daemon.metrics[0]
+        log.info("serving Prometheus metrics on http://%s:%d/metrics",
+                 f"[{host}]" if ":" in host else host, server.port)
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """What a scrape shows; runs on the loop, like every other use of the engine."""
+        engine = self.engine
+        drops = getattr(self._backend, "drops", None)
+        return MetricsSnapshot(
+            status=self.status(),
+            stats=engine.stats.snapshot(),
+            half_open=engine.half_open_count(),
+            esp_drops=dict(drops) if isinstance(drops, dict) else None,
+        )
+
     def _remove_control_socket(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -294,7 +334,7 @@ class Daemon:
             os.unlink(self.options.socket_path)
 
     def _remove_signal_handlers(self) -> None:
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             self.loop.remove_signal_handler(signum)
 
     def _run_cleanups(self) -> None:
@@ -309,6 +349,7 @@ class Daemon:
         """Begin the shutdown (SIGTERM, SIGINT)."""
         if self._stop is not None and not self._stop.is_set():
             log.info("shutting down: deleting all SAs")
+            self._notifier.stopping()
             self._stop.set()
 
     async def stop(self) -> None:
@@ -316,8 +357,12 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
+        if self._stop is None or not self._stop.is_set():
+            self._notifier.stopping()
         if self._server is not None:
             self._server.close()
+        if self._metrics is not None:
+            self._metrics.close()
         for waiter in self._waiters:
             waiter.finish(False, f"{waiter.conn}: the daemon is shutting down")
         if self._engine is not None:
@@ -332,8 +377,28 @@ class Daemon:
         log.info("SIGHUP: reloading %s", self.options.config_path)
         self.reload()
 
+    def _on_sigusr1(self) -> None:
+        # logrotate has moved the file away: write to a new one at the old name.
+        try:
+            reopened = logsetup.reopen_log_files()
+        except logsetup.LogSetupError as exc:
+            log.error("SIGUSR1: %s", exc)
+            return
+        log.info("SIGUSR1: reopened %s", ", ".join(reopened) or "no log file")
+
     def reload(self) -> tuple[bool, str]:
-        """Load the config file again; on error keep running with the old one."""
+        """Load the config file again; on error keep running with the old one.
+
+        systemd hears RELOADING=1 before and READY=1 after, whatever the outcome:
+        the daemon runs on either way (with the old configuration on failure), and
+        ``ikev1d reload`` reports the failure to systemd's ExecReload."""
+        self._notifier.reloading()
+        try:
+            return self._reload()
+        finally:
+            self._notifier.ready("running")
+
+    def _reload(self) -> tuple[bool, str]:
         try:
             config = self._config_loader(self.options.config_path)
         except ConfigLoadError as exc:
@@ -342,7 +407,8 @@ class Daemon:
             return False, message
         old = self._config
         if old is not None and _daemon_section_changed(old, config):
-            log.warning("changes to [daemon] listen/port/port_nat_t/dataplane need a restart")
+            log.warning("changes to [daemon] listen/port/port_nat_t/dataplane/metrics need a "
+                        "restart")
         self._log_warnings(config)
         self._apply_log_level(config)
         try:
@@ -703,6 +769,7 @@ def _daemon_section_changed(old: Config, new: Config) -> bool:
         or a.port != b.port
         or a.port_nat_t != b.port_nat_t
         or a.dataplane != b.dataplane
+        or a.metrics != b.metrics
     )
 
 
@@ -734,6 +801,6 @@ def _check_control_socket(path: str) -> None:
 
 def run_daemon(options: DaemonOptions) -> int:
     """Run in the foreground until SIGTERM/SIGINT; exit status. Raises DaemonError."""
-    daemon = Daemon(options)
+    daemon = Daemon(options, notifier=Notifier())
     asyncio.run(daemon.run())
     return 0

@@ -32,6 +32,7 @@ from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, info
 from ikev1d.engine.exchanges.main_mode import MmState
 from ikev1d.engine.ike_sa import ChildSa, IkeSa, IkeState, ProtocolFailure
 from ikev1d.engine.lifecycle import Lifecycle
+from ikev1d.engine.stats import PHASE1, EngineStats
 from ikev1d.engine.timers import Timers
 from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument
 from ikev1d.wire import (
@@ -59,6 +60,7 @@ class Engine:
         self.credentials = CredentialCache()
         self.lifecycle = Lifecycle(self)
         self.deletion = Deletion(self)
+        self.stats = EngineStats()
         self._random = random_bytes
         self._out: list[Datagram] = []
         self._events: list[Event] = []
@@ -172,6 +174,7 @@ class Engine:
         """Send our Main Mode message 1 for a new SA; ProtocolFailure if we cannot."""
         mm = MainMode(sa)
         sa.exchanges[mm.message_id] = mm
+        self.stats.handshake_started(PHASE1, True)
         mm.start(now)
         self._initiating[sa.cky_i] = sa
 
@@ -347,6 +350,7 @@ class Engine:
         per_peer = self._half_open_per_peer.get(remote[0], 0)
         if per_peer < daemon.half_open_per_peer and len(self._half_open) < daemon.half_open_total:
             return False
+        self.stats.half_open_dropped += 1
         # One line per peer every few seconds: a flood must not flood the log too.
         last, suppressed = self._drop_log.get(remote[0], (-1e9, 0))
         if now - last >= DROP_LOG_INTERVAL_S:
@@ -382,10 +386,12 @@ class Engine:
                    candidates=pool, now=now)
         mm = MainMode(sa)
         sa.exchanges[mm.message_id] = mm
+        self.stats.handshake_started(PHASE1, False)
         try:
             mm.first_message(message, now)
         except ProtocolFailure as exc:
             log.warning("Main Mode request refused: %s", exc, extra=sa.log_extra)
+            self.stats.handshake_failed(PHASE1, False, str(exc))
             return
         if mm.state is MmState.FAILED:
             return
@@ -398,6 +404,7 @@ class Engine:
     def _half_open_expired(self, sa: IkeSa) -> None:
         if sa.state is IkeState.CONNECTING:
             log.info("half-open ISAKMP SA expired", extra=sa.log_extra)
+            self.stats.handshake_failed(PHASE1, sa.initiator, "half-open SA expired")
             self.drop_sa(sa)
 
     # -- SA tables -------------------------------------------------------------------------
@@ -448,6 +455,10 @@ class Engine:
 
     def ike_sa_count(self) -> int:
         return len(self._all_sas())
+
+    def half_open_count(self) -> int:
+        """Responder ISAKMP SAs whose Main Mode has not authenticated the peer yet."""
+        return len(self._half_open)
 
     def status(self, now: float) -> StatusDocument:
         ike_sas = []

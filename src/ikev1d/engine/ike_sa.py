@@ -22,6 +22,7 @@ from ikev1d.crypto import (
     phase2_iv,
 )
 from ikev1d.engine.api import Datagram, Endpoint, Event, Network
+from ikev1d.engine.stats import EngineStats
 from ikev1d.engine.timers import Timer, Timers
 from ikev1d.engine.vendor import PeerVendors
 from ikev1d.errors import Ikev1dError
@@ -63,6 +64,7 @@ class Context(Protocol):
     config: Config
     timers: Timers
     credentials: CredentialCache
+    stats: EngineStats
 
     def random_bytes(self, n: int) -> bytes: ...
     def send(self, datagram: Datagram) -> None: ...

@@ -18,6 +18,7 @@ from ikev1d.engine.ike_sa import (
     ProtocolFailure,
     QuickModeWork,
 )
+from ikev1d.engine.stats import PHASE1, PHASE2
 from ikev1d.engine.vendor import Extension
 from ikev1d.wire import NotifyPayload, NotifyType, ProtocolId
 
@@ -37,6 +38,7 @@ class Lifecycle:
         sa.state = IkeState.ESTABLISHED
         sa.established_at = now
         self.engine.leave_half_open(sa)
+        self.engine.stats.handshake_succeeded(PHASE1, sa.initiator)
         proposal = sa.proposal.render() if sa.proposal else "?"
         auth = AUTH_NAMES.get(sa.auth_method, str(sa.auth_method))
         log.info(
@@ -66,6 +68,7 @@ class Lifecycle:
     def phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None:
         if not quiet:
             log.warning("Main Mode failed: %s", reason, extra=sa.log_extra)
+        self.engine.stats.handshake_failed(PHASE1, sa.initiator, reason)
         old = sa.replaces
         if old is not None and old.state is IkeState.REKEYING:
             old.state = IkeState.ESTABLISHED  # it runs until its lifetime ends
@@ -115,6 +118,7 @@ class Lifecycle:
         """The renewed ISAKMP SA takes the IPsec SAs; the old one is deleted."""
         new.children.extend(old.children)
         old.children.clear()
+        self.engine.stats.rekeys[PHASE1] += 1
         log.info("ISAKMP SA renewed: %s:%s replaces %s:%s", new.cky_i.hex(), new.cky_r.hex(),
                  old.cky_i.hex(), old.cky_r.hex(), extra=new.log_extra)
         self.engine.deletion.delete_sa(old, "renewed", send=True, children=False)
@@ -160,6 +164,7 @@ class Lifecycle:
         conn = sa.conn
         if conn is None:
             return
+        self.engine.stats.dpd_failures += 1
         log.warning("DPD: peer %s not responding for %d s; action %s", sa.remote[0],
                     int(conn.dpd_timeout), conn.dpd_action, extra=sa.log_extra)
         self.engine.deletion.delete_sa(sa, "peer not responding (DPD)", send=False)
@@ -198,6 +203,7 @@ class Lifecycle:
             qm.replaces = work.replaces
             sa.exchanges[qm.message_id] = qm
             sa.work.running = qm
+            self.engine.stats.handshake_started(PHASE2, True)
             try:
                 qm.start(work.child, work.local_ts, work.remote_ts, now)
             except ProtocolFailure as exc:
@@ -241,6 +247,7 @@ class Lifecycle:
     def _quick_mode_failed(self, qm: QuickMode, reason: str) -> None:
         sa = qm.sa
         log.warning("Quick Mode failed: %s", reason, extra=sa.log_extra)
+        self.engine.stats.handshake_failed(PHASE2, qm.initiator, reason)
         if qm.replaces is not None:
             # Renewal failed: the old SA runs on until its lifetime ends.
             qm.replaces.state = ChildState.INSTALLED
@@ -257,6 +264,9 @@ class Lifecycle:
                  if c.config.name == child.config.name and c.local_ts == child.local_ts
                  and c.remote_ts == child.remote_ts]
         sa.children.append(child)
+        self.engine.stats.handshake_succeeded(PHASE2, qm.initiator)
+        if older:
+            self.engine.stats.rekeys[PHASE2] += 1
         log.info(
             "IPsec SA established: child %s, SPIs %s_i %s_o, %s, %s %s === %s%s",
             child.config.name, child.spi_in.hex(), child.spi_out.hex(), event.proposal,

@@ -45,6 +45,7 @@ from ikev1d.engine.sa_proposals import (
     offered_esp,
     select_esp,
 )
+from ikev1d.engine.stats import PHASE2
 from ikev1d.engine.timers import Timer
 from ikev1d.proposals import (
     EspProposal,
@@ -156,12 +157,16 @@ class QuickMode(Exchange):
             return
         qm = QuickMode(sa, message_id, initiator=False)
         sa.exchanges[message_id] = qm
+        stats = sa.ctx.stats
+        stats.handshake_started(PHASE2, False)
         try:
             qm.first_message(message, now)
-        except QuickModeRefused:
+        except QuickModeRefused as exc:
+            stats.handshake_failed(PHASE2, False, str(exc))
             sa.end_exchange(message_id)
         except ProtocolFailure as exc:
             log.warning("Quick Mode request refused: %s", exc, extra=sa.log_extra)
+            stats.handshake_failed(PHASE2, False, str(exc))
             sa.end_exchange(message_id)
 
     @property
