@@ -453,7 +453,6 @@ def test_auth_errors(text: str, key: str, reason: str) -> None:
 # configuration reference must mark each of these keys "not implemented yet".
 NOT_IMPLEMENTED = [
     ("[daemon]\nmetrics = '127.0.0.1:9616'", "daemon.metrics"),
-    ("[daemon]\nkeylog_dir = '/var/lib/ikev1d/keys'", "daemon.keylog_dir"),
     (C + "vips = ['0.0.0.0']", "connections.c.vips"),
     (C + "pools = ['clients']", "connections.c.pools"),
     (C + "modecfg = 'push'", "connections.c.modecfg"),

@@ -155,6 +155,8 @@ class DaemonConfig:
     half_open_timeout: float = 30.0
     log_level: LogLevel = LogLevel.INFO
     allow_insecure_algorithms: bool = False
+    keylog_dir: str = ""
+    """Where Wireshark's key files go (absolute path); "" writes none."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,9 @@ class ChildConfig:
     rekey_time: float = 3600.0
     life_bytes: int = 0
     start_action: StartAction = StartAction.NONE
+    updown: tuple[str, ...] = ()
+    """The command run when an IPsec SA of this child comes up or goes down (argv);
+    empty: none."""
 
     def traffic_selectors(
         self, local_addr: str, remote_addr: str
