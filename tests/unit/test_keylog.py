@@ -27,6 +27,7 @@ from tests.unit._io_fakes import (
     eventually,
     free_udp_ports,
 )
+from tests.unit.test_engine import default_net, establish
 
 KEYMAT_IN = bytes(range(0x00, 0x40))
 KEYMAT_OUT = bytes(range(0x40, 0x80))
@@ -243,3 +244,16 @@ def test_daemon_without_keylog_dir_writes_nothing_and_a_bad_one_stops_the_start(
     bad, _ = _daemon(tmp_path, 'keylog_dir = "blocker/keys"')
     with pytest.raises(DaemonError, match="keylog_dir"):
         asyncio.run(bad.start())
+
+
+def test_the_engine_reports_the_cookies_and_the_same_ka_on_both_sides() -> None:
+    net = default_net()
+    establish(net)
+    (a,) = net.a.of(IkeSaEstablished)
+    (b,) = net.b.of(IkeSaEstablished)
+    assert isinstance(a, IkeSaEstablished) and isinstance(b, IkeSaEstablished)
+    first = net.wire[0][1].data  # Main Mode message 1: CKY-I, then a zero CKY-R
+    assert a.cky_i == b.cky_i == first[:8]
+    assert a.cky_r == b.cky_r and a.cky_r != bytes(8)
+    # The default proposal's cipher is AES-128 (RFC 3602 key in RFC 2409 Appendix B).
+    assert a.encryption_key == b.encryption_key and len(a.encryption_key) == 16
