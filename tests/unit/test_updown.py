@@ -75,8 +75,6 @@ def test_environment_is_strongswans() -> None:
         "PLUTO_PEER_PORT": "0",
         "PLUTO_PEER_PROTOCOL": "0",
         "IKEV1D_CONNECTION": "gw",
-        "IKEV1D_SPI_IN": "c1234567",
-        "IKEV1D_SPI_OUT": "0000abcd",
     }
 
 
@@ -162,6 +160,33 @@ def test_up_then_down_in_order_with_arguments_and_identities(tmp_path: Path) -> 
         "PATH", "PWD", "SHLVL", "_"}
 
 
+def test_a_renewed_sa_runs_no_script_and_down_waits_for_the_last_sa(tmp_path: Path) -> None:
+    script = _script(tmp_path, "updown", RECORDER)
+    record = tmp_path / "record"
+    argv = (str(script), str(record))
+
+    async def body() -> None:
+        runner = UpdownRunner()
+        first, renewed = child_event(child_id=1), child_event(child_id=2)
+        other = child_event(child_id=3, remote_ts="10.3.0.0/24")
+        runner.child_up(first, argv)
+        runner.child_up(other, argv)  # another tunnel: its own up
+        await runner.drain()
+        runner.child_up(renewed, argv)  # make before break: no script
+        runner.child_down(deleted(first))  # the old SA goes: the tunnel stays
+        await runner.drain()
+        verbs = [r["env"]["PLUTO_VERB"] for r in _records(record)]  # type: ignore[index]
+        assert verbs == ["up-client"] * 2
+        runner.child_down(deleted(renewed))
+        runner.child_down(deleted(other))
+        await runner.drain()
+
+    asyncio.run(body())
+    verbs = [(r["env"]["PLUTO_VERB"], r["env"]["PLUTO_PEER_CLIENT"])  # type: ignore[index]
+             for r in _records(record)]
+    assert sorted(verbs[2:]) == [("down-client", "10.2.0.0/24"), ("down-client", "10.3.0.0/24")]
+
+
 def test_failing_and_hanging_scripts_are_logged_and_killed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -173,8 +198,9 @@ def test_failing_and_hanging_scripts_are_logged_and_killed(
     async def body() -> float:
         runner = UpdownRunner(timeout_s=0.5)
         runner.child_up(child_event(child_id=1), (str(failing),))
-        runner.child_up(child_event(child_id=2), (str(hanging),))
-        runner.child_up(child_event(child_id=3), (str(tmp_path / "missing"),))
+        runner.child_up(child_event(child_id=2, remote_ts="10.3.0.0/24"), (str(hanging),))
+        runner.child_up(child_event(child_id=3, remote_ts="10.4.0.0/24"),
+                        (str(tmp_path / "missing"),))
         started = time.monotonic()
         # The caller is never blocked: the loop keeps running while scripts do.
         await asyncio.sleep(0.05)
@@ -207,7 +233,8 @@ def test_at_most_max_concurrent_scripts_run_at_once(tmp_path: Path) -> None:
     async def body() -> None:
         runner = UpdownRunner(max_concurrent=2)
         for n in range(6):
-            runner.child_up(child_event(child_id=n), (str(script),))
+            event = child_event(child_id=n, remote_ts=f"10.{n + 10}.0.0/24")
+            runner.child_up(event, (str(script),))
         await runner.drain()
 
     asyncio.run(body())

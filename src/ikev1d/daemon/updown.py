@@ -11,8 +11,11 @@ XFRM interfaces, DNS): see docs/configuration.md for the list.
 Scripts run asynchronously: the daemon never waits for one. At most
 ``MAX_CONCURRENT`` run at a time; one that runs longer than ``TIMEOUT_S`` is
 killed (with its process group). The "down" of an IPsec SA runs after its
-"up" has finished, so a script can undo what it did. A failure is logged,
-with the script's output, and changes nothing else.
+"up" has finished, so a script can undo what it did; it gets the environment
+the "up" got, with the verb changed. Renewing an IPsec SA runs no script, as
+in strongSwan: "up" runs for the first SA of a tunnel, "down" when the last
+one is deleted. A failure is logged, with the script's output, and changes
+nothing else.
 """
 
 from __future__ import annotations
@@ -125,8 +128,6 @@ def updown_environments(
                 "PLUTO_PEER_PORT": "0",
                 "PLUTO_PEER_PROTOCOL": "0",
                 "IKEV1D_CONNECTION": event.conn,
-                "IKEV1D_SPI_IN": f"{event.spi_in:08x}",
-                "IKEV1D_SPI_OUT": f"{event.spi_out:08x}",
             }
             if identities is not None:
                 env["PLUTO_MY_ID"] = identities.local_id
@@ -150,11 +151,20 @@ def _verb_suffix(local_ts: Network, me: str) -> str:
     return ("host" if is_host else "client") + ("-v6" if v6 else "")
 
 
+TunnelKey = tuple[str, str, str, tuple[Network, ...], tuple[Network, ...]]
+
+
 @dataclass
-class _Child:
+class _Tunnel:
+    """The IPsec SAs of one child between the same networks and peer: a renewed SA
+    (RFC 2409 section 5.5, a new Quick Mode before the old one expires) joins the
+    tunnel instead of running "up" again, and "down" runs when the last SA goes,
+    as strongSwan runs no updown for a rekeying."""
+
     argv: tuple[str, ...]
     environments: list[dict[str, str]]
-    up: asyncio.Task[None]
+    child_ids: set[int]
+    last: asyncio.Task[None]
 
 
 class UpdownRunner:
@@ -171,7 +181,8 @@ class UpdownRunner:
         self._find_interface = find_interface
         self._slots = asyncio.Semaphore(max_concurrent)
         self._identities: dict[int, IkeIdentities] = {}
-        self._children: dict[int, _Child] = {}
+        self._tunnels: dict[TunnelKey, _Tunnel] = {}
+        self._tunnel_of: dict[int, TunnelKey] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def ike_established(self, event: IkeSaEstablished) -> None:
@@ -183,24 +194,38 @@ class UpdownRunner:
     def child_up(self, event: ChildSaEstablished, argv: Sequence[str]) -> None:
         if not argv:
             return
+        key: TunnelKey = (event.conn, event.child, event.remote[0], event.local_ts,
+                          event.remote_ts)
+        self._tunnel_of[event.child_id] = key
+        tunnel = self._tunnels.get(key)
+        if tunnel is not None:
+            tunnel.child_ids.add(event.child_id)
+            log.debug("updown: %s renewed, no script run", event.child,
+                      extra={"conn": event.conn})
+            return
         environments = updown_environments(
             event, self._identities.get(event.ike_id), self._find_interface(event.local[0]),
             os.environ.get("PATH") or DEFAULT_PATH,
         )
-        what = f"{event.child} up"
-        task = self._start(self._run_all(tuple(argv), environments, what, event.conn, None))
-        self._children[event.child_id] = _Child(tuple(argv), environments, task)
+        task = self._start(self._run_all(tuple(argv), environments, f"{event.child} up",
+                                         event.conn, None))
+        self._tunnels[key] = _Tunnel(tuple(argv), environments, {event.child_id}, task)
 
     def child_down(self, event: ChildSaDeleted) -> None:
-        child = self._children.pop(event.child_id, None)
-        if child is None:
+        key = self._tunnel_of.pop(event.child_id, None)
+        tunnel = self._tunnels.get(key) if key is not None else None
+        if key is None or tunnel is None:
             return  # no script, or its SA never came up
+        tunnel.child_ids.discard(event.child_id)
+        if tunnel.child_ids:
+            return  # a renewed SA carries the tunnel on
+        del self._tunnels[key]
         environments = [
             {**env, "PLUTO_VERB": "down-" + env["PLUTO_VERB"].removeprefix("up-")}
-            for env in child.environments
+            for env in tunnel.environments
         ]
-        self._start(self._run_all(child.argv, environments, f"{event.child} down", event.conn,
-                                  child.up))
+        self._start(self._run_all(tunnel.argv, environments, f"{event.child} down",
+                                  event.conn, tunnel.last))
 
     async def drain(self) -> None:
         """Wait for every script started so far (each is bounded by the timeout)."""
