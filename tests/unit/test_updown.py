@@ -333,3 +333,38 @@ def test_a_failed_install_runs_no_script(tmp_path: Path) -> None:
 
     asyncio.run(body())
     assert _records(record) == []
+
+
+def test_stop_waits_for_the_down_scripts_of_the_sas_it_deletes(tmp_path: Path) -> None:
+    script = _script(tmp_path, "updown", RECORDER.replace(
+        "#!/bin/sh\n", "#!/bin/sh\ncase $PLUTO_VERB in down-*) sleep 0.3;; esac\n"))
+    record = tmp_path / "record"
+    port, port_nat_t = free_udp_ports(2)
+    text = CONFIG.format(listen='"127.0.0.1"', port=port, port_nat_t=port_nat_t)
+    text = text.replace("[connections.site-ok.children.net]\n",
+                        f"[connections.site-ok.children.net]\nupdown = '{script} {record}'\n")
+    config = parse_config(text, "ikev1d.toml")
+    engines: list[FakeEngine] = []
+    daemon = Daemon(
+        DaemonOptions(str(tmp_path / "ikev1d.toml"), str(tmp_path / "ikev1d.sock"),
+                      linger_s=0.01),
+        config_loader=lambda path: config, engine_factory=collecting_factory(engines),
+        backend_factory=lambda name, cfg: RecordingBackend(), warnings=lambda cfg: [],
+        install_signal_handlers=False,
+    )
+    up = child_event(child_id=1, conn="site-ok", child="net")
+
+    async def body() -> None:
+        await daemon.start()
+        engine = daemon.engine
+        engine.emit(up)
+        daemon._pump()
+        await eventually(lambda: len(_records(record)) == 1, timeout=10)
+        # Shutting down deletes every SA (RFC 2408 section 3.15 Delete), as the real
+        # engine does; the slow "down" must still be recorded when stop() returns.
+        engine.shutdown = lambda now: engine.emit(deleted(up))  # type: ignore[method-assign]
+        await daemon.stop()
+
+    asyncio.run(body())
+    assert [r["env"]["PLUTO_VERB"] for r in _records(record)] == [  # type: ignore[index]
+        "up-client", "down-client"]
