@@ -38,9 +38,10 @@ class IkeSaEstablished:
     """An ISAKMP SA is established.
 
     ``cky_i``/``cky_r`` are the initiator's and responder's cookies (RFC 2408
-    section 3.1); ``encryption_key`` is the key that encrypts the rest of its
-    messages, RFC 2409 section 5.3 and Appendix B (for key log files that let
-    a protocol analyser decrypt a capture; never to be logged above debug).
+    section 3.1); ``encryption_key`` is Ka, the key that encrypts the rest of
+    its messages (derived from SKEYID_e, RFC 2409 section 5 and Appendix B), for
+    key log files that let a protocol analyser decrypt a capture. Never to be
+    logged above debug.
     """
 
     conn: str
