@@ -27,9 +27,12 @@ from tests.unit._io_fakes import (
     free_udp_ports,
 )
 
-# Appends its arguments and environment to the file named by its first argument.
+# Appends its arguments and environment to the file named by its first argument,
+# under a lock: scripts run concurrently, and their records must not interleave.
 RECORDER = """#!/bin/sh
-{ echo "--- $*"; env; } >> "$1"
+exec 9>>"$1"
+flock 9
+{ echo "--- $*"; env; } >&9
 """
 
 
