@@ -47,6 +47,7 @@ def ikev1d_conf(
     child_rekey_time: str = "1h",
     secret_ids: Sequence[str] | None = None,
     extra_daemon: str = "",
+    extra_child: str = "",
 ) -> str:
     """TOML for one PSK connection with one child, mirroring testbed.strongswan.swanctl_conf."""
     lts = [local_ts] if isinstance(local_ts, str) else list(local_ts)
@@ -81,6 +82,7 @@ remote_ts = {_toml_list(rts)}
 esp_proposals = {_toml_list(esp_proposals)}
 mode = {json.dumps(mode)}
 rekey_time = {json.dumps(child_rekey_time)}
+{extra_child}
 
 [secrets.{name}]
 secret = {json.dumps(psk)}

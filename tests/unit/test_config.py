@@ -452,7 +452,6 @@ def test_auth_errors(text: str, key: str, reason: str) -> None:
 # Every value that asks for a feature that does not exist yet: (text, key).  The
 # configuration reference must mark each of these keys "not implemented yet".
 NOT_IMPLEMENTED = [
-    ("[daemon]\nkeylog_dir = '/var/lib/ikev1d/keys'", "daemon.keylog_dir"),
     (C + "vips = ['0.0.0.0']", "connections.c.vips"),
     (C + "pools = ['clients']", "connections.c.pools"),
     (C + "modecfg = 'push'", "connections.c.modecfg"),

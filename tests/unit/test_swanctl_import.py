@@ -296,8 +296,11 @@ def test_connection_options(extra: str, expected: dict[str, Any], note: str | No
     ("start_action = trap", {"start_action": "start"},
      "start_action: note: trap policies are not supported"),
     ("start_action = none", {"start_action": None}, None),
-    ("updown = /usr/lib/ipsec/_updown iptables", {},
-     "net.updown: dropped: updown scripts are not implemented yet"),
+    ("updown = /bin/true iptables", {"updown": "/bin/true iptables"}, None),
+    ("updown = /nonexistent/_updown iptables", {"updown": None},
+     "net.updown: dropped: '/nonexistent/_updown' is not an executable on this machine"),
+    ("updown = _updown", {"updown": None}, "net.updown: dropped: '_updown' is not"),
+    ("hostaccess = yes", {}, "net.hostaccess: dropped: ikev1d passes no PLUTO_HOST_ACCESS"),
     ("local_ts = 10.1.0.7/24", {"local_ts": ["10.1.0.0/24"]}, "has host bits set"),
 ])
 def test_child_options(child_extra: str, expected: dict[str, Any], note: str | None) -> None:

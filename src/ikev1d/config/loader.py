@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import binascii
 import difflib
+import os
 import re
+import shlex
 import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -76,7 +78,7 @@ _LOCAL_XAUTH_KEYS = ("auth", "xauth_id")
 _REMOTE_XAUTH_KEYS = ("auth",)
 _CHILD_KEYS = (
     "local_ts", "remote_ts", "esp_proposals", "mode", "rekey_time", "life_bytes",
-    "start_action",
+    "start_action", "updown",
 )
 _SECRET_KEYS = ("type", "secret", "ids")
 _POOL_KEYS = ("addrs", "dns", "split_include")
@@ -103,7 +105,6 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
     data = ld.table(raw, "daemon")
     path = "daemon"
     ld.check_keys(data, path, _DAEMON_KEYS)
-    ld.refuse_unless_empty(data, path, "keylog_dir")
     d = DaemonConfig()
     listen = ld.get_list(data, path, "listen", d.listen, ld.address)
     if not listen:
@@ -127,6 +128,7 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
         allow_insecure_algorithms=ld.get_bool(data, path, "allow_insecure_algorithms",
                                               d.allow_insecure_algorithms),
         metrics=_listener(ld, ld.get_str(data, path, "metrics", ""), "daemon.metrics"),
+        keylog_dir=_keylog_dir(ld, data, path),
     )
 
 
@@ -148,6 +150,38 @@ def _listener(ld: TomlReader, text: str, key: str) -> tuple[str, int] | None:
     if not 1 <= port <= 65535:
         raise ld.error(key, f"{text!r}: port {port} is not in 1-65535")
     return ld.address(host, key), port
+
+
+def _keylog_dir(ld: TomlReader, data: Mapping[str, object], path: str) -> str:
+    """An absolute directory (relative to the config file's), or "" for none."""
+    text = ld.get_str(data, path, "keylog_dir", "").strip()
+    if not text:
+        return ""
+    directory = Path(text).expanduser()
+    if not directory.is_absolute():
+        directory = ld.base_dir / directory
+    if directory.exists() and not directory.is_dir():
+        raise ld.error(f"{path}.keylog_dir", f"not a directory: {directory}")
+    return str(directory)
+
+
+def _updown(ld: TomlReader, data: Mapping[str, object], path: str) -> tuple[str, ...]:
+    """The script's command line, split like a shell would but never run by one:
+    an absolute path to an executable, then its arguments ("" for none)."""
+    key = f"{path}.updown"
+    text = ld.get_str(data, path, "updown", "").strip()
+    if not text:
+        return ()
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ld.error(key, f"cannot split {text!r}: {exc}") from None
+    program = Path(argv[0])
+    if not program.is_absolute():
+        raise ld.error(key, f"needs an absolute path, not {argv[0]!r}")
+    if not program.is_file() or not os.access(program, os.X_OK):
+        raise ld.error(key, f"not an executable file: {program}")
+    return argv
 
 
 def _ike_proposals(
@@ -273,6 +307,7 @@ def _load_child(
         rekey_time=ld.get_duration(data, path, "rekey_time", d.rekey_time),
         life_bytes=ld.get_int(data, path, "life_bytes", d.life_bytes, 0),
         start_action=ld.get_choice(data, path, "start_action", d.start_action, StartAction),
+        updown=_updown(ld, data, path),
     )
 
 

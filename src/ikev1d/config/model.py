@@ -157,6 +157,8 @@ class DaemonConfig:
     allow_insecure_algorithms: bool = False
     metrics: tuple[str, int] | None = None
     """(address, TCP port) of the Prometheus ``/metrics`` listener; None: off."""
+    keylog_dir: str = ""
+    """Where Wireshark's key files go (absolute path); "" writes none."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,9 @@ class ChildConfig:
     rekey_time: float = 3600.0
     life_bytes: int = 0
     start_action: StartAction = StartAction.NONE
+    updown: tuple[str, ...] = ()
+    """The command run when an IPsec SA of this child comes up or goes down (argv);
+    empty: none."""
 
     def traffic_selectors(
         self, local_addr: str, remote_addr: str

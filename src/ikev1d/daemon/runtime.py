@@ -39,9 +39,11 @@ from ikev1d.daemon.control import (
     encode_response,
     encode_status_response,
 )
+from ikev1d.daemon.keylog import KeyLog, KeyLogError
 from ikev1d.daemon.metrics import MetricsError, MetricsServer, MetricsSnapshot, make_registry
 from ikev1d.daemon.systemd import Notifier
 from ikev1d.daemon.udp import UdpError, UdpTransport
+from ikev1d.daemon.updown import UpdownRunner
 from ikev1d.dataplane.base import DataplaneBackend, DataplaneError, create_backend
 from ikev1d.engine import Engine
 from ikev1d.engine.api import (
@@ -160,6 +162,8 @@ class Daemon:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._waiters: list[_UpWaiter] = []
+        self._keylog: KeyLog | None = None
+        self._updown: UpdownRunner | None = None
         self._cleanups: list[tuple[str, Callable[[], None]]] = []
         self._stop: asyncio.Event | None = None
         self._started = asyncio.Event()
@@ -238,6 +242,8 @@ class Daemon:
         self._apply_log_level(config)
         self._log_warnings(config)
         _check_control_socket(self.options.socket_path)
+        self._open_keylog(config)
+        self._updown = UpdownRunner()
 
         try:
             backend = self._backend_factory(config.daemon.dataplane, config)
@@ -280,6 +286,19 @@ class Daemon:
             self.loop.add_signal_handler(signal.SIGINT, self.request_stop)
             self.loop.add_signal_handler(signal.SIGUSR1, self._on_sigusr1)
             self._cleanups.append(("signal handlers", self._remove_signal_handlers))
+
+    def _open_keylog(self, config: Config) -> None:
+        directory = config.daemon.keylog_dir
+        if not directory:
+            return
+        keylog = KeyLog(directory)
+        try:
+            keylog.open()
+        except KeyLogError as exc:
+            raise DaemonError(str(exc)) from None
+        self._keylog = keylog
+        log.warning("keylog_dir: writing the keys of every SA to %s (anyone who can read"
+                    " them can decrypt the traffic)", directory)
 
     async def _start_control_server(self) -> None:
         path = self.options.socket_path
@@ -368,6 +387,9 @@ class Daemon:
         if self._engine is not None:
             self._call_engine("shutting down", lambda e, now: e.shutdown(now))
             await asyncio.sleep(self.options.linger_s)
+        if self._updown is not None:
+            # The "down" scripts of the SAs just deleted; each has its own timeout.
+            await self._updown.drain()
         self._run_cleanups()
         log.info("ikev1d stopped")
 
@@ -407,8 +429,8 @@ class Daemon:
             return False, message
         old = self._config
         if old is not None and _daemon_section_changed(old, config):
-            log.warning("changes to [daemon] listen/port/port_nat_t/dataplane/metrics need a "
-                        "restart")
+            log.warning("changes to [daemon] listen/port/port_nat_t/dataplane/metrics/"
+                        "keylog_dir need a restart")
         self._log_warnings(config)
         self._apply_log_level(config)
         try:
@@ -518,6 +540,7 @@ class Daemon:
     # --- events ---
 
     def _dispatch(self, event: Event) -> None:
+        self._observe(event)
         match event:
             case IkeSaEstablished():
                 self._on_ike_established(event)
@@ -529,6 +552,37 @@ class Daemon:
                 self._on_child_deleted(event)
             case ConnectionFailed():
                 self._on_failed(event)
+
+    def _observe(self, event: Event) -> None:
+        """Key log and updown bookkeeping; the "up" script runs from _on_child_established,
+        once the data plane carries the SA."""
+        keylog, updown = self._keylog, self._updown
+        match event:
+            case IkeSaEstablished():
+                if keylog is not None:
+                    keylog.ike_established(event)
+                if updown is not None:
+                    updown.ike_established(event)
+            case IkeSaDeleted():
+                if keylog is not None:
+                    keylog.ike_deleted(event)
+                if updown is not None:
+                    updown.ike_deleted(event)
+            case ChildSaEstablished():
+                if keylog is not None:
+                    keylog.child_established(event)
+            case ChildSaDeleted():
+                if keylog is not None:
+                    keylog.child_deleted(event)
+                if updown is not None:
+                    updown.child_down(event)
+
+    def _updown_argv(self, conn: str, child: str) -> tuple[str, ...]:
+        config = self._config
+        if config is None or conn not in config.connections:
+            return ()
+        child_config = config.connections[conn].children.get(child)
+        return child_config.updown if child_config is not None else ()
 
     @property
     def _backend_name(self) -> str:
@@ -574,6 +628,8 @@ class Daemon:
             f" {', '.join(map(str, event.local_ts))} === {', '.join(map(str, event.remote_ts))}"
         )
         log.debug("event: %s (installed in data plane %r)", text, self._backend_name, extra=extra)
+        if self._updown is not None:
+            self._updown.child_up(event, self._updown_argv(event.conn, event.child))
         for waiter in self._waiters_for(event.conn):
             if event.child in waiter.children:
                 waiter.children.discard(event.child)
@@ -770,6 +826,7 @@ def _daemon_section_changed(old: Config, new: Config) -> bool:
         or a.port_nat_t != b.port_nat_t
         or a.dataplane != b.dataplane
         or a.metrics != b.metrics
+        or a.keylog_dir != b.keylog_dir
     )
 
 

@@ -35,6 +35,15 @@ class Datagram:
 
 @dataclass(frozen=True)
 class IkeSaEstablished:
+    """An ISAKMP SA is established.
+
+    ``cky_i``/``cky_r`` are the initiator's and responder's cookies (RFC 2408
+    section 3.1); ``encryption_key`` is Ka, the key that encrypts the rest of
+    its messages (derived from SKEYID_e, RFC 2409 section 5 and Appendix B), for
+    key log files that let a protocol analyser decrypt a capture. Never to be
+    logged above debug.
+    """
+
     conn: str
     ike_id: int
     local: Endpoint
@@ -44,6 +53,9 @@ class IkeSaEstablished:
     proposal: str
     auth: str
     initiator: bool
+    cky_i: bytes = b""
+    cky_r: bytes = b""
+    encryption_key: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ikev1d.crypto import encryption_key
 from ikev1d.engine.api import ChildSaEstablished, ConnectionFailed, EngineError, IkeSaEstablished
 from ikev1d.engine.auth import AUTH_NAMES
 from ikev1d.engine.exchanges.quick_mode import QuickMode
@@ -50,7 +51,8 @@ class Lifecycle:
         self.engine.emit(IkeSaEstablished(
             conn=sa.name, ike_id=sa.ike_id, local=sa.local, remote=sa.remote,
             local_id=sa.local_id, remote_id=sa.remote_id, proposal=proposal, auth=auth,
-            initiator=sa.initiator,
+            initiator=sa.initiator, cky_i=sa.cky_i, cky_r=sa.cky_r,
+            encryption_key=self._encryption_key(sa),
         ))
         sa.schedule(now + sa.lifetime_s, lambda t: self._ike_expired(sa))
         sa.rekey_at = now + self.rekey_delay(sa.lifetime_s, sa.initiator)
@@ -64,6 +66,14 @@ class Lifecycle:
             for name in sa.requested_children:
                 self.start_quick_modes(sa, name, now)
         sa.requested_children = None
+
+    @staticmethod
+    def _encryption_key(sa: IkeSa) -> bytes:
+        """Ka, the ISAKMP SA's cipher key (RFC 2409 Appendix B), derived again from
+        SKEYID_e rather than kept beside the cipher that holds it."""
+        if sa.keys is None or sa.cipher is None or sa.proposal is None:
+            return b""
+        return encryption_key(sa.proposal.integrity, sa.keys.skeyid_e, sa.cipher.key_length)
 
     def phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None:
         if not quiet:

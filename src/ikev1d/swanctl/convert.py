@@ -26,7 +26,9 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import os
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -89,8 +91,7 @@ _CHILD_DROPS = {
     "life_packets": "packet limits are not supported",
     "rand_bytes": "ikev1d renews by time only",
     "rand_packets": "ikev1d renews by time only",
-    "updown": "updown scripts are not implemented yet",
-    "hostaccess": "updown scripts are not implemented yet",
+    "hostaccess": "ikev1d passes no PLUTO_HOST_ACCESS to updown scripts",
     "close_action": "ikev1d has no close_action; dpd_action covers a vanished peer",
     "ipcomp": "IPComp is not supported",
     "inactivity": "inactivity timeouts are not supported",
@@ -624,10 +625,12 @@ class _Converter:
         self.child_lifetime(s, path, child)
         if "start_action" in s:
             self.start_action(s["start_action"], f"{path}.start_action", dynamic, child)
+        if "updown" in s:
+            self.updown(s["updown"], f"{path}.updown", child)
         if "dpd_action" in s:
             self.child_dpd_action(s["dpd_action"], path, dpd_actions)
         handled = ("local_ts", "remote_ts", "esp_proposals", "mode", "rekey_time",
-                   "life_bytes", "start_action", "dpd_action")
+                   "life_bytes", "start_action", "dpd_action", "updown")
         self.drop_rest(sec, path, handled, _CHILD_DROPS)
         return child
 
@@ -668,6 +671,20 @@ class _Converter:
                       "trap: ikev1d has no trap policies; converted as hold (the SAs "
                       "are deleted and nothing is re-initiated)")
         dpd_actions.append((Setting(key, setting.value, setting.source, setting.line), mapped))
+
+    def updown(self, setting: Setting, path: str, child: TomlTable) -> None:
+        """The same command line (strongSwan runs it through a shell, ikev1d splits it
+        itself); kept only when it names an executable that exists here."""
+        text = setting.value.strip()
+        try:
+            program = shlex.split(text)[0] if text else ""
+        except ValueError as exc:
+            self.dropped(setting, path, f"cannot split {text!r}: {exc}")
+            return
+        if not os.path.isabs(program) or not os.access(program, os.X_OK):
+            self.dropped(setting, path, f"{program!r} is not an executable on this machine")
+            return
+        child["updown"] = text
 
     def start_action(self, setting: Setting, path: str, dynamic: bool,
                      child: TomlTable) -> None:
