@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from ikev1d.proposals import EspProposal, IkeProposal
 
+from .credentials import Credentials
 from .identity import ANY, Identity, IdentityError
 
 __all__ = [
@@ -172,6 +173,9 @@ class AuthConfig:
     private_key: str | None = None
     cacerts: tuple[str, ...] = ()
     pubkey: str | None = None
+    crls: tuple[str, ...] = ()
+    #: What the files above hold, read when the configuration loads.
+    credentials: Credentials = field(default_factory=Credentials, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -301,7 +301,7 @@ class MainMode(Exchange):
             raise ProtocolFailure("initiator without a connection")
         sa.cky_i = sa.ctx.random_bytes(8)
         self.offered = list(conn.proposals)
-        self.offered_method = int(REGISTRY.to_offer(conn.local.auth).method)
+        self.offered_method = REGISTRY.method_to_offer(conn)
         sa_payload = ike_sa_payload(self.offered, self.offered_method, int(conn.rekey_time))
         self.material.sa_i_b = sa_payload.encode_body()
         payloads: list[Payload] = [sa_payload]
@@ -379,7 +379,7 @@ class MainMode(Exchange):
         rules.check(rules.MAIN_MODE_SA[1], payloads, "Main Mode message 1")
         offer = first(payloads, SaPayload)
         acceptable = acceptable_proposals(sa.candidates)
-        choice = select_ike(offer, acceptable, REGISTRY.accepted())
+        choice = select_ike(offer, acceptable, REGISTRY.accepted(sa.candidates))
         sa.cky_r = sa.ctx.random_bytes(8)
         if choice is None:
             self._no_proposal_chosen(offer, acceptable)
