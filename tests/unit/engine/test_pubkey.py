@@ -22,7 +22,7 @@ from ikev1d.config import Identity, parse_config
 from ikev1d.config.model import Config
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaEstablished, IkeSaEstablished
-from ikev1d.wire import AuthMethod, PayloadType, split_message
+from ikev1d.wire import AuthMethod, CrPayload, decode_message, split_message
 from ikev1d_lab import pki
 from tests.unit.test_engine import A_ADDR, B_ADDR, Net, Peer
 
@@ -133,9 +133,17 @@ def test_signatures_with_dn_identities_establish(ca: Pki, key: str, method: int)
     statuses = [sa for sa in net.a.engine.status(net.now).ike_sas]
     assert statuses[0].auth == ("pubkey-rsa" if key == "rsa" else "pubkey-ecdsa")
     assert statuses[0].remote_id == "C=CH, O=Test, CN=gw-b"
-    # Message 3 and 4 carry CR naming our CA, 5 and 6 carry CERT and SIG (encrypted).
-    headers = [split_message(d.data) for _, d in net.wire[:6]]
-    assert [h[0].next_payload for h in headers][2] == PayloadType.KE
+    # Messages 3 and 4 carry a CR naming the CA; 5 and 6 are encrypted.
+    for number in (3, 4):
+        message = decode_message(net.wire[number - 1][1].data)
+        (request,) = [p for p in message.payloads if isinstance(p, CrPayload)]
+        assert request.data == ca.ca.cert.subject.public_bytes()
+    for number in (5, 6):
+        header, _ = split_message(net.wire[number - 1][1].data)
+        assert header.flags & 1
+    assert net.a.engine.status(net.now).ike_sas[0].auth == {
+        AuthMethod.RSA_SIG: "pubkey-rsa", AuthMethod.ECDSA_256: "pubkey-ecdsa",
+        AuthMethod.ECDSA_384: "pubkey-ecdsa"}[method]
 
 
 def test_fqdn_identities_from_subject_alt_names(ca: Pki) -> None:
@@ -258,3 +266,40 @@ def test_psk_responder_refuses_a_signature_proposal(ca: Pki) -> None:
     assert nothing_established(net)
     assert any("NO_PROPOSAL_CHOSEN" in str(e) or "NO-PROPOSAL-CHOSEN" in str(e)
                for e in net.a.events)
+
+
+def test_any_responder_asks_for_every_ca_and_picks_the_matching_connection(
+    ca: Pki, tmp_path: Path
+) -> None:
+    # B serves %any peers with two connections, each trusting another CA; A's
+    # certificate comes from the second CA.
+    second = pki.issue("C=CH, O=Test, CN=Second CA", ca=True)
+    (tmp_path / "second.pem").write_bytes(second.cert_pem())
+    a, a_cert, a_key = ca.issue("a", "C=CH, O=Test, CN=gw-a", issuer=second)
+    b, b_cert, b_key = ca.issue("b", "C=CH, O=Test, CN=gw-b")
+    (tmp_path / "A").mkdir()
+    a_cfg = load(conf(tmp_path / "A", local_id=None, remote_id=b.subject, certs=[a_cert], key=a_key,
+                      cacerts=[str(tmp_path / "ca.cert.pem")], local=A_ADDR, remote=B_ADDR,
+                      local_ts="10.1.0.0/24", remote_ts="10.2.0.0/24"))
+    b_text = "\n".join([
+        "[daemon]", 'dataplane = "none"',
+        *[line for name, cacert in (("first", "ca.cert.pem"), ("second", "second.pem"))
+          for line in (
+              f"[connections.{name}]", 'remote_addrs = ["%any"]',
+              'proposals = ["aes128-sha256-modp2048"]',
+              f"[connections.{name}.local]", 'auth = "pubkey"', f'certs = ["{b_cert}"]',
+              f'private_key = "{b_key}"',
+              f"[connections.{name}.remote]", 'auth = "pubkey"', 'id = "%any"',
+              f'cacerts = ["{tmp_path / cacert}"]',
+              f"[connections.{name}.children.net]", 'local_ts = ["10.2.0.0/24"]',
+              'remote_ts = ["10.1.0.0/24"]', 'esp_proposals = ["aes128gcm16"]')],
+    ])
+    b_cfg = parse_config(b_text, "b.toml", tmp_path)
+    net = run(net_of(a_cfg, b_cfg))
+    assert established(net)
+    (ike,) = net.b.engine.status(net.now).ike_sas
+    assert ike.name == "second" and ike.remote_id == a.subject
+    # Message 4 asked for certificates of both CAs.
+    message_4 = decode_message(net.wire[3][1].data)
+    requested = {p.data for p in message_4.payloads if isinstance(p, CrPayload)}
+    assert requested == {ca.ca.cert.subject.public_bytes(), second.cert.subject.public_bytes()}

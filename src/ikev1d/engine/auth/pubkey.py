@@ -178,7 +178,8 @@ class SignatureAuthenticator(Authenticator):
         if sa.initiator:
             conns = [sa.conn] if sa.conn is not None else []
         else:
-            conns = [c for c in sa.candidates if c.remote.auth is Auth.PUBKEY]
+            # Only connections whose own key can answer with this method.
+            conns = [c for c in sa.candidates if self.offer_for(c)]
         matching = [c for c in conns if peer_matches(c.remote.id, peer_id)]
         if not matching:
             wanted = ", ".join(str(c.remote.id) for c in conns) or "none"
