@@ -142,8 +142,8 @@ def test_signatures_with_dn_identities_establish(ca: Pki, key: str, method: int)
         header, _ = split_message(net.wire[number - 1][1].data)
         assert header.flags & 1
     assert net.a.engine.status(net.now).ike_sas[0].auth == {
-        AuthMethod.RSA_SIG: "pubkey-rsa", AuthMethod.ECDSA_256: "pubkey-ecdsa",
-        AuthMethod.ECDSA_384: "pubkey-ecdsa"}[method]
+        int(AuthMethod.RSA_SIG): "pubkey-rsa", int(AuthMethod.ECDSA_256): "pubkey-ecdsa",
+        int(AuthMethod.ECDSA_384): "pubkey-ecdsa"}[method]
 
 
 def test_fqdn_identities_from_subject_alt_names(ca: Pki) -> None:
