@@ -23,6 +23,7 @@ from ikev1d_lab import pki
 from ikev1d_lab.capture import isakmp_decryption_table, tshark_json
 from ikev1d_lab.daemon import Ikev1dDaemon
 from ikev1d_lab.netns import Topology
+from ikev1d_lab.ping import ping
 from ikev1d_lab.strongswan import Charon, swanctl_conf
 
 from .conftest import CaptureFactory, CharonFactory
@@ -54,13 +55,18 @@ def certs() -> Certs:
 
 
 def ikev1d_toml(topo: Topology, folder: Path, ours: pki.Issued, ca: pki.Issued,
-                local_id: str, remote_id: str) -> str:
+                local_id: str, remote_id: str, *, chain: tuple[pki.Issued, ...] = (),
+                dataplane: str = "none") -> str:
     ours.write(folder, "a")
     (folder / "ca.cert.pem").write_bytes(ca.cert_pem())
+    certs = ["a.cert.pem"]
+    for index, intermediate in enumerate(chain):
+        (folder / f"chain{index}.pem").write_bytes(intermediate.cert_pem())
+        certs.append(f"chain{index}.pem")
     return f"""\
 [daemon]
 listen = ["{topo.addr_a}"]
-dataplane = "none"
+dataplane = "{dataplane}"
 retransmit_timeout = "1s"
 retransmit_tries = 3
 
@@ -72,7 +78,7 @@ proposals = ["{PROPOSAL}"]
 [connections.gw.local]
 auth = "pubkey"
 id = {json.dumps(local_id)}
-certs = ["a.cert.pem"]
+certs = {json.dumps(certs)}
 private_key = "a.key.pem"
 
 [connections.gw.remote]
@@ -100,12 +106,14 @@ def make_pair(two_hosts: Topology, charon_factory: CharonFactory, tmp_path: Path
     started: list[Ikev1dDaemon] = []
 
     def make(ours: pki.Issued, theirs: pki.Issued, *, our_ca: pki.Issued,
-             their_ca: pki.Issued, ids: tuple[str, str]) -> Pair:
+             their_ca: pki.Issued, ids: tuple[str, str], our_chain: tuple[pki.Issued, ...] = (),
+             their_chain: tuple[pki.Issued, ...] = (), dataplane: str = "none") -> Pair:
         topo = two_hosts
         our_id, their_id = ids
         folder = tmp_path / "ikev1d"
-        daemon = Ikev1dDaemon(topo.a, folder, ikev1d_toml(topo, folder, ours, our_ca,
-                                                          our_id, their_id))
+        daemon = Ikev1dDaemon(topo.a, folder, ikev1d_toml(
+            topo, folder, ours, our_ca, our_id, their_id, chain=our_chain,
+            dataplane=dataplane))
         started.append(daemon)
         daemon.start()
         charon = charon_factory(topo.b, "b")
@@ -115,6 +123,9 @@ def make_pair(two_hosts: Topology, charon_factory: CharonFactory, tmp_path: Path
         (work / "x509" / "b.pem").write_bytes(theirs.cert_pem())
         (work / "private" / "b.pem").write_bytes(theirs.key_pem())
         (work / "x509ca" / "ca.pem").write_bytes(their_ca.cert_pem())
+        for index, intermediate in enumerate(their_chain):
+            # Intermediates in x509/ are sent along, not trusted as anchors.
+            (work / "x509" / f"chain{index}.pem").write_bytes(intermediate.cert_pem())
         charon.load_config(swanctl_conf(
             "gw", topo.addr_b, topo.addr_a, their_id, our_id, "", [PROPOSAL], [ESP],
             topo.inner_net_b, topo.inner_net_a, auth="pubkey", certs=["b.pem"],
@@ -205,10 +216,38 @@ def test_certificates_establish(make_pair: Any, capture_factory: CaptureFactory,
     assert theirs["remote-id"] == ids[0]
     log = pair.ours.log_text()
     assert f'authenticated by {"RSA" if key == "rsa" else "ECDSA P-256"} signature ' \
-        f'("{B_DN}")' in log
+        f'("{B_DN}" <- "{certs.ca.subject}")' in log
     # strongSwan checked our chain against its CA.
     assert f'using trusted ca certificate "{certs.ca.subject}"' in pair.theirs.log_text()
     _check_dissection(pair, pcap, method)
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["ikev1d-initiates",
+                                                            "strongswan-initiates"])
+def test_chains_through_an_intermediate_carry_traffic(make_pair: Any, certs: Certs,
+                                                      we_initiate: bool) -> None:
+    # Both end entities come from an intermediate CA that each side sends along;
+    # each side trusts only the root.
+    intermediate = pki.issue("C=CH, O=ikev1d, CN=Interop Intermediate CA", certs.ca, ca=True)
+    ours = pki.issue(A_DN, intermediate)
+    theirs = pki.issue(B_DN, intermediate)
+    pair = make_pair(ours, theirs, our_ca=certs.ca, their_ca=certs.ca, ids=(A_DN, B_DN),
+                     our_chain=(intermediate,), their_chain=(intermediate,),
+                     dataplane="userspace")
+    if we_initiate:
+        result = pair.ours.up("gw")
+        assert result.returncode == 0, result.stdout + result.stderr + pair.ours.log_text()
+    else:
+        ok, out = pair.theirs.initiate("net", "gw")
+        assert ok, out + pair.ours.log_text()[-3000:]
+    _their_sa(pair)
+    assert ping(pair.topo.a, pair.topo.inner_addr_b, count=3) == (3, 3)
+    their_log = pair.theirs.log_text()
+    assert f'using certificate "{A_DN}"' in their_log
+    assert f'using trusted intermediate ca certificate "{intermediate.subject}"' in their_log
+    assert f'using trusted ca certificate "{certs.ca.subject}"' in their_log
+    assert (f'authenticated by RSA signature ("{B_DN}" <- "{intermediate.subject}" <- '
+            f'"{certs.ca.subject}")') in pair.ours.log_text()
 
 
 def test_untrusted_certificate_from_strongswan_is_refused(make_pair: Any, certs: Certs) -> None:

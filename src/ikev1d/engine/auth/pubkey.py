@@ -192,10 +192,10 @@ class SignatureAuthenticator(Authenticator):
         peer = Identity.from_id_payload(peer_id)
         refusals: list[_Refusal] = []
         accepted: list[ConnectionConfig] = []
-        subject = ""
+        subject, chain = "", ""
         for conn in matching:
             try:
-                key, subject = self._peer_key(conn, peer, certs, now)
+                key, subject, chain = self._peer_key(conn, peer, certs, now)
                 if not self.fits(key):
                     raise _Refused(f"the peer's key is not a {self.key_name} key "
                                    f"({AuthMethod(self.method).name} was negotiated)",
@@ -215,8 +215,8 @@ class SignatureAuthenticator(Authenticator):
             # Main Mode settles on the first of these (RFC 2409 section 5: the
             # identity is known only now).
             sa.candidates = accepted
-        log.info("peer %s authenticated by %s signature (%s)", id_text(peer_id),
-                 self.key_name, subject, extra=sa.log_extra)
+        log.info("peer %s authenticated by %s signature (%s%s)", id_text(peer_id),
+                 self.key_name, subject, chain, extra=sa.log_extra)
         return peer_id
 
     def _peer_certificates(self, payloads: tuple[Payload, ...]) -> list[x509.Certificate]:
@@ -243,8 +243,9 @@ class SignatureAuthenticator(Authenticator):
         peer: Identity,
         certs: list[x509.Certificate],
         now: datetime.datetime,
-    ) -> tuple[PublicKey, str]:
-        """The key the peer must have signed with for ``conn``, and who it is."""
+    ) -> tuple[PublicKey, str, str]:
+        """The key the peer must have signed with for ``conn``, who it is, and the
+        rest of the verified chain for the log."""
         credentials = conn.remote.credentials
         if not certs:
             if credentials.pubkey is None:
@@ -255,17 +256,20 @@ class SignatureAuthenticator(Authenticator):
             if pinned is not None and peer not in Identity.of_certificate(pinned):
                 raise _Refused(f'ID "{peer}" not in the pinned certificate '
                                f'"{dn_text(pinned.subject)}"', NotifyType.INVALID_ID_INFORMATION)
-            return credentials.pubkey, "the pinned key"
+            return credentials.pubkey, "the pinned key", ""
         end_entity = certs[0]
         subject = f'"{dn_text(end_entity.subject)}"'
         if credentials.pubkey is not None and not same_public_key(end_entity, credentials.pubkey):
             raise _Refused(f"certificate {subject} does not hold the pinned pubkey",
                            NotifyType.INVALID_CERTIFICATE)
+        chain = ", pinned"
         if credentials.cacerts or credentials.pubkey is None:
             try:
-                verify_path(end_entity, certs[1:], credentials.cacerts, credentials.crls, now)
+                path = verify_path(end_entity, certs[1:], credentials.cacerts,
+                                   credentials.crls, now)
             except CertificateError as exc:
                 raise _Refused(str(exc), _NOTIFY_BY_PROBLEM[exc.problem]) from None
+            chain = "".join(f' <- "{dn_text(c.subject)}"' for c in path[1:])
         if peer not in Identity.of_certificate(end_entity):
             raise _Refused(f'ID "{peer}" not in certificate {subject}',
                            NotifyType.INVALID_ID_INFORMATION)
@@ -273,7 +277,7 @@ class SignatureAuthenticator(Authenticator):
         if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
             raise _Refused(f"certificate {subject} holds neither an RSA nor an ECDSA key",
                            NotifyType.INVALID_KEY_INFORMATION)
-        return key, subject
+        return key, subject, chain
 
     # -- what a failure means, for the log --------------------------------------------
 
