@@ -303,3 +303,25 @@ def test_any_responder_asks_for_every_ca_and_picks_the_matching_connection(
     message_4 = decode_message(net.wire[3][1].data)
     requested = {p.data for p in message_4.payloads if isinstance(p, CrPayload)}
     assert requested == {ca.ca.cert.subject.public_bytes(), second.cert.subject.public_bytes()}
+
+
+def test_reload_rereads_the_crl_and_keeps_the_established_sa(
+    ca: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    crl_path = ca.folder / "ca.crl.pem"
+    crl_path.write_bytes(pki.crl(ca.ca, ()).public_bytes(serialization.Encoding.PEM))
+    a_cfg, b_cfg, a, _ = pair(ca, b_crls=(str(crl_path),))
+    net = run(net_of(a_cfg, b_cfg))
+    assert established(net)
+    crl_path.write_bytes(
+        pki.crl(ca.ca, (a.cert.serial_number,)).public_bytes(serialization.Encoding.PEM))
+    net.b.engine.reload(load(b_cfg.source), net.now)
+    assert len(net.b.engine.status(net.now).ike_sas) == 1
+    # A new Main Mode is checked against the CRL as re-read.
+    net.a.engine.terminate("gw", net.now)
+    net.pump()
+    with caplog.at_level(logging.INFO):
+        net.a.engine.initiate("gw", None, net.now)
+        net.pump()
+    failures = [r.getMessage() for r in caplog.records if "Main Mode failed" in r.getMessage()]
+    assert any("revoked on" in f for f in failures), failures
