@@ -1013,3 +1013,23 @@ def test_expiring_certificate_is_a_warning(tmp_path: Path) -> None:
     assert any("connections.c.local.certs" in w and "expires on" in w for w in warnings)
     later = config_warnings(cfg, now + dt.timedelta(days=10))
     assert any("expired on" in w for w in later)
+
+
+def test_encrypted_private_key_with_its_passphrase_from_secrets(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    _, gw = _pubkey_files(tmp_path)
+    (tmp_path / "gw.key.pem").write_bytes(gw.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"key passphrase")))
+    secret = "[secrets.gwkey]\ntype = 'private_key'\nsecret = '{}'\nfiles = ['gw.key.pem']\n"
+    cfg = parse_config(_pubkey_conf() + secret.format("key passphrase"), "t.toml", tmp_path)
+    assert cfg.connections["c"].local.credentials.private_key is not None
+    assert not any("secrets.gwkey" in w for w in config_warnings(cfg))
+    with pytest.raises(ConfigError) as info:
+        parse_config(_pubkey_conf(), "t.toml", tmp_path)
+    assert "connections.c.local.private_key" in str(info.value)
+    assert 'type = "private_key"' in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_config(_pubkey_conf() + secret.format("wrong"), "t.toml", tmp_path)
+    assert "wrong passphrase?" in str(info.value)

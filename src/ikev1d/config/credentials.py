@@ -109,19 +109,26 @@ def load_crls(path: str) -> tuple[x509.CertificateRevocationList, ...]:
         raise CredentialsError(f"{path}: not a CRL (PEM or DER): {exc}") from None
 
 
-def load_private_key(path: str) -> PrivateKey:
-    """A PEM or DER private key (PKCS#1, SEC1 or PKCS#8), unencrypted."""
+def load_private_key(path: str, passphrase: bytes | None = None) -> PrivateKey:
+    """A PEM or DER private key (PKCS#1, SEC1 or PKCS#8), encrypted with
+    ``passphrase`` or not encrypted at all."""
     data = _read(path)
     try:
         if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, password=None)
+            key = serialization.load_pem_private_key(data, password=passphrase)
         else:
-            key = serialization.load_der_private_key(data, password=None)
+            key = serialization.load_der_private_key(data, password=passphrase)
     except TypeError:
-        raise CredentialsError(f"{path}: the private key is encrypted; encrypted keys are "
-                               "not implemented yet (store it unencrypted, readable by root "
-                               "only)") from None
+        if passphrase is None:
+            raise CredentialsError(f"{path}: the private key is encrypted: give its "
+                                   "passphrase in a [secrets.<name>] table with type = "
+                                   "\"private_key\" that lists this file") from None
+        raise CredentialsError(f"{path}: the private key is not encrypted, but a "
+                               "passphrase is configured for it") from None
     except ValueError as exc:
+        if passphrase is not None:
+            raise CredentialsError(f"{path}: cannot decrypt the private key (wrong "
+                                   "passphrase?) or it is no private key") from None
         raise CredentialsError(f"{path}: not a private key (PEM or DER): {exc}") from None
     _usable_key(key, path)
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):

@@ -93,7 +93,7 @@ _CHILD_KEYS = (
     "local_ts", "remote_ts", "esp_proposals", "mode", "rekey_time", "life_bytes",
     "start_action",
 )
-_SECRET_KEYS = ("type", "secret", "ids")
+_SECRET_KEYS = ("type", "secret", "ids", "files")
 _POOL_KEYS = ("addrs", "dns", "split_include")
 _TOP_KEYS = ("daemon", "connections", "secrets", "pools")
 
@@ -241,7 +241,8 @@ def _read_credentials(ld: TomlReader, a: AuthConfig, path: str) -> Credentials:
     private_key: PrivateKey | None = None
     if a.private_key is not None:
         try:
-            private_key = load_private_key(a.private_key)
+            private_key = load_private_key(a.private_key,
+                                           ld.passphrases.get(a.private_key))
         except CredentialsError as exc:
             raise ld.error(f"{path}.private_key", str(exc)) from None
         if certs and not same_public_key(private_key, certs[0]):
@@ -505,7 +506,8 @@ def _load_secret(ld: TomlReader, name: str, raw: object) -> SecretConfig:
     _check_name(ld, name, path)
     data = ld.table(raw, path)
     ld.check_keys(data, path, _SECRET_KEYS)
-    ld.get_choice(data, path, "type", SecretType.IKE, SecretType, not_yet=(SecretType.XAUTH,))
+    kind = ld.get_choice(data, path, "type", SecretType.IKE, SecretType,
+                         not_yet=(SecretType.XAUTH,))
     if "secret" not in data:
         raise ld.error(f"{path}.secret", "required")
     secret = ld.get_str(data, path, "secret", "")
@@ -517,12 +519,23 @@ def _load_secret(ld: TomlReader, name: str, raw: object) -> SecretConfig:
         raise ld.error(f"{path}.secret", "invalid 0x (hex) or 0s (base64) encoding") from None
     if not value:
         raise ld.error(f"{path}.secret", "must not be empty")
+    if kind is SecretType.PRIVATE_KEY:
+        if "ids" in data:
+            raise ld.error(f"{path}.ids", "a private key passphrase names its key files "
+                           "in \"files\", not ids")
+        files = ld.get_list(data, path, "files", (), ld.file)
+        if not files:
+            raise ld.error(f"{path}.files", "required: the encrypted private key files "
+                           "this passphrase unlocks")
+        return SecretConfig(name, secret, (), kind, files)
+    if "files" in data:
+        raise ld.error(f"{path}.files", "only used with type = \"private_key\"")
     ids = ld.get_list(data, path, "ids", (),
                       lambda t, k: ld.identity(t, k, allow_any=True))
     if not ids:
         raise ld.error(f"{path}.ids", "required: the peer addresses or IDs this secret is "
                        "for, or [\"%any\"] for dynamic peers")
-    return SecretConfig(name, secret, ids)
+    return SecretConfig(name, secret, ids, kind)
 
 
 def _load_pool(ld: TomlReader, name: str, raw: object) -> PoolConfig:
@@ -569,13 +582,16 @@ def parse_config(text: str, source: str = "<string>", base_dir: str | Path | Non
         # Address pools serve Mode Config, which is not there yet.
         raise ld.not_implemented(f"pools.{next(iter(pool_tables))}")
     pools = {name: _load_pool(ld, name, raw) for name, raw in pool_tables.items()}
-    connections = {
-        name: _load_connection(ld, name, raw, allow_insecure, pools)
-        for name, raw in ld.table(data.get("connections", {}), "connections").items()
-    }
     secrets = {
         name: _load_secret(ld, name, raw)
         for name, raw in ld.table(data.get("secrets", {}), "secrets").items()
+    }
+    ld.passphrases = {
+        file: secret.value for secret in secrets.values() for file in secret.files
+    }
+    connections = {
+        name: _load_connection(ld, name, raw, allow_insecure, pools)
+        for name, raw in ld.table(data.get("connections", {}), "connections").items()
     }
     return Config(daemon, connections, secrets, pools, source, tuple(ld.notes))
 

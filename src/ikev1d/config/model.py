@@ -131,6 +131,7 @@ class Fragmentation(enum.StrEnum):
 class SecretType(enum.StrEnum):
     IKE = "ike"  # a pre-shared key for Phase 1
     XAUTH = "xauth"  # a user's XAUTH password
+    PRIVATE_KEY = "private_key"  # the passphrase of encrypted private key files
 
 
 class ModeCfg(enum.StrEnum):
@@ -242,6 +243,9 @@ class SecretConfig:
     name: str
     secret: str = field(repr=False)
     ids: tuple[Identity, ...] = ()
+    type: SecretType = SecretType.IKE
+    #: With type "private_key": the key files (absolute) the passphrase unlocks.
+    files: tuple[str, ...] = ()
 
     @property
     def value(self) -> bytes:
@@ -333,6 +337,8 @@ class Config:
         best: SecretConfig | None = None
         best_score = 0
         for secret in self.secrets.values():
+            if secret.type is not SecretType.IKE:
+                continue
             ids = set(secret.ids)
             if wanted & ids:
                 score = 4

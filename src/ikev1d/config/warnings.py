@@ -8,7 +8,15 @@ from ikev1d.crypto.certs import dn_text
 from ikev1d.durations import format_duration
 
 from .identity import ANY, Identity
-from .model import Auth, ChildConfig, Config, ConnectionConfig, DpdAction, IpsecMode
+from .model import (
+    Auth,
+    ChildConfig,
+    Config,
+    ConnectionConfig,
+    DpdAction,
+    IpsecMode,
+    SecretType,
+)
 
 __all__ = ["config_warnings"]
 
@@ -44,7 +52,7 @@ def config_warnings(cfg: Config, now: datetime.datetime | None = None) -> list[s
         used_pools.update(conn.pools)
         out += _connection_warnings(cfg, conn)
     for secret in cfg.secrets.values():
-        if len(secret.value) < _MIN_PSK_LENGTH:
+        if secret.type is SecretType.IKE and len(secret.value) < _MIN_PSK_LENGTH:
             out.append(f"{src}: secrets.{secret.name}.secret: the pre-shared key is only "
                        f"{len(secret.value)} characters; use at least {_MIN_PSK_LENGTH} "
                        "random characters")
