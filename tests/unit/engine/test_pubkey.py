@@ -22,7 +22,7 @@ from ikev1d.config import Identity, parse_config
 from ikev1d.config.model import Config
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaEstablished, IkeSaEstablished
-from ikev1d.wire import AuthMethod, CrPayload, decode_message, split_message
+from ikev1d.wire import AuthMethod, CrPayload, ExchangeType, decode_message, split_message
 from ikev1d_lab import pki
 from tests.unit.test_engine import A_ADDR, B_ADDR, Net, Peer
 
@@ -193,6 +193,10 @@ def test_certificate_of_unknown_ca_is_refused(ca: Pki, caplog: pytest.LogCapture
         net = run(net_of(a_cfg, b_cfg))
     refused(net, caplog, 'authentication failed: certificate "C=CH, O=Test, CN=gw-a" not '
                          'trusted (issuer "C=CH, O=Test, CN=Test Root CA" unknown)')
+    # The responder told the initiator why, encrypted under the Phase 1 keys.
+    refused(net, caplog, "authentication failed: peer sent INVALID-CERT-AUTHORITY")
+    header, _ = split_message(next(d for src, d in reversed(net.wire) if src == B_ADDR).data)
+    assert header.exchange_type == ExchangeType.INFORMATIONAL and header.flags & 1
 
 
 def test_revoked_certificate_is_refused(ca: Pki, caplog: pytest.LogCaptureFixture) -> None:

@@ -277,7 +277,20 @@ class MainMode(Exchange):
             rules.check(auth.rule(number), parsed.payloads, f"Main Mode message {number}")
         except ProtocolFailure as exc:
             raise ProtocolFailure(auth.unreadable_message(number, exc), notify) from exc
-        peer_id = auth.verify_proof(parsed, notify)
+        try:
+            peer_id = auth.verify_proof(parsed, notify)
+        except ProtocolFailure as exc:
+            if exc.notify is None:
+                raise
+            # The message decrypted and parsed, so the peer derived our keys:
+            # say why under them (an Informational exchange, RFC 2409 section
+            # 5.7), which a peer ignoring unprotected notifications still reads.
+            # The SA ends here, so moving its IV on changes nothing else.
+            sa.phase1_iv = next_iv
+            sa.send_informational([NotifyPayload(notify_type=exc.notify,
+                                                 spi=sa.cky_i + sa.cky_r,
+                                                 protocol_id=ProtocolId.ISAKMP)])
+            raise ProtocolFailure(str(exc)) from exc
         sa.phase1_iv = next_iv
         return peer_id
 
