@@ -48,21 +48,26 @@ class Certs:
 def certs() -> Certs:
     ca = pki.issue("C=CH, O=ikev1d, CN=Interop Root CA", ca=True)
     evil = pki.issue("C=CH, O=Evil, CN=Evil CA", ca=True)
-    a = {k: pki.issue(A_DN, ca, key=k, sans=(f"dns:{A_FQDN}",)) for k in ("rsa", "p256")}
-    b = {k: pki.issue(B_DN, ca, key=k, sans=(f"dns:{B_FQDN}",)) for k in ("rsa", "p256")}
+    keys = ("rsa", "p256", "p384")
+    a = {k: pki.issue(A_DN, ca, key=k, sans=(f"dns:{A_FQDN}",)) for k in keys}
+    b = {k: pki.issue(B_DN, ca, key=k, sans=(f"dns:{B_FQDN}",)) for k in keys}
     a["untrusted"] = pki.issue(A_DN, evil, sans=(f"dns:{A_FQDN}",))
     return Certs(ca, evil, a, b)
 
 
 def ikev1d_toml(topo: Topology, folder: Path, ours: pki.Issued, ca: pki.Issued,
                 local_id: str, remote_id: str, *, chain: tuple[pki.Issued, ...] = (),
-                dataplane: str = "none") -> str:
+                dataplane: str = "none", pinned: pki.Issued | None = None) -> str:
     ours.write(folder, "a")
     (folder / "ca.cert.pem").write_bytes(ca.cert_pem())
     certs = ["a.cert.pem"]
     for index, intermediate in enumerate(chain):
         (folder / f"chain{index}.pem").write_bytes(intermediate.cert_pem())
         certs.append(f"chain{index}.pem")
+    trust = 'cacerts = ["ca.cert.pem"]'
+    if pinned is not None:
+        (folder / "peer.cert.pem").write_bytes(pinned.cert_pem())
+        trust = 'pubkey = "peer.cert.pem"'
     return f"""\
 [daemon]
 listen = ["{topo.addr_a}"]
@@ -84,7 +89,7 @@ private_key = "a.key.pem"
 [connections.gw.remote]
 auth = "pubkey"
 id = {json.dumps(remote_id)}
-cacerts = ["ca.cert.pem"]
+{trust}
 
 [connections.gw.children.net]
 local_ts = ["{topo.inner_net_a}"]
@@ -107,13 +112,14 @@ def make_pair(two_hosts: Topology, charon_factory: CharonFactory, tmp_path: Path
 
     def make(ours: pki.Issued, theirs: pki.Issued, *, our_ca: pki.Issued,
              their_ca: pki.Issued, ids: tuple[str, str], our_chain: tuple[pki.Issued, ...] = (),
-             their_chain: tuple[pki.Issued, ...] = (), dataplane: str = "none") -> Pair:
+             their_chain: tuple[pki.Issued, ...] = (), dataplane: str = "none",
+             pinned: bool = False) -> Pair:
         topo = two_hosts
         our_id, their_id = ids
         folder = tmp_path / "ikev1d"
         daemon = Ikev1dDaemon(topo.a, folder, ikev1d_toml(
             topo, folder, ours, our_ca, our_id, their_id, chain=our_chain,
-            dataplane=dataplane))
+            dataplane=dataplane, pinned=theirs if pinned else None))
         started.append(daemon)
         daemon.start()
         charon = charon_factory(topo.b, "b")
@@ -190,6 +196,7 @@ CASES = [
     # (key, identities (ours, theirs), tshark's auth method value)
     pytest.param("rsa", (A_DN, B_DN), "3", id="rsa-dn"),
     pytest.param("p256", (A_FQDN, B_FQDN), "9", id="ecdsa-p256-fqdn"),
+    pytest.param("p384", (A_DN, B_FQDN), "10", id="ecdsa-p384"),
 ]
 
 
@@ -215,7 +222,8 @@ def test_certificates_establish(make_pair: Any, capture_factory: CaptureFactory,
     theirs = _their_sa(pair)
     assert theirs["remote-id"] == ids[0]
     log = pair.ours.log_text()
-    assert f'authenticated by {"RSA" if key == "rsa" else "ECDSA P-256"} signature ' \
+    name = {"rsa": "RSA", "p256": "ECDSA P-256", "p384": "ECDSA P-384"}[key]
+    assert f'authenticated by {name} signature ' \
         f'("{B_DN}" <- "{certs.ca.subject}")' in log
     # strongSwan checked our chain against its CA.
     assert f'using trusted ca certificate "{certs.ca.subject}"' in pair.theirs.log_text()
@@ -248,6 +256,33 @@ def test_chains_through_an_intermediate_carry_traffic(make_pair: Any, certs: Cer
     assert f'using trusted ca certificate "{certs.ca.subject}"' in their_log
     assert (f'authenticated by RSA signature ("{B_DN}" <- "{intermediate.subject}" <- '
             f'"{certs.ca.subject}")') in pair.ours.log_text()
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["ikev1d-initiates",
+                                                            "strongswan-initiates"])
+def test_pinned_certificate_without_cert_payloads(make_pair: Any, certs: Certs,
+                                                  capture_factory: CaptureFactory,
+                                                  we_initiate: bool) -> None:
+    # No cacerts: we request no certificate, so charon (send_cert = ifasked)
+    # sends none, and its signature is checked with the pinned key alone.
+    pair = make_pair(certs.a["rsa"], certs.b["rsa"], our_ca=certs.ca, their_ca=certs.ca,
+                     ids=(A_DN, B_DN), pinned=True)
+    cap = capture_factory(pair.topo.a, pair.topo.if_a, "udp port 500 or udp port 4500")
+    if we_initiate:
+        result = pair.ours.up("gw")
+        assert result.returncode == 0, result.stdout + result.stderr + pair.ours.log_text()
+    else:
+        ok, out = pair.theirs.initiate("net", "gw")
+        assert ok, out + pair.ours.log_text()[-3000:]
+    pcap = cap.stop()
+    _their_sa(pair)
+    assert "authenticated by RSA signature (the pinned key)" in pair.ours.log_text()
+    match = re.search(r"CKY-I ([0-9a-f]{16}) .* Ka ([0-9a-f]+)", pair.ours.log_text())
+    assert match
+    packets = tshark_json(pcap, [*isakmp_decryption_table({match[1]: match[2]})])
+    theirs = [p for p in packets if p["_source"]["layers"]["ip"]["ip.src"] == pair.topo.addr_b]
+    their_payloads = [t for p in theirs for t in _values(p, "isakmp.typepayload")]
+    assert "9" in their_payloads and "6" not in their_payloads, their_payloads
 
 
 def test_untrusted_certificate_from_strongswan_is_refused(make_pair: Any, certs: Certs) -> None:

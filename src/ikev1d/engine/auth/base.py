@@ -126,16 +126,22 @@ class Authenticator(abc.ABC):
         """Which payloads Main Mode message ``number`` (3 to 6) carries with this method."""
         return rules.MAIN_MODE_AUTH[self.method][number]
 
+    def proof_prf(self) -> str:
+        """The PRF of HASH_I and HASH_R: the negotiated one, unless the method
+        prescribes its own (ECDSA, RFC 4754)."""
+        return self.sa.hash_alg
+
     def proof_hash(self, of_initiator: bool, id_b: bytes) -> bytes:
         """HASH_I or HASH_R (RFC 2409 section 5): what pre-shared keys send as is
         and signatures sign."""
         sa, m = self.sa, self.material
         if sa.keys is None:
             raise ProtocolFailure("no keys")
+        prf = self.proof_prf()
         if of_initiator:
-            return hash_i(sa.hash_alg, sa.keys.skeyid, m.g_xi, m.g_xr, sa.cky_i, sa.cky_r,
+            return hash_i(prf, sa.keys.skeyid, m.g_xi, m.g_xr, sa.cky_i, sa.cky_r,
                           m.sa_i_b, id_b)
-        return hash_r(sa.hash_alg, sa.keys.skeyid, m.g_xr, m.g_xi, sa.cky_r, sa.cky_i,
+        return hash_r(prf, sa.keys.skeyid, m.g_xr, m.g_xi, sa.cky_r, sa.cky_i,
                       m.sa_i_b, id_b)
 
     # -- messages 3 and 4 ----------------------------------------------------------

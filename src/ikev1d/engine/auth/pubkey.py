@@ -11,8 +11,10 @@ intermediates) and SIG, the signature of HASH_I or HASH_R:
 
 - RSA (method 3): PKCS#1 v1.5 over the raw hash, without DigestInfo, as the
   IKEv1 implementations in the field sign and verify it;
-- ECDSA (methods 9, 10, 11 for P-256, P-384, P-521): the hash signed as the
-  digest, the signature as r | s of fixed length (RFC 4754 section 7).
+- ECDSA (methods 9, 10, 11 for P-256, P-384, P-521): HASH_I/HASH_R computed
+  with HMAC over the curve's hash (SHA-256, SHA-384, SHA-512; RFC 4754) instead
+  of the negotiated PRF, signed as the digest, the signature as r | s of fixed
+  length (RFC 4754 section 7).
 
 The peer's certificate is verified against the connection's ``cacerts`` and
 ``crls`` (or compared with a pinned ``pubkey``), and its ID must be the
@@ -313,7 +315,16 @@ class RsaSignatureAuthenticator(SignatureAuthenticator):
 
 class _EcdsaAuthenticator(SignatureAuthenticator):
     curve: ClassVar[type[ec.EllipticCurve]]
+    #: The hash that belongs to the curve (RFC 4754 section 3).
+    curve_hash: ClassVar[str]
     name = "pubkey-ecdsa"
+
+    def proof_prf(self) -> str:
+        # RFC 4754 ties the hash to the curve: HASH_I and HASH_R are computed
+        # with HMAC over the curve's hash, keyed with SKEYID (which itself comes
+        # from the negotiated PRF), and signed as they are. strongSwan does the
+        # same; with another hash its signatures do not verify.
+        return self.curve_hash
 
     @classmethod
     def fits(cls, key: PrivateKey | PublicKey) -> bool:
@@ -331,18 +342,21 @@ class _EcdsaAuthenticator(SignatureAuthenticator):
 
 
 class Ecdsa256Authenticator(_EcdsaAuthenticator):
+    curve_hash = "sha256"
     method = AuthMethod.ECDSA_256
     curve = ec.SECP256R1
     key_name = "ECDSA P-256"
 
 
 class Ecdsa384Authenticator(_EcdsaAuthenticator):
+    curve_hash = "sha384"
     method = AuthMethod.ECDSA_384
     curve = ec.SECP384R1
     key_name = "ECDSA P-384"
 
 
 class Ecdsa521Authenticator(_EcdsaAuthenticator):
+    curve_hash = "sha512"
     method = AuthMethod.ECDSA_521
     curve = ec.SECP521R1
     key_name = "ECDSA P-521"
