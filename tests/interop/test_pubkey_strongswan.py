@@ -10,6 +10,7 @@ the key ikev1d logs at debug level, with our CERT and SIG payloads in messages
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from ikev1d_lab import pki
 from ikev1d_lab.capture import isakmp_decryption_table, tshark_json
@@ -57,7 +59,8 @@ def certs() -> Certs:
 
 def ikev1d_toml(topo: Topology, folder: Path, ours: pki.Issued, ca: pki.Issued,
                 local_id: str, remote_id: str, *, chain: tuple[pki.Issued, ...] = (),
-                dataplane: str = "none", pinned: pki.Issued | None = None) -> str:
+                dataplane: str = "none", pinned: pki.Issued | None = None,
+                revoked: tuple[int, ...] = ()) -> str:
     ours.write(folder, "a")
     (folder / "ca.cert.pem").write_bytes(ca.cert_pem())
     certs = ["a.cert.pem"]
@@ -65,6 +68,10 @@ def ikev1d_toml(topo: Topology, folder: Path, ours: pki.Issued, ca: pki.Issued,
         (folder / f"chain{index}.pem").write_bytes(intermediate.cert_pem())
         certs.append(f"chain{index}.pem")
     trust = 'cacerts = ["ca.cert.pem"]'
+    if revoked:
+        (folder / "ca.crl.der").write_bytes(
+            pki.crl(ca, revoked).public_bytes(serialization.Encoding.DER))
+        trust += '\ncrls = ["ca.crl.der"]'
     if pinned is not None:
         (folder / "peer.cert.pem").write_bytes(pinned.cert_pem())
         trust = 'pubkey = "peer.cert.pem"'
@@ -113,13 +120,13 @@ def make_pair(two_hosts: Topology, charon_factory: CharonFactory, tmp_path: Path
     def make(ours: pki.Issued, theirs: pki.Issued, *, our_ca: pki.Issued,
              their_ca: pki.Issued, ids: tuple[str, str], our_chain: tuple[pki.Issued, ...] = (),
              their_chain: tuple[pki.Issued, ...] = (), dataplane: str = "none",
-             pinned: bool = False) -> Pair:
+             pinned: bool = False, revoked: tuple[int, ...] = ()) -> Pair:
         topo = two_hosts
         our_id, their_id = ids
         folder = tmp_path / "ikev1d"
         daemon = Ikev1dDaemon(topo.a, folder, ikev1d_toml(
             topo, folder, ours, our_ca, our_id, their_id, chain=our_chain,
-            dataplane=dataplane, pinned=theirs if pinned else None))
+            dataplane=dataplane, pinned=theirs if pinned else None, revoked=revoked))
         started.append(daemon)
         daemon.start()
         charon = charon_factory(topo.b, "b")
@@ -285,20 +292,35 @@ def test_pinned_certificate_without_cert_payloads(make_pair: Any, certs: Certs,
     assert "9" in their_payloads and "6" not in their_payloads, their_payloads
 
 
-def test_untrusted_certificate_from_strongswan_is_refused(make_pair: Any, certs: Certs) -> None:
-    # strongSwan's certificate comes from a CA we do not trust.
-    untrusted = pki.issue(B_DN, certs.evil, sans=(f"dns:{B_FQDN}",))
-    pair = make_pair(certs.a["rsa"], untrusted, our_ca=certs.ca, their_ca=certs.ca,
-                     ids=(A_DN, B_DN))
+@pytest.mark.parametrize("problem", ["untrusted", "revoked", "expired"])
+def test_bad_certificate_from_strongswan_is_refused(make_pair: Any, certs: Certs,
+                                                    problem: str) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    revoked: tuple[int, ...] = ()
+    if problem == "untrusted":
+        # strongSwan's certificate comes from a CA we do not trust.
+        theirs = pki.issue(B_DN, certs.evil, sans=(f"dns:{B_FQDN}",))
+        reason = f'certificate "{B_DN}" not trusted (issuer "{certs.evil.subject}" unknown)'
+        notify = "INVALID_CERT_AUTHORITY"
+    elif problem == "revoked":
+        theirs = pki.issue(B_DN, certs.ca)
+        revoked = (theirs.cert.serial_number,)
+        reason = f'certificate "{B_DN}" revoked on'
+        notify = "INVALID_CERTIFICATE"
+    else:
+        theirs = pki.issue(B_DN, certs.ca, not_before=now - datetime.timedelta(days=9),
+                           not_after=now - datetime.timedelta(days=1))
+        reason = f'certificate "{B_DN}" expired on'
+        notify = "INVALID_CERTIFICATE"
+    pair = make_pair(certs.a["rsa"], theirs, our_ca=certs.ca, their_ca=certs.ca,
+                     ids=(A_DN, B_DN), revoked=revoked)
     ok, _ = pair.theirs.initiate("net", "gw", timeout=5)
     assert not ok
     assert pair.ours.wait_log("authentication failed", timeout=5)
-    log = pair.ours.log_text()
-    assert (f'authentication failed: certificate "{B_DN}" not trusted (issuer '
-            f'"{certs.evil.subject}" unknown)') in log
+    assert f"authentication failed: {reason}" in pair.ours.log_text()
     assert pair.ours.status()["ike_sas"] == []
-    # Our INVALID-CERT-AUTHORITY goes out encrypted, and charon ends its SA on it.
-    assert pair.theirs.wait_log("received INVALID_CERT_AUTHORITY error notify", timeout=5)
+    # Our notification goes out encrypted, and charon ends its SA on it.
+    assert pair.theirs.wait_log(f"received {notify} error notify", timeout=5)
     assert pair.theirs.list_sas() == []
 
 
