@@ -22,7 +22,17 @@ from ikev1d.config import Identity, parse_config
 from ikev1d.config.model import Config
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaEstablished, IkeSaEstablished
-from ikev1d.wire import AuthMethod, CrPayload, ExchangeType, decode_message, split_message
+from ikev1d.engine.auth.pubkey import RsaSignatureAuthenticator
+from ikev1d.wire import (
+    AuthMethod,
+    CertEncoding,
+    CertPayload,
+    CrPayload,
+    ExchangeType,
+    Payload,
+    decode_message,
+    split_message,
+)
 from ikev1d_lab import pki
 from tests.unit.test_engine import A_ADDR, B_ADDR, Net, Peer
 
@@ -329,3 +339,22 @@ def test_reload_rereads_the_crl_and_keeps_the_established_sa(
         net.pump()
     failures = [r.getMessage() for r in caplog.records if "Main Mode failed" in r.getMessage()]
     assert any("revoked on" in f for f in failures), failures
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x30\x03\x02\x01\x01", b"not a certificate"])
+def test_malformed_certificate_is_refused_without_a_traceback(
+    ca: Pki, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, garbage: bytes
+) -> None:
+    original = RsaSignatureAuthenticator.proof_payloads
+
+    def with_garbage(self: RsaSignatureAuthenticator) -> list[Payload]:
+        own, *rest = original(self)
+        return [own, CertPayload(CertEncoding.X509_SIG, garbage), *rest]
+
+    monkeypatch.setattr(RsaSignatureAuthenticator, "proof_payloads", with_garbage)
+    a_cfg, b_cfg, _, _ = pair(ca)
+    with caplog.at_level(logging.INFO):
+        net = run(net_of(a_cfg, b_cfg))
+    refused(net, caplog, "authentication failed: the peer sent a malformed certificate")
+    assert not any(r.exc_info for r in caplog.records)
+    assert "Traceback" not in caplog.text

@@ -70,6 +70,10 @@ from ikev1d.wire import (
 
 log = logging.getLogger("ikev1d.engine")
 
+#: Larger RSA keys are refused: verifying with them costs more than any
+#: deployment needs, and the peer is not authenticated yet.
+MAX_RSA_BITS = 8192
+
 _NOTIFY_BY_PROBLEM = {
     Problem.UNTRUSTED: NotifyType.INVALID_CERT_AUTHORITY,
     Problem.INVALID: NotifyType.INVALID_CERTIFICATE,
@@ -176,7 +180,10 @@ class SignatureAuthenticator(Authenticator):
             return ProtocolFailure(f"authentication failed: {reason}",
                                    code if notify is not None else None)
 
-        certs = self._peer_certificates(payloads)
+        try:
+            certs = self._peer_certificates(payloads)
+        except _Refused as refused:
+            raise failure(refused.refusal.reason, refused.refusal.notify) from None
         if sa.initiator:
             conns = [sa.conn] if sa.conn is not None else []
         else:
@@ -209,6 +216,12 @@ class SignatureAuthenticator(Authenticator):
             except _Refused as refused:
                 refusals.append(refused.refusal)
                 continue
+            except ValueError:
+                # cryptography parses some parts of a certificate only when
+                # they are used: a malformed one shows here.
+                refusals.append(_Refusal("the peer sent a malformed certificate",
+                                         NotifyType.INVALID_CERTIFICATE))
+                continue
             accepted.append(conn)
         if not accepted:
             first_refusal = refusals[0]
@@ -235,8 +248,8 @@ class SignatureAuthenticator(Authenticator):
             try:
                 certs.append(x509.load_der_x509_certificate(payload.data))
             except ValueError:
-                raise ProtocolFailure("authentication failed: the peer sent a malformed "
-                                      "certificate", NotifyType.INVALID_CERTIFICATE) from None
+                raise _Refused("the peer sent a malformed certificate",
+                               NotifyType.INVALID_CERTIFICATE) from None
         return certs
 
     def _peer_key(
@@ -275,10 +288,18 @@ class SignatureAuthenticator(Authenticator):
         if peer not in Identity.of_certificate(end_entity):
             raise _Refused(f'ID "{peer}" not in certificate {subject}',
                            NotifyType.INVALID_ID_INFORMATION)
-        key = end_entity.public_key()
+        try:
+            key = end_entity.public_key()
+        except ValueError:
+            raise _Refused(f"certificate {subject} holds an unreadable key",
+                           NotifyType.INVALID_CERTIFICATE) from None
         if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
             raise _Refused(f"certificate {subject} holds neither an RSA nor an ECDSA key",
                            NotifyType.INVALID_KEY_INFORMATION)
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size > MAX_RSA_BITS:
+            # Bounds the work one unauthenticated message can cause.
+            raise _Refused(f"certificate {subject} holds an RSA key of {key.key_size} bits "
+                           f"(at most {MAX_RSA_BITS})", NotifyType.INVALID_KEY_INFORMATION)
         return key, subject, chain
 
     # -- what a failure means, for the log --------------------------------------------
