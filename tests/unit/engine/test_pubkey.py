@@ -358,3 +358,16 @@ def test_malformed_certificate_is_refused_without_a_traceback(
     refused(net, caplog, "authentication failed: the peer sent a malformed certificate")
     assert not any(r.exc_info for r in caplog.records)
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(("a_id", "san"), [
+    (A_ADDR, f"ip:{A_ADDR}"),
+    ("gw-a@example.org", "email:gw-a@example.org"),
+])
+def test_address_and_user_fqdn_identities_from_subject_alt_names(
+    ca: Pki, a_id: str, san: str
+) -> None:
+    a_cfg, b_cfg, _, _ = pair(ca, key="p256", a_id=a_id, a_sans=(san,))
+    net = run(net_of(a_cfg, b_cfg))
+    assert established(net)
+    assert net.b.engine.status(net.now).ike_sas[0].remote_id == a_id
