@@ -259,6 +259,7 @@ def test_wrong_private_key_fails_the_signature(ca: Pki, caplog: pytest.LogCaptur
     with caplog.at_level(logging.INFO):
         net = run(net_of(a_cfg, b_cfg))
     refused(net, caplog, 'signature of HASH_I by "C=CH, O=Test, CN=gw-a" does not verify')
+    refused(net, caplog, "authentication failed: peer sent AUTHENTICATION-FAILED")
 
 
 def test_pinned_certificate_without_a_ca(ca: Pki) -> None:

@@ -212,7 +212,7 @@ class SignatureAuthenticator(Authenticator):
                 if not self.verify(key, signature, expected):
                     which = "HASH_I" if of_initiator else "HASH_R"
                     raise _Refused(f"signature of {which} by {subject} does not verify",
-                                   NotifyType.INVALID_SIGNATURE)
+                                   NotifyType.AUTHENTICATION_FAILED)
             except _Refused as refused:
                 refusals.append(refused.refusal)
                 continue
@@ -240,7 +240,8 @@ class SignatureAuthenticator(Authenticator):
             if not isinstance(payload, CertPayload):
                 continue
             if payload.encoding != CertEncoding.X509_SIG:
-                log.info("ignoring a CERT payload of encoding %s",
+                # Debug only: the peer is not authenticated yet.
+                log.debug("ignoring a CERT payload of encoding %s",
                          CertEncoding(payload.encoding).name, extra=self.sa.log_extra)
                 continue
             if len(certs) >= MAX_PATH:
