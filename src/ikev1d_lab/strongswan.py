@@ -143,8 +143,17 @@ def swanctl_conf(
     unique: str = "no",
     extra_conn: str = "",
     extra_child: str = "",
+    auth: str = "psk",
+    certs: Sequence[str] = (),
+    cacerts: Sequence[str] = (),
 ) -> str:
-    """swanctl.conf text for one IKEv1 PSK connection with one child.
+    """swanctl.conf text for one IKEv1 connection with one child.
+
+    ``auth = "pubkey"`` authenticates with certificates instead of `psk`:
+    `certs` and `cacerts` name files in the swanctl ``x509/`` and ``x509ca/``
+    folders beside the file (the private key goes into ``private/``, where
+    ``swanctl --load-all`` finds it), and charon sends certificate requests
+    (``send_certreq = yes``), without which it sends no certificate in IKEv1.
 
     `proposals`/`esp_proposals` are strongSwan proposal strings in preference
     order (an ESP proposal naming a DH group means PFS in Quick Mode).  IKEv1
@@ -168,7 +177,7 @@ def swanctl_conf(
         f"    rekey_time = {rekey_time}",
         f"    reauth_time = {reauth_time}",
         f"    unique = {unique}",
-        "    send_certreq = no",
+        f"    send_certreq = {'yes' if auth == 'pubkey' else 'no'}",
     ]
     if dpd_delay is not None:
         lines.append(f"    dpd_delay = {dpd_delay}")
@@ -180,15 +189,15 @@ def swanctl_conf(
         lines.append(f"    pools = {','.join(pools)}")
     if extra_conn:
         lines.append(extra_conn.rstrip("\n"))
+    local_auth = [f"      auth = {auth}", f"      id = {_swanctl_value(local_id)}"]
+    remote_auth = [f"      auth = {auth}", f"      id = {_swanctl_value(remote_id)}"]
+    if certs:
+        local_auth.append(f"      certs = {','.join(certs)}")
+    if cacerts:
+        remote_auth.append(f"      cacerts = {','.join(cacerts)}")
     lines += [
-        "    local {",
-        "      auth = psk",
-        f"      id = {_swanctl_value(local_id)}",
-        "    }",
-        "    remote {",
-        "      auth = psk",
-        f"      id = {_swanctl_value(remote_id)}",
-        "    }",
+        "    local {", *local_auth, "    }",
+        "    remote {", *remote_auth, "    }",
         "    children {",
         f"      {child} {{",
         f"        local_ts = {','.join(lts)}",
@@ -205,20 +214,18 @@ def swanctl_conf(
         lines.append(f"        dpd_action = {dpd_action}")
     if extra_child:
         lines.append(extra_child.rstrip("\n"))
-    lines += [
-        "      }",
-        "    }",
-        "  }",
-        "}",
-        "secrets {",
-        f"  ike-{name} {{",
-        f"    id-local = {_swanctl_value(local_id)}",
-        f"    id-remote = {_swanctl_value(remote_id)}",
-        f"    secret = {_secret(psk)}",
-        "  }",
-        "}",
-        "",
-    ]
+    lines += ["      }", "    }", "  }", "}"]
+    if auth == "psk":
+        lines += [
+            "secrets {",
+            f"  ike-{name} {{",
+            f"    id-local = {_swanctl_value(local_id)}",
+            f"    id-remote = {_swanctl_value(remote_id)}",
+            f"    secret = {_secret(psk)}",
+            "  }",
+            "}",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -438,7 +439,7 @@ R = C + "[connections.c.remote]\n"
         (R + "private_key = 'k.pem'", "connections.c.remote.private_key",
          "belongs in [connections.c.local]"),
         (R + "idd = 'x'", "connections.c.remote.idd", "did you mean 'id'"),
-        (R + "pubkey = 3", "connections.c.remote.pubkey", "expected a string or a list"),
+        (R + "pubkey = 3", "connections.c.remote.pubkey", "expected a string"),
         ("[connections.c]\nremote_addrs = ['192.0.2.2']\nlocal = 'psk'", "connections.c.local",
          "expected a table"),
     ],
@@ -458,15 +459,8 @@ NOT_IMPLEMENTED = [
     (C + "dpd_action = 'hold'", "connections.c.dpd_action"),
     (C + "fragmentation = 'force'", "connections.c.fragmentation"),
     (C + "reauth_time = '1h'", "connections.c.reauth_time"),
-    (L + "auth = 'pubkey'", "connections.c.local.auth"),
     (L + "auth = 'rsa-encryption'", "connections.c.local.auth"),
-    (R + "auth = 'pubkey'", "connections.c.remote.auth"),
     (R + "auth = 'rsa-encryption'", "connections.c.remote.auth"),
-    (L + "certs = ['cert.pem']", "connections.c.local.certs"),
-    (L + "private_key = 'key.pem'", "connections.c.local.private_key"),
-    (R + "cacerts = ['ca.pem']", "connections.c.remote.cacerts"),
-    (R + "crls = ['ca.crl']", "connections.c.remote.crls"),
-    (R + "pubkey = 'peer.pem'", "connections.c.remote.pubkey"),
     (C + "[connections.c.local_xauth]\nauth = 'xauth'", "connections.c.local_xauth.auth"),
     (C + "[connections.c.local_xauth]\nxauth_id = 'alice'",
      "connections.c.local_xauth.xauth_id"),
@@ -483,16 +477,13 @@ def test_not_implemented_yet(text: str, key: str) -> None:
 
 
 def test_refusal_comes_before_the_file_checks(tmp_path: Path) -> None:
-    # A certificate that exists changes nothing: the feature is what is missing.
-    (tmp_path / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\n")
-    text = L + "auth = 'pubkey'\ncerts = ['cert.pem']\n"
+    # A file that exists changes nothing: the feature is what is missing.
+    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    text = L + "auth = 'rsa-encryption'\nprivate_key = 'key.pem'\n"
     with pytest.raises(ConfigError) as info:
         parse_config(text, "t.toml", tmp_path)
     assert str(info.value) == 't.toml: connections.c.local.auth: not implemented yet: ' \
-        'auth = "pubkey"'
-    with pytest.raises(ConfigError) as info:
-        parse_config(L + "certs = ['missing.pem']\n", "t.toml", tmp_path)
-    assert str(info.value) == "t.toml: connections.c.local.certs: not implemented yet"
+        'auth = "rsa-encryption"'
 
 
 def test_empty_and_default_values_of_features_not_implemented_yet_load() -> None:
@@ -993,3 +984,91 @@ def test_metrics_off_loopback_is_warned_about() -> None:
     assert not config_warnings(load("[daemon]\nmetrics = '[::1]:9616'"))
     (warning,) = config_warnings(load("[daemon]\nmetrics = '0.0.0.0:9616'"))
     assert warning.startswith("test.toml: daemon.metrics: /metrics on 0.0.0.0 is reachable")
+
+
+# --- certificates ---------------------------------------------------------------------
+
+
+def _pubkey_files(tmp_path: Path, *, key: str = "rsa", **kw: Any) -> Any:
+    from ikev1d_lab import pki
+    ca = pki.issue("C=CH, O=Test, CN=Root", ca=True)
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem())
+    gw = pki.issue("C=CH, O=Test, CN=gw", ca, key=key, sans=("dns:gw.example.org",), **kw)
+    gw.write(tmp_path, "gw")
+    return ca, gw
+
+
+def _pubkey_conf(local: str = "", remote: str = "") -> str:
+    return (C + "[connections.c.local]\nauth = 'pubkey'\ncerts = ['gw.cert.pem']\n"
+            "private_key = 'gw.key.pem'\n" + local
+            + "[connections.c.remote]\nauth = 'pubkey'\ncacerts = ['ca.pem']\n" + remote)
+
+
+def test_pubkey_loads_relative_files_and_defaults_the_id_to_the_subject(tmp_path: Path) -> None:
+    _pubkey_files(tmp_path, key="p256")
+    cfg = parse_config(_pubkey_conf(), "t.toml", tmp_path)
+    local = cfg.connections["c"].local
+    assert local.certs == (str(tmp_path / "gw.cert.pem"),)
+    assert str(local.id) == "C=CH, O=Test, CN=gw"
+    assert local.credentials.private_key is not None
+    assert len(cfg.connections["c"].remote.credentials.cacerts) == 1
+    cfg = parse_config(_pubkey_conf("id = 'gw.example.org'\n"), "t.toml", tmp_path)
+    assert str(cfg.connections["c"].local.id) == "gw.example.org"
+
+
+@pytest.mark.parametrize(("local", "remote", "key", "reason"), [
+    ("id = 'other.example.org'\n", "", "connections.c.local.id",
+     "neither the subject nor a subjectAltName"),
+    ("", "crls = ['gw.cert.pem']\n", "connections.c.remote.crls", "not a CRL"),
+    ("", "pubkey = 'gw.key.pem'\n", "connections.c.remote.pubkey",
+     "not a certificate or public key"),
+])
+def test_pubkey_file_errors(tmp_path: Path, local: str, remote: str, key: str,
+                            reason: str) -> None:
+    _pubkey_files(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        parse_config(_pubkey_conf(local, remote), "t.toml", tmp_path)
+    assert str(info.value).startswith(f"t.toml: {key}: ")
+    assert reason in str(info.value)
+
+
+def test_private_key_must_match_the_certificate(tmp_path: Path) -> None:
+    from ikev1d_lab import pki
+    _pubkey_files(tmp_path)
+    other = pki.issue("CN=other")
+    (tmp_path / "gw.key.pem").write_bytes(other.key_pem())
+    with pytest.raises(ConfigError) as info:
+        parse_config(_pubkey_conf(), "t.toml", tmp_path)
+    assert "connections.c.local.private_key" in str(info.value)
+    assert "does not match the certificate" in str(info.value)
+
+
+def test_expiring_certificate_is_a_warning(tmp_path: Path) -> None:
+    import datetime as dt
+    now = dt.datetime.now(dt.UTC)
+    _pubkey_files(tmp_path, not_after=now + dt.timedelta(days=5))
+    cfg = parse_config(_pubkey_conf(), "t.toml", tmp_path)
+    warnings = config_warnings(cfg)
+    assert any("connections.c.local.certs" in w and "expires on" in w for w in warnings)
+    later = config_warnings(cfg, now + dt.timedelta(days=10))
+    assert any("expired on" in w for w in later)
+
+
+def test_encrypted_private_key_with_its_passphrase_from_secrets(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    _, gw = _pubkey_files(tmp_path)
+    (tmp_path / "gw.key.pem").write_bytes(gw.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"key passphrase")))
+    secret = "[secrets.gwkey]\ntype = 'private_key'\nsecret = '{}'\nfiles = ['gw.key.pem']\n"
+    cfg = parse_config(_pubkey_conf() + secret.format("key passphrase"), "t.toml", tmp_path)
+    assert cfg.connections["c"].local.credentials.private_key is not None
+    assert not any("secrets.gwkey" in w for w in config_warnings(cfg))
+    with pytest.raises(ConfigError) as info:
+        parse_config(_pubkey_conf(), "t.toml", tmp_path)
+    assert "connections.c.local.private_key" in str(info.value)
+    assert 'type = "private_key"' in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        parse_config(_pubkey_conf() + secret.format("wrong"), "t.toml", tmp_path)
+    assert "wrong passphrase?" in str(info.value)

@@ -389,11 +389,11 @@ def test_pubkey_authentication_names_the_files() -> None:
     base = PurePath("/etc/swanctl")
     conversion = convert_swanctl(parse_settings(text % ""), base_dir=base,
                                  private_keys=["/etc/swanctl/private/gw.key"])
-    # Certificates are not implemented in ikev1d yet: the loader refuses them, and a
-    # connection is never converted into one that authenticates some other way.
-    assert "connections" not in tomllib.loads(conversion.toml)
-    assert any("connections.site.local.auth: skipped: not implemented yet" in n
-               for n in _notes(conversion))
+    site = tomllib.loads(conversion.toml)["connections"]["site"]
+    assert site["local"] == {"auth": "pubkey", "certs": ["/etc/swanctl/x509/gw.pem"],
+                             "private_key": "/etc/swanctl/private/gw.key"}
+    assert site["remote"] == {"auth": "pubkey", "id": "C=DE, O=X, CN=peer",
+                              "cacerts": ["/etc/swanctl/x509ca/ca.pem"]}
     # Without exactly one key to choose, the connection cannot be converted.
     conversion = convert_swanctl(parse_settings(text % ""), base_dir=base, private_keys=[])
     assert "connections" not in tomllib.loads(conversion.toml)
@@ -632,13 +632,11 @@ def test_command_pairs_the_certificate_with_its_private_key(
         "connections { gw { version = 1\n remote_addrs = 192.0.2.2\n"
         " local { auth = pubkey\n certs = gw.pem\n id = \"CN=gw\" }\n"
         " remote { auth = pubkey\n cacerts = ca.pem\n id = \"CN=peer\" } } }\n")
-    # The pairing is done and said; the connection itself then waits for certificate
-    # authentication in ikev1d, so nothing is converted.
-    assert main(["import-swanctl", str(conf)]) == 1
+    # The pairing is done and said, and the connection converted.
+    assert main(["import-swanctl", str(conf)]) == 0
     out, err = capsys.readouterr()
-    assert "[connections" not in out
+    assert "[connections.gw.local]" in out
     assert f"private_key = {tmp_path}/ecdsa/b-gw.pem: the key matching" in err
-    assert "connections.gw.local.auth: skipped: not implemented yet" in err
 
 
 # --- any input -------------------------------------------------------------------------------

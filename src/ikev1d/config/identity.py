@@ -183,6 +183,30 @@ class Identity:
         return cls(IdKind.OTHER, data, id_to_text(payload), payload.id_type)
 
     @classmethod
+    def of_certificate(cls, cert: x509.Certificate) -> tuple[Self, ...]:
+        """The identities a certificate vouches for: its subject DN and each
+        subjectAltName of a type IKE names (dNSName, rfc822Name, iPAddress;
+        RFC 4945 section 3.1)."""
+        found = [cls(IdKind.DN, cert.subject.public_bytes(), _dn_text(cert.subject),
+                     IdType.DER_ASN1_DN)]
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (x509.ExtensionNotFound, ValueError):
+            return tuple(found)
+        for name in san:
+            if isinstance(name, x509.DNSName) and name.value.isascii():
+                found.append(cls(IdKind.FQDN, name.value.encode("ascii"), name.value,
+                                 IdType.FQDN))
+            elif isinstance(name, x509.RFC822Name) and name.value.isascii():
+                found.append(cls(IdKind.USER_FQDN, name.value.encode("ascii"), name.value,
+                                 IdType.USER_FQDN))
+            elif isinstance(name, x509.IPAddress) and isinstance(
+                name.value, ipaddress.IPv4Address | ipaddress.IPv6Address
+            ):
+                found.append(cls.from_address(name.value))
+        return tuple(found)
+
+    @classmethod
     def _fqdn(cls, name: str) -> Self:
         # Shown with the "@" only where the bare name would read as something else.
         ambiguous = _ip_or_none(name) is not None or name.startswith(_KEY_ID_PREFIXES)

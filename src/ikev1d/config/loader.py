@@ -15,9 +15,12 @@ import os
 import re
 import shlex
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
+from ikev1d.crypto.certs import same_public_key
 from ikev1d.durations import format_duration
 from ikev1d.proposals import (
     EspProposal,
@@ -27,6 +30,16 @@ from ikev1d.proposals import (
     parse_ike_proposal,
 )
 
+from .credentials import (
+    Credentials,
+    CredentialsError,
+    PrivateKey,
+    PublicKey,
+    load_certificates,
+    load_crls,
+    load_private_key,
+    load_public_key,
+)
 from .errors import ConfigError
 from .identity import ANY, Identity
 from .model import (
@@ -56,6 +69,8 @@ from .reader import TomlReader
 
 __all__ = ["KEY_TABLES", "load_config", "parse_config"]
 
+T = TypeVar("T")
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # The keys each table accepts ("<name>" stands for any name).  Anything else is
@@ -80,7 +95,7 @@ _CHILD_KEYS = (
     "local_ts", "remote_ts", "esp_proposals", "mode", "rekey_time", "life_bytes",
     "start_action", "updown",
 )
-_SECRET_KEYS = ("type", "secret", "ids")
+_SECRET_KEYS = ("type", "secret", "ids", "files")
 _POOL_KEYS = ("addrs", "dns", "split_include")
 _TOP_KEYS = ("daemon", "connections", "secrets", "pools")
 
@@ -231,12 +246,9 @@ def _load_auth(
     else:
         elsewhere = {k: f"[{conn_path}.remote]" for k in _REMOTE_KEYS}
         ld.check_keys(data, path, _LOCAL_KEYS, elsewhere)
-    # Certificates and RSA encryption come with their authenticators; until then
-    # their keys load only empty, and what follows checks them for that day.
+    # RSA encryption (RFC 2409 sections 5.2, 5.3) comes with its authenticator.
     auth = ld.get_choice(data, path, "auth", Auth.PSK, Auth,
-                         not_yet=(Auth.PUBKEY, Auth.RSA_ENCRYPTION))
-    for key in ("certs", "private_key", "cacerts", "crls", "pubkey"):
-        ld.refuse_unless_empty(data, path, key)
+                         not_yet=(Auth.RSA_ENCRYPTION,))
     id_text = ld.get_optional_str(data, path, "id")
     identity = (
         ld.identity(id_text, f"{path}.id", allow_any=remote) if id_text is not None
@@ -244,19 +256,66 @@ def _load_auth(
     )
     certs = ld.get_list(data, path, "certs", (), ld.file)
     cacerts = ld.get_list(data, path, "cacerts", (), ld.file)
+    crls = ld.get_list(data, path, "crls", (), ld.file)
     private_key = ld.get_optional_str(data, path, "private_key")
     pubkey = ld.get_optional_str(data, path, "pubkey")
     if private_key is not None:
         private_key = ld.file(private_key, f"{path}.private_key")
     if pubkey is not None:
         pubkey = ld.file(pubkey, f"{path}.pubkey")
-    return AuthConfig(auth, identity, certs, private_key, cacerts, pubkey)
+    files = AuthConfig(auth, identity, certs, private_key, cacerts, pubkey, crls)
+    credentials = _read_credentials(ld, files, path)
+    if not remote and auth is Auth.PUBKEY and credentials.certs:
+        vouched = Identity.of_certificate(credentials.certs[0])
+        if id_text is None:
+            # swanctl's default: with a certificate, our identity is its subject.
+            identity = vouched[0]
+        elif identity not in vouched:
+            raise ld.error(f"{path}.id", f"{identity} is neither the subject nor a "
+                           f"subjectAltName of {certs[0]} (it holds: "
+                           f"{', '.join(str(i) for i in vouched)})")
+    return replace(files, id=identity, credentials=credentials)
+
+
+def _read_credentials(ld: TomlReader, a: AuthConfig, path: str) -> Credentials:
+    """Parse the files now, so that a bad one is a configuration error."""
+    def each(key: str, files: tuple[str, ...], read: Callable[[str], tuple[T, ...]]
+             ) -> tuple[T, ...]:
+        out: list[T] = []
+        for file in files:
+            try:
+                out += read(file)
+            except CredentialsError as exc:
+                raise ld.error(f"{path}.{key}", str(exc)) from None
+        return tuple(out)
+
+    certs = each("certs", a.certs, load_certificates)
+    cacerts = each("cacerts", a.cacerts, load_certificates)
+    crls = each("crls", a.crls, load_crls)
+    private_key: PrivateKey | None = None
+    if a.private_key is not None:
+        try:
+            private_key = load_private_key(a.private_key,
+                                           ld.passphrases.get(a.private_key))
+        except CredentialsError as exc:
+            raise ld.error(f"{path}.private_key", str(exc)) from None
+        if certs and not same_public_key(private_key, certs[0]):
+            raise ld.error(f"{path}.private_key", f"{a.private_key} does not match the "
+                           f"certificate {a.certs[0]} (certs: end entity first)")
+    pubkey: PublicKey | None = None
+    pinned = None
+    if a.pubkey is not None:
+        try:
+            pubkey, pinned = load_public_key(a.pubkey)
+        except CredentialsError as exc:
+            raise ld.error(f"{path}.pubkey", str(exc)) from None
+    return Credentials(certs, private_key, cacerts, crls, pubkey, pinned)
 
 
 def _check_auth_files(ld: TomlReader, a: AuthConfig, path: str, *, remote: bool) -> None:
     if a.auth is Auth.PSK:
         for key, present in (("certs", a.certs), ("private_key", a.private_key),
-                             ("cacerts", a.cacerts), ("pubkey", a.pubkey)):
+                             ("cacerts", a.cacerts), ("crls", a.crls), ("pubkey", a.pubkey)):
             if present:
                 raise ld.error(f"{path}.{key}", "only used with auth = \"pubkey\" or "
                                "\"rsa-encryption\", not with auth = \"psk\"")
@@ -502,7 +561,8 @@ def _load_secret(ld: TomlReader, name: str, raw: object) -> SecretConfig:
     _check_name(ld, name, path)
     data = ld.table(raw, path)
     ld.check_keys(data, path, _SECRET_KEYS)
-    ld.get_choice(data, path, "type", SecretType.IKE, SecretType, not_yet=(SecretType.XAUTH,))
+    kind = ld.get_choice(data, path, "type", SecretType.IKE, SecretType,
+                         not_yet=(SecretType.XAUTH,))
     if "secret" not in data:
         raise ld.error(f"{path}.secret", "required")
     secret = ld.get_str(data, path, "secret", "")
@@ -514,12 +574,23 @@ def _load_secret(ld: TomlReader, name: str, raw: object) -> SecretConfig:
         raise ld.error(f"{path}.secret", "invalid 0x (hex) or 0s (base64) encoding") from None
     if not value:
         raise ld.error(f"{path}.secret", "must not be empty")
+    if kind is SecretType.PRIVATE_KEY:
+        if "ids" in data:
+            raise ld.error(f"{path}.ids", "a private key passphrase names its key files "
+                           "in \"files\", not ids")
+        files = ld.get_list(data, path, "files", (), ld.file)
+        if not files:
+            raise ld.error(f"{path}.files", "required: the encrypted private key files "
+                           "this passphrase unlocks")
+        return SecretConfig(name, secret, (), kind, files)
+    if "files" in data:
+        raise ld.error(f"{path}.files", "only used with type = \"private_key\"")
     ids = ld.get_list(data, path, "ids", (),
                       lambda t, k: ld.identity(t, k, allow_any=True))
     if not ids:
         raise ld.error(f"{path}.ids", "required: the peer addresses or IDs this secret is "
                        "for, or [\"%any\"] for dynamic peers")
-    return SecretConfig(name, secret, ids)
+    return SecretConfig(name, secret, ids, kind)
 
 
 def _load_pool(ld: TomlReader, name: str, raw: object) -> PoolConfig:
@@ -566,13 +637,16 @@ def parse_config(text: str, source: str = "<string>", base_dir: str | Path | Non
         # Address pools serve Mode Config, which is not there yet.
         raise ld.not_implemented(f"pools.{next(iter(pool_tables))}")
     pools = {name: _load_pool(ld, name, raw) for name, raw in pool_tables.items()}
-    connections = {
-        name: _load_connection(ld, name, raw, allow_insecure, pools)
-        for name, raw in ld.table(data.get("connections", {}), "connections").items()
-    }
     secrets = {
         name: _load_secret(ld, name, raw)
         for name, raw in ld.table(data.get("secrets", {}), "secrets").items()
+    }
+    ld.passphrases = {
+        file: secret.value for secret in secrets.values() for file in secret.files
+    }
+    connections = {
+        name: _load_connection(ld, name, raw, allow_insecure, pools)
+        for name, raw in ld.table(data.get("connections", {}), "connections").items()
     }
     return Config(daemon, connections, secrets, pools, source, tuple(ld.notes))
 

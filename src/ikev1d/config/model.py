@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from ikev1d.proposals import EspProposal, IkeProposal
 
+from .credentials import Credentials
 from .identity import ANY, Identity, IdentityError
 
 __all__ = [
@@ -130,6 +131,7 @@ class Fragmentation(enum.StrEnum):
 class SecretType(enum.StrEnum):
     IKE = "ike"  # a pre-shared key for Phase 1
     XAUTH = "xauth"  # a user's XAUTH password
+    PRIVATE_KEY = "private_key"  # the passphrase of encrypted private key files
 
 
 class ModeCfg(enum.StrEnum):
@@ -176,6 +178,9 @@ class AuthConfig:
     private_key: str | None = None
     cacerts: tuple[str, ...] = ()
     pubkey: str | None = None
+    crls: tuple[str, ...] = ()
+    #: What the files above hold, read when the configuration loads.
+    credentials: Credentials = field(default_factory=Credentials, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,9 @@ class SecretConfig:
     name: str
     secret: str = field(repr=False)
     ids: tuple[Identity, ...] = ()
+    type: SecretType = SecretType.IKE
+    #: With type "private_key": the key files (absolute) the passphrase unlocks.
+    files: tuple[str, ...] = ()
 
     @property
     def value(self) -> bytes:
@@ -336,6 +344,8 @@ class Config:
         best: SecretConfig | None = None
         best_score = 0
         for secret in self.secrets.values():
+            if secret.type is not SecretType.IKE:
+                continue
             ids = set(secret.ids)
             if wanted & ids:
                 score = 4

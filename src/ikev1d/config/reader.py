@@ -29,6 +29,9 @@ class TomlReader:
         self.source = source
         self.base_dir = base_dir
         self.notes: list[str] = []
+        #: Passphrases of encrypted private key files, by absolute file name
+        #: ([secrets.*] with type = "private_key").
+        self.passphrases: dict[str, bytes] = {}
 
     def error(self, key: str, reason: str) -> ConfigError:
         return ConfigError(self.source, key, reason)

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 
+from ikev1d.crypto.certs import dn_text
 from ikev1d.durations import format_duration
 
 from .identity import ANY, Identity
-from .model import Auth, ChildConfig, Config, ConnectionConfig, DpdAction, IpsecMode
+from .model import (
+    Auth,
+    ChildConfig,
+    Config,
+    ConnectionConfig,
+    DpdAction,
+    IpsecMode,
+    SecretType,
+)
 
 __all__ = ["config_warnings"]
 
 _MIN_PSK_LENGTH = 20
+#: A certificate that expires within this is flagged, so it can be renewed in time.
+_EXPIRY_WARNING = datetime.timedelta(days=30)
 
 
-def config_warnings(cfg: Config) -> list[str]:
-    """Things that load but deserve a second look, each ``FILE: KEY: text``."""
+def config_warnings(cfg: Config, now: datetime.datetime | None = None) -> list[str]:
+    """Things that load but deserve a second look, each ``FILE: KEY: text``.
+
+    ``now`` (default: the current time) dates the certificates.
+    """
     src = cfg.source
     out = _shared_psk(cfg)
+    when = now or datetime.datetime.now(datetime.UTC)
+    for conn in cfg.connections.values():
+        out += _certificate_warnings(src, conn, when)
     if cfg.daemon.allow_insecure_algorithms:
         out.append(f"{src}: daemon.allow_insecure_algorithms: insecure algorithms (md5, des) "
                    "are allowed")
@@ -42,7 +60,7 @@ def config_warnings(cfg: Config) -> list[str]:
         used_pools.update(conn.pools)
         out += _connection_warnings(cfg, conn)
     for secret in cfg.secrets.values():
-        if len(secret.value) < _MIN_PSK_LENGTH:
+        if secret.type is SecretType.IKE and len(secret.value) < _MIN_PSK_LENGTH:
             out.append(f"{src}: secrets.{secret.name}.secret: the pre-shared key is only "
                        f"{len(secret.value)} characters; use at least {_MIN_PSK_LENGTH} "
                        "random characters")
@@ -68,7 +86,7 @@ def _shared_psk(cfg: Config) -> list[str]:
         f"{cfg.source}: {', '.join(keys)}: {who} with dynamic peers (%any) share "
         "one pre-shared key: using the same pre-shared key for several peers is a "
         "security risk and is discouraged (any of them can impersonate the others); "
-        "prefer authentication by certificate (auth = \"pubkey\") once it is implemented"
+        "prefer authentication by certificate (auth = \"pubkey\")"
     ]
 
 
@@ -123,3 +141,28 @@ def _no_secret(cfg: Config, conn: ConnectionConfig) -> bool:
     if conn.dynamic_peer:
         candidates.append(ANY)
     return all(cfg.psk_for(conn.local.id, c) is None for c in candidates)
+
+
+def _certificate_warnings(src: str, conn: ConnectionConfig, now: datetime.datetime) -> list[str]:
+    """Certificates and CAs that have expired or expire soon: the peer (or we)
+    will refuse them at authentication."""
+    path = f"connections.{conn.name}"
+    local, remote = conn.local.credentials, conn.remote.credentials
+    pinned = (remote.pinned_cert,) if remote.pinned_cert is not None else ()
+    out: list[str] = []
+    for key, certs in ((f"{path}.local.certs", local.certs),
+                       (f"{path}.remote.cacerts", remote.cacerts),
+                       (f"{path}.remote.pubkey", pinned)):
+        for cert in certs:
+            end = cert.not_valid_after_utc
+            subject = dn_text(cert.subject)
+            if end < now:
+                out.append(f'{src}: {key}: certificate "{subject}" expired on '
+                           f"{end:%Y-%m-%d %H:%M:%S} UTC: authentication with it fails")
+            elif end - now < _EXPIRY_WARNING:
+                out.append(f'{src}: {key}: certificate "{subject}" expires on '
+                           f"{end:%Y-%m-%d %H:%M:%S} UTC, in {(end - now).days} days")
+            elif cert.not_valid_before_utc > now:
+                out.append(f'{src}: {key}: certificate "{subject}" is not valid before '
+                           f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC")
+    return out

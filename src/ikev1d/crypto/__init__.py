@@ -5,6 +5,7 @@ algorithms  hashes, the HMAC PRF and CBC ciphers (RFC 2409 §4, Appendix B)
 transforms  one row per encryption and integrity transform: ids, sizes, names
 ike_keys    SKEYID, derived keys, HASH_I/R, IVs, Quick Mode hashes, KEYMAT, NAT-D
 pubkey      RSA / ECDSA signatures over HASH_I/R, RSA nonce encryption (§5.1, §5.2)
+certs       X.509 certificate paths: chain, validity, constraints, CRLs (RFC 5280 §6)
 errors      CryptoError, InvalidPublicValue, DecryptError
 """
 

@@ -3,16 +3,18 @@
 - Signatures (RFC 2409 §5.1): the SIG payload carries a signature over HASH_I /
   HASH_R, which is already a PRF output. For RSA, IKEv1 implementations sign it as
   PKCS#1 v1.5 "type 1" padding around the raw hash with no DigestInfo (strongSwan:
-  SIGN_RSA_EMSA_PKCS1_NULL, Libreswan the same). For ECDSA keys strongSwan's IKEv1
-  signs HASH_I itself as the digest (SIGN_ECDSA_WITH_NULL) and encodes r | s as two
-  fixed-length integers (RFC 4754 §7).
+  SIGN_RSA_EMSA_PKCS1_NULL, Libreswan the same). For ECDSA (RFC 4754) HASH_I is
+  computed with HMAC over the curve's hash instead of the negotiated PRF (the
+  authenticator picks it), signed as the digest (strongSwan: SIGN_ECDSA_WITH_NULL)
+  and encoded as r | s, two fixed-length integers (RFC 4754 §7).
 - Public key encryption (RFC 2409 §5.2): Ni_b / Nr_b and the ID payload body are
   sent encrypted with the peer's RSA key, PKCS#1 v1.5.
 
 Checked against strongSwan 5.9.8 (tests/unit/test_crypto_pubkey.py): our RSA
 signature of charon's HASH_I is byte-identical to charon's SIG payload, and charon's
-ECDSA P-256 signature verifies. RFC 4754 auth methods 9-11 (which hash HASH_I again
-with the curve's hash) and RSA encryption against a peer are not checked yet.
+ECDSA P-256 signature verifies; tests/interop/test_pubkey_strongswan.py
+authenticates both ways with RSA, ECDSA P-256 and P-384. RSA encryption against a
+peer is not checked yet.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -88,7 +89,7 @@ def load_config(path: str) -> Config:
 
 
 def create_engine(config: Config, random_bytes: Callable[[int], bytes]) -> Engine:
-    return Engine(config, random_bytes=random_bytes)
+    return Engine(config, random_bytes=random_bytes, wall_clock=time.time)
 
 
 def _create_backend(name: str, config: Config) -> DataplaneBackend:

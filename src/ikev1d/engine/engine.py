@@ -12,6 +12,7 @@ to SAs over time in ``lifecycle.py`` and deletion in ``deletion.py``.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import itertools
 import logging
@@ -54,8 +55,15 @@ DROP_LOG_INTERVAL_S = 5.0
 
 
 class Engine:
-    def __init__(self, config: Config, *, random_bytes: Callable[[int], bytes]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        random_bytes: Callable[[int], bytes],
+        wall_clock: Callable[[], float] | None = None,
+    ) -> None:
         self.config = config
+        self._wall_clock = wall_clock
         self.timers = Timers()
         self.credentials = CredentialCache()
         self.lifecycle = Lifecycle(self)
@@ -82,6 +90,14 @@ class Engine:
 
     def random_bytes(self, n: int) -> bytes:
         return self._random(n)
+
+    def wall_time(self) -> datetime.datetime | None:
+        """UTC time from the caller's wall clock (POSIX seconds), for certificate
+        validity (RFC 5280 section 4.1.2.5); None when no clock was given. The
+        timers' ``now`` is a monotonic clock and cannot serve."""
+        if self._wall_clock is None:
+            return None
+        return datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC)
 
     def send(self, datagram: Datagram) -> None:
         self._out.append(datagram)

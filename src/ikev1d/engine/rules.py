@@ -46,8 +46,22 @@ _MAIN_MODE_PSK = {
     6: _rule({P.ID, P.HASH}, {P.NOTIFICATION, P.VENDOR_ID, P.CERT}, True),
 }
 
+#: Signatures (RFC 2409 section 5.1): CR in messages 3 and 4 asks for the
+#: peer's certificate; messages 5 and 6 carry ID, CERT(s) and SIG. strongSwan
+#: may repeat a CR in message 5 and 6.
+_MAIN_MODE_SIG = {
+    3: _rule({P.KE, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.CR}, False),
+    4: _rule({P.KE, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.CR}, False),
+    5: _rule({P.ID, P.SIG}, {P.NOTIFICATION, P.VENDOR_ID, P.CERT, P.CR}, True),
+    6: _rule({P.ID, P.SIG}, {P.NOTIFICATION, P.VENDOR_ID, P.CERT, P.CR}, True),
+}
+
 MAIN_MODE_AUTH: dict[int, dict[int, Rule]] = {
     AuthMethod.PRE_SHARED_KEY: _MAIN_MODE_PSK,
+    AuthMethod.RSA_SIG: _MAIN_MODE_SIG,
+    AuthMethod.ECDSA_256: _MAIN_MODE_SIG,
+    AuthMethod.ECDSA_384: _MAIN_MODE_SIG,
+    AuthMethod.ECDSA_521: _MAIN_MODE_SIG,
 }
 
 QUICK_MODE = {

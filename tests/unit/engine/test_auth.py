@@ -19,6 +19,7 @@ from ikev1d.engine.auth.base import (
     resolve,
 )
 from ikev1d.engine.auth.psk import PskAuthenticator
+from ikev1d.engine.auth.pubkey import RsaSignatureAuthenticator
 from ikev1d.engine.ike_sa import IkeSa
 from ikev1d.engine.sa_proposals import ike_sa_payload
 from ikev1d.wire import (
@@ -45,16 +46,26 @@ def _sa(engine: Engine) -> IkeSa:
                  conn=conn, candidates=[conn], now=0.0)
 
 
-def test_pre_shared_keys_are_the_only_method_accepted() -> None:
-    assert REGISTRY.accepted() == {AuthMethod.PRE_SHARED_KEY}
-    assert REGISTRY.names() == {AuthMethod.PRE_SHARED_KEY: "psk"}
+def test_pre_shared_keys_and_signatures_are_the_methods_accepted() -> None:
+    assert REGISTRY.accepted() == {AuthMethod.PRE_SHARED_KEY, AuthMethod.RSA_SIG,
+                                   AuthMethod.ECDSA_256, AuthMethod.ECDSA_384,
+                                   AuthMethod.ECDSA_521}
+    assert REGISTRY.names() == {AuthMethod.PRE_SHARED_KEY: "psk", AuthMethod.RSA_SIG: "pubkey-rsa",
+                                AuthMethod.ECDSA_256: "pubkey-ecdsa",
+                                AuthMethod.ECDSA_384: "pubkey-ecdsa",
+                                AuthMethod.ECDSA_521: "pubkey-ecdsa"}
     assert REGISTRY.for_config("psk") is PskAuthenticator
-    assert REGISTRY.for_config("pubkey") is None
+    assert REGISTRY.for_config("pubkey") is RsaSignatureAuthenticator
+    assert REGISTRY.for_config("rsa-encryption") is None
     assert REGISTRY.to_offer("psk") is PskAuthenticator
 
 
-@pytest.mark.parametrize("method", [AuthMethod.RSA_SIG, AuthMethod.RSA_ENC, 250,
-                                    AuthMethod.XAUTH_INIT_RSA])
+def test_a_psk_connection_accepts_only_psk() -> None:
+    engine = _engine()
+    assert REGISTRY.accepted([engine.config.connections["gw"]]) == {AuthMethod.PRE_SHARED_KEY}
+
+
+@pytest.mark.parametrize("method", [AuthMethod.RSA_ENC, AuthMethod.RSA_REV_ENC, 250])
 def test_unknown_method_is_refused(method: int) -> None:
     engine = _engine()
     with pytest.raises(UnknownAuthMethod) as raised:

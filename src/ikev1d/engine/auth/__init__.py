@@ -2,9 +2,19 @@
 
 from ikev1d.engine.auth.base import Authenticator, Registry
 from ikev1d.engine.auth.psk import PskAuthenticator
+from ikev1d.engine.auth.pubkey import (
+    Ecdsa256Authenticator,
+    Ecdsa384Authenticator,
+    Ecdsa521Authenticator,
+    RsaSignatureAuthenticator,
+)
 
 REGISTRY = Registry([
     PskAuthenticator,
+    RsaSignatureAuthenticator,
+    Ecdsa256Authenticator,
+    Ecdsa384Authenticator,
+    Ecdsa521Authenticator,
 ])
 
 AUTH_NAMES = REGISTRY.names()

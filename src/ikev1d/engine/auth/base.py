@@ -26,7 +26,7 @@ from ikev1d.engine.ike_sa import ProtocolFailure, first
 from ikev1d.wire import AuthMethod, IdPayload, KePayload, NoncePayload, NotifyType, Payload
 
 if TYPE_CHECKING:
-    from ikev1d.config import Identity
+    from ikev1d.config import ConnectionConfig, Identity
     from ikev1d.engine.ike_sa import IkeSa, Parsed
 
 T = TypeVar("T")
@@ -116,9 +116,20 @@ class Authenticator(abc.ABC):
         self.material = material
         self.xauth = xauth
 
+    @classmethod
+    def offer_for(cls, conn: ConnectionConfig) -> bool:
+        """Whether this method is the one to offer (and accept) for ``conn``: its
+        ``auth`` selects it, and for public keys our key's type fits it too."""
+        return str(conn.local.auth) == cls.config_name
+
     def rule(self, number: int) -> rules.Rule:
         """Which payloads Main Mode message ``number`` (3 to 6) carries with this method."""
         return rules.MAIN_MODE_AUTH[self.method][number]
+
+    def proof_prf(self) -> str:
+        """The PRF of HASH_I and HASH_R: the negotiated one, unless the method
+        prescribes its own (ECDSA, RFC 4754)."""
+        return self.sa.hash_alg
 
     def proof_hash(self, of_initiator: bool, id_b: bytes) -> bytes:
         """HASH_I or HASH_R (RFC 2409 section 5): what pre-shared keys send as is
@@ -126,10 +137,11 @@ class Authenticator(abc.ABC):
         sa, m = self.sa, self.material
         if sa.keys is None:
             raise ProtocolFailure("no keys")
+        prf = self.proof_prf()
         if of_initiator:
-            return hash_i(sa.hash_alg, sa.keys.skeyid, m.g_xi, m.g_xr, sa.cky_i, sa.cky_r,
+            return hash_i(prf, sa.keys.skeyid, m.g_xi, m.g_xr, sa.cky_i, sa.cky_r,
                           m.sa_i_b, id_b)
-        return hash_r(sa.hash_alg, sa.keys.skeyid, m.g_xr, m.g_xi, sa.cky_r, sa.cky_i,
+        return hash_r(prf, sa.keys.skeyid, m.g_xr, m.g_xi, sa.cky_r, sa.cky_i,
                       m.sa_i_b, id_b)
 
     # -- messages 3 and 4 ----------------------------------------------------------
@@ -190,11 +202,26 @@ class Registry:
             int(cls.method): cls for cls in implementations
         }
 
-    def accepted(self) -> set[int]:
-        """The wire methods we accept in a proposal. The XAUTH variants resolve to
-        an implemented method too, but they are accepted only once the
-        Transaction exchange that runs XAUTH exists."""
-        return set(self._by_method)
+    def accepted(self, candidates: Iterable[ConnectionConfig] | None = None) -> set[int]:
+        """The wire methods we accept in a proposal: with ``candidates``, those
+        one of these connections is configured for (RFC 2409 section 5: the
+        responder must be able to finish the method it accepts). The XAUTH
+        variants resolve to an implemented method too, but they are accepted
+        only once the Transaction exchange that runs XAUTH exists."""
+        if candidates is None:
+            return set(self._by_method)
+        conns = list(candidates)
+        return {method for method, cls in self._by_method.items()
+                if any(cls.offer_for(c) for c in conns)}
+
+    def method_to_offer(self, conn: ConnectionConfig) -> int:
+        """The wire method an initiator offers for ``conn``."""
+        implementation = next(
+            (c for c in self._by_method.values() if c.offer_for(conn)), None
+        )
+        if implementation is None:
+            implementation = self.to_offer(str(conn.local.auth))
+        return int(implementation.method)
 
     def for_config(self, name: str) -> type[Authenticator] | None:
         return next((c for c in self._by_method.values() if c.config_name == name), None)

@@ -277,7 +277,20 @@ class MainMode(Exchange):
             rules.check(auth.rule(number), parsed.payloads, f"Main Mode message {number}")
         except ProtocolFailure as exc:
             raise ProtocolFailure(auth.unreadable_message(number, exc), notify) from exc
-        peer_id = auth.verify_proof(parsed, notify)
+        try:
+            peer_id = auth.verify_proof(parsed, notify)
+        except ProtocolFailure as exc:
+            if exc.notify is None:
+                raise
+            # The message decrypted and parsed, so the peer derived our keys:
+            # say why under them (an Informational exchange, RFC 2409 section
+            # 5.7), which a peer ignoring unprotected notifications still reads.
+            # The SA ends here, so moving its IV on changes nothing else.
+            sa.phase1_iv = next_iv
+            sa.send_informational([NotifyPayload(notify_type=exc.notify,
+                                                 spi=sa.cky_i + sa.cky_r,
+                                                 protocol_id=ProtocolId.ISAKMP)])
+            raise ProtocolFailure(str(exc)) from exc
         sa.phase1_iv = next_iv
         return peer_id
 
@@ -301,7 +314,7 @@ class MainMode(Exchange):
             raise ProtocolFailure("initiator without a connection")
         sa.cky_i = sa.ctx.random_bytes(8)
         self.offered = list(conn.proposals)
-        self.offered_method = int(REGISTRY.to_offer(conn.local.auth).method)
+        self.offered_method = REGISTRY.method_to_offer(conn)
         sa_payload = ike_sa_payload(self.offered, self.offered_method, int(conn.rekey_time))
         self.material.sa_i_b = sa_payload.encode_body()
         payloads: list[Payload] = [sa_payload]
@@ -379,7 +392,7 @@ class MainMode(Exchange):
         rules.check(rules.MAIN_MODE_SA[1], payloads, "Main Mode message 1")
         offer = first(payloads, SaPayload)
         acceptable = acceptable_proposals(sa.candidates)
-        choice = select_ike(offer, acceptable, REGISTRY.accepted())
+        choice = select_ike(offer, acceptable, REGISTRY.accepted(sa.candidates))
         sa.cky_r = sa.ctx.random_bytes(8)
         if choice is None:
             self._no_proposal_chosen(offer, acceptable)

@@ -1,0 +1,90 @@
+"""The certificate path check (ikev1d.crypto.certs), with certificates made by the test."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from ikev1d.crypto.certs import CertificateError, Problem, verify_path
+from ikev1d_lab import pki
+
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+@pytest.fixture(scope="module")
+def root() -> pki.Issued:
+    return pki.issue("C=CH, O=Test, CN=Root", ca=True, key="p256")
+
+
+def test_direct_and_intermediate_paths(root: pki.Issued) -> None:
+    leaf = pki.issue("CN=leaf", root, key="p256")
+    assert verify_path(leaf.cert, [], [root.cert], [], NOW) == [leaf.cert, root.cert]
+    inter = pki.issue("CN=Inter", root, ca=True, key="p256")
+    leaf2 = pki.issue("CN=leaf2", inter, key="p256")
+    path = verify_path(leaf2.cert, [inter.cert], [root.cert], [], NOW)
+    assert path == [leaf2.cert, inter.cert, root.cert]
+
+
+def test_unknown_issuer(root: pki.Issued) -> None:
+    other = pki.issue("CN=Other Root", ca=True, key="p256")
+    leaf = pki.issue("CN=leaf", other, key="p256")
+    with pytest.raises(CertificateError) as info:
+        verify_path(leaf.cert, [], [root.cert], [], NOW)
+    assert info.value.problem is Problem.UNTRUSTED
+    assert str(info.value) == 'certificate "CN=leaf" not trusted (issuer "CN=Other Root" unknown)'
+
+
+def test_same_name_other_key_is_not_trusted(root: pki.Issued) -> None:
+    impostor = pki.issue("C=CH, O=Test, CN=Root", ca=True, key="p256")
+    leaf = pki.issue("CN=leaf", impostor, key="p256")
+    with pytest.raises(CertificateError, match="not trusted"):
+        verify_path(leaf.cert, [], [root.cert], [], NOW)
+
+
+def test_intermediate_that_is_no_ca(root: pki.Issued) -> None:
+    not_ca = pki.issue("CN=Not a CA", root, key="p256")
+    leaf = pki.issue("CN=leaf", not_ca, key="p256")
+    with pytest.raises(CertificateError, match="is no CA"):
+        verify_path(leaf.cert, [not_ca.cert], [root.cert], [], NOW)
+
+
+def test_validity_is_checked_against_the_given_time(root: pki.Issued) -> None:
+    leaf = pki.issue("CN=leaf", root, key="p256")
+    with pytest.raises(CertificateError, match='"CN=leaf" expired on'):
+        verify_path(leaf.cert, [], [root.cert], [], NOW + datetime.timedelta(days=60))
+    with pytest.raises(CertificateError, match="not valid before"):
+        verify_path(leaf.cert, [], [root.cert], [], NOW - datetime.timedelta(days=1))
+
+
+def test_revocation_needs_a_crl_signed_by_the_issuer(root: pki.Issued) -> None:
+    leaf = pki.issue("CN=leaf", root, key="p256")
+    forged_issuer = pki.issue("C=CH, O=Test, CN=Root", ca=True, key="p256")
+    forged = pki.crl(forged_issuer, (leaf.cert.serial_number,))
+    assert verify_path(leaf.cert, [], [root.cert], [forged], NOW)
+    real = pki.crl(root, (leaf.cert.serial_number,))
+    with pytest.raises(CertificateError, match=r"revoked on .* \(keyCompromise\)") as info:
+        verify_path(leaf.cert, [], [root.cert], [real], NOW)
+    assert info.value.problem is Problem.INVALID
+
+
+def test_unknown_critical_extension_is_refused(root: pki.Issued) -> None:
+    leaf = pki.issue("CN=leaf", root, key="p256")
+    builder = (x509.CertificateBuilder().subject_name(leaf.cert.subject)
+               .issuer_name(root.cert.subject).public_key(leaf.key.public_key())
+               .serial_number(7).not_valid_before(leaf.cert.not_valid_before_utc)
+               .not_valid_after(leaf.cert.not_valid_after_utc)
+               .add_extension(x509.UnrecognizedExtension(
+                   x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00"), critical=True))
+    odd = builder.sign(root.key, hashes.SHA256())
+    with pytest.raises(CertificateError, match="unsupported critical extension"):
+        verify_path(odd, [], [root.cert], [], NOW)
+
+
+def test_end_entity_without_signing_key_usage(root: pki.Issued) -> None:
+    ca_like = pki.issue("CN=leaf", root, key="p256", ca=True)
+    # A CA certificate's keyUsage (keyCertSign, cRLSign) does not allow signing IKE.
+    with pytest.raises(CertificateError, match="may not sign"):
+        verify_path(ca_like.cert, [], [root.cert], [], NOW)
