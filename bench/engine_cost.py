@@ -7,7 +7,7 @@ Run by hand::
 One ikev1d Engine is the responder; every tunnel has a fresh initiator
 Engine (so each is a full Main Mode + Quick Mode, PSK, no PFS, the
 handshakes.py load).  Datagrams are handed over in memory, as in
-tests/unit/test_engine.py.  Only the responder's calls (receive_datagram,
+tests/unit/engine/test_engine.py.  Only the responder's calls (receive_datagram,
 datagrams_to_send, events) are timed, with time.process_time, so the figure
 is the protocol work ikev1d does per tunnel as a responder, without the
 asyncio/UDP layer and without logging (the engine loggers are set to

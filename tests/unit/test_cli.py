@@ -20,7 +20,7 @@ from ikev1d import cli
 from ikev1d.cli import build_parser, format_status, main
 from ikev1d.daemon.control import Response
 from ikev1d.status import StatusDocument
-from tests.unit._io_fakes import running_daemon
+from tests.unit.daemon._fakes import running_daemon
 
 SPEC_STATUS = {"ike_sas": [{
     "name": "site-b", "state": "ESTABLISHED",

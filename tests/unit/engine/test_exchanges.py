@@ -10,7 +10,7 @@ from ikev1d.engine.api import ChildSaEstablished, IkeSaEstablished
 from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, informational
 from ikev1d.engine.ike_sa import IkeSa
 from ikev1d.wire import ExchangeType, split_message
-from tests.unit.test_engine import default_net, establish
+from tests.unit.engine.test_engine import default_net, establish
 
 
 def test_the_table_covers_the_exchanges_we_speak() -> None:

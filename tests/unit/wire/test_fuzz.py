@@ -26,7 +26,7 @@ from ikev1d.wire import (
     split_message,
 )
 from ikev1d.wire.describe import describe_message
-from tests.unit.test_wire_vectors import ALL as STRONGSWAN_MESSAGES
+from tests.unit.wire.test_vectors import ALL as STRONGSWAN_MESSAGES
 from tests.wire_helpers import sample_messages
 
 ITERATIONS = 100_000

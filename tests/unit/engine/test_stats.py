@@ -10,7 +10,7 @@ import pytest
 from ikev1d.config import parse_config
 from ikev1d.engine import Engine
 from ikev1d.engine.stats import EngineStats, failure_kind
-from tests.unit.test_engine import (
+from tests.unit.engine.test_engine import (
     A_ADDR,
     B_ADDR,
     _short_lifetimes,

@@ -19,7 +19,7 @@ from ikev1d.config import parse_config
 from ikev1d.daemon.keylog import ESP_TABLE, IKEV1_TABLE, KeyLog, KeyLogError, esp_rows
 from ikev1d.daemon.runtime import Daemon, DaemonError, DaemonOptions
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, IkeSaDeleted, IkeSaEstablished
-from tests.unit._io_fakes import (
+from tests.unit.daemon._fakes import (
     CONFIG,
     FakeEngine,
     RecordingBackend,
@@ -27,7 +27,7 @@ from tests.unit._io_fakes import (
     eventually,
     free_udp_ports,
 )
-from tests.unit.test_engine import default_net, establish
+from tests.unit.engine.test_engine import default_net, establish
 
 KEYMAT_IN = bytes(range(0x00, 0x40))
 KEYMAT_OUT = bytes(range(0x40, 0x80))

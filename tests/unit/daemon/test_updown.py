@@ -18,7 +18,7 @@ from ikev1d.config import ConfigError, parse_config
 from ikev1d.daemon.runtime import Daemon, DaemonOptions
 from ikev1d.daemon.updown import IkeIdentities, UpdownRunner, interface_of, updown_environments
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished
-from tests.unit._io_fakes import (
+from tests.unit.daemon._fakes import (
     CONFIG,
     FakeEngine,
     RecordingBackend,

@@ -34,7 +34,7 @@ from ikev1d.config import (
 from ikev1d.durations import DurationError, format_duration, parse_duration
 from ikev1d.proposals import EspProposal, IkeProposal, parse_esp_proposal, parse_ike_proposal
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 # Every key set (values differ from the defaults where possible; keys of features
 # that do not exist yet hold their empty value).

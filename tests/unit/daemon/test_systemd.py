@@ -22,9 +22,9 @@ import pytest
 
 from ikev1d.daemon.systemd import Notifier
 from ikev1d.logsetup import stderr_is_journal, syslog_priority
-from tests.unit._io_fakes import free_udp_ports
+from tests.unit.daemon._fakes import free_udp_ports
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 UNIT = ROOT / "contrib" / "ikev1d.service"
 
 CONFIG = """\

@@ -32,7 +32,7 @@ from ikev1d.wire import (
     encode_header,
     encode_payloads,
 )
-from tests.unit.test_engine import A_ADDR, B_ADDR, config_text
+from tests.unit.engine.test_engine import A_ADDR, B_ADDR, config_text
 
 
 def _engine() -> Engine:

@@ -8,7 +8,7 @@ import pytest
 
 from ikev1d.engine.vendor import Extension, recognise, responder_vendor_ids
 from ikev1d.wire.vendor_ids import VID_NAT_T_DRAFTS, VID_NAT_T_RFC
-from tests.unit.test_engine import default_net, establish
+from tests.unit.engine.test_engine import default_net, establish
 
 STRONGSWAN_MM1_VIDS = [
     bytes.fromhex("09002689dfd6b712"),  # XAUTH

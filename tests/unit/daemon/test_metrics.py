@@ -25,7 +25,7 @@ from ikev1d.daemon.metrics import (
 from ikev1d.daemon.runtime import Daemon, DaemonError, DaemonOptions
 from ikev1d.engine.stats import EngineStats
 from ikev1d.status import ChildSaStatus, Counters, DropCounters, IkeSaStatus, StatusDocument
-from tests.unit._io_fakes import RecordingBackend, collecting_factory, fresh_config
+from tests.unit.daemon._fakes import RecordingBackend, collecting_factory, fresh_config
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

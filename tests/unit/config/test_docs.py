@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ikev1d.config.loader import KEY_TABLES
-from tests.unit.test_config import NOT_IMPLEMENTED
+from tests.unit.config.test_loader import NOT_IMPLEMENTED
 
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+REFERENCE = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 
 _HEADING = re.compile(r"^## (?:`\[(?P<table>[^\]]+)\]`|(?P<top>Top level))\s*$")
 _ROW = re.compile(r"^\| `(?P<key>[^`]+)` \|")

@@ -3,7 +3,7 @@
 Each derivation is checked against the RFC formula written out again with Python's
 stdlib hmac/hashlib (a second implementation, not ours), plus the expansion rules
 (Appendix B key stretching, KEYMAT K1|K2|...) and CBC IV chaining. The end-to-end
-check against a real peer is tests/unit/test_kat_strongswan.py.
+check against a real peer is tests/unit/crypto/test_kat_strongswan.py.
 """
 
 from __future__ import annotations

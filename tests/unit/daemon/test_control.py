@@ -33,7 +33,7 @@ from ikev1d.daemon.control import (
 )
 from ikev1d.daemon.control_client import DaemonUnreachable, send_request
 from ikev1d.status import ChildSaStatus, Counters, IkeSaStatus, StatusDocument
-from tests.unit._io_fakes import running_daemon
+from tests.unit.daemon._fakes import running_daemon
 
 # --- codec ---------------------------------------------------------------------------
 

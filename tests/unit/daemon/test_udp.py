@@ -10,7 +10,7 @@ import pytest
 from ikev1d.daemon.udp import UdpError, UdpTransport
 from ikev1d.engine.api import Datagram, Endpoint
 from ikev1d.wire.constants import NON_ESP_MARKER
-from tests.unit._io_fakes import UdpPeer, eventually, free_udp_ports
+from tests.unit.daemon._fakes import UdpPeer, eventually, free_udp_ports
 
 Packets = list[tuple[bytes, Endpoint, Endpoint]]
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -580,7 +581,7 @@ _IN_NETNS = """
 import sys
 from ikev1d.dataplane.kernel import KernelBackend, plan_policies
 from ikev1d.dataplane.linux.xfrm import XfrmSocket
-from tests.unit.test_kernel_dataplane import make_sa
+from tests.unit.dataplane.test_kernel import make_sa
 action = sys.argv[1]
 sock = XfrmSocket()
 for policy in plan_policies(make_sa(local_ts=("10.1.0.0/24", "10.1.1.0/25")), 42):
@@ -616,7 +617,7 @@ def host_netns() -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
 
 
 def _repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return str(Path(__file__).resolve().parents[3])
 
 
 def test_host_kernel_accepts_our_policies_as_iproute2_reads_them(

@@ -20,7 +20,7 @@ from ikev1d.dataplane.esp import InboundSa, esp_algorithm
 from ikev1d.dataplane.packet import parse_ip_header
 from ikev1d.proposals import parse_esp_proposal, parse_ike_proposal
 
-VECTORS = sorted((Path(__file__).parent.parent / "vectors" / "strongswan").glob("*.json"))
+VECTORS = sorted((Path(__file__).resolve().parents[2] / "vectors" / "strongswan").glob("*.json"))
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from ikev1d.config import Identity, IdKind, parse_config
 from ikev1d.engine.api import IkeSaEstablished
 from ikev1d.engine.identity import describe, id_payload, matches
 from ikev1d.wire import IdPayload, IdType
-from tests.unit.test_engine import A_ADDR, B_ADDR, config_text, establish, make_net
+from tests.unit.engine.test_engine import A_ADDR, B_ADDR, config_text, establish, make_net
 
 
 def _strongswan_dn() -> bytes:

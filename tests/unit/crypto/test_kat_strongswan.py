@@ -56,7 +56,7 @@ from ikev1d.crypto import (
     skeyid_psk,
 )
 
-VECTOR_DIR = Path(__file__).resolve().parents[1] / "vectors" / "strongswan"
+VECTOR_DIR = Path(__file__).resolve().parents[2] / "vectors" / "strongswan"
 REQUIRED = [
     "psk-aes128-sha256-modp2048",
     "psk-aes128-sha256-ecp256",

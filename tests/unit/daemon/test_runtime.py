@@ -17,7 +17,7 @@ from ikev1d.daemon.runtime import ConfigLoadError, Daemon, DaemonError, DaemonOp
 from ikev1d.dataplane.base import DataplaneError
 from ikev1d.status import Counters
 from ikev1d.wire.constants import NON_ESP_MARKER
-from tests.unit._io_fakes import (
+from tests.unit.daemon._fakes import (
     CONFIG,
     FakeEngine,
     RecordingBackend,

@@ -34,7 +34,7 @@ from ikev1d.wire import (
     split_message,
 )
 from ikev1d_lab import pki
-from tests.unit.test_engine import A_ADDR, B_ADDR, Net, Peer
+from tests.unit.engine.test_engine import A_ADDR, B_ADDR, Net, Peer
 
 DAY = datetime.timedelta(days=1)
 
@@ -274,7 +274,7 @@ def test_pinned_certificate_without_a_ca(ca: Pki) -> None:
 
 
 def test_psk_responder_refuses_a_signature_proposal(ca: Pki) -> None:
-    from tests.unit.test_engine import config_text
+    from tests.unit.engine.test_engine import config_text
     a_cfg, _, _, _ = pair(ca)
     b_cfg = parse_config(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"))
     net = run(net_of(a_cfg, b_cfg))
