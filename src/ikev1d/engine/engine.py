@@ -32,6 +32,7 @@ from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, info
 from ikev1d.engine.exchanges.main_mode import MmState
 from ikev1d.engine.ike_sa import ChildSa, IkeSa, IkeState, ProtocolFailure
 from ikev1d.engine.lifecycle import Lifecycle
+from ikev1d.engine.ratelimit import LogLimiter
 from ikev1d.engine.timers import Timers
 from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument
 from ikev1d.wire import (
@@ -75,6 +76,10 @@ class Engine:
         # Configuration lookups per peer, done once per configuration (they parse
         # addresses, which showed in handshake profiles).
         self._candidates_cache: dict[tuple[str, str], list[ConnectionConfig]] = {}
+        self.logs = LogLimiter()
+        """Rate limits for every log line unauthenticated input can trigger."""
+        self._current: IkeSa | None = None
+        """The SA the message being handled belongs to, for ``_internal_error``."""
 
     # -- Context for SAs and exchanges -------------------------------------------
 
@@ -132,7 +137,14 @@ class Engine:
         return self.timers.next_deadline()
 
     def handle_timer(self, now: float) -> None:
-        self._guard(lambda: self.timers.run_due(now), None)
+        while (timer := self.timers.pop_due(now)) is not None:
+            callback, owner = timer.callback, timer.owner
+            timer.cancel()
+            try:
+                callback(now)
+            except Exception as exc:
+                sa = owner if isinstance(owner, IkeSa) else None
+                self._internal_error(exc, sa, "a timer", now)
 
     # -- commands -------------------------------------------------------------------
 
@@ -235,18 +247,37 @@ class Engine:
     # -- input --------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
-        self._guard(lambda: self._receive(data, local, remote, now), remote)
-
-    def _guard(self, action: Callable[[], None], remote: Endpoint | None) -> None:
+        self._current = None
         try:
-            action()
+            self._receive(data, local, remote, now)
         except Exception as exc:
-            log.error(
-                "internal error while handling %s: %s",
-                f"a message from {remote[0]}" if remote else "a timer", exc,
-                extra={"peer": remote[0] if remote else "-"},
-            )
-            log.debug("traceback", exc_info=True)
+            self._internal_error(exc, self._current, f"a message from {remote[0]}", now)
+        finally:
+            self._current = None
+
+    def _internal_error(
+        self, exc: Exception, sa: IkeSa | None, what: str, now: float
+    ) -> None:
+        """A bug met by some input: the SA it happened in cannot be trusted to be
+        consistent any more, so it goes, with its timers and table entries, and
+        nothing else does. One line per kind and interval: the input may repeat."""
+        text = str(exc)
+        if len(text) > 200:
+            text = text[:200] + "..."
+        self.logs.log(
+            log, logging.ERROR, "internal-error", now,
+            "internal error while handling %s: %s: %s%s", what, type(exc).__name__, text,
+            "; ISAKMP SA removed" if sa is not None else "",
+            extra=sa.log_extra if sa is not None else {"peer": "-"},
+        )
+        log.debug("traceback", exc_info=True)
+        if sa is None:
+            return
+        try:
+            self.deletion.delete_sa(sa, "internal error", send=False)
+        except Exception:
+            log.debug("traceback while removing the SA", exc_info=True)
+            self.drop_sa(sa)
 
     def _receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
         try:
@@ -272,12 +303,14 @@ class Engine:
         if header.exchange_type == ExchangeType.IDENTITY_PROTECTION:
             existing = self._half_open.get((header.initiator_cookie, remote[0]))
             if existing is not None:
+                self._current = existing
                 MainMode.receive(existing, message, now)
             else:
                 self._new_responder(message, now)
             return
         sa = self._initiating.get(header.initiator_cookie)
         if sa is not None and header.exchange_type == ExchangeType.INFORMATIONAL:
+            self._current = sa
             informational.receive_unprotected(sa, message, now)
 
     def _sa_for(self, message: Message, now: float) -> IkeSa | None:
@@ -288,6 +321,7 @@ class Engine:
         sa = self._sas.get(key)
         pending = self._initiating.get(header.initiator_cookie)
         if sa is None and pending is not None and pending.remote[0] == remote[0]:
+            self._current = pending
             if header.exchange_type == ExchangeType.INFORMATIONAL:
                 informational.receive_unprotected(pending, message, now)
                 return None
@@ -309,6 +343,7 @@ class Engine:
         return sa
 
     def _dispatch(self, sa: IkeSa, message: Message, now: float) -> None:
+        self._current = sa
         handler = DISPATCH.get(message.header.exchange_type)
         if handler is None:
             log.info("ignoring unsupported %s exchange",
@@ -380,6 +415,7 @@ class Engine:
             return
         sa = IkeSa(self, initiator=False, local=local, remote=remote, conn=pool[0],
                    candidates=pool, now=now)
+        self._current = sa
         mm = MainMode(sa)
         sa.exchanges[mm.message_id] = mm
         try:

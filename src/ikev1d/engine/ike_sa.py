@@ -22,6 +22,7 @@ from ikev1d.crypto import (
     phase2_iv,
 )
 from ikev1d.engine.api import Datagram, Endpoint, Event, Network
+from ikev1d.engine.ratelimit import LogLimiter
 from ikev1d.engine.timers import Timer, Timers
 from ikev1d.engine.vendor import PeerVendors
 from ikev1d.errors import Ikev1dError
@@ -63,6 +64,7 @@ class Context(Protocol):
     config: Config
     timers: Timers
     credentials: CredentialCache
+    logs: LogLimiter
 
     def random_bytes(self, n: int) -> bytes: ...
     def send(self, datagram: Datagram) -> None: ...
@@ -394,7 +396,7 @@ class IkeSa:
         self.completed_message_ids.add(message_id)
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
-        timer = self.ctx.timers.schedule(deadline, callback)
+        timer = self.ctx.timers.schedule(deadline, callback, owner=self)
         self.timers.append(timer)
         self.timers = [t for t in self.timers if not t.cancelled]
         return timer

@@ -265,10 +265,12 @@ class Lifecycle:
             extra=sa.log_extra,
         )
         timers = self.engine.timers
-        child.expiry = timers.schedule(now + child.lifetime_s, lambda t: self._child_expired(child))
+        child.expiry = timers.schedule(
+            now + child.lifetime_s, lambda t: self._child_expired(child), owner=sa
+        )
         child.rekey = timers.schedule(
             now + self.rekey_delay(child.lifetime_s, qm.initiator),
-            lambda t: self._child_rekey(child, t),
+            lambda t: self._child_rekey(child, t), owner=sa,
         )
         self.engine.emit(event)
         for old in older:

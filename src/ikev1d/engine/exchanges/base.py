@@ -66,7 +66,7 @@ class Retransmission:
     def _arm(self, now: float) -> None:
         daemon = self.sa.ctx.config.daemon
         delay = daemon.retransmit_timeout * (2**self.tries)
-        self.timer = self.sa.ctx.timers.schedule(now + delay, self._fire)
+        self.timer = self.sa.ctx.timers.schedule(now + delay, self._fire, owner=self.sa)
 
     def _fire(self, now: float) -> None:
         if self.tries + 1 >= self.sa.ctx.config.daemon.retransmit_tries:

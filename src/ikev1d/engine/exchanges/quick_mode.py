@@ -39,6 +39,7 @@ from ikev1d.engine.exchanges.base import (
 from ikev1d.engine.ike_sa import ChildMode, ChildSa, IkeSa, Parsed, ProtocolFailure, first
 from ikev1d.engine.sa_proposals import (
     EspChoice,
+    attribute_value,
     encapsulation_mode,
     esp_sa_payload,
     mode_of,
@@ -398,9 +399,9 @@ class QuickMode(Exchange):
         current = None
         for attribute in attributes:
             if attribute.type == IpsecAttr.SA_LIFE_TYPE:
-                current = attribute.int_value()
+                current = attribute_value(attribute)
             elif attribute.type == IpsecAttr.SA_LIFE_DURATION and current == LifeType.SECONDS:
-                self.lifetime_s = min(self.lifetime_s, float(attribute.int_value()))
+                self.lifetime_s = min(self.lifetime_s, float(attribute_value(attribute)))
 
     # -- responder ---------------------------------------------------------------
 
