@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 from ikev1d.config import Config, ConnectionConfig
@@ -30,6 +31,7 @@ from ikev1d.engine.auth.base import CredentialCache
 from ikev1d.engine.deletion import Deletion
 from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, informational
 from ikev1d.engine.exchanges.main_mode import MmState
+from ikev1d.engine.halfopen import HalfOpenTable
 from ikev1d.engine.ike_sa import ChildSa, IkeSa, IkeState, ProtocolFailure
 from ikev1d.engine.lifecycle import Lifecycle
 from ikev1d.engine.ratelimit import LogLimiter
@@ -50,7 +52,8 @@ from ikev1d.wire import (
 
 log = logging.getLogger("ikev1d.engine")
 
-DROP_LOG_INTERVAL_S = 5.0
+#: Address pairs whose candidate connections are cached.
+CANDIDATES_CACHE_SIZE = 256
 
 
 class Engine:
@@ -68,14 +71,16 @@ class Engine:
         """Every ISAKMP SA by CKY-I | CKY-R."""
         self._initiating: dict[bytes, IkeSa] = {}
         """Our Main Mode requests not answered yet, by CKY-I."""
-        self._half_open: dict[tuple[bytes, str], IkeSa] = {}
+        self._half_open = HalfOpenTable(config.daemon.half_open_total,
+                                        config.daemon.half_open_per_peer)
         """Responder SAs before authentication, by (CKY-I, peer address)."""
         self._spis: set[bytes] = set()
-        self._half_open_per_peer: dict[str, int] = {}
-        self._drop_log: dict[str, tuple[float, int]] = {}
         # Configuration lookups per peer, done once per configuration (they parse
-        # addresses, which showed in handshake profiles).
-        self._candidates_cache: dict[tuple[str, str], list[ConnectionConfig]] = {}
+        # addresses, which showed in handshake profiles); a bounded LRU, since
+        # the peer address is whatever a datagram claims.
+        self._candidates_cache: OrderedDict[tuple[str, str], list[ConnectionConfig]] = (
+            OrderedDict()
+        )
         self.logs = LogLimiter()
         """Rate limits for every log line unauthenticated input can trigger."""
         self._current: IkeSa | None = None
@@ -217,6 +222,8 @@ class Engine:
     def reload(self, config: Config, now: float) -> None:
         self.config = config
         self._candidates_cache.clear()
+        self._half_open.total = config.daemon.half_open_total
+        self._half_open.per_source = config.daemon.half_open_per_peer
         self.credentials = CredentialCache()
         for sa in list(self._all_sas()):
             new = config.connections.get(sa.name)
@@ -283,12 +290,13 @@ class Engine:
         try:
             header, body = split_message(data)
         except WireError as exc:
-            log.info("dropping malformed message from %s: %s", remote[0], exc,
-                     extra={"peer": f"{remote[0]}:{remote[1]}"})
+            self.logs.log(log, logging.INFO, "malformed", now,
+                          "dropping malformed message from %s: %s", remote[0], exc,
+                          extra={"peer": f"{remote[0]}:{remote[1]}"})
             return
         message = Message(header, body, data, local, remote)
         if header.exchange_type == ExchangeType.AGGRESSIVE:
-            self._refuse_aggressive(header, local, remote)
+            self._refuse_aggressive(header, local, remote, now)
         elif header.responder_cookie == bytes(8):
             self._receive_first(message, now)
         else:
@@ -332,13 +340,16 @@ class Engine:
             sa.cky_r = header.responder_cookie
             self._sas[key] = sa
         if sa is None:
-            log.info("dropping %s for an unknown ISAKMP SA %s:%s",
-                     ExchangeType(header.exchange_type).name, header.initiator_cookie.hex(),
-                     header.responder_cookie.hex(), extra={"peer": f"{remote[0]}:{remote[1]}"})
+            self.logs.log(log, logging.INFO, "unknown-sa", now,
+                          "dropping %s for an unknown ISAKMP SA %s:%s",
+                          ExchangeType(header.exchange_type).name, header.initiator_cookie.hex(),
+                          header.responder_cookie.hex(),
+                          extra={"peer": f"{remote[0]}:{remote[1]}"})
             return None
         if remote[0] != sa.remote[0]:
-            log.info("dropping message for this SA from another address %s", remote[0],
-                     extra=sa.log_extra)
+            self.logs.log(log, logging.INFO, "other-address", now,
+                          "dropping message for this SA from another address %s", remote[0],
+                          extra=sa.log_extra)
             return None
         return sa
 
@@ -346,20 +357,29 @@ class Engine:
         self._current = sa
         handler = DISPATCH.get(message.header.exchange_type)
         if handler is None:
-            log.info("ignoring unsupported %s exchange",
-                     ExchangeType(message.header.exchange_type).name, extra=sa.log_extra)
+            self.logs.log(log, logging.INFO, "unsupported-exchange", now,
+                          "ignoring unsupported %s exchange",
+                          ExchangeType(message.header.exchange_type).name, extra=sa.log_extra)
             return
         handler(sa, message, now)
+        if not sa.initiator and sa.state is IkeState.CONNECTING:
+            mm = sa.exchanges.get(0)
+            if isinstance(mm, MainMode) and mm.state is MmState.MM4_SENT:
+                # Message 3 came back with our cookie: the sender is reachable.
+                self._half_open.prove((sa.cky_i, sa.remote[0]))
 
-    def _refuse_aggressive(self, header: Header, local: Endpoint, remote: Endpoint) -> None:
+    def _refuse_aggressive(
+        self, header: Header, local: Endpoint, remote: Endpoint, now: float
+    ) -> None:
         """Aggressive Mode (RFC 2409 section 5) is not implemented: it sends the
         identity in the clear and lets anyone test guesses of a pre-shared key
         offline. Say so, keep nothing."""
         extra = {"peer": f"{remote[0]}:{remote[1]}"}
         if header.responder_cookie != bytes(8):
             return
-        log.warning("Aggressive Mode is not supported: refusing request from %s (use Main Mode)",
-                    remote[0], extra=extra)
+        self.logs.log(log, logging.WARNING, "aggressive", now,
+                      "Aggressive Mode is not supported: refusing request from %s (use Main Mode)",
+                      remote[0], extra=extra)
         cky_r = self._random(8)
         notify = NotifyPayload(
             notify_type=NotifyType.INVALID_EXCHANGE_TYPE,
@@ -376,42 +396,27 @@ class Engine:
 
     # -- new responder SAs ------------------------------------------------------------
 
-    def _half_open_full(self, remote: Endpoint, now: float) -> bool:
-        """Too many half-open SAs from this peer or in all: drop the request."""
-        daemon = self.config.daemon
-        per_peer = self._half_open_per_peer.get(remote[0], 0)
-        if per_peer < daemon.half_open_per_peer and len(self._half_open) < daemon.half_open_total:
-            return False
-        # One line per peer every few seconds: a flood must not flood the log too.
-        last, suppressed = self._drop_log.get(remote[0], (-1e9, 0))
-        if now - last >= DROP_LOG_INTERVAL_S:
-            log.warning("dropping Main Mode request from %s: too many half-open SAs "
-                        "(%d from this peer, %d in all; %d more dropped since the last "
-                        "such line)", remote[0], per_peer, len(self._half_open), suppressed,
-                        extra={"peer": f"{remote[0]}:{remote[1]}"})
-            self._drop_log[remote[0]] = (now, 0)
-        else:
-            self._drop_log[remote[0]] = (last, suppressed + 1)
-        return True
-
     def _connections_for(self, local: str, remote: str) -> list[ConnectionConfig]:
         key = (local, remote)
         cached = self._candidates_cache.get(key)
         if cached is None:
             cached = list(self.config.connections_for_addresses(local, remote))
             self._candidates_cache[key] = cached
+            while len(self._candidates_cache) > CANDIDATES_CACHE_SIZE:
+                self._candidates_cache.popitem(last=False)
+        else:
+            self._candidates_cache.move_to_end(key)
         return cached
 
     def _new_responder(self, message: Message, now: float) -> None:
         local, remote = message.local, message.remote
-        if self._half_open_full(remote, now):
-            return
         candidates = self._connections_for(local[0], remote[0])
         specific = [c for c in candidates if remote[0] in c.remote_addrs]
         pool = specific or candidates
         if not pool:
-            log.warning("no connection for a Main Mode request from %s to %s", remote[0],
-                        local[0], extra={"peer": f"{remote[0]}:{remote[1]}"})
+            self.logs.log(log, logging.WARNING, "no-connection", now,
+                          "no connection for a Main Mode request from %s to %s", remote[0],
+                          local[0], extra={"peer": f"{remote[0]}:{remote[1]}"})
             return
         sa = IkeSa(self, initiator=False, local=local, remote=remote, conn=pool[0],
                    candidates=pool, now=now)
@@ -421,19 +426,26 @@ class Engine:
         try:
             mm.first_message(message, now)
         except ProtocolFailure as exc:
-            log.warning("Main Mode request refused: %s", exc, extra=sa.log_extra)
+            self.logs.log(log, logging.WARNING, "mm-refused", now,
+                          "Main Mode request refused: %s", exc, extra=sa.log_extra)
+            self.drop_sa(sa)
             return
         if mm.state is MmState.FAILED:
             return
-        self._half_open[(sa.cky_i, remote[0])] = sa
-        self._half_open_per_peer[remote[0]] = self._half_open_per_peer.get(remote[0], 0) + 1
+        for evicted in self._half_open.admit((sa.cky_i, remote[0]), sa, now):
+            self.logs.log(log, logging.WARNING, "half-open-evicted", now,
+                          "too many half-open SAs (%d in all): dropping the oldest, "
+                          "from %s", len(self._half_open) + 1, evicted.remote[0],
+                          extra=evicted.log_extra)
+            self.drop_sa(evicted)
         self._sas[sa.cky_i + sa.cky_r] = sa
         sa.schedule(now + self.config.daemon.half_open_timeout,
-                    lambda t: self._half_open_expired(sa))
+                    lambda t: self._half_open_expired(sa, t))
 
-    def _half_open_expired(self, sa: IkeSa) -> None:
+    def _half_open_expired(self, sa: IkeSa, now: float) -> None:
         if sa.state is IkeState.CONNECTING:
-            log.info("half-open ISAKMP SA expired", extra=sa.log_extra)
+            self.logs.log(log, logging.INFO, "half-open-expired", now,
+                          "half-open ISAKMP SA expired", extra=sa.log_extra)
             self.drop_sa(sa)
 
     # -- SA tables -------------------------------------------------------------------------
@@ -453,13 +465,12 @@ class Engine:
         if sa.state is not IkeState.DELETING:
             sa.state = IkeState.DELETING
 
-    def leave_half_open(self, sa: IkeSa) -> None:
-        if self._half_open.pop((sa.cky_i, sa.remote[0]), None) is not None:
-            left = self._half_open_per_peer.get(sa.remote[0], 1) - 1
-            if left > 0:
-                self._half_open_per_peer[sa.remote[0]] = left
-            else:
-                self._half_open_per_peer.pop(sa.remote[0], None)
+    def leave_half_open(self, sa: IkeSa, *, authenticated: bool = False) -> None:
+        key = (sa.cky_i, sa.remote[0])
+        if self._half_open.get(key) is sa:
+            self._half_open.remove(key)
+        if authenticated and not sa.initiator:
+            self._half_open.completed(sa.remote[0])
 
     def all_sas(self) -> list[IkeSa]:
         return self._all_sas()

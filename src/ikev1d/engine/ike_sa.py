@@ -8,6 +8,7 @@ change this state; the engine routes messages to them.
 from __future__ import annotations
 
 import enum
+import hmac
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from ikev1d.crypto import (
     CryptoError,
     IkeCipher,
     Phase1Keys,
+    hash_digest,
     informational_hash,
     pad_plaintext,
     phase2_iv,
@@ -197,10 +199,18 @@ class WorkQueue:
 @dataclass
 class ResponseCache:
     """The last request seen and what we answered: a repeated request gets the
-    same answer again and is not processed twice (RFC 2408 section 5)."""
+    same answer again and is not processed twice (RFC 2408 section 5). The
+    request is kept as a digest: it may be as long as the peer likes."""
 
-    request: bytes
+    request_digest: bytes
     responses: list[bytes]
+
+    @staticmethod
+    def digest(request: bytes) -> bytes:
+        return hash_digest("sha256", request)
+
+    def answers(self, request: bytes) -> bool:
+        return hmac.compare_digest(self.request_digest, self.digest(request))
 
 
 class IkeSa:
@@ -237,7 +247,7 @@ class IkeSa:
         self.phase1_iv = b""
         """Phase 1 CBC chain (RFC 2409 Appendix B); after Main Mode, its last block."""
         self.exchange_ivs: dict[int, bytes] = {}
-        self.peer_vendors = PeerVendors(frozenset(), ())
+        self.peer_vendors = PeerVendors(frozenset(), 0)
         self.nat_t_rfc = False
         self.nat_t = False
         self.nat_local = False

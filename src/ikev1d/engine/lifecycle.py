@@ -36,7 +36,7 @@ class Lifecycle:
     def phase1_established(self, sa: IkeSa, now: float) -> None:
         sa.state = IkeState.ESTABLISHED
         sa.established_at = now
-        self.engine.leave_half_open(sa)
+        self.engine.leave_half_open(sa, authenticated=True)
         proposal = sa.proposal.render() if sa.proposal else "?"
         auth = AUTH_NAMES.get(sa.auth_method, str(sa.auth_method))
         log.info(

@@ -71,12 +71,14 @@ class LogLimiter:
         if suppressed:
             msg += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        logger.log(level, msg, *args, extra=extra)
+        logger.log(level, msg, *args, extra=extra, stacklevel=2)
 
 
-def truncated(items: Sequence[str], limit: int = 5) -> str:
-    """A list for a log line, cut after ``limit`` items: "a, b, ... and 57 more"."""
+def truncated(items: Sequence[str], limit: int = 5, total: int | None = None) -> str:
+    """A list for a log line, cut after ``limit`` items: "a, b, ... and 57 more"
+    (``total``: how many there are, when only the first few were kept)."""
+    count = len(items) if total is None else total
     shown = ", ".join(items[:limit])
-    if len(items) > limit:
-        shown += f", ... and {len(items) - limit} more"
+    if count > min(limit, len(items)):
+        shown += f", ... and {count - min(limit, len(items))} more"
     return shown

@@ -87,7 +87,7 @@ class Retransmission:
 def replay(sa: IkeSa, message_id: int, raw: bytes) -> bool:
     """A repeated request gets the same answer again and is not processed twice."""
     cached = sa.responses.get(message_id)
-    if cached is None or cached.request != raw:
+    if cached is None or not cached.answers(raw):
         return False
     for response in cached.responses:
         sa.transmit(response)
@@ -147,7 +147,9 @@ class Exchange(abc.ABC):
 
     def remember(self, request: bytes, response: bytes) -> None:
         """Keep our response to ``request`` for when the request comes again."""
-        self.sa.responses[self.message_id] = ResponseCache(request, [response])
+        self.sa.responses[self.message_id] = ResponseCache(
+            ResponseCache.digest(request), [response]
+        )
 
     def respond(self, request: bytes, response: bytes) -> None:
         self.remember(request, response)

@@ -39,7 +39,9 @@ from ikev1d.engine.auth.base import (
     peer_matches,
 )
 from ikev1d.engine.exchanges.base import NONCE_LENGTH, PHASE1_MESSAGE_ID, Exchange, Message
+from ikev1d.engine.halfopen import MAX_SA_OFFER
 from ikev1d.engine.ike_sa import IkeSa, Parsed, ProtocolFailure, first, parse
+from ikev1d.engine.ratelimit import truncated
 from ikev1d.engine.sa_proposals import IkeChoice, ike_sa_payload, offered_ike, select_ike
 from ikev1d.wire import (
     ExchangeType,
@@ -243,12 +245,16 @@ class MainMode(Exchange):
                 f"invalid key exchange value: {exc}", NotifyType.INVALID_KEY_INFORMATION
             ) from exc
 
-    def _vendors(self, payloads: Sequence[Payload]) -> None:
+    def _vendors(self, payloads: Sequence[Payload], now: float) -> None:
         sa = self.sa
         vids = [p.data for p in payloads if isinstance(p, VendorIdPayload)]
         sa.peer_vendors = vendor.recognise(vids)
-        for unknown in sa.peer_vendors.unknown:
-            log.info("ignoring unknown vendor ID %s", unknown.hex(), extra=sa.log_extra)
+        if sa.peer_vendors.unknown:
+            sample = [v.hex() for v in sa.peer_vendors.unknown_sample]
+            sa.ctx.logs.log(log, logging.INFO, "unknown-vid", now,
+                            "ignoring unknown vendor ID %s",
+                            truncated(sample, total=sa.peer_vendors.unknown),
+                            extra=sa.log_extra)
         if sa.peer_vendors.extensions:
             log.debug(
                 "peer supports %s",
@@ -333,7 +339,7 @@ class MainMode(Exchange):
                 NotifyType.NO_PROPOSAL_CHOSEN,
             )
         self._choose(choice)
-        self._vendors(payloads)
+        self._vendors(payloads, now)
         sa.dh = generate_keypair(choice.proposal.dh_group)
         self.material.g_xi = sa.dh.public_bytes
         self.material.ni = sa.ctx.random_bytes(NONCE_LENGTH)
@@ -378,6 +384,10 @@ class MainMode(Exchange):
         payloads = parsed.payloads
         rules.check(rules.MAIN_MODE_SA[1], payloads, "Main Mode message 1")
         offer = first(payloads, SaPayload)
+        sa_i_b = parsed.body_of(1)
+        if len(sa_i_b) > MAX_SA_OFFER:
+            raise ProtocolFailure(f"SA payload of {len(sa_i_b)} bytes is longer than "
+                                  f"the {MAX_SA_OFFER} we keep")
         acceptable = acceptable_proposals(sa.candidates)
         choice = select_ike(offer, acceptable, REGISTRY.accepted())
         sa.cky_r = sa.ctx.random_bytes(8)
@@ -392,8 +402,8 @@ class MainMode(Exchange):
         except UnknownAuthMethod:
             self._no_proposal_chosen(offer, acceptable)
             return
-        self.material.sa_i_b = parsed.body_of(1)
-        self._vendors(payloads)
+        self.material.sa_i_b = sa_i_b
+        self._vendors(payloads, now)
         out: list[Payload] = [choice.response_sa()]
         out += [VendorIdPayload(v) for v in vendor.responder_vendor_ids(sa.peer_vendors)]
         self.state = MmState.MM2_SENT
