@@ -142,6 +142,7 @@ class Engine:
         return self.timers.next_deadline()
 
     def handle_timer(self, now: float) -> None:
+        self.logs.now = now
         while (timer := self.timers.pop_due(now)) is not None:
             callback, owner = timer.callback, timer.owner
             timer.cancel()
@@ -255,6 +256,7 @@ class Engine:
 
     def receive_datagram(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
         self._current = None
+        self.logs.now = now
         try:
             self._receive(data, local, remote, now)
         except Exception as exc:

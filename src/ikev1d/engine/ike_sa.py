@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
@@ -98,6 +99,19 @@ class ProtocolFailure(Ikev1dError):
     def __init__(self, message: str, notify: NotifyType | None = None) -> None:
         super().__init__(message)
         self.notify = notify
+
+
+class Unauthenticated(ProtocolFailure):
+    """The message did not prove that it comes from the peer (it does not
+    decrypt, parse or carry the right HASH): anyone who sees the cookies can
+    send one, so it is dropped and changes nothing, not even the exchange it
+    names (RFC 2409 section 5.5: the HASH authenticates the message)."""
+
+
+#: Ended exchanges whose message IDs (and responses, for repeated requests)
+#: an ISAKMP SA remembers; older ones are forgotten (a peer that repeats a
+#: request 32 exchanges later gets no answer, which costs it a retransmission).
+MAX_COMPLETED = 32
 
 
 class ChildState(enum.StrEnum):
@@ -257,7 +271,8 @@ class IkeSa:
         self.children: list[ChildSa] = []
         self.exchanges: dict[int, Exchange] = {}
         """The exchanges under way or done, by message ID (Main Mode: zero)."""
-        self.completed_message_ids: set[int] = set()
+        self.completed_message_ids: OrderedDict[int, None] = OrderedDict()
+        """The last :data:`MAX_COMPLETED` ended exchanges, oldest first."""
         self.responses: dict[int, ResponseCache] = {}
         self.timers: list[Timer] = []
         self.requested_children: list[str] | None = None
@@ -347,7 +362,7 @@ class IkeSa:
         try:
             plaintext = self.cipher.decrypt(iv, body)
         except CryptoError as exc:
-            raise ProtocolFailure(f"cannot decrypt: {exc}", NotifyType.PAYLOAD_MALFORMED) from exc
+            raise Unauthenticated(f"cannot decrypt: {exc}", NotifyType.PAYLOAD_MALFORMED) from exc
         return plaintext, body[-self.cipher.block_size :]
 
     def parse_plaintext(self, header: Header, plaintext: bytes) -> Parsed:
@@ -399,11 +414,18 @@ class IkeSa:
                 return message_id
 
     def end_exchange(self, message_id: int) -> None:
-        """The exchange is over: forget it, but not its message ID nor its response."""
+        """The exchange is over: forget it and its IV chain, but not (for a while)
+        its message ID nor its response."""
         exchange = self.exchanges.pop(message_id, None)
         if exchange is not None:
             exchange.cancel()
-        self.completed_message_ids.add(message_id)
+        self.exchange_ivs.pop(message_id, None)
+        self.completed_message_ids[message_id] = None
+        self.completed_message_ids.move_to_end(message_id)
+        while len(self.completed_message_ids) > MAX_COMPLETED:
+            oldest, _ = self.completed_message_ids.popitem(last=False)
+            if oldest not in self.exchanges:
+                self.responses.pop(oldest, None)
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
         timer = self.ctx.timers.schedule(deadline, callback, owner=self)

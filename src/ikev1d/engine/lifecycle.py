@@ -65,7 +65,9 @@ class Lifecycle:
 
     def phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None:
         if not quiet:
-            log.warning("Main Mode failed: %s", reason, extra=sa.log_extra)
+            # Messages 1 to 4 are not authenticated: anyone can make a Main Mode fail.
+            self.engine.logs.log(log, logging.WARNING, "mm-failed", self.engine.logs.now,
+                                 "Main Mode failed: %s", reason, extra=sa.log_extra)
         old = sa.replaces
         if old is not None and old.state is IkeState.REKEYING:
             old.state = IkeState.ESTABLISHED  # it runs until its lifetime ends

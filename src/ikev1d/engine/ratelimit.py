@@ -13,7 +13,7 @@ of the engine: the time is passed in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: Lines of one kind that pass at once, and how fast the allowance refills.
@@ -35,6 +35,9 @@ class LogLimiter:
         self.burst = burst
         self.interval_s = interval_s
         self._buckets: dict[str, _Bucket] = {}
+        self.now = 0.0
+        """The time of the input being handled, set by the engine, for code
+        paths that are not handed the time themselves."""
 
     def allow(self, kind: str, now: float) -> tuple[bool, int]:
         """(whether a line of this kind may be written now, how many were
@@ -72,6 +75,18 @@ class LogLimiter:
             msg += " (%d similar messages suppressed)"
             args = (*args, suppressed)
         logger.log(level, msg, *args, extra=extra, stacklevel=2)
+
+
+class Lazy:
+    """A log argument computed only if the line is written (``%s`` calls
+    ``str``): describing every transform of an offer costs more than the
+    offer took to send, so a suppressed line must not pay for it."""
+
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make = make
+
+    def __str__(self) -> str:
+        return self._make()
 
 
 def truncated(items: Sequence[str], limit: int = 5, total: int | None = None) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ikev1d.engine.api import Endpoint
-from ikev1d.engine.ike_sa import IkeSa, ProtocolFailure, ResponseCache
+from ikev1d.engine.ike_sa import IkeSa, ProtocolFailure, ResponseCache, Unauthenticated
 from ikev1d.engine.timers import Timer
 from ikev1d.wire import Header, NotifyPayload
 
@@ -137,6 +137,10 @@ class Exchange(abc.ABC):
             return
         try:
             self.process(message, now)
+        except Unauthenticated as exc:
+            self.sa.ctx.logs.log(log, logging.INFO, "unauthenticated", now,
+                                 "dropping unauthenticated message: %s", exc,
+                                 extra=self.sa.log_extra)
         except ProtocolFailure as exc:
             self.failed(exc, now)
 
