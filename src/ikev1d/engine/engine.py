@@ -456,7 +456,7 @@ class Engine:
         """Forget an SA: its timers, its exchanges, its places in the tables."""
         sa.cancel_timers()
         for exchange in sa.exchanges.values():
-            exchange.cancel()
+            exchange.discard()
         sa.exchanges.clear()
         self._sas.pop(sa.cky_i + sa.cky_r, None)
         if self._initiating.get(sa.cky_i) is sa:

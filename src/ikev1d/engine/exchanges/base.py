@@ -159,6 +159,10 @@ class Exchange(abc.ABC):
         self.remember(request, response)
         self.sa.transmit(response)
 
+    def discard(self) -> None:
+        """The exchange leaves its SA's table: stop it and let go of what it holds."""
+        self.cancel()
+
     def cancel(self) -> None:
         if self.retransmission is not None:
             self.retransmission.cancel()

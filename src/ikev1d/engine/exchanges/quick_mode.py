@@ -251,6 +251,15 @@ class QuickMode(Exchange):
                 f"invalid PFS key exchange value: {exc}", NotifyType.INVALID_KEY_INFORMATION
             ) from exc
 
+    def discard(self) -> None:
+        """An exchange that installed nothing gives its inbound SPI back."""
+        super().discard()
+        if self.state is not QmState.DONE and self.spi_in:
+            self.sa.ctx.release_spi(self.spi_in)
+            self.spi_in = b""
+        if self.connected_timer is not None:
+            self.connected_timer.cancel()
+
     def give_up(self, now: float) -> None:
         self.fail("no response to Quick Mode", now)
 
