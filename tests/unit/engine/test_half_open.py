@@ -157,3 +157,36 @@ def test_real_peer_establishes_under_a_spoofed_flood() -> None:
     # round trip) the peer's entry is evicted before its message 3 arrives.
     established, most = run_under_flood(64, seconds=3.0)
     assert not established and most <= 64
+
+
+def test_a_failed_main_mode_releases_its_sa_and_timer_closures() -> None:
+    """A cancelled timer must not keep its closure (and with it the whole SA)
+    alive until its deadline: 300 failures used to hold every SA for 30 s."""
+    import gc
+    import weakref
+
+    engine = responder(remote_addrs='["%any"]')
+    rng = random.Random(4)
+    refs = []
+    for i in range(300):
+        src = (f"198.51.100.{i % 250 + 1}", 500)
+        engine.receive_datagram(message_1(rng.randbytes(8), [ike_transform()]), LOCAL, src,
+                                1000.0)
+        (response,) = engine.datagrams_to_send()
+        sa = engine._half_open.get((response.data[:8], src[0]))
+        if sa is None:
+            raise AssertionError("no half-open SA")
+        refs.append(weakref.ref(sa))
+        # Message 3 without KE: PAYLOAD-MALFORMED, Main Mode fails.
+        header = bytearray(response.data[:28])
+        header[16] = 10  # next payload: NONCE
+        body = bytes([0, 0, 0, 12]) + rng.randbytes(8)
+        header[24:28] = (28 + len(body)).to_bytes(4, "big")
+        engine.receive_datagram(bytes(header) + body, LOCAL, src, 1000.0)
+        engine.datagrams_to_send()
+        del sa
+    gc.collect()
+    assert tables(engine) == {"sas": 0, "initiating": 0, "half_open": 0, "timers": 0,
+                              "spis": 0}
+    assert sum(1 for r in refs if r() is not None) == 0
+    assert len(engine.timers._heap) <= 300  # compacted, not one entry per failure each
