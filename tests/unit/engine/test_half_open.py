@@ -190,3 +190,12 @@ def test_a_failed_main_mode_releases_its_sa_and_timer_closures() -> None:
                               "spis": 0}
     assert sum(1 for r in refs if r() is not None) == 0
     assert len(engine.timers._heap) <= 300  # compacted, not one entry per failure each
+
+
+def test_credential_lookups_per_source_are_bounded() -> None:
+    from ikev1d.engine.auth.base import CredentialCache
+
+    cache = CredentialCache()
+    for i in range(5000):
+        cache.get(("psk", None, f"10.0.{i // 256}.{i % 256}"), lambda: None)
+    assert len(cache) == CredentialCache.SIZE
