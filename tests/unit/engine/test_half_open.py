@@ -199,3 +199,24 @@ def test_credential_lookups_per_source_are_bounded() -> None:
     for i in range(5000):
         cache.get(("psk", None, f"10.0.{i // 256}.{i % 256}"), lambda: None)
     assert len(cache) == CredentialCache.SIZE
+
+
+def test_a_source_that_completed_a_handshake_has_no_per_source_cap() -> None:
+    net_a = initiator()
+    engine = responder("half_open_per_peer = 2")
+    # A real handshake from A first.
+    net_a.initiate("gw", None, 1000.0)
+    for _ in range(10):
+        for d in net_a.datagrams_to_send():
+            engine.receive_datagram(d.data, d.remote, d.local, 1000.0)
+        for d in engine.datagrams_to_send():
+            net_a.receive_datagram(d.data, d.remote, d.local, 1000.0)
+    assert any(sa.usable for sa in engine.all_sas())
+    rng = random.Random(3)
+    for _ in range(4):
+        engine.receive_datagram(message_1(rng.randbytes(8), [ike_transform()]), LOCAL,
+                                (A_ADDR, 500), 1000.0)
+    engine.receive_datagram(message_1(rng.randbytes(8), [ike_transform()]), LOCAL,
+                            (A_ADDR, 500), 1000.0 + PROTECT_S + 0.1)
+    # Only the global limit applies to it: all five stay.
+    assert tables(engine)["half_open"] == 5
