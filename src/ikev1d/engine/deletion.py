@@ -16,6 +16,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("ikev1d.engine")
 
 
+def same_peer(one: IkeSa, other: IkeSa) -> bool:
+    """Both ISAKMP SAs authenticated the same peer identity for the same connection."""
+    return (one.name == other.name and bool(one.remote_id)
+            and one.remote_id == other.remote_id and one.local_id == other.local_id)
+
+
 class Deletion:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -71,9 +77,10 @@ class Deletion:
             return
         # The peer names an IPsec SA by the SPI it receives on (our spi_out); charon
         # names one it failed to install by ours. Look in every ISAKMP SA with this
-        # peer: the Delete may come through a newer one.
-        others = self.engine.all_sas()
-        peers = [sa, *(o for o in others if o is not sa and o.remote[0] == sa.remote[0])]
+        # peer, since the Delete may come through a newer one; but "this peer" is
+        # the authenticated identity on the same connection, not the address: two
+        # peers behind one NAT share an address and must not delete each other's.
+        peers = [sa, *(o for o in self.engine.all_sas() if o is not sa and same_peer(o, sa))]
         for spi in delete.spis:
             found = [(o, c) for o in peers for c in o.children if c.spi_out == spi] or [
                 (o, c) for o in peers for c in o.children if c.spi_in == spi]
@@ -85,8 +92,8 @@ class Deletion:
     def _isakmp_deleted(self, sa: IkeSa) -> None:
         log.info("peer deleted the ISAKMP SA", extra=sa.log_extra)
         successor = next(
-            (o for o in self.engine.all_sas() if o is not sa and o.usable
-             and o.name == sa.name and o.remote[0] == sa.remote[0]), None)
+            (o for o in self.engine.all_sas() if o is not sa and o.usable and same_peer(o, sa)),
+            None)
         if successor is not None:
             # The peer renewed Phase 1: its IPsec SAs live on (RFC 2409 ties them
             # to no ISAKMP SA); the new one can delete them.

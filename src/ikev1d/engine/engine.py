@@ -16,6 +16,7 @@ import datetime
 import ipaddress
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 from ikev1d.config import Config, ConnectionConfig
@@ -31,8 +32,10 @@ from ikev1d.engine.auth.base import CredentialCache
 from ikev1d.engine.deletion import Deletion
 from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, informational
 from ikev1d.engine.exchanges.main_mode import MmState
+from ikev1d.engine.halfopen import HalfOpenTable
 from ikev1d.engine.ike_sa import ChildSa, IkeSa, IkeState, ProtocolFailure
 from ikev1d.engine.lifecycle import Lifecycle
+from ikev1d.engine.ratelimit import LogLimiter
 from ikev1d.engine.stats import PHASE1, EngineStats
 from ikev1d.engine.timers import Timers
 from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument
@@ -51,7 +54,8 @@ from ikev1d.wire import (
 
 log = logging.getLogger("ikev1d.engine")
 
-DROP_LOG_INTERVAL_S = 5.0
+#: Address pairs whose candidate connections are cached.
+CANDIDATES_CACHE_SIZE = 256
 
 
 class Engine:
@@ -77,14 +81,20 @@ class Engine:
         """Every ISAKMP SA by CKY-I | CKY-R."""
         self._initiating: dict[bytes, IkeSa] = {}
         """Our Main Mode requests not answered yet, by CKY-I."""
-        self._half_open: dict[tuple[bytes, str], IkeSa] = {}
+        self._half_open = HalfOpenTable(config.daemon.half_open_total,
+                                        config.daemon.half_open_per_peer)
         """Responder SAs before authentication, by (CKY-I, peer address)."""
         self._spis: set[bytes] = set()
-        self._half_open_per_peer: dict[str, int] = {}
-        self._drop_log: dict[str, tuple[float, int]] = {}
         # Configuration lookups per peer, done once per configuration (they parse
-        # addresses, which showed in handshake profiles).
-        self._candidates_cache: dict[tuple[str, str], list[ConnectionConfig]] = {}
+        # addresses, which showed in handshake profiles); a bounded LRU, since
+        # the peer address is whatever a datagram claims.
+        self._candidates_cache: OrderedDict[tuple[str, str], list[ConnectionConfig]] = (
+            OrderedDict()
+        )
+        self.logs = LogLimiter()
+        """Rate limits for every log line unauthenticated input can trigger."""
+        self._current: IkeSa | None = None
+        """The SA the message being handled belongs to, for ``_internal_error``."""
 
     # -- Context for SAs and exchanges -------------------------------------------
 
@@ -150,7 +160,15 @@ class Engine:
         return self.timers.next_deadline()
 
     def handle_timer(self, now: float) -> None:
-        self._guard(lambda: self.timers.run_due(now), None)
+        self.logs.now = now
+        while (timer := self.timers.pop_due(now)) is not None:
+            callback, owner = timer.callback, timer.owner
+            timer.cancel()
+            try:
+                callback(now)
+            except Exception as exc:
+                sa = owner if isinstance(owner, IkeSa) else None
+                self._internal_error(exc, sa, "a timer", now)
 
     # -- commands -------------------------------------------------------------------
 
@@ -224,6 +242,8 @@ class Engine:
     def reload(self, config: Config, now: float) -> None:
         self.config = config
         self._candidates_cache.clear()
+        self._half_open.total = config.daemon.half_open_total
+        self._half_open.per_source = config.daemon.half_open_per_peer
         self.credentials = CredentialCache()
         for sa in list(self._all_sas()):
             new = config.connections.get(sa.name)
@@ -254,29 +274,50 @@ class Engine:
     # -- input --------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
-        self._guard(lambda: self._receive(data, local, remote, now), remote)
-
-    def _guard(self, action: Callable[[], None], remote: Endpoint | None) -> None:
+        self._current = None
+        self.logs.now = now
         try:
-            action()
+            self._receive(data, local, remote, now)
         except Exception as exc:
-            log.error(
-                "internal error while handling %s: %s",
-                f"a message from {remote[0]}" if remote else "a timer", exc,
-                extra={"peer": remote[0] if remote else "-"},
-            )
-            log.debug("traceback", exc_info=True)
+            self._internal_error(exc, self._current, f"a message from {remote[0]}", now)
+        finally:
+            self._current = None
+
+    def _internal_error(
+        self, exc: Exception, sa: IkeSa | None, what: str, now: float
+    ) -> None:
+        """A bug met by some input: the SA it happened in cannot be trusted to be
+        consistent any more, so it goes, with its timers and table entries, and
+        nothing else does. One line per kind and interval: the input may repeat."""
+        text = str(exc)
+        if len(text) > 200:
+            text = text[:200] + "..."
+        self.logs.log(
+            log, logging.ERROR, "internal-error", now,
+            "internal error while handling %s: %s: %s%s", what, type(exc).__name__, text,
+            "; ISAKMP SA removed" if sa is not None else "",
+            extra=sa.log_extra if sa is not None else {"peer": "-"},
+        )
+        log.debug("traceback", exc_info=True)
+        if sa is None:
+            return
+        try:
+            self.deletion.delete_sa(sa, "internal error", send=False)
+        except Exception:
+            log.debug("traceback while removing the SA", exc_info=True)
+            self.drop_sa(sa)
 
     def _receive(self, data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
         try:
             header, body = split_message(data)
         except WireError as exc:
-            log.info("dropping malformed message from %s: %s", remote[0], exc,
-                     extra={"peer": f"{remote[0]}:{remote[1]}"})
+            self.logs.log(log, logging.INFO, "malformed", now,
+                          "dropping malformed message from %s: %s", remote[0], exc,
+                          extra={"peer": f"{remote[0]}:{remote[1]}"})
             return
         message = Message(header, body, data, local, remote)
         if header.exchange_type == ExchangeType.AGGRESSIVE:
-            self._refuse_aggressive(header, local, remote)
+            self._refuse_aggressive(header, local, remote, now)
         elif header.responder_cookie == bytes(8):
             self._receive_first(message, now)
         else:
@@ -291,12 +332,14 @@ class Engine:
         if header.exchange_type == ExchangeType.IDENTITY_PROTECTION:
             existing = self._half_open.get((header.initiator_cookie, remote[0]))
             if existing is not None:
+                self._current = existing
                 MainMode.receive(existing, message, now)
             else:
                 self._new_responder(message, now)
             return
         sa = self._initiating.get(header.initiator_cookie)
         if sa is not None and header.exchange_type == ExchangeType.INFORMATIONAL:
+            self._current = sa
             informational.receive_unprotected(sa, message, now)
 
     def _sa_for(self, message: Message, now: float) -> IkeSa | None:
@@ -307,6 +350,7 @@ class Engine:
         sa = self._sas.get(key)
         pending = self._initiating.get(header.initiator_cookie)
         if sa is None and pending is not None and pending.remote[0] == remote[0]:
+            self._current = pending
             if header.exchange_type == ExchangeType.INFORMATIONAL:
                 informational.receive_unprotected(pending, message, now)
                 return None
@@ -317,33 +361,46 @@ class Engine:
             sa.cky_r = header.responder_cookie
             self._sas[key] = sa
         if sa is None:
-            log.info("dropping %s for an unknown ISAKMP SA %s:%s",
-                     ExchangeType(header.exchange_type).name, header.initiator_cookie.hex(),
-                     header.responder_cookie.hex(), extra={"peer": f"{remote[0]}:{remote[1]}"})
+            self.logs.log(log, logging.INFO, "unknown-sa", now,
+                          "dropping %s for an unknown ISAKMP SA %s:%s",
+                          ExchangeType(header.exchange_type).name, header.initiator_cookie.hex(),
+                          header.responder_cookie.hex(),
+                          extra={"peer": f"{remote[0]}:{remote[1]}"})
             return None
         if remote[0] != sa.remote[0]:
-            log.info("dropping message for this SA from another address %s", remote[0],
-                     extra=sa.log_extra)
+            self.logs.log(log, logging.INFO, "other-address", now,
+                          "dropping message for this SA from another address %s", remote[0],
+                          extra=sa.log_extra)
             return None
         return sa
 
     def _dispatch(self, sa: IkeSa, message: Message, now: float) -> None:
+        self._current = sa
         handler = DISPATCH.get(message.header.exchange_type)
         if handler is None:
-            log.info("ignoring unsupported %s exchange",
-                     ExchangeType(message.header.exchange_type).name, extra=sa.log_extra)
+            self.logs.log(log, logging.INFO, "unsupported-exchange", now,
+                          "ignoring unsupported %s exchange",
+                          ExchangeType(message.header.exchange_type).name, extra=sa.log_extra)
             return
         handler(sa, message, now)
+        if not sa.initiator and sa.state is IkeState.CONNECTING:
+            mm = sa.exchanges.get(0)
+            if isinstance(mm, MainMode) and mm.state is MmState.MM4_SENT:
+                # Message 3 came back with our cookie: the sender is reachable.
+                self._half_open.prove((sa.cky_i, sa.remote[0]))
 
-    def _refuse_aggressive(self, header: Header, local: Endpoint, remote: Endpoint) -> None:
+    def _refuse_aggressive(
+        self, header: Header, local: Endpoint, remote: Endpoint, now: float
+    ) -> None:
         """Aggressive Mode (RFC 2409 section 5) is not implemented: it sends the
         identity in the clear and lets anyone test guesses of a pre-shared key
         offline. Say so, keep nothing."""
         extra = {"peer": f"{remote[0]}:{remote[1]}"}
         if header.responder_cookie != bytes(8):
             return
-        log.warning("Aggressive Mode is not supported: refusing request from %s (use Main Mode)",
-                    remote[0], extra=extra)
+        self.logs.log(log, logging.WARNING, "aggressive", now,
+                      "Aggressive Mode is not supported: refusing request from %s (use Main Mode)",
+                      remote[0], extra=extra)
         cky_r = self._random(8)
         notify = NotifyPayload(
             notify_type=NotifyType.INVALID_EXCHANGE_TYPE,
@@ -360,66 +417,59 @@ class Engine:
 
     # -- new responder SAs ------------------------------------------------------------
 
-    def _half_open_full(self, remote: Endpoint, now: float) -> bool:
-        """Too many half-open SAs from this peer or in all: drop the request."""
-        daemon = self.config.daemon
-        per_peer = self._half_open_per_peer.get(remote[0], 0)
-        if per_peer < daemon.half_open_per_peer and len(self._half_open) < daemon.half_open_total:
-            return False
-        self.stats.half_open_dropped += 1
-        # One line per peer every few seconds: a flood must not flood the log too.
-        last, suppressed = self._drop_log.get(remote[0], (-1e9, 0))
-        if now - last >= DROP_LOG_INTERVAL_S:
-            log.warning("dropping Main Mode request from %s: too many half-open SAs "
-                        "(%d from this peer, %d in all; %d more dropped since the last "
-                        "such line)", remote[0], per_peer, len(self._half_open), suppressed,
-                        extra={"peer": f"{remote[0]}:{remote[1]}"})
-            self._drop_log[remote[0]] = (now, 0)
-        else:
-            self._drop_log[remote[0]] = (last, suppressed + 1)
-        return True
-
     def _connections_for(self, local: str, remote: str) -> list[ConnectionConfig]:
         key = (local, remote)
         cached = self._candidates_cache.get(key)
         if cached is None:
             cached = list(self.config.connections_for_addresses(local, remote))
             self._candidates_cache[key] = cached
+            while len(self._candidates_cache) > CANDIDATES_CACHE_SIZE:
+                self._candidates_cache.popitem(last=False)
+        else:
+            self._candidates_cache.move_to_end(key)
         return cached
 
     def _new_responder(self, message: Message, now: float) -> None:
         local, remote = message.local, message.remote
-        if self._half_open_full(remote, now):
-            return
         candidates = self._connections_for(local[0], remote[0])
         specific = [c for c in candidates if remote[0] in c.remote_addrs]
         pool = specific or candidates
         if not pool:
-            log.warning("no connection for a Main Mode request from %s to %s", remote[0],
-                        local[0], extra={"peer": f"{remote[0]}:{remote[1]}"})
+            self.logs.log(log, logging.WARNING, "no-connection", now,
+                          "no connection for a Main Mode request from %s to %s", remote[0],
+                          local[0], extra={"peer": f"{remote[0]}:{remote[1]}"})
             return
         sa = IkeSa(self, initiator=False, local=local, remote=remote, conn=pool[0],
                    candidates=pool, now=now)
+        self._current = sa
         mm = MainMode(sa)
         sa.exchanges[mm.message_id] = mm
         self.stats.handshake_started(PHASE1, False)
         try:
             mm.first_message(message, now)
         except ProtocolFailure as exc:
-            log.warning("Main Mode request refused: %s", exc, extra=sa.log_extra)
+            self.logs.log(log, logging.WARNING, "mm-refused", now,
+                          "Main Mode request refused: %s", exc, extra=sa.log_extra)
             self.stats.handshake_failed(PHASE1, False, str(exc))
+            self.drop_sa(sa)
             return
         if mm.state is MmState.FAILED:
             return
-        self._half_open[(sa.cky_i, remote[0])] = sa
-        self._half_open_per_peer[remote[0]] = self._half_open_per_peer.get(remote[0], 0) + 1
+        for evicted in self._half_open.admit((sa.cky_i, remote[0]), sa, now):
+            self.logs.log(log, logging.WARNING, "half-open-evicted", now,
+                          "too many half-open SAs (%d in all): dropping the oldest, "
+                          "from %s", len(self._half_open) + 1, evicted.remote[0],
+                          extra=evicted.log_extra)
+            self.stats.half_open_dropped += 1
+            self.drop_sa(evicted)
         self._sas[sa.cky_i + sa.cky_r] = sa
         sa.schedule(now + self.config.daemon.half_open_timeout,
-                    lambda t: self._half_open_expired(sa))
+                    lambda t: self._half_open_expired(sa, t))
 
-    def _half_open_expired(self, sa: IkeSa) -> None:
+    def _half_open_expired(self, sa: IkeSa, now: float) -> None:
         if sa.state is IkeState.CONNECTING:
-            log.info("half-open ISAKMP SA expired", extra=sa.log_extra)
+            self.logs.log(log, logging.INFO, "half-open-expired", now,
+                          "half-open ISAKMP SA expired", extra=sa.log_extra)
             self.stats.handshake_failed(PHASE1, sa.initiator, "half-open SA expired")
             self.drop_sa(sa)
 
@@ -429,7 +479,7 @@ class Engine:
         """Forget an SA: its timers, its exchanges, its places in the tables."""
         sa.cancel_timers()
         for exchange in sa.exchanges.values():
-            exchange.cancel()
+            exchange.discard()
         sa.exchanges.clear()
         self._sas.pop(sa.cky_i + sa.cky_r, None)
         if self._initiating.get(sa.cky_i) is sa:
@@ -440,13 +490,12 @@ class Engine:
         if sa.state is not IkeState.DELETING:
             sa.state = IkeState.DELETING
 
-    def leave_half_open(self, sa: IkeSa) -> None:
-        if self._half_open.pop((sa.cky_i, sa.remote[0]), None) is not None:
-            left = self._half_open_per_peer.get(sa.remote[0], 1) - 1
-            if left > 0:
-                self._half_open_per_peer[sa.remote[0]] = left
-            else:
-                self._half_open_per_peer.pop(sa.remote[0], None)
+    def leave_half_open(self, sa: IkeSa, *, authenticated: bool = False) -> None:
+        key = (sa.cky_i, sa.remote[0])
+        if self._half_open.get(key) is sa:
+            self._half_open.remove(key)
+        if authenticated and not sa.initiator:
+            self._half_open.completed(sa.remote[0])
 
     def all_sas(self) -> list[IkeSa]:
         return self._all_sas()

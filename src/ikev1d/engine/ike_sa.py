@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime
 import enum
+import hmac
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
@@ -18,11 +20,13 @@ from ikev1d.crypto import (
     CryptoError,
     IkeCipher,
     Phase1Keys,
+    hash_digest,
     informational_hash,
     pad_plaintext,
     phase2_iv,
 )
 from ikev1d.engine.api import Datagram, Endpoint, Event, Network
+from ikev1d.engine.ratelimit import LogLimiter
 from ikev1d.engine.stats import EngineStats
 from ikev1d.engine.timers import Timer, Timers
 from ikev1d.engine.vendor import PeerVendors
@@ -66,6 +70,7 @@ class Context(Protocol):
     timers: Timers
     credentials: CredentialCache
     stats: EngineStats
+    logs: LogLimiter
 
     def random_bytes(self, n: int) -> bytes: ...
     def wall_time(self) -> datetime.datetime | None: ...
@@ -73,6 +78,7 @@ class Context(Protocol):
     def emit(self, event: Event) -> None: ...
     def next_id(self) -> int: ...
     def allocate_spi(self) -> bytes: ...
+    def release_spi(self, spi: bytes) -> None: ...
     def on_phase1_established(self, sa: IkeSa, now: float) -> None: ...
     def on_phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None: ...
     def on_quick_mode_done(
@@ -98,6 +104,19 @@ class ProtocolFailure(Ikev1dError):
     def __init__(self, message: str, notify: NotifyType | None = None) -> None:
         super().__init__(message)
         self.notify = notify
+
+
+class Unauthenticated(ProtocolFailure):
+    """The message did not prove that it comes from the peer (it does not
+    decrypt, parse or carry the right HASH): anyone who sees the cookies can
+    send one, so it is dropped and changes nothing, not even the exchange it
+    names (RFC 2409 section 5.5: the HASH authenticates the message)."""
+
+
+#: Ended exchanges whose message IDs (and responses, for repeated requests)
+#: an ISAKMP SA remembers; older ones are forgotten (a peer that repeats a
+#: request 32 exchanges later gets no answer, which costs it a retransmission).
+MAX_COMPLETED = 32
 
 
 class ChildState(enum.StrEnum):
@@ -199,10 +218,18 @@ class WorkQueue:
 @dataclass
 class ResponseCache:
     """The last request seen and what we answered: a repeated request gets the
-    same answer again and is not processed twice (RFC 2408 section 5)."""
+    same answer again and is not processed twice (RFC 2408 section 5). The
+    request is kept as a digest: it may be as long as the peer likes."""
 
-    request: bytes
+    request_digest: bytes
     responses: list[bytes]
+
+    @staticmethod
+    def digest(request: bytes) -> bytes:
+        return hash_digest("sha256", request)
+
+    def answers(self, request: bytes) -> bool:
+        return hmac.compare_digest(self.request_digest, self.digest(request))
 
 
 class IkeSa:
@@ -239,7 +266,7 @@ class IkeSa:
         self.phase1_iv = b""
         """Phase 1 CBC chain (RFC 2409 Appendix B); after Main Mode, its last block."""
         self.exchange_ivs: dict[int, bytes] = {}
-        self.peer_vendors = PeerVendors(frozenset(), ())
+        self.peer_vendors = PeerVendors(frozenset(), 0)
         self.nat_t_rfc = False
         self.nat_t = False
         self.nat_local = False
@@ -249,7 +276,8 @@ class IkeSa:
         self.children: list[ChildSa] = []
         self.exchanges: dict[int, Exchange] = {}
         """The exchanges under way or done, by message ID (Main Mode: zero)."""
-        self.completed_message_ids: set[int] = set()
+        self.completed_message_ids: OrderedDict[int, None] = OrderedDict()
+        """The last :data:`MAX_COMPLETED` ended exchanges, oldest first."""
         self.responses: dict[int, ResponseCache] = {}
         self.timers: list[Timer] = []
         self.requested_children: list[str] | None = None
@@ -339,7 +367,7 @@ class IkeSa:
         try:
             plaintext = self.cipher.decrypt(iv, body)
         except CryptoError as exc:
-            raise ProtocolFailure(f"cannot decrypt: {exc}", NotifyType.PAYLOAD_MALFORMED) from exc
+            raise Unauthenticated(f"cannot decrypt: {exc}", NotifyType.PAYLOAD_MALFORMED) from exc
         return plaintext, body[-self.cipher.block_size :]
 
     def parse_plaintext(self, header: Header, plaintext: bytes) -> Parsed:
@@ -391,14 +419,21 @@ class IkeSa:
                 return message_id
 
     def end_exchange(self, message_id: int) -> None:
-        """The exchange is over: forget it, but not its message ID nor its response."""
+        """The exchange is over: forget it and its IV chain, but not (for a while)
+        its message ID nor its response."""
         exchange = self.exchanges.pop(message_id, None)
         if exchange is not None:
-            exchange.cancel()
-        self.completed_message_ids.add(message_id)
+            exchange.discard()
+        self.exchange_ivs.pop(message_id, None)
+        self.completed_message_ids[message_id] = None
+        self.completed_message_ids.move_to_end(message_id)
+        while len(self.completed_message_ids) > MAX_COMPLETED:
+            oldest, _ = self.completed_message_ids.popitem(last=False)
+            if oldest not in self.exchanges:
+                self.responses.pop(oldest, None)
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
-        timer = self.ctx.timers.schedule(deadline, callback)
+        timer = self.ctx.timers.schedule(deadline, callback, owner=self)
         self.timers.append(timer)
         self.timers = [t for t in self.timers if not t.cancelled]
         return timer

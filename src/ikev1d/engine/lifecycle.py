@@ -38,7 +38,7 @@ class Lifecycle:
     def phase1_established(self, sa: IkeSa, now: float) -> None:
         sa.state = IkeState.ESTABLISHED
         sa.established_at = now
-        self.engine.leave_half_open(sa)
+        self.engine.leave_half_open(sa, authenticated=True)
         self.engine.stats.handshake_succeeded(PHASE1, sa.initiator)
         proposal = sa.proposal.render() if sa.proposal else "?"
         auth = AUTH_NAMES.get(sa.auth_method, str(sa.auth_method))
@@ -77,7 +77,9 @@ class Lifecycle:
 
     def phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None:
         if not quiet:
-            log.warning("Main Mode failed: %s", reason, extra=sa.log_extra)
+            # Messages 1 to 4 are not authenticated: anyone can make a Main Mode fail.
+            self.engine.logs.log(log, logging.WARNING, "mm-failed", self.engine.logs.now,
+                                 "Main Mode failed: %s", reason, extra=sa.log_extra)
         self.engine.stats.handshake_failed(PHASE1, sa.initiator, reason)
         old = sa.replaces
         if old is not None and old.state is IkeState.REKEYING:
@@ -285,10 +287,12 @@ class Lifecycle:
             extra=sa.log_extra,
         )
         timers = self.engine.timers
-        child.expiry = timers.schedule(now + child.lifetime_s, lambda t: self._child_expired(child))
+        child.expiry = timers.schedule(
+            now + child.lifetime_s, lambda t: self._child_expired(child), owner=sa
+        )
         child.rekey = timers.schedule(
             now + self.rekey_delay(child.lifetime_s, qm.initiator),
-            lambda t: self._child_rekey(child, t),
+            lambda t: self._child_rekey(child, t), owner=sa,
         )
         self.engine.emit(event)
         for old in older:

@@ -37,6 +37,19 @@ from ikev1d.wire import (
     make_attribute,
 )
 
+#: The largest attribute value we interpret. RFC 2408 section 3.3 lets a TLV
+#: attribute carry up to 64 KB, which as an integer overflows float() and
+#: str(); no algorithm, key length or group is numbered that high, and a
+#: lifetime beyond 2^32 - 1 seconds or kilobytes means "as long as we allow".
+MAX_ATTRIBUTE_VALUE = 0xFFFFFFFF
+
+
+def attribute_value(attribute: Attribute) -> int:
+    """The attribute's value, clamped to :data:`MAX_ATTRIBUTE_VALUE`."""
+    if isinstance(attribute.value, bytes) and len(attribute.value.lstrip(b"\0")) > 4:
+        return MAX_ATTRIBUTE_VALUE
+    return min(attribute.int_value(), MAX_ATTRIBUTE_VALUE)
+
 
 @dataclass(frozen=True)
 class IkeChoice:
@@ -98,12 +111,12 @@ def _lifetimes(
     current: int | None = None
     for attribute in attributes:
         if attribute.type == type_attr:
-            current = attribute.int_value()
+            current = attribute_value(attribute)
         elif attribute.type == duration_attr and current is not None:
             if current == LifeType.SECONDS:
-                seconds = attribute.int_value()
+                seconds = attribute_value(attribute)
             elif current == LifeType.KILOBYTES:
-                kilobytes = attribute.int_value()
+                kilobytes = attribute_value(attribute)
     return seconds, kilobytes
 
 
@@ -113,7 +126,7 @@ def describe_ike_transform(transform: Transform) -> tuple[IkeProposal | None, in
     for attribute in transform.attributes:
         if attribute.type in (IkeAttr.LIFE_TYPE, IkeAttr.LIFE_DURATION):
             continue
-        values[attribute.type] = attribute.int_value()
+        values[attribute.type] = attribute_value(attribute)
     auth = values.get(IkeAttr.AUTHENTICATION_METHOD)
     proposal = None
     if (
@@ -221,7 +234,7 @@ def describe_esp_transform(transform: Transform) -> tuple[EspProposal | None, in
     for attribute in transform.attributes:
         if attribute.type in (IpsecAttr.SA_LIFE_TYPE, IpsecAttr.SA_LIFE_DURATION):
             continue
-        values[attribute.type] = attribute.int_value()
+        values[attribute.type] = attribute_value(attribute)
     proposal = esp_proposal_from_attributes(
         transform.transform_id,
         values.get(IpsecAttr.KEY_LENGTH),

@@ -1,4 +1,10 @@
-"""A heap of deadlines with cancellation, for the engine's single timer."""
+"""A heap of deadlines with cancellation, for the engine's single timer.
+
+A cancelled timer lets go of its callback at once (the closure may hold a
+whole SA), and the heap is compacted when cancelled entries outnumber live
+ones, so that SAs created and given up by the thousand (a flood of spoofed
+requests) leave nothing behind.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,13 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+#: Below this many entries the heap is not worth compacting.
+COMPACT_MIN = 64
+
+
+def _nothing(now: float) -> None:
+    """The callback of a cancelled timer."""
+
 
 @dataclass(order=True)
 class Timer:
@@ -14,29 +27,67 @@ class Timer:
     seq: int
     callback: Callable[[float], None] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
+    owner: object | None = field(default=None, compare=False)
+    """The ISAKMP SA the timer works for: an internal error while it runs
+    destroys that SA and nothing else."""
+    timers: Timers | None = field(default=None, compare=False, repr=False)
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback = _nothing
+            self.owner = None
+            if self.timers is not None:
+                self.timers.cancelled_one()
+                self.timers = None
 
 
 class Timers:
     def __init__(self) -> None:
         self._heap: list[Timer] = []
         self._seq = itertools.count()
+        self._cancelled = 0
 
-    def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
-        timer = Timer(deadline, next(self._seq), callback)
+    def __len__(self) -> int:
+        """Timers still to run (cancelled ones excluded)."""
+        return len(self._heap) - self._cancelled
+
+    def schedule(
+        self, deadline: float, callback: Callable[[float], None], owner: object | None = None
+    ) -> Timer:
+        timer = Timer(deadline, next(self._seq), callback, owner=owner, timers=self)
         heapq.heappush(self._heap, timer)
+        return timer
+
+    def cancelled_one(self) -> None:
+        self._cancelled += 1
+        if self._cancelled > COMPACT_MIN and self._cancelled * 2 > len(self._heap):
+            self._heap = [t for t in self._heap if not t.cancelled]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+
+    def _pop(self) -> Timer:
+        timer = heapq.heappop(self._heap)
+        if timer.cancelled:
+            self._cancelled -= 1
         return timer
 
     def next_deadline(self) -> float | None:
         while self._heap and self._heap[0].cancelled:
-            heapq.heappop(self._heap)
+            self._pop()
         return self._heap[0].deadline if self._heap else None
 
-    def run_due(self, now: float) -> None:
+    def pop_due(self, now: float) -> Timer | None:
+        """The next live timer due by ``now``, taken off the heap, or None."""
         while self._heap and self._heap[0].deadline <= now:
-            timer = heapq.heappop(self._heap)
+            timer = self._pop()
             if not timer.cancelled:
-                timer.cancelled = True
-                timer.callback(now)
+                timer.timers = None
+                return timer
+        return None
+
+    def run_due(self, now: float) -> None:
+        while (timer := self.pop_due(now)) is not None:
+            callback = timer.callback
+            timer.cancel()
+            callback(now)

@@ -39,7 +39,11 @@ class PeerVendors:
     """What a peer's Vendor ID payloads told us."""
 
     extensions: frozenset[Extension]
-    unknown: tuple[bytes, ...]
+    unknown: int
+    """How many Vendor IDs we did not recognise: counted, not kept (anyone may
+    send thousands in one message 1)."""
+    unknown_sample: tuple[bytes, ...] = ()
+    """The first few of them, cut short, for one log line."""
 
     @property
     def nat_t(self) -> bool:
@@ -50,9 +54,15 @@ class PeerVendors:
         return Extension.NAT_T_RFC in self.extensions
 
 
+#: Unknown Vendor IDs shown in the log, and how many of their bytes.
+UNKNOWN_SAMPLE = 3
+UNKNOWN_SAMPLE_BYTES = 16
+
+
 def recognise(vids: list[bytes]) -> PeerVendors:
     found: set[Extension] = set()
-    unknown: list[bytes] = []
+    unknown = 0
+    sample: list[bytes] = []
     for vid in vids:
         if vid == VID_NAT_T_RFC:
             found.add(Extension.NAT_T_RFC)
@@ -71,8 +81,10 @@ def recognise(vids: list[bytes]) -> PeerVendors:
         elif vid == VID_IKEV1D:
             found.add(Extension.IKEV1D)
         else:
-            unknown.append(vid)
-    return PeerVendors(frozenset(found), tuple(unknown))
+            unknown += 1
+            if len(sample) < UNKNOWN_SAMPLE:
+                sample.append(vid[:UNKNOWN_SAMPLE_BYTES])
+    return PeerVendors(frozenset(found), unknown, tuple(sample))
 
 
 def our_vendor_ids() -> list[bytes]:

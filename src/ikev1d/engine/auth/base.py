@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
@@ -90,15 +91,25 @@ class Phase1Material:
 
 class CredentialCache:
     """Credential lookups per peer, done once per configuration: they parse
-    addresses and IDs, which showed in handshake profiles."""
+    addresses and IDs, which showed in handshake profiles. Keyed by peer
+    addresses that any sender chooses, so bounded (least recently used go)."""
+
+    SIZE = 1024
 
     def __init__(self) -> None:
-        self._values: dict[tuple[object, ...], object] = {}
+        self._values: OrderedDict[tuple[object, ...], object] = OrderedDict()
 
     def get(self, key: tuple[object, ...], compute: Callable[[], T]) -> T:
         if key not in self._values:
             self._values[key] = compute()
+            while len(self._values) > self.SIZE:
+                self._values.popitem(last=False)
+        else:
+            self._values.move_to_end(key)
         return self._values[key]  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 class Authenticator(abc.ABC):

@@ -48,8 +48,9 @@ class PskAuthenticator(Authenticator):
         if not sa.initiator:
             psk = self._lookup(local_id, sa.remote[0])
             if psk is None:
-                log.warning("authentication failed: no pre-shared key for peer %s",
-                            sa.remote[0], extra=sa.log_extra)
+                sa.ctx.logs.log(log, logging.WARNING, "no-psk", sa.ctx.logs.now,
+                                "authentication failed: no pre-shared key for peer %s",
+                                sa.remote[0], extra=sa.log_extra)
                 raise ProtocolFailure("authentication failed: no pre-shared key",
                                       NotifyType.AUTHENTICATION_FAILED)
             return psk

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ikev1d.engine.api import Endpoint
-from ikev1d.engine.ike_sa import IkeSa, ProtocolFailure, ResponseCache
+from ikev1d.engine.ike_sa import IkeSa, ProtocolFailure, ResponseCache, Unauthenticated
 from ikev1d.engine.timers import Timer
 from ikev1d.wire import Header, NotifyPayload
 
@@ -66,7 +66,7 @@ class Retransmission:
     def _arm(self, now: float) -> None:
         daemon = self.sa.ctx.config.daemon
         delay = daemon.retransmit_timeout * (2**self.tries)
-        self.timer = self.sa.ctx.timers.schedule(now + delay, self._fire)
+        self.timer = self.sa.ctx.timers.schedule(now + delay, self._fire, owner=self.sa)
 
     def _fire(self, now: float) -> None:
         if self.tries + 1 >= self.sa.ctx.config.daemon.retransmit_tries:
@@ -87,7 +87,7 @@ class Retransmission:
 def replay(sa: IkeSa, message_id: int, raw: bytes) -> bool:
     """A repeated request gets the same answer again and is not processed twice."""
     cached = sa.responses.get(message_id)
-    if cached is None or cached.request != raw:
+    if cached is None or not cached.answers(raw):
         return False
     for response in cached.responses:
         sa.transmit(response)
@@ -137,6 +137,10 @@ class Exchange(abc.ABC):
             return
         try:
             self.process(message, now)
+        except Unauthenticated as exc:
+            self.sa.ctx.logs.log(log, logging.INFO, "unauthenticated", now,
+                                 "dropping unauthenticated message: %s", exc,
+                                 extra=self.sa.log_extra)
         except ProtocolFailure as exc:
             self.failed(exc, now)
 
@@ -147,11 +151,17 @@ class Exchange(abc.ABC):
 
     def remember(self, request: bytes, response: bytes) -> None:
         """Keep our response to ``request`` for when the request comes again."""
-        self.sa.responses[self.message_id] = ResponseCache(request, [response])
+        self.sa.responses[self.message_id] = ResponseCache(
+            ResponseCache.digest(request), [response]
+        )
 
     def respond(self, request: bytes, response: bytes) -> None:
         self.remember(request, response)
         self.sa.transmit(response)
+
+    def discard(self) -> None:
+        """The exchange leaves its SA's table: stop it and let go of what it holds."""
+        self.cancel()
 
     def cancel(self) -> None:
         if self.retransmission is not None:

@@ -54,14 +54,16 @@ def receive_unprotected(sa: IkeSa, message: Message, now: float) -> None:
     try:
         payloads = decode_payloads(message.header.next_payload, message.body)
     except WireError as exc:
-        log.info("dropping malformed notification: %s", exc, extra=sa.log_extra)
+        sa.ctx.logs.log(log, logging.INFO, "malformed", now,
+                        "dropping malformed notification: %s", exc, extra=sa.log_extra)
         return
     for payload in payloads:
         if not isinstance(payload, NotifyPayload):
             continue
         if sa.state is not IkeState.CONNECTING or not is_error(payload):
-            log.info("ignoring unprotected %s notification", notify_name(payload.notify_type),
-                     extra=sa.log_extra)
+            sa.ctx.logs.log(log, logging.INFO, "unprotected-notify", now,
+                            "ignoring unprotected %s notification",
+                            notify_name(payload.notify_type), extra=sa.log_extra)
             continue
         phase1 = sa.exchanges.get(PHASE1_MESSAGE_ID)
         if phase1 is not None and phase1.peer_notified(payload, False, now):
@@ -86,13 +88,15 @@ def receive_protected(sa: IkeSa, message: Message, now: float) -> None:
         received, rest = parsed.after_hash()
     except ProtocolFailure as exc:
         if not _unreadable(sa, now):
-            log.info("dropping Informational exchange: %s", exc, extra=sa.log_extra)
+            sa.ctx.logs.log(log, logging.INFO, "unauthenticated", now,
+                            "dropping Informational exchange: %s", exc, extra=sa.log_extra)
         return
     expected = informational_hash(sa.hash_alg, sa.keys.skeyid_a, message_id, rest)
     if not hmac.compare_digest(expected, received):
         if not _unreadable(sa, now):
-            log.info("dropping Informational exchange: HASH(1) does not verify",
-                     extra=sa.log_extra)
+            sa.ctx.logs.log(log, logging.INFO, "unauthenticated", now,
+                            "dropping Informational exchange: HASH(1) does not verify",
+                            extra=sa.log_extra)
         return
     phase1 = sa.exchanges.get(PHASE1_MESSAGE_ID)
     if sa.state is IkeState.CONNECTING and phase1 is not None:

@@ -39,7 +39,9 @@ from ikev1d.engine.auth.base import (
     peer_matches,
 )
 from ikev1d.engine.exchanges.base import NONCE_LENGTH, PHASE1_MESSAGE_ID, Exchange, Message
+from ikev1d.engine.halfopen import MAX_SA_OFFER
 from ikev1d.engine.ike_sa import IkeSa, Parsed, ProtocolFailure, first, parse
+from ikev1d.engine.ratelimit import Lazy, truncated
 from ikev1d.engine.sa_proposals import IkeChoice, ike_sa_payload, offered_ike, select_ike
 from ikev1d.wire import (
     ExchangeType,
@@ -108,11 +110,6 @@ class MainMode(Exchange):
         mm = sa.exchanges.get(PHASE1_MESSAGE_ID)
         if mm is None or mm.exchange_type != MM:
             return
-        if not mm.finished and not sa.initiator and (
-            message.local[1] != sa.local[1] or message.remote[1] != sa.remote[1]
-        ):
-            # RFC 3947 section 4: the initiator moved to port 4500; follow it.
-            sa.local, sa.remote = message.local, message.remote
         mm.handle(message, now)
 
     @property
@@ -195,7 +192,8 @@ class MainMode(Exchange):
             # encap = true: behave as if we are behind a NAT, so ESP goes in UDP.
             sa.nat_local = True
         if result.any or sa.nat_local:
-            log.info(
+            sa.ctx.logs.log(
+                log, logging.INFO, "nat-detected", sa.ctx.logs.now,
                 "NAT detected (local behind NAT: %s, peer behind NAT: %s)",
                 "yes" if sa.nat_local else "no",
                 "yes" if sa.nat_remote else "no",
@@ -243,12 +241,16 @@ class MainMode(Exchange):
                 f"invalid key exchange value: {exc}", NotifyType.INVALID_KEY_INFORMATION
             ) from exc
 
-    def _vendors(self, payloads: Sequence[Payload]) -> None:
+    def _vendors(self, payloads: Sequence[Payload], now: float) -> None:
         sa = self.sa
         vids = [p.data for p in payloads if isinstance(p, VendorIdPayload)]
         sa.peer_vendors = vendor.recognise(vids)
-        for unknown in sa.peer_vendors.unknown:
-            log.info("ignoring unknown vendor ID %s", unknown.hex(), extra=sa.log_extra)
+        if sa.peer_vendors.unknown:
+            sample = [v.hex() for v in sa.peer_vendors.unknown_sample]
+            sa.ctx.logs.log(log, logging.INFO, "unknown-vid", now,
+                            "ignoring unknown vendor ID %s",
+                            truncated(sample, total=sa.peer_vendors.unknown),
+                            extra=sa.log_extra)
         if sa.peer_vendors.extensions:
             log.debug(
                 "peer supports %s",
@@ -342,11 +344,11 @@ class MainMode(Exchange):
         if choice is None:
             raise ProtocolFailure(
                 "responder chose a proposal we did not offer: "
-                + ", ".join(offered_ike(response_sa)),
+                + truncated(offered_ike(response_sa)),
                 NotifyType.NO_PROPOSAL_CHOSEN,
             )
         self._choose(choice)
-        self._vendors(payloads)
+        self._vendors(payloads, now)
         sa.dh = generate_keypair(choice.proposal.dh_group)
         self.material.g_xi = sa.dh.public_bytes
         self.material.ni = sa.ctx.random_bytes(NONCE_LENGTH)
@@ -391,6 +393,10 @@ class MainMode(Exchange):
         payloads = parsed.payloads
         rules.check(rules.MAIN_MODE_SA[1], payloads, "Main Mode message 1")
         offer = first(payloads, SaPayload)
+        sa_i_b = parsed.body_of(1)
+        if len(sa_i_b) > MAX_SA_OFFER:
+            raise ProtocolFailure(f"SA payload of {len(sa_i_b)} bytes is longer than "
+                                  f"the {MAX_SA_OFFER} we keep")
         acceptable = acceptable_proposals(sa.candidates)
         choice = select_ike(offer, acceptable, REGISTRY.accepted(sa.candidates))
         sa.cky_r = sa.ctx.random_bytes(8)
@@ -405,8 +411,8 @@ class MainMode(Exchange):
         except UnknownAuthMethod:
             self._no_proposal_chosen(offer, acceptable)
             return
-        self.material.sa_i_b = parsed.body_of(1)
-        self._vendors(payloads)
+        self.material.sa_i_b = sa_i_b
+        self._vendors(payloads, now)
         out: list[Payload] = [choice.response_sa()]
         out += [VendorIdPayload(v) for v in vendor.responder_vendor_ids(sa.peer_vendors)]
         self.state = MmState.MM2_SENT
@@ -414,10 +420,11 @@ class MainMode(Exchange):
 
     def _no_proposal_chosen(self, offer: SaPayload, acceptable: Sequence[IkeProposal]) -> None:
         sa = self.sa
-        log.warning(
+        sa.ctx.logs.log(
+            log, logging.WARNING, "no-proposal-chosen", sa.ctx.logs.now,
             "NO-PROPOSAL-CHOSEN: peer offered %s; we accept %s",
-            ", ".join(offered_ike(offer)) or "nothing",
-            ", ".join(p.render() for p in acceptable),
+            Lazy(lambda: truncated(offered_ike(offer)) or "nothing"),
+            Lazy(lambda: truncated([p.render() for p in acceptable])),
             extra=sa.log_extra,
         )
         sa.transmit(sa.plain_message(
@@ -463,6 +470,10 @@ class MainMode(Exchange):
     def _process_message_5(self, message: Message, now: float) -> None:
         sa = self.sa
         peer_id = self._read_proof(message, 5, NotifyType.AUTHENTICATION_FAILED)
+        if message.local[1] != sa.local[1] or message.remote[1] != sa.remote[1]:
+            # RFC 3947 section 4: the initiator moved to port 4500; follow it, now
+            # that the message is authenticated (a forged one must not move us).
+            sa.local, sa.remote = message.local, message.remote
         # Now that the identity is known, settle on the connection it belongs to.
         conn = next((c for c in sa.candidates if peer_matches(c.remote.id, peer_id)), None)
         if conn is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ikev1d.crypto import (
@@ -36,9 +36,19 @@ from ikev1d.engine.exchanges.base import (
     Message,
     replay,
 )
-from ikev1d.engine.ike_sa import ChildMode, ChildSa, IkeSa, Parsed, ProtocolFailure, first
+from ikev1d.engine.ike_sa import (
+    ChildMode,
+    ChildSa,
+    IkeSa,
+    Parsed,
+    ProtocolFailure,
+    Unauthenticated,
+    first,
+)
+from ikev1d.engine.ratelimit import Lazy, truncated
 from ikev1d.engine.sa_proposals import (
     EspChoice,
+    attribute_value,
     encapsulation_mode,
     esp_sa_payload,
     mode_of,
@@ -142,7 +152,9 @@ class QuickMode(Exchange):
         """The dispatch entry for Quick Mode messages: a known exchange, or a new
         one the peer starts."""
         if not sa.usable:
-            log.info("dropping Quick Mode before the ISAKMP SA is established", extra=sa.log_extra)
+            sa.ctx.logs.log(log, logging.INFO, "qm-too-early", now,
+                            "dropping Quick Mode before the ISAKMP SA is established",
+                            extra=sa.log_extra)
             return
         message_id = message.header.message_id
         if message_id == PHASE1_MESSAGE_ID:
@@ -155,19 +167,32 @@ class QuickMode(Exchange):
         if message_id in sa.completed_message_ids:
             replay(sa, message_id, message.raw)
             return
+        # The exchange enters the SA's table only once HASH(1) proves the message
+        # (first_message does that): a forged request leaves nothing behind.
         qm = QuickMode(sa, message_id, initiator=False)
-        sa.exchanges[message_id] = qm
         stats = sa.ctx.stats
-        stats.handshake_started(PHASE2, False)
         try:
             qm.first_message(message, now)
+        except Unauthenticated as exc:
+            # Not counted as a handshake: anyone can send these.
+            sa.ctx.logs.log(log, logging.INFO, "unauthenticated", now,
+                            "dropping unauthenticated Quick Mode request: %s", exc,
+                            extra=sa.log_extra)
+            return
         except QuickModeRefused as exc:
+            stats.handshake_started(PHASE2, False)
             stats.handshake_failed(PHASE2, False, str(exc))
             sa.end_exchange(message_id)
+            return
         except ProtocolFailure as exc:
-            log.warning("Quick Mode request refused: %s", exc, extra=sa.log_extra)
+            sa.ctx.logs.log(log, logging.WARNING, "qm-refused", now,
+                            "Quick Mode request refused: %s", exc, extra=sa.log_extra)
+            stats.handshake_started(PHASE2, False)
             stats.handshake_failed(PHASE2, False, str(exc))
-            sa.end_exchange(message_id)
+            if message_id in sa.exchanges:
+                sa.end_exchange(message_id)
+            return
+        stats.handshake_started(PHASE2, False)
 
     @property
     def finished(self) -> bool:
@@ -182,12 +207,29 @@ class QuickMode(Exchange):
             raise ProtocolFailure("Quick Mode without Phase 1 keys")
         return self.sa.hash_alg, keys.skeyid_a, keys.skeyid_d
 
-    def _decrypt(self, header: Header, body: bytes) -> Parsed:
+    def _decrypt(self, header: Header, body: bytes) -> tuple[Parsed, bytes]:
+        """(the payloads, the IV that follows this message). The caller moves the
+        IV chain on only once the message's HASH verifies: a forged message must
+        not desynchronise the chain (RFC 2409 Appendix B, section 5.5)."""
         sa = self.sa
         plaintext, next_iv = sa.decrypt(header, body, sa.exchange_iv(self.message_id))
-        parsed = sa.parse_plaintext(header, plaintext)
-        sa.exchange_ivs[self.message_id] = next_iv
-        return parsed
+        try:
+            parsed = sa.parse_plaintext(header, plaintext)
+        except ProtocolFailure as exc:
+            raise Unauthenticated(str(exc), exc.notify) from exc
+        return parsed, next_iv
+
+    def _verify(self, parsed: Parsed, what: str, expected_hash: bytes | None = None,
+                rest_hash: Callable[[bytes], bytes] | None = None) -> None:
+        """HASH(n) first, over what follows it (RFC 2409 section 5.5)."""
+        try:
+            received_hash, rest = parsed.after_hash()
+        except ProtocolFailure as exc:
+            raise Unauthenticated(str(exc), exc.notify) from exc
+        expected = expected_hash if rest_hash is None else rest_hash(rest)
+        if expected is None or not hmac.compare_digest(expected, received_hash):
+            raise Unauthenticated(f"Quick Mode {what} does not verify",
+                                  NotifyType.INVALID_HASH_INFORMATION)
 
     def _encrypt(self, payloads: Sequence[Payload], flags: int = 0) -> bytes:
         sa = self.sa
@@ -220,12 +262,22 @@ class QuickMode(Exchange):
                 f"invalid PFS key exchange value: {exc}", NotifyType.INVALID_KEY_INFORMATION
             ) from exc
 
+    def discard(self) -> None:
+        """An exchange that installed nothing gives its inbound SPI back."""
+        super().discard()
+        if self.state is not QmState.DONE and self.spi_in:
+            self.sa.ctx.release_spi(self.spi_in)
+            self.spi_in = b""
+        if self.connected_timer is not None:
+            self.connected_timer.cancel()
+
     def give_up(self, now: float) -> None:
         self.fail("no response to Quick Mode", now)
 
     def failed(self, error: ProtocolFailure, now: float) -> None:
         if not self.initiator:
-            log.warning("Quick Mode failed: %s", error, extra=self.sa.log_extra)
+            self.sa.ctx.logs.log(log, logging.WARNING, "qm-failed", now,
+                                 "Quick Mode failed: %s", error, extra=self.sa.log_extra)
             return
         if error.notify is not None and error.notify != NotifyType.INVALID_HASH_INFORMATION:
             self.sa.send_notify(error.notify, self.spi_in, ProtocolId.ESP)
@@ -330,16 +382,14 @@ class QuickMode(Exchange):
     def _process_qm2(self, message: Message, now: float) -> None:
         sa = self.sa
         header = message.header
-        parsed = self._decrypt(header, message.body)
+        parsed, next_iv = self._decrypt(header, message.body)
         payloads = parsed.payloads
-        rules.check(rules.QUICK_MODE[2], payloads, "Quick Mode message 2")
         prf, skeyid_a, _d = self._keys
-        received_hash, rest = parsed.after_hash()
+        self._verify(parsed, "HASH(2)",
+                     rest_hash=lambda rest: qm_hash2(prf, skeyid_a, self.message_id, self.ni, rest))
+        sa.exchange_ivs[self.message_id] = next_iv
+        rules.check(rules.QUICK_MODE[2], payloads, "Quick Mode message 2")
         nonce = first(payloads, NoncePayload)
-        expected = qm_hash2(prf, skeyid_a, self.message_id, self.ni, rest)
-        if not hmac.compare_digest(expected, received_hash):
-            raise ProtocolFailure("Quick Mode HASH(2) does not verify",
-                                  NotifyType.INVALID_HASH_INFORMATION)
         self.nr = nonce.data
         response_sa = first(payloads, SaPayload)
         if self.child is None:
@@ -348,7 +398,7 @@ class QuickMode(Exchange):
         if choice is None or sum(len(p.transforms) for p in response_sa.proposals) != 1:
             raise ProtocolFailure(
                 "responder chose an ESP proposal we did not offer: "
-                + ", ".join(offered_esp(response_sa)),
+                + truncated(offered_esp(response_sa)),
                 NotifyType.NO_PROPOSAL_CHOSEN,
             )
         ids = [p for p in payloads if isinstance(p, IdPayload)]
@@ -403,23 +453,23 @@ class QuickMode(Exchange):
         current = None
         for attribute in attributes:
             if attribute.type == IpsecAttr.SA_LIFE_TYPE:
-                current = attribute.int_value()
+                current = attribute_value(attribute)
             elif attribute.type == IpsecAttr.SA_LIFE_DURATION and current == LifeType.SECONDS:
-                self.lifetime_s = min(self.lifetime_s, float(attribute.int_value()))
+                self.lifetime_s = min(self.lifetime_s, float(attribute_value(attribute)))
 
     # -- responder ---------------------------------------------------------------
 
     def first_message(self, message: Message, now: float) -> None:
         sa = self.sa
-        parsed = self._decrypt(message.header, message.body)
+        parsed, next_iv = self._decrypt(message.header, message.body)
         payloads = parsed.payloads
-        rules.check(rules.QUICK_MODE[1], payloads, "Quick Mode message 1")
         prf, skeyid_a, _d = self._keys
-        received_hash, rest = parsed.after_hash()
-        expected = qm_hash1(prf, skeyid_a, self.message_id, rest)
-        if not hmac.compare_digest(expected, received_hash):
-            raise ProtocolFailure("Quick Mode HASH(1) does not verify",
-                                  NotifyType.INVALID_HASH_INFORMATION)
+        self._verify(parsed, "HASH(1)",
+                     rest_hash=lambda rest: qm_hash1(prf, skeyid_a, self.message_id, rest))
+        # Authenticated: from here on the exchange exists and its IV chain moves.
+        sa.exchanges[self.message_id] = self
+        sa.exchange_ivs[self.message_id] = next_iv
+        rules.check(rules.QUICK_MODE[1], payloads, "Quick Mode message 1")
         offer = first(payloads, SaPayload)
         self.ni = first(payloads, NoncePayload).data
         ids = [p for p in payloads if isinstance(p, IdPayload)]
@@ -467,7 +517,8 @@ class QuickMode(Exchange):
         child = self._find_child(local_net, remote_net)
         if child is None or local_net is None or remote_net is None:
             offered = f"{remote_net or ids[0].to_text()} === {local_net or ids[1].to_text()}"
-            log.warning(
+            sa.ctx.logs.log(
+                log, logging.WARNING, "invalid-id", sa.ctx.logs.now,
                 "INVALID-ID-INFORMATION: no child matches the peer's tunnel %s", offered,
                 extra=sa.log_extra,
             )
@@ -486,10 +537,11 @@ class QuickMode(Exchange):
                 choice = None
         if choice is None:
             sa = self.sa
-            log.warning(
+            sa.ctx.logs.log(
+                log, logging.WARNING, "no-proposal-chosen", sa.ctx.logs.now,
                 "NO-PROPOSAL-CHOSEN: peer offered %s; child %s accepts %s (mode %s)",
-                ", ".join(offered_esp(offer)) or "nothing", child.name,
-                ", ".join(p.render() for p in child.esp_proposals), child.mode,
+                Lazy(lambda: truncated(offered_esp(offer)) or "nothing"), child.name,
+                Lazy(lambda: truncated([p.render() for p in child.esp_proposals])), child.mode,
                 extra=sa.log_extra,
             )
             sa.send_notify(NotifyType.NO_PROPOSAL_CHOSEN, peer_spi, ProtocolId.ESP)
@@ -524,15 +576,13 @@ class QuickMode(Exchange):
         return None
 
     def _process_qm3(self, message: Message, now: float) -> None:
-        parsed = self._decrypt(message.header, message.body)
+        parsed, next_iv = self._decrypt(message.header, message.body)
         payloads = parsed.payloads
-        rules.check(rules.QUICK_MODE[3], payloads, "Quick Mode message 3")
         prf, skeyid_a, _d = self._keys
-        received_hash, _rest = parsed.after_hash()
-        expected = qm_hash3(prf, skeyid_a, self.message_id, self.ni, self.nr)
-        if not hmac.compare_digest(expected, received_hash):
-            raise ProtocolFailure("Quick Mode HASH(3) does not verify",
-                                  NotifyType.INVALID_HASH_INFORMATION)
+        self._verify(parsed, "HASH(3)",
+                     expected_hash=qm_hash3(prf, skeyid_a, self.message_id, self.ni, self.nr))
+        self.sa.exchange_ivs[self.message_id] = next_iv
+        rules.check(rules.QUICK_MODE[3], payloads, "Quick Mode message 3")
         self._install(now)
         if self.commit:
             self.sa.send_informational([NotifyPayload(
