@@ -155,6 +155,10 @@ class DaemonConfig:
     half_open_timeout: float = 30.0
     log_level: LogLevel = LogLevel.INFO
     allow_insecure_algorithms: bool = False
+    min_phase1_lifetime: float = 300.0
+    """A shorter Phase 1 lifetime proposed by a peer is raised to this (no rekey storms)."""
+    min_phase2_lifetime: float = 60.0
+    """The same for IPsec SAs."""
 
 
 @dataclass(frozen=True)

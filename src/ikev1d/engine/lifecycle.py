@@ -213,6 +213,36 @@ class Lifecycle:
         sa.work.add(QuickModeWork(child.config, child.local_ts[0], child.remote_ts[0], child))
         self.run_work(sa, now)
 
+    def _find_child(self, child_id: int) -> tuple[IkeSa, ChildSa] | None:
+        for sa in self.engine.all_sas():
+            for child in sa.children:
+                if child.child_id == child_id:
+                    return sa, child
+        return None
+
+    def child_soft_expired(self, child_id: int, reason: str, now: float) -> None:
+        """The data plane says an IPsec SA nears a limit other than time (its volume,
+        life_bytes, or its sequence numbers, RFC 4303 §3.3.3): renew it now, as the
+        time-based renewal would (make before break)."""
+        found = self._find_child(child_id)
+        if found is None:
+            return
+        sa, child = found
+        if child.state is not ChildState.INSTALLED:
+            return  # already being renewed or deleted
+        log.info("IPsec SA %s_i: %s", child.spi_in.hex(), reason, extra=sa.log_extra)
+        self._child_rekey(child, now)
+
+    def child_hard_expired(self, child_id: int, reason: str, now: float) -> None:
+        """The data plane stopped using an IPsec SA (volume or sequence numbers used
+        up): delete it on both sides, as at the end of its lifetime."""
+        found = self._find_child(child_id)
+        if found is None:
+            return
+        sa, child = found
+        log.info("IPsec SA %s_i: %s", child.spi_in.hex(), reason, extra=sa.log_extra)
+        self.engine.deletion.delete_child(sa, child, reason, send=True)
+
     def _child_expired(self, child: ChildSa) -> None:
         sa = self.engine.owner_of(child)
         if sa is None:
