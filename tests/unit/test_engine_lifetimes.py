@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished
+from ikev1d.engine.lifecycle import RENEWED_DELETE_DELAY_S
 from ikev1d.engine.lifetimes import agreed_lifetime
 from tests.unit.test_engine import (
     A_ADDR,
@@ -71,6 +72,9 @@ def test_soft_expiry_from_the_data_plane_renews_make_before_break() -> None:
     net.pump()
     new = [e for e in net.a.of(ChildSaEstablished) if e is not first]
     assert len(new) == 1
+    assert not net.a.of(ChildSaDeleted)  # the old one still receives for a moment
+    net.a.engine.child_soft_expired(first.child_id, "again", net.now)  # not renewed twice
+    net.advance(RENEWED_DELETE_DELAY_S)
     deleted = net.a.of(ChildSaDeleted)
     assert [e.spi_in for e in deleted if isinstance(e, ChildSaDeleted)] == [first.spi_in]
     assert net.a.events.index(new[0]) < net.a.events.index(deleted[0])
@@ -79,12 +83,14 @@ def test_soft_expiry_from_the_data_plane_renews_make_before_break() -> None:
     net.a.engine.child_soft_expired(new[0].child_id, "again", net.now)
     net.a.engine.child_soft_expired(new[0].child_id, "again", net.now)
     net.pump()
+    net.advance(RENEWED_DELETE_DELAY_S)
     assert len(net.a.of(ChildSaEstablished)) == 3
     # The responder may ask too: B renews its side of the newest pair.
     newest = net.b.of(ChildSaEstablished)[-1]
     assert isinstance(newest, ChildSaEstablished)
     net.b.engine.child_soft_expired(newest.child_id, "sequence numbers", net.now)
     net.pump()
+    net.advance(RENEWED_DELETE_DELAY_S)
     assert len(net.b.of(ChildSaEstablished)) == 4
     for peer in (net.a, net.b):
         (ike,) = peer.engine.status(net.now).to_json()["ike_sas"]

@@ -4,6 +4,7 @@ renewed ISAKMP SA taking over its predecessor's IPsec SAs."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from ikev1d.engine.engine import Engine
 
 log = logging.getLogger("ikev1d.engine")
+
+RENEWED_DELETE_DELAY_S = 5.0
+"""How long a renewed IPsec SA stays after its successor is up. The peer installs the
+new SA only when our third Quick Mode message arrives (RFC 2409 §5.5), so its last
+packets on the old one may still be on their way; deleting the old SA at once would
+drop them. Outbound, the newest SA is used from the start."""
 
 
 class Lifecycle:
@@ -310,4 +317,12 @@ class Lifecycle:
                 if owner is not None:
                     log.info("IPsec SA renewed: %s_i replaces %s_i", child.spi_in.hex(),
                              old.spi_in.hex(), extra=sa.log_extra)
-                    self.engine.deletion.delete_child(owner, old, "renewed", send=True)
+                    # It stays REKEYING meanwhile: neither renewed again nor counted
+                    # as the tunnel's live SA.
+                    timers.schedule(now + RENEWED_DELETE_DELAY_S,
+                                    functools.partial(self._delete_renewed, old))
+
+    def _delete_renewed(self, old: ChildSa, now: float) -> None:
+        owner = self.engine.owner_of(old)
+        if owner is not None:
+            self.engine.deletion.delete_child(owner, old, "renewed", send=True)
