@@ -126,6 +126,18 @@ def test_sequence_numbers_renew_before_and_stop_at_exhaustion(
     assert a.backend.drops["seq_exhausted"] == 2
 
 
+def _send_all(side: Side) -> None:
+    """Read the TUN queue to the end (the backend yields after a renewal request)."""
+    while side.tun.to_read:
+        side.backend.handle_tun_readable()
+
+
+def _carry_all(src: Side, dst: Side) -> None:
+    carry_raw(src, dst)
+    while dst.raw.to_recv:
+        dst.backend.handle_raw_readable()
+
+
 def test_a_renewed_sa_takes_over_before_the_old_one_is_used_up(
     sides: tuple[Side, Side, list[Report], list[Report]],
 ) -> None:
@@ -136,19 +148,35 @@ def test_a_renewed_sa_takes_over_before_the_old_one_is_used_up(
     packet = udp_packet("10.1.0.1", "10.2.0.1", bytes(472))
     a.tun.to_read.extend([packet] * 6)
     a.backend.handle_tun_readable()
+    # Asked to renew at the 6th packet (2500 < 85 % of 3000 <= 3000); the loop then
+    # yields, so the engine can start the Quick Mode before more is sent.
     assert reports_a and not reports_a[0][1]
-    # What the engine does on the soft report: a new pair, then the old one deleted.
+    assert len(a.raw.sent) == 6 and not a.tun.to_read
+    a.tun.to_read.extend([packet] * 3)
+    a.tun.to_read.appendleft(packet)
+    # What the engine does on the soft report: a new pair, the old one deleted later.
     new = replace(child(spis=(0xC0000011, 0xC0000012)), child_id=2, life_bytes=3000)
     a.backend.install(new)
     b.backend.install(replace(child(initiator=False, spis=(0xC0000011, 0xC0000012)),
                               life_bytes=3000))
-    a.backend.remove(deleted(old))
-    a.tun.to_read.extend([packet] * 4)
-    a.backend.handle_tun_readable()
+    _send_all(a)
     assert [esp[:4] for esp, _l, _r in a.raw.sent[-4:]] == [(0xC0000012).to_bytes(4, "big")] * 4
+    a.backend.remove(deleted(old))
     assert not any(hard for _c, hard, _w in reports_a)
-    carry_raw(a, b)
+    _carry_all(a, b)
     assert len(b.tun.written) == 10
+
+
+def test_the_packet_loop_yields_after_a_renewal_request(
+    sides: tuple[Side, Side, list[Report], list[Report]],
+) -> None:
+    a, _b, reports_a, _ = sides
+    a.backend.install(replace(child(), life_bytes=10_000))
+    a.tun.to_read.extend([udp_packet("10.1.0.1", "10.2.0.1", bytes(972))] * 12)
+    a.backend.handle_tun_readable()
+    assert len(reports_a) == 1 and len(a.raw.sent) == 9 and len(a.tun.to_read) == 3
+    a.backend.handle_tun_readable()
+    assert len(a.raw.sent) == 10 and reports_a[1][1]  # the limit: the rest is dropped
 
 
 # --- routes and the state file ---------------------------------------------------------------

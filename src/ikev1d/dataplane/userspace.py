@@ -185,6 +185,9 @@ class UserspaceBackend:
         self._on_close = on_close
         self._expired: ExpireHandler | None = None
         self._state_file: StateFile | None = None
+        self._renewal_asked = False
+        """Set when an SA asked to be renewed: the packet loop yields, so that the
+        engine sends the Quick Mode before the rest of the batch uses up the SA."""
 
     # --- DataplaneBackend -----------------------------------------------------------
 
@@ -377,6 +380,9 @@ class UserspaceBackend:
                 if packet is None:
                     return
                 outbound(packet)
+                if self._renewal_asked:
+                    self._renewal_asked = False
+                    return
         except Exception:
             log.exception("userspace: unexpected error on the outbound path")
 
@@ -396,6 +402,9 @@ class UserspaceBackend:
                 if got is None:
                     return
                 inbound(got[0])
+                if self._renewal_asked:
+                    self._renewal_asked = False
+                    return
         except Exception:
             log.exception("userspace: unexpected error on the inbound path")
 
@@ -520,6 +529,7 @@ class UserspaceBackend:
     def _soft_limit(self, entry: SaEntry, reason: str) -> None:
         """Ask once for the SA to be renewed (the limits are cleared so it is once)."""
         entry.soft_bytes_out = entry.soft_bytes_in = entry.soft_seq = NO_LIMIT
+        self._renewal_asked = True
         log.info("userspace: %s SPIs %08x_i %08x_o: %s", entry.name, entry.spi_in,
                  entry.spi_out, reason)
         if self._expired is not None:
