@@ -134,10 +134,11 @@ def test_life_bytes_renews_the_sa_and_traffic_continues(
     assert log.count("life_bytes nearly reached") >= 3, log[-3000:]
     assert log.count("IPsec SA renewed") >= 3
     assert "life_bytes reached (" not in log  # renewed in time: the limit never hit
-    assert wait_until(lambda: len(a.status()["ike_sas"][0]["children"]) == 1)
+    # Renewed SAs stay for RENEWED_DELETE_DELAY_S (5 s) after their successor is up.
+    assert wait_until(lambda: len(a.status()["ike_sas"][0]["children"]) == 1, timeout=15)
     now = child_of(a)
     assert now["spi_in"] != first and now["bytes_out"] < life and now["bytes_in"] < life
-    assert wait_until(lambda: len(b.status()["ike_sas"][0]["children"]) == 1)
+    assert wait_until(lambda: len(b.status()["ike_sas"][0]["children"]) == 1, timeout=15)
     # A TCP stream far faster than a Quick Mode may hit the limit before the renewal is
     # up: then the SA stops (RFC 2408 lifetimes are hard) and TCP repairs the gap.
     tcp_echo(topo.b, topo.inner_addr_b, topo.a, topo.inner_addr_a, nbytes=300_000)
