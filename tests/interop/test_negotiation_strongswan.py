@@ -340,6 +340,10 @@ def test_ikev1d_renews_the_ipsec_sa(make_pair: Any) -> None:
     assert pair.ours.up("gw").returncode == 0
     (first,) = pair.ours.status()["ike_sas"][0]["children"]
     assert pair.ours.wait_log("IPsec SA renewed", timeout=15)
+    # The old pair still receives for a few seconds (the peer's last packets), then goes
+    # (renewed, or here its 12 s lifetime ends first).
+    assert pair.ours.wait_log(f"IPsec SA deleted: child net, SPIs {first['spi_in']}_i",
+                              timeout=10)
     time.sleep(0.5)
     (ike,) = pair.ours.status()["ike_sas"]
     (child,) = ike["children"]

@@ -79,7 +79,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DAEMON_KEYS = (
     "listen", "port", "port_nat_t", "dataplane", "retransmit_timeout", "retransmit_tries",
     "half_open_per_peer", "half_open_total", "half_open_timeout", "log_level",
-    "allow_insecure_algorithms", "metrics", "keylog_dir",
+    "allow_insecure_algorithms", "metrics", "keylog_dir", "min_phase1_lifetime",
+    "min_phase2_lifetime",
 )
 _CONNECTION_KEYS = (
     "local_addrs", "remote_addrs", "proposals", "encap", "dpd_delay", "dpd_timeout",
@@ -144,6 +145,10 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
                                               d.allow_insecure_algorithms),
         metrics=_listener(ld, ld.get_str(data, path, "metrics", ""), "daemon.metrics"),
         keylog_dir=_keylog_dir(ld, data, path),
+        min_phase1_lifetime=ld.get_duration(data, path, "min_phase1_lifetime",
+                                            d.min_phase1_lifetime, allow_zero=True),
+        min_phase2_lifetime=ld.get_duration(data, path, "min_phase2_lifetime",
+                                            d.min_phase2_lifetime, allow_zero=True),
     )
 
 

@@ -161,6 +161,10 @@ class DaemonConfig:
     """(address, TCP port) of the Prometheus ``/metrics`` listener; None: off."""
     keylog_dir: str = ""
     """Where Wireshark's key files go (absolute path); "" writes none."""
+    min_phase1_lifetime: float = 300.0
+    """A shorter Phase 1 lifetime proposed by a peer is raised to this (no rekey storms)."""
+    min_phase2_lifetime: float = 60.0
+    """The same for IPsec SAs."""
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,13 @@ from ikev1d.daemon.metrics import MetricsError, MetricsServer, MetricsSnapshot, 
 from ikev1d.daemon.systemd import Notifier
 from ikev1d.daemon.udp import UdpError, UdpTransport
 from ikev1d.daemon.updown import UpdownRunner
-from ikev1d.dataplane.base import DataplaneBackend, DataplaneError, create_backend
+from ikev1d.dataplane.base import (
+    DataplaneBackend,
+    DataplaneError,
+    KeepsState,
+    ReportsExpiry,
+    create_backend,
+)
 from ikev1d.engine import Engine
 from ikev1d.engine.api import (
     ChildSaDeleted,
@@ -252,6 +258,9 @@ class Daemon:
             raise DaemonError(str(exc)) from None
         self._backend = backend
         self._cleanups.append(("data plane", backend.close))
+        if isinstance(backend, KeepsState):
+            # Before anything is installed: what a killed predecessor left must go first.
+            backend.recover(dataplane_state_file(self.options.socket_path, backend.name))
 
         udp = UdpTransport(
             self.loop,
@@ -271,6 +280,8 @@ class Daemon:
             backend.attach(udp.send_esp_udp, self.loop)
         except (DataplaneError, OSError) as exc:
             raise DaemonError(f"data plane {backend.name!r}: {exc}") from None
+        if isinstance(backend, ReportsExpiry):
+            backend.set_expire_handler(self._on_dataplane_expired)
 
         try:
             self._engine = self._engine_factory(config, self._random_bytes)
@@ -537,6 +548,17 @@ class Daemon:
             self._backend.receive_esp_udp(data, local, remote)
         except Exception:
             log.exception("data plane error on ESP from %s", _endpoint_text(remote))
+
+    def _on_dataplane_expired(self, child_id: int, hard: bool, reason: str) -> None:
+        """An IPsec SA reached a volume or sequence-number limit. This runs on the
+        packet path, so the engine is called right after it, not inside it."""
+        def call(engine: Engine, now: float) -> None:
+            if hard:
+                engine.child_hard_expired(child_id, reason, now)
+            else:
+                engine.child_soft_expired(child_id, reason, now)
+
+        self.loop.call_soon(self._call_engine, "handling an expiring IPsec SA", call)
 
     # --- events ---
 
@@ -829,6 +851,14 @@ def _daemon_section_changed(old: Config, new: Config) -> bool:
         or a.metrics != b.metrics
         or a.keylog_dir != b.keylog_dir
     )
+
+
+def dataplane_state_file(socket_path: str, backend: str) -> str:
+    """Where a data plane records what it installed: beside the control socket, whose
+    check at start makes sure no running daemon uses the same name."""
+    directory, name = os.path.split(socket_path)
+    stem = name.removesuffix(".sock") or "ikev1d"
+    return os.path.join(directory, f"{stem}.{backend}-dataplane.json")
 
 
 def _check_control_socket(path: str) -> None:

@@ -27,11 +27,27 @@ if TYPE_CHECKING:
 SendUdp = Callable[[bytes, Endpoint, Endpoint], None]
 """``send_udp(esp_packet, local, remote)``: send UDP-encapsulated ESP from ``local``."""
 
+ExpireHandler = Callable[[int, bool, str], None]
+"""``expired(child_id, hard, reason)``: an IPsec SA reached a limit the data plane
+enforces (``life_bytes``, sequence numbers). Soft (``hard`` False): renew it now;
+hard: the data plane no longer uses it."""
+
 BACKEND_NAMES = ("userspace", "kernel", "none")
 
 
 class DataplaneError(Ikev1dError):
     """A backend failed to start, install or remove an SA; the message is for people."""
+
+
+def soft_limit(limit: int, spi_in: int) -> int:
+    """When an SA with this hard limit asks to be renewed: at 85-90 % of it.
+
+    Renewal must come before the limit, as with time (RFC 2408 §4.5 lifetimes are
+    hard). The fraction varies with our inbound SPI (random, and different on the
+    two ends) so that the two ends, which count the same traffic, seldom renew the
+    same SA at the same moment, as the jitter of time-based renewal does.
+    """
+    return limit * (17000 + spi_in % 1000) // 20000
 
 
 def zero_counters() -> Counters:
@@ -62,6 +78,26 @@ class DataplaneBackend(Protocol):
 
     def close(self) -> None:
         """Remove everything installed and release devices; called exactly once."""
+
+
+@runtime_checkable
+class ReportsExpiry(Protocol):
+    """A backend that enforces limits other than time and tells the daemon."""
+
+    def set_expire_handler(self, handler: ExpireHandler) -> None:
+        """Called once after ``attach``; the handler may run from the packet path."""
+
+
+@runtime_checkable
+class KeepsState(Protocol):
+    """A backend that leaves state outside the process (XFRM entries, routes) and
+    records it in a file, so that a run after a crash (SIGKILL, power loss) can
+    remove what the killed one left behind."""
+
+    def recover(self, state_file: str) -> None:
+        """Called once before ``attach``: remove the leftovers listed in ``state_file``
+        by an earlier run (only those, and only if they still look like ours), then
+        keep recording there what this run installs. Problems are logged, not raised."""
 
 
 class NoneBackend:

@@ -27,6 +27,23 @@ Only what was installed here is deleted again (by SPI and destination for
 states, selector and direction for policies); other XFRM entries are left
 alone. A failed install is rolled back before ``DataplaneError`` is raised.
 
+Crash safety: XFRM entries outlive the process, so a daemon killed with its
+tunnels up leaves policies that blackhole the tunnelled traffic and SAs whose
+re-installation fails with EEXIST. Everything installed here is therefore
+marked twice: its reqid comes from a range reserved for ikev1d (:data:`REQIDS`;
+a mark or an if_id would change which packets match, a reqid does not), and a
+state file (:meth:`KernelBackend.recover`, beside the control socket) lists it
+before it is added and until it is deleted. At start, what the file lists and
+the kernel still holds *with a reqid of ours* is removed: a stale file cannot
+make us delete another daemon's entries (strongSwan's reqids count from 1,
+Libreswan's from 16384), and entries of ours the file does not list (another
+ikev1d in the same namespace) are left alone, with a warning.
+
+``life_bytes`` becomes the SAs' hard byte lifetime, with a soft one before it
+(:func:`~ikev1d.dataplane.base.soft_limit`); the kernel reports both with
+XFRM_MSG_EXPIRE (read from :class:`~ikev1d.dataplane.linux.xfrm.XfrmExpireSocket`),
+which become renewal and deletion requests to the engine.
+
 Counters are the kernel's own (``xfrm_lifetime_cur``: what ``ip -s xfrm
 state`` prints as "current"). The netlink side is :mod:`ikev1d.dataplane.linux.xfrm`;
 tests hand in a fake with the same methods (:class:`XfrmLike`).
@@ -42,7 +59,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
-from ikev1d.dataplane.base import DataplaneError, SendUdp, zero_counters
+from ikev1d.dataplane.base import (
+    DataplaneError,
+    ExpireHandler,
+    SendUdp,
+    soft_limit,
+    zero_counters,
+)
 from ikev1d.dataplane.esp import (
     EspAlgorithm,
     UnsupportedEspAlgorithm,
@@ -50,14 +73,18 @@ from ikev1d.dataplane.esp import (
     keymat_length,
 )
 from ikev1d.dataplane.linux.xfrm import (
+    InstalledPolicy,
+    InstalledState,
     Route,
     XfrmAlgorithm,
+    XfrmExpire,
     XfrmPolicy,
     XfrmSelector,
     XfrmState,
     XfrmStateCounters,
     XfrmTemplate,
 )
+from ikev1d.dataplane.statefile import StateFile
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
 from ikev1d.status import Counters
 
@@ -68,6 +95,8 @@ __all__ = [
     "POLICY_PRIORITY_BASE",
     "PROBE_SPI",
     "REPLAY_WINDOW",
+    "REQIDS",
+    "ExpireSourceLike",
     "KernelBackend",
     "RoutesLike",
     "XfrmLike",
@@ -87,6 +116,10 @@ PROBE_SPI: Final = 0xFF
 POLICY_PRIORITY_BASE: Final = 200_000
 """Lower is preferred; more specific selectors get lower numbers (see policy_priority)."""
 
+REQIDS: Final = range(0x1D1D_0001, 0x1D1E_0000)
+"""The reqids ikev1d gives its SAs and policies: the mark that tells them from other
+daemons' entries after a crash (see the module's docstring)."""
+
 _GONE: Final = (errno.ENOENT, errno.ESRCH)
 """What the kernel answers for an SA or policy that is not (any longer) there."""
 
@@ -99,6 +132,16 @@ class XfrmLike(Protocol):
     def state_counters(self, dst: str, spi: int) -> XfrmStateCounters: ...
     def add_policy(self, policy: XfrmPolicy) -> None: ...
     def delete_policy(self, selector: XfrmSelector, direction: str) -> None: ...
+    def dump_states(self) -> list[InstalledState]: ...
+    def dump_policies(self) -> list[InstalledPolicy]: ...
+    def close(self) -> None: ...
+
+
+class ExpireSourceLike(Protocol):
+    """The kernel's expiry reports (``linux.xfrm.XfrmExpireSocket``)."""
+
+    def fileno(self) -> int: ...
+    def read(self) -> list[XfrmExpire]: ...
     def close(self) -> None: ...
 
 
@@ -182,11 +225,15 @@ def plan_states(sa: ChildSaEstablished, reqid: int) -> tuple[XfrmState, XfrmStat
         # RFC 3948: the ports as seen on the wire, the peer's possibly NAT-mapped.
         in_encap = (sa.remote[1], sa.local[1])
         out_encap = (sa.local[1], sa.remote[1])
+    # life_bytes: the hard limit, and a renewal request before it (RFC 2407 §4.5 lifetimes).
+    hard = max(sa.life_bytes, 0)
+    soft = soft_limit(hard, sa.spi_in) if hard else 0
     inbound = XfrmState(remote, local, sa.spi_in, reqid, sa.mode,
-                        xfrm_algorithms(sa, sa.keymat_in), REPLAY_WINDOW, in_encap, in_selector)
+                        xfrm_algorithms(sa, sa.keymat_in), REPLAY_WINDOW, in_encap, in_selector,
+                        soft, hard)
     outbound = XfrmState(local, remote, sa.spi_out, reqid, sa.mode,
                          xfrm_algorithms(sa, sa.keymat_out), REPLAY_WINDOW, out_encap,
-                         out_selector)
+                         out_selector, soft, hard)
     return inbound, outbound
 
 
@@ -238,6 +285,20 @@ class _InstalledPair:
     inbound: XfrmState
     outbound: XfrmState
     routes: tuple[Route, ...] = ()
+    child_id: int = 0
+
+
+def _state_record(state: XfrmState) -> list[object]:
+    return [state.dst, state.spi, state.reqid]
+
+
+def _policy_record(policy: XfrmPolicy) -> list[object]:
+    return [str(policy.selector.src), str(policy.selector.dst), policy.direction,
+            policy.template.reqid]
+
+
+def _route_record(route: Route) -> list[object]:
+    return [str(route.dst), route.oif, route.gateway, route.prefsrc]
 
 
 def _state_text(state: XfrmState) -> str:
@@ -270,10 +331,20 @@ class KernelBackend:
         *,
         routes: RoutesLike | None = None,
         prepare_sockets: PrepareSockets | None = None,
-        first_reqid: int = 1,
+        expire_source: ExpireSourceLike | None = None,
+        first_reqid: int = REQIDS.start,
     ) -> None:
-        """``routes``: install tunnel routes (see :meth:`_add_routes`); None: no routes."""
+        """``routes``: install tunnel routes (see :meth:`_add_routes`); None: no routes.
+        ``expire_source``: the kernel's soft/hard expiry reports; None: not listened to."""
         self.xfrm = xfrm
+        self.expire_source = expire_source
+        self._expired: ExpireHandler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reported: dict[tuple[int, int], bool] = {}
+        """Pairs whose expiry was reported: False soft, True hard (each once)."""
+        self._state_file: StateFile | None = None
+        self._reqids_in_use: set[int] = set()
+        """Reqids of our range that entries we do not own hold (another ikev1d's)."""
         self.routes = routes
         self._route_refs: dict[Route, int] = {}
         self._prepare_sockets = prepare_sockets
@@ -292,11 +363,139 @@ class KernelBackend:
         The kernel sends and receives ESP itself, so neither ``send_udp`` nor
         the loop is needed beyond this.
         """
+        if self.expire_source is not None and self.expire_source.fileno() >= 0:
+            loop.add_reader(self.expire_source.fileno(), self.handle_expire_readable)
+            self._loop = loop
         if self._prepare_sockets is None:
             return
         self._decap_sockets, self._decap_problems = self._prepare_sockets(send_udp)
         for problem in self._decap_problems:
             log.warning("kernel data plane: %s", problem)
+
+    def set_expire_handler(self, handler: ExpireHandler) -> None:
+        self._expired = handler
+
+    def handle_expire_readable(self) -> None:
+        """The kernel's XFRM_MSG_EXPIRE reports: renew an SA at its soft byte limit,
+        delete it (the kernel has already) at its hard one."""
+        if self.expire_source is None:
+            return
+        try:
+            reports = self.expire_source.read()
+        except OSError as exc:
+            log.warning("kernel data plane: reading expiry reports: %s", exc)
+            return
+        for report in reports:
+            self._expire(report)
+
+    def _expire(self, report: XfrmExpire) -> None:
+        found = next(((pair_id, pair) for pair_id, pair in self._pairs.items()
+                      if (report.dst, report.spi) in ((pair.inbound.dst, pair.inbound.spi),
+                                                      (pair.outbound.dst, pair.outbound.spi))),
+                     None)
+        if found is None:
+            return  # not ours, or already removed
+        pair_id, pair = found
+        if self._reported.get(pair_id) is True or (
+            not report.hard and pair_id in self._reported
+        ):
+            return
+        self._reported[pair_id] = report.hard
+        reason = ("life_bytes reached: the kernel deleted the SA" if report.hard
+                  else "life_bytes nearly reached: renewing")
+        log.log(logging.WARNING if report.hard else logging.INFO,
+                "kernel data plane: SAs %08x_i %08x_o: %s", pair_id[0], pair_id[1], reason)
+        if self._expired is not None:
+            self._expired(pair.child_id, report.hard, reason)
+
+    def recover(self, state_file: str) -> None:
+        """Remove what the run that last used ``state_file`` left in XFRM and the routing
+        table, if it still carries our reqids (routes: our ``proto``), then record there
+        what this run installs."""
+        self._state_file = StateFile(state_file)
+        recorded = self._state_file.load()
+        states = {(str(s[0]), s[1]) for s in _rows(recorded.get("states"), 3)
+                  if isinstance(s[1], int)}
+        policies = {(str(p[0]), str(p[1]), str(p[2])) for p in _rows(recorded.get("policies"), 4)}
+        removed: list[str] = []
+        foreign = 0
+        try:
+            installed_states = self.xfrm.dump_states()
+            installed_policies = self.xfrm.dump_policies()
+        except OSError as exc:
+            log.warning("kernel data plane: cannot list XFRM entries to remove an earlier "
+                        "run's: %s", _reason(exc))
+            installed_states, installed_policies = [], []
+        # Policies first: without them no packet looks for the states any more.
+        for policy in installed_policies:
+            ours = [r for r in policy.reqids if r in REQIDS]
+            if not ours:
+                continue
+            sel = policy.selector
+            if sel is not None and (str(sel.src), str(sel.dst), policy.direction) in policies:
+                if self._delete_leftover(self.xfrm.delete_policy, sel, policy.direction):
+                    removed.append(f"policy {sel.src} -> {sel.dst} {policy.direction}")
+                    continue
+            foreign += 1
+            self._reqids_in_use.update(ours)
+        for state in installed_states:
+            if state.reqid not in REQIDS:
+                continue
+            if (state.dst, state.spi) in states and self._delete_leftover(
+                    self.xfrm.delete_state, state.dst, state.spi):
+                removed.append(f"SA {state.spi:08x} {state.src} -> {state.dst}")
+                continue
+            foreign += 1
+            self._reqids_in_use.add(state.reqid)
+        if self.routes is not None:
+            for row in _rows(recorded.get("routes"), 4):
+                try:
+                    route = Route(ipaddress.ip_network(str(row[0])), int(str(row[1])),
+                                  str(row[2]), str(row[3]))
+                except ValueError:  # not what this file's writer records: skipped
+                    continue
+                if self._delete_leftover(self.routes.delete_route, route):
+                    removed.append(f"route to {route.dst}")
+        if removed:
+            log.warning("kernel data plane: removed what a previous run left behind "
+                        "(recorded in %s): %s", state_file, ", ".join(removed))
+        if foreign:
+            log.warning("kernel data plane: %d XFRM entries carry ikev1d reqids but are not "
+                        "recorded in %s (another ikev1d's?): left alone", foreign, state_file)
+        self._save()
+
+    @staticmethod
+    def _delete_leftover(operation: Callable[..., None], *args: object) -> bool:
+        try:
+            operation(*args)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                log.warning("kernel data plane: cannot remove a leftover entry: %s",
+                            _reason(exc))
+            return False
+        return True
+
+    def _save(self, states: tuple[XfrmState, ...] = (), policies: tuple[XfrmPolicy, ...] = (),
+              routes: tuple[Route, ...] = ()) -> None:
+        """Record what is installed, plus what is about to be (written before it is)."""
+        if self._state_file is None:
+            return
+        all_states = [s for p in self._pairs.values() for s in (p.inbound, p.outbound)]
+        self._state_file.save({
+            "reqids": [REQIDS.start, REQIDS.stop - 1],
+            "states": [_state_record(s) for s in (*all_states, *states)],
+            "policies": [_policy_record(p) for p in (*self.policies, *policies)],
+            "routes": [_route_record(r) for r in (*self._route_refs, *routes)],
+        })
+
+    def _allocate_reqid(self) -> int:
+        for _ in range(len(REQIDS)):
+            reqid = self._next_reqid
+            self._next_reqid = reqid + 1 if reqid + 1 in REQIDS else REQIDS.start
+            if reqid not in self._reqids_in_use and all(
+                    s.reqid != reqid for s in self._policy_sets.values()):
+                return reqid
+        raise DataplaneError("kernel data plane: no free reqid left")
 
     def install(self, sa: ChildSaEstablished) -> None:
         if self._closed:
@@ -314,10 +513,12 @@ class KernelBackend:
             )
         key = _policy_key(sa)
         policy_set = self._policy_sets.get(key)
-        reqid = policy_set.reqid if policy_set is not None else self._next_reqid
+        reqid = policy_set.reqid if policy_set is not None else self._allocate_reqid()
         inbound, outbound = plan_states(sa, reqid)
         new_policies = plan_policies(sa, reqid) if policy_set is None else ()
 
+        # Recorded before they exist: a crash between the two leaves nothing unlisted.
+        self._save((inbound, outbound), new_policies)
         undo: list[Callable[[], None]] = []
         try:
             # States before policies: a policy without its SA would drop (and ACQUIRE).
@@ -334,14 +535,16 @@ class KernelBackend:
                     step()
                 except OSError as exc:
                     log.error("kernel data plane: rollback step failed: %s", exc)
+            self._save()
             raise
         if policy_set is None:
             policy_set = _PolicySet(reqid, new_policies)
             self._policy_sets[key] = policy_set
-            self._next_reqid += 1
         policy_set.users.add(pair_id)
+        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, (), sa.child_id)
         routes = self._add_routes(sa)
-        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, routes)
+        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, routes, sa.child_id)
+        self._save()
         log.info(
             "kernel data plane: installed SAs %08x_i %08x_o reqid %d (%s, %s%s), %s",
             sa.spi_in, sa.spi_out, reqid, sa.proposal, sa.mode,
@@ -392,9 +595,15 @@ class KernelBackend:
                 except DataplaneError as exc:
                     log.error("kernel data plane: %s", exc)
         finally:
+            if self.expire_source is not None:
+                if self._loop is not None:
+                    self._loop.remove_reader(self.expire_source.fileno())
+                self.expire_source.close()
             self.xfrm.close()
             if self.routes is not None:
                 self.routes.close()
+            if self._state_file is not None and not self._pairs:
+                self._state_file.remove()
 
     def probe(self) -> None:
         """Add and delete a throw-away ESP SA, so a kernel without ESP fails at start.
@@ -465,6 +674,7 @@ class KernelBackend:
                 continue
             route = Route(remote_ts, oif, gateway or sa.remote[0], str(source))
             if route not in self._route_refs:
+                self._save(routes=(route,))
                 try:
                     self.routes.add_route(route)
                 except OSError as exc:
@@ -498,6 +708,7 @@ class KernelBackend:
         pair = self._pairs.pop(pair_id, None)
         if pair is None:
             return
+        self._reported.pop(pair_id, None)
         errors = self._remove_routes(pair.routes)
         for state in (pair.outbound, pair.inbound):
             try:
@@ -517,13 +728,26 @@ class KernelBackend:
                         if exc.errno not in _GONE:
                             errors.append(f"deleting {_policy_text(policy)}: {_reason(exc)}")
         log.info("kernel data plane: removed SAs %08x_i %08x_o", pair_id[0], pair_id[1])
+        self._save()
         if errors:
             raise DataplaneError("kernel data plane: " + "; ".join(errors))
 
 
+def _rows(value: object, width: int) -> list[list[object]]:
+    """The well-formed rows of a list from the state file (others are skipped)."""
+    if not isinstance(value, list):
+        return []
+    return [row for row in value if isinstance(row, list) and len(row) >= width]
+
+
 def create_backend(config: object = None) -> KernelBackend:
     """Open the XFRM netlink socket; DataplaneError if the kernel has no XFRM."""
-    from ikev1d.dataplane.linux.xfrm import RouteSocket, XfrmSocket, prepare_ike_sockets
+    from ikev1d.dataplane.linux.xfrm import (
+        RouteSocket,
+        XfrmExpireSocket,
+        XfrmSocket,
+        prepare_ike_sockets,
+    )
 
     try:
         xfrm = XfrmSocket()
@@ -538,12 +762,21 @@ def create_backend(config: object = None) -> KernelBackend:
         raise DataplaneError(
             f"kernel data plane cannot start: no route netlink: {exc.strerror or exc}"
         ) from None
-    backend = KernelBackend(xfrm, routes=routes, prepare_sockets=prepare_ike_sockets)
+    try:
+        expire: XfrmExpireSocket | None = XfrmExpireSocket()
+    except OSError as exc:
+        log.warning("kernel data plane: no XFRM expiry reports (life_bytes is enforced by "
+                    "the kernel but not renewed before): %s", exc.strerror or exc)
+        expire = None
+    backend = KernelBackend(xfrm, routes=routes, prepare_sockets=prepare_ike_sockets,
+                            expire_source=expire)
     try:
         backend.probe()
     except DataplaneError:
         xfrm.close()
         routes.close()
+        if expire is not None:
+            expire.close()
         raise
     log.info("kernel data plane: XFRM over netlink")
     return backend

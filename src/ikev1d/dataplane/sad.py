@@ -29,6 +29,7 @@ from ikev1d.dataplane.esp import InboundSa, OutboundSa
 from ikev1d.engine.api import Endpoint, Network
 
 __all__ = [
+    "NO_LIMIT",
     "Prefix",
     "SaCounters",
     "SaEntry",
@@ -38,6 +39,8 @@ __all__ = [
     "prefixes",
 ]
 
+NO_LIMIT = 1 << 62
+"""Larger than any counter can grow: a limit that is never reached (cheaper than None)."""
 _CACHE_LIMIT = 4096
 """Outbound cache entries kept before the cache is simply emptied (a scan refills it)."""
 
@@ -155,6 +158,15 @@ class SaEntry:
     """What is routed into the TUN device for this SA (the remote networks, /0 split)."""
     bypass: str | None = None
     """The peer's address when it lies inside the remote networks (its route is pinned)."""
+    child_id: int = 0
+    """The engine's name for this SA pair, for expiry reports."""
+    hard_bytes: int = NO_LIMIT
+    """``life_bytes``: inner octets each direction may carry; beyond, the SA is not used."""
+    soft_bytes_out: int = NO_LIMIT
+    soft_bytes_in: int = NO_LIMIT
+    soft_seq: int = NO_LIMIT
+    """Sent this many packets (or octets, above), the SA asks to be renewed; then NO_LIMIT."""
+    hard_reported: bool = False
     _inbound_cache: dict[bytes, bool] = field(default_factory=dict, repr=False)
 
     def permits_inbound_key(self, key: bytes) -> bool:

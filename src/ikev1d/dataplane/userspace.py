@@ -33,7 +33,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
-from ikev1d.dataplane.base import DataplaneError, SendUdp, zero_counters
+from ikev1d.dataplane.base import (
+    DataplaneError,
+    ExpireHandler,
+    SendUdp,
+    soft_limit,
+    zero_counters,
+)
 from ikev1d.dataplane.esp import (
     EspError,
     EspIcvError,
@@ -44,7 +50,8 @@ from ikev1d.dataplane.esp import (
     esp_algorithm,
     peek_seq,
 )
-from ikev1d.dataplane.sad import Sad, SaEntry, address_key, prefixes
+from ikev1d.dataplane.sad import NO_LIMIT, Sad, SaEntry, address_key, prefixes
+from ikev1d.dataplane.statefile import StateFile
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
 from ikev1d.status import Counters, DropCounters
 from ikev1d.wire.constants import IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE, NAT_KEEPALIVE
@@ -76,6 +83,7 @@ DROP_REASONS: Final = (
     "not_ip",        # TUN gave something that is not an IPv4/IPv6 packet
     "no_sa",         # no SA covers the packet's addresses
     "seq_exhausted", # the SA's sequence numbers ran out (RFC 4303 §3.3.3)
+    "life_bytes",    # the SA carried its life_bytes; a renewed one should have taken over
     "send_error",    # the socket refused the ESP packet (buffer full, no route)
     "unknown_spi",   # ESP for an SPI we do not have
     "replay",        # RFC 4303 §3.4.3
@@ -113,6 +121,8 @@ class RoutesLike(Protocol):
     def remove(self, network: Network) -> None: ...
     def add_bypass(self, peer: str) -> bool: ...
     def remove_bypass(self, peer: str) -> None: ...
+    def owned_bypasses(self) -> list[str]: ...
+    def remove_stale_bypass(self, peer: str) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -173,6 +183,11 @@ class UserspaceBackend:
         self._log_suppressed: dict[str, int] = {}
         self._closed = False
         self._on_close = on_close
+        self._expired: ExpireHandler | None = None
+        self._state_file: StateFile | None = None
+        self._renewal_asked = False
+        """Set when an SA asked to be renewed: the packet loop yields, so that the
+        engine sends the Quick Mode before the rest of the batch uses up the SA."""
 
     # --- DataplaneBackend -----------------------------------------------------------
 
@@ -186,6 +201,30 @@ class UserspaceBackend:
         self._loop = loop
         self._add_reader(self.tun.fileno(), self.handle_tun_readable)
         self._add_reader(self.raw4.fileno(), self.handle_raw_readable)
+
+    def set_expire_handler(self, handler: ExpireHandler) -> None:
+        self._expired = handler
+
+    def recover(self, state_file: str) -> None:
+        """Remove the host routes to peers that a killed predecessor pinned.
+
+        Its TUN device, and every route into it, vanished with its file descriptor;
+        the pinned routes to peers (full tunnels) go through other interfaces and
+        stay. Only routes with our ``proto`` are deleted, so a route the
+        administrator added since is left alone."""
+        self._state_file = StateFile(state_file)
+        recorded = self._state_file.load().get("bypass_routes")
+        removed = [str(peer) for peer in (recorded if isinstance(recorded, list) else [])
+                   if self.routes.remove_stale_bypass(str(peer))]
+        if removed:
+            log.warning("userspace: removed host routes to %s left by a previous run "
+                        "(recorded in %s)", ", ".join(removed), state_file)
+        self._save()
+
+    def _save(self, pending: str | None = None) -> None:
+        if self._state_file is not None:
+            peers = self.routes.owned_bypasses()
+            self._state_file.save({"bypass_routes": [*peers, *([pending] if pending else [])]})
 
     def install(self, sa: ChildSaEstablished) -> None:
         if self._closed:
@@ -223,7 +262,13 @@ class UserspaceBackend:
             local_networks=tuple(sa.local_ts),
             routes=tun_routes(tuple(sa.remote_ts)),
             bypass=sa.remote[0] if peer_inside(sa.remote[0], tuple(sa.remote_ts)) else None,
+            child_id=sa.child_id,
+            # RFC 4303 §3.3.3: renewed before the sequence numbers run out.
+            soft_seq=soft_limit(outbound.max_seq, sa.spi_in),
         )
+        if sa.life_bytes > 0:
+            entry.hard_bytes = sa.life_bytes
+            entry.soft_bytes_out = entry.soft_bytes_in = soft_limit(sa.life_bytes, sa.spi_in)
         if self.sad.get(sa.spi_in, sa.spi_out) is not None:  # installed twice: replace
             self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
                                        sa.spi_in, sa.spi_out, "reinstalled"))
@@ -311,6 +356,8 @@ class UserspaceBackend:
                 step()
             except Exception:
                 log.exception("userspace: error while closing")
+        if self._state_file is not None:
+            self._state_file.remove()
         if self.raw6 is not None:
             self.raw6.close()
             self.raw6 = None
@@ -333,6 +380,9 @@ class UserspaceBackend:
                 if packet is None:
                     return
                 outbound(packet)
+                if self._renewal_asked:
+                    self._renewal_asked = False
+                    return
         except Exception:
             log.exception("userspace: unexpected error on the outbound path")
 
@@ -352,6 +402,9 @@ class UserspaceBackend:
                 if got is None:
                     return
                 inbound(got[0])
+                if self._renewal_asked:
+                    self._renewal_asked = False
+                    return
         except Exception:
             log.exception("userspace: unexpected error on the inbound path")
 
@@ -364,14 +417,21 @@ class UserspaceBackend:
         if entry is None:
             self._drop("no_sa", "outbound: no SA covers the packet")
             return
+        counters = entry.counters
+        if counters.bytes_out + len(packet) > entry.hard_bytes:
+            counters.dropped_out += 1
+            self._drop("life_bytes", f"outbound: {entry.name} carried its life_bytes")
+            self._hard_limit(entry, "life_bytes reached (outbound)")
+            return
         try:
             esp = entry.outbound.seal(packet, IPPROTO_IPIP if len(key) == 8 else IPPROTO_IPV6)
         except EspSequenceExhausted as exc:
-            entry.counters.dropped_out += 1
+            counters.dropped_out += 1
             self._drop("seq_exhausted", str(exc))
+            self._hard_limit(entry, "sequence numbers used up")
             return
         except EspError as exc:
-            entry.counters.dropped_out += 1
+            counters.dropped_out += 1
             self._drop("malformed", f"outbound: {exc}")
             return
         try:
@@ -386,12 +446,15 @@ class UserspaceBackend:
                     raise OSError("no IPv6 raw ESP socket")
                 raw.send(esp, entry.local[0], entry.remote[0])
         except OSError as exc:
-            entry.counters.dropped_out += 1
+            counters.dropped_out += 1
             self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
             return
-        counters = entry.counters
         counters.packets_out += 1
         counters.bytes_out += len(packet)
+        if counters.bytes_out >= entry.soft_bytes_out:
+            self._soft_limit(entry, "life_bytes nearly reached (outbound): renewing")
+        elif entry.outbound.seq >= entry.soft_seq:
+            self._soft_limit(entry, "sequence numbers nearly used up: renewing")
 
     def _inbound(self, esp: bytes, remote: Endpoint | None = None) -> None:
         """Open ``esp`` and deliver it; ``remote``: where ESP-in-UDP came from (else None)."""
@@ -424,6 +487,11 @@ class UserspaceBackend:
                        "does not introduce an IP packet of that version")
             return
         counters = entry.counters
+        if counters.bytes_in + len(inner) > entry.hard_bytes:
+            self._drop("life_bytes", f"inbound SPI {spi:08x}: {entry.name} carried its "
+                       "life_bytes")
+            self._hard_limit(entry, "life_bytes reached (inbound)")
+            return
         if not entry.permits_inbound_key(key):
             counters.dropped_policy_in += 1
             self._drop("policy", f"inbound SPI {spi:08x}: inner packet outside the "
@@ -437,6 +505,8 @@ class UserspaceBackend:
             return
         counters.packets_in += 1
         counters.bytes_in += len(inner)
+        if counters.bytes_in >= entry.soft_bytes_in:
+            self._soft_limit(entry, "life_bytes nearly reached (inbound): renewing")
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -455,6 +525,25 @@ class UserspaceBackend:
                  "(was %s port %d); following the NAT mapping",
                  entry.name, remote[0], remote[1], entry.remote[0], entry.remote[1])
         entry.remote = remote
+
+    def _soft_limit(self, entry: SaEntry, reason: str) -> None:
+        """Ask once for the SA to be renewed (the limits are cleared so it is once)."""
+        entry.soft_bytes_out = entry.soft_bytes_in = entry.soft_seq = NO_LIMIT
+        self._renewal_asked = True
+        log.info("userspace: %s SPIs %08x_i %08x_o: %s", entry.name, entry.spi_in,
+                 entry.spi_out, reason)
+        if self._expired is not None:
+            self._expired(entry.child_id, False, reason)
+
+    def _hard_limit(self, entry: SaEntry, reason: str) -> None:
+        """The SA is not used any more: tell the engine once, which deletes it."""
+        if entry.hard_reported:
+            return
+        entry.hard_reported = True
+        log.warning("userspace: %s SPIs %08x_i %08x_o: %s; no longer used", entry.name,
+                    entry.spi_in, entry.spi_out, reason)
+        if self._expired is not None:
+            self._expired(entry.child_id, True, reason)
 
     def _drop(self, reason: str, detail: str) -> None:
         """Count a dropped packet; debug log each, info log at most every _LOG_INTERVAL s."""
@@ -485,9 +574,13 @@ class UserspaceBackend:
 
     def _bypass_ref(self, peer: str) -> None:
         count = self._bypass_refs.get(peer, 0)
-        if count == 0 and not self.routes.add_bypass(peer):
-            log.warning("userspace: the SA's remote networks contain the peer %s, but its "
-                        "route could not be pinned outside %s", peer, self.tun.name)
+        if count == 0:
+            self._save(pending=peer)  # before it exists: a crash right after leaves it listed
+            pinned = self.routes.add_bypass(peer)
+            self._save()
+            if not pinned:
+                log.warning("userspace: the SA's remote networks contain the peer %s, but its "
+                            "route could not be pinned outside %s", peer, self.tun.name)
         self._bypass_refs[peer] = count + 1
 
     def _bypass_unref(self, peer: str) -> None:
@@ -496,6 +589,7 @@ class UserspaceBackend:
             self._bypass_refs[peer] = count - 1
         elif count == 1:
             self.routes.remove_bypass(peer)
+            self._save()
 
     def _route_unref(self, net: Network) -> None:
         count = self._route_refs.pop(net, 0)

@@ -235,6 +235,15 @@ class Engine:
                 if child.child_id == child_id:
                     self.deletion.delete_child(sa, child, reason, send=True)
 
+    def child_soft_expired(self, child_id: int, reason: str, now: float) -> None:
+        """The data plane asks for an IPsec SA to be renewed before it reaches a
+        volume or sequence-number limit; ``reason`` is for the log."""
+        self.lifecycle.child_soft_expired(child_id, reason, now)
+
+    def child_hard_expired(self, child_id: int, reason: str, now: float) -> None:
+        """The data plane no longer uses an IPsec SA (a limit was reached): delete it."""
+        self.lifecycle.child_hard_expired(child_id, reason, now)
+
     def shutdown(self, now: float) -> None:
         for sa in list(self._all_sas()):
             self.deletion.delete_sa(sa, "daemon shutting down", send=True)

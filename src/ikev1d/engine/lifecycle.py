@@ -4,6 +4,7 @@ renewed ISAKMP SA taking over its predecessor's IPsec SAs."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from ikev1d.engine.engine import Engine
 
 log = logging.getLogger("ikev1d.engine")
+
+RENEWED_DELETE_DELAY_S = 5.0
+"""How long a renewed IPsec SA stays after its successor is up. The peer installs the
+new SA only when our third Quick Mode message arrives (RFC 2409 §5.5), so its last
+packets on the old one may still be on their way; deleting the old SA at once would
+drop them. Outbound, the newest SA is used from the start."""
 
 
 class Lifecycle:
@@ -231,6 +238,36 @@ class Lifecycle:
         sa.work.add(QuickModeWork(child.config, child.local_ts[0], child.remote_ts[0], child))
         self.run_work(sa, now)
 
+    def _find_child(self, child_id: int) -> tuple[IkeSa, ChildSa] | None:
+        for sa in self.engine.all_sas():
+            for child in sa.children:
+                if child.child_id == child_id:
+                    return sa, child
+        return None
+
+    def child_soft_expired(self, child_id: int, reason: str, now: float) -> None:
+        """The data plane says an IPsec SA nears a limit other than time (its volume,
+        life_bytes, or its sequence numbers, RFC 4303 §3.3.3): renew it now, as the
+        time-based renewal would (make before break)."""
+        found = self._find_child(child_id)
+        if found is None:
+            return
+        sa, child = found
+        if child.state is not ChildState.INSTALLED:
+            return  # already being renewed or deleted
+        log.info("IPsec SA %s_i: %s", child.spi_in.hex(), reason, extra=sa.log_extra)
+        self._child_rekey(child, now)
+
+    def child_hard_expired(self, child_id: int, reason: str, now: float) -> None:
+        """The data plane stopped using an IPsec SA (volume or sequence numbers used
+        up): delete it on both sides, as at the end of its lifetime."""
+        found = self._find_child(child_id)
+        if found is None:
+            return
+        sa, child = found
+        log.info("IPsec SA %s_i: %s", child.spi_in.hex(), reason, extra=sa.log_extra)
+        self.engine.deletion.delete_child(sa, child, reason, send=True)
+
     def _child_expired(self, child: ChildSa) -> None:
         sa = self.engine.owner_of(child)
         if sa is None:
@@ -304,4 +341,12 @@ class Lifecycle:
                 if owner is not None:
                     log.info("IPsec SA renewed: %s_i replaces %s_i", child.spi_in.hex(),
                              old.spi_in.hex(), extra=sa.log_extra)
-                    self.engine.deletion.delete_child(owner, old, "renewed", send=True)
+                    # It stays REKEYING meanwhile: neither renewed again nor counted
+                    # as the tunnel's live SA.
+                    timers.schedule(now + RENEWED_DELETE_DELAY_S,
+                                    functools.partial(self._delete_renewed, old))
+
+    def _delete_renewed(self, old: ChildSa, now: float) -> None:
+        owner = self.engine.owner_of(old)
+        if owner is not None:
+            self.engine.deletion.delete_child(owner, old, "renewed", send=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import os
 import socket
 import struct
@@ -23,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from ikev1d.dataplane.base import DataplaneBackend, DataplaneError
+from ikev1d.dataplane.base import DataplaneBackend, DataplaneError, soft_limit
 from ikev1d.dataplane.kernel import (
     PROBE_SPI,
     REPLAY_WINDOW,
+    REQIDS,
     KernelBackend,
     plan_policies,
     plan_states,
@@ -35,6 +37,8 @@ from ikev1d.dataplane.kernel import (
 )
 from ikev1d.dataplane.linux import xfrm as xfrm_io
 from ikev1d.dataplane.linux.xfrm import (
+    InstalledPolicy,
+    InstalledState,
     Route,
     XfrmAlgorithm,
     XfrmPolicy,
@@ -124,6 +128,15 @@ class FakeXfrm:
         self._check("delete_policy", (selector, direction))
         if self.policies.pop((selector, direction), None) is None:
             raise OSError(errno.ENOENT, "No such file or directory")
+
+    def dump_states(self) -> list[InstalledState]:
+        self._check("dump", None)
+        return [InstalledState(s.src, s.dst, s.spi, s.reqid) for s in self.states.values()]
+
+    def dump_policies(self) -> list[InstalledPolicy]:
+        self._check("dump", None)
+        return [InstalledPolicy(p.selector, p.direction, (p.template.reqid,))
+                for p in self.policies.values()]
 
     def close(self) -> None:
         self.closed = True
@@ -264,7 +277,7 @@ def test_install_then_remove_deletes_exactly_what_was_installed(
     backend.install(sa)
     assert set(fake.states) == {("198.51.100.9", 0x1234), (LOCAL, sa.spi_in),
                                 (REMOTE, sa.spi_out)}
-    assert fake.states[(LOCAL, sa.spi_in)] == plan_states(sa, 1)[0]
+    assert fake.states[(LOCAL, sa.spi_in)] == plan_states(sa, REQIDS.start)[0]
     assert len(fake.policies) == 4
     backend.remove(deleted(sa))
     assert list(fake.states) == [("198.51.100.9", 0x1234)]
@@ -292,7 +305,7 @@ def test_rekeyed_pair_shares_reqid_and_policies_make_before_break(
     policies = dict(fake.policies)
     backend.install(new)  # same selectors: no EEXIST, the policies now serve both
     assert fake.policies == policies and len(fake.states) == 4
-    assert {s.reqid for s in fake.states.values()} == {1}
+    assert {s.reqid for s in fake.states.values()} == {REQIDS.start}
     backend.remove(deleted(old))
     assert fake.policies == policies  # the new pair still needs them
     assert set(fake.states) == {(LOCAL, 0xC5), (REMOTE, 0xC6)}
@@ -560,7 +573,8 @@ def test_route_layout() -> None:
     msg = xfrm_io.encode_route(route)
     family, dst_len, _src, _tos, table, proto, scope, kind, _flags = struct.unpack_from(
         "=BBBBBBBBI", msg)
-    assert (family, dst_len, table, proto, scope, kind) == (socket.AF_INET, 24, 254, 4, 0, 1)
+    # proto 73 (RTPROT_IKEV1D): marks the route as ours, so only ours is ever deleted.
+    assert (family, dst_len, table, proto, scope, kind) == (socket.AF_INET, 24, 254, 73, 0, 1)
     attrs = _attributes(msg[12:])
     assert attrs[1] == socket.inet_aton("10.2.0.0") and attrs[5] == socket.inet_aton(REMOTE)
     assert attrs[4] == struct.pack("=I", 7) and attrs[7] == socket.inet_aton("10.1.0.1")
@@ -595,6 +609,8 @@ if action == "install":
         backend.install(make_sa("aes", 128, "sha256"))
     except Exception as exc:
         print(type(exc).__name__, exc)
+    else:
+        print("INSTALLED")
 """
 
 
@@ -640,10 +656,12 @@ def test_host_kernel_without_esp_fails_at_start(
 ) -> None:
     code = ("from ikev1d.dataplane.kernel import create_backend\n"
             "try:\n    create_backend(None)\nexcept Exception as exc:\n"
-            "    print(type(exc).__name__, exc)\n")
+            "    print(type(exc).__name__, exc)\nelse:\n    print('STARTED')\n")
     result = host_netns(sys.executable, "-c", code)
-    if "DataplaneError" not in result.stdout:
-        pytest.skip(f"this kernel has ESP (use the VM tests): {result.stdout}{result.stderr}")
+    # Skipped only when the backend really started; a crash is a failure, not "ESP".
+    if result.stdout.startswith("STARTED"):
+        pytest.skip("this kernel has ESP (use the VM tests)")
+    assert "DataplaneError" in result.stdout, result.stdout + result.stderr
     assert "cannot start: the kernel refuses an ESP SA" in result.stdout
     assert host_netns("ip", "xfrm", "state").stdout == ""
 
@@ -652,9 +670,208 @@ def test_host_kernel_without_esp_rolls_back_to_nothing(
     host_netns: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
     result = host_netns(sys.executable, "-c", _IN_NETNS, "install")
-    if "DataplaneError" not in result.stdout:
-        pytest.skip(f"this kernel has ESP (use the VM tests): {result.stdout}{result.stderr}")
+    if result.stdout.startswith("INSTALLED"):
+        pytest.skip("this kernel has ESP (use the VM tests)")
+    assert "DataplaneError" in result.stdout, result.stdout + result.stderr
     assert "adding SA c1000001 192.0.2.2 -> 192.0.2.1" in result.stdout
     assert "no ESP: load esp4" in result.stdout
     assert host_netns("ip", "xfrm", "state").stdout == ""
     assert host_netns("ip", "xfrm", "policy").stdout == ""
+
+
+# --- crash recovery: reqids of ours plus a state file -----------------------------------------
+
+
+def _foreign(fake: FakeXfrm, reqid: int, spi: int, dst: str, ts: str) -> None:
+    """Another daemon's SA and policy (strongSwan counts reqids from 1)."""
+    fake.states[(dst, spi)] = XfrmState(LOCAL, dst, spi, reqid, "tunnel", ())
+    sel = XfrmSelector(net("10.1.0.0/24"), net(ts))
+    fake.policies[(sel, "out")] = XfrmPolicy(sel, "out", 1, XfrmTemplate(LOCAL, dst, reqid,
+                                                                         "tunnel"))
+
+
+def test_recover_removes_exactly_what_the_killed_run_recorded(
+    fake: FakeXfrm, tmp_path: Path,
+) -> None:
+    state_file = str(tmp_path / "ikev1d.kernel-dataplane.json")
+    first = KernelBackend(fake)
+    first.recover(state_file)
+    sa = make_sa()
+    first.install(sa)
+    ours_states, ours_policies = set(fake.states), set(fake.policies)
+    assert all(s.reqid in REQIDS for s in fake.states.values())
+    recorded = json.loads(Path(state_file).read_text())
+    assert sorted(tuple(r) for r in recorded["states"]) == sorted(
+        (dst, spi, REQIDS.start) for dst, spi in ours_states)
+    assert len(recorded["policies"]) == 3
+    # Killed: nothing removed. Meanwhile strongSwan installed its own entries, and a
+    # second ikev1d (same reqid range, not in our file) its own.
+    _foreign(fake, 1, 0x5000, "198.51.100.9", "10.8.0.0/24")
+    _foreign(fake, REQIDS.start + 7, 0x6000, "198.51.100.10", "10.9.0.0/24")
+    foreign = {k for k in fake.states if k not in ours_states}
+    foreign_policies = {k for k in fake.policies if k not in ours_policies}
+    second = KernelBackend(fake)
+    second.recover(state_file)
+    assert set(fake.states) == foreign and set(fake.policies) == foreign_policies
+    # The same SA pair comes back from the peer: no EEXIST, and a reqid nobody holds.
+    second.install(sa)
+    assert fake.states[(LOCAL, sa.spi_in)].reqid not in (1, REQIDS.start + 7)
+    second.close()
+    assert set(fake.states) == foreign and not Path(state_file).exists()
+
+
+def test_recover_leaves_recorded_entries_that_no_longer_carry_our_reqid(
+    fake: FakeXfrm, tmp_path: Path,
+) -> None:
+    state_file = tmp_path / "s.json"
+    sa = make_sa()
+    first = KernelBackend(fake)
+    first.recover(str(state_file))
+    first.install(sa)
+    # After the crash an administrator (or another daemon) took over that SPI and
+    # those selectors with its own reqid: a stale file must not remove theirs.
+    for key, state in list(fake.states.items()):
+        fake.states[key] = replace(state, reqid=42)
+    for sel_dir, policy in list(fake.policies.items()):
+        fake.policies[sel_dir] = replace(policy, template=replace(policy.template, reqid=42))
+    before = (dict(fake.states), dict(fake.policies))
+    KernelBackend(fake).recover(str(state_file))
+    assert (fake.states, fake.policies) == before
+
+
+def test_entries_are_recorded_before_they_are_added(fake: FakeXfrm, tmp_path: Path) -> None:
+    state_file = tmp_path / "s.json"
+    backend = KernelBackend(fake)
+    backend.recover(str(state_file))
+    seen: list[int] = []
+
+    def peek(op: str, arg: object) -> OSError | None:
+        if op in ("add_state", "add_policy"):
+            recorded = json.loads(state_file.read_text())
+            seen.append(len(recorded["states"]) + len(recorded["policies"]))
+            if op == "add_policy":
+                return OSError(errno.EEXIST, "File exists")
+        return None
+
+    fake.fail = peek
+    with pytest.raises(DataplaneError):
+        backend.install(make_sa())
+    assert seen and all(n == 5 for n in seen)  # 2 states + 3 policies, before each add
+    assert json.loads(state_file.read_text())["states"] == []  # rolled back, and so recorded
+
+
+def test_unreadable_state_file_is_ignored_with_a_warning(
+    fake: FakeXfrm, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    state_file = tmp_path / "s.json"
+    state_file.write_text("{not json")
+    _foreign(fake, REQIDS.start, 0x6000, "198.51.100.10", "10.9.0.0/24")
+    backend = KernelBackend(fake)
+    backend.recover(str(state_file))
+    assert len(fake.states) == 1 and "unreadable" in caplog.text
+    assert "not recorded" in caplog.text
+    backend.install(make_sa())
+    assert fake.states[(LOCAL, 0xC1000001)].reqid != REQIDS.start
+
+
+# --- life_bytes: byte lifetimes and the kernel's expiry reports ---------------------------------
+
+
+class FakeExpire:
+    def __init__(self) -> None:
+        self.queued: list[xfrm_io.XfrmExpire] = []
+        self.closed = False
+
+    def fileno(self) -> int:
+        return -1
+
+    def read(self) -> list[xfrm_io.XfrmExpire]:
+        out, self.queued = self.queued, []
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_life_bytes_become_soft_and_hard_byte_lifetimes() -> None:
+    sa = replace(make_sa(), life_bytes=1_000_000)
+    inbound, outbound = plan_states(sa, 5)
+    for state in (inbound, outbound):
+        assert state.hard_bytes == 1_000_000
+        assert state.soft_bytes == soft_limit(1_000_000, sa.spi_in) < 1_000_000
+    msg = xfrm_io.encode_new_state(outbound)
+    soft, hard, soft_pkt, hard_pkt = struct.unpack_from("=4Q", msg, 96)
+    assert (soft, hard) == (outbound.soft_bytes, 1_000_000)
+    assert soft_pkt == hard_pkt == xfrm_io.XFRM_INF
+    # Without life_bytes: no limit at all.
+    assert struct.unpack_from("=2Q", xfrm_io.encode_new_state(plan_states(make_sa(), 5)[0]),
+                              96) == (xfrm_io.XFRM_INF, xfrm_io.XFRM_INF)
+
+
+def test_expiry_reports_become_one_renewal_and_one_deletion(fake: FakeXfrm) -> None:
+    expire = FakeExpire()
+    backend = KernelBackend(fake, expire_source=expire)
+    reports: list[tuple[int, bool, str]] = []
+    backend.set_expire_handler(lambda cid, hard, why: reports.append((cid, hard, why)))
+    sa = replace(make_sa(), child_id=9, life_bytes=100_000)
+    backend.install(sa)
+    expire.queued = [xfrm_io.XfrmExpire(REMOTE, sa.spi_out, False),
+                     xfrm_io.XfrmExpire(LOCAL, sa.spi_in, False),  # the other direction
+                     xfrm_io.XfrmExpire("203.0.113.1", 0x777, True)]  # not ours
+    backend.handle_expire_readable()
+    assert [(cid, hard) for cid, hard, _ in reports] == [(9, False)]
+    expire.queued = [xfrm_io.XfrmExpire(LOCAL, sa.spi_in, True),
+                     xfrm_io.XfrmExpire(REMOTE, sa.spi_out, True)]
+    backend.handle_expire_readable()
+    assert [(cid, hard) for cid, hard, _ in reports] == [(9, False), (9, True)]
+    # The kernel deleted the states itself: removing them is not an error.
+    fake.states.clear()
+    backend.remove(deleted(sa))
+    backend.close()
+    assert expire.closed
+
+
+def test_dump_and_expire_messages_decode_what_we_encode() -> None:
+    sa = make_sa(spi_in=0xC1A2B3C4)
+    inbound, _ = plan_states(sa, REQIDS.start + 3)
+    info = xfrm_io.encode_new_state(inbound)
+    assert xfrm_io.decode_state_info(info) == xfrm_io.InstalledState(
+        REMOTE, LOCAL, 0xC1A2B3C4, REQIDS.start + 3)
+    assert xfrm_io.decode_expire(info[:224] + b"\x01" + bytes(7)) == xfrm_io.XfrmExpire(
+        LOCAL, 0xC1A2B3C4, True)
+    for policy in plan_policies(sa, 77):
+        decoded = xfrm_io.decode_policy_info(xfrm_io.encode_new_policy(policy))
+        assert decoded == xfrm_io.InstalledPolicy(policy.selector, policy.direction, (77,))
+    with pytest.raises(xfrm_io.XfrmError):
+        xfrm_io.decode_state_info(bytes(100))
+
+
+_RECOVER_IN_NETNS = """
+import json, sys
+from ikev1d.dataplane.kernel import REQIDS, KernelBackend, plan_policies
+from ikev1d.dataplane.linux.xfrm import XfrmSocket
+from tests.unit.dataplane.test_kernel import make_sa
+sock = XfrmSocket()
+ours = plan_policies(make_sa(), REQIDS.start)
+theirs = plan_policies(make_sa(local_ts=("10.7.0.0/24",)), 1)
+for policy in (*ours, *theirs):
+    sock.add_policy(policy)
+print(len(sock.dump_policies()), sorted({r for p in sock.dump_policies() for r in p.reqids}))
+with open(sys.argv[1], "w") as f:
+    json.dump({"version": 1, "states": [], "policies": [
+        [str(p.selector.src), str(p.selector.dst), p.direction, p.template.reqid]
+        for p in (*ours, *theirs)]}, f)
+KernelBackend(sock).recover(sys.argv[1])
+"""
+
+
+def test_host_kernel_recovery_removes_only_policies_with_our_reqids(
+    host_netns: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path,
+) -> None:
+    # Even a state file that lists the other daemon's policies cannot remove them.
+    result = host_netns(sys.executable, "-c", _RECOVER_IN_NETNS, str(tmp_path / "s.json"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"6 [1, {REQIDS.start}]"), result.stdout
+    shown = host_netns("ip", "xfrm", "policy").stdout
+    assert shown.count("\tdir ") == 3 and "reqid 1 " in shown, shown
+    assert f"reqid {REQIDS.start}" not in shown

@@ -82,6 +82,8 @@ class FakeRoutes:
         self.local_addrs = [ipaddress.ip_address(a) for a in local_addrs]
         self.routes: dict[str, str | None] = {}
         self.bypasses: set[str] = set()
+        self.stale: set[str] = set()
+        """Host routes with our proto that an earlier run left."""
         self.log: list[str] = []
         self.fail_on = fail_on
         self.closed = False
@@ -110,6 +112,16 @@ class FakeRoutes:
     def remove_bypass(self, peer: str) -> None:
         self.bypasses.discard(peer)
         self.log.append(f"unbypass {peer}")
+
+    def owned_bypasses(self) -> list[str]:
+        return sorted(self.bypasses)
+
+    def remove_stale_bypass(self, peer: str) -> bool:
+        self.log.append(f"stale {peer}")
+        if peer not in self.stale:
+            return False
+        self.stale.discard(peer)
+        return True
 
     def close(self) -> None:
         self.routes.clear()

@@ -10,6 +10,11 @@
 * :class:`Routes`: routes of remote networks into the TUN device, with ``src`` set
   to an address of ours inside the SA's local networks when the host has one, so
   ordinary programs pick a source address that the SA covers. pyroute2 (netlink).
+  Routes are added, never replaced (an administrator's route to the same network
+  makes the install fail instead of being overwritten), carry ``proto``
+  :data:`~ikev1d.dataplane.linux.xfrm.RTPROT_IKEV1D`, and only those added here
+  are deleted again. The TUN routes vanish with the device when the process dies;
+  a pinned host route to a peer does not, so the backend records those.
 
 Everything is non-blocking; ``read``/``recv`` return None when nothing is left
 (EAGAIN), which lets the data plane drain a readiness event in one loop.
@@ -30,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
+from ikev1d.dataplane.linux.xfrm import RTPROT_IKEV1D
 from ikev1d.engine.api import Network
 from ikev1d.errors import Ikev1dError
 from ikev1d.wire.constants import IPPROTO_ESP
@@ -167,6 +173,14 @@ class Netlink:
         self._pool.shutdown(wait=False)
 
 
+def _netlink_errno(exc: BaseException) -> int | None:
+    """The errno of a pyroute2 NetlinkError (``code``) or an OSError."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    return exc.errno if isinstance(exc, OSError) else None
+
+
 def _link_up(netlink: Netlink, name: str, mtu: int) -> int:
     def up(ipr: Any) -> int:
         indexes = ipr.link_lookup(ifname=name)
@@ -288,22 +302,33 @@ class Routes:
         return None
 
     def add(self, network: Network, src: str | None) -> None:
-        """Route ``network`` into the TUN device (``src``: preferred source address)."""
-        kwargs: dict[str, Any] = {"dst": str(network), "oif": self.ifindex}
+        """Route ``network`` into the TUN device (``src``: preferred source address).
+
+        Never over an existing route to the same network (NLM_F_EXCL): that one is
+        someone else's, and replacing it would take it away for good."""
+        kwargs: dict[str, Any] = {"dst": str(network), "oif": self.ifindex,
+                                  "proto": RTPROT_IKEV1D}
         if network.version == 6:
             kwargs["family"] = socket.AF_INET6
         if src is not None:
             kwargs["prefsrc"] = src
         try:
-            self._netlink.call(lambda ipr: ipr.route("replace", **kwargs))
+            self._netlink.call(lambda ipr: ipr.route("add", **kwargs))
         except Exception as exc:
+            if _netlink_errno(exc) == errno.EEXIST:
+                raise TunError(errno.EEXIST, f"a route to {network} exists already and is "
+                               "not ikev1d's: not replacing it (remove it, or change the "
+                               "SA's remote networks)") from None
             raise TunError(errno.EIO, f"cannot add route to {network} "
                            f"via TUN{f' src {src}' if src else ''}: {exc}") from None
         self._installed.add(str(network))
 
     def remove(self, network: Network) -> None:
+        if str(network) not in self._installed:
+            return  # not added here: not ours to remove
         self._installed.discard(str(network))
-        kwargs: dict[str, Any] = {"dst": str(network), "oif": self.ifindex}
+        kwargs: dict[str, Any] = {"dst": str(network), "oif": self.ifindex,
+                                  "proto": RTPROT_IKEV1D}
         if network.version == 6:
             kwargs["family"] = socket.AF_INET6
         try:
@@ -320,6 +345,9 @@ class Routes:
         be routed into the TUN device and sealed again, forever. strongSwan's
         kernel-libipsec installs the same kind of exclude route. Returns False when
         there is nothing to pin (no route, or the path already is the TUN device).
+        A host route to the peer that exists already (an administrator's) keeps
+        IKE and ESP out of the tunnel just as well: it is left as it is, and True
+        returned, but it is not ours and is never removed.
         """
         addr = ipaddress.ip_address(peer)
         family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
@@ -333,19 +361,41 @@ class Routes:
             if oif is None or oif == self.ifindex:
                 return False
             kwargs: dict[str, Any] = {"dst": f"{peer}/{addr.max_prefixlen}", "oif": oif,
-                                      "family": family}
+                                      "family": family, "proto": RTPROT_IKEV1D}
             if gateway:
                 kwargs["gateway"] = gateway
-            ipr.route("replace", **kwargs)
+            ipr.route("add", **kwargs)
             return True
 
         try:
             pinned = self._netlink.call(pin)
         except Exception as exc:
+            if _netlink_errno(exc) == errno.EEXIST:
+                log.info("a host route to peer %s exists already; it is used as it is", peer)
+                return True
             raise TunError(errno.EIO, f"cannot pin the route to peer {peer}: {exc}") from None
         if pinned:
             self._bypasses.add(peer)
         return bool(pinned)
+
+    def owned_bypasses(self) -> list[str]:
+        """The peers whose host routes were added here (what a crash would leave)."""
+        return sorted(self._bypasses)
+
+    def remove_stale_bypass(self, peer: str) -> bool:
+        """Delete a host route to ``peer`` that an earlier run added (our ``proto``
+        only: the kernel compares it, so an administrator's route stays)."""
+        addr = ipaddress.ip_address(peer)
+        kwargs: dict[str, Any] = {
+            "dst": f"{peer}/{addr.max_prefixlen}", "proto": RTPROT_IKEV1D,
+            "family": socket.AF_INET6 if addr.version == 6 else socket.AF_INET,
+        }
+        try:
+            self._netlink.call(lambda ipr: ipr.route("del", **kwargs))
+        except Exception as exc:
+            log.debug("no leftover route to peer %s: %s", peer, exc)
+            return False
+        return True
 
     def remove_bypass(self, peer: str) -> None:
         if peer not in self._bypasses:
@@ -353,7 +403,7 @@ class Routes:
         self._bypasses.discard(peer)
         addr = ipaddress.ip_address(peer)
         kwargs: dict[str, Any] = {
-            "dst": f"{peer}/{addr.max_prefixlen}",
+            "dst": f"{peer}/{addr.max_prefixlen}", "proto": RTPROT_IKEV1D,
             "family": socket.AF_INET6 if addr.version == 6 else socket.AF_INET,
         }
         try:

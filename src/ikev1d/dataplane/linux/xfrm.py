@@ -36,17 +36,25 @@ from ikev1d.errors import Ikev1dError
 from ikev1d.wire.constants import IPPROTO_ESP
 
 __all__ = [
+    "RTPROT_IKEV1D",
     "XFRM_INF",
+    "InstalledPolicy",
+    "InstalledState",
     "Route",
     "RouteSocket",
     "XfrmAlgorithm",
     "XfrmError",
+    "XfrmExpire",
+    "XfrmExpireSocket",
     "XfrmPolicy",
     "XfrmSelector",
     "XfrmSocket",
     "XfrmState",
     "XfrmStateCounters",
     "XfrmTemplate",
+    "decode_expire",
+    "decode_policy_info",
+    "decode_state_info",
     "encode_del_policy",
     "encode_del_state",
     "encode_get_state",
@@ -90,6 +98,10 @@ IFA_ADDRESS: Final = 1
 IFA_LOCAL: Final = 2
 RT_TABLE_MAIN: Final = 254
 RTPROT_STATIC: Final = 4
+RTPROT_IKEV1D: Final = 0x49
+"""The ``proto`` of the routes ikev1d adds (``ip route`` shows 73): not one of the numbers
+in iproute2's rt_protos. It changes nothing in how a route matches; it marks the route as
+ours, and a delete that names it (fib_table_delete compares it) removes only ours."""
 RT_SCOPE_UNIVERSE: Final = 0
 RT_SCOPE_NOWHERE: Final = 255
 RTN_UNICAST: Final = 1
@@ -99,6 +111,9 @@ XFRM_MSG_DELSA: Final = 0x11
 XFRM_MSG_GETSA: Final = 0x12
 XFRM_MSG_NEWPOLICY: Final = 0x13
 XFRM_MSG_DELPOLICY: Final = 0x14
+XFRM_MSG_GETPOLICY: Final = 0x15
+XFRM_MSG_EXPIRE: Final = 0x18
+XFRMNLGRP_EXPIRE: Final = 2
 
 XFRMA_ALG_AUTH_TRUNC: Final = 20
 XFRMA_ALG_CRYPT: Final = 2
@@ -204,6 +219,10 @@ class XfrmState:
     """(source port, destination port) of UDP encapsulation (RFC 3948), or None."""
     selector: XfrmSelector | None = None
     """Transport mode: the hosts; None (any, either family) for tunnel mode."""
+    soft_bytes: int = 0
+    hard_bytes: int = 0
+    """Byte lifetimes (``xfrm_lifetime_cfg``): the kernel reports the soft one with an
+    XFRM_MSG_EXPIRE and deletes the SA at the hard one. 0: no limit."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +242,35 @@ class XfrmPolicy:
     """``in``, ``out`` or ``fwd``."""
     priority: int
     template: XfrmTemplate
+
+
+@dataclass(frozen=True)
+class InstalledState:
+    """An SA as a dump lists it: enough to know whose it is and to delete it."""
+
+    src: str
+    dst: str
+    spi: int
+    reqid: int
+
+
+@dataclass(frozen=True)
+class InstalledPolicy:
+    """A policy as a dump lists it; ``selector`` None when it names ports, a protocol or
+    an interface (ikev1d installs none such); ``reqids`` of its templates."""
+
+    selector: XfrmSelector | None
+    direction: str
+    reqids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class XfrmExpire:
+    """An XFRM_MSG_EXPIRE: SA ``spi`` towards ``dst`` reached a soft or hard limit."""
+
+    dst: str
+    spi: int
+    hard: bool
 
 
 @dataclass(frozen=True)
@@ -263,6 +311,12 @@ def _encode_selector(selector: XfrmSelector | None, family: int = 0) -> bytes:
 
 def _infinite_lifetime() -> bytes:
     return _LIFETIME_CFG.pack(*(XFRM_INF,) * 4, *(0,) * 4)
+
+
+def _byte_lifetime(soft: int, hard: int) -> bytes:
+    """``xfrm_lifetime_cfg`` with byte limits (0: none) and no packet or time limits."""
+    return _LIFETIME_CFG.pack(soft or XFRM_INF, hard or XFRM_INF, XFRM_INF, XFRM_INF,
+                              *(0,) * 4)
 
 
 def _attribute(kind: int, payload: bytes) -> bytes:
@@ -317,7 +371,7 @@ def encode_new_state(state: XfrmState) -> bytes:
         _encode_selector(state.selector),
         _XFRM_ID.pack(_xfrm_address(state.dst), _spi_field(state.spi), IPPROTO_ESP),
         _xfrm_address(state.src),
-        _infinite_lifetime(),
+        _byte_lifetime(state.soft_bytes, state.hard_bytes),
         _LIFETIME_CUR.pack(0, 0, 0, 0),
         _USERSA_TAIL.pack(0, 0, 0, 0, state.reqid, family, _mode(state.mode), replay_window, flags),
     ))  # fmt: skip
@@ -372,6 +426,72 @@ def encode_new_policy(policy: XfrmPolicy) -> bytes:
 def encode_del_policy(selector: XfrmSelector, direction: str) -> bytes:
     """XFRM_MSG_DELPOLICY payload: ``xfrm_userpolicy_id`` (selector and direction)."""
     return _USERPOLICY_ID.pack(_encode_selector(selector), 0, _direction(direction))
+
+
+_DIRECTION_NAMES: Final = {v: k for k, v in _DIRECTIONS.items()}
+_USERSA_ID_OFFSET: Final = _SELECTOR.size
+_USERSA_SRC_OFFSET: Final = _SELECTOR.size + _XFRM_ID.size
+_USERSA_TAIL_OFFSET: Final = USERSA_INFO_SIZE - _USERSA_TAIL.size
+_USERPOLICY_TAIL_OFFSET: Final = USERPOLICY_INFO_SIZE - _USERPOLICY_TAIL.size
+
+
+def _address(raw: bytes, family: int) -> str:
+    return str(ipaddress.ip_address(raw[:16] if family == socket.AF_INET6 else raw[:4]))
+
+
+def _spi_value(field_value: int) -> int:
+    value: int = int.from_bytes(struct.pack("=I", field_value), "big")
+    return value
+
+
+def decode_state_info(payload: bytes) -> InstalledState:
+    """Addresses, SPI and reqid of an ``xfrm_usersa_info`` (a NEWSA in a dump)."""
+    if len(payload) < USERSA_INFO_SIZE:
+        raise XfrmError(f"short xfrm_usersa_info ({len(payload)} octets)")
+    daddr, spi, _proto = _XFRM_ID.unpack_from(payload, _USERSA_ID_OFFSET)
+    saddr = payload[_USERSA_SRC_OFFSET : _USERSA_SRC_OFFSET + 16]
+    _s1, _s2, _s3, _seq, reqid, family, _mode, _replay, _flags = _USERSA_TAIL.unpack_from(
+        payload, _USERSA_TAIL_OFFSET)
+    return InstalledState(_address(saddr, family), _address(daddr, family), _spi_value(spi),
+                          reqid)
+
+
+def _decode_selector(raw: bytes) -> XfrmSelector | None:
+    (daddr, saddr, dport, dmask, sport, smask, family, dlen, slen, proto, ifindex,
+     _user) = _SELECTOR.unpack_from(raw)
+    if dport or dmask or sport or smask or proto or ifindex or family not in (
+            socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        dst = ipaddress.ip_network(f"{_address(daddr, family)}/{dlen}")
+        src = ipaddress.ip_network(f"{_address(saddr, family)}/{slen}")
+    except ValueError:
+        return None  # host bits set: not a selector ikev1d writes
+    return XfrmSelector(src, dst)
+
+
+def decode_policy_info(payload: bytes) -> InstalledPolicy:
+    """Selector, direction and template reqids of an ``xfrm_userpolicy_info`` and its
+    XFRMA_TMPL attribute (a NEWPOLICY in a dump)."""
+    if len(payload) < USERPOLICY_INFO_SIZE:
+        raise XfrmError(f"short xfrm_userpolicy_info ({len(payload)} octets)")
+    selector = _decode_selector(payload)
+    _prio, _index, direction, _action, _flags, _share = _USERPOLICY_TAIL.unpack_from(
+        payload, _USERPOLICY_TAIL_OFFSET)
+    reqids: list[int] = []
+    tmpl = _parse_attributes(payload, USERPOLICY_INFO_SIZE).get(XFRMA_TMPL, b"")
+    for offset in range(0, len(tmpl) - _USER_TMPL.size + 1, _USER_TMPL.size):
+        reqids.append(_USER_TMPL.unpack_from(tmpl, offset)[3])
+    return InstalledPolicy(selector, _DIRECTION_NAMES.get(direction, str(direction)),
+                           tuple(reqids))
+
+
+def decode_expire(payload: bytes) -> XfrmExpire:
+    """An XFRM_MSG_EXPIRE payload: ``xfrm_user_expire`` (the SA, then the ``hard`` octet)."""
+    if len(payload) < USERSA_INFO_SIZE + 1:
+        raise XfrmError(f"short xfrm_user_expire ({len(payload)} octets)")
+    state = decode_state_info(payload)
+    return XfrmExpire(state.dst, state.spi, bool(payload[USERSA_INFO_SIZE]))
 
 
 def decode_state_counters(payload: bytes) -> XfrmStateCounters:
@@ -508,6 +628,57 @@ class XfrmSocket(_NetlinkSocket):
     def delete_policy(self, selector: XfrmSelector, direction: str) -> None:
         self._request(XFRM_MSG_DELPOLICY, encode_del_policy(selector, direction))
 
+    def dump_states(self) -> list[InstalledState]:
+        """Every SA in this namespace's SAD (keys are not decoded)."""
+        return [decode_state_info(body) for kind, body in self._dump(XFRM_MSG_GETSA, b"")
+                if kind == XFRM_MSG_NEWSA]
+
+    def dump_policies(self) -> list[InstalledPolicy]:
+        """Every policy in this namespace's SPD (socket policies are not listed)."""
+        return [decode_policy_info(body) for kind, body in self._dump(XFRM_MSG_GETPOLICY, b"")
+                if kind == XFRM_MSG_NEWPOLICY]
+
+
+class XfrmExpireSocket:
+    """The XFRMNLGRP_EXPIRE multicast group: the kernel's soft and hard expiry reports."""
+
+    def __init__(self) -> None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
+        try:
+            sock.setblocking(False)
+            sock.bind((0, 1 << (XFRMNLGRP_EXPIRE - 1)))
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read(self) -> list[XfrmExpire]:
+        """The expiry reports queued now (none: an empty list)."""
+        found: list[XfrmExpire] = []
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return found
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size or offset + length > len(data):
+                    break
+                if kind == XFRM_MSG_EXPIRE:
+                    try:
+                        found.append(decode_expire(
+                            data[offset + _NLMSGHDR.size : offset + length]))
+                    except XfrmError as exc:
+                        log.debug("ignoring an XFRM expire message: %s", exc)
+                offset += (length + 3) & ~3
+
+    def close(self) -> None:
+        self._sock.close()
+
 
 # --- routes for the tunnels (rtnetlink) ------------------------------------------------------
 
@@ -538,7 +709,7 @@ def encode_route(route: Route, delete: bool = False) -> bytes:
     family = socket.AF_INET6 if route.dst.version == 6 else socket.AF_INET
     scope = RT_SCOPE_NOWHERE if delete else RT_SCOPE_UNIVERSE
     return b"".join((
-        _RTMSG.pack(family, route.dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, scope,
+        _RTMSG.pack(family, route.dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_IKEV1D, scope,
                     RTN_UNICAST, 0),
         _attribute(RTA_DST, route.dst.network_address.packed),
         _attribute(RTA_GATEWAY, ipaddress.ip_address(route.gateway).packed),

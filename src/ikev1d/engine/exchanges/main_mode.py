@@ -41,6 +41,7 @@ from ikev1d.engine.auth.base import (
 from ikev1d.engine.exchanges.base import NONCE_LENGTH, PHASE1_MESSAGE_ID, Exchange, Message
 from ikev1d.engine.halfopen import MAX_SA_OFFER
 from ikev1d.engine.ike_sa import IkeSa, Parsed, ProtocolFailure, first, parse
+from ikev1d.engine.lifetimes import agreed_lifetime
 from ikev1d.engine.ratelimit import Lazy, truncated
 from ikev1d.engine.sa_proposals import IkeChoice, ike_sa_payload, offered_ike, select_ike
 from ikev1d.wire import (
@@ -208,7 +209,9 @@ class MainMode(Exchange):
         sa.auth_method = choice.auth_method
         sa.hash_alg = choice.proposal.integrity
         ours = sa.conn.rekey_time if sa.conn is not None else 14400.0
-        sa.lifetime_s = min(ours, float(choice.lifetime_s)) if choice.lifetime_s else ours
+        sa.lifetime_s = agreed_lifetime(ours, choice.lifetime_s,
+                                        sa.ctx.config.daemon.min_phase1_lifetime,
+                                        "Phase 1", sa.log_extra)
 
     def _derive_keys(self) -> None:
         """RFC 2409 section 5: SKEYID (by method), SKEYID_d/a/e, the cipher key, the IV."""

@@ -45,6 +45,7 @@ from ikev1d.engine.ike_sa import (
     Unauthenticated,
     first,
 )
+from ikev1d.engine.lifetimes import agreed_lifetime
 from ikev1d.engine.ratelimit import Lazy, truncated
 from ikev1d.engine.sa_proposals import (
     EspChoice,
@@ -349,7 +350,12 @@ class QuickMode(Exchange):
 
     def _lifetime(self, peer_seconds: int | None) -> None:
         ours = self.child.rekey_time if self.child is not None else 3600.0
-        self.lifetime_s = min(ours, float(peer_seconds)) if peer_seconds else ours
+        self.lifetime_s = agreed_lifetime(ours, peer_seconds, self._min_lifetime, "Phase 2",
+                                          self.sa.log_extra)
+
+    @property
+    def _min_lifetime(self) -> float:
+        return self.sa.ctx.config.daemon.min_phase2_lifetime
 
     # -- initiator -------------------------------------------------------------
 
@@ -455,7 +461,9 @@ class QuickMode(Exchange):
             if attribute.type == IpsecAttr.SA_LIFE_TYPE:
                 current = attribute_value(attribute)
             elif attribute.type == IpsecAttr.SA_LIFE_DURATION and current == LifeType.SECONDS:
-                self.lifetime_s = min(self.lifetime_s, float(attribute_value(attribute)))
+                self.lifetime_s = agreed_lifetime(self.lifetime_s, attribute_value(attribute),
+                                                  self._min_lifetime, "Phase 2 (RESPONDER-"
+                                                  "LIFETIME)", self.sa.log_extra)
 
     # -- responder ---------------------------------------------------------------
 

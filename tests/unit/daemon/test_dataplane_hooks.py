@@ -1,0 +1,79 @@
+"""The daemon's side of the data plane's crash recovery and expiry reports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+
+from ikev1d.daemon.runtime import Daemon, DaemonOptions, dataplane_state_file
+from ikev1d.dataplane.base import ExpireHandler
+from tests.unit.daemon._fakes import (
+    FakeEngine,
+    RecordingBackend,
+    collecting_factory,
+    free_udp_ports,
+    make_config,
+)
+
+
+class StatefulBackend(RecordingBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.recovered: list[str] = []
+        self.handler: ExpireHandler | None = None
+
+    def recover(self, state_file: str) -> None:
+        self.recovered.append(state_file)
+
+    def set_expire_handler(self, handler: ExpireHandler) -> None:
+        self.handler = handler
+
+
+class ExpiryEngine(FakeEngine):
+    def child_soft_expired(self, child_id: int, reason: str, now: float) -> None:
+        self.calls.append(f"soft {child_id} {reason}")
+
+    def child_hard_expired(self, child_id: int, reason: str, now: float) -> None:
+        self.calls.append(f"hard {child_id} {reason}")
+
+
+def test_state_file_sits_beside_the_control_socket() -> None:
+    assert dataplane_state_file("/run/ikev1d/ikev1d.sock", "kernel") == (
+        "/run/ikev1d/ikev1d.kernel-dataplane.json")
+    assert dataplane_state_file("/tmp/x/ctl", "userspace") == "/tmp/x/ctl.userspace-dataplane.json"
+
+
+def test_daemon_recovers_before_start_and_passes_expiry_to_the_engine() -> None:
+    async def body() -> None:
+        port, port_nat_t = free_udp_ports(2)
+        config = make_config(port, port_nat_t)
+        backend = StatefulBackend()
+        engines: list[FakeEngine] = []
+        factory = collecting_factory(engines)
+
+        def engine_factory(cfg: object, rnd: object) -> FakeEngine:
+            engine = factory(cfg, rnd)  # type: ignore[arg-type]
+            engine.__class__ = ExpiryEngine
+            return engine
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ikev1d.sock")
+            daemon = Daemon(DaemonOptions("x.toml", path, linger_s=0.05),
+                            config_loader=lambda p: config, engine_factory=engine_factory,
+                            backend_factory=lambda n, c: backend, warnings=lambda c: [],
+                            install_signal_handlers=False)
+            await daemon.start()
+            try:
+                assert backend.recovered == [os.path.join(tmp, "ikev1d.recording-dataplane.json")]
+                assert backend.handler is not None
+                backend.handler(5, False, "life_bytes nearly reached")
+                backend.handler(6, True, "life_bytes reached")
+                assert engines[0].calls == []  # not from inside the packet path
+                await asyncio.sleep(0.01)
+                assert engines[0].calls == ["soft 5 life_bytes nearly reached",
+                                            "hard 6 life_bytes reached"]
+            finally:
+                await daemon.stop()
+
+    asyncio.run(body())

@@ -1,0 +1,111 @@
+"""Lifetime floors and renewals asked for by the data plane (volume, sequence numbers).
+
+Two engines in memory, as in test_engine.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished
+from ikev1d.engine.lifecycle import RENEWED_DELETE_DELAY_S
+from ikev1d.engine.lifetimes import agreed_lifetime
+from tests.unit.engine.test_engine import (
+    A_ADDR,
+    B_ADDR,
+    Net,
+    _short_lifetimes,
+    config_text,
+    establish,
+    make_net,
+)
+
+
+def _net(a_ike: str, a_child: str, b_ike: str = "4h", b_child: str = "1h",
+         b_daemon: str = "") -> Net:
+    return make_net(
+        _short_lifetimes(config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"),
+                         a_ike, a_child),
+        _short_lifetimes(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24",
+                                     extra_daemon=b_daemon), b_ike, b_child),
+    )
+
+
+def test_agreed_lifetime_takes_the_shorter_but_not_below_the_floor() -> None:
+    assert agreed_lifetime(3600, None, 60, "x") == 3600
+    assert agreed_lifetime(3600, 1800, 60, "x") == 1800
+    assert agreed_lifetime(3600, 1, 60, "x") == 60  # raised to the floor
+    assert agreed_lifetime(30, 1, 60, "x") == 30  # our own shorter choice stands
+    assert agreed_lifetime(30, 20, 60, "x") == 30  # raised, but never above ours
+    assert agreed_lifetime(3600, 1, 0, "x") == 1  # floor off
+
+
+def test_peer_cannot_force_short_lifetimes_on_the_responder(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A proposes 10 s for Phase 1 and 2 s for Phase 2; B (4 h / 1 h) keeps the floors.
+    net = _net("10s", "2s")
+    with caplog.at_level("INFO"):
+        establish(net)
+    assert net.b.of(IkeSaEstablished) and net.b.of(ChildSaEstablished)
+    (ike,) = net.b.engine.status(net.now).to_json()["ike_sas"]
+    assert ike["rekey_in_s"] > 10
+    (child,) = ike["children"]
+    assert child["expires_in_s"] == 60
+    assert "Phase 1 lifetime of 10 s, below the minimum of 300 s: using 300 s" in caplog.text
+    assert "Phase 2 lifetime of 2 s, below the minimum of 60 s: using 60 s" in caplog.text
+
+
+def test_floors_are_configurable_and_can_be_turned_off() -> None:
+    net = _net("4h", "2s", b_daemon='min_phase2_lifetime = "0s"')
+    establish(net)
+    (ike,) = net.b.engine.status(net.now).to_json()["ike_sas"]
+    assert ike["children"][0]["expires_in_s"] == 2
+
+
+def test_soft_expiry_from_the_data_plane_renews_make_before_break() -> None:
+    net = _net("4h", "1h")
+    establish(net)
+    (first,) = net.a.of(ChildSaEstablished)
+    assert isinstance(first, ChildSaEstablished)
+    net.a.engine.child_soft_expired(first.child_id, "life_bytes nearly reached", net.now)
+    net.pump()
+    new = [e for e in net.a.of(ChildSaEstablished) if e is not first]
+    assert len(new) == 1
+    assert not net.a.of(ChildSaDeleted)  # the old one still receives for a moment
+    net.a.engine.child_soft_expired(first.child_id, "again", net.now)  # not renewed twice
+    net.advance(RENEWED_DELETE_DELAY_S)
+    deleted = net.a.of(ChildSaDeleted)
+    assert [e.spi_in for e in deleted if isinstance(e, ChildSaDeleted)] == [first.spi_in]
+    assert net.a.events.index(new[0]) < net.a.events.index(deleted[0])
+    # Asked twice (both directions report): one renewal, not two.
+    assert isinstance(new[0], ChildSaEstablished)
+    net.a.engine.child_soft_expired(new[0].child_id, "again", net.now)
+    net.a.engine.child_soft_expired(new[0].child_id, "again", net.now)
+    net.pump()
+    net.advance(RENEWED_DELETE_DELAY_S)
+    assert len(net.a.of(ChildSaEstablished)) == 3
+    # The responder may ask too: B renews its side of the newest pair.
+    newest = net.b.of(ChildSaEstablished)[-1]
+    assert isinstance(newest, ChildSaEstablished)
+    net.b.engine.child_soft_expired(newest.child_id, "sequence numbers", net.now)
+    net.pump()
+    net.advance(RENEWED_DELETE_DELAY_S)
+    assert len(net.b.of(ChildSaEstablished)) == 4
+    for peer in (net.a, net.b):
+        (ike,) = peer.engine.status(net.now).to_json()["ike_sas"]
+        assert len(ike["children"]) == 1
+
+
+def test_hard_expiry_from_the_data_plane_deletes_on_both_sides() -> None:
+    net = _net("4h", "1h")
+    establish(net)
+    (first,) = net.a.of(ChildSaEstablished)
+    assert isinstance(first, ChildSaEstablished)
+    net.a.engine.child_hard_expired(first.child_id, "life_bytes reached", net.now)
+    net.pump()
+    assert len(net.a.of(ChildSaDeleted)) == 1 and len(net.b.of(ChildSaDeleted)) == 1
+    net.a.engine.child_hard_expired(first.child_id, "again", net.now)  # gone: nothing
+    net.a.engine.child_soft_expired(12345, "unknown", net.now)
+    net.pump()
+    assert len(net.a.of(ChildSaDeleted)) == 1
