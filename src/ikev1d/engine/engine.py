@@ -31,6 +31,7 @@ from ikev1d.engine.auth.base import CredentialCache
 from ikev1d.engine.deletion import Deletion
 from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, informational
 from ikev1d.engine.exchanges.main_mode import MmState
+from ikev1d.engine.fragments import Reassembler
 from ikev1d.engine.ike_sa import ChildSa, IkeSa, IkeState, ProtocolFailure
 from ikev1d.engine.lifecycle import Lifecycle
 from ikev1d.engine.stats import PHASE1, EngineStats
@@ -42,6 +43,7 @@ from ikev1d.wire import (
     Header,
     NotifyPayload,
     NotifyType,
+    PayloadType,
     ProtocolId,
     WireError,
     encode_header,
@@ -85,6 +87,8 @@ class Engine:
         # Configuration lookups per peer, done once per configuration (they parse
         # addresses, which showed in handshake profiles).
         self._candidates_cache: dict[tuple[str, str], list[ConnectionConfig]] = {}
+        self.reassembler = Reassembler()
+        """IKE fragments (payload 132) waiting for the rest of their message."""
 
     # -- Context for SAs and exchanges -------------------------------------------
 
@@ -274,6 +278,17 @@ class Engine:
             log.info("dropping malformed message from %s: %s", remote[0], exc,
                      extra={"peer": f"{remote[0]}:{remote[1]}"})
             return
+        if header.next_payload == PayloadType.FRAGMENT:
+            # Fragments are accepted whatever `fragmentation` says, as strongSwan
+            # does: refusing them only breaks peers that fragment regardless.
+            if header.responder_cookie != bytes(8) and not self._may_fragment(header):
+                self.reassembler.note_unknown_sa(remote, now)
+                return
+            whole = self.reassembler.add(header, body, remote, now)
+            if whole is None:
+                return
+            data = whole
+            header, body = split_message(data)
         message = Message(header, body, data, local, remote)
         if header.exchange_type == ExchangeType.AGGRESSIVE:
             self._refuse_aggressive(header, local, remote)
@@ -283,6 +298,12 @@ class Engine:
             sa = self._sa_for(message, now)
             if sa is not None:
                 self._dispatch(sa, message, now)
+
+    def _may_fragment(self, header: Header) -> bool:
+        """Fragments with both cookies are held only for an SA we know, so that
+        the reassembly slots cost an attacker at least a Main Mode request."""
+        return (header.cookies in self._sas
+                or header.initiator_cookie in self._initiating)
 
     def _receive_first(self, message: Message, now: float) -> None:
         """A message without a responder cookie: a Main Mode request, or a
