@@ -162,6 +162,8 @@ def test_fragments_carry_certificate_chains_over_a_small_path(
     log = pair.ours.log_text()
     assert "IKE fragmentation" in log  # the peer's VID was recognised
     assert "dropping IKE fragment" not in log
+    assert re.search(r"sending a \d+-byte message in [2-9] fragments", log)
+    assert re.search(r"reassembled a \d+-byte message from [2-9] fragments", log)
 
 
 def test_without_fragmentation_the_small_path_fails(make_pair: Any, chain: Chain) -> None:

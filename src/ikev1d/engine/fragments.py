@@ -220,6 +220,8 @@ class Reassembler:
         if (inner.cookies != header.cookies or inner.exchange_type != header.exchange_type
                 or inner.next_payload == PayloadType.FRAGMENT):
             return self._drop(remote, now, "reassembled message does not match its fragments")
+        log.debug("reassembled a %d-byte message from %d fragments", len(whole), partial.last,
+                  extra={"peer": f"{remote[0]}:{remote[1]}"})
         return whole
 
     def note_unknown_sa(self, remote: Endpoint, now: float) -> None:

@@ -293,7 +293,10 @@ class IkeSa:
         if (len(data) > message_room(self.local, nat_t_port) and self.sends_fragments
                 and data[18] == ExchangeType.IDENTITY_PROTECTION):
             room = fragment_payload_room(self.local, nat_t_port)
-            for packet in self.fragmenter.packets(data, room):
+            packets = self.fragmenter.packets(data, room)
+            log.debug("sending a %d-byte message in %d fragments", len(data), len(packets),
+                      extra=self.log_extra)
+            for packet in packets:
                 self.ctx.send(Datagram(packet, self.local, self.remote))
             return
         self.ctx.send(Datagram(data, self.local, self.remote))

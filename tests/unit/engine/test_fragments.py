@@ -25,6 +25,8 @@ from ikev1d.engine.fragments import (
     Fragmenter,
     Reassembler,
     fragment,
+    fragment_payload_room,
+    message_room,
 )
 from ikev1d.engine.vendor import Extension, fragmentation_vendor_ids, recognise
 from ikev1d.wire import (
@@ -68,6 +70,20 @@ def feed(r: Reassembler, packets: list[bytes], now: float = 0.0,
         if whole is not None:
             out.append(whole)
     return out
+
+
+@pytest.mark.parametrize(("local", "datagram"), [
+    (("192.0.2.1", 500), 1280 - 20 - 8),
+    (("192.0.2.1", 4500), 1280 - 20 - 8 - 4),  # RFC 3948 non-ESP marker
+    (("2001:db8::1", 500), 1280 - 40 - 8),
+    (("2001:db8::1", 4500), 1280 - 40 - 8 - 4),
+])
+def test_fragments_fill_a_1280_byte_ip_datagram(local: tuple[str, int], datagram: int) -> None:
+    room = fragment_payload_room(local, 4500)
+    assert message_room(local, 4500) == datagram
+    packets = fragment(message(5000), 1, room)
+    assert all(len(p) == datagram for p in packets[:-1])
+    assert len(packets[-1]) <= datagram
 
 
 def test_fragments_are_well_formed_and_reassemble() -> None:
