@@ -212,12 +212,12 @@ def test_oversized_message_is_refused() -> None:
 def test_a_fragment_flood_stays_bounded() -> None:
     r = Reassembler()
     # One source opening partial messages under ever new cookies.
-    for n in range(1000):
+    for n in range(200):
         packet = fragment(message(3000, cky_r=n.to_bytes(8, "big")), 1, ROOM)[0]
         feed(r, [packet])
     assert len(r) == MAX_PARTIAL_PER_SOURCE
     # Many sources: at most MAX_PARTIAL_TOTAL in all.
-    for n in range(2000):
+    for n in range(400):
         packet = fragment(message(3000, cky_r=n.to_bytes(8, "big")), 1, ROOM)[0]
         feed(r, [packet], src=(f"10.{n // 250}.{n % 250}.1", 500))
     assert len(r) == MAX_PARTIAL_TOTAL
@@ -372,3 +372,28 @@ def test_vendor_ids_in_message_1(chain_pki: tuple[Path, dict[str, str]]) -> None
                 if isinstance(p, VendorIdPayload)]
         assert any(v.startswith(VID_FRAGMENTATION) for v in vids) is present, mode
 
+
+
+def test_an_unauthenticated_fragment_flood_leaves_the_engine_bounded(
+        chain_pki: tuple[Path, dict[str, str]]) -> None:
+    a, b = chain_configs(chain_pki, "yes", "yes")
+    net = net_of(a, b)
+    reassembler = net.b.engine.reassembler
+    # Message 1 fragments (no responder cookie, so no SA to check against) under
+    # ever new cookies and IDs, from many addresses, never completed.
+    for n in range(500):
+        cky = n.to_bytes(8, "big")
+        header = Header(initiator_cookie=cky, responder_cookie=bytes(8), next_payload=1,
+                        exchange_type=ExchangeType.IDENTITY_PROTECTION, flags=0, message_id=0)
+        whole = encode_header(header, 2972) + bytes(2972)
+        packet = fragment(whole, n & 0xFFFF, ROOM)[n % 2]
+        net.b.engine.receive_datagram(packet, (B_ADDR, 500), (f"10.9.{n // 200}.{n % 200}", 500),
+                                      net.now)
+    assert len(reassembler) == MAX_PARTIAL_TOTAL
+    assert reassembler.held_bytes() <= MAX_PARTIAL_TOTAL * MAX_MESSAGE
+    assert net.b.engine.half_open_count() == 0  # nothing reached Main Mode
+    # Once the flood's partial messages time out, a real peer gets through.
+    net.now += REASSEMBLY_TIMEOUT_S + 1
+    net.a.engine.initiate("gw", None, net.now)
+    net.pump()
+    assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)
