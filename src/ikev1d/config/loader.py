@@ -410,10 +410,8 @@ def _load_connection(
         pools=pools,
         modecfg=ld.get_choice(data, path, "modecfg", d.modecfg, ModeCfg,
                               not_yet=(ModeCfg.PUSH,)),
-        # Messages of PSK authentication fit one datagram, so "yes" and "accept"
-        # change nothing yet; "force" would fragment every message.
         fragmentation=ld.get_choice(data, path, "fragmentation", d.fragmentation,
-                                    Fragmentation, not_yet=(Fragmentation.FORCE,)),
+                                    Fragmentation),
         local=local,
         remote=remote,
         children=children,

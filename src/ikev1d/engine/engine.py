@@ -32,6 +32,7 @@ from ikev1d.engine.auth.base import CredentialCache
 from ikev1d.engine.deletion import Deletion
 from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, informational
 from ikev1d.engine.exchanges.main_mode import MmState
+from ikev1d.engine.fragments import Reassembler
 from ikev1d.engine.halfopen import HalfOpenTable
 from ikev1d.engine.ike_sa import ChildSa, IkeSa, IkeState, ProtocolFailure
 from ikev1d.engine.lifecycle import Lifecycle
@@ -45,6 +46,7 @@ from ikev1d.wire import (
     Header,
     NotifyPayload,
     NotifyType,
+    PayloadType,
     ProtocolId,
     WireError,
     encode_header,
@@ -95,6 +97,8 @@ class Engine:
         """Rate limits for every log line unauthenticated input can trigger."""
         self._current: IkeSa | None = None
         """The SA the message being handled belongs to, for ``_internal_error``."""
+        self.reassembler = Reassembler()
+        """IKE fragments (payload 132) waiting for the rest of their message."""
 
     # -- Context for SAs and exchanges -------------------------------------------
 
@@ -324,6 +328,17 @@ class Engine:
                           "dropping malformed message from %s: %s", remote[0], exc,
                           extra={"peer": f"{remote[0]}:{remote[1]}"})
             return
+        if header.next_payload == PayloadType.FRAGMENT:
+            # Fragments are accepted whatever `fragmentation` says, as strongSwan
+            # does: refusing them only breaks peers that fragment regardless.
+            if header.responder_cookie != bytes(8) and not self._may_fragment(header):
+                self.reassembler.note_unknown_sa(remote, now)
+                return
+            whole = self.reassembler.add(header, body, remote, now)
+            if whole is None:
+                return
+            data = whole
+            header, body = split_message(data)
         message = Message(header, body, data, local, remote)
         if header.exchange_type == ExchangeType.AGGRESSIVE:
             self._refuse_aggressive(header, local, remote, now)
@@ -333,6 +348,12 @@ class Engine:
             sa = self._sa_for(message, now)
             if sa is not None:
                 self._dispatch(sa, message, now)
+
+    def _may_fragment(self, header: Header) -> bool:
+        """Fragments with both cookies are held only for an SA we know, so that
+        the reassembly slots cost an attacker at least a Main Mode request."""
+        return (header.cookies in self._sas
+                or header.initiator_cookie in self._initiating)
 
     def _receive_first(self, message: Message, now: float) -> None:
         """A message without a responder cookie: a Main Mode request, or a

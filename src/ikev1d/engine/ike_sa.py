@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
+from ikev1d.config import Fragmentation
 from ikev1d.crypto import (
     CryptoError,
     IkeCipher,
@@ -26,10 +27,11 @@ from ikev1d.crypto import (
     phase2_iv,
 )
 from ikev1d.engine.api import Datagram, Endpoint, Event, Network
+from ikev1d.engine.fragments import Fragmenter, fragment_payload_room, message_room
 from ikev1d.engine.ratelimit import LogLimiter
 from ikev1d.engine.stats import EngineStats
 from ikev1d.engine.timers import Timer, Timers
-from ikev1d.engine.vendor import PeerVendors
+from ikev1d.engine.vendor import Extension, PeerVendors
 from ikev1d.errors import Ikev1dError
 from ikev1d.wire import (
     DecodedPayload,
@@ -290,6 +292,7 @@ class IkeSa:
         """Who answers XAUTH after Phase 1, from the negotiated method; read by
         the work queue once the Transaction exchange exists."""
         self.dpd_unanswered_since: float | None = None
+        self.fragmenter = Fragmenter()
 
     # -- identification -----------------------------------------------------
 
@@ -312,7 +315,32 @@ class IkeSa:
         return self.nat_local or self.nat_remote
 
     def transmit(self, data: bytes) -> None:
+        """Send a complete message; a Main Mode message too large for one
+        datagram goes out in fragments when fragmentation is on for this SA."""
+        nat_t_port = self.ctx.config.daemon.port_nat_t
+        if (len(data) > message_room(self.local, nat_t_port) and self.sends_fragments
+                and data[18] == ExchangeType.IDENTITY_PROTECTION):
+            room = fragment_payload_room(self.local, nat_t_port)
+            packets = self.fragmenter.packets(data, room)
+            log.debug("sending a %d-byte message in %d fragments", len(data), len(packets),
+                      extra=self.log_extra)
+            for packet in packets:
+                self.ctx.send(Datagram(packet, self.local, self.remote))
+            return
         self.ctx.send(Datagram(data, self.local, self.remote))
+
+    @property
+    def sends_fragments(self) -> bool:
+        """strongSwan's meanings of `fragmentation`: "yes" fragments once the
+        peer announced support, "force" from the first message on, "accept" and
+        "no" never."""
+        if self.conn is None:
+            return False
+        mode = self.conn.fragmentation
+        if mode is Fragmentation.FORCE:
+            return True
+        return (mode is Fragmentation.YES
+                and Extension.FRAGMENTATION in self.peer_vendors.extensions)
 
     def float_to_nat_t_port(self) -> None:
         """RFC 3947 section 4: once a NAT is detected, IKE moves to port 4500."""

@@ -91,7 +91,7 @@ def our_vendor_ids() -> list[bytes]:
     """The IDs we send in the first Main Mode message of each side.
 
     NAT-T in its RFC and draft forms (the peer's answer tells which it speaks),
-    DPD, fragmentation (we reassemble; we do not fragment ourselves yet) and our own.
+    DPD and our own; fragmentation comes from ``fragmentation_vendor_ids``.
     """
     return [
         VID_IKEV1D,
@@ -111,3 +111,18 @@ def responder_vendor_ids(peer: PeerVendors) -> list[bytes]:
     if Extension.DPD in peer.extensions:
         vids.append(VID_DPD)
     return vids
+
+
+FRAGMENTATION_FLAGS = bytes.fromhex("80000000")
+"""The four octets after the FRAGMENTATION hash as strongSwan and Windows send
+them (Cisco's variant carries c0000000; the hash alone identifies it)."""
+
+
+def fragmentation_vendor_ids(announce: bool, peer: PeerVendors | None = None) -> list[bytes]:
+    """The FRAGMENTATION VID unless `fragmentation = "no"`; a responder
+    (``peer`` given) answers it only when the initiator sent it."""
+    if not announce:
+        return []
+    if peer is not None and Extension.FRAGMENTATION not in peer.extensions:
+        return []
+    return [VID_FRAGMENTATION + FRAGMENTATION_FLAGS]

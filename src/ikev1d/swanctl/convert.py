@@ -65,7 +65,6 @@ _CONNECTION_DROPS = {
     "childless": "childless IKE SAs are IKEv2 only",
     "ppk_id": "postquantum preshared keys are IKEv2 only",
     "ppk_required": "postquantum preshared keys are IKEv2 only",
-    "fragmentation": "not configurable in ikev1d",
     "close_action": "ikev1d has no close_action; dpd_action covers a vanished peer",
     "if_id_in": "XFRM interface IDs are not supported",
     "if_id_out": "XFRM interface IDs are not supported",
@@ -287,7 +286,7 @@ class _Converter:
         self.children(sec, path, conn, dynamic=remote_addrs == [_ANY])
         handled = ("version", "local_addrs", "remote_addrs", "proposals", "encap",
                    "dpd_delay", "dpd_timeout", "rekey_time", "reauth_time", "aggressive",
-                   "vips", "pools", "pull")
+                   "vips", "pools", "pull", "fragmentation")
         auth_sections = [n for n in sec.sections if _is_round(n, "local")
                          or _is_round(n, "remote")]
         self.drop_rest(sec, path, handled, _CONNECTION_DROPS, (*auth_sections, "children"))
@@ -327,6 +326,14 @@ class _Converter:
                 conn["encap"] = encap
         self.dpd(sec, path, conn)
         self.lifetime(sec, path, conn)
+        if "fragmentation" in s:
+            # Same four values and meanings as swanctl.conf.
+            value = s["fragmentation"].value.strip().lower()
+            if value in ("yes", "accept", "force", "no"):
+                conn["fragmentation"] = value
+            else:
+                self.dropped(s["fragmentation"], f"{path}.fragmentation",
+                             f"{s['fragmentation'].value!r} is not yes, accept, force or no")
         if "aggressive" in s:
             aggressive = self.boolean(s["aggressive"], f"{path}.aggressive")
             if aggressive:

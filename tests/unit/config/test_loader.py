@@ -457,7 +457,6 @@ NOT_IMPLEMENTED = [
     (C + "pools = ['clients']", "connections.c.pools"),
     (C + "modecfg = 'push'", "connections.c.modecfg"),
     (C + "dpd_action = 'hold'", "connections.c.dpd_action"),
-    (C + "fragmentation = 'force'", "connections.c.fragmentation"),
     (C + "reauth_time = '1h'", "connections.c.reauth_time"),
     (L + "auth = 'rsa-encryption'", "connections.c.local.auth"),
     (R + "auth = 'rsa-encryption'", "connections.c.remote.auth"),

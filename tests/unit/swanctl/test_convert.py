@@ -264,6 +264,10 @@ def test_a_plain_site_to_site_connection() -> None:
     ("aggressive = yes", {}, "connections.site.aggressive: dropped: Aggressive Mode is not "
                              "supported"),
     ("aggressive = no", {}, None),
+    ("fragmentation = force", {"fragmentation": "force"}, None),
+    ("fragmentation = accept", {"fragmentation": "accept"}, None),
+    ("fragmentation = maybe", {}, "connections.site.fragmentation: dropped: 'maybe' is not "
+                                  "yes, accept, force or no"),
     ("unique = replace", {}, "connections.site.unique: dropped: ikev1d has no uniqueness"),
     ("mobike = no", {}, "connections.site.mobike: dropped: MOBIKE is IKEv2 only"),
     ("some_future_option = 1", {}, "some_future_option: dropped: not supported by ikev1d"),
@@ -647,6 +651,7 @@ _WORDS = st.sampled_from([
     "proposals", "esp_proposals", "local_ts", "remote_ts", "dpd_delay", "dpd_timeout",
     "dpd_action", "start_action", "rekey_time", "reauth_time", "mode", "encap", "vips",
     "pools", "addrs", "dns", "aggressive", "pull", "life_bytes", "certs", "include",
+    "fragmentation",
 ])
 _VALUES = st.sampled_from([
     "1", "0", "2", "psk", "pubkey", "xauth", "192.0.2.2", "%any", "10.1.0.0/24",

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ikev1d.config import Fragmentation
 from ikev1d.crypto import (
     IkeCipher,
     InvalidPublicValue,
@@ -324,6 +325,8 @@ class MainMode(Exchange):
         self.material.sa_i_b = sa_payload.encode_body()
         payloads: list[Payload] = [sa_payload]
         payloads += [VendorIdPayload(v) for v in vendor.our_vendor_ids()]
+        payloads += [VendorIdPayload(v) for v in vendor.fragmentation_vendor_ids(
+            conn.fragmentation is not Fragmentation.NO)]
         self.send_request(sa.plain_message(MM, PHASE1_MESSAGE_ID, payloads), now)
 
     def process(self, message: Message, now: float) -> None:
@@ -418,6 +421,8 @@ class MainMode(Exchange):
         self._vendors(payloads, now)
         out: list[Payload] = [choice.response_sa()]
         out += [VendorIdPayload(v) for v in vendor.responder_vendor_ids(sa.peer_vendors)]
+        out += [VendorIdPayload(v) for v in vendor.fragmentation_vendor_ids(
+            sa.conn.fragmentation is not Fragmentation.NO, sa.peer_vendors)]
         self.state = MmState.MM2_SENT
         self.respond(message.raw, sa.plain_message(MM, PHASE1_MESSAGE_ID, out))
 
