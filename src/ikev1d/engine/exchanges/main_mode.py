@@ -357,7 +357,7 @@ class MainMode(Exchange):
     def _process_message_4(self, message: Message, now: float) -> None:
         sa = self.sa
         auth = self._auth
-        payloads = parse(message.header, message.body).payloads
+        payloads = parse(message.header, message.body, opaque=auth.rule(4).opaque).payloads
         rules.check(auth.rule(4), payloads, "Main Mode message 4")
         auth.read_key_exchange(payloads)
         self._shared_secret(self.material.g_xr)
@@ -439,7 +439,7 @@ class MainMode(Exchange):
         auth = self._auth
         if message.header.flags & Flags.ENCRYPTION:
             raise ProtocolFailure("Main Mode message 3 must not be encrypted")
-        payloads = parse(message.header, message.body).payloads
+        payloads = parse(message.header, message.body, opaque=auth.rule(3).opaque).payloads
         rules.check(auth.rule(3), payloads, "Main Mode message 3")
         proposal = sa.proposal
         if proposal is None:
