@@ -28,8 +28,9 @@ from ikev1d_lab.capture import isakmp_decryption_table, tshark_json
 from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
 from ikev1d_lab.netns import Topology
 from ikev1d_lab.ping import ping
+from ikev1d_lab.strongswan import swanctl_conf
 
-from .conftest import CaptureFactory
+from .conftest import CaptureFactory, CharonFactory
 from .test_dataplane_ikev1d import traffic_both_ways
 
 pytestmark = pytest.mark.interop
@@ -150,3 +151,42 @@ def test_two_ikev1d_authenticate_by_public_key_encryption(
         assert all(_values(p, "isakmp.enc.data") for p in main_mode[4:]), chains
     # The identities never cross the wire in the clear.
     assert A_ID.encode() not in pcap.read_bytes() and B_ID.encode() not in pcap.read_bytes()
+
+
+def test_strongswan_offered_rsa_encryption_fails_cleanly(
+        two_hosts: Topology, charon_factory: CharonFactory, tmp_path: Path) -> None:
+    """strongSwan 5.9 has no auth method 4: offered it, it refuses or answers with
+    another method; ikev1d fails at once, says why, and no SA remains on either
+    side."""
+    topo = two_hosts
+    ca = pki.issue("C=CH, O=ikev1d, CN=Interop Root CA", ca=True)
+    a, b = pki.issue("C=CH, O=ikev1d, CN=gw-a", ca), pki.issue("C=CH, O=ikev1d, CN=gw-b", ca)
+    keys = tmp_path / "keys"
+    _, a_key = a.write(keys, "a")
+    b_cert, _ = b.write(keys, "b")
+    base = ikev1d_conf("gw", topo.addr_a, topo.addr_b, A_ID, B_ID, "unused-psk-0123456789",
+                       ["aes128-sha256-modp2048"], ["aes128-sha256"], topo.inner_net_a,
+                       topo.inner_net_b, retransmit_tries=2)
+    daemon = Ikev1dDaemon(topo.a, tmp_path / "ikev1d",
+                          rsa_conf(base, "rsa-encryption", a_key, b_cert))
+    charon = charon_factory(topo.b, "b")
+    for sub in ("x509", "x509ca", "private"):
+        (charon.work_dir / sub).mkdir(exist_ok=True)
+    (charon.work_dir / "x509" / "b.pem").write_bytes(b.cert_pem())
+    (charon.work_dir / "private" / "b.pem").write_bytes(b.key_pem())
+    (charon.work_dir / "x509ca" / "ca.pem").write_bytes(ca.cert_pem())
+    charon.load_config(swanctl_conf(
+        "gw", topo.addr_b, topo.addr_a, B_ID, A_ID, "", ["aes128-sha256-modp2048"],
+        ["aes128-sha256"], topo.inner_net_b, topo.inner_net_a, auth="pubkey",
+        certs=["b.pem"], cacerts=["ca.pem"]))
+    with daemon:
+        result = daemon.up("gw", timeout=10, check=False)
+        assert result.returncode != 0
+        failure = [line for line in daemon.log_text().splitlines() if "Main Mode failed" in line]
+        assert failure, daemon.log_text()[-2000:]
+        # strongSwan 5.9 answers with a method of its own.
+        assert ("with authentication method PRE_SHARED_KEY; we offered RSA_ENC, which the "
+                "peer seems not to support") in failure[0], failure
+        assert "Traceback" not in daemon.log_text()
+        assert daemon.status()["ike_sas"] == []
+    assert charon.list_sas() == []

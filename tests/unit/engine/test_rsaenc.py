@@ -329,3 +329,16 @@ def test_undecryptable_message_3_is_answered_like_any_failure(
     if auth == "rsa-encryption":
         # Section 5.2: B answered message 3 as always; the proof failed.
         assert sent[1][:2] == (int(ExchangeType.IDENTITY_PROTECTION), 0)
+
+
+def test_a_peer_without_the_method_refuses_it_cleanly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """B is configured for the other mode: it never accepts a method it cannot
+    finish, and A says why it failed."""
+    a = make_pair(tmp_path / "a", "rsa-encryption-revised").a
+    b = make_pair(tmp_path / "b", "rsa-encryption").b
+    with caplog.at_level(logging.INFO):
+        net = run(net_of(a, b))
+    assert nothing_established(net)
+    assert notifications(net, B_ADDR) == [NotifyType.NO_PROPOSAL_CHOSEN]
+    assert any("peer sent NO-PROPOSAL-CHOSEN" in f for f in failures(caplog)), failures(caplog)

@@ -40,8 +40,15 @@ from ikev1d.engine.auth.base import (
 )
 from ikev1d.engine.exchanges.base import NONCE_LENGTH, PHASE1_MESSAGE_ID, Exchange, Message
 from ikev1d.engine.ike_sa import IkeSa, Parsed, ProtocolFailure, first, parse
-from ikev1d.engine.sa_proposals import IkeChoice, ike_sa_payload, offered_ike, select_ike
+from ikev1d.engine.sa_proposals import (
+    IkeChoice,
+    ike_sa_payload,
+    offered_auth_methods,
+    offered_ike,
+    select_ike,
+)
 from ikev1d.wire import (
+    AuthMethod,
     ExchangeType,
     Flags,
     IdPayload,
@@ -340,9 +347,17 @@ class MainMode(Exchange):
         assert_one_transform(response_sa)
         choice = select_ike(response_sa, self.offered, {self.offered_method})
         if choice is None:
+            methods = offered_auth_methods(response_sa)
+            other = ""
+            if methods and methods[0] != self.offered_method:
+                # E.g. public key encryption (RFC 2409 sections 5.2, 5.3), which
+                # peers without it may answer with a method of their own.
+                other = (f" with authentication method {AuthMethod(methods[0]).name}; we "
+                         f"offered {AuthMethod(self.offered_method).name}, which the peer "
+                         "seems not to support")
             raise ProtocolFailure(
                 "responder chose a proposal we did not offer: "
-                + ", ".join(offered_ike(response_sa)),
+                + ", ".join(offered_ike(response_sa)) + other,
                 NotifyType.NO_PROPOSAL_CHOSEN,
             )
         self._choose(choice)
