@@ -47,9 +47,10 @@ METHODS = {"rsa-encryption": AuthMethod.RSA_ENC,
 
 def conf(folder: Path, auth: str, *, local_id: str, remote_id: str, key: str, pubkey: str,
          local: str, remote: str, local_ts: str, remote_ts: str,
-         cert: str | None = None) -> Config:
+         cert: str | None = None, before: str = "") -> Config:
     lines = [
         "[daemon]", 'dataplane = "none"', 'retransmit_timeout = "1s"', "retransmit_tries = 2",
+        before,
         "[connections.gw]", f'local_addrs = ["{local}"]', f'remote_addrs = ["{remote}"]',
         'proposals = ["aes128-sha256-modp2048"]',
         "[connections.gw.local]", f'auth = "{auth}"', f'id = "{local_id}"',
@@ -78,7 +79,7 @@ def public_pem(key: rsa.RSAPrivateKey) -> bytes:
 
 
 def make_pair(tmp: Path, auth: str, *, a_pins: bytes | None = None,
-              b_pins: bytes | None = None) -> Pair:
+              b_pins: bytes | None = None, b_before: str = "", b_has_cert: bool = True) -> Pair:
     """A pins B's certificate, B pins A's bare public key (both forms are allowed);
     B has its certificate in ``certs``, by which it recognises HASH(1)."""
     a = pki.issue("C=CH, O=Test, CN=gw-a")
@@ -93,8 +94,8 @@ def make_pair(tmp: Path, auth: str, *, a_pins: bytes | None = None,
                  key=str(a_key), pubkey=str(tmp / "A" / "peer.pem"), local=A_ADDR,
                  remote=B_ADDR, local_ts="10.1.0.0/24", remote_ts="10.2.0.0/24")
     b_cfg = conf(tmp / "B", auth, local_id="gw-b.example.org", remote_id="gw-a.example.org",
-                 key=str(b_key), pubkey=str(tmp / "B" / "peer.pem"), cert=str(b_cert),
-                 local=B_ADDR,
+                 key=str(b_key), pubkey=str(tmp / "B" / "peer.pem"),
+                 cert=str(b_cert) if b_has_cert else None, before=b_before, local=B_ADDR,
                  remote=A_ADDR, local_ts="10.2.0.0/24", remote_ts="10.1.0.0/24")
     return Pair(a_cfg, b_cfg, a.key, b.key)
 
@@ -342,3 +343,18 @@ def test_a_peer_without_the_method_refuses_it_cleanly(
     assert nothing_established(net)
     assert notifications(net, B_ADDR) == [NotifyType.NO_PROPOSAL_CHOSEN]
     assert any("peer sent NO-PROPOSAL-CHOSEN" in f for f in failures(caplog)), failures(caplog)
+
+
+def test_responder_skips_connections_of_other_methods(tmp_path: Path) -> None:
+    """B's first connection for A's address uses a pre-shared key with the same
+    proposal: B decrypts with the key of the connection configured for the method.
+    B has no certificate, so the HASH(1) of the one A pinned cannot guide it."""
+    psk_first = "\n".join([
+        "[connections.psk]", f'local_addrs = ["{B_ADDR}"]', f'remote_addrs = ["{A_ADDR}"]',
+        'proposals = ["aes128-sha256-modp2048"]',
+        "[secrets.psk]", 'secret = "a-pre-shared-key-0123456789"', f'ids = ["{A_ADDR}"]',
+    ])
+    pair = make_pair(tmp_path, "rsa-encryption-revised", b_before=psk_first, b_has_cert=False)
+    assert list(pair.b.connections) == ["psk", "gw"]
+    net = run(net_of(pair.a, pair.b))
+    assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)

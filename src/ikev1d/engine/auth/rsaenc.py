@@ -287,7 +287,13 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
         return plain[PayloadType.KE], plain[PayloadType.ID]
 
     def _choose_our_key(self, payloads: tuple[Payload, ...]) -> None:
-        """As responder, with HASH(1), keep the connections holding the key it names."""
+        """As responder, keep the connections configured for this method, and
+        with HASH(1) those holding the key it names."""
+        sa = self.sa
+        configured = [c for c in sa.candidates if self.offer_for(c)]
+        if not configured:
+            raise ProtocolFailure(f"no connection is configured for {self.name}")
+        sa.candidates, sa.conn = configured, configured[0]
         hashes = [p for p in payloads if isinstance(p, HashPayload)]
         if not hashes:
             return
