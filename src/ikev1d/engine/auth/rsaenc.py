@@ -51,7 +51,6 @@ racoon do not); they are tested ikev1d against ikev1d.
 from __future__ import annotations
 
 import hmac
-import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -80,7 +79,6 @@ from ikev1d.engine.auth.base import (
     peer_matches,
 )
 from ikev1d.engine.ike_sa import Parsed, ProtocolFailure, first
-from ikev1d.errors import Ikev1dError
 from ikev1d.wire import (
     AuthMethod,
     HashPayload,
@@ -96,8 +94,6 @@ from ikev1d.wire import (
 
 if TYPE_CHECKING:
     from ikev1d.engine.ike_sa import IkeSa
-
-log = logging.getLogger("ikev1d.engine")
 
 #: What a nonce that did not decrypt is replaced with (RFC 2409 section 5:
 #: nonces are 8 to 256 octets; ours are 32).
@@ -132,10 +128,6 @@ def _body(payloads: tuple[Payload, ...], payload_type: PayloadType) -> bytes:
         if isinstance(payload, UnknownPayload) and payload.payload_type == payload_type:
             return payload.data
     raise ProtocolFailure(f"missing {payload_type.name} payload", NotifyType.PAYLOAD_MALFORMED)
-
-
-class _Undecryptable(Ikev1dError):
-    """Internal: a body did not decrypt; never reported before the proof fails."""
 
 
 class PublicKeyEncryptionAuthenticator(Authenticator):
