@@ -20,6 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from ikev1d.crypto.certs import same_public_key
 from ikev1d.durations import format_duration
 from ikev1d.proposals import (
@@ -251,9 +253,7 @@ def _load_auth(
     else:
         elsewhere = {k: f"[{conn_path}.remote]" for k in _REMOTE_KEYS}
         ld.check_keys(data, path, _LOCAL_KEYS, elsewhere)
-    # RSA encryption (RFC 2409 sections 5.2, 5.3) comes with its authenticator.
-    auth = ld.get_choice(data, path, "auth", Auth.PSK, Auth,
-                         not_yet=(Auth.RSA_ENCRYPTION,))
+    auth = ld.get_choice(data, path, "auth", Auth.PSK, Auth)
     id_text = ld.get_optional_str(data, path, "id")
     identity = (
         ld.identity(id_text, f"{path}.id", allow_any=remote) if id_text is not None
@@ -323,8 +323,10 @@ def _check_auth_files(ld: TomlReader, a: AuthConfig, path: str, *, remote: bool)
                              ("cacerts", a.cacerts), ("crls", a.crls), ("pubkey", a.pubkey)):
             if present:
                 raise ld.error(f"{path}.{key}", "only used with auth = \"pubkey\" or "
-                               "\"rsa-encryption\", not with auth = \"psk\"")
+                               "\"rsa-encryption[-revised]\", not with auth = \"psk\"")
         return
+    if a.auth.encrypts_to_peer:
+        _check_rsa_encryption(ld, a, path, remote=remote)
     if not remote:
         if a.auth is Auth.PUBKEY and not a.certs:
             raise ld.error(f"{path}.certs", "auth = \"pubkey\" needs our certificate "
@@ -336,12 +338,26 @@ def _check_auth_files(ld: TomlReader, a: AuthConfig, path: str, *, remote: bool)
     if a.auth is Auth.PUBKEY and not a.cacerts and a.pubkey is None:
         raise ld.error(f"{path}.cacerts", "auth = \"pubkey\" needs trust anchors (cacerts) "
                        "or the peer's certificate (pubkey) to verify the peer")
-    if a.auth is Auth.RSA_ENCRYPTION and a.pubkey is None:
+
+
+def _check_rsa_encryption(ld: TomlReader, a: AuthConfig, path: str, *, remote: bool) -> None:
+    """Public key encryption (RFC 2409 sections 5.2, 5.3) encrypts with RSA only,
+    and needs the peer's key before the exchange: the nonce is encrypted with it."""
+    key: object = a.credentials.pubkey if remote else a.credentials.private_key
+    name = "pubkey" if remote else "private_key"
+    if remote and a.pubkey is None:
         raise ld.error(
             f"{path}.pubkey",
-            "auth = \"rsa-encryption\" needs the peer's public key or certificate beforehand "
+            f"auth = \"{a.auth}\" needs the peer's public key or certificate beforehand "
             "(RFC 2409 section 5.2: the nonce is encrypted with it)",
         )
+    if key is not None and not isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        raise ld.error(f"{path}.{name}", f"auth = \"{a.auth}\" needs an RSA key "
+                       "(RFC 2409 section 5.2 encrypts with it)")
+    for option, present in (("cacerts", a.cacerts), ("crls", a.crls)):
+        if present:
+            raise ld.error(f"{path}.{option}", f"not used with auth = \"{a.auth}\": the "
+                           "peer's key is pinned with pubkey")
 
 
 def _load_child(

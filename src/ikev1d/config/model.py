@@ -96,7 +96,13 @@ class Auth(enum.StrEnum):
 
     PSK = "psk"
     PUBKEY = "pubkey"  # signatures, RFC 2409 section 5.1
-    RSA_ENCRYPTION = "rsa-encryption"  # RFC 2409 sections 5.2 and 5.3
+    RSA_ENCRYPTION = "rsa-encryption"  # RFC 2409 section 5.2 (auth method 4)
+    RSA_ENCRYPTION_REVISED = "rsa-encryption-revised"  # RFC 2409 section 5.3 (method 5)
+
+    @property
+    def encrypts_to_peer(self) -> bool:
+        """Public key encryption: the peer's public key is needed beforehand."""
+        return self in (Auth.RSA_ENCRYPTION, Auth.RSA_ENCRYPTION_REVISED)
 
 
 class DpdAction(enum.StrEnum):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ikev1d.crypto.algorithms import digest_size, hash_digest, prf
-from ikev1d.crypto.errors import CryptoError
+from ikev1d.crypto.algorithms import IkeCipher, digest_size, hash_digest, prf
+from ikev1d.crypto.errors import CryptoError, DecryptError
 
 __all__ = [
     "Phase1Keys",
@@ -26,10 +26,14 @@ __all__ = [
     "nat_d_hash",
     "phase1_iv",
     "phase2_iv",
+    "pke_hash_1",
     "prf_output_length",
     "qm_hash1",
     "qm_hash2",
     "qm_hash3",
+    "revised_pke_decrypt",
+    "revised_pke_encrypt",
+    "revised_pke_key",
     "skeyid_pke",
     "skeyid_psk",
     "skeyid_sig",
@@ -107,6 +111,51 @@ def encryption_key(prf_alg: str, skeyid_e: bytes, key_length: int) -> bytes:
         block = prf(prf_alg, skeyid_e, block)
         ka += block
     return ka[:key_length]
+
+
+# --- Public key encryption, RFC 2409 §5.2 and §5.3 --------------------------------
+
+
+def pke_hash_1(hash_alg: str, certificate: bytes) -> bytes:
+    """HASH(1) of message 3: a hash, with the negotiated hash function, of the
+    certificate (or public key) the initiator encrypted to (RFC 2409 §5.2)."""
+    return hash_digest(hash_alg, certificate)
+
+
+def revised_pke_key(prf_alg: str, nonce_b: bytes, cky: bytes, key_length: int) -> bytes:
+    """Ke_i (or Ke_r) of the revised mode (RFC 2409 §5.3): Ne_i = prf(Ni_b, CKY-I)
+    (Ne_r = prf(Nr_b, CKY-R)), the key taken from it as from SKEYID_e (Appendix B)."""
+    return encryption_key(prf_alg, prf(prf_alg, nonce_b, cky), key_length)
+
+
+def revised_pke_encrypt(cipher: IkeCipher, bodies: list[bytes]) -> list[bytes]:
+    """The payload bodies after the nonce, each encrypted with Ke_i / Ke_r (RFC 2409
+    §5.3): CBC with a zero IV for the first, the previous payload's last ciphertext
+    block for the next; every body is padded with zeros and a last octet counting
+    the padding octets before it, so there is always padding."""
+    iv = bytes(cipher.block_size)
+    out: list[bytes] = []
+    for body in bodies:
+        pad = cipher.block_size - len(body) % cipher.block_size
+        ciphertext = cipher.encrypt(iv, body + bytes(pad - 1) + bytes((pad - 1,)))
+        iv = ciphertext[-cipher.block_size:]
+        out.append(ciphertext)
+    return out
+
+
+def revised_pke_decrypt(cipher: IkeCipher, bodies: list[bytes]) -> list[bytes]:
+    """Inverse of revised_pke_encrypt; DecryptError if a body is not whole blocks or
+    its padding count does not fit in the body."""
+    iv = bytes(cipher.block_size)
+    out: list[bytes] = []
+    for body in bodies:
+        plaintext = cipher.decrypt(iv, body)
+        iv = body[-cipher.block_size:]
+        count = plaintext[-1] + 1
+        if count > len(plaintext):
+            raise DecryptError("padding longer than the payload")
+        out.append(plaintext[:-count])
+    return out
 
 
 # --- Main Mode authentication, RFC 2409 §5 ------------------------------------------

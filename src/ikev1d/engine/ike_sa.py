@@ -530,10 +530,13 @@ def first(payloads: Sequence[Payload], kind: type[T]) -> T:
     raise ProtocolFailure(f"missing {kind.__name__}", NotifyType.PAYLOAD_MALFORMED)
 
 
-def parse(header: Header, body: bytes, *, allow_trailing: bool = False) -> Parsed:
+def parse(header: Header, body: bytes, *, allow_trailing: bool = False,
+          opaque: frozenset[int] = frozenset()) -> Parsed:
+    """Decode a payload chain; ``opaque`` payload types are kept undecoded (see
+    decode_payloads_with_spans)."""
     try:
         spans = decode_payloads_with_spans(
-            header.next_payload, body, allow_trailing=allow_trailing
+            header.next_payload, body, allow_trailing=allow_trailing, opaque=opaque
         )
     except WireError as exc:
         raise ProtocolFailure(str(exc), exc.notify) from exc

@@ -26,10 +26,15 @@ class Rule:
     required: frozenset[int]
     allowed: frozenset[int]
     encrypted: bool
+    #: Payloads whose bodies arrive as ciphertext and are decoded by the
+    #: authenticator, not the codec (RFC 2409 sections 5.2 and 5.3).
+    opaque: frozenset[int] = frozenset()
 
 
-def _rule(required: set[int], optional: set[int], encrypted: bool) -> Rule:
-    return Rule(frozenset(required), frozenset(required | optional), encrypted)
+def _rule(required: set[int], optional: set[int], encrypted: bool,
+          opaque: set[int] | None = None) -> Rule:
+    return Rule(frozenset(required), frozenset(required | optional), encrypted,
+                frozenset(opaque or ()))
 
 
 #: Messages 1 and 2 negotiate the method, so they cannot depend on it.
@@ -56,12 +61,35 @@ _MAIN_MODE_SIG = {
     6: _rule({P.ID, P.SIG}, {P.NOTIFICATION, P.VENDOR_ID, P.CERT, P.CR}, True),
 }
 
+#: Public key encryption (RFC 2409 section 5.2): messages 3 and 4 carry KE and
+#: the ID and nonce bodies encrypted with the peer's public key, message 3
+#: optionally HASH(1), the hash of the certificate it encrypted to; messages 5
+#: and 6 carry only HASH_I / HASH_R.
+_MAIN_MODE_PKE = {
+    3: _rule({P.KE, P.ID, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.HASH}, False, {P.ID, P.NONCE}),
+    4: _rule({P.KE, P.ID, P.NONCE}, _NAT_D | {P.VENDOR_ID}, False, {P.ID, P.NONCE}),
+    5: _rule({P.HASH}, {P.NOTIFICATION, P.VENDOR_ID}, True),
+    6: _rule({P.HASH}, {P.NOTIFICATION, P.VENDOR_ID}, True),
+}
+
+#: The revised mode (RFC 2409 section 5.3): the nonce encrypted with the public
+#: key, KE and ID with the symmetric key derived from the nonce.
+_MAIN_MODE_RPKE = {
+    3: _rule({P.KE, P.ID, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.HASH}, False,
+             {P.KE, P.ID, P.NONCE}),
+    4: _rule({P.KE, P.ID, P.NONCE}, _NAT_D | {P.VENDOR_ID}, False, {P.KE, P.ID, P.NONCE}),
+    5: _rule({P.HASH}, {P.NOTIFICATION, P.VENDOR_ID}, True),
+    6: _rule({P.HASH}, {P.NOTIFICATION, P.VENDOR_ID}, True),
+}
+
 MAIN_MODE_AUTH: dict[int, dict[int, Rule]] = {
     AuthMethod.PRE_SHARED_KEY: _MAIN_MODE_PSK,
     AuthMethod.RSA_SIG: _MAIN_MODE_SIG,
     AuthMethod.ECDSA_256: _MAIN_MODE_SIG,
     AuthMethod.ECDSA_384: _MAIN_MODE_SIG,
     AuthMethod.ECDSA_521: _MAIN_MODE_SIG,
+    AuthMethod.RSA_ENC: _MAIN_MODE_PKE,
+    AuthMethod.RSA_REV_ENC: _MAIN_MODE_RPKE,
 }
 
 QUICK_MODE = {

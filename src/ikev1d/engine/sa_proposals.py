@@ -174,6 +174,17 @@ def offered_ike(sa: SaPayload) -> list[str]:
     ]
 
 
+def offered_auth_methods(sa: SaPayload) -> list[int]:
+    """The authentication methods of an SA payload's ISAKMP transforms."""
+    return [
+        auth
+        for p in sa.proposals
+        if p.protocol_id == ProtocolId.ISAKMP
+        for t in p.transforms
+        if (auth := describe_ike_transform(t)[1]) is not None
+    ]
+
+
 def encapsulation_mode(mode: str, udp: bool, rfc3947: bool) -> int:
     """RFC 3947 section 5.1 values, or the draft's for peers that spoke a draft."""
     if not udp:

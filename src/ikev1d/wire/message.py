@@ -252,9 +252,15 @@ class DecodedPayload:
 
 
 def decode_payloads_with_spans(
-    first_type: int, body: bytes, *, allow_trailing: bool = False
+    first_type: int, body: bytes, *, allow_trailing: bool = False,
+    opaque: frozenset[int] = frozenset(),
 ) -> tuple[DecodedPayload, ...]:
-    """Like :func:`decode_payloads`, also giving each payload's byte range in ``body``."""
+    """Like :func:`decode_payloads`, also giving each payload's byte range in ``body``.
+
+    Payload types in ``opaque`` are kept as :class:`UnknownPayload` with their raw
+    body: with public key encryption (RFC 2409 sections 5.2 and 5.3) the bodies of
+    ID, nonce and KE payloads in Main Mode messages 3 and 4 are ciphertext.
+    """
     r = Reader(body, "payload chain")
     spans: list[DecodedPayload] = []
     current = int(first_type)
@@ -282,7 +288,8 @@ def decode_payloads_with_spans(
                 f"{r.remaining() + GENERIC_HEADER_LENGTH} bytes left"
             )
         payload_body = r.take(length - GENERIC_HEADER_LENGTH, "payload body")
-        decoder = _DECODERS.get(current) or _decode_unknown(current)
+        decoder = (_decode_unknown(current) if current in opaque
+                   else _DECODERS.get(current) or _decode_unknown(current))
         try:
             payload = decoder(payload_body)
         except WireError as e:

@@ -458,8 +458,6 @@ NOT_IMPLEMENTED = [
     (C + "modecfg = 'push'", "connections.c.modecfg"),
     (C + "dpd_action = 'hold'", "connections.c.dpd_action"),
     (C + "reauth_time = '1h'", "connections.c.reauth_time"),
-    (L + "auth = 'rsa-encryption'", "connections.c.local.auth"),
-    (R + "auth = 'rsa-encryption'", "connections.c.remote.auth"),
     (C + "[connections.c.local_xauth]\nauth = 'xauth'", "connections.c.local_xauth.auth"),
     (C + "[connections.c.local_xauth]\nxauth_id = 'alice'",
      "connections.c.local_xauth.xauth_id"),
@@ -475,14 +473,43 @@ def test_not_implemented_yet(text: str, key: str) -> None:
     assert message.startswith(f"test.toml: {key}: not implemented yet")
 
 
-def test_refusal_comes_before_the_file_checks(tmp_path: Path) -> None:
-    # A file that exists changes nothing: the feature is what is missing.
-    (tmp_path / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
-    text = L + "auth = 'rsa-encryption'\nprivate_key = 'key.pem'\n"
+def _rsa_files(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    for name, key in (("key.pem", rsa.generate_private_key(65537, 2048)),
+                      ("ec.pem", ec.generate_private_key(ec.SECP256R1()))):
+        (tmp_path / name).write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        (tmp_path / f"pub-{name}").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+@pytest.mark.parametrize("auth", ["rsa-encryption", "rsa-encryption-revised"])
+def test_rsa_encryption_loads_with_our_key_and_the_peers(tmp_path: Path, auth: str) -> None:
+    _rsa_files(tmp_path)
+    text = (C + f"[connections.c.local]\nauth = '{auth}'\nprivate_key = 'key.pem'\n"
+            f"[connections.c.remote]\nauth = '{auth}'\npubkey = 'pub-key.pem'\n")
+    conn = parse_config(text, "t.toml", tmp_path).connections["c"]
+    assert str(conn.local.auth) == auth and conn.remote.credentials.pubkey is not None
+
+
+@pytest.mark.parametrize(("local", "remote", "key", "reason"), [
+    ("private_key = 'key.pem'", "", "remote.pubkey", "needs the peer's public key"),
+    ("", "pubkey = 'pub-key.pem'", "local.private_key", "needs our private key"),
+    ("private_key = 'ec.pem'", "pubkey = 'pub-key.pem'", "local.private_key",
+     "needs an RSA key"),
+    ("private_key = 'key.pem'", "pubkey = 'pub-ec.pem'", "remote.pubkey", "needs an RSA key"),
+])
+def test_rsa_encryption_errors(tmp_path: Path, local: str, remote: str, key: str,
+                               reason: str) -> None:
+    _rsa_files(tmp_path)
+    text = (C + f"[connections.c.local]\nauth = 'rsa-encryption'\n{local}\n"
+            f"[connections.c.remote]\nauth = 'rsa-encryption'\n{remote}\n")
     with pytest.raises(ConfigError) as info:
         parse_config(text, "t.toml", tmp_path)
-    assert str(info.value) == 't.toml: connections.c.local.auth: not implemented yet: ' \
-        'auth = "rsa-encryption"'
+    assert str(info.value).startswith(f"t.toml: connections.c.{key}: "), str(info.value)
+    assert reason in str(info.value)
 
 
 def test_empty_and_default_values_of_features_not_implemented_yet_load() -> None:
@@ -874,7 +901,7 @@ modecfg = "pull"              # pull | push
 fragmentation = "yes"         # IKE fragmentation: yes | accept | force | no
 
 [connections.site-b.local]
-auth = "psk"                  # psk | pubkey | rsa-encryption
+auth = "psk"                  # psk | pubkey | rsa-encryption-revised | rsa-encryption
 id = "192.0.2.1"              # IP, FQDN ("gw.example.org"), user FQDN ("me@example.org"), DN ("C=DE, O=X, CN=gw")
 certs = []                    # PEM files, for pubkey
 private_key = ""              # PEM file, for pubkey / rsa-encryption

@@ -8,6 +8,10 @@ from ikev1d.engine.auth.pubkey import (
     Ecdsa521Authenticator,
     RsaSignatureAuthenticator,
 )
+from ikev1d.engine.auth.rsaenc import (
+    RevisedRsaEncryptionAuthenticator,
+    RsaEncryptionAuthenticator,
+)
 
 REGISTRY = Registry([
     PskAuthenticator,
@@ -15,6 +19,8 @@ REGISTRY = Registry([
     Ecdsa256Authenticator,
     Ecdsa384Authenticator,
     Ecdsa521Authenticator,
+    RsaEncryptionAuthenticator,
+    RevisedRsaEncryptionAuthenticator,
 ])
 
 AUTH_NAMES = REGISTRY.names()

@@ -44,8 +44,15 @@ from ikev1d.engine.halfopen import MAX_SA_OFFER
 from ikev1d.engine.ike_sa import IkeSa, Parsed, ProtocolFailure, first, parse
 from ikev1d.engine.lifetimes import agreed_lifetime
 from ikev1d.engine.ratelimit import Lazy, truncated
-from ikev1d.engine.sa_proposals import IkeChoice, ike_sa_payload, offered_ike, select_ike
+from ikev1d.engine.sa_proposals import (
+    IkeChoice,
+    ike_sa_payload,
+    offered_auth_methods,
+    offered_ike,
+    select_ike,
+)
 from ikev1d.wire import (
+    AuthMethod,
     ExchangeType,
     Flags,
     IdPayload,
@@ -348,9 +355,17 @@ class MainMode(Exchange):
         assert_one_transform(response_sa)
         choice = select_ike(response_sa, self.offered, {self.offered_method})
         if choice is None:
+            methods = offered_auth_methods(response_sa)
+            other = ""
+            if methods and methods[0] != self.offered_method:
+                # E.g. public key encryption (RFC 2409 sections 5.2, 5.3), which
+                # peers without it may answer with a method of their own.
+                other = (f" with authentication method {AuthMethod(methods[0]).name}; we "
+                         f"offered {AuthMethod(self.offered_method).name}, which the peer "
+                         "seems not to support")
             raise ProtocolFailure(
                 "responder chose a proposal we did not offer: "
-                + truncated(offered_ike(response_sa)),
+                + truncated(offered_ike(response_sa)) + other,
                 NotifyType.NO_PROPOSAL_CHOSEN,
             )
         self._choose(choice)
@@ -365,7 +380,7 @@ class MainMode(Exchange):
     def _process_message_4(self, message: Message, now: float) -> None:
         sa = self.sa
         auth = self._auth
-        payloads = parse(message.header, message.body).payloads
+        payloads = parse(message.header, message.body, opaque=auth.rule(4).opaque).payloads
         rules.check(auth.rule(4), payloads, "Main Mode message 4")
         auth.read_key_exchange(payloads)
         self._shared_secret(self.material.g_xr)
@@ -454,7 +469,7 @@ class MainMode(Exchange):
         auth = self._auth
         if message.header.flags & Flags.ENCRYPTION:
             raise ProtocolFailure("Main Mode message 3 must not be encrypted")
-        payloads = parse(message.header, message.body).payloads
+        payloads = parse(message.header, message.body, opaque=auth.rule(3).opaque).payloads
         rules.check(auth.rule(3), payloads, "Main Mode message 3")
         proposal = sa.proposal
         if proposal is None:

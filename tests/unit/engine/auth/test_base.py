@@ -20,6 +20,10 @@ from ikev1d.engine.auth.base import (
 )
 from ikev1d.engine.auth.psk import PskAuthenticator
 from ikev1d.engine.auth.pubkey import RsaSignatureAuthenticator
+from ikev1d.engine.auth.rsaenc import (
+    RevisedRsaEncryptionAuthenticator,
+    RsaEncryptionAuthenticator,
+)
 from ikev1d.engine.ike_sa import IkeSa
 from ikev1d.engine.sa_proposals import ike_sa_payload
 from ikev1d.wire import (
@@ -49,14 +53,18 @@ def _sa(engine: Engine) -> IkeSa:
 def test_pre_shared_keys_and_signatures_are_the_methods_accepted() -> None:
     assert REGISTRY.accepted() == {AuthMethod.PRE_SHARED_KEY, AuthMethod.RSA_SIG,
                                    AuthMethod.ECDSA_256, AuthMethod.ECDSA_384,
-                                   AuthMethod.ECDSA_521}
+                                   AuthMethod.ECDSA_521, AuthMethod.RSA_ENC,
+                                   AuthMethod.RSA_REV_ENC}
     assert REGISTRY.names() == {AuthMethod.PRE_SHARED_KEY: "psk", AuthMethod.RSA_SIG: "pubkey-rsa",
                                 AuthMethod.ECDSA_256: "pubkey-ecdsa",
                                 AuthMethod.ECDSA_384: "pubkey-ecdsa",
-                                AuthMethod.ECDSA_521: "pubkey-ecdsa"}
+                                AuthMethod.ECDSA_521: "pubkey-ecdsa",
+                                AuthMethod.RSA_ENC: "rsa-encryption",
+                                AuthMethod.RSA_REV_ENC: "rsa-encryption-revised"}
     assert REGISTRY.for_config("psk") is PskAuthenticator
     assert REGISTRY.for_config("pubkey") is RsaSignatureAuthenticator
-    assert REGISTRY.for_config("rsa-encryption") is None
+    assert REGISTRY.for_config("rsa-encryption") is RsaEncryptionAuthenticator
+    assert REGISTRY.for_config("rsa-encryption-revised") is RevisedRsaEncryptionAuthenticator
     assert REGISTRY.to_offer("psk") is PskAuthenticator
 
 
@@ -65,7 +73,7 @@ def test_a_psk_connection_accepts_only_psk() -> None:
     assert REGISTRY.accepted([engine.config.connections["gw"]]) == {AuthMethod.PRE_SHARED_KEY}
 
 
-@pytest.mark.parametrize("method", [AuthMethod.RSA_ENC, AuthMethod.RSA_REV_ENC, 250])
+@pytest.mark.parametrize("method", [AuthMethod.DSS_SIG, 250])
 def test_unknown_method_is_refused(method: int) -> None:
     engine = _engine()
     with pytest.raises(UnknownAuthMethod) as raised:
