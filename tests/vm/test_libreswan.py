@@ -52,6 +52,7 @@ class Case:
     their_pfs: bool = False
     their_psk: str = PSK
     aggressive: bool = False
+    dpd: bool = False                       # short DPD timers on both sides
     our_chosen: tuple[str, str] = ("", "")  # (IKE, ESP) ikev1d reports; default: the first
     their_right_net: str = ""               # what pluto expects behind ikev1d, if not ours
 
@@ -116,7 +117,11 @@ CASES = {c.name: c for c in [
     # Libreswan, like ikev1d, wants the peer's tunnel exactly as configured.
     Case("badid", 10, AES256_SHA256, ("aes128gcm16",), LS_AES256_SHA256, "aes_gcm128",
          their_right_net="10.1.10.0/25"),
+    Case("dpd", 11, AES256_SHA256, ("aes128gcm16",), LS_AES256_SHA256, "aes_gcm128",
+         LS_AES256_SHA256_SHOWN, "AES_GCM_16_128-NONE", dpd=True),
 ]}
+DPD_DELAY, DPD_TIMEOUT = 6, 18
+THEIR_DPD_DELAY, THEIR_DPD_TIMEOUT = 2, 10
 
 
 def _our_toml(cases: list[Case]) -> str:
@@ -135,7 +140,7 @@ remote_addrs = ["{c.theirs}"]
 proposals = {json.dumps(list(c.ours_ike))}
 encap = false
 rekey_time = "4h"
-
+{_dpd_toml(c)}
 [connections.{c.name}.local]
 auth = "psk"
 id = "{c.ours}"
@@ -158,10 +163,18 @@ ids = ["{c.theirs}"]
     return text
 
 
+def _dpd_toml(case: Case) -> str:
+    if not case.dpd:
+        return ""
+    return (f'dpd_delay = "{DPD_DELAY}s"\ndpd_timeout = "{DPD_TIMEOUT}s"\n'
+            'dpd_action = "clear"\n')
+
+
 def _their_conf(cases: list[Case]) -> tuple[str, str]:
     confs = [ipsec_conf(c.name, c.theirs, c.ours, c.their_net, c.their_right_net or c.our_net,
                         c.their_ike,
                         c.their_esp, pfs=c.their_pfs, aggressive=c.aggressive,
+                        dpd=(THEIR_DPD_DELAY, THEIR_DPD_TIMEOUT, "clear") if c.dpd else None,
                         extra=("retransmit-timeout=10s",))
              for c in cases]
     # One "config setup" section, then every conn.
@@ -195,7 +208,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         ours = Ikev1dDaemon(topo.a, work / "ikev1d", _our_toml(cases))
         theirs = Pluto(topo.b, work / "pluto")
         try:
-            ours.start(timeout=90)
+            ours.start(timeout=180)
             theirs.start(*_their_conf(cases))
             yield Rig(topo.a, topo.b, ours, theirs)
         finally:
@@ -472,3 +485,43 @@ def _no_child(rig: Rig, case: Case, ike_checked: bool = False) -> None:
     assert not rig.theirs.status(case.name).installed
     assert not _spis(rig.a, case.ours, case.theirs) and not _spis(rig.a, case.theirs, case.ours)
     assert not _spis(rig.b, case.ours, case.theirs) and not _spis(rig.b, case.theirs, case.ours)
+
+
+def _pluto_dpd(rig: Rig, case: Case) -> tuple[int, int]:
+    """pluto's DPD sequence numbers on the connection's ISAKMP SA: (last R-U-THERE it
+    received, last it sent)."""
+    text = rig.theirs.status_text()
+    (rig.theirs.work_dir / f"status-{case.name}-dpd.txt").write_text(text)
+    for line in text.splitlines():
+        m = re.search(rf'#\d+: "{case.name}"\S* STATE_MAIN_\w+ .*lastdpd=-?\d+s'
+                      r"\(seq in:(\d+) out:(\d+)\)", line)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    return 0, 0
+
+
+# Last in the module: it kills pluto.
+@pytest.mark.parametrize("case", ["dpd"], indirect=True)
+def test_libreswan_dpd_answered_then_a_killed_pluto_is_detected(rig: Rig, case: Case) -> None:
+    """R-U-THERE from ikev1d answered with R-U-THERE-ACK (RFC 3706) while pluto lives;
+    after kill -9 of pluto, ikev1d declares it dead within dpd_timeout and clears the SAs."""
+    _initiate(rig, case, by_us=True)
+    rig.theirs.wait_for(case.name, lambda v: v.established and bool(v.installed), timeout=30)
+    # pluto answers ikev1d's R-U-THEREs ("seq in" is the last it received; "lastdpd" the
+    # age of the last sign of life) and, while they keep coming, sends none of its own
+    # ("seq out" stays 0, even with its dpddelay shorter than ours). It would declare
+    # ikev1d dead and log it if nothing came for its dpdtimeout.
+    _wait(lambda: _pluto_dpd(rig, case)[0] > 0, 3 * DPD_TIMEOUT, "R-U-THERE answered")
+    first = _pluto_dpd(rig, case)[0]
+    time.sleep(DPD_TIMEOUT)
+    assert _pluto_dpd(rig, case)[0] > first  # ikev1d kept asking, pluto kept answering
+    assert rig.theirs.status(case.name).established
+    assert "DPD: No response" not in rig.theirs.log_text()
+    assert "not responding" not in rig.ours.log_text()
+
+    rig.theirs.kill()
+    line = _wait_our_log(rig, case, "DPD: peer", 3 * DPD_TIMEOUT)
+    assert f"{case.theirs} not responding" in line and "action clear" in line, line
+    _wait(lambda: not _spis(rig.a, case.ours, case.theirs)
+          and not _spis(rig.a, case.theirs, case.ours), 30, "ikev1d's SAs to leave the kernel")
+    assert _our_sa(rig, case) is None
