@@ -77,9 +77,11 @@ clean:
 # The kernel data plane under a stock Debian kernel in qemu (this machine's kernel has
 # no ESP): apt packages and virtme-ng in .vm-venv when missing, then one VM boot that
 # runs tests/vm/ (results in vm-out/). Not part of `test`: see scripts/run-vm-tests.sh.
+# test-libreswan boots it a second time for the Libreswan suite (results in
+# vm-out-libreswan/), so that each boot stays within ~12 minutes.
 VM_DEB_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static
-.PHONY: test-kernel
-test-kernel: deps venv
+.PHONY: test-kernel test-libreswan vm-deps
+vm-deps: deps venv
 	@missing=""; for p in $(VM_DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -90,4 +92,26 @@ test-kernel: deps venv
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 	test -x .vm-venv/bin/vng || { $(PYTHON) -m venv .vm-venv && .vm-venv/bin/pip install -q 'virtme-ng==1.42'; }
-	scripts/run-vm-tests.sh
+
+test-kernel: vm-deps
+	VM_TESTS="tests/vm --ignore=tests/vm/test_libreswan.py" scripts/run-vm-tests.sh
+
+test-libreswan: vm-deps libreswan
+	VM_TESTS=tests/vm/test_libreswan.py scripts/run-vm-tests.sh vm-out-libreswan
+
+# Libreswan 4.10 (pluto), the second reference peer, for the VM suite. It conflicts with the
+# strongSwan packages, so it is not installed: its .debs (and the libraries it needs that a
+# strongSwan machine lacks) are unpacked with dpkg-deb into $(LIBRESWAN_DIR), from where
+# src/ikev1d_lab/libreswan.py runs it inside the guest.
+LIBRESWAN_DIR  := .vm-cache/libreswan
+LIBRESWAN_DEBS := libreswan libnss3-tools libevent-pthreads-2.1-7 libldns3
+.PHONY: libreswan
+libreswan: $(LIBRESWAN_DIR)/.unpacked
+$(LIBRESWAN_DIR)/.unpacked:
+	rm -rf $(LIBRESWAN_DIR) && mkdir -p $(LIBRESWAN_DIR)/debs
+	cd $(LIBRESWAN_DIR)/debs && { apt-get download $(LIBRESWAN_DEBS) || \
+	  { apt-get update -q && apt-get download $(LIBRESWAN_DEBS); }; }
+	for deb in $(LIBRESWAN_DIR)/debs/*.deb; do dpkg-deb -x "$$deb" $(LIBRESWAN_DIR)/root || exit 1; done
+	LD_LIBRARY_PATH=$(LIBRESWAN_DIR)/root/usr/lib/x86_64-linux-gnu \
+	  $(LIBRESWAN_DIR)/root/usr/libexec/ipsec/pluto --version
+	touch $@

@@ -5,6 +5,10 @@
 #
 #   scripts/run-vm-tests.sh [OUTDIR]     (default: vm-out/ in the repository)
 #
+# VM_TESTS: the test paths to run (default tests/vm); VM_K: a pytest -k expression
+# without spaces ("libreswan", "not_libreswan"), to iterate on one test without running
+# the whole suite under emulation.
+#
 # Needs: qemu-system-x86, linux-image-amd64, busybox-static (apt) and virtme-ng
 # in .vm-venv (`make test-kernel` installs them). Exit code: the guest's pytest's.
 # Results: OUTDIR/junit.xml, OUTDIR/pytest.txt, per-test daemon and charon logs.
@@ -32,7 +36,8 @@ start=$(date +%s)
 set +e
 # --disable-kvm: /dev/kvm here cannot run a stock kernel; --force-9p: no virtiofsd.
 timeout "${VM_TIMEOUT:-1200}" vng --disable-kvm --force-9p --cpus 2 --memory 1G \
-    --rwdir="$OUT" --run "$KERNEL" -- "$ROOT/tests/vm/guest.sh" "$OUT" \
+    --rwdir="$OUT" --run "$KERNEL" -- "$ROOT/tests/vm/guest.sh" "$OUT" "k=${VM_K:-}" \
+    ${VM_TESTS:-tests/vm} \
     </dev/null >"$OUT/console.txt" 2>&1
 rc=$?
 set -e

@@ -3,8 +3,14 @@
 # tests/vm/ against the guest's own kernel, which has ESP. Results (junit XML,
 # pytest output, daemon and charon logs) go to $1, the --rwdir shared with the host.
 # The guest's exit code is pytest's; vng hands it back to the host.
+#   guest.sh OUTDIR [k=EXPR [TEST_PATH...]]: EXPR is a pytest -k expression (k=: all tests);
+#   never an empty argument, which the trip through vng's command line could lose.
 set -u
-OUT=${1:?usage: guest.sh OUTDIR}
+OUT=${1:?usage: guest.sh OUTDIR [k=EXPR [TEST_PATH...]]}
+shift
+K=""
+case "${1:-}" in k=*) K=${1#k=}; shift ;; esac
+[ $# -gt 0 ] || set -- tests/vm
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT" || exit 2
 
@@ -17,7 +23,7 @@ mkdir -p "$BASE"
 printf 'swanctl {\n  load = pem pkcs1 x509 pubkey random nonce openssl\n}\n' > "$BASE/swanctl.conf"
 
 IKEV1D_VM_GUEST=1 STRONGSWAN_CONF="$BASE/swanctl.conf" PYTHONDONTWRITEBYTECODE=1 \
-  "$ROOT/.venv/bin/python" -m pytest tests/vm -v -ra --durations=0 -p no:cacheprovider -p no:hypothesispytest \
+  "$ROOT/.venv/bin/python" -m pytest "$@" ${K:+-k "$K"} -v -ra --durations=0 -p no:cacheprovider -p no:hypothesispytest \
     --basetemp="$BASE/t" --junitxml="$OUT/junit.xml" >"$OUT/pytest.txt" 2>&1
 rc=$?
 

@@ -131,7 +131,9 @@ def make_tunnel(two_hosts: Topology, tmp_path: Path) -> Iterator[MakeTunnel]:
             dataplane="kernel", retransmit_timeout="3s",
         ) + _more_children_toml(more))
         daemons.append(ours)
-        ours.start(timeout=90)
+        # The first Python process of the guest is slow to start under emulation, more so
+        # on a loaded host (90 s was once not enough).
+        ours.start(timeout=180)
         theirs = _start_charon(topo.b, tmp_path / "charon")
         charons.append(theirs)
         conf = swanctl_conf(

@@ -275,6 +275,35 @@ def test_wrong_psk_fails_authentication(caplog: pytest.LogCaptureFixture) -> Non
     assert net.a.engine.status(net.now).to_json() == {"ike_sas": []}
 
 
+def test_message_4_again_after_our_message_5_is_a_retransmission(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A responder that cannot read message 5 (another PSK) may answer nothing but its
+    message 4 again, as Libreswan does: we keep retransmitting message 5 and end with an
+    authentication failure, not with a protocol error on the first repeat."""
+    net = default_net(b_psk="another long but different secret")
+    sent_by_b = [0]
+
+    def only_mm2_and_mm4(d: Datagram) -> bool:
+        if d.local[0] != B_ADDR:
+            return False
+        sent_by_b[0] += 1
+        return sent_by_b[0] > 2
+
+    net.drop = only_mm2_and_mm4
+    with caplog.at_level(logging.DEBUG):
+        establish(net)
+        mm4 = [d for s, d in net.wire if s == B_ADDR][1]
+        assert not split_message(mm4.data)[0].flags & Flags.ENCRYPTION
+        net.a.engine.receive_datagram(mm4.data, mm4.remote, mm4.local, net.now)
+        net.pump()
+        assert not net.a.of(ConnectionFailed)
+        assert "should be encrypted" not in caplog.text
+        net.advance(60)
+    (failed,) = net.a.of(ConnectionFailed)
+    assert isinstance(failed, ConnectionFailed) and "authentication failed" in failed.reason
+
+
 def test_wrong_remote_id_fails_authentication(caplog: pytest.LogCaptureFixture) -> None:
     text = config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24").replace(
         f'[connections.gw.remote]\nauth = "psk"\nid = "{B_ADDR}"',

@@ -112,6 +112,7 @@ class MainMode(Exchange):
         self.offered: list[IkeProposal] = []
         self.offered_method = 0
         self.sent_natd = False
+        self.message_4 = b""
 
     @staticmethod
     def receive(sa: IkeSa, message: Message, now: float) -> None:
@@ -344,6 +345,12 @@ class MainMode(Exchange):
         elif self.state is MmState.MM3_SENT:
             self._process_message_4(message, now)
         elif self.state is MmState.MM5_SENT:
+            if message.raw == self.message_4:
+                # The responder sent message 4 again: our message 5 did not reach it, or it
+                # could not read it (another PSK). A retransmission, not an error (RFC 2408
+                # section 5): our own retransmission of message 5 answers it, or gives up.
+                log.debug("message 4 again: the peer retransmits", extra=self.sa.log_extra)
+                return
             self._process_message_6(message, now)
 
     def _process_message_2(self, message: Message, now: float) -> None:
@@ -389,6 +396,7 @@ class MainMode(Exchange):
         self._derive_keys()
         if sa.udp_encap:
             sa.float_to_nat_t_port()
+        self.message_4 = message.raw
         self._send_proof(message.raw, now)
 
     def _process_message_6(self, message: Message, now: float) -> None:
