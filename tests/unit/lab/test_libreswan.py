@@ -13,7 +13,7 @@ import pytest
 
 from ikev1d_lab.libreswan import ipsec_conf, ipsec_secrets, parse_status, parse_traffic
 
-VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "libreswan"
+VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "libreswan"
 
 
 def _vector(name: str) -> str:
