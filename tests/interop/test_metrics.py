@@ -130,8 +130,13 @@ def test_metrics_equal_status_during_and_after_traffic(two_hosts: Topology,
             out, err = scraper.communicate(timeout=10)
         during = [float(line) for line in out.split()]
         assert len(during) >= 10, (out, err)
+        # How many scrapes land while the bytes flow depends on the machine's speed: on
+        # a fast one the transfer fits between two scrapes. What must hold is that the
+        # series starts at zero, only grows and ends with all the bytes.
         rising = sum(1 for x, y in itertools.pairwise(during) if y > x)
-        assert during[0] == 0 and during[-1] > 2_000_000 and rising >= 2, during
+        falling = sum(1 for x, y in itertools.pairwise(during) if y < x)
+        assert during[0] == 0 and during[-1] > 2_000_000 and rising >= 1, during
+        assert falling == 0, during
 
         inject_replay_and_tamper(Pair(topo, a, b))
 
