@@ -9,7 +9,7 @@ from ikev1d.config import parse_config
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Event
 from ikev1d.wire import DeletePayload, ProtocolId
-from tests.unit.engine.test_engine import B_ADDR, config_text
+from tests.unit.engine.test_engine import B_ADDR, config_text, pump_many
 
 NAT = ("198.51.100.7", 4500)
 
@@ -24,19 +24,7 @@ def two_road_warriors() -> tuple[Engine, dict[str, Engine], list[Event]]:
         text = config_text(address, B_ADDR, "x", "10.2.0.0/24").replace('local_ts = ["x"]\n', "")
         peers[address] = Engine(parse_config(text), random_bytes=random.Random(n).randbytes)
         peers[address].initiate("gw", None, 0.0)
-    events: list[Event] = []
-    for _ in range(20):
-        moved = False
-        for engine in peers.values():
-            for d in engine.datagrams_to_send():
-                moved = True
-                b.receive_datagram(d.data, d.remote, d.local, 0.0)
-        for d in b.datagrams_to_send():
-            moved = True
-            peers[d.remote[0]].receive_datagram(d.data, d.remote, d.local, 0.0)
-        events += b.events()
-        if not moved:
-            break
+    events = pump_many(b, peers)
     return b, peers, events
 
 

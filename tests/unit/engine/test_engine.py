@@ -75,6 +75,26 @@ ids = ["{remote}"]
 """
 
 
+
+def pump_many(b: Engine, peers: dict[str, Engine]) -> list[Event]:
+    """Deliver datagrams between responder ``b`` and peers (by address) until quiet;
+    ``b``'s events."""
+    events: list[Event] = []
+    for _ in range(20):
+        moved = False
+        for engine in peers.values():
+            for d in engine.datagrams_to_send():
+                moved = True
+                b.receive_datagram(d.data, d.remote, d.local, 0.0)
+        for d in b.datagrams_to_send():
+            moved = True
+            peers[d.remote[0]].receive_datagram(d.data, d.remote, d.local, 0.0)
+        events += b.events()
+        if not moved:
+            break
+    return events
+
+
 @dataclass
 class Peer:
     engine: Engine
@@ -746,19 +766,7 @@ def test_dynamic_peers_share_a_connection_without_disturbing_each_other() -> Non
         peers[address] = Engine(parse_config(text), random_bytes=random.Random(n).randbytes)
     for engine in peers.values():
         engine.initiate("gw", None, 0.0)
-    events: list[Event] = []
-    for _ in range(20):
-        moved = False
-        for engine in peers.values():
-            for d in engine.datagrams_to_send():
-                moved = True
-                b.receive_datagram(d.data, d.remote, d.local, 0.0)
-        for d in b.datagrams_to_send():
-            moved = True
-            peers[d.remote[0]].receive_datagram(d.data, d.remote, d.local, 0.0)
-        events += b.events()
-        if not moved:
-            break
+    events = pump_many(b, peers)
     children = [e for e in events if isinstance(e, ChildSaEstablished)]
     assert sorted(str(c.remote_ts[0]) for c in children) == ["192.0.2.11/32", "192.0.2.12/32"]
     status = b.status(0.0).to_json()["ike_sas"]
