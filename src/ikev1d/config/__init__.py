@@ -32,6 +32,7 @@ from .model import (
     SecretConfig,
     SecretType,
     StartAction,
+    Unique,
 )
 from .warnings import config_warnings
 
@@ -59,6 +60,7 @@ __all__ = [
     "SecretConfig",
     "SecretType",
     "StartAction",
+    "Unique",
     "config_warnings",
     "format_duration",
     "load_config",

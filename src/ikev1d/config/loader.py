@@ -64,6 +64,7 @@ from .model import (
     SecretConfig,
     SecretType,
     StartAction,
+    Unique,
     decode_secret,
     union,
 )
@@ -87,7 +88,7 @@ _DAEMON_KEYS = (
 _CONNECTION_KEYS = (
     "local_addrs", "remote_addrs", "proposals", "encap", "dpd_delay", "dpd_timeout",
     "dpd_action", "rekey_time", "reauth_time", "start_action", "vips", "pools", "modecfg",
-    "fragmentation", "aggressive", "version",
+    "fragmentation", "unique", "aggressive", "version",
     "local", "remote", "local_xauth", "remote_xauth", "children",
 )
 _LOCAL_KEYS = ("auth", "id", "certs", "private_key")
@@ -428,6 +429,7 @@ def _load_connection(
                               not_yet=(ModeCfg.PUSH,)),
         fragmentation=ld.get_choice(data, path, "fragmentation", d.fragmentation,
                                     Fragmentation),
+        unique=ld.get_choice(data, path, "unique", d.unique, Unique),
         local=local,
         remote=remote,
         children=children,

@@ -134,6 +134,16 @@ class Fragmentation(enum.StrEnum):
     NO = "no"
 
 
+class Unique(enum.StrEnum):
+    """What a new ISAKMP SA does to older ones with the same identities (our ID,
+    the peer's ID, the XAUTH user): swanctl's ``unique`` choices."""
+
+    NO = "no"  # several may coexist; INITIAL-CONTACT still removes older ones
+    NEVER = "never"  # as "no", and INITIAL-CONTACT is neither sent nor honoured
+    REPLACE = "replace"  # the older ones are deleted (with Delete payloads)
+    KEEP = "keep"  # the new one is refused while an older one is up
+
+
 class SecretType(enum.StrEnum):
     IKE = "ike"  # a pre-shared key for Phase 1
     XAUTH = "xauth"  # a user's XAUTH password
@@ -236,6 +246,7 @@ class ConnectionConfig:
     pools: tuple[str, ...] = ()
     modecfg: ModeCfg = ModeCfg.PULL
     fragmentation: Fragmentation = Fragmentation.YES
+    unique: Unique = Unique.NO
     local: AuthConfig = field(default_factory=AuthConfig)
     remote: AuthConfig = field(default_factory=AuthConfig)
     children: dict[str, ChildConfig] = field(default_factory=dict)

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPub
 from cryptography.x509.oid import ExtensionOID
 
 from ikev1d.crypto.errors import CryptoError
+from ikev1d.text import printable
 
 __all__ = [
     "CertificateError",
@@ -87,8 +88,10 @@ class CertificateError(CryptoError):
 
 
 def dn_text(name: x509.Name) -> str:
-    """A DN as strongSwan prints it, most significant RDN first: "C=DE, O=X, CN=gw"."""
-    return ", ".join(rdn.rfc4514_string(_SHORT_NAMES) for rdn in name.rdns)
+    """A DN as strongSwan prints it, most significant RDN first: "C=DE, O=X, CN=gw";
+    control characters in it (the peer chose them) come out escaped."""
+    return printable(", ".join(rdn.rfc4514_string(_SHORT_NAMES) for rdn in name.rdns),
+                     limit=1024)
 
 
 def _public_der(key: object) -> bytes:

@@ -39,6 +39,7 @@ from ikev1d.engine.lifecycle import Lifecycle
 from ikev1d.engine.ratelimit import LogLimiter
 from ikev1d.engine.stats import PHASE1, EngineStats
 from ikev1d.engine.timers import Timers
+from ikev1d.engine.uniqueness import Uniqueness
 from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument
 from ikev1d.wire import (
     DeletePayload,
@@ -74,6 +75,7 @@ class Engine:
         self.credentials = CredentialCache()
         self.lifecycle = Lifecycle(self)
         self.deletion = Deletion(self)
+        self.uniqueness = Uniqueness(self)
         self.stats = EngineStats()
         self._random = random_bytes
         self._out: list[Datagram] = []
@@ -149,6 +151,15 @@ class Engine:
 
     def peer_deleted(self, sa: IkeSa, delete: DeletePayload) -> None:
         self.deletion.peer_deleted(sa, delete)
+
+    def send_initial_contact(self, sa: IkeSa) -> bool:
+        return self.uniqueness.send_initial_contact(sa)
+
+    def refuses_identity(self, sa: IkeSa) -> bool:
+        return self.uniqueness.refuses(sa)
+
+    def initial_contact(self, sa: IkeSa, now: float) -> None:
+        self.uniqueness.initial_contact(sa, now)
 
     # -- outputs --------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ikev1d.config.identity import Identity, IdentityError
+from ikev1d.text import printable
 from ikev1d.wire import IdPayload
 
 __all__ = ["IdentityError", "describe", "id_payload", "matches"]
@@ -21,5 +22,6 @@ def matches(expected: Identity | None, received: IdPayload) -> bool:
 
 
 def describe(payload: IdPayload) -> str:
-    """The peer's ID for logs and status, e.g. ``gw.example.org`` or ``C=DE, O=X, CN=gw``."""
-    return str(Identity.from_id_payload(payload))
+    """The peer's ID for logs and status, e.g. ``gw.example.org`` or ``C=DE, O=X, CN=gw``;
+    control characters the peer put in it come out escaped."""
+    return printable(str(Identity.from_id_payload(payload)), limit=1024)

@@ -91,6 +91,9 @@ class Context(Protocol):
         now: float,
     ) -> None: ...
     def peer_deleted(self, sa: IkeSa, delete: DeletePayload) -> None: ...
+    def send_initial_contact(self, sa: IkeSa) -> bool: ...
+    def refuses_identity(self, sa: IkeSa) -> bool: ...
+    def initial_contact(self, sa: IkeSa, now: float) -> None: ...
 
 
 class IkeState(enum.Enum):
@@ -293,6 +296,11 @@ class IkeSa:
         the work queue once the Transaction exchange exists."""
         self.dpd_unanswered_since: float | None = None
         self.fragmenter = Fragmenter()
+        self.xauth_user: str | None = None
+        """The user XAUTH authenticated, if any: part of the peer's identity
+        (with our ID and the peer's ID) for INITIAL-CONTACT and ``unique``."""
+        self.initial_contact_seen = False
+        """The peer's authenticated Main Mode message 5/6 carried INITIAL-CONTACT."""
 
     # -- identification -----------------------------------------------------
 

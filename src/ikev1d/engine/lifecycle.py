@@ -68,6 +68,10 @@ class Lifecycle:
         if old is not None:
             sa.replaces = None
             self._take_over(old, sa)
+        if sa.initial_contact_seen:
+            sa.initial_contact_seen = False
+            self.engine.uniqueness.initial_contact(sa, now)
+        self.engine.uniqueness.established(sa, now)
         self._start_dpd(sa, now)
         if sa.initiator and sa.requested_children:
             for name in sa.requested_children:

@@ -126,7 +126,9 @@ def _notification(sa: IkeSa, notify: NotifyPayload, now: float) -> None:
     elif notify.notify_type == NotifyType.CONNECTED:
         _connected(sa, notify, now)
     elif notify.notify_type == NotifyType.INITIAL_CONTACT:
-        pass
+        # RFC 2407 section 4.6.3.3: may also come in an Informational exchange
+        # protected by the new ISAKMP SA (HASH(1) verified above).
+        sa.ctx.initial_contact(sa, now)
     elif is_error(notify):
         _quick_mode_refused(sa, notify, now)
     else:

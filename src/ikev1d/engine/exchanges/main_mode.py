@@ -36,7 +36,9 @@ from ikev1d.engine.auth.base import (
     Authenticator,
     Phase1Material,
     UnknownAuthMethod,
+    XauthRole,
     id_text,
+    our_id,
     peer_matches,
 )
 from ikev1d.engine.exchanges.base import NONCE_LENGTH, PHASE1_MESSAGE_ID, Exchange, Message
@@ -306,12 +308,27 @@ class MainMode(Exchange):
                                                  protocol_id=ProtocolId.ISAKMP)])
             raise ProtocolFailure(str(exc)) from exc
         sa.phase1_iv = next_iv
+        # Believed only now that the message is authenticated; acted on once the
+        # SA is established (after XAUTH, which may name the user).
+        if any(isinstance(p, NotifyPayload) and p.notify_type == NotifyType.INITIAL_CONTACT
+               for p in parsed.payloads):
+            sa.initial_contact_seen = True
         return peer_id
 
     def _send_proof(self, request: bytes, now: float) -> None:
         sa = self.sa
+        payloads = self._auth.proof_payloads()
+        if sa.initiator and sa.ctx.send_initial_contact(sa):
+            # RFC 2407 section 4.6.3.3: we hold no SA with this peer (we may have
+            # restarted), so it can drop whatever it still holds for us. In
+            # message 5, encrypted, as strongSwan and Libreswan send it; the
+            # responder sends none (it answers a peer that already knows).
+            log.debug("sending INITIAL-CONTACT", extra=sa.log_extra)
+            payloads.append(NotifyPayload(notify_type=NotifyType.INITIAL_CONTACT,
+                                          spi=sa.cky_i + sa.cky_r,
+                                          protocol_id=ProtocolId.ISAKMP))
         data, sa.phase1_iv = sa.encrypted_message(
-            MM, PHASE1_MESSAGE_ID, self._auth.proof_payloads(), sa.phase1_iv
+            MM, PHASE1_MESSAGE_ID, payloads, sa.phase1_iv
         )
         if sa.initiator:
             self.state = MmState.MM5_SENT
@@ -515,6 +532,15 @@ class MainMode(Exchange):
             )
         sa.conn = conn
         sa.remote_id = id_text(peer_id)
+        our_id(sa)  # sets local_id, part of the identity the check compares
+        if sa.xauth_role is XauthRole.NONE and sa.ctx.refuses_identity(sa):
+            # unique = "keep": as strongSwan, refuse with AUTHENTICATION-FAILED under
+            # the keys the peer derived (it cannot read an unprotected one now).
+            sa.send_informational([NotifyPayload(notify_type=NotifyType.AUTHENTICATION_FAILED,
+                                                 spi=sa.cky_i + sa.cky_r,
+                                                 protocol_id=ProtocolId.ISAKMP)])
+            raise ProtocolFailure(f"refused: an ISAKMP SA of {sa.remote_id} is up already "
+                                  "(unique = keep)")
         self._send_proof(message.raw, now)
         self._established(now)
 

@@ -215,7 +215,12 @@ def test_known_answer(tmp_path: Path, auth: str) -> None:
     iv = hashlib.sha256(g_xi + g_xr).digest()[:16]
     plain = _cbc_decrypt(skeyid_e[:16], iv, m5[28:])
     expected = _prf(skeyid, g_xi + g_xr + cky_i + cky_r + sa_i_b + id_ii)
-    assert plain[0] == 0 and plain[4:4 + len(expected)] == expected  # HASH payload, last
+    assert plain[4:4 + len(expected)] == expected  # HASH payload
+    # then, on first contact, INITIAL-CONTACT (RFC 2407 section 4.6.3.3), the last
+    notify = plain[4 + len(expected):]
+    assert plain[0] == 11 and notify[0] == 0  # NOTIFICATION, nothing after it
+    assert notify[8:10] == b"\x01\x10" and notify[10:12] == (24578).to_bytes(2, "big")
+    assert notify[12:28] == cky_i + cky_r
 
 
 def pki_der(path: Path) -> bytes:
