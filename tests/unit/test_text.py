@@ -20,5 +20,6 @@ def test_long_text_is_cut() -> None:
 
 
 def test_peer_ids_reach_logs_and_status_escaped() -> None:
-    payload = IdPayload(id_type=IdType.FQDN, protocol=0, port=0, data=b"evil.example.org\nISAKMP SA established")
+    payload = IdPayload(id_type=IdType.FQDN, protocol=0, port=0,
+                        data=b"evil.example.org\nISAKMP SA established")
     assert describe(payload) == "evil.example.org\\x0aISAKMP SA established"
