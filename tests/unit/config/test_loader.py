@@ -27,6 +27,7 @@ from ikev1d.config import (
     LogLevel,
     ModeCfg,
     StartAction,
+    Unique,
     config_warnings,
     load_config,
     parse_config,
@@ -69,6 +70,7 @@ vips = []
 pools = []
 modecfg = "pull"
 fragmentation = "accept"
+unique = "replace"
 aggressive = false
 version = 1
 
@@ -159,6 +161,7 @@ def test_every_documented_key() -> None:
     assert conn.start_action == "start"
     assert conn.vips == () and conn.pools == ()
     assert (conn.modecfg, conn.fragmentation) == ("pull", "accept")
+    assert conn.unique is Unique.REPLACE
     assert conn.local == AuthConfig(auth=Auth.PSK, id=Identity.parse("gw-a.example.org"))
     assert conn.remote == AuthConfig(auth=Auth.PSK, id=Identity.parse("192.0.2.2"))
     child = conn.children["net"]
@@ -399,6 +402,7 @@ C = "[connections.c]\nremote_addrs = ['192.0.2.2']\n"
         (C + "reauth_time = 'soon'", "connections.c.reauth_time", "invalid duration"),
         (C + "start_action = 'trap'", "connections.c.start_action", "none | start"),
         (C + "fragmentation = 'maybe'", "connections.c.fragmentation", "yes | accept"),
+        (C + "unique = 'yes'", "connections.c.unique", "no | never | replace | keep"),
         (C + "modecfg = 'both'", "connections.c.modecfg", "pull | push"),
         (C + "aggressive = true", "connections.c.aggressive", "Aggressive Mode is not supported"),
         (C + "version = 2", "connections.c.version", "IKEv1 only"),
