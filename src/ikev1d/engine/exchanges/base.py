@@ -104,6 +104,8 @@ class Exchange(abc.ABC):
         self.message_id = message_id
         self.initiator = initiator
         self.retransmission: Retransmission | None = None
+        self.hint = ""
+        """An unprotected notification we did not believe, named if we give up."""
 
     @property
     @abc.abstractmethod

@@ -50,7 +50,25 @@ def receive(sa: IkeSa, message: Message, now: float) -> None:
 
 
 def receive_unprotected(sa: IkeSa, message: Message, now: float) -> None:
-    """Unprotected notifications: believed only while Phase 1 is still running."""
+    """Unprotected notifications: anyone can send one, so they are believed only
+    while Phase 1 runs, before keys exist (RFC 2408 section 5.1: a responder
+    refusing message 1 or 3 can say so in no other way), from the address and
+    port we send to, with our cookie (the engine found the SA by it). Once we
+    initiated with keys (message 4 read) the responder has them too and can
+    protect what it says; an unprotected error then is only a hint, named when
+    our retransmissions give up (strongSwan ignores them). A responder's keys
+    say nothing of the initiator's: one that refuses message 4 has none."""
+    if message.remote != sa.remote:
+        sa.ctx.logs.log(log, logging.INFO, "unprotected-notify", now,
+                        "ignoring unprotected notification from %s:%d, not the peer's "
+                        "%s:%d", message.remote[0], message.remote[1], sa.remote[0],
+                        sa.remote[1], extra=sa.log_extra)
+        return
+    if sa.cky_r != bytes(8) and message.header.responder_cookie not in (bytes(8), sa.cky_r):
+        sa.ctx.logs.log(log, logging.INFO, "unprotected-notify", now,
+                        "ignoring unprotected notification with another responder cookie",
+                        extra=sa.log_extra)
+        return
     try:
         payloads = decode_payloads(message.header.next_payload, message.body)
     except WireError as exc:
@@ -66,7 +84,16 @@ def receive_unprotected(sa: IkeSa, message: Message, now: float) -> None:
                             notify_name(payload.notify_type), extra=sa.log_extra)
             continue
         phase1 = sa.exchanges.get(PHASE1_MESSAGE_ID)
-        if phase1 is not None and phase1.peer_notified(payload, False, now):
+        if phase1 is None:
+            continue
+        if sa.keys is not None and sa.initiator:
+            phase1.hint = f"unprotected {notify_name(payload.notify_type)}"
+            sa.ctx.logs.log(log, logging.INFO, "unprotected-notify", now,
+                            "ignoring unprotected %s notification: keys exist, the peer "
+                            "would protect it", notify_name(payload.notify_type),
+                            extra=sa.log_extra)
+            continue
+        if phase1.peer_notified(payload, False, now):
             return
 
 

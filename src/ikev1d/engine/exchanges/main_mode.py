@@ -140,6 +140,8 @@ class MainMode(Exchange):
         reason = "no response from peer"
         if self.state is MmState.MM5_SENT:
             reason = self._auth.no_answer()
+        if self.hint:
+            reason += f" (it may have sent an {self.hint})"
         self.fail(reason, now)
 
     def failed(self, error: ProtocolFailure, now: float) -> None:
