@@ -101,6 +101,18 @@ QUICK_MODE = {
 INFORMATIONAL = _rule({P.HASH}, {P.NOTIFICATION, P.DELETE}, True)
 
 
+#: RFC 2409 section 5: "The length of nonce payload MUST be between 8 and 256
+#: bytes inclusive" (Main Mode and Quick Mode alike).
+NONCE_MIN, NONCE_MAX = 8, 256
+
+
+def check_nonce(nonce: bytes, what: str) -> None:
+    if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
+        raise ProtocolFailure(
+            f"{what}: nonce of {len(nonce)} bytes (RFC 2409 section 5: {NONCE_MIN} to "
+            f"{NONCE_MAX})", NotifyType.PAYLOAD_MALFORMED)
+
+
 def check(rule: Rule, payloads: Sequence[Payload], what: str) -> None:
     present = {int(p.payload_type) for p in payloads}
     missing = rule.required - present

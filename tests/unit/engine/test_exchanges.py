@@ -8,7 +8,15 @@ import pytest
 
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaEstablished, ConnectionFailed, Datagram, IkeSaEstablished
-from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, informational
+from ikev1d.engine.exchanges import (
+    DISPATCH,
+    MainMode,
+    Message,
+    QuickMode,
+    informational,
+    main_mode,
+    quick_mode,
+)
 from ikev1d.engine.ike_sa import IkeSa
 from ikev1d.wire import (
     ExchangeType,
@@ -120,3 +128,28 @@ def test_unprotected_notification_after_keys_exist_is_only_a_hint(
     assert "keys exist" in caplog.text
     net.pump()
     assert net.a.of(IkeSaEstablished)
+
+
+@pytest.mark.parametrize("length", [7, 257])
+def test_main_mode_nonce_outside_8_to_256_bytes_is_refused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, length: int,
+) -> None:
+    """RFC 2409 section 5: nonces of 8 to 256 bytes; the responder answers
+    another length (in message 3) with PAYLOAD-MALFORMED."""
+    monkeypatch.setattr(main_mode, "NONCE_LENGTH", length)
+    net = default_net()
+    with caplog.at_level(logging.INFO, logger="ikev1d.engine"):
+        establish(net)
+    assert not net.a.of(IkeSaEstablished) and not net.b.of(IkeSaEstablished)
+    assert f"nonce of {length} bytes" in caplog.text
+    assert net.b.engine.ike_sa_count() == 0
+
+
+@pytest.mark.parametrize(("length", "ok"), [(7, False), (8, True), (256, True), (257, False)])
+def test_quick_mode_nonce_length(monkeypatch: pytest.MonkeyPatch, length: int, ok: bool) -> None:
+    monkeypatch.setattr(quick_mode, "NONCE_LENGTH", length)
+    net = default_net()
+    establish(net)
+    assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)
+    assert bool(net.b.of(ChildSaEstablished)) is ok
+    assert bool(net.a.of(ChildSaEstablished)) is ok

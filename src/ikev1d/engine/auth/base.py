@@ -168,6 +168,7 @@ class Authenticator(abc.ABC):
         """The peer's KE and nonce from message 3 or 4 into the material."""
         chain = tuple(payloads)
         ke, nonce = first(chain, KePayload).data, first(chain, NoncePayload).data
+        rules.check_nonce(nonce, "Main Mode")
         if self.sa.initiator:
             self.material.g_xr, self.material.nr = ke, nonce
         else:

@@ -71,6 +71,7 @@ from ikev1d.crypto import (
     revised_pke_key,
     skeyid_pke,
 )
+from ikev1d.engine import rules
 from ikev1d.engine.auth.base import (
     Authenticator,
     Phase1Material,
@@ -176,11 +177,15 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
 
     def _decrypt_nonce(self, ciphertext: bytes) -> bytes:
         try:
-            return pke_decrypt(_rsa_private(self.sa.conn), ciphertext)
+            nonce = pke_decrypt(_rsa_private(self.sa.conn), ciphertext)
         except CryptoError:
-            # Only without OpenSSL's implicit rejection: continue as it would.
+            nonce = b""  # only without OpenSSL's implicit rejection
+        if not rules.NONCE_MIN <= len(nonce) <= rules.NONCE_MAX:
+            # Undecryptable, or a length RFC 2409 section 5 forbids: continue as
+            # implicit rejection would, so that neither case can be told apart.
             self.undecryptable = True
             return self.sa.ctx.random_bytes(_SUBSTITUTE_NONCE_LENGTH)
+        return nonce
 
     def _read_id(self, id_b: bytes) -> None:
         self.peer_id_b = id_b

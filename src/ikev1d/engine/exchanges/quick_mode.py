@@ -396,6 +396,7 @@ class QuickMode(Exchange):
         sa.exchange_ivs[self.message_id] = next_iv
         rules.check(rules.QUICK_MODE[2], payloads, "Quick Mode message 2")
         nonce = first(payloads, NoncePayload)
+        rules.check_nonce(nonce.data, "Quick Mode message 2")
         self.nr = nonce.data
         response_sa = first(payloads, SaPayload)
         if self.child is None:
@@ -480,6 +481,7 @@ class QuickMode(Exchange):
         rules.check(rules.QUICK_MODE[1], payloads, "Quick Mode message 1")
         offer = first(payloads, SaPayload)
         self.ni = first(payloads, NoncePayload).data
+        rules.check_nonce(self.ni, "Quick Mode message 1")
         ids = [p for p in payloads if isinstance(p, IdPayload)]
         peer_spi = next((p.spi for p in offer.proposals if p.protocol_id == ProtocolId.ESP), b"")
         child = self._choose_tunnel(ids, peer_spi)
