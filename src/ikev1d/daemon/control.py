@@ -104,13 +104,45 @@ def encode_request(request: Request) -> bytes:
     return _line(body)
 
 
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects read: requests are flat, a status
+document is 4 levels deep; 100,000 ``[`` would otherwise exhaust the stack."""
+
+
+def _nesting(line: bytes) -> int:
+    """The deepest nesting of ``[``/``{`` in a JSON text, strings skipped; linear,
+    so it can run before the recursive parser sees the line."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
 def _load_object(line: bytes, limit: int) -> dict[str, Any]:
     if len(line) > limit:
         raise ControlProtocolError("line too long")
+    if _nesting(line) > MAX_DEPTH:
+        raise ControlProtocolError(f"not a JSON line: nested deeper than {MAX_DEPTH} levels")
     try:
         body = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ControlProtocolError(f"not a JSON line: {exc}") from None
+    except RecursionError:
+        raise ControlProtocolError("not a JSON line: nested too deeply") from None
     if not isinstance(body, dict):
         raise ControlProtocolError("not a JSON object")
     return body

@@ -80,11 +80,19 @@ def test_wire_format_is_the_documented_one() -> None:
         (b'{"command":"up","name":"a","timeout":true}\n', "'timeout'"),
         (b'{"command":"up","name":"a","timeout":"5"}\n', "'timeout'"),
         (b'{"command":"up","name":"a","timeout":1e999}\n', "'timeout'"),
+        (b'{"command":"up","name":' + b"[" * 30000 + b"]" * 30000 + b"}\n", "nested deeper"),
+        (b"[" * 65000 + b"\n", "nested deeper"),
+        (b'{"command":"ping","x":' + b"[" * 33 + b"]" * 33 + b"}\n", "nested deeper"),
     ],
 )
 def test_bad_requests_are_typed_errors(line: bytes, reason: str) -> None:
     with pytest.raises(ControlProtocolError, match=reason):
         decode_request(line)
+
+
+def test_nesting_is_counted_outside_strings_only() -> None:
+    line = b'{"command":"up","name":"[[[[\\"[[[' + b"[" * 40 + b'","x":[[1]]}\n'
+    assert decode_request(line) == UpRequest("[[[[\"[[[" + "[" * 40)
 
 
 def test_responses_and_progress_lines() -> None:
