@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import stat
 
 from ikev1d.crypto.certs import dn_text
 from ikev1d.durations import format_duration
@@ -67,7 +69,39 @@ def config_warnings(cfg: Config, now: datetime.datetime | None = None) -> list[s
     for pool in cfg.pools.values():
         if pool.name not in used_pools:
             out.append(f"{src}: pools.{pool.name}: not used by any connection")
+    out += _readable_secrets(cfg)
     out.extend(cfg.notes)
+    return out
+
+
+def _others_may_read(path: str) -> str:
+    """"group", "world", "group and world" when they may read ``path``, else ""."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""  # not a file (a configuration given as text) or gone: nothing to say
+    who = [name for name, bit in (("group", stat.S_IRGRP), ("world", stat.S_IROTH))
+           if mode & bit]
+    return " and ".join(who)
+
+
+def _readable_secrets(cfg: Config) -> list[str]:
+    """Files holding secrets (the configuration with [secrets], private keys)
+    that other users may read: a leaked pre-shared key lets anyone impersonate
+    either side."""
+    files: dict[str, str] = {}
+    if cfg.secrets:
+        files[cfg.source] = "secrets"
+    for conn in cfg.connections.values():
+        if conn.local.private_key:
+            files.setdefault(conn.local.private_key,
+                             f"connections.{conn.name}.local.private_key")
+    out = []
+    for path, key in files.items():
+        who = _others_may_read(path)
+        if who:
+            out.append(f"{cfg.source}: {key}: {path} holds secrets and is readable by "
+                       f"{who}; chmod go-rwx {path}")
     return out
 
 

@@ -331,7 +331,9 @@ def test_site_examples_match_each_other() -> None:
     cfg_a = load_config(EXAMPLES / "site-a.toml")
     cfg_b = load_config(EXAMPLES / "site-b.toml")
     assert cfg_a.psk_for("192.0.2.1", "192.0.2.2") == cfg_b.psk_for("192.0.2.2", "192.0.2.1")
-    assert config_warnings(cfg_a) == [] and config_warnings(cfg_b) == []
+    # A checkout's file modes follow the umask: the examples may be world-readable here.
+    for cfg in (cfg_a, cfg_b):
+        assert [w for w in config_warnings(cfg) if "holds secrets" not in w] == []
 
 
 # --- errors: FILE: KEY: reason ------------------------------------------------------
