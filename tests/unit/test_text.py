@@ -23,3 +23,14 @@ def test_peer_ids_reach_logs_and_status_escaped() -> None:
     payload = IdPayload(id_type=IdType.FQDN, protocol=0, port=0,
                         data=b"evil.example.org\nISAKMP SA established")
     assert describe(payload) == "evil.example.org\\x0aISAKMP SA established"
+
+
+def test_certificate_subjects_are_escaped() -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from ikev1d.crypto.certs import dn_text
+
+    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "gw\r\nforged")])
+    assert dn_text(name) == "C=CH, CN=gw\\x0d\\x0aforged"

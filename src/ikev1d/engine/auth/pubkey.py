@@ -56,6 +56,7 @@ from ikev1d.crypto.certs import (
 from ikev1d.engine.auth.base import Authenticator, id_text, our_id, peer_matches
 from ikev1d.engine.ike_sa import Parsed, ProtocolFailure, first
 from ikev1d.errors import Ikev1dError
+from ikev1d.text import printable
 from ikev1d.wire import (
     AuthMethod,
     CertEncoding,
@@ -270,7 +271,7 @@ class SignatureAuthenticator(Authenticator):
                                NotifyType.CERTIFICATE_UNAVAILABLE)
             pinned = credentials.pinned_cert
             if pinned is not None and peer not in Identity.of_certificate(pinned):
-                raise _Refused(f'ID "{peer}" not in the pinned certificate '
+                raise _Refused(f'ID "{printable(str(peer))}" not in the pinned certificate '
                                f'"{dn_text(pinned.subject)}"', NotifyType.INVALID_ID_INFORMATION)
             return credentials.pubkey, "the pinned key", ""
         end_entity = certs[0]
@@ -287,7 +288,7 @@ class SignatureAuthenticator(Authenticator):
                 raise _Refused(str(exc), _NOTIFY_BY_PROBLEM[exc.problem]) from None
             chain = "".join(f' <- "{dn_text(c.subject)}"' for c in path[1:])
         if peer not in Identity.of_certificate(end_entity):
-            raise _Refused(f'ID "{peer}" not in certificate {subject}',
+            raise _Refused(f'ID "{printable(str(peer))}" not in certificate {subject}',
                            NotifyType.INVALID_ID_INFORMATION)
         try:
             key = end_entity.public_key()
