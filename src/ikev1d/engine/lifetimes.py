@@ -15,7 +15,11 @@ from collections.abc import Mapping
 
 log = logging.getLogger("ikev1d.engine")
 
-__all__ = ["agreed_lifetime"]
+__all__ = ["MIN_LIFE_BYTES", "agreed_life_bytes", "agreed_lifetime"]
+
+#: The least volume lifetime a peer can impose on an IPsec SA: less would renew
+#: it every few hundred packets (a rekey storm by volume, like one by time).
+MIN_LIFE_BYTES = 1 << 20
 
 
 def agreed_lifetime(
@@ -31,3 +35,22 @@ def agreed_lifetime(
                  "using %d s", what, int(proposed), int(floor), int(raised), extra=extra)
         return raised
     return min(ours, float(proposed))
+
+
+def agreed_life_bytes(
+    ours: int, proposed_kilobytes: int | None, what: str,
+    extra: Mapping[str, object] | None = None,
+) -> int:
+    """The volume lifetime in bytes (0: none): the smaller of ours (0: none) and
+    the peer's proposal in kilobytes (RFC 2407 section 4.5, SA Life Type 2), a
+    proposal below :data:`MIN_LIFE_BYTES` raised to it (logged)."""
+    if not proposed_kilobytes:
+        return ours
+    proposed = proposed_kilobytes * 1024
+    if proposed < MIN_LIFE_BYTES and (not ours or proposed < ours):
+        raised = min(ours, MIN_LIFE_BYTES) if ours else MIN_LIFE_BYTES
+        log.info("the peer proposes a %s lifetime of %d kilobytes, below the minimum of %d: "
+                 "using %d", what, proposed_kilobytes, MIN_LIFE_BYTES // 1024, raised // 1024,
+                 extra=extra)
+        return raised
+    return min(ours, proposed) if ours else proposed

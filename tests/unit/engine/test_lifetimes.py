@@ -9,7 +9,7 @@ import pytest
 
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished
 from ikev1d.engine.lifecycle import RENEWED_DELETE_DELAY_S
-from ikev1d.engine.lifetimes import agreed_lifetime
+from ikev1d.engine.lifetimes import MIN_LIFE_BYTES, agreed_life_bytes, agreed_lifetime
 from tests.unit.engine.test_engine import (
     A_ADDR,
     B_ADDR,
@@ -109,3 +109,38 @@ def test_hard_expiry_from_the_data_plane_deletes_on_both_sides() -> None:
     net.a.engine.child_soft_expired(12345, "unknown", net.now)
     net.pump()
     assert len(net.a.of(ChildSaDeleted)) == 1
+
+
+def test_agreed_life_bytes_takes_the_smaller_but_not_below_the_floor() -> None:
+    mib = MIN_LIFE_BYTES
+    assert agreed_life_bytes(0, None, "x") == 0
+    assert agreed_life_bytes(0, 4096, "x") == 4096 * 1024  # the peer's alone
+    assert agreed_life_bytes(10 * mib, 4096, "x") == 4 * mib
+    assert agreed_life_bytes(2 * mib, 4096, "x") == 2 * mib
+    assert agreed_life_bytes(0, 1, "x") == mib  # raised to the floor
+    assert agreed_life_bytes(mib // 2, 1, "x") == mib // 2  # our own smaller choice stands
+
+
+def _volume(text: str, life_bytes: int) -> str:
+    return text.replace('esp_proposals = ', f"life_bytes = {life_bytes}\nesp_proposals = ", 1)
+
+
+@pytest.mark.parametrize(("a_bytes", "b_bytes", "agreed"), [
+    (8 << 20, 0, 8 << 20),  # the initiator's kilobytes bind the responder too
+    (8 << 20, 2 << 20, 2 << 20),  # ours is smaller: RESPONDER-LIFETIME tells the initiator
+    (0, 2 << 20, 2 << 20),  # only the responder has a limit: enforced on its side
+])
+def test_kilobyte_lifetimes_reach_both_data_planes(
+    a_bytes: int, b_bytes: int, agreed: int,
+) -> None:
+    net = make_net(
+        _volume(config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"), a_bytes),
+        _volume(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"), b_bytes),
+    )
+    establish(net)
+    (a_child,) = net.a.of(ChildSaEstablished)
+    (b_child,) = net.b.of(ChildSaEstablished)
+    assert isinstance(a_child, ChildSaEstablished) and isinstance(b_child, ChildSaEstablished)
+    assert b_child.life_bytes == agreed
+    # The initiator learns the responder's smaller volume only from RESPONDER-LIFETIME.
+    assert a_child.life_bytes == (agreed if a_bytes else 0)

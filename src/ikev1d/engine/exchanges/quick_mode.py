@@ -45,7 +45,7 @@ from ikev1d.engine.ike_sa import (
     Unauthenticated,
     first,
 )
-from ikev1d.engine.lifetimes import agreed_lifetime
+from ikev1d.engine.lifetimes import agreed_life_bytes, agreed_lifetime
 from ikev1d.engine.ratelimit import Lazy, truncated
 from ikev1d.engine.sa_proposals import (
     EspChoice,
@@ -139,6 +139,8 @@ class QuickMode(Exchange):
         self.choice: EspChoice | None = None
         self.proposal: EspProposal | None = None
         self.lifetime_s = 0.0
+        self.life_bytes = 0
+        """The agreed volume lifetime in bytes (0: none), for the data plane."""
         self.encap = False
         self.mode = ChildMode.TUNNEL
         self.commit = False
@@ -316,7 +318,7 @@ class QuickMode(Exchange):
             keymat_out=keymat_out,
             established_at=now,
             lifetime_s=self.lifetime_s,
-            life_bytes=child.life_bytes,
+            life_bytes=self.life_bytes,
         )
         log.debug(
             "KEYMAT in %s out %s", keymat_in.hex(), keymat_out.hex(), extra=sa.log_extra
@@ -342,16 +344,19 @@ class QuickMode(Exchange):
             keymat_in=keymat_in,
             keymat_out=keymat_out,
             lifetime_s=self.lifetime_s,
-            life_bytes=child.life_bytes,
+            life_bytes=self.life_bytes,
         )
         self.state = QmState.DONE
         self.cancel()
         sa.ctx.on_quick_mode_done(self, (child_sa, event), "", now)
 
-    def _lifetime(self, peer_seconds: int | None) -> None:
+    def _lifetime(self, peer_seconds: int | None, peer_kilobytes: int | None) -> None:
         ours = self.child.rekey_time if self.child is not None else 3600.0
         self.lifetime_s = agreed_lifetime(ours, peer_seconds, self._min_lifetime, "Phase 2",
                                           self.sa.log_extra)
+        our_bytes = self.child.life_bytes if self.child is not None else 0
+        self.life_bytes = agreed_life_bytes(our_bytes, peer_kilobytes, "Phase 2",
+                                            self.sa.log_extra)
 
     @property
     def _min_lifetime(self) -> float:
@@ -420,7 +425,7 @@ class QuickMode(Exchange):
         self.proposal = choice.proposal
         self.spi_out = choice.spi
         self._pfs_secret(payloads)
-        self._lifetime(choice.lifetime_s)
+        self._lifetime(choice.lifetime_s, choice.life_kilobytes)
         for notify in payloads:
             if isinstance(notify, NotifyPayload) and (
                 notify.notify_type == NotifyType.RESPONDER_LIFETIME
@@ -465,6 +470,10 @@ class QuickMode(Exchange):
                 self.lifetime_s = agreed_lifetime(self.lifetime_s, attribute_value(attribute),
                                                   self._min_lifetime, "Phase 2 (RESPONDER-"
                                                   "LIFETIME)", self.sa.log_extra)
+            elif attribute.type == IpsecAttr.SA_LIFE_DURATION and current == LifeType.KILOBYTES:
+                self.life_bytes = agreed_life_bytes(self.life_bytes, attribute_value(attribute),
+                                                    "Phase 2 (RESPONDER-LIFETIME)",
+                                                    self.sa.log_extra)
 
     # -- responder ---------------------------------------------------------------
 
@@ -493,14 +502,15 @@ class QuickMode(Exchange):
         self.spi_out = choice.spi
         self.spi_in = sa.ctx.allocate_spi()
         self.nr = sa.ctx.random_bytes(NONCE_LENGTH)
-        self._lifetime(choice.lifetime_s)
+        self._lifetime(choice.lifetime_s, choice.life_kilobytes)
         out_rest: list[Payload] = [choice.response_sa(self.spi_in), NoncePayload(self.nr)]
         out_rest += self._pfs_public(choice.proposal.dh_group)
         self._pfs_secret(payloads)
         if ids:
             out_rest += list(ids)
-        if choice.lifetime_s and self.lifetime_s < choice.lifetime_s:
-            out_rest.append(self._responder_lifetime_notify())
+        notify = self._responder_lifetime_notify(choice)
+        if notify is not None:
+            out_rest.append(notify)
         hash_2 = qm_hash2(prf, skeyid_a, self.message_id, self.ni, encode_payloads(out_rest))
         # An initiator that asks for the commit bit gets it back, and a CONNECTED
         # notification once QM3 is in (the 4th message).
@@ -558,16 +568,23 @@ class QuickMode(Exchange):
             raise QuickModeRefused("NO-PROPOSAL-CHOSEN")
         return choice
 
-    def _responder_lifetime_notify(self) -> NotifyPayload:
-        attributes = (
-            make_attribute(IpsecAttr.SA_LIFE_TYPE, LifeType.SECONDS),
-            make_attribute(IpsecAttr.SA_LIFE_DURATION, int(self.lifetime_s)),
-        )
+    def _responder_lifetime_notify(self, choice: EspChoice) -> NotifyPayload | None:
+        """RFC 2407 section 4.6.3.1: when we keep the SA for less time or fewer
+        kilobytes than the initiator proposed, say so, for each life type."""
+        attributes = []
+        if choice.lifetime_s and self.lifetime_s < choice.lifetime_s:
+            attributes += [make_attribute(IpsecAttr.SA_LIFE_TYPE, LifeType.SECONDS),
+                           make_attribute(IpsecAttr.SA_LIFE_DURATION, int(self.lifetime_s))]
+        if choice.life_kilobytes and self.life_bytes // 1024 < choice.life_kilobytes:
+            attributes += [make_attribute(IpsecAttr.SA_LIFE_TYPE, LifeType.KILOBYTES),
+                           make_attribute(IpsecAttr.SA_LIFE_DURATION, self.life_bytes // 1024)]
+        if not attributes:
+            return None
         return NotifyPayload(
             notify_type=NotifyType.RESPONDER_LIFETIME,
             spi=self.spi_out,
             protocol_id=ProtocolId.ESP,
-            data=encode_attributes(attributes),
+            data=encode_attributes(tuple(attributes)),
         )
 
     def _find_child(
