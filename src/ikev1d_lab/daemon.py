@@ -104,6 +104,7 @@ class Ikev1dDaemon:
         work_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = work_dir / "ikev1d.toml"
         self.config_path.write_text(config_text)
+        self.config_path.chmod(0o600)  # it holds the pre-shared key
         self.socket_path = work_dir / "ikev1d.sock"
         self.log_path = work_dir / "ikev1d.log"
         self.log_level = log_level

@@ -327,6 +327,8 @@ class Lifecycle:
             ", UDP-encapsulated" if child.encap else "",
             extra=sa.log_extra,
         )
+        log.debug("IPsec SA %s_i lifetime %d s, life_bytes %d KB", child.spi_in.hex(),
+                  int(child.lifetime_s), child.life_bytes // 1024, extra=sa.log_extra)
         timers = self.engine.timers
         child.expiry = timers.schedule(
             now + child.lifetime_s, lambda t: self._child_expired(child), owner=sa
