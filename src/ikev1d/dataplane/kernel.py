@@ -111,6 +111,8 @@ log = logging.getLogger(__name__)
 
 REPLAY_WINDOW: Final = 64
 """Packets; RFC 4303 §3.4.3 asks for at least 32 and recommends 64."""
+MAX_PACKETS: Final = 2**32 - 1
+"""Packets an SA may carry: its 32-bit ESP sequence numbers (no ESN)."""
 PROBE_SPI: Final = 0xFF
 """SPIs 1-255 are reserved by IANA (RFC 4303 §2.1): never negotiated, so safe for a probe."""
 POLICY_PRIORITY_BASE: Final = 200_000
@@ -228,12 +230,16 @@ def plan_states(sa: ChildSaEstablished, reqid: int) -> tuple[XfrmState, XfrmStat
     # life_bytes: the hard limit, and a renewal request before it (RFC 2407 §4.5 lifetimes).
     hard = max(sa.life_bytes, 0)
     soft = soft_limit(hard, sa.spi_in) if hard else 0
+    # Without ESN the sequence number must not cycle (RFC 4303 section 3.3.3): the
+    # kernel then drops every packet, renewing nothing. A packet lifetime asks for
+    # the renewal before that, as a byte lifetime does.
+    soft_packets = soft_limit(MAX_PACKETS, sa.spi_in)
     inbound = XfrmState(remote, local, sa.spi_in, reqid, sa.mode,
                         xfrm_algorithms(sa, sa.keymat_in), REPLAY_WINDOW, in_encap, in_selector,
-                        soft, hard)
+                        soft, hard, soft_packets, MAX_PACKETS)
     outbound = XfrmState(local, remote, sa.spi_out, reqid, sa.mode,
                          xfrm_algorithms(sa, sa.keymat_out), REPLAY_WINDOW, out_encap,
-                         out_selector, soft, hard)
+                         out_selector, soft, hard, soft_packets, MAX_PACKETS)
     return inbound, outbound
 
 
@@ -401,8 +407,11 @@ class KernelBackend:
         ):
             return
         self._reported[pair_id] = report.hard
-        reason = ("life_bytes reached: the kernel deleted the SA" if report.hard
-                  else "life_bytes nearly reached: renewing")
+        # The report does not say which limit it was; with life_bytes, that one is
+        # far nearer than 2^32 packets of at least 1 byte each.
+        what = "life_bytes" if pair.inbound.hard_bytes else "sequence numbers"
+        reason = (f"{what} reached: the kernel deleted the SA" if report.hard
+                  else f"{what} nearly reached: renewing")
         log.log(logging.WARNING if report.hard else logging.INFO,
                 "kernel data plane: SAs %08x_i %08x_o: %s", pair_id[0], pair_id[1], reason)
         if self._expired is not None:

@@ -802,10 +802,37 @@ def test_life_bytes_become_soft_and_hard_byte_lifetimes() -> None:
     msg = xfrm_io.encode_new_state(outbound)
     soft, hard, soft_pkt, hard_pkt = struct.unpack_from("=4Q", msg, 96)
     assert (soft, hard) == (outbound.soft_bytes, 1_000_000)
-    assert soft_pkt == hard_pkt == xfrm_io.XFRM_INF
-    # Without life_bytes: no limit at all.
+    assert (soft_pkt, hard_pkt) == (outbound.soft_packets, 2**32 - 1)
+    # Without life_bytes: no byte limit.
     assert struct.unpack_from("=2Q", xfrm_io.encode_new_state(plan_states(make_sa(), 5)[0]),
                               96) == (xfrm_io.XFRM_INF, xfrm_io.XFRM_INF)
+
+
+def test_sequence_numbers_are_renewed_before_they_wrap() -> None:
+    """RFC 4303 section 3.3.3: without ESN the 32-bit sequence number must not
+    cycle; a packet lifetime in xfrm_lifetime_cfg (after the two byte limits)
+    makes the kernel ask for the renewal first, and stop at the last number."""
+    sa = make_sa()
+    for state in plan_states(sa, 5):
+        msg = xfrm_io.encode_new_state(state)
+        soft_pkt, hard_pkt, soft_s, hard_s = struct.unpack_from("=4Q", msg, 112)
+        assert hard_pkt == 2**32 - 1
+        assert soft_pkt == soft_limit(2**32 - 1, sa.spi_in)
+        assert 0.85 * 2**32 <= soft_pkt <= 0.9 * 2**32
+        assert soft_s == hard_s == 0  # no time limits: time stays the engine's
+
+
+def test_sequence_number_expiry_is_reported_as_such(fake: FakeXfrm) -> None:
+    expire = FakeExpire()
+    backend = KernelBackend(fake, expire_source=expire)
+    reports: list[tuple[int, bool, str]] = []
+    backend.set_expire_handler(lambda cid, hard, why: reports.append((cid, hard, why)))
+    sa = replace(make_sa(), child_id=4)
+    backend.install(sa)
+    expire.queued = [xfrm_io.XfrmExpire(REMOTE, sa.spi_out, False)]
+    backend.handle_expire_readable()
+    assert reports == [(4, False, "sequence numbers nearly reached: renewing")]
+    backend.close()
 
 
 def test_expiry_reports_become_one_renewal_and_one_deletion(fake: FakeXfrm) -> None:

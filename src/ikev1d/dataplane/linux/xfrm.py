@@ -223,6 +223,10 @@ class XfrmState:
     hard_bytes: int = 0
     """Byte lifetimes (``xfrm_lifetime_cfg``): the kernel reports the soft one with an
     XFRM_MSG_EXPIRE and deletes the SA at the hard one. 0: no limit."""
+    soft_packets: int = 0
+    hard_packets: int = 0
+    """Packet lifetimes, the same way: what keeps the 32-bit ESP sequence number
+    from running out (RFC 4303 section 3.3.3). 0: no limit."""
 
 
 @dataclass(frozen=True)
@@ -313,9 +317,11 @@ def _infinite_lifetime() -> bytes:
     return _LIFETIME_CFG.pack(*(XFRM_INF,) * 4, *(0,) * 4)
 
 
-def _byte_lifetime(soft: int, hard: int) -> bytes:
-    """``xfrm_lifetime_cfg`` with byte limits (0: none) and no packet or time limits."""
-    return _LIFETIME_CFG.pack(soft or XFRM_INF, hard or XFRM_INF, XFRM_INF, XFRM_INF,
+def _lifetime_cfg(state: XfrmState) -> bytes:
+    """``xfrm_lifetime_cfg`` with byte and packet limits (0: none) and no time limits
+    (the engine renews by time itself)."""
+    return _LIFETIME_CFG.pack(state.soft_bytes or XFRM_INF, state.hard_bytes or XFRM_INF,
+                              state.soft_packets or XFRM_INF, state.hard_packets or XFRM_INF,
                               *(0,) * 4)
 
 
@@ -371,7 +377,7 @@ def encode_new_state(state: XfrmState) -> bytes:
         _encode_selector(state.selector),
         _XFRM_ID.pack(_xfrm_address(state.dst), _spi_field(state.spi), IPPROTO_ESP),
         _xfrm_address(state.src),
-        _byte_lifetime(state.soft_bytes, state.hard_bytes),
+        _lifetime_cfg(state),
         _LIFETIME_CUR.pack(0, 0, 0, 0),
         _USERSA_TAIL.pack(0, 0, 0, 0, state.reqid, family, _mode(state.mode), replay_window, flags),
     ))  # fmt: skip
