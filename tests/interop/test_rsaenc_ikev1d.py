@@ -146,7 +146,9 @@ def test_two_ikev1d_authenticate_by_public_key_encryption(
     assert chains[2][:len(expected_3)] == expected_3, chains
     assert chains[3][:len(expected_4)] == expected_4, chains
     if not revised:
-        assert chains[4] == ["8"] and chains[5] == ["8"], chains
+        # Message 5 adds INITIAL-CONTACT (RFC 2407 section 4.6.3.3): first contact.
+        assert chains[4] == ["8", "11"] and chains[5] == ["8"], chains
+        assert _values(main_mode[4], "isakmp.notify.msgtype") == ["24578"]
     else:
         assert all(_values(p, "isakmp.enc.data") for p in main_mode[4:]), chains
     # The identities never cross the wire in the clear.
