@@ -101,9 +101,9 @@ def _connection_warnings(cfg: Config, conn: ConnectionConfig) -> list[str]:
     if conn.local.auth is Auth.PSK and _no_secret(cfg, conn):
         out.append(f"{src}: {path}: auth = \"psk\" but no [secrets.*] entry lists the "
                    f"peer ({', '.join(conn.remote_addrs)} / {conn.remote.id}) or \"%any\"")
-    if conn.dynamic_peer and conn.dpd_action is DpdAction.RESTART and conn.dpd_delay > 0:
-        out.append(f"{src}: {path}.dpd_action: \"restart\" cannot re-initiate to a dynamic "
-                   "peer (%any); \"clear\" is the usual choice for responders")
+    if conn.dynamic_peer and conn.dpd_action is not DpdAction.CLEAR and conn.dpd_delay > 0:
+        out.append(f"{src}: {path}.dpd_action: \"{conn.dpd_action}\" cannot re-initiate to a "
+                   "dynamic peer (%any); \"clear\" is the usual choice for responders")
     if not conn.children:
         out.append(f"{src}: {path}.children: no children: Phase 1 only, no traffic "
                    "will be protected")
