@@ -231,6 +231,21 @@ class Engine:
                    for sa in self._sas_of(conn) if sa.state is not IkeState.DELETING
                    for c in sa.children)
 
+    def child_in_progress(self, conn: str, child: str) -> bool:
+        """Whether a negotiation we started for this child runs: a Main Mode that will
+        go on to it, or its Quick Mode."""
+        for sa in self._sas_of(conn):
+            if sa.state is IkeState.CONNECTING and sa.initiator and (
+                sa.requested_children is None or child in sa.requested_children
+            ):
+                return True
+            if sa.state is IkeState.ESTABLISHED and any(
+                isinstance(x, QuickMode) and x.initiator and x.child is not None
+                and x.child.name == child for x in sa.exchanges.values()
+            ):
+                return True
+        return False
+
     def retransmit_budget(self) -> float:
         """Seconds one exchange retransmits before it gives up (RFC 2408 section 5:
         the interval doubles each time)."""

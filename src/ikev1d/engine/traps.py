@@ -175,7 +175,8 @@ class Traps:
                             "acquire for %s/%s: no such trap (removed meanwhile?)", conn,
                             child, extra={"conn": conn})
             return
-        if now < trap.pending_until or engine.child_is_up(conn, child):
+        if (now < trap.pending_until or engine.child_is_up(conn, child)
+                or engine.child_in_progress(conn, child)):
             return
         engine.logs.log(log, logging.INFO, f"acquire:{conn}/{child}", now,
                         "acquire for %s/%s: initiating", conn, child, extra={"conn": conn})

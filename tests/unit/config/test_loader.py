@@ -1114,3 +1114,10 @@ def test_encrypted_private_key_with_its_passphrase_from_secrets(tmp_path: Path) 
     with pytest.raises(ConfigError) as info:
         parse_config(_pubkey_conf() + secret.format("wrong"), "t.toml", tmp_path)
     assert "wrong passphrase?" in str(info.value)
+
+
+def test_traps_without_a_data_plane_warn() -> None:
+    text = "[daemon]\ndataplane = \"{}\"\n" + C + "dpd_action = 'hold'\n"
+    assert "trap policies" in "\n".join(config_warnings(parse_config(text.format("none"))))
+    assert "trap policies" not in "\n".join(
+        config_warnings(parse_config(text.format("userspace"))))

@@ -201,3 +201,34 @@ def test_shutdown_removes_the_traps() -> None:
     net.a.engine.shutdown(net.now)
     net.pump()
     assert net.a.of(TrapRemoved) == [TrapRemoved("gw", "net")]
+
+
+def test_acquire_while_a_negotiation_for_the_child_runs_starts_no_other() -> None:
+    net = trap_net(trap_config(conn="trap"))
+    engine = net.a.engine
+    engine.start(net.now)
+    engine.acquire("gw", "net", net.now)
+    # An unrelated ISAKMP SA of the connection went: the bound is lifted, but the
+    # Main Mode that will carry the child still runs.
+    engine.traps.observe(IkeSaDeleted("gw", 99, "test"))
+    engine.acquire("gw", "net", net.now)
+    net.pump()
+    assert main_modes_from_a(net) == 1
+    assert len(established_of(net.a)) == 1
+    # The same while its Quick Mode runs on an established ISAKMP SA: the peer
+    # deletes only the IPsec SA, then stops answering.
+    b_sa = net.b.engine.all_sas()[0]
+    net.b.engine.deletion.delete_child(b_sa, b_sa.children[0], "test", send=True)
+    net.pump()
+    assert not engine.child_is_up("gw", "net")
+    mark = len(net.wire)
+    net.drop = lambda d: True
+    engine.acquire("gw", "net", net.now)
+    engine.traps.observe(IkeSaDeleted("gw", 99, "test"))
+    engine.acquire("gw", "net", net.now)
+    net.pump()
+    net.advance(20)  # the Quick Mode gives up; no second one was queued behind it
+    quick_modes = {split_message(d.data)[0].message_id for src, d in net.wire[mark:]
+                   if src == A_ADDR
+                   and split_message(d.data)[0].exchange_type == ExchangeType.QUICK_MODE}
+    assert len(quick_modes) == 1
