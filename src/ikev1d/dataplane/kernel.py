@@ -446,9 +446,12 @@ class KernelBackend:
                 raise
             policy_set = _PolicySet(reqid, policies)
             self._policy_sets[key] = policy_set
-            policy_set.routes = self._add_routes(trap.conn, trap.child, trap.mode, trap.remote,
-                                                 trap.local_ts, trap.remote_ts)
-            self._save()
+        if not policy_set.routes:
+            # Its own references, also when an SA pair has the same routes already:
+            # they must outlive that pair.
+            policy_set.routes = self._add_routes(trap.conn, trap.child, trap.mode,
+                                                 trap.remote, trap.local_ts, trap.remote_ts)
+        self._save()
         policy_set.users.add(user)
         self._traps[name] = key
         log.info("kernel data plane: trap for %s/%s, reqid %d", trap.conn, trap.child,

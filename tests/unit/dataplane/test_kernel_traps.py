@@ -115,6 +115,13 @@ def test_a_trap_gets_the_routes_an_sa_would_and_keeps_them(tmp_path: Path) -> No
     assert [str(dst) for dst in routes.table] == ["10.2.0.0/24"]
     b.remove_trap("gw", "net")
     assert routes.table == {}
+    # A trap installed while its SA pair is up keeps the route when the pair goes.
+    b.install(sa)
+    b.install_trap(trap())
+    b.remove(deleted(sa))
+    assert [str(dst) for dst in routes.table] == ["10.2.0.0/24"]
+    b.remove_trap("gw", "net")
+    assert routes.table == {} and fake.policies == {}
 
 
 def test_trap_policies_are_in_the_state_file_and_recovered(tmp_path: Path) -> None:
