@@ -13,7 +13,8 @@ initiates that child. Traps come from two settings, with swanctl.conf's meaning:
 * ``dpd_action = "hold"``: when DPD (RFC 3706) declares the peer dead, its SAs are
   removed and every child of the connection is trapped, so the next packet
   re-establishes the tunnel instead of leaking or vanishing. Like strongSwan's
-  dpd_action trap it stays until ``down`` or a configuration change removes it.
+  dpd_action trap it stays until ``down``, or a reload that no longer says
+  "hold" (or drops the connection or child), removes it.
   A Delete from the peer is a deliberate close, not a lost peer: it installs no
   trap (strongSwan's default close_action none).
 
@@ -33,7 +34,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ikev1d.config import Config, ConnectionConfig, StartAction
+from ikev1d.config import Config, ConnectionConfig, DpdAction, StartAction
 from ikev1d.engine.api import (
     ChildSaEstablished,
     ConnectionFailed,
@@ -148,8 +149,10 @@ class Traps:
                 self.remove(name, child, "no longer in the configuration")
             elif child in trapped_children(conn):
                 continue  # installed below
-            elif trap.spec.origin == DPD_ACTION:
+            elif trap.spec.origin == DPD_ACTION and conn.dpd_action is DpdAction.HOLD:
                 self.install(conn, child, DPD_ACTION)
+            elif trap.spec.origin == DPD_ACTION:
+                self.remove(name, child, "dpd_action is no longer \"hold\"")
             else:
                 self.remove(name, child, "start_action is no longer \"trap\"")
         for conn in config.connections.values():

@@ -232,3 +232,18 @@ def test_acquire_while_a_negotiation_for_the_child_runs_starts_no_other() -> Non
                    if src == A_ADDR
                    and split_message(d.data)[0].exchange_type == ExchangeType.QUICK_MODE}
     assert len(quick_modes) == 1
+
+
+def test_reload_keeps_a_held_trap_only_while_dpd_action_is_hold() -> None:
+    net = trap_net(trap_config(dpd_action="hold"))
+    engine = net.a.engine
+    engine.initiate("gw", None, net.now)
+    net.pump()
+    net.drop = lambda d: d.local[0] == B_ADDR
+    net.advance(200)
+    assert len(engine.status(net.now).traps) == 1
+    engine.events()
+    engine.reload(parse_config(trap_config(dpd_action="hold")), net.now)
+    assert engine.events() == [] and len(engine.status(net.now).traps) == 1
+    engine.reload(parse_config(trap_config(dpd_action="clear")), net.now)
+    assert engine.events() == [TrapRemoved("gw", "net")]
