@@ -288,13 +288,17 @@ def _networks(networks: tuple[Network, ...]) -> str:
 
 def format_status(document: StatusDocument) -> str:
     """The status document as a table for people, in the spirit of ``swanctl --list-sas``."""
-    if not document.ike_sas:
-        return "no SAs\n"
-    lines: list[str] = []
+    lines: list[str] = [] if document.ike_sas else ["no SAs"]
     for ike in document.ike_sas:
         lines += _ike_sa_lines(ike)
         for child in ike.children:
             lines += _child_sa_lines(child)
+    if document.traps:
+        lines.append(f"traps: {len(document.traps)}")
+        for trap in document.traps:
+            lines.append(f"  {_text(trap.name)}/{_text(trap.child)}: TRAPPED"
+                         f" ({_text(trap.origin)}), {_text(trap.mode).upper()},"
+                         f" {_networks(trap.local_ts)} === {_networks(trap.remote_ts)}")
     return "\n".join(lines) + "\n"
 
 

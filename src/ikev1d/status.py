@@ -206,14 +206,57 @@ class IkeSaStatus:
 
 
 @dataclass(frozen=True)
+class TrapStatus:
+    """A child waiting for traffic (a trap policy): ``origin`` is ``start_action``
+    (configured) or ``dpd_action`` (installed when DPD declared the peer dead)."""
+
+    name: str
+    child: str
+    origin: str
+    mode: str
+    local_ts: tuple[Network, ...]
+    remote_ts: tuple[Network, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "child": self.child,
+            "origin": self.origin,
+            "mode": self.mode,
+            "local_ts": [str(n) for n in self.local_ts],
+            "remote_ts": [str(n) for n in self.remote_ts],
+        }
+
+    @classmethod
+    def from_json(cls, value: object, where: str = "trap") -> TrapStatus:
+        reader = _Reader(value, where)
+        trap = cls(
+            name=reader.text("name"),
+            child=reader.text("child"),
+            origin=reader.text("origin"),
+            mode=reader.text("mode"),
+            local_ts=reader.networks("local_ts"),
+            remote_ts=reader.networks("remote_ts"),
+        )
+        reader.no_other_members()
+        return trap
+
+
+@dataclass(frozen=True)
 class StatusDocument:
-    """Every ISAKMP SA the engine knows, except those being deleted, oldest first."""
+    """Every ISAKMP SA the engine knows, except those being deleted, oldest first;
+    and the trapped children, which the document lists (``traps``) only when
+    there are some."""
 
     ike_sas: tuple[IkeSaStatus, ...] = ()
+    traps: tuple[TrapStatus, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The document as JSON-ready dicts and lists, members in the documented order."""
-        return {"ike_sas": [ike_sa.to_json() for ike_sa in self.ike_sas]}
+        document: dict[str, Any] = {"ike_sas": [ike_sa.to_json() for ike_sa in self.ike_sas]}
+        if self.traps:
+            document["traps"] = [trap.to_json() for trap in self.traps]
+        return document
 
     @classmethod
     def from_json(cls, value: object) -> StatusDocument:
@@ -223,9 +266,10 @@ class StatusDocument:
         unknown member or a value of the wrong type."""
         reader = _Reader(value, "status")
         ike_sas = reader.array("ike_sas")
+        traps = reader.array("traps") if "traps" in reader.data else []
         document = cls(tuple(
             IkeSaStatus.from_json(ike_sa, f"ike_sas[{i}]") for i, ike_sa in enumerate(ike_sas)
-        ))
+        ), tuple(TrapStatus.from_json(trap, f"traps[{i}]") for i, trap in enumerate(traps)))
         reader.no_other_members()
         return document
 

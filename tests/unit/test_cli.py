@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from ikev1d import cli
 from ikev1d.cli import build_parser, format_status, main
 from ikev1d.daemon.control import Response
-from ikev1d.status import StatusDocument
+from ikev1d.status import StatusDocument, TrapStatus
 from tests.unit.daemon._fakes import running_daemon
 
 SPEC_STATUS = {"ike_sas": [{
@@ -305,3 +306,14 @@ def test_control_commands_against_a_daemon(capsys: pytest.CaptureFixture[str]) -
             assert "reloaded" in capsys.readouterr().out
 
     asyncio.run(body())
+
+
+def test_status_text_lists_traps() -> None:
+    trap = TrapStatus("gw", "net", "dpd_action", "tunnel",
+                      (ipaddress.ip_network("10.1.0.0/24"),),
+                      (ipaddress.ip_network("10.2.0.0/24"),))
+    assert format_status(StatusDocument((), (trap,))).splitlines() == [
+        "no SAs",
+        "traps: 1",
+        "  gw/net: TRAPPED (dpd_action), TUNNEL, 10.1.0.0/24 === 10.2.0.0/24",
+    ]

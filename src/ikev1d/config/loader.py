@@ -418,8 +418,7 @@ def _load_connection(
         encap=ld.get_bool(data, path, "encap", d.encap),
         dpd_delay=dpd_delay,
         dpd_timeout=dpd_timeout,
-        dpd_action=ld.get_choice(data, path, "dpd_action", d.dpd_action, DpdAction,
-                                 not_yet=(DpdAction.HOLD,)),
+        dpd_action=ld.get_choice(data, path, "dpd_action", d.dpd_action, DpdAction),
         rekey_time=ld.get_duration(data, path, "rekey_time", d.rekey_time),
         reauth_time=_reauth_time(ld, data, path),
         start_action=start_action,
@@ -566,12 +565,13 @@ def _connection_children(
 def _check_no_initiation(
     ld: TomlReader, path: str, start_action: StartAction, children: Mapping[str, ChildConfig]
 ) -> None:
-    """A ``%any`` peer has no address to initiate to."""
-    if start_action is StartAction.START:
+    """A ``%any`` peer has no address to initiate to (nor to trap traffic for)."""
+    initiating = (StartAction.START, StartAction.TRAP)
+    if start_action in initiating:
         raise ld.error(f"{path}.start_action",
                        "cannot initiate to \"%any\": set remote_addrs to the peer's address")
     for child in children.values():
-        if child.start_action is StartAction.START:
+        if child.start_action in initiating:
             raise ld.error(f"{path}.children.{child.name}.start_action",
                            "cannot initiate to \"%any\": set remote_addrs to the "
                            "peer's address")

@@ -115,7 +115,8 @@ class DpdAction(enum.StrEnum):
 
 class StartAction(enum.StrEnum):
     NONE = "none"
-    START = "start"
+    START = "start"  # initiate when loaded
+    TRAP = "trap"  # negotiate when traffic for the child comes (see engine.traps)
 
 
 class IpsecMode(enum.StrEnum):

@@ -16,9 +16,11 @@ from .model import (
     ChildConfig,
     Config,
     ConnectionConfig,
+    Dataplane,
     DpdAction,
     IpsecMode,
     SecretType,
+    StartAction,
 )
 
 __all__ = ["config_warnings"]
@@ -135,9 +137,15 @@ def _connection_warnings(cfg: Config, conn: ConnectionConfig) -> list[str]:
     if conn.local.auth is Auth.PSK and _no_secret(cfg, conn):
         out.append(f"{src}: {path}: auth = \"psk\" but no [secrets.*] entry lists the "
                    f"peer ({', '.join(conn.remote_addrs)} / {conn.remote.id}) or \"%any\"")
-    if conn.dynamic_peer and conn.dpd_action is DpdAction.RESTART and conn.dpd_delay > 0:
-        out.append(f"{src}: {path}.dpd_action: \"restart\" cannot re-initiate to a dynamic "
-                   "peer (%any); \"clear\" is the usual choice for responders")
+    if conn.dynamic_peer and conn.dpd_action is not DpdAction.CLEAR and conn.dpd_delay > 0:
+        out.append(f"{src}: {path}.dpd_action: \"{conn.dpd_action}\" cannot re-initiate to a "
+                   "dynamic peer (%any); \"clear\" is the usual choice for responders")
+    traps = conn.dpd_action is DpdAction.HOLD or conn.start_action is StartAction.TRAP or any(
+        c.start_action is StartAction.TRAP for c in conn.children.values())
+    if traps and cfg.daemon.dataplane is Dataplane.NONE:
+        out.append(f"{src}: {path}: trap policies (start_action = \"trap\", dpd_action = "
+                   "\"hold\") need a data plane to catch traffic; with dataplane = \"none\" "
+                   "only \"ikev1d up\" starts the connection")
     if not conn.children:
         out.append(f"{src}: {path}.children: no children: Phase 1 only, no traffic "
                    "will be protected")

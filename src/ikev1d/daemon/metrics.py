@@ -194,6 +194,11 @@ class IkeCollector(Collector):
             f"{PREFIX}_dpd_failures",
             "Peers declared dead by Dead Peer Detection (RFC 3706)",
             value=stats.dpd_failures)
+        yield CounterMetricFamily(
+            f"{PREFIX}_acquires",
+            "Negotiations started by traffic caught in a trap (start_action = \"trap\", "
+            "dpd_action = \"hold\")",
+            value=stats.acquires)
         rekeys = CounterMetricFamily(
             f"{PREFIX}_rekeys", "Renewals completed: the new SA took over from the old one",
             labels=["phase"])

@@ -46,6 +46,7 @@ from ikev1d.daemon.systemd import Notifier
 from ikev1d.daemon.udp import UdpError, UdpTransport
 from ikev1d.daemon.updown import UpdownRunner
 from ikev1d.dataplane.base import (
+    CatchesTraffic,
     DataplaneBackend,
     DataplaneError,
     KeepsState,
@@ -62,6 +63,8 @@ from ikev1d.engine.api import (
     Event,
     IkeSaDeleted,
     IkeSaEstablished,
+    TrapInstalled,
+    TrapRemoved,
 )
 from ikev1d.errors import Ikev1dError
 from ikev1d.status import ChildSaStatus, StatusDocument
@@ -282,6 +285,8 @@ class Daemon:
             raise DaemonError(f"data plane {backend.name!r}: {exc}") from None
         if isinstance(backend, ReportsExpiry):
             backend.set_expire_handler(self._on_dataplane_expired)
+        if isinstance(backend, CatchesTraffic):
+            backend.set_acquire_handler(self._on_acquire)
 
         try:
             self._engine = self._engine_factory(config, self._random_bytes)
@@ -560,6 +565,12 @@ class Daemon:
 
         self.loop.call_soon(self._call_engine, "handling an expiring IPsec SA", call)
 
+    def _on_acquire(self, conn: str, child: str) -> None:
+        """A packet for a trapped child found no IPsec SA. This runs on the packet
+        path (or the netlink reader), so the engine is called right after it."""
+        self.loop.call_soon(self._call_engine, "handling an acquire",
+                            lambda e, now: e.acquire(conn, child, now))
+
     # --- events ---
 
     def _dispatch(self, event: Event) -> None:
@@ -575,6 +586,8 @@ class Daemon:
                 self._on_child_deleted(event)
             case ConnectionFailed():
                 self._on_failed(event)
+            case TrapInstalled() | TrapRemoved():
+                self._on_trap(event)
 
     def _observe(self, event: Event) -> None:
         """Key log and updown bookkeeping; the "up" script runs from _on_child_established,
@@ -675,6 +688,26 @@ class Daemon:
             event.child, event.spi_in, event.spi_out, event.reason,
             extra={"conn": event.conn},
         )
+
+    def _on_trap(self, event: TrapInstalled | TrapRemoved) -> None:
+        backend = self._backend
+        extra = {"conn": event.conn}
+        if not isinstance(backend, CatchesTraffic):
+            if isinstance(event, TrapInstalled):
+                log.warning("trap for %s/%s: data plane %r cannot catch traffic; only "
+                            "\"up\" starts the child", event.conn, event.child,
+                            self._backend_name, extra=extra)
+            return
+        try:
+            if isinstance(event, TrapInstalled):
+                backend.install_trap(event)
+            else:
+                backend.remove_trap(event.conn, event.child)
+        except DataplaneError as exc:
+            log.error("trap for %s/%s: %s", event.conn, event.child, exc, extra=extra)
+        except Exception:
+            log.exception("data plane failed with the trap for %s/%s", event.conn,
+                          event.child, extra=extra)
 
     def _on_failed(self, event: ConnectionFailed) -> None:
         what = f"{event.conn}/{event.child}" if event.child else event.conn

@@ -17,7 +17,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, TrapInstalled
 from ikev1d.errors import Ikev1dError
 from ikev1d.status import Counters
 
@@ -31,6 +31,9 @@ ExpireHandler = Callable[[int, bool, str], None]
 """``expired(child_id, hard, reason)``: an IPsec SA reached a limit the data plane
 enforces (``life_bytes``, sequence numbers). Soft (``hard`` False): renew it now;
 hard: the data plane no longer uses it."""
+
+AcquireHandler = Callable[[str, str], None]
+"""``acquire(conn, child)``: a packet for a trapped child found no IPsec SA."""
 
 BACKEND_NAMES = ("userspace", "kernel", "none")
 
@@ -98,6 +101,22 @@ class KeepsState(Protocol):
         """Called once before ``attach``: remove the leftovers listed in ``state_file``
         by an earlier run (only those, and only if they still look like ours), then
         keep recording there what this run installs. Problems are logged, not raised."""
+
+
+@runtime_checkable
+class CatchesTraffic(Protocol):
+    """A backend that can hold trap policies: catch the traffic of a child that has
+    no IPsec SA yet and report it (the kernel's XFRM_MSG_ACQUIRE, or the userspace
+    plane's packets routed into the TUN device)."""
+
+    def set_acquire_handler(self, handler: AcquireHandler) -> None:
+        """Called once after ``attach``; the handler may run from the packet path."""
+
+    def install_trap(self, trap: TrapInstalled) -> None:
+        """Catch the trap's traffic (again: a trap of the same conn/child is replaced)."""
+
+    def remove_trap(self, conn: str, child: str) -> None:
+        """Stop catching it; an unknown trap is not an error."""
 
 
 class NoneBackend:

@@ -39,6 +39,18 @@ make us delete another daemon's entries (strongSwan's reqids count from 1,
 Libreswan's from 16384), and entries of ours the file does not list (another
 ikev1d in the same namespace) are left alone, with a warning.
 
+Traps (``start_action = "trap"``, ``dpd_action = "hold"``) are policies without
+a state, as in strongSwan: the same out / in / fwd policies an SA pair of the
+child would get, with a reqid of their own. A packet matching the out policy
+finds no SA for the template, and the kernel reports it with XFRM_MSG_ACQUIRE
+(group XFRMNLGRP_ACQUIRE, read with the expiry reports); its template's reqid
+names the trap, and the daemon is told which child to negotiate. The SA pair
+negotiated then has the trap's policy key, so it takes the trap's reqid and its
+policies (the kernel drops the acquire's larval state when the SA is added), and
+the policies stay when the pair goes. A trap also gets the routes an SA pair
+would, so that the host's own packets reach the policy. Trap policies carry
+our reqids and are in the state file like every other policy.
+
 ``life_bytes`` becomes the SAs' hard byte lifetime, with a soft one before it
 (:func:`~ikev1d.dataplane.base.soft_limit`); the kernel reports both with
 XFRM_MSG_EXPIRE (read from :class:`~ikev1d.dataplane.linux.xfrm.XfrmExpireSocket`),
@@ -60,6 +72,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ikev1d.dataplane.base import (
+    AcquireHandler,
     DataplaneError,
     ExpireHandler,
     SendUdp,
@@ -76,6 +89,7 @@ from ikev1d.dataplane.linux.xfrm import (
     InstalledPolicy,
     InstalledState,
     Route,
+    XfrmAcquire,
     XfrmAlgorithm,
     XfrmExpire,
     XfrmPolicy,
@@ -85,7 +99,7 @@ from ikev1d.dataplane.linux.xfrm import (
     XfrmTemplate,
 )
 from ikev1d.dataplane.statefile import StateFile
-from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network, TrapInstalled
 from ikev1d.status import Counters
 
 if TYPE_CHECKING:
@@ -143,7 +157,7 @@ class ExpireSourceLike(Protocol):
     """The kernel's expiry reports (``linux.xfrm.XfrmExpireSocket``)."""
 
     def fileno(self) -> int: ...
-    def read(self) -> list[XfrmExpire]: ...
+    def read(self) -> list[XfrmExpire | XfrmAcquire]: ...
     def close(self) -> None: ...
 
 
@@ -250,29 +264,46 @@ def policy_priority(selector: XfrmSelector) -> int:
 
 def plan_policies(sa: ChildSaEstablished, reqid: int) -> tuple[XfrmPolicy, ...]:
     """out / in (/ fwd in tunnel mode) for every same-family (local_ts, remote_ts) pair."""
-    local, remote = sa.local[0], sa.remote[0]
-    outbound = XfrmTemplate(local, remote, reqid, sa.mode)
-    inbound = XfrmTemplate(remote, local, reqid, sa.mode)
+    return _plan_policies(sa.local[0], sa.remote[0], sa.mode, sa.local_ts, sa.remote_ts,
+                          reqid, f"IPsec SA {sa.child}")
+
+
+def plan_trap_policies(trap: TrapInstalled, reqid: int) -> tuple[XfrmPolicy, ...]:
+    """The policies of a trapped child: those its SA pair will share."""
+    return _plan_policies(trap.local, trap.remote, trap.mode, trap.local_ts, trap.remote_ts,
+                          reqid, f"trap {trap.conn}/{trap.child}")
+
+
+def _plan_policies(local: str, remote: str, mode: str, local_nets: tuple[Network, ...],
+                   remote_nets: tuple[Network, ...], reqid: int,
+                   what: str) -> tuple[XfrmPolicy, ...]:
+    outbound = XfrmTemplate(local, remote, reqid, mode)
+    inbound = XfrmTemplate(remote, local, reqid, mode)
     policies: list[XfrmPolicy] = []
-    for local_ts in sa.local_ts:
-        for remote_ts in sa.remote_ts:
+    for local_ts in local_nets:
+        for remote_ts in remote_nets:
             if local_ts.version != remote_ts.version:
                 continue
             out_sel = XfrmSelector(local_ts, remote_ts)
             in_sel = XfrmSelector(remote_ts, local_ts)
             policies.append(XfrmPolicy(out_sel, "out", policy_priority(out_sel), outbound))
             policies.append(XfrmPolicy(in_sel, "in", policy_priority(in_sel), inbound))
-            if sa.mode == "tunnel":
+            if mode == "tunnel":
                 policies.append(XfrmPolicy(in_sel, "fwd", policy_priority(in_sel), inbound))
     if not policies:
         raise DataplaneError(
-            f"IPsec SA {sa.child}: no local/remote network pair of the same address family"
+            f"{what}: no local/remote network pair of the same address family"
         )
     return tuple(policies)
 
 
 def _policy_key(sa: ChildSaEstablished) -> tuple[object, ...]:
     return (sa.local[0], sa.remote[0], sa.mode, sa.local_ts, sa.remote_ts)
+
+
+def _trap_key(trap: TrapInstalled) -> tuple[object, ...]:
+    """The policy key an SA pair negotiated for this trap will have."""
+    return (trap.local, trap.remote, trap.mode, trap.local_ts, trap.remote_ts)
 
 
 # --- the backend ----------------------------------------------------------------------------
@@ -282,7 +313,10 @@ def _policy_key(sa: ChildSaEstablished) -> tuple[object, ...]:
 class _PolicySet:
     reqid: int
     policies: tuple[XfrmPolicy, ...]
-    users: set[tuple[int, int]] = field(default_factory=set)
+    users: set[tuple[object, ...]] = field(default_factory=set)
+    """SA pairs (spi_in, spi_out) and traps ("trap", conn, child) using the policies."""
+    routes: tuple[Route, ...] = ()
+    """The routes the trap added (SA pairs keep their own)."""
 
 
 @dataclass(frozen=True)
@@ -345,6 +379,9 @@ class KernelBackend:
         self.xfrm = xfrm
         self.expire_source = expire_source
         self._expired: ExpireHandler | None = None
+        self._acquire: AcquireHandler | None = None
+        self._traps: dict[tuple[str, str], tuple[object, ...]] = {}
+        """(conn, child) -> the key of the policy set the trap uses."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reported: dict[tuple[int, int], bool] = {}
         """Pairs whose expiry was reported: False soft, True hard (each once)."""
@@ -381,9 +418,83 @@ class KernelBackend:
     def set_expire_handler(self, handler: ExpireHandler) -> None:
         self._expired = handler
 
+    def set_acquire_handler(self, handler: AcquireHandler) -> None:
+        self._acquire = handler
+
+    def install_trap(self, trap: TrapInstalled) -> None:
+        """Policies without SA for a trapped child (or the policies of its SA pair, when
+        one is installed already, which then stay when the pair goes)."""
+        if self._closed:
+            raise DataplaneError("kernel data plane is closed")
+        name = (trap.conn, trap.child)
+        key = _trap_key(trap)
+        if self._traps.get(name) == key:
+            return
+        self.remove_trap(trap.conn, trap.child)
+        user = ("trap", trap.conn, trap.child)
+        policy_set = self._policy_sets.get(key)
+        if policy_set is None:
+            reqid = self._allocate_reqid()
+            policies = plan_trap_policies(trap, reqid)
+            self._save(policies=policies)
+            undo: list[XfrmPolicy] = []
+            try:
+                for policy in policies:
+                    self._call(f"adding {_policy_text(policy)}", self.xfrm.add_policy, policy)
+                    undo.append(policy)
+            except DataplaneError:
+                for policy in reversed(undo):
+                    try:
+                        self.xfrm.delete_policy(policy.selector, policy.direction)
+                    except OSError as exc:
+                        log.error("kernel data plane: rollback step failed: %s", exc)
+                self._save()
+                raise
+            policy_set = _PolicySet(reqid, policies)
+            self._policy_sets[key] = policy_set
+        if not policy_set.routes:
+            # Its own references, also when an SA pair has the same routes already:
+            # they must outlive that pair.
+            policy_set.routes = self._add_routes(trap.conn, trap.child, trap.mode,
+                                                 trap.remote, trap.local_ts, trap.remote_ts)
+        self._save()
+        policy_set.users.add(user)
+        self._traps[name] = key
+        log.info("kernel data plane: trap for %s/%s, reqid %d", trap.conn, trap.child,
+                 policy_set.reqid, extra={"conn": trap.conn})
+
+    def remove_trap(self, conn: str, child: str) -> None:
+        key = self._traps.pop((conn, child), None)
+        if key is None:
+            return
+        policy_set = self._policy_sets.get(key)
+        if policy_set is None:
+            return
+        policy_set.users.discard(("trap", conn, child))
+        errors = self._remove_routes(policy_set.routes)
+        policy_set.routes = ()
+        if not policy_set.users:
+            errors += self._delete_policy_set(key, policy_set)
+        self._save()
+        if errors:
+            raise DataplaneError("kernel data plane: " + "; ".join(errors))
+
+    def _acquire_for(self, report: XfrmAcquire) -> None:
+        """The kernel wants an SA for a policy: negotiate the trapped child it belongs to."""
+        for (conn, child), key in self._traps.items():
+            policy_set = self._policy_sets.get(key)
+            if policy_set is not None and policy_set.reqid == report.reqid:
+                log.debug("kernel data plane: acquire for %s/%s (reqid %d)", conn, child,
+                          report.reqid)
+                if self._acquire is not None:
+                    self._acquire(conn, child)
+                return
+        log.debug("kernel data plane: acquire for reqid %d, which is no trap of ours",
+                  report.reqid)
+
     def handle_expire_readable(self) -> None:
         """The kernel's XFRM_MSG_EXPIRE reports: renew an SA at its soft byte limit,
-        delete it (the kernel has already) at its hard one."""
+        delete it (the kernel has already) at its hard one; and its XFRM_MSG_ACQUIRE."""
         if self.expire_source is None:
             return
         try:
@@ -392,7 +503,10 @@ class KernelBackend:
             log.warning("kernel data plane: reading expiry reports: %s", exc)
             return
         for report in reports:
-            self._expire(report)
+            if isinstance(report, XfrmAcquire):
+                self._acquire_for(report)
+            else:
+                self._expire(report)
 
     def _expire(self, report: XfrmExpire) -> None:
         found = next(((pair_id, pair) for pair_id, pair in self._pairs.items()
@@ -551,7 +665,8 @@ class KernelBackend:
             self._policy_sets[key] = policy_set
         policy_set.users.add(pair_id)
         self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, (), sa.child_id)
-        routes = self._add_routes(sa)
+        routes = self._add_routes(sa.conn, sa.child, sa.mode, sa.remote[0], sa.local_ts,
+                                  sa.remote_ts)
         self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, routes, sa.child_id)
         self._save()
         log.info(
@@ -603,6 +718,11 @@ class KernelBackend:
                     self._remove_pair(pair_id)
                 except DataplaneError as exc:
                     log.error("kernel data plane: %s", exc)
+            for conn, child in list(self._traps):
+                try:
+                    self.remove_trap(conn, child)
+                except DataplaneError as exc:
+                    log.error("kernel data plane: %s", exc)
         finally:
             if self.expire_source is not None:
                 if self._loop is not None:
@@ -611,7 +731,7 @@ class KernelBackend:
             self.xfrm.close()
             if self.routes is not None:
                 self.routes.close()
-            if self._state_file is not None and not self._pairs:
+            if self._state_file is not None and not self._pairs and not self._policy_sets:
                 self._state_file.remove()
 
     def probe(self) -> None:
@@ -656,7 +776,9 @@ class KernelBackend:
         except OSError as exc:
             raise DataplaneError(f"kernel data plane: {what}: {_reason(exc)}") from None
 
-    def _add_routes(self, sa: ChildSaEstablished) -> tuple[Route, ...]:
+    def _add_routes(self, conn: str, child: str, mode: str, remote: str,
+                    local_nets: tuple[Network, ...],
+                    remote_nets: tuple[Network, ...]) -> tuple[Route, ...]:
         """Routes to the remote networks with a source address inside the local ones.
 
         As strongSwan does (its table 220): without them a program on this host
@@ -666,22 +788,22 @@ class KernelBackend:
         A route that cannot be added is logged, not fatal: the SAs still serve
         forwarded traffic.
         """
-        if self.routes is None or sa.mode != "tunnel":
+        if self.routes is None or mode != "tunnel":
             return ()
         try:
             addresses = [ipaddress.ip_address(a) for a in self.routes.local_addresses()]
-            oif, gateway = self.routes.route_to(sa.remote[0])
+            oif, gateway = self.routes.route_to(remote)
         except OSError as exc:
-            log.warning("kernel data plane: no routes for %s: %s", sa.child, _reason(exc),
-                        extra={"conn": sa.conn})
+            log.warning("kernel data plane: no routes for %s: %s", child, _reason(exc),
+                        extra={"conn": conn})
             return ()
         added: list[Route] = []
-        for remote_ts in sa.remote_ts:
-            source = next((a for a in addresses for net in sa.local_ts
+        for remote_ts in remote_nets:
+            source = next((a for a in addresses for net in local_nets
                            if a.version == remote_ts.version and a in net), None)
             if source is None:
                 continue
-            route = Route(remote_ts, oif, gateway or sa.remote[0], str(source))
+            route = Route(remote_ts, oif, gateway or remote, str(source))
             if route not in self._route_refs:
                 self._save(routes=(route,))
                 try:
@@ -689,7 +811,7 @@ class KernelBackend:
                 except OSError as exc:
                     level = logging.INFO if exc.errno == errno.EEXIST else logging.WARNING
                     log.log(level, "kernel data plane: route to %s not added: %s",
-                            remote_ts, _reason(exc), extra={"conn": sa.conn})
+                            remote_ts, _reason(exc), extra={"conn": conn})
                     continue
                 self._route_refs[route] = 0
             self._route_refs[route] += 1
@@ -712,6 +834,17 @@ class KernelBackend:
                     errors.append(f"deleting route to {route.dst}: {_reason(exc)}")
         return errors
 
+    def _delete_policy_set(self, key: tuple[object, ...], policy_set: _PolicySet) -> list[str]:
+        del self._policy_sets[key]
+        errors: list[str] = []
+        for policy in policy_set.policies:
+            try:
+                self.xfrm.delete_policy(policy.selector, policy.direction)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    errors.append(f"deleting {_policy_text(policy)}: {_reason(exc)}")
+        return errors
+
     def _remove_pair(self, pair_id: tuple[int, int]) -> None:
         """Delete an SA pair's states, and its policies when no other pair uses them."""
         pair = self._pairs.pop(pair_id, None)
@@ -729,13 +862,7 @@ class KernelBackend:
         if policy_set is not None:
             policy_set.users.discard(pair_id)
             if not policy_set.users:
-                del self._policy_sets[pair.key]
-                for policy in policy_set.policies:
-                    try:
-                        self.xfrm.delete_policy(policy.selector, policy.direction)
-                    except OSError as exc:
-                        if exc.errno not in _GONE:
-                            errors.append(f"deleting {_policy_text(policy)}: {_reason(exc)}")
+                errors += self._delete_policy_set(pair.key, policy_set)
         log.info("kernel data plane: removed SAs %08x_i %08x_o", pair_id[0], pair_id[1])
         self._save()
         if errors:
@@ -774,8 +901,9 @@ def create_backend(config: object = None) -> KernelBackend:
     try:
         expire: XfrmExpireSocket | None = XfrmExpireSocket()
     except OSError as exc:
-        log.warning("kernel data plane: no XFRM expiry reports (life_bytes is enforced by "
-                    "the kernel but not renewed before): %s", exc.strerror or exc)
+        log.warning("kernel data plane: no XFRM expiry reports or acquires (life_bytes is "
+                    "enforced by the kernel but not renewed before; traps catch traffic but "
+                    "start nothing): %s", exc.strerror or exc)
         expire = None
     backend = KernelBackend(xfrm, routes=routes, prepare_sockets=prepare_ike_sockets,
                             expire_source=expire)

@@ -17,6 +17,14 @@ contain the peer itself (a full tunnel) the route to the peer is pinned first,
 so that our own IKE and ESP never enter the tunnel. UDP-encapsulated SAs send
 NAT-keepalives and follow the peer's NAT rebinding (authenticated packets only).
 
+Traps (``start_action = "trap"``, ``dpd_action = "hold"``): a trapped child's
+remote networks are routed into the TUN device as an SA's are, before any SA
+exists and after it is gone (the routes are shared, so installing or removing
+the SA does not touch them). A packet that no SA covers but a trap does is
+dropped, counted (``trapped``) and reported to the daemon as an acquire, at most
+once per ``ACQUIRE_INTERVAL`` per trap; like the kernel (and strongSwan) nothing
+is queued, so the first packets are lost and the sender's retries get through.
+
 A packet that fails anywhere is dropped and counted, never raised into the
 event loop; drops are logged at debug level per packet and at most every
 ``_LOG_INTERVAL`` seconds per reason at info level.
@@ -31,9 +39,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ikev1d.dataplane.base import (
+    AcquireHandler,
     DataplaneError,
     ExpireHandler,
     SendUdp,
@@ -50,9 +60,9 @@ from ikev1d.dataplane.esp import (
     esp_algorithm,
     peek_seq,
 )
-from ikev1d.dataplane.sad import NO_LIMIT, Sad, SaEntry, address_key, prefixes
+from ikev1d.dataplane.sad import NO_LIMIT, Prefix, Sad, SaEntry, address_key, prefixes
 from ikev1d.dataplane.statefile import StateFile
-from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network, TrapInstalled
 from ikev1d.status import Counters, DropCounters
 from ikev1d.wire.constants import IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE, NAT_KEEPALIVE
 
@@ -60,6 +70,7 @@ if TYPE_CHECKING:
     import asyncio
 
 __all__ = [
+    "ACQUIRE_INTERVAL",
     "DROP_REASONS",
     "NAT_KEEPALIVE_INTERVAL",
     "RawLike",
@@ -76,12 +87,15 @@ log = logging.getLogger(__name__)
 _BATCH: Final = 256
 """Packets handled per readiness event before yielding to the loop (fairness to IKE)."""
 _LOG_INTERVAL: Final = 10.0
+ACQUIRE_INTERVAL: Final = 1.0
+"""Seconds between two acquires for one trap: a burst of packets asks once."""
 NAT_KEEPALIVE_INTERVAL: Final = 20.0
 """RFC 3948 §4: keepalives every 20 s keep NAT mappings of UDP-encapsulated SAs alive."""
 
 DROP_REASONS: Final = (
     "not_ip",        # TUN gave something that is not an IPv4/IPv6 packet
     "no_sa",         # no SA covers the packet's addresses
+    "trapped",       # no SA yet, but a trap covers it: the child is being negotiated
     "seq_exhausted", # the SA's sequence numbers ran out (RFC 4303 §3.3.3)
     "life_bytes",    # the SA carried its life_bytes; a renewed one should have taken over
     "send_error",    # the socket refused the ESP packet (buffer full, no route)
@@ -151,6 +165,23 @@ def peer_inside(peer: str, networks: tuple[Network, ...]) -> bool:
     return any(addr.version == n.version and addr in n for n in networks)
 
 
+@dataclass
+class _Trap:
+    name: str
+    local_ts: tuple[Prefix, ...]
+    remote_ts: tuple[Prefix, ...]
+    routes: tuple[Network, ...]
+    bypass: str | None
+    acquired_at: float = -ACQUIRE_INTERVAL
+
+    def covers(self, key: bytes) -> bool:
+        half = len(key) // 2
+        version = 4 if half == 4 else 6
+        src, dst = int.from_bytes(key[:half], "big"), int.from_bytes(key[half:], "big")
+        return (any(p.contains(version, src) for p in self.local_ts)
+                and any(p.contains(version, dst) for p in self.remote_ts))
+
+
 class UserspaceBackend:
     """TUN + ESP in this process. One instance per daemon; single-threaded (the event loop)."""
 
@@ -184,6 +215,8 @@ class UserspaceBackend:
         self._closed = False
         self._on_close = on_close
         self._expired: ExpireHandler | None = None
+        self._acquire: AcquireHandler | None = None
+        self._traps: dict[tuple[str, str], _Trap] = {}
         self._state_file: StateFile | None = None
         self._renewal_asked = False
         """Set when an SA asked to be renewed: the packet loop yields, so that the
@@ -204,6 +237,53 @@ class UserspaceBackend:
 
     def set_expire_handler(self, handler: ExpireHandler) -> None:
         self._expired = handler
+
+    def set_acquire_handler(self, handler: AcquireHandler) -> None:
+        self._acquire = handler
+
+    def install_trap(self, trap: TrapInstalled) -> None:
+        """Route the trapped child's remote networks into the TUN device (shared with
+        its SAs' routes) and catch what arrives there without an SA."""
+        if self._closed:
+            raise DataplaneError("the userspace data plane is closed")
+        name = f"{trap.conn}/{trap.child}"
+        if trap.mode != "tunnel":
+            raise DataplaneError(f"{name}: mode {trap.mode!r} cannot be trapped by the "
+                                 "userspace data plane (tunnel only)")
+        if not trap.local_ts or not trap.remote_ts:
+            raise DataplaneError(f"{name}: no traffic selectors to trap")
+        remote_networks = tuple(trap.remote_ts)
+        new = _Trap(name, prefixes(trap.local_ts), prefixes(trap.remote_ts),
+                    tun_routes(remote_networks),
+                    trap.remote if peer_inside(trap.remote, remote_networks) else None)
+        src = self.routes.local_address_in(tuple(trap.local_ts))
+        added: list[Network] = []
+        try:
+            if new.bypass is not None:
+                self._bypass_ref(new.bypass)
+            for net in new.routes:
+                self._route_ref(net, src)
+                added.append(net)
+        except OSError as exc:
+            for net in added:
+                self._route_unref(net)
+            if new.bypass is not None:
+                self._bypass_unref(new.bypass)
+            raise DataplaneError(f"{name}: {exc}") from None
+        # The old trap's references go after the new ones are taken: no route flaps.
+        self.remove_trap(trap.conn, trap.child)
+        self._traps[(trap.conn, trap.child)] = new
+        log.debug("userspace: trap for %s: %s via %s", name,
+                  ", ".join(map(str, remote_networks)), self.tun.name)
+
+    def remove_trap(self, conn: str, child: str) -> None:
+        old = self._traps.pop((conn, child), None)
+        if old is None:
+            return
+        for net in old.routes:
+            self._route_unref(net)
+        if old.bypass is not None:
+            self._bypass_unref(old.bypass)
 
     def recover(self, state_file: str) -> None:
         """Remove the host routes to peers that a killed predecessor pinned.
@@ -349,6 +429,7 @@ class UserspaceBackend:
         self._readers.clear()
         for entry in self.sad:
             self.sad.remove(entry.spi_in, entry.spi_out)
+        self._traps.clear()
         self._route_refs.clear()  # routes.close() removes what is left
         self._bypass_refs.clear()
         for step in (self.routes.close, self.tun.close, self.raw4.close):
@@ -415,6 +496,8 @@ class UserspaceBackend:
             return
         entry = self.sad.lookup_outbound_key(key)
         if entry is None:
+            if self._traps and self._trapped(key):
+                return
             self._drop("no_sa", "outbound: no SA covers the packet")
             return
         counters = entry.counters
@@ -509,6 +592,21 @@ class UserspaceBackend:
             self._soft_limit(entry, "life_bytes nearly reached (inbound): renewing")
 
     # --- helpers ---------------------------------------------------------------------
+
+    def _trapped(self, key: bytes) -> bool:
+        """A packet without SA: if a trap covers it, drop it and ask for the child."""
+        found = next((item for item in self._traps.items() if item[1].covers(key)), None)
+        if found is None:
+            return False
+        (conn, child), trap = found
+        self._drop("trapped", f"outbound: {trap.name} has no SA yet")
+        now = self._loop.time() if self._loop is not None else 0.0
+        if now - trap.acquired_at >= ACQUIRE_INTERVAL:
+            trap.acquired_at = now
+            log.debug("userspace: traffic for %s: acquiring", trap.name)
+            if self._acquire is not None:
+                self._acquire(conn, child)
+        return True
 
     def _nat_mapping_changed(self, entry: SaEntry, esp: bytes, remote: Endpoint) -> None:
         """Follow the peer's NAT mapping when authenticated ESP arrives from a new address/port.

@@ -118,8 +118,38 @@ class ConnectionFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class TrapInstalled:
+    """A child waits for traffic: the data plane is to catch packets from ``local_ts``
+    to ``remote_ts`` that no IPsec SA carries, and report them with an acquire
+    (``Engine.acquire``) so that the engine negotiates the child.
+
+    ``local``/``remote`` are the outer addresses the IPsec SA will have (the kernel's
+    trap policy names them in its template); ``origin`` says why the trap exists:
+    ``start_action`` (configured) or ``dpd_action`` (the peer went silent, "hold").
+    Installing a trap that exists again replaces it."""
+
+    conn: str
+    child: str
+    local: str
+    remote: str
+    mode: str
+    local_ts: tuple[Network, ...]
+    remote_ts: tuple[Network, ...]
+    origin: str = "start_action"
+
+
+@dataclass(frozen=True)
+class TrapRemoved:
+    """The trap of ``conn``/``child`` is gone (configuration changed, ``down``, shutdown)."""
+
+    conn: str
+    child: str
+
+
 Event: TypeAlias = (
     IkeSaEstablished | IkeSaDeleted | ChildSaEstablished | ChildSaDeleted | ConnectionFailed
+    | TrapInstalled | TrapRemoved
 )
 
 

@@ -34,13 +34,14 @@ from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, info
 from ikev1d.engine.exchanges.main_mode import MmState
 from ikev1d.engine.fragments import Reassembler
 from ikev1d.engine.halfopen import HalfOpenTable
-from ikev1d.engine.ike_sa import ChildSa, IkeSa, IkeState, ProtocolFailure
+from ikev1d.engine.ike_sa import ChildSa, ChildState, IkeSa, IkeState, ProtocolFailure
 from ikev1d.engine.lifecycle import Lifecycle
 from ikev1d.engine.ratelimit import LogLimiter
 from ikev1d.engine.stats import PHASE1, EngineStats
 from ikev1d.engine.timers import Timers
+from ikev1d.engine.traps import Traps
 from ikev1d.engine.uniqueness import Uniqueness
-from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument
+from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument, TrapStatus
 from ikev1d.wire import (
     DeletePayload,
     ExchangeType,
@@ -101,6 +102,8 @@ class Engine:
         """The SA the message being handled belongs to, for ``_internal_error``."""
         self.reassembler = Reassembler()
         """IKE fragments (payload 132) waiting for the rest of their message."""
+        self.traps = Traps(self)
+        """Children waiting for traffic (start_action = "trap", dpd_action = "hold")."""
 
     # -- Context for SAs and exchanges -------------------------------------------
 
@@ -119,6 +122,7 @@ class Engine:
         self._out.append(datagram)
 
     def emit(self, event: Event) -> None:
+        self.traps.observe(event)
         self._events.append(event)
 
     def next_id(self) -> int:
@@ -203,10 +207,7 @@ class Engine:
                 if sa.requested_children is not None:
                     sa.requested_children += [c for c in children if c not in sa.requested_children]
                 return
-        remote = next((a for a in config.remote_addrs if a != "%any"), None)
-        if remote is None:
-            raise EngineError(f"connection {conn!r} has no remote address to initiate to")
-        local = config.local_addrs[0] if config.local_addrs else self._default_local(remote)
+        local, remote = self.initiation_addresses(config)
         port = self.config.daemon.port
         sa = IkeSa(
             self, initiator=True, local=(local, port), remote=(remote, port),
@@ -218,6 +219,49 @@ class Engine:
         except ProtocolFailure as exc:
             raise EngineError(str(exc)) from exc
         log.info("initiating Main Mode", extra=sa.log_extra)
+
+    def initiation_addresses(self, config: ConnectionConfig) -> tuple[str, str]:
+        """(local, remote) addresses we initiate a connection between; EngineError
+        when it has no peer address or no local one to use."""
+        remote = next((a for a in config.remote_addrs if a != "%any"), None)
+        if remote is None:
+            raise EngineError(f"connection {config.name!r} has no remote address to initiate to")
+        local = config.local_addrs[0] if config.local_addrs else self._default_local(remote)
+        return local, remote
+
+    def acquire(self, conn: str, child: str, now: float) -> None:
+        """The data plane caught traffic for a trapped child (a packet no IPsec SA
+        carries): negotiate the child, unless that is under way or done already."""
+        self.logs.now = now
+        self.traps.acquire(conn, child, now)
+
+    def child_is_up(self, conn: str, child: str) -> bool:
+        """Whether an IPsec SA of this connection's child is installed (or being renewed)."""
+        return any(c.config.name == child
+                   and c.state in (ChildState.INSTALLED, ChildState.REKEYING)
+                   for sa in self._sas_of(conn) if sa.state is not IkeState.DELETING
+                   for c in sa.children)
+
+    def child_in_progress(self, conn: str, child: str) -> bool:
+        """Whether a negotiation we started for this child runs: a Main Mode that will
+        go on to it, or its Quick Mode."""
+        for sa in self._sas_of(conn):
+            if sa.state is IkeState.CONNECTING and sa.initiator and (
+                sa.requested_children is None or child in sa.requested_children
+            ):
+                return True
+            if sa.state is IkeState.ESTABLISHED and any(
+                isinstance(x, QuickMode) and x.initiator and x.child is not None
+                and x.child.name == child for x in sa.exchanges.values()
+            ):
+                return True
+        return False
+
+    def retransmit_budget(self) -> float:
+        """Seconds one exchange retransmits before it gives up (RFC 2408 section 5:
+        the interval doubles each time)."""
+        daemon = self.config.daemon
+        return float(daemon.retransmit_timeout * (2 ** max(daemon.retransmit_tries, 1) - 1))
 
     def start_phase1(self, sa: IkeSa, now: float) -> None:
         """Send our Main Mode message 1 for a new SA; ProtocolFailure if we cannot."""
@@ -239,6 +283,7 @@ class Engine:
     def terminate(self, conn: str, now: float) -> None:
         if conn not in self.config.connections and not self._sas_of(conn):
             raise EngineError(f"no connection named {conn!r}")
+        self.traps.release(conn, "taken down by local request")
         for sa in self._sas_of(conn):
             self.deletion.delete_sa(sa, "deleted by local request", send=True)
 
@@ -260,6 +305,7 @@ class Engine:
         self.lifecycle.child_hard_expired(child_id, reason, now)
 
     def shutdown(self, now: float) -> None:
+        self.traps.clear("daemon shutting down")
         for sa in list(self._all_sas()):
             self.deletion.delete_sa(sa, "daemon shutting down", send=True)
 
@@ -276,6 +322,7 @@ class Engine:
                                         send=True)
             else:
                 sa.conn = new
+        self.traps.sync(config)
         for name, conn in config.connections.items():
             if conn.start_action == "start" and not self._sas_of(name):
                 try:
@@ -284,7 +331,9 @@ class Engine:
                     log.warning("cannot start %s: %s", name, exc, extra={"conn": name})
 
     def start(self, now: float) -> None:
-        """Initiate the connections and children configured with start_action = "start"."""
+        """Initiate the connections and children configured with start_action = "start",
+        trap those with start_action = "trap"."""
+        self.traps.sync(self.config)
         for name, conn in self.config.connections.items():
             wanted = conn.start_action == "start" or any(
                 c.start_action == "start" for c in conn.children.values()
@@ -590,7 +639,12 @@ class Engine:
                 virtual_ip=None,
                 children=tuple(_child_status(c, now) for c in sa.children),
             ))
-        return StatusDocument(tuple(ike_sas))
+        traps = tuple(
+            TrapStatus(name=t.conn, child=t.child, origin=t.origin, mode=t.mode,
+                       local_ts=t.local_ts, remote_ts=t.remote_ts)
+            for t in self.traps.specs()
+        )
+        return StatusDocument(tuple(ike_sas), traps)
 
 
 def _child_status(child: ChildSa, now: float) -> ChildSaStatus:

@@ -191,7 +191,11 @@ class Lifecycle:
         log.warning("DPD: peer %s not responding for %d s; action %s", sa.remote[0],
                     int(conn.dpd_timeout), conn.dpd_action, extra=sa.log_extra)
         self.engine.deletion.delete_sa(sa, "peer not responding (DPD)", send=False)
-        if conn.dpd_action == "restart":
+        if conn.dpd_action == "hold":
+            # Traffic for the connection is caught, not leaked or silently lost,
+            # and brings the tunnel back once the peer answers again.
+            self.engine.traps.hold(conn)
+        elif conn.dpd_action == "restart":
             try:
                 self.engine.initiate(conn.name, None, now)
             except EngineError as exc:

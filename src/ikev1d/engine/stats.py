@@ -65,6 +65,8 @@ class EngineStats:
     """Main Mode requests dropped because of the half-open limits."""
     dpd_failures: int = 0
     """Peers declared dead by Dead Peer Detection (RFC 3706)."""
+    acquires: int = 0
+    """Negotiations started because traffic hit a trapped child."""
 
     def handshake_started(self, phase: str, initiator: bool) -> None:
         self.started[phase, role(initiator)] += 1
@@ -79,4 +81,4 @@ class EngineStats:
         """A copy that later counting does not change."""
         return EngineStats(Counter(self.started), Counter(self.succeeded),
                            Counter(self.failed), Counter(self.rekeys),
-                           self.half_open_dropped, self.dpd_failures)
+                           self.half_open_dropped, self.dpd_failures, self.acquires)

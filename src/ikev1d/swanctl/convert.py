@@ -13,7 +13,7 @@ over as they are.  What differs, and why:
   ikev1d (DPD runs over the ISAKMP SA, RFC 3706 section 5).
 * Defaults that differ are written out: swanctl has DPD off
   (``dpd_delay = 0s``) and expects any remote ID (``%any``) unless told.
-* Aggressive Mode, AH, XAUTH/EAP rounds, trap policies and the many
+* Aggressive Mode, AH, XAUTH/EAP rounds and the many
   strongSwan-only knobs are dropped, each with a note saying why.
 
 Each note is ``FILE:LINE: connections.X.option: dropped: reason``; the
@@ -673,10 +673,6 @@ class _Converter:
         if mapped is None:
             self.dropped(setting, key, f"unknown action {action!r}")
             return
-        if action == "trap":
-            self.note(setting, key, "note",
-                      "trap: ikev1d has no trap policies; converted as hold (the SAs "
-                      "are deleted and nothing is re-initiated)")
         dpd_actions.append((Setting(key, setting.value, setting.source, setting.line), mapped))
 
     def updown(self, setting: Setting, path: str, child: TomlTable) -> None:
@@ -705,10 +701,10 @@ class _Converter:
         if dynamic:
             self.dropped(setting, path, "cannot initiate to a peer at %any")
             return
-        if "trap" in actions:
-            self.note(setting, path, "note", "trap policies are not supported: converted "
-                      "as start (the tunnel is set up when loaded, not on first traffic)")
-        child["start_action"] = "start"
+        if actions >= {"trap", "start"}:
+            self.note(setting, path, "note", "trap|start: converted as trap (the tunnel is "
+                      "set up on first traffic, not when loaded)")
+        child["start_action"] = "trap" if "trap" in actions else "start"
 
     def selectors(self, setting: Setting, path: str) -> list[str] | None:
         """Networks, [] for "dynamic", None when the child must be left out."""

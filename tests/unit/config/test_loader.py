@@ -402,7 +402,7 @@ C = "[connections.c]\nremote_addrs = ['192.0.2.2']\n"
         (C + "dpd_action = 'trap'", "connections.c.dpd_action", "clear | hold | restart"),
         (C + "rekey_time = '0s'", "connections.c.rekey_time", "longer than 0s"),
         (C + "reauth_time = 'soon'", "connections.c.reauth_time", "invalid duration"),
-        (C + "start_action = 'trap'", "connections.c.start_action", "none | start"),
+        (C + "start_action = 'route'", "connections.c.start_action", "none | start | trap"),
         (C + "fragmentation = 'maybe'", "connections.c.fragmentation", "yes | accept"),
         (C + "unique = 'yes'", "connections.c.unique", "no | never | replace | keep"),
         (C + "modecfg = 'both'", "connections.c.modecfg", "pull | push"),
@@ -420,6 +420,10 @@ C = "[connections.c]\nremote_addrs = ['192.0.2.2']\n"
          "connections.c.start_action", "cannot initiate"),
         ("[connections.c]\nremote_addrs = ['%any']\n[connections.c.children.x]\n"
          "start_action = 'start'", "connections.c.children.x.start_action", "cannot initiate"),
+        ("[connections.c]\nremote_addrs = ['%any']\nstart_action = 'trap'",
+         "connections.c.start_action", "cannot initiate"),
+        ("[connections.c]\nremote_addrs = ['%any']\n[connections.c.children.x]\n"
+         "start_action = 'trap'", "connections.c.children.x.start_action", "cannot initiate"),
     ],
 )
 def test_connection_errors(text: str, key: str, reason: str) -> None:
@@ -462,7 +466,6 @@ NOT_IMPLEMENTED = [
     (C + "vips = ['0.0.0.0']", "connections.c.vips"),
     (C + "pools = ['clients']", "connections.c.pools"),
     (C + "modecfg = 'push'", "connections.c.modecfg"),
-    (C + "dpd_action = 'hold'", "connections.c.dpd_action"),
     (C + "reauth_time = '1h'", "connections.c.reauth_time"),
     (C + "[connections.c.local_xauth]\nauth = 'xauth'", "connections.c.local_xauth.auth"),
     (C + "[connections.c.local_xauth]\nxauth_id = 'alice'",
@@ -477,6 +480,14 @@ NOT_IMPLEMENTED = [
 def test_not_implemented_yet(text: str, key: str) -> None:
     message = error(text)
     assert message.startswith(f"test.toml: {key}: not implemented yet")
+
+
+def test_trap_and_hold_load() -> None:
+    config = parse_config(C + "dpd_action = 'hold'\nstart_action = 'trap'\n"
+                          "[connections.c.children.x]\nstart_action = 'trap'\n")
+    conn = config.connections["c"]
+    assert conn.dpd_action is DpdAction.HOLD and conn.start_action is StartAction.TRAP
+    assert conn.children["x"].start_action is StartAction.TRAP
 
 
 def _rsa_files(tmp_path: Path) -> None:
@@ -702,9 +713,14 @@ proposals = ["aes256-sha256-modp2048"]
 remote_addrs = ["%any"]
 proposals = ["aes128-sha256-ecp256"]
 dpd_action = "clear"
+[connections.c]
+remote_addrs = ["%any"]
+proposals = ["aes256-sha256-modp2048"]
+dpd_action = "hold"
 """)
     text = "\n".join(config_warnings(cfg))
     assert "test.toml: connections.a.dpd_action: \"restart\" cannot re-initiate" in text
+    assert "test.toml: connections.c.dpd_action: \"hold\" cannot re-initiate" in text
     assert "different proposals" in text
     assert "connections.b.dpd_action" not in text
 
@@ -1104,3 +1120,10 @@ def test_encrypted_private_key_with_its_passphrase_from_secrets(tmp_path: Path) 
     with pytest.raises(ConfigError) as info:
         parse_config(_pubkey_conf() + secret.format("wrong"), "t.toml", tmp_path)
     assert "wrong passphrase?" in str(info.value)
+
+
+def test_traps_without_a_data_plane_warn() -> None:
+    text = "[daemon]\ndataplane = \"{}\"\n" + C + "dpd_action = 'hold'\n"
+    assert "trap policies" in "\n".join(config_warnings(parse_config(text.format("none"))))
+    assert "trap policies" not in "\n".join(
+        config_warnings(parse_config(text.format("userspace"))))

@@ -7,7 +7,8 @@ import os
 import tempfile
 
 from ikev1d.daemon.runtime import Daemon, DaemonOptions, dataplane_state_file
-from ikev1d.dataplane.base import ExpireHandler
+from ikev1d.dataplane.base import AcquireHandler, ExpireHandler
+from ikev1d.engine.api import TrapInstalled, TrapRemoved
 from tests.unit.daemon._fakes import (
     FakeEngine,
     RecordingBackend,
@@ -73,6 +74,65 @@ def test_daemon_recovers_before_start_and_passes_expiry_to_the_engine() -> None:
                 await asyncio.sleep(0.01)
                 assert engines[0].calls == ["soft 5 life_bytes nearly reached",
                                             "hard 6 life_bytes reached"]
+            finally:
+                await daemon.stop()
+
+    asyncio.run(body())
+
+
+class TrappingBackend(RecordingBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.traps: list[str] = []
+        self.acquire: AcquireHandler | None = None
+
+    def set_acquire_handler(self, handler: AcquireHandler) -> None:
+        self.acquire = handler
+
+    def install_trap(self, trap: TrapInstalled) -> None:
+        self.traps.append(f"+{trap.conn}/{trap.child}")
+
+    def remove_trap(self, conn: str, child: str) -> None:
+        self.traps.append(f"-{conn}/{child}")
+
+
+class TrapEngine(FakeEngine):
+    def start(self, now: float) -> None:
+        self.emit(TrapInstalled("gw", "net", "192.0.2.1", "192.0.2.2", "tunnel", (), ()))
+
+    def acquire(self, conn: str, child: str, now: float) -> None:
+        self.calls.append(f"acquire {conn}/{child}")
+        self.emit(TrapRemoved(conn, child))
+
+
+def test_daemon_hands_traps_to_the_data_plane_and_acquires_to_the_engine() -> None:
+    async def body() -> None:
+        port, port_nat_t = free_udp_ports(2)
+        config = make_config(port, port_nat_t)
+        backend = TrappingBackend()
+        engines: list[FakeEngine] = []
+        factory = collecting_factory(engines)
+
+        def engine_factory(cfg: object, rnd: object) -> FakeEngine:
+            engine = factory(cfg, rnd)  # type: ignore[arg-type]
+            engine.__class__ = TrapEngine
+            return engine
+
+        with tempfile.TemporaryDirectory() as tmp:
+            daemon = Daemon(DaemonOptions("x.toml", os.path.join(tmp, "ikev1d.sock"),
+                                          linger_s=0.05),
+                            config_loader=lambda p: config, engine_factory=engine_factory,
+                            backend_factory=lambda n, c: backend, warnings=lambda c: [],
+                            install_signal_handlers=False)
+            await daemon.start()
+            try:
+                assert backend.traps == ["+gw/net"]
+                assert backend.acquire is not None
+                backend.acquire("gw", "net")
+                assert engines[0].calls == []  # not from inside the packet path
+                await asyncio.sleep(0.01)
+                assert engines[0].calls == ["acquire gw/net"]
+                assert backend.traps == ["+gw/net", "-gw/net"]
             finally:
                 await daemon.stop()
 

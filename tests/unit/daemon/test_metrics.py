@@ -90,6 +90,7 @@ def snapshot() -> MetricsSnapshot:
     stats.rekeys.update({"2": 11})
     stats.half_open_dropped = 12
     stats.dpd_failures = 2
+    stats.acquires = 3
     return MetricsSnapshot(DOCUMENT, stats, half_open=1,
                            esp_drops={"replay": 5, "icv": 6, "unknown_spi": 8, "malformed": 0})
 
@@ -145,6 +146,7 @@ def test_sa_states_handshakes_and_engine_counters() -> None:
     assert samples["ikev1d_half_open_isakmp_sas", ()] == 1
     assert samples["ikev1d_half_open_dropped_total", ()] == 12
     assert samples["ikev1d_dpd_failures_total", ()] == 2
+    assert samples["ikev1d_acquires_total", ()] == 3
     assert series(samples, "ikev1d_rekeys_total") == {
         (("phase", "1"),): 0, (("phase", "2"),): 11}
 

@@ -779,13 +779,13 @@ def test_unreadable_state_file_is_ignored_with_a_warning(
 
 class FakeExpire:
     def __init__(self) -> None:
-        self.queued: list[xfrm_io.XfrmExpire] = []
+        self.queued: list[xfrm_io.XfrmExpire | xfrm_io.XfrmAcquire] = []
         self.closed = False
 
     def fileno(self) -> int:
         return -1
 
-    def read(self) -> list[xfrm_io.XfrmExpire]:
+    def read(self) -> list[xfrm_io.XfrmExpire | xfrm_io.XfrmAcquire]:
         out, self.queued = self.queued, []
         return out
 

@@ -297,8 +297,9 @@ def test_connection_options(extra: str, expected: dict[str, Any], note: str | No
      "net.life_time: dropped: ikev1d derives the hard lifetime"),
     ("life_bytes = 1000000", {"life_bytes": 1000000}, None),
     ("start_action = start", {"start_action": "start"}, None),
-    ("start_action = trap", {"start_action": "start"},
-     "start_action: note: trap policies are not supported"),
+    ("start_action = trap", {"start_action": "trap"}, None),
+    ("start_action = trap|start", {"start_action": "trap"},
+     "start_action: note: trap|start: converted as trap"),
     ("start_action = none", {"start_action": None}, None),
     ("updown = /bin/true iptables", {"updown": "/bin/true iptables"}, None),
     ("updown = /nonexistent/_updown iptables", {"updown": None},
@@ -338,7 +339,6 @@ def test_dpd_action_moves_from_the_children_to_the_connection() -> None:
     conn = _loaded(conversion)["connections"]["site"]
     assert conn["dpd_action"] == "restart"
     notes = _notes(conversion)
-    assert any("other.dpd_action: note: trap: ikev1d has no trap policies" in n for n in notes)
     assert any("other.dpd_action: dropped: ikev1d has one dpd_action per connection; keeping "
                "'restart'" in n for n in notes), notes
 

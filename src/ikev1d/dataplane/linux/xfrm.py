@@ -112,7 +112,9 @@ XFRM_MSG_GETSA: Final = 0x12
 XFRM_MSG_NEWPOLICY: Final = 0x13
 XFRM_MSG_DELPOLICY: Final = 0x14
 XFRM_MSG_GETPOLICY: Final = 0x15
+XFRM_MSG_ACQUIRE: Final = 0x17
 XFRM_MSG_EXPIRE: Final = 0x18
+XFRMNLGRP_ACQUIRE: Final = 1
 XFRMNLGRP_EXPIRE: Final = 2
 
 XFRMA_ALG_AUTH_TRUNC: Final = 20
@@ -275,6 +277,18 @@ class XfrmExpire:
     dst: str
     spi: int
     hard: bool
+
+
+@dataclass(frozen=True)
+class XfrmAcquire:
+    """An XFRM_MSG_ACQUIRE: a packet matched a policy whose template no SA fills
+    (RFC 2367 section 3.1.6 SADB_ACQUIRE in netlink form). ``reqid`` is the first
+    template's, which names the trap; ``selector`` the packet's (the policy's)
+    selector, None when it has ports or a protocol."""
+
+    selector: XfrmSelector | None
+    reqid: int
+    policy_index: int
 
 
 @dataclass(frozen=True)
@@ -500,6 +514,26 @@ def decode_expire(payload: bytes) -> XfrmExpire:
     return XfrmExpire(state.dst, state.spi, bool(payload[USERSA_INFO_SIZE]))
 
 
+_ACQUIRE_SEL_OFFSET: Final = _XFRM_ID.size + 16
+_ACQUIRE_POLICY_OFFSET: Final = _ACQUIRE_SEL_OFFSET + _SELECTOR.size
+USER_ACQUIRE_SIZE: Final = _ACQUIRE_POLICY_OFFSET + USERPOLICY_INFO_SIZE + 16
+"""``xfrm_user_acquire``: id, saddr, sel, policy, then aalgos, ealgos, calgos, seq."""
+
+
+def decode_acquire(payload: bytes) -> XfrmAcquire:
+    """An XFRM_MSG_ACQUIRE payload: ``xfrm_user_acquire`` and the policy's XFRMA_TMPL."""
+    if len(payload) < USER_ACQUIRE_SIZE:
+        raise XfrmError(f"short xfrm_user_acquire ({len(payload)} octets)")
+    selector = _decode_selector(payload[_ACQUIRE_SEL_OFFSET:])
+    _prio, index, _dir, _action, _flags, _share = _USERPOLICY_TAIL.unpack_from(
+        payload, _ACQUIRE_POLICY_OFFSET + _USERPOLICY_TAIL_OFFSET)
+    tmpl = _parse_attributes(payload, USER_ACQUIRE_SIZE).get(XFRMA_TMPL, b"")
+    if len(tmpl) < _USER_TMPL.size:
+        raise XfrmError("XFRM acquire without a template")
+    reqid: int = _USER_TMPL.unpack_from(tmpl)[3]
+    return XfrmAcquire(selector, reqid, index)
+
+
 def decode_state_counters(payload: bytes) -> XfrmStateCounters:
     """``curlft`` bytes and packets from an ``xfrm_usersa_info`` (a GETSA answer)."""
     if len(payload) < USERSA_INFO_SIZE:
@@ -646,13 +680,14 @@ class XfrmSocket(_NetlinkSocket):
 
 
 class XfrmExpireSocket:
-    """The XFRMNLGRP_EXPIRE multicast group: the kernel's soft and hard expiry reports."""
+    """The XFRMNLGRP_EXPIRE and XFRMNLGRP_ACQUIRE multicast groups: the kernel's soft
+    and hard expiry reports, and its requests for SAs that trap policies want."""
 
     def __init__(self) -> None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
         try:
             sock.setblocking(False)
-            sock.bind((0, 1 << (XFRMNLGRP_EXPIRE - 1)))
+            sock.bind((0, (1 << (XFRMNLGRP_EXPIRE - 1)) | (1 << (XFRMNLGRP_ACQUIRE - 1))))
         except OSError:
             sock.close()
             raise
@@ -661,9 +696,9 @@ class XfrmExpireSocket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def read(self) -> list[XfrmExpire]:
-        """The expiry reports queued now (none: an empty list)."""
-        found: list[XfrmExpire] = []
+    def read(self) -> list[XfrmExpire | XfrmAcquire]:
+        """The expiry reports and acquires queued now (none: an empty list)."""
+        found: list[XfrmExpire | XfrmAcquire] = []
         while True:
             try:
                 data = self._sock.recv(65536)
@@ -674,12 +709,14 @@ class XfrmExpireSocket:
                 length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
                 if length < _NLMSGHDR.size or offset + length > len(data):
                     break
-                if kind == XFRM_MSG_EXPIRE:
-                    try:
-                        found.append(decode_expire(
-                            data[offset + _NLMSGHDR.size : offset + length]))
-                    except XfrmError as exc:
-                        log.debug("ignoring an XFRM expire message: %s", exc)
+                body = data[offset + _NLMSGHDR.size : offset + length]
+                try:
+                    if kind == XFRM_MSG_EXPIRE:
+                        found.append(decode_expire(body))
+                    elif kind == XFRM_MSG_ACQUIRE:
+                        found.append(decode_acquire(body))
+                except XfrmError as exc:
+                    log.debug("ignoring an XFRM message of type %d: %s", kind, exc)
                 offset += (length + 3) & ~3
 
     def close(self) -> None:
