@@ -266,7 +266,7 @@ def test_xauth_with_the_right_password(rig: Rig) -> None:
     theirs, ours = _established(rig, "xauth")
     assert _agree(rig, theirs, ours, NETWORKS["xauth"]) == "10.3.3.10"
     assert "XAUTH authentication of 'alice' successful" in rig.server.log_text()
-    assert ours["auth"] != "psk"  # XAUTHInitPreShared
+    assert ours["auth"] == "psk+xauth"  # XAUTHInitPreShared
     assert "alice's password" not in rig.server.log_text()
 
 

@@ -310,6 +310,7 @@ def test_xauth_then_mode_config_then_quick_mode(caplog: pytest.LogCaptureFixture
     (s_sa,) = server.sas()
     assert c_sa.xauth_user == "alice" and s_sa.xauth_user == "alice"
     assert c_sa.auth_method == 65001 and s_sa.auth_method == 65001  # XAUTHInitPreShared
+    assert server.engine.status(w.now).ike_sas[0].auth == "psk+xauth"
     assert vip_of(client) == "10.3.0.1"
     assert client.of(ChildSaEstablished) and server.of(ChildSaEstablished)
     # ESTABLISHED is logged once, after XAUTH, on both sides.
