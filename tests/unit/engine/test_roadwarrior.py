@@ -633,3 +633,26 @@ def test_a_transaction_with_too_many_attributes_is_refused(
     assert server.engine.datagrams_to_send() == []
     (s_sa,) = server.sas()
     assert s_sa.remote_vip is None
+
+
+def test_a_group_member_deleting_its_isakmp_sa_leaves_the_others_tunnels_alone() -> None:
+    users = {"alice": "alice's password", "bob": "bob's password"}
+    w = world(server_config(xauth=True, users=users),
+              ("10.0.0.2", client_config("10.0.0.2", ident="road.example.org", user="alice",
+                                         password=users["alice"])),
+              ("10.0.0.3", client_config("10.0.0.3", ident="road.example.org", user="bob",
+                                         password=users["bob"])),
+              nat="198.51.100.7")
+    w.up("10.0.0.2")
+    w.up("10.0.0.3")
+    server = w.nodes[SERVER]
+    alice_sa = next(sa for sa in server.sas() if sa.xauth_user == "alice")
+    bob_sa = next(sa for sa in server.sas() if sa.xauth_user == "bob")
+    # Only the ISAKMP SA is deleted (as after a crash of alice's IPsec SAs' owner):
+    # its IPsec SAs must not move to bob's ISAKMP SA, which is another user's.
+    (a_sa,) = w.nodes["10.0.0.2"].sas()
+    a_sa.children.clear()
+    w.nodes["10.0.0.2"].engine.deletion.delete_sa(a_sa, "test", send=True)
+    w.pump()
+    assert alice_sa not in server.sas()
+    assert len(bob_sa.children) == 1
