@@ -299,6 +299,9 @@ def format_status(document: StatusDocument) -> str:
             lines.append(f"  {_text(trap.name)}/{_text(trap.child)}: TRAPPED"
                          f" ({_text(trap.origin)}), {_text(trap.mode).upper()},"
                          f" {_networks(trap.local_ts)} === {_networks(trap.remote_ts)}")
+    for pool in document.pools:
+        lines.append(f"pool {_text(pool.name)}: {_text(pool.addrs)}, {pool.size} addresses,"
+                     f" {pool.online} online, {pool.offline} offline")
     return "\n".join(lines) + "\n"
 
 
@@ -322,7 +325,12 @@ def _ike_sa_lines(ike: IkeSaStatus) -> list[str]:
     if timing:
         lines.append("  " + ", ".join(timing))
     if ike.virtual_ip:
-        lines.append(f"  virtual IP {ike.virtual_ip}")
+        extra = ""
+        if ike.dns:
+            extra += f", DNS {', '.join(_text(a) for a in ike.dns)}"
+        if ike.split_include:
+            extra += f", split {_networks(ike.split_include)}"
+        lines.append(f"  virtual IP {_text(ike.virtual_ip)}{extra}")
     return lines
 
 

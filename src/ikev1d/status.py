@@ -154,10 +154,14 @@ class IkeSaStatus:
     rekey_in_s: int | None
     virtual_ip: str | None
     children: tuple[ChildSaStatus, ...]
+    dns: tuple[str, ...] = ()
+    """With a virtual IP: the DNS servers Mode Config announced."""
+    split_include: tuple[Network, ...] = ()
+    """With a virtual IP: the networks Mode Config announced as behind the server."""
 
     def to_json(self) -> dict[str, Any]:
         cky_i, cky_r = self.cookies
-        return {
+        document: dict[str, Any] = {
             "name": self.name,
             "state": self.state,
             "local": endpoint_text(self.local),
@@ -173,8 +177,13 @@ class IkeSaStatus:
             "established_s": self.established_s,
             "rekey_in_s": self.rekey_in_s,
             "virtual_ip": self.virtual_ip,
-            "children": [child.to_json() for child in self.children],
         }
+        if self.virtual_ip is not None:
+            # Only with a virtual IP: what Mode Config announced with it.
+            document["dns"] = list(self.dns)
+            document["split_include"] = [str(n) for n in self.split_include]
+        document["children"] = [child.to_json() for child in self.children]
+        return document
 
     @classmethod
     def from_json(cls, value: object, where: str = "ike_sa") -> IkeSaStatus:
@@ -196,6 +205,10 @@ class IkeSaStatus:
             established_s=reader.optional(reader.integer, "established_s"),
             rekey_in_s=reader.optional(reader.integer, "rekey_in_s"),
             virtual_ip=reader.optional(reader.text, "virtual_ip"),
+            # Added after the first documents: absent means none.
+            dns=reader.addresses("dns") if "dns" in reader.data else (),
+            split_include=(reader.networks("split_include") if "split_include" in reader.data
+                           else ()),
             children=tuple(
                 ChildSaStatus.from_json(child, f"{where}.children[{i}]")
                 for i, child in enumerate(children)
@@ -243,17 +256,46 @@ class TrapStatus:
 
 
 @dataclass(frozen=True)
+class PoolStatus:
+    """One Mode Config address pool: its leases online (held by an ISAKMP SA) and
+    offline (kept for their owner's return)."""
+
+    name: str
+    addrs: str
+    size: int
+    online: int
+    offline: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "addrs": self.addrs, "size": self.size,
+                "online": self.online, "offline": self.offline}
+
+    @classmethod
+    def from_json(cls, value: object, where: str = "pool") -> PoolStatus:
+        reader = _Reader(value, where)
+        pool = cls(name=reader.text("name"), addrs=reader.text("addrs"),
+                   size=reader.count("size"), online=reader.count("online"),
+                   offline=reader.count("offline"))
+        reader.no_other_members()
+        return pool
+
+
+@dataclass(frozen=True)
 class StatusDocument:
     """Every ISAKMP SA the engine knows, except those being deleted, oldest first;
-    and the trapped children, which the document lists (``traps``) only when
-    there are some."""
+    then the address pools; then the trapped children. The document lists
+    ``pools`` only when address pools are configured, ``traps`` only when there
+    are some."""
 
     ike_sas: tuple[IkeSaStatus, ...] = ()
+    pools: tuple[PoolStatus, ...] = ()
     traps: tuple[TrapStatus, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The document as JSON-ready dicts and lists, members in the documented order."""
         document: dict[str, Any] = {"ike_sas": [ike_sa.to_json() for ike_sa in self.ike_sas]}
+        if self.pools:
+            document["pools"] = [pool.to_json() for pool in self.pools]
         if self.traps:
             document["traps"] = [trap.to_json() for trap in self.traps]
         return document
@@ -266,10 +308,16 @@ class StatusDocument:
         unknown member or a value of the wrong type."""
         reader = _Reader(value, "status")
         ike_sas = reader.array("ike_sas")
+        pools = reader.array("pools") if "pools" in reader.data else []
         traps = reader.array("traps") if "traps" in reader.data else []
-        document = cls(tuple(
-            IkeSaStatus.from_json(ike_sa, f"ike_sas[{i}]") for i, ike_sa in enumerate(ike_sas)
-        ), tuple(TrapStatus.from_json(trap, f"traps[{i}]") for i, trap in enumerate(traps)))
+        document = cls(
+            ike_sas=tuple(IkeSaStatus.from_json(ike_sa, f"ike_sas[{i}]")
+                          for i, ike_sa in enumerate(ike_sas)),
+            pools=tuple(PoolStatus.from_json(pool, f"pools[{i}]")
+                        for i, pool in enumerate(pools)),
+            traps=tuple(TrapStatus.from_json(trap, f"traps[{i}]")
+                        for i, trap in enumerate(traps)),
+        )
         reader.no_other_members()
         return document
 
@@ -365,6 +413,17 @@ class _Reader:
                 raise self._error(f"{key}[{i}]", f"not in canonical form: {item!r}")
             networks.append(network)
         return tuple(networks)
+
+    def addresses(self, key: str) -> tuple[str, ...]:
+        items = self.array(key)
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise self._error(f"{key}[{i}]", f"expected a string, got {_kind(item)}")
+            try:
+                ipaddress.ip_address(item)
+            except ValueError as exc:
+                raise self._error(f"{key}[{i}]", str(exc)) from None
+        return tuple(str(item) for item in items)
 
     def _typed(self, key: str, kind: type[_T], what: str) -> _T:
         value = self._get(key)

@@ -33,6 +33,8 @@ from .model import (
     SecretType,
     StartAction,
     Unique,
+    XauthConfig,
+    XauthRound,
 )
 from .warnings import config_warnings
 
@@ -61,6 +63,8 @@ __all__ = [
     "SecretType",
     "StartAction",
     "Unique",
+    "XauthConfig",
+    "XauthRound",
     "config_warnings",
     "format_duration",
     "load_config",

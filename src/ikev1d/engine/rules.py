@@ -100,6 +100,9 @@ QUICK_MODE = {
 
 INFORMATIONAL = _rule({P.HASH}, {P.NOTIFICATION, P.DELETE}, True)
 
+#: draft-dukes-ike-mode-cfg-02 section 3.2: HASH, then one attribute payload.
+TRANSACTION = _rule({P.HASH, P.ATTRIBUTE}, set(), True)
+
 
 #: RFC 2409 section 5: "The length of nonce payload MUST be between 8 and 256
 #: bytes inclusive" (Main Mode and Quick Mode alike).
