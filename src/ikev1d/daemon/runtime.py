@@ -46,6 +46,7 @@ from ikev1d.daemon.systemd import Notifier
 from ikev1d.daemon.udp import UdpError, UdpTransport
 from ikev1d.daemon.updown import UpdownRunner
 from ikev1d.dataplane.base import (
+    CarriesVirtualIps,
     DataplaneBackend,
     DataplaneError,
     KeepsState,
@@ -62,6 +63,8 @@ from ikev1d.engine.api import (
     Event,
     IkeSaDeleted,
     IkeSaEstablished,
+    VirtualIpAssigned,
+    VirtualIpReleased,
 )
 from ikev1d.errors import Ikev1dError
 from ikev1d.status import ChildSaStatus, StatusDocument
@@ -575,6 +578,10 @@ class Daemon:
                 self._on_child_deleted(event)
             case ConnectionFailed():
                 self._on_failed(event)
+            case VirtualIpAssigned():
+                self._on_virtual_ip_assigned(event)
+            case VirtualIpReleased():
+                self._on_virtual_ip_released(event)
 
     def _observe(self, event: Event) -> None:
         """Key log and updown bookkeeping; the "up" script runs from _on_child_established,
@@ -675,6 +682,36 @@ class Daemon:
             event.child, event.spi_in, event.spi_out, event.reason,
             extra={"conn": event.conn},
         )
+
+    def _on_virtual_ip_assigned(self, event: VirtualIpAssigned) -> None:
+        """Mode Config gave us an address: onto the data plane, before the Quick Modes
+        that follow it install their IPsec SAs (the engine runs Mode Config first)."""
+        extra = {"conn": event.conn}
+        dns = ", ".join(map(str, event.dns)) or "none"
+        split = ", ".join(map(str, event.split)) or "none (the children's remote networks)"
+        log.info("virtual IP %s assigned (DNS servers: %s; split networks: %s)",
+                 event.address, dns, split, extra=extra)
+        backend = self._backend
+        if not isinstance(backend, CarriesVirtualIps):
+            return
+        try:
+            backend.add_virtual_ip(event.ike_id, event.address, event.split)
+        except Exception as exc:
+            if not isinstance(exc, DataplaneError | OSError):
+                log.exception("data plane failed adding virtual IP %s", event.address,
+                              extra=extra)
+            log.error("virtual IP %s not put on this host: %s", event.address, exc, extra=extra)
+
+    def _on_virtual_ip_released(self, event: VirtualIpReleased) -> None:
+        log.info("virtual IP %s released", event.address, extra={"conn": event.conn})
+        backend = self._backend
+        if not isinstance(backend, CarriesVirtualIps):
+            return
+        try:
+            backend.remove_virtual_ip(event.ike_id, event.address)
+        except Exception:
+            log.exception("data plane failed removing virtual IP %s", event.address,
+                          extra={"conn": event.conn})
 
     def _on_failed(self, event: ConnectionFailed) -> None:
         what = f"{event.conn}/{event.child}" if event.child else event.conn

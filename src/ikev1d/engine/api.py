@@ -118,8 +118,39 @@ class ConnectionFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class VirtualIpAssigned:
+    """Mode Config client: the server gave us an address (and maybe DNS and split networks)."""
+
+    conn: str
+    ike_id: int
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    split: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty: the children's remote_ts  # noqa: E501
+
+
+@dataclass(frozen=True)
+class VirtualIpReleased:
+    """Mode Config client: the ISAKMP SA that carried the address is gone (not emitted on Phase 1 renewal that keeps it)."""  # noqa: E501
+
+    conn: str
+    ike_id: int
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class XauthCheck:
+    """XAUTH server with [xauth] radius set: the runtime checks user and password and answers with Engine.xauth_result."""  # noqa: E501
+
+    ike_id: int
+    request_id: int
+    user: str
+    password: bytes = field(repr=False)
+
+
 Event: TypeAlias = (
     IkeSaEstablished | IkeSaDeleted | ChildSaEstablished | ChildSaDeleted | ConnectionFailed
+    | VirtualIpAssigned | VirtualIpReleased | XauthCheck
 )
 
 
