@@ -154,6 +154,8 @@ class IkeSaStatus:
     rekey_in_s: int | None
     virtual_ip: str | None
     children: tuple[ChildSaStatus, ...]
+    ike_id: int = 0
+    """The daemon's number for this ISAKMP SA (``ikev1d down NAME --ike-id N``)."""
 
     def to_json(self) -> dict[str, Any]:
         cky_i, cky_r = self.cookies
@@ -174,6 +176,7 @@ class IkeSaStatus:
             "rekey_in_s": self.rekey_in_s,
             "virtual_ip": self.virtual_ip,
             "children": [child.to_json() for child in self.children],
+            "ike_id": self.ike_id,
         }
 
     @classmethod
@@ -182,6 +185,8 @@ class IkeSaStatus:
         children = reader.array("children")
         ike_sa = cls(
             name=reader.text("name"),
+            # Absent from documents written before the member existed.
+            ike_id=reader.count("ike_id") if "ike_id" in reader.data else 0,
             state=reader.text("state"),
             local=reader.endpoint("local"),
             remote=reader.endpoint("remote"),

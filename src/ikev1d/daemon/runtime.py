@@ -756,8 +756,11 @@ class Daemon:
             case UpRequest():
                 ok, message = await self.up(request, progress)
                 return encode_response(ok, message)
-            case DownRequest(name=name):
-                ok, message = self.down(name)
+            case DownRequest(name=name, peer=peer, ike_id=ike_id):
+                if peer is None and ike_id is None:
+                    ok, message = self.down(name)
+                else:
+                    ok, message = self.down_one(name, peer, ike_id)
                 return encode_response(ok, message)
             case StatusRequest():
                 return encode_status_response(self.status())
@@ -844,6 +847,42 @@ class Daemon:
         if ike == 0 and child == 0:
             return True, f"{name}: no SAs to delete"
         return True, f"{name}: deleted {ike} ISAKMP SA(s) and {child} IPsec SA(s)"
+
+    def down_one(self, name: str, peer: str | None, ike_id: int | None) -> tuple[bool, str]:
+        """Delete the ISAKMP SAs of ``name`` with that peer (ID or address), or the one
+        numbered ``ike_id``, each with its IPsec SAs; the connection's other SAs (other
+        road warriors) stay, and so do its waiting ``up`` commands."""
+        if self._children_of(name) is None:
+            return False, f"no connection named {name!r}"
+        try:
+            document = self.engine.status(self.now())
+        except Exception as exc:
+            log.exception("internal error listing SAs", extra={"conn": name})
+            return False, f"{name}: internal error: {exc}"
+        mine = [s for s in document.ike_sas if s.name == name]
+        if ike_id is not None:
+            chosen = [s for s in mine if s.ike_id == ike_id]
+            what = f"ISAKMP SA #{ike_id}"
+        else:
+            chosen = [s for s in mine if peer in (s.remote_id, s.remote[0])]
+            what = f"ISAKMP SA with peer {peer!r}"
+        if not chosen:
+            known = ", ".join(f"#{s.ike_id} {s.remote_id or s.remote[0]}" for s in mine)
+            return False, (f"{name}: no {what}"
+                           f" (its ISAKMP SAs: {known or 'none'}; see ikev1d status)")
+        deleted_children = 0
+        try:
+            for ike_sa in chosen:
+                if self.engine.terminate_ike(ike_sa.ike_id, self.now()):
+                    deleted_children += len(ike_sa.children)
+        except Exception as exc:
+            log.exception("internal error terminating an ISAKMP SA", extra={"conn": name})
+            self._pump()
+            return False, f"{name}: internal error: {exc}"
+        self._pump()
+        peers = ", ".join(f"#{s.ike_id} {s.remote_id or s.remote[0]}" for s in chosen)
+        return True, (f"{name}: deleted {len(chosen)} ISAKMP SA(s) ({peers}) and "
+                      f"{deleted_children} IPsec SA(s)")
 
     def _count_sas(self, name: str) -> tuple[int, int]:
         try:
