@@ -48,6 +48,7 @@ __all__ = [
     "SecretConfig",
     "SecretType",
     "StartAction",
+    "XauthConfig",
     "decode_secret",
     "union",
 ]
@@ -138,6 +139,7 @@ class SecretType(enum.StrEnum):
     IKE = "ike"  # a pre-shared key for Phase 1
     XAUTH = "xauth"  # a user's XAUTH password
     PRIVATE_KEY = "private_key"  # the passphrase of encrypted private key files
+    RADIUS = "radius"  # the secret shared with the [xauth] RADIUS server (RFC 2865 §3)
 
 
 class ModeCfg(enum.StrEnum):
@@ -279,6 +281,15 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class XauthConfig:
+    """[xauth]: where an XAUTH server checks user names and passwords."""
+
+    radius: str = ""  # "host:port" of a RADIUS server; empty: [secrets] of type xauth
+    radius_timeout: float = 3.0
+    radius_tries: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     connections: dict[str, ConnectionConfig] = field(default_factory=dict)
@@ -288,6 +299,7 @@ class Config:
     # Remarks made while loading (ignored tokens, keys that have no effect);
     # config_warnings() reports them.
     notes: tuple[str, ...] = ()
+    xauth: XauthConfig = field(default_factory=XauthConfig)
 
     def connections_for_addresses(
         self, local_addr: str, remote_addr: str

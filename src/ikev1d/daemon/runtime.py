@@ -22,6 +22,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
 
 from ikev1d import config as config_module
 from ikev1d import logsetup
@@ -42,6 +43,7 @@ from ikev1d.daemon.control import (
 )
 from ikev1d.daemon.keylog import KeyLog, KeyLogError
 from ikev1d.daemon.metrics import MetricsError, MetricsServer, MetricsSnapshot, make_registry
+from ikev1d.daemon.radius import RadiusClient, RadiusError, RadiusResult, RadiusServer
 from ikev1d.daemon.systemd import Notifier
 from ikev1d.daemon.udp import UdpError, UdpTransport
 from ikev1d.daemon.updown import UpdownRunner
@@ -65,6 +67,7 @@ from ikev1d.engine.api import (
     IkeSaEstablished,
     VirtualIpAssigned,
     VirtualIpReleased,
+    XauthCheck,
 )
 from ikev1d.errors import Ikev1dError
 from ikev1d.status import ChildSaStatus, StatusDocument
@@ -74,6 +77,20 @@ log = logging.getLogger("ikev1d.daemon")
 LINGER_S = 0.5
 """How long the daemon keeps running after shutdown so the Delete messages leave."""
 CONTROL_READ_TIMEOUT_S = 10.0
+
+
+@runtime_checkable
+class AnswersXauthChecks(Protocol):
+    """An engine that asks the daemon to check XAUTH passwords (``XauthCheck``)."""
+
+    def xauth_result(self, request_id: int, ok: bool, now: float) -> None: ...
+
+
+class RadiusChecker(Protocol):
+    server: RadiusServer
+
+    async def check(self, user: str, password: bytes) -> RadiusResult: ...
+    def close(self) -> None: ...
 
 
 class DaemonError(Ikev1dError):
@@ -178,6 +195,10 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._started = asyncio.Event()
         self._stopped = False
+        self.radius_factory: Callable[[RadiusServer], RadiusChecker] = RadiusClient
+        """Makes the client that answers XauthCheck events (tests hand in another)."""
+        self._radius: RadiusChecker | None = None
+        self._radius_tasks: set[asyncio.Task[None]] = set()
 
     # properties for tests and callers that know the daemon is started
 
@@ -294,6 +315,7 @@ class Daemon:
             log.debug("engine construction failed", exc_info=True)
             raise DaemonError(f"the protocol engine cannot start: {exc}") from exc
         self._cleanups.append(("timer", self._cancel_timer))
+        self._cleanups.append(("RADIUS client", self._close_radius))
 
         if self._install_signals:
             self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -582,6 +604,8 @@ class Daemon:
                 self._on_virtual_ip_assigned(event)
             case VirtualIpReleased():
                 self._on_virtual_ip_released(event)
+            case XauthCheck():
+                self._on_xauth_check(event)
 
     def _observe(self, event: Event) -> None:
         """Key log and updown bookkeeping; the "up" script runs from _on_child_established,
@@ -712,6 +736,67 @@ class Daemon:
         except Exception:
             log.exception("data plane failed removing virtual IP %s", event.address,
                           extra={"conn": event.conn})
+
+    def _radius_client(self) -> RadiusChecker | None:
+        """The client for the configured ``[xauth] radius`` server (a new one after a
+        reload that changed it); None when there is none or it cannot be made."""
+        config = self._config
+        if config is None:
+            return None
+        try:
+            server = RadiusServer.from_config(config)
+        except RadiusError as exc:
+            log.error("XAUTH: %s", exc)
+            return None
+        current = self._radius
+        if current is not None and current.server == server:
+            return current
+        if current is not None:
+            current.close()
+            self._radius = None
+        if server is None:
+            return None
+        try:
+            self._radius = self.radius_factory(server)
+        except RadiusError as exc:
+            log.error("XAUTH: %s", exc)
+            return None
+        return self._radius
+
+    def _on_xauth_check(self, event: XauthCheck) -> None:
+        """Ask the RADIUS server off the event loop, then give the engine the answer."""
+        engine = self.engine
+        if not isinstance(engine, AnswersXauthChecks):
+            return
+        client = self._radius_client()
+        if client is None:
+            log.warning("XAUTH: user %r refused: no RADIUS server configured", event.user)
+            self._call_engine("answering an XAUTH check",
+                              lambda e, now: engine.xauth_result(event.request_id, False, now))
+            return
+        task = self.loop.create_task(self._xauth_check(engine, client, event))
+        self._radius_tasks.add(task)
+        task.add_done_callback(self._radius_tasks.discard)
+
+    async def _xauth_check(self, engine: AnswersXauthChecks, client: RadiusChecker,
+                           event: XauthCheck) -> None:
+        result = await client.check(event.user, event.password)
+        if self._stopped:
+            return
+        if result.ok:
+            log.info("XAUTH: RADIUS server %s accepted user %r", client.server.text, event.user)
+        else:
+            log.warning("XAUTH: RADIUS server %s refused user %r: %s", client.server.text,
+                        event.user, result.reason)
+        self._call_engine("answering an XAUTH check",
+                          lambda e, now: engine.xauth_result(event.request_id, result.ok, now))
+
+    def _close_radius(self) -> None:
+        for task in list(self._radius_tasks):
+            task.cancel()
+        if self._radius is not None:
+            self._radius.close()
+            self._radius = None
 
     def _on_failed(self, event: ConnectionFailed) -> None:
         what = f"{event.conn}/{event.child}" if event.child else event.conn

@@ -63,10 +63,10 @@ remote_addrs = ["127.0.0.2"]
 
 
 def make_config(port: int, port_nat_t: int,
-                listen: tuple[str, ...] = ("127.0.0.1",)) -> Config:
+                listen: tuple[str, ...] = ("127.0.0.1",), extra: str = "") -> Config:
     text = CONFIG.format(listen=", ".join(f'"{a}"' for a in listen), port=port,
                          port_nat_t=port_nat_t)
-    return parse_config(text, "ikev1d.toml")
+    return parse_config(text + extra, "ikev1d.toml")
 
 
 def fresh_config() -> Config:
@@ -260,10 +260,12 @@ async def running_daemon(
     listen: tuple[str, ...] = ("127.0.0.1",),
     install_signal_handlers: bool = False,
     config_loader: Callable[[str], Config] | None = None,
+    extra_config: str = "",
 ) -> AsyncIterator[Harness]:
-    """A started Daemon with a FakeEngine on free loopback ports and a temp control socket."""
+    """A started Daemon with a FakeEngine on free loopback ports and a temp control socket
+    (``extra_config``: more TOML after the fakes' connections)."""
     port, port_nat_t = free_udp_ports(2)
-    config = make_config(port, port_nat_t, listen)
+    config = make_config(port, port_nat_t, listen, extra_config)
     backend = RecordingBackend()
     engines: list[FakeEngine] = []
     engine_factory = collecting_factory(engines)
