@@ -304,13 +304,14 @@ def _networks(networks: tuple[Network, ...]) -> str:
 
 def format_status(document: StatusDocument) -> str:
     """The status document as a table for people, in the spirit of ``swanctl --list-sas``."""
-    if not document.ike_sas:
-        return "no SAs\n"
-    lines: list[str] = []
+    lines: list[str] = [] if document.ike_sas else ["no SAs"]
     for ike in document.ike_sas:
         lines += _ike_sa_lines(ike)
         for child in ike.children:
             lines += _child_sa_lines(child)
+    for pool in document.pools:
+        lines.append(f"pool {_text(pool.name)}: {_text(pool.addrs)}, {pool.size} addresses,"
+                     f" {pool.online} online, {pool.offline} offline")
     return "\n".join(lines) + "\n"
 
 
@@ -334,7 +335,12 @@ def _ike_sa_lines(ike: IkeSaStatus) -> list[str]:
     if timing:
         lines.append("  " + ", ".join(timing))
     if ike.virtual_ip:
-        lines.append(f"  virtual IP {ike.virtual_ip}")
+        extra = ""
+        if ike.dns:
+            extra += f", DNS {', '.join(_text(a) for a in ike.dns)}"
+        if ike.split_include:
+            extra += f", split {_networks(ike.split_include)}"
+        lines.append(f"  virtual IP {_text(ike.virtual_ip)}{extra}")
     return lines
 
 

@@ -154,12 +154,16 @@ class IkeSaStatus:
     rekey_in_s: int | None
     virtual_ip: str | None
     children: tuple[ChildSaStatus, ...]
+    dns: tuple[str, ...] = ()
+    """With a virtual IP: the DNS servers Mode Config announced."""
+    split_include: tuple[Network, ...] = ()
+    """With a virtual IP: the networks Mode Config announced as behind the server."""
     ike_id: int = 0
     """The daemon's number for this ISAKMP SA (``ikev1d down NAME --ike-id N``)."""
 
     def to_json(self) -> dict[str, Any]:
         cky_i, cky_r = self.cookies
-        return {
+        document: dict[str, Any] = {
             "name": self.name,
             "state": self.state,
             "local": endpoint_text(self.local),
@@ -175,9 +179,14 @@ class IkeSaStatus:
             "established_s": self.established_s,
             "rekey_in_s": self.rekey_in_s,
             "virtual_ip": self.virtual_ip,
-            "children": [child.to_json() for child in self.children],
-            "ike_id": self.ike_id,
         }
+        if self.virtual_ip is not None:
+            # Only with a virtual IP: what Mode Config announced with it.
+            document["dns"] = list(self.dns)
+            document["split_include"] = [str(n) for n in self.split_include]
+        document["children"] = [child.to_json() for child in self.children]
+        document["ike_id"] = self.ike_id
+        return document
 
     @classmethod
     def from_json(cls, value: object, where: str = "ike_sa") -> IkeSaStatus:
@@ -201,6 +210,10 @@ class IkeSaStatus:
             established_s=reader.optional(reader.integer, "established_s"),
             rekey_in_s=reader.optional(reader.integer, "rekey_in_s"),
             virtual_ip=reader.optional(reader.text, "virtual_ip"),
+            # Added after the first documents: absent means none.
+            dns=reader.addresses("dns") if "dns" in reader.data else (),
+            split_include=(reader.networks("split_include") if "split_include" in reader.data
+                           else ()),
             children=tuple(
                 ChildSaStatus.from_json(child, f"{where}.children[{i}]")
                 for i, child in enumerate(children)
@@ -211,14 +224,45 @@ class IkeSaStatus:
 
 
 @dataclass(frozen=True)
-class StatusDocument:
-    """Every ISAKMP SA the engine knows, except those being deleted, oldest first."""
+class PoolStatus:
+    """One Mode Config address pool: its leases online (held by an ISAKMP SA) and
+    offline (kept for their owner's return)."""
 
-    ike_sas: tuple[IkeSaStatus, ...] = ()
+    name: str
+    addrs: str
+    size: int
+    online: int
+    offline: int
 
     def to_json(self) -> dict[str, Any]:
-        """The document as JSON-ready dicts and lists, members in the documented order."""
-        return {"ike_sas": [ike_sa.to_json() for ike_sa in self.ike_sas]}
+        return {"name": self.name, "addrs": self.addrs, "size": self.size,
+                "online": self.online, "offline": self.offline}
+
+    @classmethod
+    def from_json(cls, value: object, where: str = "pool") -> PoolStatus:
+        reader = _Reader(value, where)
+        pool = cls(name=reader.text("name"), addrs=reader.text("addrs"),
+                   size=reader.count("size"), online=reader.count("online"),
+                   offline=reader.count("offline"))
+        reader.no_other_members()
+        return pool
+
+
+@dataclass(frozen=True)
+class StatusDocument:
+    """Every ISAKMP SA the engine knows, except those being deleted, oldest first;
+    then the address pools."""
+
+    ike_sas: tuple[IkeSaStatus, ...] = ()
+    pools: tuple[PoolStatus, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The document as JSON-ready dicts and lists, members in the documented order
+        (``pools`` only when address pools are configured)."""
+        document: dict[str, Any] = {"ike_sas": [ike_sa.to_json() for ike_sa in self.ike_sas]}
+        if self.pools:
+            document["pools"] = [pool.to_json() for pool in self.pools]
+        return document
 
     @classmethod
     def from_json(cls, value: object) -> StatusDocument:
@@ -228,9 +272,10 @@ class StatusDocument:
         unknown member or a value of the wrong type."""
         reader = _Reader(value, "status")
         ike_sas = reader.array("ike_sas")
+        pools = reader.array("pools") if "pools" in reader.data else []
         document = cls(tuple(
             IkeSaStatus.from_json(ike_sa, f"ike_sas[{i}]") for i, ike_sa in enumerate(ike_sas)
-        ))
+        ), tuple(PoolStatus.from_json(pool, f"pools[{i}]") for i, pool in enumerate(pools)))
         reader.no_other_members()
         return document
 
@@ -326,6 +371,17 @@ class _Reader:
                 raise self._error(f"{key}[{i}]", f"not in canonical form: {item!r}")
             networks.append(network)
         return tuple(networks)
+
+    def addresses(self, key: str) -> tuple[str, ...]:
+        items = self.array(key)
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise self._error(f"{key}[{i}]", f"expected a string, got {_kind(item)}")
+            try:
+                ipaddress.ip_address(item)
+            except ValueError as exc:
+                raise self._error(f"{key}[{i}]", str(exc)) from None
+        return tuple(str(item) for item in items)
 
     def _typed(self, key: str, kind: type[_T], what: str) -> _T:
         value = self._get(key)

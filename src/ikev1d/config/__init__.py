@@ -32,6 +32,8 @@ from .model import (
     SecretConfig,
     SecretType,
     StartAction,
+    XauthConfig,
+    XauthRound,
 )
 from .warnings import config_warnings
 
@@ -59,6 +61,8 @@ __all__ = [
     "SecretConfig",
     "SecretType",
     "StartAction",
+    "XauthConfig",
+    "XauthRound",
     "config_warnings",
     "format_duration",
     "load_config",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import difflib
+import ipaddress
 import os
 import re
 import shlex
@@ -56,6 +57,7 @@ from .model import (
     Dataplane,
     DpdAction,
     Fragmentation,
+    IPAddress,
     IPNetwork,
     IpsecMode,
     LogLevel,
@@ -65,6 +67,7 @@ from .model import (
     SecretType,
     StartAction,
     XauthConfig,
+    XauthRound,
     decode_secret,
     union,
 )
@@ -405,7 +408,7 @@ def _load_connection(
     d = ConnectionConfig(name)
     local_addrs, remote_addrs = _connection_addresses(ld, data, path)
     local, remote = _connection_auth(ld, data, path, local_addrs, remote_addrs)
-    _check_no_xauth(ld, data, path)
+    local_xauth, remote_xauth = _connection_xauth(ld, data, path, local)
     dpd_delay, dpd_timeout = _connection_dpd(ld, data, path, d)
     vips, pools = _connection_mode_config(ld, data, path, pool_names)
     start_action = ld.get_choice(data, path, "start_action", d.start_action, StartAction)
@@ -427,13 +430,14 @@ def _load_connection(
         start_action=start_action,
         vips=vips,
         pools=pools,
-        modecfg=ld.get_choice(data, path, "modecfg", d.modecfg, ModeCfg,
-                              not_yet=(ModeCfg.PUSH,)),
+        modecfg=ld.get_choice(data, path, "modecfg", d.modecfg, ModeCfg),
         fragmentation=ld.get_choice(data, path, "fragmentation", d.fragmentation,
                                     Fragmentation),
         local=local,
         remote=remote,
         children=children,
+        local_xauth=local_xauth,
+        remote_xauth=remote_xauth,
     )
 
 
@@ -454,8 +458,13 @@ def _check_main_mode_only(ld: TomlReader, data: Mapping[str, object], path: str)
         raise ld.error(f"{path}.version", "ikev1d speaks IKEv1 only; use version = 1 or omit it")
 
 
-def _check_no_xauth(ld: TomlReader, data: Mapping[str, object], path: str) -> None:
-    """XAUTH sections load only empty until XAUTH exists."""
+def _connection_xauth(
+    ld: TomlReader, data: Mapping[str, object], path: str, local: AuthConfig
+) -> tuple[XauthRound | None, XauthRound | None]:
+    """The second rounds, swanctl's local-2/remote-2: XAUTH (draft-beaulieu-ike-xauth-02)
+    after a Phase 1 by pre-shared key or RSA signature, the only methods it has
+    variants of (65001/65002, 65005/65006)."""
+    rounds: dict[str, XauthRound | None] = {"local_xauth": None, "remote_xauth": None}
     for section, keys in (("local_xauth", _LOCAL_XAUTH_KEYS),
                           ("remote_xauth", _REMOTE_XAUTH_KEYS)):
         if section not in data:
@@ -463,12 +472,29 @@ def _check_no_xauth(ld: TomlReader, data: Mapping[str, object], path: str) -> No
         spath = f"{path}.{section}"
         table = ld.table(data[section], spath)
         ld.check_keys(table, spath, keys)
-        if "auth" in table:
-            auth = ld.get_str(table, spath, "auth", "")
-            if auth != "xauth":
-                raise ld.error(f"{spath}.auth", f"invalid value {auth!r}: expected xauth")
-            raise ld.not_implemented(f"{spath}.auth", "auth = \"xauth\"")
-        ld.refuse_unless_empty(table, spath, "xauth_id")
+        if not any(table.values()):
+            continue  # an empty section (or empty values) asks for no round
+        if "auth" not in table:
+            raise ld.error(f"{spath}.auth", "required: \"xauth\"")
+        auth = ld.get_str(table, spath, "auth", "")
+        if auth != "xauth":
+            raise ld.error(f"{spath}.auth", f"invalid value {auth!r}: expected xauth")
+        xauth_id: str | None = None
+        if section == "local_xauth":
+            xauth_id = ld.get_str(table, spath, "xauth_id", "").strip()
+            if not xauth_id:
+                raise ld.error(f"{spath}.xauth_id", "required: the user name we log in with")
+            if len(xauth_id.encode()) > 255 or not xauth_id.isprintable():
+                raise ld.error(f"{spath}.xauth_id", "must be printable and at most 255 bytes")
+        rounds[section] = XauthRound(xauth_id)
+    if rounds["local_xauth"] is not None and rounds["remote_xauth"] is not None:
+        raise ld.error(f"{path}.remote_xauth", "a connection is either XAUTH client "
+                       "(local_xauth) or server (remote_xauth), not both")
+    if (rounds["local_xauth"] or rounds["remote_xauth"]) and local.auth not in (
+            Auth.PSK, Auth.PUBKEY):
+        raise ld.error(f"{path}.local.auth", "XAUTH follows a Phase 1 with auth = \"psk\" "
+                       "or \"pubkey\" (RSA), the methods it has variants of")
+    return rounds["local_xauth"], rounds["remote_xauth"]
 
 
 def _reauth_time(ld: TomlReader, data: Mapping[str, object], path: str) -> float:
@@ -533,10 +559,6 @@ def _connection_dpd(
 def _connection_mode_config(
     ld: TomlReader, data: Mapping[str, object], path: str, pool_names: Collection[str]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    # Mode Config (draft-dukes-ike-mode-cfg-02) is not there yet.
-    ld.refuse_unless_empty(data, path, "vips")
-    ld.refuse_unless_empty(data, path, "pools")
-
     def pool(text: str, key: str) -> str:
         if text not in pool_names:
             hint = difflib.get_close_matches(text, list(pool_names), n=1)
@@ -583,8 +605,7 @@ def _load_secret(ld: TomlReader, name: str, raw: object) -> SecretConfig:
     _check_name(ld, name, path)
     data = ld.table(raw, path)
     ld.check_keys(data, path, _SECRET_KEYS)
-    kind = ld.get_choice(data, path, "type", SecretType.IKE, SecretType,
-                         not_yet=(SecretType.XAUTH,))
+    kind = ld.get_choice(data, path, "type", SecretType.IKE, SecretType)
     if "secret" not in data:
         raise ld.error(f"{path}.secret", "required")
     secret = ld.get_str(data, path, "secret", "")
@@ -626,15 +647,18 @@ def _load_pool(ld: TomlReader, name: str, raw: object) -> PoolConfig:
     data = ld.table(raw, path)
     ld.check_keys(data, path, _POOL_KEYS)
     if "addrs" not in data:
-        raise ld.error(f"{path}.addrs", "required: the address range as a subnet "
-                       "(\"10.3.0.0/24\")")
-    addrs = ld.network(ld.get_str(data, path, "addrs", ""), f"{path}.addrs")
-    if addrs.num_addresses < 2:
-        raise ld.error(f"{path}.addrs", "the pool has no addresses to hand out")
+        raise ld.error(f"{path}.addrs", "required: the addresses as a subnet "
+                       "(\"10.3.0.0/24\") or a range (\"10.3.0.10-10.3.0.200\")")
+    text = ld.get_str(data, path, "addrs", "").strip()
+    first, last, prefix = _pool_range(ld, text, f"{path}.addrs")
     return PoolConfig(
         name=name,
-        addrs=addrs,
-        dns=ld.get_list(data, path, "dns", (), ld.address),
+        addrs=text,
+        first=first,
+        last=last,
+        prefix=prefix,
+        dns=tuple(ipaddress.ip_address(a)
+                  for a in ld.get_list(data, path, "dns", (), ld.address)),
         split_include=ld.get_list(data, path, "split_include", (), ld.network),
     )
 
@@ -655,6 +679,48 @@ def _load_xauth(ld: TomlReader, raw: object, secrets: Mapping[str, SecretConfig]
     host, port = server
     text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return XauthConfig(text, timeout, tries)
+
+
+def _pool_range(ld: TomlReader, text: str, key: str) -> tuple[IPAddress, IPAddress, int]:
+    """(first, last, prefix) of ``"10.3.0.0/24"`` (without the network and
+    broadcast addresses, which no client should get) or ``"10.3.0.10-10.3.0.200"``."""
+    if "-" in text:
+        low, _, high = text.partition("-")
+        first = ipaddress.ip_address(ld.address(low, key))
+        last = ipaddress.ip_address(ld.address(high, key))
+        if first.version != last.version:
+            raise ld.error(key, f"{text!r} mixes IPv4 and IPv6")
+        if int(last) < int(first):
+            raise ld.error(key, f"{text!r}: the range ends before it starts")
+        if int(last) - int(first) >= 1 << 24:
+            raise ld.error(key, f"{text!r}: at most 2^24 addresses in a pool")
+        return first, last, first.max_prefixlen
+    net = ld.network(text, key)
+    if (net.num_addresses < 4 and net.version == 4) or net.num_addresses < 2:
+        raise ld.error(key, f"{text!r} has no addresses to hand out beside its network "
+                       "and broadcast addresses; use a range (\"a-b\") for fewer")
+    if net.prefixlen < net.max_prefixlen - 24:
+        raise ld.error(key, f"{text!r}: at most 2^24 addresses in a pool")
+    first = net.network_address + 1
+    last = net.broadcast_address - 1 if net.version == 4 else net.broadcast_address
+    return first, last, net.prefixlen
+
+
+def _check_xauth_secrets(ld: TomlReader, connections: Mapping[str, ConnectionConfig],
+                         secrets: Mapping[str, SecretConfig], *, radius: bool) -> None:
+    """An XAUTH client needs its password; a server without a user (or RADIUS) is
+    worth a warning."""
+    users = {str(i) for s in secrets.values() if s.type is SecretType.XAUTH for i in s.ids}
+    for conn in connections.values():
+        client = conn.local_xauth
+        if client is not None and client.xauth_id not in users:
+            raise ld.error(f"connections.{conn.name}.local_xauth.xauth_id",
+                           f"no [secrets] of type = \"xauth\" has ids = [\"{client.xauth_id}\"]"
+                           " (the password to log in with)")
+        if conn.remote_xauth is not None and not users and not radius:
+            ld.notes.append(f"{ld.source}: connections.{conn.name}.remote_xauth: no [secrets] "
+                            "of type = \"xauth\" holds a user's password: every XAUTH login "
+                            "will fail")
 
 
 def _check_name(ld: TomlReader, name: str, path: str) -> None:
@@ -678,9 +744,6 @@ def parse_config(text: str, source: str = "<string>", base_dir: str | Path | Non
     allow_insecure = daemon.allow_insecure_algorithms
 
     pool_tables = ld.table(data.get("pools", {}), "pools")
-    if pool_tables:
-        # Address pools serve Mode Config, which is not there yet.
-        raise ld.not_implemented(f"pools.{next(iter(pool_tables))}")
     pools = {name: _load_pool(ld, name, raw) for name, raw in pool_tables.items()}
     secrets = {
         name: _load_secret(ld, name, raw)
@@ -694,6 +757,7 @@ def parse_config(text: str, source: str = "<string>", base_dir: str | Path | Non
         name: _load_connection(ld, name, raw, allow_insecure, pools)
         for name, raw in ld.table(data.get("connections", {}), "connections").items()
     }
+    _check_xauth_secrets(ld, connections, secrets, radius=bool(xauth.radius))
     return Config(daemon, connections, secrets, pools, source, tuple(ld.notes), xauth)
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "SecretType",
     "StartAction",
     "XauthConfig",
+    "XauthRound",
     "decode_secret",
     "union",
 ]
@@ -222,6 +223,15 @@ class ChildConfig:
 
 
 @dataclass(frozen=True)
+class XauthRound:
+    """A second authentication round after Phase 1, swanctl's local-2/remote-2:
+    XAUTH (draft-beaulieu-ike-xauth-02). ``xauth_id`` is the user name a
+    client logs in with; a server's round has none."""
+
+    xauth_id: str | None = None
+
+
+@dataclass(frozen=True)
 class ConnectionConfig:
     name: str
     local_addrs: tuple[str, ...] = ()
@@ -241,6 +251,10 @@ class ConnectionConfig:
     local: AuthConfig = field(default_factory=AuthConfig)
     remote: AuthConfig = field(default_factory=AuthConfig)
     children: dict[str, ChildConfig] = field(default_factory=dict)
+    local_xauth: XauthRound | None = None
+    """We are the XAUTH client after Phase 1 ([connections.X.local_xauth])."""
+    remote_xauth: XauthRound | None = None
+    """We are the XAUTH server after Phase 1 ([connections.X.remote_xauth])."""
 
     @property
     def dynamic_peer(self) -> bool:
@@ -274,10 +288,21 @@ class SecretConfig:
 
 @dataclass(frozen=True)
 class PoolConfig:
+    """An address pool for Mode Config servers: ``first`` to ``last`` inclusive
+    (a subnet without its network and broadcast addresses, or a range)."""
+
     name: str
-    addrs: IPNetwork
-    dns: tuple[str, ...] = ()
+    addrs: str
+    first: IPAddress
+    last: IPAddress
+    prefix: int
+    """The netmask announced with an address (the subnet's; a range: a host prefix)."""
+    dns: tuple[IPAddress, ...] = ()
     split_include: tuple[IPNetwork, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return int(self.last) - int(self.first) + 1
 
 
 @dataclass(frozen=True)
@@ -300,6 +325,13 @@ class Config:
     # config_warnings() reports them.
     notes: tuple[str, ...] = ()
     xauth: XauthConfig = field(default_factory=XauthConfig)
+
+    def xauth_secret(self, user: str) -> bytes | None:
+        """The XAUTH password of ``user``: a secret of type xauth naming it in ids."""
+        for secret in self.secrets.values():
+            if secret.type is SecretType.XAUTH and any(str(i) == user for i in secret.ids):
+                return secret.value
+        return None
 
     def connections_for_addresses(
         self, local_addr: str, remote_addr: str

@@ -126,12 +126,12 @@ class VirtualIpAssigned:
     ike_id: int
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
-    split: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty: the children's remote_ts  # noqa: E501
+    split: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty: the children's remote_ts
 
 
 @dataclass(frozen=True)
 class VirtualIpReleased:
-    """Mode Config client: the ISAKMP SA that carried the address is gone (not emitted on Phase 1 renewal that keeps it)."""  # noqa: E501
+    """Mode Config client: the ISAKMP SA that carried the address is gone (not emitted on Phase 1 renewal that keeps it)."""
 
     conn: str
     ike_id: int
@@ -140,7 +140,7 @@ class VirtualIpReleased:
 
 @dataclass(frozen=True)
 class XauthCheck:
-    """XAUTH server with [xauth] radius set: the runtime checks user and password and answers with Engine.xauth_result."""  # noqa: E501
+    """XAUTH server with [xauth] radius set: the runtime checks user and password and answers with Engine.xauth_result."""
 
     ike_id: int
     request_id: int

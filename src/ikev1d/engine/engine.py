@@ -32,15 +32,19 @@ from ikev1d.engine.auth.base import CredentialCache
 from ikev1d.engine.deletion import Deletion
 from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, informational
 from ikev1d.engine.exchanges.main_mode import MmState
+from ikev1d.engine.exchanges.transaction import Answer
 from ikev1d.engine.fragments import Reassembler
 from ikev1d.engine.halfopen import HalfOpenTable
 from ikev1d.engine.ike_sa import ChildSa, IkeSa, IkeState, ProtocolFailure
 from ikev1d.engine.lifecycle import Lifecycle
+from ikev1d.engine.pools import Pool, build_pools
 from ikev1d.engine.ratelimit import LogLimiter
+from ikev1d.engine.roadwarrior import RoadWarrior
 from ikev1d.engine.stats import PHASE1, EngineStats
 from ikev1d.engine.timers import Timers
-from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument
+from ikev1d.status import ChildSaStatus, IkeSaStatus, PoolStatus, StatusDocument
 from ikev1d.wire import (
+    AttributePayload,
     DeletePayload,
     ExchangeType,
     Header,
@@ -73,6 +77,9 @@ class Engine:
         self.timers = Timers()
         self.credentials = CredentialCache()
         self.lifecycle = Lifecycle(self)
+        self.roadwarrior = RoadWarrior(self)
+        self.pools: dict[str, Pool] = build_pools(config.pools)
+        """Mode Config address pools by name, with their leases."""
         self.deletion = Deletion(self)
         self.stats = EngineStats()
         self._random = random_bytes
@@ -132,8 +139,13 @@ class Engine:
     def release_spi(self, spi: bytes) -> None:
         self._spis.discard(spi)
 
-    def on_phase1_established(self, sa: IkeSa, now: float) -> None:
-        self.lifecycle.phase1_established(sa, now)
+    def on_phase1_authenticated(self, sa: IkeSa, now: float) -> None:
+        self.lifecycle.phase1_authenticated(sa, now)
+
+    def on_transaction_request(
+        self, sa: IkeSa, request: AttributePayload, now: float
+    ) -> Answer | None:
+        return self.roadwarrior.request(sa, request, now)
 
     def on_phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None:
         self.lifecycle.phase1_failed(sa, reason, quiet=quiet)
@@ -258,6 +270,15 @@ class Engine:
                 if child.child_id == child_id:
                     self.deletion.delete_child(sa, child, reason, send=True)
 
+    def xauth_result(self, request_id: int, ok: bool, now: float) -> None:
+        """The runtime's answer to an XauthCheck event (a RADIUS server's verdict);
+        an unknown or stale ``request_id`` is ignored."""
+        self.logs.now = now
+        try:
+            self.roadwarrior.xauth_result(request_id, ok, now)
+        except Exception as exc:
+            self._internal_error(exc, None, "an XAUTH result", now)
+
     def child_soft_expired(self, child_id: int, reason: str, now: float) -> None:
         """The data plane asks for an IPsec SA to be renewed before it reaches a
         volume or sequence-number limit; ``reason`` is for the log."""
@@ -273,6 +294,8 @@ class Engine:
 
     def reload(self, config: Config, now: float) -> None:
         self.config = config
+        # Leases survive a reload where the pool still has their address.
+        self.pools = build_pools(config.pools, self.pools)
         self._candidates_cache.clear()
         self._half_open.total = config.daemon.half_open_total
         self._half_open.per_source = config.daemon.half_open_per_peer
@@ -516,7 +539,7 @@ class Engine:
                     lambda t: self._half_open_expired(sa, t))
 
     def _half_open_expired(self, sa: IkeSa, now: float) -> None:
-        if sa.state is IkeState.CONNECTING:
+        if sa.state is IkeState.CONNECTING and not sa.authenticated:
             self.logs.log(log, logging.INFO, "half-open-expired", now,
                           "half-open ISAKMP SA expired", extra=sa.log_extra)
             self.stats.handshake_failed(PHASE1, sa.initiator, "half-open SA expired")
@@ -536,6 +559,7 @@ class Engine:
         self.leave_half_open(sa)
         for child in sa.children:
             self._spis.discard(child.spi_in)
+        self.roadwarrior.dropped(sa)
         if sa.state is not IkeState.DELETING:
             sa.state = IkeState.DELETING
 
@@ -596,10 +620,15 @@ class Engine:
                 nat_remote=sa.nat_remote,
                 established_s=int(now - established) if established is not None else None,
                 rekey_in_s=int(sa.rekey_at - now) if sa.rekey_at is not None else None,
-                virtual_ip=None,
+                virtual_ip=str(vip) if (vip := sa.local_vip or sa.remote_vip) else None,
+                dns=tuple(str(a) for a in sa.vip_dns) if vip else (),
+                split_include=tuple(sa.vip_split) if vip else (),
                 children=tuple(_child_status(c, now) for c in sa.children),
             ))
-        return StatusDocument(tuple(ike_sas))
+        pools = tuple(PoolStatus(name=p.name, addrs=p.config.addrs, size=p.size,
+                                 online=p.online, offline=p.offline)
+                      for p in self.pools.values())
+        return StatusDocument(tuple(ike_sas), pools)
 
 
 def _child_status(child: ChildSa, now: float) -> ChildSaStatus:

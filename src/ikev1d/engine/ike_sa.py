@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import enum
 import hmac
+import ipaddress
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from ikev1d.engine.timers import Timer, Timers
 from ikev1d.engine.vendor import Extension, PeerVendors
 from ikev1d.errors import Ikev1dError
 from ikev1d.wire import (
+    AttributePayload,
     DecodedPayload,
     DeletePayload,
     ExchangeType,
@@ -58,11 +60,15 @@ if TYPE_CHECKING:
     from ikev1d.engine.auth.base import CredentialCache, XauthRole
     from ikev1d.engine.exchanges.base import Exchange
     from ikev1d.engine.exchanges.quick_mode import QuickMode
+    from ikev1d.engine.exchanges.transaction import Answer
+    from ikev1d.engine.pools import Owner
     from ikev1d.proposals import EspProposal, IkeProposal
 
 log = logging.getLogger("ikev1d.engine")
 
 T = TypeVar("T")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Context(Protocol):
@@ -81,7 +87,10 @@ class Context(Protocol):
     def next_id(self) -> int: ...
     def allocate_spi(self) -> bytes: ...
     def release_spi(self, spi: bytes) -> None: ...
-    def on_phase1_established(self, sa: IkeSa, now: float) -> None: ...
+    def on_phase1_authenticated(self, sa: IkeSa, now: float) -> None: ...
+    def on_transaction_request(
+        self, sa: IkeSa, request: AttributePayload, now: float
+    ) -> Answer | None: ...
     def on_phase1_failed(self, sa: IkeSa, reason: str, *, quiet: bool = False) -> None: ...
     def on_quick_mode_done(
         self,
@@ -203,6 +212,21 @@ class WorkQueue:
             at -= 1
         self._pending.insert(at, work)
 
+    def peek(self) -> Work | None:
+        """The next item to run, unless one is running; it stays queued."""
+        if self.running is not None or not self._pending:
+            return None
+        return self._pending[0]
+
+    @property
+    def configured(self) -> bool:
+        """XAUTH and Mode Config are done (or were never to be done): the peer's
+        Quick Modes are welcome from now on."""
+        if any(w.kind < WorkKind.QUICK_MODE for w in self._pending):
+            return False
+        kind = getattr(self.running, "kind", WorkKind.QUICK_MODE)
+        return bool(kind >= WorkKind.QUICK_MODE)
+
     def next(self) -> Work | None:
         """The next item to run, unless one is running."""
         if self.running is not None or not self._pending:
@@ -293,6 +317,22 @@ class IkeSa:
         the work queue once the Transaction exchange exists."""
         self.dpd_unanswered_since: float | None = None
         self.fragmenter = Fragmenter()
+        self.authenticated = False
+        """Main Mode has proven the peer's identity; XAUTH may still be under way
+        (the SA counts as established only after it, as in strongSwan)."""
+        self.xauth_user: str | None = None
+        """The user XAUTH proved (as server: the peer; as client: us)."""
+        self.local_vip: IPAddress | None = None
+        """Mode Config client: the virtual IP the server gave us."""
+        self.remote_vip: IPAddress | None = None
+        """Mode Config server: the address we leased to the peer."""
+        self.vip_dns: tuple[IPAddress, ...] = ()
+        self.vip_split: tuple[Network, ...] = ()
+        self.lease: tuple[str, Owner] | None = None
+        """(pool name, lease owner) of the address we leased to the peer."""
+        self.previous_vip: IPAddress | None = None
+        """The virtual IP of the ISAKMP SA this one renewed: asked for again, and
+        released only if this SA does not keep it."""
 
     # -- identification -----------------------------------------------------
 

@@ -5,6 +5,7 @@ renewed ISAKMP SA taking over its predecessor's IPsec SAs."""
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,9 @@ from ikev1d.engine.ike_sa import (
     IkeState,
     ProtocolFailure,
     QuickModeWork,
+    WorkKind,
 )
+from ikev1d.engine.roadwarrior import RoadWarrior
 from ikev1d.engine.stats import PHASE1, PHASE2
 from ikev1d.engine.vendor import Extension
 from ikev1d.wire import NotifyPayload, NotifyType, ProtocolId
@@ -42,17 +45,31 @@ class Lifecycle:
 
     # -- Phase 1 ---------------------------------------------------------------------
 
+    def phase1_authenticated(self, sa: IkeSa, now: float) -> None:
+        """Main Mode is done. With XAUTH, the SA is established once XAUTH succeeds
+        (draft-beaulieu-ike-xauth-02 section 4: XAUTH completes the authentication
+        of Phase 1), else now; Mode Config then runs before any Quick Mode."""
+        sa.authenticated = True
+        self.engine.leave_half_open(sa, authenticated=True)
+        if self.engine.roadwarrior.authenticated(sa):
+            log.info("Main Mode done: %s[%s]...%s[%s]; XAUTH follows", sa.local[0],
+                     sa.local_id, sa.remote[0], sa.remote_id, extra=sa.log_extra)
+            self.run_work(sa, now)
+            return
+        self.phase1_established(sa, now)
+        self.run_work(sa, now)
+
     def phase1_established(self, sa: IkeSa, now: float) -> None:
         sa.state = IkeState.ESTABLISHED
         sa.established_at = now
-        self.engine.leave_half_open(sa, authenticated=True)
         self.engine.stats.handshake_succeeded(PHASE1, sa.initiator)
         proposal = sa.proposal.render() if sa.proposal else "?"
         auth = AUTH_NAMES.get(sa.auth_method, str(sa.auth_method))
         log.info(
-            "ISAKMP SA established: %s[%s]...%s[%s], %s, auth %s%s",
+            "ISAKMP SA established: %s[%s]...%s[%s], %s, auth %s%s%s",
             sa.local[0], sa.local_id, sa.remote[0], sa.remote_id, proposal, auth,
             ", NAT-T (UDP 4500)" if sa.udp_encap else "",
+            f", XAUTH user '{sa.xauth_user}'" if sa.xauth_user else "",
             extra=sa.log_extra,
         )
         self.engine.emit(IkeSaEstablished(
@@ -137,6 +154,7 @@ class Lifecycle:
         """The renewed ISAKMP SA takes the IPsec SAs; the old one is deleted."""
         new.children.extend(old.children)
         old.children.clear()
+        RoadWarrior.hand_over(old, new)
         self.engine.stats.rekeys[PHASE1] += 1
         log.info("ISAKMP SA renewed: %s:%s replaces %s:%s", new.cky_i.hex(), new.cky_r.hex(),
                  old.cky_i.hex(), old.cky_r.hex(), extra=new.log_extra)
@@ -209,22 +227,33 @@ class Lifecycle:
         self.run_work(sa, now)
 
     def run_work(self, sa: IkeSa, now: float) -> None:
-        """Start the next queued item unless one of ours still runs on this SA."""
-        while sa.usable:
-            work = sa.work.next()
+        """Start the next queued item unless one of ours still runs on this SA:
+        XAUTH once Main Mode has authenticated the peer, Mode Config and Quick
+        Modes once the SA is established."""
+        while sa.authenticated and sa.state is not IkeState.DELETING:
+            work = sa.work.peek()
             if work is None:
                 return
+            if work.kind > WorkKind.XAUTH and not sa.usable:
+                return
+            sa.work.next()
             if not isinstance(work, QuickModeWork):
-                continue  # no other kind of work exists yet
+                self.engine.roadwarrior.run(sa, work, now)
+                continue
             if work.replaces is not None and self.engine.owner_of(work.replaces) is None:
                 continue  # the SA to renew is gone meanwhile
+            local_ts = work.local_ts
+            if work.replaces is None and not work.child.local_ts and sa.local_vip is not None:
+                # Mode Config gave us an address: our end of the tunnel is that
+                # address, not our IKE address.
+                local_ts = ipaddress.ip_network(sa.local_vip)
             qm = QuickMode(sa, sa.new_message_id(), initiator=True)
             qm.replaces = work.replaces
             sa.exchanges[qm.message_id] = qm
             sa.work.running = qm
             self.engine.stats.handshake_started(PHASE2, True)
             try:
-                qm.start(work.child, work.local_ts, work.remote_ts, now)
+                qm.start(work.child, local_ts, work.remote_ts, now)
             except ProtocolFailure as exc:
                 qm.fail(str(exc), now)
 

@@ -100,6 +100,9 @@ QUICK_MODE = {
 
 INFORMATIONAL = _rule({P.HASH}, {P.NOTIFICATION, P.DELETE}, True)
 
+#: draft-dukes-ike-mode-cfg-02 section 3.2: HASH, then one attribute payload.
+TRANSACTION = _rule({P.HASH, P.ATTRIBUTE}, set(), True)
+
 
 def check(rule: Rule, payloads: Sequence[Payload], what: str) -> None:
     present = {int(p.payload_type) for p in payloads}

@@ -80,7 +80,7 @@ _AUTH_DROPS = {
     "ca_id": "not supported",
     "eap_id": "EAP is IKEv2 only",
     "aaa_id": "EAP is IKEv2 only",
-    "xauth_id": "XAUTH is not implemented yet",
+    "xauth_id": "the XAUTH user name belongs in a second round (local-2)",
 }
 _CHILD_DROPS = {
     "life_time": "ikev1d derives the hard lifetime from rekey_time",
@@ -489,6 +489,7 @@ class _Converter:
         """Convert the first local and remote rounds into conn; False skips it."""
         sides: dict[str, TomlTable] = {}
         methods: dict[str, str] = {}
+        xauth: dict[str, TomlTable] = {}
         for side in ("local", "remote"):
             rounds = _rounds(sec, side)
             if not rounds:
@@ -498,9 +499,17 @@ class _Converter:
             first_name, first = rounds[0]
             for later_name, later in rounds[1:]:
                 method = (later.value("auth") or "").strip().lower()
-                if method.startswith("xauth"):
-                    self.note(later, f"{path}.{later_name}", "dropped",
-                              "XAUTH is not converted: not implemented yet")
+                if method.startswith("xauth") and side not in xauth:
+                    # swanctl's second round (local-2 / remote-2) with XAUTH.
+                    table_x: TomlTable = {"auth": "xauth"}
+                    xauth_id = (later.value("xauth_id") or "").strip()
+                    if side == "local" and xauth_id:
+                        table_x["xauth_id"] = xauth_id
+                    if method != "xauth" and method != "xauth-generic":
+                        self.note(later, f"{path}.{later_name}.auth", "note",
+                                  f"{method}: converted as the generic XAUTH (user name and "
+                                  "password)")
+                    xauth[side] = table_x
                 else:
                     self.dropped(later, f"{path}.{later_name}",
                                  "IKEv1 has one authentication round (plus XAUTH)")
@@ -523,6 +532,8 @@ class _Converter:
             return False
         conn["local"] = sides["local"]
         conn["remote"] = sides["remote"]
+        for side, table_x in xauth.items():
+            conn[f"{side}_xauth"] = table_x
         return True
 
     def auth_round(self, sec: Section, path: str, side: str) -> TomlTable | None:
@@ -541,7 +552,8 @@ class _Converter:
                 self.note(method_setting or sec, f"{path}.auth", "note",
                           f"{method}: converted as pubkey, without its signature constraints")
         else:
-            reason = ("XAUTH is not implemented yet" if method.startswith("xauth")
+            reason = ("XAUTH is a second round after psk or pubkey (local-2/remote-2)"
+                      if method.startswith("xauth")
                       else "EAP is IKEv2 only" if method.startswith("eap")
                       else f"auth = {method!r} is not supported")
             self.note(method_setting or sec, f"{path}.auth", "skipped",
@@ -741,12 +753,13 @@ class _Converter:
         path = f"secrets.{name}"
         kind, _, suffix = name.partition("-")
         kind = kind.lower()
-        if kind in ("eap", "xauth", "ntlm"):
+        if kind in ("eap", "ntlm"):
             self.note(sec, path, "dropped", f"{kind.upper()} secrets are not converted: "
-                      "not implemented yet")
+                      "EAP is IKEv2 only")
             return None
-        if kind != "ike":
-            self.dropped(sec, path, "only IKE pre-shared keys (ike sections) are converted; "
+        if kind not in ("ike", "xauth"):
+            self.dropped(sec, path, "only pre-shared keys and XAUTH passwords (ike and xauth "
+                         "sections) are converted; "
                          "ikev1d reads keys from the files the connections name")
             return None
         s = sec.settings
@@ -778,6 +791,8 @@ class _Converter:
         unique, counter = out_name, 2
         while unique in taken:
             unique, counter = f"{out_name}-{counter}", counter + 1
+        if kind == "xauth":
+            return unique, {"type": "xauth", "secret": value, "ids": ids}
         return unique, {"secret": value, "ids": ids}
 
     def pool(self, name: str, sec: Section) -> TomlTable | None:
@@ -791,15 +806,22 @@ class _Converter:
             return None
         text = s["addrs"].value.strip()
         try:
-            addrs = ipaddress.ip_network(text, strict=False)
+            if "-" in text:
+                low, _, high = text.partition("-")
+                addrs_text = (f"{ipaddress.ip_address(low.strip())}-"
+                              f"{ipaddress.ip_address(high.strip())}")
+            else:
+                addrs = ipaddress.ip_network(text, strict=False)
+                if addrs.num_addresses < 4:
+                    self.note(s["addrs"], f"{path}.addrs", "skipped",
+                              "no addresses to hand out")
+                    return None
+                addrs_text = str(addrs)
         except ValueError:
             self.note(s["addrs"], f"{path}.addrs", "skipped",
-                      f"{text}: ikev1d pools are subnets (ranges are not supported): left out")
+                      f"{text}: neither a subnet nor a range of addresses: left out")
             return None
-        if addrs.num_addresses < 2:
-            self.note(s["addrs"], f"{path}.addrs", "skipped", "no addresses to hand out")
-            return None
-        pool: TomlTable = {"addrs": str(addrs)}
+        pool: TomlTable = {"addrs": addrs_text}
         for key in ("dns", "split_include"):
             if key not in s:
                 continue

@@ -453,17 +453,8 @@ def test_auth_errors(text: str, key: str, reason: str) -> None:
 # Every value that asks for a feature that does not exist yet: (text, key).  The
 # configuration reference must mark each of these keys "not implemented yet".
 NOT_IMPLEMENTED = [
-    (C + "vips = ['0.0.0.0']", "connections.c.vips"),
-    (C + "pools = ['clients']", "connections.c.pools"),
-    (C + "modecfg = 'push'", "connections.c.modecfg"),
     (C + "dpd_action = 'hold'", "connections.c.dpd_action"),
     (C + "reauth_time = '1h'", "connections.c.reauth_time"),
-    (C + "[connections.c.local_xauth]\nauth = 'xauth'", "connections.c.local_xauth.auth"),
-    (C + "[connections.c.local_xauth]\nxauth_id = 'alice'",
-     "connections.c.local_xauth.xauth_id"),
-    (C + "[connections.c.remote_xauth]\nauth = 'xauth'", "connections.c.remote_xauth.auth"),
-    ("[secrets.s]\ntype = 'xauth'\nsecret = 'a password'\nids = ['alice']", "secrets.s.type"),
-    ("[pools.clients]\naddrs = '10.3.0.0/24'", "pools.clients"),
 ]
 
 
@@ -954,14 +945,17 @@ split_include = ["10.2.0.0/16"]
 """
 
 
-def test_sample_loads_but_for_the_features_not_implemented_yet() -> None:
-    assert error(FULL_SAMPLE) == "test.toml: pools.clients: not implemented yet"
-    without_pool = FULL_SAMPLE.replace(SAMPLE_POOL.strip(), "")
-    assert error(without_pool) == (
-        'test.toml: connections.site-b.remote_xauth.auth: not implemented yet: auth = "xauth"'
-    )
-    cfg = load(without_pool.replace(SAMPLE_XAUTH.strip(), ""))
+def test_sample_loads() -> None:
+    cfg = load(FULL_SAMPLE)
     conn = cfg.connections["site-b"]
+    assert conn.remote_xauth is not None and conn.local_xauth is None
+    pool = cfg.pools["clients"]
+    assert (str(pool.first), str(pool.last), pool.size) == ("10.3.0.1", "10.3.0.254", 254)
+    assert [str(a) for a in pool.dns] == ["10.3.0.1"]
+    assert any("every XAUTH login will fail" in w for w in config_warnings(cfg))
+    conn = load(FULL_SAMPLE.replace(SAMPLE_POOL.strip(), "").replace(
+        SAMPLE_XAUTH.strip(), "")).connections["site-b"]
+    assert conn.remote_xauth is None
     assert [p.render() for p in conn.proposals] == [
         "aes256-sha256-modp2048", "aes128-sha1-modp2048",
     ]
@@ -1098,3 +1092,85 @@ def test_encrypted_private_key_with_its_passphrase_from_secrets(tmp_path: Path) 
     with pytest.raises(ConfigError) as info:
         parse_config(_pubkey_conf() + secret.format("wrong"), "t.toml", tmp_path)
     assert "wrong passphrase?" in str(info.value)
+
+
+# -- road warriors: pools, vips, XAUTH -------------------------------------------------
+
+RW = """
+[connections.rw]
+local_addrs = ["192.0.2.1"]
+remote_addrs = ["%any"]
+pools = ["clients"]
+modecfg = "push"
+[connections.rw.remote]
+id = "%any"
+[connections.rw.remote_xauth]
+auth = "xauth"
+[connections.rw.children.net]
+local_ts = ["10.2.0.0/16"]
+[pools.clients]
+addrs = "10.3.0.10-10.3.0.12"
+dns = ["10.2.0.53"]
+split_include = ["10.2.0.0/16"]
+[secrets.alice]
+type = "xauth"
+ids = ["alice"]
+secret = "alice's password"
+[connections.home]
+remote_addrs = ["192.0.2.1"]
+vips = ["0.0.0.0"]
+[connections.home.local_xauth]
+auth = "xauth"
+xauth_id = "alice"
+"""
+
+
+def test_road_warrior_keys_load() -> None:
+    cfg = load(RW)
+    rw, home = cfg.connections["rw"], cfg.connections["home"]
+    assert rw.pools == ("clients",) and rw.modecfg is ModeCfg.PUSH
+    assert rw.remote_xauth is not None and rw.local_xauth is None
+    assert home.vips == ("0.0.0.0",) and home.local_xauth is not None
+    assert home.local_xauth.xauth_id == "alice"
+    pool = cfg.pools["clients"]
+    assert (str(pool.first), str(pool.last), pool.size, pool.prefix) == (
+        "10.3.0.10", "10.3.0.12", 3, 32)
+    assert cfg.xauth_secret("alice") == b"alice's password"
+    assert cfg.xauth_secret("bob") is None
+    # An XAUTH password is never a pre-shared key.
+    assert cfg.psk_for("192.0.2.1", "alice") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        (RW.replace('pools = ["clients"]', 'pools = ["client"]'), "connections.rw.pools[0]",
+         "did you mean 'clients'"),
+        (RW.replace('"10.3.0.10-10.3.0.12"', '"10.3.0.12-10.3.0.10"'), "pools.clients.addrs",
+         "ends before it starts"),
+        (RW.replace('"10.3.0.10-10.3.0.12"', '"10.3.0.0/31"'), "pools.clients.addrs",
+         "no addresses to hand out"),
+        (RW.replace('"10.3.0.10-10.3.0.12"', '"10.3.0.1/24"'), "pools.clients.addrs",
+         "host bits set"),
+        (RW.replace('"10.3.0.10-10.3.0.12"', '"10.3.0.10-2001:db8::1"'), "pools.clients.addrs",
+         "mixes IPv4 and IPv6"),
+        (RW.replace('xauth_id = "alice"', 'xauth_id = "carol"'),
+         "connections.home.local_xauth.xauth_id", "no [secrets] of type"),
+        (RW.replace('xauth_id = "alice"', ""), "connections.home.local_xauth.xauth_id",
+         "required"),
+        (RW.replace('[connections.home]\nremote_addrs = ["192.0.2.1"]\nvips = ["0.0.0.0"]',
+                    '[connections.home]\nremote_addrs = ["192.0.2.1"]\nvips = ["x"]'),
+         "connections.home.vips[0]", "not an IP address"),
+        (RW.replace('vips = ["0.0.0.0"]', 'vips = ["0.0.0.0"]\npools = ["clients"]'),
+         "connections.home.pools", "either a Mode Config client"),
+    ],
+)
+def test_road_warrior_errors(text: str, key: str, reason: str) -> None:
+    message = error(text)
+    assert message.startswith(f"test.toml: {key}: "), message
+    assert reason in message
+
+
+def test_a_24_pool_hands_out_neither_network_nor_broadcast_address() -> None:
+    pool = load(RW.replace('"10.3.0.10-10.3.0.12"', '"10.3.0.0/24"')).pools["clients"]
+    assert (str(pool.first), str(pool.last), pool.prefix) == ("10.3.0.1", "10.3.0.254", 24)

@@ -7,7 +7,14 @@ import logging
 import pytest
 
 from ikev1d.engine.api import ChildSaEstablished, IkeSaEstablished
-from ikev1d.engine.exchanges import DISPATCH, MainMode, Message, QuickMode, informational
+from ikev1d.engine.exchanges import (
+    DISPATCH,
+    MainMode,
+    Message,
+    QuickMode,
+    Transaction,
+    informational,
+)
 from ikev1d.engine.ike_sa import IkeSa
 from ikev1d.wire import ExchangeType, split_message
 from tests.unit.engine.test_engine import default_net, establish
@@ -18,6 +25,7 @@ def test_the_table_covers_the_exchanges_we_speak() -> None:
         ExchangeType.IDENTITY_PROTECTION: MainMode.receive,
         ExchangeType.QUICK_MODE: QuickMode.receive,
         ExchangeType.INFORMATIONAL: informational.receive,
+        ExchangeType.TRANSACTION: Transaction.receive,
     }
 
 
@@ -42,8 +50,8 @@ def test_an_exchange_type_without_handler_is_ignored(caplog: pytest.LogCaptureFi
     qm1 = next(d for s, d in net.wire
                if split_message(d.data)[0].exchange_type == ExchangeType.QUICK_MODE)
     data = bytearray(qm1.data)
-    data[18] = ExchangeType.TRANSACTION  # the exchange type octet (RFC 2408 section 3.1)
+    data[18] = ExchangeType.NEW_GROUP_MODE  # the exchange type octet (RFC 2408 section 3.1)
     with caplog.at_level(logging.INFO):
         net.b.engine.receive_datagram(bytes(data), qm1.remote, qm1.local, net.now)
-    assert "ignoring unsupported TRANSACTION exchange" in caplog.text
+    assert "ignoring unsupported NEW_GROUP_MODE exchange" in caplog.text
     assert net.b.engine.datagrams_to_send() == []

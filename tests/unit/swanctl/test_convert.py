@@ -271,10 +271,8 @@ def test_a_plain_site_to_site_connection() -> None:
     ("unique = replace", {}, "connections.site.unique: dropped: ikev1d has no uniqueness"),
     ("mobike = no", {}, "connections.site.mobike: dropped: MOBIKE is IKEv2 only"),
     ("some_future_option = 1", {}, "some_future_option: dropped: not supported by ikev1d"),
-    ("vips = 0.0.0.0", {"vips": None},
-     "connections.site.vips: dropped: not implemented yet in ikev1d"),
-    ("pull = no", {"modecfg": None},
-     "connections.site.modecfg: dropped: not implemented yet: modecfg = \"push\" in ikev1d"),
+    ("vips = 0.0.0.0", {"vips": ["0.0.0.0"]}, None),
+    ("pull = no", {"modecfg": "push"}, None),
     ("pools = nowhere", {}, "pools: nowhere: dropped: no such pool was converted"),
 ])
 def test_connection_options(extra: str, expected: dict[str, Any], note: str | None) -> None:
@@ -366,16 +364,25 @@ def test_authentication_rounds() -> None:
                         'remote { auth = psk\n id = "@peer.example.org" }\n'
                         "remote-2 { auth = xauth }")
     conversion = _convert(text % "")
-    remote = _loaded(conversion)["connections"]["site"]["remote"]
-    assert remote == {"auth": "psk", "id": "@peer.example.org"}
-    assert any("connections.site.remote-2: dropped: XAUTH is not converted: not implemented"
-               in n for n in _notes(conversion))
+    site = _loaded(conversion)["connections"]["site"]
+    assert site["remote"] == {"auth": "psk", "id": "@peer.example.org"}
+    assert site["remote_xauth"] == {"auth": "xauth"}
+
+
+def test_xauth_client_round_and_secret() -> None:
+    text = SITE.replace("local { auth = psk }",
+                        "local { auth = psk }\nlocal-2 { auth = xauth\n xauth_id = alice }")
+    text = (text % "") + 'secrets { xauth-alice { id = alice\n secret = "pw of alice" } }\n'
+    doc = _loaded(_convert(text))
+    assert doc["connections"]["site"]["local_xauth"] == {"auth": "xauth", "xauth_id": "alice"}
+    assert doc["secrets"]["alice"] == {"type": "xauth", "secret": "pw of alice",
+                                       "ids": ["alice"]}
 
 
 @pytest.mark.parametrize(("local", "remote", "reason"), [
     ("local { auth = psk }", "remote { auth = pubkey }", "IKEv1 negotiates one method"),
     ("local { auth = eap-mschapv2 }", "remote { auth = psk }", "EAP is IKEv2 only"),
-    ("local { auth = xauth-generic }", "remote { auth = psk }", "XAUTH is not implemented yet"),
+    ("local { auth = xauth-generic }", "remote { auth = psk }", "XAUTH is a second round"),
     ("", "remote { auth = psk }", "no local authentication round"),
 ])
 def test_connections_without_a_usable_method_are_skipped(local: str, remote: str,
@@ -426,14 +433,14 @@ def test_secrets() -> None:
         "ike": {"secret": 'a long shared secret with "quotes"', "ids": ["%any"]},
         "b": {"secret": "0sMDEyMzQ1Njc4OWFiY2RlZjAxMjM0",
               "ids": ["gw.example.org", "192.0.2.7"]},
+        "dave": {"type": "xauth", "secret": "y", "ids": ["%any"]},
     }
     notes = _notes(conversion)
     assert "swanctl.conf:2: secrets.ike.ids: note: no id: swanctl uses this key for any " \
            "peer; converted as ids = [\"%any\"]" in notes
     assert any("secrets.ike-bad.secret: skipped: invalid 0x" in n for n in notes)
-    assert any("secrets.eap-carol: dropped: EAP secrets are not converted: not implemented "
-               "yet" in n for n in notes)
-    assert any("secrets.xauth-dave: dropped: XAUTH secrets" in n for n in notes)
+    assert any("secrets.eap-carol: dropped: EAP secrets are not converted: EAP is IKEv2 "
+               "only" in n for n in notes)
     assert any("secrets.private-gw: dropped:" in n for n in notes)
 
 
@@ -451,17 +458,15 @@ connections { rw { pools = rw, range
 """
     conversion = _convert(text)
     doc = _loaded(conversion)
-    # Mode Config does not exist in ikev1d yet: its loader refuses pools, so they go.
-    assert "pools" not in doc
-    assert "pools" not in doc["connections"]["rw"]
+    assert doc["pools"] == {
+        "rw": {"addrs": "10.3.0.0/24", "dns": ["10.3.0.1", "10.3.0.2"],
+               "split_include": ["10.2.0.0/16"]},
+        "range": {"addrs": "10.4.0.10-10.4.0.20"},
+    }
+    assert doc["connections"]["rw"]["pools"] == ["rw", "range"]
     assert doc["connections"]["rw"]["remote_addrs"] == ["%any"]
     notes = _notes(conversion)
-    assert any("pools.rw: dropped: not implemented yet in ikev1d" in n for n in notes)
-    assert any("connections.rw.pools: dropped: not implemented yet in ikev1d" in n
-               for n in notes)
     assert any("pools.rw.nbns: dropped" in n for n in notes)
-    assert any("pools.range.addrs: skipped: 10.4.0.10-10.4.0.20: ikev1d pools are subnets"
-               in n for n in notes)
 
 
 def test_unusual_names_and_addresses() -> None:

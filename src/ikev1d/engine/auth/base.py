@@ -61,6 +61,23 @@ _XAUTH_METHODS: dict[int, tuple[AuthMethod, XauthRole]] = {
 }
 
 
+def xauth_variant(base: int, conn: ConnectionConfig, initiator: bool) -> int | None:
+    """The wire method for ``base`` on a connection with an XAUTH round: the
+    "XAUTHInit*" variant when the Main Mode initiator is the XAUTH client
+    (draft-beaulieu-ike-xauth-02 section 7.2), else "XAUTHResp*"; ``base``
+    itself without a round, None when the method has no XAUTH variant."""
+    if conn.local_xauth is not None:
+        client_initiates = initiator
+    elif conn.remote_xauth is not None:
+        client_initiates = not initiator
+    else:
+        return base
+    for wire, (method, role) in _XAUTH_METHODS.items():
+        if method == base and (role is XauthRole.INITIATOR_IS_CLIENT) == client_initiates:
+            return int(wire)
+    return None
+
+
 def resolve(wire: int) -> Method:
     base, role = _XAUTH_METHODS.get(wire, (wire, XauthRole.NONE))
     return Method(wire, int(base), role)
@@ -217,22 +234,37 @@ class Registry:
         """The wire methods we accept in a proposal: with ``candidates``, those
         one of these connections is configured for (RFC 2409 section 5: the
         responder must be able to finish the method it accepts). The XAUTH
-        variants resolve to an implemented method too, but they are accepted
-        only once the Transaction exchange that runs XAUTH exists."""
+        variants are added by :meth:`accepted_methods` where a connection has an
+        XAUTH round."""
         if candidates is None:
             return set(self._by_method)
         conns = list(candidates)
         return {method for method, cls in self._by_method.items()
                 if any(cls.offer_for(c) for c in conns)}
 
+    def accepted_methods(self, candidates: Iterable[ConnectionConfig]) -> set[int]:
+        """The wire methods a responder accepts for these connections: a
+        connection with an XAUTH round accepts only the XAUTH variants of its
+        method, one without only the plain method."""
+        out: set[int] = set()
+        for conn in candidates:
+            for method in self.accepted([conn]):
+                wire = xauth_variant(method, conn, initiator=False)
+                if wire is not None:
+                    out.add(wire)
+        return out
+
     def method_to_offer(self, conn: ConnectionConfig) -> int:
-        """The wire method an initiator offers for ``conn``."""
+        """The wire method an initiator offers for ``conn`` (an XAUTH variant when
+        it has an XAUTH round and the method has one)."""
         implementation = next(
             (c for c in self._by_method.values() if c.offer_for(conn)), None
         )
         if implementation is None:
             implementation = self.to_offer(str(conn.local.auth))
-        return int(implementation.method)
+        method = int(implementation.method)
+        wire = xauth_variant(method, conn, initiator=True)
+        return wire if wire is not None else method
 
     def for_config(self, name: str) -> type[Authenticator] | None:
         return next((c for c in self._by_method.values() if c.config_name == name), None)

@@ -275,7 +275,7 @@ class MainMode(Exchange):
     def _established(self, now: float) -> None:
         self.state = MmState.DONE
         self.cancel()
-        self.sa.ctx.on_phase1_established(self.sa, now)
+        self.sa.ctx.on_phase1_authenticated(self.sa, now)
 
     def _read_proof(self, message: Message, number: int, notify: NotifyType | None) -> IdPayload:
         """Decrypt Main Mode message 5 or 6 and verify it: the peer's proven ID.
@@ -427,13 +427,18 @@ class MainMode(Exchange):
             raise ProtocolFailure(f"SA payload of {len(sa_i_b)} bytes is longer than "
                                   f"the {MAX_SA_OFFER} we keep")
         acceptable = acceptable_proposals(sa.candidates)
-        choice = select_ike(offer, acceptable, REGISTRY.accepted(sa.candidates))
+        choice = select_ike(offer, acceptable, REGISTRY.accepted_methods(sa.candidates))
         sa.cky_r = sa.ctx.random_bytes(8)
         if choice is None:
             self._no_proposal_chosen(offer, acceptable)
             return
-        # Keep the connections that offered the chosen proposal.
-        sa.candidates = [c for c in sa.candidates if choice.proposal in c.proposals]
+        # Keep the connections that offered the chosen proposal and method.
+        candidates = [c for c in sa.candidates if choice.proposal in c.proposals
+                      and choice.auth_method in REGISTRY.accepted_methods([c])]
+        if not candidates:
+            self._no_proposal_chosen(offer, acceptable)
+            return
+        sa.candidates = candidates
         sa.conn = sa.candidates[0]
         try:
             self._choose(choice)

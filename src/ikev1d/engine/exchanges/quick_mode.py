@@ -152,9 +152,14 @@ class QuickMode(Exchange):
     def receive(sa: IkeSa, message: Message, now: float) -> None:
         """The dispatch entry for Quick Mode messages: a known exchange, or a new
         one the peer starts."""
-        if not sa.usable:
+        if not sa.usable and not sa.authenticated:
             sa.ctx.logs.log(log, logging.INFO, "qm-too-early", now,
                             "dropping Quick Mode before the ISAKMP SA is established",
+                            extra=sa.log_extra)
+            return
+        if not sa.usable or not sa.work.configured:
+            sa.ctx.logs.log(log, logging.INFO, "qm-too-early", now,
+                            "dropping Quick Mode before XAUTH and Mode Config are done",
                             extra=sa.log_extra)
             return
         message_id = message.header.message_id
@@ -577,8 +582,12 @@ class QuickMode(Exchange):
         conn = self.sa.conn
         if conn is None or local_net is None or remote_net is None:
             return None
+        sa = self.sa
+        # With Mode Config, a side's dynamic end is its virtual IP.
+        local_addr = str(sa.local_vip) if sa.local_vip is not None else sa.local[0]
+        remote_addr = str(sa.remote_vip) if sa.remote_vip is not None else sa.remote[0]
         for child in conn.children.values():
-            local_nets, remote_nets = child.traffic_selectors(self.sa.local[0], self.sa.remote[0])
+            local_nets, remote_nets = child.traffic_selectors(local_addr, remote_addr)
             if local_net in local_nets and remote_net in remote_nets:
                 return child
         return None

@@ -1,0 +1,705 @@
+"""What runs on an ISAKMP SA between Main Mode and Quick Mode for road
+warriors: XAUTH (draft-beaulieu-ike-xauth-02) and Mode Config
+(draft-dukes-ike-mode-cfg-02), both roles, each a step of the SA's work queue.
+
+XAUTH is negotiated by the Phase 1 authentication method (65001/65002 with
+pre-shared keys, 65005/65006 with RSA signatures; section 7.2 of the draft:
+"XAUTHInit*" means the Main Mode initiator is the client). The server asks for
+user name and password, checks them and sends the status, which the client
+acknowledges; only then the ISAKMP SA counts as established, as in strongSwan.
+
+Mode Config hands the client an address from a pool, DNS servers and the
+networks behind the server. Pull: the client sends CFG_REQUEST and the server
+answers with CFG_REPLY; push: the server sends CFG_SET and the client answers
+with CFG_ACK. Both requests are retransmitted until answered (the seed's
+"no way to repeat" a push does not hold here), and a step that waits for the
+peer gives up after the retransmission budget.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from ikev1d.config import ModeCfg
+from ikev1d.engine.api import (
+    ConnectionFailed,
+    Network,
+    VirtualIpAssigned,
+    VirtualIpReleased,
+    XauthCheck,
+)
+from ikev1d.engine.auth.base import XauthRole
+from ikev1d.engine.exchanges.transaction import Answer, Transaction, cfg_name
+from ikev1d.engine.ike_sa import IkeSa, IkeState, WorkKind
+from ikev1d.engine.timers import Timer
+from ikev1d.wire import (
+    Attribute,
+    AttributePayload,
+    DeletePayload,
+    ModeCfgAttr,
+    ModeCfgType,
+    ProtocolId,
+    XauthType,
+)
+
+if TYPE_CHECKING:
+    from ikev1d.engine.engine import Engine
+    from ikev1d.engine.pools import Owner
+
+log = logging.getLogger("ikev1d.engine")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+A = ModeCfgAttr
+
+#: draft-beaulieu-ike-xauth-02 section 6.2: XAUTH-STATUS OK / FAIL.
+XAUTH_OK = 1
+XAUTH_FAIL = 0
+
+#: User names and passwords longer than this are refused (a RADIUS attribute
+#: holds at most 253 bytes, RFC 2865 section 5).
+MAX_XAUTH_FIELD = 255
+
+
+# -- the work items ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class XauthWork:
+    kind: ClassVar[WorkKind] = WorkKind.XAUTH
+    server: bool
+
+
+@dataclass(frozen=True)
+class ModeConfigWork:
+    kind: ClassVar[WorkKind] = WorkKind.MODE_CONFIG
+    server: bool
+    push: bool
+
+
+def xauth_client(sa: IkeSa) -> bool | None:
+    """Are we the XAUTH client on this SA (None: no XAUTH was negotiated)?"""
+    role = sa.xauth_role
+    if role is None or role is XauthRole.NONE:
+        return None
+    return (role is XauthRole.INITIATOR_IS_CLIENT) == sa.initiator
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """A peer's string fit for a log line: no control characters, bounded."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= limit else clean[:limit] + "..."
+
+
+# -- attribute codecs (draft-dukes-ike-mode-cfg-02 section 3.3, Cisco Unity) --------
+
+
+def _address_bytes(address: IPAddress, prefix: int | None = None) -> bytes:
+    """INTERNAL_IP6_ADDRESS carries the prefix length after the address."""
+    if address.version == 6:
+        return address.packed + bytes((prefix if prefix is not None else 128,))
+    return address.packed
+
+
+def _netmask(prefix: int) -> bytes:
+    return ipaddress.IPv4Network(f"0.0.0.0/{prefix}").netmask.packed
+
+
+def _subnet(net: Network) -> Attribute:
+    if net.version == 4:
+        return Attribute(A.INTERNAL_IP4_SUBNET, net.network_address.packed + net.netmask.packed)
+    return Attribute(A.INTERNAL_IP6_SUBNET, net.network_address.packed + bytes((net.prefixlen,)))
+
+
+def _unity_split(nets: Iterable[Network]) -> Attribute | None:
+    """UNITY_SPLIT_INCLUDE: per network its address, netmask and six bytes of
+    protocol and ports, zero for "any" (14 bytes each, as strongSwan's unity plugin)."""
+    v4 = [n for n in nets if n.version == 4]
+    if not v4:
+        return None
+    return Attribute(A.UNITY_SPLIT_INCLUDE, b"".join(
+        n.network_address.packed + n.netmask.packed + bytes(6) for n in v4))
+
+
+@dataclass
+class ReceivedConfig:
+    """What a CFG_REPLY or CFG_SET told us, the malformed parts left out."""
+
+    addresses: list[IPAddress]
+    dns: list[IPAddress]
+    split: list[Network]
+    unknown: list[int]
+    malformed: list[int]
+    accepted: list[int]
+
+
+def read_config(attributes: Iterable[Attribute]) -> ReceivedConfig:
+    out = ReceivedConfig([], [], [], [], [], [])
+    for attribute in attributes:
+        value = attribute.value
+        kind = attribute.type
+        if isinstance(value, int):
+            if kind in (A.INTERNAL_ADDRESS_EXPIRY, A.UNITY_SAVE_PASSWD, A.UNITY_PFS):
+                continue
+            out.unknown.append(kind)
+            continue
+        try:
+            if kind == A.INTERNAL_IP4_ADDRESS and len(value) == 4:
+                out.addresses.append(ipaddress.IPv4Address(value))
+            elif kind == A.INTERNAL_IP6_ADDRESS and len(value) in (16, 17):
+                out.addresses.append(ipaddress.IPv6Address(value[:16]))
+            elif kind == A.INTERNAL_IP4_DNS and len(value) == 4:
+                out.dns.append(ipaddress.IPv4Address(value))
+            elif kind == A.INTERNAL_IP6_DNS and len(value) == 16:
+                out.dns.append(ipaddress.IPv6Address(value))
+            elif kind == A.INTERNAL_IP4_SUBNET and len(value) == 8:
+                out.split.append(ipaddress.IPv4Network(
+                    (value[:4], str(ipaddress.IPv4Address(value[4:]))), strict=False))
+            elif kind == A.INTERNAL_IP6_SUBNET and len(value) == 17 and value[16] <= 128:
+                out.split.append(ipaddress.IPv6Network((value[:16], value[16]), strict=False))
+            elif kind == A.UNITY_SPLIT_INCLUDE and len(value) % 14 == 0:
+                for at in range(0, len(value), 14):
+                    out.split.append(ipaddress.IPv4Network(
+                        (value[at:at + 4], str(ipaddress.IPv4Address(value[at + 4:at + 8]))),
+                        strict=False))
+            elif kind in (A.INTERNAL_IP4_NETMASK, A.INTERNAL_IP6_NETMASK, A.INTERNAL_IP4_NBNS,
+                          A.INTERNAL_IP6_NBNS, A.UNITY_BANNER, A.UNITY_DEF_DOMAIN,
+                          A.UNITY_SPLITDNS_NAME, A.APPLICATION_VERSION):
+                pass  # nothing of ours uses them
+            elif kind in (A.INTERNAL_IP4_ADDRESS, A.INTERNAL_IP6_ADDRESS, A.INTERNAL_IP4_DNS,
+                          A.INTERNAL_IP6_DNS, A.INTERNAL_IP4_SUBNET, A.INTERNAL_IP6_SUBNET,
+                          A.UNITY_SPLIT_INCLUDE):
+                out.malformed.append(kind)
+                continue
+            else:
+                out.unknown.append(kind)
+                continue
+        except ValueError:
+            # A netmask that is no netmask: ipaddress refuses it.
+            out.malformed.append(kind)
+            continue
+        out.accepted.append(kind)
+    out.split = list(dict.fromkeys(out.split))
+    return out
+
+
+# -- steps ------------------------------------------------------------------------------
+
+
+class Step:
+    """One running XAUTH or Mode Config item of an SA's work queue."""
+
+    kind: ClassVar[WorkKind]
+    what: ClassVar[str]
+
+    def __init__(self, rw: RoadWarrior, sa: IkeSa) -> None:
+        self.rw = rw
+        self.sa = sa
+        self.timer: Timer | None = None
+        self.ended = False
+
+    def start(self, now: float) -> None:
+        raise NotImplementedError
+
+    def on_request(self, request: AttributePayload, now: float) -> Answer | None:
+        """A request of the peer's while this step runs; None: not answered."""
+        self.rw.unexpected(self.sa, request, now)
+        return None
+
+    def wait(self, now: float, what: str) -> None:
+        """Wait for the peer to start; give up after the retransmission budget."""
+        self.timer = self.sa.schedule(now + self.rw.wait_budget(),
+                                      lambda t: self.fail(f"{what} did not come", t))
+
+    def send(self, payload: AttributePayload, now: float,
+             on_answer: Callable[[AttributePayload, float], None]) -> None:
+        sa = self.sa
+        tx = Transaction(sa, sa.new_message_id(), True, on_answer, self.fail)
+        sa.exchanges[tx.message_id] = tx
+        tx.start(payload, now)
+
+    def done(self, now: float) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.sa.work.ended(self):
+            self.rw.engine.lifecycle.run_work(self.sa, now)
+
+    def fail(self, reason: str, now: float, *, tell_peer: bool = True) -> None:
+        """Give up: the SA goes. ``reason`` without our name in front if it has it."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.sa.work.ended(self)
+        text = reason if reason.startswith(self.what) else f"{self.what}: {reason}"
+        self.rw.fail(self.sa, text, now, tell_peer=tell_peer)
+
+
+class XauthServer(Step):
+    kind = WorkKind.XAUTH
+    what = "XAUTH"
+
+    def __init__(self, rw: RoadWarrior, sa: IkeSa) -> None:
+        super().__init__(rw, sa)
+        self.user = ""
+        self.verdict_sent: bool | None = None
+
+    def start(self, now: float) -> None:
+        identifier = int.from_bytes(self.sa.ctx.random_bytes(2), "big")
+        self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_REQUEST, identifier, (
+            Attribute(A.XAUTH_TYPE, XauthType.GENERIC),
+            Attribute(A.XAUTH_USER_NAME, b""),
+            Attribute(A.XAUTH_USER_PASSWORD, b""),
+        )), now, self._reply)
+
+    def _reply(self, reply: AttributePayload, now: float) -> None:
+        values = {a.type: a.value for a in reply.attributes}
+        user, password = values.get(A.XAUTH_USER_NAME), values.get(A.XAUTH_USER_PASSWORD)
+        if not isinstance(user, bytes) or not isinstance(password, bytes):
+            self.fail("the client sent no user name and password", now)
+            return
+        if len(user) > MAX_XAUTH_FIELD or len(password) > MAX_XAUTH_FIELD:
+            self.fail("user name or password longer than 255 bytes", now)
+            return
+        self.user = user.decode("utf-8", "replace")
+        engine = self.rw.engine
+        if engine.config.xauth.radius:
+            request_id = self.rw.pending_check(self)
+            xauth = engine.config.xauth
+            self.timer = self.sa.schedule(
+                now + xauth.radius_timeout * max(xauth.radius_tries, 1) + 1.0,
+                lambda t: self.verdict(False, t))
+            engine.emit(XauthCheck(self.sa.ike_id, request_id, self.user, password))
+            return
+        self.verdict(check_password(engine.config.xauth_secret(self.user), password), now)
+
+    def verdict(self, ok: bool, now: float) -> None:
+        """Tell the client (draft-beaulieu-ike-xauth-02 section 4.1: CFG_SET with
+        XAUTH-STATUS, which it acknowledges)."""
+        if self.ended or self.verdict_sent is not None:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.verdict_sent = ok
+        sa = self.sa
+        if not ok:
+            sa.ctx.logs.log(log, logging.WARNING, "xauth-failed", now,
+                            "XAUTH authentication failed for user '%s'", printable(self.user),
+                            extra=sa.log_extra)
+        identifier = int.from_bytes(sa.ctx.random_bytes(2), "big")
+        self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_SET, identifier, (
+            Attribute(A.XAUTH_STATUS, XAUTH_OK if ok else XAUTH_FAIL),
+        )), now, lambda answer, t: self._finish(t))
+
+    def _finish(self, now: float) -> None:
+        if self.ended:
+            return
+        sa = self.sa
+        if not self.verdict_sent:
+            self.fail(f"XAUTH authentication failed for user '{printable(self.user)}'", now)
+            return
+        sa.xauth_user = self.user
+        log.info("XAUTH authentication of '%s' successful", printable(self.user),
+                 extra=sa.log_extra)
+        self.ended = True
+        sa.work.ended(self)
+        self.rw.engine.lifecycle.phase1_established(sa, now)
+        self.rw.engine.lifecycle.run_work(sa, now)
+
+    def on_request(self, request: AttributePayload, now: float) -> Answer | None:
+        if self.verdict_sent:
+            # The client starts the next exchange only once it has our status: our
+            # CFG_SET arrived, though its acknowledgement did not (yet).
+            for exchange in list(self.sa.exchanges.values()):
+                if isinstance(exchange, Transaction) and exchange.initiator:
+                    exchange.cancel()
+                    self.sa.end_exchange(exchange.message_id)
+            self._finish(now)
+            if self.sa.state is IkeState.DELETING:
+                return None
+            return self.rw.request(self.sa, request, now)
+        return super().on_request(request, now)
+
+
+def check_password(expected: bytes | None, received: bytes) -> bool:
+    """Constant time, also for an unknown user (compared with a dummy)."""
+    if expected is None:
+        hmac.compare_digest(received, received)
+        return False
+    return hmac.compare_digest(expected, received)
+
+
+class XauthClient(Step):
+    kind = WorkKind.XAUTH
+    what = "XAUTH"
+
+    def start(self, now: float) -> None:
+        self.wait(now, "the server's XAUTH request")
+
+    @property
+    def user(self) -> str:
+        conn = self.sa.conn
+        round_ = conn.local_xauth if conn is not None else None
+        return (round_.xauth_id or "") if round_ is not None else ""
+
+    def on_request(self, request: AttributePayload, now: float) -> Answer | None:
+        sa = self.sa
+        if request.cfg_type == ModeCfgType.ISAKMP_CFG_REQUEST:
+            asked = {a.type: a.value for a in request.attributes}
+            kind = asked.get(A.XAUTH_TYPE, XauthType.GENERIC)
+            if isinstance(kind, int) and kind != XauthType.GENERIC:
+                log.warning("the server asks for XAUTH type %s; answering with a password",
+                            XauthType(kind).name, extra=sa.log_extra)
+            password = self.rw.engine.config.xauth_secret(self.user)
+            if password is None:
+                self.fail(f"no password for user '{self.user}'", now)
+                return None
+            attributes = [Attribute(A.XAUTH_USER_NAME, self.user.encode()),
+                          Attribute(A.XAUTH_USER_PASSWORD, password)]
+            if A.XAUTH_TYPE in asked:
+                attributes.insert(0, Attribute(A.XAUTH_TYPE, XauthType.GENERIC))
+            return Answer(AttributePayload(ModeCfgType.ISAKMP_CFG_REPLY, request.identifier,
+                                           tuple(attributes)))
+        status = next((a.int_value() for a in request.attributes
+                       if a.type == A.XAUTH_STATUS), None)
+        if status is None:
+            return super().on_request(request, now)
+        ack = AttributePayload(ModeCfgType.ISAKMP_CFG_ACK, request.identifier,
+                               (Attribute(A.XAUTH_STATUS, b""),))
+        return Answer(ack, lambda t: self._status(status == XAUTH_OK, t))
+
+    def _status(self, ok: bool, now: float) -> None:
+        if self.ended:
+            return
+        sa = self.sa
+        if not ok:
+            # The server deletes the SA (draft-beaulieu-ike-xauth-02 section 4.1).
+            self.fail(f"XAUTH authentication failed for user '{self.user}': the server "
+                      "refused it", now, tell_peer=False)
+            return
+        sa.xauth_user = self.user
+        log.info("XAUTH authentication of '%s' (myself) successful", self.user,
+                 extra=sa.log_extra)
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+        sa.work.ended(self)
+        self.rw.engine.lifecycle.phase1_established(sa, now)
+        self.rw.engine.lifecycle.run_work(sa, now)
+
+
+class ModeConfigServer(Step):
+    kind = WorkKind.MODE_CONFIG
+    what = "Mode Config"
+
+    def __init__(self, rw: RoadWarrior, sa: IkeSa, push: bool) -> None:
+        super().__init__(rw, sa)
+        self.push = push
+
+    def start(self, now: float) -> None:
+        if not self.push:
+            self.wait(now, "the client's Mode Config request")
+            return
+        attributes = self.rw.lease(self.sa, None, None, now)
+        if attributes is None:
+            self.fail("no address left to push", now)
+            return
+        identifier = int.from_bytes(self.sa.ctx.random_bytes(2), "big")
+        self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_SET, identifier, tuple(attributes)),
+                  now, lambda answer, t: self.done(t))
+
+    def on_request(self, request: AttributePayload, now: float) -> Answer | None:
+        if self.push or request.cfg_type != ModeCfgType.ISAKMP_CFG_REQUEST:
+            return super().on_request(request, now)
+        family, wanted = requested_address(request)
+        attributes = self.rw.lease(self.sa, family, wanted, now)
+        reply = AttributePayload(ModeCfgType.ISAKMP_CFG_REPLY, request.identifier,
+                                 tuple(attributes or ()))
+        if attributes is None:
+            # The answer says "no address"; then the SA goes, as the client cannot
+            # use it (draft-dukes section 3.2 has no error code for this).
+            return Answer(reply, lambda t: self.fail("no address left in the pools", t))
+        return Answer(reply, self.done)
+
+
+def requested_address(request: AttributePayload) -> tuple[int | None, IPAddress | None]:
+    """(the address family the client asks for, the address it would like)."""
+    for attribute in request.attributes:
+        value = attribute.value
+        if attribute.type == A.INTERNAL_IP4_ADDRESS:
+            wanted = (ipaddress.IPv4Address(value) if isinstance(value, bytes)
+                      and len(value) == 4 and any(value) else None)
+            return 4, wanted
+        if attribute.type == A.INTERNAL_IP6_ADDRESS:
+            wanted6 = (ipaddress.IPv6Address(value[:16]) if isinstance(value, bytes)
+                       and len(value) in (16, 17) and any(value[:16]) else None)
+            return 6, wanted6
+    return None, None
+
+
+class ModeConfigClient(Step):
+    kind = WorkKind.MODE_CONFIG
+    what = "Mode Config"
+
+    def __init__(self, rw: RoadWarrior, sa: IkeSa, push: bool) -> None:
+        super().__init__(rw, sa)
+        self.push = push
+
+    def start(self, now: float) -> None:
+        if self.push:
+            self.wait(now, "the server's Mode Config push")
+            return
+        sa = self.sa
+        attributes: list[Attribute] = []
+        for vip in self.vips():
+            if vip.version == 4:
+                attributes += [Attribute(A.INTERNAL_IP4_ADDRESS,
+                                         b"" if vip.is_unspecified else vip.packed),
+                               Attribute(A.INTERNAL_IP4_DNS, b"")]
+            else:
+                attributes += [Attribute(A.INTERNAL_IP6_ADDRESS,
+                                         b"" if vip.is_unspecified else _address_bytes(vip)),
+                               Attribute(A.INTERNAL_IP6_DNS, b"")]
+        identifier = int.from_bytes(sa.ctx.random_bytes(2), "big")
+        self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_REQUEST, identifier,
+                                   tuple(attributes)), now,
+                  lambda reply, t: self.apply(reply, t))
+
+    def vips(self) -> list[IPAddress]:
+        """The addresses to ask for: the configured ones, where the renewed SA had
+        an address of that family, that one again."""
+        conn = self.sa.conn
+        out = [ipaddress.ip_address(v) for v in (conn.vips if conn is not None else ())]
+        previous = self.sa.previous_vip
+        return [previous if previous is not None and previous.version == v.version
+                and v.is_unspecified else v for v in out]
+
+    def on_request(self, request: AttributePayload, now: float) -> Answer | None:
+        if not self.push or request.cfg_type != ModeCfgType.ISAKMP_CFG_SET:
+            return super().on_request(request, now)
+        received = read_config(request.attributes)
+        ack = AttributePayload(ModeCfgType.ISAKMP_CFG_ACK, request.identifier,
+                               tuple(Attribute(k, b"") for k in received.accepted))
+        return Answer(ack, lambda t: self.apply(request, t))
+
+    def apply(self, payload: AttributePayload, now: float) -> None:
+        sa = self.sa
+        received = read_config(payload.attributes)
+        self.rw.note_odd_attributes(sa, received, now)
+        if not received.addresses:
+            self.fail("the server assigned no virtual IP", now)
+            return
+        address = received.addresses[0]
+        sa.local_vip = address
+        sa.vip_dns = tuple(received.dns)
+        sa.vip_split = tuple(received.split)
+        log.info("virtual IP %s assigned%s%s", address,
+                 f", DNS {', '.join(map(str, received.dns))}" if received.dns else "",
+                 f", split networks {', '.join(map(str, received.split))}"
+                 if received.split else "", extra=sa.log_extra)
+        previous = sa.previous_vip
+        sa.previous_vip = None
+        engine = self.rw.engine
+        if previous is not None and previous != address:
+            engine.emit(VirtualIpReleased(sa.name, sa.ike_id, previous))
+        engine.emit(VirtualIpAssigned(sa.name, sa.ike_id, address, sa.vip_dns, sa.vip_split))
+        self.done(now)
+
+
+# -- the engine part ------------------------------------------------------------------
+
+
+class RoadWarrior:
+    """Queues and runs the XAUTH and Mode Config steps of the engine's SAs."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._checks: dict[int, XauthServer] = {}
+        self._check_ids = itertools.count(1)
+
+    def wait_budget(self) -> float:
+        """As long as our own retransmissions would try: the peer retries as much."""
+        daemon = self.engine.config.daemon
+        return float(sum(daemon.retransmit_timeout * 2.0 ** n
+                         for n in range(max(daemon.retransmit_tries, 1))))
+
+    def authenticated(self, sa: IkeSa) -> bool:
+        """Main Mode is done: queue what the connection asks for; True if XAUTH
+        comes first (the SA is established only after it)."""
+        conn = sa.conn
+        client = xauth_client(sa)
+        if client is not None:
+            sa.work.add(XauthWork(server=not client))
+        if conn is not None and conn.vips:
+            sa.work.add(ModeConfigWork(server=False, push=conn.modecfg is ModeCfg.PUSH))
+        elif conn is not None and conn.pools:
+            sa.work.add(ModeConfigWork(server=True, push=conn.modecfg is ModeCfg.PUSH))
+        return client is not None
+
+    def run(self, sa: IkeSa, work: object, now: float) -> None:
+        step: Step
+        if isinstance(work, XauthWork):
+            step = XauthServer(self, sa) if work.server else XauthClient(self, sa)
+        elif isinstance(work, ModeConfigWork):
+            step = (ModeConfigServer(self, sa, work.push) if work.server
+                    else ModeConfigClient(self, sa, work.push))
+        else:
+            return
+        sa.work.running = step
+        step.start(now)
+
+    def request(self, sa: IkeSa, request: AttributePayload, now: float) -> Answer | None:
+        """A Transaction request of the peer's: the running step answers it."""
+        running = sa.work.running
+        if isinstance(running, Step):
+            return running.on_request(request, now)
+        if request.cfg_type == ModeCfgType.ISAKMP_CFG_REQUEST and sa.lease is not None:
+            # A repeated pull after the lease was given: the same lease again.
+            family, wanted = requested_address(request)
+            attributes = self.lease(sa, family, wanted, now)
+            return Answer(AttributePayload(ModeCfgType.ISAKMP_CFG_REPLY, request.identifier,
+                                           tuple(attributes or ())))
+        self.unexpected(sa, request, now)
+        if request.cfg_type == ModeCfgType.ISAKMP_CFG_REQUEST:
+            # Nothing to give: say so at once rather than let the peer retry.
+            return Answer(AttributePayload(ModeCfgType.ISAKMP_CFG_REPLY, request.identifier, ()))
+        return None
+
+    def unexpected(self, sa: IkeSa, request: AttributePayload, now: float) -> None:
+        sa.ctx.logs.log(log, logging.INFO, "tx-unexpected", now,
+                        "ignoring %s from the peer: nothing of ours expects it",
+                        cfg_name(request.cfg_type), extra=sa.log_extra)
+
+    def note_odd_attributes(self, sa: IkeSa, received: ReceivedConfig, now: float) -> None:
+        if received.unknown:
+            sa.ctx.logs.log(log, logging.INFO, "modecfg-unknown", now,
+                            "ignoring Mode Config attributes %s",
+                            ", ".join(ModeCfgAttr(k).name for k in received.unknown[:8]),
+                            extra=sa.log_extra)
+        if received.malformed:
+            sa.ctx.logs.log(log, logging.INFO, "modecfg-malformed", now,
+                            "ignoring malformed Mode Config attributes %s",
+                            ", ".join(ModeCfgAttr(k).name for k in received.malformed[:8]),
+                            extra=sa.log_extra)
+
+    # -- pools -------------------------------------------------------------------------
+
+    def owner(self, sa: IkeSa) -> Owner:
+        return (sa.local_id, sa.remote_id, sa.xauth_user or "")
+
+    def lease(self, sa: IkeSa, family: int | None, wanted: IPAddress | None,
+              now: float) -> list[Attribute] | None:
+        """An address for the peer from the connection's pools (its own lease again
+        if it has one) and the attributes that announce it; None if exhausted."""
+        conn = sa.conn
+        if conn is None:
+            return None
+        pools = [self.engine.pools[name] for name in conn.pools if name in self.engine.pools]
+        if family is not None and any(p.version == family for p in pools):
+            pools = [p for p in pools if p.version == family]
+        if sa.lease is not None:
+            held = self.engine.pools.get(sa.lease[0])
+            pools = [held] if held is not None else []
+        owner = self.owner(sa)
+        for pool in pools:
+            address = (sa.remote_vip if sa.lease is not None and sa.lease[0] == pool.name
+                       else pool.acquire(owner, wanted))
+            if address is None:
+                continue
+            if sa.lease is None:
+                sa.lease = (pool.name, owner)
+                sa.remote_vip = address
+                sa.vip_dns = pool.config.dns
+                sa.vip_split = pool.config.split_include
+                log.info("assigned virtual IP %s from pool %s to %s%s", address, pool.name,
+                         sa.remote_id, f" (user '{printable(sa.xauth_user)}')"
+                         if sa.xauth_user else "", extra=sa.log_extra)
+            return self._announce(address, pool.config.prefix, pool.config.dns,
+                                  pool.config.split_include)
+        names = ", ".join(p.name for p in pools) or ", ".join(conn.pools) or "(none)"
+        sa.ctx.logs.log(log, logging.WARNING, "pool-exhausted", now,
+                        "no address for %s: pool %s exhausted", sa.remote_id, names,
+                        extra=sa.log_extra)
+        return None
+
+    @staticmethod
+    def _announce(address: IPAddress, prefix: int, dns: Iterable[IPAddress],
+                  split: tuple[Network, ...]) -> list[Attribute]:
+        out: list[Attribute] = []
+        if address.version == 4:
+            out += [Attribute(A.INTERNAL_IP4_ADDRESS, address.packed),
+                    Attribute(A.INTERNAL_IP4_NETMASK, _netmask(prefix))]
+        else:
+            out.append(Attribute(A.INTERNAL_IP6_ADDRESS, _address_bytes(address, prefix)))
+        for server in dns:
+            out.append(Attribute(A.INTERNAL_IP4_DNS if server.version == 4
+                                 else A.INTERNAL_IP6_DNS, server.packed))
+        out += [_subnet(net) for net in split]
+        unity = _unity_split(split)
+        if unity is not None:
+            out.append(unity)
+        return out
+
+    # -- XAUTH with an outside check (RADIUS) ------------------------------------------
+
+    def pending_check(self, step: XauthServer) -> int:
+        request_id = next(self._check_ids)
+        self._checks[request_id] = step
+        return request_id
+
+    def xauth_result(self, request_id: int, ok: bool, now: float) -> None:
+        step = self._checks.pop(request_id, None)
+        if step is None or step.sa.state is IkeState.DELETING or step.ended:
+            return
+        step.verdict(ok, now)
+
+    # -- the end of an SA ----------------------------------------------------------------
+
+    def fail(self, sa: IkeSa, reason: str, now: float, *, tell_peer: bool = True) -> None:
+        """XAUTH or Mode Config failed: the ISAKMP SA goes, with a Delete."""
+        if sa.state is IkeState.DELETING:
+            return
+        sa.ctx.logs.log(log, logging.WARNING, "rw-failed", now, "%s", reason,
+                        extra=sa.log_extra)
+        deletion = self.engine.deletion
+        if not tell_peer:
+            pass
+        elif not sa.usable:
+            # Not established yet, so Deletion would not tell the peer; it has
+            # keys, though, and should hear that this SA is gone (RFC 2408 3.15).
+            sa.send_informational([DeletePayload(protocol_id=ProtocolId.ISAKMP,
+                                                 spis=(sa.cky_i + sa.cky_r,))])
+        elif sa.initiator:
+            self.engine.emit(ConnectionFailed(sa.name, None, reason))
+        deletion.delete_sa(sa, reason, send=tell_peer)
+
+    def dropped(self, sa: IkeSa) -> None:
+        """The SA is gone: its lease goes offline, its virtual IP is released."""
+        for request_id in [k for k, v in self._checks.items() if v.sa is sa]:
+            del self._checks[request_id]
+        if sa.lease is not None:
+            pool = self.engine.pools.get(sa.lease[0])
+            if pool is not None:
+                pool.release(sa.lease[1])
+            sa.lease = None
+        address = sa.local_vip or sa.previous_vip
+        if address is not None:
+            sa.local_vip = sa.previous_vip = None
+            self.engine.emit(VirtualIpReleased(sa.name, sa.ike_id, address))
+
+    @staticmethod
+    def hand_over(old: IkeSa, new: IkeSa) -> None:
+        """A renewed ISAKMP SA keeps its predecessor's virtual IP (it asks for it again)."""
+        address = old.local_vip or old.previous_vip
+        if address is not None and new.local_vip is None:
+            new.previous_vip = address
+            old.local_vip = old.previous_vip = None
