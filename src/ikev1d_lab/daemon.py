@@ -169,6 +169,7 @@ def roadwarrior_server_toml(
     split_include: Sequence[str] = (),
     modecfg: str = "pull",
     xauth_users: Mapping[str, str] | None = None,
+    radius: tuple[str, str] | None = None,
     child: str = "net",
     encap: bool = False,
     dataplane: str = "userspace",
@@ -178,13 +179,19 @@ def roadwarrior_server_toml(
     """TOML for an ikev1d Mode Config (and XAUTH) server: any peer with the group
     ``psk``, addresses from pool ``{name}`` (``addrs``, ``dns``, ``split_include``),
     the child's ``remote_ts`` left out (the client's virtual IP); with ``xauth_users``
-    (name -> password) a ``remote_xauth`` round and their passwords."""
+    (name -> password) a ``remote_xauth`` round and their passwords; with ``radius``
+    ("ADDRESS:PORT", shared secret) a ``remote_xauth`` round checked by that server."""
     lts = [local_ts] if isinstance(local_ts, str) else list(local_ts)
-    xauth = f"\n[connections.{name}.remote_xauth]\nauth = \"xauth\"\n" if xauth_users else ""
+    xauth = (f"\n[connections.{name}.remote_xauth]\nauth = \"xauth\"\n"
+             if xauth_users or radius else "")
     users = "".join(
         f"\n[secrets.{name}-user{n}]\ntype = \"xauth\"\nids = [{json.dumps(user)}]\n"
         f"secret = {json.dumps(password)}\n"
         for n, (user, password) in enumerate((xauth_users or {}).items()))
+    if radius is not None:
+        users += (f"\n[secrets.{name}-radius]\ntype = \"radius\"\n"
+                  f"secret = {json.dumps(radius[1])}\n\n"
+                  f"[xauth]\nradius = {json.dumps(radius[0])}\nradius_timeout = \"1s\"\n")
     return f"""\
 [daemon]
 listen = [{json.dumps(local_addr)}]
