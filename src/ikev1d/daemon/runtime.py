@@ -711,10 +711,8 @@ class Daemon:
         """Mode Config gave us an address: onto the data plane, before the Quick Modes
         that follow it install their IPsec SAs (the engine runs Mode Config first)."""
         extra = {"conn": event.conn}
-        dns = ", ".join(map(str, event.dns)) or "none"
-        split = ", ".join(map(str, event.split)) or "none (the children's remote networks)"
-        log.info("virtual IP %s assigned (DNS servers: %s; split networks: %s)",
-                 event.address, dns, split, extra=extra)
+        # The engine logs the assignment with its DNS servers and split networks (INFO).
+        log.debug("event: virtual IP %s assigned", event.address, extra=extra)
         backend = self._backend
         if not isinstance(backend, CarriesVirtualIps):
             return
@@ -727,7 +725,7 @@ class Daemon:
             log.error("virtual IP %s not put on this host: %s", event.address, exc, extra=extra)
 
     def _on_virtual_ip_released(self, event: VirtualIpReleased) -> None:
-        log.info("virtual IP %s released", event.address, extra={"conn": event.conn})
+        log.debug("event: virtual IP %s released", event.address, extra={"conn": event.conn})
         backend = self._backend
         if not isinstance(backend, CarriesVirtualIps):
             return
