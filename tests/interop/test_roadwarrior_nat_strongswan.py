@@ -104,7 +104,7 @@ def server_sas(rig: Rig) -> list[dict[str, Any]]:
 
 def test_two_clients_behind_one_nat_with_one_group_id(rig: Rig) -> None:
     vips = {}
-    for user, (ns, charon) in rig.clients.items():
+    for user, (_, charon) in rig.clients.items():
         ok, out = charon.initiate("net", "home")
         assert ok, out + rig.server.log_text()[-3000:]
         (ike,) = charon.list_sas()
