@@ -44,11 +44,13 @@ from ikev1d.engine.exchanges.quick_mode import QuickMode
 from ikev1d.engine.ike_sa import IkeSa
 from ikev1d.wire import (
     Attribute,
+    AttributePayload,
     DeletePayload,
     ExchangeType,
     Flags,
     Header,
     IdPayload,
+    ModeCfgAttr,
     NotifyPayload,
     NotifyType,
     PayloadType,
@@ -65,11 +67,28 @@ B_ADDR = "192.0.2.2"
 MM = ExchangeType.IDENTITY_PROTECTION
 QM = ExchangeType.QUICK_MODE
 INFO = ExchangeType.INFORMATIONAL
+TX = ExchangeType.TRANSACTION
 
 
 def config_text(local: str, remote: str, local_ts: str, remote_ts: str, *,
                 esp: str = '["aes128gcm16", "aes128-sha256"]', encap: bool = False,
-                proposals: str = '["aes128-sha256-modp2048"]') -> str:
+                proposals: str = '["aes128-sha256-modp2048"]', role: str = "") -> str:
+    """``role``: "" for a site-to-site pair, "client" or "server" for a road warrior
+    with XAUTH and Mode Config (pull), the client's tunnel end its virtual IP."""
+    if role == "client":
+        local_ts = ""
+    elif role == "server":
+        remote_ts = ""
+    road = {
+        "": "",
+        "client": 'vips = ["0.0.0.0"]\n[connections.gw.local_xauth]\nauth = "xauth"\n'
+                  'xauth_id = "alice"\n',
+        "server": 'pools = ["p"]\n[connections.gw.remote_xauth]\nauth = "xauth"\n',
+    }[role]
+    tail = ("" if not role else
+            '[pools.p]\naddrs = "10.3.0.0/24"\ndns = ["10.2.0.53"]\n'
+            'split_include = ["10.2.0.0/24"]\n'
+            '[secrets.alice]\ntype = "xauth"\nids = ["alice"]\nsecret = "her password"\n')
     return f"""
 [daemon]
 dataplane = "none"
@@ -82,7 +101,7 @@ remote_addrs = ["{remote}"]
 proposals = {proposals}
 encap = {"true" if encap else "false"}
 dpd_delay = "30s"
-
+{road}
 [connections.gw.local]
 auth = "psk"
 id = "{local}"
@@ -92,14 +111,14 @@ auth = "psk"
 id = "{remote}"
 
 [connections.gw.children.net]
-local_ts = ["{local_ts}"]
-remote_ts = ["{remote_ts}"]
+local_ts = [{f'"{local_ts}"' if local_ts else ""}]
+remote_ts = [{f'"{remote_ts}"' if remote_ts else ""}]
 esp_proposals = {esp}
 
 [secrets.gw]
 secret = "a very long shared secret for tests"
 ids = ["{remote}"]
-"""
+{tail}"""
 
 
 # --- real exchanges, recorded and replayed -------------------------------------------
@@ -113,6 +132,8 @@ class Scenario:
     esp: str = '["aes128gcm16", "aes128-sha256"]'
     encap: bool = False
     proposals: str = '["aes128-sha256-modp2048"]'
+    roadwarrior: bool = False
+    """A is an XAUTH and Mode Config client of B: Transaction exchanges too."""
 
 
 SCENARIOS = (
@@ -120,6 +141,7 @@ SCENARIOS = (
     Scenario("b-initiates", "b"),
     Scenario("pfs-nat-t", "a", esp='["aes128-sha256-modp2048"]', encap=True),
     Scenario("3des-sha1", "b", proposals='["3des-sha1-modp1024"]', esp='["3des-sha1"]'),
+    Scenario("road-warrior", "a", roadwarrior=True),
 )
 
 
@@ -129,11 +151,14 @@ class Pair:
     def __init__(self, scenario: Scenario) -> None:
         self.now = 1000.0
         kw = {"esp": scenario.esp, "encap": scenario.encap, "proposals": scenario.proposals}
+        roles = ("client", "server") if scenario.roadwarrior else ("", "")
         self.engines = {
             "a": Engine(parse_config(config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24",
+                                                 role=roles[0],
                                                  **kw)),  # type: ignore[arg-type]
                         random_bytes=random.Random(1).randbytes),
             "b": Engine(parse_config(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24",
+                                                 role=roles[1],
                                                  **kw)),  # type: ignore[arg-type]
                         random_bytes=random.Random(2).randbytes),
         }
@@ -389,6 +414,23 @@ def mutate_structure(rng: random.Random, ptype: int, body: bytes,
                 d, protocol_id=rng.choice((1, 2, 3, 4, 0, 255)),
                 spis=chosen or (rand_bytes(rng, 16),))
             return d.encode_body()
+        if ptype == PayloadType.ATTRIBUTE:
+            a = AttributePayload.decode_body(body)
+            attributes = list(a.attributes)
+            pick = rng.random()
+            if pick < 0.3 and attributes:
+                attributes[rng.randrange(len(attributes))] = mutate_attribute(
+                    rng, rng.choice(attributes))
+            elif pick < 0.6:
+                # Mode Config and XAUTH types with values of any length and form.
+                kind = rng.choice([*map(int, ModeCfgAttr), rand_int(rng, 15)])
+                attributes.append(Attribute(kind, rng.choice(
+                    (rand_bytes(rng, 20), rand_int(rng, 16), b"", bytes(4), bytes(17)))))
+            elif pick < 0.8:
+                a = dataclasses.replace(a, cfg_type=rng.choice((0, 1, 2, 3, 4, 5, 255)))
+            else:
+                a = dataclasses.replace(a, identifier=rand_int(rng, 16))
+            return dataclasses.replace(a, attributes=tuple(attributes)).encode_body()
     except (WireError, ValueError, OverflowError):
         return None
     return None
@@ -401,7 +443,7 @@ def mutate_chain(rng: random.Random, chain: Chain, spis: list[bytes],
         pick = rng.random()
         if chain and pick < 0.4:
             # Mostly the payloads the handlers interpret most: SA, ID, Notify, Delete.
-            rich = [i for i, (t, _b) in enumerate(chain) if t in (1, 5, 11, 12)]
+            rich = [i for i, (t, _b) in enumerate(chain) if t in (1, 5, 11, 12, 14)]
             i = rng.choice(rich) if rich and rng.random() < 0.7 else rng.randrange(len(chain))
             ptype, body = chain[i]
             new = mutate_structure(rng, ptype, body, spis)
@@ -487,7 +529,9 @@ def seal(rng: random.Random, sa: IkeSa, header: Header, chain: Chain,
         rest = encode_chain(chain[1:])
         expected: bytes | None = None
         exchange = sa.exchanges.get(mid)
-        if header.exchange_type == INFO:
+        if header.exchange_type in (INFO, TX):
+            # draft-dukes-ike-mode-cfg-02 section 3.2: the Transaction's HASH is
+            # built like the Informational's.
             expected = informational_hash(prf, skeyid_a, mid, rest)
         elif header.exchange_type == QM and exchange is None:
             expected = qm_hash1(prf, skeyid_a, mid, rest)
@@ -562,7 +606,8 @@ class Fuzzer:
         number = sum(1 for s, d in trace[:index]
                      if split_message(d.data)[0].message_id == header.message_id
                      and split_message(d.data)[0].exchange_type == header.exchange_type) + 1
-        kind = {int(MM): "MM", int(QM): "QM", int(INFO): "INFO"}.get(header.exchange_type, "?")
+        kind = {int(MM): "MM", int(QM): "QM", int(INFO): "INFO",
+                int(TX): "TX"}.get(header.exchange_type, "?")
         receiver = "b" if sender == "a" else "a"
         return f"{kind}{number}->{receiver}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from ikev1d import cli
 from ikev1d.cli import build_parser, format_status, main
 from ikev1d.daemon.control import Response
-from ikev1d.status import StatusDocument
+from ikev1d.status import PoolStatus, StatusDocument
 from tests.unit.daemon._fakes import running_daemon
 
 SPEC_STATUS = {"ike_sas": [{
@@ -305,3 +306,14 @@ def test_control_commands_against_a_daemon(capsys: pytest.CaptureFixture[str]) -
             assert "reloaded" in capsys.readouterr().out
 
     asyncio.run(body())
+
+
+def test_status_table_shows_virtual_ips_and_pools() -> None:
+    (ike,) = StatusDocument.from_json(SPEC_STATUS).ike_sas
+    with_vip = replace(ike, virtual_ip="10.3.0.7", dns=("10.2.0.53",),
+                       split_include=(ipaddress.ip_network("10.2.0.0/16"),))
+    pool = PoolStatus(name="clients", addrs="10.3.0.0/24", size=254, online=1, offline=2)
+    lines = format_status(StatusDocument((with_vip,), (pool,))).splitlines()
+    assert "  virtual IP 10.3.0.7, DNS 10.2.0.53, split 10.2.0.0/16" in lines
+    assert lines[-1] == "pool clients: 10.3.0.0/24, 254 addresses, 1 online, 2 offline"
+    assert format_status(StatusDocument((), (pool,))).splitlines()[0] == "no SAs"

@@ -285,3 +285,29 @@ def test_the_types_are_frozen_and_counters_default_to_zero() -> None:
     assert IkeSaStatus.from_json(ike.to_json()) == ike
     with pytest.raises(AttributeError):
         ike.state = "DELETING"  # type: ignore[misc]
+
+
+def test_virtual_ip_details_and_pools_read_and_write_back() -> None:
+    document = copy.deepcopy(DOCUMENTED)
+    ike_sa = document["ike_sas"][0]
+    members = list(ike_sa.items())
+    at = [k for k, _ in members].index("virtual_ip") + 1
+    ike_sa.clear()
+    ike_sa.update(members[:at])
+    ike_sa["virtual_ip"] = "10.3.0.7"
+    ike_sa["dns"] = ["10.2.0.53"]
+    ike_sa["split_include"] = ["10.2.0.0/16"]
+    ike_sa.update(members[at:])
+    document["pools"] = [{"name": "clients", "addrs": "10.3.0.0/24", "size": 254,
+                          "online": 1, "offline": 2}]
+    parsed = StatusDocument.from_json(document)
+    assert parsed.ike_sas[0].dns == ("10.2.0.53",)
+    assert parsed.pools[0].offline == 2
+    assert parsed.to_json() == document
+    assert list(parsed.to_json()) == ["ike_sas", "pools"]
+    keys = list(parsed.to_json()["ike_sas"][0])
+    assert keys[keys.index("virtual_ip"):keys.index("virtual_ip") + 4] == [
+        "virtual_ip", "dns", "split_include", "children"]
+    document["ike_sas"][0]["dns"] = ["not an address"]
+    with pytest.raises(StatusFormatError, match=r"ike_sas\[0\]\.dns\[0\]"):
+        StatusDocument.from_json(document)

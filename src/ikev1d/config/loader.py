@@ -490,10 +490,13 @@ def _connection_xauth(
     if rounds["local_xauth"] is not None and rounds["remote_xauth"] is not None:
         raise ld.error(f"{path}.remote_xauth", "a connection is either XAUTH client "
                        "(local_xauth) or server (remote_xauth), not both")
-    if (rounds["local_xauth"] or rounds["remote_xauth"]) and local.auth not in (
-            Auth.PSK, Auth.PUBKEY):
+    xauth = rounds["local_xauth"] or rounds["remote_xauth"]
+    if xauth and (local.auth not in (Auth.PSK, Auth.PUBKEY) or (
+            local.auth is Auth.PUBKEY
+            and not isinstance(local.credentials.private_key, rsa.RSAPrivateKey))):
         raise ld.error(f"{path}.local.auth", "XAUTH follows a Phase 1 with auth = \"psk\" "
-                       "or \"pubkey\" (RSA), the methods it has variants of")
+                       "or \"pubkey\" with an RSA key, the methods it has variants of "
+                       "(draft-beaulieu-ike-xauth-02 section 7.2; none for ECDSA)")
     return rounds["local_xauth"], rounds["remote_xauth"]
 
 

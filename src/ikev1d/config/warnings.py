@@ -16,6 +16,7 @@ from .model import (
     ConnectionConfig,
     DpdAction,
     IpsecMode,
+    ModeCfg,
     SecretType,
 )
 
@@ -107,6 +108,12 @@ def _connection_warnings(cfg: Config, conn: ConnectionConfig) -> list[str]:
     if not conn.children:
         out.append(f"{src}: {path}.children: no children: Phase 1 only, no traffic "
                    "will be protected")
+    if conn.modecfg is ModeCfg.PUSH and not conn.vips and not conn.pools:
+        out.append(f"{src}: {path}.modecfg: \"push\" has no effect without vips (client) "
+                   "or pools (server)")
+    if conn.pools and conn.children and all(c.remote_ts for c in conn.children.values()):
+        out.append(f"{src}: {path}.pools: every child sets remote_ts, so no tunnel uses "
+                   "the leased address; omit remote_ts to make it the client's virtual IP")
     for child in conn.children.values():
         out += _child_warnings(src, conn, child, f"{path}.children.{child.name}")
     return out

@@ -220,7 +220,10 @@ class Lifecycle:
         child = conn.children.get(child_name)
         if child is None:
             return
-        local_nets, remote_nets = child.traffic_selectors(sa.local[0], sa.remote[0])
+        # With Mode Config, a dynamic end is the virtual IP (the client's own is
+        # filled in by run_work once Mode Config has run).
+        local_nets, remote_nets = child.traffic_selectors(
+            str(sa.local_vip or sa.local[0]), str(sa.remote_vip or sa.remote[0]))
         for local_ts in local_nets:
             for remote_ts in remote_nets:
                 sa.work.add(QuickModeWork(child, local_ts, remote_ts))

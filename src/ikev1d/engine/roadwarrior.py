@@ -409,10 +409,8 @@ class ModeConfigServer(Step):
         if not self.push:
             self.wait(now, "the client's Mode Config request")
             return
-        attributes = self.rw.lease(self.sa, None, None, now)
-        if attributes is None:
-            self.fail("no address left to push", now)
-            return
+        # Exhausted: a CFG_SET without an address, as for a pull (see on_request).
+        attributes = self.rw.lease(self.sa, None, None, now) or []
         identifier = int.from_bytes(self.sa.ctx.random_bytes(2), "big")
         self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_SET, identifier, tuple(attributes)),
                   now, lambda answer, t: self.done(t))
@@ -424,10 +422,11 @@ class ModeConfigServer(Step):
         attributes = self.rw.lease(self.sa, family, wanted, now)
         reply = AttributePayload(ModeCfgType.ISAKMP_CFG_REPLY, request.identifier,
                                  tuple(attributes or ()))
-        if attributes is None:
-            # The answer says "no address"; then the SA goes, as the client cannot
-            # use it (draft-dukes section 3.2 has no error code for this).
-            return Answer(reply, lambda t: self.fail("no address left in the pools", t))
+        # Exhausted: the answer carries no address (draft-dukes section 3.2 has no
+        # error code for it), as strongSwan's does. The client gives up, or its
+        # Quick Modes find no tunnel: without a lease a child with a dynamic
+        # remote_ts matches nothing. Deleting the SA instead makes clients such
+        # as strongSwan initiate again at once, and again.
         return Answer(reply, self.done)
 
 

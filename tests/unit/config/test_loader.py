@@ -1174,3 +1174,13 @@ def test_road_warrior_errors(text: str, key: str, reason: str) -> None:
 def test_a_24_pool_hands_out_neither_network_nor_broadcast_address() -> None:
     pool = load(RW.replace('"10.3.0.10-10.3.0.12"', '"10.3.0.0/24"')).pools["clients"]
     assert (str(pool.first), str(pool.last), pool.prefix) == ("10.3.0.1", "10.3.0.254", 24)
+
+
+def test_road_warrior_warnings() -> None:
+    push_alone = (C + "modecfg = 'push'\n[secrets.s]\n"
+                  "secret = 'a long random string, long enough'\nids = ['192.0.2.2']\n")
+    assert any("modecfg: \"push\" has no effect" in w for w in config_warnings(load(push_alone)))
+    fixed = RW.replace('local_ts = ["10.2.0.0/16"]',
+                       'local_ts = ["10.2.0.0/16"]\nremote_ts = ["10.9.0.0/16"]')
+    assert any("no tunnel uses the leased address" in w for w in config_warnings(load(fixed)))
+    assert not any("leased address" in w for w in config_warnings(load(RW)))

@@ -23,7 +23,8 @@ def test_fuzz_slice_leaves_nothing_and_raises_nothing() -> None:
     assert result.cases == CASES
     # Every message of Main Mode, Quick Mode and Informational, received by each side.
     labels = {label.split("->")[0] for label in result.targets}
-    assert {"MM1", "MM2", "MM3", "MM4", "MM5", "MM6", "QM1", "QM2", "QM3", "INFO1"} <= labels
+    assert {"MM1", "MM2", "MM3", "MM4", "MM5", "MM6", "QM1", "QM2", "QM3", "INFO1",
+            "TX1", "TX2"} <= labels
     assert {label.split("->")[1] for label in result.targets} == {"a", "b"}
     # 100 mutants, a handshake and a shutdown per batch: the log stays small.
     assert result.max_lines_per_batch <= 100

@@ -310,6 +310,7 @@ def test_xauth_then_mode_config_then_quick_mode(caplog: pytest.LogCaptureFixture
     (s_sa,) = server.sas()
     assert c_sa.xauth_user == "alice" and s_sa.xauth_user == "alice"
     assert c_sa.auth_method == 65001 and s_sa.auth_method == 65001  # XAUTHInitPreShared
+    assert server.engine.status(w.now).ike_sas[0].auth == "psk+xauth"
     assert vip_of(client) == "10.3.0.1"
     assert client.of(ChildSaEstablished) and server.of(ChildSaEstablished)
     # ESTABLISHED is logged once, after XAUTH, on both sides.
@@ -563,3 +564,25 @@ def test_a_client_that_is_deleted_by_the_peer_releases_its_address() -> None:
     w.pump()
     client = w.nodes["192.0.2.10"]
     assert client.of(IkeSaDeleted) and len(client.of(VirtualIpReleased)) == 1
+
+
+@pytest.mark.parametrize("xauth", [False, True])
+def test_phase1_renewal_keeps_the_virtual_ip(xauth: bool) -> None:
+    client = client_config("192.0.2.10", user="alice" if xauth else None,
+                           password="alice's password").replace(
+        'dpd_delay = "0s"', 'dpd_delay = "0s"\nrekey_time = "10m"')
+    w = world(server_config(xauth=xauth), ("192.0.2.10", client))
+    w.up("192.0.2.10")
+    node, server = w.nodes["192.0.2.10"], w.nodes[SERVER]
+    (first,) = node.sas()
+    w.advance(700)
+    (renewed,) = node.sas()
+    assert renewed is not first and renewed.local_vip == ipaddress.ip_address("10.3.0.1")
+    # Assigned again for the new ISAKMP SA, never released in between.
+    assert [str(e.address) for e in node.of(VirtualIpAssigned)] == ["10.3.0.1", "10.3.0.1"]
+    assert [e.ike_id for e in node.of(VirtualIpAssigned)] == [first.ike_id, renewed.ike_id]
+    assert not node.of(VirtualIpReleased)
+    assert renewed.children and server.sas()[0].children
+    pools = server.engine.status(w.now).to_json()["pools"]
+    assert (pools[0]["online"], pools[0]["offline"]) == (1, 0)
+    assert len(server.sas()) == 1 and server.sas()[0].remote_vip == renewed.local_vip

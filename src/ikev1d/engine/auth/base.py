@@ -288,7 +288,13 @@ class Registry:
         return cls(sa, material, method.xauth)
 
     def names(self) -> Mapping[int, str]:
-        return {method: cls.name for method, cls in self._by_method.items()}
+        """How logs and the status name each wire method; an XAUTH variant as its
+        base method with "+xauth" (the role follows from who initiated)."""
+        names = {method: cls.name for method, cls in self._by_method.items()}
+        for wire, (base, _role) in _XAUTH_METHODS.items():
+            if base in names:
+                names[int(wire)] = f"{names[base]}+xauth"
+        return names
 
 
 # -- identities: the only places Phase 1 turns configured IDs into payloads and back --

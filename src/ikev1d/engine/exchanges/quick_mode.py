@@ -587,6 +587,8 @@ class QuickMode(Exchange):
         local_addr = str(sa.local_vip) if sa.local_vip is not None else sa.local[0]
         remote_addr = str(sa.remote_vip) if sa.remote_vip is not None else sa.remote[0]
         for child in conn.children.values():
+            if conn.pools and sa.remote_vip is None and not child.remote_ts:
+                continue  # the peer's end is the address it did not get from a pool
             local_nets, remote_nets = child.traffic_selectors(local_addr, remote_addr)
             if local_net in local_nets and remote_net in remote_nets:
                 return child

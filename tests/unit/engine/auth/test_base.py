@@ -60,7 +60,11 @@ def test_pre_shared_keys_and_signatures_are_the_methods_accepted() -> None:
                                 AuthMethod.ECDSA_384: "pubkey-ecdsa",
                                 AuthMethod.ECDSA_521: "pubkey-ecdsa",
                                 AuthMethod.RSA_ENC: "rsa-encryption",
-                                AuthMethod.RSA_REV_ENC: "rsa-encryption-revised"}
+                                AuthMethod.RSA_REV_ENC: "rsa-encryption-revised",
+                                AuthMethod.XAUTH_INIT_PSK: "psk+xauth",
+                                AuthMethod.XAUTH_RESP_PSK: "psk+xauth",
+                                AuthMethod.XAUTH_INIT_RSA: "pubkey-rsa+xauth",
+                                AuthMethod.XAUTH_RESP_RSA: "pubkey-rsa+xauth"}
     assert REGISTRY.for_config("psk") is PskAuthenticator
     assert REGISTRY.for_config("pubkey") is RsaSignatureAuthenticator
     assert REGISTRY.for_config("rsa-encryption") is RsaEncryptionAuthenticator

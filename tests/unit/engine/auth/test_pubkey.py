@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from ikev1d.config import Identity, parse_config
+from ikev1d.config import ConfigError, Identity, SecretConfig, SecretType, XauthRound, parse_config
 from ikev1d.config.model import Config
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaEstablished, IkeSaEstablished
@@ -372,3 +372,32 @@ def test_address_and_user_fqdn_identities_from_subject_alt_names(
     net = run(net_of(a_cfg, b_cfg))
     assert established(net)
     assert net.b.engine.status(net.now).ike_sas[0].remote_id == a_id
+
+
+def test_xauth_after_rsa_signatures_uses_65005(ca: Pki) -> None:
+    a_cfg, b_cfg, _, _ = pair(ca, key="rsa")
+    password = SecretConfig("alice", "her password", (Identity.parse("alice"),),
+                            SecretType.XAUTH)
+
+    def with_round(cfg: Config, client: bool) -> Config:
+        conn = cfg.connections["gw"]
+        if client:
+            conn = dataclasses.replace(conn, local_xauth=XauthRound("alice"))
+        else:
+            conn = dataclasses.replace(conn, remote_xauth=XauthRound())
+        return dataclasses.replace(cfg, connections={"gw": conn},
+                                   secrets={**cfg.secrets, "alice": password})
+
+    net = run(net_of(with_round(a_cfg, True), with_round(b_cfg, False)))
+    assert established(net) and net.a.of(ChildSaEstablished)
+    for peer in (net.a, net.b):
+        (sa,) = peer.engine.all_sas()
+        assert sa.auth_method == AuthMethod.XAUTH_INIT_RSA and sa.xauth_user == "alice"
+
+
+def test_xauth_is_refused_with_ecdsa_keys(ca: Pki) -> None:
+    a_cfg, _, _, _ = pair(ca, key="p256")
+    path = Path(a_cfg.source)
+    text = path.read_text() + '[connections.gw.local_xauth]\nauth = "xauth"\nxauth_id = "a"\n'
+    with pytest.raises(ConfigError, match="with an RSA key"):
+        parse_config(text, str(path), path.parent)
