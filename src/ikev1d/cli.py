@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--peer", metavar="ID",
-                       help="only the SAs with this peer (its ID or address), e.g. one road "
-                            "warrior of a %%any connection")
+                       help="only the SAs with this peer (its ID, address or XAUTH user), "
+                            "e.g. one road warrior of a %%any connection")
     which.add_argument("--ike-id", type=_ike_id, metavar="N",
                        help="only this ISAKMP SA (ike_id in status) and its IPsec SAs")
     control_socket(p)

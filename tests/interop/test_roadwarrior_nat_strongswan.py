@@ -6,8 +6,8 @@ masquerades both to 192.0.2.254 with random source ports (nftables
 with the userspace data plane, pool 10.3.0.0/24 and an XAUTH round. Both clients
 show the same group ID and group key and log in as different XAUTH users, so
 only the XAUTH user tells them apart: they get two leases and two working
-tunnels, and ``ikev1d down rw --ike-id N`` removes one road warrior while the
-other keeps its tunnel.
+tunnels, and ``ikev1d down rw --ike-id N`` (or ``--peer`` with the XAUTH user)
+removes one road warrior while the other keeps its tunnel.
 """
 
 from __future__ import annotations
@@ -140,3 +140,8 @@ def test_two_clients_behind_one_nat_with_one_group_id(rig: Rig) -> None:
     ok, out = rig.clients["alice"][1].initiate("net", "home")
     assert ok, out
     assert rig.clients["alice"][1].list_sas()[0]["local-vips"] == [vips["alice"]]
+    # Both show the group ID: the XAUTH user names one of them.
+    down = rig.server.cli("down", "rw", "--peer", "bob")
+    assert "deleted 1 ISAKMP SA(s)" in down.stdout, down.stdout
+    rig.clients["bob"][1].wait_for(lambda s: not s, timeout=10)
+    assert len(rig.clients["alice"][1].list_sas()) == 1

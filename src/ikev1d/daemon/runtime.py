@@ -932,8 +932,8 @@ class Daemon:
         return True, f"{name}: deleted {ike} ISAKMP SA(s) and {child} IPsec SA(s)"
 
     def down_one(self, name: str, peer: str | None, ike_id: int | None) -> tuple[bool, str]:
-        """Delete the ISAKMP SAs of ``name`` with that peer (ID or address), or the one
-        numbered ``ike_id``, each with its IPsec SAs; the connection's other SAs (other
+        """Delete the ISAKMP SAs of ``name`` with that peer (ID, address or XAUTH user), or
+        the one numbered ``ike_id``, each with its IPsec SAs; the connection's other SAs (other
         road warriors) stay, and so do its waiting ``up`` commands."""
         if self._children_of(name) is None:
             return False, f"no connection named {name!r}"
@@ -947,7 +947,12 @@ class Daemon:
             chosen = [s for s in mine if s.ike_id == ike_id]
             what = f"ISAKMP SA #{ike_id}"
         else:
-            chosen = [s for s in mine if peer in (s.remote_id, s.remote[0])]
+            try:
+                ids = set(self.engine.peer_ike_ids(name, peer or ""))
+            except Exception as exc:
+                log.exception("internal error matching peer %r", peer, extra={"conn": name})
+                return False, f"{name}: internal error: {exc}"
+            chosen = [s for s in mine if s.ike_id in ids]
             what = f"ISAKMP SA with peer {peer!r}"
         if not chosen:
             known = ", ".join(f"#{s.ike_id} {s.remote_id or s.remote[0]}" for s in mine)

@@ -253,14 +253,19 @@ class Engine:
                 return True
         return False
 
+    def peer_ike_ids(self, conn: str, peer: str) -> list[int]:
+        """The ISAKMP SAs of ``conn`` whose peer has ID ``peer`` (as status shows
+        ``remote_id``), that outer address, or that XAUTH user name (which tells road
+        warriors apart that share a group ID)."""
+        return [sa.ike_id for sa in self._sas_of(conn) if sa.state is not IkeState.DELETING
+                and peer in (sa.remote_id, sa.remote[0], sa.xauth_user)]
+
     def terminate_peer(self, conn: str, peer: str, now: float) -> int:
-        """Delete the ISAKMP SAs of ``conn`` whose peer has ID ``peer`` (as status shows
-        ``remote_id``) or that outer address, each with its IPsec SAs; how many."""
+        """Delete the ISAKMP SAs :meth:`peer_ike_ids` names, each with its IPsec SAs;
+        how many."""
         if conn not in self.config.connections and not self._sas_of(conn):
             raise EngineError(f"no connection named {conn!r}")
-        matching = [sa.ike_id for sa in self._sas_of(conn) if sa.state is not IkeState.DELETING
-                    and peer in (sa.remote_id, sa.remote[0])]
-        return sum(self.terminate_ike(ike_id, now) for ike_id in matching)
+        return sum(self.terminate_ike(ike_id, now) for ike_id in self.peer_ike_ids(conn, peer))
 
     def install_failed(self, child_id: int, reason: str, now: float) -> None:
         """The data plane could not install an IPsec SA: delete it, telling the peer,

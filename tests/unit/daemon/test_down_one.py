@@ -44,6 +44,10 @@ class RoadWarriorEngine(FakeEngine):
             for ike_id, (peer_id, address) in sorted(self.alive.items())
         ))
 
+    def peer_ike_ids(self, conn: str, peer: str) -> list[int]:
+        return [i for i, (peer_id, address) in sorted(self.alive.items())
+                if peer in (peer_id, address)]
+
     def terminate_ike(self, ike_id: int, now: float) -> bool:
         self.calls.append(f"terminate_ike {ike_id}")
         if self.alive.pop(ike_id, None) is None:

@@ -37,3 +37,13 @@ def test_terminate_peer_matches_the_id_or_address_within_the_connection() -> Non
     assert [s.remote[0] for s in b.status(2.0).ike_sas] == ["192.0.2.11"]
     with pytest.raises(EngineError):
         b.terminate_peer("nope", "192.0.2.11", 2.0)
+
+
+def test_the_xauth_user_tells_road_warriors_with_one_group_id_apart() -> None:
+    b, peers, _ = two_road_warriors()
+    first, second = sorted(b.all_sas(), key=lambda sa: sa.ike_id)
+    first.xauth_user, second.xauth_user = "alice", "bob"
+    assert b.peer_ike_ids("gw", "bob") == [second.ike_id]
+    assert b.terminate_peer("gw", "bob", 1.0) == 1
+    pump_many(b, peers)
+    assert [s.ike_id for s in b.status(2.0).ike_sas] == [first.ike_id]
