@@ -17,9 +17,12 @@ log = logging.getLogger("ikev1d.engine")
 
 
 def same_peer(one: IkeSa, other: IkeSa) -> bool:
-    """Both ISAKMP SAs authenticated the same peer identity for the same connection."""
+    """Both ISAKMP SAs authenticated the same peer identity for the same connection:
+    the same IDs and, with XAUTH, the same user (road warriors sharing a group ID
+    are told apart by it)."""
     return (one.name == other.name and bool(one.remote_id)
-            and one.remote_id == other.remote_id and one.local_id == other.local_id)
+            and one.remote_id == other.remote_id and one.local_id == other.local_id
+            and one.xauth_user == other.xauth_user)
 
 
 class Deletion:

@@ -586,3 +586,73 @@ def test_phase1_renewal_keeps_the_virtual_ip(xauth: bool) -> None:
     pools = server.engine.status(w.now).to_json()["pools"]
     assert (pools[0]["online"], pools[0]["offline"]) == (1, 0)
     assert len(server.sas()) == 1 and server.sas()[0].remote_vip == renewed.local_vip
+
+
+def test_received_attributes_unknown_and_malformed_ones_are_left_out() -> None:
+    from ikev1d.engine.roadwarrior import read_config
+    from ikev1d.wire import Attribute, ModeCfgAttr
+
+    a = ModeCfgAttr
+    received = read_config([
+        Attribute(a.INTERNAL_IP4_ADDRESS, bytes([10, 3, 0, 9])),
+        Attribute(a.INTERNAL_IP4_DNS, bytes(3)),  # too short
+        Attribute(a.INTERNAL_IP4_DNS, bytes([10, 2, 0, 53])),
+        Attribute(a.INTERNAL_IP4_SUBNET, bytes([10, 2, 0, 0, 255, 255, 0, 0])),
+        Attribute(a.INTERNAL_IP4_SUBNET, bytes([10, 2, 0, 0, 255, 0, 255, 0])),  # no netmask
+        Attribute(a.UNITY_SPLIT_INCLUDE, bytes([10, 2, 0, 0, 255, 255, 0, 0]) + bytes(6)
+                  + bytes([10, 7, 0, 0, 255, 255, 255, 0]) + bytes(6)),
+        Attribute(a.INTERNAL_IP6_ADDRESS, bytes(16) + bytes([64])),
+        Attribute(0x7ABC, b"whatever"),
+        Attribute(a.UNITY_BANNER, b"welcome"),
+    ])
+    assert [str(x) for x in received.addresses] == ["10.3.0.9", "::"]
+    assert [str(x) for x in received.dns] == ["10.2.0.53"]
+    assert [str(n) for n in received.split] == ["10.2.0.0/16", "10.7.0.0/24"]
+    assert received.unknown == [0x7ABC]
+    assert received.malformed == [a.INTERNAL_IP4_DNS, a.INTERNAL_IP4_SUBNET]
+
+
+def test_a_transaction_with_too_many_attributes_is_refused(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from ikev1d.engine.exchanges.transaction import MAX_ATTRIBUTES, Transaction
+    from ikev1d.wire import Attribute, AttributePayload, ModeCfgAttr, ModeCfgType
+
+    w = world(server_config(), ("192.0.2.10", client_config("192.0.2.10")))
+    # The client's pull never leaves: the server waits for a request.
+    w.drop = lambda d: split_message(d.data)[0].exchange_type == ExchangeType.TRANSACTION
+    w.up("192.0.2.10")
+    client, server = w.nodes["192.0.2.10"], w.nodes[SERVER]
+    (c_sa,) = client.sas()
+    tx = Transaction(c_sa, c_sa.new_message_id(), True)
+    request = AttributePayload(ModeCfgType.ISAKMP_CFG_REQUEST, 1, tuple(
+        Attribute(ModeCfgAttr.INTERNAL_IP4_DNS, b"") for _ in range(MAX_ATTRIBUTES + 1)))
+    data = tx.encrypt(request)
+    with caplog.at_level(logging.INFO, logger="ikev1d"):
+        server.engine.receive_datagram(data, (SERVER, 500), ("192.0.2.10", 500), w.now)
+    assert "more than the 64 we take" in caplog.text
+    assert server.engine.datagrams_to_send() == []
+    (s_sa,) = server.sas()
+    assert s_sa.remote_vip is None
+
+
+def test_a_group_member_deleting_its_isakmp_sa_leaves_the_others_tunnels_alone() -> None:
+    users = {"alice": "alice's password", "bob": "bob's password"}
+    w = world(server_config(xauth=True, users=users),
+              ("10.0.0.2", client_config("10.0.0.2", ident="road.example.org", user="alice",
+                                         password=users["alice"])),
+              ("10.0.0.3", client_config("10.0.0.3", ident="road.example.org", user="bob",
+                                         password=users["bob"])),
+              nat="198.51.100.7")
+    w.up("10.0.0.2")
+    w.up("10.0.0.3")
+    server = w.nodes[SERVER]
+    alice_sa = next(sa for sa in server.sas() if sa.xauth_user == "alice")
+    bob_sa = next(sa for sa in server.sas() if sa.xauth_user == "bob")
+    # Only the ISAKMP SA is deleted (as after a crash of alice's IPsec SAs' owner):
+    # its IPsec SAs must not move to bob's ISAKMP SA, which is another user's.
+    (a_sa,) = w.nodes["10.0.0.2"].sas()
+    a_sa.children.clear()
+    w.nodes["10.0.0.2"].engine.deletion.delete_sa(a_sa, "test", send=True)
+    w.pump()
+    assert alice_sa not in server.sas()
+    assert len(bob_sa.children) == 1
