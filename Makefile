@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 DEB_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
                 libstrongswan-extra-plugins libstrongswan-standard-plugins \
                 libcharon-extauth-plugins strongswan-pki \
-                tshark iproute2 nftables procps iperf3 systemd
+                tshark iproute2 nftables procps iperf3 systemd freeradius
 # A minimal Debian has no Python at all; an interpreter given as PYTHON=... is the
 # caller's own, and then only its venv module is assumed.
 ifeq ($(origin PYTHON),file)

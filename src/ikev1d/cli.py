@@ -50,6 +50,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _ike_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISAKMP SA number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not an ISAKMP SA number: {text!r}")
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.lower()
     if level == "warn":
@@ -87,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("down", help="delete a connection's SAs (Delete payloads sent)")
     p.add_argument("name", metavar="NAME")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--peer", metavar="ID",
+                       help="only the SAs with this peer (its ID, address or XAUTH user), "
+                            "e.g. one road warrior of a %%any connection")
+    which.add_argument("--ike-id", type=_ike_id, metavar="N",
+                       help="only this ISAKMP SA (ike_id in status) and its IPsec SAs")
     control_socket(p)
 
     p = sub.add_parser("status", help="show the SAs")
@@ -233,7 +249,7 @@ def run(args: argparse.Namespace, demo_args: list[str] | None = None) -> int:
         case "up":
             return _simple(args.socket, UpRequest(args.name, args.child, args.timeout), True)
         case "down":
-            return _simple(args.socket, DownRequest(args.name))
+            return _simple(args.socket, DownRequest(args.name, args.peer, args.ike_id))
         case "status":
             return cmd_status(args)
         case "reload":
@@ -312,7 +328,7 @@ def _ike_sa_lines(ike: IkeSaStatus) -> list[str]:
     nat_r = ", behind NAT" if ike.nat_remote else ""
     lines = [
         f"{_text(ike.name)}: {_text(ike.state)}, IKEv1, {role},"
-        f" cookies {cky_i.hex()}:{cky_r.hex()}",
+        f" cookies {cky_i.hex()}:{cky_r.hex()}, ike-id {ike.ike_id}",
         f"  local  '{_text(ike.local_id)}' @ {endpoint_text(ike.local)}{nat_l}",
         f"  remote '{_text(ike.remote_id)}' @ {endpoint_text(ike.remote)}{nat_r}",
         f"  {_text(ike.proposal)}, auth {_text(ike.auth)}",

@@ -158,6 +158,8 @@ class IkeSaStatus:
     """With a virtual IP: the DNS servers Mode Config announced."""
     split_include: tuple[Network, ...] = ()
     """With a virtual IP: the networks Mode Config announced as behind the server."""
+    ike_id: int = 0
+    """The daemon's number for this ISAKMP SA (``ikev1d down NAME --ike-id N``)."""
 
     def to_json(self) -> dict[str, Any]:
         cky_i, cky_r = self.cookies
@@ -183,6 +185,7 @@ class IkeSaStatus:
             document["dns"] = list(self.dns)
             document["split_include"] = [str(n) for n in self.split_include]
         document["children"] = [child.to_json() for child in self.children]
+        document["ike_id"] = self.ike_id
         return document
 
     @classmethod
@@ -191,6 +194,8 @@ class IkeSaStatus:
         children = reader.array("children")
         ike_sa = cls(
             name=reader.text("name"),
+            # Absent from documents written before the member existed.
+            ike_id=reader.count("ike_id") if "ike_id" in reader.data else 0,
             state=reader.text("state"),
             local=reader.endpoint("local"),
             remote=reader.endpoint("remote"),

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,146 @@ rekey_time = {json.dumps(child_rekey_time)}
 secret = {json.dumps(psk)}
 ids = {_toml_list(ids)}
 """
+
+
+def roadwarrior_client_toml(
+    name: str,
+    local_addr: str,
+    remote_addr: str,
+    local_id: str,
+    remote_id: str,
+    psk: str,
+    proposals: Sequence[str],
+    esp_proposals: Sequence[str],
+    remote_ts: Sequence[str] | str,
+    *,
+    modecfg: str = "pull",
+    xauth_id: str | None = None,
+    xauth_password: str = "",
+    child: str = "net",
+    encap: bool = True,
+    dataplane: str = "userspace",
+    retransmit_timeout: str = "1s",
+    retransmit_tries: int = 4,
+) -> str:
+    """TOML for an ikev1d road warrior: ``vips = ["0.0.0.0"]`` asks for a virtual IP, the
+    child's ``local_ts`` is left out (the virtual IP), ``modecfg`` pull or push; with
+    ``xauth_id`` a second round ``local_xauth`` and that user's password."""
+    rts = [remote_ts] if isinstance(remote_ts, str) else list(remote_ts)
+    xauth = ""
+    if xauth_id is not None:
+        xauth = (f"\n[connections.{name}.local_xauth]\nauth = \"xauth\"\n"
+                 f"xauth_id = {json.dumps(xauth_id)}\n")
+    secrets = ""
+    if xauth_id is not None:
+        secrets = (f"\n[secrets.{name}-xauth]\ntype = \"xauth\"\n"
+                   f"ids = [{json.dumps(xauth_id)}]\nsecret = {json.dumps(xauth_password)}\n")
+    return f"""\
+[daemon]
+listen = [{json.dumps(local_addr)}]
+dataplane = {json.dumps(dataplane)}
+retransmit_timeout = {json.dumps(retransmit_timeout)}
+retransmit_tries = {retransmit_tries}
+
+[connections.{name}]
+local_addrs = [{json.dumps(local_addr)}]
+remote_addrs = [{json.dumps(remote_addr)}]
+proposals = {_toml_list(proposals)}
+encap = {"true" if encap else "false"}
+vips = ["0.0.0.0"]
+modecfg = {json.dumps(modecfg)}
+
+[connections.{name}.local]
+auth = "psk"
+id = {json.dumps(local_id)}
+
+[connections.{name}.remote]
+auth = "psk"
+id = {json.dumps(remote_id)}
+{xauth}
+[connections.{name}.children.{child}]
+remote_ts = {_toml_list(rts)}
+esp_proposals = {_toml_list(esp_proposals)}
+
+[secrets.{name}]
+secret = {json.dumps(psk)}
+ids = [{json.dumps(remote_id)}]
+{secrets}"""
+
+
+def roadwarrior_server_toml(
+    name: str,
+    local_addr: str,
+    local_id: str,
+    psk: str,
+    proposals: Sequence[str],
+    esp_proposals: Sequence[str],
+    local_ts: Sequence[str] | str,
+    *,
+    addrs: str = "10.3.0.0/24",
+    dns: Sequence[str] = (),
+    split_include: Sequence[str] = (),
+    modecfg: str = "pull",
+    xauth_users: Mapping[str, str] | None = None,
+    radius: tuple[str, str] | None = None,
+    child: str = "net",
+    encap: bool = False,
+    dataplane: str = "userspace",
+    retransmit_timeout: str = "1s",
+    retransmit_tries: int = 4,
+) -> str:
+    """TOML for an ikev1d Mode Config (and XAUTH) server: any peer with the group
+    ``psk``, addresses from pool ``{name}`` (``addrs``, ``dns``, ``split_include``),
+    the child's ``remote_ts`` left out (the client's virtual IP); with ``xauth_users``
+    (name -> password) a ``remote_xauth`` round and their passwords; with ``radius``
+    ("ADDRESS:PORT", shared secret) a ``remote_xauth`` round checked by that server."""
+    lts = [local_ts] if isinstance(local_ts, str) else list(local_ts)
+    xauth = (f"\n[connections.{name}.remote_xauth]\nauth = \"xauth\"\n"
+             if xauth_users or radius else "")
+    users = "".join(
+        f"\n[secrets.{name}-user{n}]\ntype = \"xauth\"\nids = [{json.dumps(user)}]\n"
+        f"secret = {json.dumps(password)}\n"
+        for n, (user, password) in enumerate((xauth_users or {}).items()))
+    if radius is not None:
+        users += (f"\n[secrets.{name}-radius]\ntype = \"radius\"\n"
+                  f"secret = {json.dumps(radius[1])}\n\n"
+                  f"[xauth]\nradius = {json.dumps(radius[0])}\nradius_timeout = \"1s\"\n")
+    return f"""\
+[daemon]
+listen = [{json.dumps(local_addr)}]
+dataplane = {json.dumps(dataplane)}
+retransmit_timeout = {json.dumps(retransmit_timeout)}
+retransmit_tries = {retransmit_tries}
+
+[connections.{name}]
+local_addrs = [{json.dumps(local_addr)}]
+remote_addrs = ["%any"]
+proposals = {_toml_list(proposals)}
+encap = {"true" if encap else "false"}
+pools = [{json.dumps(name)}]
+modecfg = {json.dumps(modecfg)}
+
+[connections.{name}.local]
+auth = "psk"
+id = {json.dumps(local_id)}
+
+[connections.{name}.remote]
+auth = "psk"
+id = "%any"
+{xauth}
+[connections.{name}.children.{child}]
+local_ts = {_toml_list(lts)}
+esp_proposals = {_toml_list(esp_proposals)}
+
+[pools.{name}]
+addrs = {json.dumps(addrs)}
+dns = {_toml_list(dns)}
+split_include = {_toml_list(split_include)}
+
+[secrets.{name}]
+secret = {json.dumps(psk)}
+ids = ["%any"]
+{users}"""
 
 
 class LabDaemonError(LabError):

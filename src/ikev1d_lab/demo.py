@@ -5,7 +5,9 @@
 2. Two ikev1d gateways in network namespaces negotiate Main Mode + Quick Mode.
 3. Traffic through the tunnel, when the userspace data plane is available.
 4. The same site A against a real strongSwan, when strongSwan is installed.
-5. Teardown: Delete payloads, daemons stopped, namespaces removed.
+5. A road warrior: an ikev1d client logs in with XAUTH, gets a virtual IP from
+   the ikev1d server's pool by Mode Config and pings the server's network from it.
+6. Teardown: Delete payloads, daemons stopped, namespaces removed.
 
 Everything runs in network namespaces named ``ikdemo-<pid>-...`` and a temporary
 directory; both are removed on success, failure, Ctrl-C or SIGTERM.  Output goes
@@ -42,11 +44,18 @@ from ikev1d.wire.constants import (
 )
 from ikev1d_lab import netns
 from ikev1d_lab.capture import Capture, CaptureError, tshark_available
-from ikev1d_lab.daemon import Ikev1dDaemon, LabDaemonError, ikev1d_conf
+from ikev1d_lab.daemon import (
+    Ikev1dDaemon,
+    LabDaemonError,
+    ikev1d_conf,
+    roadwarrior_client_toml,
+    roadwarrior_server_toml,
+)
 from ikev1d_lab.demo_exchange import DemoDataError, MessageView, load_demo_exchange
 from ikev1d_lab.demo_pcap import PcapError, ipv4_of, read_capture, udp_of
 from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace, NetnsError, Topology
+from ikev1d_lab.ping import ping
 from ikev1d_lab.strongswan import (
     CHARON,
     DEFAULT_LOAD,
@@ -67,7 +76,12 @@ PSK = "ikev1d-demo-pre-shared-key"
 IKE_PROPOSALS = ("aes256-sha256-modp2048",)
 ESP_PROPOSALS = ("aes128gcm16-modp2048",)
 ECHO_PORT = 7777
-TOTAL_STEPS = 5
+TOTAL_STEPS = 6
+RW_CLIENT, RW_SERVER = "192.0.2.11", "192.0.2.12"
+RW_SERVER_ID = "gw.example.org"
+RW_NETWORK, RW_GATEWAY = "10.2.0.0/24", "10.2.0.1"
+RW_POOL = "10.3.0.0/24"
+RW_USER, RW_PASSWORD = "alice", "alice's demo password"
 
 _ESTABLISHED = ("ISAKMP SA established", "IPsec SA established")
 _DELETED = ("IPsec SA deleted", "ISAKMP SA deleted")
@@ -248,6 +262,7 @@ class Outcome:
     gateways: bool = False
     traffic: list[str] = field(default_factory=list)
     strongswan: str = "not run"
+    road_warrior: str = "not run"
     teardown: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -596,12 +611,77 @@ class Demo:
 
     # -- step 5 ---------------------------------------------------------------------------
 
+    def step_roadwarrior(self) -> None:
+        """An ikev1d road warrior: XAUTH, a virtual IP by Mode Config, a ping from it."""
+        con = self.con
+        con.step(
+            5, "A road warrior gets an address",
+            f"A laptop ({RW_CLIENT}, no network of its own) connects to an ikev1d server "
+            f"({RW_SERVER}, network {RW_NETWORK})",
+            f"with the group key, logs in as {RW_USER!r} (XAUTH) and asks for an address "
+            f"(Mode Config pull) from pool {RW_POOL};",
+            "its tunnel then runs from that virtual IP to the server's network.",
+        )
+        topo = netns.build_two_hosts(f"{RW_CLIENT}/24", f"{RW_SERVER}/24", None,
+                                     f"{RW_GATEWAY}/24", prefix=NS_PREFIX)
+        self.stack.callback(topo.close)
+        gateway = RW_GATEWAY
+        server = Ikev1dDaemon(topo.b, self.work / "rw-server", roadwarrior_server_toml(
+            "rw", RW_SERVER, RW_SERVER_ID, PSK, IKE_PROPOSALS, ESP_PROPOSALS, RW_NETWORK,
+            addrs=RW_POOL, dns=[gateway], split_include=[RW_NETWORK],
+            xauth_users={RW_USER: RW_PASSWORD}, dataplane=self.dataplane,
+        ), log_level="info")  # fmt: skip
+        client = Ikev1dDaemon(topo.a, self.work / "rw-client", roadwarrior_client_toml(
+            "home", RW_CLIENT, RW_SERVER, RW_CLIENT, RW_SERVER_ID, PSK, IKE_PROPOSALS,
+            ESP_PROPOSALS, RW_NETWORK, xauth_id=RW_USER, xauth_password=RW_PASSWORD,
+            encap=False, dataplane=self.dataplane,
+        ), log_level="info")  # fmt: skip
+        self.stack.callback(client.stop)
+        self.stack.callback(server.stop)
+        _start_together(server, client)
+        log_client = LogCursor(client.log_text)
+        log_server = LogCursor(server.log_text)
+        log_client.mark()
+        log_server.mark()
+        con.command("laptop", "ikev1d up home")
+        result = client.up("home", timeout=15.0, check=False)
+        if result.returncode != 0:
+            raise DemoFailure(f"`ikev1d up home` on the laptop failed: "
+                              f"{(result.stdout + result.stderr).strip()}")
+        self._show_log("the server", log_server, ("XAUTH authentication of",))
+        self._show_log("the laptop", log_client, ("virtual IP", "IPsec SA established"))
+        (ike,) = client.status()["ike_sas"]
+        vip = ike.get("virtual_ip")
+        if not vip:
+            raise DemoFailure("the laptop's status shows no virtual IP")
+        con.command("laptop", "ikev1d status")
+        con.lines([ln for ln in client.cli("status").stdout.splitlines()[:6]])
+        if self.dataplane == "userspace":
+            con.command("laptop", f"ping {gateway}   (no source chosen: the route's is {vip})")
+            answered = ping(topo.a, gateway, count=3)
+            if answered != (3, 3):
+                raise DemoFailure(f"ping from the virtual IP: {answered[1]} of 3 answered")
+            con.ok(f"3 of 3 pings from {vip} through the tunnel answered")
+            self.outcome.road_warrior = f"{vip}, ping answered"
+        else:
+            con.skip(f"data plane \"{self.dataplane}\": no ping")
+            self.outcome.road_warrior = f"{vip}, keying only"
+        con.command("laptop", "ikev1d down home")
+        client.cli("down", "home", check=False)
+        for daemon in (client, server):
+            if daemon.stop() != 0:
+                raise DemoFailure("an ikev1d of the road-warrior step did not exit cleanly")
+        topo.close()
+        con.ok(f"the laptop had {vip} from pool {RW_POOL}; its daemons and namespaces are gone")
+
+    # -- step 6 ---------------------------------------------------------------------------
+
     def step_teardown(self) -> None:
         con = self.con
         a, b = self._sites()
         peer = "strongSwan" if self.charon is not None else "ikev1d"
         con.step(
-            5, "Teardown",
+            6, "Teardown",
             f"`ikev1d down` sends Delete payloads for the IPsec SA and the ISAKMP SA to "
             f"{peer};",
             "then the daemons stop and the namespaces and temporary files are removed.",
@@ -886,6 +966,7 @@ def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
             demo.step_gateways()
             demo.step_traffic(3, "ikev1d")
             demo.step_strongswan()
+            demo.step_roadwarrior()
             demo.step_teardown()
             code = 0
     except KeyboardInterrupt:
@@ -911,6 +992,7 @@ def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
             f"summary: {o.decoded} strongSwan messages decoded ({o.decrypted} decrypted, "
             f"{o.verified} hashes verified); ikev1d <-> ikev1d established; "
             f"ikev1d <-> strongSwan {o.strongswan}; traffic: {', '.join(o.traffic)}; "
+            f"road warrior: {o.road_warrior}; "
             "SAs deleted, everything removed.",
             indent=0,
         )

@@ -31,9 +31,12 @@ from ikev1d_lab.netns import Namespace
 __all__ = [
     "CHARON",
     "DEFAULT_LOAD",
+    "ROADWARRIOR_LOAD",
     "SWANCTL",
     "Charon",
     "CharonError",
+    "roadwarrior_client_conf",
+    "roadwarrior_server_conf",
     "strongswan_available",
     "strongswan_conf",
     "swanctl_conf",
@@ -45,6 +48,9 @@ DEFAULT_LOAD = (
     "random nonce aes sha1 sha2 md5 hmac pem pkcs1 pkcs8 x509 pubkey gmp curve25519 openssl "
     "kernel-libipsec kernel-netlink socket-default vici attr"
 )
+ROADWARRIOR_LOAD = DEFAULT_LOAD + " xauth-generic"
+"""The plugins plus ``xauth-generic`` (libcharon-extauth-plugins): XAUTH with passwords
+from swanctl's secrets, both as server and as client."""
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 _CRED_DIRS = (
     "x509", "x509ca", "x509ocsp", "x509aa", "x509ac", "x509crl",
@@ -229,6 +235,154 @@ def swanctl_conf(
     return "\n".join(lines)
 
 
+def roadwarrior_server_conf(
+    name: str,
+    local_addr: str,
+    local_id: str,
+    psk: str,
+    proposals: Sequence[str],
+    esp_proposals: Sequence[str],
+    local_ts: Sequence[str] | str,
+    *,
+    pool: str = "rw",
+    addrs: str = "10.3.0.0/24",
+    dns: Sequence[str] = (),
+    split_include: Sequence[str] = (),
+    subnet: Sequence[str] = (),
+    push: bool = False,
+    xauth_users: Mapping[str, str] | None = None,
+    child: str = "net",
+    encap: bool = True,
+    unique: str = "no",
+) -> str:
+    """swanctl.conf for a strongSwan Mode Config (and XAUTH) server of road warriors.
+
+    Any peer address and ID (one group PSK), addresses from pool ``pool``
+    (``addrs``, with ``dns``, ``split_include`` and ``subnet`` sent as Mode Config
+    attributes), the child's ``remote_ts`` left out so that it is the client's
+    virtual IP. ``push``: ``pull = no``, the server sends CFG_SET. With
+    ``xauth_users`` (name -> password) a second round ``remote-2 { auth = xauth }``
+    and one ``xauth-<name>`` secret each; charon needs :data:`ROADWARRIOR_LOAD`.
+    """
+    lts = [local_ts] if isinstance(local_ts, str) else list(local_ts)
+    lines = [
+        "connections {",
+        f"  {name} {{",
+        "    version = 1",
+        "    aggressive = no",
+        f"    local_addrs = {_swanctl_value(local_addr)}",
+        "    remote_addrs = %any",
+        f"    proposals = {','.join(proposals)}",
+        f"    encap = {'yes' if encap else 'no'}",
+        "    rekey_time = 0",
+        "    reauth_time = 0",
+        f"    unique = {unique}",
+        f"    pools = {pool}",
+    ]
+    if push:
+        lines.append("    pull = no")
+    lines += [
+        "    local {", "      auth = psk", f"      id = {_swanctl_value(local_id)}", "    }",
+        "    remote {", "      auth = psk", "      id = %any", "    }",
+    ]
+    if xauth_users:
+        lines += ["    remote-2 {", "      auth = xauth", "    }"]
+    lines += [
+        "    children {",
+        f"      {child} {{",
+        f"        local_ts = {','.join(lts)}",
+        f"        esp_proposals = {','.join(esp_proposals)}",
+        "        mode = tunnel",
+        "      }",
+        "    }",
+        "  }",
+        "}",
+        "pools {",
+        f"  {pool} {{",
+        f"    addrs = {addrs}",
+    ]
+    if dns:
+        lines.append(f"    dns = {','.join(dns)}")
+    if split_include:
+        lines.append(f"    split_include = {','.join(split_include)}")
+    if subnet:
+        lines.append(f"    subnet = {','.join(subnet)}")
+    lines += ["  }", "}", "secrets {", f"  ike-{name} {{", f"    secret = {_secret(psk)}", "  }"]
+    for n, (user, password) in enumerate((xauth_users or {}).items()):
+        lines += [f"  xauth-{n} {{", f"    id = {_swanctl_value(user)}",
+                  f"    secret = {_secret(password)}", "  }"]
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def roadwarrior_client_conf(
+    name: str,
+    local_addr: str,
+    remote_addr: str,
+    local_id: str,
+    remote_id: str,
+    psk: str,
+    proposals: Sequence[str],
+    esp_proposals: Sequence[str],
+    remote_ts: Sequence[str] | str,
+    *,
+    push: bool = False,
+    xauth_id: str | None = None,
+    xauth_password: str = "",
+    child: str = "net",
+    encap: bool = True,
+) -> str:
+    """swanctl.conf for a strongSwan road warrior asking for a virtual IP (``vips =
+    0.0.0.0``), its child's ``local_ts`` left out (the virtual IP). ``push``: ``pull =
+    no``, it waits for the server's CFG_SET. ``xauth_id``: a second round ``local-2 {
+    auth = xauth }`` logging in as that user with ``xauth_password``."""
+    rts = [remote_ts] if isinstance(remote_ts, str) else list(remote_ts)
+    lines = [
+        "connections {",
+        f"  {name} {{",
+        "    version = 1",
+        "    aggressive = no",
+        f"    local_addrs = {_swanctl_value(local_addr)}",
+        f"    remote_addrs = {_swanctl_value(remote_addr)}",
+        f"    proposals = {','.join(proposals)}",
+        f"    encap = {'yes' if encap else 'no'}",
+        "    rekey_time = 0",
+        "    reauth_time = 0",
+        "    vips = 0.0.0.0",
+    ]
+    if push:
+        lines.append("    pull = no")
+    lines += [
+        "    local {", "      auth = psk", f"      id = {_swanctl_value(local_id)}", "    }",
+        "    remote {", "      auth = psk", f"      id = {_swanctl_value(remote_id)}", "    }",
+    ]
+    if xauth_id is not None:
+        lines += ["    local-2 {", "      auth = xauth",
+                  f"      xauth_id = {_swanctl_value(xauth_id)}", "    }"]
+    lines += [
+        "    children {",
+        f"      {child} {{",
+        f"        remote_ts = {','.join(rts)}",
+        f"        esp_proposals = {','.join(esp_proposals)}",
+        "        mode = tunnel",
+        "      }",
+        "    }",
+        "  }",
+        "}",
+        "secrets {",
+        f"  ike-{name} {{",
+        f"    id-local = {_swanctl_value(local_id)}",
+        f"    id-remote = {_swanctl_value(remote_id)}",
+        f"    secret = {_secret(psk)}",
+        "  }",
+    ]
+    if xauth_id is not None:
+        lines += ["  xauth-client {", f"    id = {_swanctl_value(xauth_id)}",
+                  f"    secret = {_secret(xauth_password)}", "  }"]
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
 def _decode(value: Any) -> Any:
     """vici messages carry bytes; turn them (recursively) into str."""
     if isinstance(value, bytes):
@@ -254,6 +408,7 @@ class Charon:
         extra_conf: str = "",
         start: bool = True,
         start_timeout: float = 15.0,
+        load: str = DEFAULT_LOAD,
     ) -> None:
         self.ns = ns
         self.work_dir = Path(work_dir).resolve()
@@ -267,7 +422,8 @@ class Charon:
             raise CharonError(
                 f"work dir too long for a unix socket path ({self.vici_path}); use a shorter one"
             )
-        self.conf_path.write_text(strongswan_conf(self.work_dir, log_levels, extra=extra_conf))
+        self.conf_path.write_text(strongswan_conf(self.work_dir, log_levels, load=load,
+                                                  extra=extra_conf))
         self.proc: subprocess.Popen[bytes] | None = None
         if start:
             self.start(start_timeout)

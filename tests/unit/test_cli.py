@@ -218,7 +218,7 @@ def test_daemon_unusable_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_status_table_shows_what_people_look_for() -> None:
     text = format_status(StatusDocument.from_json(SPEC_STATUS))
     lines = text.splitlines()
-    assert lines[0] == "site-b: ESTABLISHED, IKEv1, initiator, cookies a1b2:c3d4"
+    assert lines[0] == "site-b: ESTABLISHED, IKEv1, initiator, cookies a1b2:c3d4, ike-id 0"
     assert "  local  '192.0.2.1' @ 192.0.2.1:500" in lines
     assert "  remote '192.0.2.2' @ 192.0.2.2:500, behind NAT" in lines
     assert "  aes256-sha256-modp2048, auth psk" in lines
@@ -239,7 +239,7 @@ def test_status_of_a_connecting_sa_shows_dashes_for_what_is_not_known_yet() -> N
                          cookies=(ike.cookies[0], bytes(8)), established_s=None,
                          rekey_in_s=None, children=())
     assert format_status(StatusDocument((connecting,))).splitlines() == [
-        "site-b: CONNECTING, IKEv1, initiator, cookies a1b2:0000000000000000",
+        "site-b: CONNECTING, IKEv1, initiator, cookies a1b2:0000000000000000, ike-id 0",
         "  local  '192.0.2.1' @ 192.0.2.1:500",
         "  remote '-' @ 192.0.2.2:500, behind NAT",
         "  -, auth psk",

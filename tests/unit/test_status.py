@@ -68,12 +68,13 @@ DOCUMENTED: dict[str, Any] = {"ike_sas": [{
         "proposal": "aes128gcm16-modp2048",
         "local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24"],
         "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
-        "rekey_in_s": 3300, "expires_in_s": 3600}]}]}
+        "rekey_in_s": 3300, "expires_in_s": 3600}],
+    "ike_id": 1}]}  # extended: the number ``ikev1d down NAME --ike-id N`` takes
 
 IKE_SA_MEMBERS = [
     "name", "state", "local", "remote", "local_id", "remote_id", "initiator", "cookies",
     "proposal", "auth", "nat_local", "nat_remote", "established_s", "rekey_in_s",
-    "virtual_ip", "children",
+    "virtual_ip", "children", "ike_id",
 ]
 CHILD_SA_MEMBERS = [
     "name", "state", "mode", "encap", "spi_in", "spi_out", "proposal", "local_ts",
@@ -141,7 +142,8 @@ def test_the_engine_writes_the_documented_members_in_order() -> None:
             "local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24"],
             "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
             # 1 h, renewed 6 min (10 %) early
-            "rekey_in_s": 3600 - 360 - 10, "expires_in_s": 3600 - 10}]}]}
+            "rekey_in_s": 3600 - 360 - 10, "expires_in_s": 3600 - 10}],
+        "ike_id": 1}]}
     assert list(document) == ["ike_sas"]
     (ike,) = document["ike_sas"]
     assert list(ike) == IKE_SA_MEMBERS
@@ -165,7 +167,7 @@ def test_a_connecting_sa_has_nulls_for_what_is_not_negotiated_yet() -> None:
         "proposal": None, "auth": "psk",
         "nat_local": False, "nat_remote": False,
         "established_s": None, "rekey_in_s": None, "virtual_ip": None,
-        "children": []}]}
+        "children": [], "ike_id": 1}]}
     assert list(document["ike_sas"][0]) == IKE_SA_MEMBERS
     assert StatusDocument.from_json(document).to_json() == document
 

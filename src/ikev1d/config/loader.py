@@ -67,6 +67,7 @@ from .model import (
     SecretType,
     StartAction,
     Unique,
+    XauthConfig,
     XauthRound,
     decode_secret,
     union,
@@ -104,7 +105,8 @@ _CHILD_KEYS = (
 )
 _SECRET_KEYS = ("type", "secret", "ids", "files")
 _POOL_KEYS = ("addrs", "dns", "split_include")
-_TOP_KEYS = ("daemon", "connections", "secrets", "pools")
+_XAUTH_KEYS = ("radius", "radius_timeout", "radius_tries")
+_TOP_KEYS = ("daemon", "connections", "secrets", "pools", "xauth")
 
 KEY_TABLES: Mapping[str, tuple[str, ...]] = {
     "": _TOP_KEYS,
@@ -117,6 +119,7 @@ KEY_TABLES: Mapping[str, tuple[str, ...]] = {
     "connections.<name>.children.<name>": _CHILD_KEYS,
     "secrets.<name>": _SECRET_KEYS,
     "pools.<name>": _POOL_KEYS,
+    "xauth": _XAUTH_KEYS,
 }
 
 
@@ -630,6 +633,11 @@ def _load_secret(ld: TomlReader, name: str, raw: object) -> SecretConfig:
         return SecretConfig(name, secret, (), kind, files)
     if "files" in data:
         raise ld.error(f"{path}.files", "only used with type = \"private_key\"")
+    if kind is SecretType.RADIUS:
+        if "ids" in data:
+            raise ld.error(f"{path}.ids", "a RADIUS secret is for the [xauth] radius server, "
+                           "not for peers: no ids")
+        return SecretConfig(name, secret, (), kind)
     ids = ld.get_list(data, path, "ids", (),
                       lambda t, k: ld.identity(t, k, allow_any=True))
     if not ids:
@@ -658,6 +666,24 @@ def _load_pool(ld: TomlReader, name: str, raw: object) -> PoolConfig:
                   for a in ld.get_list(data, path, "dns", (), ld.address)),
         split_include=ld.get_list(data, path, "split_include", (), ld.network),
     )
+
+
+def _load_xauth(ld: TomlReader, raw: object, secrets: Mapping[str, SecretConfig]) -> XauthConfig:
+    data = ld.table(raw, "xauth")
+    path = "xauth"
+    ld.check_keys(data, path, _XAUTH_KEYS)
+    default = XauthConfig()
+    server = _listener(ld, ld.get_str(data, path, "radius", ""), "xauth.radius")
+    timeout = ld.get_duration(data, path, "radius_timeout", default.radius_timeout)
+    tries = ld.get_int(data, path, "radius_tries", default.radius_tries, 1, 10)
+    if server is None:
+        return XauthConfig("", timeout, tries)
+    if not any(s.type is SecretType.RADIUS for s in secrets.values()):
+        raise ld.error("xauth.radius", "needs the secret shared with the server: "
+                       "[secrets.NAME] with type = \"radius\"")
+    host, port = server
+    text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return XauthConfig(text, timeout, tries)
 
 
 def _pool_range(ld: TomlReader, text: str, key: str) -> tuple[IPAddress, IPAddress, int]:
@@ -731,14 +757,13 @@ def parse_config(text: str, source: str = "<string>", base_dir: str | Path | Non
     ld.passphrases = {
         file: secret.value for secret in secrets.values() for file in secret.files
     }
+    xauth = _load_xauth(ld, data.get("xauth", {}), secrets)
     connections = {
         name: _load_connection(ld, name, raw, allow_insecure, pools)
         for name, raw in ld.table(data.get("connections", {}), "connections").items()
     }
-    xauth_table = data.get("xauth")
-    radius = isinstance(xauth_table, dict) and bool(xauth_table.get("radius"))
-    _check_xauth_secrets(ld, connections, secrets, radius=radius)
-    return Config(daemon, connections, secrets, pools, source, tuple(ld.notes))
+    _check_xauth_secrets(ld, connections, secrets, radius=bool(xauth.radius))
+    return Config(daemon, connections, secrets, pools, source, tuple(ld.notes), xauth)
 
 
 def load_config(path: str | Path) -> Config:

@@ -151,6 +151,7 @@ class SecretType(enum.StrEnum):
     IKE = "ike"  # a pre-shared key for Phase 1
     XAUTH = "xauth"  # a user's XAUTH password
     PRIVATE_KEY = "private_key"  # the passphrase of encrypted private key files
+    RADIUS = "radius"  # the secret shared with the [xauth] RADIUS server (RFC 2865 §3)
 
 
 class ModeCfg(enum.StrEnum):

@@ -6,6 +6,8 @@ Over a Unix stream socket, one connection per command:
 
       {"command": "up", "name": "site-b", "child": null, "timeout": 90}
       {"command": "down", "name": "site-b"}
+      {"command": "down", "name": "rw", "peer": "alice@example.org"}
+      {"command": "down", "name": "rw", "ike_id": 7}
       {"command": "status"}
       {"command": "reload"}
       {"command": "ping"}
@@ -59,7 +61,12 @@ class UpRequest:
 
 @dataclass(frozen=True)
 class DownRequest:
+    """All SAs of connection ``name``, or only those with peer ``peer`` (its ID or
+    address), or only ISAKMP SA ``ike_id`` (as status numbers them)."""
+
     name: str
+    peer: str | None = None
+    ike_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +100,12 @@ def encode_request(request: Request) -> bytes:
     match request:
         case UpRequest(name=name, child=child, timeout=timeout):
             body = {"command": "up", "name": name, "child": child, "timeout": timeout}
-        case DownRequest(name=name):
+        case DownRequest(name=name, peer=peer, ike_id=ike_id):
             body = {"command": "down", "name": name}
+            if peer is not None:
+                body["peer"] = peer
+            if ike_id is not None:
+                body["ike_id"] = ike_id
         case StatusRequest():
             body = {"command": "status"}
         case ReloadRequest():
@@ -173,7 +184,16 @@ def decode_request(line: bytes) -> Request:
             raise ControlProtocolError("'timeout' must be a positive number of seconds")
         return UpRequest(_name(body), child, float(timeout))
     if command == "down":
-        return DownRequest(_name(body))
+        peer = body.get("peer")
+        if peer is not None and (not isinstance(peer, str) or not peer):
+            raise ControlProtocolError("'peer' must be a non-empty string or absent")
+        ike_id = body.get("ike_id")
+        if ike_id is not None and (isinstance(ike_id, bool) or not isinstance(ike_id, int)
+                                   or ike_id < 0):
+            raise ControlProtocolError("'ike_id' must be a non-negative integer or absent")
+        if peer is not None and ike_id is not None:
+            raise ControlProtocolError("'peer' and 'ike_id' exclude each other")
+        return DownRequest(_name(body), peer, ike_id)
     if command == "status":
         return StatusRequest()
     if command == "reload":

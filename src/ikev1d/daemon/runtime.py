@@ -22,6 +22,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
 
 from ikev1d import config as config_module
 from ikev1d import logsetup
@@ -42,10 +43,12 @@ from ikev1d.daemon.control import (
 )
 from ikev1d.daemon.keylog import KeyLog, KeyLogError
 from ikev1d.daemon.metrics import MetricsError, MetricsServer, MetricsSnapshot, make_registry
+from ikev1d.daemon.radius import RadiusClient, RadiusError, RadiusResult, RadiusServer
 from ikev1d.daemon.systemd import Notifier
 from ikev1d.daemon.udp import UdpError, UdpTransport
 from ikev1d.daemon.updown import UpdownRunner
 from ikev1d.dataplane.base import (
+    CarriesVirtualIps,
     CatchesTraffic,
     DataplaneBackend,
     DataplaneError,
@@ -65,6 +68,9 @@ from ikev1d.engine.api import (
     IkeSaEstablished,
     TrapInstalled,
     TrapRemoved,
+    VirtualIpAssigned,
+    VirtualIpReleased,
+    XauthCheck,
 )
 from ikev1d.errors import Ikev1dError
 from ikev1d.status import ChildSaStatus, StatusDocument
@@ -74,6 +80,20 @@ log = logging.getLogger("ikev1d.daemon")
 LINGER_S = 0.5
 """How long the daemon keeps running after shutdown so the Delete messages leave."""
 CONTROL_READ_TIMEOUT_S = 10.0
+
+
+@runtime_checkable
+class AnswersXauthChecks(Protocol):
+    """An engine that asks the daemon to check XAUTH passwords (``XauthCheck``)."""
+
+    def xauth_result(self, request_id: int, ok: bool, now: float) -> None: ...
+
+
+class RadiusChecker(Protocol):
+    server: RadiusServer
+
+    async def check(self, user: str, password: bytes) -> RadiusResult: ...
+    def close(self) -> None: ...
 
 
 class DaemonError(Ikev1dError):
@@ -178,6 +198,10 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._started = asyncio.Event()
         self._stopped = False
+        self.radius_factory: Callable[[RadiusServer], RadiusChecker] = RadiusClient
+        """Makes the client that answers XauthCheck events (tests hand in another)."""
+        self._radius: RadiusChecker | None = None
+        self._radius_tasks: set[asyncio.Task[None]] = set()
 
     # properties for tests and callers that know the daemon is started
 
@@ -296,6 +320,7 @@ class Daemon:
             log.debug("engine construction failed", exc_info=True)
             raise DaemonError(f"the protocol engine cannot start: {exc}") from exc
         self._cleanups.append(("timer", self._cancel_timer))
+        self._cleanups.append(("RADIUS client", self._close_radius))
 
         if self._install_signals:
             self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -588,6 +613,12 @@ class Daemon:
                 self._on_failed(event)
             case TrapInstalled() | TrapRemoved():
                 self._on_trap(event)
+            case VirtualIpAssigned():
+                self._on_virtual_ip_assigned(event)
+            case VirtualIpReleased():
+                self._on_virtual_ip_released(event)
+            case XauthCheck():
+                self._on_xauth_check(event)
 
     def _observe(self, event: Event) -> None:
         """Key log and updown bookkeeping; the "up" script runs from _on_child_established,
@@ -709,6 +740,95 @@ class Daemon:
             log.exception("data plane failed with the trap for %s/%s", event.conn,
                           event.child, extra=extra)
 
+    def _on_virtual_ip_assigned(self, event: VirtualIpAssigned) -> None:
+        """Mode Config gave us an address: onto the data plane, before the Quick Modes
+        that follow it install their IPsec SAs (the engine runs Mode Config first)."""
+        extra = {"conn": event.conn}
+        # The engine logs the assignment with its DNS servers and split networks (INFO).
+        log.debug("event: virtual IP %s assigned", event.address, extra=extra)
+        backend = self._backend
+        if not isinstance(backend, CarriesVirtualIps):
+            return
+        try:
+            backend.add_virtual_ip(event.ike_id, event.address, event.split)
+        except Exception as exc:
+            if not isinstance(exc, DataplaneError | OSError):
+                log.exception("data plane failed adding virtual IP %s", event.address,
+                              extra=extra)
+            log.error("virtual IP %s not put on this host: %s", event.address, exc, extra=extra)
+
+    def _on_virtual_ip_released(self, event: VirtualIpReleased) -> None:
+        log.debug("event: virtual IP %s released", event.address, extra={"conn": event.conn})
+        backend = self._backend
+        if not isinstance(backend, CarriesVirtualIps):
+            return
+        try:
+            backend.remove_virtual_ip(event.ike_id, event.address)
+        except Exception:
+            log.exception("data plane failed removing virtual IP %s", event.address,
+                          extra={"conn": event.conn})
+
+    def _radius_client(self) -> RadiusChecker | None:
+        """The client for the configured ``[xauth] radius`` server (a new one after a
+        reload that changed it); None when there is none or it cannot be made."""
+        config = self._config
+        if config is None:
+            return None
+        try:
+            server = RadiusServer.from_config(config)
+        except RadiusError as exc:
+            log.error("XAUTH: %s", exc)
+            return None
+        current = self._radius
+        if current is not None and current.server == server:
+            return current
+        if current is not None:
+            current.close()
+            self._radius = None
+        if server is None:
+            return None
+        try:
+            self._radius = self.radius_factory(server)
+        except RadiusError as exc:
+            log.error("XAUTH: %s", exc)
+            return None
+        return self._radius
+
+    def _on_xauth_check(self, event: XauthCheck) -> None:
+        """Ask the RADIUS server off the event loop, then give the engine the answer."""
+        engine = self.engine
+        if not isinstance(engine, AnswersXauthChecks):
+            return
+        client = self._radius_client()
+        if client is None:
+            log.warning("XAUTH: user %r refused: no RADIUS server configured", event.user)
+            self._call_engine("answering an XAUTH check",
+                              lambda e, now: engine.xauth_result(event.request_id, False, now))
+            return
+        task = self.loop.create_task(self._xauth_check(engine, client, event))
+        self._radius_tasks.add(task)
+        task.add_done_callback(self._radius_tasks.discard)
+
+    async def _xauth_check(self, engine: AnswersXauthChecks, client: RadiusChecker,
+                           event: XauthCheck) -> None:
+        result = await client.check(event.user, event.password)
+        if self._stopped:
+            return
+        if result.ok:
+            log.info("XAUTH: RADIUS server %s accepted user %r", client.server.text, event.user)
+        else:
+            log.warning("XAUTH: RADIUS server %s refused user %r: %s", client.server.text,
+                        event.user, result.reason)
+        self._call_engine("answering an XAUTH check",
+                          lambda e, now: engine.xauth_result(event.request_id, result.ok, now))
+
+    def _close_radius(self) -> None:
+        for task in list(self._radius_tasks):
+            task.cancel()
+        if self._radius is not None:
+            self._radius.close()
+            self._radius = None
+
     def _on_failed(self, event: ConnectionFailed) -> None:
         what = f"{event.conn}/{event.child}" if event.child else event.conn
         log.debug("event: connection %s failed: %s", what, event.reason, extra={"conn": event.conn})
@@ -752,8 +872,11 @@ class Daemon:
             case UpRequest():
                 ok, message = await self.up(request, progress)
                 return encode_response(ok, message)
-            case DownRequest(name=name):
-                ok, message = self.down(name)
+            case DownRequest(name=name, peer=peer, ike_id=ike_id):
+                if peer is None and ike_id is None:
+                    ok, message = self.down(name)
+                else:
+                    ok, message = self.down_one(name, peer, ike_id)
                 return encode_response(ok, message)
             case StatusRequest():
                 return encode_status_response(self.status())
@@ -840,6 +963,47 @@ class Daemon:
         if ike == 0 and child == 0:
             return True, f"{name}: no SAs to delete"
         return True, f"{name}: deleted {ike} ISAKMP SA(s) and {child} IPsec SA(s)"
+
+    def down_one(self, name: str, peer: str | None, ike_id: int | None) -> tuple[bool, str]:
+        """Delete the ISAKMP SAs of ``name`` with that peer (ID, address or XAUTH user), or
+        the one numbered ``ike_id``, each with its IPsec SAs; the connection's other SAs (other
+        road warriors) stay, and so do its waiting ``up`` commands."""
+        if self._children_of(name) is None:
+            return False, f"no connection named {name!r}"
+        try:
+            document = self.engine.status(self.now())
+        except Exception as exc:
+            log.exception("internal error listing SAs", extra={"conn": name})
+            return False, f"{name}: internal error: {exc}"
+        mine = [s for s in document.ike_sas if s.name == name]
+        if ike_id is not None:
+            chosen = [s for s in mine if s.ike_id == ike_id]
+            what = f"ISAKMP SA #{ike_id}"
+        else:
+            try:
+                ids = set(self.engine.peer_ike_ids(name, peer or ""))
+            except Exception as exc:
+                log.exception("internal error matching peer %r", peer, extra={"conn": name})
+                return False, f"{name}: internal error: {exc}"
+            chosen = [s for s in mine if s.ike_id in ids]
+            what = f"ISAKMP SA with peer {peer!r}"
+        if not chosen:
+            known = ", ".join(f"#{s.ike_id} {s.remote_id or s.remote[0]}" for s in mine)
+            return False, (f"{name}: no {what}"
+                           f" (its ISAKMP SAs: {known or 'none'}; see ikev1d status)")
+        deleted_children = 0
+        try:
+            for ike_sa in chosen:
+                if self.engine.terminate_ike(ike_sa.ike_id, self.now()):
+                    deleted_children += len(ike_sa.children)
+        except Exception as exc:
+            log.exception("internal error terminating an ISAKMP SA", extra={"conn": name})
+            self._pump()
+            return False, f"{name}: internal error: {exc}"
+        self._pump()
+        peers = ", ".join(f"#{s.ike_id} {s.remote_id or s.remote[0]}" for s in chosen)
+        return True, (f"{name}: deleted {len(chosen)} ISAKMP SA(s) ({peers}) and "
+                      f"{deleted_children} IPsec SA(s)")
 
     def _count_sas(self, name: str) -> tuple[int, int]:
         try:

@@ -14,15 +14,24 @@ A backend module ``ikev1d.dataplane.<name>`` provides
 from __future__ import annotations
 
 import importlib
+import ipaddress
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
-from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, TrapInstalled
+from ikev1d.engine.api import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    Endpoint,
+    Network,
+    TrapInstalled,
+)
 from ikev1d.errors import Ikev1dError
 from ikev1d.status import Counters
 
 if TYPE_CHECKING:
     import asyncio
+
+Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 SendUdp = Callable[[bytes, Endpoint, Endpoint], None]
 """``send_udp(esp_packet, local, remote)``: send UDP-encapsulated ESP from ``local``."""
@@ -117,6 +126,47 @@ class CatchesTraffic(Protocol):
 
     def remove_trap(self, conn: str, child: str) -> None:
         """Stop catching it; an unknown trap is not an error."""
+
+
+@runtime_checkable
+class CarriesVirtualIps(Protocol):
+    """A backend that puts a Mode Config client's virtual IP on this host.
+
+    draft-dukes-ike-mode-cfg-02 §3.2 (INTERNAL_IP4_ADDRESS): the address the
+    server assigns is ours inside the tunnel, so local programs must send from
+    it. The daemon calls ``add_virtual_ip`` before the IPsec SAs of that
+    ISAKMP SA are installed, and ``remove_virtual_ip`` when it is gone."""
+
+    def add_virtual_ip(self, ike_id: int, address: Address, split: tuple[Network, ...]) -> None:
+        """Put ``address`` on this host and make it the source of the routes of the
+        IPsec SAs of ISAKMP SA ``ike_id``; with ``split`` networks (the server's
+        INTERNAL_IP4_SUBNET / split includes) only those are routed. An address the
+        host has already is used as it is and never removed. Raises DataplaneError."""
+
+    def remove_virtual_ip(self, ike_id: int, address: Address) -> None:
+        """Undo :meth:`add_virtual_ip` (only what it added); unknown ones are no error."""
+
+
+def split_routes(remote_ts: tuple[Network, ...], split: tuple[Network, ...]) -> tuple[Network, ...]:
+    """The part of an IPsec SA's remote networks that the server's split networks cover.
+
+    With split networks the client sends only those into the tunnel (the server's
+    INTERNAL_IP4_SUBNET, draft-dukes-ike-mode-cfg-02 §3.2, "the protected
+    sub-networks"): of every overlapping pair, the smaller network. Without any,
+    all of ``remote_ts``.
+    """
+    if not split:
+        return remote_ts
+    out: list[Network] = []
+    for remote in remote_ts:
+        for net in split:
+            if net.version != remote.version:
+                continue
+            if net.subnet_of(remote):  # type: ignore[arg-type]
+                out.append(net)
+            elif remote.subnet_of(net):  # type: ignore[arg-type]
+                out.append(remote)
+    return tuple(dict.fromkeys(out))
 
 
 class NoneBackend:

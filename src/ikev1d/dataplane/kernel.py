@@ -15,6 +15,10 @@ For each IPsec SA pair (RFC 4301 §4.4.2 SAD, §4.4.1 SPD), this backend install
 
 * a route to each remote network with a source address inside the local
   networks, when this host has one (tunnel mode; like strongSwan's table 220).
+  A Mode Config client's virtual IP is added on ``lo`` (with ``proto`` 73 like
+  our routes, and recorded in the state file) and is the source of the routes
+  of that ISAKMP SA's IPsec SAs; with split networks from the server, only
+  those are routed.
 
 The reqid ties policies to states. Like strongSwan, one reqid belongs to one
 set of policies (outer addresses, mode, networks), not to one SA pair: a
@@ -73,10 +77,12 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from ikev1d.dataplane.base import (
     AcquireHandler,
+    Address,
     DataplaneError,
     ExpireHandler,
     SendUdp,
     soft_limit,
+    split_routes,
     zero_counters,
 )
 from ikev1d.dataplane.esp import (
@@ -86,6 +92,7 @@ from ikev1d.dataplane.esp import (
     keymat_length,
 )
 from ikev1d.dataplane.linux.xfrm import (
+    RTPROT_IKEV1D,
     InstalledPolicy,
     InstalledState,
     Route,
@@ -168,8 +175,16 @@ class RoutesLike(Protocol):
     def route_to(self, address: str) -> tuple[int, str | None]: ...
     def add_route(self, route: Route) -> None: ...
     def delete_route(self, route: Route) -> None: ...
+    def host_addresses(self) -> list[tuple[str, int, int | None]]: ...
+    def add_address(self, address: str, ifindex: int) -> None: ...
+    def delete_address(self, address: str, ifindex: int) -> None: ...
     def close(self) -> None: ...
 
+
+LOOPBACK_INDEX: Final = 1
+"""``lo`` is the first interface of every network namespace (net/core/dev.c registers it
+first); a Mode Config virtual IP goes there, as strongSwan's kernel-netlink puts it on an
+interface of its own choosing."""
 
 PrepareSockets = Callable[[SendUdp], tuple[int, list[str]]]
 """Given attach()'s ``send_udp``: (NAT-T sockets now decapsulating ESP-in-UDP, problems)."""
@@ -396,6 +411,10 @@ class KernelBackend:
         self._pairs: dict[tuple[int, int], _InstalledPair] = {}
         self._decap_sockets = 0
         self._decap_problems: list[str] = []
+        self._vips: dict[int, tuple[Address, tuple[Network, ...]]] = {}
+        """ISAKMP SA -> (virtual IP, split networks) of a Mode Config client."""
+        self._address_refs: dict[Address, tuple[int, bool]] = {}
+        """Virtual IP -> (ISAKMP SAs using it, whether it was added here)."""
         self._closed = False
 
     # --- DataplaneBackend ---
@@ -579,6 +598,8 @@ class KernelBackend:
                     continue
                 if self._delete_leftover(self.routes.delete_route, route):
                     removed.append(f"route to {route.dst}")
+        if self.routes is not None:
+            removed.extend(self._recover_addresses(recorded.get("addresses")))
         if removed:
             log.warning("kernel data plane: removed what a previous run left behind "
                         "(recorded in %s): %s", state_file, ", ".join(removed))
@@ -586,6 +607,26 @@ class KernelBackend:
             log.warning("kernel data plane: %d XFRM entries carry ikev1d reqids but are not "
                         "recorded in %s (another ikev1d's?): left alone", foreign, state_file)
         self._save()
+
+    def _recover_addresses(self, recorded: object) -> list[str]:
+        """Delete the virtual IPs a killed run left on ``lo``: those the state file lists
+        that still carry our IFA_PROTO (an administrator's same address does not)."""
+        if self.routes is None:
+            return []
+        rows = {(str(r[0]), r[1]) for r in _rows(recorded, 2) if isinstance(r[1], int)}
+        if not rows:
+            return []
+        try:
+            present = self.routes.host_addresses()
+        except OSError as exc:
+            log.warning("kernel data plane: cannot list addresses: %s", _reason(exc))
+            return []
+        removed = []
+        for address, index, proto in present:
+            if (address, index) in rows and proto == RTPROT_IKEV1D and self._delete_leftover(
+                    self.routes.delete_address, address, index):
+                removed.append(f"virtual IP {address}")
+        return removed
 
     @staticmethod
     def _delete_leftover(operation: Callable[..., None], *args: object) -> bool:
@@ -599,7 +640,7 @@ class KernelBackend:
         return True
 
     def _save(self, states: tuple[XfrmState, ...] = (), policies: tuple[XfrmPolicy, ...] = (),
-              routes: tuple[Route, ...] = ()) -> None:
+              routes: tuple[Route, ...] = (), addresses: tuple[Address, ...] = ()) -> None:
         """Record what is installed, plus what is about to be (written before it is)."""
         if self._state_file is None:
             return
@@ -609,6 +650,8 @@ class KernelBackend:
             "states": [_state_record(s) for s in (*all_states, *states)],
             "policies": [_policy_record(p) for p in (*self.policies, *policies)],
             "routes": [_route_record(r) for r in (*self._route_refs, *routes)],
+            "addresses": [[str(a), LOOPBACK_INDEX] for a in (
+                *(a for a, (_, added) in self._address_refs.items() if added), *addresses)],
         })
 
     def _allocate_reqid(self) -> int:
@@ -666,7 +709,7 @@ class KernelBackend:
         policy_set.users.add(pair_id)
         self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, (), sa.child_id)
         routes = self._add_routes(sa.conn, sa.child, sa.mode, sa.remote[0], sa.local_ts,
-                                  sa.remote_ts)
+                                  sa.remote_ts, sa.ike_id)
         self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, routes, sa.child_id)
         self._save()
         log.info(
@@ -679,6 +722,64 @@ class KernelBackend:
 
     def remove(self, sa: ChildSaDeleted) -> None:
         self._remove_pair((sa.spi_in, sa.spi_out))
+
+    # --- CarriesVirtualIps ---
+
+    def add_virtual_ip(self, ike_id: int, address: Address, split: tuple[Network, ...]) -> None:
+        """Add a Mode Config virtual IP on ``lo`` (see ``CarriesVirtualIps``).
+
+        Recorded in the state file before it is added, so a run after a crash
+        removes it; an address the host has already (on any interface) is not ours:
+        used as it is, never removed."""
+        if self._closed:
+            raise DataplaneError("kernel data plane is closed")
+        old = self._vips.get(ike_id)
+        if old is not None and old[0] == address:
+            self._vips[ike_id] = (address, split)
+            return
+        if old is not None:
+            self.remove_virtual_ip(ike_id, old[0])
+        users, added = self._address_refs.get(address, (0, False))
+        if users == 0 and self.routes is not None:
+            try:
+                present = {ipaddress.ip_address(a) for a, _, _ in self.routes.host_addresses()}
+            except OSError as exc:
+                raise DataplaneError(f"kernel data plane: virtual IP {address}: "
+                                     f"{_reason(exc)}") from None
+            if address in present:
+                log.info("kernel data plane: virtual IP %s is on this host already; used as "
+                         "it is and left there", address)
+            else:
+                self._save(addresses=(address,))
+                try:
+                    self.routes.add_address(str(address), LOOPBACK_INDEX)
+                except OSError as exc:
+                    self._save()
+                    raise DataplaneError(f"kernel data plane: adding virtual IP {address}: "
+                                         f"{_reason(exc)}") from None
+                added = True
+        self._address_refs[address] = (users + 1, added)
+        self._vips[ike_id] = (address, split)
+        self._save()
+        log.debug("kernel data plane: virtual IP %s%s", address, " on lo" if added else "")
+
+    def remove_virtual_ip(self, ike_id: int, address: Address) -> None:
+        vip = self._vips.get(ike_id)
+        if vip is None or vip[0] != address:
+            return
+        del self._vips[ike_id]
+        users, added = self._address_refs.pop(address, (0, False))
+        if users > 1:
+            self._address_refs[address] = (users - 1, added)
+            return
+        if added and self.routes is not None:
+            try:
+                self.routes.delete_address(str(address), LOOPBACK_INDEX)
+            except OSError as exc:
+                if exc.errno not in (*_GONE, errno.EADDRNOTAVAIL):
+                    log.warning("kernel data plane: removing virtual IP %s: %s", address,
+                                _reason(exc))
+        self._save()
 
     def counters(self, spi_in: int, spi_out: int) -> Counters:
         pair = self._pairs.get((spi_in, spi_out))
@@ -723,6 +824,8 @@ class KernelBackend:
                     self.remove_trap(conn, child)
                 except DataplaneError as exc:
                     log.error("kernel data plane: %s", exc)
+            for ike_id, (address, _) in list(self._vips.items()):
+                self.remove_virtual_ip(ike_id, address)
         finally:
             if self.expire_source is not None:
                 if self._loop is not None:
@@ -731,7 +834,8 @@ class KernelBackend:
             self.xfrm.close()
             if self.routes is not None:
                 self.routes.close()
-            if self._state_file is not None and not self._pairs and not self._policy_sets:
+            if (self._state_file is not None and not self._pairs and not self._policy_sets
+                    and not self._address_refs):
                 self._state_file.remove()
 
     def probe(self) -> None:
@@ -778,15 +882,17 @@ class KernelBackend:
 
     def _add_routes(self, conn: str, child: str, mode: str, remote: str,
                     local_nets: tuple[Network, ...],
-                    remote_nets: tuple[Network, ...]) -> tuple[Route, ...]:
+                    remote_nets: tuple[Network, ...],
+                    ike_id: int | None = None) -> tuple[Route, ...]:
         """Routes to the remote networks with a source address inside the local ones.
 
         As strongSwan does (its table 220): without them a program on this host
         would send to the remote networks from its outer address, which no policy
-        covers. Only when this host has an address in the SA's local networks, only
-        in tunnel mode, and never over an existing route (that one is left alone).
-        A route that cannot be added is logged, not fatal: the SAs still serve
-        forwarded traffic.
+        covers. Only when this host has an address in the SA's local networks (or
+        the ISAKMP SA has a virtual IP, which is then the source), only in tunnel
+        mode, and never over an existing route (that one is left alone). A route
+        that cannot be added is logged, not fatal: the SAs still serve forwarded
+        traffic.
         """
         if self.routes is None or mode != "tunnel":
             return ()
@@ -798,9 +904,16 @@ class KernelBackend:
                         extra={"conn": conn})
             return ()
         added: list[Route] = []
-        for remote_ts in remote_nets:
-            source = next((a for a in addresses for net in local_nets
-                           if a.version == remote_ts.version and a in net), None)
+        vip = self._vips.get(ike_id) if ike_id is not None else None
+        remote_networks = remote_nets
+        if vip is not None:
+            remote_networks = split_routes(remote_networks, vip[1])
+        for remote_ts in remote_networks:
+            if vip is not None and vip[0].version == remote_ts.version:
+                source: Address | None = vip[0]
+            else:
+                source = next((a for a in addresses for net in local_nets
+                               if a.version == remote_ts.version and a in net), None)
             if source is None:
                 continue
             route = Route(remote_ts, oif, gateway or remote, str(source))

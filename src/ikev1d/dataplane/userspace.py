@@ -11,7 +11,10 @@ ICV, padding), the inner packet is checked against the SA's selectors
 (RFC 4301 §5.2) and written to the TUN device.
 
 Routes: each SA's remote networks are routed into the TUN device, with a
-source address of ours inside its local networks when the host has one. A
+source address of ours inside its local networks when the host has one.
+A Mode Config client's virtual IP goes onto the TUN device and becomes the
+source of the routes of that ISAKMP SA's IPsec SAs; when the server named split
+networks, only those are routed. A
 default network is routed as its two halves, and when the remote networks
 contain the peer itself (a full tunnel) the route to the peer is pinned first,
 so that our own IKE and ESP never enter the tunnel. UDP-encapsulated SAs send
@@ -44,10 +47,12 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from ikev1d.dataplane.base import (
     AcquireHandler,
+    Address,
     DataplaneError,
     ExpireHandler,
     SendUdp,
     soft_limit,
+    split_routes,
     zero_counters,
 )
 from ikev1d.dataplane.esp import (
@@ -134,6 +139,8 @@ class RoutesLike(Protocol):
     def add(self, network: Network, src: str | None) -> None: ...
     def remove(self, network: Network) -> None: ...
     def add_bypass(self, peer: str) -> bool: ...
+    def add_address(self, address: str) -> bool: ...
+    def remove_address(self, address: str) -> None: ...
     def remove_bypass(self, peer: str) -> None: ...
     def owned_bypasses(self) -> list[str]: ...
     def remove_stale_bypass(self, peer: str) -> bool: ...
@@ -218,6 +225,10 @@ class UserspaceBackend:
         self._acquire: AcquireHandler | None = None
         self._traps: dict[tuple[str, str], _Trap] = {}
         self._state_file: StateFile | None = None
+        self._vips: dict[int, tuple[Address, tuple[Network, ...]]] = {}
+        """ISAKMP SA -> (virtual IP, split networks) of a Mode Config client."""
+        self._address_refs: dict[Address, tuple[int, bool]] = {}
+        """Virtual IP -> (ISAKMP SAs using it, whether it was added here)."""
         self._renewal_asked = False
         """Set when an SA asked to be renewed: the packet loop yields, so that the
         engine sends the Quick Mode before the rest of the batch uses up the SA."""
@@ -340,7 +351,7 @@ class UserspaceBackend:
             name=f"{sa.conn}/{sa.child}",
             remote_networks=tuple(sa.remote_ts),
             local_networks=tuple(sa.local_ts),
-            routes=tun_routes(tuple(sa.remote_ts)),
+            routes=tun_routes(self._routed_networks(sa)),
             bypass=sa.remote[0] if peer_inside(sa.remote[0], tuple(sa.remote_ts)) else None,
             child_id=sa.child_id,
             # RFC 4303 §3.3.3: renewed before the sequence numbers run out.
@@ -352,7 +363,7 @@ class UserspaceBackend:
         if self.sad.get(sa.spi_in, sa.spi_out) is not None:  # installed twice: replace
             self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
                                        sa.spi_in, sa.spi_out, "reinstalled"))
-        src = self.routes.local_address_in(tuple(sa.local_ts))
+        src = self._source_for(sa)
         added: list[Network] = []
         bypass = entry.bypass
         try:
@@ -376,6 +387,74 @@ class UserspaceBackend:
             entry.name, sa.spi_in, sa.spi_out,
             ", ".join(map(str, sa.remote_ts)), self.tun.name, f" src {src}" if src else "",
         )
+
+    def _vip_for(self, sa: ChildSaEstablished) -> tuple[Address, tuple[Network, ...]] | None:
+        vip = self._vips.get(sa.ike_id)
+        if vip is None or not any(n.version == vip[0].version for n in sa.remote_ts):
+            return None
+        return vip
+
+    def _source_for(self, sa: ChildSaEstablished) -> str | None:
+        """The virtual IP of the SA's ISAKMP SA, else an address of ours in its local networks."""
+        vip = self._vip_for(sa)
+        if vip is not None:
+            return str(vip[0])
+        return self.routes.local_address_in(tuple(sa.local_ts))
+
+    def _routed_networks(self, sa: ChildSaEstablished) -> tuple[Network, ...]:
+        vip = self._vip_for(sa)
+        if vip is None:
+            return tuple(sa.remote_ts)
+        routed = split_routes(tuple(sa.remote_ts), vip[1])
+        if not routed:
+            log.warning("userspace: %s/%s: none of its remote networks (%s) is among the "
+                        "server's split networks (%s): nothing routed into %s", sa.conn,
+                        sa.child, ", ".join(map(str, sa.remote_ts)),
+                        ", ".join(map(str, vip[1])), self.tun.name)
+        return routed
+
+    # --- CarriesVirtualIps ----------------------------------------------------------
+
+    def add_virtual_ip(self, ike_id: int, address: Address, split: tuple[Network, ...]) -> None:
+        """Put a Mode Config virtual IP on the TUN device (see ``CarriesVirtualIps``).
+
+        The device vanishes with the process, and the address with it, so nothing
+        needs recording for a restart after a crash."""
+        if self._closed:
+            raise DataplaneError("the userspace data plane is closed")
+        old = self._vips.get(ike_id)
+        if old is not None and old[0] == address:
+            self._vips[ike_id] = (address, split)
+            return
+        if old is not None:
+            self.remove_virtual_ip(ike_id, old[0])
+        users, added = self._address_refs.get(address, (0, False))
+        if users == 0:
+            try:
+                added = self.routes.add_address(str(address))
+            except OSError as exc:
+                raise DataplaneError(f"cannot add virtual IP {address} to {self.tun.name}: "
+                                     f"{exc}") from None
+            if not added:
+                log.info("userspace: virtual IP %s is on this host already; used as it is "
+                         "and left there", address)
+        self._address_refs[address] = (users + 1, added)
+        self._vips[ike_id] = (address, split)
+        log.debug("userspace: virtual IP %s on %s", address, self.tun.name)
+
+    def remove_virtual_ip(self, ike_id: int, address: Address) -> None:
+        vip = self._vips.get(ike_id)
+        if vip is None or vip[0] != address:
+            return
+        del self._vips[ike_id]
+        users, added = self._address_refs.pop(address, (0, False))
+        if users > 1:
+            self._address_refs[address] = (users - 1, added)
+        elif users == 1 and added and not self._closed:
+            try:
+                self.routes.remove_address(str(address))
+            except OSError as exc:
+                log.warning("userspace: removing virtual IP %s: %s", address, exc)
 
     def remove(self, sa: ChildSaDeleted) -> None:
         entry = self.sad.remove(sa.spi_in, sa.spi_out)
@@ -432,6 +511,8 @@ class UserspaceBackend:
         self._traps.clear()
         self._route_refs.clear()  # routes.close() removes what is left
         self._bypass_refs.clear()
+        self._vips.clear()  # the addresses vanish with the TUN device
+        self._address_refs.clear()
         for step in (self.routes.close, self.tun.close, self.raw4.close):
             try:
                 step()

@@ -299,6 +299,30 @@ class Engine:
         for sa in self._sas_of(conn):
             self.deletion.delete_sa(sa, "deleted by local request", send=True)
 
+    def terminate_ike(self, ike_id: int, now: float) -> bool:
+        """Delete exactly ISAKMP SA ``ike_id`` and its IPsec SAs, with Delete payloads
+        to the peer (RFC 2408 §3.15); the connection's other SAs (other road
+        warriors of a ``%any`` connection) stay. False when there is no such SA."""
+        for sa in self._all_sas():
+            if sa.ike_id == ike_id and sa.state is not IkeState.DELETING:
+                self.deletion.delete_sa(sa, "deleted by local request", send=True)
+                return True
+        return False
+
+    def peer_ike_ids(self, conn: str, peer: str) -> list[int]:
+        """The ISAKMP SAs of ``conn`` whose peer has ID ``peer`` (as status shows
+        ``remote_id``), that outer address, or that XAUTH user name (which tells road
+        warriors apart that share a group ID)."""
+        return [sa.ike_id for sa in self._sas_of(conn) if sa.state is not IkeState.DELETING
+                and peer in (sa.remote_id, sa.remote[0], sa.xauth_user)]
+
+    def terminate_peer(self, conn: str, peer: str, now: float) -> int:
+        """Delete the ISAKMP SAs :meth:`peer_ike_ids` names, each with its IPsec SAs;
+        how many."""
+        if conn not in self.config.connections and not self._sas_of(conn):
+            raise EngineError(f"no connection named {conn!r}")
+        return sum(self.terminate_ike(ike_id, now) for ike_id in self.peer_ike_ids(conn, peer))
+
     def install_failed(self, child_id: int, reason: str, now: float) -> None:
         """The data plane could not install an IPsec SA: delete it, telling the peer,
         so that nothing is left half-installed on either side."""
@@ -647,6 +671,7 @@ class Engine:
             established = sa.established_at
             ike_sas.append(IkeSaStatus(
                 name=sa.name,
+                ike_id=sa.ike_id,
                 state=sa.state.value,
                 local=sa.local,
                 remote=sa.remote,

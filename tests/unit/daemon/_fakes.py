@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ikev1d.config import Config, parse_config
 from ikev1d.daemon.runtime import Daemon, DaemonOptions
-from ikev1d.dataplane.base import DataplaneError, NoneBackend, SendUdp
+from ikev1d.dataplane.base import Address, DataplaneError, NoneBackend, SendUdp
 from ikev1d.engine import Engine
 from ikev1d.engine.api import (
     ChildSaDeleted,
@@ -30,6 +30,7 @@ from ikev1d.engine.api import (
     EngineError,
     IkeSaDeleted,
     IkeSaEstablished,
+    Network,
 )
 from ikev1d.status import ChildSaStatus, Counters, IkeSaStatus, StatusDocument
 
@@ -62,10 +63,10 @@ remote_addrs = ["127.0.0.2"]
 
 
 def make_config(port: int, port_nat_t: int,
-                listen: tuple[str, ...] = ("127.0.0.1",)) -> Config:
+                listen: tuple[str, ...] = ("127.0.0.1",), extra: str = "") -> Config:
     text = CONFIG.format(listen=", ".join(f'"{a}"' for a in listen), port=port,
                          port_nat_t=port_nat_t)
-    return parse_config(text, "ikev1d.toml")
+    return parse_config(text + extra, "ikev1d.toml")
 
 
 def fresh_config() -> Config:
@@ -210,6 +211,17 @@ class RecordingBackend(NoneBackend):
         self.send_udp: SendUdp | None = None
         self.refuse: str | None = None
         """When set, install() fails with this message, as a broken data plane would."""
+        self.vips: dict[int, tuple[str, tuple[str, ...]]] = {}
+        """ISAKMP SA -> (virtual IP, split networks) the daemon put on the data plane."""
+
+    def add_virtual_ip(self, ike_id: int, address: Address, split: tuple[Network, ...]) -> None:
+        if self.refuse is not None:
+            raise DataplaneError(self.refuse)
+        self.vips[ike_id] = (str(address), tuple(map(str, split)))
+
+    def remove_virtual_ip(self, ike_id: int, address: Address) -> None:
+        if self.vips.get(ike_id, ("",))[0] == str(address):
+            del self.vips[ike_id]
 
     def attach(self, send_udp: SendUdp, loop: asyncio.AbstractEventLoop) -> None:
         self.send_udp = send_udp
@@ -248,10 +260,12 @@ async def running_daemon(
     listen: tuple[str, ...] = ("127.0.0.1",),
     install_signal_handlers: bool = False,
     config_loader: Callable[[str], Config] | None = None,
+    extra_config: str = "",
 ) -> AsyncIterator[Harness]:
-    """A started Daemon with a FakeEngine on free loopback ports and a temp control socket."""
+    """A started Daemon with a FakeEngine on free loopback ports and a temp control socket
+    (``extra_config``: more TOML after the fakes' connections)."""
     port, port_nat_t = free_udp_ports(2)
-    config = make_config(port, port_nat_t, listen)
+    config = make_config(port, port_nat_t, listen, extra_config)
     backend = RecordingBackend()
     engines: list[FakeEngine] = []
     engine_factory = collecting_factory(engines)

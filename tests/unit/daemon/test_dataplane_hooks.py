@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import tempfile
 
+import pytest
+
 from ikev1d.daemon.runtime import Daemon, DaemonOptions, dataplane_state_file
 from ikev1d.dataplane.base import AcquireHandler, ExpireHandler
-from ikev1d.engine.api import TrapInstalled, TrapRemoved
+from ikev1d.engine.api import TrapInstalled, TrapRemoved, VirtualIpAssigned, VirtualIpReleased
 from tests.unit.daemon._fakes import (
     FakeEngine,
     RecordingBackend,
     collecting_factory,
     free_udp_ports,
     make_config,
+    running_daemon,
 )
 
 
@@ -135,5 +139,32 @@ def test_daemon_hands_traps_to_the_data_plane_and_acquires_to_the_engine() -> No
                 assert backend.traps == ["+gw/net", "-gw/net"]
             finally:
                 await daemon.stop()
+
+    asyncio.run(body())
+
+
+def test_virtual_ip_goes_onto_the_data_plane_and_off_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    vip = ipaddress.ip_address("10.3.0.7")
+
+    async def body() -> None:
+        async with running_daemon() as h:
+            caplog.set_level("INFO")
+            h.engine.emit(VirtualIpAssigned("site-ok", 4, vip, (ipaddress.ip_address("10.2.0.53"),),
+                                            (ipaddress.ip_network("10.2.0.0/16"),)))
+            h.daemon._pump()
+            assert h.backend.vips == {4: ("10.3.0.7", ("10.2.0.0/16",))}
+            h.engine.emit(VirtualIpReleased("site-ok", 4, ipaddress.ip_address("10.3.0.8")))
+            h.daemon._pump()
+            assert 4 in h.backend.vips  # another address: not this one's to remove
+            h.engine.emit(VirtualIpReleased("site-ok", 4, vip))
+            h.daemon._pump()
+            assert h.backend.vips == {}
+            # A data plane that refuses: logged, and the daemon goes on.
+            h.backend.refuse = "no TUN"
+            h.engine.emit(VirtualIpAssigned("site-ok", 5, vip))
+            h.daemon._pump()
+            assert "virtual IP 10.3.0.7 not put on this host: no TUN" in caplog.text
 
     asyncio.run(body())

@@ -37,6 +37,7 @@ from ikev1d.dataplane.kernel import (
 )
 from ikev1d.dataplane.linux import xfrm as xfrm_io
 from ikev1d.dataplane.linux.xfrm import (
+    RTPROT_IKEV1D,
     InstalledPolicy,
     InstalledState,
     Route,
@@ -424,6 +425,8 @@ class FakeRoutes:
         self.addresses = addresses
         self.gateway = gateway
         self.table: dict[Network, Route] = {}
+        self.added: dict[str, tuple[int, int | None]] = {}
+        """Addresses added through the backend (or by an earlier run): index, proto."""
         self.closed = False
 
     def local_addresses(self) -> list[str]:
@@ -442,6 +445,19 @@ class FakeRoutes:
     def delete_route(self, route: Route) -> None:
         if self.table.pop(route.dst, None) is None:
             raise OSError(errno.ESRCH, "No such process")
+
+    def host_addresses(self) -> list[tuple[str, int, int | None]]:
+        return [(a, 2, None) for a in self.addresses] + [
+            (a, index, proto) for a, (index, proto) in self.added.items()]
+
+    def add_address(self, address: str, ifindex: int) -> None:
+        if address in self.added:
+            raise OSError(errno.EEXIST, "File exists")
+        self.added[address] = (ifindex, RTPROT_IKEV1D)
+
+    def delete_address(self, address: str, ifindex: int) -> None:
+        if self.added.pop(address, None) is None:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
 
     def close(self) -> None:
         self.closed = True

@@ -82,6 +82,8 @@ class FakeRoutes:
         self.local_addrs = [ipaddress.ip_address(a) for a in local_addrs]
         self.routes: dict[str, str | None] = {}
         self.bypasses: set[str] = set()
+        self.addresses: set[str] = set()
+        """Virtual IPs put on the TUN device."""
         self.stale: set[str] = set()
         """Host routes with our proto that an earlier run left."""
         self.log: list[str] = []
@@ -112,6 +114,17 @@ class FakeRoutes:
     def remove_bypass(self, peer: str) -> None:
         self.bypasses.discard(peer)
         self.log.append(f"unbypass {peer}")
+
+    def add_address(self, address: str) -> bool:
+        if ipaddress.ip_address(address) in self.local_addrs:
+            return False
+        self.addresses.add(address)
+        self.log.append(f"addr {address}")
+        return True
+
+    def remove_address(self, address: str) -> None:
+        self.addresses.discard(address)
+        self.log.append(f"unaddr {address}")
 
     def owned_bypasses(self) -> list[str]:
         return sorted(self.bypasses)

@@ -8,8 +8,9 @@
   writes the outer IP header on send; on receipt an IPv4 raw socket hands over the
   whole datagram (reassembled), an IPv6 one only the payload.
 * :class:`Routes`: routes of remote networks into the TUN device, with ``src`` set
-  to an address of ours inside the SA's local networks when the host has one, so
-  ordinary programs pick a source address that the SA covers. pyroute2 (netlink).
+  to an address of ours inside the SA's local networks when the host has one (or
+  to a Mode Config virtual IP, which goes onto the TUN device), so ordinary
+  programs pick a source address that the SA covers. pyroute2 (netlink).
   Routes are added, never replaced (an administrator's route to the same network
   makes the install fail instead of being overwritten), carry ``proto``
   :data:`~ikev1d.dataplane.linux.xfrm.RTPROT_IKEV1D`, and only those added here
@@ -280,6 +281,7 @@ class Routes:
         self._netlink = netlink
         self._installed: set[str] = set()
         self._bypasses: set[str] = set()
+        self._addresses: set[str] = set()
 
     def local_address_in(self, networks: Iterable[Network]) -> str | None:
         """An address configured on this host inside one of ``networks``, if any."""
@@ -336,6 +338,52 @@ class Routes:
         except Exception as exc:
             # Gone already (the device went down, or someone removed it): nothing to undo.
             log.debug("removing route to %s: %s", network, exc)
+
+    def _has_address(self, ipr: Any, address: str) -> bool:
+        for msg in ipr.get_addr():
+            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if text and ipaddress.ip_address(text) == ipaddress.ip_address(address):
+                return True
+        return False
+
+    def add_address(self, address: str) -> bool:
+        """Put a virtual IP (a host address) on the TUN device; False when this host has
+        it already (on any interface): then it is someone else's and left as it is.
+
+        Nothing records it: it vanishes with the device when the process dies."""
+        addr = ipaddress.ip_address(address)
+        family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+
+        def add(ipr: Any) -> bool:
+            if self._has_address(ipr, address):
+                return False
+            ipr.addr("add", index=self.ifindex, address=address, prefixlen=addr.max_prefixlen,
+                     family=family)
+            return True
+
+        try:
+            added = self._netlink.call(add)
+        except Exception as exc:
+            if _netlink_errno(exc) == errno.EEXIST:
+                return False
+            raise TunError(errno.EIO, f"cannot add address {address}: {exc}") from None
+        if added:
+            self._addresses.add(address)
+        return bool(added)
+
+    def remove_address(self, address: str) -> None:
+        """Remove a virtual IP that :meth:`add_address` put on the TUN device (only such)."""
+        if address not in self._addresses:
+            return
+        self._addresses.discard(address)
+        addr = ipaddress.ip_address(address)
+        family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+        try:
+            self._netlink.call(lambda ipr: ipr.addr(
+                "del", index=self.ifindex, address=address, prefixlen=addr.max_prefixlen,
+                family=family))
+        except Exception as exc:
+            log.debug("removing address %s: %s", address, exc)
 
     def add_bypass(self, peer: str) -> bool:
         """Pin a host route to ``peer`` on the path it has now, outside the TUN device.

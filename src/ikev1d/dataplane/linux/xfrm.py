@@ -86,6 +86,7 @@ NLMSGERR_ATTR_MSG: Final = 1
 
 # <linux/rtnetlink.h>
 RTM_NEWADDR: Final = 20
+RTM_DELADDR: Final = 21
 RTM_GETADDR: Final = 22
 RTM_NEWROUTE: Final = 24
 RTM_DELROUTE: Final = 25
@@ -96,6 +97,9 @@ RTA_GATEWAY: Final = 5
 RTA_PREFSRC: Final = 7
 IFA_ADDRESS: Final = 1
 IFA_LOCAL: Final = 2
+IFA_PROTO: Final = 11
+"""The originator of an address (Linux 6.1, <linux/if_addr.h>); ours carry RTPROT_IKEV1D."""
+IFA_F_NODAD: Final = 0x02
 RT_TABLE_MAIN: Final = 254
 RTPROT_STATIC: Final = 4
 RTPROT_IKEV1D: Final = 0x49
@@ -761,6 +765,20 @@ def encode_route(route: Route, delete: bool = False) -> bytes:
     ))  # fmt: skip
 
 
+def encode_address(address: str, ifindex: int) -> bytes:
+    """RTM_NEWADDR / RTM_DELADDR payload for a host address: ``ifaddrmsg`` and attributes."""
+    ip = ipaddress.ip_address(address)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    return b"".join((
+        # No duplicate address detection for IPv6: the server assigned the address to us.
+        _IFADDRMSG.pack(family, ip.max_prefixlen, IFA_F_NODAD if ip.version == 6 else 0,
+                        RT_SCOPE_UNIVERSE, ifindex),
+        _attribute(IFA_LOCAL, ip.packed),
+        _attribute(IFA_ADDRESS, ip.packed),
+        _attribute(IFA_PROTO, bytes((RTPROT_IKEV1D,))),
+    ))  # fmt: skip
+
+
 class RouteSocket(_NetlinkSocket):
     """A NETLINK_ROUTE socket: the host's addresses, the path to a peer, tunnel routes."""
 
@@ -794,6 +812,29 @@ class RouteSocket(_NetlinkSocket):
         (oif,) = struct.unpack("=I", attrs[RTA_OIF][:4])
         gateway = attrs.get(RTA_GATEWAY)
         return oif, str(ipaddress.ip_address(gateway)) if gateway else None
+
+    def host_addresses(self) -> list[tuple[str, int, int | None]]:
+        """(address, interface index, IFA_PROTO or None) of every address in this namespace."""
+        result: list[tuple[str, int, int | None]] = []
+        for kind, body in self._dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+            if kind != RTM_NEWADDR or len(body) < _IFADDRMSG.size:
+                continue
+            index = _IFADDRMSG.unpack_from(body)[4]
+            attrs = _parse_attributes(body, _IFADDRMSG.size)
+            raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+            proto = attrs.get(IFA_PROTO)
+            if raw is not None and len(raw) in (4, 16):
+                result.append((str(ipaddress.ip_address(raw)), index,
+                               proto[0] if proto else None))
+        return result
+
+    def add_address(self, address: str, ifindex: int) -> None:
+        """Add a host address (/32, /128) tagged with our IFA_PROTO; EEXIST if it is there."""
+        self._request(RTM_NEWADDR, encode_address(address, ifindex),
+                      extra_flags=NLM_F_CREATE | NLM_F_EXCL)
+
+    def delete_address(self, address: str, ifindex: int) -> None:
+        self._request(RTM_DELADDR, encode_address(address, ifindex))
 
     def add_route(self, route: Route) -> None:
         self._request(RTM_NEWROUTE, encode_route(route), extra_flags=NLM_F_CREATE | NLM_F_EXCL)

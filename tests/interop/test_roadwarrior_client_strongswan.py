@@ -1,0 +1,154 @@
+"""ikev1d as a road warrior against a strongSwan 5.9 Mode Config / XAUTH server.
+
+One topology, one charon and one ikev1d daemon for the module: client A
+(192.0.2.1, no inner network) runs ikev1d with the userspace data plane and
+``vips = ["0.0.0.0"]``; server B (192.0.2.2, 10.2.0.1/24 on lo) runs charon
+with pool 10.3.0.0/24 (``xauth-generic`` loaded). Each case loads its server
+connection into charon and its client configuration into ikev1d (``reload``),
+brings the tunnel up, pings 10.2.0.1 from A without choosing a source (the
+virtual IP on the TUN device is the route's source), checks that both sides
+agree on the virtual IP and the SPIs, and takes it down again. XAUTH with a
+wrong password leaves no SA on either side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ikev1d_lab import netns
+from ikev1d_lab.daemon import Ikev1dDaemon, roadwarrior_client_toml
+from ikev1d_lab.netns import Topology
+from ikev1d_lab.ping import ping
+from ikev1d_lab.strongswan import (
+    ROADWARRIOR_LOAD,
+    Charon,
+    roadwarrior_server_conf,
+    strongswan_available,
+)
+
+pytestmark = pytest.mark.interop
+
+PSK = "road-warrior-group-key-0123456789"
+P1, P2 = ["aes128-sha256-modp2048"], ["aes128gcm16"]
+SERVER_ID = "gw.example.org"
+USERS = {"alice": "alice's password", "bob": "bob's password"}
+
+
+@dataclass
+class Rig:
+    topo: Topology
+    ours: Ikev1dDaemon
+    theirs: Charon
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    for check in (netns.netns_available, strongswan_available):
+        ok, reason = check()
+        if not ok:
+            pytest.skip(reason)
+    work = tmp_path_factory.mktemp("rw")
+    with netns.two_hosts(inner_a=None) as topo:
+        theirs = Charon(topo.b, work / "charon", load=ROADWARRIOR_LOAD)
+        ours = Ikev1dDaemon(topo.a, work / "ikev1d", client_conf())
+        try:
+            ours.start()
+            yield Rig(topo, ours, theirs)
+        finally:
+            code = ours.stop()
+            theirs.stop()
+        assert code == 0, ours.log_text()[-3000:]
+
+
+def client_conf(*, modecfg: str = "pull", xauth: tuple[str, str] | None = None) -> str:
+    return roadwarrior_client_toml(
+        "home", "192.0.2.1", "192.0.2.2", "192.0.2.1", SERVER_ID, PSK, P1, P2, "10.2.0.0/24",
+        modecfg=modecfg, xauth_id=xauth[0] if xauth else None,
+        xauth_password=xauth[1] if xauth else "")
+
+
+def configure(rig: Rig, *, push: bool = False, xauth: tuple[str, str] | None = None) -> None:
+    rig.theirs.load_config(roadwarrior_server_conf(
+        "rw", "192.0.2.2", SERVER_ID, PSK, P1, P2, "10.2.0.0/24", addrs="10.3.0.0/24",
+        dns=["10.2.0.53"], push=push, xauth_users=USERS if xauth else None))
+    rig.ours.config_path.write_text(client_conf(modecfg="push" if push else "pull",
+                                                xauth=xauth))
+    rig.ours.cli("reload")
+
+
+def their_sa(rig: Rig) -> dict[str, Any]:
+    (ike,) = rig.theirs.wait_for(lambda sas: len(sas) == 1 and len(sas[0]["children"]) == 1)
+    return ike
+
+
+def take_down(rig: Rig) -> None:
+    rig.ours.down("home")
+    rig.theirs.wait_for(lambda sas: not sas)
+    deadline = time.monotonic() + 5
+    while rig.ours.status()["ike_sas"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rig.ours.status()["ike_sas"] == []
+
+
+def established(rig: Rig) -> None:
+    """Up, traffic from the virtual IP both ways, both sides agree; then down."""
+    result = rig.ours.up("home")
+    assert result.returncode == 0, result.stdout + result.stderr + rig.ours.log_text()[-3000:]
+    try:
+        (ike,) = rig.ours.status()["ike_sas"]
+        vip = ike["virtual_ip"]
+        assert vip is not None and vip.startswith("10.3.0."), ike
+        assert ike["dns"] == ["10.2.0.53"]
+        (child,) = ike["children"]
+        assert child["local_ts"] == [f"{vip}/32"] and child["remote_ts"] == ["10.2.0.0/24"]
+        # The source the kernel picks on A for the server's network is the virtual IP.
+        route = rig.topo.a.run(["ip", "route", "get", "10.2.0.1"]).stdout
+        assert f"src {vip}" in route, route
+        assert ping(rig.topo.a, "10.2.0.1", count=3) == (3, 3)
+        theirs = their_sa(rig)
+        assert theirs["remote-vips"] == [vip]
+        (their_child,) = theirs["children"]
+        assert int(their_child["spi-in"], 16) == int(child["spi_out"], 16)
+        assert int(their_child["spi-out"], 16) == int(child["spi_in"], 16)
+        assert their_child["remote-ts"] == [f"{vip}/32"]
+        assert int(their_child["packets-in"]) >= 3 and int(their_child["packets-out"]) >= 3
+    finally:
+        take_down(rig)
+    # The virtual IP left the TUN device with the SA.
+    assert vip not in rig.topo.a.run(["ip", "-o", "addr"]).stdout
+
+
+def test_mode_config_pull(rig: Rig) -> None:
+    configure(rig)
+    established(rig)
+    assert "virtual IP 10.3.0." in rig.ours.log_text()
+
+
+def test_mode_config_push(rig: Rig) -> None:
+    configure(rig, push=True)
+    established(rig)
+
+
+def test_xauth_and_pull(rig: Rig) -> None:
+    configure(rig, xauth=("alice", USERS["alice"]))
+    established(rig)
+    assert rig.theirs.wait_log("XAuth authentication of 'alice' successful", timeout=1)
+
+
+def test_xauth_with_a_wrong_password(rig: Rig) -> None:
+    configure(rig, xauth=("bob", "not bob's password"))
+    result = rig.ours.up("home", timeout=10, check=False)
+    assert result.returncode != 0
+    assert "XAUTH" in result.stdout + result.stderr, result.stdout + result.stderr
+    rig.theirs.wait_log("XAuth authentication of 'bob' failed", timeout=5)
+    rig.theirs.wait_for(lambda sas: not sas, timeout=10)
+    deadline = time.monotonic() + 10
+    while rig.ours.status()["ike_sas"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rig.ours.status()["ike_sas"] == []
+    assert "10.3.0." not in rig.topo.a.run(["ip", "-o", "addr"]).stdout
