@@ -41,6 +41,7 @@ from ikev1d.dataplane.base import (
     zero_counters,
 )
 from ikev1d.dataplane.esp import (
+    EspAlgorithm,
     EspError,
     EspIcvError,
     EspReplayError,
@@ -50,6 +51,7 @@ from ikev1d.dataplane.esp import (
     esp_algorithm,
     peek_seq,
 )
+from ikev1d.dataplane.mss import IcmpLimiter, clamp_mss, too_big, tunnel_mtu
 from ikev1d.dataplane.sad import NO_LIMIT, Sad, SaEntry, address_key, prefixes
 from ikev1d.dataplane.statefile import StateFile
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network
@@ -92,6 +94,7 @@ DROP_REASONS: Final = (
     "policy",        # inner addresses outside the SA's selectors (RFC 4301 §5.2)
     "tun_error",     # the TUN device refused the decrypted packet
     "socket_error",  # reading the TUN device or raw socket failed
+    "too_big",       # larger than the SA's tunnel MTU, DF set or IPv6: ICMP sent back
 )
 
 _QUIET_REASONS: Final = frozenset({"not_ip", "no_sa"})
@@ -164,8 +167,10 @@ class UserspaceBackend:
         *,
         raw6_factory: Callable[[], RawLike] | None = None,
         on_close: Callable[[], None] | None = None,
+        path_mtu: Callable[[str], int] | None = None,
     ) -> None:
-        """``on_close`` runs last in :meth:`close` (the netlink helper's shutdown)."""
+        """``on_close`` runs last in :meth:`close` (the netlink helper's shutdown);
+        ``path_mtu(peer)`` gives the MTU of the route to a peer (1500 when not given)."""
         self.tun = tun
         self.raw4 = raw4
         self.raw6: RawLike | None = None
@@ -183,6 +188,8 @@ class UserspaceBackend:
         self._log_suppressed: dict[str, int] = {}
         self._closed = False
         self._on_close = on_close
+        self._path_mtu = path_mtu
+        self._icmp = IcmpLimiter()
         self._expired: ExpireHandler | None = None
         self._state_file: StateFile | None = None
         self._renewal_asked = False
@@ -266,6 +273,7 @@ class UserspaceBackend:
             # RFC 4303 §3.3.3: renewed before the sequence numbers run out.
             soft_seq=soft_limit(outbound.max_seq, sa.spi_in),
         )
+        entry.mtu = self._tunnel_mtu(sa, alg)
         if sa.life_bytes > 0:
             entry.hard_bytes = sa.life_bytes
             entry.soft_bytes_out = entry.soft_bytes_in = soft_limit(sa.life_bytes, sa.spi_in)
@@ -417,6 +425,11 @@ class UserspaceBackend:
         if entry is None:
             self._drop("no_sa", "outbound: no SA covers the packet")
             return
+        if len(packet) > entry.mtu and self._too_big(packet, entry):
+            return
+        clamped = clamp_mss(packet, entry.mtu)
+        if clamped is not None:
+            packet = clamped
         counters = entry.counters
         if counters.bytes_out + len(packet) > entry.hard_bytes:
             counters.dropped_out += 1
@@ -497,6 +510,9 @@ class UserspaceBackend:
             self._drop("policy", f"inbound SPI {spi:08x}: inner packet outside the "
                        "SA's traffic selectors")
             return
+        clamped = clamp_mss(inner, entry.mtu)
+        if clamped is not None:
+            inner = clamped
         try:
             self.tun.write(inner)
         except OSError as exc:
@@ -509,6 +525,34 @@ class UserspaceBackend:
             self._soft_limit(entry, "life_bytes nearly reached (inbound): renewing")
 
     # --- helpers ---------------------------------------------------------------------
+
+    def _tunnel_mtu(self, sa: ChildSaEstablished, alg: EspAlgorithm) -> int:
+        """What fits both the TUN device and, once sealed, the path to the peer."""
+        peer = sa.remote[0]
+        path = self._path_mtu(peer) if self._path_mtu is not None else 1500
+        tun_mtu = getattr(self.tun, "mtu", 0xFFFF)
+        mtu = min(tun_mtu if isinstance(tun_mtu, int) else 0xFFFF,
+                  tunnel_mtu(path, alg, encap=sa.encap, outer_ipv6=":" in peer))
+        log.debug("userspace: %s: tunnel MTU %d (path MTU %d to %s)",
+                  f"{sa.conn}/{sa.child}", mtu, path, peer)
+        return mtu
+
+    def _too_big(self, packet: bytes, entry: SaEntry) -> bool:
+        """Answer an oversized packet that must not be fragmented; False: send it anyway
+        (IPv4 without DF: its ESP datagram is fragmented on the way)."""
+        answer = too_big(packet, entry.mtu)
+        if answer is None:
+            return False
+        entry.counters.dropped_out += 1
+        self._drop("too_big", f"outbound: {len(packet)}-octet packet for {entry.name}, "
+                   f"tunnel MTU {entry.mtu}")
+        now = self._loop.time() if self._loop is not None else 0.0
+        if self._icmp.allow(now):
+            try:
+                self.tun.write(answer)
+            except OSError as exc:
+                log.debug("userspace: ICMP too big into %s: %s", self.tun.name, exc)
+        return True
 
     def _nat_mapping_changed(self, entry: SaEntry, esp: bytes, remote: Endpoint) -> None:
         """Follow the peer's NAT mapping when authenticated ESP arrives from a new address/port.
@@ -644,6 +688,7 @@ def create_backend(config: object = None) -> UserspaceBackend:
 
     ``config.daemon.tun_name`` / ``tun_mtu`` are used when the configuration has them.
     """
+    from ikev1d.dataplane.linux.pmtu import path_mtu
     from ikev1d.dataplane.linux.tun import (
         DEFAULT_MTU,
         DEFAULT_TUN_NAME,
@@ -679,4 +724,4 @@ def create_backend(config: object = None) -> UserspaceBackend:
     log.info("userspace data plane on %s (MTU %d)", tun.name, tun_mtu)
     return UserspaceBackend(tun, raw4, routes,
                             raw6_factory=RawEspSocket.ipv6,
-                            on_close=netlink.close)
+                            on_close=netlink.close, path_mtu=path_mtu)
