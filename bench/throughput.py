@@ -113,6 +113,7 @@ class Sample:
     box_busy: float = 0.0  # CPU seconds the whole machine was busy (/proc/stat)
     iperf_cpu: float = 0.0  # CPU seconds of the iperf3 client and server (their own report)
     load: float = 0.0  # the 1-minute load average when the run ended
+    udp_buffer_drops: tuple[int, int] = (0, 0)  # UDP socket buffer overflows in A and B
 
     @property
     def others(self) -> float:
@@ -158,6 +159,17 @@ def box_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, steal = fields[0], fields[1], fields[2], fields[7]
     return (user + nice + system + steal) / _CLK_TCK
+
+
+def snmp(ns: Namespace) -> dict[str, int]:
+    """The namespace's /proc/net/snmp counters ("Udp.RcvbufErrors", ...)."""
+    lines = ns.run(["cat", "/proc/net/snmp"], check=True).stdout.splitlines()
+    out: dict[str, int] = {}
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        proto = head.split(":")[0]
+        for k, v in zip(head.split()[1:], values.split()[1:], strict=False):
+            out[f"{proto}.{k}"] = int(v)
+    return out
 
 
 def load_average() -> float:
@@ -328,6 +340,7 @@ def measure(
     topo: Topology, t: Tunnel, port: int, proto: str, seconds: int, nice: int = 0
 ) -> Sample:
     pids = [p for p in (t.pid_a, t.pid_b) if p is not None]
+    snmp_before = [snmp(ns) for ns in (topo.a, topo.b)]
     before = [cpu_times(p) for p in pids]
     busy_before = box_busy_seconds()
     began = time.monotonic()
@@ -335,6 +348,10 @@ def measure(
     elapsed = time.monotonic() - began
     after = [cpu_times(p) for p in pids]
     busy = box_busy_seconds() - busy_before
+    snmp_after = [snmp(ns) for ns in (topo.a, topo.b)]
+    kernel_drops = tuple(
+        sum(a.get(k, 0) - b.get(k, 0) for k in ("Udp.RcvbufErrors", "Udp.SndbufErrors"))
+        for a, b in zip(snmp_after, snmp_before, strict=True))
     end = report["end"]
     received = end["sum_received"]
     sample = Sample(
@@ -343,6 +360,7 @@ def measure(
         seconds=elapsed,
         box_busy=busy,
         load=load_average(),
+        udp_buffer_drops=(kernel_drops[0], kernel_drops[1]),
     )
     # iperf3's CPU figures are % of one core over its own test time.
     util = end.get("cpu_utilization_percent", {})
@@ -475,7 +493,9 @@ def run_setup(
                        f"B {sample.cpu_b:.2f}s ({sample.sys_b:.2f} sys) in {sample.seconds:.1f}s"
                        if t.pid_a else "")
                     + f"; iperf3 {sample.iperf_cpu / sample.seconds:.2f} cores, "
-                    f"other processes {sample.others:.2f} cores, load {sample.load:.2f}",
+                    f"other processes {sample.others:.2f} cores, load {sample.load:.2f}"
+                    + (f", retr {sample.retransmits}" if r.proto == "tcp" else "")
+                    + ", UDP buffer overflows A/B {}/{}".format(*sample.udp_buffer_drops),
                     flush=True,
                 )
                 time.sleep(0.5)

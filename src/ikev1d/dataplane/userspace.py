@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ikev1d.dataplane.base import (
@@ -51,6 +51,7 @@ from ikev1d.dataplane.esp import (
     esp_algorithm,
     peek_seq,
 )
+from ikev1d.dataplane.linux.gso import MAX_BYTES, MAX_SEGMENTS
 from ikev1d.dataplane.mss import IcmpLimiter, clamp_mss, too_big, tunnel_mtu
 from ikev1d.dataplane.sad import NO_LIMIT, Sad, SaEntry, address_key, prefixes
 from ikev1d.dataplane.statefile import StateFile
@@ -100,6 +101,11 @@ DROP_REASONS: Final = (
 _QUIET_REASONS: Final = frozenset({"not_ip", "no_sa"})
 """Drops logged at debug level only: the kernel itself sends packets into the TUN device
 (IPv6 router solicitations, MLD reports) that no SA covers, and that is not news."""
+
+
+SendUdpMany = Callable[[Sequence[bytes], Endpoint, Endpoint], None]
+"""``send_many(datagrams, local, remote)``: ESP-in-UDP datagrams of one size (the last may
+be shorter) to one peer in one go (UDP GSO)."""
 
 
 class TunLike(Protocol):
@@ -189,6 +195,12 @@ class UserspaceBackend:
         self._closed = False
         self._on_close = on_close
         self._path_mtu = path_mtu
+        self._send_udp_many: SendUdpMany | None = None
+        self._batch: list[bytes] = []
+        """Sealed ESP-in-UDP datagrams for ``_batch_entry``'s peer, sent by :meth:`_flush_udp`."""
+        self._batch_entry: SaEntry | None = None
+        self._batch_bytes = 0
+        self._batch_inner = 0
         self._icmp = IcmpLimiter()
         self._expired: ExpireHandler | None = None
         self._state_file: StateFile | None = None
@@ -208,6 +220,11 @@ class UserspaceBackend:
         self._loop = loop
         self._add_reader(self.tun.fileno(), self.handle_tun_readable)
         self._add_reader(self.raw4.fileno(), self.handle_raw_readable)
+
+    def attach_batch(self, send_many: SendUdpMany) -> None:
+        """Send ESP-in-UDP in batches through ``send_many`` (the daemon's UDP GSO path):
+        the packets one TUN readiness event yields for one SA go out in few system calls."""
+        self._send_udp_many = send_many
 
     def set_expire_handler(self, handler: ExpireHandler) -> None:
         self._expired = handler
@@ -393,6 +410,9 @@ class UserspaceBackend:
                     return
         except Exception:
             log.exception("userspace: unexpected error on the outbound path")
+        finally:
+            if self._batch:
+                self._flush_udp()
 
     def handle_raw_readable(self) -> None:
         self._drain_raw(self.raw4)
@@ -447,27 +467,71 @@ class UserspaceBackend:
             counters.dropped_out += 1
             self._drop("malformed", f"outbound: {exc}")
             return
-        try:
-            if entry.encap:
-                send_udp = self._send_udp
-                if send_udp is None:
-                    raise OSError("not attached to the daemon's UDP sockets")
-                send_udp(esp, entry.local, entry.remote)
-            else:
-                raw = self.raw4 if ":" not in entry.remote[0] else self.raw6
-                if raw is None:
-                    raise OSError("no IPv6 raw ESP socket")
-                raw.send(esp, entry.local[0], entry.remote[0])
-        except OSError as exc:
-            counters.dropped_out += 1
-            self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
-            return
+        if entry.encap and self._send_udp_many is not None:
+            self._queue_udp(esp, entry, len(packet))
+        else:
+            try:
+                self._send(esp, entry)
+            except OSError as exc:
+                counters.dropped_out += 1
+                self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
+                return
         counters.packets_out += 1
         counters.bytes_out += len(packet)
         if counters.bytes_out >= entry.soft_bytes_out:
             self._soft_limit(entry, "life_bytes nearly reached (outbound): renewing")
         elif entry.outbound.seq >= entry.soft_seq:
             self._soft_limit(entry, "sequence numbers nearly used up: renewing")
+
+    def _send(self, esp: bytes, entry: SaEntry) -> None:
+        """One ESP packet to the SA's peer, raw or UDP-encapsulated; OSError if refused."""
+        if entry.encap:
+            send_udp = self._send_udp
+            if send_udp is None:
+                raise OSError("not attached to the daemon's UDP sockets")
+            send_udp(esp, entry.local, entry.remote)
+        else:
+            raw = self.raw4 if ":" not in entry.remote[0] else self.raw6
+            if raw is None:
+                raise OSError("no IPv6 raw ESP socket")
+            raw.send(esp, entry.local[0], entry.remote[0])
+
+    def _queue_udp(self, esp: bytes, entry: SaEntry, inner_length: int) -> None:
+        """Add ``esp`` to the batch for its SA's peer, sending the batch first if ``esp``
+        cannot join it: another SA, a larger datagram than the batch's (GSO cuts every
+        datagram to the first one's size), or the batch is full. A shorter datagram
+        joins as the last one."""
+        batch = self._batch
+        if batch and (entry is not self._batch_entry or len(esp) > len(batch[0])
+                      or len(batch) >= MAX_SEGMENTS
+                      or self._batch_bytes + len(esp) > MAX_BYTES):
+            self._flush_udp()
+            batch = self._batch  # a fresh list: the old one went out
+        batch.append(esp)
+        self._batch_entry = entry
+        self._batch_bytes += len(esp)
+        self._batch_inner += inner_length
+        if len(esp) < len(batch[0]):
+            self._flush_udp()
+
+    def _flush_udp(self) -> None:
+        batch, entry = self._batch, self._batch_entry
+        inner = self._batch_inner
+        self._batch = []
+        self._batch_entry = None
+        self._batch_bytes = self._batch_inner = 0
+        if not batch or entry is None or self._send_udp_many is None:
+            return
+        try:
+            self._send_udp_many(batch, entry.local, entry.remote)
+        except OSError as exc:
+            # Counted as sent when queued: move them to the drops.
+            counters = entry.counters
+            counters.packets_out -= len(batch)
+            counters.bytes_out -= inner
+            counters.dropped_out += len(batch)
+            self.drops["send_error"] += len(batch) - 1
+            self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
 
     def _inbound(self, esp: bytes, remote: Endpoint | None = None) -> None:
         """Open ``esp`` and deliver it; ``remote``: where ESP-in-UDP came from (else None)."""
