@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -50,6 +51,7 @@ from benchlib import (
     start_profiler,
     stop_profiler,
 )
+from fairness import SOCKET_BUFFER, TUN_QUEUE, equalize
 
 from ikev1d_lab import netns
 from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
@@ -110,6 +112,8 @@ class Sample:
     sys_b: float = 0.0
     box_busy: float = 0.0  # CPU seconds the whole machine was busy (/proc/stat)
     iperf_cpu: float = 0.0  # CPU seconds of the iperf3 client and server (their own report)
+    load: float = 0.0  # the 1-minute load average when the run ended
+    udp_buffer_drops: tuple[int, int] = (0, 0)  # UDP socket buffer overflows in A and B
 
     @property
     def others(self) -> float:
@@ -157,6 +161,21 @@ def box_busy_seconds() -> float:
     return (user + nice + system + steal) / _CLK_TCK
 
 
+def snmp(ns: Namespace) -> dict[str, int]:
+    """The namespace's /proc/net/snmp counters ("Udp.RcvbufErrors", ...)."""
+    lines = ns.run(["cat", "/proc/net/snmp"], check=True).stdout.splitlines()
+    out: dict[str, int] = {}
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        proto = head.split(":")[0]
+        for k, v in zip(head.split()[1:], values.split()[1:], strict=False):
+            out[f"{proto}.{k}"] = int(v)
+    return out
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 # --- tunnels --------------------------------------------------------------------------------
 
 
@@ -171,6 +190,7 @@ class Tunnel:
     pid_a: int | None  # the daemon processes (None for the bare veth)
     pid_b: int | None
     logs: tuple[Path, ...] = ()
+    fairness: str = ""  # the socket buffers and TUN queues both daemons were given
 
 
 @dataclass(frozen=True)
@@ -257,7 +277,9 @@ def tunnel(topo: Topology, setup: Setup, esp: str, s: Settings, tag: str) -> Ite
         if s.nice:
             for pid in (pid_a, pid_b):
                 renice(pid, s.nice)
-        yield Tunnel(topo.inner_addr_a, topo.inner_addr_b, pid_a, pid_b, logs)
+        # The same socket buffers and TUN queue length for both data planes.
+        fair = f"A: {equalize(topo.a, pid_a)}; B: {equalize(topo.b, pid_b)}"
+        yield Tunnel(topo.inner_addr_a, topo.inner_addr_b, pid_a, pid_b, logs, fair)
 
 
 def renice(pid: int, nice: int) -> None:
@@ -318,6 +340,7 @@ def measure(
     topo: Topology, t: Tunnel, port: int, proto: str, seconds: int, nice: int = 0
 ) -> Sample:
     pids = [p for p in (t.pid_a, t.pid_b) if p is not None]
+    snmp_before = [snmp(ns) for ns in (topo.a, topo.b)]
     before = [cpu_times(p) for p in pids]
     busy_before = box_busy_seconds()
     began = time.monotonic()
@@ -325,6 +348,10 @@ def measure(
     elapsed = time.monotonic() - began
     after = [cpu_times(p) for p in pids]
     busy = box_busy_seconds() - busy_before
+    snmp_after = [snmp(ns) for ns in (topo.a, topo.b)]
+    kernel_drops = tuple(
+        sum(a.get(k, 0) - b.get(k, 0) for k in ("Udp.RcvbufErrors", "Udp.SndbufErrors"))
+        for a, b in zip(snmp_after, snmp_before, strict=True))
     end = report["end"]
     received = end["sum_received"]
     sample = Sample(
@@ -332,6 +359,8 @@ def measure(
         received_bytes=int(received["bytes"]),
         seconds=elapsed,
         box_busy=busy,
+        load=load_average(),
+        udp_buffer_drops=(kernel_drops[0], kernel_drops[1]),
     )
     # iperf3's CPU figures are % of one core over its own test time.
     util = end.get("cpu_utilization_percent", {})
@@ -420,13 +449,18 @@ def format_table(results: Sequence[Result]) -> str:
         if not swans:
             continue
         best = max(swans, key=lambda k: swans[k].mbps)
-        for ours in (k for k in rows if k.startswith("ikev1d")):
+        # The headline compares like with like: ESP-in-UDP on both sides (kernel-libipsec
+        # has no raw ESP); raw ESP is printed beside it.
+        for ours in sorted((k for k in rows if k.startswith("ikev1d")),
+                           key=lambda k: k != SETUPS[1].name):
             o, t = rows[ours], swans[best]
             mbps = o.mbps / t.mbps if t.mbps else float("nan")
             cpu_ratio = o.gb_total / t.gb_total if t.gb_total else float("nan")
+            label = "HEADLINE (like for like)" if ours == SETUPS[1].name else "beside it"
             lines.append(
-                f"  ratio {ours} / {best}: Mbit/s {mbps:.2f} (target >= 1.00), "
-                f"CPU s/GB A+B {cpu_ratio:.2f}"
+                f"  ratio {ours} / {best} [{label}]: Mbit/s {mbps:.2f} (target >= 2.00), "
+                f"CPU s/GB A+B {o.gb_total:.2f} / {t.gb_total:.2f} = {cpu_ratio:.2f} "
+                "(target <= 0.50)"
             )
     return "\n".join(lines)
 
@@ -447,6 +481,8 @@ def run_setup(
     tag = re.sub(r"[^A-Za-z0-9]+", "_", f"{alg}-{setup.name}-{rnd + 1}").strip("_")
     try:
         with tunnel(topo, setup, alg, s, tag) as t, iperf3_server(topo.b, t.dst, port, s.nice):
+            if t.fairness and rnd == 0:
+                print(f"  [{rnd + 1}] {alg} {setup.name}: {t.fairness}", flush=True)
             for r in results:
                 sample = measure(topo, t, port, r.proto, s.seconds, s.nice)
                 r.samples.append(sample)
@@ -457,7 +493,9 @@ def run_setup(
                        f"B {sample.cpu_b:.2f}s ({sample.sys_b:.2f} sys) in {sample.seconds:.1f}s"
                        if t.pid_a else "")
                     + f"; iperf3 {sample.iperf_cpu / sample.seconds:.2f} cores, "
-                    f"other processes {sample.others:.2f} cores",
+                    f"other processes {sample.others:.2f} cores, load {sample.load:.2f}"
+                    + (f", retr {sample.retransmits}" if r.proto == "tcp" else "")
+                    + ", UDP buffer overflows A/B {}/{}".format(*sample.udp_buffer_drops),
                     flush=True,
                 )
                 time.sleep(0.5)
@@ -521,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run the daemons (all threads) and iperf3 at niceness N, e.g. -10, "
                              "to measure them ahead of other load on a shared machine")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the random order of the setups in each round")
     parser.add_argument("--ikev1d-log-level", default="info")
     parser.add_argument("--charon-log-level", type=int, default=1)
     args = parser.parse_args(argv)
@@ -547,7 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  args.perf)
     print(f"{args.repeat} x {args.seconds} s per configuration"
           + (f", daemons and iperf3 at nice {args.nice}" if args.nice else "")
-          + f"; load average {Path('/proc/loadavg').read_text().split()[0]}; work dir {work_dir}",
+          + f"; load average {Path('/proc/loadavg').read_text().split()[0]}; work dir {work_dir}"
+          + f"\nboth data planes: {SOCKET_BUFFER // 1024} KiB socket buffers forced on every "
+          f"IP socket of each daemon, TUN txqueuelen {TUN_QUEUE}",
           flush=True)
     results: list[Result] = []
     port = IPERF_PORT + os.getpid() % 1000
@@ -573,8 +615,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results += rs
             # Rounds interleave the setups, so a change in the machine's other load (the
             # box is shared) spreads over all of them instead of hitting one.
+            # ... and in a random order per round, so no setup always follows another.
+            rng = random.Random(args.seed)
             for rnd in range(args.repeat):
-                for setup, alg in plan:
+                order = plan[:]
+                rng.shuffle(order)
+                print(f"round {rnd + 1}: " + ", ".join(f"{a} {x.name}" for x, a in order)
+                      + f"; load average {load_average():.2f}", flush=True)
+                for setup, alg in order:
                     run_setup(topo, setup, alg, slots[(setup.name, alg)], s, port, rnd)
     except KeyboardInterrupt:
         print("interrupted; namespaces and processes removed", file=sys.stderr)
@@ -587,6 +635,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
     print()
     print(format_table(results))
+    loads = [x.load for r in results for x in r.samples]
+    if loads:
+        print(f"load average during the runs: {min(loads):.2f}..{max(loads):.2f}, "
+              f"now {load_average():.2f}")
     if args.profile is not None:
         for path in sorted(args.profile.glob("*.collapsed")):
             print(f"\nprofile {path.name}:")

@@ -305,6 +305,9 @@ class Daemon:
         self._cleanups.append(("UDP sockets", udp.close))
         try:
             backend.attach(udp.send_esp_udp, self.loop)
+            attach_batch = getattr(backend, "attach_batch", None)
+            if attach_batch is not None:  # the userspace data plane: batches via UDP GSO
+                attach_batch(udp.send_esp_udp_many)
         except (DataplaneError, OSError) as exc:
             raise DaemonError(f"data plane {backend.name!r}: {exc}") from None
         if isinstance(backend, ReportsExpiry):

@@ -21,8 +21,10 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 
+from ikev1d.dataplane.linux import gso
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.engine.api import Datagram, Endpoint
 from ikev1d.errors import Ikev1dError
@@ -44,6 +46,8 @@ Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 """``callback(data, local, remote)``."""
 
 
+_NO_GSO = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+"""What sendmsg with UDP_SEGMENT fails with where the offload is unavailable (udp(7))."""
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum flag arithmetic per packet is slow
 
 class UdpError(Ikev1dError):
@@ -58,7 +62,8 @@ def normalize_address(address: str) -> str:
 class UdpSocket:
     """One bound UDP socket that reports the local address of every packet."""
 
-    def __init__(self, address: str, port: int) -> None:
+    def __init__(self, address: str, port: int, *, gro: bool = False) -> None:
+        """``gro``: take coalesced ESP-in-UDP receives (:mod:`ikev1d.dataplane.linux.gso`)."""
         ip = ipaddress.ip_address(address)
         self.family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         self.address = ip.compressed
@@ -78,6 +83,15 @@ class UdpSocket:
             raise
         self.sock = sock
         self.port: int = sock.getsockname()[1]
+        self.gro = gro and gso.enable_gro(sock)
+        self.gso = True
+        """Send batches with UDP_SEGMENT; cleared when the kernel refuses it once."""
+        self._pending: deque[tuple[bytes, Endpoint, Endpoint]] = deque()
+        """The rest of a coalesced receive, handed out by the next :meth:`recv` calls."""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -97,6 +111,8 @@ class UdpSocket:
 
     def recv(self) -> tuple[bytes, Endpoint, Endpoint] | None:
         """One packet as (data, local, remote), or None when nothing is waiting."""
+        if self._pending:
+            return self._pending.popleft()
         try:
             data, ancdata, flags, addr = self.sock.recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
         except (BlockingIOError, InterruptedError):
@@ -105,21 +121,54 @@ class UdpSocket:
             log.debug("dropping truncated datagram from %s", addr[0])
             return b"", (self.address, self.port), (str(addr[0]), int(addr[1]))
         local = (self._local_address(ancdata), self.port)
-        return data, local, (str(addr[0]), int(addr[1]))
+        remote = (str(addr[0]), int(addr[1]))
+        if self.gro:
+            size = gso.gro_segment_size(ancdata)
+            if 0 < size < len(data):
+                first, *rest = gso.split(data, size)
+                self._pending.extend((d, local, remote) for d in rest)
+                return first, local, remote
+        return data, local, remote
 
-    def send(self, data: bytes, local_address: str, remote: Endpoint) -> None:
-        """Send to ``remote``; from ``local_address`` when bound to the wildcard."""
+    def _source(self, local_address: str) -> list[tuple[int, int, bytes]]:
+        """The control message choosing the source address when bound to the wildcard."""
         if not self.wildcard or ipaddress.ip_address(local_address).is_unspecified:
-            self.sock.sendto(data, remote)
-            return
+            return []
         if self.family == socket.AF_INET:
             # ipi_spec_dst selects the source address; ifindex 0 lets routing choose.
             info = struct.pack("@i4s4s", 0, socket.inet_aton(local_address), bytes(4))
-            cmsg = (socket.IPPROTO_IP, IP_PKTINFO, info)
-        else:
-            info = struct.pack("@16sI", socket.inet_pton(socket.AF_INET6, local_address), 0)
-            cmsg = (socket.IPPROTO_IPV6, IPV6_PKTINFO, info)
-        self.sock.sendmsg([data], [cmsg], 0, remote)
+            return [(socket.IPPROTO_IP, IP_PKTINFO, info)]
+        info = struct.pack("@16sI", socket.inet_pton(socket.AF_INET6, local_address), 0)
+        return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, info)]
+
+    def send(self, data: bytes, local_address: str, remote: Endpoint) -> None:
+        """Send to ``remote``; from ``local_address`` when bound to the wildcard."""
+        cmsgs = self._source(local_address)
+        if not cmsgs:
+            self.sock.sendto(data, remote)
+            return
+        self.sock.sendmsg([data], cmsgs, 0, remote)
+
+    def send_many(self, datagrams: Sequence[bytes], local_address: str, remote: Endpoint) -> None:
+        """Send datagrams of one size (the last may be shorter) in one system call (GSO).
+
+        At most :data:`~ikev1d.dataplane.linux.gso.MAX_SEGMENTS` of them, together at most
+        :data:`~ikev1d.dataplane.linux.gso.MAX_BYTES`. Where the kernel or the route
+        refuses segmentation offload, they go one by one from then on.
+        """
+        if len(datagrams) > 1 and self.gso:
+            cmsgs = [gso.segment_cmsg(len(datagrams[0])), *self._source(local_address)]
+            try:
+                self.sock.sendmsg(datagrams, cmsgs, 0, remote)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_GSO:
+                    raise
+                self.gso = False
+                log.info("UDP port %d: no segmentation offload (%s); sending ESP-in-UDP "
+                         "datagrams one by one", self.port, exc.strerror or exc)
+        for data in datagrams:
+            self.send(data, local_address, remote)
 
 
 class UdpTransport:
@@ -149,7 +198,7 @@ class UdpTransport:
             for address in self._listen:
                 for port in (self.port, self.port_nat_t):
                     try:
-                        sock = UdpSocket(address, port)
+                        sock = UdpSocket(address, port, gro=port == self.port_nat_t)
                     except ValueError:
                         raise UdpError(f"listen address {address!r} is not an IP address") from None
                     except OSError as exc:
@@ -186,6 +235,8 @@ class UdpTransport:
             data, local, remote = packet
             if data:
                 self._demultiplex(sock, data, local, remote)
+        if sock.pending:  # a coalesced receive is not finished: no readiness event will say so
+            self._loop.call_soon(self._readable, sock)
 
     def _demultiplex(self, sock: UdpSocket, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         if sock.port != self.port_nat_t:
@@ -249,3 +300,17 @@ class UdpTransport:
     def send_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
         """Send UDP-encapsulated ESP (RFC 3948): no marker, ESP starts with a non-zero SPI."""
         self._send(data, local, remote)
+
+    def send_esp_udp_many(self, datagrams: Sequence[bytes], local: Endpoint,
+                          remote: Endpoint) -> None:
+        """:meth:`send_esp_udp` for a batch of equal-sized datagrams (the last may be
+        shorter) to one peer: one system call with UDP GSO where the kernel offers it."""
+        sock = self._socket_for(local)
+        if sock is None:
+            log.warning("no socket for local address %s port %d; dropping %d datagrams to %s",
+                        local[0], local[1], len(datagrams), remote[0])
+            return
+        try:
+            sock.send_many(datagrams, local[0], remote)
+        except OSError as exc:
+            log.warning("cannot send to %s port %d: %s", remote[0], remote[1], exc)

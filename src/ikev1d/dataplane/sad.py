@@ -167,6 +167,8 @@ class SaEntry:
     soft_seq: int = NO_LIMIT
     """Sent this many packets (or octets, above), the SA asks to be renewed; then NO_LIMIT."""
     hard_reported: bool = False
+    mtu: int = 0xFFFF
+    """The largest inner packet whose ESP fits the path to the peer (:mod:`.mss`)."""
     _inbound_cache: dict[bytes, bool] = field(default_factory=dict, repr=False)
 
     def permits_inbound_key(self, key: bytes) -> bool:

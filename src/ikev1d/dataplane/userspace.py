@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -56,6 +56,7 @@ from ikev1d.dataplane.base import (
     zero_counters,
 )
 from ikev1d.dataplane.esp import (
+    EspAlgorithm,
     EspError,
     EspIcvError,
     EspReplayError,
@@ -65,6 +66,8 @@ from ikev1d.dataplane.esp import (
     esp_algorithm,
     peek_seq,
 )
+from ikev1d.dataplane.linux.gso import MAX_BYTES, MAX_SEGMENTS
+from ikev1d.dataplane.mss import IcmpLimiter, clamp_mss, too_big, tunnel_mtu
 from ikev1d.dataplane.sad import NO_LIMIT, Prefix, Sad, SaEntry, address_key, prefixes
 from ikev1d.dataplane.statefile import StateFile
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network, TrapInstalled
@@ -111,11 +114,17 @@ DROP_REASONS: Final = (
     "policy",        # inner addresses outside the SA's selectors (RFC 4301 §5.2)
     "tun_error",     # the TUN device refused the decrypted packet
     "socket_error",  # reading the TUN device or raw socket failed
+    "too_big",       # larger than the SA's tunnel MTU, DF set or IPv6: ICMP sent back
 )
 
 _QUIET_REASONS: Final = frozenset({"not_ip", "no_sa"})
 """Drops logged at debug level only: the kernel itself sends packets into the TUN device
 (IPv6 router solicitations, MLD reports) that no SA covers, and that is not news."""
+
+
+SendUdpMany = Callable[[Sequence[bytes], Endpoint, Endpoint], None]
+"""``send_many(datagrams, local, remote)``: ESP-in-UDP datagrams of one size (the last may
+be shorter) to one peer in one go (UDP GSO)."""
 
 
 class TunLike(Protocol):
@@ -202,8 +211,10 @@ class UserspaceBackend:
         *,
         raw6_factory: Callable[[], RawLike] | None = None,
         on_close: Callable[[], None] | None = None,
+        path_mtu: Callable[[str], int] | None = None,
     ) -> None:
-        """``on_close`` runs last in :meth:`close` (the netlink helper's shutdown)."""
+        """``on_close`` runs last in :meth:`close` (the netlink helper's shutdown);
+        ``path_mtu(peer)`` gives the MTU of the route to a peer (1500 when not given)."""
         self.tun = tun
         self.raw4 = raw4
         self.raw6: RawLike | None = None
@@ -221,6 +232,14 @@ class UserspaceBackend:
         self._log_suppressed: dict[str, int] = {}
         self._closed = False
         self._on_close = on_close
+        self._path_mtu = path_mtu
+        self._send_udp_many: SendUdpMany | None = None
+        self._batch: list[bytes] = []
+        """Sealed ESP-in-UDP datagrams for ``_batch_entry``'s peer, sent by :meth:`_flush_udp`."""
+        self._batch_entry: SaEntry | None = None
+        self._batch_bytes = 0
+        self._batch_inner = 0
+        self._icmp = IcmpLimiter()
         self._expired: ExpireHandler | None = None
         self._acquire: AcquireHandler | None = None
         self._traps: dict[tuple[str, str], _Trap] = {}
@@ -245,6 +264,11 @@ class UserspaceBackend:
         self._loop = loop
         self._add_reader(self.tun.fileno(), self.handle_tun_readable)
         self._add_reader(self.raw4.fileno(), self.handle_raw_readable)
+
+    def attach_batch(self, send_many: SendUdpMany) -> None:
+        """Send ESP-in-UDP in batches through ``send_many`` (the daemon's UDP GSO path):
+        the packets one TUN readiness event yields for one SA go out in few system calls."""
+        self._send_udp_many = send_many
 
     def set_expire_handler(self, handler: ExpireHandler) -> None:
         self._expired = handler
@@ -357,6 +381,7 @@ class UserspaceBackend:
             # RFC 4303 §3.3.3: renewed before the sequence numbers run out.
             soft_seq=soft_limit(outbound.max_seq, sa.spi_in),
         )
+        entry.mtu = self._tunnel_mtu(sa, alg)
         if sa.life_bytes > 0:
             entry.hard_bytes = sa.life_bytes
             entry.soft_bytes_out = entry.soft_bytes_in = soft_limit(sa.life_bytes, sa.spi_in)
@@ -547,6 +572,9 @@ class UserspaceBackend:
                     return
         except Exception:
             log.exception("userspace: unexpected error on the outbound path")
+        finally:
+            if self._batch:
+                self._flush_udp()
 
     def handle_raw_readable(self) -> None:
         self._drain_raw(self.raw4)
@@ -581,6 +609,11 @@ class UserspaceBackend:
                 return
             self._drop("no_sa", "outbound: no SA covers the packet")
             return
+        if len(packet) > entry.mtu and self._too_big(packet, entry):
+            return
+        clamped = clamp_mss(packet, entry.mtu)
+        if clamped is not None:
+            packet = clamped
         counters = entry.counters
         if counters.bytes_out + len(packet) > entry.hard_bytes:
             counters.dropped_out += 1
@@ -598,27 +631,71 @@ class UserspaceBackend:
             counters.dropped_out += 1
             self._drop("malformed", f"outbound: {exc}")
             return
-        try:
-            if entry.encap:
-                send_udp = self._send_udp
-                if send_udp is None:
-                    raise OSError("not attached to the daemon's UDP sockets")
-                send_udp(esp, entry.local, entry.remote)
-            else:
-                raw = self.raw4 if ":" not in entry.remote[0] else self.raw6
-                if raw is None:
-                    raise OSError("no IPv6 raw ESP socket")
-                raw.send(esp, entry.local[0], entry.remote[0])
-        except OSError as exc:
-            counters.dropped_out += 1
-            self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
-            return
+        if entry.encap and self._send_udp_many is not None:
+            self._queue_udp(esp, entry, len(packet))
+        else:
+            try:
+                self._send(esp, entry)
+            except OSError as exc:
+                counters.dropped_out += 1
+                self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
+                return
         counters.packets_out += 1
         counters.bytes_out += len(packet)
         if counters.bytes_out >= entry.soft_bytes_out:
             self._soft_limit(entry, "life_bytes nearly reached (outbound): renewing")
         elif entry.outbound.seq >= entry.soft_seq:
             self._soft_limit(entry, "sequence numbers nearly used up: renewing")
+
+    def _send(self, esp: bytes, entry: SaEntry) -> None:
+        """One ESP packet to the SA's peer, raw or UDP-encapsulated; OSError if refused."""
+        if entry.encap:
+            send_udp = self._send_udp
+            if send_udp is None:
+                raise OSError("not attached to the daemon's UDP sockets")
+            send_udp(esp, entry.local, entry.remote)
+        else:
+            raw = self.raw4 if ":" not in entry.remote[0] else self.raw6
+            if raw is None:
+                raise OSError("no IPv6 raw ESP socket")
+            raw.send(esp, entry.local[0], entry.remote[0])
+
+    def _queue_udp(self, esp: bytes, entry: SaEntry, inner_length: int) -> None:
+        """Add ``esp`` to the batch for its SA's peer, sending the batch first if ``esp``
+        cannot join it: another SA, a larger datagram than the batch's (GSO cuts every
+        datagram to the first one's size), or the batch is full. A shorter datagram
+        joins as the last one."""
+        batch = self._batch
+        if batch and (entry is not self._batch_entry or len(esp) > len(batch[0])
+                      or len(batch) >= MAX_SEGMENTS
+                      or self._batch_bytes + len(esp) > MAX_BYTES):
+            self._flush_udp()
+            batch = self._batch  # a fresh list: the old one went out
+        batch.append(esp)
+        self._batch_entry = entry
+        self._batch_bytes += len(esp)
+        self._batch_inner += inner_length
+        if len(esp) < len(batch[0]):
+            self._flush_udp()
+
+    def _flush_udp(self) -> None:
+        batch, entry = self._batch, self._batch_entry
+        inner = self._batch_inner
+        self._batch = []
+        self._batch_entry = None
+        self._batch_bytes = self._batch_inner = 0
+        if not batch or entry is None or self._send_udp_many is None:
+            return
+        try:
+            self._send_udp_many(batch, entry.local, entry.remote)
+        except OSError as exc:
+            # Counted as sent when queued: move them to the drops.
+            counters = entry.counters
+            counters.packets_out -= len(batch)
+            counters.bytes_out -= inner
+            counters.dropped_out += len(batch)
+            self.drops["send_error"] += len(batch) - 1
+            self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
 
     def _inbound(self, esp: bytes, remote: Endpoint | None = None) -> None:
         """Open ``esp`` and deliver it; ``remote``: where ESP-in-UDP came from (else None)."""
@@ -661,6 +738,9 @@ class UserspaceBackend:
             self._drop("policy", f"inbound SPI {spi:08x}: inner packet outside the "
                        "SA's traffic selectors")
             return
+        clamped = clamp_mss(inner, entry.mtu)
+        if clamped is not None:
+            inner = clamped
         try:
             self.tun.write(inner)
         except OSError as exc:
@@ -687,6 +767,34 @@ class UserspaceBackend:
             log.debug("userspace: traffic for %s: acquiring", trap.name)
             if self._acquire is not None:
                 self._acquire(conn, child)
+        return True
+
+    def _tunnel_mtu(self, sa: ChildSaEstablished, alg: EspAlgorithm) -> int:
+        """What fits both the TUN device and, once sealed, the path to the peer."""
+        peer = sa.remote[0]
+        path = self._path_mtu(peer) if self._path_mtu is not None else 1500
+        tun_mtu = getattr(self.tun, "mtu", 0xFFFF)
+        mtu = min(tun_mtu if isinstance(tun_mtu, int) else 0xFFFF,
+                  tunnel_mtu(path, alg, encap=sa.encap, outer_ipv6=":" in peer))
+        log.debug("userspace: %s: tunnel MTU %d (path MTU %d to %s)",
+                  f"{sa.conn}/{sa.child}", mtu, path, peer)
+        return mtu
+
+    def _too_big(self, packet: bytes, entry: SaEntry) -> bool:
+        """Answer an oversized packet that must not be fragmented; False: send it anyway
+        (IPv4 without DF: its ESP datagram is fragmented on the way)."""
+        answer = too_big(packet, entry.mtu)
+        if answer is None:
+            return False
+        entry.counters.dropped_out += 1
+        self._drop("too_big", f"outbound: {len(packet)}-octet packet for {entry.name}, "
+                   f"tunnel MTU {entry.mtu}")
+        now = self._loop.time() if self._loop is not None else 0.0
+        if self._icmp.allow(now):
+            try:
+                self.tun.write(answer)
+            except OSError as exc:
+                log.debug("userspace: ICMP too big into %s: %s", self.tun.name, exc)
         return True
 
     def _nat_mapping_changed(self, entry: SaEntry, esp: bytes, remote: Endpoint) -> None:
@@ -823,6 +931,7 @@ def create_backend(config: object = None) -> UserspaceBackend:
 
     ``config.daemon.tun_name`` / ``tun_mtu`` are used when the configuration has them.
     """
+    from ikev1d.dataplane.linux.pmtu import path_mtu
     from ikev1d.dataplane.linux.tun import (
         DEFAULT_MTU,
         DEFAULT_TUN_NAME,
@@ -858,4 +967,4 @@ def create_backend(config: object = None) -> UserspaceBackend:
     log.info("userspace data plane on %s (MTU %d)", tun.name, tun_mtu)
     return UserspaceBackend(tun, raw4, routes,
                             raw6_factory=RawEspSocket.ipv6,
-                            on_close=netlink.close)
+                            on_close=netlink.close, path_mtu=path_mtu)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ikev1d.crypto import encryption_key
 from ikev1d.engine.api import ChildSaEstablished, ConnectionFailed, EngineError, IkeSaEstablished
 from ikev1d.engine.auth import AUTH_NAMES
+from ikev1d.engine.deletion import same_peer
 from ikev1d.engine.exchanges.quick_mode import QuickMode
 from ikev1d.engine.ike_sa import (
     ChildSa,
@@ -37,6 +38,11 @@ RENEWED_DELETE_DELAY_S = 5.0
 new SA only when our third Quick Mode message arrives (RFC 2409 §5.5), so its last
 packets on the old one may still be on their way; deleting the old SA at once would
 drop them. Outbound, the newest SA is used from the start."""
+
+RETIRE_CHECK_S = 1.0
+RETIRE_MAX_S = 60.0
+"""A renewed ISAKMP SA is deleted once the IPsec SAs it had were renewed over its
+successor (checked every RETIRE_CHECK_S), at the latest after RETIRE_MAX_S."""
 
 
 class Lifecycle:
@@ -84,7 +90,9 @@ class Lifecycle:
         old = sa.replaces
         if old is not None:
             sa.replaces = None
-            self._take_over(old, sa)
+            self._take_over(old, sa, now)
+        elif not sa.initiator:
+            self._superseded_by_peer(sa)
         if sa.initial_contact_seen:
             sa.initial_contact_seen = False
             self.engine.uniqueness.initial_contact(sa, now)
@@ -154,14 +162,54 @@ class Lifecycle:
             return
         log.info("renewing the ISAKMP SA (Main Mode)", extra=sa.log_extra)
 
-    def _take_over(self, old: IkeSa, new: IkeSa) -> None:
-        """The renewed ISAKMP SA takes the IPsec SAs; the old one is deleted."""
-        new.children.extend(old.children)
+    def _take_over(self, old: IkeSa, new: IkeSa, now: float) -> None:
+        """The renewed ISAKMP SA takes the IPsec SAs; the old one goes once they are
+        renewed over the new one.
+
+        RFC 2409 lets IPsec SAs outlive the ISAKMP SA that negotiated them, but
+        strongSwan deletes an IKEv1 SA's IPsec SAs with it: a Delete for the old
+        ISAKMP SA at once would cut the tunnel on its side until the next Quick
+        Mode. So, as strongSwan's own reauthentication does, every inherited IPsec
+        SA is renewed over the new ISAKMP SA now (make before break; the peer ties
+        the new IPsec SAs to its new ISAKMP SA), and the old ISAKMP SA is deleted
+        when none of them is left.
+        """
+        inherited = list(old.children)
+        new.children.extend(inherited)
         old.children.clear()
         RoadWarrior.hand_over(old, new)
         self.engine.stats.rekeys[PHASE1] += 1
         log.info("ISAKMP SA renewed: %s:%s replaces %s:%s", new.cky_i.hex(), new.cky_r.hex(),
                  old.cky_i.hex(), old.cky_r.hex(), extra=new.log_extra)
+        if not inherited:
+            self.engine.deletion.delete_sa(old, "renewed", send=True, children=False)
+            return
+        for child in inherited:
+            if child.rekey is not None:
+                child.rekey.cancel()
+            self._child_rekey(child, now)
+        self._retire(old, inherited, now + RETIRE_MAX_S, now)
+
+    def _superseded_by_peer(self, new: IkeSa) -> None:
+        """The peer renewed Phase 1: our older ISAKMP SAs with it no longer renew
+        themselves (that would be a second renewal racing the peer's); they keep
+        carrying exchanges until the peer deletes them, once it moved their IPsec
+        SAs over (:meth:`_take_over`), or until their lifetime ends."""
+        for other in self.engine.all_sas():
+            if (other is not new and other.state is IkeState.ESTABLISHED
+                    and same_peer(other, new)):
+                other.state = IkeState.REKEYING
+                log.info("ISAKMP SA %s:%s is being renewed by the peer", other.cky_i.hex(),
+                         other.cky_r.hex(), extra=other.log_extra)
+
+    def _retire(self, old: IkeSa, inherited: list[ChildSa], deadline: float,
+                now: float) -> None:
+        if old.state is not IkeState.REKEYING:
+            return  # deleted meanwhile (by the peer, or its lifetime ended)
+        if now < deadline and any(self.engine.owner_of(c) is not None for c in inherited):
+            old.schedule(now + RETIRE_CHECK_S,
+                         functools.partial(self._retire, old, inherited, deadline))
+            return
         self.engine.deletion.delete_sa(old, "renewed", send=True, children=False)
 
     def _ike_expired(self, sa: IkeSa) -> None:

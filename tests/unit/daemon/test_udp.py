@@ -152,3 +152,67 @@ def test_ipv6_loopback() -> None:
             udp.close()
 
     asyncio.run(body())
+
+
+def _esp_batch(count: int, size: int, last: int) -> list[bytes]:
+    """ESP-looking datagrams (non-zero SPI), each numbered, the last one shorter."""
+    out = [b"\x01\x02\x03\x04" + i.to_bytes(4, "big") + bytes([i % 251]) * (size - 8)
+           for i in range(count - 1)]
+    out.append(b"\x01\x02\x03\x04" + (count - 1).to_bytes(4, "big") + b"\xee" * (last - 8))
+    return out
+
+
+@pytest.mark.parametrize("wildcard", [False, True])
+def test_esp_batches_arrive_as_the_datagrams_they_were(wildcard: bool) -> None:
+    """One sendmsg with UDP_SEGMENT (GSO) to a socket with UDP_GRO: the receiver gets
+    the batch coalesced and hands on every datagram, in order, none merged or lost."""
+    async def body() -> None:
+        esp: Packets = []
+        sender = _transport(asyncio.get_running_loop(),
+                            ("0.0.0.0",) if wildcard else ("127.0.0.1",), [], [])
+        receiver = _transport(asyncio.get_running_loop(), ("127.0.0.1",), [], esp)
+        sender.open()
+        receiver.open()
+        try:
+            (nat_t,) = [s for s in receiver.sockets if s.port == receiver.port_nat_t]
+            assert nat_t.gro
+            to = ("127.0.0.1", receiver.port_nat_t)
+            local = ("127.0.0.1", sender.port_nat_t)
+            batches = [_esp_batch(54, 1200, 700), _esp_batch(2, 100, 100),
+                       _esp_batch(1, 60, 60), _esp_batch(30, 1438, 1438)]
+            for batch in batches:
+                sender.send_esp_udp_many(batch, local, to)
+            expected = [d for b in batches for d in b]
+            await eventually(lambda: len(esp) >= len(expected))
+            await asyncio.sleep(0.02)
+            assert [d for d, _, _ in esp] == expected
+            assert {(lo, re) for _, lo, re in esp} == {(to, local)}
+            (out,) = [s for s in sender.sockets if s.port == sender.port_nat_t]
+            assert out.gso  # the kernel took the batches as GSO
+        finally:
+            sender.close()
+            receiver.close()
+
+    asyncio.run(body())
+
+
+def test_esp_batches_without_gso_go_one_by_one() -> None:
+    async def body() -> None:
+        esp: Packets = []
+        sender = _transport(asyncio.get_running_loop(), ("127.0.0.1",), [], [])
+        receiver = _transport(asyncio.get_running_loop(), ("127.0.0.1",), [], esp)
+        sender.open()
+        receiver.open()
+        try:
+            for s in sender.sockets:
+                s.gso = False
+            batch = _esp_batch(10, 500, 200)
+            sender.send_esp_udp_many(batch, ("127.0.0.1", sender.port_nat_t),
+                                     ("127.0.0.1", receiver.port_nat_t))
+            await eventually(lambda: len(esp) >= 10)
+            assert [d for d, _, _ in esp] == batch
+        finally:
+            sender.close()
+            receiver.close()
+
+    asyncio.run(body())
