@@ -1,0 +1,54 @@
+"""A strongSwan peer gets in while spoofed Main Mode requests flood ikev1d (a slice of
+bench/flood.py): 1,000 message 1 per second through a raw socket for a few seconds, half
+forged from the peer's own address and port, half from random sources that a ``%any``
+connection accepts. The peer, with charon's default retransmissions, must establish
+within them; ikev1d must stay up with bounded memory, no internal error and a bounded,
+rate-limited log.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ikev1d_lab.hostile import arrived, hostile_target, start_attack
+from ikev1d_lab.netns import Topology
+
+pytestmark = pytest.mark.interop
+
+RATE = 1000
+SECONDS = 8
+# ikev1d holds at most half_open_total (1024) entries of about 9 KB each
+# (engine/halfopen.py): 9 MB, plus what the interpreter keeps from the churn.
+RSS_BOUND_KIB = 20 * 1024
+LOG_LINES_BOUND = 200
+
+
+def test_peer_establishes_under_a_spoofed_flood(two_hosts: Topology, tmp_path: Path) -> None:
+    with hostile_target(two_hosts, tmp_path) as target:
+        # Once before the flood: a source that completed a handshake (engine/halfopen.py).
+        before = target.establish_until(time.monotonic())
+        assert before.failures == [] and len(before.seconds) == 1
+        rss_before = target.rss_kib()
+        lines_before = target.log_lines()
+        arrived_before = arrived(two_hosts.a)
+        attack = start_attack(two_hosts.b, "flood", "--rate", str(RATE), "--seconds",
+                              str(SECONDS), "--peer-share", "0.5")
+        time.sleep(1.0)
+        during = target.establish_until(time.monotonic() + SECONDS - 3, pause=0.5)
+        out, err = attack.communicate(timeout=SECONDS + 60)
+        assert attack.returncode == 0, err
+        flood = arrived(two_hosts.a) - arrived_before
+        log = target.ours.log_text()
+        # The flood reached ikev1d: at least 80 % of what was sent (the rest is the
+        # peer's own few datagrams' worth of slack and socket drops in B).
+        assert flood >= 0.8 * RATE * SECONDS, (out, flood)
+        assert during.failures == [], during.failures
+        assert len(during.seconds) >= 1
+        assert target.alive()
+        assert "Traceback" not in log and "internal error" not in log
+        assert "too many half-open SAs" in log  # the table was full: the flood mattered
+        assert target.rss_kib() - rss_before < RSS_BOUND_KIB
+        assert target.log_lines() - lines_before < LOG_LINES_BOUND
