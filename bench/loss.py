@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated retransmission counts, the same on both sides")
     parser.add_argument("--timeout", type=float, default=0.25,
                         help="first retransmission after this many seconds, then doubling")
+    parser.add_argument("--keep", action="store_true", help="keep the logs (kept anyway "
+                        "when an attempt failed)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -70,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     print(f"{args.attempts} attempts per configuration, {args.percent} % loss at each end, "
           f"first retransmission after {args.timeout} s", flush=True)
-    with tempfile.TemporaryDirectory(prefix="ikev1d-loss-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="ikev1d-loss-")
+    try:
         threads = []
         for count in counts:
             for we_initiate in (True, False):
@@ -82,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             t.start()
         for t in threads:
             t.join()
+    finally:
+        failed = any(r.failures for r, _ in results.values()) or len(results) < 2 * len(counts)
+        if args.keep or failed:
+            print(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{'retransmissions':>15} {'initiator':<11} {'established':>12} {'expected':>9} "
           f"{'p50 s':>6} {'max s':>6} {'dropped':>8}")
     for count in counts:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ikev1d_lab import netns
-from ikev1d_lab.hostile import arrived, hostile_target, start_attack
+from ikev1d_lab.hostile import arrived, hostile_target, start_attack, udp_counters
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rss_before = target.rss_kib()
             lines_before = target.log_lines()
             arrived_before = arrived(topo.a)
+            udp_before = udp_counters(topo.a)
             began = time.monotonic()
             attack = start_attack(topo.b, "fuzz", "--count", str(args.count), "--rate",
                                   str(args.rate), "--seed", str(args.seed))
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = time.monotonic() - began
             time.sleep(2.0)  # the daemon works through its socket queue
             got = arrived(topo.a) - arrived_before
+            udp_after = udp_counters(topo.a)
+            overflow = udp_after.get("RcvbufErrors", 0) - udp_before.get("RcvbufErrors", 0)
             after = target.establish_until(time.monotonic())
             rss_after = target.rss_kib()
             log = target.ours.log_text().splitlines()[lines_before:]
@@ -62,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tracebacks = sum(1 for line in log if "Traceback" in line)
             alive = target.alive()
             print(f"{sent.strip() or errors.strip()}; {got} arrived in A "
-                  f"({got / seconds:.0f}/s)")
+                  f"({got / seconds:.0f}/s), {got - overflow} reached ikev1d's sockets, "
+                  f"{overflow} dropped by the kernel (receive buffer full)")
             print(f"ikev1d RSS {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB "
                   f"after (+{(rss_after - rss_before) / 1024:.1f}); {len(log)} log lines, "
                   f"{internal} internal errors, {tracebacks} tracebacks, alive: {alive}")

@@ -28,7 +28,10 @@ from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace, Topology
 from ikev1d_lab.strongswan import Charon, swanctl_conf
 
-__all__ = ["HostileError", "Setups", "Target", "arrived", "hostile_target", "start_attack"]
+__all__ = [
+    "HostileError", "Setups", "Target", "arrived", "hostile_target", "start_attack",
+    "udp_counters",
+]
 
 PSK = "hostile-test-pre-shared-key-0123456789"
 RW_PSK = "hostile-test-road-warrior-key-0123456789"
@@ -84,6 +87,16 @@ def arrived(ns: Namespace) -> int:
     out = ns.run([nft, "list", "table", "inet", NFT_TABLE], check=False).stdout
     match = re.search(r"counter packets (\d+)", out)
     return int(match.group(1)) if match else 0
+
+
+def udp_counters(ns: Namespace) -> dict[str, int]:
+    """The namespace's UDP counters (/proc/net/snmp): InDatagrams, RcvbufErrors, ...;
+    datagrams dropped because a socket's receive buffer was full count in RcvbufErrors."""
+    lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if ln.startswith("Udp:")]
+    if len(lines) < 2:
+        return {}
+    return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=False)}
 
 
 @dataclass

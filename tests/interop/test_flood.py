@@ -1,5 +1,5 @@
 """A strongSwan peer gets in while spoofed Main Mode requests flood ikev1d (a slice of
-bench/flood.py): 1,000 message 1 per second through a raw socket for a few seconds, half
+bench/flood.py): 400 message 1 per second through a raw socket for a few seconds, half
 forged from the peer's own address and port, half from random sources that a ``%any``
 connection accepts. The peer, with charon's default retransmissions, must establish
 within them; ikev1d must stay up with bounded memory, no internal error and a bounded,
@@ -18,16 +18,22 @@ from ikev1d_lab.netns import Topology
 
 pytestmark = pytest.mark.interop
 
-RATE = 1000
+# Below what ikev1d can process on a busy 2-core machine (about 700-1,000 message 1
+# per second here). Above it the kernel drops datagrams from the full socket buffer,
+# the peer's message 3 among them, and its half-open entry is evicted before the
+# retransmission (4 s later) arrives: the peer is locked out until it starts over.
+# bench/flood.py measures that at 2,000/s; see bench/README.md.
+RATE = 400
 SECONDS = 8
-# ikev1d holds at most half_open_total (1024) entries of about 9 KB each
-# (engine/halfopen.py): 9 MB, plus what the interpreter keeps from the churn.
+# ikev1d holds at most half_open_total entries of about 9 KB each (engine/halfopen.py;
+# these requests are small, so far less), plus what the interpreter keeps from the churn.
 RSS_BOUND_KIB = 20 * 1024
 LOG_LINES_BOUND = 200
 
 
 def test_peer_establishes_under_a_spoofed_flood(two_hosts: Topology, tmp_path: Path) -> None:
-    with hostile_target(two_hosts, tmp_path) as target:
+    # A table that 400/s fills within the run (the default 1024 would not fill in 8 s).
+    with hostile_target(two_hosts, tmp_path, extra_daemon="half_open_total = 512") as target:
         # Once before the flood: a source that completed a handshake (engine/halfopen.py).
         before = target.establish_until(time.monotonic())
         assert before.failures == [] and len(before.seconds) == 1
