@@ -23,7 +23,10 @@ k = 11 (10 retransmissions) 0.3 %, k = 6 (5 retransmissions) 8.5 %.
 ikev1d's ``retransmit_tries`` counts transmissions in all, charon's
 ``retransmit_tries`` counts retransmissions: "N retransmissions" here is
 ``retransmit_tries = N + 1`` for ikev1d and ``N`` for charon, both with the same
-first timeout and a doubling interval (``retransmit_base = 2``).
+first timeout and a doubling interval (``retransmit_base = 2``). Both keep a
+half-open SA for the whole retransmission span (``half_open_timeout``, 30 s by
+default in both): otherwise a Main Mode round could use only the retransmissions
+of its first 30 s.
 """
 
 from __future__ import annotations
@@ -207,12 +210,19 @@ class LossPair:
         return result
 
 
-def charon_retransmit_conf(retransmissions: int, timeout: float) -> str:
-    """strongswan.conf lines: `retransmissions` with a doubling interval from `timeout`."""
+def retransmission_span(retransmissions: int, timeout: float) -> float:
+    """Seconds from the first transmission until a doubling initiator gives up."""
+    return float(timeout * (2 ** (retransmissions + 1) - 1))
+
+
+def charon_retransmit_conf(retransmissions: int, timeout: float, half_open: float) -> str:
+    """strongswan.conf lines: `retransmissions` with a doubling interval from `timeout`,
+    and half-open IKE SAs kept for `half_open` seconds."""
     return (f"  retransmit_tries = {retransmissions}\n"
             f"  retransmit_timeout = {timeout}\n"
             "  retransmit_base = 2\n"
-            "  retransmit_jitter = 0\n")
+            "  retransmit_jitter = 0\n"
+            f"  half_open_timeout = {int(half_open)}\n")
 
 
 @contextlib.contextmanager
@@ -221,14 +231,20 @@ def loss_pair(topo: Topology, work_dir: Path, percent: int, retransmissions: int
     """ikev1d (A) and strongSwan (B) configured for each other, `retransmissions` each."""
     # A doubling interval: the last retransmission goes out after timeout * (2^N - 1) s,
     # and an answer is awaited one more interval.
-    deadline = timeout * (2 ** (retransmissions + 1)) * 2 + 10.0
+    span = retransmission_span(retransmissions, timeout)
+    deadline = span * 2 + 10.0
+    # Both responders keep a half-open SA 30 s by default: with a longer span, Main Mode
+    # rounds would lose the retransmissions after 30 s (the responder has forgotten the
+    # exchange). Keep it for the whole span, so that "N retransmissions" holds.
+    half_open = max(30.0, span + 10.0)
     ours = Ikev1dDaemon(topo.a, work_dir / "ikev1d", ikev1d_conf(
         CONNECTION, topo.addr_a, topo.addr_b, topo.addr_a, topo.addr_b, PSK, [PROPOSAL], [ESP],
         topo.inner_net_a, topo.inner_net_b, child=CHILD, dataplane="none",
         retransmit_timeout=f"{timeout}s", retransmit_tries=retransmissions + 1,
+        extra_daemon=f'half_open_timeout = "{int(half_open)}s"',
     ), log_level="info")  # fmt: skip
     theirs = Charon(topo.b, work_dir / "charon", extra_conf=charon_retransmit_conf(
-        retransmissions, timeout), start=False)
+        retransmissions, timeout, half_open), start=False)
     try:
         ours.start(timeout=20.0)
         theirs.start()

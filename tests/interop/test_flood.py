@@ -42,8 +42,8 @@ def test_peer_establishes_under_a_spoofed_flood(two_hosts: Topology, tmp_path: P
         arrived_before = arrived(two_hosts.a)
         attack = start_attack(two_hosts.b, "flood", "--rate", str(RATE), "--seconds",
                               str(SECONDS), "--peer-share", "0.5")
-        time.sleep(1.0)
-        during = target.establish_until(time.monotonic() + SECONDS - 3, pause=0.5)
+        time.sleep(2.0)  # the table is full by now (800 requests > 512)
+        during = target.establish_until(time.monotonic())  # one attempt, charon's budget
         out, err = attack.communicate(timeout=SECONDS + 60)
         assert attack.returncode == 0, err
         flood = arrived(two_hosts.a) - arrived_before
@@ -51,8 +51,7 @@ def test_peer_establishes_under_a_spoofed_flood(two_hosts: Topology, tmp_path: P
         # The flood reached ikev1d: at least 80 % of what was sent (the rest is the
         # peer's own few datagrams' worth of slack and socket drops in B).
         assert flood >= 0.8 * RATE * SECONDS, (out, flood)
-        assert during.failures == [], during.failures
-        assert len(during.seconds) >= 1
+        assert during.failures == [] and len(during.seconds) == 1, during.failures
         assert target.alive()
         assert "Traceback" not in log and "internal error" not in log
         assert "too many half-open SAs" in log  # the table was full: the flood mattered

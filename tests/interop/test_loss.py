@@ -27,7 +27,7 @@ def test_establishes_through_thirty_percent_loss(require_root_netns: None,
     def run(we_initiate: bool) -> None:
         try:
             with netns.two_hosts() as topo:
-                with loss_pair(topo, tmp_path / str(we_initiate), 30, 10, 0.25) as pair:
+                with loss_pair(topo, tmp_path / str(we_initiate), 30, 10, 0.1) as pair:
                     result = pair.run(ATTEMPTS, we_initiate)
                     results[we_initiate] = (result, pair.drops)
         except BaseException as exc:  # reported in the main thread
