@@ -2,11 +2,14 @@
 
 Run by hand::
 
-    .venv/bin/python bench/engine_cost.py [--tunnels N] [--groups modp2048,ecp256] [--cprofile]
+    .venv/bin/python bench/engine_cost.py [--tunnels N] [--groups modp2048,ecp256]
+        [--auth psk,rsa,ecdsa] [--cprofile]
 
 One ikev1d Engine is the responder; every tunnel has a fresh initiator
 Engine (so each is a full Main Mode + Quick Mode, PSK, no PFS, the
-handshakes.py load).  Datagrams are handed over in memory, as in
+handshakes.py load; with ``--auth rsa`` or ``ecdsa`` signatures with RSA-2048 or
+ECDSA P-256 certificates, each initiator presenting its own certificate as in
+handshakes.py).  Datagrams are handed over in memory, as in
 tests/unit/engine/test_engine.py.  Only the responder's calls (receive_datagram,
 datagrams_to_send, events) are timed, with time.process_time, so the figure
 is the protocol work ikev1d does per tunnel as a responder, without the
@@ -23,17 +26,21 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import itertools
 import logging
 import os
 import pstats
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ikev1d.config import parse_config
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaEstablished, Datagram
+from ikev1d_lab import pki
 
 INITIATOR = "192.0.2.1"
 RESPONDER = "192.0.2.2"
@@ -53,7 +60,22 @@ GROUPS = (
 )
 
 
-def config_text(local: str, remote: str, local_ts: str, remote_ts: str, group: Group) -> str:
+def config_text(local: str, remote: str, local_ts: str, remote_ts: str, group: Group,
+                auth: str = "psk", cert: str = "") -> str:
+    text = _psk_config_text(local, remote, local_ts, remote_ts, group)
+    if auth == "psk":
+        return text
+    # Certificates: `cert` is the stem of CERT.cert.pem / CERT.key.pem beside ca.cert.pem.
+    text = text.replace(f'auth = "psk"\nid = "{local}"\n',
+                        f'auth = "pubkey"\nid = "{cert}.bench.example"\n'
+                        f'certs = ["{cert}.cert.pem"]\nprivate_key = "{cert}.key.pem"\n')
+    text = text.replace(f'auth = "psk"\nid = "{remote}"\n',
+                        'auth = "pubkey"\nid = "%any"\ncacerts = ["ca.cert.pem"]\n')
+    return text[: text.index("[secrets.bench]")]
+
+
+def _psk_config_text(local: str, remote: str, local_ts: str, remote_ts: str,
+                     group: Group) -> str:
     return f"""
 [daemon]
 dataplane = "none"
@@ -107,8 +129,9 @@ class TimedResponder:
         return out
 
 
-def one_tunnel(responder: TimedResponder, initiator_cfg: str) -> None:
-    initiator = Engine(parse_config(initiator_cfg), random_bytes=os.urandom)
+def one_tunnel(responder: TimedResponder, initiator_cfg: str, base_dir: Path) -> None:
+    initiator = Engine(parse_config(initiator_cfg, base_dir=base_dir), random_bytes=os.urandom,
+                       wall_clock=time.time)
     now = time.monotonic()
     initiator.initiate("bench", None, now)
     for _ in range(20):
@@ -122,14 +145,40 @@ def one_tunnel(responder: TimedResponder, initiator_cfg: str) -> None:
             return
 
 
-def measure(group: Group, tunnels: int, profiler: cProfile.Profile | None) -> TimedResponder:
-    responder_cfg = config_text(RESPONDER, INITIATOR, "10.2.0.0/24", "10.1.0.0/24", group)
-    initiator_cfg = config_text(INITIATOR, RESPONDER, "10.1.0.0/24", "10.2.0.0/24", group)
-    responder = TimedResponder(
-        Engine(parse_config(responder_cfg), random_bytes=os.urandom), profiler
-    )
-    for _ in range(tunnels):
-        one_tunnel(responder, initiator_cfg)
+# Key types of the certificate rows (CA, responder and initiators alike).
+AUTH_KEYS = {"rsa": "rsa", "ecdsa": "p256"}
+
+
+def write_credentials(folder: Path, kind: str, tunnels: int) -> None:
+    """ca.cert.pem, responder.{cert,key}.pem and t1..tN (one key pair, N certificates)."""
+    key = AUTH_KEYS[kind]
+    ca = pki.issue("C=CH, O=ikev1d bench, CN=Bench CA", ca=True, key=key)
+    (folder / "ca.cert.pem").write_bytes(ca.cert_pem())
+    pki.issue("C=CH, O=ikev1d bench, CN=responder.bench.example", ca, key=key,
+              sans=("dns:responder.bench.example",)).write(folder, "responder")
+    client_key = pki.new_key(key)
+    for i in range(1, tunnels + 1):
+        pki.issue(f"C=CH, O=ikev1d bench, CN=t{i}.bench.example", ca, private_key=client_key,
+                  sans=(f"dns:t{i}.bench.example",)).write(folder, f"t{i}")
+
+
+def measure(group: Group, tunnels: int, profiler: cProfile.Profile | None,
+            auth: str = "psk") -> TimedResponder:
+    with tempfile.TemporaryDirectory(prefix="ikev1d-engine-cost-") as tmp:
+        folder = Path(tmp)
+        if auth != "psk":
+            write_credentials(folder, auth, tunnels)
+        responder_cfg = config_text(RESPONDER, INITIATOR, "10.2.0.0/24", "10.1.0.0/24", group,
+                                    auth, "responder")
+        responder = TimedResponder(
+            Engine(parse_config(responder_cfg, base_dir=folder), random_bytes=os.urandom,
+                   wall_clock=time.time),
+            profiler,
+        )
+        for i in range(1, tunnels + 1):
+            initiator_cfg = config_text(INITIATOR, RESPONDER, "10.1.0.0/24", "10.2.0.0/24",
+                                        group, auth, f"t{i}")
+            one_tunnel(responder, initiator_cfg, folder)
     return responder
 
 
@@ -137,23 +186,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--tunnels", type=int, default=500)
     parser.add_argument("--groups", default="modp2048,ecp256")
+    parser.add_argument("--auth", default="psk",
+                        help="comma-separated: psk, rsa (RSA-2048 certificates), ecdsa (P-256)")
     parser.add_argument("--cprofile", action="store_true", help="profile the responder calls")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
     logging.getLogger("ikev1d").setLevel(logging.WARNING)
     wanted = {g.strip() for g in args.groups.split(",")}
-    print(f"{'group':<9} {'tunnels':>8} {'responder engine CPU ms/tunnel':>32}")
+    auths = [a.strip() for a in args.auth.split(",") if a.strip()]
+    if not set(auths) <= {"psk", *AUTH_KEYS}:
+        parser.error("--auth: choose from psk, rsa, ecdsa")
+    print(f"{'group/auth':<15} {'tunnels':>8} {'responder engine CPU ms/tunnel':>32}")
     ok = True
-    for group in (g for g in GROUPS if g.name in wanted):
+    for group, auth in itertools.product([g for g in GROUPS if g.name in wanted], auths):
+        label = f"{group.name}/{auth}"
         profiler = cProfile.Profile() if args.cprofile else None
-        responder = measure(group, args.tunnels, profiler)
+        responder = measure(group, args.tunnels, profiler, auth)
         if responder.established != args.tunnels:
-            print(f"{group.name:<9} FAILED: {responder.established}/{args.tunnels} established")
+            print(f"{label:<15} FAILED: {responder.established}/{args.tunnels} established")
             ok = False
             continue
         per_tunnel = 1000 * responder.cpu / args.tunnels
         note = " (under cProfile: inflated)" if profiler else ""
-        print(f"{group.name:<9} {args.tunnels:>8} {per_tunnel:>32.3f}{note}", flush=True)
+        print(f"{label:<15} {args.tunnels:>8} {per_tunnel:>32.3f}{note}", flush=True)
         if profiler is not None:
             print(
                 f"\n{group.name}: responder calls, top {args.top} by internal time "

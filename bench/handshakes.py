@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import datetime
 import itertools
 import os
 import re
@@ -46,7 +47,7 @@ from typing import Any
 import vici
 from benchlib import find_pid, profile_summary, start_profiler, stop_profiler
 
-from ikev1d_lab import netns
+from ikev1d_lab import netns, pki
 from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
 from ikev1d_lab.netns import Namespace, Topology
 from ikev1d_lab.strongswan import DEFAULT_LOAD, Charon, strongswan_conf
@@ -79,6 +80,81 @@ GROUPS = (
     Group("modp2048", "aes128-sha256-modp2048", "aes128-sha256"),
     Group("ecp256", "aes128-sha256-ecp256", "aes128-sha256"),
 )
+# Phase 1 authentication: pre-shared key, or signatures with certificates (RFC 2409 5.1)
+# whose keys (CA, responder, initiators) are RSA-2048 or ECDSA P-256 (RFC 4754).
+AUTHS = {"psk": None, "rsa": "rsa", "ecdsa": "p256"}
+RESPONDER_ID = f"responder.{ID_DOMAIN}"
+CA_DN = "C=CH, O=ikev1d bench, CN=Bench CA"
+
+
+@dataclass
+class Credentials:
+    """A CA, the responder's certificate and one per initiator connection (t1..tN).
+
+    The N initiator certificates certify one key pair, each for its own ID
+    (subject CN and subjectAltName tI.bench.example): every handshake presents a
+    different certificate and the responder checks each chain, as with N clients,
+    without generating N keys.
+    """
+
+    kind: str
+    ca: pki.Issued
+    responder: pki.Issued
+    clients: list[pki.Issued]
+
+    @classmethod
+    def make(cls, kind: str, n: int) -> Credentials:
+        key = AUTHS[kind] or "rsa"
+        # A year: ikev1d warns about certificates that expire within 30 days.
+        until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)
+        ca = pki.issue(CA_DN, ca=True, key=key, not_after=until)
+        responder = pki.issue(f"C=CH, O=ikev1d bench, CN={RESPONDER_ID}", ca, key=key,
+                              sans=(f"dns:{RESPONDER_ID}",), not_after=until)
+        client_key = pki.new_key(key)
+        clients = [
+            pki.issue(f"C=CH, O=ikev1d bench, CN=t{i}.{ID_DOMAIN}", ca,
+                      sans=(f"dns:t{i}.{ID_DOMAIN}",), private_key=client_key,
+                      not_after=until)
+            for i in range(1, n + 1)
+        ]
+        return cls(kind, ca, responder, clients)
+
+    def install_charon(self, work_dir: Path, responder: bool) -> None:
+        """PEM files into the folders beside swanctl.conf that --load-all reads."""
+        for sub in ("x509", "x509ca", "private"):
+            (work_dir / sub).mkdir(parents=True, exist_ok=True)
+        (work_dir / "x509ca" / "ca.pem").write_bytes(self.ca.cert_pem())
+        if responder:
+            (work_dir / "x509" / "responder.pem").write_bytes(self.responder.cert_pem())
+            (work_dir / "private" / "responder.pem").write_bytes(self.responder.key_pem())
+            return
+        for i, client in enumerate(self.clients, 1):
+            (work_dir / "x509" / f"t{i}.pem").write_bytes(client.cert_pem())
+        (work_dir / "private" / "client.pem").write_bytes(self.clients[0].key_pem())
+
+    def install_ikev1d(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.responder.write(folder, "responder")
+        (folder / "ca.cert.pem").write_bytes(self.ca.cert_pem())
+
+
+def ikev1d_pubkey_conf(psk_conf: str, ca_path: str = "ca.cert.pem") -> str:
+    """The responder's PSK configuration turned into certificate authentication."""
+    local = (
+        'auth = "pubkey"\n'
+        f'id = "{RESPONDER_ID}"\n'
+        'certs = ["responder.cert.pem"]\n'
+        'private_key = "responder.key.pem"\n'
+    )
+    remote = f'auth = "pubkey"\nid = "%any"\ncacerts = ["{ca_path}"]\n'
+    conf = re.sub(r'(\[connections\.bench\.local\]\n)auth = "psk"\nid = "[^"]*"\n',
+                  lambda m: m.group(1) + local, psk_conf)
+    conf = re.sub(r'(\[connections\.bench\.remote\]\n)auth = "psk"\nid = "[^"]*"\n',
+                  lambda m: m.group(1) + remote, conf)
+    conf = re.sub(r"\n\[secrets\.bench\]\n.*\Z", "\n", conf, flags=re.DOTALL)
+    if 'auth = "psk"' in conf or "[secrets." in conf:
+        raise ValueError("the PSK template changed; update ikev1d_pubkey_conf")
+    return conf
 
 
 @dataclass
@@ -145,7 +221,15 @@ def _swanctl_conn(
     group: Group,
     local_net: str,
     remote_net: str,
+    auth: str = "psk",
+    cert: str = "",
 ) -> str:
+    if auth == "psk":
+        local_auth = f"      auth = psk\n      id = {local_id}\n"
+        remote_auth = f"      auth = psk\n      id = {remote_id}\n"
+    else:
+        local_auth = f"      auth = pubkey\n      id = {local_id}\n      certs = {cert}\n"
+        remote_auth = f"      auth = pubkey\n      id = {remote_id}\n"
     return (
         f"  {name} {{\n"
         "    version = 1\n"
@@ -155,9 +239,10 @@ def _swanctl_conn(
         "    rekey_time = 0\n"
         "    reauth_time = 0\n"
         "    unique = no\n"
-        "    send_certreq = no\n"
-        f"    local {{\n      auth = psk\n      id = {local_id}\n    }}\n"
-        f"    remote {{\n      auth = psk\n      id = {remote_id}\n    }}\n"
+        # Certificates go only to a peer that asked for them (send_cert = ifasked).
+        f"    send_certreq = {'no' if auth == 'psk' else 'yes'}\n"
+        f"    local {{\n{local_auth}    }}\n"
+        f"    remote {{\n{remote_auth}    }}\n"
         "    children {\n"
         f"      {CHILD} {{\n"
         f"        local_ts = {local_net}\n"
@@ -180,24 +265,34 @@ def _swanctl_secret(initiator: str, responder: str) -> str:
 
 
 def initiator_swanctl_conf(
-    n: int, local: str, remote: str, group: Group, local_net: str, remote_net: str
+    n: int, local: str, remote: str, group: Group, local_net: str, remote_net: str,
+    auth: str = "psk",
 ) -> str:
-    """N connections t1..tN, equal except for the local ID (tI.bench.example)."""
+    """N connections t1..tN, equal except for the local ID (tI.bench.example).
+
+    With certificates each presents its own (``x509/tI.pem``, see Credentials).
+    """
+    remote_id = remote if auth == "psk" else RESPONDER_ID
     body = "".join(
         _swanctl_conn(
-            f"t{i}", local, remote, f"t{i}.{ID_DOMAIN}", remote, group, local_net, remote_net
+            f"t{i}", local, remote, f"t{i}.{ID_DOMAIN}", remote_id, group, local_net,
+            remote_net, auth, f"t{i}.pem",
         )
         for i in range(1, n + 1)
     )
-    return f"connections {{\n{body}}}\n{_swanctl_secret(local, remote)}"
+    secrets = _swanctl_secret(local, remote) if auth == "psk" else ""
+    return f"connections {{\n{body}}}\n{secrets}"
 
 
 def responder_swanctl_conf(
-    local: str, remote: str, group: Group, local_net: str, remote_net: str
+    local: str, remote: str, group: Group, local_net: str, remote_net: str, auth: str = "psk"
 ) -> str:
     """One connection accepting any initiator ID from `remote`."""
-    conn = _swanctl_conn("bench", local, remote, local, "%any", group, local_net, remote_net)
-    return f"connections {{\n{conn}}}\n{_swanctl_secret(remote, local)}"
+    local_id = local if auth == "psk" else RESPONDER_ID
+    conn = _swanctl_conn("bench", local, remote, local_id, "%any", group, local_net,
+                         remote_net, auth, "responder.pem")
+    secrets = _swanctl_secret(remote, local) if auth == "psk" else ""
+    return f"connections {{\n{conn}}}\n{secrets}"
 
 
 def charon_tuning(threads: int) -> str:
@@ -420,10 +515,16 @@ def run_one(
     s: Settings,
     rep: int = 0,
     extra_conf: str = "",
+    creds: Credentials | None = None,
 ) -> RunResult:
-    """One measured run: fresh responder (ikev1d if `load` is None, else charon) and initiator."""
-    result = RunResult(group.name, responder, s.tunnels)
-    tag = f"{group.name}-{re.sub(r'[^A-Za-z0-9]+', '_', responder)}"
+    """One measured run: fresh responder (ikev1d if `load` is None, else charon) and initiator.
+
+    Without `creds` the tunnels authenticate with the PSK, else with those certificates.
+    """
+    auth = creds.kind if creds is not None else "psk"
+    swan_auth = "psk" if creds is None else "pubkey"
+    result = RunResult(f"{group.name}/{auth}", responder, s.tunnels)
+    tag = f"{group.name}-{auth}-{re.sub(r'[^A-Za-z0-9]+', '_', responder)}"
     run_dir = s.work_dir / f"{tag}-{rep + 1}"
     a, b = topo.addr_a, topo.addr_b
     net_a, net_b = topo.inner_net_a, topo.inner_net_b
@@ -455,6 +556,9 @@ def run_one(
                     'half_open_timeout = "60s"'
                 ),
             )
+            if creds is not None:
+                conf = ikev1d_pubkey_conf(conf)
+                creds.install_ikev1d(run_dir / "ikev1d")
             daemon = Ikev1dDaemon(topo.b, run_dir / "ikev1d", conf, log_level=s.ikev1d_log_level)
             daemon.start()
             stack.callback(daemon.stop)
@@ -465,7 +569,10 @@ def run_one(
                 topo.b, run_dir / "responder", load, threads, s.charon_log_level, extra_conf
             )
             stack.callback(resp_charon.stop)
-            resp_charon.load_config(responder_swanctl_conf(b, a, group, net_b, net_a))
+            if creds is not None:
+                creds.install_charon(resp_charon.work_dir, responder=True)
+            resp_charon.load_config(
+                responder_swanctl_conf(b, a, group, net_b, net_a, swan_auth))
             resp_pid = find_pid(
                 topo.b, "charon", resp_charon.proc.pid if resp_charon.proc else None
             )
@@ -473,7 +580,10 @@ def run_one(
             topo.a, run_dir / "initiator", LOAD_OPENSSL_FIRST, threads, s.charon_log_level
         )
         stack.callback(initiator.stop)
-        initiator.load_config(initiator_swanctl_conf(s.tunnels, a, b, group, net_a, net_b))
+        if creds is not None:
+            creds.install_charon(initiator.work_dir, responder=False)
+        initiator.load_config(
+            initiator_swanctl_conf(s.tunnels, a, b, group, net_a, net_b, swan_auth))
 
         profiler: subprocess.Popen[bytes] | None = None
         if s.profile_dir is not None and daemon is not None and rep == 0:
@@ -522,7 +632,7 @@ def _median(values: Sequence[float]) -> float:
 
 def format_table(results: Sequence[RunResult]) -> str:
     """One row per (group, responder): medians over the repeats; FAILED if any run failed."""
-    rows = [f"{'group':<9} {'responder':<24} {'tunnels/s':>10} {'CPU ms/tunnel':>14}  note"]
+    rows = [f"{'group/auth':<15} {'responder':<24} {'tunnels/s':>10} {'CPU ms/tunnel':>14}  note"]
     for group in dict.fromkeys(r.group for r in results):
         medians: dict[str, tuple[float, float]] = {}
         for responder in dict.fromkeys(r.responder for r in results if r.group == group):
@@ -531,7 +641,7 @@ def format_table(results: Sequence[RunResult]) -> str:
             if failed:
                 f = failed[0]
                 rows.append(
-                    f"{group:<9} {responder:<24} {'FAILED':>10} {'-':>14}  "
+                    f"{group:<15} {responder:<24} {'FAILED':>10} {'-':>14}  "
                     f"{len(failed)}/{len(runs)} runs failed; first: {f.established}/{f.tunnels} "
                     f"established on responder, {f.initiated_ok}/{f.tunnels} initiates ok"
                 )
@@ -548,19 +658,19 @@ def format_table(results: Sequence[RunResult]) -> str:
                     f"{min(r.cpu_ms_per_tunnel for r in runs):.2f}.."
                     f"{max(r.cpu_ms_per_tunnel for r in runs):.2f}; {note}"
                 )
-            rows.append(f"{group:<9} {responder:<24} {rate:>10.1f} {cpu:>14.2f}  {note}")
+            rows.append(f"{group:<15} {responder:<24} {rate:>10.1f} {cpu:>14.2f}  {note}")
         ours = medians.get("ikev1d")
         theirs = {k: v for k, v in medians.items() if k != "ikev1d"}
         best = min(theirs, key=lambda k: theirs[k][1]) if theirs else None
         for responder, (rate, cpu) in theirs.items():
             if ours is None:
                 break
-            label = f"ratio ikev1d/{responder}"
+            label = f"{group} ratio ikev1d/{responder}"
             rate_ratio = ours[0] / rate if rate else float("nan")
             cpu_ratio = ours[1] / cpu if cpu else float("nan")
             mark = "  <- strongSwan's lowest CPU (target: CPU <= 0.50, rate > 1)"
             rows.append(
-                f"{label:<34} {rate_ratio:>10.2f} {cpu_ratio:>14.2f}"
+                f"{label:<40} {rate_ratio:>10.2f} {cpu_ratio:>14.2f}"
                 + (mark if responder == best and len(theirs) > 1 else "")
             )
     return "\n".join(rows)
@@ -579,6 +689,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--groups", default="modp2048,ecp256", help="comma-separated: modp2048,ecp256"
+    )
+    parser.add_argument(
+        "--auth", default="psk,rsa,ecdsa",
+        help="comma-separated: psk, rsa (RSA-2048 certificates), ecdsa (P-256 certificates)",
     )
     parser.add_argument(
         "--responders",
@@ -622,6 +736,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--responders: choose from ikev1d, openssl, gmp, gmp-short")
     if not groups:
         parser.error(f"--groups: choose from {', '.join(g.name for g in GROUPS)}")
+    auths = [a.strip() for a in args.auth.split(",") if a.strip()]
+    if not auths or not set(auths) <= set(AUTHS):
+        parser.error(f"--auth: choose from {', '.join(AUTHS)}")
+    # One set of certificates per key type for the whole run (issuing is not measured).
+    credentials = {kind: Credentials.make(kind, args.tunnels) for kind in auths
+                   if AUTHS[kind] is not None}
 
     netns.cleanup_stale()
     work_dir = Path(tempfile.mkdtemp(prefix="ikev1d-bench-"))
@@ -640,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = True
     try:
         with netns.two_hosts() as topo:
-            for rep, group in itertools.product(range(args.repeat), groups):
+            for rep, group, auth in itertools.product(range(args.repeat), groups, auths):
                 responders: list[tuple[str, str | None, str]] = []
                 if "ikev1d" in kinds:
                     responders.append(("ikev1d", None, ""))
@@ -656,11 +776,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "gmp-short" in kinds and modp:
                     responders.append(("strongSwan(gmp,short)", LOAD_GMP_FIRST, SHORT_EXPONENTS))
                 for name, load, extra in responders:
-                    r = run_one(topo, group, name, load, settings, rep, extra)
+                    r = run_one(topo, group, name, load, settings, rep, extra,
+                                credentials.get(auth))
                     results.append(r)
                     state = "ok" if r.complete else "FAILED"
                     print(
-                        f"  {group.name} {name}: {state}, {r.established}/{r.tunnels} in "
+                        f"  {r.group} {name}: {state}, {r.established}/{r.tunnels} in "
                         f"{r.seconds:.1f}s, responder CPU {r.cpu_seconds:.2f}s "
                         f"({r.sys_seconds:.2f}s system), "
                         f"initiator charon {r.initiator_cpu_seconds:.2f}s, "

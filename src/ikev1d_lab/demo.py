@@ -5,9 +5,12 @@
 2. Two ikev1d gateways in network namespaces negotiate Main Mode + Quick Mode.
 3. Traffic through the tunnel, when the userspace data plane is available.
 4. The same site A against a real strongSwan, when strongSwan is installed.
-5. A road warrior: an ikev1d client logs in with XAUTH, gets a virtual IP from
+5. Certificates instead of the pre-shared key: a CA made on the fly, RSA signatures
+   (RFC 2409 section 5.1), CR/CERT/SIG shown on the wire; against strongSwan when
+   step 4 ran, else between the two ikev1d.
+6. A road warrior: an ikev1d client logs in with XAUTH, gets a virtual IP from
    the ikev1d server's pool by Mode Config and pings the server's network from it.
-6. Teardown: Delete payloads, daemons stopped, namespaces removed.
+7. Teardown: Delete payloads, daemons stopped, namespaces removed.
 
 Everything runs in network namespaces named ``ikdemo-<pid>-...`` and a temporary
 directory; both are removed on success, failure, Ctrl-C or SIGTERM.  Output goes
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import importlib
+import json
 import os
 import re
 import shutil
@@ -42,8 +47,13 @@ from ikev1d.wire.constants import (
     NAT_T_PORT,
     NON_ESP_MARKER,
 )
-from ikev1d_lab import netns
-from ikev1d_lab.capture import Capture, CaptureError, tshark_available
+from ikev1d_lab import netns, pki
+from ikev1d_lab.capture import (
+    Capture,
+    CaptureError,
+    isakmp_decryption_table,
+    tshark_available,
+)
 from ikev1d_lab.daemon import (
     Ikev1dDaemon,
     LabDaemonError,
@@ -76,12 +86,20 @@ PSK = "ikev1d-demo-pre-shared-key"
 IKE_PROPOSALS = ("aes256-sha256-modp2048",)
 ESP_PROPOSALS = ("aes128gcm16-modp2048",)
 ECHO_PORT = 7777
-TOTAL_STEPS = 6
+TOTAL_STEPS = 7
 RW_CLIENT, RW_SERVER = "192.0.2.11", "192.0.2.12"
 RW_SERVER_ID = "gw.example.org"
 RW_NETWORK, RW_GATEWAY = "10.2.0.0/24", "10.2.0.1"
 RW_POOL = "10.3.0.0/24"
 RW_USER, RW_PASSWORD = "alice", "alice's demo password"
+CA_DN = "C=CH, O=ikev1d demo, CN=Demo Root CA"
+CERT_DN_A = "C=CH, O=ikev1d demo, CN=site-a.example"
+CERT_DN_B = "C=CH, O=ikev1d demo, CN=site-b.example"
+# ISAKMP payload types (RFC 2408 section 3.1; 20 NAT-D RFC 3947; 132 IKE fragment).
+_PAYLOAD_NAMES = {
+    "1": "SA", "4": "KE", "5": "ID", "6": "CERT", "7": "CR", "8": "HASH", "9": "SIG",
+    "10": "NONCE", "11": "N", "12": "D", "13": "VID", "20": "NAT-D", "132": "FRAG",
+}  # fmt: skip
 
 _ESTABLISHED = ("ISAKMP SA established", "IPsec SA established")
 _DELETED = ("IPsec SA deleted", "ISAKMP SA deleted")
@@ -262,6 +280,7 @@ class Outcome:
     gateways: bool = False
     traffic: list[str] = field(default_factory=list)
     strongswan: str = "not run"
+    certificates: str = "not run"
     road_warrior: str = "not run"
     teardown: bool = False
     notes: list[str] = field(default_factory=list)
@@ -615,7 +634,7 @@ class Demo:
         """An ikev1d road warrior: XAUTH, a virtual IP by Mode Config, a ping from it."""
         con = self.con
         con.step(
-            5, "A road warrior gets an address",
+            6, "A road warrior gets an address",
             f"A laptop ({RW_CLIENT}, no network of its own) connects to an ikev1d server "
             f"({RW_SERVER}, network {RW_NETWORK})",
             f"with the group key, logs in as {RW_USER!r} (XAUTH) and asks for an address "
@@ -674,6 +693,189 @@ class Demo:
         topo.close()
         con.ok(f"the laptop had {vip} from pool {RW_POOL}; its daemons and namespaces are gone")
 
+    def step_certificates(self) -> None:
+        """Site A again, now authenticated by RSA signatures with certificates."""
+        con = self.con
+        a, b = self._sites()
+        against_strongswan = self.charon is not None
+        peer_name = "strongSwan" if against_strongswan else "site B's ikev1d"
+        con.step(
+            5, "Certificates instead of a pre-shared key",
+            "A CA made on the fly (Python `cryptography`) issues an RSA-2048 certificate to "
+            "each site;",
+            f"site A's ikev1d restarts with it and {peer_name} "
+            f"{'loads' if against_strongswan else 'restarts with'} its own. Each side asks "
+            "for the",
+            "other's certificate (CR), sends its own (CERT) and signs HASH_I/HASH_R (SIG, "
+            "RFC 2409 5.1);",
+            "the IDs are the certificates' subject DNs, checked against the CA.",
+        )
+        if self.gw_a is None:
+            raise DemoFailure("site A's ikev1d is not running")
+        # A year of validity: check-config warns about certificates that expire soon.
+        until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)
+        ca = pki.issue(CA_DN, ca=True, not_after=until)
+        cert_a = pki.issue(CERT_DN_A, ca, not_after=until)
+        cert_b = pki.issue(CERT_DN_B, ca, not_after=until)
+        for who, issued in (("CA    ", ca), ("site A", cert_a), ("site B", cert_b)):
+            con.line(f"{who}  subject \"{issued.subject}\"  (issuer \"{ca.subject}\", "
+                     "RSA 2048)", indent=5)
+        con.write()
+        code = self.gw_a.stop()
+        if code != 0:
+            raise DemoFailure(f"ikev1d on site A exited with {code}")
+        keylog = self.work / "keylog-a"
+        keylog.mkdir(mode=0o700)
+        self.gw_a = self._cert_daemon(a, b, CONNECTION_A, cert_a, ca, CERT_DN_B,
+                                      f"keylog_dir = {json.dumps(str(keylog))}")
+        peer_log: LogCursor
+        if self.charon is not None:
+            charon = self.charon
+            for sub, data in (("x509", cert_b.cert_pem()), ("private", cert_b.key_pem()),
+                              ("x509ca", ca.cert_pem())):
+                folder = charon.work_dir / sub
+                folder.mkdir(exist_ok=True)
+                (folder / "demo.pem").write_bytes(data)
+            charon.load_config(swanctl_conf(
+                CONNECTION_B, b.address, a.address, CERT_DN_B, CERT_DN_A, "",
+                IKE_PROPOSALS, ESP_PROPOSALS, b.inner_net, a.inner_net, child=CHILD,
+                encap=True, auth="pubkey", certs=["demo.pem"], cacerts=["demo.pem"],
+            ))  # fmt: skip
+            peer_log = LogCursor(charon.log_text)
+            _start_together(self.gw_a)
+            con.ok("site A's ikev1d restarted with its certificate; strongSwan loaded its "
+                   "own (swanctl --load-all)")
+        else:
+            if self.gw_b is not None:
+                self.gw_b.stop()
+            self.gw_b = self._cert_daemon(b, a, CONNECTION_B, cert_b, ca, CERT_DN_A)
+            peer_log = LogCursor(self.gw_b.log_text)
+            _start_together(self.gw_a, self.gw_b)
+            con.ok("both ikev1d restarted with their certificates")
+        log_a = LogCursor(self.gw_a.log_text)
+        log_a.mark()
+        peer_log.mark()
+        ok, reason = tshark_available()
+        capture_path = self.work / "certificates.pcap"
+        capture = (Capture(a.ns, a.ifname, capture_path,
+                           capture_filter="udp port 500 or udp port 4500") if ok else None)
+        try:
+            elapsed = self._up("A", self.gw_a)
+            self._show_log("site A (ikev1d)", log_a, ("authenticated by RSA signature",
+                                                      *_ESTABLISHED))
+            keys = _keylog_entries(keylog)
+        finally:
+            if capture is not None:
+                capture.stop()
+        if against_strongswan:
+            lines = peer_log.wait_for(("authentication of", "using trusted ca certificate",
+                                       "IKE_SA"), timeout=5.0)
+            theirs = [ln for ln in peer_log.new_text().splitlines()
+                      if re.search(r"using trusted ca certificate|authentication of .* "
+                                   r"successful|IKE_SA .* established", ln)]
+            con.line("log of site B (strongSwan):", style="dim")
+            con.lines([_charon_line(ln) for ln in theirs[:5]] or lines)
+            if not any(f"authentication of '{CERT_DN_A}'" in ln and "successful" in ln
+                       for ln in theirs):  # fmt: skip
+                raise DemoFailure("strongSwan did not log a successful signature check of "
+                                  f"\"{CERT_DN_A}\"")
+        else:
+            self._show_log("site B (ikev1d)", peer_log, ("authenticated by RSA signature",
+                                                         *_ESTABLISHED))
+        con.write()
+        status = self.gw_a.status()
+        ikes = status.get("ike_sas", [])
+        if not ikes or ikes[0].get("auth") != "pubkey-rsa" or (
+            ikes[0].get("remote_id") != CERT_DN_B
+        ):
+            raise DemoFailure(f"site A's status does not show the certificate SA: {ikes}")
+        con.command("A", "ikev1d status --json   (auth, IDs)")
+        con.lines([f'"auth": "{ikes[0]["auth"]}", "local_id": "{ikes[0]["local_id"]}", '
+                   f'"remote_id": "{ikes[0]["remote_id"]}"'])
+        if capture is None:
+            con.skip(f"wire view: {reason}")
+        else:
+            self._show_cert_wire(capture_path, keys, a.address)
+        if self.dataplane == "userspace":
+            con.write()
+            con.command("A", f"ping -I {a.inner_address} -c 3 {b.inner_address}")
+            sent, received = ping(a.ns, b.inner_address, src=a.inner_address, count=3)
+            con.line(f"{received} of {sent} echo replies", indent=5)
+            if received != sent:
+                raise DemoFailure(f"ping through the certificate tunnel: {received} of {sent} "
+                                  "replies")
+        self.outcome.certificates = f"established with {peer_name.split()[-1]}"
+        con.ok(f"authenticated by certificates, Main Mode + Quick Mode in {elapsed:.1f} s")
+
+    def _cert_daemon(self, site: Site, peer: Site, name: str, ours: pki.Issued,
+                     ca: pki.Issued, peer_dn: str, extra_daemon: str = "") -> Ikev1dDaemon:
+        folder = self.work / f"ikev1d-{site.label.lower()}-cert"
+        folder.mkdir()
+        ours.write(folder, "site")
+        (folder / "ca.cert.pem").write_bytes(ca.cert_pem())
+        config = f"""\
+[daemon]
+listen = [{json.dumps(site.address)}]
+dataplane = {json.dumps(self.dataplane)}
+retransmit_timeout = "1s"
+retransmit_tries = 4
+{extra_daemon}
+
+[connections.{name}]
+local_addrs = [{json.dumps(site.address)}]
+remote_addrs = [{json.dumps(peer.address)}]
+proposals = {json.dumps(list(IKE_PROPOSALS))}
+
+[connections.{name}.local]
+auth = "pubkey"
+id = {json.dumps(ours.subject)}
+certs = ["site.cert.pem"]
+private_key = "site.key.pem"
+
+[connections.{name}.remote]
+auth = "pubkey"
+id = {json.dumps(peer_dn)}
+cacerts = ["ca.cert.pem"]
+
+[connections.{name}.children.{CHILD}]
+local_ts = [{json.dumps(site.inner_net)}]
+remote_ts = [{json.dumps(peer.inner_net)}]
+esp_proposals = {json.dumps(list(ESP_PROPOSALS))}
+"""
+        daemon = Ikev1dDaemon(site.ns, folder, config, log_level="info")
+        self.stack.callback(daemon.stop)
+        return daemon
+
+    def _show_cert_wire(self, path: Path, keys: dict[str, str], address_a: str) -> None:
+        """Main Mode's payloads by message, decrypted with the key site A logged."""
+        con = self.con
+        con.write()
+        con.command("A", f"tshark -r {path.name} -o 'uat:ikev1_decryption_table:...'")
+        tshark = shutil.which("tshark") or "tshark"
+        result = subprocess.run(
+            [tshark, "-n", "-r", str(path), *isakmp_decryption_table(keys),
+             "-Y", "isakmp.exchangetype == 2", "-T", "fields", "-e", "ip.src", "-e", "ip.dst",
+             "-e", "isakmp.typepayload", "-E", "aggregator=,"],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise DemoFailure(f"tshark failed: {result.stderr.strip()}")
+        seen: dict[bool, set[str]] = {True: set(), False: set()}
+        number = 0
+        for row in result.stdout.splitlines():
+            src, dst, types = [*row.split("\t"), "", "", ""][:3]
+            names = [_PAYLOAD_NAMES.get(t, t) for t in types.split(",")
+                     if t and t not in ("2", "3")]  # proposal, transform: inside SA
+            number += 1
+            from_a = src == address_a
+            seen[from_a].update(names)
+            con.line(f"Main Mode {number}  {src} -> {dst}  " + " ".join(names), indent=5)
+        missing = [f"{'A' if side else 'B'}: {kind}" for side in (True, False)
+                   for kind in ("CR", "CERT", "SIG") if kind not in seen[side]]
+        if missing:
+            raise DemoFailure(f"missing on the wire (decrypted by tshark): {', '.join(missing)}")
+        con.ok("tshark decrypted messages 5 and 6: each side sent CR, CERT and SIG")
+
     # -- step 6 ---------------------------------------------------------------------------
 
     def step_teardown(self) -> None:
@@ -681,7 +883,7 @@ class Demo:
         a, b = self._sites()
         peer = "strongSwan" if self.charon is not None else "ikev1d"
         con.step(
-            6, "Teardown",
+            7, "Teardown",
             f"`ikev1d down` sends Delete payloads for the IPsec SA and the ISAKMP SA to "
             f"{peer};",
             "then the daemons stop and the namespaces and temporary files are removed.",
@@ -749,6 +951,18 @@ def _check_established(daemon: Ikev1dDaemon, where: str) -> None:
               for ike in document.get("ike_sas", [])]  # fmt: skip
     if states != [("ESTABLISHED", ["INSTALLED"])]:
         raise DemoFailure(f"site {where} reports SAs in states {states}")
+
+
+def _keylog_entries(folder: Path) -> dict[str, str]:
+    """The daemon's ``ikev1_decryption_table`` (``ICOOKIE,KEY`` lines) as a mapping."""
+    table = folder / "ikev1_decryption_table"
+    entries: dict[str, str] = {}
+    if table.exists():
+        for line in table.read_text().splitlines():
+            cookie, _, key = line.strip().partition(",")
+            if cookie and key:
+                entries[cookie] = key
+    return entries
 
 
 def _first_error_line(text: str) -> str:
@@ -966,6 +1180,7 @@ def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
             demo.step_gateways()
             demo.step_traffic(3, "ikev1d")
             demo.step_strongswan()
+            demo.step_certificates()
             demo.step_roadwarrior()
             demo.step_teardown()
             code = 0
@@ -991,8 +1206,8 @@ def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
         con.line(
             f"summary: {o.decoded} strongSwan messages decoded ({o.decrypted} decrypted, "
             f"{o.verified} hashes verified); ikev1d <-> ikev1d established; "
-            f"ikev1d <-> strongSwan {o.strongswan}; traffic: {', '.join(o.traffic)}; "
-            f"road warrior: {o.road_warrior}; "
+            f"ikev1d <-> strongSwan {o.strongswan}; certificates {o.certificates}; "
+            f"road warrior: {o.road_warrior}; traffic: {', '.join(o.traffic)}; "
             "SAs deleted, everything removed.",
             indent=0,
         )

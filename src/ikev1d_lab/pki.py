@@ -88,9 +88,14 @@ def issue(
     not_after: datetime.datetime | None = None,
     serial: int | None = None,
     key_usage: bool = True,
+    private_key: PrivateKey | None = None,
 ) -> Issued:
-    """A certificate: self-signed without ``issuer``. SANs: "dns:x", "email:x", "ip:x"."""
-    private = new_key(key)
+    """A certificate: self-signed without ``issuer``. SANs: "dns:x", "email:x", "ip:x".
+
+    `private_key` certifies an existing key (several certificates for one key pair)
+    instead of a new one of kind `key`.
+    """
+    private = private_key if private_key is not None else new_key(key)
     now = _now()
     name = dn(subject)
     builder = (

@@ -8,12 +8,14 @@ temporary directory survives it, and a SIGTERM in the middle leaves nothing eith
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +54,21 @@ def _leftovers(pid: int, dirs_before: set[Path]) -> list[str]:
     return ns + dirs + procs
 
 
+def _check_certificate_step(out: str, peer: str) -> None:
+    step = out[out.index("[5/7] Certificates"):out.index("[6/7] A road warrior")]
+    assert ('authenticated by RSA signature ("C=CH, O=ikev1d demo, CN=site-b.example" <- '
+            '"C=CH, O=ikev1d demo, CN=Demo Root CA")') in step, step
+    assert "auth pubkey-rsa" in step
+    assert '"auth": "pubkey-rsa"' in step
+    assert "Main Mode 4  192.0.2.2 -> 192.0.2.1  KE NONCE CR" in step, step
+    assert "Main Mode 5  192.0.2.1 -> 192.0.2.2  ID CERT SIG" in step, step
+    assert "Main Mode 6  192.0.2.2 -> 192.0.2.1  ID CERT SIG" in step, step
+    assert "each side sent CR, CERT and SIG" in step
+    if "skipped: the userspace data plane" not in out and "failed to start" not in out:
+        assert "3 of 3 echo replies" in step, step
+    assert f"certificates established with {peer}" in out
+
+
 def test_demo_runs_and_cleans_up(require_root_netns: None) -> None:
     dirs_before = _demo_dirs()
     started = time.monotonic()
@@ -81,7 +98,18 @@ def test_demo_runs_and_cleans_up(require_root_netns: None) -> None:
     if "skipped: the userspace data plane" not in out and "failed to start" not in out:
         assert "received: echo: hello from 10.1.0.1" in out
         assert "the message text appears in no packet" in out
-    # step 5: Delete and teardown
+    # step 5: certificates against strongSwan, CR/CERT/SIG seen decrypted by tshark
+    _check_certificate_step(out, "strongSwan")
+    assert ("[IKE] authentication of 'C=CH, O=ikev1d demo, CN=site-a.example' with "
+            "RSA_EMSA_PKCS1_NULL successful") in out
+    # step 6: a road warrior with XAUTH gets an address from the pool and pings from it
+    step = out[out.index("[6/7] A road warrior"):out.index("[7/7] Teardown")]
+    assert "XAUTH authentication of 'alice' successful" in step, step
+    if "skipped: the userspace data plane" not in out and "failed to start" not in out:
+        assert re.search(r"3 of 3 pings from 10\.3\.0\.\d+ through the tunnel answered",
+                         step), step
+        assert re.search(r"road warrior: 10\.3\.0\.\d+, ping answered", out), out
+    # step 7: Delete and teardown
     assert "ISAKMP SA deleted" in out and "IPsec SA deleted" in out
     assert "received DELETE for IKE_SA" in out
     assert "demo finished" in out
@@ -169,5 +197,32 @@ def test_without_strongswan_the_demo_runs_the_rest(
     assert "skipped: strongSwan is not installed here" in text
     assert "ikev1d <-> strongSwan skipped (strongSwan not installed)" in text
     assert "for the step against strongSwan: apt-get install strongswan-charon" in text
+    _check_certificate_step(text, "ikev1d")
     assert "ISAKMP SA deleted" in text and "demo finished" in text
+    assert _leftovers(os.getpid(), dirs_before) == []
+
+
+def test_an_untrusted_certificate_fails_the_certificate_step(
+    require_root_netns: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Site B's certificate signed by itself instead of the demo CA: site A must refuse it,
+    # and the demo must say so and fail rather than carry on.
+    import io
+
+    from ikev1d_lab import demo, pki
+
+    real_issue = pki.issue
+
+    def issue(subject: str, issuer: pki.Issued | None = None, **kw: Any) -> pki.Issued:
+        return real_issue(subject, None if subject == demo.CERT_DN_B else issuer, **kw)
+
+    monkeypatch.setattr(pki, "issue", issue)
+    dirs_before = _demo_dirs()
+    out = io.StringIO()
+    assert demo.run_demo(["--no-strongswan"], out=out) == 1
+    text = out.getvalue()
+    assert "[5/7] Certificates" in text
+    assert "demo failed: `ikev1d up site-b` on site A failed" in text, text
+    assert "authentication failed" in text, text  # site A's log tail says why
+    assert "demo finished" not in text
     assert _leftovers(os.getpid(), dirs_before) == []

@@ -102,8 +102,8 @@ def test_isakmp_renewal_keeps_the_ipsec_sas_on_both_sides() -> None:
                    B_ADDR))
     establish(net)
     net.advance(395)
-    assert [e for e in net.b.of(ChildSaDeleted) if "INITIAL-CONTACT" in e.reason] == []
-    assert {e.reason for e in net.b.of(ChildSaDeleted)} <= {"deleted by peer"}
+    reasons = {e.reason for e in net.b.events if isinstance(e, ChildSaDeleted)}
+    assert reasons <= {"deleted by peer"}, reasons  # none "INITIAL-CONTACT from the peer"
     children = [ike["children"] for ike in _established(net.b.engine)]
     assert sum(len(c) for c in children) == 1  # type: ignore[arg-type,misc]
 

@@ -204,7 +204,7 @@ def test_without_strongswan_step_4_says_what_to_install(
                       dataplane="none")
         d.step_strongswan()  # no namespaces exist: it must not get as far as needing them
     text = out.getvalue()
-    assert "[4/6] Against strongSwan" in text
+    assert "[4/7] Against strongSwan" in text
     assert "skipped: strongSwan is not installed here" in text
     assert f"apt-get install {' '.join(_ALL_STRONGSWAN)}" in text
     assert d.charon is None
