@@ -363,9 +363,20 @@ class Pluto:
                 raise LibreswanError(f"pluto in {self.ns.name}: no control socket after "
                                      f"{timeout}s: {self._tail()}")
             time.sleep(0.1)
-        # pluto loads the auto=add connections itself (addconn --autoall) before it
-        # starts listening.
+        # pluto loads the auto=add connections itself (addconn --autoall), which may
+        # still be going on when it listens: an initiation before would find "no
+        # connection named ...".
         self.wait_log("listening for IKE messages", timeout)
+        names = re.findall(r"^conn (\S+)", conf, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status_text()
+            missing = [name for name in names if f'"{name}":' not in status]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise LibreswanError(f"pluto did not load {missing} in {timeout}s")
+            time.sleep(0.2)
 
     def _answers(self) -> bool:
         if not self.ctl_path.exists():
