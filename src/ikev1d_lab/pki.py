@@ -95,9 +95,12 @@ def issue(
     not_after: datetime.datetime | None = None,
     serial: int | None = None,
     key_usage: bool = True,
+    private_key: PrivateKey | None = None,
 ) -> Issued:
-    """A certificate: self-signed without ``issuer``. SANs: "dns:x", "email:x", "ip:x"."""
-    private = new_key(key)
+    """A certificate: self-signed without ``issuer``. SANs: "dns:x", "email:x", "ip:x".
+    With `private_key`, for that key (slow machines need not make one per certificate);
+    else for a new one of kind `key`."""
+    private = private_key if private_key is not None else new_key(key)
     now = _now()
     name = dn(subject)
     builder = (
