@@ -5,9 +5,9 @@
 #
 #   scripts/run-vm-tests.sh [OUTDIR]     (default: vm-out/ in the repository)
 #
-# VM_TESTS: the test paths to run (default tests/vm); VM_K: a pytest -k expression
-# without spaces ("libreswan", "not_libreswan"), to iterate on one test without running
-# the whole suite under emulation.
+# VM_TESTS: the test paths to run (default tests/vm); VM_K: a pytest -k expression with
+# "+" for each space ("libreswan", "nat+or+rekey"), to iterate on some tests without
+# running the whole suite under emulation.
 #
 # Needs: qemu-system-x86, linux-image-amd64, busybox-static (apt) and virtme-ng
 # in .vm-venv (`make test-kernel` installs them). Exit code: the guest's pytest's.

@@ -88,13 +88,15 @@ def ipsec_conf(
     right_id: str | None = None,
     pfs: bool = False,
     aggressive: bool = False,
+    authby: str = "secret",
     encapsulation: str = "no",
     ike_lifetime: str = "1h",
     salifetime: str = "1h",
     dpd: tuple[int, int, str] | None = None,
     extra: Sequence[str] = (),
 ) -> str:
-    """ipsec.conf for one IKEv1 PSK connection; Libreswan is ``left``.
+    """ipsec.conf for one IKEv1 connection (PSK, or `authby` ``rsasig`` with ``leftcert=``
+    in `extra`); Libreswan is ``left``.
 
     `ike`/`esp` are in Libreswan's syntax (``aes256-sha2_256;modp2048``,
     ``aes_gcm128``); several proposals are comma separated, in the order pluto
@@ -106,7 +108,7 @@ def ipsec_conf(
         f"conn {name}",
         "\tkeyexchange=ike",
         "\tikev2=no",
-        "\tauthby=secret",
+        f"\tauthby={authby}",
         f"\tleft={left}",
         f"\tright={right}",
         f"\tike={ike}",
@@ -290,6 +292,32 @@ class Pluto:
         if proc.returncode != 0:
             raise LibreswanError(f"certutil -N failed: {proc.stdout} {proc.stderr}")
 
+    def _nss_tool(self, tool: str, *args: str, stdin: bytes = b"") -> None:
+        proc = subprocess.run(
+            [self._tool(f"usr/bin/{tool}"), "-d", f"sql:{self.nss_dir}", *args],
+            input=stdin, capture_output=True, check=False, timeout=60, env=self._env())
+        if proc.returncode != 0:
+            raise LibreswanError(f"{tool} {' '.join(args)} failed: "
+                                 f"{proc.stdout.decode(errors='replace')} "
+                                 f"{proc.stderr.decode(errors='replace')}")
+
+    def import_ca(self, cert_pem: bytes, nickname: str) -> None:
+        """A CA whose certificates pluto trusts for peers (``certutil -A -t "CT,,"``, as
+        Libreswan's documentation says); before `start`."""
+        self.init_nss()
+        self._nss_tool("certutil", "-A", "-n", nickname, "-t", "CT,,", "-a", stdin=cert_pem)
+
+    def import_pkcs12(self, p12: bytes, password: str) -> None:
+        """An end entity's certificate and key from PKCS#12 (``pk12util -i``; its friendly
+        name becomes the nickname ``leftcert=`` names); before `start`."""
+        self.init_nss()
+        path = self.work_dir / "import.p12"
+        path.write_bytes(p12)
+        try:
+            self._nss_tool("pk12util", "-i", str(path), "-W", password)
+        finally:
+            path.unlink()
+
     def start(self, conf: str, secrets: str, timeout: float = 60.0) -> None:
         """Write the config and start pluto; it loads every ``auto=add`` connection."""
         if self.proc is not None:
@@ -335,9 +363,20 @@ class Pluto:
                 raise LibreswanError(f"pluto in {self.ns.name}: no control socket after "
                                      f"{timeout}s: {self._tail()}")
             time.sleep(0.1)
-        # pluto loads the auto=add connections itself (addconn --autoall) before it
-        # starts listening.
+        # pluto loads the auto=add connections itself (addconn --autoall), which may
+        # still be going on when it listens: an initiation before would find "no
+        # connection named ...".
         self.wait_log("listening for IKE messages", timeout)
+        names = re.findall(r"^conn (\S+)", conf, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status_text()
+            missing = [name for name in names if f'"{name}":' not in status]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise LibreswanError(f"pluto did not load {missing} in {timeout}s")
+            time.sleep(0.2)
 
     def _answers(self) -> bool:
         if not self.ctl_path.exists():

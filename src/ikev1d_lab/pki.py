@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -57,6 +58,12 @@ class Issued:
         return self.key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption())
+
+    def pkcs12(self, name: str, password: str) -> bytes:
+        """Certificate and key as PKCS#12 with friendly name `name` (for NSS's pk12util)."""
+        return pkcs12.serialize_key_and_certificates(
+            name.encode(), self.key, self.cert, None,
+            serialization.BestAvailableEncryption(password.encode()))
 
     def write(self, folder: Path, stem: str) -> tuple[Path, Path]:
         """``stem.cert.pem`` and ``stem.key.pem`` in ``folder``."""

@@ -3,13 +3,16 @@
 # tests/vm/ against the guest's own kernel, which has ESP. Results (junit XML,
 # pytest output, daemon and charon logs) go to $1, the --rwdir shared with the host.
 # The guest's exit code is pytest's; vng hands it back to the host.
-#   guest.sh OUTDIR [k=EXPR [TEST_PATH...]]: EXPR is a pytest -k expression (k=: all tests);
+#   guest.sh OUTDIR [k=EXPR [TEST_PATH...]]: EXPR is a pytest -k expression with "+" for
+#   each space (k=: all tests);
 #   never an empty argument, which the trip through vng's command line could lose.
 set -u
 OUT=${1:?usage: guest.sh OUTDIR [k=EXPR [TEST_PATH...]]}
 shift
 K=""
 case "${1:-}" in k=*) K=${1#k=}; shift ;; esac
+# "+" stands for a space, which the trip through vng's command line would split on.
+K=$(printf '%s' "$K" | tr '+' ' ')
 [ $# -gt 0 ] || set -- tests/vm
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT" || exit 2

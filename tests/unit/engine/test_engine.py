@@ -607,6 +607,35 @@ def test_unreadable_answer_to_message_5_fails_authentication_at_once(
     assert net.a.engine.get_timer() is None
 
 
+def test_error_notification_encrypted_as_libreswan_does_during_main_mode_is_read() -> None:
+    """pluto 4.10 encrypts a notification it sends while Main Mode still runs (for a
+    certificate it refuses in message 5) with the IV hash(M-ID): its "last Phase 1 CBC
+    output block" (RFC 2409 Appendix B) is empty until Phase 1 ends. ikev1d reads it,
+    HASH(1) verified, and reports the peer's reason instead of an unreadable answer."""
+    from ikev1d.crypto import informational_hash, phase2_iv
+    from ikev1d.wire import HashPayload, NotifyPayload, NotifyType, ProtocolId, encode_payloads
+
+    net = default_net()
+    net.drop = lambda d: d.local[0] == B_ADDR and bool(
+        split_message(d.data)[0].flags & Flags.ENCRYPTION)  # message 6 never arrives
+    establish(net)
+    (b_sa,) = net.b.engine.all_sas()
+    assert b_sa.keys is not None and b_sa.cipher is not None
+    message_id = 0x2345678A
+    notify = NotifyPayload(notify_type=NotifyType.INVALID_ID_INFORMATION,
+                           spi=b_sa.cky_i + b_sa.cky_r, protocol_id=ProtocolId.ISAKMP)
+    hash_1 = informational_hash(b_sa.hash_alg, b_sa.keys.skeyid_a, message_id,
+                                encode_payloads([notify]))
+    iv = phase2_iv(b_sa.hash_alg, b"", message_id, b_sa.cipher.block_size)
+    data, _ = b_sa.encrypted_message(ExchangeType.INFORMATIONAL, message_id,
+                                     [HashPayload(hash_1), notify], iv)
+    net.a.engine.receive_datagram(data, (A_ADDR, 500), (B_ADDR, 500), net.now)
+    net.pump()
+    (failed,) = net.a.of(ConnectionFailed)
+    assert isinstance(failed, ConnectionFailed)
+    assert "peer sent INVALID-ID-INFORMATION" in failed.reason, failed.reason
+
+
 def test_ipv6_peers_with_fqdn_and_user_fqdn_ids() -> None:
     a6, b6 = "2001:db8::1", "2001:db8::2"
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
+from ikev1d_lab import pki
 from ikev1d_lab.libreswan import ipsec_conf, ipsec_secrets, parse_status, parse_traffic
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "libreswan"
@@ -78,3 +81,28 @@ def test_conf_enables_ikev1_and_names_the_tunnel() -> None:
                  "\trightsubnet=10.1.0.0/24", "\tpfs=yes", "\tdpddelay=3", "\tdpdaction=clear",
                  "\tleftupdown=/usr/libexec/ipsec/_updown"):
         assert line in text.splitlines(), line
+
+
+def test_conf_with_certificates_and_nat() -> None:
+    text = ipsec_conf("c", "192.0.2.2", "203.0.113.254", "10.2.0.0/24", "10.1.0.0/24",
+                      "aes256-sha2_256;modp2048", "aes_gcm128", authby="rsasig",
+                      left_id='"C=CH, O=X, CN=pluto"', right_id="@gw.example.org",
+                      encapsulation="auto", extra=("leftcert=pluto", "leftsendcert=always"))
+    lines = text.splitlines()
+    for line in ("\tauthby=rsasig", '\tleftid="C=CH, O=X, CN=pluto"', "\trightid=@gw.example.org",
+                 "\tright=203.0.113.254", "\tencapsulation=auto", "\tleftcert=pluto"):
+        assert line in lines, line
+    assert "\tauthby=secret" not in lines
+
+
+def test_pkcs12_carries_key_certificate_and_nickname() -> None:
+    issued = pki.issue("C=CH, O=X, CN=pluto", pki.issue("C=CH, O=X, CN=CA", ca=True))
+    bundle = pkcs12.load_pkcs12(issued.pkcs12("pluto-x", "secret"), b"secret")
+    assert bundle.cert is not None and bundle.cert.certificate == issued.cert
+    assert bundle.cert.friendly_name == b"pluto-x"  # what ipsec.conf's leftcert= names
+    assert bundle.key is not None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    theirs, ours = bundle.key.public_key(), issued.key.public_key()
+    assert theirs.public_bytes(*spki) == ours.public_bytes(*spki)
+    with pytest.raises(ValueError):
+        pkcs12.load_pkcs12(issued.pkcs12("pluto-x", "secret"), b"wrong")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from ikev1d.crypto import informational_hash
+from ikev1d.crypto import informational_hash, phase2_iv
 from ikev1d.engine.exchanges.base import PHASE1_MESSAGE_ID, Message
 from ikev1d.engine.exchanges.main_mode import notify_name
 from ikev1d.engine.exchanges.quick_mode import QmState, QuickMode
@@ -23,6 +23,7 @@ from ikev1d.wire import (
     Flags,
     NotifyPayload,
     NotifyType,
+    Payload,
     ProtocolId,
     WireError,
     decode_payloads,
@@ -97,34 +98,57 @@ def receive_unprotected(sa: IkeSa, message: Message, now: float) -> None:
             return
 
 
+def _open_before_phase1_end(sa: IkeSa, message: Message) -> tuple[Payload, ...] | None:
+    """An error notification Libreswan (pluto 4.10) sends while Main Mode still runs,
+    e.g. INVALID-ID-INFORMATION for a certificate it refuses in message 5, is encrypted
+    with the IV hash(M-ID) alone: RFC 2409 Appendix B's "last Phase 1 CBC output block"
+    is empty for it until Phase 1 ends. Read such a message that way too; HASH(1) still
+    has to verify, so nothing unauthenticated gets through."""
+    if sa.state is not IkeState.CONNECTING or sa.cipher is None:
+        return None
+    iv = phase2_iv(sa.hash_alg, b"", message.header.message_id, sa.cipher.block_size)
+    try:
+        return _open(sa, message, iv)
+    except ProtocolFailure:
+        return None
+
+
 def _unreadable(sa: IkeSa, now: float) -> bool:
     phase1 = sa.exchanges.get(PHASE1_MESSAGE_ID)
     return (sa.state is IkeState.CONNECTING and phase1 is not None
             and phase1.unreadable_answer(now))
 
 
+def _open(sa: IkeSa, message: Message, iv: bytes) -> tuple[Payload, ...]:
+    """The payloads of an encrypted Informational under `iv`, once HASH(1) verifies."""
+    if sa.keys is None:
+        raise ProtocolFailure("no keys yet")
+    header, message_id = message.header, message.header.message_id
+    plaintext, _ = sa.decrypt(header, message.body, iv)
+    parsed = sa.parse_plaintext(header, plaintext)
+    check(INFORMATIONAL, parsed.payloads, "Informational exchange")
+    received, rest = parsed.after_hash()
+    expected = informational_hash(sa.hash_alg, sa.keys.skeyid_a, message_id, rest)
+    if not hmac.compare_digest(expected, received):
+        raise ProtocolFailure("HASH(1) does not verify")
+    return parsed.payloads
+
+
 def receive_protected(sa: IkeSa, message: Message, now: float) -> None:
     if sa.keys is None:
         return
-    header, message_id = message.header, message.header.message_id
+    message_id = message.header.message_id
     try:
-        plaintext, _ = sa.decrypt(header, message.body, sa.exchange_iv(message_id))
-        parsed = sa.parse_plaintext(header, plaintext)
-        payloads = parsed.payloads
-        check(INFORMATIONAL, payloads, "Informational exchange")
-        received, rest = parsed.after_hash()
+        payloads = _open(sa, message, sa.exchange_iv(message_id))
     except ProtocolFailure as exc:
-        if not _unreadable(sa, now):
-            sa.ctx.logs.log(log, logging.INFO, "unauthenticated", now,
-                            "dropping Informational exchange: %s", exc, extra=sa.log_extra)
-        return
-    expected = informational_hash(sa.hash_alg, sa.keys.skeyid_a, message_id, rest)
-    if not hmac.compare_digest(expected, received):
-        if not _unreadable(sa, now):
-            sa.ctx.logs.log(log, logging.INFO, "unauthenticated", now,
-                            "dropping Informational exchange: HASH(1) does not verify",
-                            extra=sa.log_extra)
-        return
+        early = _open_before_phase1_end(sa, message)
+        if early is None:
+            if not _unreadable(sa, now):
+                sa.ctx.logs.log(log, logging.INFO, "unauthenticated", now,
+                                "dropping Informational exchange: %s", exc,
+                                extra=sa.log_extra)
+            return
+        payloads = early
     phase1 = sa.exchanges.get(PHASE1_MESSAGE_ID)
     if sa.state is IkeState.CONNECTING and phase1 is not None:
         errors = [p for p in payloads if isinstance(p, NotifyPayload) and is_error(p)]
