@@ -104,7 +104,8 @@ vm-deps: deps venv
 	test -x .vm-venv/bin/vng || { $(PYTHON) -m venv .vm-venv && .vm-venv/bin/pip install -q 'virtme-ng==1.42'; }
 
 test-kernel: vm-deps
-	VM_TESTS="tests/vm --ignore=tests/vm/test_libreswan.py" scripts/run-vm-tests.sh
+	VM_TIMEOUT=$${VM_TIMEOUT:-2400} VM_TESTS="tests/vm --ignore=tests/vm/test_libreswan.py" \
+	  scripts/run-vm-tests.sh
 
 test-libreswan: vm-deps libreswan
 	VM_TIMEOUT=$${VM_TIMEOUT:-3600} VM_TESTS=tests/vm/test_libreswan.py \
