@@ -347,6 +347,8 @@ def _ike_sa_lines(ike: IkeSaStatus) -> list[str]:
         if ike.split_include:
             extra += f", split {_networks(ike.split_include)}"
         lines.append(f"  virtual IP {_text(ike.virtual_ip)}{extra}")
+    if ike.remote_cert is not None:
+        lines.append(f'  peer certificate "{ike.remote_cert}"')
     return lines
 
 

@@ -160,6 +160,8 @@ class IkeSaStatus:
     """With a virtual IP: the networks Mode Config announced as behind the server."""
     ike_id: int = 0
     """The daemon's number for this ISAKMP SA (``ikev1d down NAME --ike-id N``)."""
+    remote_cert: str | None = None
+    """The subject DN of the peer's certificate, when it authenticated with one."""
 
     def to_json(self) -> dict[str, Any]:
         cky_i, cky_r = self.cookies
@@ -186,6 +188,8 @@ class IkeSaStatus:
             document["split_include"] = [str(n) for n in self.split_include]
         document["children"] = [child.to_json() for child in self.children]
         document["ike_id"] = self.ike_id
+        if self.remote_cert is not None:
+            document["remote_cert"] = self.remote_cert
         return document
 
     @classmethod
@@ -196,6 +200,8 @@ class IkeSaStatus:
             name=reader.text("name"),
             # Absent from documents written before the member existed.
             ike_id=reader.count("ike_id") if "ike_id" in reader.data else 0,
+            remote_cert=(reader.text("remote_cert") if "remote_cert" in reader.data
+                         else None),
             state=reader.text("state"),
             local=reader.endpoint("local"),
             remote=reader.endpoint("remote"),

@@ -689,6 +689,7 @@ class Engine:
                 dns=tuple(str(a) for a in sa.vip_dns) if vip else (),
                 split_include=tuple(sa.vip_split) if vip else (),
                 children=tuple(_child_status(c, now) for c in sa.children),
+                remote_cert=sa.peer_certificate,
             ))
         pools = tuple(PoolStatus(name=p.name, addrs=p.config.addrs, size=p.size,
                                  online=p.online, offline=p.offline)

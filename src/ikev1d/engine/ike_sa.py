@@ -327,6 +327,9 @@ class IkeSa:
         """The user XAUTH proved (as server: the peer; as client: us): part of the
         peer's identity (with our ID and the peer's ID) for INITIAL-CONTACT, ``unique``
         and the pools' leases."""
+        self.peer_certificate: str | None = None
+        """The subject DN of the certificate the peer authenticated with (sent in
+        CERT or pinned), for ``status``."""
         self.initial_contact_seen = False
         """The peer's authenticated Main Mode message 5/6 carried INITIAL-CONTACT."""
         self.local_vip: IPAddress | None = None

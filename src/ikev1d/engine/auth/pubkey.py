@@ -231,6 +231,9 @@ class SignatureAuthenticator(Authenticator):
             # Main Mode settles on the first of these (RFC 2409 section 5: the
             # identity is known only now).
             sa.candidates = accepted
+        pinned = accepted[0].remote.credentials.pinned_cert
+        end_entity = certs[0] if certs else pinned
+        sa.peer_certificate = dn_text(end_entity.subject) if end_entity is not None else None
         log.info("peer %s authenticated by %s signature (%s%s)", id_text(peer_id),
                  self.key_name, subject, chain, extra=sa.log_extra)
         return peer_id

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from ikev1d.cli import format_status
 from ikev1d.config import ConfigError, Identity, SecretConfig, SecretType, XauthRound, parse_config
 from ikev1d.config.model import Config
+from ikev1d.crypto.certs import dn_text
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaEstablished, IkeSaEstablished
 from ikev1d.engine.auth.pubkey import RsaSignatureAuthenticator
@@ -143,6 +145,11 @@ def test_signatures_with_dn_identities_establish(ca: Pki, key: str, method: int)
     statuses = [sa for sa in net.a.engine.status(net.now).ike_sas]
     assert statuses[0].auth == ("pubkey-rsa" if key == "rsa" else "pubkey-ecdsa")
     assert statuses[0].remote_id == "C=CH, O=Test, CN=gw-b"
+    # The peer's certificate subject, in the JSON and the table.
+    assert statuses[0].remote_cert == "C=CH, O=Test, CN=gw-b"
+    assert statuses[0].to_json()["remote_cert"] == "C=CH, O=Test, CN=gw-b"
+    assert '  peer certificate "C=CH, O=Test, CN=gw-b"' in format_status(
+        net.a.engine.status(net.now)).splitlines()
     # Messages 3 and 4 carry a CR naming the CA; 5 and 6 are encrypted.
     for number in (3, 4):
         message = decode_message(net.wire[number - 1][1].data)
@@ -271,6 +278,8 @@ def test_pinned_certificate_without_a_ca(ca: Pki) -> None:
         b_conn, remote=dataclasses.replace(b_conn.remote, credentials=pinned))})
     net = run(net_of(a_cfg, b_cfg))
     assert established(net)
+    # No CERT came: the pinned certificate names the peer.
+    assert net.b.engine.status(net.now).ike_sas[0].remote_cert == dn_text(a.cert.subject)
 
 
 def test_psk_responder_refuses_a_signature_proposal(ca: Pki) -> None:
