@@ -51,6 +51,19 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def runqueue_wait(pid: int) -> float:
+    """Seconds the threads of process `pid` spent runnable but waiting for a CPU (the second
+    field of /proc/PID/task/TID/schedstat, in ns): on a shared box, how much of a run's wall
+    time a process lost to other load rather than to its own work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
 def own_cpu() -> float:
     """CPU seconds of this process (the vici driver threads), for context."""
     t = os.times()

@@ -22,10 +22,12 @@ is measured) and a strongSwan charon (``pools``, ``remote-2 { auth = xauth }``,
 the xauth-generic plugin with the same users, the same proposals, the openssl
 plugin first; its IPsec SAs go to kernel-libipsec as in bench/handshakes.py).
 The responder's CPU time is utime+stime from /proc/PID/stat before and after
-the run.  A run counts only when every client is a complete road warrior:
-N ISAKMP SAs with an installed IPsec SA on the server, N distinct virtual IPs
-from the pool there, and the client's charon naming the same N addresses;
-otherwise the row says FAILED.  See bench/README.md.
+the run; beside it, the time its threads were runnable but waited for a CPU
+(/proc/PID/task/*/schedstat), which tells a server held back by other load on
+the machine from one that waits for the network.  A run counts only when
+every client is a complete road warrior: N ISAKMP SAs with an installed IPsec
+SA on the server, N distinct virtual IPs from the pool there, and the client's
+charon naming the same N addresses; otherwise the row says FAILED.  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from benchlib import (
     find_pid,
     median,
     percentile,
+    runqueue_wait,
     start_charon,
     summarize_log,
 )
@@ -252,6 +255,7 @@ class RunResult:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     initiator_cpu_seconds: float = 0.0
+    runqueue_seconds: float = 0.0  # the server's threads, runnable but not running
     latency_p50: float = float("nan")
     latency_p95: float = float("nan")
     errors: list[str] = field(default_factory=list)
@@ -313,9 +317,11 @@ def run_one(topo: Topology, responder: str, s: Settings, rep: int) -> RunResult:
 
         client_before = cpu_seconds(client_pid)
         cpu_before = cpu_seconds(resp_pid)
+        wait_before = runqueue_wait(resp_pid)
         driven = drive(client, [f"rw{i}" for i in range(s.clients)], CHILD, s.window, s.timeout)
         time.sleep(0.3)  # the server finishes the last QM3s
         result.cpu_seconds = cpu_seconds(resp_pid) - cpu_before
+        result.runqueue_seconds = runqueue_wait(resp_pid) - wait_before
         result.initiator_cpu_seconds = cpu_seconds(client_pid) - client_before
 
         result.initiated_ok = driven.succeeded
@@ -418,7 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(
                         f"  round {rep + 1} {name}: {'ok' if r.complete else 'FAILED'}, "
                         f"{r.established}/{r.clients} in {r.seconds:.1f}s, server CPU "
-                        f"{r.cpu_seconds:.2f}s, client charon {r.initiator_cpu_seconds:.2f}s; "
+                        f"{r.cpu_seconds:.2f}s (its threads waited {r.runqueue_seconds:.2f}s "
+                        "for a CPU), "
+                        f"client charon {r.initiator_cpu_seconds:.2f}s; "
                         f"setup latency p50 {1000 * r.latency_p50:.0f} ms, "
                         f"p95 {1000 * r.latency_p95:.0f} ms; load average "
                         f"{os.getloadavg()[0]:.2f}",
