@@ -53,8 +53,11 @@ from benchlib import (
     find_pid,
     median,
     percentile,
+    profile_summary,
     runqueue_wait,
     start_charon,
+    start_profiler,
+    stop_profiler,
     summarize_log,
 )
 from handshakes import CHARON_THREADS, LOAD_OPENSSL_FIRST
@@ -281,6 +284,7 @@ class Settings:
     window: int
     timeout: float
     work_dir: Path
+    profile_dir: Path | None
     charon_log_level: int
     ikev1d_log_level: str
 
@@ -315,6 +319,9 @@ def run_one(topo: Topology, responder: str, s: Settings, rep: int) -> RunResult:
         client.load_config(client_swanctl_conf(s.clients, a, b, server_net))
         client_pid = find_pid(topo.a, "charon", client.proc.pid if client.proc else None)
 
+        profiler = None
+        if s.profile_dir is not None and daemon is not None and rep == 0:
+            profiler = start_profiler(resp_pid, s.profile_dir / "roadwarriors.collapsed")
         client_before = cpu_seconds(client_pid)
         cpu_before = cpu_seconds(resp_pid)
         wait_before = runqueue_wait(resp_pid)
@@ -323,6 +330,8 @@ def run_one(topo: Topology, responder: str, s: Settings, rep: int) -> RunResult:
         result.cpu_seconds = cpu_seconds(resp_pid) - cpu_before
         result.runqueue_seconds = runqueue_wait(resp_pid) - wait_before
         result.initiator_cpu_seconds = cpu_seconds(client_pid) - client_before
+        if profiler is not None:
+            stop_profiler(profiler)
 
         result.initiated_ok = driven.succeeded
         result.seconds = driven.seconds
@@ -393,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds one setup may take before it counts as failed")
     parser.add_argument("--seed", type=int, default=None, help="seed of the server order")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="record the ikev1d server with py-spy into DIR and summarize")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--ikev1d-log-level", default="info")
     parser.add_argument("--charon-log-level", type=int, default=1)
@@ -408,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     netns.cleanup_stale()
     work_dir = Path(tempfile.mkdtemp(prefix="ikev1d-bench-rw-"))
-    settings = Settings(args.clients, args.window, args.timeout, work_dir,
+    settings = Settings(args.clients, args.window, args.timeout, work_dir, args.profile,
                         args.charon_log_level, args.ikev1d_log_level)
     print(f"{args.clients} road warriors (Main Mode + XAUTH + Mode Config pull + Quick Mode), "
           f"window {args.window}, pool {pool_network(args.clients)}, work dir {work_dir}, "
@@ -442,6 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
     print()
     print(format_table(results))
+    if args.profile is not None:
+        print("\nikev1d server profile:")
+        print("\n".join(profile_summary(args.profile / "roadwarriors.collapsed")))
     return 0 if ok else 1
 
 
