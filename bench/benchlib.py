@@ -1,5 +1,6 @@
-"""What the benchmarks share: finding a daemon's pid in a namespace, and py-spy/perf
-around it (py-spy is not a project dependency).
+"""What the benchmarks share: a daemon's pid and CPU time, charon as load generator
+(N connections initiated over vici with a window), log summaries, and py-spy/perf
+around a daemon (py-spy is not a project dependency).
 
 ``.venv/bin/pip install py-spy``; sampled without ``--gil``, so time spent in
 system calls (TUN reads/writes, sendmsg) counts as well: it is CPU time of the
@@ -9,14 +10,250 @@ data plane, spent in the kernel on the daemon's behalf.
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
+import re
 import shutil
 import signal
+import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import vici
 
 from ikev1d_lab.netns import Namespace
+from ikev1d_lab.strongswan import Charon, strongswan_conf
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- process CPU time -----------------------------------------------------------------------
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) in seconds of process `pid`, all its threads, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may contain spaces and parentheses; fields resume after the last ')'.
+    rest = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15 of proc(5), counted from 1
+    return utime / _CLK_TCK, stime / _CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (all its threads)."""
+    return sum(cpu_times(pid))
+
+
+def runqueue_wait(pid: int) -> float:
+    """Seconds the threads of process `pid` spent runnable but waiting for a CPU (the second
+    field of /proc/PID/task/TID/schedstat, in ns): on a shared box, how much of a run's wall
+    time a process lost to other load rather than to its own work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (the vici driver threads), for context."""
+    t = os.times()
+    return t.user + t.system
+
+
+# --- charon as load generator and as responder ------------------------------------------
+
+
+def charon_tuning(threads: int) -> str:
+    """strongswan.conf lines (inside charon {}) for many SAs, used on both charons.
+
+    The IKE SA table defaults to a single bucket (a linear list); sized as
+    strongSwan's load-tester documentation recommends.  No routes: nothing
+    is ever sent through the tunnels, and kernel-libipsec would add one per SA.
+    """
+    return (
+        f"  threads = {threads}\n"
+        "  install_routes = no\n"
+        "  ikesa_table_size = 4096\n"
+        "  ikesa_table_segments = 16\n"
+        "  init_limit_half_open = 0\n"
+        "  block_threshold = 1000000\n"
+    )
+
+
+def start_charon(
+    ns: Namespace, work_dir: Path, load: str, threads: int, log_level: int, extra: str = ""
+) -> Charon:
+    charon = Charon(ns, work_dir, start=False)
+    charon.conf_path.write_text(
+        strongswan_conf(
+            charon.work_dir,
+            {"default": log_level},
+            load=load,
+            extra=charon_tuning(threads) + extra,
+        )
+    )
+    charon.start()
+    return charon
+
+
+@contextlib.contextmanager
+def _vici_session(path: Path, timeout: float) -> Iterator[Any]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Blocking connect: charon's vici socket has a short listen backlog.
+        sock.connect(str(path))
+        sock.settimeout(timeout)
+        yield vici.Session(sock)
+    finally:
+        sock.close()
+
+
+@dataclass(frozen=True)
+class DriveResult:
+    succeeded: int
+    seconds: float
+    errors: list[str]
+    latencies: list[float]  # seconds per successful initiate (Main Mode + Quick Mode)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def drive(
+    initiator: Charon, names: Sequence[str], child: str, window: int, timeout: float
+) -> DriveResult:
+    """Initiate child `child` of connections `names` with at most `window` handshakes in
+    flight.
+
+    Each ``initiate`` returns at once (vici ``timeout = -1``), so no charon
+    worker thread waits on it; completion comes from vici events on a second
+    session: ``child-updown`` with ``up`` ends a tunnel's handshake, an
+    ``ike-updown`` without ``up`` (the IKE SA went down before its IPsec SA
+    came up) fails it.  A tunnel still pending `timeout` s after its
+    initiate fails too.
+    """
+    lock = threading.Lock()
+    slots = threading.Semaphore(window)
+    started: dict[str, float] = {}
+    latencies: list[float] = []
+    errors: list[str] = []
+    all_done = threading.Event()
+    stop = threading.Event()
+
+    def finish(name: str, error: str | None) -> None:
+        with lock:
+            began = started.pop(name, None)
+            if began is None:
+                return
+            if error is None:
+                latencies.append(time.monotonic() - began)
+            else:
+                errors.append(f"{name}: {error}")
+            if len(latencies) + len(errors) >= len(names):
+                all_done.set()
+        slots.release()
+
+    def listen(session: Any) -> None:
+        try:
+            for event_type, message in session.listen(["ike-updown", "child-updown"], 0.2):
+                if stop.is_set():
+                    break
+                if event_type is None:
+                    continue
+                fields = {_text(k): v for k, v in message.items()}
+                up = _text(fields.pop("up", b"no")) == "yes"
+                kind = _text(event_type)
+                for name in fields:
+                    if kind == "child-updown" and up:
+                        finish(name, None)
+                    elif kind == "ike-updown" and not up:
+                        finish(name, "IKE SA went down before the IPsec SA was established")
+        except (vici.exception.SessionException, OSError):
+            pass  # closed under us at the end of the run
+
+    with (
+        _vici_session(initiator.vici_path, timeout + 30) as control,
+        _vici_session(initiator.vici_path, timeout + 30) as events,
+    ):
+        listener = threading.Thread(target=listen, args=(events,), daemon=True)
+        listener.start()
+        time.sleep(0.3)  # the listener has registered for the events
+        start = time.monotonic()
+        for name in names:
+            while not slots.acquire(timeout=1.0):
+                _expire(started, lock, timeout, finish)
+            with lock:
+                started[name] = time.monotonic()
+            request = {"child": child, "ike": name, "timeout": -1, "loglevel": 0}
+            try:
+                for _log in control.initiate(request):
+                    pass
+            except (vici.exception.CommandException, vici.exception.SessionException) as exc:
+                finish(name, f"initiate refused: {exc}")
+        while not all_done.wait(1.0):
+            _expire(started, lock, timeout, finish)
+        elapsed = time.monotonic() - start
+        stop.set()
+        listener.join(5.0)
+    return DriveResult(len(latencies), elapsed, errors, latencies)
+
+
+def _expire(started: dict[str, float], lock: threading.Lock, timeout: float, finish: Any) -> None:
+    """Fail the tunnels whose handshake has been pending for more than `timeout` s."""
+    now = time.monotonic()
+    with lock:
+        late = [name for name, began in started.items() if now - began > timeout]
+    for name in late:
+        finish(name, f"not established after {timeout:.0f}s")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+
+def wait_count(counter: Any, n: int, timeout: float) -> int:
+    """Poll `counter()` until it reaches n (QM3 may still be in flight) or timeout."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while True:
+        count = int(counter())
+        if count >= n or time.monotonic() > deadline:
+            return count
+        time.sleep(0.5)
+
+
+_LOG_LEVEL_RE = re.compile(r"\b(ERROR|WARNING|CRITICAL)\b")
+
+
+def summarize_log(text: str, limit: int = 8) -> list[str]:
+    """Distinct WARNING/ERROR messages of the ikev1d log with counts (numbers masked)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in text.splitlines():
+        m = _LOG_LEVEL_RE.search(line)
+        if m is not None:
+            key = re.sub(r"[0-9a-f]{8,}|\d+", "#", line[m.start() :])
+            counts[key[:160]] += 1
+    return [f"{c}x {msg}" for msg, c in counts.most_common(limit)]
+
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def start_profiler(pid: int, out: Path, native: bool = False) -> subprocess.Popen[bytes] | None:

@@ -25,32 +25,40 @@ row says FAILED with the count.  See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import datetime
 import itertools
 import os
 import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import vici
-from benchlib import find_pid, profile_summary, start_profiler, stop_profiler
+from benchlib import (
+    cpu_seconds,
+    cpu_times,
+    drive,
+    find_pid,
+    median,
+    own_cpu,
+    percentile,
+    profile_summary,
+    start_charon,
+    start_profiler,
+    stop_profiler,
+    summarize_log,
+    wait_count,
+)
 
 from ikev1d_lab import netns, pki
 from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
-from ikev1d_lab.netns import Namespace, Topology
-from ikev1d_lab.strongswan import DEFAULT_LOAD, Charon, strongswan_conf
+from ikev1d_lab.netns import Topology
+from ikev1d_lab.strongswan import DEFAULT_LOAD, Charon
 
 PSK = "bench-handshakes-shared-secret"
 CHILD = "net"
@@ -64,7 +72,6 @@ ID_DOMAIN = "bench.example"
 LOAD_OPENSSL_FIRST = DEFAULT_LOAD.replace(" gmp", "").replace("openssl", "openssl gmp")
 LOAD_GMP_FIRST = DEFAULT_LOAD
 SHORT_EXPONENTS = "  dh_exponent_ansi_x9_42 = no\n"
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -186,28 +193,6 @@ class RunResult:
         return 1000.0 * self.cpu_seconds / self.established if self.established else 0.0
 
 
-# --- process CPU time -----------------------------------------------------------------------
-
-
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(utime, stime) in seconds of process `pid`, all its threads, from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # The command name may contain spaces and parentheses; fields resume after the last ')'.
-    rest = stat[stat.rindex(")") + 2 :].split()
-    utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15 of proc(5), counted from 1
-    return utime / _CLK_TCK, stime / _CLK_TCK
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process `pid` (all its threads)."""
-    return sum(cpu_times(pid))
-
-
-def _own_cpu() -> float:
-    """CPU seconds of this process (the vici driver threads), for context."""
-    t = os.times()
-    return t.user + t.system
-
 
 # --- swanctl.conf for the initiator (N connections) and the strongSwan responder ----------
 
@@ -295,155 +280,6 @@ def responder_swanctl_conf(
     return f"connections {{\n{conn}}}\n{secrets}"
 
 
-def charon_tuning(threads: int) -> str:
-    """strongswan.conf lines (inside charon {}) for many SAs, used on both charons.
-
-    The IKE SA table defaults to a single bucket (a linear list); sized as
-    strongSwan's load-tester documentation recommends.  No routes: nothing
-    is ever sent through the tunnels, and kernel-libipsec would add one per SA.
-    """
-    return (
-        f"  threads = {threads}\n"
-        "  install_routes = no\n"
-        "  ikesa_table_size = 4096\n"
-        "  ikesa_table_segments = 16\n"
-        "  init_limit_half_open = 0\n"
-        "  block_threshold = 1000000\n"
-    )
-
-
-def start_charon(
-    ns: Namespace, work_dir: Path, load: str, threads: int, log_level: int, extra: str = ""
-) -> Charon:
-    charon = Charon(ns, work_dir, start=False)
-    charon.conf_path.write_text(
-        strongswan_conf(
-            charon.work_dir,
-            {"default": log_level},
-            load=load,
-            extra=charon_tuning(threads) + extra,
-        )
-    )
-    charon.start()
-    return charon
-
-
-@contextlib.contextmanager
-def _vici_session(path: Path, timeout: float) -> Iterator[Any]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        # Blocking connect: charon's vici socket has a short listen backlog.
-        sock.connect(str(path))
-        sock.settimeout(timeout)
-        yield vici.Session(sock)
-    finally:
-        sock.close()
-
-
-@dataclass(frozen=True)
-class DriveResult:
-    succeeded: int
-    seconds: float
-    errors: list[str]
-    latencies: list[float]  # seconds per successful initiate (Main Mode + Quick Mode)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def drive(initiator: Charon, n: int, window: int, timeout: float) -> DriveResult:
-    """Initiate t1..tN with at most `window` handshakes in flight.
-
-    Each ``initiate`` returns at once (vici ``timeout = -1``), so no charon
-    worker thread waits on it; completion comes from vici events on a second
-    session: ``child-updown`` with ``up`` ends a tunnel's handshake, an
-    ``ike-updown`` without ``up`` (the IKE SA went down before its IPsec SA
-    came up) fails it.  A tunnel still pending `timeout` s after its
-    initiate fails too.
-    """
-    lock = threading.Lock()
-    slots = threading.Semaphore(window)
-    started: dict[str, float] = {}
-    latencies: list[float] = []
-    errors: list[str] = []
-    all_done = threading.Event()
-    stop = threading.Event()
-
-    def finish(name: str, error: str | None) -> None:
-        with lock:
-            began = started.pop(name, None)
-            if began is None:
-                return
-            if error is None:
-                latencies.append(time.monotonic() - began)
-            else:
-                errors.append(f"{name}: {error}")
-            if len(latencies) + len(errors) >= n:
-                all_done.set()
-        slots.release()
-
-    def listen(session: Any) -> None:
-        try:
-            for event_type, message in session.listen(["ike-updown", "child-updown"], 0.2):
-                if stop.is_set():
-                    break
-                if event_type is None:
-                    continue
-                fields = {_text(k): v for k, v in message.items()}
-                up = _text(fields.pop("up", b"no")) == "yes"
-                kind = _text(event_type)
-                for name in fields:
-                    if kind == "child-updown" and up:
-                        finish(name, None)
-                    elif kind == "ike-updown" and not up:
-                        finish(name, "IKE SA went down before the IPsec SA was established")
-        except (vici.exception.SessionException, OSError):
-            pass  # closed under us at the end of the run
-
-    with (
-        _vici_session(initiator.vici_path, timeout + 30) as control,
-        _vici_session(initiator.vici_path, timeout + 30) as events,
-    ):
-        listener = threading.Thread(target=listen, args=(events,), daemon=True)
-        listener.start()
-        time.sleep(0.3)  # the listener has registered for the events
-        start = time.monotonic()
-        for i in range(1, n + 1):
-            name = f"t{i}"
-            while not slots.acquire(timeout=1.0):
-                _expire(started, lock, timeout, finish)
-            with lock:
-                started[name] = time.monotonic()
-            request = {"child": CHILD, "ike": name, "timeout": -1, "loglevel": 0}
-            try:
-                for _log in control.initiate(request):
-                    pass
-            except (vici.exception.CommandException, vici.exception.SessionException) as exc:
-                finish(name, f"initiate refused: {exc}")
-        while not all_done.wait(1.0):
-            _expire(started, lock, timeout, finish)
-        elapsed = time.monotonic() - start
-        stop.set()
-        listener.join(5.0)
-    return DriveResult(len(latencies), elapsed, errors, latencies)
-
-
-def _expire(started: dict[str, float], lock: threading.Lock, timeout: float, finish: Any) -> None:
-    """Fail the tunnels whose handshake has been pending for more than `timeout` s."""
-    now = time.monotonic()
-    with lock:
-        late = [name for name, began in started.items() if now - began > timeout]
-    for name in late:
-        finish(name, f"not established after {timeout:.0f}s")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
 
 # --- counting tunnels on the responders ------------------------------------------------------
 
@@ -466,30 +302,6 @@ def count_charon(charon: Charon) -> int:
         and any(c.get("state") == "INSTALLED" for c in sa.get("children", []))
     )
 
-
-def wait_count(counter: Any, n: int, timeout: float) -> int:
-    """Poll `counter()` until it reaches n (QM3 may still be in flight) or timeout."""
-    deadline = time.monotonic() + timeout
-    count = 0
-    while True:
-        count = int(counter())
-        if count >= n or time.monotonic() > deadline:
-            return count
-        time.sleep(0.5)
-
-
-_LOG_LEVEL_RE = re.compile(r"\b(ERROR|WARNING|CRITICAL)\b")
-
-
-def summarize_log(text: str, limit: int = 8) -> list[str]:
-    """Distinct WARNING/ERROR messages of the ikev1d log with counts (numbers masked)."""
-    counts: collections.Counter[str] = collections.Counter()
-    for line in text.splitlines():
-        m = _LOG_LEVEL_RE.search(line)
-        if m is not None:
-            key = re.sub(r"[0-9a-f]{8,}|\d+", "#", line[m.start() :])
-            counts[key[:160]] += 1
-    return [f"{c}x {msg}" for msg, c in counts.most_common(limit)]
 
 
 # --- one run --------------------------------------------------------------------------------
@@ -591,15 +403,16 @@ def run_one(
 
         init_pid = find_pid(topo.a, "charon", initiator.proc.pid if initiator.proc else None)
         init_before = cpu_seconds(init_pid)
-        driver_before = _own_cpu()
+        driver_before = own_cpu()
         sys_before = cpu_times(resp_pid)[1]
         cpu_before = cpu_seconds(resp_pid)
-        driven = drive(initiator, s.tunnels, s.window, s.timeout)
+        names = [f"t{i}" for i in range(1, s.tunnels + 1)]
+        driven = drive(initiator, names, CHILD, s.window, s.timeout)
         time.sleep(0.3)  # the responder finishes the last QM3s
         cpu_after = cpu_seconds(resp_pid)
         result.sys_seconds = cpu_times(resp_pid)[1] - sys_before
         result.initiator_cpu_seconds = cpu_seconds(init_pid) - init_before
-        result.driver_cpu_seconds = _own_cpu() - driver_before
+        result.driver_cpu_seconds = own_cpu() - driver_before
         if profiler is not None:
             stop_profiler(profiler)
 
@@ -626,9 +439,6 @@ def run_one(
 # --- output ---------------------------------------------------------------------------------
 
 
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
 
 def format_table(results: Sequence[RunResult]) -> str:
     """One row per (group, responder): medians over the repeats; FAILED if any run failed."""
@@ -646,9 +456,9 @@ def format_table(results: Sequence[RunResult]) -> str:
                     f"established on responder, {f.initiated_ok}/{f.tunnels} initiates ok"
                 )
                 continue
-            rate = _median([r.rate for r in runs])
-            cpu = _median([r.cpu_ms_per_tunnel for r in runs])
-            init = _median([1000 * r.initiator_cpu_seconds / r.established for r in runs])
+            rate = median([r.rate for r in runs])
+            cpu = median([r.cpu_ms_per_tunnel for r in runs])
+            init = median([1000 * r.initiator_cpu_seconds / r.established for r in runs])
             medians[responder] = (rate, cpu)
             note = f"initiator {init:.1f} ms/tunnel"
             if len(runs) > 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -339,11 +340,19 @@ class Config:
     xauth: XauthConfig = field(default_factory=XauthConfig)
 
     def xauth_secret(self, user: str) -> bytes | None:
-        """The XAUTH password of ``user``: a secret of type xauth naming it in ids."""
+        """The XAUTH password of ``user``: the first secret of type xauth naming it in ids."""
+        return self._xauth_passwords.get(user)
+
+    @functools.cached_property
+    def _xauth_passwords(self) -> dict[str, bytes]:
+        # An index built once: a server with thousands of users looks one up for every
+        # XAUTH reply, and a scan over all secrets made each login cost O(users).
+        passwords: dict[str, bytes] = {}
         for secret in self.secrets.values():
-            if secret.type is SecretType.XAUTH and any(str(i) == user for i in secret.ids):
-                return secret.value
-        return None
+            if secret.type is SecretType.XAUTH:
+                for i in secret.ids:
+                    passwords.setdefault(str(i), secret.value)
+        return passwords
 
     def connections_for_addresses(
         self, local_addr: str, remote_addr: str

@@ -1211,3 +1211,17 @@ def test_road_warrior_warnings() -> None:
                        'local_ts = ["10.2.0.0/16"]\nremote_ts = ["10.9.0.0/16"]')
     assert any("no tunnel uses the leased address" in w for w in config_warnings(load(fixed)))
     assert not any("leased address" in w for w in config_warnings(load(RW)))
+
+
+def test_xauth_secret_the_first_secret_naming_the_user_among_many() -> None:
+    users = "".join(
+        f'\n[secrets.u{i}]\ntype = "xauth"\nids = ["user{i}", "alias{i % 3}"]\n'
+        f'secret = "pw{i}"\n'
+        for i in range(300)
+    )
+    cfg = load(RW + users)
+    assert cfg.xauth_secret("user299") == b"pw299"
+    assert cfg.xauth_secret("alias2") == b"pw2"  # file order: u2 names it first
+    assert cfg.xauth_secret("alice") == b"alice's password"
+    assert cfg.xauth_secret("user300") is None
+    assert cfg.xauth_secret("pw1") is None  # a password is not a user name
