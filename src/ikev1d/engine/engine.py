@@ -35,7 +35,15 @@ from ikev1d.engine.exchanges.main_mode import MmState
 from ikev1d.engine.exchanges.transaction import Answer
 from ikev1d.engine.fragments import Reassembler
 from ikev1d.engine.halfopen import HalfOpenTable
-from ikev1d.engine.ike_sa import ChildSa, ChildState, IkeSa, IkeState, ProtocolFailure
+from ikev1d.engine.ike_sa import (
+    ChildSa,
+    ChildState,
+    IkeSa,
+    IkeState,
+    PeerKey,
+    ProtocolFailure,
+    peer_key,
+)
 from ikev1d.engine.lifecycle import Lifecycle
 from ikev1d.engine.pools import Pool, build_pools
 from ikev1d.engine.ratelimit import LogLimiter
@@ -92,6 +100,11 @@ class Engine:
         self._sas: dict[bytes, IkeSa] = {}
         """Every ISAKMP SA by CKY-I | CKY-R."""
         self._initiating: dict[bytes, IkeSa] = {}
+        self._by_identity: dict[PeerKey, dict[int, IkeSa]] = {}
+        """Established ISAKMP SAs by (connection, our ID, the peer's ID, the XAUTH
+        user), so that what asks for "the other SAs of this peer" (unique,
+        INITIAL-CONTACT, a renewal by the peer) costs the same with ten thousand
+        road warriors as with one."""
         """Our Main Mode requests not answered yet, by CKY-I."""
         self._half_open = HalfOpenTable(config.daemon.half_open_total,
                                         config.daemon.half_open_per_peer)
@@ -612,8 +625,29 @@ class Engine:
 
     # -- SA tables -------------------------------------------------------------------------
 
+    def register_established(self, sa: IkeSa) -> None:
+        """``sa`` has authenticated its peer for good: index it by that identity."""
+        self._by_identity.setdefault(peer_key(sa), {})[sa.ike_id] = sa
+        sa.registered_as = peer_key(sa)
+
+    def same_identity(self, sa: IkeSa) -> list[IkeSa]:
+        """The other established (or renewing, or deleting but not yet dropped)
+        ISAKMP SAs of ``sa``'s connection with the same identity, oldest first."""
+        found = self._by_identity.get(peer_key(sa))
+        if not found:
+            return []
+        return [o for o in found.values() if o is not sa]
+
     def drop_sa(self, sa: IkeSa) -> None:
         """Forget an SA: its timers, its exchanges, its places in the tables."""
+        key = sa.registered_as
+        if key is not None:
+            sa.registered_as = None
+            entries = self._by_identity.get(key)
+            if entries is not None:
+                entries.pop(sa.ike_id, None)
+                if not entries:
+                    del self._by_identity[key]
         sa.cancel_timers()
         for exchange in sa.exchanges.values():
             exchange.discard()

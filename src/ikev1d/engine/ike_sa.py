@@ -192,6 +192,14 @@ class QuickModeWork:
     replaces: ChildSa | None = None
 
 
+PeerKey = tuple[str, str, str, str | None]
+"""(connection, our ID, the peer's ID, the XAUTH user): one authenticated peer."""
+
+
+def peer_key(sa: IkeSa) -> PeerKey:
+    return (sa.name, sa.local_id, sa.remote_id, sa.xauth_user)
+
+
 class WorkQueue:
     """Our work on one ISAKMP SA after Phase 1: one item at a time, in the
     order of :class:`WorkKind`, first come first served within a kind.
@@ -327,6 +335,8 @@ class IkeSa:
         """The user XAUTH proved (as server: the peer; as client: us): part of the
         peer's identity (with our ID and the peer's ID) for INITIAL-CONTACT, ``unique``
         and the pools' leases."""
+        self.registered_as: PeerKey | None = None
+        """The key under which the engine indexes this SA once established."""
         self.peer_certificate: str | None = None
         """The subject DN of the certificate the peer authenticated with (sent in
         CERT or pinned), for ``status``."""

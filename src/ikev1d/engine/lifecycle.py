@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from ikev1d.crypto import encryption_key
 from ikev1d.engine.api import ChildSaEstablished, ConnectionFailed, EngineError, IkeSaEstablished
 from ikev1d.engine.auth import AUTH_NAMES
-from ikev1d.engine.deletion import same_peer
 from ikev1d.engine.exchanges.quick_mode import QuickMode
 from ikev1d.engine.ike_sa import (
     ChildSa,
@@ -68,6 +67,7 @@ class Lifecycle:
     def phase1_established(self, sa: IkeSa, now: float) -> None:
         sa.state = IkeState.ESTABLISHED
         sa.established_at = now
+        self.engine.register_established(sa)
         self.engine.stats.handshake_succeeded(PHASE1, sa.initiator)
         proposal = sa.proposal.render() if sa.proposal else "?"
         auth = AUTH_NAMES.get(sa.auth_method, str(sa.auth_method))
@@ -195,9 +195,10 @@ class Lifecycle:
         themselves (that would be a second renewal racing the peer's); they keep
         carrying exchanges until the peer deletes them, once it moved their IPsec
         SAs over (:meth:`_take_over`), or until their lifetime ends."""
-        for other in self.engine.all_sas():
-            if (other is not new and other.state is IkeState.ESTABLISHED
-                    and same_peer(other, new)):
+        if not new.remote_id:
+            return
+        for other in self.engine.same_identity(new):
+            if other.state is IkeState.ESTABLISHED:
                 other.state = IkeState.REKEYING
                 log.info("ISAKMP SA %s:%s is being renewed by the peer", other.cky_i.hex(),
                          other.cky_r.hex(), extra=other.log_extra)

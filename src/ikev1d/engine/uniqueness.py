@@ -58,9 +58,7 @@ class Uniqueness:
 
     def _others(self, sa: IkeSa) -> list[IkeSa]:
         """The other authenticated ISAKMP SAs of the same connection and identity."""
-        key = identity_of(sa)
-        return [o for o in self.engine.all_sas()
-                if o is not sa and o.usable and o.name == sa.name and identity_of(o) == key]
+        return [o for o in self.engine.same_identity(sa) if o.usable]
 
     # -- sending ---------------------------------------------------------------------
 
