@@ -75,7 +75,7 @@ def make_pair(two_hosts: Topology, tmp_path: Path) -> Iterator[Callable[[str], P
         topo = two_hosts
         ca = pki.issue("C=CH, O=ikev1d, CN=Interop Root CA", ca=True)
         a = pki.issue("C=CH, O=ikev1d, CN=gw-a", ca if with_cert else None,
-                      sans=(f"dns:{A_ID}",))
+                      sans=(f"dns:{A_ID}",), key_encipherment=True)
         b = pki.issue("C=CH, O=ikev1d, CN=gw-b")
         keys = tmp_path / "keys"
         a_cert, a_key = a.write(keys, "a")

@@ -102,10 +102,13 @@ def peer_certificate_key(
     peer: Identity,
     certs: list[x509.Certificate],
     now: datetime.datetime,
+    *,
+    encipher: bool = False,
 ) -> tuple[PublicKey, str, str]:
     """The key the peer must have signed (or, RFC 2409 section 5.3, encrypted)
     with for ``conn``, who it is, and the rest of the verified chain for the
-    log. CertificateRefused says why ``certs`` do not satisfy ``conn``."""
+    log. CertificateRefused says why ``certs`` do not satisfy ``conn``.
+    ``encipher``: the key is to encrypt to (keyUsage keyEncipherment)."""
     credentials = conn.remote.credentials
     if not certs:
         if credentials.pubkey is None:
@@ -127,7 +130,7 @@ def peer_certificate_key(
     if credentials.cacerts or credentials.pubkey is None:
         try:
             path = verify_path(end_entity, certs[1:], credentials.cacerts,
-                               credentials.crls, now)
+                               credentials.crls, now, encipher=encipher)
         except CertificateError as exc:
             raise CertificateRefused(str(exc), _NOTIFY_BY_PROBLEM[exc.problem]) from None
         chain = "".join(f' <- "{dn_text(c.subject)}"' for c in path[1:])

@@ -379,7 +379,7 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
                 self.peer_key = key
         try:
             verified, subject, chain = peer_certificate_key(
-                conn, Identity.from_id_payload(self.peer_id), certs, now)
+                conn, Identity.from_id_payload(self.peer_id), certs, now, encipher=True)
         except CertificateRefused as refused:
             self.refusal = refused
             return

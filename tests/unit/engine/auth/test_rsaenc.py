@@ -400,13 +400,14 @@ class CertPair:
 def make_cert_pair(tmp: Path, *, a_issuer: pki.Issued | None = None,
                    a_sans: tuple[str, ...] = ("dns:gw-a.example.org",),
                    revoke: bool = False, b_pins_a: bool = False,
-                   fragmentation: str = "no") -> CertPair:
+                   fragmentation: str = "no", key_encipherment: bool = True) -> CertPair:
     """A sends its certificate (issued by ``a_issuer``, the test CA by default) in
     message 3; B verifies it with cacerts and a CRL instead of pinning A's key.
     A pins B's certificate, which B has in ``certs``. Fragmentation is off so
     that message 3 is one datagram a test can rewrite."""
     ca = pki.issue("C=CH, O=Test, CN=Test CA", ca=True)
-    a = pki.issue("C=CH, O=Test, CN=gw-a", a_issuer or ca, sans=a_sans)
+    a = pki.issue("C=CH, O=Test, CN=gw-a", a_issuer or ca, sans=a_sans,
+                  key_encipherment=key_encipherment)
     b = pki.issue("C=CH, O=Test, CN=gw-b")
     a_cert, a_key = a.write(tmp / "A", "a")
     b_cert, b_key = b.write(tmp / "B", "b")
@@ -482,6 +483,9 @@ def test_pinned_key_and_certificate_together(tmp_path: Path) -> None:
     ("revoked", "revoked on", "INVALID-CERTIFICATE"),
     ("id", 'ID "gw-a.example.org" not in certificate "C=CH, O=Test, CN=gw-a"',
      "INVALID-ID-INFORMATION"),
+    # RFC 5280 section 4.2.1.3: a key to encrypt the nonce to must allow it.
+    ("usage", '"C=CH, O=Test, CN=gw-a" may not encipher keys (keyUsage)',
+     "INVALID-CERTIFICATE"),
 ])
 def test_refused_certificate_fails_at_the_proof(
         tmp_path: Path, case: str, reason: str, notify: str,
@@ -490,7 +494,7 @@ def test_refused_certificate_fails_at_the_proof(
     fails with the signature method's notification, encrypted, and one line."""
     evil = pki.issue("C=CH, O=Test, CN=Evil CA", ca=True)
     cp = make_cert_pair(tmp_path, a_issuer=evil if case == "untrusted" else None,
-                        revoke=case == "revoked",
+                        revoke=case == "revoked", key_encipherment=case != "usage",
                         a_sans=("dns:other.example.org",) if case == "id" else
                         ("dns:gw-a.example.org",))
     with caplog.at_level(logging.INFO):
