@@ -293,12 +293,14 @@ def _replace_body(dgram: Datagram, payload_type: PayloadType, new: bytes) -> Dat
 
 
 def _b_answers(tmp: Path, auth: str, payload: PayloadType, valid_padding: bool,
-               caplog: pytest.LogCaptureFixture) -> tuple[list[tuple[int, int, int]], list[str]]:
+               caplog: pytest.LogCaptureFixture, *, with_cert: bool = False
+               ) -> tuple[list[tuple[int, int, int]], list[str]]:
     """Message 3 with ``payload`` replaced by ciphertext that B cannot use: random
     bytes (invalid PKCS#1 padding, almost surely), or a valid encryption under B's
     key of bytes A does not know, as an attacker probing the padding makes them.
-    What B sent, and why B says it failed."""
-    pair = make_pair(tmp, auth)
+    What B sent, and why B says it failed. ``with_cert``: A sends its
+    certificate in message 3 and B verifies it instead of pinning A's key."""
+    pair = make_cert_pair(tmp).pair if with_cert else make_pair(tmp, auth)
     net = net_of(pair.a, pair.b)
     rng = random.Random(9)
     count = {"n": 0}
@@ -330,19 +332,24 @@ def _b_answers(tmp: Path, auth: str, payload: PayloadType, valid_padding: bool,
     return sent, b_log
 
 
-@pytest.mark.parametrize(("auth", "payload"), [
-    ("rsa-encryption", PayloadType.NONCE),
-    ("rsa-encryption", PayloadType.ID),
-    ("rsa-encryption-revised", PayloadType.NONCE),
+@pytest.mark.parametrize(("auth", "payload", "with_cert"), [
+    ("rsa-encryption", PayloadType.NONCE, False),
+    ("rsa-encryption", PayloadType.ID, False),
+    ("rsa-encryption-revised", PayloadType.NONCE, False),
+    ("rsa-encryption-revised", PayloadType.NONCE, True),
 ])
 def test_undecryptable_message_3_is_answered_like_any_failure(
-        tmp_path: Path, auth: str, payload: PayloadType,
+        tmp_path: Path, auth: str, payload: PayloadType, with_cert: bool,
         caplog: pytest.LogCaptureFixture) -> None:
     """B's answers and log do not tell whether the RSA padding of what it
     decrypted was valid (Bleichenbacher): the same messages of the same length,
-    the same failure, AUTHENTICATION-FAILED, and no line about decryption."""
-    invalid = _b_answers(tmp_path / "invalid", auth, payload, False, caplog)
-    valid = _b_answers(tmp_path / "valid", auth, payload, True, caplog)
+    the same failure, AUTHENTICATION-FAILED, and no line about decryption; also
+    when message 3 carries A's certificate, encrypted with the key derived from
+    the nonce B could not learn."""
+    invalid = _b_answers(tmp_path / "invalid", auth, payload, False, caplog,
+                         with_cert=with_cert)
+    valid = _b_answers(tmp_path / "valid", auth, payload, True, caplog,
+                       with_cert=with_cert)
     assert invalid == valid
     sent, log_lines = invalid
     failed = [line for line in log_lines if "Main Mode failed" in line]
