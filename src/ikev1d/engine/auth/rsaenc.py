@@ -377,20 +377,31 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
             key = certs[0].public_key()
             if isinstance(key, rsa.RSAPublicKey):
                 self.peer_key = key
-        try:
-            verified, subject, chain = peer_certificate_key(
-                conn, Identity.from_id_payload(self.peer_id), certs, now, encipher=True)
-        except CertificateRefused as refused:
-            self.refusal = refused
+        # Like the signature method, settle on the first connection whose CAs and
+        # identity the certificate satisfies (its candidates share our key).
+        peer = Identity.from_id_payload(self.peer_id)
+        refusals: list[CertificateRefused] = []
+        for candidate in [conn] + [c for c in self.sa.candidates
+                                   if c is not conn and _verifies_certificates(c)]:
+            try:
+                verified, subject, chain = peer_certificate_key(
+                    candidate, peer, certs, now, encipher=True)
+            except CertificateRefused as refused:
+                refusals.append(refused)
+                continue
+            except ValueError:
+                # cryptography parses some extensions only when they are used.
+                refusals.append(CertificateRefused("the peer sent a malformed certificate",
+                                                   NotifyType.INVALID_CERTIFICATE))
+                continue
+            if isinstance(verified, rsa.RSAPublicKey):
+                self.peer_key = verified
+            self.certified = f" ({subject}{chain})"
+            self.sa.conn = candidate
+            self.sa.candidates = [candidate] + [c for c in self.sa.candidates
+                                                if c is not candidate]
             return
-        except ValueError:
-            # cryptography parses some extensions only when they are used.
-            self.refusal = CertificateRefused("the peer sent a malformed certificate",
-                                              NotifyType.INVALID_CERTIFICATE)
-            return
-        if isinstance(verified, rsa.RSAPublicKey):
-            self.peer_key = verified
-        self.certified = f" ({subject}{chain})"
+        self.refusal = refusals[0]
 
     def _end_entity(self, cert_b: bytes) -> x509.Certificate:
         """The certificate in Cert-I_b. One that cannot carry message 4 is refused

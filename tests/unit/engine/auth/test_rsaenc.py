@@ -407,7 +407,8 @@ class CertPair:
 def make_cert_pair(tmp: Path, *, a_issuer: pki.Issued | None = None,
                    a_sans: tuple[str, ...] = ("dns:gw-a.example.org",),
                    revoke: bool = False, b_pins_a: bool = False,
-                   fragmentation: str = "no", key_encipherment: bool = True) -> CertPair:
+                   fragmentation: str = "no", key_encipherment: bool = True,
+                   b_before: str = "") -> CertPair:
     """A sends its certificate (issued by ``a_issuer``, the test CA by default) in
     message 3; B verifies it with cacerts and a CRL instead of pinning A's key.
     A pins B's certificate, which B has in ``certs``. Fragmentation is off so
@@ -437,7 +438,8 @@ def make_cert_pair(tmp: Path, *, a_issuer: pki.Issued | None = None,
     b_cfg = conf(tmp / "B", REVISED, local_id="gw-b.example.org",
                  remote_id="gw-a.example.org", key=str(b_key), pubkey="",
                  cert=str(b_cert), remote_lines=remote, local=B_ADDR, remote=A_ADDR,
-                 local_ts="10.2.0.0/24", remote_ts="10.1.0.0/24", conn_extra=extra)
+                 local_ts="10.2.0.0/24", remote_ts="10.1.0.0/24", conn_extra=extra,
+                 before=b_before)
     return CertPair(Pair(a_cfg, b_cfg, a.key, b.key), ca, a)
 
 
@@ -595,3 +597,27 @@ def test_known_answer_certificate(tmp_path: Path) -> None:
     assert set(plain[-count:-1]) <= {0}
     cert_b = plain[:-count]
     assert cert_b == b"\x04" + cp.a.cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_responder_picks_the_connection_whose_ca_issued_the_certificate(
+        tmp_path: Path) -> None:
+    """B's first connection for A trusts another CA: B settles on the one whose
+    CA issued A's certificate, as with signatures."""
+    other_ca = pki.issue("C=CH, O=Test, CN=Other CA", ca=True)
+    (tmp_path / "B").mkdir(parents=True)
+    (tmp_path / "B" / "other-ca.pem").write_bytes(other_ca.cert_pem())
+    key = tmp_path / "B" / "b.key.pem"
+    other = "\n".join([
+        "[connections.other]", f'local_addrs = ["{B_ADDR}"]', f'remote_addrs = ["{A_ADDR}"]',
+        'proposals = ["aes128-sha256-modp2048"]', 'fragmentation = "no"',
+        "[connections.other.local]", f'auth = "{REVISED}"', 'id = "gw-b.example.org"',
+        f'private_key = "{key}"', f'certs = ["{tmp_path / "B" / "b.cert.pem"}"]',
+        "[connections.other.remote]", f'auth = "{REVISED}"', 'id = "gw-a.example.org"',
+        'cacerts = ["other-ca.pem"]',
+    ])
+    cp = make_cert_pair(tmp_path, b_before=other)
+    assert list(cp.pair.b.connections) == ["other", "gw"]
+    net = run(net_of(cp.pair.a, cp.pair.b))
+    assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)
+    assert [e.conn for e in net.b.of(IkeSaEstablished)
+            if isinstance(e, IkeSaEstablished)] == ["gw"]
