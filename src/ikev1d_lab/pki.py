@@ -96,6 +96,7 @@ def issue(
     serial: int | None = None,
     key_usage: bool = True,
     private_key: PrivateKey | None = None,
+    key_encipherment: bool = False,
 ) -> Issued:
     """A certificate: self-signed without ``issuer``. SANs: "dns:x", "email:x", "ip:x".
 
@@ -117,7 +118,8 @@ def issue(
     )
     if key_usage:
         builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=not ca, content_commitment=False, key_encipherment=False,
+            digital_signature=not ca, content_commitment=False,
+            key_encipherment=key_encipherment and not ca,
             data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
             encipher_only=False, decipher_only=False), critical=True)
     names: list[x509.GeneralName] = []

@@ -8,7 +8,10 @@ independently. tshark dissects every message without a malformed flag: it reads
 the encrypted nonce, ID and (revised mode) KE bodies of messages 3 and 4 as
 their payload types' data, and decrypts messages 5 and 6 with the key ikev1d
 logs at debug (section 5.2; in the revised mode tshark cannot compute their IV,
-which hashes the KE values it only sees encrypted).
+which hashes the KE values it only sees encrypted). In the revised mode the
+initiator may also send its certificate in message 3, encrypted with Ke_i, for
+a responder that verifies it against its CA instead of pinning the initiator's
+key: tshark then reads the CERT payload's header but not its body.
 """
 
 from __future__ import annotations
@@ -46,24 +49,38 @@ class Pair:
     b: Ikev1dDaemon
 
 
-def rsa_conf(base: str, auth: str, key: Path, peer_key: Path) -> str:
-    """ikev1d_conf's PSK connection turned into public key encryption."""
+def rsa_conf(base: str, auth: str, key: Path, peer_key: Path, *,
+             cert: Path | None = None, cacert: Path | None = None) -> str:
+    """ikev1d_conf's PSK connection turned into public key encryption; ``cert``
+    is sent in message 3 (revised mode), ``cacert`` verifies the peer's instead
+    of pinning its key."""
     text = re.sub(r"\n\[secrets\.[^\n]*\n(?:[^\n\[][^\n]*\n?)*", "\n", base)
+    local = f'auth = "{auth}"\nprivate_key = "{key}"'
+    if cert is not None:
+        local += f'\ncerts = ["{cert}"]'
     text = text.replace('[connections.gw.local]\nauth = "psk"',
-                        f'[connections.gw.local]\nauth = "{auth}"\nprivate_key = "{key}"')
+                        f'[connections.gw.local]\n{local}')
+    remote = f'cacerts = ["{cacert}"]' if cacert is not None else f'pubkey = "{peer_key}"'
     return text.replace('[connections.gw.remote]\nauth = "psk"',
-                        f'[connections.gw.remote]\nauth = "{auth}"\npubkey = "{peer_key}"')
+                        f'[connections.gw.remote]\nauth = "{auth}"\n{remote}')
 
 
 @pytest.fixture
 def make_pair(two_hosts: Topology, tmp_path: Path) -> Iterator[Callable[[str], Pair]]:
     started: list[Ikev1dDaemon] = []
 
-    def make(auth: str) -> Pair:
+    def make(auth: str, with_cert: bool = False) -> Pair:
+        """With ``with_cert``, A sends its CA-issued certificate in message 3 and
+        B verifies it with the CA instead of pinning A's key."""
         topo = two_hosts
-        a, b = pki.issue("C=CH, O=ikev1d, CN=gw-a"), pki.issue("C=CH, O=ikev1d, CN=gw-b")
+        ca = pki.issue("C=CH, O=ikev1d, CN=Interop Root CA", ca=True)
+        a = pki.issue("C=CH, O=ikev1d, CN=gw-a", ca if with_cert else None,
+                      sans=(f"dns:{A_ID}",), key_encipherment=True)
+        b = pki.issue("C=CH, O=ikev1d, CN=gw-b")
         keys = tmp_path / "keys"
-        _, a_key = a.write(keys, "a")
+        a_cert, a_key = a.write(keys, "a")
+        ca_cert = keys / "ca.pem"
+        ca_cert.write_bytes(ca.cert_pem())
         b_cert, b_key = b.write(keys, "b")
         if not isinstance(a.key, rsa.RSAPrivateKey):
             raise TypeError("RSA expected")
@@ -80,7 +97,10 @@ def make_pair(two_hosts: Topology, tmp_path: Path) -> Iterator[Callable[[str], P
             base = ikev1d_conf("gw", local, remote, lid, rid, "unused-psk-0123456789",
                                ["aes128-sha256-modp2048"], ["aes128gcm16"], lnet, rnet,
                                dataplane="userspace")
-            d = Ikev1dDaemon(ns, tmp_path / f"ikev1d-{label}", rsa_conf(base, auth, key, peer))
+            text = rsa_conf(base, auth, key, peer,
+                            cert=a_cert if with_cert and label == "a" else None,
+                            cacert=ca_cert if with_cert and label == "b" else None)
+            d = Ikev1dDaemon(ns, tmp_path / f"ikev1d-{label}", text)
             started.append(d)
             d.start()
             daemons.append(d)
@@ -153,6 +173,43 @@ def test_two_ikev1d_authenticate_by_public_key_encryption(
         assert all(_values(p, "isakmp.enc.data") for p in main_mode[4:]), chains
     # The identities never cross the wire in the clear.
     assert A_ID.encode() not in pcap.read_bytes() and B_ID.encode() not in pcap.read_bytes()
+
+
+def test_revised_mode_with_the_initiators_certificate(
+        make_pair: Callable[..., Pair], capture_factory: CaptureFactory) -> None:
+    """RFC 2409 section 5.3: A sends its certificate in message 3, encrypted with
+    Ke_i; B has no key pinned for A, verifies the certificate against its CA and
+    encrypts its nonce to the certificate's key."""
+    pair = make_pair("rsa-encryption-revised", with_cert=True)
+    topo = pair.topo
+    cap = capture_factory(topo.a, topo.if_a, "udp port 500 or udp port 4500")
+    assert pair.a.up("gw").returncode == 0
+    for daemon, peer in ((pair.a, B_ID), (pair.b, A_ID)):
+        (sa,) = daemon.status()["ike_sas"]
+        assert sa["auth"] == "rsa-encryption-revised" and sa["remote_id"] == peer, sa
+    assert ping(topo.a, topo.inner_addr_b, count=3) == (3, 3)
+    assert (f'peer {A_ID} authenticated by its certificate ("C=CH, O=ikev1d, CN=gw-a" <- '
+            '"C=CH, O=ikev1d, CN=Interop Root CA")') in pair.b.log_text()
+    pcap = cap.stop()
+    packets = tshark_json(pcap, [])
+    # tshark reassembles message 3 from its IKE fragments and reads the payload
+    # chain up to the CERT payload: HASH(1), nonce, KE, ID, CERT, every header
+    # in the clear. Its body, encrypted with Ke_i, is no certificate to tshark's
+    # BER parser, which may then give up on the rest of the message (the NAT-D
+    # payloads): only there a malformed mark is expected; every other message
+    # dissects cleanly.
+    chain = ["8", "10", "4", "5", "6"]
+    message_3 = []
+    for packet in packets:
+        found = _values(packet, "isakmp.typepayload")
+        if any(found[i:i + len(chain)] == chain for i in range(len(found))):
+            message_3.append(packet)
+            assert _values(packet, "isakmp.cert.data"), packet
+            continue
+        layers = packet["_source"]["layers"]
+        assert "isakmp" in layers and "_ws.malformed" not in str(layers), layers
+    assert len(message_3) == 1, [_values(p, "isakmp.typepayload") for p in packets]
+    assert b"CN=gw-a" not in pcap.read_bytes() and A_ID.encode() not in pcap.read_bytes()
 
 
 def test_strongswan_offered_rsa_encryption_fails_cleanly(

@@ -349,22 +349,36 @@ def _check_auth_files(ld: TomlReader, a: AuthConfig, path: str, *, remote: bool)
 
 def _check_rsa_encryption(ld: TomlReader, a: AuthConfig, path: str, *, remote: bool) -> None:
     """Public key encryption (RFC 2409 sections 5.2, 5.3) encrypts with RSA only,
-    and needs the peer's key before the exchange: the nonce is encrypted with it."""
+    and needs the peer's key before the exchange: the nonce is encrypted with it.
+    In the revised mode (section 5.3) the initiator may send its certificate in
+    message 3, so a responder can verify it with ``cacerts`` instead."""
     key: object = a.credentials.pubkey if remote else a.credentials.private_key
     name = "pubkey" if remote else "private_key"
-    if remote and a.pubkey is None:
+    revised = a.auth is Auth.RSA_ENCRYPTION_REVISED
+    if remote and a.pubkey is None and not (revised and a.cacerts):
         raise ld.error(
             f"{path}.pubkey",
             f"auth = \"{a.auth}\" needs the peer's public key or certificate beforehand "
-            "(RFC 2409 section 5.2: the nonce is encrypted with it)",
+            "(RFC 2409 section 5.2: the nonce is encrypted with it)"
+            + ("; as responder, cacerts can verify the certificate the initiator "
+               "sends in message 3 instead (RFC 2409 section 5.3)" if revised else
+               "; section 5.2 has no certificate payload in message 3: only "
+               "auth = \"rsa-encryption-revised\" can use cacerts"),
         )
     if key is not None and not isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
         raise ld.error(f"{path}.{name}", f"auth = \"{a.auth}\" needs an RSA key "
                        "(RFC 2409 section 5.2 encrypts with it)")
+    if revised:
+        if remote and a.crls and not a.cacerts:
+            raise ld.error(f"{path}.crls", "crls are checked along the chain to cacerts, "
+                           "which are not set")
+        return
     for option, present in (("cacerts", a.cacerts), ("crls", a.crls)):
         if present:
-            raise ld.error(f"{path}.{option}", f"not used with auth = \"{a.auth}\": the "
-                           "peer's key is pinned with pubkey")
+            raise ld.error(f"{path}.{option}", f"not used with auth = \"{a.auth}\": "
+                           "RFC 2409 section 5.2 has no certificate payload in message 3, "
+                           "the peer's key is pinned with pubkey (auth = "
+                           "\"rsa-encryption-revised\" can verify a certificate)")
 
 
 def _load_child(

@@ -156,6 +156,16 @@ def _connection_warnings(cfg: Config, conn: ConnectionConfig) -> list[str]:
     if conn.pools and conn.children and all(c.remote_ts for c in conn.children.values()):
         out.append(f"{src}: {path}.pools: every child sets remote_ts, so no tunnel uses "
                    "the leased address; omit remote_ts to make it the client's virtual IP")
+    if conn.local.auth is Auth.RSA_ENCRYPTION_REVISED and conn.remote.credentials.pubkey is None:
+        initiates = conn.start_action is not StartAction.NONE \
+            or (conn.dpd_delay > 0 and conn.dpd_action is not DpdAction.CLEAR) or any(
+                c.start_action is not StartAction.NONE for c in conn.children.values())
+        if initiates:
+            # RFC 2409 section 5.3: message 3 is encrypted to the responder's key.
+            out.append(f"{src}: {path}.remote.pubkey: not set, so with auth = "
+                       "\"rsa-encryption-revised\" this connection can only respond "
+                       "(cacerts verify the initiator's certificate); it cannot start, "
+                       "trap or restart")
     for child in conn.children.values():
         out += _child_warnings(src, conn, child, f"{path}.children.{child.name}")
     return out

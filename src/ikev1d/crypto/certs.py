@@ -14,7 +14,8 @@ manner of RFC 5280 section 6 reduced to what IPsec peers use:
 - intermediates and the anchor are CAs (basicConstraints cA, its pathLen
   respected) and, when keyUsage is present, may sign certificates; the end
   entity, when keyUsage is present, may sign (digitalSignature or
-  nonRepudiation);
+  nonRepudiation), or, for public key encryption authentication (RFC 2409
+  section 5.3), encipher the nonce (keyEncipherment, RFC 5280 section 4.2.1.3);
 - an unknown critical extension rejects its certificate (RFC 5280 section 4.2);
 - each certificate below the anchor is looked up in the CRLs its issuer signed
   (RFC 5280 section 6.3).
@@ -135,10 +136,13 @@ def _subject(cert: x509.Certificate) -> str:
     return f'"{dn_text(cert.subject)}"'
 
 
-def _check_extensions(cert: x509.Certificate, *, ca: bool, below: int) -> None:
+def _check_extensions(cert: x509.Certificate, *, ca: bool, below: int,
+                      encipher: bool = False) -> None:
     """RFC 5280 sections 4.2.1.3, 4.2.1.9 and 4.2: the extensions of one certificate.
 
-    ``below``: how many intermediates stand between this CA and the end entity.
+    ``below``: how many intermediates stand between this CA and the end entity;
+    ``encipher``: the end entity's key encrypts a secret (the nonce) instead of
+    signing.
     """
     try:
         extensions = list(cert.extensions)
@@ -165,6 +169,11 @@ def _check_extensions(cert: x509.Certificate, *, ca: bool, below: int) -> None:
                 and not usage.value.key_cert_sign:
             raise CertificateError(f"CA {_subject(cert)} may not sign certificates (keyUsage)",
                                    Problem.INVALID)
+    elif encipher:
+        if usage is not None and isinstance(usage.value, x509.KeyUsage) \
+                and not usage.value.key_encipherment:
+            raise CertificateError(f"certificate {_subject(cert)} may not encipher keys "
+                                   "(keyUsage)", Problem.INVALID)
     elif usage is not None and isinstance(usage.value, x509.KeyUsage) and not (
         usage.value.digital_signature or usage.value.content_commitment
     ):
@@ -245,8 +254,11 @@ def verify_path(
     anchors: Sequence[x509.Certificate],
     crls: Sequence[x509.CertificateRevocationList],
     now: datetime.datetime,
+    *,
+    encipher: bool = False,
 ) -> list[x509.Certificate]:
-    """The verified path, end entity first and the trust anchor last.
+    """The verified path, end entity first and the trust anchor last; with
+    ``encipher``, for an end entity whose key the nonce is encrypted to.
 
     Raises CertificateError naming the first certificate that fails and why.
     """
@@ -254,9 +266,10 @@ def verify_path(
     for index, link in enumerate(path):
         _check_validity(link.cert, now)
         if link.is_anchor and index == 0:
-            _check_extensions(link.cert, ca=False, below=0)
+            _check_extensions(link.cert, ca=False, below=0, encipher=encipher)
             continue
-        _check_extensions(link.cert, ca=index > 0, below=max(index - 1, 0))
+        _check_extensions(link.cert, ca=index > 0, below=max(index - 1, 0),
+                          encipher=encipher)
     for index, link in enumerate(path[:-1]):
         # Every key that could sign the path's certificates can sign a CRL.
         issuer = cast(CertificateIssuerPublicKeyTypes, path[index + 1].cert.public_key())

@@ -73,10 +73,11 @@ _MAIN_MODE_PKE = {
 }
 
 #: The revised mode (RFC 2409 section 5.3): the nonce encrypted with the public
-#: key, KE and ID with the symmetric key derived from the nonce.
+#: key, KE and ID with the symmetric key derived from the nonce; message 3 may
+#: add the initiator's certificate, encrypted like them ([<Cert-I_b>Ke_i]).
 _MAIN_MODE_RPKE = {
-    3: _rule({P.KE, P.ID, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.HASH}, False,
-             {P.KE, P.ID, P.NONCE}),
+    3: _rule({P.KE, P.ID, P.NONCE}, _NAT_D | {P.VENDOR_ID, P.HASH, P.CERT}, False,
+             {P.KE, P.ID, P.NONCE, P.CERT}),
     4: _rule({P.KE, P.ID, P.NONCE}, _NAT_D | {P.VENDOR_ID}, False, {P.KE, P.ID, P.NONCE}),
     5: _rule({P.HASH}, {P.NOTIFICATION, P.VENDOR_ID}, True),
     6: _rule({P.HASH}, {P.NOTIFICATION, P.VENDOR_ID}, True),

@@ -520,6 +520,43 @@ def test_rsa_encryption_errors(tmp_path: Path, local: str, remote: str, key: str
     assert reason in str(info.value)
 
 
+def _ca_file(tmp_path: Path) -> None:
+    from ikev1d_lab import pki
+    (tmp_path / "ca.pem").write_bytes(pki.issue("CN=CA", ca=True).cert_pem())
+
+
+def test_revised_rsa_encryption_verifies_the_initiators_certificate_with_cacerts(
+        tmp_path: Path) -> None:
+    """RFC 2409 section 5.3: the initiator may send its certificate in message 3,
+    so the responder's remote side can name trust anchors instead of a key."""
+    _rsa_files(tmp_path)
+    _ca_file(tmp_path)
+    auth = "rsa-encryption-revised"
+    text = (C + f"[connections.c.local]\nauth = '{auth}'\nprivate_key = 'key.pem'\n"
+            f"[connections.c.remote]\nauth = '{auth}'\ncacerts = ['ca.pem']\n")
+    conn = parse_config(text, "t.toml", tmp_path).connections["c"]
+    assert conn.remote.credentials.pubkey is None
+    assert len(conn.remote.credentials.cacerts) == 1
+
+
+@pytest.mark.parametrize(("remote", "key", "reason"), [
+    ("cacerts = ['ca.pem']", "remote.pubkey",
+     'only auth = "rsa-encryption-revised" can use cacerts'),
+    ("pubkey = 'pub-key.pem'\ncacerts = ['ca.pem']", "remote.cacerts",
+     "section 5.2 has no certificate payload in message 3"),
+])
+def test_rsa_encryption_section_5_2_refuses_cacerts(tmp_path: Path, remote: str, key: str,
+                                                   reason: str) -> None:
+    _rsa_files(tmp_path)
+    _ca_file(tmp_path)
+    text = (C + "[connections.c.local]\nauth = 'rsa-encryption'\nprivate_key = 'key.pem'\n"
+            f"[connections.c.remote]\nauth = 'rsa-encryption'\n{remote}\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.toml", tmp_path)
+    assert str(info.value).startswith(f"t.toml: connections.c.{key}: "), str(info.value)
+    assert reason in str(info.value)
+
+
 def test_empty_and_default_values_of_features_not_implemented_yet_load() -> None:
     cfg = load("""
 [daemon]

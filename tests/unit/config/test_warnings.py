@@ -72,3 +72,40 @@ pubkey = "{pub_path}"
     flagged = [w for w in config_warnings(load_config(path)) if "holds secrets" in w]
     assert flagged == [f"{path}: connections.c.local.private_key: {key_path} holds secrets "
                        f"and is readable by group and world; chmod go-rwx {key_path}"]
+
+
+@pytest.mark.parametrize(("extra", "warned"), [
+    ('start_action = "start"\ndpd_action = "clear"', True),
+    ('dpd_action = "clear"', False),
+])
+def test_revised_rsa_encryption_responder_without_pubkey_cannot_initiate(
+        tmp_path: Path, extra: str, warned: bool) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from ikev1d_lab import pki
+
+    key = rsa.generate_private_key(65537, 2048)
+    key_path = tmp_path / "key.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    (tmp_path / "ca.pem").write_bytes(pki.issue("CN=CA", ca=True).cert_pem())
+    text = f"""
+[connections.c]
+remote_addrs = ["192.0.2.2"]
+{extra}
+[connections.c.local]
+auth = "rsa-encryption-revised"
+id = "gw.example.org"
+private_key = "{key_path}"
+[connections.c.remote]
+auth = "rsa-encryption-revised"
+cacerts = ["{tmp_path / 'ca.pem'}"]
+"""
+    path = _write(tmp_path, text, 0o600)
+    flagged = [w for w in config_warnings(load_config(path)) if "can only respond" in w]
+    assert flagged == ([f"{path}: connections.c.remote.pubkey: not set, so with auth = "
+                        "\"rsa-encryption-revised\" this connection can only respond (cacerts "
+                        "verify the initiator's certificate); it cannot start, trap or restart"]
+                       if warned else [])

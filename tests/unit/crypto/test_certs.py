@@ -88,3 +88,17 @@ def test_end_entity_without_signing_key_usage(root: pki.Issued) -> None:
     # A CA certificate's keyUsage (keyCertSign, cRLSign) does not allow signing IKE.
     with pytest.raises(CertificateError, match="may not sign"):
         verify_path(ca_like.cert, [], [root.cert], [], NOW)
+
+
+def test_end_entity_to_encrypt_to_needs_key_encipherment(root: pki.Issued) -> None:
+    """RFC 2409 section 5.3 encrypts the nonce to the end entity's key: when
+    keyUsage is present, it must allow keyEncipherment (RFC 5280 section 4.2.1.3);
+    signing alone is enough only for signatures."""
+    signing = pki.issue("CN=leaf", root)
+    both = pki.issue("CN=leaf2", root, key_encipherment=True)
+    bare = pki.issue("CN=leaf3", root, key_usage=False)
+    with pytest.raises(CertificateError, match="may not encipher keys"):
+        verify_path(signing.cert, [], [root.cert], [], NOW, encipher=True)
+    assert verify_path(both.cert, [], [root.cert], [], NOW, encipher=True)[0] == both.cert
+    assert verify_path(both.cert, [], [root.cert], [], NOW)[0] == both.cert
+    assert verify_path(bare.cert, [], [root.cert], [], NOW, encipher=True)[0] == bare.cert

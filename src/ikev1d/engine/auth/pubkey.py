@@ -89,10 +89,67 @@ class _Refusal:
     notify: NotifyType
 
 
-class _Refused(Ikev1dError):
+class CertificateRefused(Ikev1dError):
+    """The peer's certificate (or its absence) does not satisfy a connection."""
+
     def __init__(self, reason: str, notify: NotifyType) -> None:
         super().__init__(reason)
         self.refusal = _Refusal(reason, notify)
+
+
+def peer_certificate_key(
+    conn: ConnectionConfig,
+    peer: Identity,
+    certs: list[x509.Certificate],
+    now: datetime.datetime,
+    *,
+    encipher: bool = False,
+) -> tuple[PublicKey, str, str]:
+    """The key the peer must have signed (or, RFC 2409 section 5.3, encrypted)
+    with for ``conn``, who it is, and the rest of the verified chain for the
+    log. CertificateRefused says why ``certs`` do not satisfy ``conn``.
+    ``encipher``: the key is to encrypt to (keyUsage keyEncipherment)."""
+    credentials = conn.remote.credentials
+    if not certs:
+        if credentials.pubkey is None:
+            raise CertificateRefused("the peer sent no certificate and no pubkey is configured "
+                                     f"for connection {conn.name}",
+                           NotifyType.CERTIFICATE_UNAVAILABLE)
+        pinned = credentials.pinned_cert
+        if pinned is not None and peer not in Identity.of_certificate(pinned):
+            raise CertificateRefused(
+                f'ID "{printable(str(peer))}" not in the pinned certificate '
+                f'"{dn_text(pinned.subject)}"', NotifyType.INVALID_ID_INFORMATION)
+        return credentials.pubkey, "the pinned key", ""
+    end_entity = certs[0]
+    subject = f'"{dn_text(end_entity.subject)}"'
+    if credentials.pubkey is not None and not same_public_key(end_entity, credentials.pubkey):
+        raise CertificateRefused(f"certificate {subject} does not hold the pinned pubkey",
+                       NotifyType.INVALID_CERTIFICATE)
+    chain = ", pinned"
+    if credentials.cacerts or credentials.pubkey is None:
+        try:
+            path = verify_path(end_entity, certs[1:], credentials.cacerts,
+                               credentials.crls, now, encipher=encipher)
+        except CertificateError as exc:
+            raise CertificateRefused(str(exc), _NOTIFY_BY_PROBLEM[exc.problem]) from None
+        chain = "".join(f' <- "{dn_text(c.subject)}"' for c in path[1:])
+    if peer not in Identity.of_certificate(end_entity):
+        raise CertificateRefused(f'ID "{printable(str(peer))}" not in certificate {subject}',
+                       NotifyType.INVALID_ID_INFORMATION)
+    try:
+        key = end_entity.public_key()
+    except ValueError:
+        raise CertificateRefused(f"certificate {subject} holds an unreadable key",
+                       NotifyType.INVALID_CERTIFICATE) from None
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise CertificateRefused(f"certificate {subject} holds neither an RSA nor an ECDSA key",
+                       NotifyType.INVALID_KEY_INFORMATION)
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size > MAX_RSA_BITS:
+        # Bounds the work one unauthenticated message can cause.
+        raise CertificateRefused(f"certificate {subject} holds an RSA key of {key.key_size} bits "
+                       f"(at most {MAX_RSA_BITS})", NotifyType.INVALID_KEY_INFORMATION)
+    return key, subject, chain
 
 
 class SignatureAuthenticator(Authenticator):
@@ -183,7 +240,7 @@ class SignatureAuthenticator(Authenticator):
 
         try:
             certs = self._peer_certificates(payloads)
-        except _Refused as refused:
+        except CertificateRefused as refused:
             raise failure(refused.refusal.reason, refused.refusal.notify) from None
         if sa.initiator:
             conns = [sa.conn] if sa.conn is not None else []
@@ -205,16 +262,16 @@ class SignatureAuthenticator(Authenticator):
         subject, chain = "", ""
         for conn in matching:
             try:
-                key, subject, chain = self._peer_key(conn, peer, certs, now)
+                key, subject, chain = peer_certificate_key(conn, peer, certs, now)
                 if not self.fits(key):
-                    raise _Refused(f"the peer's key is not a {self.key_name} key "
-                                   f"({AuthMethod(self.method).name} was negotiated)",
+                    raise CertificateRefused(f"the peer's key is not a {self.key_name} key "
+                                             f"({AuthMethod(self.method).name} was negotiated)",
                                    NotifyType.INVALID_KEY_INFORMATION)
                 if not self.verify(key, signature, expected):
                     which = "HASH_I" if of_initiator else "HASH_R"
-                    raise _Refused(f"signature of {which} by {subject} does not verify",
-                                   NotifyType.AUTHENTICATION_FAILED)
-            except _Refused as refused:
+                    raise CertificateRefused(f"signature of {which} by {subject} does not verify",
+                                             NotifyType.AUTHENTICATION_FAILED)
+            except CertificateRefused as refused:
                 refusals.append(refused.refusal)
                 continue
             except ValueError:
@@ -253,59 +310,9 @@ class SignatureAuthenticator(Authenticator):
             try:
                 certs.append(x509.load_der_x509_certificate(payload.data))
             except ValueError:
-                raise _Refused("the peer sent a malformed certificate",
-                               NotifyType.INVALID_CERTIFICATE) from None
+                raise CertificateRefused("the peer sent a malformed certificate",
+                                         NotifyType.INVALID_CERTIFICATE) from None
         return certs
-
-    def _peer_key(
-        self,
-        conn: ConnectionConfig,
-        peer: Identity,
-        certs: list[x509.Certificate],
-        now: datetime.datetime,
-    ) -> tuple[PublicKey, str, str]:
-        """The key the peer must have signed with for ``conn``, who it is, and the
-        rest of the verified chain for the log."""
-        credentials = conn.remote.credentials
-        if not certs:
-            if credentials.pubkey is None:
-                raise _Refused("the peer sent no certificate and no pubkey is configured "
-                               f"for connection {conn.name}",
-                               NotifyType.CERTIFICATE_UNAVAILABLE)
-            pinned = credentials.pinned_cert
-            if pinned is not None and peer not in Identity.of_certificate(pinned):
-                raise _Refused(f'ID "{printable(str(peer))}" not in the pinned certificate '
-                               f'"{dn_text(pinned.subject)}"', NotifyType.INVALID_ID_INFORMATION)
-            return credentials.pubkey, "the pinned key", ""
-        end_entity = certs[0]
-        subject = f'"{dn_text(end_entity.subject)}"'
-        if credentials.pubkey is not None and not same_public_key(end_entity, credentials.pubkey):
-            raise _Refused(f"certificate {subject} does not hold the pinned pubkey",
-                           NotifyType.INVALID_CERTIFICATE)
-        chain = ", pinned"
-        if credentials.cacerts or credentials.pubkey is None:
-            try:
-                path = verify_path(end_entity, certs[1:], credentials.cacerts,
-                                   credentials.crls, now)
-            except CertificateError as exc:
-                raise _Refused(str(exc), _NOTIFY_BY_PROBLEM[exc.problem]) from None
-            chain = "".join(f' <- "{dn_text(c.subject)}"' for c in path[1:])
-        if peer not in Identity.of_certificate(end_entity):
-            raise _Refused(f'ID "{printable(str(peer))}" not in certificate {subject}',
-                           NotifyType.INVALID_ID_INFORMATION)
-        try:
-            key = end_entity.public_key()
-        except ValueError:
-            raise _Refused(f"certificate {subject} holds an unreadable key",
-                           NotifyType.INVALID_CERTIFICATE) from None
-        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-            raise _Refused(f"certificate {subject} holds neither an RSA nor an ECDSA key",
-                           NotifyType.INVALID_KEY_INFORMATION)
-        if isinstance(key, rsa.RSAPublicKey) and key.key_size > MAX_RSA_BITS:
-            # Bounds the work one unauthenticated message can cause.
-            raise _Refused(f"certificate {subject} holds an RSA key of {key.key_size} bits "
-                           f"(at most {MAX_RSA_BITS})", NotifyType.INVALID_KEY_INFORMATION)
-        return key, subject, chain
 
     # -- what a failure means, for the log --------------------------------------------
 

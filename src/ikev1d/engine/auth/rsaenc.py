@@ -22,9 +22,21 @@ and the KE value protected too:
                           <--   HDR, <Nr_b>PubKey_i, <KE_b>Ke_r, <IDir_b>Ke_r
 
 with Ke_i / Ke_r the negotiated cipher's key derived from Ne_i = prf(Ni_b,
-CKY-I) / Ne_r = prf(Nr_b, CKY-R). Section 5.3 asks for every payload after the
-nonce to be encrypted; the NAT-D payloads of RFC 3947, which came later, stay
-in the clear after them, as they would in any other Main Mode message 3 or 4.
+CKY-I) / Ne_r = prf(Nr_b, CKY-R). Message 3 may end with the initiator's
+certificate, ``[<Cert-I_b>Ke_i]``: the CERT payload's body (encoding and
+certificate) encrypted like KE and ID, its generic header in the clear. ikev1d
+sends it when the connection has ``certs``; a responder whose remote side has
+``cacerts`` verifies it (chain, validity, CRLs, the ID in it) and encrypts its
+nonce to the key it holds, so the initiator's key need not be pinned. A
+certificate that is refused still takes the path of one that is accepted until
+the proof: message 5 then fails with the notification the signature method
+sends for the same refusal (INVALID-CERT-AUTHORITY, INVALID-CERTIFICATE, ...).
+Only one that cannot serve at all (malformed, no RSA key) is refused at once,
+as a KE that does not decrypt is: who made it knows the nonce.
+
+Section 5.3 asks for every payload after the nonce to be encrypted; the NAT-D
+payloads of RFC 3947, which came later, stay in the clear after them, as they
+would in any other Main Mode message 3 or 4.
 
 HASH(1) names the key the initiator encrypted to: the hash of the responder's
 certificate when ``pubkey`` is a certificate, else of its SubjectPublicKeyInfo.
@@ -51,13 +63,15 @@ racoon do not); they are tested ikev1d against ikev1d.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ikev1d.config import Auth, ConnectionConfig
+from ikev1d.config import Auth, ConnectionConfig, Identity
 from ikev1d.crypto import (
     CryptoError,
     IkeCipher,
@@ -76,12 +90,19 @@ from ikev1d.engine.auth.base import (
     Authenticator,
     Phase1Material,
     XauthRole,
+    id_text,
     our_id,
     peer_matches,
+)
+from ikev1d.engine.auth.pubkey import (
+    MAX_RSA_BITS,
+    CertificateRefused,
+    peer_certificate_key,
 )
 from ikev1d.engine.ike_sa import Parsed, ProtocolFailure, first
 from ikev1d.wire import (
     AuthMethod,
+    CertEncoding,
     HashPayload,
     IdPayload,
     KePayload,
@@ -95,6 +116,8 @@ from ikev1d.wire import (
 
 if TYPE_CHECKING:
     from ikev1d.engine.ike_sa import IkeSa
+
+log = logging.getLogger("ikev1d.engine")
 
 #: What a nonce that did not decrypt is replaced with (RFC 2409 section 5:
 #: nonces are 8 to 256 octets; ours are 32).
@@ -115,8 +138,18 @@ def _rsa_private(conn: ConnectionConfig | None) -> rsa.RSAPrivateKey:
 def _rsa_public(conn: ConnectionConfig | None) -> rsa.RSAPublicKey:
     key = conn.remote.credentials.pubkey if conn is not None else None
     if not isinstance(key, rsa.RSAPublicKey):
-        raise ProtocolFailure("public key encryption needs the peer's RSA public key")
+        raise ProtocolFailure(
+            "public key encryption needs the peer's RSA public key (pubkey): a "
+            "connection that verifies the peer's certificate with cacerts can only "
+            "respond (RFC 2409 section 5.3: the initiator's certificate comes in "
+            "message 3, encrypted to the responder's key)")
     return key
+
+
+def _verifies_certificates(conn: ConnectionConfig) -> bool:
+    """Whether the revised mode takes the peer's key from the certificate it sends
+    in message 3 (``cacerts`` on the remote side) rather than a pinned one only."""
+    return bool(conn.remote.credentials.cacerts)
 
 
 def _spki(key: rsa.RSAPublicKey) -> bytes:
@@ -143,12 +176,21 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
         self.peer_id = _NO_ID
         #: Something in the peer's message 3 or 4 did not decrypt: the proof fails.
         self.undecryptable = False
+        #: The key message 4 is encrypted to when it came from the initiator's
+        #: certificate (section 5.3), not from ``pubkey``.
+        self.peer_key: rsa.RSAPublicKey | None = None
+        #: Why the initiator's certificate was refused, told at the proof.
+        self.refusal: CertificateRefused | None = None
+        #: Subject and chain of the initiator's verified certificate, for the log.
+        self.certified = ""
 
     @classmethod
     def offer_for(cls, conn: ConnectionConfig) -> bool:
+        peer_key = (isinstance(conn.remote.credentials.pubkey, rsa.RSAPublicKey)
+                    or (cls.revised and _verifies_certificates(conn)))
         return (str(conn.local.auth) == cls.config_name
                 and isinstance(conn.local.credentials.private_key, rsa.RSAPrivateKey)
-                and isinstance(conn.remote.credentials.pubkey, rsa.RSAPublicKey))
+                and peer_key)
 
     # -- HASH(1): which of our keys the initiator encrypted to -----------------------
 
@@ -198,8 +240,9 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
     # -- messages 3 and 4 ----------------------------------------------------------
 
     def _encrypt(self, plaintext: bytes, what: str) -> bytes:
+        key = self.peer_key if self.peer_key is not None else _rsa_public(self.sa.conn)
         try:
-            return pke_encrypt(_rsa_public(self.sa.conn), plaintext)
+            return pke_encrypt(key, plaintext)
         except CryptoError as exc:
             raise ProtocolFailure(f"cannot encrypt our {what} to the peer's key: {exc}") from exc
 
@@ -222,8 +265,26 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
                     UnknownPayload(PayloadType.ID, self._encrypt(own_id, "ID")),
                     encrypted_nonce]
         cky = self.sa.cky_i if self.sa.initiator else self.sa.cky_r
-        ke_b, id_b = revised_pke_encrypt(self._ephemeral_cipher(nonce, cky), [ke, own_id])
-        return [*out, encrypted_nonce, KePayload(ke_b), UnknownPayload(PayloadType.ID, id_b)]
+        bodies = [ke, own_id]
+        cert_b = self._own_certificate_body()
+        if cert_b is not None:
+            bodies.append(cert_b)
+        # Section 5.3: each body after the nonce encrypted with Ke_i / Ke_r in
+        # this order (the IV chains through them); the headers stay in the clear.
+        encrypted = revised_pke_encrypt(self._ephemeral_cipher(nonce, cky), bodies)
+        return [*out, encrypted_nonce, KePayload(encrypted[0]),
+                UnknownPayload(PayloadType.ID, encrypted[1]),
+                *[UnknownPayload(PayloadType.CERT, b) for b in encrypted[2:]]]
+
+    def _own_certificate_body(self) -> bytes | None:
+        """Cert-I_b of section 5.3 message 3: the CERT payload's body for our end
+        entity certificate (RFC 2408 section 3.9: encoding, then the certificate);
+        the responder sends none in message 4."""
+        conn = self.sa.conn
+        if not self.sa.initiator or conn is None or not conn.local.credentials.certs:
+            return None
+        der = conn.local.credentials.certs[0].public_bytes(Encoding.DER)
+        return bytes((CertEncoding.X509_SIG,)) + der
 
     def _ephemeral_cipher(self, nonce: bytes, cky: bytes) -> IkeCipher:
         proposal = self.sa.proposal
@@ -239,18 +300,21 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
         if not sa.initiator:
             self._choose_our_key(payloads)
         nonce = self._decrypt_nonce(_body(payloads, PayloadType.NONCE))
+        cert_b: bytes | None = None
         if not self.revised:
             ke = first(payloads, KePayload).data
             id_b = self._decrypt_id(_body(payloads, PayloadType.ID))
         else:
             cky = sa.cky_r if sa.initiator else sa.cky_i
-            ke, id_b = self._decrypt_revised(nonce, cky, payloads)
+            ke, id_b, cert_b = self._decrypt_revised(nonce, cky, payloads)
         self._read_id(id_b)
         if sa.initiator:
             m.g_xr, m.nr = ke, nonce
         else:
             m.g_xi, m.ni = ke, nonce
             self._choose_peer()
+            if self.revised:
+                self._take_certificate(cert_b)
 
     def _decrypt_id(self, ciphertext: bytes) -> bytes:
         try:
@@ -260,11 +324,17 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
             return b""
 
     def _decrypt_revised(self, nonce: bytes, cky: bytes, payloads: tuple[Payload, ...]
-                         ) -> tuple[bytes, bytes]:
-        """KE and ID bodies, decrypted in the order they follow the nonce."""
-        order = [p.payload_type for p in payloads if isinstance(p, UnknownPayload)
-                 and p.payload_type in (PayloadType.KE, PayloadType.ID)]
-        bodies = [_body(payloads, PayloadType(t)) for t in order]
+                         ) -> tuple[bytes, bytes, bytes | None]:
+        """KE, ID and (message 3) CERT bodies, decrypted in the order they follow
+        the nonce."""
+        encrypted = [p for p in payloads if isinstance(p, UnknownPayload)
+                     and p.payload_type in (PayloadType.KE, PayloadType.ID, PayloadType.CERT)]
+        order = [p.payload_type for p in encrypted]
+        if len(set(order)) != len(order):
+            # Section 5.3 names one of each; the IV chain leaves no room to guess.
+            raise ProtocolFailure("more than one encrypted KE, ID or CERT payload",
+                                  NotifyType.PAYLOAD_MALFORMED)
+        bodies = [p.data for p in encrypted]
         proposal = self.sa.proposal
         try:
             plain = dict(zip(order, revised_pke_decrypt(
@@ -281,7 +351,84 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
                 "authentication failed: the peer's KE does not decrypt with the key "
                 "derived from its nonce (wrong public key pinned on either side?)",
                 NotifyType.AUTHENTICATION_FAILED) from exc
-        return plain[PayloadType.KE], plain[PayloadType.ID]
+        return plain[PayloadType.KE], plain[PayloadType.ID], plain.get(PayloadType.CERT)
+
+    def _take_certificate(self, cert_b: bytes | None) -> None:
+        """As responder in the revised mode: the key to encrypt message 4 to, from
+        the initiator's certificate when our connection verifies certificates.
+        A refusal is kept for the proof (see the module's docstring)."""
+        conn = self.sa.conn
+        if conn is None or not _verifies_certificates(conn):
+            # The peer's key is pinned (pubkey): its certificate adds nothing.
+            return
+        certs: list[x509.Certificate] = []
+        if cert_b is not None:
+            certs.append(self._end_entity(cert_b))
+        elif conn.remote.credentials.pubkey is None:
+            raise ProtocolFailure(
+                "authentication failed: the peer sent no certificate in message 3 and no "
+                f"pubkey is configured for connection {conn.name}",
+                NotifyType.CERTIFICATE_UNAVAILABLE)
+        now = self.sa.ctx.wall_time()
+        if now is None:
+            raise ProtocolFailure("authentication failed: no wall clock to check "
+                                  "certificate validity with", NotifyType.AUTHENTICATION_FAILED)
+        if certs:
+            key = certs[0].public_key()
+            if isinstance(key, rsa.RSAPublicKey):
+                self.peer_key = key
+        # Like the signature method, settle on the first connection whose CAs and
+        # identity the certificate satisfies (its candidates share our key).
+        peer = Identity.from_id_payload(self.peer_id)
+        refusals: list[CertificateRefused] = []
+        for candidate in [conn] + [c for c in self.sa.candidates
+                                   if c is not conn and _verifies_certificates(c)]:
+            try:
+                verified, subject, chain = peer_certificate_key(
+                    candidate, peer, certs, now, encipher=True)
+            except CertificateRefused as refused:
+                refusals.append(refused)
+                continue
+            except ValueError:
+                # cryptography parses some extensions only when they are used.
+                refusals.append(CertificateRefused("the peer sent a malformed certificate",
+                                                   NotifyType.INVALID_CERTIFICATE))
+                continue
+            if isinstance(verified, rsa.RSAPublicKey):
+                self.peer_key = verified
+            self.certified = f" ({subject}{chain})"
+            self.sa.conn = candidate
+            self.sa.candidates = [candidate] + [c for c in self.sa.candidates
+                                                if c is not candidate]
+            return
+        self.refusal = refusals[0]
+
+    def _end_entity(self, cert_b: bytes) -> x509.Certificate:
+        """The certificate in Cert-I_b. One that cannot carry message 4 is refused
+        at once: it decrypted with Ke_i, so its sender knows the nonce and learns
+        nothing about our RSA decryption."""
+        def malformed(why: str) -> ProtocolFailure:
+            return ProtocolFailure(f"authentication failed: the certificate in message 3 "
+                                   f"{why}", NotifyType.INVALID_CERTIFICATE)
+        if not cert_b or cert_b[0] != CertEncoding.X509_SIG:
+            raise malformed("is not an X.509 signature certificate (RFC 2408 section 3.9 "
+                            "encoding 4)")
+        try:
+            cert = x509.load_der_x509_certificate(cert_b[1:])
+            key = cert.public_key()
+        except ValueError:
+            raise malformed("is malformed") from None
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise ProtocolFailure(
+                "authentication failed: the certificate in message 3 holds no RSA key "
+                "(RFC 2409 section 5.3 encrypts to it)", NotifyType.INVALID_KEY_INFORMATION)
+        if key.key_size > MAX_RSA_BITS:
+            # Bounds the work one unauthenticated message can cause.
+            raise ProtocolFailure(
+                f"authentication failed: the certificate in message 3 holds an RSA key of "
+                f"{key.key_size} bits (at most {MAX_RSA_BITS})",
+                NotifyType.INVALID_KEY_INFORMATION)
+        return cert
 
     def _choose_our_key(self, payloads: tuple[Payload, ...]) -> None:
         """As responder, keep the connections configured for this method, and
@@ -337,13 +484,23 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
         received = first(parsed.payloads, HashPayload).data
         of_initiator = not self.sa.initiator
         expected = self.proof_hash(of_initiator, self.peer_id_b)
-        if not hmac.compare_digest(expected, received) or self.undecryptable:
+        verified = hmac.compare_digest(expected, received)
+        if self.refusal is not None:
+            # The certificate's refusal is what the peer's administrator can
+            # act on, as with signatures, where the chain is checked first.
+            refusal = self.refusal.refusal
+            raise ProtocolFailure(f"authentication failed: {refusal.reason}",
+                                  refusal.notify if notify is not None else None)
+        if not verified or self.undecryptable:
             which = "HASH_I" if of_initiator else "HASH_R"
             raise ProtocolFailure(
                 f"authentication failed: {which} does not verify (the peer's nonce or ID "
                 "did not decrypt with our private key, or it holds another private key)",
                 notify,
             )
+        if self.certified:
+            log.info("peer %s authenticated by its certificate%s", id_text(self.peer_id),
+                     self.certified, extra=self.sa.log_extra)
         return self.peer_id
 
     def unreadable_message(self, number: int, error: ProtocolFailure) -> str:

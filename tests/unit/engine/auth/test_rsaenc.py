@@ -47,16 +47,17 @@ METHODS = {"rsa-encryption": AuthMethod.RSA_ENC,
 
 def conf(folder: Path, auth: str, *, local_id: str, remote_id: str, key: str, pubkey: str,
          local: str, remote: str, local_ts: str, remote_ts: str,
-         cert: str | None = None, before: str = "") -> Config:
+         cert: str | None = None, before: str = "", remote_lines: list[str] | None = None,
+         conn_extra: str = "") -> Config:
     lines = [
         "[daemon]", 'dataplane = "none"', 'retransmit_timeout = "1s"', "retransmit_tries = 2",
         before,
         "[connections.gw]", f'local_addrs = ["{local}"]', f'remote_addrs = ["{remote}"]',
-        'proposals = ["aes128-sha256-modp2048"]',
+        'proposals = ["aes128-sha256-modp2048"]', conn_extra,
         "[connections.gw.local]", f'auth = "{auth}"', f'id = "{local_id}"',
         f'private_key = "{key}"', *([f'certs = ["{cert}"]'] if cert else []),
         "[connections.gw.remote]", f'auth = "{auth}"', f'id = "{remote_id}"',
-        f'pubkey = "{pubkey}"',
+        *(remote_lines if remote_lines is not None else [f'pubkey = "{pubkey}"']),
         "[connections.gw.children.net]", f'local_ts = ["{local_ts}"]',
         f'remote_ts = ["{remote_ts}"]', 'esp_proposals = ["aes128gcm16"]',
     ]
@@ -143,12 +144,29 @@ def test_establishes_both_roles(tmp_path: Path, auth: str, initiator: str) -> No
         assert status.auth == auth
         assert status.remote_id == other
     # Messages 3 and 4 hide ID and nonce; 5 and 6 carry HASH only, encrypted.
+    messages = main_mode_messages(net)
     for number in (3, 4):
-        data = net.wire[number - 1][1].data
+        data = messages[number - 1]
         assert b"gw-a.example.org" not in data and b"gw-b.example.org" not in data
     for number in (5, 6):
-        header, _ = split_message(net.wire[number - 1][1].data)
+        header, _ = split_message(messages[number - 1])
         assert header.flags & 1
+
+
+def main_mode_messages(net: Net) -> list[bytes]:
+    """The datagrams on the wire with the IKE fragments (payload 132) of one
+    message joined: B, which has ``certs``, sends its certificate in message 3
+    of the revised mode, and that message outgrows a fragment."""
+    out: list[bytes] = []
+    last: tuple[str, bool] | None = None
+    for src, dgram in net.wire:
+        fragment = split_message(dgram.data)[0].next_payload == PayloadType.FRAGMENT
+        if fragment and last == (src, True):
+            out[-1] += dgram.data
+        else:
+            out.append(dgram.data)
+        last = (src, fragment)
+    return out
 
 
 def _decrypt_rsa(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
@@ -275,12 +293,14 @@ def _replace_body(dgram: Datagram, payload_type: PayloadType, new: bytes) -> Dat
 
 
 def _b_answers(tmp: Path, auth: str, payload: PayloadType, valid_padding: bool,
-               caplog: pytest.LogCaptureFixture) -> tuple[list[tuple[int, int, int]], list[str]]:
+               caplog: pytest.LogCaptureFixture, *, with_cert: bool = False
+               ) -> tuple[list[tuple[int, int, int]], list[str]]:
     """Message 3 with ``payload`` replaced by ciphertext that B cannot use: random
     bytes (invalid PKCS#1 padding, almost surely), or a valid encryption under B's
     key of bytes A does not know, as an attacker probing the padding makes them.
-    What B sent, and why B says it failed."""
-    pair = make_pair(tmp, auth)
+    What B sent, and why B says it failed. ``with_cert``: A sends its
+    certificate in message 3 and B verifies it instead of pinning A's key."""
+    pair = make_cert_pair(tmp).pair if with_cert else make_pair(tmp, auth)
     net = net_of(pair.a, pair.b)
     rng = random.Random(9)
     count = {"n": 0}
@@ -315,19 +335,24 @@ def _b_answers(tmp: Path, auth: str, payload: PayloadType, valid_padding: bool,
     return sent, b_log
 
 
-@pytest.mark.parametrize(("auth", "payload"), [
-    ("rsa-encryption", PayloadType.NONCE),
-    ("rsa-encryption", PayloadType.ID),
-    ("rsa-encryption-revised", PayloadType.NONCE),
+@pytest.mark.parametrize(("auth", "payload", "with_cert"), [
+    ("rsa-encryption", PayloadType.NONCE, False),
+    ("rsa-encryption", PayloadType.ID, False),
+    ("rsa-encryption-revised", PayloadType.NONCE, False),
+    ("rsa-encryption-revised", PayloadType.NONCE, True),
 ])
 def test_undecryptable_message_3_is_answered_like_any_failure(
-        tmp_path: Path, auth: str, payload: PayloadType,
+        tmp_path: Path, auth: str, payload: PayloadType, with_cert: bool,
         caplog: pytest.LogCaptureFixture) -> None:
     """B's answers and log do not tell whether the RSA padding of what it
     decrypted was valid (Bleichenbacher): the same messages of the same length,
-    the same failure, AUTHENTICATION-FAILED, and no line about decryption."""
-    invalid = _b_answers(tmp_path / "invalid", auth, payload, False, caplog)
-    valid = _b_answers(tmp_path / "valid", auth, payload, True, caplog)
+    the same failure, AUTHENTICATION-FAILED, and no line about decryption; also
+    when message 3 carries A's certificate, encrypted with the key derived from
+    the nonce B could not learn."""
+    invalid = _b_answers(tmp_path / "invalid", auth, payload, False, caplog,
+                         with_cert=with_cert)
+    valid = _b_answers(tmp_path / "valid", auth, payload, True, caplog,
+                       with_cert=with_cert)
     assert invalid == valid
     sent, log_lines = invalid
     failed = [line for line in log_lines if "Main Mode failed" in line]
@@ -368,3 +393,234 @@ def test_responder_skips_connections_of_other_methods(tmp_path: Path) -> None:
     assert list(pair.b.connections) == ["psk", "gw"]
     net = run(net_of(pair.a, pair.b))
     assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)
+
+
+# -- the initiator's certificate in message 3 (RFC 2409 section 5.3) -----------------
+
+REVISED = "rsa-encryption-revised"
+
+
+@dataclasses.dataclass
+class CertPair:
+    pair: Pair
+    ca: pki.Issued
+    a: pki.Issued
+
+
+def make_cert_pair(tmp: Path, *, a_issuer: pki.Issued | None = None,
+                   a_sans: tuple[str, ...] = ("dns:gw-a.example.org",),
+                   revoke: bool = False, b_pins_a: bool = False,
+                   fragmentation: str = "no", key_encipherment: bool = True,
+                   b_before: str = "") -> CertPair:
+    """A sends its certificate (issued by ``a_issuer``, the test CA by default) in
+    message 3; B verifies it with cacerts and a CRL instead of pinning A's key.
+    A pins B's certificate, which B has in ``certs``. Fragmentation is off so
+    that message 3 is one datagram a test can rewrite."""
+    ca = pki.issue("C=CH, O=Test, CN=Test CA", ca=True)
+    a = pki.issue("C=CH, O=Test, CN=gw-a", a_issuer or ca, sans=a_sans,
+                  key_encipherment=key_encipherment)
+    b = pki.issue("C=CH, O=Test, CN=gw-b")
+    a_cert, a_key = a.write(tmp / "A", "a")
+    b_cert, b_key = b.write(tmp / "B", "b")
+    (tmp / "A" / "peer.pem").write_bytes(b_cert.read_bytes())
+    (tmp / "B" / "ca.pem").write_bytes(ca.cert_pem())
+    crl = pki.crl(ca, (a.cert.serial_number,) if revoke else ())
+    (tmp / "B" / "ca.crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    (tmp / "B" / "peer.pem").write_bytes(a.cert_pem())
+    remote = ['cacerts = ["ca.pem"]', 'crls = ["ca.crl.pem"]']
+    if b_pins_a:
+        remote.append('pubkey = "peer.pem"')
+    if not isinstance(a.key, rsa.RSAPrivateKey) or not isinstance(b.key, rsa.RSAPrivateKey):
+        raise TypeError("RSA keys expected")
+    extra = f'fragmentation = "{fragmentation}"'
+    a_cfg = conf(tmp / "A", REVISED, local_id="gw-a.example.org",
+                 remote_id="gw-b.example.org", key=str(a_key),
+                 pubkey=str(tmp / "A" / "peer.pem"), cert=str(a_cert), local=A_ADDR,
+                 remote=B_ADDR, local_ts="10.1.0.0/24", remote_ts="10.2.0.0/24",
+                 conn_extra=extra)
+    b_cfg = conf(tmp / "B", REVISED, local_id="gw-b.example.org",
+                 remote_id="gw-a.example.org", key=str(b_key), pubkey="",
+                 cert=str(b_cert), remote_lines=remote, local=B_ADDR, remote=A_ADDR,
+                 local_ts="10.2.0.0/24", remote_ts="10.1.0.0/24", conn_extra=extra,
+                 before=b_before)
+    return CertPair(Pair(a_cfg, b_cfg, a.key, b.key), ca, a)
+
+
+def test_certificate_in_message_3_replaces_the_pinned_key(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """B has no key pinned for A: it encrypts message 4 to the key of A's
+    certificate, verified against its CA, and says so in its log."""
+    cp = make_cert_pair(tmp_path)
+    assert cp.pair.b.connections["gw"].remote.credentials.pubkey is None
+    with caplog.at_level(logging.INFO):
+        net = run(net_of(cp.pair.a, cp.pair.b))
+    for peer in (net.a, net.b):
+        assert peer.of(IkeSaEstablished) and peer.of(ChildSaEstablished)
+    assert any('peer gw-a.example.org authenticated by its certificate ("C=CH, O=Test, '
+               'CN=gw-a" <- "C=CH, O=Test, CN=Test CA")' in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    # Message 3 carries a CERT payload whose body is not the certificate in the clear.
+    p3 = _bodies(main_mode_messages(net)[2])
+    der = cp.a.cert.public_bytes(serialization.Encoding.DER)
+    assert PayloadType.CERT in p3 and der[:64] not in main_mode_messages(net)[2]
+
+
+def test_certificate_in_message_3_also_with_fragments(tmp_path: Path) -> None:
+    """With fragmentation on (the default), message 3 outgrows a fragment."""
+    cp = make_cert_pair(tmp_path, fragmentation="yes")
+    net = run(net_of(cp.pair.a, cp.pair.b))
+    assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)
+    assert split_message(net.wire[2][1].data)[0].next_payload == PayloadType.FRAGMENT
+
+
+def test_a_responder_verifying_certificates_cannot_initiate(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cp = make_cert_pair(tmp_path)
+    with caplog.at_level(logging.INFO):
+        net = run(net_of(cp.pair.a, cp.pair.b), "b")
+    assert nothing_established(net)
+    assert any("can only respond" in f for f in failures(caplog)), failures(caplog)
+
+
+def test_pinned_key_and_certificate_together(tmp_path: Path) -> None:
+    """cacerts and pubkey: the certificate must verify and hold the pinned key."""
+    cp = make_cert_pair(tmp_path, b_pins_a=True)
+    net = run(net_of(cp.pair.a, cp.pair.b))
+    assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)
+
+
+@pytest.mark.parametrize(("case", "reason", "notify"), [
+    ("untrusted", 'not trusted (issuer "C=CH, O=Test, CN=Evil CA" unknown)',
+     "INVALID-CERT-AUTHORITY"),
+    ("revoked", "revoked on", "INVALID-CERTIFICATE"),
+    ("id", 'ID "gw-a.example.org" not in certificate "C=CH, O=Test, CN=gw-a"',
+     "INVALID-ID-INFORMATION"),
+    # RFC 5280 section 4.2.1.3: a key to encrypt the nonce to must allow it.
+    ("usage", '"C=CH, O=Test, CN=gw-a" may not encipher keys (keyUsage)',
+     "INVALID-CERTIFICATE"),
+])
+def test_refused_certificate_fails_at_the_proof(
+        tmp_path: Path, case: str, reason: str, notify: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A refused certificate takes the accepted one's path until message 5, then
+    fails with the signature method's notification, encrypted, and one line."""
+    evil = pki.issue("C=CH, O=Test, CN=Evil CA", ca=True)
+    cp = make_cert_pair(tmp_path, a_issuer=evil if case == "untrusted" else None,
+                        revoke=case == "revoked", key_encipherment=case != "usage",
+                        a_sans=("dns:other.example.org",) if case == "id" else
+                        ("dns:gw-a.example.org",))
+    with caplog.at_level(logging.INFO):
+        net = run(net_of(cp.pair.a, cp.pair.b))
+        net.advance(10)
+    assert nothing_established(net)
+    assert not net.a.engine._sas and not net.b.engine._sas
+    lines = failures(caplog)
+    assert any("authentication failed: " in f and reason in f for f in lines), lines
+    # B answered message 3 as always (message 4 went out), then refused message 5
+    # with an encrypted notification that A read.
+    assert [int(split_message(d.data)[0].exchange_type) for s, d in net.wire
+            if s == B_ADDR][:2] == [int(ExchangeType.IDENTITY_PROTECTION)] * 2
+    assert notifications(net, B_ADDR) == []
+    assert any(f"peer sent {notify}" in f for f in lines), lines
+
+
+def _ke_i(cp: CertPair, message_3: bytes) -> bytes:
+    p3 = _bodies(message_3)
+    ni = _decrypt_rsa(cp.pair.b_key, p3[PayloadType.NONCE])
+    return _prf(ni, message_3[:8])[:16]  # Ne_i = prf(Ni_b, CKY-I); AES-128
+
+
+def _cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+    e = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return e.update(data) + e.finalize()
+
+
+@pytest.mark.parametrize("garbage", ["random", "encrypted"])
+def test_garbage_in_the_encrypted_certificate(
+        tmp_path: Path, garbage: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Random ciphertext in the CERT payload, or garbage properly encrypted with
+    Ke_i (as only who knows the nonce can make it): refused at once, in the clear
+    (there is no key yet), with one line and no traceback."""
+    cp = make_cert_pair(tmp_path)
+    net = net_of(cp.pair.a, cp.pair.b)
+    rng = random.Random(3)
+
+    def rewrite(dgram: Datagram) -> Datagram:
+        header, _ = split_message(dgram.data)
+        if dgram.remote[0] != B_ADDR or header.responder_cookie == bytes(8) \
+                or header.flags & 1:
+            return dgram
+        p3 = _bodies(dgram.data)
+        if PayloadType.CERT not in p3:
+            return dgram
+        length = len(p3[PayloadType.CERT])
+        if garbage == "random":
+            return _replace_body(dgram, PayloadType.CERT, rng.randbytes(length))
+        plain = b"\x04" + rng.randbytes(length - 17) + bytes(15) + b"\x0f"
+        iv = p3[PayloadType.ID][-16:]  # section 5.3: the previous payload's last block
+        return _replace_body(dgram, PayloadType.CERT,
+                             _cbc_encrypt(_ke_i(cp, dgram.data), iv, plain))
+
+    net.rewrite = rewrite
+    with caplog.at_level(logging.INFO):
+        run(net)
+        net.advance(10)
+    assert nothing_established(net)
+    assert not net.b.engine._sas
+    lines = failures(caplog)
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+    if garbage == "random":
+        # The CBC padding of a random body fails as a KE's would.
+        assert notifications(net, B_ADDR) in (
+            [NotifyType.AUTHENTICATION_FAILED], [NotifyType.INVALID_CERTIFICATE]), lines
+    else:
+        assert notifications(net, B_ADDR) == [NotifyType.INVALID_CERTIFICATE]
+        assert any("the certificate in message 3 is malformed" in f for f in lines), lines
+
+
+def test_known_answer_certificate(tmp_path: Path) -> None:
+    """The CERT payload of message 3 decrypts with `cryptography` alone by
+    section 5.3's formulas: Ke_i from Ne_i = prf(Ni_b, CKY-I), CBC with the ID
+    payload's last ciphertext block as IV, zero padding and a count octet; the
+    body is the certificate encoding (4, X.509 signature) and A's certificate."""
+    cp = make_cert_pair(tmp_path)
+    net = run(net_of(cp.pair.a, cp.pair.b))
+    assert net.b.of(IkeSaEstablished)
+    m3 = net.wire[2][1].data
+    header, body = split_message(m3)
+    spans = decode_payloads_with_spans(header.next_payload, body,
+                                       opaque=frozenset(PayloadType))
+    order = [int(s.payload_type) for s in spans]
+    # HASH(1), nonce, then KE, ID, CERT encrypted in this order (NAT-D after).
+    assert order[:5] == [PayloadType.HASH, PayloadType.NONCE, PayloadType.KE,
+                         PayloadType.ID, PayloadType.CERT], order
+    p3 = _bodies(m3)
+    plain = _cbc_decrypt(_ke_i(cp, m3), p3[PayloadType.ID][-16:], p3[PayloadType.CERT])
+    count = plain[-1] + 1
+    assert set(plain[-count:-1]) <= {0}
+    cert_b = plain[:-count]
+    assert cert_b == b"\x04" + cp.a.cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_responder_picks_the_connection_whose_ca_issued_the_certificate(
+        tmp_path: Path) -> None:
+    """B's first connection for A trusts another CA: B settles on the one whose
+    CA issued A's certificate, as with signatures."""
+    other_ca = pki.issue("C=CH, O=Test, CN=Other CA", ca=True)
+    (tmp_path / "B").mkdir(parents=True)
+    (tmp_path / "B" / "other-ca.pem").write_bytes(other_ca.cert_pem())
+    key = tmp_path / "B" / "b.key.pem"
+    other = "\n".join([
+        "[connections.other]", f'local_addrs = ["{B_ADDR}"]', f'remote_addrs = ["{A_ADDR}"]',
+        'proposals = ["aes128-sha256-modp2048"]', 'fragmentation = "no"',
+        "[connections.other.local]", f'auth = "{REVISED}"', 'id = "gw-b.example.org"',
+        f'private_key = "{key}"', f'certs = ["{tmp_path / "B" / "b.cert.pem"}"]',
+        "[connections.other.remote]", f'auth = "{REVISED}"', 'id = "gw-a.example.org"',
+        'cacerts = ["other-ca.pem"]',
+    ])
+    cp = make_cert_pair(tmp_path, b_before=other)
+    assert list(cp.pair.b.connections) == ["other", "gw"]
+    net = run(net_of(cp.pair.a, cp.pair.b))
+    assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)
+    assert [e.conn for e in net.b.of(IkeSaEstablished)
+            if isinstance(e, IkeSaEstablished)] == ["gw"]
