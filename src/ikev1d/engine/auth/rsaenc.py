@@ -183,6 +183,7 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
         self.refusal: CertificateRefused | None = None
         #: Subject and chain of the initiator's verified certificate, for the log.
         self.certified = ""
+        self.certified_subject: str | None = None
 
     @classmethod
     def offer_for(cls, conn: ConnectionConfig) -> bool:
@@ -397,6 +398,7 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
             if isinstance(verified, rsa.RSAPublicKey):
                 self.peer_key = verified
             self.certified = f" ({subject}{chain})"
+            self.certified_subject = subject.strip('"')
             self.sa.conn = candidate
             self.sa.candidates = [candidate] + [c for c in self.sa.candidates
                                                 if c is not candidate]
@@ -499,6 +501,7 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
                 notify,
             )
         if self.certified:
+            self.sa.peer_certificate = self.certified_subject
             log.info("peer %s authenticated by its certificate%s", id_text(self.peer_id),
                      self.certified, extra=self.sa.log_extra)
         return self.peer_id

@@ -459,6 +459,7 @@ def test_certificate_in_message_3_replaces_the_pinned_key(
     assert any('peer gw-a.example.org authenticated by its certificate ("C=CH, O=Test, '
                'CN=gw-a" <- "C=CH, O=Test, CN=Test CA")' in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert net.b.engine.status(net.now).ike_sas[0].remote_cert == "C=CH, O=Test, CN=gw-a"
     # Message 3 carries a CERT payload whose body is not the certificate in the clear.
     p3 = _bodies(main_mode_messages(net)[2])
     der = cp.a.cert.public_bytes(serialization.Encoding.DER)
