@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ikev1d.config import parse_config
 from ikev1d.engine import Engine
+from ikev1d_lab.daemon import ikev1d_conf
 
 __all__ = ["main", "main_mode_1", "mutate", "recorded_messages", "rss_kib"]
 
@@ -43,32 +44,8 @@ NON_ESP_MARKER = b"\x00\x00\x00\x00"
 
 
 def _config(local: str, remote: str, local_ts: str, remote_ts: str) -> str:
-    return f"""
-[daemon]
-dataplane = "none"
-
-[connections.gw]
-local_addrs = ["{local}"]
-remote_addrs = ["{remote}"]
-proposals = ["aes128-sha256-modp2048"]
-
-[connections.gw.local]
-auth = "psk"
-id = "{local}"
-
-[connections.gw.remote]
-auth = "psk"
-id = "{remote}"
-
-[connections.gw.children.net]
-local_ts = ["{local_ts}"]
-remote_ts = ["{remote_ts}"]
-esp_proposals = ["aes128-sha256"]
-
-[secrets.gw]
-secret = "{PSK}"
-ids = ["{remote}"]
-"""
+    return ikev1d_conf("gw", local, remote, local, remote, PSK, ["aes128-sha256-modp2048"],
+                       ["aes128-sha256"], local_ts, remote_ts)
 
 
 def recorded_messages(seed: int = 1) -> list[bytes]:

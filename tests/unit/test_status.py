@@ -25,33 +25,7 @@ from ikev1d.status import (
     StatusFormatError,
 )
 from ikev1d.wire import split_message
-
-CONFIG = """
-[daemon]
-dataplane = "none"
-
-[connections.gw]
-local_addrs = ["{local}"]
-remote_addrs = ["{remote}"]
-proposals = ["aes128-sha256-modp2048"]
-
-[connections.gw.local]
-auth = "psk"
-id = "{local}"
-
-[connections.gw.remote]
-auth = "psk"
-id = "{remote}"
-
-[connections.gw.children.net]
-local_ts = ["{local_ts}"]
-remote_ts = ["{remote_ts}"]
-esp_proposals = ["aes128gcm16"]
-
-[secrets.gw]
-secret = "a very long shared secret for tests"
-ids = ["{remote}"]
-"""
+from tests.unit.engine.test_engine import config_text
 
 # The example document of the status interface, as programs outside the project parse it.
 DOCUMENTED: dict[str, Any] = {"ike_sas": [{
@@ -95,7 +69,7 @@ def _random_without_jitter(seed: int) -> Callable[[int], bytes]:
 
 
 def _engine(local: str, remote: str, local_ts: str, remote_ts: str) -> Engine:
-    text = CONFIG.format(local=local, remote=remote, local_ts=local_ts, remote_ts=remote_ts)
+    text = config_text(local, remote, local_ts, remote_ts, esp='["aes128gcm16"]')
     return Engine(parse_config(text), random_bytes=_random_without_jitter(7))
 
 
