@@ -21,7 +21,11 @@ way (a non-zero responder cookie, RFC 2408 section 3.1; ESP), then new requests
 (a zero responder cookie: Main Mode message 1 or its retransmission), of which
 only as many are processed as a :class:`RequestBudget` of processing time
 allows; the rest are dropped, counted and logged at a limited rate. Sorting
-costs a look at eight bytes of each datagram.
+costs a look at eight bytes of each datagram. Among new requests, a
+retransmission of one dropped before (its initiator cookie remembered in
+:class:`RecentCookies`) goes first: a real initiator retransmits the same
+message 1, a blind flood sends fresh cookies, so a real peer that lost the
+draw once is served at its next try.
 """
 
 from __future__ import annotations
@@ -72,6 +76,30 @@ _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum flag arithmetic per pack
 
 class UdpError(Ikev1dError):
     """A socket could not be opened; the message names address and port."""
+
+
+class RecentCookies:
+    """The initiator cookies of recently dropped requests: two generations of at
+    most ``size`` each, so memory is bounded (about 70 bytes a cookie) and a
+    cookie is remembered for at least ``size`` further drops (8 s at 2,000
+    drops per second with the default, longer than the first retransmission
+    timeouts of common initiators: 4 s, then 7.2 s for strongSwan)."""
+
+    def __init__(self, size: int = 16384) -> None:
+        self.size = size
+        self._new: set[bytes] = set()
+        self._old: set[bytes] = set()
+
+    def add(self, cookie: bytes) -> None:
+        self._new.add(cookie)
+        if len(self._new) >= self.size:
+            self._old, self._new = self._new, set()
+
+    def __contains__(self, cookie: bytes) -> bool:
+        return cookie in self._new or cookie in self._old
+
+    def __bool__(self) -> bool:
+        return bool(self._new or self._old)
 
 
 class RequestBudget:
@@ -249,6 +277,7 @@ class UdpTransport:
         self.requests_dropped = 0
         """New Main Mode requests dropped because the request budget was spent."""
         self._log_limiter = LogLimiter()
+        self._dropped_cookies = RecentCookies()
 
     def open(self) -> None:
         """Bind every (address, port); on any failure close what was opened and raise UdpError."""
@@ -322,16 +351,23 @@ class UdpTransport:
             self._loop.call_soon(self._readable, sock)
 
     def _serve_requests(self, requests: list[tuple[bytes, Endpoint, Endpoint]]) -> None:
+        dropped_before = self._dropped_cookies
+        if dropped_before:  # nothing to look up while nothing was dropped
+            retransmitted = [r for r in requests if r[0][:8] in dropped_before]
+            if retransmitted:
+                requests = retransmitted + [r for r in requests if r[0][:8] not in dropped_before]
         budget = self.budget
         clock = budget.clock
         for n, (data, local, remote) in enumerate(requests):
             if not budget.available():
-                dropped = len(requests) - n
-                self.requests_dropped += dropped
+                rest = requests[n:]
+                for request in rest:
+                    dropped_before.add(request[0][:8])
+                self.requests_dropped += len(rest)
                 self._log_limiter.log(
                     log, logging.WARNING, "requests over budget", clock(),
                     "busy: dropped %d new Main Mode requests (the last from %s) to serve "
-                    "exchanges under way first", dropped, requests[-1][2][0])
+                    "exchanges under way first", len(rest), rest[-1][2][0])
                 return
             began = clock()
             self._on_ike(data, local, remote)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from ikev1d.daemon.udp import BATCH, RequestBudget, UdpError, UdpTransport
+from ikev1d.daemon.udp import BATCH, RecentCookies, RequestBudget, UdpError, UdpTransport
 from ikev1d.engine.api import Datagram, Endpoint
 from ikev1d.wire.constants import NON_ESP_MARKER
 from tests.unit.daemon._fakes import UdpPeer, eventually, free_udp_ports
@@ -323,3 +323,32 @@ def test_a_full_batch_reads_again_soon_and_the_rest_waits() -> None:
     assert loop.soon == [(udp._readable, (sock,))]
     udp._readable(sock)  # type: ignore[arg-type]
     assert len(seen) == BATCH + 10
+
+
+def test_a_retransmitted_request_that_was_dropped_goes_first() -> None:
+    clock = _Clock()
+    seen: Packets = []
+    udp, _ = _sorting_transport(clock, 0.04, seen, [])
+    flood = [_isakmp(n, 0, b"flood") for n in range(1, 5)]
+    peer = _isakmp(0xABCDEF, 0, b"peer")
+    udp._readable(_FakeSocket(500, [*flood[:3], peer]))  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == flood[:3]  # the peer lost the draw
+    clock.now += 0.04
+    seen.clear()
+    # Its retransmission, the same message 1, behind fresh requests: served first.
+    udp._readable(_FakeSocket(500, [flood[3], _isakmp(99, 0, b"flood"), peer]))  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == [peer]
+
+
+def test_recent_cookies_are_bounded() -> None:
+    recent = RecentCookies(size=4)
+    assert not recent
+    for n in range(8):
+        recent.add(bytes([n]) * 8)
+    assert recent and bytes([7]) * 8 in recent and bytes([4]) * 8 in recent
+    recent.add(b"x" * 8)
+    # Two generations of at most four: the oldest are forgotten.
+    assert bytes([3]) * 8 not in recent and bytes([4]) * 8 in recent
+    for n in range(4):
+        recent.add(bytes([n + 10]) * 8)
+    assert bytes([4]) * 8 not in recent and b"x" * 8 in recent
