@@ -18,9 +18,10 @@ queued behind thousands of requests arrives after its half-open entry is gone.
 So each wakeup drains up to :data:`BATCH` datagrams without blocking and serves
 them in two classes: first everything that belongs to an exchange already under
 way (a non-zero responder cookie, RFC 2408 section 3.1; ESP), then new requests
-(a zero responder cookie: Main Mode message 1 or its retransmission), of which
-only as many are processed as a :class:`RequestBudget` of processing time
-allows; the rest are dropped, counted and logged at a limited rate. Sorting
+(a zero responder cookie: Main Mode message 1 or its retransmission), of which,
+while more datagrams are waiting than one batch, only as many are processed as
+a :class:`RequestBudget` of processing time allows; the rest are dropped,
+counted and logged at a limited rate. Sorting
 costs a look at eight bytes of each datagram. Among new requests, a
 retransmission of one dropped before (its initiator cookie remembered in
 :class:`RecentCookies`) goes first: a real initiator retransmits the same
@@ -103,19 +104,22 @@ class RecentCookies:
 
 
 class RequestBudget:
-    """How much processing time new Main Mode requests may take: a token bucket
-    counted in seconds of processing.
+    """How much processing time new Main Mode requests may take while the
+    daemon is behind: a token bucket counted in seconds of processing.
 
-    It refills at ``share`` seconds per second of wall time up to ``burst_s``.
-    Unflooded, requests take far less than that and all are served; flooded,
-    they get ``share`` of the daemon's time and the rest stays for messages of
-    exchanges under way, timers and the control socket. A share, not a fixed
-    count, so that a flood cannot starve new requests either: a real peer's
-    message 1 is served with the probability share / (cost x flood rate), per
-    retransmission.
+    It refills at ``share`` seconds per second up to ``burst_s``; a request
+    costs the time it took. Wall time, not CPU time: on a busy machine the
+    daemon is preempted, and what fills its socket queue is wall time. Only
+    applied to a batch read while more datagrams were waiting (the daemon is
+    behind); a daemon that keeps up serves every request. Flooded, requests get
+    ``share`` of the daemon's time and the rest stays for messages of exchanges
+    under way, timers and the control socket. A share, not a fixed count, so
+    that a flood cannot starve new requests either: a real peer's message 1 is
+    served with the probability share / (cost x flood rate), and its
+    retransmission ahead of the flood.
     """
 
-    def __init__(self, share: float = 0.75, burst_s: float = 0.05,
+    def __init__(self, share: float = 0.75, burst_s: float = 0.1,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.share = share
         self.burst_s = burst_s
@@ -344,13 +348,18 @@ class UdpTransport:
                 self._on_esp(data, local, remote)
             else:
                 self._on_ike(data, local, remote)
-        self._serve_requests(requests)
+        self._serve_requests(requests, more)
         if more or sock.pending:
             # Level-triggered readiness would come back too, but only after every other
             # ready callback; a coalesced receive left in ``pending`` raises none at all.
             self._loop.call_soon(self._readable, sock)
 
-    def _serve_requests(self, requests: list[tuple[bytes, Endpoint, Endpoint]]) -> None:
+    def _serve_requests(self, requests: list[tuple[bytes, Endpoint, Endpoint]],
+                        behind: bool) -> None:
+        if not behind:
+            for data, local, remote in requests:
+                self._on_ike(data, local, remote)
+            return
         dropped_before = self._dropped_cookies
         if dropped_before:  # nothing to look up while nothing was dropped
             retransmitted = [r for r in requests if r[0][:8] in dropped_before]

@@ -33,9 +33,9 @@ time)). When R exceeds what the engine can process (about 700-1,000 message 1
 per second on a busy 2-core machine), the daemon's receive path
 (``ikev1d.daemon.udp``) bounds both terms: it serves every message of an
 exchange under way (message 3 carries our cookie) before any new request, so
-message 3 waits at most one read batch, and it processes new requests only
-with a share of its time (``RequestBudget``: P <= share / cost per request,
-about 600-800/s here) and drops the rest unprocessed. The entry then lives at
+message 3 waits at most one read batch, and while it is behind it processes
+new requests only with a share of its time (``RequestBudget``: P <= share /
+cost per request, some 500-800/s here) and drops the rest unprocessed. The entry then lives at
 least N x cost / share seconds (about 1.4 s with the default N) however fast
 the flood, and the kernel queue no longer overflows, since dropping a request
 costs microseconds. What the flood still decides is when the peer's

@@ -221,14 +221,16 @@ def test_esp_batches_without_gso_go_one_by_one() -> None:
 class _FakeSocket:
     """Delivers a fixed queue of datagrams like a non-blocking UdpSocket."""
 
-    def __init__(self, port: int, datagrams: list[bytes]) -> None:
+    def __init__(self, port: int, datagrams: list[bytes], *, behind: bool = False) -> None:
         self.port = port
         self.pending = False
         self._queue = list(datagrams)
+        self._behind = behind
+        """After the datagrams, more keep waiting (truncated ones, skipped unserved)."""
 
     def recv(self) -> tuple[bytes, Endpoint, Endpoint] | None:
         if not self._queue:
-            return None
+            return (b"", ("192.0.2.1", self.port), ("198.18.0.2", 500)) if self._behind else None
         return self._queue.pop(0), ("192.0.2.1", self.port), ("198.18.0.1", 500)
 
 
@@ -278,7 +280,7 @@ def test_exchanges_under_way_are_served_before_new_requests_and_excess_requests_
     batch = [requests[0], requests[1], later[0], requests[2], later[1], requests[3],
              requests[4], b"\x01\x02", later[2], requests[5]]
     with caplog.at_level("WARNING", logger="ikev1d.daemon"):
-        udp._readable(_FakeSocket(500, batch))  # type: ignore[arg-type]
+        udp._readable(_FakeSocket(500, batch, behind=True))  # type: ignore[arg-type]
     order = [data for data, _, _ in seen]
     # Every message of an exchange under way first, in arrival order (the short
     # datagram is not a request: the engine drops it), then the requests.
@@ -290,12 +292,17 @@ def test_exchanges_under_way_are_served_before_new_requests_and_excess_requests_
     assert [r.getMessage() for r in caplog.records] == [
         "busy: dropped 3 new Main Mode requests (the last from 198.18.0.1) to serve "
         "exchanges under way first"]
-    assert loop.soon == []  # the socket was drained: no more to read until it is readable
+    assert len(loop.soon) == 1  # more is waiting: read again soon
     # 40 ms later the budget holds 10 ms again: one more request, not two.
     clock.now += 0.04
     seen.clear()
-    udp._readable(_FakeSocket(500, [requests[3], requests[4]]))  # type: ignore[arg-type]
+    udp._readable(_FakeSocket(500, [requests[3], requests[4]], behind=True))  # type: ignore[arg-type]
     assert [data for data, _, _ in seen] == [requests[3]]
+    assert udp.requests_dropped == 4
+    # A daemon that keeps up (the socket drained) serves every request, budget or not.
+    seen.clear()
+    udp._readable(_FakeSocket(500, requests))  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == requests
     assert udp.requests_dropped == 4
 
 
@@ -331,12 +338,13 @@ def test_a_retransmitted_request_that_was_dropped_goes_first() -> None:
     udp, _ = _sorting_transport(clock, 0.04, seen, [])
     flood = [_isakmp(n, 0, b"flood") for n in range(1, 5)]
     peer = _isakmp(0xABCDEF, 0, b"peer")
-    udp._readable(_FakeSocket(500, [*flood[:3], peer]))  # type: ignore[arg-type]
+    udp._readable(_FakeSocket(500, [*flood[:3], peer], behind=True))  # type: ignore[arg-type]
     assert [data for data, _, _ in seen] == flood[:3]  # the peer lost the draw
     clock.now += 0.04
     seen.clear()
     # Its retransmission, the same message 1, behind fresh requests: served first.
-    udp._readable(_FakeSocket(500, [flood[3], _isakmp(99, 0, b"flood"), peer]))  # type: ignore[arg-type]
+    udp._readable(_FakeSocket(500, [flood[3], _isakmp(99, 0, b"flood"), peer],  # type: ignore[arg-type]
+                              behind=True))
     assert [data for data, _, _ in seen] == [peer]
 
 
