@@ -65,6 +65,8 @@ class MetricsSnapshot:
     status: StatusDocument = field(default_factory=StatusDocument)
     stats: EngineStats = field(default_factory=EngineStats)
     half_open: int = 0
+    requests_dropped: int = 0
+    """New Main Mode requests the receive path dropped while busy (daemon/udp.py)."""
     esp_drops: Mapping[str, int] | None = None
     """The data plane's drops by reason, over all SAs and packets that matched none;
     None for a data plane that does not count them."""
@@ -190,6 +192,11 @@ class IkeCollector(Collector):
             f"{PREFIX}_half_open_dropped",
             "Main Mode requests dropped for the half_open_per_peer / half_open_total limits",
             value=stats.half_open_dropped)
+        yield CounterMetricFamily(
+            f"{PREFIX}_busy_dropped_requests",
+            "New Main Mode requests dropped unprocessed because processing them would have "
+            "delayed messages of exchanges under way (a flood)",
+            value=snapshot.requests_dropped)
         yield CounterMetricFamily(
             f"{PREFIX}_dpd_failures",
             "Peers declared dead by Dead Peer Detection (RFC 3706)",

@@ -388,6 +388,7 @@ class Daemon:
             status=self.status(),
             stats=engine.stats.snapshot(),
             half_open=engine.half_open_count(),
+            requests_dropped=self._udp.requests_dropped if self._udp is not None else 0,
             esp_drops=dict(drops) if isinstance(drops, dict) else None,
         )
 

@@ -11,6 +11,22 @@ On the NAT-T port (RFC 3948 section 2):
   marker is stripped before the engine sees it and added when sending;
 * a single 0xFF byte is a NAT-keepalive and is dropped;
 * anything else is ESP (its SPI is never zero) and goes to the data plane.
+
+Under a flood of Main Mode requests the daemon falls behind; a full socket
+queue would then drop the real peer's message 3 with the flood, and a message 3
+queued behind thousands of requests arrives after its half-open entry is gone.
+So each wakeup drains up to :data:`BATCH` datagrams without blocking and serves
+them in two classes: first everything that belongs to an exchange already under
+way (a non-zero responder cookie, RFC 2408 section 3.1; ESP), then new requests
+(a zero responder cookie: Main Mode message 1 or its retransmission), of which,
+while more datagrams are waiting than one batch, only as many are processed as
+a :class:`RequestBudget` of processing time allows; the rest are dropped,
+counted and logged at a limited rate. Sorting
+costs a look at eight bytes of each datagram. Among new requests, a
+retransmission of one dropped before (its initiator cookie remembered in
+:class:`RecentCookies`) goes first: a real initiator retransmits the same
+message 1, a blind flood sends fresh cookies, so a real peer that lost the
+draw once is served at its next try.
 """
 
 from __future__ import annotations
@@ -21,12 +37,14 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from ikev1d.dataplane.linux import gso
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.engine.api import Datagram, Endpoint
+from ikev1d.engine.ratelimit import LogLimiter
 from ikev1d.errors import Ikev1dError
 from ikev1d.wire.constants import NAT_KEEPALIVE, NON_ESP_MARKER
 
@@ -40,7 +58,14 @@ IPV6_PKTINFO: int = getattr(socket, "IPV6_PKTINFO", 50)
 
 _MAX_DATAGRAM = 65535
 _ANC_SPACE = socket.CMSG_SPACE(64)
-_READS_PER_WAKEUP = 64
+BATCH = 256
+"""Datagrams read per wakeup of one socket before any is served."""
+
+#: A zero responder cookie (RFC 2408 section 3.1, octets 8-15 of the ISAKMP
+#: header): the initiator has not heard from us yet, so the datagram starts a
+#: new exchange (Main Mode message 1) rather than continuing one.
+_ZERO_COOKIE = bytes(8)
+_COOKIES_END = 16
 
 Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 """``callback(data, local, remote)``."""
@@ -52,6 +77,67 @@ _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum flag arithmetic per pack
 
 class UdpError(Ikev1dError):
     """A socket could not be opened; the message names address and port."""
+
+
+class RecentCookies:
+    """The initiator cookies of recently dropped requests: two generations of at
+    most ``size`` each, so memory is bounded (about 70 bytes a cookie) and a
+    cookie is remembered for at least ``size`` further drops (8 s at 2,000
+    drops per second with the default, longer than the first retransmission
+    timeouts of common initiators: 4 s, then 7.2 s for strongSwan)."""
+
+    def __init__(self, size: int = 16384) -> None:
+        self.size = size
+        self._new: set[bytes] = set()
+        self._old: set[bytes] = set()
+
+    def add(self, cookie: bytes) -> None:
+        self._new.add(cookie)
+        if len(self._new) >= self.size:
+            self._old, self._new = self._new, set()
+
+    def __contains__(self, cookie: bytes) -> bool:
+        return cookie in self._new or cookie in self._old
+
+    def __bool__(self) -> bool:
+        return bool(self._new or self._old)
+
+
+class RequestBudget:
+    """How much processing time new Main Mode requests may take while the
+    daemon is behind: a token bucket counted in seconds of processing.
+
+    It refills at ``share`` seconds per second up to ``burst_s``; a request
+    costs the time it took. Wall time, not CPU time: on a busy machine the
+    daemon is preempted, and what fills its socket queue is wall time. Only
+    applied to a batch read while more datagrams were waiting (the daemon is
+    behind); a daemon that keeps up serves every request. Flooded, requests get
+    ``share`` of the daemon's time and the rest stays for messages of exchanges
+    under way, timers and the control socket. A share, not a fixed count, so
+    that a flood cannot starve new requests either: a real peer's message 1 is
+    served with the probability share / (cost x flood rate), and its
+    retransmission ahead of the flood.
+    """
+
+    def __init__(self, share: float = 0.75, burst_s: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.share = share
+        self.burst_s = burst_s
+        self.clock = clock
+        self._tokens = burst_s
+        self._updated = clock()
+
+    def available(self) -> bool:
+        """Whether one more request may be processed now."""
+        now = self.clock()
+        elapsed = max(now - self._updated, 0.0)
+        self._updated = now
+        self._tokens = min(self.burst_s, self._tokens + elapsed * self.share)
+        return self._tokens > 0.0
+
+    def charge(self, seconds: float) -> None:
+        """What processing one request took."""
+        self._tokens -= seconds
 
 
 def normalize_address(address: str) -> str:
@@ -191,6 +277,11 @@ class UdpTransport:
         self._on_esp = on_esp
         self.sockets: list[UdpSocket] = []
         self._socket_cache: dict[Endpoint, UdpSocket | None] = {}
+        self.budget = RequestBudget()
+        self.requests_dropped = 0
+        """New Main Mode requests dropped because the request budget was spent."""
+        self._log_limiter = LogLimiter()
+        self._dropped_cookies = RecentCookies()
 
     def open(self) -> None:
         """Bind every (address, port); on any failure close what was opened and raise UdpError."""
@@ -223,7 +314,11 @@ class UdpTransport:
         self._socket_cache.clear()
 
     def _readable(self, sock: UdpSocket) -> None:
-        for _ in range(_READS_PER_WAKEUP):
+        current: list[tuple[bytes, Endpoint, Endpoint, bool]] = []
+        requests: list[tuple[bytes, Endpoint, Endpoint]] = []
+        nat_t = sock.port == self.port_nat_t
+        more = True
+        for _ in range(BATCH):
             try:
                 packet = sock.recv()
             except OSError as exc:
@@ -231,22 +326,61 @@ class UdpTransport:
                 log.debug("UDP receive error on port %d: %s", sock.port, exc)
                 continue
             if packet is None:
-                return
+                more = False
+                break
             data, local, remote = packet
-            if data:
-                self._demultiplex(sock, data, local, remote)
-        if sock.pending:  # a coalesced receive is not finished: no readiness event will say so
+            if not data:
+                continue
+            if nat_t:
+                if not data.startswith(NON_ESP_MARKER):
+                    if data == NAT_KEEPALIVE:
+                        log.debug("NAT-T keepalive from %s port %d", remote[0], remote[1])
+                    else:
+                        current.append((data, local, remote, True))
+                    continue
+                data = data[len(NON_ESP_MARKER):]
+            if data[8:_COOKIES_END] == _ZERO_COOKIE:
+                requests.append((data, local, remote))
+            else:  # a later message, or too short to be anything (the engine drops it)
+                current.append((data, local, remote, False))
+        for data, local, remote, esp in current:
+            if esp:
+                self._on_esp(data, local, remote)
+            else:
+                self._on_ike(data, local, remote)
+        self._serve_requests(requests, more)
+        if more or sock.pending:
+            # Level-triggered readiness would come back too, but only after every other
+            # ready callback; a coalesced receive left in ``pending`` raises none at all.
             self._loop.call_soon(self._readable, sock)
 
-    def _demultiplex(self, sock: UdpSocket, data: bytes, local: Endpoint, remote: Endpoint) -> None:
-        if sock.port != self.port_nat_t:
+    def _serve_requests(self, requests: list[tuple[bytes, Endpoint, Endpoint]],
+                        behind: bool) -> None:
+        if not behind:
+            for data, local, remote in requests:
+                self._on_ike(data, local, remote)
+            return
+        dropped_before = self._dropped_cookies
+        if dropped_before:  # nothing to look up while nothing was dropped
+            retransmitted = [r for r in requests if r[0][:8] in dropped_before]
+            if retransmitted:
+                requests = retransmitted + [r for r in requests if r[0][:8] not in dropped_before]
+        budget = self.budget
+        clock = budget.clock
+        for n, (data, local, remote) in enumerate(requests):
+            if not budget.available():
+                rest = requests[n:]
+                for request in rest:
+                    dropped_before.add(request[0][:8])
+                self.requests_dropped += len(rest)
+                self._log_limiter.log(
+                    log, logging.WARNING, "requests over budget", clock(),
+                    "busy: dropped %d new Main Mode requests (the last from %s) to serve "
+                    "exchanges under way first", len(rest), rest[-1][2][0])
+                return
+            began = clock()
             self._on_ike(data, local, remote)
-        elif data.startswith(NON_ESP_MARKER):
-            self._on_ike(data[len(NON_ESP_MARKER) :], local, remote)
-        elif data == NAT_KEEPALIVE:
-            log.debug("NAT-T keepalive from %s port %d", remote[0], remote[1])
-        else:
-            self._on_esp(data, local, remote)
+            budget.charge(clock() - began)
 
     def _socket_for(self, local: Endpoint) -> UdpSocket | None:
         # Every datagram sent asks this; the answer only changes when sockets do.

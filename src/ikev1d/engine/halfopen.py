@@ -22,12 +22,29 @@ Why this lets a real peer in under a flood: a blind attacker spoofing source
 addresses never sees our message 2, so it cannot send the message 3 that
 carries our cookie; only a peer on the path that answers moves its entry on.
 The real peer's entry must survive from our message 2 until its message 3
-arrives: one round trip plus the peer's Diffie-Hellman computation, typically
-well under 250 ms. At a flood of R requests per second an entry lives
-N / R seconds before it is the oldest: with N = 1024 and the 2,000 spoofed
-requests per second of the design target that is 0.51 s, twice the budget;
-the default copes with floods up to N / 0.25 s = 4,096 requests per second,
-and ``half_open_total`` scales it (size it as flood rate x (RTT + DH time)).
+is processed: one round trip plus the peer's Diffie-Hellman computation,
+typically well under 250 ms, plus the time message 3 waits in our receive
+path. Entries are evicted by requests *processed*, not by requests sent: an
+entry lives N / P seconds before it is the oldest, where P is the rate at
+which the engine processes requests. While the daemon keeps up, P is the
+flood rate R: with N = 1024 and R = 2,000/s that is 0.51 s, twice the
+budget, and ``half_open_total`` scales it (size it as flood rate x (RTT + DH
+time)). When R exceeds what the engine can process (about 700-1,000 message 1
+per second on a busy 2-core machine), the daemon's receive path
+(``ikev1d.daemon.udp``) bounds both terms: it serves every message of an
+exchange under way (message 3 carries our cookie) before any new request, so
+message 3 waits at most one read batch, and while it is behind it processes
+new requests only with a share of its time (``RequestBudget``: P <= share /
+cost per request, some 500-800/s here) and drops the rest unprocessed. The entry then lives at
+least N x cost / share seconds (about 1.4 s with the default N) however fast
+the flood, and the kernel queue no longer overflows, since dropping a request
+costs microseconds. What the flood still decides is when the peer's
+*message 1* is processed: the first transmission with probability about
+P / R; a retransmission of a message 1 that was dropped goes ahead of fresh
+requests (the receive path remembers the cookies it dropped), so a blind
+flood with fresh cookies delays the peer by about one retransmission timeout
+(4 s for strongSwan) at most, and would have to repeat its own requests to
+compete with the retransmission.
 Once message 3 arrives the entry is *proven* (the sender receives what we send
 to that address) and only evicted after every unproven one.
 
@@ -37,7 +54,7 @@ source over its cap loses its own oldest entry instead of someone else's, but
 only an entry older than :data:`PROTECT_S`. That window makes the cap no
 lock-out: a flood spoofing the real peer's own address cannot evict the peer's
 fresh entry through the cap, and falls back to the global eviction above,
-where the real entry lives N / R seconds like any other. Sources that have
+where the real entry lives N / P seconds like any other. Sources that have
 completed a handshake before get no per-source cap at all (a bounded set of
 them is remembered), so a known peer is never evicted by its own address.
 """

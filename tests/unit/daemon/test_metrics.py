@@ -91,7 +91,7 @@ def snapshot() -> MetricsSnapshot:
     stats.half_open_dropped = 12
     stats.dpd_failures = 2
     stats.acquires = 3
-    return MetricsSnapshot(DOCUMENT, stats, half_open=1,
+    return MetricsSnapshot(DOCUMENT, stats, half_open=1, requests_dropped=21,
                            esp_drops={"replay": 5, "icv": 6, "unknown_spi": 8, "malformed": 0})
 
 
@@ -145,6 +145,7 @@ def test_sa_states_handshakes_and_engine_counters() -> None:
     }
     assert samples["ikev1d_half_open_isakmp_sas", ()] == 1
     assert samples["ikev1d_half_open_dropped_total", ()] == 12
+    assert samples["ikev1d_busy_dropped_requests_total", ()] == 21
     assert samples["ikev1d_dpd_failures_total", ()] == 2
     assert samples["ikev1d_acquires_total", ()] == 3
     assert series(samples, "ikev1d_rekeys_total") == {

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from ikev1d.daemon.udp import UdpError, UdpTransport
+from ikev1d.daemon.udp import BATCH, RecentCookies, RequestBudget, UdpError, UdpTransport
 from ikev1d.engine.api import Datagram, Endpoint
 from ikev1d.wire.constants import NON_ESP_MARKER
 from tests.unit.daemon._fakes import UdpPeer, eventually, free_udp_ports
@@ -216,3 +216,147 @@ def test_esp_batches_without_gso_go_one_by_one() -> None:
             receiver.close()
 
     asyncio.run(body())
+
+
+class _FakeSocket:
+    """Delivers a fixed queue of datagrams like a non-blocking UdpSocket."""
+
+    def __init__(self, port: int, datagrams: list[bytes], *, behind: bool = False) -> None:
+        self.port = port
+        self.pending = False
+        self._queue = list(datagrams)
+        self._behind = behind
+        """After the datagrams, more keep waiting (truncated ones, skipped unserved)."""
+
+    def recv(self) -> tuple[bytes, Endpoint, Endpoint] | None:
+        if not self._queue:
+            return (b"", ("192.0.2.1", self.port), ("198.18.0.2", 500)) if self._behind else None
+        return self._queue.pop(0), ("192.0.2.1", self.port), ("198.18.0.1", 500)
+
+
+class _FakeLoop:
+    def __init__(self) -> None:
+        self.soon: list[object] = []
+
+    def call_soon(self, callback: object, *args: object) -> None:
+        self.soon.append((callback, args))
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _isakmp(initiator: int, responder: int, tag: bytes) -> bytes:
+    return initiator.to_bytes(8, "big") + responder.to_bytes(8, "big") + b"\x01\x10\x02\x00" + tag
+
+
+def _sorting_transport(clock: _Clock, cost: float, seen: Packets,
+                       esp: Packets) -> tuple[UdpTransport, _FakeLoop]:
+    loop = _FakeLoop()
+
+    def on_ike(data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        seen.append((data, local, remote))
+        if data[8:16] == bytes(8):
+            clock.now += cost  # what processing a new request costs the engine
+
+    udp = UdpTransport(loop, ("192.0.2.1",), 500, 4500, on_ike=on_ike,  # type: ignore[arg-type]
+                       on_esp=lambda d, lo, re: esp.append((d, lo, re)))
+    udp.budget = RequestBudget(share=0.5, burst_s=0.05, clock=clock)
+    return udp, loop
+
+
+def test_exchanges_under_way_are_served_before_new_requests_and_excess_requests_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = _Clock()
+    seen: Packets = []
+    udp, loop = _sorting_transport(clock, 0.04, seen, [])
+    requests = [_isakmp(n, 0, b"req%d" % n) for n in range(1, 7)]
+    later = [_isakmp(100 + n, 7, b"msg3-%d" % n) for n in range(3)]
+    batch = [requests[0], requests[1], later[0], requests[2], later[1], requests[3],
+             requests[4], b"\x01\x02", later[2], requests[5]]
+    with caplog.at_level("WARNING", logger="ikev1d.daemon"):
+        udp._readable(_FakeSocket(500, batch, behind=True))  # type: ignore[arg-type]
+    order = [data for data, _, _ in seen]
+    # Every message of an exchange under way first, in arrival order (the short
+    # datagram is not a request: the engine drops it), then the requests.
+    assert order[:4] == [later[0], later[1], b"\x01\x02", later[2]]
+    # The budget (50 ms, refilled by half the time spent) pays for three requests
+    # of 40 ms; the other three are dropped.
+    assert order[4:] == requests[:3]
+    assert udp.requests_dropped == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "busy: dropped 3 new Main Mode requests (the last from 198.18.0.1) to serve "
+        "exchanges under way first"]
+    assert len(loop.soon) == 1  # more is waiting: read again soon
+    # 40 ms later the budget holds 10 ms again: one more request, not two.
+    clock.now += 0.04
+    seen.clear()
+    udp._readable(_FakeSocket(500, [requests[3], requests[4]], behind=True))  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == [requests[3]]
+    assert udp.requests_dropped == 4
+    # A daemon that keeps up (the socket drained) serves every request, budget or not.
+    seen.clear()
+    udp._readable(_FakeSocket(500, requests))  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == requests
+    assert udp.requests_dropped == 4
+
+
+def test_nat_t_batches_serve_esp_and_later_messages_before_new_requests() -> None:
+    clock = _Clock()
+    seen: Packets = []
+    esp: Packets = []
+    udp, _ = _sorting_transport(clock, 0.0, seen, esp)
+    request = NON_ESP_MARKER + _isakmp(1, 0, b"req")
+    later = NON_ESP_MARKER + _isakmp(2, 9, b"msg5")
+    esp_packet = b"\x00\x00\x10\x00" + bytes(20)
+    udp._readable(_FakeSocket(4500, [request, b"\xff", esp_packet, later]))  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == [later[4:], request[4:]]
+    assert [data for data, _, _ in esp] == [esp_packet]
+    assert udp.requests_dropped == 0
+
+
+def test_a_full_batch_reads_again_soon_and_the_rest_waits() -> None:
+    clock = _Clock()
+    seen: Packets = []
+    udp, loop = _sorting_transport(clock, 0.0, seen, [])
+    sock = _FakeSocket(500, [_isakmp(n, 5, b"") for n in range(BATCH + 10)])
+    udp._readable(sock)  # type: ignore[arg-type]
+    assert len(seen) == BATCH
+    assert loop.soon == [(udp._readable, (sock,))]
+    udp._readable(sock)  # type: ignore[arg-type]
+    assert len(seen) == BATCH + 10
+
+
+def test_a_retransmitted_request_that_was_dropped_goes_first() -> None:
+    clock = _Clock()
+    seen: Packets = []
+    udp, _ = _sorting_transport(clock, 0.04, seen, [])
+    flood = [_isakmp(n, 0, b"flood") for n in range(1, 5)]
+    peer = _isakmp(0xABCDEF, 0, b"peer")
+    udp._readable(_FakeSocket(500, [*flood[:3], peer], behind=True))  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == flood[:3]  # the peer lost the draw
+    clock.now += 0.04
+    seen.clear()
+    # Its retransmission, the same message 1, behind fresh requests: served first.
+    udp._readable(_FakeSocket(500, [flood[3], _isakmp(99, 0, b"flood"), peer],  # type: ignore[arg-type]
+                              behind=True))
+    assert [data for data, _, _ in seen] == [peer]
+
+
+def test_recent_cookies_are_bounded() -> None:
+    recent = RecentCookies(size=4)
+    assert not recent
+    for n in range(8):
+        recent.add(bytes([n]) * 8)
+    assert recent and bytes([7]) * 8 in recent and bytes([4]) * 8 in recent
+    recent.add(b"x" * 8)
+    # Two generations of at most four: the oldest are forgotten.
+    assert bytes([3]) * 8 not in recent and bytes([4]) * 8 in recent
+    for n in range(4):
+        recent.add(bytes([n + 10]) * 8)
+    assert bytes([4]) * 8 not in recent and b"x" * 8 in recent
