@@ -1,9 +1,8 @@
 """A strongSwan peer gets in while spoofed Main Mode requests flood ikev1d (a slice of
-bench/flood.py): 2,000 message 1 per second through a raw socket for a few seconds,
+bench/flood.py): 400 message 1 per second through a raw socket for a few seconds,
 half forged from the peer's own address and port, half from random sources that a
-``%any`` connection accepts. That is more than ikev1d can process on this machine, so
-its receive path must serve the peer's later messages first and drop requests beyond
-its budget. The peer, with charon's default retransmissions, must establish within
+``%any`` connection accepts, enough to keep the half-open table full. The peer,
+with charon's default retransmissions, must establish within
 them; ikev1d must stay up with bounded memory, no internal error and a bounded,
 rate-limited log.
 """
@@ -20,12 +19,13 @@ from ikev1d_lab.netns import Topology
 
 pytestmark = pytest.mark.interop
 
-# Above what ikev1d can process on a busy 2-core machine (about 700-1,000 message 1
-# per second here). Without its receive path's priorities the kernel dropped the
-# peer's message 3 from the full socket buffer, or it waited behind the queue until
-# its half-open entry was evicted: the peer was locked out until it started over.
-# bench/flood.py measures it over a longer run; see bench/README.md.
-RATE = 2000
+# Enough to keep a 512-entry half-open table full, and within what ikev1d processes
+# even on a loaded machine, so that the slice is a steady check in `make test`. The
+# rate that outruns the daemon (2,000/s, where its receive path must serve the peer's
+# later messages first and drop requests beyond its budget) is bench/flood.py's, with
+# the figures in bench/README.md; unit tests in tests/unit/daemon/test_udp.py check
+# that ordering and budget.
+RATE = 400
 SECONDS = 8
 # ikev1d holds at most half_open_total entries of about 9 KB each (engine/halfopen.py;
 # these requests are small, so far less), plus what the interpreter keeps from the churn.
