@@ -87,7 +87,7 @@ _DAEMON_KEYS = (
     "listen", "port", "port_nat_t", "dataplane", "retransmit_timeout", "retransmit_tries",
     "half_open_per_peer", "half_open_total", "half_open_timeout", "log_level",
     "allow_insecure_algorithms", "metrics", "keylog_dir", "min_phase1_lifetime",
-    "min_phase2_lifetime",
+    "min_phase2_lifetime", "fragment_size",
 )
 _CONNECTION_KEYS = (
     "local_addrs", "remote_addrs", "proposals", "encap", "dpd_delay", "dpd_timeout",
@@ -148,6 +148,7 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
         retransmit_tries=ld.get_int(data, path, "retransmit_tries", d.retransmit_tries, 0, 100),
         half_open_per_peer=ld.get_int(data, path, "half_open_per_peer", d.half_open_per_peer, 1),
         half_open_total=ld.get_int(data, path, "half_open_total", d.half_open_total, 1),
+        fragment_size=ld.get_int(data, path, "fragment_size", d.fragment_size, 576, 65535),
         half_open_timeout=ld.get_duration(data, path, "half_open_timeout", d.half_open_timeout),
         log_level=ld.get_choice(data, path, "log_level", d.log_level, LogLevel),
         allow_insecure_algorithms=ld.get_bool(data, path, "allow_insecure_algorithms",

@@ -175,6 +175,9 @@ class DaemonConfig:
     retransmit_tries: int = 5
     half_open_per_peer: int = 8
     half_open_total: int = 1024
+    fragment_size: int = 1280
+    """Largest IP datagram, headers included, of a fragmented IKE message (what
+    strongSwan calls ``charon.fragment_size``)."""
     half_open_timeout: float = 30.0
     log_level: LogLevel = LogLevel.INFO
     allow_insecure_algorithms: bool = False

@@ -73,17 +73,19 @@ default), so a message that lost one fragment completes with the first retry."""
 DROP_LOG_INTERVAL_S: Final = 5.0
 
 
-def fragment_payload_room(local: Endpoint, nat_t_port: int) -> int:
-    """Bytes of the complete message each fragment can carry from ``local``."""
+def fragment_payload_room(local: Endpoint, nat_t_port: int, size: int = FRAGMENT_SIZE) -> int:
+    """Bytes of the complete message each fragment (an IP datagram of at most
+    ``size`` bytes) can carry from ``local``."""
     ip_header = IPV6_HEADER if ipaddress.ip_address(local[0]).version == 6 else IPV4_HEADER
     marker = NON_ESP_MARKER_LENGTH if local[1] == nat_t_port else 0
-    return (FRAGMENT_SIZE - ip_header - UDP_HEADER - marker - ISAKMP_HEADER
+    return (size - ip_header - UDP_HEADER - marker - ISAKMP_HEADER
             - FRAGMENT_PAYLOAD_HEADER)
 
 
-def message_room(local: Endpoint, nat_t_port: int) -> int:
-    """The largest whole message that fits one datagram of FRAGMENT_SIZE."""
-    return fragment_payload_room(local, nat_t_port) + ISAKMP_HEADER + FRAGMENT_PAYLOAD_HEADER
+def message_room(local: Endpoint, nat_t_port: int, size: int = FRAGMENT_SIZE) -> int:
+    """The largest whole message that fits one datagram of ``size`` bytes."""
+    return (fragment_payload_room(local, nat_t_port, size) + ISAKMP_HEADER
+            + FRAGMENT_PAYLOAD_HEADER)
 
 
 def fragment(message: bytes, fragment_id: int, room: int) -> list[bytes]:

@@ -378,9 +378,10 @@ class IkeSa:
         """Send a complete message; a Main Mode message too large for one
         datagram goes out in fragments when fragmentation is on for this SA."""
         nat_t_port = self.ctx.config.daemon.port_nat_t
-        if (len(data) > message_room(self.local, nat_t_port) and self.sends_fragments
+        size = self.ctx.config.daemon.fragment_size
+        if (len(data) > message_room(self.local, nat_t_port, size) and self.sends_fragments
                 and data[18] == ExchangeType.IDENTITY_PROTECTION):
-            room = fragment_payload_room(self.local, nat_t_port)
+            room = fragment_payload_room(self.local, nat_t_port, size)
             packets = self.fragmenter.packets(data, room)
             log.debug("sending a %d-byte message in %d fragments", len(data), len(packets),
                       extra=self.log_extra)

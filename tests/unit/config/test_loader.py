@@ -355,6 +355,7 @@ def test_site_examples_match_each_other() -> None:
         ("[daemon]\nretransmit_tries = -1", "daemon.retransmit_tries", "out of range"),
         ("[daemon]\nhalf_open_per_peer = 0", "daemon.half_open_per_peer", "out of range"),
         ("[daemon]\nhalf_open_total = 0", "daemon.half_open_total", "out of range"),
+        ("[daemon]\nfragment_size = 500", "daemon.fragment_size", "out of range"),
         ("[daemon]\nhalf_open_timeout = -5", "daemon.half_open_timeout", "non-negative"),
         ("[daemon]\nlog_level = 'loud'", "daemon.log_level", "debug | info"),
         ("[daemon]\nallow_insecure_algorithms = 1", "daemon.allow_insecure_algorithms",

@@ -397,3 +397,23 @@ def test_an_unauthenticated_fragment_flood_leaves_the_engine_bounded(
     net.a.engine.initiate("gw", None, net.now)
     net.pump()
     assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)
+
+
+def test_fragment_size_sets_the_largest_datagram(chain_pki: tuple[Path, dict[str, str]]
+                                                 ) -> None:
+    """`[daemon] fragment_size` below the default: a path that drops IPv4 packets
+    above 900 bytes still carries every fragment, and none exceeds the setting."""
+    a, b = chain_configs(chain_pki, "force", "force")
+    a, b = (dataclasses.replace(c, daemon=dataclasses.replace(c.daemon, fragment_size=900))
+            for c in (a, b))
+    net = net_of(a, b)
+    net.drop = lambda d: len(d.data) + 28 > 900
+    net.a.engine.initiate("gw", None, net.now)
+    net.pump()
+    for _ in range(4):
+        if net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished):
+            break
+        net.advance(3)
+    assert net.a.of(IkeSaEstablished) and net.b.of(IkeSaEstablished)
+    fragments = [d for _, d in net.wire if is_fragment(d)]
+    assert fragments and max(len(d.data) + 28 for d in fragments) == 900
