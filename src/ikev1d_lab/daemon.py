@@ -25,6 +25,16 @@ def _toml_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
+
+def _daemon_section(local_addr: str, dataplane: str, retransmit_timeout: str,
+                    retransmit_tries: int) -> str:
+    """The ``[daemon]`` table every lab configuration starts with."""
+    return (f"[daemon]\nlisten = [{json.dumps(local_addr)}]\n"
+            f"dataplane = {json.dumps(dataplane)}\n"
+            f"retransmit_timeout = {json.dumps(retransmit_timeout)}\n"
+            f"retransmit_tries = {retransmit_tries}\n")
+
+
 def ikev1d_conf(
     name: str,
     local_addr: str,
@@ -53,12 +63,7 @@ def ikev1d_conf(
     lts = [local_ts] if isinstance(local_ts, str) else list(local_ts)
     rts = [remote_ts] if isinstance(remote_ts, str) else list(remote_ts)
     ids = list(secret_ids) if secret_ids is not None else [remote_id]
-    return f"""\
-[daemon]
-listen = [{json.dumps(local_addr)}]
-dataplane = {json.dumps(dataplane)}
-retransmit_timeout = {json.dumps(retransmit_timeout)}
-retransmit_tries = {retransmit_tries}
+    return _daemon_section(local_addr, dataplane, retransmit_timeout, retransmit_tries) + f"""\
 {extra_daemon}
 
 [connections.{name}]
@@ -122,12 +127,7 @@ def roadwarrior_client_toml(
     if xauth_id is not None:
         secrets = (f"\n[secrets.{name}-xauth]\ntype = \"xauth\"\n"
                    f"ids = [{json.dumps(xauth_id)}]\nsecret = {json.dumps(xauth_password)}\n")
-    return f"""\
-[daemon]
-listen = [{json.dumps(local_addr)}]
-dataplane = {json.dumps(dataplane)}
-retransmit_timeout = {json.dumps(retransmit_timeout)}
-retransmit_tries = {retransmit_tries}
+    return _daemon_section(local_addr, dataplane, retransmit_timeout, retransmit_tries) + f"""\
 
 [connections.{name}]
 local_addrs = [{json.dumps(local_addr)}]
@@ -192,12 +192,7 @@ def roadwarrior_server_toml(
         users += (f"\n[secrets.{name}-radius]\ntype = \"radius\"\n"
                   f"secret = {json.dumps(radius[1])}\n\n"
                   f"[xauth]\nradius = {json.dumps(radius[0])}\nradius_timeout = \"1s\"\n")
-    return f"""\
-[daemon]
-listen = [{json.dumps(local_addr)}]
-dataplane = {json.dumps(dataplane)}
-retransmit_timeout = {json.dumps(retransmit_timeout)}
-retransmit_tries = {retransmit_tries}
+    return _daemon_section(local_addr, dataplane, retransmit_timeout, retransmit_tries) + f"""\
 
 [connections.{name}]
 local_addrs = [{json.dumps(local_addr)}]
