@@ -23,6 +23,8 @@ __all__ = ["PingResult", "echo", "ping"]
 
 _ICMP_ECHO_REQUEST = 8
 _ICMP_ECHO_REPLY = 0
+_ICMP6_ECHO_REQUEST = 128
+_ICMP6_ECHO_REPLY = 129
 
 
 def _checksum(data: bytes) -> int:
@@ -56,7 +58,10 @@ class PingResult(tuple[int, int]):
 def echo(
     dst: str, src: str | None = None, count: int = 2, timeout: float = 2.0, size: int = 56
 ) -> PingResult:
-    """Send `count` ICMP echo requests to `dst` (IPv4) and count the matching replies."""
+    """Send `count` ICMP echo requests to `dst` (IPv4 or IPv6) and count the matching
+    replies."""
+    if ":" in dst:
+        return _echo6(dst, src, count, timeout, size)
     ident = os.getpid() & 0xFFFF
     payload = bytes(i & 0xFF for i in range(size))
     received = 0
@@ -76,6 +81,33 @@ def echo(
                     continue
                 typ, _code, _csum, r_ident, r_seq = struct.unpack_from("!BBHHH", packet, ihl)
                 if typ == _ICMP_ECHO_REPLY and r_ident == ident and r_seq == seq:
+                    received += 1
+                    break
+    return PingResult((count, received))
+
+
+def _echo6(dst: str, src: str | None, count: int, timeout: float, size: int) -> PingResult:
+    """ICMPv6 echo (RFC 4443 section 4.1); the kernel fills in the checksum of raw
+    ICMPv6 sockets (RFC 3542 section 3.1) and hands us replies without the IPv6 header."""
+    ident = os.getpid() & 0xFFFF
+    payload = bytes(i & 0xFF for i in range(size))
+    received = 0
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+        if src is not None:
+            sock.bind((src, 0))
+        for seq in range(1, count + 1):
+            request = struct.pack("!BBHHH", _ICMP6_ECHO_REQUEST, 0, 0, ident, seq) + payload
+            sock.sendto(request, (dst, 0))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                ready, _, _ = select.select([sock], [], [], left)
+                if not ready:
+                    break
+                packet, addr = sock.recvfrom(65535)
+                if len(packet) < 8 or addr[0] != dst:
+                    continue
+                typ, _code, _csum, r_ident, r_seq = struct.unpack_from("!BBHHH", packet)
+                if typ == _ICMP6_ECHO_REPLY and r_ident == ident and r_seq == seq:
                     received += 1
                     break
     return PingResult((count, received))
