@@ -346,7 +346,8 @@ def _ike_sa_lines(ike: IkeSaStatus) -> list[str]:
             extra += f", DNS {', '.join(_text(a) for a in ike.dns)}"
         if ike.split_include:
             extra += f", split {_networks(ike.split_include)}"
-        lines.append(f"  virtual IP {_text(ike.virtual_ip)}{extra}")
+        vips = ", ".join(_text(a) for a in ike.virtual_ips or (ike.virtual_ip,))
+        lines.append(f"  virtual IP{'s' if len(ike.virtual_ips) > 1 else ''} {vips}{extra}")
     if ike.remote_cert is not None:
         lines.append(f'  peer certificate "{ike.remote_cert}"')
     return lines

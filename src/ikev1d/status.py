@@ -162,6 +162,9 @@ class IkeSaStatus:
     """The daemon's number for this ISAKMP SA (``ikev1d down NAME --ike-id N``)."""
     remote_cert: str | None = None
     """The subject DN of the peer's certificate, when it authenticated with one."""
+    virtual_ips: tuple[str, ...] = ()
+    """Every virtual IP of the SA, ``virtual_ip`` first: a dual-stack road warrior
+    holds one of each address family."""
 
     def to_json(self) -> dict[str, Any]:
         cky_i, cky_r = self.cookies
@@ -186,6 +189,8 @@ class IkeSaStatus:
             # Only with a virtual IP: what Mode Config announced with it.
             document["dns"] = list(self.dns)
             document["split_include"] = [str(n) for n in self.split_include]
+        if self.virtual_ips:
+            document["virtual_ips"] = list(self.virtual_ips)
         document["children"] = [child.to_json() for child in self.children]
         document["ike_id"] = self.ike_id
         if self.remote_cert is not None:
@@ -216,6 +221,8 @@ class IkeSaStatus:
             established_s=reader.optional(reader.integer, "established_s"),
             rekey_in_s=reader.optional(reader.integer, "rekey_in_s"),
             virtual_ip=reader.optional(reader.text, "virtual_ip"),
+            virtual_ips=(reader.addresses("virtual_ips") if "virtual_ips" in reader.data
+                         else ()),
             # Added after the first documents: absent means none.
             dns=reader.addresses("dns") if "dns" in reader.data else (),
             split_include=(reader.networks("split_include") if "split_include" in reader.data

@@ -85,7 +85,14 @@ ids = ["%any"]
 """
 
 
-def _client_conn(name: str, vips: str, remote_ts: str) -> str:
+def _child(name: str, remote_ts: str, local_ts: str = "dynamic") -> str:
+    return f"""{name} {{ remote_ts = {remote_ts}
+                     local_ts = {local_ts}
+                     esp_proposals = {ESP}
+                     rekey_time = 0 }}"""
+
+
+def _client_conn(name: str, vips: str, children: str) -> str:
     return f"""
   {name} {{
     version = 1
@@ -100,16 +107,20 @@ def _client_conn(name: str, vips: str, remote_ts: str) -> str:
             id = {name}@rw.example.org }}
     remote {{ auth = psk
              id = {SERVER_ID} }}
-    children {{ net {{ remote_ts = {remote_ts}
-                     esp_proposals = {ESP}
-                     rekey_time = 0 }} }}
+    children {{ {children} }}
   }}"""
 
 
 CLIENT_CONFIG = (
     "connections {"
-    + _client_conn("six", "::", NET6)
-    + _client_conn("dual", "0.0.0.0, ::", f"{NET4}, {NET6}")
+    + _client_conn("six", "::", _child("net", NET6))
+    # One Quick Mode carries one pair of IDs (RFC 2409 section 5.5): a child per
+    # family. strongSwan's IKEv1 Quick Mode takes the first of a child's dynamic
+    # local selectors (one per virtual IP, IPv4 first) whatever the remote family,
+    # so the IPv6 child names its address, the first of the pool, itself.
+    + _client_conn("dual", "0.0.0.0, ::", _child("net4", NET4)
+                   + _child("net6", NET6, local_ts="fd00:4::10/128")
+                   + _child("mixed", NET6))
     + "\n}\nsecrets {\n"
     + f'  ike-group {{ secret = "{PSK}" }}\n'
     + "}\n"
@@ -149,9 +160,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             server.stop()
 
 
-def _established(rig: Rig, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    ok, out = rig.client.initiate("net", name)
-    assert ok, out + rig.server.log_text()[-3000:]
+def _established(rig: Rig, name: str, children: tuple[str, ...] = ("net",)
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    for child in children:
+        ok, out = rig.client.initiate(child, name)
+        assert ok, out + rig.server.log_text()[-3000:]
     theirs = next((sa for sa in rig.client.list_sas() if sa["name"] == name), None)
     assert theirs is not None and theirs["children"], out
     ours = next((sa for sa in rig.server.status()["ike_sas"]
@@ -194,6 +207,38 @@ def test_ipv6_virtual_ip_through_the_tunnel(rig: Rig) -> None:
     assert "assigned virtual IP fd00:3::1 from pool v6" in rig.server.log_text()
 
 
+def test_dual_stack_client_gets_one_address_of_each_family(rig: Rig) -> None:
+    theirs, ours = _established(rig, "dual", ("net4", "net6"))
+    vips = sorted(theirs["local-vips"], key=lambda v: ipaddress.ip_address(v).version)
+    assert [ipaddress.ip_address(v).version for v in vips] == [4, 6], theirs
+    v4, v6 = vips
+    assert v4 == "10.3.21.1"
+    assert ipaddress.ip_address(v6) == ipaddress.ip_address("fd00:4::10")
+    assert ours["virtual_ip"] == v4 and ours["virtual_ips"] == [v4, v6]
+    assert len(theirs["children"]) == len(ours["children"]) == 2
+    for their_child in theirs["children"]:
+        our_child = next(c for c in ours["children"]
+                         if c["spi_in"] == their_child["spi-out"])
+        assert our_child["spi_out"] == their_child["spi-in"]
+        vip = v4 if their_child["name"] == "net4" else v6
+        assert our_child["remote_ts"] == [str(ipaddress.ip_network(vip))], (
+            theirs["children"], ours["children"])
+        assert our_child["remote_ts"] == [str(ipaddress.ip_network(vip))]
+        assert their_child["local-ts"] == our_child["remote_ts"]
+    _ping_from(rig, v4, "10.21.0.1")
+    _ping_from(rig, v6, "fd00:21::1")
+    log = rig.server.log_text()
+    assert "assigned virtual IP 10.3.21.1 from pool dual4" in log
+    assert "assigned virtual IP fd00:4::10 from pool dual6" in log
+    # With a dynamic local end, strongSwan proposes 10.3.21.1/32 === fd00:21::/64,
+    # a pair no packet can match: refused.
+    ok, _out = rig.client.initiate("mixed", "dual")
+    assert not ok
+    assert rig.server.wait_log(
+        "INVALID-ID-INFORMATION: no child matches the peer's tunnel 10.3.21.1/32 === "
+        "fd00:21::/64")
+
+
 def _values(node: Any, key: str) -> list[str]:
     """Every value of ``key`` anywhere in a tshark JSON packet."""
     out: list[str] = []
@@ -224,17 +269,3 @@ def test_tshark_dissects_the_ipv6_attributes(rig: Rig, tmp_path: Path) -> None:
             seen.update(_values(packet, "isakmp.cfg.attr.type"))
     # INTERNAL_IP6_ADDRESS, INTERNAL_IP6_DNS, INTERNAL_IP6_SUBNET.
     assert {"8", "10", "15"} <= seen, seen
-
-
-def test_dual_stack_client_gets_one_address_of_each_family(rig: Rig) -> None:
-    theirs, ours = _established(rig, "dual")
-    vips = sorted(theirs["local-vips"], key=lambda v: ipaddress.ip_address(v).version)
-    assert [ipaddress.ip_address(v).version for v in vips] == [4, 6], theirs
-    v4, v6 = vips
-    assert ipaddress.ip_address(v4) in ipaddress.ip_network("10.3.21.0/24")
-    assert ipaddress.ip_address(v6) == ipaddress.ip_address("fd00:4::10")
-    assert ours["virtual_ips"] == [v4, v6] and ours["virtual_ip"] == v4
-    child = _same_child(theirs, ours)
-    assert sorted(child["remote_ts"]) == sorted([f"{v4}/32", f"{v6}/128"])
-    _ping_from(rig, v4, "10.21.0.1")
-    _ping_from(rig, v6, "fd00:21::1")

@@ -411,7 +411,8 @@ class KernelBackend:
         self._pairs: dict[tuple[int, int], _InstalledPair] = {}
         self._decap_sockets = 0
         self._decap_problems: list[str] = []
-        self._vips: dict[int, tuple[Address, tuple[Network, ...]]] = {}
+        self._vips: dict[tuple[int, int], tuple[Address, tuple[Network, ...]]] = {}
+        """By (ISAKMP SA, address family): a dual-stack client holds one of each."""
         """ISAKMP SA -> (virtual IP, split networks) of a Mode Config client."""
         self._address_refs: dict[Address, tuple[int, bool]] = {}
         """Virtual IP -> (ISAKMP SAs using it, whether it was added here)."""
@@ -733,9 +734,10 @@ class KernelBackend:
         used as it is, never removed."""
         if self._closed:
             raise DataplaneError("kernel data plane is closed")
-        old = self._vips.get(ike_id)
+        key = (ike_id, address.version)
+        old = self._vips.get(key)
         if old is not None and old[0] == address:
-            self._vips[ike_id] = (address, split)
+            self._vips[key] = (address, split)
             return
         if old is not None:
             self.remove_virtual_ip(ike_id, old[0])
@@ -759,15 +761,16 @@ class KernelBackend:
                                          f"{_reason(exc)}") from None
                 added = True
         self._address_refs[address] = (users + 1, added)
-        self._vips[ike_id] = (address, split)
+        self._vips[key] = (address, split)
         self._save()
         log.debug("kernel data plane: virtual IP %s%s", address, " on lo" if added else "")
 
     def remove_virtual_ip(self, ike_id: int, address: Address) -> None:
-        vip = self._vips.get(ike_id)
+        key = (ike_id, address.version)
+        vip = self._vips.get(key)
         if vip is None or vip[0] != address:
             return
-        del self._vips[ike_id]
+        del self._vips[key]
         users, added = self._address_refs.pop(address, (0, False))
         if users > 1:
             self._address_refs[address] = (users - 1, added)
@@ -824,7 +827,7 @@ class KernelBackend:
                     self.remove_trap(conn, child)
                 except DataplaneError as exc:
                     log.error("kernel data plane: %s", exc)
-            for ike_id, (address, _) in list(self._vips.items()):
+            for (ike_id, _), (address, _) in list(self._vips.items()):
                 self.remove_virtual_ip(ike_id, address)
         finally:
             if self.expire_source is not None:
@@ -904,12 +907,15 @@ class KernelBackend:
                         extra={"conn": conn})
             return ()
         added: list[Route] = []
-        vip = self._vips.get(ike_id) if ike_id is not None else None
+        vips = {version: vip for (owner, version), vip in self._vips.items()
+                if owner == ike_id}
         remote_networks = remote_nets
-        if vip is not None:
-            remote_networks = split_routes(remote_networks, vip[1])
+        if vips:
+            # The split networks came with the addresses; they are the same list.
+            remote_networks = split_routes(remote_networks, next(iter(vips.values()))[1])
         for remote_ts in remote_networks:
-            if vip is not None and vip[0].version == remote_ts.version:
+            vip = vips.get(remote_ts.version)
+            if vip is not None:
                 source: Address | None = vip[0]
             else:
                 source = next((a for a in addresses for net in local_nets

@@ -244,7 +244,8 @@ class UserspaceBackend:
         self._acquire: AcquireHandler | None = None
         self._traps: dict[tuple[str, str], _Trap] = {}
         self._state_file: StateFile | None = None
-        self._vips: dict[int, tuple[Address, tuple[Network, ...]]] = {}
+        self._vips: dict[tuple[int, int], tuple[Address, tuple[Network, ...]]] = {}
+        """By (ISAKMP SA, address family): a dual-stack client holds one of each."""
         """ISAKMP SA -> (virtual IP, split networks) of a Mode Config client."""
         self._address_refs: dict[Address, tuple[int, bool]] = {}
         """Virtual IP -> (ISAKMP SAs using it, whether it was added here)."""
@@ -414,10 +415,11 @@ class UserspaceBackend:
         )
 
     def _vip_for(self, sa: ChildSaEstablished) -> tuple[Address, tuple[Network, ...]] | None:
-        vip = self._vips.get(sa.ike_id)
-        if vip is None or not any(n.version == vip[0].version for n in sa.remote_ts):
-            return None
-        return vip
+        for version in dict.fromkeys(n.version for n in sa.remote_ts):
+            vip = self._vips.get((sa.ike_id, version))
+            if vip is not None:
+                return vip
+        return None
 
     def _source_for(self, sa: ChildSaEstablished) -> str | None:
         """The virtual IP of the SA's ISAKMP SA, else an address of ours in its local networks."""
@@ -447,9 +449,10 @@ class UserspaceBackend:
         needs recording for a restart after a crash."""
         if self._closed:
             raise DataplaneError("the userspace data plane is closed")
-        old = self._vips.get(ike_id)
+        key = (ike_id, address.version)
+        old = self._vips.get(key)
         if old is not None and old[0] == address:
-            self._vips[ike_id] = (address, split)
+            self._vips[key] = (address, split)
             return
         if old is not None:
             self.remove_virtual_ip(ike_id, old[0])
@@ -464,14 +467,15 @@ class UserspaceBackend:
                 log.info("userspace: virtual IP %s is on this host already; used as it is "
                          "and left there", address)
         self._address_refs[address] = (users + 1, added)
-        self._vips[ike_id] = (address, split)
+        self._vips[key] = (address, split)
         log.debug("userspace: virtual IP %s on %s", address, self.tun.name)
 
     def remove_virtual_ip(self, ike_id: int, address: Address) -> None:
-        vip = self._vips.get(ike_id)
+        key = (ike_id, address.version)
+        vip = self._vips.get(key)
         if vip is None or vip[0] != address:
             return
-        del self._vips[ike_id]
+        del self._vips[key]
         users, added = self._address_refs.pop(address, (0, False))
         if users > 1:
             self._address_refs[address] = (users - 1, added)

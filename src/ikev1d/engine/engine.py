@@ -720,6 +720,7 @@ class Engine:
                 established_s=int(now - established) if established is not None else None,
                 rekey_in_s=int(sa.rekey_at - now) if sa.rekey_at is not None else None,
                 virtual_ip=str(vip) if (vip := sa.local_vip or sa.remote_vip) else None,
+                virtual_ips=tuple(str(a) for a in sa.local_vips or sa.remote_vips),
                 dns=tuple(str(a) for a in sa.vip_dns) if vip else (),
                 split_include=tuple(sa.vip_split) if vip else (),
                 children=tuple(_child_status(c, now) for c in sa.children),

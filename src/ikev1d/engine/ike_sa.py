@@ -342,17 +342,37 @@ class IkeSa:
         CERT or pinned), for ``status``."""
         self.initial_contact_seen = False
         """The peer's authenticated Main Mode message 5/6 carried INITIAL-CONTACT."""
-        self.local_vip: IPAddress | None = None
-        """Mode Config client: the virtual IP the server gave us."""
-        self.remote_vip: IPAddress | None = None
-        """Mode Config server: the address we leased to the peer."""
+        self.local_vips: tuple[IPAddress, ...] = ()
+        """Mode Config client: the virtual IPs the server gave us, at most one per
+        address family."""
+        self.remote_vips: tuple[IPAddress, ...] = ()
+        """Mode Config server: the addresses we leased to the peer, at most one per
+        address family (a dual-stack client asks for both), in the order asked."""
         self.vip_dns: tuple[IPAddress, ...] = ()
         self.vip_split: tuple[Network, ...] = ()
-        self.lease: tuple[str, Owner] | None = None
-        """(pool name, lease owner) of the address we leased to the peer."""
-        self.previous_vip: IPAddress | None = None
-        """The virtual IP of the ISAKMP SA this one renewed: asked for again, and
-        released only if this SA does not keep it."""
+        self.leases: tuple[tuple[str, Owner], ...] = ()
+        """(pool name, lease owner) of each address in ``remote_vips``, in step."""
+        self.previous_vips: tuple[IPAddress, ...] = ()
+        """The virtual IPs of the ISAKMP SA this one renewed: asked for again, and
+        released only if this SA does not keep them."""
+
+    @property
+    def remote_vip(self) -> IPAddress | None:
+        """Mode Config server: the (first) address we leased to the peer."""
+        return self.remote_vips[0] if self.remote_vips else None
+
+    @property
+    def local_vip(self) -> IPAddress | None:
+        """Mode Config client: the (first) virtual IP the server gave us."""
+        return self.local_vips[0] if self.local_vips else None
+
+    def local_vip_for(self, version: int) -> IPAddress | None:
+        """Our virtual IP of that family, if any."""
+        return next((a for a in self.local_vips if a.version == version), None)
+
+    def remote_vip_for(self, version: int) -> IPAddress | None:
+        """The address of that family we leased to the peer, if any."""
+        return next((a for a in self.remote_vips if a.version == version), None)
 
     # -- identification -----------------------------------------------------
 

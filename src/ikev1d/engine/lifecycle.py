@@ -303,10 +303,12 @@ class Lifecycle:
             if work.replaces is not None and self.engine.owner_of(work.replaces) is None:
                 continue  # the SA to renew is gone meanwhile
             local_ts = work.local_ts
-            if work.replaces is None and not work.child.local_ts and sa.local_vip is not None:
+            vip = sa.local_vip_for(work.remote_ts.version)
+            if work.replaces is None and not work.child.local_ts and vip is not None:
                 # Mode Config gave us an address: our end of the tunnel is that
-                # address, not our IKE address.
-                local_ts = ipaddress.ip_network(sa.local_vip)
+                # address (the one of the remote network's family, for a dual-stack
+                # client), not our IKE address.
+                local_ts = ipaddress.ip_network(vip)
             qm = QuickMode(sa, sa.new_message_id(), initiator=True)
             qm.replaces = work.replaces
             sa.exchanges[qm.message_id] = qm

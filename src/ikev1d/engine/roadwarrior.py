@@ -50,7 +50,7 @@ from ikev1d.wire import (
 
 if TYPE_CHECKING:
     from ikev1d.engine.engine import Engine
-    from ikev1d.engine.pools import Owner
+    from ikev1d.engine.pools import Owner, Pool
 
 log = logging.getLogger("ikev1d.engine")
 
@@ -425,7 +425,11 @@ class ModeConfigServer(Step):
             self.wait(now, "the client's Mode Config request")
             return
         # Exhausted: a CFG_SET without an address, as for a pull (see on_request).
-        attributes = self.rw.lease(self.sa, None, None, now) or []
+        # Pushed, one address of each family the connection's pools have.
+        conn, pools = self.sa.conn, self.rw.engine.pools
+        families = dict.fromkeys(pools[name].version for name in (conn.pools if conn else ())
+                                 if name in pools)
+        attributes = self.rw.lease(self.sa, [(f, None) for f in families], now) or []
         identifier = int.from_bytes(self.sa.ctx.random_bytes(2), "big")
         self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_SET, identifier, tuple(attributes)),
                   now, lambda answer, t: self.done(t))
@@ -433,8 +437,7 @@ class ModeConfigServer(Step):
     def on_request(self, request: AttributePayload, now: float) -> Answer | None:
         if self.push or request.cfg_type != ModeCfgType.ISAKMP_CFG_REQUEST:
             return super().on_request(request, now)
-        family, wanted = requested_address(request)
-        attributes = self.rw.lease(self.sa, family, wanted, now)
+        attributes = self.rw.lease(self.sa, requested_addresses(request), now)
         reply = AttributePayload(ModeCfgType.ISAKMP_CFG_REPLY, request.identifier,
                                  tuple(attributes or ()))
         # Exhausted: the answer carries no address (draft-dukes section 3.2 has no
@@ -445,19 +448,20 @@ class ModeConfigServer(Step):
         return Answer(reply, self.done)
 
 
-def requested_address(request: AttributePayload) -> tuple[int | None, IPAddress | None]:
-    """(the address family the client asks for, the address it would like)."""
+def requested_addresses(request: AttributePayload) -> list[tuple[int, IPAddress | None]]:
+    """Per address family the client asks for (INTERNAL_IP4_ADDRESS,
+    INTERNAL_IP6_ADDRESS; a dual-stack client sends both), in its order: (the
+    family, the address it would like or None)."""
+    out: dict[int, IPAddress | None] = {}
     for attribute in request.attributes:
         value = attribute.value
-        if attribute.type == A.INTERNAL_IP4_ADDRESS:
-            wanted = (ipaddress.IPv4Address(value) if isinstance(value, bytes)
+        if attribute.type == A.INTERNAL_IP4_ADDRESS and 4 not in out:
+            out[4] = (ipaddress.IPv4Address(value) if isinstance(value, bytes)
                       and len(value) == 4 and any(value) else None)
-            return 4, wanted
-        if attribute.type == A.INTERNAL_IP6_ADDRESS:
-            wanted6 = (ipaddress.IPv6Address(value[:16]) if isinstance(value, bytes)
-                       and len(value) in (16, 17) and any(value[:16]) else None)
-            return 6, wanted6
-    return None, None
+        elif attribute.type == A.INTERNAL_IP6_ADDRESS and 6 not in out:
+            out[6] = (ipaddress.IPv6Address(value[:16]) if isinstance(value, bytes)
+                      and len(value) in (16, 17) and any(value[:16]) else None)
+    return list(out.items())
 
 
 class ModeConfigClient(Step):
@@ -493,9 +497,8 @@ class ModeConfigClient(Step):
         an address of that family, that one again."""
         conn = self.sa.conn
         out = [ipaddress.ip_address(v) for v in (conn.vips if conn is not None else ())]
-        previous = self.sa.previous_vip
-        return [previous if previous is not None and previous.version == v.version
-                and v.is_unspecified else v for v in out]
+        previous = {a.version: a for a in self.sa.previous_vips}
+        return [previous.get(v.version, v) if v.is_unspecified else v for v in out]
 
     def on_request(self, request: AttributePayload, now: float) -> Answer | None:
         if not self.push or request.cfg_type != ModeCfgType.ISAKMP_CFG_SET:
@@ -512,21 +515,34 @@ class ModeConfigClient(Step):
         if not received.addresses:
             self.fail("the server assigned no virtual IP", now)
             return
-        address = received.addresses[0]
-        sa.local_vip = address
+        # One address per family (a dual-stack server answers 0.0.0.0 and :: with
+        # one of each); a second one of a family would have no use here.
+        by_family: dict[int, IPAddress] = {}
+        for address in received.addresses:
+            by_family.setdefault(address.version, address)
+        sa.local_vips = tuple(by_family.values())
         sa.vip_dns = tuple(received.dns)
         sa.vip_split = tuple(received.split)
-        log.info("virtual IP %s assigned%s%s", address,
+        log.info("virtual IP%s %s assigned%s%s", "s" if len(sa.local_vips) > 1 else "",
+                 ", ".join(map(str, sa.local_vips)),
                  f", DNS {', '.join(map(str, received.dns))}" if received.dns else "",
                  f", split networks {', '.join(map(str, received.split))}"
                  if received.split else "", extra=sa.log_extra)
-        previous = sa.previous_vip
-        sa.previous_vip = None
+        previous = sa.previous_vips
+        sa.previous_vips = ()
         engine = self.rw.engine
-        if previous is not None and previous != address:
-            engine.emit(VirtualIpReleased(sa.name, sa.ike_id, previous))
-        engine.emit(VirtualIpAssigned(sa.name, sa.ike_id, address, sa.vip_dns, sa.vip_split))
+        for address in previous:
+            if address not in sa.local_vips:
+                engine.emit(VirtualIpReleased(sa.name, sa.ike_id, address))
+        for address in sa.local_vips:
+            engine.emit(VirtualIpAssigned(sa.name, sa.ike_id, address, sa.vip_dns,
+                                          sa.vip_split))
         self.done(now)
+
+
+def _deduplicated(attributes: list[Attribute]) -> list[Attribute]:
+    """Each attribute once: two pools may announce the same DNS server or network."""
+    return list(dict.fromkeys(attributes))
 
 
 # -- the engine part ------------------------------------------------------------------
@@ -576,10 +592,9 @@ class RoadWarrior:
         running = sa.work.running
         if isinstance(running, Step):
             return running.on_request(request, now)
-        if request.cfg_type == ModeCfgType.ISAKMP_CFG_REQUEST and sa.lease is not None:
+        if request.cfg_type == ModeCfgType.ISAKMP_CFG_REQUEST and sa.leases:
             # A repeated pull after the lease was given: the same lease again.
-            family, wanted = requested_address(request)
-            attributes = self.lease(sa, family, wanted, now)
+            attributes = self.lease(sa, requested_addresses(request), now)
             return Answer(AttributePayload(ModeCfgType.ISAKMP_CFG_REPLY, request.identifier,
                                            tuple(attributes or ())))
         self.unexpected(sa, request, now)
@@ -610,39 +625,67 @@ class RoadWarrior:
     def owner(self, sa: IkeSa) -> Owner:
         return (sa.local_id, sa.remote_id, sa.xauth_user or "")
 
-    def lease(self, sa: IkeSa, family: int | None, wanted: IPAddress | None,
+    def lease(self, sa: IkeSa, wanted: list[tuple[int, IPAddress | None]],
               now: float) -> list[Attribute] | None:
-        """An address for the peer from the connection's pools (its own lease again
-        if it has one) and the attributes that announce it; None if exhausted."""
+        """An address for the peer from the connection's pools per family it asks
+        for (``wanted`` from ``requested_addresses``; empty: one address from the
+        first pool that has one), its own leases again if it has them, and the
+        attributes that announce them; None if it gets no address at all."""
         conn = sa.conn
         if conn is None:
             return None
         pools = [self.engine.pools[name] for name in conn.pools if name in self.engine.pools]
-        if family is not None and any(p.version == family for p in pools):
-            pools = [p for p in pools if p.version == family]
-        if sa.lease is not None:
-            held = self.engine.pools.get(sa.lease[0])
-            pools = [held] if held is not None else []
+        families = {family for family, _ in wanted}
+        served = [p for p in pools if p.version in families]
+        if len(wanted) > 1 or served:
+            # Each family from its own pools: a dual-stack client gets one address
+            # of each, and none of a family without a pool.
+            asks: list[tuple[list[Pool], int | None, IPAddress | None]] = [
+                ([p for p in pools if p.version == family], family, address)
+                for family, address in wanted]
+        else:
+            # No family asked for, or one that no pool serves: the first pool that
+            # has an address, as before dual stack (strongSwan answers a request
+            # for 0.0.0.0 from an IPv6-only pool alike).
+            asks = [(pools, None, wanted[0][1] if wanted else None)]
+        attributes: list[Attribute] = []
+        for candidates, family, address in asks:
+            got = self._lease_one(sa, candidates, family, address)
+            if got is not None:
+                attributes += self._announce(got[1], got[0].config.prefix,
+                                             got[0].config.dns, got[0].config.split_include)
+        if not sa.remote_vips or not attributes:
+            names = (", ".join(p.name for c, _, _ in asks for p in c)
+                     or ", ".join(conn.pools) or "(none)")
+            sa.ctx.logs.log(log, logging.WARNING, "pool-exhausted", now,
+                            "no address for %s: pool %s exhausted", sa.remote_id, names,
+                            extra=sa.log_extra)
+            return None
+        return _deduplicated(attributes)
+
+    def _lease_one(self, sa: IkeSa, pools: list[Pool], family: int | None,
+                   wanted: IPAddress | None) -> tuple[Pool, IPAddress] | None:
+        """The address of ``family`` (any, when None) the SA holds already, else a
+        new lease from the first of ``pools`` that has one; None if none has."""
+        for (name, _owner), held_address in zip(sa.leases, sa.remote_vips, strict=True):
+            if family is None or held_address.version == family:
+                held = self.engine.pools.get(name)
+                return (held, held_address) if held is not None else None
         owner = self.owner(sa)
         for pool in pools:
-            address = (sa.remote_vip if sa.lease is not None and sa.lease[0] == pool.name
-                       else pool.acquire(owner, wanted))
+            if pool.version in {a.version for a in sa.remote_vips}:
+                continue
+            address = pool.acquire(owner, wanted)
             if address is None:
                 continue
-            if sa.lease is None:
-                sa.lease = (pool.name, owner)
-                sa.remote_vip = address
-                sa.vip_dns = pool.config.dns
-                sa.vip_split = pool.config.split_include
-                log.info("assigned virtual IP %s from pool %s to %s%s", address, pool.name,
-                         sa.remote_id, f" (user '{printable(sa.xauth_user)}')"
-                         if sa.xauth_user else "", extra=sa.log_extra)
-            return self._announce(address, pool.config.prefix, pool.config.dns,
-                                  pool.config.split_include)
-        names = ", ".join(p.name for p in pools) or ", ".join(conn.pools) or "(none)"
-        sa.ctx.logs.log(log, logging.WARNING, "pool-exhausted", now,
-                        "no address for %s: pool %s exhausted", sa.remote_id, names,
-                        extra=sa.log_extra)
+            sa.leases += ((pool.name, owner),)
+            sa.remote_vips += (address,)
+            sa.vip_dns = tuple(dict.fromkeys(sa.vip_dns + pool.config.dns))
+            sa.vip_split = tuple(dict.fromkeys(sa.vip_split + pool.config.split_include))
+            log.info("assigned virtual IP %s from pool %s to %s%s", address, pool.name,
+                     sa.remote_id, f" (user '{printable(sa.xauth_user)}')"
+                     if sa.xauth_user else "", extra=sa.log_extra)
+            return pool, address
         return None
 
     @staticmethod
@@ -700,20 +743,20 @@ class RoadWarrior:
         """The SA is gone: its lease goes offline, its virtual IP is released."""
         for request_id in [k for k, v in self._checks.items() if v.sa is sa]:
             del self._checks[request_id]
-        if sa.lease is not None:
-            pool = self.engine.pools.get(sa.lease[0])
+        for name, owner in sa.leases:
+            pool = self.engine.pools.get(name)
             if pool is not None:
-                pool.release(sa.lease[1])
-            sa.lease = None
-        address = sa.local_vip or sa.previous_vip
-        if address is not None:
-            sa.local_vip = sa.previous_vip = None
+                pool.release(owner)
+        sa.leases = sa.remote_vips = ()
+        addresses = sa.local_vips or sa.previous_vips
+        sa.local_vips = sa.previous_vips = ()
+        for address in addresses:
             self.engine.emit(VirtualIpReleased(sa.name, sa.ike_id, address))
 
     @staticmethod
     def hand_over(old: IkeSa, new: IkeSa) -> None:
         """A renewed ISAKMP SA keeps its predecessor's virtual IP (it asks for it again)."""
-        address = old.local_vip or old.previous_vip
-        if address is not None and new.local_vip is None:
-            new.previous_vip = address
-            old.local_vip = old.previous_vip = None
+        addresses = old.local_vips or old.previous_vips
+        if addresses and not new.local_vips:
+            new.previous_vips = addresses
+            old.local_vips = old.previous_vips = ()

@@ -108,6 +108,24 @@ def test_userspace_shared_virtual_ip_stays_until_its_last_isakmp_sa(
     assert routes.addresses == set()
 
 
+def test_userspace_a_dual_stack_client_holds_both_addresses(
+    userspace: tuple[UserspaceBackend, FakeRoutes],
+) -> None:
+    """One ISAKMP SA, one virtual IP per family: each is the source of its family's
+    routes, and adding the second does not take the first away."""
+    backend, routes = userspace
+    vip6 = ipaddress.ip_address("fd00:3::10")
+    backend.add_virtual_ip(1, VIP, ())
+    backend.add_virtual_ip(1, vip6, ())
+    assert routes.addresses == {"10.3.0.7", "fd00:3::10"}
+    backend.install(child(local_ts=("10.3.0.7/32",), remote_ts=("10.2.0.0/16",)))
+    backend.install(child(local_ts=("fd00:3::10/128",), remote_ts=("fd00:2::/64",),
+                          spis=(0xC3, 0xC4)))
+    assert routes.routes == {"10.2.0.0/16": "10.3.0.7", "fd00:2::/64": "fd00:3::10"}
+    backend.remove_virtual_ip(1, vip6)
+    assert routes.addresses == {"10.3.0.7"}
+
+
 # --- kernel ----------------------------------------------------------------------------
 
 

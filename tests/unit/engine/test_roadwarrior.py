@@ -680,3 +680,74 @@ def test_unique_keep_compares_the_xauth_user_too(caplog: pytest.LogCaptureFixtur
         ("10.0.0.2", "alice"), ("10.0.0.4", "bob")]
     assert not w.nodes["10.0.0.3"].sas()
     assert "unique = keep" in caplog.text
+
+
+def _dual_stack_configs(modecfg: str) -> tuple[str, str]:
+    server = server_config(modecfg=modecfg).replace(
+        'pools = ["clients"]', 'pools = ["clients", "clients6"]').replace(
+        'local_ts = ["10.2.0.0/16"]', 'local_ts = ["10.2.0.0/16", "fd00:2::/64"]'
+    ) + '[pools.clients6]\naddrs = "fd00:3::10-fd00:3::20"\ndns = ["fd00:2::53"]\n'
+    client = client_config("192.0.2.10", modecfg=modecfg).replace(
+        'vips = ["0.0.0.0"]', 'vips = ["0.0.0.0", "::"]'
+    ) + ('[connections.home.children.net6]\nremote_ts = ["fd00:2::/64"]\n'
+         'esp_proposals = ["aes128gcm16"]\n')
+    return server, client
+
+
+@pytest.mark.parametrize("modecfg", ["pull", "push"])
+def test_a_dual_stack_client_gets_one_address_of_each_family(modecfg: str) -> None:
+    server_text, client_text = _dual_stack_configs(modecfg)
+    w = world(server_text, ("192.0.2.10", client_text))
+    w.up("192.0.2.10")
+    client, server = w.nodes["192.0.2.10"], w.nodes[SERVER]
+    assert [str(e.address) for e in client.of(VirtualIpAssigned)] == ["10.3.0.1", "fd00:3::10"]
+    (s_sa,) = server.sas()
+    assert [str(a) for a in s_sa.remote_vips] == ["10.3.0.1", "fd00:3::10"]
+    # Each child's end is the virtual IP of its family, on both sides.
+    ends = sorted((str(c.local_ts[0]), str(c.remote_ts[0]))
+                  for c in client.of(ChildSaEstablished))
+    assert ends == [("10.3.0.1/32", "10.2.0.0/16"), ("fd00:3::10/128", "fd00:2::/64")]
+    assert sorted(str(c.remote_ts[0]) for c in server.of(ChildSaEstablished)) == [
+        "10.3.0.1/32", "fd00:3::10/128"]
+    c_json = client.engine.status(w.now).to_json()["ike_sas"][0]
+    s_json = server.engine.status(w.now).to_json()["ike_sas"][0]
+    for doc in (c_json, s_json):
+        assert doc["virtual_ip"] == "10.3.0.1"
+        assert doc["virtual_ips"] == ["10.3.0.1", "fd00:3::10"]
+        assert doc["dns"] == ["10.2.0.53", "fd00:2::53"]
+    assert [p["online"] for p in server.engine.status(w.now).to_json()["pools"]] == [1, 1]
+    # Both leases go offline, both addresses are released.
+    client.engine.terminate("home", w.now)
+    w.pump()
+    assert [p["offline"] for p in server.engine.status(w.now).to_json()["pools"]] == [1, 1]
+    assert sorted(str(e.address) for e in client.of(VirtualIpReleased)) == [
+        "10.3.0.1", "fd00:3::10"]
+
+
+def test_a_dual_stack_client_with_only_an_ipv4_pool_gets_one_address() -> None:
+    server_text, client_text = _dual_stack_configs("pull")
+    server_text = server_text.replace('pools = ["clients", "clients6"]', 'pools = ["clients"]')
+    w = world(server_text, ("192.0.2.10", client_text))
+    w.up("192.0.2.10")
+    client, server = w.nodes["192.0.2.10"], w.nodes[SERVER]
+    assert [str(e.address) for e in client.of(VirtualIpAssigned)] == ["10.3.0.1"]
+    assert [str(a) for a in server.sas()[0].remote_vips] == ["10.3.0.1"]
+    # The IPv4 child is up; the IPv6 one names our IKE address, which is no lease.
+    assert [str(c.local_ts[0]) for c in client.of(ChildSaEstablished)] == ["10.3.0.1/32"]
+
+
+def test_a_quick_mode_mixing_address_families_is_refused(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """strongSwan's IKEv1 client proposes its first dynamic selector, its IPv4
+    virtual IP, with a child's IPv6 remote network: such a pair names no tunnel."""
+    server_text, client_text = _dual_stack_configs("pull")
+    client_text = client_text.replace(
+        '[connections.home.children.net6]\n',
+        '[connections.home.children.net6]\nlocal_ts = ["10.3.0.1/32"]\n')
+    w = world(server_text, ("192.0.2.10", client_text))
+    with caplog.at_level(logging.WARNING):
+        w.up("192.0.2.10")
+    server = w.nodes[SERVER]
+    assert [str(c.remote_ts[0]) for c in server.of(ChildSaEstablished)] == ["10.3.0.1/32"]
+    assert "INVALID-ID-INFORMATION: no child matches the peer's tunnel 10.3.0.1/32" in caplog.text
+

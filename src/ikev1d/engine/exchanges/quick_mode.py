@@ -601,12 +601,20 @@ class QuickMode(Exchange):
         conn = self.sa.conn
         if conn is None or local_net is None or remote_net is None:
             return None
+        if local_net.version != remote_net.version:
+            # No packet has a source of one family and a destination of the other:
+            # such a pair names no tunnel. (strongSwan's IKEv1 client proposes one
+            # when a dual-stack child's first dynamic selector is the other
+            # family's virtual IP.)
+            return None
         sa = self.sa
-        # With Mode Config, a side's dynamic end is its virtual IP.
+        # With Mode Config, a side's dynamic end is its virtual IP; a dual-stack
+        # client holds one per family, and the one of the proposed ID's family counts.
         local_addr = str(sa.local_vip) if sa.local_vip is not None else sa.local[0]
-        remote_addr = str(sa.remote_vip) if sa.remote_vip is not None else sa.remote[0]
+        remote_vip = sa.remote_vip_for(remote_net.version)
+        remote_addr = str(remote_vip) if remote_vip is not None else sa.remote[0]
         for child in conn.children.values():
-            if conn.pools and sa.remote_vip is None and not child.remote_ts:
+            if conn.pools and remote_vip is None and not child.remote_ts:
                 continue  # the peer's end is the address it did not get from a pool
             local_nets, remote_nets = child.traffic_selectors(local_addr, remote_addr)
             if local_net in local_nets and remote_net in remote_nets:
