@@ -65,19 +65,24 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         assert code == 0, ours.log_text()[-3000:]
 
 
-def client_conf(*, modecfg: str = "pull", xauth: tuple[str, str] | None = None) -> str:
-    return roadwarrior_client_toml(
+def client_conf(*, modecfg: str = "pull", xauth: tuple[str, str] | None = None,
+                trap: bool = False) -> str:
+    text = roadwarrior_client_toml(
         "home", "192.0.2.1", "192.0.2.2", "192.0.2.1", SERVER_ID, PSK, P1, P2, "10.2.0.0/24",
         modecfg=modecfg, xauth_id=xauth[0] if xauth else None,
         xauth_password=xauth[1] if xauth else "")
+    if trap:
+        text = text.replace("[connections.home]\n", '[connections.home]\nstart_action = "trap"\n')
+    return text
 
 
-def configure(rig: Rig, *, push: bool = False, xauth: tuple[str, str] | None = None) -> None:
+def configure(rig: Rig, *, push: bool = False, xauth: tuple[str, str] | None = None,
+              trap: bool = False) -> None:
     rig.theirs.load_config(roadwarrior_server_conf(
         "rw", "192.0.2.2", SERVER_ID, PSK, P1, P2, "10.2.0.0/24", addrs="10.3.0.0/24",
         dns=["10.2.0.53"], push=push, xauth_users=USERS if xauth else None))
     rig.ours.config_path.write_text(client_conf(modecfg="push" if push else "pull",
-                                                xauth=xauth))
+                                                xauth=xauth, trap=trap))
     rig.ours.cli("reload")
 
 
@@ -152,3 +157,41 @@ def test_xauth_with_a_wrong_password(rig: Rig) -> None:
         time.sleep(0.2)
     assert rig.ours.status()["ike_sas"] == []
     assert "10.3.0." not in rig.topo.a.run(["ip", "-o", "addr"]).stdout
+
+
+def test_a_trapped_child_comes_up_with_the_virtual_ip_on_traffic(rig: Rig) -> None:
+    """start_action = "trap" on a client whose end is its virtual IP: the trap
+    routes the server's network into the TUN device; the first packet (from the
+    host's own address: there is no virtual IP yet) brings up Main Mode, Mode
+    Config and the child, and is dropped; the child and its route then use the
+    virtual IP, and the next pings from it get through."""
+    started_before = rig.ours.log_text().count("initiating Main Mode")
+    configure(rig, trap=True)
+    try:
+        status = rig.ours.status()
+        assert status["ike_sas"] == [], status
+        (trap,) = status["traps"]
+        assert (trap["name"], trap["child"], trap["remote_ts"]) == ("home", "net", ["10.2.0.0/24"])
+        answered = 0
+        for _ in range(10):
+            answered = ping(rig.topo.a, "10.2.0.1", count=1, timeout=1.0)[1]
+            if answered:
+                break
+        assert answered, rig.ours.log_text()[-3000:]
+        assert rig.ours.wait_log("acquire for home/net: initiating")
+        (ike,) = rig.ours.status()["ike_sas"]
+        vip = ike["virtual_ip"]
+        assert vip is not None and vip.startswith("10.3.0."), ike
+        (child,) = ike["children"]
+        assert child["local_ts"] == [f"{vip}/32"] and child["state"] == "INSTALLED"
+        route = rig.topo.a.run(["ip", "route", "get", "10.2.0.1"]).stdout
+        assert f"src {vip}" in route, route
+        assert ping(rig.topo.a, "10.2.0.1", count=3) == (3, 3)
+        theirs = their_sa(rig)
+        assert theirs["remote-vips"] == [vip]
+        assert rig.ours.log_text().count("initiating Main Mode") == started_before + 1
+        take_down(rig)
+        # The trap stays (the configuration still asks for it) and catches again.
+        assert [t["child"] for t in rig.ours.status()["traps"]] == ["net"]
+    finally:
+        configure(rig)

@@ -292,7 +292,11 @@ class UserspaceBackend:
         new = _Trap(name, prefixes(trap.local_ts), prefixes(trap.remote_ts),
                     tun_routes(remote_networks),
                     trap.remote if peer_inside(trap.remote, remote_networks) else None)
-        src = self.routes.local_address_in(tuple(trap.local_ts))
+        # A trap for any source (a road warrior's, whose virtual IP is still to
+        # come) names no source: the kernel picks one, and the virtual IP once it
+        # is on the TUN device.
+        src = (None if any(n.prefixlen == 0 for n in trap.local_ts)
+               else self.routes.local_address_in(tuple(trap.local_ts)))
         added: list[Network] = []
         try:
             if new.bypass is not None:

@@ -30,11 +30,12 @@ reports.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ikev1d.config import Config, ConnectionConfig, DpdAction, StartAction
+from ikev1d.config import Config, ConnectionConfig, Dataplane, DpdAction, StartAction
 from ikev1d.engine.api import (
     ChildSaEstablished,
     ConnectionFailed,
@@ -93,6 +94,24 @@ class Traps:
         local, remote = self.engine.initiation_addresses(conn)
         child = conn.children[child_name]
         local_ts, remote_ts = child.traffic_selectors(local, remote)
+        if conn.vips and not child.local_ts:
+            if self.engine.config.daemon.dataplane is Dataplane.KERNEL:
+                # The kernel plane's SA pair takes over the trap's policies and
+                # routes, which need our end to be known when the trap goes in.
+                raise EngineError("its local end is the virtual IP to come, which only "
+                                  "the userspace data plane traps (set local_ts, or "
+                                  "dataplane = \"userspace\")")
+            # Our end will be the virtual IP that Mode Config has not given us yet:
+            # trap every source of its family, as strongSwan's trap manager installs
+            # a dynamic local selector as %any of the virtual IP's family. The first
+            # packet (from one of the host's own addresses) brings the connection
+            # up and is dropped; the child then runs from the virtual IP.
+            families = {ipaddress.ip_address(v).version for v in conn.vips}
+            local_ts = tuple(ipaddress.ip_network("0.0.0.0/0" if version == 4 else "::/0")
+                             for version in sorted(families)
+                             if any(n.version == version for n in remote_ts))
+            if not local_ts:
+                raise EngineError("no remote network of the virtual IP's address family")
         return TrapInstalled(conn.name, child_name, local, remote, child.mode.value,
                              local_ts, remote_ts, origin)
 

@@ -94,3 +94,14 @@ def test_transport_mode_cannot_be_trapped(side: TrapSide) -> None:
     with pytest.raises(DataplaneError, match="tunnel only"):
         side.backend.install_trap(trap(mode="transport"))
     assert side.routes.routes == {}
+
+
+def test_a_trap_for_any_source_names_no_route_source(side: TrapSide) -> None:
+    """A road warrior's trap (its virtual IP still to come) catches every source and
+    leaves the route's source to the kernel, which takes the virtual IP once it is on
+    the TUN device: a source pinned now would be the host's, and stay so."""
+    side.backend.install_trap(TrapInstalled("gw", "net", "192.0.2.1", "192.0.2.2", "tunnel",
+                                            (net("0.0.0.0/0"),), (net("10.2.0.0/24"),)))
+    assert side.routes.routes == {"10.2.0.0/24": None}
+    send(side)
+    assert side.acquired == [("gw", "net")]

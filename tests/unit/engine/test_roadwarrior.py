@@ -26,6 +26,8 @@ from ikev1d.engine.api import (
     Event,
     IkeSaDeleted,
     IkeSaEstablished,
+    TrapInstalled,
+    TrapRemoved,
     VirtualIpAssigned,
     VirtualIpReleased,
     XauthCheck,
@@ -751,3 +753,52 @@ def test_a_quick_mode_mixing_address_families_is_refused(
     assert [str(c.remote_ts[0]) for c in server.of(ChildSaEstablished)] == ["10.3.0.1/32"]
     assert "INVALID-ID-INFORMATION: no child matches the peer's tunnel 10.3.0.1/32" in caplog.text
 
+
+def test_a_trapped_child_whose_end_is_the_virtual_ip() -> None:
+    """start_action = "trap" with vips: the trap catches every source of the virtual
+    IP's family (there is no virtual IP yet); an acquire brings up Main Mode, Mode
+    Config and the child, which runs from the virtual IP; the trap stays."""
+    client_text = client_config("192.0.2.10").replace(
+        "[connections.home]\n", '[connections.home]\nstart_action = "trap"\n')
+    w = world(server_config(), ("192.0.2.10", client_text))
+    client = w.nodes["192.0.2.10"]
+    client.engine.start(w.now)
+    w.pump()
+    (trap,) = client.of(TrapInstalled)
+    assert [str(n) for n in trap.local_ts] == ["0.0.0.0/0"]
+    assert [str(n) for n in trap.remote_ts] == ["10.2.0.0/16"]
+    assert not w.wire  # nothing until traffic
+    client.engine.acquire("home", "net", w.now)
+    w.pump()
+    assert vip_of(client) == "10.3.0.1"
+    (child,) = client.of(ChildSaEstablished)
+    assert [str(n) for n in child.local_ts] == ["10.3.0.1/32"]
+    assert not client.of(TrapRemoved)
+    assert [t.child for t in client.engine.status(w.now).traps] == ["net"]
+
+
+def test_a_trap_for_a_virtual_ip_without_a_remote_network_of_its_family(
+        caplog: pytest.LogCaptureFixture) -> None:
+    client_text = client_config("192.0.2.10").replace(
+        "[connections.home]\n", '[connections.home]\nstart_action = "trap"\n').replace(
+        'vips = ["0.0.0.0"]', 'vips = ["::"]')
+    w = world(server_config(), ("192.0.2.10", client_text))
+    client = w.nodes["192.0.2.10"]
+    with caplog.at_level(logging.WARNING):
+        client.engine.start(w.now)
+    assert not client.of(TrapInstalled)
+    assert "cannot trap home/net: no remote network of the virtual IP's address family" in (
+        caplog.text)
+
+
+def test_a_trap_for_a_virtual_ip_is_refused_on_the_kernel_plane(
+        caplog: pytest.LogCaptureFixture) -> None:
+    client_text = client_config("192.0.2.10").replace(
+        "[connections.home]\n", '[connections.home]\nstart_action = "trap"\n').replace(
+        'dataplane = "none"', 'dataplane = "kernel"')
+    w = world(server_config(), ("192.0.2.10", client_text))
+    client = w.nodes["192.0.2.10"]
+    with caplog.at_level(logging.WARNING):
+        client.engine.start(w.now)
+    assert not client.of(TrapInstalled)
+    assert "cannot trap home/net: its local end is the virtual IP to come" in caplog.text
