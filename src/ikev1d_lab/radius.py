@@ -3,7 +3,10 @@
 Debian's ``freeradius`` (3.2) is run in the foreground (``-X``: one process,
 debug log) with a minimal configuration written here: one client (the given
 address, with the shared secret), the ``files`` module reading a users file of
-``Cleartext-Password`` entries, and PAP. It listens on one address and port,
+``Cleartext-Password`` entries, and PAP; users named in ``challenge_once`` get an
+Access-Challenge (Reply-Message and State, RFC 2865 section 4.4) for a request
+without State before their password is checked, those in ``challenge_always``
+one for every request. It listens on one address and port,
 in a namespace when one is given, else on this host's loopback with a port the
 caller picked free.
 """
@@ -17,15 +20,15 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace
 
-__all__ = ["FREERADIUS", "FreeRadius", "FreeRadiusError", "free_udp_port",
-           "freeradius_available"]
+__all__ = ["CHALLENGE_MESSAGE", "CHALLENGE_STATE", "FREERADIUS", "FreeRadius",
+           "FreeRadiusError", "free_udp_port", "freeradius_available"]
 
 FREERADIUS = "freeradius"
 _READY = "Ready to process requests"
@@ -52,8 +55,42 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def radiusd_conf(directory: Path, listen: str, port: int, client: str, secret: str) -> str:
+#: The State of the lab's challenges.
+CHALLENGE_STATE = b"ikev1d-lab-challenge"
+CHALLENGE_MESSAGE = "Second factor: enter your password again"
+
+
+def _challenge_policy(once: Sequence[str], always: Sequence[str]) -> str:
+    """unlang that answers Access-Challenge (FreeRADIUS 3: the reply packet type set
+    in control, then ``handled``)."""
+    state = "0x" + CHALLENGE_STATE.hex()
+    out = []
+    for users, condition in ((once, "!&State"), (always, "true")):
+        for user in users:
+            out.append(f"""    if (&User-Name == {_quote(user)} && {condition}) {{
+      update reply {{
+        &Reply-Message := {_quote(CHALLENGE_MESSAGE)}
+        &State := {state}
+      }}
+      update control {{
+        &Response-Packet-Type := Access-Challenge
+      }}
+      handled
+    }}
+""")
+    if out:
+        out.append(f"""    if (&State && &State != {state}) {{
+      reject
+    }}
+""")
+    return "".join(out)
+
+
+def radiusd_conf(directory: Path, listen: str, port: int, client: str, secret: str,
+                 challenge_once: Sequence[str] = (),
+                 challenge_always: Sequence[str] = ()) -> str:
     d = str(directory)
+    policy = _challenge_policy(challenge_once, challenge_always)
     return f"""\
 prefix = /usr
 exec_prefix = /usr
@@ -91,6 +128,13 @@ modules {{
   }}
   pap {{
   }}
+  # The return codes the challenge policy ends with (rlm_always).
+  always handled {{
+    rcode = handled
+  }}
+  always reject {{
+    rcode = reject
+  }}
 }}
 server default {{
   listen {{
@@ -99,7 +143,7 @@ server default {{
     port = {port}
   }}
   authorize {{
-    files
+{policy}    files
     pap
   }}
   authenticate {{
@@ -121,7 +165,9 @@ class FreeRadius:
 
     def __init__(self, workdir: Path, users: Mapping[str, str], secret: str,
                  ns: Namespace | None = None, listen: str = "127.0.0.1",
-                 port: int | None = None, client: str = "127.0.0.1") -> None:
+                 port: int | None = None, client: str = "127.0.0.1",
+                 challenge_once: Sequence[str] = (),
+                 challenge_always: Sequence[str] = ()) -> None:
         self.dir = Path(workdir)
         self.ns = ns
         self.listen = listen
@@ -129,7 +175,8 @@ class FreeRadius:
         self.secret = secret
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "radiusd.conf").write_text(
-            radiusd_conf(self.dir, listen, self.port, client, secret), encoding="utf-8")
+            radiusd_conf(self.dir, listen, self.port, client, secret, challenge_once,
+                         challenge_always), encoding="utf-8")
         (self.dir / "users").write_text(users_file(users), encoding="utf-8")
         (self.dir / "dictionary").write_text("", encoding="utf-8")
         self.log = self.dir / "radiusd.out"

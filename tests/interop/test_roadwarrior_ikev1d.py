@@ -52,8 +52,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         client = Ikev1dDaemon(topo.a, work / "client", client_conf())
         radius = None
         if freeradius_available()[0]:
-            radius = FreeRadius(work / "radius", {"carol": "carol's password"}, RADIUS_SECRET,
-                                ns=topo.b)
+            radius = FreeRadius(work / "radius", {"carol": "carol's password",
+                                                  "dave": "dave's password",
+                                                  "erin": "erin's password"},
+                                RADIUS_SECRET, ns=topo.b, challenge_once=["dave"],
+                                challenge_always=["erin"])
         try:
             server.start()
             client.start()
@@ -154,5 +157,32 @@ def test_xauth_against_freeradius(rig: Rig) -> None:
     result = rig.client.up("home", timeout=10, check=False)
     assert result.returncode != 0
     assert rig.server.wait_log("refused user 'carol': Access-Reject")
+    wait_empty(rig.server)
+    wait_empty(rig.client)
+
+
+def test_xauth_with_a_freeradius_challenge(rig: Rig) -> None:
+    """FreeRADIUS answers dave's first Access-Request with an Access-Challenge: the
+    server shows its Reply-Message to the client in a second XAUTH request, the
+    client answers with its password again, and the server's second
+    Access-Request (with the State) is accepted. erin is challenged every time:
+    after three rounds the login fails."""
+    if rig.radius is None:
+        pytest.skip("freeradius is not installed")
+    configure(rig, xauth=("dave", "dave's password"), radius=True)
+    established(rig)
+    assert rig.server.wait_log("RADIUS server 127.0.0.1:1812 challenges user 'dave'")
+    assert "XAUTH: challenging user 'dave' (round 1 of at most 3): Second factor" in (
+        rig.server.log_text())
+    assert "XAUTH: the server says: Second factor: enter your password again" in (
+        rig.client.log_text())
+    assert rig.server.wait_log("RADIUS server 127.0.0.1:1812 accepted user 'dave'")
+    assert rig.radius.log_text().count("Sent Access-Challenge") == 1
+    assert "dave's password" not in rig.server.log_text()
+    configure(rig, xauth=("erin", "erin's password"), radius=True)
+    result = rig.client.up("home", timeout=30, check=False)
+    assert result.returncode != 0 and "XAUTH" in result.stdout + result.stderr
+    assert rig.server.wait_log("XAUTH: user 'erin' challenged 3 times: giving up")
+    assert rig.radius.log_text().count("Sent Access-Challenge") == 1 + 4
     wait_empty(rig.server)
     wait_empty(rig.client)

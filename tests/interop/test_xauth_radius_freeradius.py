@@ -18,12 +18,18 @@ import pytest
 
 from ikev1d.daemon.radius import RadiusClient, RadiusServer
 from ikev1d.engine.api import XauthCheck
-from ikev1d_lab.radius import FreeRadius, free_udp_port, freeradius_available
+from ikev1d_lab.radius import (
+    CHALLENGE_MESSAGE,
+    CHALLENGE_STATE,
+    FreeRadius,
+    free_udp_port,
+    freeradius_available,
+)
 from tests.unit.daemon._fakes import eventually, running_daemon
 from tests.unit.daemon.test_xauth_radius import XauthEngine
 
 SECRET = "a RADIUS secret for tests"
-USERS = {"alice": "alice's password", "bob": "bob-pw"}
+USERS = {"alice": "alice's password", "bob": "bob-pw", "dave": "dave-pw"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +37,8 @@ def freeradius(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreeRadius]
     ok, reason = freeradius_available()
     if not ok:
         pytest.skip(reason)
-    with FreeRadius(tmp_path_factory.mktemp("freeradius"), USERS, SECRET) as server:
+    with FreeRadius(tmp_path_factory.mktemp("freeradius"), USERS, SECRET,
+                    challenge_once=["dave"]) as server:
         yield server
 
 
@@ -58,6 +65,29 @@ def test_right_and_wrong_passwords(freeradius: FreeRadius) -> None:
     assert "Sent Access-Accept" in log and "Sent Access-Reject" in log
     # Our requests carry a Message-Authenticator (the server requires it).
     assert "Message-Authenticator = 0x" in log
+
+
+def test_an_access_challenge_and_its_answer_with_the_state(freeradius: FreeRadius) -> None:
+    server = RadiusServer("127.0.0.1", freeradius.port, SECRET.encode(), 1.0, 2)
+
+    async def body() -> None:
+        client = RadiusClient(server)
+        try:
+            first = await client.check("dave", b"dave-pw")
+            assert not first.ok and first.reason == "Access-Challenge"
+            assert first.challenge == CHALLENGE_MESSAGE and first.state == CHALLENGE_STATE
+            assert "dave-pw" not in repr(first) and CHALLENGE_STATE.decode() not in repr(first)
+            answer = await client.check("dave", b"dave-pw", first.state)
+            assert (answer.ok, answer.reason, answer.challenge) == (True, "Access-Accept", None)
+            wrong = await client.check("dave", b"wrong", first.state)
+            assert (wrong.ok, wrong.reason) == (False, "Access-Reject")
+            forged = await client.check("dave", b"dave-pw", b"not the state")
+            assert (forged.ok, forged.reason) == (False, "Access-Reject")
+        finally:
+            client.close()
+
+    asyncio.run(body())
+    assert "Sent Access-Challenge" in freeradius.log_text()
 
 
 def test_wrong_secret_and_server_down_refuse_without_hanging(

@@ -9,8 +9,10 @@ shared secret (section 5.2), NAS-Identifier, and a Message-Authenticator
 3) is always checked, and its Message-Authenticator when it has one: servers
 before the 2024 hardening (FreeRADIUS 3.2.1 in Debian 12, for one) send none in
 Access-Accept, so one cannot be required. Access-Accept lets the user in;
-Access-Reject, an Access-Challenge (no second round is possible in XAUTH as the
-engine runs it) and silence refuse them.
+Access-Reject and silence refuse them. An Access-Challenge (RFC 2865 section
+4.4) comes back with its Reply-Message and State: the engine shows the message
+to the client in another XAUTH request and the answer goes to the server in a
+new Access-Request carrying that State (section 5.24).
 
 pyrad does the packet work. Its client blocks (a poll loop with the
 retransmissions), so each check runs in a small thread pool off the event loop,
@@ -26,7 +28,7 @@ import io
 import ipaddress
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ikev1d.config.model import Config, SecretType
@@ -48,6 +50,7 @@ ATTRIBUTE User-Name 1 string
 ATTRIBUTE User-Password 2 string encrypt=1
 ATTRIBUTE NAS-IP-Address 4 ipaddr
 ATTRIBUTE Reply-Message 18 string
+ATTRIBUTE State 24 octets
 ATTRIBUTE NAS-Identifier 32 string
 ATTRIBUTE Message-Authenticator 80 octets
 """
@@ -92,11 +95,21 @@ class RadiusServer:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+#: RFC 2865 section 5: an attribute holds at most 253 octets; a Reply-Message
+#: longer than what we relay is cut.
+MAX_REPLY_MESSAGE: Final = 253
+
+
 @dataclass(frozen=True)
 class RadiusResult:
     ok: bool
     reason: str
     """For the log: "Access-Accept", "Access-Reject", "no answer from ...", ..."""
+    challenge: str | None = None
+    """An Access-Challenge: its Reply-Message (several joined by new lines), for the
+    user; ``ok`` is False."""
+    state: bytes = field(default=b"", repr=False)
+    """The challenge's State, to send back with the answer (RFC 2865 section 5.24)."""
 
 
 class RadiusClient:
@@ -111,13 +124,14 @@ class RadiusClient:
         self._dictionary: Any = Dictionary(io.StringIO(_DICTIONARY))
         self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="ikev1d-radius")
 
-    async def check(self, user: str, password: bytes) -> RadiusResult:
-        """Ask the server; never raises, never waits much longer than timeout times tries."""
+    async def check(self, user: str, password: bytes, state: bytes = b"") -> RadiusResult:
+        """Ask the server (with ``state``: the answer to its challenge); never raises,
+        never waits much longer than timeout times tries."""
         loop = asyncio.get_running_loop()
         limit = self.server.timeout * self.server.tries + _SLACK_S
         try:
             return await asyncio.wait_for(
-                loop.run_in_executor(self._pool, self._ask, user, password), limit)
+                loop.run_in_executor(self._pool, self._ask, user, password, state), limit)
         except TimeoutError:
             return RadiusResult(False, f"no answer from RADIUS server {self.server.text} "
                                 f"within {limit:g}s")
@@ -125,7 +139,7 @@ class RadiusClient:
             log.exception("RADIUS check of user %r failed unexpectedly", user)
             return RadiusResult(False, f"RADIUS client error: {exc}")
 
-    def _ask(self, user: str, password: bytes) -> RadiusResult:
+    def _ask(self, user: str, password: bytes, state: bytes) -> RadiusResult:
         """The blocking exchange, in a worker thread."""
         from pyrad import packet
         from pyrad.client import Client, Timeout
@@ -138,6 +152,8 @@ class RadiusClient:
             request = client.CreateAuthPacket(code=packet.AccessRequest, User_Name=user,
                                               NAS_Identifier=NAS_IDENTIFIER)
             request["User-Password"] = request.PwCrypt(password)
+            if state:
+                request["State"] = state
             request.add_message_authenticator()
             try:
                 reply = client.SendPacket(request)
@@ -154,8 +170,31 @@ class RadiusClient:
         if code == _ACCESS_REJECT:
             return RadiusResult(False, "Access-Reject")
         if code == _ACCESS_CHALLENGE:
-            return RadiusResult(False, "Access-Challenge (a second round is not supported)")
+            return _challenge(reply)
         return RadiusResult(False, f"unexpected RADIUS answer code {code}")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _challenge(reply: Any) -> RadiusResult:
+    """An Access-Challenge: its Reply-Message and State (RFC 2865 section 4.4)."""
+    messages = [_text(value) for value in _values(reply, "Reply-Message")]
+    states = [bytes(value) for value in _values(reply, "State")
+              if isinstance(value, bytes | bytearray)]
+    message = "\n".join(messages)[:MAX_REPLY_MESSAGE]
+    return RadiusResult(False, "Access-Challenge", challenge=message,
+                        state=states[0] if states else b"")
+
+
+def _values(reply: Any, name: str) -> list[Any]:
+    try:
+        return list(reply[name]) if name in reply else []
+    except (KeyError, TypeError, ValueError):
+        return []
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)

@@ -89,10 +89,18 @@ class AnswersXauthChecks(Protocol):
     def xauth_result(self, request_id: int, ok: bool, now: float) -> None: ...
 
 
+@runtime_checkable
+class AnswersXauthChallenges(Protocol):
+    """An engine that relays a checker's challenge to the XAUTH client."""
+
+    def xauth_challenge(self, request_id: int, message: str, state: bytes,
+                        now: float) -> None: ...
+
+
 class RadiusChecker(Protocol):
     server: RadiusServer
 
-    async def check(self, user: str, password: bytes) -> RadiusResult: ...
+    async def check(self, user: str, password: bytes, state: bytes = b"") -> RadiusResult: ...
     def close(self) -> None: ...
 
 
@@ -815,8 +823,16 @@ class Daemon:
 
     async def _xauth_check(self, engine: AnswersXauthChecks, client: RadiusChecker,
                            event: XauthCheck) -> None:
-        result = await client.check(event.user, event.password)
+        result = await client.check(event.user, event.password, event.state)
         if self._stopped:
+            return
+        if result.challenge is not None and isinstance(engine, AnswersXauthChallenges):
+            log.info("XAUTH: RADIUS server %s challenges user %r", client.server.text,
+                     event.user)
+            message, state = result.challenge, result.state
+            self._call_engine("relaying an XAUTH challenge",
+                              lambda e, now: engine.xauth_challenge(event.request_id, message,
+                                                                    state, now))
             return
         if result.ok:
             log.info("XAUTH: RADIUS server %s accepted user %r", client.server.text, event.user)

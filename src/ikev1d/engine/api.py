@@ -169,12 +169,14 @@ class VirtualIpReleased:
 
 @dataclass(frozen=True)
 class XauthCheck:
-    """XAUTH server with [xauth] radius set: the runtime checks user and password and answers with Engine.xauth_result."""
+    """XAUTH server with [xauth] radius set: the runtime checks user and password and answers with Engine.xauth_result (or Engine.xauth_challenge)."""
 
     ike_id: int
     request_id: int
     user: str
     password: bytes = field(repr=False)
+    state: bytes = field(default=b"", repr=False)
+    """The answer to a challenge: the state the checker gave with it (RADIUS State)."""
 
 
 Event: TypeAlias = (

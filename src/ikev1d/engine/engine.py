@@ -353,6 +353,17 @@ class Engine:
         except Exception as exc:
             self._internal_error(exc, None, "an XAUTH result", now)
 
+    def xauth_challenge(self, request_id: int, message: str, state: bytes,
+                        now: float) -> None:
+        """The runtime's checker (a RADIUS server's Access-Challenge) wants another
+        answer from the user: ``message`` is shown to the client in another XAUTH
+        request, ``state`` comes back with its answer in the next XauthCheck."""
+        self.logs.now = now
+        try:
+            self.roadwarrior.xauth_challenge(request_id, message, state, now)
+        except Exception as exc:
+            self._internal_error(exc, None, "an XAUTH challenge", now)
+
     def child_soft_expired(self, child_id: int, reason: str, now: float) -> None:
         """The data plane asks for an IPsec SA to be renewed before it reaches a
         volume or sequence-number limit; ``reason`` is for the log."""

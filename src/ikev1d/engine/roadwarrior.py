@@ -65,6 +65,11 @@ XAUTH_FAIL = 0
 #: holds at most 253 bytes, RFC 2865 section 5).
 MAX_XAUTH_FIELD = 255
 
+#: Challenges relayed to one client before the login counts as failed: each waits
+#: for the user (the retransmission budget) and the checker, so the whole XAUTH
+#: stays bounded.
+MAX_XAUTH_CHALLENGES = 3
+
 
 # -- the work items ----------------------------------------------------------------
 
@@ -252,6 +257,9 @@ class XauthServer(Step):
         super().__init__(rw, sa)
         self.user = ""
         self.verdict_sent: bool | None = None
+        self.challenges = 0
+        self.state = b""
+        """The checker's state of the challenge the client is answering."""
 
     def start(self, now: float) -> None:
         identifier = int.from_bytes(self.sa.ctx.random_bytes(2), "big")
@@ -270,7 +278,13 @@ class XauthServer(Step):
         if len(user) > MAX_XAUTH_FIELD or len(password) > MAX_XAUTH_FIELD:
             self.fail("user name or password longer than 255 bytes", now)
             return
-        self.user = user.decode("utf-8", "replace")
+        name = user.decode("utf-8", "replace")
+        if self.challenges and name != self.user:
+            # The answer to a challenge is the same user's (RFC 2865 section 4.4:
+            # the State ties it to the first request).
+            self.verdict(False, now)
+            return
+        self.user = name
         engine = self.rw.engine
         if engine.config.xauth.radius:
             request_id = self.rw.pending_check(self)
@@ -278,9 +292,40 @@ class XauthServer(Step):
             self.timer = self.sa.schedule(
                 now + xauth.radius_timeout * max(xauth.radius_tries, 1) + 1.0,
                 lambda t: self.verdict(False, t))
-            engine.emit(XauthCheck(self.sa.ike_id, request_id, self.user, password))
+            engine.emit(XauthCheck(self.sa.ike_id, request_id, self.user, password,
+                                   self.state))
             return
         self.verdict(check_password(engine.config.xauth_secret(self.user), password), now)
+
+    def challenge(self, message: str, state: bytes, now: float) -> None:
+        """The checker wants another answer (a RADIUS Access-Challenge): ask the
+        client again, showing ``message`` (draft-beaulieu-ike-xauth-02 section 6.2:
+        XAUTH-MESSAGE in a REQUEST, here with the user name and password asked
+        for again, which is what generic clients answer)."""
+        if self.ended or self.verdict_sent is not None:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.challenges += 1
+        if self.challenges > MAX_XAUTH_CHALLENGES:
+            self.sa.ctx.logs.log(log, logging.WARNING, "xauth-challenges", now,
+                                 "XAUTH: user '%s' challenged %d times: giving up",
+                                 printable(self.user), MAX_XAUTH_CHALLENGES,
+                                 extra=self.sa.log_extra)
+            self.verdict(False, now)
+            return
+        self.state = state
+        log.info("XAUTH: challenging user '%s' (round %d of at most %d): %s",
+                 printable(self.user), self.challenges, MAX_XAUTH_CHALLENGES,
+                 printable(message, 128), extra=self.sa.log_extra)
+        text = message.encode("utf-8")[:MAX_XAUTH_FIELD]
+        identifier = int.from_bytes(self.sa.ctx.random_bytes(2), "big")
+        self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_REQUEST, identifier, (
+            Attribute(A.XAUTH_TYPE, XauthType.GENERIC),
+            Attribute(A.XAUTH_MESSAGE, text),
+            Attribute(A.XAUTH_USER_NAME, b""),
+            Attribute(A.XAUTH_USER_PASSWORD, b""),
+        )), now, self._reply)
 
     def verdict(self, ok: bool, now: float) -> None:
         """Tell the client (draft-beaulieu-ike-xauth-02 section 4.1: CFG_SET with
@@ -374,6 +419,14 @@ class XauthClient(Step):
             if isinstance(kind, int) and kind != XauthType.GENERIC:
                 log.warning("the server asks for XAUTH type %s; answering with a password",
                             XauthType(kind).name, extra=sa.log_extra)
+            message = asked.get(A.XAUTH_MESSAGE)
+            if isinstance(message, bytes) and message:
+                # A server's prompt, e.g. a RADIUS challenge: we answer every request
+                # with the configured password, as strongSwan's xauth-generic does.
+                sa.ctx.logs.log(log, logging.INFO, "xauth-message", now,
+                                "XAUTH: the server says: %s",
+                                printable(message.decode("utf-8", "replace"), 128),
+                                extra=sa.log_extra)
             password = self.rw.engine.config.xauth_secret(self.user)
             if password is None:
                 self.fail(f"no password for user '{self.user}'", now)
@@ -718,6 +771,13 @@ class RoadWarrior:
         if step is None or step.sa.state is IkeState.DELETING or step.ended:
             return
         step.verdict(ok, now)
+
+    def xauth_challenge(self, request_id: int, message: str, state: bytes,
+                        now: float) -> None:
+        step = self._checks.pop(request_id, None)
+        if step is None or step.sa.state is IkeState.DELETING or step.ended:
+            return
+        step.challenge(message, state, now)
 
     # -- the end of an SA ----------------------------------------------------------------
 

@@ -38,7 +38,7 @@ class StubRadius:
         self.asked: list[tuple[str, bytes]] = []
         self.closed = False
 
-    async def check(self, user: str, password: bytes) -> RadiusResult:
+    async def check(self, user: str, password: bytes, state: bytes = b"") -> RadiusResult:
         self.asked.append((user, password))
         await asyncio.sleep(0.01)
         if (user, password) == ("alice", b"right"):
@@ -96,3 +96,48 @@ def test_without_a_radius_server_the_user_is_refused(caplog: pytest.LogCaptureFi
             assert "no RADIUS server configured" in caplog.text
 
     asyncio.run(body())
+
+
+class ChallengingEngine(XauthEngine):
+    challenges: list[tuple[int, str, bytes]]
+
+    def xauth_challenge(self, request_id: int, message: str, state: bytes,
+                        now: float) -> None:
+        self.challenges.append((request_id, message, state))
+
+
+class ChallengingRadius(StubRadius):
+    """Challenges carol once (state b"s1"), then accepts her answer with that state."""
+
+    async def check(self, user: str, password: bytes, state: bytes = b"") -> RadiusResult:
+        self.asked.append((user, password))
+        if state == b"s1" and password == b"code":
+            return RadiusResult(True, "Access-Accept")
+        if not state:
+            return RadiusResult(False, "Access-Challenge", challenge="Code?", state=b"s1")
+        return RadiusResult(False, "Access-Reject")
+
+
+def test_a_challenge_goes_to_the_engine_and_the_answer_back_with_its_state(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        async with running_daemon(extra_config=XAUTH) as h:
+            caplog.set_level("INFO")
+            engine = h.engine
+            engine.__class__ = ChallengingEngine
+            assert isinstance(engine, ChallengingEngine)
+            engine.answers, engine.challenges = [], []
+            h.daemon.radius_factory = ChallengingRadius
+            engine.emit(XauthCheck(1, 7, "carol", b"pw"))
+            h.daemon._pump()
+            await eventually(lambda: bool(engine.challenges))
+            assert engine.challenges == [(7, "Code?", b"s1")] and engine.answers == []
+            engine.emit(XauthCheck(1, 8, "carol", b"code", b"s1"))
+            h.daemon._pump()
+            await eventually(lambda: bool(engine.answers))
+            assert engine.answers == [(8, True)]
+            assert "RADIUS server 127.0.0.1:18999 challenges user 'carol'" in caplog.text
+
+    asyncio.run(body())
+

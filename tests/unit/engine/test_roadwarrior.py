@@ -802,3 +802,66 @@ def test_a_trap_for_a_virtual_ip_is_refused_on_the_kernel_plane(
         client.engine.start(w.now)
     assert not client.of(TrapInstalled)
     assert "cannot trap home/net: its local end is the virtual IP to come" in caplog.text
+
+
+def _radius_world() -> World:
+    server = server_config(xauth=True, users={}).replace(
+        "[secrets.group]", "[secrets.dummy]\ntype = \"xauth\"\nids = [\"nobody\"]\n"
+        "secret = \"x\"\n[secrets.group]")
+    w = world(server, ("192.0.2.10", client_config("192.0.2.10", user="alice",
+                                                   password="pw")))
+    s = w.nodes[SERVER]
+    from dataclasses import replace
+
+    from ikev1d.config import XauthConfig
+    s.engine.config = replace(s.engine.config, xauth=XauthConfig(radius="127.0.0.1:1812"))
+    return w
+
+
+def test_a_challenge_is_relayed_to_the_client_and_its_answer_checked_with_the_state(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A RADIUS Access-Challenge: the server asks the client again with the
+    challenge's message (XAUTH-MESSAGE); the client answers with its password, which
+    goes back to the checker with the challenge's state."""
+    w = _radius_world()
+    s, client = w.nodes[SERVER], w.nodes["192.0.2.10"]
+    with caplog.at_level(logging.INFO):
+        w.up("192.0.2.10")
+        (first,) = s.of(XauthCheck)
+        assert first.state == b""
+        s.engine.xauth_challenge(first.request_id, "Enter your one-time code", b"st-1", w.now)
+        w.pump()
+        checks = s.of(XauthCheck)
+        assert len(checks) == 2
+        second = checks[1]
+        assert (second.user, second.password, second.state) == ("alice", b"pw", b"st-1")
+        assert "st-1" not in repr(second)
+        s.engine.xauth_challenge(first.request_id, "again?", b"x", w.now)  # stale: ignored
+        s.engine.xauth_result(second.request_id, True, w.now)
+        w.pump()
+    assert client.of(ChildSaEstablished)
+    assert "XAUTH: challenging user 'alice' (round 1 of at most 3): Enter your one-time code" in (
+        caplog.text)
+    assert "XAUTH: the server says: Enter your one-time code" in caplog.text
+    assert "XAUTH authentication of 'alice' successful" in caplog.text
+    # Each request is an exchange of its own (message ID): the first, the
+    # challenge, the status; then Mode Config.
+    ids = {split_message(d.data)[0].message_id for d in transactions(w)}
+    assert len(ids) == 4
+
+
+def test_challenges_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    w = _radius_world()
+    s, client = w.nodes[SERVER], w.nodes["192.0.2.10"]
+    with caplog.at_level(logging.INFO):
+        w.up("192.0.2.10")
+        for n in range(4):
+            check = s.of(XauthCheck)[-1]
+            assert check.state == (f"st-{n - 1}".encode() if n else b"")
+            s.engine.xauth_challenge(check.request_id, "more", f"st-{n}".encode(), w.now)
+            w.pump()
+    assert len(s.of(XauthCheck)) == 4  # the first and three answers
+    assert "XAUTH: user 'alice' challenged 3 times: giving up" in caplog.text
+    assert "XAUTH authentication failed for user 'alice'" in caplog.text
+    assert client.of(ConnectionFailed) and not client.of(ChildSaEstablished)
+    assert not s.sas()
