@@ -195,3 +195,80 @@ def test_a_trapped_child_comes_up_with_the_virtual_ip_on_traffic(rig: Rig) -> No
         assert [t["child"] for t in rig.ours.status()["traps"]] == ["net"]
     finally:
         configure(rig)
+
+
+DUAL_SERVER = f"""
+connections {{
+  rw {{
+    version = 1
+    local_addrs = 192.0.2.2
+    remote_addrs = %any
+    proposals = {P1[0]}
+    encap = yes
+    rekey_time = 0
+    reauth_time = 0
+    unique = no
+    pools = rw4, rw6
+    local {{ auth = psk
+            id = {SERVER_ID} }}
+    remote {{ auth = psk
+             id = %any }}
+    children {{ net {{ local_ts = 10.2.0.0/24, fd00:2::/64
+                     esp_proposals = {P2[0]} }} }}
+  }}
+}}
+pools {{
+  rw4 {{ addrs = 10.3.0.0/24 }}
+  rw6 {{ addrs = fd00:3::/120
+        dns = fd00:2::53 }}
+}}
+secrets {{
+  ike-rw {{ secret = "{PSK}" }}
+}}
+"""
+
+
+def test_ipv6_and_dual_stack_virtual_ips_from_a_strongswan_server(rig: Rig) -> None:
+    """strongSwan's pools rw4 and rw6; ikev1d asks for 0.0.0.0 and :: and gets one
+    address of each, both on the TUN device; one child per family (a Quick Mode
+    carries one pair of networks), each from the virtual IP of its family, and
+    pings to both of the server's networks without choosing a source."""
+    rig.topo.b.add_lo_address("fd00:2::1/64")
+    rig.theirs.load_config(DUAL_SERVER)
+    text = client_conf().replace('vips = ["0.0.0.0"]', 'vips = ["0.0.0.0", "::"]')
+    text = text.replace("[secrets.home]", '[connections.home.children.net6]\n'
+                        'remote_ts = ["fd00:2::/64"]\n'
+                        f'esp_proposals = ["{P2[0]}"]\n\n[secrets.home]')
+    rig.ours.config_path.write_text(text)
+    rig.ours.cli("reload")
+    result = rig.ours.up("home")
+    assert result.returncode == 0, result.stdout + result.stderr + rig.ours.log_text()[-3000:]
+    try:
+        (ike,) = rig.ours.status()["ike_sas"]
+        v4, v6 = ike["virtual_ips"]
+        assert v4.startswith("10.3.0.") and v6.startswith("fd00:3::"), ike
+        assert ike["virtual_ip"] == v4 and ike["dns"] == ["fd00:2::53"]
+        ends = sorted((c["local_ts"], c["remote_ts"]) for c in ike["children"])
+        assert ends == [([f"{v4}/32"], ["10.2.0.0/24"]), ([f"{v6}/128"], ["fd00:2::/64"])]
+        for target, vip in (("10.2.0.1", v4), ("fd00:2::1", v6)):
+            route = rig.topo.a.run(["ip", "route", "get", target]).stdout
+            assert f"src {vip}" in route, route
+            deadline = time.monotonic() + 10
+            while (result_ping := ping(rig.topo.a, target, count=2)) != (2, 2):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+            assert result_ping == (2, 2), (target, rig.ours.log_text()[-2000:])
+        (theirs,) = rig.theirs.wait_for(
+            lambda sas: len(sas) == 1 and len(sas[0]["children"]) == 2)
+        assert sorted(theirs["remote-vips"]) == sorted([v4, v6])
+        for our_child in ike["children"]:
+            their_child = next(c for c in theirs["children"]
+                               if int(c["spi-in"], 16) == int(our_child["spi_out"], 16))
+            assert int(their_child["spi-out"], 16) == int(our_child["spi_in"], 16)
+            assert their_child["remote-ts"] == our_child["local_ts"]
+    finally:
+        take_down(rig)
+        configure(rig)
+    addresses = rig.topo.a.run(["ip", "-o", "addr"]).stdout
+    assert v4 not in addresses and v6 not in addresses
