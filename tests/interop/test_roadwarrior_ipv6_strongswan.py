@@ -39,7 +39,7 @@ NET4 = "10.21.0.0/24"
 
 SERVER_CONFIG = f"""
 [daemon]
-listen = ["192.0.2.1"]
+listen = ["192.0.2.1", "fd99::1"]
 dataplane = "userspace"
 retransmit_timeout = "1s"
 retransmit_tries = 4
@@ -70,6 +70,21 @@ id = "dual@rw.example.org"
 local_ts = ["{NET4}", "{NET6}"]
 esp_proposals = ["{ESP}"]
 
+[connections.rw6o]
+local_addrs = ["fd99::1"]
+remote_addrs = ["%any"]
+proposals = ["aes128-sha256-modp2048"]
+pools = ["v6o"]
+[connections.rw6o.local]
+id = "{SERVER_ID}"
+[connections.rw6o.remote]
+id = "sixo@rw.example.org"
+[connections.rw6o.children.net]
+local_ts = ["{NET6}"]
+esp_proposals = ["{ESP}"]
+
+[pools.v6o]
+addrs = "fd00:5::/120"
 [pools.v6]
 addrs = "fd00:3::/120"
 dns = ["fd00:21::53"]
@@ -92,12 +107,13 @@ def _child(name: str, remote_ts: str, local_ts: str = "dynamic") -> str:
                      rekey_time = 0 }}"""
 
 
-def _client_conn(name: str, vips: str, children: str) -> str:
+def _client_conn(name: str, vips: str, children: str,
+                 outer: tuple[str, str] = ("192.0.2.2", "192.0.2.1")) -> str:
     return f"""
   {name} {{
     version = 1
-    local_addrs = 192.0.2.2
-    remote_addrs = 192.0.2.1
+    local_addrs = {outer[0]}
+    remote_addrs = {outer[1]}
     proposals = aes128-sha256-modp2048
     encap = yes
     vips = {vips}
@@ -114,6 +130,7 @@ def _client_conn(name: str, vips: str, children: str) -> str:
 CLIENT_CONFIG = (
     "connections {"
     + _client_conn("six", "::", _child("net", NET6))
+    + _client_conn("sixo", "::", _child("net", NET6), outer=("fd99::2", "fd99::1"))
     # One Quick Mode carries one pair of IDs (RFC 2409 section 5.5): a child per
     # family. strongSwan's IKEv1 Quick Mode takes the first of a child's dynamic
     # local selectors (one per virtual IP, IPv4 first) whatever the remote family,
@@ -144,6 +161,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     with netns.two_hosts(inner_a=None, inner_b=None) as topo:
         topo.a.add_lo_address("fd00:21::1/64")
         topo.a.add_lo_address("10.21.0.1/24")
+        # IPv6 outer addresses too, without duplicate address detection: usable at once.
+        topo.a.run(["ip", "addr", "add", "fd99::1/64", "dev", topo.if_a, "nodad"])
+        topo.b.run(["ip", "addr", "add", "fd99::2/64", "dev", topo.if_b, "nodad"])
         capture = Capture(topo.a, topo.if_a, work / "rw6.pcap")
         server = Ikev1dDaemon(topo.a, work / "ikev1d", SERVER_CONFIG)
         client = Charon(topo.b, work / "charon", start=False)
@@ -237,6 +257,17 @@ def test_dual_stack_client_gets_one_address_of_each_family(rig: Rig) -> None:
     assert rig.server.wait_log(
         "INVALID-ID-INFORMATION: no child matches the peer's tunnel 10.3.21.1/32 === "
         "fd00:21::/64")
+
+
+def test_ipv6_virtual_ip_over_ipv6(rig: Rig) -> None:
+    """The same with IPv6 outer addresses: IKE and ESP-in-UDP over IPv6."""
+    theirs, ours = _established(rig, "sixo")
+    (vip,) = theirs["local-vips"]
+    assert ipaddress.ip_address(vip) == ipaddress.ip_address("fd00:5::1")
+    assert ours["virtual_ip"] == vip and ours["remote"] == "fd99::2:4500"
+    child = _same_child(theirs, ours)
+    assert child["remote_ts"] == [f"{vip}/128"] and child["encap"]
+    _ping_from(rig, vip, "fd00:21::1")
 
 
 def _values(node: Any, key: str) -> list[str]:
