@@ -328,3 +328,10 @@ def test_status_table_shows_virtual_ips_and_pools() -> None:
     assert "  virtual IP 10.3.0.7, DNS 10.2.0.53, split 10.2.0.0/16" in lines
     assert lines[-1] == "pool clients: 10.3.0.0/24, 254 addresses, 1 online, 2 offline"
     assert format_status(StatusDocument((), (pool,))).splitlines()[0] == "no SAs"
+    dual = replace(with_vip, virtual_ips=("10.3.0.7", "fd00:3::7"))
+    assert "  virtual IPs 10.3.0.7, fd00:3::7, DNS 10.2.0.53, split 10.2.0.0/16" in (
+        format_status(StatusDocument((dual,), (pool,))).splitlines())
+    # The JSON document carries them both, and back.
+    document = StatusDocument((dual,), (pool,))
+    assert document.to_json()["ike_sas"][0]["virtual_ips"] == ["10.3.0.7", "fd00:3::7"]
+    assert StatusDocument.from_json(document.to_json()) == document

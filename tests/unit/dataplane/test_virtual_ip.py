@@ -151,6 +151,23 @@ def test_kernel_adds_the_virtual_ip_on_lo_and_routes_from_it(tmp_path: Path) -> 
     assert routes.added == {} and not state_file.exists()
 
 
+def test_kernel_a_dual_stack_client_holds_both_addresses() -> None:
+    """One ISAKMP SA with a virtual IP of each family: both on lo, and each SA's
+    routes take the one of their family as source."""
+    routes = KernelRoutes(["192.0.2.1"])
+    backend = KernelBackend(FakeXfrm(), routes=routes)
+    vip6 = ipaddress.ip_address("fd00:3::10")
+    backend.add_virtual_ip(1, VIP, ())
+    backend.add_virtual_ip(1, vip6, ())
+    assert set(routes.added) == {"10.3.0.7", "fd00:3::10"}
+    backend.install(make_sa(local_ts=("10.3.0.7/32",), remote_ts=("10.2.0.0/16",)))
+    assert routes.table[net("10.2.0.0/16")].prefsrc == "10.3.0.7"
+    backend.remove_virtual_ip(1, vip6)
+    assert set(routes.added) == {"10.3.0.7"}
+    backend.close()
+    assert routes.added == {}
+
+
 def test_kernel_never_takes_over_an_address_the_host_has() -> None:
     routes = KernelRoutes(["192.0.2.1", "10.3.0.7"])
     backend = KernelBackend(FakeXfrm(), routes=routes)
