@@ -238,6 +238,10 @@ class WorkQueue:
         kind = getattr(self.running, "kind", WorkKind.QUICK_MODE)
         return bool(kind >= WorkKind.QUICK_MODE)
 
+    def pending(self) -> tuple[Work, ...]:
+        """The items still to run, in order."""
+        return tuple(self._pending)
+
     def next(self) -> Work | None:
         """The next item to run, unless one is running."""
         if self.running is not None or not self._pending:

@@ -10,7 +10,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from ikev1d.crypto import encryption_key
-from ikev1d.engine.api import ChildSaEstablished, ConnectionFailed, EngineError, IkeSaEstablished
+from ikev1d.engine.api import (
+    ChildSaEstablished,
+    ConnectionFailed,
+    EngineError,
+    IkeSaEstablished,
+    Network,
+)
 from ikev1d.engine.auth import AUTH_NAMES
 from ikev1d.engine.exchanges.quick_mode import QuickMode
 from ikev1d.engine.ike_sa import (
@@ -309,6 +315,9 @@ class Lifecycle:
                 # address (the one of the remote network's family, for a dual-stack
                 # client), not our IKE address.
                 local_ts = ipaddress.ip_network(vip)
+            if local_ts.version != work.remote_ts.version:
+                self._skip_mixed(sa, work, local_ts)
+                continue
             qm = QuickMode(sa, sa.new_message_id(), initiator=True)
             qm.replaces = work.replaces
             sa.exchanges[qm.message_id] = qm
@@ -318,6 +327,20 @@ class Lifecycle:
                 qm.start(work.child, local_ts, work.remote_ts, now)
             except ProtocolFailure as exc:
                 qm.fail(str(exc), now)
+
+    def _skip_mixed(self, sa: IkeSa, work: QuickModeWork, local_ts: Network) -> None:
+        """A pair of networks of two address families names no tunnel (no packet
+        has a source of one and a destination of the other): not proposed. A
+        road warrior's child reaching networks of both families gets this for the
+        family the server gave it no virtual IP of."""
+        name = work.child.name
+        reason = (f"{local_ts} === {work.remote_ts} not negotiated: no local network of "
+                  f"the remote network's address family")
+        log.warning("child %s: %s", name, reason, extra=sa.log_extra)
+        if (not any(isinstance(w, QuickModeWork) and w.child.name == name
+                    for w in sa.work.pending())
+                and not any(c.config.name == name for c in sa.children)):
+            self.engine.emit(ConnectionFailed(sa.name, name, reason))
 
     def _child_rekey(self, child: ChildSa, now: float) -> None:
         """Renew an IPsec SA with a new Quick Mode; make before break."""
