@@ -248,7 +248,9 @@ class Ikev1dDaemon:
     def _cli(self) -> list[str]:
         return [sys.executable, "-m", "ikev1d"]
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
+        # Generous: on a loaded machine interpreter start-up and imports alone took
+        # 9-15 s.
         cmd = [*self._cli(), "daemon", "-c", str(self.config_path), "--socket",
                str(self.socket_path), "--log-file", str(self.log_path),
                "--log-level", self.log_level]
