@@ -671,13 +671,16 @@ class Daemon:
         return [w for w in self._waiters if w.conn == conn and not w.result.done()]
 
     def _on_ike_established(self, event: IkeSaEstablished) -> None:
+        waiters = self._waiters_for(event.conn)
+        if not waiters and not log.isEnabledFor(logging.DEBUG):
+            return  # a responder's SA with nobody waiting: no text to build
         text = (
             f"ISAKMP SA established {_endpoint_text(event.local)} '{event.local_id}'"
             f" ... {_endpoint_text(event.remote)} '{event.remote_id}'"
             f" ({event.proposal}, {event.auth}, {'initiator' if event.initiator else 'responder'})"
         )
         log.debug("event: %s", text, extra={"conn": event.conn, "peer": event.remote})
-        for waiter in self._waiters_for(event.conn):
+        for waiter in waiters:
             waiter.progress(f"{event.conn}: {text}")
             if not waiter.children:
                 waiter.finish(True, f"{event.conn}: ISAKMP SA established")
@@ -701,15 +704,18 @@ class Daemon:
                     if event.child in waiter.children:
                         waiter.finish(False, f"{event.conn}: {reason}")
                 return
+        if self._updown is not None:
+            self._updown.child_up(event, self._updown_argv(event.conn, event.child))
+        waiters = self._waiters_for(event.conn)
+        if not waiters and not log.isEnabledFor(logging.DEBUG):
+            return  # nobody waits for this one: no text to build
         text = (
             f"IPsec SA established {event.child} SPIs {event.spi_in:08x}_i {event.spi_out:08x}_o"
             f" ({event.proposal}, {event.mode}{', UDP-encapsulated' if event.encap else ''})"
             f" {', '.join(map(str, event.local_ts))} === {', '.join(map(str, event.remote_ts))}"
         )
         log.debug("event: %s (installed in data plane %r)", text, self._backend_name, extra=extra)
-        if self._updown is not None:
-            self._updown.child_up(event, self._updown_argv(event.conn, event.child))
-        for waiter in self._waiters_for(event.conn):
+        for waiter in waiters:
             if event.child in waiter.children:
                 waiter.children.discard(event.child)
                 waiter.established.append(event.child)

@@ -173,6 +173,7 @@ class UdpSocket:
         self.gso = True
         """Send batches with UDP_SEGMENT; cleared when the kernel refuses it once."""
         self._pending: deque[tuple[bytes, Endpoint, Endpoint]] = deque()
+        self._sources: dict[str, list[tuple[int, int, bytes]]] = {}
         """The rest of a coalesced receive, handed out by the next :meth:`recv` calls."""
 
     @property
@@ -218,6 +219,16 @@ class UdpSocket:
 
     def _source(self, local_address: str) -> list[tuple[int, int, bytes]]:
         """The control message choosing the source address when bound to the wildcard."""
+        # Every datagram sent asks; our own addresses are few, so each is worked out once.
+        cmsgs = self._sources.get(local_address)
+        if cmsgs is None:
+            cmsgs = self._source_cmsgs(local_address)
+            if len(self._sources) >= 256:
+                self._sources.clear()
+            self._sources[local_address] = cmsgs
+        return cmsgs
+
+    def _source_cmsgs(self, local_address: str) -> list[tuple[int, int, bytes]]:
         if not self.wildcard or ipaddress.ip_address(local_address).is_unspecified:
             return []
         if self.family == socket.AF_INET:

@@ -584,10 +584,12 @@ class Parsed:
 
     data: bytes
     spans: tuple[DecodedPayload, ...]
+    payloads: tuple[Payload, ...] = ()
+    """The payloads of ``spans`` in order (built once: the exchanges ask often)."""
 
-    @property
-    def payloads(self) -> tuple[Payload, ...]:
-        return tuple(span.payload for span in self.spans)
+    def __post_init__(self) -> None:
+        if not self.payloads and self.spans:
+            object.__setattr__(self, "payloads", tuple(span.payload for span in self.spans))
 
     def body_of(self, payload_type: int) -> bytes:
         """The first payload of that type as received, without its generic header."""

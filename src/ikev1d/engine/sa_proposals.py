@@ -8,6 +8,7 @@ and the responder answers with exactly that one (RFC 2408 section 4.2).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -120,6 +121,10 @@ def _lifetimes(
     return seconds, kilobytes
 
 
+# Transforms are immutable and peers offer the same few again and again (every
+# handshake of a peer, every renewal): what a transform means is worked out once.
+# Bounded, since the attributes are whatever a peer sends.
+@functools.lru_cache(maxsize=512)
 def describe_ike_transform(transform: Transform) -> tuple[IkeProposal | None, int | None, str]:
     """(proposal if we know all its parts, auth method, strongSwan-style text)."""
     values: dict[int, int] = {}
@@ -240,6 +245,7 @@ def esp_sa_payload(
     return SaPayload((Proposal(1, ProtocolId.ESP, spi, tuple(transforms)),))
 
 
+@functools.lru_cache(maxsize=512)
 def describe_esp_transform(transform: Transform) -> tuple[EspProposal | None, int | None, str]:
     values: dict[int, int] = {}
     for attribute in transform.attributes:

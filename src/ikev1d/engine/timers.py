@@ -21,16 +21,16 @@ def _nothing(now: float) -> None:
     """The callback of a cancelled timer."""
 
 
-@dataclass(order=True)
+@dataclass(eq=False)
 class Timer:
     deadline: float
     seq: int
-    callback: Callable[[float], None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
-    owner: object | None = field(default=None, compare=False)
+    callback: Callable[[float], None]
+    cancelled: bool = False
+    owner: object | None = None
     """The ISAKMP SA the timer works for: an internal error while it runs
     destroys that SA and nothing else."""
-    timers: Timers | None = field(default=None, compare=False, repr=False)
+    timers: Timers | None = field(default=None, repr=False)
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -44,7 +44,9 @@ class Timer:
 
 class Timers:
     def __init__(self) -> None:
-        self._heap: list[Timer] = []
+        # (deadline, sequence, timer): the heap compares plain tuples, in C, rather
+        # than calling a dataclass's ordering for each of its log(n) comparisons.
+        self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._cancelled = 0
 
@@ -55,31 +57,33 @@ class Timers:
     def schedule(
         self, deadline: float, callback: Callable[[float], None], owner: object | None = None
     ) -> Timer:
-        timer = Timer(deadline, next(self._seq), callback, owner=owner, timers=self)
-        heapq.heappush(self._heap, timer)
+        seq = next(self._seq)
+        timer = Timer(deadline, seq, callback, owner=owner, timers=self)
+        heapq.heappush(self._heap, (deadline, seq, timer))
         return timer
 
     def cancelled_one(self) -> None:
         self._cancelled += 1
         if self._cancelled > COMPACT_MIN and self._cancelled * 2 > len(self._heap):
-            self._heap = [t for t in self._heap if not t.cancelled]
+            self._heap = [e for e in self._heap if not e[2].cancelled]
             heapq.heapify(self._heap)
             self._cancelled = 0
 
     def _pop(self) -> Timer:
-        timer = heapq.heappop(self._heap)
+        timer = heapq.heappop(self._heap)[2]
         if timer.cancelled:
             self._cancelled -= 1
         return timer
 
     def next_deadline(self) -> float | None:
-        while self._heap and self._heap[0].cancelled:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
             self._pop()
-        return self._heap[0].deadline if self._heap else None
+        return heap[0][0] if heap else None
 
     def pop_due(self, now: float) -> Timer | None:
         """The next live timer due by ``now``, taken off the heap, or None."""
-        while self._heap and self._heap[0].deadline <= now:
+        while self._heap and self._heap[0][0] <= now:
             timer = self._pop()
             if not timer.cancelled:
                 timer.timers = None

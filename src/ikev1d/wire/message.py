@@ -14,7 +14,6 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ._reader import Reader
 from .constants import NON_ESP_MARKER
 from .enums import ExchangeType, Flags, PayloadType
 from .errors import (
@@ -139,6 +138,18 @@ def encode_header(header: Header, body_length: int) -> bytes:
         raise ValueError("ISAKMP cookies are 8 bytes each")
     if not (0 <= header.major_version < 16 and 0 <= header.minor_version < 16):
         raise ValueError("ISAKMP version fields are 4 bits")
+    length = HEADER_LENGTH + body_length
+    if body_length < 0 or length > 0xFFFFFFFF:
+        raise ValueError(f"body length {body_length} out of range")
+    try:
+        # One pack for every message sent; struct checks the 8- and 32-bit ranges.
+        return _HEADER.pack(
+            header.initiator_cookie, header.responder_cookie, header.next_payload,
+            (header.major_version << 4) | header.minor_version, header.exchange_type,
+            header.flags, header.message_id, length,
+        )
+    except struct.error:
+        pass
     for field, value in (
         ("next payload", header.next_payload),
         ("exchange type", header.exchange_type),
@@ -146,25 +157,7 @@ def encode_header(header: Header, body_length: int) -> bytes:
     ):
         if not 0 <= value <= 0xFF:
             raise ValueError(f"ISAKMP {field} {value} does not fit in 8 bits")
-    if not 0 <= header.message_id <= 0xFFFFFFFF:
-        raise ValueError(f"message id {header.message_id} does not fit in 32 bits")
-    length = HEADER_LENGTH + body_length
-    if body_length < 0 or length > 0xFFFFFFFF:
-        raise ValueError(f"body length {body_length} out of range")
-    return (
-        header.initiator_cookie
-        + header.responder_cookie
-        + bytes(
-            (
-                header.next_payload,
-                (header.major_version << 4) | header.minor_version,
-                header.exchange_type,
-                header.flags,
-            )
-        )
-        + header.message_id.to_bytes(4, "big")
-        + length.to_bytes(4, "big")
-    )
+    raise ValueError(f"message id {header.message_id} does not fit in 32 bits")
 
 
 # --------------------------------------------------------------------------- payload chain
@@ -261,33 +254,34 @@ def decode_payloads_with_spans(
     body: with public key encryption (RFC 2409 sections 5.2 and 5.3) the bodies of
     ID, nonce and KE payloads in Main Mode messages 3 and 4 are ciphertext.
     """
-    r = Reader(body, "payload chain")
+    # Indexes over ``body`` rather than a Reader: this loop runs for every payload of
+    # every message, and each length is checked here before it is used.
+    if type(body) is not bytes:
+        body = bytes(body)
+    size = len(body)
+    pos = 0
     spans: list[DecodedPayload] = []
     current = int(first_type)
     index = 0
     while current != PayloadType.NONE:
-        start = r.offset
-        if current in _NESTED_ONLY or r.remaining() < GENERIC_HEADER_LENGTH:
-            what = f"payload {index} ({PayloadType(current)})"
-        else:
-            what = "payload"  # the common case: spelled out only if it goes wrong
+        start = pos
+        left = size - pos
         if current in _NESTED_ONLY:
-            raise InvalidPayloadTypeError(f"{what} outside an SA payload")
-        if r.remaining() < GENERIC_HEADER_LENGTH:
-            raise TruncatedError(f"{what}: {r.remaining()} bytes left, header needs 4")
-        nxt = r.u8("next payload")
-        r.u8("reserved")
-        length = r.u16("payload length")
+            raise InvalidPayloadTypeError(
+                f"payload {index} ({PayloadType(current)}) outside an SA payload")
+        if left < GENERIC_HEADER_LENGTH:
+            what = f"payload {index} ({PayloadType(current)})"
+            raise TruncatedError(f"{what}: {left} bytes left, header needs 4")
+        nxt = body[pos]
+        length = (body[pos + 2] << 8) | body[pos + 3]
         if length < GENERIC_HEADER_LENGTH:
             what = f"payload {index} ({PayloadType(current)})"
             raise LengthMismatchError(f"{what}: length field {length} < 4")
-        if length - GENERIC_HEADER_LENGTH > r.remaining():
+        if length > left:
             what = f"payload {index} ({PayloadType(current)})"
-            raise TruncatedError(
-                f"{what}: length field {length}, only "
-                f"{r.remaining() + GENERIC_HEADER_LENGTH} bytes left"
-            )
-        payload_body = r.take(length - GENERIC_HEADER_LENGTH, "payload body")
+            raise TruncatedError(f"{what}: length field {length}, only {left} bytes left")
+        pos += length
+        payload_body = body[start + GENERIC_HEADER_LENGTH : pos]
         decoder = (_decode_unknown(current) if current in opaque
                    else _DECODERS.get(current) or _decode_unknown(current))
         try:
@@ -295,12 +289,12 @@ def decode_payloads_with_spans(
         except WireError as e:
             what = f"payload {index} ({PayloadType(current)})"
             raise type(e)(f"{what}: {e}", e.notify) from e
-        spans.append(DecodedPayload(payload, start, r.offset))
+        spans.append(DecodedPayload(payload, start, pos))
         current = nxt
         index += 1
-    if r.remaining() and not allow_trailing:
+    if pos != size and not allow_trailing:
         raise LengthMismatchError(
-            f"{r.remaining()} bytes after the last payload (next payload NONE)"
+            f"{size - pos} bytes after the last payload (next payload NONE)"
         )
     return tuple(spans)
 

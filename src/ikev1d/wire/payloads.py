@@ -14,12 +14,13 @@ its wire width (our own misuse, never the peer's).
 from __future__ import annotations
 
 import ipaddress
+import struct
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from ._reader import Reader
 from .enums import IdType, NotifyType, PayloadType
-from .errors import InvalidIdError, WireError
+from .errors import InvalidIdError, TruncatedError, WireError
 
 __all__ = [
     "GENERIC_HEADER_LENGTH",
@@ -76,6 +77,9 @@ def _generic(next_payload: int, body: bytes, what: str) -> bytes:
 # --------------------------------------------------------------------------- attributes
 
 
+_TV_ATTRIBUTE = struct.Struct("!HH")
+
+
 @dataclass(frozen=True, slots=True)
 class Attribute:
     """RFC 2408 §3.3 data attribute.
@@ -98,6 +102,10 @@ class Attribute:
         return int.from_bytes(self.value, "big")
 
     def encode(self) -> bytes:
+        value = self.value
+        if isinstance(value, int) and 0 <= self.type < 0x8000 and 0 <= value < 0x10000:
+            # The common case (TV, in range) in one pack; the checks below explain the rest.
+            return _TV_ATTRIBUTE.pack(self.type | _AF_TV, value)
         _check_uint(self.type, 15, "attribute type")
         if isinstance(self.value, int):
             _check_uint(self.value, 16, f"TV attribute {self.type} value")
@@ -132,9 +140,30 @@ def encode_attributes(attributes: tuple[Attribute, ...]) -> bytes:
 
 def decode_attributes(r: Reader) -> tuple[Attribute, ...]:
     """Decode attributes until ``r`` is exhausted; a partial attribute is an error."""
+    # Indexes over the bytes left rather than a Reader call per field: SA payloads
+    # carry dozens of attributes. The checks and messages are the Reader's.
+    data = r.rest()
+    size = len(data)
+    pos = 0
     out: list[Attribute] = []
-    while r.remaining():
-        out.append(Attribute.decode_from(r))
+    while pos < size:
+        if size - pos < 4:
+            field = "attribute type" if size - pos < 2 else (
+                "TV attribute value" if data[pos] & 0x80 else "TLV attribute length")
+            need_at = pos if size - pos < 2 else pos + 2
+            raise TruncatedError(
+                f"{r.what}: {field} needs 2 bytes, only {size - need_at} left")
+        af_type = (data[pos] << 8) | data[pos + 1]
+        value = (data[pos + 2] << 8) | data[pos + 3]
+        pos += 4
+        if af_type & _AF_TV:
+            out.append(Attribute(af_type & 0x7FFF, value))
+            continue
+        if value > size - pos:
+            raise TruncatedError(
+                f"{r.what}: TLV attribute value needs {value} bytes, only {size - pos} left")
+        out.append(Attribute(af_type, data[pos:pos + value]))
+        pos += value
     return tuple(out)
 
 
@@ -405,6 +434,26 @@ def _addresses(p: IdPayload) -> tuple[IPAddress, IPAddress]:
 def id_to_network(p: IdPayload) -> IPNetwork | None:
     """The ID as one CIDR network: *_ADDR as a host, *_ADDR_SUBNET with a contiguous
     mask, *_ADDR_RANGE only when the range is exactly one CIDR block. Otherwise None."""
+    key = (p.id_type, p.data)
+    try:
+        return _NETWORKS[key]
+    except KeyError:
+        pass
+    network = _id_to_network(p)
+    if len(_NETWORKS) >= _NETWORKS_CACHED:
+        _NETWORKS.clear()
+    _NETWORKS[key] = network
+    return network
+
+
+# Every Quick Mode names its tunnel with two ID payloads, and the same few tunnels
+# come back with every peer and renewal: the networks (immutable) are kept rather
+# than parsed again. Bounded, since the bytes are whatever a peer sends.
+_NETWORKS: dict[tuple[int, bytes], IPNetwork | None] = {}
+_NETWORKS_CACHED = 1024
+
+
+def _id_to_network(p: IdPayload) -> IPNetwork | None:
     t = p.id_type
     if t in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
         check_id_data(t, p.data)

@@ -112,3 +112,60 @@ def test_after_a_crash_only_our_pinned_route_is_left_and_then_removed(
     stale = netns(sys.executable, "-c", _STALE)
     assert "STALE-ADMIN False" in stale.stdout and "STALE-OURS True" in stale.stdout, stale
     assert _routes(netns) == before
+
+
+class _Msg:
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def get_attr(self, name: str) -> str | None:
+        return self.address if name == "IFA_LOCAL" else None
+
+
+class _FakeIpr:
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+        self.dumps = 0
+
+    def get_addr(self) -> list[_Msg]:
+        self.dumps += 1
+        return [_Msg(a) for a in self.addresses]
+
+    def addr(self, *args: object, **kwargs: object) -> None:
+        self.addresses.append(str(kwargs["address"]))
+
+
+class _FakeNetlink:
+    def __init__(self, ipr: _FakeIpr) -> None:
+        self.ipr = ipr
+
+    def call(self, fn: Callable[[_FakeIpr], object]) -> object:
+        return fn(self.ipr)
+
+
+def test_source_address_lookups_share_one_address_dump_until_it_may_be_stale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every installed SA asks for its source address; one netlink dump serves the
+    lookups of a second, and an address we add ourselves is seen at once."""
+    import ipaddress
+
+    from ikev1d.dataplane.linux import tun
+
+    clock = [100.0]
+    monkeypatch.setattr("ikev1d.dataplane.linux.tun.time.monotonic", lambda: clock[0])
+    ipr = _FakeIpr(["127.0.0.1", "fe80::1", "10.2.0.1"])
+    routes = tun.Routes(_FakeNetlink(ipr), 7)  # type: ignore[arg-type]
+    inside = (ipaddress.ip_network("10.2.0.0/24"),)
+    assert routes.local_address_in(inside) == "10.2.0.1"
+    assert routes.local_address_in((ipaddress.ip_network("0.0.0.0/0"),)) == "10.2.0.1"
+    assert ipr.dumps == 1
+    assert routes.local_address_in((ipaddress.ip_network("10.9.0.0/24"),)) is None
+    assert routes.add_address("10.9.0.5")  # ours: the list is read again
+    assert routes.local_address_in((ipaddress.ip_network("10.9.0.0/24"),)) == "10.9.0.5"
+    dumps = ipr.dumps
+    ipr.addresses.append("10.8.0.1")  # someone else's: seen once the list is stale
+    assert routes.local_address_in((ipaddress.ip_network("10.8.0.0/24"),)) is None
+    clock[0] += tun.ADDRESSES_TTL
+    assert routes.local_address_in((ipaddress.ip_network("10.8.0.0/24"),)) == "10.8.0.1"
+    assert ipr.dumps == dumps + 1

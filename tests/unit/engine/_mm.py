@@ -57,6 +57,6 @@ def tables(engine: Engine) -> dict[str, int]:
         "sas": len(engine._sas),
         "initiating": len(engine._initiating),
         "half_open": len(engine._half_open),
-        "timers": sum(1 for t in engine.timers._heap if not t.cancelled),
+        "timers": sum(1 for _d, _s, t in engine.timers._heap if not t.cancelled),
         "spis": len(engine._spis),
     }

@@ -31,6 +31,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
@@ -273,6 +274,12 @@ class RawEspSocket:
         self._sock.close()
 
 
+#: Seconds the host's address list is reused for choosing a route's source address.
+ADDRESSES_TTL = 1.0
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 class Routes:
     """Routes into the TUN device (the backend counts which SAs still need each one)."""
 
@@ -282,26 +289,41 @@ class Routes:
         self._installed: set[str] = set()
         self._bypasses: set[str] = set()
         self._addresses: set[str] = set()
+        self._address_list: tuple[float, list[Address]] | None = None
 
     def local_address_in(self, networks: Iterable[Network]) -> str | None:
         """An address configured on this host inside one of ``networks``, if any."""
         nets = list(networks)
+        for addr in self._host_addresses():
+            if any(addr.version == n.version and addr in n for n in nets):
+                return str(addr)
+        return None
+
+    def _host_addresses(self) -> list[Address]:
+        """This host's addresses (no loopback or link-local ones: never a source for
+        tunnelled traffic, and a 0.0.0.0/0 selector contains them). Every IPsec SA
+        installed asks, and a netlink dump parsed by pyroute2 cost more than the
+        whole handshake: the list is kept for :data:`ADDRESSES_TTL` seconds, and
+        dropped when we add or remove an address ourselves."""
+        now = time.monotonic()
+        cached = self._address_list
+        if cached is not None and now - cached[0] < ADDRESSES_TTL:
+            return cached[1]
         try:
             messages = self._netlink.call(lambda ipr: list(ipr.get_addr()))
         except Exception as exc:
             log.debug("cannot list addresses: %s", exc)
-            return None
+            return []
+        found: list[Address] = []
         for msg in messages:
             text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
             if not text:
                 continue
             addr = ipaddress.ip_address(text)
-            if addr.is_loopback or addr.is_link_local:
-                # Never a source for tunnelled traffic (a 0.0.0.0/0 selector contains them).
-                continue
-            if any(addr.version == n.version and addr in n for n in nets):
-                return str(addr)
-        return None
+            if not (addr.is_loopback or addr.is_link_local):
+                found.append(addr)
+        self._address_list = (now, found)
+        return found
 
     def add(self, network: Network, src: str | None) -> None:
         """Route ``network`` into the TUN device (``src``: preferred source address).
@@ -367,6 +389,7 @@ class Routes:
             if _netlink_errno(exc) == errno.EEXIST:
                 return False
             raise TunError(errno.EIO, f"cannot add address {address}: {exc}") from None
+        self._address_list = None
         if added:
             self._addresses.add(address)
         return bool(added)
@@ -376,6 +399,7 @@ class Routes:
         if address not in self._addresses:
             return
         self._addresses.discard(address)
+        self._address_list = None
         addr = ipaddress.ip_address(address)
         family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
         try:

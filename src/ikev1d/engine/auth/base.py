@@ -230,6 +230,7 @@ class Registry:
         self._by_method: dict[int, type[Authenticator]] = {
             int(cls.method): cls for cls in implementations
         }
+        self._accepted: dict[int, tuple[ConnectionConfig, frozenset[int]]] = {}
 
     def accepted(self, candidates: Iterable[ConnectionConfig] | None = None) -> set[int]:
         """The wire methods we accept in a proposal: with ``candidates``, those
@@ -239,9 +240,24 @@ class Registry:
         XAUTH round."""
         if candidates is None:
             return set(self._by_method)
-        conns = list(candidates)
-        return {method for method, cls in self._by_method.items()
-                if any(cls.offer_for(c) for c in conns)}
+        out: set[int] = set()
+        for conn in candidates:
+            out |= self._accepted_by(conn)
+        return out
+
+    def _accepted_by(self, conn: ConnectionConfig) -> frozenset[int]:
+        """The methods ``conn`` is configured for, worked out once per connection
+        object (a configuration is immutable; a reload makes new ones): every Main
+        Mode request asks."""
+        cached = self._accepted.get(id(conn))
+        if cached is not None and cached[0] is conn:
+            return cached[1]
+        methods = frozenset(method for method, cls in self._by_method.items()
+                            if cls.offer_for(conn))
+        if len(self._accepted) >= 1024:
+            self._accepted.clear()  # configurations replaced by reloads
+        self._accepted[id(conn)] = (conn, methods)  # the strong reference keeps id() unique
+        return methods
 
     def accepted_methods(self, candidates: Iterable[ConnectionConfig]) -> set[int]:
         """The wire methods a responder accepts for these connections: a
@@ -249,7 +265,7 @@ class Registry:
         method, one without only the plain method."""
         out: set[int] = set()
         for conn in candidates:
-            for method in self.accepted([conn]):
+            for method in self._accepted_by(conn):
                 wire = xauth_variant(method, conn, initiator=False)
                 if wire is not None:
                     out.add(wire)
