@@ -30,8 +30,10 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +75,32 @@ def _attempts_during(target: Target, flood_began: float,
     return attempts
 
 
+def _port_queue_kib(ns: netns.Namespace, port: int) -> int:
+    """Bytes waiting in the receive queues of UDP sockets bound to `port` in `ns`
+    (rx_queue of /proc/net/udp, which counts each datagram's buffer overhead too), in KiB."""
+    total = 0
+    for line in ns.run(["cat", "/proc/net/udp"]).stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 4 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            total += int(fields[4].split(":")[1], 16)
+    return total // 1024
+
+
+class _QueueSampler(threading.Thread):
+    """Samples the receive queue of port 500 in A twice a second while the flood runs."""
+
+    def __init__(self, ns: netns.Namespace, flood: subprocess.Popen[str]) -> None:
+        super().__init__(daemon=True)
+        self.ns = ns
+        self.flood = flood
+        self.samples: list[int] = []
+
+    def run(self) -> None:
+        while self.flood.poll() is None:
+            self.samples.append(_port_queue_kib(self.ns, 500))
+            time.sleep(0.5)
+
+
 def _repeat(args: argparse.Namespace) -> int:
     """The repeated-attempt mode: `--runs` floods, the peer initiating throughout each."""
     lockouts = 0
@@ -90,8 +118,12 @@ def _repeat(args: argparse.Namespace) -> int:
                                       str(args.seconds), "--peer-share", str(args.peer_share),
                                       "--seed", str(run))
                 began = time.monotonic()
+                sampler = _QueueSampler(topo.a, attack)
+                sampler.start()
                 attempts = _attempts_during(target, began, began + args.seconds)
                 sent, errors = attack.communicate(timeout=args.seconds + 60)
+                sampler.join()
+                queue = sampler.samples or [0]
                 log = target.ours.log_text()
                 alive = target.alive()
                 drops = [udp_counters(ns).get("RcvbufErrors", 0) - n
@@ -106,7 +138,8 @@ def _repeat(args: argparse.Namespace) -> int:
         print(f"run {run}: load {load:.1f} -> {os.getloadavg()[0]:.1f}; flood: "
               f"{sent.strip() or errors.strip()}; {len(attempts) - len(failed)} of "
               f"{len(attempts)} attempts established; UDP receive buffer drops: A {drops[0]}, "
-              f"B {drops[1]}; tracebacks: {log.count('Traceback')}; "
+              f"B {drops[1]}; port 500 queue in A: mean {statistics.mean(queue):.0f} KiB, max "
+              f"{max(queue)} KiB; tracebacks: {log.count('Traceback')}; "
               f"alive: {alive}")
         for began_s, took, outcome in attempts:
             print(f"  attempt at {began_s:5.1f} s: {took:6.2f} s, {outcome}")
