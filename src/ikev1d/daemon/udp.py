@@ -68,6 +68,10 @@ _ANC_SPACE = socket.CMSG_SPACE(64)
 BATCH = 256
 """Datagrams read per wakeup of the NAT-T socket (ESP, mostly) before any is served;
 on the IKE port, a wakeup that finds this many waiting is behind."""
+KEEPING_UP_S = 0.25
+"""The longest a wakeup that was not behind spends on new requests (a few hundred
+milliseconds of processing at most, so that it cannot drop requests while the
+daemon keeps up; beyond that it has fallen behind within the wakeup)."""
 DRAIN = 8192
 DRAIN_BYTES = 8 * 1024 * 1024
 """The IKE port's socket is read until empty, but at most this many datagrams and
@@ -383,7 +387,15 @@ class UdpTransport:
     def _serve_requests(self, requests: list[tuple[bytes, Endpoint, Endpoint]],
                         behind: bool) -> None:
         if not behind:
-            for data, local, remote in requests:
+            # Every request, but for at most KEEPING_UP_S: a wakeup that found
+            # less than a batch waiting can still hold a couple of hundred
+            # requests, and whatever arrives meanwhile waits in the kernel.
+            clock = self.budget.clock
+            deadline = clock() + KEEPING_UP_S
+            for n, (data, local, remote) in enumerate(requests):
+                if clock() > deadline:
+                    self._drop(requests[n:])
+                    return
                 self._on_ike(data, local, remote)
             return
         dropped_before = self._dropped_cookies
@@ -412,10 +424,13 @@ class UdpTransport:
                 budget.charge(clock() - began)
         else:
             rest += requests
-        if not rest:
-            return
+        if rest:
+            self._drop(rest)
+
+    def _drop(self, rest: list[tuple[bytes, Endpoint, Endpoint]]) -> None:
+        """Requests left unprocessed: counted, remembered for their retransmissions, logged."""
         for request in rest:
-            dropped_before.add(request[0][:8])
+            self._dropped_cookies.add(request[0][:8])
         self.requests_dropped += len(rest)
         self._log_limiter.log(
             log, logging.WARNING, "requests over budget", time.monotonic(),

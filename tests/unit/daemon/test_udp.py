@@ -7,7 +7,15 @@ import socket
 
 import pytest
 
-from ikev1d.daemon.udp import BATCH, DRAIN, RecentCookies, RequestBudget, UdpError, UdpTransport
+from ikev1d.daemon.udp import (
+    BATCH,
+    DRAIN,
+    KEEPING_UP_S,
+    RecentCookies,
+    RequestBudget,
+    UdpError,
+    UdpTransport,
+)
 from ikev1d.engine.api import Datagram, Endpoint
 from ikev1d.wire.constants import NON_ESP_MARKER
 from tests.unit.daemon._fakes import UdpPeer, eventually, free_udp_ports
@@ -305,6 +313,19 @@ def test_exchanges_under_way_are_served_before_new_requests_and_excess_requests_
     udp._readable(_FakeSocket(500, requests))  # type: ignore[arg-type]
     assert [data for data, _, _ in seen] == requests
     assert udp.requests_dropped == 4
+
+
+def test_a_wakeup_that_keeps_up_still_stops_serving_requests_after_a_while() -> None:
+    # Not behind (less than a batch was waiting), but 20 requests of 40 ms: after
+    # KEEPING_UP_S the rest are dropped rather than left to delay what arrives.
+    clock = _Clock()
+    seen: Packets = []
+    udp, _ = _sorting_transport(clock, 0.04, seen, [])
+    requests = [_isakmp(n, 0, b"req") for n in range(1, 21)]
+    udp._readable(_FakeSocket(500, requests))  # type: ignore[arg-type]
+    served = int(KEEPING_UP_S / 0.04) + 1
+    assert [data for data, _, _ in seen] == requests[:served]
+    assert udp.requests_dropped == 20 - served
 
 
 def test_nat_t_batches_serve_esp_and_later_messages_before_new_requests() -> None:
