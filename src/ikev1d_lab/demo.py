@@ -1111,7 +1111,7 @@ def _preflight() -> str | None:
     return None
 
 
-class Interrupted(KeyboardInterrupt):
+class _Interrupted(KeyboardInterrupt):
     """Ctrl-C, SIGTERM or SIGHUP: the demo stops and cleans up.
 
     A subclass, not KeyboardInterrupt itself: CPython remembers a
@@ -1125,7 +1125,7 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _terminate_as_exit() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP end the demo with :class:`Interrupted`, so cleanup runs.
+    """Ctrl-C, SIGTERM and SIGHUP end the demo with :class:`_Interrupted`, so cleanup runs.
 
     Only the first signal raises; later ones are ignored, because by then the
     cleanup is under way (an exception raised in the middle of it, or after
@@ -1143,7 +1143,7 @@ def _terminate_as_exit() -> Iterator[None]:
         if fired:
             return
         fired = True
-        raise Interrupted(f"signal {signum}")
+        raise _Interrupted(f"signal {signum}")
 
     previous: dict[signal.Signals, signal._HANDLER] = {}
     try:
