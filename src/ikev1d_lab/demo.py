@@ -1111,22 +1111,48 @@ def _preflight() -> str | None:
     return None
 
 
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP: the demo stops and cleans up.
+
+    A subclass, not KeyboardInterrupt itself: CPython remembers a
+    KeyboardInterrupt that leaves code run from source text (``exec`` of a
+    string, as dataclasses and namedtuple do while a module is imported) as
+    unhandled, even when a caller catches it, and then ends the interpreter by
+    SIGINT after everything else ran (exit status -2 instead of 130). It
+    compares the exception's exact type, so a subclass is not remembered.
+    """
+
+
 @contextlib.contextmanager
 def _terminate_as_exit() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the demo like Ctrl-C does, so cleanup runs."""
+    """Ctrl-C, SIGTERM and SIGHUP end the demo with :class:`_Interrupted`, so cleanup runs.
+
+    Only the first signal raises; later ones are ignored, because by then the
+    cleanup is under way (an exception raised in the middle of it, or after
+    the code that catches it, would leave things behind or end the
+    interpreter by the signal). Each handler is restored if it was installed,
+    even when a signal arrives while they are being installed.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    fired = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        raise _Interrupted(f"signal {signum}")
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous: dict[signal.Signals, signal._HANDLER] = {}
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, handler)
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        for signum, was in previous.items():
+            signal.signal(signum, was)
 
 
 @contextlib.contextmanager
@@ -1155,7 +1181,19 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the demo; 0 on success, non-zero with a message otherwise."""
+    """Run the demo; 0 on success, non-zero with a message otherwise (130 when
+    interrupted by Ctrl-C, SIGTERM or SIGHUP).
+
+    The SIGTERM/SIGHUP handler is in place before the demo creates anything and
+    stays until it has removed everything and said so; a signal outside the
+    inner ``try`` (before the first resource, or while the summary is printed)
+    reaches :func:`ikev1d.cli.main` as KeyboardInterrupt, which exits 130.
+    """
+    with _terminate_as_exit():
+        return _run_demo(argv, out)
+
+
+def _run_demo(argv: Sequence[str] | None, out: TextIO | None) -> int:
     args = _parse(argv or [])
     color = {"auto": None, "always": True, "never": False}[args.color]
     con = Console(out if out is not None else sys.stdout, color)
@@ -1172,18 +1210,17 @@ def run_demo(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
     code = 1
     stack = contextlib.ExitStack()
     try:
-        with _terminate_as_exit():
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ikev1d-demo-")))
-            demo = Demo(con, work, stack, with_strongswan=not args.no_strongswan,
-                        dataplane=args.dataplane)
-            demo.step_decode()
-            demo.step_gateways()
-            demo.step_traffic(3, "ikev1d")
-            demo.step_strongswan()
-            demo.step_certificates()
-            demo.step_roadwarrior()
-            demo.step_teardown()
-            code = 0
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ikev1d-demo-")))
+        demo = Demo(con, work, stack, with_strongswan=not args.no_strongswan,
+                    dataplane=args.dataplane)
+        demo.step_decode()
+        demo.step_gateways()
+        demo.step_traffic(3, "ikev1d")
+        demo.step_strongswan()
+        demo.step_certificates()
+        demo.step_roadwarrior()
+        demo.step_teardown()
+        code = 0
     except KeyboardInterrupt:
         con.write()
         con.error("interrupted; cleaning up")

@@ -121,6 +121,12 @@ def test_demo_runs_and_cleans_up(require_root_netns: None) -> None:
 def test_sigterm_midway_leaves_nothing(require_root_netns: None, delay: float) -> None:
     dirs_before = _demo_dirs()
     proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # `delay` seconds into the demo's run, not into the interpreter's start: on a
+    # loaded machine importing takes seconds, and a process killed before it began
+    # has nothing to clean up. Its title comes once SIGTERM is handled.
+    assert proc.stdout is not None
+    title = proc.stdout.readline()
+    assert title.startswith("ikev1d demo"), title
     time.sleep(delay)
     finished_already = proc.poll() is not None
     proc.send_signal(signal.SIGTERM)
@@ -129,6 +135,63 @@ def test_sigterm_midway_leaves_nothing(require_root_netns: None, delay: float) -
         assert proc.returncode in (0, 130), out
         if proc.returncode == 130:
             assert "interrupted; cleaning up" in out
+    assert _leftovers(proc.pid, dirs_before) == []
+
+
+# SIGTERM arriving while the demo installs its SIGTERM/SIGHUP handlers (simulated at
+# the one moment it can happen: between the two installations), then again once the
+# demo has returned: the handler must not outlive the demo (with it left in place, the
+# second SIGTERM raised KeyboardInterrupt after everything had caught it, and the
+# interpreter ended by SIGINT, -2).
+_SIGTERM_WHILE_INSTALLING = """
+import os, signal, sys, time
+import ikev1d.cli
+real = signal.signal
+def installing(signum, handler):
+    if signum == signal.SIGHUP and callable(handler):
+        signal.signal = real
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(signum, handler)
+signal.signal = installing
+code = ikev1d.cli.main(["demo"])
+print("SIGTERM handler restored:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(5)
+sys.exit(code)
+"""
+
+# A second SIGTERM while the demo reports the first and cleans up: ignored, so that the
+# cleanup runs to its end (it used to find the default action back in place there).
+_SIGTERM_TWICE = """
+import os, signal, sys
+import ikev1d.cli
+from ikev1d_lab import demo
+def step(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+def error(self, text):
+    if "interrupted" in text:
+        os.kill(os.getpid(), signal.SIGTERM)
+    print(text, flush=True)
+demo.Demo.step_decode = step
+demo.Console.error = error
+sys.exit(ikev1d.cli.main(["demo"]))
+"""
+
+
+def test_sigterm_while_the_handlers_go_in_leaves_none_behind(require_root_netns: None) -> None:
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_INSTALLING],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert "SIGTERM handler restored: True" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == -signal.SIGTERM, proc.stdout + proc.stderr
+
+
+def test_a_second_sigterm_does_not_cut_the_cleanup_short(require_root_netns: None) -> None:
+    dirs_before = _demo_dirs()
+    proc = subprocess.Popen([sys.executable, "-c", _SIGTERM_TWICE], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted; cleaning up" in out and "namespaces and files removed" in out, out
     assert _leftovers(proc.pid, dirs_before) == []
 
 

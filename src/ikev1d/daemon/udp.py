@@ -15,16 +15,23 @@ On the NAT-T port (RFC 3948 section 2):
 Under a flood of Main Mode requests the daemon falls behind; a full socket
 queue would then drop the real peer's message 3 with the flood, and a message 3
 queued behind thousands of requests arrives after its half-open entry is gone.
-So each wakeup drains up to :data:`BATCH` datagrams without blocking and serves
-them in two classes: first everything that belongs to an exchange already under
+So each wakeup reads the IKE socket until it is empty (at most :data:`DRAIN`
+datagrams; the NAT-T socket, mostly ESP, :data:`BATCH`) and serves what it read
+in two classes: first everything that belongs to an exchange already under
 way (a non-zero responder cookie, RFC 2408 section 3.1; ESP), then new requests
 (a zero responder cookie: Main Mode message 1 or its retransmission), of which,
-while more datagrams are waiting than one batch, only as many are processed as
-a :class:`RequestBudget` of processing time allows; the rest are dropped,
-counted and logged at a limited rate. Sorting
-costs a look at eight bytes of each datagram. Among new requests, a
-retransmission of one dropped before (its initiator cookie remembered in
-:class:`RecentCookies`) goes first: a real initiator retransmits the same
+when a batch's worth was waiting, only as many are processed as a
+:class:`RequestBudget` of processing time allows; the rest are dropped,
+counted and logged at a limited rate. Reading to the end matters: read a batch
+at a time, a daemon that gets little CPU on a loaded machine let seconds of
+datagrams pile up in the kernel's queue (up to the whole receive buffer), and
+a peer's message 3 sat behind them until its half-open entry had been evicted
+by the requests processed meanwhile; every retransmission of it then met
+"unknown ISAKMP SA". Drained each time, a message waits at most one wakeup
+(the reading plus the budget's burst). Sorting costs a look at eight bytes of
+each datagram. Among new requests, a retransmission of one dropped before
+(its initiator cookie remembered in :class:`RecentCookies`) goes first, and
+may overdraw the budget a little: a real initiator retransmits the same
 message 1, a blind flood sends fresh cookies, so a real peer that lost the
 draw once is served at its next try.
 """
@@ -59,7 +66,16 @@ IPV6_PKTINFO: int = getattr(socket, "IPV6_PKTINFO", 50)
 _MAX_DATAGRAM = 65535
 _ANC_SPACE = socket.CMSG_SPACE(64)
 BATCH = 256
-"""Datagrams read per wakeup of one socket before any is served."""
+"""Datagrams read per wakeup of the NAT-T socket (ESP, mostly) before any is served;
+on the IKE port, a wakeup that finds this many waiting is behind."""
+KEEPING_UP_S = 0.25
+"""The longest a wakeup that was not behind spends on new requests (a few hundred
+milliseconds of processing at most, so that it cannot drop requests while the
+daemon keeps up; beyond that it has fallen behind within the wakeup)."""
+DRAIN = 8192
+DRAIN_BYTES = 8 * 1024 * 1024
+"""The IKE port's socket is read until empty, but at most this many datagrams and
+bytes per wakeup (about what its receive buffer holds)."""
 
 #: A zero responder cookie (RFC 2408 section 3.1, octets 8-15 of the ISAKMP
 #: header): the initiator has not heard from us yet, so the datagram starts a
@@ -109,14 +125,22 @@ class RequestBudget:
 
     It refills at ``share`` seconds per second up to ``burst_s``; a request
     costs the time it took. Wall time, not CPU time: on a busy machine the
-    daemon is preempted, and what fills its socket queue is wall time. Only
-    applied to a batch read while more datagrams were waiting (the daemon is
-    behind); a daemon that keeps up serves every request. Flooded, requests get
-    ``share`` of the daemon's time and the rest stays for messages of exchanges
-    under way, timers and the control socket. A share, not a fixed count, so
-    that a flood cannot starve new requests either: a real peer's message 1 is
-    served with the probability share / (cost x flood rate), and its
-    retransmission ahead of the flood.
+    daemon is preempted, and what a message of an exchange under way waits
+    for is wall time. With the IKE socket drained at every wakeup, the bucket
+    bounds that wait to about ``burst_s`` plus the reading. Only applied to a
+    wakeup that found the daemon behind (a batch's worth of datagrams waiting);
+    a daemon that keeps up serves every request. Flooded, requests get
+    ``share`` of the daemon's time and the rest stays for messages of
+    exchanges under way, timers and the control socket. A share, not a fixed
+    count, so that a flood cannot starve new requests either: a real peer's
+    message 1 is served with the probability share / (cost x flood rate), and
+    its retransmission ahead of the flood.
+
+    A retransmitted request whose first copy was dropped may overdraw the
+    bucket by one ``burst_s`` (:meth:`available` with ``overdraft``): at the
+    start of a batch the bucket is often just spent, and a real peer's
+    retransmission must not lose that draw again and again. The overdraft is
+    paid back from the next refills, so the share holds over time.
     """
 
     def __init__(self, share: float = 0.75, burst_s: float = 0.1,
@@ -127,13 +151,14 @@ class RequestBudget:
         self._tokens = burst_s
         self._updated = clock()
 
-    def available(self) -> bool:
-        """Whether one more request may be processed now."""
+    def available(self, overdraft: float = 0.0) -> bool:
+        """Whether one more request may be processed now (with the bucket allowed
+        to go ``overdraft`` seconds below empty)."""
         now = self.clock()
         elapsed = max(now - self._updated, 0.0)
         self._updated = now
         self._tokens = min(self.burst_s, self._tokens + elapsed * self.share)
-        return self._tokens > 0.0
+        return self._tokens > -overdraft
 
     def charge(self, seconds: float) -> None:
         """What processing one request took."""
@@ -329,7 +354,10 @@ class UdpTransport:
         requests: list[tuple[bytes, Endpoint, Endpoint]] = []
         nat_t = sock.port == self.port_nat_t
         more = True
-        for _ in range(BATCH):
+        read = size = 0
+        for _ in range(BATCH if nat_t else DRAIN):
+            if size >= DRAIN_BYTES:
+                break
             try:
                 packet = sock.recv()
             except OSError as exc:
@@ -340,6 +368,8 @@ class UdpTransport:
                 more = False
                 break
             data, local, remote = packet
+            read += 1
+            size += len(data)
             if not data:
                 continue
             if nat_t:
@@ -359,7 +389,7 @@ class UdpTransport:
                 self._on_esp(data, local, remote)
             else:
                 self._on_ike(data, local, remote)
-        self._serve_requests(requests, more)
+        self._serve_requests(requests, more or read >= BATCH)
         if more or sock.pending:
             # Level-triggered readiness would come back too, but only after every other
             # ready callback; a coalesced receive left in ``pending`` raises none at all.
@@ -368,30 +398,55 @@ class UdpTransport:
     def _serve_requests(self, requests: list[tuple[bytes, Endpoint, Endpoint]],
                         behind: bool) -> None:
         if not behind:
-            for data, local, remote in requests:
+            # Every request, but for at most KEEPING_UP_S: a wakeup that found
+            # less than a batch waiting can still hold a couple of hundred
+            # requests, and whatever arrives meanwhile waits in the kernel.
+            clock = self.budget.clock
+            deadline = clock() + KEEPING_UP_S
+            for n, (data, local, remote) in enumerate(requests):
+                if clock() > deadline:
+                    self._drop(requests[n:])
+                    return
                 self._on_ike(data, local, remote)
             return
         dropped_before = self._dropped_cookies
+        retransmitted: list[tuple[bytes, Endpoint, Endpoint]] = []
         if dropped_before:  # nothing to look up while nothing was dropped
             retransmitted = [r for r in requests if r[0][:8] in dropped_before]
             if retransmitted:
-                requests = retransmitted + [r for r in requests if r[0][:8] not in dropped_before]
+                requests = [r for r in requests if r[0][:8] not in dropped_before]
         budget = self.budget
         clock = budget.clock
-        for n, (data, local, remote) in enumerate(requests):
-            if not budget.available():
-                rest = requests[n:]
-                for request in rest:
-                    dropped_before.add(request[0][:8])
-                self.requests_dropped += len(rest)
-                self._log_limiter.log(
-                    log, logging.WARNING, "requests over budget", clock(),
-                    "busy: dropped %d new Main Mode requests (the last from %s) to serve "
-                    "exchanges under way first", len(rest), rest[-1][2][0])
-                return
+        rest: list[tuple[bytes, Endpoint, Endpoint]] = []
+        for n, (data, local, remote) in enumerate(retransmitted):
+            if not budget.available(budget.burst_s):
+                rest = retransmitted[n:]
+                break
             began = clock()
             self._on_ike(data, local, remote)
             budget.charge(clock() - began)
+        if not rest:
+            for n, (data, local, remote) in enumerate(requests):
+                if not budget.available():
+                    rest = requests[n:]
+                    break
+                began = clock()
+                self._on_ike(data, local, remote)
+                budget.charge(clock() - began)
+        else:
+            rest += requests
+        if rest:
+            self._drop(rest)
+
+    def _drop(self, rest: list[tuple[bytes, Endpoint, Endpoint]]) -> None:
+        """Requests left unprocessed: counted, remembered for their retransmissions, logged."""
+        for request in rest:
+            self._dropped_cookies.add(request[0][:8])
+        self.requests_dropped += len(rest)
+        self._log_limiter.log(
+            log, logging.WARNING, "requests over budget", time.monotonic(),
+            "busy: dropped %d new Main Mode requests (the last from %s) to serve "
+            "exchanges under way first", len(rest), rest[-1][2][0])
 
     def _socket_for(self, local: Endpoint) -> UdpSocket | None:
         # Every datagram sent asks this; the answer only changes when sockets do.

@@ -31,14 +31,18 @@ flood rate R: with N = 1024 and R = 2,000/s that is 0.51 s, twice the
 budget, and ``half_open_total`` scales it (size it as flood rate x (RTT + DH
 time)). When R exceeds what the engine can process (about 700-1,000 message 1
 per second on a busy 2-core machine), the daemon's receive path
-(``ikev1d.daemon.udp``) bounds both terms: it serves every message of an
-exchange under way (message 3 carries our cookie) before any new request, so
-message 3 waits at most one read batch, and while it is behind it processes
-new requests only with a share of its time (``RequestBudget``: P <= share /
-cost per request, some 500-800/s here) and drops the rest unprocessed. The entry then lives at
-least N x cost / share seconds (about 1.4 s with the default N) however fast
-the flood, and the kernel queue no longer overflows, since dropping a request
-costs microseconds. What the flood still decides is when the peer's
+(``ikev1d.daemon.udp``) bounds both terms: it reads the IKE socket until it
+is empty at every wakeup and serves every message of an exchange under way
+(message 3 carries our cookie) before any new request, so message 3 waits
+at most one wakeup (the reading plus the budget's burst, 0.1 s), and while it
+is behind it processes new requests only with a share of its time
+(``RequestBudget``: P <= share / cost per request, some 150-800/s here
+depending on the load) and drops the rest unprocessed. The entry then lives
+at least N x cost / share seconds (about 1.4 s with the default N on an idle
+machine, several seconds on a loaded one) however fast the flood. Read a
+batch at a time instead, a daemon short of CPU let seconds of datagrams
+queue in the kernel, and message 3 arrived after N requests had been
+processed (measured: 7 s, a lockout). What the flood still decides is when the peer's
 *message 1* is processed: the first transmission with probability about
 P / R; a retransmission of a message 1 that was dropped goes ahead of fresh
 requests (the receive path remembers the cookies it dropped), so a blind

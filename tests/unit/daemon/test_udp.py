@@ -7,7 +7,15 @@ import socket
 
 import pytest
 
-from ikev1d.daemon.udp import BATCH, RecentCookies, RequestBudget, UdpError, UdpTransport
+from ikev1d.daemon.udp import (
+    BATCH,
+    DRAIN,
+    KEEPING_UP_S,
+    RecentCookies,
+    RequestBudget,
+    UdpError,
+    UdpTransport,
+)
 from ikev1d.engine.api import Datagram, Endpoint
 from ikev1d.wire.constants import NON_ESP_MARKER
 from tests.unit.daemon._fakes import UdpPeer, eventually, free_udp_ports
@@ -293,17 +301,31 @@ def test_exchanges_under_way_are_served_before_new_requests_and_excess_requests_
         "busy: dropped 3 new Main Mode requests (the last from 198.18.0.1) to serve "
         "exchanges under way first"]
     assert len(loop.soon) == 1  # more is waiting: read again soon
-    # 40 ms later the budget holds 10 ms again: one more request, not two.
+    # 40 ms later the budget holds 10 ms again: one more fresh request, not two.
     clock.now += 0.04
     seen.clear()
-    udp._readable(_FakeSocket(500, [requests[3], requests[4]], behind=True))  # type: ignore[arg-type]
-    assert [data for data, _, _ in seen] == [requests[3]]
+    fresh = [_isakmp(n, 0, b"req%d" % n) for n in (7, 8)]
+    udp._readable(_FakeSocket(500, fresh, behind=True))  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == [fresh[0]]
     assert udp.requests_dropped == 4
     # A daemon that keeps up (the socket drained) serves every request, budget or not.
     seen.clear()
     udp._readable(_FakeSocket(500, requests))  # type: ignore[arg-type]
     assert [data for data, _, _ in seen] == requests
     assert udp.requests_dropped == 4
+
+
+def test_a_wakeup_that_keeps_up_still_stops_serving_requests_after_a_while() -> None:
+    # Not behind (less than a batch was waiting), but 20 requests of 40 ms: after
+    # KEEPING_UP_S the rest are dropped rather than left to delay what arrives.
+    clock = _Clock()
+    seen: Packets = []
+    udp, _ = _sorting_transport(clock, 0.04, seen, [])
+    requests = [_isakmp(n, 0, b"req") for n in range(1, 21)]
+    udp._readable(_FakeSocket(500, requests))  # type: ignore[arg-type]
+    served = int(KEEPING_UP_S / 0.04) + 1
+    assert [data for data, _, _ in seen] == requests[:served]
+    assert udp.requests_dropped == 20 - served
 
 
 def test_nat_t_batches_serve_esp_and_later_messages_before_new_requests() -> None:
@@ -320,16 +342,42 @@ def test_nat_t_batches_serve_esp_and_later_messages_before_new_requests() -> Non
     assert udp.requests_dropped == 0
 
 
-def test_a_full_batch_reads_again_soon_and_the_rest_waits() -> None:
+def test_a_full_wakeup_reads_again_soon_and_the_rest_waits() -> None:
     clock = _Clock()
     seen: Packets = []
-    udp, loop = _sorting_transport(clock, 0.0, seen, [])
-    sock = _FakeSocket(500, [_isakmp(n, 5, b"") for n in range(BATCH + 10)])
+    esp: Packets = []
+    udp, loop = _sorting_transport(clock, 0.0, seen, esp)
+    # The IKE port is read up to DRAIN datagrams per wakeup ...
+    sock = _FakeSocket(500, [_isakmp(n, 5, b"") for n in range(DRAIN + 10)])
     udp._readable(sock)  # type: ignore[arg-type]
-    assert len(seen) == BATCH
+    assert len(seen) == DRAIN
     assert loop.soon == [(udp._readable, (sock,))]
     udp._readable(sock)  # type: ignore[arg-type]
-    assert len(seen) == BATCH + 10
+    assert len(seen) == DRAIN + 10
+    # ... the NAT-T port, mostly ESP, a batch at a time.
+    loop.soon.clear()
+    nat_t = _FakeSocket(4500, [b"\x00\x00\x10\x00" + bytes(20)] * (BATCH + 10))
+    udp._readable(nat_t)  # type: ignore[arg-type]
+    assert len(esp) == BATCH
+    assert loop.soon == [(udp._readable, (nat_t,))]
+
+
+def test_a_message_3_behind_thousands_of_requests_is_served_at_the_same_wakeup() -> None:
+    # A daemon short of CPU used to read 256 datagrams per wakeup: a flood kept its
+    # socket queue seconds long, and a peer's message 3 deep in it arrived after its
+    # half-open entry had been evicted.
+    clock = _Clock()
+    seen: Packets = []
+    udp, loop = _sorting_transport(clock, 0.002, seen, [])
+    requests = [_isakmp(n, 0, b"flood") for n in range(1, 3001)]
+    message_3 = _isakmp(0xABCDEF, 0x123456, b"msg3")
+    udp._readable(_FakeSocket(500, [*requests, message_3]))  # type: ignore[arg-type]
+    assert seen[0][0] == message_3
+    assert loop.soon == []  # nothing left waiting
+    # Behind: requests within the budget (50 ms at 2 ms each, plus what the wakeup
+    # earned meanwhile), the rest dropped.
+    assert 25 <= len(seen) - 1 < 60
+    assert udp.requests_dropped == 3000 - (len(seen) - 1)
 
 
 def test_a_retransmitted_request_that_was_dropped_goes_first() -> None:
@@ -346,6 +394,28 @@ def test_a_retransmitted_request_that_was_dropped_goes_first() -> None:
     udp._readable(_FakeSocket(500, [flood[3], _isakmp(99, 0, b"flood"), peer],  # type: ignore[arg-type]
                               behind=True))
     assert [data for data, _, _ in seen] == [peer]
+
+
+def test_a_retransmission_is_served_when_the_budget_was_just_spent() -> None:
+    # The bucket is usually spent when the next full batch is read: a retransmitted
+    # request may overdraw it by one burst (paid back later), fresh ones may not.
+    clock = _Clock()
+    seen: Packets = []
+    udp, _ = _sorting_transport(clock, 0.12, seen, [])
+    flood = [_isakmp(n, 0, b"flood") for n in range(1, 4)]
+    peer = _isakmp(0xABCDEF, 0, b"peer")
+    udp._readable(_FakeSocket(500, [flood[0], peer], behind=True))  # type: ignore[arg-type]
+    # 50 ms of budget, 120 ms spent, 60 ms earned back while spending it: 10 ms short.
+    assert [data for data, _, _ in seen] == [flood[0]]
+    seen.clear()
+    udp._readable(_FakeSocket(500, [flood[1], peer, flood[2]], behind=True))  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == [peer]
+    assert udp.requests_dropped == 3
+    # Paid back: with the bucket 60 ms below empty, not even a retransmission.
+    seen.clear()
+    clock.now += 0.02
+    udp._readable(_FakeSocket(500, [flood[1]], behind=True))  # type: ignore[arg-type]
+    assert seen == []
 
 
 def test_recent_cookies_are_bounded() -> None:
