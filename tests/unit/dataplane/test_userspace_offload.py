@@ -137,3 +137,25 @@ def test_a_malformed_header_is_dropped_and_the_loop_goes_on(
     settle(loop)
     assert isinstance(b.tun, OffloadTun)
     assert [w[VNET_HDR.size:] for w in b.tun.vnet_written] == [good]
+
+
+def test_too_big_judges_the_segments_not_the_super_packet(
+        pair: tuple[Side, Side, asyncio.AbstractEventLoop]) -> None:
+    """A 40 KB super-packet whose segments fit the tunnel MTU goes out whole; one
+    whose segments do not (DF set) is answered with ICMP "fragmentation needed"."""
+    a, _b, _loop = pair
+    entry = next(iter(a.backend.sad))
+    assert 1400 < entry.mtu < 1500
+    packet = tcp_packet("10.1.0.1", "10.2.0.1", bytes(40_000))
+    a.tun.to_read.append(VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 40, 1360, 20, 16) + packet)
+    a.backend.handle_tun_readable()
+    assert len(a.raw.sent) == 30 and a.backend.drops["too_big"] == 0
+    a.raw.sent.clear()
+    a.tun.to_read.append(VNET_HDR.pack(NEEDS_CSUM, GSO_TCPV4, 40, 1460, 20, 16) + packet)
+    a.backend.handle_tun_readable()
+    # 27 full segments are too big; the last (580 octets of payload) fits and goes.
+    assert len(a.raw.sent) == 1 and a.backend.drops["too_big"] == 27
+    assert isinstance(a.tun, OffloadTun)
+    icmp = a.tun.vnet_written[0][VNET_HDR.size:]
+    assert icmp[9] == 1 and icmp[20:22] == b"\x03\x04"  # ICMP fragmentation needed
+    assert int.from_bytes(icmp[26:28], "big") == entry.mtu
