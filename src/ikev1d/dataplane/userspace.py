@@ -556,6 +556,7 @@ class UserspaceBackend:
         self._bypass_refs.clear()
         self._vips.clear()  # the addresses vanish with the TUN device
         self._address_refs.clear()
+        self._tun_pending, self._tun_pending_entries = [], []  # the device goes now
         for step in (self.routes.close, self.tun.close, self.raw4.close):
             try:
                 step()
