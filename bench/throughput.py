@@ -82,6 +82,7 @@ class Setup:
     kind: str  # "ikev1d" | "strongswan" | "veth"
     encap: bool = False
     load: str = ""  # charon's plugin list (strongswan only)
+    offload: str = "gro"  # ikev1d's [daemon] tun_offload
 
 
 SETUPS = (
@@ -89,10 +90,14 @@ SETUPS = (
     Setup("ikev1d ESP-in-UDP", "ikev1d", encap=True),
     Setup("strongSwan(openssl)", "strongswan", encap=True, load=LOAD_OPENSSL_FIRST),
     Setup("strongSwan(default)", "strongswan", encap=True, load=DEFAULT_LOAD),
+    Setup("ikev1d raw no-offload", "ikev1d", encap=False, offload="off"),
+    Setup("ikev1d UDP no-offload", "ikev1d", encap=True, offload="off"),
+    Setup("ikev1d UDP TSO", "ikev1d", encap=True, offload="tso"),
 )
 VETH = Setup("veth (no IPsec)", "veth")
 SETUP_KEYS = {"ikev1d": SETUPS[0], "ikev1d-udp": SETUPS[1], "openssl": SETUPS[2],
-              "default": SETUPS[3], "veth": VETH}
+              "default": SETUPS[3], "ikev1d-plain": SETUPS[4], "ikev1d-udp-plain": SETUPS[5],
+              "ikev1d-udp-tso": SETUPS[6], "veth": VETH}
 # AES-GCM comes from openssl in both plugin orders (DEFAULT_LOAD has no gcm plugin).
 OPENSSL_ONLY = frozenset({"aes128gcm16", "aes256gcm16"})
 
@@ -235,6 +240,7 @@ def tunnel(topo: Topology, setup: Setup, esp: str, s: Settings, tag: str) -> Ite
                     CONN, local, remote, local, remote, PSK, [IKE_PROPOSAL], [esp], lnet, rnet,
                     child=CHILD, dataplane="userspace", encap=setup.encap,
                     rekey_time="24h", child_rekey_time="8h",
+                    extra_daemon=f"tun_offload = {json.dumps(setup.offload)}\n",
                 )  # fmt: skip
                 d = Ikev1dDaemon(ns, run_dir / f"ikev1d-{label}", conf,
                                  log_level=s.ikev1d_log_level)

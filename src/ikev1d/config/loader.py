@@ -66,6 +66,7 @@ from .model import (
     SecretConfig,
     SecretType,
     StartAction,
+    TunOffload,
     Unique,
     XauthConfig,
     XauthRound,
@@ -87,7 +88,7 @@ _DAEMON_KEYS = (
     "listen", "port", "port_nat_t", "dataplane", "retransmit_timeout", "retransmit_tries",
     "half_open_per_peer", "half_open_total", "half_open_timeout", "log_level",
     "allow_insecure_algorithms", "metrics", "keylog_dir", "min_phase1_lifetime",
-    "min_phase2_lifetime", "fragment_size",
+    "min_phase2_lifetime", "fragment_size", "tun_offload",
 )
 _CONNECTION_KEYS = (
     "local_addrs", "remote_addrs", "proposals", "encap", "dpd_delay", "dpd_timeout",
@@ -159,6 +160,7 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
                                             d.min_phase1_lifetime, allow_zero=True),
         min_phase2_lifetime=ld.get_duration(data, path, "min_phase2_lifetime",
                                             d.min_phase2_lifetime, allow_zero=True),
+        tun_offload=ld.get_choice(data, path, "tun_offload", d.tun_offload, TunOffload),
     )
 
 

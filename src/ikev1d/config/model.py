@@ -49,6 +49,7 @@ __all__ = [
     "SecretConfig",
     "SecretType",
     "StartAction",
+    "TunOffload",
     "XauthConfig",
     "XauthRound",
     "decode_secret",
@@ -85,6 +86,14 @@ class Dataplane(enum.StrEnum):
     USERSPACE = "userspace"  # TUN device and ESP in ikev1d
     KERNEL = "kernel"  # Linux XFRM
     NONE = "none"  # keying only
+
+
+class TunOffload(enum.StrEnum):
+    """What the userspace data plane's TUN device offloads (IFF_VNET_HDR)."""
+
+    OFF = "off"  # one packet per read and write
+    GRO = "gro"  # received TCP segments written as super-packets
+    TSO = "tso"  # that, and TCP super-packets read (checksum + segmentation offload)
 
 
 class LogLevel(enum.StrEnum):
@@ -189,6 +198,8 @@ class DaemonConfig:
     """A shorter Phase 1 lifetime proposed by a peer is raised to this (no rekey storms)."""
     min_phase2_lifetime: float = 60.0
     """The same for IPsec SAs."""
+    tun_offload: TunOffload = TunOffload.GRO
+    """What the userspace data plane's TUN device offloads (when the kernel can)."""
 
 
 @dataclass(frozen=True)

@@ -484,7 +484,7 @@ class Daemon:
         old = self._config
         if old is not None and _daemon_section_changed(old, config):
             log.warning("changes to [daemon] listen/port/port_nat_t/dataplane/metrics/"
-                        "keylog_dir need a restart")
+                        "keylog_dir/tun_offload need a restart")
         self._log_warnings(config)
         self._apply_log_level(config)
         try:
@@ -1073,6 +1073,7 @@ def _daemon_section_changed(old: Config, new: Config) -> bool:
         or a.dataplane != b.dataplane
         or a.metrics != b.metrics
         or a.keylog_dir != b.keylog_dir
+        or a.tun_offload != b.tun_offload
     )
 
 

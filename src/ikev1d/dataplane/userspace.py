@@ -32,6 +32,16 @@ A packet that fails anywhere is dropped and counted, never raised into the
 event loop; drops are logged at debug level per packet and at most every
 ``_LOG_INTERVAL`` seconds per reason at info level.
 
+TUN offloads (``tun_offload``, :mod:`ikev1d.dataplane.linux.offload`): with
+``gro`` (the default) the packets one receive batch opens are written after
+the batch, in-order TCP segments of one flow joined into one super-packet
+that the kernel takes in one write and one pass through its stack (and its TCP
+then acknowledges once, so fewer ACKs come back through the tunnel). With
+``tso`` a read may also be a TCP super-packet: it is cut into segments first,
+and each goes the way of any other packet (SA lookup, MSS clamping and ICMP
+"too big" judge the segment, not the super-packet); a burst of equal-sized
+segments to one peer is what UDP GSO then sends in one system call.
+
 The OS-facing objects (TUN device, raw sockets, routes) come from
 :mod:`ikev1d.dataplane.linux.tun` and are passed in, so tests can hand in fakes
 (:class:`TunLike`, :class:`RawLike`, :class:`RoutesLike`).
@@ -67,6 +77,8 @@ from ikev1d.dataplane.esp import (
     peek_seq,
 )
 from ikev1d.dataplane.linux.gso import MAX_BYTES, MAX_SEGMENTS
+from ikev1d.dataplane.linux.offload import VNET_HDR, VNET_HDR_LEN, VnetHeaderError, coalesce_tcp
+from ikev1d.dataplane.linux.offload import packets as vnet_packets
 from ikev1d.dataplane.mss import IcmpLimiter, clamp_mss, too_big, tunnel_mtu
 from ikev1d.dataplane.sad import NO_LIMIT, Prefix, Sad, SaEntry, address_key, prefixes
 from ikev1d.dataplane.statefile import StateFile
@@ -115,6 +127,7 @@ DROP_REASONS: Final = (
     "tun_error",     # the TUN device refused the decrypted packet
     "socket_error",  # reading the TUN device or raw socket failed
     "too_big",       # larger than the SA's tunnel MTU, DF set or IPv6: ICMP sent back
+    "offload",       # a TUN read whose virtio-net header does not fit its packet
 )
 
 _QUIET_REASONS: Final = frozenset({"not_ip", "no_sa"})
@@ -249,6 +262,11 @@ class UserspaceBackend:
         """ISAKMP SA -> (virtual IP, split networks) of a Mode Config client."""
         self._address_refs: dict[Address, tuple[int, bool]] = {}
         """Virtual IP -> (ISAKMP SAs using it, whether it was added here)."""
+        self._tun_pending: list[bytes] = []
+        """Opened packets waiting to be written to a TUN device with offloads, so that
+        the TCP segments of one receive batch can go in as one super-packet."""
+        self._tun_pending_entries: list[SaEntry] = []
+        self._tun_flush_scheduled = False
         self._renewal_asked = False
         """Set when an SA asked to be renewed: the packet loop yields, so that the
         engine sends the Quick Mode before the rest of the batch uses up the SA."""
@@ -546,6 +564,7 @@ class UserspaceBackend:
         self._bypass_refs.clear()
         self._vips.clear()  # the addresses vanish with the TUN device
         self._address_refs.clear()
+        self._tun_pending, self._tun_pending_entries = [], []  # the device goes now
         for step in (self.routes.close, self.tun.close, self.raw4.close):
             try:
                 step()
@@ -562,11 +581,14 @@ class UserspaceBackend:
     # --- the packet paths ------------------------------------------------------------
 
     def handle_tun_readable(self) -> None:
-        """Seal and send what the TUN device has queued (at most ``_BATCH`` packets)."""
+        """Seal and send what the TUN device has queued (at most ``_BATCH`` packets,
+        segments of super-packets counted one by one)."""
         read = self.tun.read
         outbound = self._outbound
+        vnet = getattr(self.tun, "vnet_hdr", False) is True
+        budget = _BATCH
         try:
-            for _ in range(_BATCH):
+            while budget > 0:
                 try:
                     packet = read()
                 except OSError as exc:
@@ -574,7 +596,19 @@ class UserspaceBackend:
                     return
                 if packet is None:
                     return
-                outbound(packet)
+                if vnet:
+                    try:
+                        segments = vnet_packets(packet)
+                    except VnetHeaderError as exc:
+                        budget -= 1
+                        self._drop("offload", f"reading {self.tun.name}: {exc}")
+                        continue
+                    budget -= len(segments)
+                    for segment in segments:
+                        outbound(segment)
+                else:
+                    budget -= 1
+                    outbound(packet)
                 if self._renewal_asked:
                     self._renewal_asked = False
                     return
@@ -586,6 +620,39 @@ class UserspaceBackend:
 
     def handle_raw_readable(self) -> None:
         self._drain_raw(self.raw4)
+
+    @property
+    def _coalescing(self) -> bool:
+        return getattr(self.tun, "vnet_hdr", False) is True and self._loop is not None
+
+    def _flush_tun(self) -> None:
+        """Write what the last receive batch opened, TCP segments of one flow joined."""
+        self._tun_flush_scheduled = False
+        pending, entries = self._tun_pending, self._tun_pending_entries
+        if not pending:
+            return
+        self._tun_pending, self._tun_pending_entries = [], []
+        write = getattr(self.tun, "write_vnet", None)
+        try:
+            buffers = coalesce_tcp(pending)
+        except Exception:  # never into the event loop; the packets are lost
+            log.exception("userspace: unexpected error coalescing received packets")
+            buffers = []
+        done = 0
+        for buffer in buffers:
+            try:
+                if write is None:
+                    raise OSError("the TUN device takes no virtio-net header")
+                write(buffer)
+            except OSError as exc:
+                self._drop("tun_error", f"inbound: TUN write: {exc}")
+                break
+            done += _packets_in(buffer)
+        for packet, entry in zip(pending[done:], entries[done:], strict=True):
+            counters = entry.counters
+            counters.packets_in -= 1
+            counters.bytes_in -= len(packet)
+            counters.dropped_tun_in += 1
 
     def _drain_raw(self, raw: RawLike) -> None:
         recv = raw.recv
@@ -749,12 +816,20 @@ class UserspaceBackend:
         clamped = clamp_mss(inner, entry.mtu)
         if clamped is not None:
             inner = clamped
-        try:
-            self.tun.write(inner)
-        except OSError as exc:
-            counters.dropped_tun_in += 1
-            self._drop("tun_error", f"inbound: TUN write: {exc}")
-            return
+        if self._coalescing:
+            # Counted now; a failed write moves it to the drops (see _flush_tun).
+            self._tun_pending.append(inner)
+            self._tun_pending_entries.append(entry)
+            if not self._tun_flush_scheduled and self._loop is not None:
+                self._tun_flush_scheduled = True
+                self._loop.call_soon(self._flush_tun)
+        else:
+            try:
+                self.tun.write(inner)
+            except OSError as exc:
+                counters.dropped_tun_in += 1
+                self._drop("tun_error", f"inbound: TUN write: {exc}")
+                return
         counters.packets_in += 1
         counters.bytes_in += len(inner)
         if counters.bytes_in >= entry.soft_bytes_in:
@@ -934,10 +1009,19 @@ class UserspaceBackend:
         self._schedule_keepalive()
 
 
+def _packets_in(buffer: bytes) -> int:
+    """How many received packets a buffer from ``coalesce_tcp`` carries."""
+    _flags, gso_type, hdr_len, gso_size, _start, _offset = VNET_HDR.unpack_from(buffer)
+    if gso_type == 0 or gso_size == 0:
+        return 1
+    return int(-(-(len(buffer) - VNET_HDR_LEN - hdr_len) // gso_size))
+
+
 def create_backend(config: object = None) -> UserspaceBackend:
     """Open the TUN device and the raw ESP socket; DataplaneError (cleaned up) if impossible.
 
-    ``config.daemon.tun_name`` / ``tun_mtu`` are used when the configuration has them.
+    ``config.daemon.tun_name`` / ``tun_mtu`` / ``tun_offload`` are used when the
+    configuration has them.
     """
     from ikev1d.dataplane.linux.pmtu import path_mtu
     from ikev1d.dataplane.linux.tun import (
@@ -952,6 +1036,8 @@ def create_backend(config: object = None) -> UserspaceBackend:
     daemon = getattr(config, "daemon", None)
     name = getattr(daemon, "tun_name", None)
     mtu = getattr(daemon, "tun_mtu", None)
+    wanted = getattr(daemon, "tun_offload", "gro")
+    offload = str(wanted) if str(wanted) in ("off", "gro", "tso") else "gro"
     tun_name = name if isinstance(name, str) and name else DEFAULT_TUN_NAME
     tun_mtu = mtu if isinstance(mtu, int) and mtu >= 576 else DEFAULT_MTU
 
@@ -959,7 +1045,7 @@ def create_backend(config: object = None) -> UserspaceBackend:
     try:
         netlink = Netlink()
         cleanups.append(netlink.close)
-        tun = TunDevice(netlink, tun_name, tun_mtu)
+        tun = TunDevice(netlink, tun_name, tun_mtu, offload=offload)
         cleanups.append(tun.close)
         raw4 = RawEspSocket()
         cleanups.append(raw4.close)
@@ -972,7 +1058,8 @@ def create_backend(config: object = None) -> UserspaceBackend:
         for cleanup in reversed(cleanups):
             cleanup()
         raise DataplaneError(f"userspace data plane cannot start: {exc}") from None
-    log.info("userspace data plane on %s (MTU %d)", tun.name, tun_mtu)
+    log.info("userspace data plane on %s (MTU %d, TUN offload %s)", tun.name, tun_mtu,
+             tun.offload)
     return UserspaceBackend(tun, raw4, routes,
                             raw6_factory=RawEspSocket.ipv6,
                             on_close=netlink.close, path_mtu=path_mtu)

@@ -52,7 +52,7 @@ def test_raw_socket_failure_closes_the_tun_device(monkeypatch: pytest.MonkeyPatc
     class FakeTunDevice:
         name, index = "fake0", 99
 
-        def __init__(self, *args: object) -> None:
+        def __init__(self, *args: object, **kwargs: object) -> None:
             pass
 
         def close(self) -> None:

@@ -3,7 +3,16 @@
 * :class:`TunDevice`: a Linux TUN interface (``/dev/net/tun``, ``TUNSETIFF`` with
   ``IFF_TUN | IFF_NO_PI``: every read and write is exactly one IP packet). The
   interface is not persistent, so it disappears when the file descriptor is closed,
-  even if the daemon dies.
+  even if the daemon dies. With offloads it is opened with ``IFF_VNET_HDR``: every
+  read and write starts with a virtio-net header, and a write may carry a TCP
+  super-packet of up to 64 KiB that the kernel takes as one (``gro``: what the
+  data plane coalesces from one receive batch, see
+  :mod:`ikev1d.dataplane.linux.offload`). ``tso`` also asks ``TUNSETOFFLOAD`` for
+  checksum and TCP segmentation offload (``TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6``):
+  the kernel's TCP then hands over super-packets in one read, but every packet's
+  transport checksum is left for us to complete, UDP's included (no UDP
+  segmentation offload is asked for: Linux before 6.2 has no ``TUN_F_USO4/6``).
+  A kernel that refuses gets the plain device (one packet per read and write).
 * :class:`RawEspSocket`: IP protocol 50 (RFC 4303 §2) on a raw socket. The kernel
   writes the outer IP header on send; on receipt an IPv4 raw socket hands over the
   whole datagram (reassembled), an IPv6 one only the payload.
@@ -36,6 +45,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
+from ikev1d.dataplane.linux.offload import VNET_HDR_LEN, ZERO_VNET_HDR
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.dataplane.linux.xfrm import RTPROT_IKEV1D
 from ikev1d.engine.api import Network
@@ -63,8 +73,15 @@ DEFAULT_MTU: Final = 1400
 
 # linux/if_tun.h
 _TUNSETIFF: Final = 0x400454CA
+_TUNSETOFFLOAD: Final = 0x400454D0
+_TUNGETFEATURES: Final = 0x800454CF
 _IFF_TUN: Final = 0x0001
 _IFF_NO_PI: Final = 0x1000
+_IFF_VNET_HDR: Final = 0x4000
+_TUN_F_CSUM: Final = 0x01
+_TUN_F_TSO4: Final = 0x02
+_TUN_F_TSO6: Final = 0x04
+TUN_OFFLOADS: Final = _TUN_F_CSUM | _TUN_F_TSO4 | _TUN_F_TSO6
 _IFREQ: Final = struct.Struct("16sH22x")
 
 _IP_PKTINFO: Final = 8
@@ -84,53 +101,117 @@ class TunDevice:
     """A TUN interface owned by this process; ``close`` removes it."""
 
     def __init__(
-        self, netlink: Netlink, name: str = DEFAULT_TUN_NAME, mtu: int = DEFAULT_MTU
+        self, netlink: Netlink, name: str = DEFAULT_TUN_NAME, mtu: int = DEFAULT_MTU,
+        *, offload: str = "off",
     ) -> None:
+        """``offload``: ``"off"``, ``"gro"`` or ``"tso"`` (see the module text);
+        :attr:`vnet_hdr` and :attr:`tso` say what the kernel granted."""
+        self._fd = -1
+        self.vnet_hdr = False
+        """Reads and writes carry a virtio-net header; writes may be TCP super-packets."""
+        self.tso = False
+        """Reads may be TCP super-packets, or packets with a partial checksum."""
         try:
-            fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise TunError(errno.ENOENT, f"{TUN_PATH} does not exist (no TUN support; "
-                           "load the 'tun' module or use dataplane = \"kernel\")") from None
-        except PermissionError:
-            raise TunError(errno.EACCES, f"no permission to open {TUN_PATH} "
-                           "(run as root or with CAP_NET_ADMIN)") from None
-        except OSError as exc:
-            raise TunError(exc.errno, f"cannot open {TUN_PATH}: {exc.strerror}") from None
-        self._fd = fd
-        try:
-            ifr = _IFREQ.pack(name.encode(), _IFF_TUN | _IFF_NO_PI)
-            try:
-                answer = fcntl.ioctl(fd, _TUNSETIFF, ifr)
-            except OSError as exc:
-                raise TunError(exc.errno, f"cannot create TUN device {name!r}: "
-                               f"{exc.strerror}") from None
-            self.name = answer[:16].rstrip(b"\0").decode()
+            if offload in ("gro", "tso"):
+                self._open_offloaded(name, TUN_OFFLOADS if offload == "tso" else 0)
+            if self._fd < 0:
+                self._fd, self.name = _open_tun(name, _IFF_TUN | _IFF_NO_PI)
             self.mtu = mtu
             self.index = _link_up(netlink, self.name, mtu)
         except BaseException:
-            os.close(fd)
-            self._fd = -1
+            self.close()
             raise
-        log.debug("TUN device %s (index %d, MTU %d) open", self.name, self.index, mtu)
+        log.debug("TUN device %s (index %d, MTU %d, offload %s) open", self.name, self.index,
+                  mtu, self.offload)
+
+    @property
+    def offload(self) -> str:
+        """What was granted: ``"tso"``, ``"gro"`` or ``"off"``."""
+        return "tso" if self.tso else "gro" if self.vnet_hdr else "off"
+
+    def _open_offloaded(self, name: str, offloads: int) -> None:
+        """Open the device with IFF_VNET_HDR and ``offloads``, or leave ``_fd`` at -1
+        (the caller falls back to plain packets) when the kernel refuses either."""
+        fd, self.name = _open_tun(name, _IFF_TUN | _IFF_NO_PI | _IFF_VNET_HDR,
+                                  need_feature=_IFF_VNET_HDR)
+        if fd < 0:
+            log.info("TUN offloads: the kernel has no IFF_VNET_HDR; one packet per read")
+            return
+        try:
+            # Also with 0: what the device offloads must not be left to chance.
+            fcntl.ioctl(fd, _TUNSETOFFLOAD, offloads)
+        except OSError as exc:
+            # The header cannot be switched off again on this descriptor: start over.
+            os.close(fd)
+            log.info("TUN offloads refused by the kernel (%s); one packet per read",
+                     exc.strerror)
+            return
+        self._fd = fd
+        self.vnet_hdr = True
+        self.tso = offloads != 0
 
     def fileno(self) -> int:
         return self._fd
 
     def read(self) -> bytes | None:
-        """One IP packet, or None when the queue is empty."""
+        """One IP packet (after a virtio-net header when :attr:`vnet_hdr`), or None when
+        the queue is empty."""
         try:
-            return os.read(self._fd, _MAX_PACKET)
+            return os.read(self._fd, _MAX_PACKET + VNET_HDR_LEN)
         except (BlockingIOError, InterruptedError):
             return None
 
     def write(self, packet: bytes) -> None:
         """Hand one IP packet to the kernel as if it arrived on this interface."""
-        os.write(self._fd, packet)
+        if self.vnet_hdr:
+            # No GSO, checksums complete: the packet is taken as it is.
+            os.writev(self._fd, (ZERO_VNET_HDR, packet))
+        else:
+            os.write(self._fd, packet)
+
+    def write_vnet(self, buffer: bytes) -> None:
+        """Write a virtio-net header and its packet (only when :attr:`vnet_hdr`)."""
+        os.write(self._fd, buffer)
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _open_tun(name: str, flags: int, need_feature: int = 0) -> tuple[int, str]:
+    """(descriptor, device name) of a new TUN device; (-1, "") when ``need_feature``
+    is not among the features the kernel reports (TUNGETFEATURES)."""
+    try:
+        fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TunError(errno.ENOENT, f"{TUN_PATH} does not exist (no TUN support; "
+                       "load the 'tun' module or use dataplane = \"kernel\")") from None
+    except PermissionError:
+        raise TunError(errno.EACCES, f"no permission to open {TUN_PATH} "
+                       "(run as root or with CAP_NET_ADMIN)") from None
+    except OSError as exc:
+        raise TunError(exc.errno, f"cannot open {TUN_PATH}: {exc.strerror}") from None
+    try:
+        if need_feature:
+            try:
+                features = struct.unpack(
+                    "=I", fcntl.ioctl(fd, _TUNGETFEATURES, bytes(4)))[0]
+            except OSError:
+                features = 0
+            if not features & need_feature:
+                os.close(fd)
+                return -1, ""
+        ifr = _IFREQ.pack(name.encode(), flags)
+        try:
+            answer = fcntl.ioctl(fd, _TUNSETIFF, ifr)
+        except OSError as exc:
+            raise TunError(exc.errno, f"cannot create TUN device {name!r}: "
+                           f"{exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, answer[:16].rstrip(b"\0").decode()
 
 
 class Netlink:
