@@ -557,8 +557,9 @@ def test_libreswan_restarted_initial_contact(rig: Rig) -> None:
     assert not re.search(r'"icln" #\d+: sending INITIAL_CONTACT', rig.theirs.log_text())
 
     icl, icln = cases
+    # pluto sends it in every Main Mode it initiates, the first one too ("no stale SAs")
     line = next((ln for ln in rig.ours.log_text().splitlines()
-                 if "[icl " in ln and "INITIAL-CONTACT from" in ln), "")
+                 if "[icl " in ln and "INITIAL-CONTACT from" in ln and "removing" in ln), "")
     assert f"INITIAL-CONTACT from {icl.theirs}: removing 1 stale ISAKMP SA and 1 IPsec SA" \
         in line, rig.ours.log_text()[-3000:]
     (ike,) = _our_sas(rig, icl)
