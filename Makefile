@@ -104,11 +104,11 @@ vm-deps: deps venv
 	test -x .vm-venv/bin/vng || { $(PYTHON) -m venv .vm-venv && .vm-venv/bin/pip install -q 'virtme-ng==1.42'; }
 
 test-kernel: vm-deps
-	VM_TIMEOUT=$${VM_TIMEOUT:-2400} VM_TESTS="tests/vm --ignore=tests/vm/test_libreswan.py" \
+	VM_TIMEOUT=$${VM_TIMEOUT:-2400} VM_TESTS="tests/vm --ignore-glob=tests/vm/test_libreswan*.py" \
 	  scripts/run-vm-tests.sh
 
 test-libreswan: vm-deps libreswan
-	VM_TIMEOUT=$${VM_TIMEOUT:-3600} VM_TESTS=tests/vm/test_libreswan.py \
+	VM_TIMEOUT=$${VM_TIMEOUT:-3600} VM_TESTS="tests/vm/test_libreswan.py tests/vm/test_libreswan_rw.py" \
 	  scripts/run-vm-tests.sh vm-out-libreswan
 
 # Libreswan 4.10 (pluto), the second reference peer, for the VM suite. It conflicts with the

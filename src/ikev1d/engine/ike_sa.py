@@ -307,6 +307,9 @@ class IkeSa:
         self.phase1_iv = b""
         """Phase 1 CBC chain (RFC 2409 Appendix B); after Main Mode, its last block."""
         self.exchange_ivs: dict[int, bytes] = {}
+        self.peer_tx_end: tuple[int, bytes] | None = None
+        """The message ID of the last Transaction exchange the peer started and the
+        end of its CBC chain, for a peer that continues it (see transaction.py)."""
         self.peer_vendors = PeerVendors(frozenset(), 0)
         self.nat_t_rfc = False
         self.nat_t = False

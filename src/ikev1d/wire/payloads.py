@@ -704,7 +704,17 @@ class AttributePayload:
         cfg_type = r.u8("type")
         r.u8("reserved")
         identifier = r.u16("identifier")
-        return cls(cfg_type, identifier, decode_attributes(r))
+        attributes: list[Attribute] = []
+        while r.remaining():
+            if r.remaining() < 4 and not any(r.rest()):
+                # Libreswan pads the attribute payload it sends (its Mode Config
+                # replies and sets) to a multiple of four octets with zeros, counted in
+                # the payload length. No attribute is shorter than four octets (a TV
+                # attribute's type and value, a TLV's type and length, RFC 2408
+                # section 3.3), so one to three zero octets can only be that padding.
+                break
+            attributes.append(Attribute.decode_from(r))
+        return cls(cfg_type, identifier, tuple(attributes))
 
 
 # --------------------------------------------------------------------------- fragments

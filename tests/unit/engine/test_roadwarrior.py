@@ -322,6 +322,63 @@ def test_xauth_then_mode_config_then_quick_mode(caplog: pytest.LogCaptureFixture
     assert len(established) == 2 and min(established) > xauth_at
 
 
+def test_a_push_under_the_message_id_of_the_xauth_exchange_is_taken(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Libreswan 4.10 as a push server sends its CFG_SET under the message ID of the XAUTH
+    exchange that has just ended (its SET of XAUTH_STATUS and the client's ACK), on that
+    exchange's CBC chain. The server here does the same; the client must take the SET
+    (its HASH verifies), acknowledge it and go on to Quick Mode."""
+    chain_ends: dict[int, bytes] = {}
+    real_new, real_end = IkeSa.new_message_id, IkeSa.end_exchange
+
+    def end_exchange(self: IkeSa, message_id: int) -> None:
+        if not self.initiator and message_id in self.exchange_ivs:
+            chain_ends[message_id] = self.exchange_ivs[message_id]
+        real_end(self, message_id)
+
+    def new_message_id(self: IkeSa) -> int:
+        if not self.initiator and len(chain_ends) == 2:  # XAUTH's REQUEST and SET ended
+            reused = list(chain_ends)[-1]
+            self.exchange_ivs[reused] = chain_ends.pop(reused)
+            return reused
+        return real_new(self)
+
+    monkeypatch.setattr(IkeSa, "end_exchange", end_exchange)
+    monkeypatch.setattr(IkeSa, "new_message_id", new_message_id)
+    w = world(server_config(xauth=True, modecfg="push"),
+              ("192.0.2.10", client_config("192.0.2.10", modecfg="push", user="alice",
+                                           password="alice's password")))
+    with caplog.at_level(logging.INFO, logger="ikev1d"):
+        w.up("192.0.2.10")
+    client, server = w.nodes["192.0.2.10"], w.nodes[SERVER]
+    # REQUEST/REPLY, SET/ACK of XAUTH, then SET/ACK of Mode Config under the same ID
+    ids = [split_message(d.data)[0].message_id for d in transactions(w)]
+    assert len(ids) == 6 and ids[2] == ids[3] == ids[4] == ids[5] != ids[0], ids
+    assert vip_of(client) == "10.3.0.1"
+    assert client.of(ChildSaEstablished) and server.of(ChildSaEstablished)
+    assert "dropping" not in caplog.text
+
+
+def test_a_transaction_reusing_another_finished_message_id_is_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Only the exchange the peer started last may go on under its message ID; a message
+    under the ID of an older finished exchange is dropped with a log line."""
+    w = world(server_config(xauth=True, modecfg="push"),
+              ("192.0.2.10", client_config("192.0.2.10", modecfg="push", user="alice",
+                                           password="alice's password")))
+    w.up("192.0.2.10")
+    client = w.nodes["192.0.2.10"]
+    first = transactions(w)[0]
+    (sa,) = client.sas()
+    forged = bytearray(first.data)
+    forged[-1] ^= 1  # not a retransmission of the server's first request
+    with caplog.at_level(logging.INFO, logger="ikev1d"):
+        client.engine.receive_datagram(bytes(forged), first.remote, first.local, w.now)
+    assert "under the message ID" in caplog.text and "of a finished exchange" in caplog.text
+    assert not client.engine.datagrams_to_send()
+    assert client.sas() == [sa] and vip_of(client) == "10.3.0.1"
+
+
 def test_xauth_with_a_wrong_password_leaves_no_sa(caplog: pytest.LogCaptureFixture) -> None:
     w = world(server_config(xauth=True),
               ("192.0.2.10", client_config("192.0.2.10", user="alice",

@@ -146,6 +146,22 @@ def test_attribute_payload_exact_bytes() -> None:
     assert AttributePayload.decode_body(p.encode_body()) == p
 
 
+def test_attribute_payload_zero_padding_to_four_octets() -> None:
+    """Libreswan 4.10 pads its Mode Config replies' attribute payload to a multiple of
+    four octets (here a 6-octet CISCO_SPLIT_INC-like TLV leaves two zeros); one to
+    three zero octets are padding, anything else after the attributes is an error."""
+    body = H("02 00 0000 0001 0004 0a030105 7000 0002 0a02")
+    expected = AttributePayload(
+        ModeCfgType.ISAKMP_CFG_REPLY, 0,
+        (Attribute(ModeCfgAttr.INTERNAL_IP4_ADDRESS, H("0a030105")), Attribute(0x7000, H("0a02"))),
+    )
+    for pad in (b"", b"\0", b"\0\0", b"\0\0\0"):
+        assert AttributePayload.decode_body(body + pad) == expected
+    for bad in (b"\0\1", b"\1", b"\0\0\1"):
+        with pytest.raises(TruncatedError):
+            AttributePayload.decode_body(body + bad)
+
+
 def test_fragment_and_natt_exact_bytes() -> None:
     assert FragmentPayload(7, 2, True, b"ab").encode_body() == H("0007 02 01") + b"ab"
     assert encode_payloads([NatDPayload(b"x", draft=True)]) == H("00000005") + b"x"

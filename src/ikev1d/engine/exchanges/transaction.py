@@ -117,12 +117,25 @@ class Transaction(Exchange):
                 exchange.handle(message, now)
             return
         if message_id in sa.completed_message_ids:
-            replay(sa, message_id, message.raw)
-            return
+            if replay(sa, message_id, message.raw):
+                return
+            end = sa.peer_tx_end
+            if end is None or end[0] != message_id:
+                logs.log(log, logging.INFO, "tx-reused", now,
+                         "dropping Transaction exchange under the message ID %08x of a "
+                         "finished exchange", message_id, extra=sa.log_extra)
+                return
+            # Libreswan (4.10) as Mode Config server in push mode sends its CFG_SET
+            # under the message ID of the XAUTH exchange that has just ended (its SET
+            # of XAUTH_STATUS and our ACK), continuing that exchange's CBC chain from
+            # our ACK, instead of starting an exchange of its own (RFC 2409 Appendix
+            # B). Taken as a new request only if its HASH verifies on that chain.
+            sa.exchange_ivs[message_id] = end[1]
         tx = Transaction(sa, message_id, initiator=False)
         try:
             request = tx.read(message)
         except Unauthenticated as exc:
+            sa.exchange_ivs.pop(message_id, None)
             logs.log(log, logging.INFO, "unauthenticated", now,
                      "dropping unauthenticated Transaction exchange: %s", exc,
                      extra=sa.log_extra)
@@ -145,6 +158,7 @@ class Transaction(Exchange):
             return
         tx.respond(message.raw, tx.encrypt(answer.payload))
         tx.state = TxState.DONE
+        sa.peer_tx_end = (message_id, sa.exchange_iv(message_id))
         sa.end_exchange(message_id)
         if answer.then is not None:
             answer.then(now)
