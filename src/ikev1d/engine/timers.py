@@ -21,7 +21,7 @@ def _nothing(now: float) -> None:
     """The callback of a cancelled timer."""
 
 
-@dataclass(order=True)
+@dataclass(order=True, slots=True)
 class Timer:
     deadline: float
     seq: int
