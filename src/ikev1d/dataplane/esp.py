@@ -98,7 +98,7 @@ class UnsupportedEspAlgorithm(EspError, ValueError):
     """No such transform, or a combination ESP does not allow (e.g. CBC without integrity)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class EspCounters:
     """Per-SA counters; ``bytes`` counts inner payload octets, as strongSwan does."""
 
@@ -334,6 +334,10 @@ class OutboundSa:
     unique per key as RFC 4106 §3.1 requires, so it needs no randomness.
     """
 
+    # Two per tunnel, held for its lifetime: slots instead of per-instance dicts.
+    __slots__ = ("_aesgcm", "_block", "_cbc", "_hmac", "_icv_length", "_iv_length",
+                 "_random_bytes", "_salt", "alg", "counters", "max_seq", "seq", "spi")
+
     def __init__(
         self,
         spi: int,
@@ -442,6 +446,10 @@ class InboundSa:
     (§2.4), then the replay window update. Each refusal raises a typed EspError
     and is counted; nothing decrypted is returned from a packet that failed.
     """
+
+    __slots__ = ("_aesgcm", "_block", "_cbc", "_gcm_key", "_hmac", "_icv_length",
+                 "_iv_length", "_min_ciphertext", "_min_length", "_salt", "alg", "counters",
+                 "replay", "spi")
 
     def __init__(
         self,

@@ -117,7 +117,7 @@ def _best_length(prefixes_: tuple[Prefix, ...], version: int, addr: int) -> int:
     return best
 
 
-@dataclass
+@dataclass(slots=True)
 class SaCounters:
     """What ``status`` shows for an SA pair, plus why packets were dropped.
 
@@ -134,7 +134,7 @@ class SaCounters:
     dropped_out: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class SaEntry:
     """One installed IPsec SA pair: ESP state, selectors, where its ESP goes."""
 
@@ -207,15 +207,15 @@ class Sad:
     def __init__(self) -> None:
         self._by_spi_in: dict[int, SaEntry] = {}
         self._by_pair: dict[tuple[int, int], SaEntry] = {}
-        self._entries: list[SaEntry] = []
+        """Every entry, in install order (a dict: removing one of N is not a walk of N)."""
         self._cache: dict[bytes, SaEntry | None] = {}
         self._serial = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._by_pair)
 
     def __iter__(self) -> Iterator[SaEntry]:
-        return iter(list(self._entries))
+        return iter(list(self._by_pair.values()))
 
     def add(self, entry: SaEntry) -> None:
         """Install ``entry``; an entry with the same SPI pair is replaced."""
@@ -224,7 +224,6 @@ class Sad:
         entry.serial = self._serial
         self._by_spi_in[entry.spi_in] = entry
         self._by_pair[(entry.spi_in, entry.spi_out)] = entry
-        self._entries.append(entry)
         self._cache.clear()
 
     def remove(self, spi_in: int, spi_out: int) -> SaEntry | None:
@@ -233,7 +232,6 @@ class Sad:
             return None
         if self._by_spi_in.get(spi_in) is entry:
             del self._by_spi_in[spi_in]
-        self._entries.remove(entry)
         self._cache.clear()
         return entry
 
@@ -261,7 +259,7 @@ class Sad:
         """The SA protecting ``src -> dst``: longest remote, then local prefix; newest on ties."""
         best: SaEntry | None = None
         best_score = (-1, -1, -1)
-        for entry in self._entries:
+        for entry in self._by_pair.values():
             score = entry.outbound_score(version, src, dst)
             if score is None:
                 continue

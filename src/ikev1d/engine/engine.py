@@ -624,8 +624,8 @@ class Engine:
             self.stats.half_open_dropped += 1
             self.drop_sa(evicted)
         self._sas[sa.cky_i + sa.cky_r] = sa
-        sa.schedule(now + self.config.daemon.half_open_timeout,
-                    lambda t: self._half_open_expired(sa, t))
+        sa.half_open_timer = sa.schedule(now + self.config.daemon.half_open_timeout,
+                                         lambda t: self._half_open_expired(sa, t))
 
     def _half_open_expired(self, sa: IkeSa, now: float) -> None:
         if sa.state is IkeState.CONNECTING and not sa.authenticated:
@@ -674,6 +674,10 @@ class Engine:
             sa.state = IkeState.DELETING
 
     def leave_half_open(self, sa: IkeSa, *, authenticated: bool = False) -> None:
+        if sa.half_open_timer is not None:
+            # Its closure holds the SA: gone now rather than half_open_timeout later.
+            sa.half_open_timer.cancel()
+            sa.half_open_timer = None
         key = (sa.cky_i, sa.remote[0])
         if self._half_open.get(key) is sa:
             self._half_open.remove(key)

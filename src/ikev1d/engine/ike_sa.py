@@ -127,6 +127,13 @@ class Unauthenticated(ProtocolFailure):
     names (RFC 2409 section 5.5: the HASH authenticates the message)."""
 
 
+PHASE1_MESSAGE_ID = 0
+"""Phase 1 runs under message ID zero (RFC 2408 section 3.1), and so do the
+unprotected notifications sent during it."""
+
+NO_VENDORS = PeerVendors(frozenset(), 0)
+"""What a peer announced before its first message is read: nothing."""
+
 #: Ended exchanges whose message IDs (and responses, for repeated requests)
 #: an ISAKMP SA remembers; older ones are forgotten (a peer that repeats a
 #: request 32 exchanges later gets no answer, which costs it a retransmission).
@@ -146,7 +153,7 @@ class ChildMode(enum.StrEnum):
     TRANSPORT = "transport"
 
 
-@dataclass
+@dataclass(slots=True)
 class ChildSa:
     child_id: int
     config: ChildConfig
@@ -208,6 +215,8 @@ class WorkQueue:
     the IVs of only a few exchanges, so a burst of parallel Quick Modes (one
     per child) loses some of them on its side.
     """
+
+    __slots__ = ("_pending", "running")
 
     def __init__(self) -> None:
         self._pending: list[Work] = []
@@ -274,6 +283,66 @@ class ResponseCache:
 
 
 class IkeSa:
+    # One per tunnel, held as long as the tunnel: slots instead of a per-instance
+    # dict (about a kilobyte less per SA with tens of thousands of tunnels).
+    __slots__ = (
+        "__weakref__",  # tests check that a dropped SA is freed
+        "auth_method",
+        "authenticated",
+        "candidates",
+        "children",
+        "cipher",
+        "cky_i",
+        "cky_r",
+        "completed_message_ids",
+        "conn",
+        "created_at",
+        "ctx",
+        "dh",
+        "dpd_seq",
+        "dpd_unanswered_since",
+        "established_at",
+        "exchange_ivs",
+        "exchanges",
+        "fragmenter",
+        "half_open_timer",
+        "hash_alg",
+        "ike_id",
+        "initial_contact_seen",
+        "initiator",
+        "keys",
+        "leases",
+        "lifetime_s",
+        "local",
+        "local_id",
+        "local_vips",
+        "nat_local",
+        "nat_remote",
+        "nat_t",
+        "nat_t_rfc",
+        "peer_certificate",
+        "peer_tx_end",
+        "peer_vendors",
+        "phase1_iv",
+        "previous_vips",
+        "proposal",
+        "registered_as",
+        "rekey_at",
+        "remote",
+        "remote_id",
+        "remote_vips",
+        "replaces",
+        "requested_children",
+        "responses",
+        "state",
+        "timers",
+        "vip_dns",
+        "vip_split",
+        "work",
+        "xauth_role",
+        "xauth_user",
+    )
+
     def __init__(
         self,
         ctx: Context,
@@ -310,7 +379,7 @@ class IkeSa:
         self.peer_tx_end: tuple[int, bytes] | None = None
         """The message ID of the last Transaction exchange the peer started and the
         end of its CBC chain, for a peer that continues it (see transaction.py)."""
-        self.peer_vendors = PeerVendors(frozenset(), 0)
+        self.peer_vendors = NO_VENDORS
         self.nat_t_rfc = False
         self.nat_t = False
         self.nat_local = False
@@ -334,7 +403,8 @@ class IkeSa:
         """Who answers XAUTH after Phase 1, from the negotiated method; read by
         the work queue once the Transaction exchange exists."""
         self.dpd_unanswered_since: float | None = None
-        self.fragmenter = Fragmenter()
+        self.fragmenter: Fragmenter | None = None
+        """Made when a message first needs fragments (few SAs ever do)."""
         self.authenticated = False
         """Main Mode has proven the peer's identity; XAUTH may still be under way
         (the SA counts as established only after it, as in strongSwan)."""
@@ -362,6 +432,9 @@ class IkeSa:
         self.previous_vips: tuple[IPAddress, ...] = ()
         """The virtual IPs of the ISAKMP SA this one renewed: asked for again, and
         released only if this SA does not keep them."""
+
+        self.half_open_timer: Timer | None = None
+        """A responder's deadline for authenticating the peer; cancelled once it has."""
 
     @property
     def remote_vip(self) -> IPAddress | None:
@@ -409,6 +482,8 @@ class IkeSa:
         if (len(data) > message_room(self.local, nat_t_port, size) and self.sends_fragments
                 and data[18] == ExchangeType.IDENTITY_PROTECTION):
             room = fragment_payload_room(self.local, nat_t_port, size)
+            if self.fragmenter is None:
+                self.fragmenter = Fragmenter()
             packets = self.fragmenter.packets(data, room)
             log.debug("sending a %d-byte message in %d fragments", len(data), len(packets),
                       extra=self.log_extra)
@@ -547,6 +622,17 @@ class IkeSa:
             oldest, _ = self.completed_message_ids.popitem(last=False)
             if oldest not in self.exchanges:
                 self.responses.pop(oldest, None)
+
+    def release_main_mode(self) -> None:
+        """Main Mode is over and the peer has our last message: let go of its task
+        (nonces, DH values, the SA payloads its hashes covered) and of message 6
+        kept for a repeated message 5. From now on a Main Mode message for this SA
+        is dropped (engine dispatch finds no exchange), as one for an unknown SA."""
+        mm = self.exchanges.get(PHASE1_MESSAGE_ID)
+        if mm is not None and mm.finished:
+            del self.exchanges[PHASE1_MESSAGE_ID]
+            mm.discard()
+            self.responses.pop(PHASE1_MESSAGE_ID, None)
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
         timer = self.ctx.timers.schedule(deadline, callback, owner=self)

@@ -90,6 +90,14 @@ class Lifecycle:
             initiator=sa.initiator, cky_i=sa.cky_i, cky_r=sa.cky_r,
             encryption_key=self._encryption_key(sa),
         ))
+        if sa.initiator:
+            # Our message 5 was answered: Main Mode has nothing left to send.
+            sa.release_main_mode()
+        else:
+            # Message 6 is kept for a repeated message 5 while the peer may still be
+            # retransmitting it (its first Quick Mode shows earlier that it needs none).
+            sa.schedule(now + self.engine.retransmit_budget(),
+                        lambda t: sa.release_main_mode())
         sa.schedule(now + sa.lifetime_s, lambda t: self._ike_expired(sa))
         sa.rekey_at = now + self.rekey_delay(sa.lifetime_s, sa.initiator)
         sa.schedule(sa.rekey_at, lambda t: self._ike_rekey(sa, t))

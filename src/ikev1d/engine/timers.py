@@ -21,7 +21,7 @@ def _nothing(now: float) -> None:
     """The callback of a cancelled timer."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Timer:
     deadline: float
     seq: int

@@ -84,7 +84,19 @@ def recognise(vids: list[bytes]) -> PeerVendors:
             unknown += 1
             if len(sample) < UNKNOWN_SAMPLE:
                 sample.append(vid[:UNKNOWN_SAMPLE_BYTES])
-    return PeerVendors(frozenset(found), unknown, tuple(sample))
+    if unknown:
+        return PeerVendors(frozenset(found), unknown, tuple(sample))
+    # Every ISAKMP SA keeps its peer's PeerVendors for its whole life; peers of one
+    # kind send the same Vendor IDs, so one shared object per set of extensions (at
+    # most 2^len(Extension) of them, whatever peers send) serves them all.
+    key = frozenset(found)
+    shared = _SHARED.get(key)
+    if shared is None:
+        shared = _SHARED[key] = PeerVendors(key, 0)
+    return shared
+
+
+_SHARED: dict[frozenset[Extension], PeerVendors] = {}
 
 
 def our_vendor_ids() -> list[bytes]:

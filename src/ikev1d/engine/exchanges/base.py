@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ikev1d.engine.api import Endpoint
-from ikev1d.engine.ike_sa import IkeSa, ProtocolFailure, ResponseCache, Unauthenticated
+from ikev1d.engine.ike_sa import (
+    PHASE1_MESSAGE_ID as PHASE1_MESSAGE_ID,
+)
+from ikev1d.engine.ike_sa import (
+    IkeSa,
+    ProtocolFailure,
+    ResponseCache,
+    Unauthenticated,
+)
 from ikev1d.engine.timers import Timer
 from ikev1d.wire import Header, NotifyPayload
 
@@ -26,9 +34,6 @@ NONCE_LENGTH = 32
 
 log = logging.getLogger("ikev1d.engine")
 
-#: Phase 1 runs under message ID zero (RFC 2408 section 3.1), and so do the
-#: unprotected notifications sent during it.
-PHASE1_MESSAGE_ID = 0
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,8 @@ class MainMode(Exchange):
             raise ProtocolFailure(
                 f"invalid key exchange value: {exc}", NotifyType.INVALID_KEY_INFORMATION
             ) from exc
+        # Our DH private value has done its only job (RFC 2409 section 5: g^xy).
+        self.sa.dh = None
 
     def _vendors(self, payloads: Sequence[Payload], now: float) -> None:
         sa = self.sa

@@ -630,6 +630,12 @@ class QuickMode(Exchange):
         self.sa.exchange_ivs[self.message_id] = next_iv
         rules.check(rules.QUICK_MODE[3], payloads, "Quick Mode message 3")
         self._install(now)
+        # The peer sent message 3, so it has our message 2 (and, before its first
+        # Quick Mode, had our Main Mode message 6): neither is asked for again. The
+        # message ID stays among the completed ones, so a late copy of message 1 is
+        # still not processed twice.
+        self.sa.responses.pop(self.message_id, None)
+        self.sa.release_main_mode()
         if self.commit:
             self.sa.send_informational([NotifyPayload(
                 notify_type=NotifyType.CONNECTED, spi=self.spi_in, protocol_id=ProtocolId.ESP,
