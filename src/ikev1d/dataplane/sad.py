@@ -190,16 +190,6 @@ class SaEntry:
             self.local_ts, version, dst
         ) >= 0
 
-    def outbound_score(self, version: int, src: int, dst: int) -> tuple[int, int] | None:
-        """(remote prefix length, local prefix length) if this SA covers src -> dst."""
-        remote = _best_length(self.remote_ts, version, dst)
-        if remote < 0:
-            return None
-        local = _best_length(self.local_ts, version, src)
-        if local < 0:
-            return None
-        return remote, local
-
 
 class Sad:
     """SA pairs by inbound SPI, and the outbound selector lookup."""
@@ -210,6 +200,12 @@ class Sad:
         """Every entry, in install order (a dict: removing one of N is not a walk of N)."""
         self._cache: dict[bytes, SaEntry | None] = {}
         self._serial = 0
+        self._by_remote: dict[tuple[int, int], dict[int, dict[tuple[int, int], SaEntry]]] = {}
+        """(version, prefix length) -> remote network -> the entries with that remote
+        selector: a cache miss looks up each length present (longest first) instead
+        of scoring every SA, so it costs the same with ten or ten thousand tunnels."""
+        self._lengths: dict[int, tuple[int, ...]] = {}
+        """Per IP version, the remote prefix lengths present, longest first."""
 
     def __len__(self) -> int:
         return len(self._by_pair)
@@ -224,6 +220,7 @@ class Sad:
         entry.serial = self._serial
         self._by_spi_in[entry.spi_in] = entry
         self._by_pair[(entry.spi_in, entry.spi_out)] = entry
+        self._index(entry, add=True)
         self._cache.clear()
 
     def remove(self, spi_in: int, spi_out: int) -> SaEntry | None:
@@ -232,8 +229,27 @@ class Sad:
             return None
         if self._by_spi_in.get(spi_in) is entry:
             del self._by_spi_in[spi_in]
+        self._index(entry, add=False)
         self._cache.clear()
         return entry
+
+    def _index(self, entry: SaEntry, *, add: bool) -> None:
+        pair = (entry.spi_in, entry.spi_out)
+        for p in entry.remote_ts:
+            key = (p.version, p.length)
+            if add:
+                self._by_remote.setdefault(key, {}).setdefault(p.network, {})[pair] = entry
+                continue
+            networks = self._by_remote.get(key, {})
+            bucket = networks.get(p.network, {})
+            bucket.pop(pair, None)
+            if not bucket:
+                networks.pop(p.network, None)
+            if not networks:
+                self._by_remote.pop(key, None)
+        for version in {p.version for p in entry.remote_ts}:
+            self._lengths[version] = tuple(sorted(
+                (length for v, length in self._by_remote if v == version), reverse=True))
 
     def get(self, spi_in: int, spi_out: int) -> SaEntry | None:
         return self._by_pair.get((spi_in, spi_out))
@@ -256,17 +272,27 @@ class Sad:
         return best
 
     def lookup_outbound(self, version: int, src: int, dst: int) -> SaEntry | None:
-        """The SA protecting ``src -> dst``: longest remote, then local prefix; newest on ties."""
-        best: SaEntry | None = None
-        best_score = (-1, -1, -1)
-        for entry in self._by_pair.values():
-            score = entry.outbound_score(version, src, dst)
-            if score is None:
+        """The SA protecting ``src -> dst``: longest remote, then local prefix; newest on ties.
+
+        Remote prefix lengths are tried longest first; the first length at which some
+        SA also covers ``src`` decides (a longer remote prefix beats any local one).
+        """
+        bits = 32 if version == 4 else 128
+        full = (1 << bits) - 1
+        for length in self._lengths.get(version, ()):
+            mask = full ^ ((1 << (bits - length)) - 1)
+            bucket = self._by_remote[(version, length)].get(dst & mask)
+            if not bucket:
                 continue
-            full = (score[0], score[1], entry.serial)
-            if full > best_score:
-                best, best_score = entry, full
-        return best
+            best: SaEntry | None = None
+            best_score = (-1, -1)
+            for entry in bucket.values():
+                local = _best_length(entry.local_ts, version, src)
+                if local >= 0 and (local, entry.serial) > best_score:
+                    best, best_score = entry, (local, entry.serial)
+            if best is not None:
+                return best
+        return None
 
     def lookup_outbound_addresses(self, src: str, dst: str) -> SaEntry | None:
         """:meth:`lookup_outbound_key` (cached, as packets are) for address strings."""
