@@ -41,6 +41,14 @@ class CaptureError(LabError):
     """dumpcap or tshark failed."""
 
 
+def _load_factor() -> float:
+    """How much longer to wait for dumpcap than on an idle machine: the runnable
+    processes per core (1 to 4). Both ends of a capture depend on dumpcap being
+    scheduled: an empty capture of a whole handshake was seen at load 8 on 2 cores."""
+    per_core = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return max(1.0, min(per_core, 4.0))
+
+
 def tshark_available() -> tuple[bool, str]:
     """Whether dumpcap and tshark are installed; (ok, reason)."""
     for tool in (DUMPCAP, TSHARK):
@@ -97,7 +105,7 @@ class Capture:
                 )
         # dumpcap reports "Capturing on" a few milliseconds before packets really reach
         # it (measured here: 7 of 15 packets sent at once were lost, none after 50 ms).
-        time.sleep(warmup)
+        time.sleep(warmup * _load_factor())
 
     def _read_stderr(self) -> None:
         stream = self.proc.stderr
@@ -127,10 +135,11 @@ class Capture:
 
         dumpcap takes packets from the kernel's ring buffer in blocks that are
         handed over only after a timeout (~250 ms); packets still in an open
-        block are lost on SIGTERM.  So wait `settle` seconds first.
+        block are lost on SIGTERM.  So wait `settle` seconds first (longer on a
+        loaded machine, where dumpcap may not run within them).
         """
         if self.proc.poll() is None:
-            time.sleep(settle)
+            time.sleep(settle * _load_factor())
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
