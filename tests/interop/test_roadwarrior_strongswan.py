@@ -42,6 +42,7 @@ NETWORKS = {
     "push": "10.12.0.0/24",
     "xauth": "10.13.0.0/24",
     "xauthbad": "10.13.0.0/24",
+    "xauthpush": "10.15.0.0/24",
     "small1": "10.14.1.0/24",
     "small2": "10.14.2.0/24",
     "small3": "10.14.3.0/24",
@@ -96,6 +97,22 @@ auth = "xauth"
 local_ts = ["10.13.0.0/24"]
 esp_proposals = ["{ESP}"]
 
+[connections.rw-xauthpush]
+local_addrs = ["192.0.2.1"]
+remote_addrs = ["%any"]
+proposals = ["aes256-sha256-modp2048"]
+pools = ["p-xauthpush"]
+modecfg = "push"
+[connections.rw-xauthpush.local]
+id = "{SERVER_ID}"
+[connections.rw-xauthpush.remote]
+id = "xauthpush@rw.example.org"
+[connections.rw-xauthpush.remote_xauth]
+auth = "xauth"
+[connections.rw-xauthpush.children.net]
+local_ts = ["10.15.0.0/24"]
+esp_proposals = ["{ESP}"]
+
 [connections.rw-small]
 local_addrs = ["192.0.2.1"]
 remote_addrs = ["%any"]
@@ -118,6 +135,8 @@ addrs = "10.3.2.0/24"
 dns = ["10.12.0.53"]
 [pools.p-xauth]
 addrs = "10.3.3.10-10.3.3.20"
+[pools.p-xauthpush]
+addrs = "10.3.5.0/24"
 [pools.small]
 addrs = "10.4.0.0/30"
 
@@ -135,13 +154,14 @@ secret = "bob's password"
 """
 
 
-def _client_conn(name: str, extra: str = "", rounds: str = "") -> str:
+def _client_conn(name: str, extra: str = "", rounds: str = "",
+                 proposals: str = "aes128-sha256-modp2048") -> str:
     return f"""
   {name} {{
     version = 1
     local_addrs = 192.0.2.2
     remote_addrs = 192.0.2.1
-    proposals = aes128-sha256-modp2048
+    proposals = {proposals}
     encap = yes
     vips = 0.0.0.0
     rekey_time = 0
@@ -164,6 +184,8 @@ CLIENT_CONFIG = (
     + _client_conn("push", extra="pull = no")
     + _client_conn("xauth", rounds="local-2 { auth = xauth\n xauth_id = alice }")
     + _client_conn("xauthbad", rounds="local-2 { auth = xauth\n xauth_id = bob }")
+    + _client_conn("xauthpush", extra="pull = no", proposals="aes256-sha256-modp2048",
+                   rounds="local-2 { auth = xauth\n xauth_id = alice }")
     + "".join(_client_conn(f"small{i}") for i in (1, 2, 3))
     + "\n}\nsecrets {\n"
     + f'  ike-group {{ secret = "{PSK}" }}\n'
@@ -284,6 +306,19 @@ def test_xauth_with_a_wrong_password(rig: Rig) -> None:
                 if sa["remote_id"] == "xauthbad@rw.example.org"]
 
 
+def test_xauth_then_push(rig: Rig) -> None:
+    """After XAUTH ikev1d pushes under the message ID of its XAUTH status exchange,
+    continuing that exchange's CBC chain (the form Libreswan's client needs):
+    strongSwan's client takes it."""
+    theirs, ours = _established(rig, "xauthpush")
+    assert _agree(rig, theirs, ours, NETWORKS["xauthpush"]) == "10.3.5.1"
+    assert ours["auth"] == "psk+xauth"
+    log = rig.server.log_text()
+    assert "assigned virtual IP 10.3.5.1 from pool p-xauthpush" in log
+    assert "dropping" not in log
+    assert "received retransmit" not in rig.client.log_text()
+
+
 def test_a_30_pool_serves_two_of_three_clients_and_a_returning_one_gets_its_address(
         rig: Rig) -> None:
     vips = {}
@@ -331,6 +366,17 @@ def test_tshark_dissects_the_transaction_exchanges(rig: Rig, tmp_path: Path) -> 
     # Requests, replies, sets and acks; addresses, XAUTH user name and status.
     assert {"1", "2", "3", "4"} <= seen_types, seen_types
     assert {"attr1", "attr16521", "attr16527"} <= seen_types, seen_types
+    # XAUTH then push: the pushed address (a SET with INTERNAL_IP4_ADDRESS) travels under
+    # the message ID of the XAUTH status exchange, decrypted on its CBC chain.
+    by_exchange: dict[tuple[str, str], list[tuple[str, set[str]]]] = {}
+    for packet in transactions:
+        key = (_values(packet, "isakmp.ispi")[0], _values(packet, "isakmp.messageid")[0])
+        by_exchange.setdefault(key, []).append(
+            (_values(packet, "isakmp.cfg.type")[0], set(_values(packet, "isakmp.cfg.attr.type"))))
+    continued = [exchange for exchange in by_exchange.values()
+                 if [t for t, _ in exchange] == ["3", "4", "3", "4"]
+                 and "16527" in exchange[0][1] and "1" in exchange[2][1]]
+    assert len(continued) == 1, by_exchange
 
 
 def _values(node: Any, key: str) -> list[str]:

@@ -326,6 +326,7 @@ class IkeSa:
         "phase1_iv",
         "previous_vips",
         "proposal",
+        "push_continues",
         "registered_as",
         "rekey_at",
         "remote",
@@ -379,6 +380,10 @@ class IkeSa:
         self.peer_tx_end: tuple[int, bytes] | None = None
         """The message ID of the last Transaction exchange the peer started and the
         end of its CBC chain, for a peer that continues it (see transaction.py)."""
+        self.push_continues: tuple[int, bytes] | None = None
+        """As XAUTH server: the message ID of our XAUTH status exchange and the end of
+        its CBC chain (the client's ACK), under which a Mode Config push follows
+        (see roadwarrior.py)."""
         self.peer_vendors = NO_VENDORS
         self.nat_t_rfc = False
         self.nat_t = False

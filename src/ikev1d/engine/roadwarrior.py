@@ -222,11 +222,21 @@ class Step:
                                       lambda t: self.fail(f"{what} did not come", t))
 
     def send(self, payload: AttributePayload, now: float,
-             on_answer: Callable[[AttributePayload, float], None]) -> None:
+             on_answer: Callable[[AttributePayload, float], None],
+             continuing: tuple[int, bytes] | None = None) -> Transaction:
+        """A Transaction exchange of ours: under a new message ID, or, with
+        ``continuing`` (a finished exchange's message ID and the end of its CBC
+        chain), under that ID, on that chain."""
         sa = self.sa
-        tx = Transaction(sa, sa.new_message_id(), True, on_answer, self.fail)
+        if continuing is not None and continuing[0] not in sa.exchanges:
+            message_id = continuing[0]
+            sa.exchange_ivs[message_id] = continuing[1]
+        else:
+            message_id = sa.new_message_id()
+        tx = Transaction(sa, message_id, True, on_answer, self.fail)
         sa.exchanges[tx.message_id] = tx
         tx.start(payload, now)
+        return tx
 
     def done(self, now: float) -> None:
         if self.ended:
@@ -356,17 +366,22 @@ class XauthServer(Step):
                             "XAUTH authentication failed for user '%s'", printable(self.user),
                             extra=sa.log_extra)
         identifier = int.from_bytes(sa.ctx.random_bytes(2), "big")
-        self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_SET, identifier, (
+        status: list[Transaction] = []
+        status.append(self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_SET, identifier, (
             Attribute(A.XAUTH_STATUS, XAUTH_OK if ok else XAUTH_FAIL),
-        )), now, lambda answer, t: self._finish(t))
+        )), now, lambda answer, t: self._finish(t, status[0])))
 
-    def _finish(self, now: float) -> None:
+    def _finish(self, now: float, status: Transaction | None = None) -> None:
         if self.ended:
             return
         sa = self.sa
         if not self.verdict_sent:
             self.fail(f"XAUTH authentication failed for user '{printable(self.user)}'", now)
             return
+        if status is not None and status.end_iv is not None:
+            # The client acknowledged our status: a Mode Config push continues this
+            # exchange (see ModeConfigServer.start).
+            sa.push_continues = (status.message_id, status.end_iv)
         sa.xauth_user = self.user
         log.info("XAUTH authentication of '%s' successful", printable(self.user),
                  extra=sa.log_extra)
@@ -484,8 +499,19 @@ class ModeConfigServer(Step):
                                  if name in pools)
         attributes = self.rw.lease(self.sa, [(f, None) for f in families], now) or []
         identifier = int.from_bytes(self.sa.ctx.random_bytes(2), "big")
+        # After XAUTH the CFG_SET goes under the message ID of our XAUTH status
+        # exchange, continuing its CBC chain from the client's ACK, as Libreswan's
+        # server does. Libreswan's client (4.10) takes a push only that way: it files
+        # a Transaction under a new message ID as a new XAUTH round (its
+        # STATE_XAUTH_I0 -> STATE_XAUTH_I1), which then waits for an XAUTH status
+        # that never comes, times out and deletes the ISAKMP SA; only a message
+        # under the ID it has kept from the status exchange (its phase 1.5 ID)
+        # takes it to "IKE SA established". strongSwan's client, which keeps CBC
+        # chains per message ID (RFC 2409 Appendix B), and ours take either form.
+        # Without XAUTH, a new exchange (draft-dukes-ike-mode-cfg-02 section 3.2).
+        continuing, self.sa.push_continues = self.sa.push_continues, None
         self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_SET, identifier, tuple(attributes)),
-                  now, lambda answer, t: self.done(t))
+                  now, lambda answer, t: self.done(t), continuing)
 
     def on_request(self, request: AttributePayload, now: float) -> Answer | None:
         if self.push or request.cfg_type != ModeCfgType.ISAKMP_CFG_REQUEST:

@@ -32,8 +32,10 @@ from ikev1d.engine.api import (
     VirtualIpReleased,
     XauthCheck,
 )
+from ikev1d.engine.exchanges.transaction import Transaction
 from ikev1d.engine.ike_sa import IkeSa, IkeState
-from ikev1d.wire import ExchangeType, Flags, split_message
+from ikev1d.engine.roadwarrior import Step
+from ikev1d.wire import AttributePayload, ExchangeType, Flags, split_message
 
 E = TypeVar("E")
 
@@ -322,29 +324,12 @@ def test_xauth_then_mode_config_then_quick_mode(caplog: pytest.LogCaptureFixture
     assert len(established) == 2 and min(established) > xauth_at
 
 
-def test_a_push_under_the_message_id_of_the_xauth_exchange_is_taken(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """Libreswan 4.10 as a push server sends its CFG_SET under the message ID of the XAUTH
-    exchange that has just ended (its SET of XAUTH_STATUS and the client's ACK), on that
-    exchange's CBC chain. The server here does the same; the client must take the SET
-    (its HASH verifies), acknowledge it and go on to Quick Mode."""
-    chain_ends: dict[int, bytes] = {}
-    real_new, real_end = IkeSa.new_message_id, IkeSa.end_exchange
-
-    def end_exchange(self: IkeSa, message_id: int) -> None:
-        if not self.initiator and message_id in self.exchange_ivs:
-            chain_ends[message_id] = self.exchange_ivs[message_id]
-        real_end(self, message_id)
-
-    def new_message_id(self: IkeSa) -> int:
-        if not self.initiator and len(chain_ends) == 2:  # XAUTH's REQUEST and SET ended
-            reused = list(chain_ends)[-1]
-            self.exchange_ivs[reused] = chain_ends.pop(reused)
-            return reused
-        return real_new(self)
-
-    monkeypatch.setattr(IkeSa, "end_exchange", end_exchange)
-    monkeypatch.setattr(IkeSa, "new_message_id", new_message_id)
+def test_after_xauth_the_push_continues_the_status_exchange(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """After XAUTH the server sends its CFG_SET under the message ID of its XAUTH status
+    exchange, on that exchange's CBC chain continued from the client's ACK: the form
+    Libreswan 4.10's client takes (and its server sends). The client takes the SET (its
+    HASH verifies), acknowledges it and goes on to Quick Mode."""
     w = world(server_config(xauth=True, modecfg="push"),
               ("192.0.2.10", client_config("192.0.2.10", modecfg="push", user="alice",
                                            password="alice's password")))
@@ -357,6 +342,64 @@ def test_a_push_under_the_message_id_of_the_xauth_exchange_is_taken(
     assert vip_of(client) == "10.3.0.1"
     assert client.of(ChildSaEstablished) and server.of(ChildSaEstablished)
     assert "dropping" not in caplog.text
+    (s_sa,) = server.sas()
+    assert s_sa.push_continues is None and not s_sa.exchange_ivs
+
+
+def test_without_xauth_the_push_is_an_exchange_of_its_own() -> None:
+    w = world(server_config(modecfg="push"),
+              ("192.0.2.10", client_config("192.0.2.10", modecfg="push")))
+    w.up("192.0.2.10")
+    ids = [split_message(d.data)[0].message_id for d in transactions(w)]
+    assert len(ids) == 2 and ids[0] == ids[1], ids
+    assert vip_of(w.nodes["192.0.2.10"]) == "10.3.0.1"
+
+
+def test_a_push_after_xauth_under_a_new_message_id_is_taken_too(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """strongSwan's server starts a new exchange for its push after XAUTH
+    (draft-dukes-ike-mode-cfg-02 section 3.2): the client takes that form as well."""
+    real_send = Step.send
+
+    def send(self: Step, payload: AttributePayload, now: float,
+             on_answer: Callable[[AttributePayload, float], None],
+             continuing: tuple[int, bytes] | None = None) -> Transaction:
+        return real_send(self, payload, now, on_answer)
+
+    monkeypatch.setattr(Step, "send", send)
+    w = world(server_config(xauth=True, modecfg="push"),
+              ("192.0.2.10", client_config("192.0.2.10", modecfg="push", user="alice",
+                                           password="alice's password")))
+    with caplog.at_level(logging.INFO, logger="ikev1d"):
+        w.up("192.0.2.10")
+    client, server = w.nodes["192.0.2.10"], w.nodes[SERVER]
+    ids = [split_message(d.data)[0].message_id for d in transactions(w)]
+    assert len(ids) == 6 and len(set(ids)) == 3, ids
+    assert vip_of(client) == "10.3.0.1"
+    assert client.of(ChildSaEstablished) and server.of(ChildSaEstablished)
+    assert "dropping" not in caplog.text
+
+
+def test_a_lost_push_after_xauth_is_sent_again_under_the_same_message_id() -> None:
+    w = world(server_config(xauth=True, modecfg="push"),
+              ("192.0.2.10", client_config("192.0.2.10", modecfg="push", user="alice",
+                                           password="alice's password")))
+    seen: list[Datagram] = []
+
+    def drop_first_push(d: Datagram) -> bool:
+        if (d.local[0] == SERVER
+                and split_message(d.data)[0].exchange_type == ExchangeType.TRANSACTION):
+            seen.append(d)
+            return len(seen) == 3  # REQUEST, status SET, then the push
+        return False
+
+    w.drop = drop_first_push
+    w.up("192.0.2.10")
+    assert not w.nodes["192.0.2.10"].of(VirtualIpAssigned)
+    w.advance(2)
+    client = w.nodes["192.0.2.10"]
+    assert vip_of(client) == "10.3.0.1" and client.of(ChildSaEstablished)
+    assert seen[3].data == seen[2].data  # the same message again
 
 
 def test_a_transaction_reusing_another_finished_message_id_is_dropped(

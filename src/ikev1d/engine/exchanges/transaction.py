@@ -94,6 +94,9 @@ class Transaction(Exchange):
         self.request: AttributePayload | None = None
         self.on_answer = on_answer
         self.on_fail = on_fail
+        self.end_iv: bytes | None = None
+        """As initiator, once answered: where this exchange's CBC chain ended (the
+        last block of the peer's answer), for a next exchange that continues it."""
 
     @staticmethod
     def receive(sa: IkeSa, message: Message, now: float) -> None:
@@ -225,6 +228,7 @@ class Transaction(Exchange):
                 f"{cfg_name(answer.cfg_type)}", NotifyType.PAYLOAD_MALFORMED)
         self.state = TxState.DONE
         self.cancel()
+        self.end_iv = self.sa.exchange_iv(self.message_id)
         self.sa.end_exchange(self.message_id)
         if self.on_answer is not None:
             self.on_answer(answer, now)
