@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -213,3 +214,38 @@ def tshark_json(
         return []
     packets: list[dict[str, Any]] = json.loads(proc.stdout)
     return packets
+
+
+LINKTYPE_RAW = 101
+"""pcap link type: raw IPv4/IPv6 packets, no link-layer header."""
+
+
+def write_raw_pcap(path: Path, packets: Sequence[bytes]) -> Path:
+    """A classic pcap file of raw IP packets, one microsecond apart, for tshark to
+    judge what we built (checksums, sequence numbers, ESP) without a network."""
+    with path.open("wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_RAW))
+        for i, packet in enumerate(packets):
+            f.write(struct.pack("<IIII", 1_700_000_000, i, len(packet), len(packet)) + packet)
+    return path
+
+
+def tshark_fields(pcap: Path, fields: Sequence[str], preferences: Sequence[str] = (),
+                  timeout: float = 120.0) -> list[dict[str, str]]:
+    """One dict per packet with the first occurrence of each of `fields` ("" when
+    absent), from ``tshark -T fields``; `preferences` are ``-o`` settings. tshark
+    runs with its home in the pcap's directory, so no user profile changes what
+    it reports."""
+    cmd = [TSHARK, "-n", "-r", str(pcap)]
+    for preference in preferences:
+        cmd += ["-o", preference]
+    cmd += ["-T", "fields", "-E", "separator=|", "-E", "occurrence=f"]
+    for field in fields:
+        cmd += ["-e", field]
+    home = str(pcap.parent)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout,
+                          env={**os.environ, "HOME": home, "XDG_CONFIG_HOME": home})
+    if proc.returncode != 0:
+        raise CaptureError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return [dict(zip(fields, line.split("|"), strict=True))
+            for line in proc.stdout.splitlines() if line]

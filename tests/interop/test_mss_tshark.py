@@ -10,19 +10,16 @@ broken copy of one SYN must be reported bad, which shows the check is really don
 
 from __future__ import annotations
 
-import os
 import shutil
-import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from ikev1d.dataplane.mss import clamp_mss, too_big
+from ikev1d_lab.capture import tshark_fields, write_raw_pcap
 from tests.unit.dataplane.test_mss import LINUX_SYN_OPTIONS, mss_option, tcp_segment
 
 pytestmark = pytest.mark.interop
-LINKTYPE_RAW = 101
 # Wireshark's proto_checksum_enum_e: 0 bad, 1 good, 2 unverified, 3 not present
 GOOD, BAD = "1", "0"
 FIELDS = ["frame.number", "ip.checksum.status", "tcp.checksum.status", "tcp.options.mss_val",
@@ -53,22 +50,8 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
     if shutil.which("tshark") is None:
         pytest.skip("tshark not installed")
     tmp: Path = tmp_path_factory.mktemp("mss_tshark")
-    pcap = tmp / "mss.pcap"
-    with pcap.open("wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_RAW))
-        for i, frame in enumerate(_packets()):
-            f.write(struct.pack("<IIII", 1_700_000_000 + i, 0, len(frame), len(frame)) + frame)
-    cmd = ["tshark", "-n", "-r", str(pcap), "-o", "tcp.check_checksum:TRUE",
-           "-o", "ip.check_checksum:TRUE", "-T", "fields", "-E", "separator=|",
-           "-E", "occurrence=f"]
-    for field in FIELDS:
-        cmd += ["-e", field]
-    env = {**os.environ, "HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr
-    return [dict(zip(FIELDS, line.split("|"), strict=True))
-            for line in proc.stdout.splitlines() if line]
+    pcap = write_raw_pcap(tmp / "mss.pcap", _packets())
+    return tshark_fields(pcap, FIELDS, ["tcp.check_checksum:TRUE", "ip.check_checksum:TRUE"])
 
 
 def test_clamped_syns_have_good_checksums(rows: list[dict[str, str]]) -> None:

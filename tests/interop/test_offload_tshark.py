@@ -9,19 +9,16 @@ copy of one segment, which must be reported bad (the check is really done).
 
 from __future__ import annotations
 
-import os
 import shutil
-import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from ikev1d.dataplane.linux.offload import GSO_TCPV4, GSO_TCPV6, segment_tcp
+from ikev1d_lab.capture import tshark_fields, write_raw_pcap
 from tests.unit.dataplane.test_offload import ACK, FIN, PSH, tcp_packet
 
 pytestmark = pytest.mark.interop
-LINKTYPE_RAW = 101
 GOOD, BAD = "1", "0"
 FIELDS = ["frame.number", "ip.checksum.status", "tcp.checksum.status", "tcp.seq_raw",
           "tcp.len", "tcp.flags.push", "tcp.flags.fin", "tcp.analysis.flags", "ipv6.plen"]
@@ -46,22 +43,8 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
     if shutil.which("tshark") is None:
         pytest.skip("tshark not installed")
     tmp: Path = tmp_path_factory.mktemp("offload_tshark")
-    pcap = tmp / "segments.pcap"
-    with pcap.open("wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_RAW))
-        for i, frame in enumerate(_packets()[0]):
-            f.write(struct.pack("<IIII", 1_700_000_000, i, len(frame), len(frame)) + frame)
-    cmd = ["tshark", "-n", "-r", str(pcap), "-o", "tcp.check_checksum:TRUE",
-           "-o", "ip.check_checksum:TRUE", "-T", "fields", "-E", "separator=|",
-           "-E", "occurrence=f"]
-    for field in FIELDS:
-        cmd += ["-e", field]
-    env = {**os.environ, "HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr
-    return [dict(zip(FIELDS, line.split("|"), strict=True))
-            for line in proc.stdout.splitlines() if line]
+    pcap = write_raw_pcap(tmp / "segments.pcap", _packets()[0])
+    return tshark_fields(pcap, FIELDS, ["tcp.check_checksum:TRUE", "ip.check_checksum:TRUE"])
 
 
 def test_every_segment_has_good_checksums_and_follows_on(rows: list[dict[str, str]]) -> None:
