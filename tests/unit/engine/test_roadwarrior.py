@@ -886,31 +886,22 @@ def test_a_trapped_child_whose_end_is_the_virtual_ip() -> None:
     assert [t.child for t in client.engine.status(w.now).traps] == ["net"]
 
 
-def test_a_trap_for_a_virtual_ip_without_a_remote_network_of_its_family(
-        caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("change", "refusal"), [
+    (('vips = ["0.0.0.0"]', 'vips = ["::"]'),
+     "no remote network of the virtual IP's address family"),
+    (('dataplane = "none"', 'dataplane = "kernel"'),
+     "its local end is the virtual IP to come"),
+], ids=["no-network-of-its-family", "kernel-plane"])
+def test_a_trap_for_a_virtual_ip_is_refused_where_it_cannot_work(
+        change: tuple[str, str], refusal: str, caplog: pytest.LogCaptureFixture) -> None:
     client_text = client_config("192.0.2.10").replace(
-        "[connections.home]\n", '[connections.home]\nstart_action = "trap"\n').replace(
-        'vips = ["0.0.0.0"]', 'vips = ["::"]')
+        "[connections.home]\n", '[connections.home]\nstart_action = "trap"\n').replace(*change)
     w = world(server_config(), ("192.0.2.10", client_text))
     client = w.nodes["192.0.2.10"]
     with caplog.at_level(logging.WARNING):
         client.engine.start(w.now)
     assert not client.of(TrapInstalled)
-    assert "cannot trap home/net: no remote network of the virtual IP's address family" in (
-        caplog.text)
-
-
-def test_a_trap_for_a_virtual_ip_is_refused_on_the_kernel_plane(
-        caplog: pytest.LogCaptureFixture) -> None:
-    client_text = client_config("192.0.2.10").replace(
-        "[connections.home]\n", '[connections.home]\nstart_action = "trap"\n').replace(
-        'dataplane = "none"', 'dataplane = "kernel"')
-    w = world(server_config(), ("192.0.2.10", client_text))
-    client = w.nodes["192.0.2.10"]
-    with caplog.at_level(logging.WARNING):
-        client.engine.start(w.now)
-    assert not client.of(TrapInstalled)
-    assert "cannot trap home/net: its local end is the virtual IP to come" in caplog.text
+    assert f"cannot trap home/net: {refusal}" in caplog.text
 
 
 def _radius_world() -> World:
