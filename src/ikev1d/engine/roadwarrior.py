@@ -270,6 +270,8 @@ class XauthServer(Step):
         self.challenges = 0
         self.state = b""
         """The checker's state of the challenge the client is answering."""
+        self.status: Transaction | None = None
+        """The exchange carrying our XAUTH-STATUS, once sent."""
 
     def start(self, now: float) -> None:
         identifier = int.from_bytes(self.sa.ctx.random_bytes(2), "big")
@@ -366,19 +368,19 @@ class XauthServer(Step):
                             "XAUTH authentication failed for user '%s'", printable(self.user),
                             extra=sa.log_extra)
         identifier = int.from_bytes(sa.ctx.random_bytes(2), "big")
-        status: list[Transaction] = []
-        status.append(self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_SET, identifier, (
+        self.status = self.send(AttributePayload(ModeCfgType.ISAKMP_CFG_SET, identifier, (
             Attribute(A.XAUTH_STATUS, XAUTH_OK if ok else XAUTH_FAIL),
-        )), now, lambda answer, t: self._finish(t, status[0])))
+        )), now, lambda answer, t: self._finish(t, acknowledged=True))
 
-    def _finish(self, now: float, status: Transaction | None = None) -> None:
+    def _finish(self, now: float, acknowledged: bool = False) -> None:
         if self.ended:
             return
         sa = self.sa
         if not self.verdict_sent:
             self.fail(f"XAUTH authentication failed for user '{printable(self.user)}'", now)
             return
-        if status is not None and status.end_iv is not None:
+        status = self.status
+        if acknowledged and status is not None and status.end_iv is not None:
             # The client acknowledged our status: a Mode Config push continues this
             # exchange (see ModeConfigServer.start).
             sa.push_continues = (status.message_id, status.end_iv)
