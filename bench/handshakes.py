@@ -480,11 +480,14 @@ def timeline(pcap: Path, responder: str) -> list[str]:
             if not outgoing:
                 n += 1
                 request = when
-                if i and packets[i - 1][1]:
+                if i and packets[i - 1][1] and n <= 5:  # up to QM3
                     away += when - packets[i - 1][0]
             elif request is not None:
-                at_responder.setdefault(n, []).append(when - request)
-                waited += when - request
+                # The handshake's four requests; later exchanges (a responder's own
+                # Informational, say) are not part of it.
+                if n <= 4:
+                    at_responder.setdefault(n, []).append(when - request)
+                    waited += when - request
                 request = None
         responder_total.append(waited)
         initiator_total.append(away)
@@ -497,8 +500,7 @@ def timeline(pcap: Path, responder: str) -> list[str]:
              f"at the initiator and on the way {p(initiator_total)}"]
     names = {1: "MM1->MM2", 2: "MM3->MM4", 3: "MM5->MM6", 4: "QM1->QM2"}
     for n, values in sorted(at_responder.items()):
-        if n in names:
-            lines.append(f"  {names[n]} at the responder: {p(values)}")
+        lines.append(f"  {names[n]} at the responder: {p(values)}")
     return lines
 
 
