@@ -471,8 +471,11 @@ def timeline(pcap: Path, responder: str) -> list[str]:
     at_responder: dict[int, list[float]] = {}
     responder_total: list[float] = []
     initiator_total: list[float] = []
+    repeated = 0
     for packets in flows.values():
         packets.sort()
+        # MM1, MM3, MM5, QM1, QM3: more from the initiator means it sent one again.
+        repeated += sum(1 for _, outgoing in packets if not outgoing) > 5
         waited = away = 0.0
         request: float | None = None
         n = 0
@@ -496,8 +499,9 @@ def timeline(pcap: Path, responder: str) -> list[str]:
         return (f"p50 {1000 * percentile(values, 0.5):.1f} / "
                 f"p95 {1000 * percentile(values, 0.95):.1f} ms")
 
-    lines = [f"{len(flows)} handshakes; per handshake at the responder {p(responder_total)}, "
-             f"at the initiator and on the way {p(initiator_total)}"]
+    lines = [f"{len(flows)} handshakes ({repeated} with a message sent again); per handshake "
+             f"at the responder {p(responder_total)}, at the initiator and on the way "
+             f"{p(initiator_total)}"]
     names = {1: "MM1->MM2", 2: "MM3->MM4", 3: "MM5->MM6", 4: "QM1->QM2"}
     for n, values in sorted(at_responder.items()):
         lines.append(f"  {names[n]} at the responder: {p(values)}")
