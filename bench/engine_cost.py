@@ -61,10 +61,17 @@ GROUPS = (
 
 
 def config_text(local: str, remote: str, local_ts: str, remote_ts: str, group: Group,
-                auth: str = "psk", cert: str = "") -> str:
+                auth: str = "psk", cert: str = "", same_id: bool = False) -> str:
     text = _psk_config_text(local, remote, local_ts, remote_ts, group)
     if auth == "psk":
-        return text
+        if same_id:
+            return text
+        # As in handshakes.py: initiator tI has the ID tI.bench.example, the responder
+        # takes any ID from the initiators' address (the PSK is found by address).
+        if cert == "responder":
+            return text.replace(f'auth = "psk"\nid = "{remote}"\n', 'auth = "psk"\nid = "%any"\n')
+        return text.replace(f'auth = "psk"\nid = "{local}"\n',
+                            f'auth = "psk"\nid = "{cert}.bench.example"\n')
     # Certificates: `cert` is the stem of CERT.cert.pem / CERT.key.pem beside ca.cert.pem.
     text = text.replace(f'auth = "psk"\nid = "{local}"\n',
                         f'auth = "pubkey"\nid = "{cert}.bench.example"\n'
@@ -163,13 +170,13 @@ def write_credentials(folder: Path, kind: str, tunnels: int) -> None:
 
 
 def measure(group: Group, tunnels: int, profiler: cProfile.Profile | None,
-            auth: str = "psk") -> TimedResponder:
+            auth: str = "psk", same_id: bool = False) -> TimedResponder:
     with tempfile.TemporaryDirectory(prefix="ikev1d-engine-cost-") as tmp:
         folder = Path(tmp)
         if auth != "psk":
             write_credentials(folder, auth, tunnels)
         responder_cfg = config_text(RESPONDER, INITIATOR, "10.2.0.0/24", "10.1.0.0/24", group,
-                                    auth, "responder")
+                                    auth, "responder", same_id)
         responder = TimedResponder(
             Engine(parse_config(responder_cfg, base_dir=folder), random_bytes=os.urandom,
                    wall_clock=time.time),
@@ -177,7 +184,7 @@ def measure(group: Group, tunnels: int, profiler: cProfile.Profile | None,
         )
         for i in range(1, tunnels + 1):
             initiator_cfg = config_text(INITIATOR, RESPONDER, "10.1.0.0/24", "10.2.0.0/24",
-                                        group, auth, f"t{i}")
+                                        group, auth, f"t{i}", same_id)
             one_tunnel(responder, initiator_cfg, folder)
     return responder
 
@@ -189,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--auth", default="psk",
                         help="comma-separated: psk, rsa (RSA-2048 certificates), ecdsa (P-256)")
     parser.add_argument("--cprofile", action="store_true", help="profile the responder calls")
+    parser.add_argument(
+        "--same-id", action="store_true",
+        help="PSK: every initiator with the same ID (the load before per-tunnel IDs: each "
+        "handshake's INITIAL-CONTACT then removes the previous tunnel on the responder)")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
     logging.getLogger("ikev1d").setLevel(logging.WARNING)
@@ -201,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for group, auth in itertools.product([g for g in GROUPS if g.name in wanted], auths):
         label = f"{group.name}/{auth}"
         profiler = cProfile.Profile() if args.cprofile else None
-        responder = measure(group, args.tunnels, profiler, auth)
+        responder = measure(group, args.tunnels, profiler, auth, args.same_id)
         if responder.established != args.tunnels:
             print(f"{label:<15} FAILED: {responder.established}/{args.tunnels} established")
             ok = False

@@ -56,7 +56,7 @@ from benchlib import (
     wait_count,
 )
 
-from ikev1d_lab import netns, pki
+from ikev1d_lab import capture, netns, pki
 from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
 from ikev1d_lab.netns import Topology
 from ikev1d_lab.strongswan import DEFAULT_LOAD, Charon
@@ -180,6 +180,7 @@ class RunResult:
     latency_p50: float = float("nan")
     latency_p95: float = float("nan")
     errors: list[str] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -318,6 +319,7 @@ class Settings:
     charon_log_level: int
     ikev1d_log_level: str
     half_open: int
+    timeline: bool = False
 
 
 IKEV1D_USERSPACE = "ikev1d(userspace)"
@@ -408,6 +410,11 @@ def run_one(
         initiator.load_config(
             initiator_swanctl_conf(s.tunnels, a, b, group, net_a, net_b, swan_auth))
 
+        cap: capture.Capture | None = None
+        if s.timeline:
+            # Headers are enough: the cookies and exchange type tell the messages apart.
+            cap = capture.Capture(topo.b, topo.if_b, run_dir / "responder.pcap",
+                                  "udp port 500 or udp port 4500")
         profiler: subprocess.Popen[bytes] | None = None
         if s.profile_dir is not None and daemon is not None and rep == 0:
             profiler = start_profiler(
@@ -427,6 +434,8 @@ def run_one(
         result.driver_cpu_seconds = own_cpu() - driver_before
         if profiler is not None:
             stop_profiler(profiler)
+        if cap is not None:
+            result.timeline = timeline(cap.stop(), b)
 
         result.initiated_ok = driven.succeeded
         result.seconds = driven.seconds
@@ -443,6 +452,60 @@ def run_one(
         elif resp_charon is not None:
             result.established = wait_count(lambda: count_charon(resp_charon), s.tunnels, 10.0)
     return result
+
+
+# --- where a handshake waits (--timeline) -------------------------------------------------
+
+
+def timeline(pcap: Path, responder: str) -> list[str]:
+    """Per handshake (initiator cookie), from a capture at the responder's interface:
+    how long each request waited there before its answer left (queueing + processing
+    in the responder), and how long each answer took to bring the next request (the
+    initiator and the way back). Lines with p50/p95 in milliseconds."""
+    rows = capture.tshark_fields(pcap, ["frame.time_epoch", "ip.src", "isakmp.ispi"])
+    flows: dict[str, list[tuple[float, bool]]] = {}
+    for row in rows:
+        if row["isakmp.ispi"]:
+            flows.setdefault(row["isakmp.ispi"], []).append(
+                (float(row["frame.time_epoch"]), row["ip.src"] == responder))
+    at_responder: dict[int, list[float]] = {}
+    responder_total: list[float] = []
+    initiator_total: list[float] = []
+    repeated = 0
+    for packets in flows.values():
+        packets.sort()
+        # MM1, MM3, MM5, QM1, QM3: more from the initiator means it sent one again.
+        repeated += sum(1 for _, outgoing in packets if not outgoing) > 5
+        waited = away = 0.0
+        request: float | None = None
+        n = 0
+        for i, (when, outgoing) in enumerate(packets):
+            if not outgoing:
+                n += 1
+                request = when
+                if i and packets[i - 1][1] and n <= 5:  # up to QM3
+                    away += when - packets[i - 1][0]
+            elif request is not None:
+                # The handshake's four requests; later exchanges (a responder's own
+                # Informational, say) are not part of it.
+                if n <= 4:
+                    at_responder.setdefault(n, []).append(when - request)
+                    waited += when - request
+                request = None
+        responder_total.append(waited)
+        initiator_total.append(away)
+
+    def p(values: list[float]) -> str:
+        return (f"p50 {1000 * percentile(values, 0.5):.1f} / "
+                f"p95 {1000 * percentile(values, 0.95):.1f} ms")
+
+    lines = [f"{len(flows)} handshakes ({repeated} with a message sent again); per handshake "
+             f"at the responder {p(responder_total)}, at the initiator and on the way "
+             f"{p(initiator_total)}"]
+    names = {1: "MM1->MM2", 2: "MM3->MM4", 3: "MM5->MM6", 4: "QM1->QM2"}
+    for n, values in sorted(at_responder.items()):
+        lines.append(f"  {names[n]} at the responder: {p(values)}")
+    return lines
 
 
 # --- profiling (py-spy, optional) ----------------------------------------------------------
@@ -545,6 +608,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="record the ikev1d responder with py-spy into DIR and summarize",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--timeline", action="store_true",
+        help="capture at the responder (dumpcap) and print where each handshake waited: "
+        "per message at the responder, and at the initiator (the capture costs CPU too: "
+        "compare rows of one run, not with runs without it)",
+    )
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the responders' order per round (random by default)")
     parser.add_argument("--ikev1d-log-level", default="info")
@@ -586,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.charon_log_level,
         args.ikev1d_log_level,
         args.ikev1d_half_open,
+        args.timeline,
     )
     print(f"{args.tunnels} tunnels, window {args.window}, work dir {work_dir}", flush=True)
     results: list[RunResult] = []
@@ -629,6 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     for err in r.errors:
                         print(f"    {err}", flush=True)
+                    for line in r.timeline:
+                        print(f"    {line}", flush=True)
                     ok = ok and r.complete
     finally:
         if args.keep or not ok:

@@ -62,3 +62,44 @@ def test_setup_writes_stderr_and_file(tmp_path: Path, capsys: pytest.CaptureFixt
                 logger.removeHandler(handler)
                 handler.close()
         logger.setLevel(saved[0])
+
+
+def test_a_record_is_formatted_once_for_stderr_and_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "ikev1d.log"
+    logger = logging.getLogger("ikev1d")
+    saved = (logger.level, list(logger.handlers))
+    built: list[str] = []
+    original = EventFormatter._format
+
+    def counting(self: EventFormatter, record: logging.LogRecord) -> str:
+        built.append(record.getMessage())
+        return original(self, record)
+
+    monkeypatch.setattr(EventFormatter, "_format", counting)
+    try:
+        setup_logging("info", str(path))
+        logging.getLogger("ikev1d.engine").info("one %s", "line", extra={"conn": "a"})
+        for handler in logger.handlers:
+            handler.flush()
+        assert path.read_text().endswith(" INFO [a] one line\n")
+        assert capsys.readouterr().err.endswith(" INFO [a] one line\n")
+        assert built == ["one line"]
+    finally:
+        for handler in list(logger.handlers):
+            if handler not in saved[1]:
+                logger.removeHandler(handler)
+                handler.close()
+        logger.setLevel(saved[0])
+
+
+def test_the_timestamp_follows_each_second() -> None:
+    fmt = EventFormatter()
+    first, same, later = _record("a"), _record("b"), _record("c")
+    same.created = first.created + 0.999
+    later.created = first.created + 61.0
+    assert fmt.format(first).startswith("2026-11-27T07:00:00Z ")
+    assert fmt.format(same).startswith("2026-11-27T07:00:00Z ")
+    assert fmt.format(later).startswith("2026-11-27T07:01:01Z ")
+    assert fmt.formatTime(first, "%H.%M") == "07.00"

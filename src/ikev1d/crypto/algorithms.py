@@ -50,9 +50,19 @@ def digest_size(alg: str) -> int:
     return _hash(alg).digest_size
 
 
+_EMPTY_HASHES: dict[str, hashes.Hash] = {}
+
+
 def hash_digest(alg: str, data: bytes) -> bytes:
-    """The negotiated hash over `data` (used by SKEYID for PKE, IVs and NAT-D)."""
-    h = hashes.Hash(_hash(alg))
+    """The negotiated hash over `data` (used by SKEYID for PKE, IVs and NAT-D).
+
+    A handshake hashes a dozen times (IVs, NAT-D, the digests of requests answered);
+    copying an unused context costs half of setting up a new one, so one per
+    algorithm is kept, never updated itself."""
+    empty = _EMPTY_HASHES.get(alg)
+    if empty is None:
+        empty = _EMPTY_HASHES[alg] = hashes.Hash(_hash(alg))
+    h = empty.copy()
     h.update(data)
     return h.finalize()
 

@@ -70,8 +70,11 @@ BATCH = 256
 on the IKE port, a wakeup that finds this many waiting is behind."""
 KEEPING_UP_S = 0.25
 """The longest a wakeup that was not behind spends on new requests (a few hundred
-milliseconds of processing at most, so that it cannot drop requests while the
-daemon keeps up; beyond that it has fallen behind within the wakeup)."""
+milliseconds of processing at most); the requests left then wait for the next
+wakeup, after what arrived meanwhile for exchanges under way. Wall time: on a
+loaded machine a wakeup that serves a few requests can pass it because the
+daemon was not running, and dropping them there would cost a real peer a
+retransmission (seconds) although nothing floods."""
 DRAIN = 8192
 DRAIN_BYTES = 8 * 1024 * 1024
 """The IKE port's socket is read until empty, but at most this many datagrams and
@@ -318,6 +321,10 @@ class UdpTransport:
         """New Main Mode requests dropped because the request budget was spent."""
         self._log_limiter = LogLimiter()
         self._dropped_cookies = RecentCookies()
+        self._deferred: dict[UdpSocket, list[tuple[bytes, Endpoint, Endpoint]]] = {}
+        """Requests a wakeup that kept up had no time left for, per socket: served
+        at its next wakeup, before the requests read then (fewer than a batch, or
+        that wakeup counts as behind and the budget decides)."""
 
     def open(self) -> None:
         """Bind every (address, port); on any failure close what was opened and raise UdpError."""
@@ -348,10 +355,11 @@ class UdpTransport:
             sock.close()
         self.sockets.clear()
         self._socket_cache.clear()
+        self._deferred.clear()
 
     def _readable(self, sock: UdpSocket) -> None:
         current: list[tuple[bytes, Endpoint, Endpoint, bool]] = []
-        requests: list[tuple[bytes, Endpoint, Endpoint]] = []
+        requests: list[tuple[bytes, Endpoint, Endpoint]] = self._deferred.pop(sock, [])
         nat_t = sock.port == self.port_nat_t
         more = True
         read = size = 0
@@ -389,23 +397,24 @@ class UdpTransport:
                 self._on_esp(data, local, remote)
             else:
                 self._on_ike(data, local, remote)
-        self._serve_requests(requests, more or read >= BATCH)
-        if more or sock.pending:
+        self._serve_requests(sock, requests, more or read >= BATCH or len(requests) >= BATCH)
+        if more or sock.pending or sock in self._deferred:
             # Level-triggered readiness would come back too, but only after every other
             # ready callback; a coalesced receive left in ``pending`` raises none at all.
             self._loop.call_soon(self._readable, sock)
 
-    def _serve_requests(self, requests: list[tuple[bytes, Endpoint, Endpoint]],
+    def _serve_requests(self, sock: UdpSocket, requests: list[tuple[bytes, Endpoint, Endpoint]],
                         behind: bool) -> None:
         if not behind:
             # Every request, but for at most KEEPING_UP_S: a wakeup that found
             # less than a batch waiting can still hold a couple of hundred
-            # requests, and whatever arrives meanwhile waits in the kernel.
+            # requests, and whatever arrives meanwhile waits in the kernel. The
+            # rest waits for the next wakeup, where it counts towards a batch.
             clock = self.budget.clock
             deadline = clock() + KEEPING_UP_S
             for n, (data, local, remote) in enumerate(requests):
                 if clock() > deadline:
-                    self._drop(requests[n:])
+                    self._deferred[sock] = requests[n:]
                     return
                 self._on_ike(data, local, remote)
             return

@@ -411,7 +411,11 @@ class UserspaceBackend:
         if self.sad.get(sa.spi_in, sa.spi_out) is not None:  # installed twice: replace
             self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
                                        sa.spi_in, sa.spi_out, "reinstalled"))
-        src = self._source_for(sa)
+        # A source address is only chosen for a route not yet there: looking it up means
+        # listing the host's addresses over netlink, a stall of the event loop, and the
+        # SAs of many peers share their routes.
+        new_route = any(self._route_refs.get(net, 0) == 0 for net in entry.routes)
+        src = self._source_for(sa) if new_route else None
         added: list[Network] = []
         bypass = entry.bypass
         try:

@@ -83,7 +83,9 @@ class Deletion:
         # peer, since the Delete may come through a newer one; but "this peer" is
         # the authenticated identity on the same connection, not the address: two
         # peers behind one NAT share an address and must not delete each other's.
-        peers = [sa, *(o for o in self.engine.all_sas() if o is not sa and same_peer(o, sa))]
+        # Only ISAKMP SAs that authenticated that identity can own IPsec SAs, and the
+        # engine indexes those by it: no walk over every SA for each Delete.
+        peers = [sa, *(o for o in self.engine.same_identity(sa) if same_peer(o, sa))]
         for spi in delete.spis:
             found = [(o, c) for o in peers for c in o.children if c.spi_out == spi] or [
                 (o, c) for o in peers for c in o.children if c.spi_in == spi]
@@ -95,7 +97,7 @@ class Deletion:
     def _isakmp_deleted(self, sa: IkeSa) -> None:
         log.info("peer deleted the ISAKMP SA", extra=sa.log_extra)
         successor = next(
-            (o for o in self.engine.all_sas() if o is not sa and o.usable and same_peer(o, sa)),
+            (o for o in self.engine.same_identity(sa) if o.usable and same_peer(o, sa)),
             None)
         if successor is not None:
             # The peer renewed Phase 1: its IPsec SAs live on (RFC 2409 ties them

@@ -94,6 +94,12 @@ class Header:
 
 
 _HEADER = struct.Struct("!8s8sBBBBII")
+# Every datagram's header names three registry values; calling the enum class costs
+# ten times a dictionary lookup, so known values come from these (a copy: a value
+# nobody assigned still goes through the class and gets its pseudo-member).
+_PAYLOAD_TYPES: dict[int, PayloadType] = {member.value: member for member in PayloadType}
+_EXCHANGE_TYPES: dict[int, ExchangeType] = {member.value: member for member in ExchangeType}
+_FLAGS: dict[int, Flags] = {value: Flags(value) for value in range(8)}
 
 
 def decode_header(data: bytes) -> Header:
@@ -104,9 +110,15 @@ def decode_header(data: bytes) -> Header:
     icookie, rcookie, next_raw, version, exchange_raw, flags_raw, message_id, length = (
         _HEADER.unpack_from(data)
     )
-    next_payload = PayloadType(next_raw)
-    exchange_type = ExchangeType(exchange_raw)
-    flags = Flags(flags_raw)
+    next_payload = _PAYLOAD_TYPES.get(next_raw)
+    if next_payload is None:
+        next_payload = PayloadType(next_raw)
+    exchange_type = _EXCHANGE_TYPES.get(exchange_raw)
+    if exchange_type is None:
+        exchange_type = ExchangeType(exchange_raw)
+    flags = _FLAGS.get(flags_raw)
+    if flags is None:
+        flags = Flags(flags_raw)
     major, minor = version >> 4, version & 0x0F
     if major != 1:
         # RFC 2408 §5.2: a major version we do not speak is INVALID-MAJOR-VERSION.

@@ -80,6 +80,16 @@ def test_hash_digest_abc() -> None:
         prf("whirlpool", b"k", b"")
 
 
+def test_hash_digest_calls_are_independent() -> None:
+    """Each digest starts from an empty context, however many came before."""
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    for _ in range(3):
+        assert hash_digest("sha256", b"abc").hex() == abc
+        assert hash_digest("sha256", b"").hex() == empty
+    assert hash_digest("sha1", b"abc").hex() == "a9993e364706816aba3e25717850c26c9cd0d89d"
+
+
 def test_aes_cbc_nist_sp800_38a() -> None:
     # NIST SP 800-38A F.2.1 CBC-AES128.Encrypt, first two blocks
     key = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")

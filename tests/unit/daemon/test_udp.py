@@ -317,15 +317,49 @@ def test_exchanges_under_way_are_served_before_new_requests_and_excess_requests_
 
 def test_a_wakeup_that_keeps_up_still_stops_serving_requests_after_a_while() -> None:
     # Not behind (less than a batch was waiting), but 20 requests of 40 ms: after
-    # KEEPING_UP_S the rest are dropped rather than left to delay what arrives.
+    # KEEPING_UP_S the rest waits for the next wakeup rather than delaying what
+    # arrives; it is not dropped (nothing floods: a real peer would lose seconds).
+    clock = _Clock()
+    seen: Packets = []
+    udp, loop = _sorting_transport(clock, 0.04, seen, [])
+    requests = [_isakmp(n, 0, b"req%d" % n) for n in range(1, 21)]
+    sock = _FakeSocket(500, requests)
+    udp._readable(sock)  # type: ignore[arg-type]
+    served = int(KEEPING_UP_S / 0.04) + 1
+    assert [data for data, _, _ in seen] == requests[:served]
+    assert udp.requests_dropped == 0
+    assert loop.soon == [(udp._readable, (sock,))]  # back soon for the rest
+    # Meanwhile a message 3 arrived: at the next wakeup it goes before the rest.
+    msg3 = _isakmp(500, 7, b"msg3")
+    sock._queue.append(msg3)
+    seen.clear()
+    udp._readable(sock)  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == [msg3, *requests[served:2 * served]]
+    seen.clear()
+    udp._readable(sock)  # type: ignore[arg-type]
+    assert [data for data, _, _ in seen] == requests[2 * served:]
+    assert udp.requests_dropped == 0 and len(loop.soon) == 2
+
+
+def test_requests_left_over_count_towards_a_batch() -> None:
+    # What a wakeup had no time for is bounded: with the requests read next it
+    # makes a batch's worth, that wakeup is behind, and the budget decides.
     clock = _Clock()
     seen: Packets = []
     udp, _ = _sorting_transport(clock, 0.04, seen, [])
-    requests = [_isakmp(n, 0, b"req") for n in range(1, 21)]
-    udp._readable(_FakeSocket(500, requests))  # type: ignore[arg-type]
+    first = [_isakmp(n, 0, b"a") for n in range(1, 201)]
+    sock = _FakeSocket(500, first)
+    udp._readable(sock)  # type: ignore[arg-type]
     served = int(KEEPING_UP_S / 0.04) + 1
-    assert [data for data, _, _ in seen] == requests[:served]
-    assert udp.requests_dropped == 20 - served
+    assert len(seen) == served and udp.requests_dropped == 0
+    sock._queue.extend(_isakmp(n, 0, b"b") for n in range(1000, 1100))
+    seen.clear()
+    udp._readable(sock)  # type: ignore[arg-type]
+    # 193 left + 100 new >= BATCH: the budget (50 ms, refilled by half the time
+    # spent) pays for three requests of 40 ms; the rest is dropped, none kept.
+    assert len(seen) == 3
+    assert udp.requests_dropped == 200 - served + 100 - 3
+    assert not udp._deferred
 
 
 def test_nat_t_batches_serve_esp_and_later_messages_before_new_requests() -> None:

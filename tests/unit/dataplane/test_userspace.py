@@ -495,6 +495,29 @@ def test_installing_the_same_pair_twice_keeps_one_route_reference(
     assert a.routes.routes == {} and len(a.backend.sad) == 0
 
 
+def test_source_address_is_looked_up_only_for_a_new_route(sides: tuple[Side, Side]) -> None:
+    """Looking the source up lists the host's addresses over netlink; SAs of other
+    peers over the same networks reuse the route and must not ask again."""
+    a, _ = sides
+    asked: list[tuple[Network, ...]] = []
+    lookup = a.routes.local_address_in
+
+    def counting(networks: tuple[Network, ...]) -> str | None:
+        asked.append(networks)
+        return lookup(networks)
+
+    a.routes.local_address_in = counting  # type: ignore[method-assign]
+    first = child(spis=(0xC0000001, 0xC0000002))
+    second = child(spis=(0xC0000003, 0xC0000004))
+    a.backend.install(first)
+    a.backend.install(second)
+    assert len(asked) == 1 and a.routes.routes == {"10.2.0.0/24": "10.1.0.1"}
+    a.backend.remove(deleted(first))
+    a.backend.remove(deleted(second))
+    a.backend.install(second)  # the route went with the last SA: looked up again
+    assert len(asked) == 2 and a.routes.routes == {"10.2.0.0/24": "10.1.0.1"}
+
+
 def test_full_tunnel_splits_the_default_route_and_pins_the_peer(
     sides: tuple[Side, Side],
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from ikev1d.config import parse_config
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Event
@@ -49,3 +51,29 @@ def test_a_peer_behind_the_same_address_cannot_delete_another_peers_ipsec_sa() -
     # Its own IPsec SA goes; the other peer's stays.
     assert [d.spi_out for d in deleted] == [int.from_bytes(sa_one.children[0].spi_in, "big")]
     assert sum(len(sa.children) for sa in b.all_sas()) == 1
+
+
+def test_a_delete_looks_only_at_the_ike_sas_of_its_identity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gateway with many tunnels gets a Delete from each peer that goes: each is
+    answered from the identity index, not by walking every ISAKMP SA."""
+    b, peers, _ = two_road_warriors()
+    one = peers["192.0.2.11"]
+    (sa_one,) = one.all_sas()
+
+    def walked() -> list[object]:
+        raise AssertionError("walked every ISAKMP SA")
+
+    monkeypatch.setattr(b, "all_sas", walked)
+    sa_one.send_informational([DeletePayload(protocol_id=ProtocolId.ESP,
+                                             spis=(sa_one.children[0].spi_in,))])
+    sa_one.send_informational([DeletePayload(protocol_id=ProtocolId.ISAKMP,
+                                             spis=(sa_one.cky_i + sa_one.cky_r,))])
+    for d in one.datagrams_to_send():
+        b.receive_datagram(d.data, d.remote, d.local, 1.0)
+    events = b.events()
+    assert [(type(e).__name__, getattr(e, "reason", None)) for e in events] == [
+        ("ChildSaDeleted", "deleted by peer"), ("IkeSaDeleted", "deleted by peer")]
+    monkeypatch.undo()
+    assert len(b.all_sas()) == 1 and len(b.all_sas()[0].children) == 1

@@ -213,6 +213,27 @@ def test_header_errors() -> None:
     assert decode_header(_msg(b"", 0, version=0x11)).minor_version == 1
 
 
+def test_header_registry_values_known_and_unknown() -> None:
+    """Known values decode to the registry members, unassigned ones to pseudo-members
+    (named, equal to the number), in every header field that names one."""
+    for first, exchange, flags in ((PayloadType.SA, ExchangeType.IDENTITY_PROTECTION, 0),
+                                   (PayloadType.NONE, ExchangeType.INFORMATIONAL, 1),
+                                   (200, 200, 0xF8), (0, 2, 7)):
+        data = bytearray(_msg(b"", first, flags=flags))
+        data[18] = exchange
+        header = decode_header(bytes(data))
+        assert type(header.next_payload) is PayloadType and header.next_payload == first
+        assert type(header.exchange_type) is ExchangeType and header.exchange_type == exchange
+        assert isinstance(header.flags, Flags) and header.flags == flags
+        assert str(header.next_payload) == str(PayloadType(first))
+        assert str(header.exchange_type) == str(ExchangeType(exchange))
+    assert str(decode_header(_msg(b"", 200)).next_payload) == "PayloadType_200"
+    # An unknown value is not remembered: a peer must not grow a table.
+    assert 201 not in PayloadType._value2member_map_
+    decode_header(_msg(b"", 201))
+    assert 201 not in PayloadType._value2member_map_
+
+
 def test_split_message_ignores_bytes_after_length_and_decode_refuses_encrypted() -> None:
     data = _msg(H("00000005 aa"), PayloadType.KE, flags=Flags.ENCRYPTION)
     header, body = split_message(data + b"junk")
