@@ -437,6 +437,22 @@ class UserspaceBackend:
         if sa.life_bytes > 0:
             entry.hard_bytes = sa.life_bytes
             entry.soft_bytes_out = entry.soft_bytes_in = soft_limit(sa.life_bytes, sa.spi_in)
+        worker_fields: dict[str, object] | None = None
+        if self.workers > 1:
+            worker_fields = {
+                "spi_in": sa.spi_in, "spi_out": sa.spi_out, "encryption": sa.encryption,
+                "key_length": sa.key_length, "integrity": sa.integrity or "",
+                "icv_length": sa.icv_length, "keymat": sa.keymat_out,
+                "local_ts": [str(n) for n in sa.local_ts],
+                "remote_ts": [str(n) for n in sa.remote_ts],
+                "name": entry.name, "child_id": sa.child_id, "mtu": entry.mtu,
+                "hard_bytes": entry.hard_bytes, "soft_bytes": entry.soft_bytes_out,
+                "soft_seq": entry.soft_seq,
+            }
+            try:  # checked before anything is installed: nothing half-installed
+                self._install_message(entry, worker_fields)
+            except ValueError as exc:
+                raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
         if self.sad.get(sa.spi_in, sa.spi_out) is not None:  # installed twice: replace
             self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
                                        sa.spi_in, sa.spi_out, "reinstalled"))
@@ -457,17 +473,8 @@ class UserspaceBackend:
                 self._bypass_unref(bypass)
             raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
         self.sad.add(entry)
-        if self.workers > 1:
-            self._worker_sas[(sa.spi_in, sa.spi_out)] = {
-                "spi_in": sa.spi_in, "spi_out": sa.spi_out, "encryption": sa.encryption,
-                "key_length": sa.key_length, "integrity": sa.integrity,
-                "icv_length": sa.icv_length, "keymat": sa.keymat_out,
-                "local_ts": [str(n) for n in sa.local_ts],
-                "remote_ts": [str(n) for n in sa.remote_ts],
-                "name": entry.name, "child_id": sa.child_id, "mtu": entry.mtu,
-                "hard_bytes": entry.hard_bytes, "soft_bytes": entry.soft_bytes_out,
-                "soft_seq": entry.soft_seq,
-            }
+        if worker_fields is not None:
+            self._worker_sas[(sa.spi_in, sa.spi_out)] = worker_fields
             self._install_in_worker(entry)
         if sa.encap:
             self._schedule_keepalive()
@@ -870,14 +877,17 @@ class UserspaceBackend:
         worker reserved (this process's copy of the outbound SA records that) and its
         counters where the last report left them."""
         fields = self._worker_sas.get((entry.spi_in, entry.spi_out))
-        if fields is None:
-            return
+        if fields is not None:
+            self._to_worker(self._install_message(entry, fields))
+
+    @staticmethod
+    def _install_message(entry: SaEntry, fields: dict[str, object]) -> bytes:
         counters = entry.counters
-        self._to_worker(encode(
+        return encode(
             MsgType.INSTALL_SA, **fields, local=entry.local[0], local_port=entry.local[1],
             remote=entry.remote[0], remote_port=entry.remote[1], encap=entry.encap,
             seq=entry.outbound.seq, bytes_out=counters.bytes_out,
-            packets_out=counters.packets_out, dropped_out=counters.dropped_out))
+            packets_out=counters.packets_out, dropped_out=counters.dropped_out)
 
     def _to_worker(self, data: bytes) -> None:
         """A message to the worker; a worker that cannot take it is restarted, and the

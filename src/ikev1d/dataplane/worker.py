@@ -359,7 +359,7 @@ class _Worker:
     def _install(self, msg: Message, sealer: WorkerSealer) -> None:
         try:
             alg = esp_algorithm(msg.get_str("encryption"), msg.get_int("key_length"),
-                                msg.get_str("integrity"), msg.get_int("icv_length"))
+                                msg.get_str("integrity") or None, msg.get_int("icv_length"))
             outbound = OutboundSa(msg.get_int("spi_out"), alg, msg.get_bytes("keymat"))
         except EspError as exc:
             raise WorkerProtocolError(f"INSTALL_SA: {exc}") from None
