@@ -30,6 +30,7 @@ from ikev1d_lab.strongswan import Charon, swanctl_conf
 from ikev1d_lab.udpflow import FlowResult, run_flow
 
 from .test_dataplane_ikev1d import (
+    COUNTERS,
     _tshark_fields,
     assert_counters_agree,
     assert_only_ike_and_esp,
@@ -223,7 +224,7 @@ def test_worker_killed_traffic_resumes(rig: Rig) -> None:
     after, theirs = settled(lambda: (newest_child(rig.ours), their_child(rig)), _agree)
     assert after["spi_out"] == before["spi_out"]
     assert after["packets_out"] > before["packets_out"]
-    assert _agree(after, theirs), ({k: after[k] for k in ("packets_in", "packets_out", "bytes_in", "bytes_out")}, theirs)
+    assert _agree(after, theirs), ({k: after[k] for k in COUNTERS}, theirs)
     log_text = rig.ours.log_text()
     assert log_text.count("is gone") == 1, log_text[-3000:]
     assert "Traceback" not in log_text
