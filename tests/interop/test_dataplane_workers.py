@@ -78,10 +78,13 @@ def rig(require_root_netns: None, tmp_path_factory: pytest.TempPathFactory) -> I
         finally:
             capture.stop(settle=0)
             theirs.stop()
+            workers = worker_pids(ours.process.pid) if ours.process is not None else []
             code = ours.stop()
             log_text = ours.log_text()
             assert "Traceback" not in log_text, log_text[-4000:]
             assert code == 0, log_text[-3000:]
+            # Stopping the daemon stops its worker (which holds the TUN device open).
+            assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)
 
 
 def worker_pids(daemon_pid: int) -> list[int]:
