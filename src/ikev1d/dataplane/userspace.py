@@ -4,7 +4,10 @@ Outbound: packets the kernel routes into our TUN device are matched to an SA by
 traffic selectors (:mod:`ikev1d.dataplane.sad`), sealed in ESP tunnel mode
 (RFC 4303 §2.6: the whole inner packet, next header 4 or 41), and sent either
 as raw ESP (IP protocol 50) or, when the SA is UDP-encapsulated (NAT-T,
-RFC 3948), through the daemon's port-4500 socket.
+RFC 3948), through the daemon's port-4500 socket. That direction is the
+:class:`~ikev1d.dataplane.sealing.Sealer`: here in the daemon, or with
+``dataplane_workers = 2`` in the worker process of :mod:`ikev1d.dataplane.worker`,
+which this backend starts, feeds with SAs and traps, and restarts when it dies.
 
 Inbound: raw ESP and ESP-in-UDP are looked up by SPI, opened (replay window,
 ICV, padding), the inner packet is checked against the SA's selectors
