@@ -120,6 +120,8 @@ class Sample:
     cpu_b: float = 0.0  # CPU seconds of the daemon in B (receives: opens)
     sys_a: float = 0.0  # the kernel's part (stime) of cpu_a: system calls, TUN, sockets
     sys_b: float = 0.0
+    child_a: float = 0.0  # the part of cpu_a spent in child processes (ikev1d's worker)
+    child_b: float = 0.0
     box_busy: float = 0.0  # CPU seconds the whole machine was busy (/proc/stat)
     iperf_cpu: float = 0.0  # CPU seconds of the iperf3 client and server (their own report)
     load: float = 0.0  # the 1-minute load average when the run ended
@@ -167,6 +169,15 @@ def child_pids(pid: int) -> list[int]:
                 for child in (task / "children").read_text().split():
                     out += [int(child), *child_pids(int(child))]
     return out
+
+
+def children_cpu(pid: int) -> float:
+    """utime+stime of the live child processes of `pid` (ikev1d's sealing worker)."""
+    total = 0.0
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError):
+            total += sum(_own_cpu_times(child))
+    return total
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -378,11 +389,13 @@ def measure(
     pids = [p for p in (t.pid_a, t.pid_b) if p is not None]
     snmp_before = [snmp(ns) for ns in (topo.a, topo.b)]
     before = [cpu_times(p) for p in pids]
+    children_before = [children_cpu(p) for p in pids]
     busy_before = box_busy_seconds()
     began = time.monotonic()
     report = iperf3_client(topo.a, t, port, proto, seconds, nice)
     elapsed = time.monotonic() - began
     after = [cpu_times(p) for p in pids]
+    children_after = [children_cpu(p) for p in pids]
     busy = box_busy_seconds() - busy_before
     snmp_after = [snmp(ns) for ns in (topo.a, topo.b)]
     kernel_drops = tuple(
@@ -412,6 +425,8 @@ def measure(
         sample.sys_a, sample.sys_b = after[0][1] - before[0][1], after[1][1] - before[1][1]
         sample.cpu_a = after[0][0] - before[0][0] + sample.sys_a
         sample.cpu_b = after[1][0] - before[1][0] + sample.sys_b
+        sample.child_a = children_after[0] - children_before[0]
+        sample.child_b = children_after[1] - children_before[1]
     return sample
 
 
@@ -473,6 +488,10 @@ def format_table(results: Sequence[Result]) -> str:
                 ka = _median([x.sys_a / x.cpu_a if x.cpu_a else 0.0 for x in r.samples])
                 kb = _median([x.sys_b / x.cpu_b if x.cpu_b else 0.0 for x in r.samples])
                 note += f"; sys {100 * ka:.0f}%/{100 * kb:.0f}%"
+                if any(x.child_a or x.child_b for x in r.samples):
+                    wa = _median([x.child_a / x.cpu_a if x.cpu_a else 0.0 for x in r.samples])
+                    wb = _median([x.child_b / x.cpu_b if x.cpu_b else 0.0 for x in r.samples])
+                    note += f"; worker {100 * wa:.0f}%/{100 * wb:.0f}%"
             loss = f"{row.lost:7.1f}" if proto == "udp" else f"{'-':>7}"
             if r.setup == VETH.name:
                 cpu = f"{'-':>8}" * 4
@@ -525,9 +544,11 @@ def run_setup(
                 print(
                     f"  [{rnd + 1}] {alg} {r.proto} {setup.name}: {sample.mbps:.0f} Mbit/s"
                     + (f", loss {sample.lost_percent:.1f}%" if r.proto == "udp" else "")
-                    + (f", CPU A {sample.cpu_a:.2f}s ({sample.sys_a:.2f} sys) "
-                       f"B {sample.cpu_b:.2f}s ({sample.sys_b:.2f} sys) in {sample.seconds:.1f}s"
-                       if t.pid_a else "")
+                    + (f", CPU A {sample.cpu_a:.2f}s ({sample.sys_a:.2f} sys"
+                       + (f", worker {sample.child_a:.2f}" if setup.workers > 1 else "")
+                       + f") B {sample.cpu_b:.2f}s ({sample.sys_b:.2f} sys"
+                       + (f", worker {sample.child_b:.2f}" if setup.workers > 1 else "")
+                       + f") in {sample.seconds:.1f}s" if t.pid_a else "")
                     + f"; iperf3 {sample.iperf_cpu / sample.seconds:.2f} cores, "
                     f"other processes {sample.others:.2f} cores, load {sample.load:.2f}"
                     + (f", retr {sample.retransmits}" if r.proto == "tcp" else "")
