@@ -3,11 +3,12 @@
 One tunnel for the module (ikev1d on A with its sealing direction in a worker
 process, charon on B, aes128gcm16 in UDP 4500 as kernel-libipsec needs), used
 in order: a trap (``start_action = "trap"``) whose first packet the worker
-catches and reports, which brings the tunnel up; traffic both ways with counters
-equal on both sides and in the capture; a renewal of the IPsec SA under a UDP
-flow; the worker killed with SIGKILL, after which traffic resumes because the restarted worker continues the
-outbound sequence numbers after the last ones it reserved (restarting them at 1
-puts them behind libipsec's replay window, RFC 4303 §3.4.3, and it drops them).
+catches and reports, which brings the tunnel up; traffic both ways with
+counters equal on both sides and in the capture; a renewal of the IPsec SA
+under a UDP flow; the worker killed with SIGKILL, after which traffic resumes
+because the restarted worker continues the outbound sequence numbers after the
+last ones it reserved (restarting them at 1 puts them behind libipsec's replay
+window, RFC 4303 §3.4.3, and it drops them).
 """
 
 from __future__ import annotations
