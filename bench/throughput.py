@@ -19,8 +19,12 @@ setup, one tunnel is established and iperf3 runs TCP and then UDP from
   for AES-GCM, which only openssl offers in this plugin list);
 * ``veth (no IPsec)``: iperf3 between the outer addresses, once, as the ceiling.
 
-The daemons' CPU is utime+stime of their processes (all threads) from
-/proc/PID/stat just before and after each iperf3 run.  See bench/README.md.
+``--workers 1,2`` adds, for each ikev1d setup, one with ``dataplane_workers = 2``
+on both ends (named ``... 2w``): the sealing direction in a worker process.
+
+The daemons' CPU is utime+stime of their processes (all threads, and their child
+processes: ikev1d's sealing worker) from /proc/PID/stat just before and after
+each iperf3 run.  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +87,7 @@ class Setup:
     encap: bool = False
     load: str = ""  # charon's plugin list (strongswan only)
     offload: str = "gro"  # ikev1d's [daemon] tun_offload
+    workers: int = 1  # ikev1d's [daemon] dataplane_workers
 
 
 SETUPS = (
@@ -115,6 +120,8 @@ class Sample:
     cpu_b: float = 0.0  # CPU seconds of the daemon in B (receives: opens)
     sys_a: float = 0.0  # the kernel's part (stime) of cpu_a: system calls, TUN, sockets
     sys_b: float = 0.0
+    child_a: float = 0.0  # the part of cpu_a spent in child processes (ikev1d's worker)
+    child_b: float = 0.0
     box_busy: float = 0.0  # CPU seconds the whole machine was busy (/proc/stat)
     iperf_cpu: float = 0.0  # CPU seconds of the iperf3 client and server (their own report)
     load: float = 0.0  # the 1-minute load average when the run ended
@@ -146,12 +153,45 @@ class Result:
 # --- process CPU time -----------------------------------------------------------------------
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(utime, stime) in seconds of process `pid` (all its threads), from /proc/PID/stat."""
+def _own_cpu_times(pid: int) -> tuple[float, float]:
     stat = Path(f"/proc/{pid}/stat").read_text()
     # The command name may contain spaces and parentheses; fields resume after the last ')'.
     rest = stat[stat.rindex(")") + 2 :].split()
     return int(rest[11]) / _CLK_TCK, int(rest[12]) / _CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of `pid` (all its threads' children), recursively."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    out += [int(child), *child_pids(int(child))]
+    return out
+
+
+def children_cpu(pid: int) -> float:
+    """utime+stime of the live child processes of `pid` (ikev1d's sealing worker)."""
+    total = 0.0
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError):
+            total += sum(_own_cpu_times(child))
+    return total
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) in seconds of process `pid` (all its threads) and of its live child
+    processes (ikev1d's sealing worker; charon has none), from /proc/PID/stat.
+
+    A child's time is in its own stat until it exits; the workers live as long as the
+    daemon, so summing the live ones before and after a run counts each once."""
+    user, system = _own_cpu_times(pid)
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError):
+            u, s = _own_cpu_times(child)
+            user, system = user + u, system + s
+    return user, system
 
 
 def box_busy_seconds() -> float:
@@ -240,7 +280,8 @@ def tunnel(topo: Topology, setup: Setup, esp: str, s: Settings, tag: str) -> Ite
                     CONN, local, remote, local, remote, PSK, [IKE_PROPOSAL], [esp], lnet, rnet,
                     child=CHILD, dataplane="userspace", encap=setup.encap,
                     rekey_time="24h", child_rekey_time="8h",
-                    extra_daemon=f"tun_offload = {json.dumps(setup.offload)}\n",
+                    extra_daemon=f"tun_offload = {json.dumps(setup.offload)}\n"
+                                 f"dataplane_workers = {setup.workers}\n",
                 )  # fmt: skip
                 d = Ikev1dDaemon(ns, run_dir / f"ikev1d-{label}", conf,
                                  log_level=s.ikev1d_log_level)
@@ -348,11 +389,13 @@ def measure(
     pids = [p for p in (t.pid_a, t.pid_b) if p is not None]
     snmp_before = [snmp(ns) for ns in (topo.a, topo.b)]
     before = [cpu_times(p) for p in pids]
+    children_before = [children_cpu(p) for p in pids]
     busy_before = box_busy_seconds()
     began = time.monotonic()
     report = iperf3_client(topo.a, t, port, proto, seconds, nice)
     elapsed = time.monotonic() - began
     after = [cpu_times(p) for p in pids]
+    children_after = [children_cpu(p) for p in pids]
     busy = box_busy_seconds() - busy_before
     snmp_after = [snmp(ns) for ns in (topo.a, topo.b)]
     kernel_drops = tuple(
@@ -382,6 +425,8 @@ def measure(
         sample.sys_a, sample.sys_b = after[0][1] - before[0][1], after[1][1] - before[1][1]
         sample.cpu_a = after[0][0] - before[0][0] + sample.sys_a
         sample.cpu_b = after[1][0] - before[1][0] + sample.sys_b
+        sample.child_a = children_after[0] - children_before[0]
+        sample.child_b = children_after[1] - children_before[1]
     return sample
 
 
@@ -443,6 +488,10 @@ def format_table(results: Sequence[Result]) -> str:
                 ka = _median([x.sys_a / x.cpu_a if x.cpu_a else 0.0 for x in r.samples])
                 kb = _median([x.sys_b / x.cpu_b if x.cpu_b else 0.0 for x in r.samples])
                 note += f"; sys {100 * ka:.0f}%/{100 * kb:.0f}%"
+                if any(x.child_a or x.child_b for x in r.samples):
+                    wa = _median([x.child_a / x.cpu_a if x.cpu_a else 0.0 for x in r.samples])
+                    wb = _median([x.child_b / x.cpu_b if x.cpu_b else 0.0 for x in r.samples])
+                    note += f"; worker {100 * wa:.0f}%/{100 * wb:.0f}%"
             loss = f"{row.lost:7.1f}" if proto == "udp" else f"{'-':>7}"
             if r.setup == VETH.name:
                 cpu = f"{'-':>8}" * 4
@@ -495,9 +544,11 @@ def run_setup(
                 print(
                     f"  [{rnd + 1}] {alg} {r.proto} {setup.name}: {sample.mbps:.0f} Mbit/s"
                     + (f", loss {sample.lost_percent:.1f}%" if r.proto == "udp" else "")
-                    + (f", CPU A {sample.cpu_a:.2f}s ({sample.sys_a:.2f} sys) "
-                       f"B {sample.cpu_b:.2f}s ({sample.sys_b:.2f} sys) in {sample.seconds:.1f}s"
-                       if t.pid_a else "")
+                    + (f", CPU A {sample.cpu_a:.2f}s ({sample.sys_a:.2f} sys"
+                       + (f", worker {sample.child_a:.2f}" if setup.workers > 1 else "")
+                       + f") B {sample.cpu_b:.2f}s ({sample.sys_b:.2f} sys"
+                       + (f", worker {sample.child_b:.2f}" if setup.workers > 1 else "")
+                       + f") in {sample.seconds:.1f}s" if t.pid_a else "")
                     + f"; iperf3 {sample.iperf_cpu / sample.seconds:.2f} cores, "
                     f"other processes {sample.others:.2f} cores, load {sample.load:.2f}"
                     + (f", retr {sample.retransmits}" if r.proto == "tcp" else "")
@@ -553,6 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--setups", default="veth,ikev1d,ikev1d-udp,openssl,default",
                         help=f"comma-separated: {', '.join(SETUP_KEYS)}")
     parser.add_argument("--protos", default="tcp,udp", help="tcp,udp")
+    parser.add_argument("--workers", default="1",
+                        help="ikev1d's dataplane_workers, comma-separated (1,2): each ikev1d "
+                             "setup runs once per count (2: named '... 2w')")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy both ikev1d daemons during one extra TCP run per "
                              "ikev1d setup; collapsed stacks into DIR, summary printed")
@@ -585,6 +639,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not protos or not set(protos) <= {"tcp", "udp"}:
         parser.error("--protos: tcp, udp")
     algs = [a.strip() for a in args.algs.split(",") if a.strip()]
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        parser.error("--workers: 1, 2")
+    if not workers or not set(workers) <= {1, 2}:
+        parser.error("--workers: 1, 2")
 
     netns.cleanup_stale()
     work_dir = Path(tempfile.mkdtemp(prefix="ikev1d-tput-"))
@@ -607,12 +667,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan: list[tuple[Setup, str]] = [(VETH, "-")] if "veth" in keys else []
             for alg in algs:
                 for key in keys:
-                    setup = SETUP_KEYS[key]
-                    if setup.kind == "veth":
+                    base = SETUP_KEYS[key]
+                    if base.kind == "veth":
                         continue
-                    if setup.load == DEFAULT_LOAD and alg in OPENSSL_ONLY:
+                    if base.load == DEFAULT_LOAD and alg in OPENSSL_ONLY:
                         continue  # the same provider as strongSwan(openssl)
-                    plan.append((setup, alg))
+                    for count in (workers if base.kind == "ikev1d" else [1]):
+                        if count > 1 and base.offload == "tso":
+                            continue  # refused at config load: not supported with workers
+                        setup = base if count == 1 else replace(
+                            base, name=f"{base.name} {count}w", workers=count)
+                        if count == 1 and count not in workers:
+                            continue
+                        plan.append((setup, alg))
             slots = {
                 (setup.name, alg): [Result(alg, proto, setup.name) for proto in protos]
                 for setup, alg in plan

@@ -88,7 +88,7 @@ _DAEMON_KEYS = (
     "listen", "port", "port_nat_t", "dataplane", "retransmit_timeout", "retransmit_tries",
     "half_open_per_peer", "half_open_total", "half_open_timeout", "log_level",
     "allow_insecure_algorithms", "metrics", "keylog_dir", "min_phase1_lifetime",
-    "min_phase2_lifetime", "fragment_size", "tun_offload",
+    "min_phase2_lifetime", "fragment_size", "tun_offload", "dataplane_workers",
 )
 _CONNECTION_KEYS = (
     "local_addrs", "remote_addrs", "proposals", "encap", "dpd_delay", "dpd_timeout",
@@ -139,11 +139,22 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
     port_nat_t = ld.get_int(data, path, "port_nat_t", d.port_nat_t, 1, 65535)
     if port == port_nat_t:
         raise ld.error("daemon.port_nat_t", f"must differ from daemon.port ({port})")
+    dataplane = ld.get_choice(data, path, "dataplane", d.dataplane, Dataplane)
+    tun_offload = ld.get_choice(data, path, "tun_offload", d.tun_offload, TunOffload)
+    workers = ld.get_int(data, path, "dataplane_workers", d.dataplane_workers, 1, 2)
+    if workers > 1 and dataplane != Dataplane.USERSPACE:
+        raise ld.error("daemon.dataplane_workers",
+                       f"{workers} workers need dataplane = \"userspace\" (the {dataplane.value} "
+                       "data plane has no worker processes)")
+    if workers > 1 and tun_offload == TunOffload.TSO:
+        raise ld.error("daemon.dataplane_workers",
+                       f"{workers} workers do not support tun_offload = \"tso\" yet "
+                       "(use \"gro\" or \"off\")")
     return DaemonConfig(
         listen=listen,
         port=port,
         port_nat_t=port_nat_t,
-        dataplane=ld.get_choice(data, path, "dataplane", d.dataplane, Dataplane),
+        dataplane=dataplane,
         retransmit_timeout=ld.get_duration(data, path, "retransmit_timeout",
                                            d.retransmit_timeout),
         retransmit_tries=ld.get_int(data, path, "retransmit_tries", d.retransmit_tries, 0, 100),
@@ -160,7 +171,8 @@ def _load_daemon(ld: TomlReader, raw: object) -> DaemonConfig:
                                             d.min_phase1_lifetime, allow_zero=True),
         min_phase2_lifetime=ld.get_duration(data, path, "min_phase2_lifetime",
                                             d.min_phase2_lifetime, allow_zero=True),
-        tun_offload=ld.get_choice(data, path, "tun_offload", d.tun_offload, TunOffload),
+        tun_offload=tun_offload,
+        dataplane_workers=workers,
     )
 
 

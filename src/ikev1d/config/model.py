@@ -200,6 +200,9 @@ class DaemonConfig:
     """The same for IPsec SAs."""
     tun_offload: TunOffload = TunOffload.GRO
     """What the userspace data plane's TUN device offloads (when the kernel can)."""
+    dataplane_workers: int = 1
+    """Processes of the userspace data plane: 1 (all in the daemon) or 2 (sealing in a
+    worker process)."""
 
 
 @dataclass(frozen=True)

@@ -312,6 +312,10 @@ class Daemon:
         self._udp = udp
         self._cleanups.append(("UDP sockets", udp.close))
         try:
+            attach_sockets = getattr(backend, "attach_udp_sockets", None)
+            if attach_sockets is not None:  # a sealing worker sends from our NAT-T port
+                attach_sockets([(s.fileno(), s.address, s.port, s.wildcard)
+                                for s in udp.sockets if s.port == config.daemon.port_nat_t])
             backend.attach(udp.send_esp_udp, self.loop)
             attach_batch = getattr(backend, "attach_batch", None)
             if attach_batch is not None:  # the userspace data plane: batches via UDP GSO
@@ -484,7 +488,7 @@ class Daemon:
         old = self._config
         if old is not None and _daemon_section_changed(old, config):
             log.warning("changes to [daemon] listen/port/port_nat_t/dataplane/metrics/"
-                        "keylog_dir/tun_offload need a restart")
+                        "keylog_dir/tun_offload/dataplane_workers need a restart")
         self._log_warnings(config)
         self._apply_log_level(config)
         try:
@@ -1074,6 +1078,7 @@ def _daemon_section_changed(old: Config, new: Config) -> bool:
         or a.metrics != b.metrics
         or a.keylog_dir != b.keylog_dir
         or a.tun_offload != b.tun_offload
+        or a.dataplane_workers != b.dataplane_workers
     )
 
 

@@ -140,7 +140,8 @@ class SaEntry:
 
     spi_in: int
     spi_out: int
-    inbound: InboundSa
+    inbound: InboundSa | None
+    """None in the data plane worker, which only seals (its keys stay in the daemon)."""
     outbound: OutboundSa
     local_ts: tuple[Prefix, ...]
     remote_ts: tuple[Prefix, ...]

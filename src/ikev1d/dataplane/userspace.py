@@ -4,7 +4,10 @@ Outbound: packets the kernel routes into our TUN device are matched to an SA by
 traffic selectors (:mod:`ikev1d.dataplane.sad`), sealed in ESP tunnel mode
 (RFC 4303 §2.6: the whole inner packet, next header 4 or 41), and sent either
 as raw ESP (IP protocol 50) or, when the SA is UDP-encapsulated (NAT-T,
-RFC 3948), through the daemon's port-4500 socket.
+RFC 3948), through the daemon's port-4500 socket. That direction is the
+:class:`~ikev1d.dataplane.sealing.Sealer`: here in the daemon, or with
+``dataplane_workers = 2`` in the worker process of :mod:`ikev1d.dataplane.worker`,
+which this backend starts, feeds with SAs and traps, and restarts when it dies.
 
 Inbound: raw ESP and ESP-in-UDP are looked up by SPI, opened (replay window,
 ICV, padding), the inner packet is checked against the SA's selectors
@@ -52,7 +55,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ikev1d.dataplane.base import (
@@ -67,21 +69,31 @@ from ikev1d.dataplane.base import (
 )
 from ikev1d.dataplane.esp import (
     EspAlgorithm,
+    EspCounters,
     EspError,
     EspIcvError,
     EspReplayError,
-    EspSequenceExhausted,
     InboundSa,
     OutboundSa,
     esp_algorithm,
     peek_seq,
 )
-from ikev1d.dataplane.linux.gso import MAX_BYTES, MAX_SEGMENTS
-from ikev1d.dataplane.linux.offload import VNET_HDR, VNET_HDR_LEN, VnetHeaderError, coalesce_tcp
-from ikev1d.dataplane.linux.offload import packets as vnet_packets
-from ikev1d.dataplane.mss import IcmpLimiter, clamp_mss, too_big, tunnel_mtu
-from ikev1d.dataplane.sad import NO_LIMIT, Prefix, Sad, SaEntry, address_key, prefixes
+from ikev1d.dataplane.linux.offload import VNET_HDR, VNET_HDR_LEN, coalesce_tcp
+from ikev1d.dataplane.mss import clamp_mss, tunnel_mtu
+from ikev1d.dataplane.sad import Prefix, Sad, SaEntry, address_key, prefixes
+from ikev1d.dataplane.sealing import (
+    ACQUIRE_INTERVAL,
+    BATCH,
+    DROP_REASONS,
+    DropLog,
+    RawLike,
+    Sealer,
+    SendUdpMany,
+    Trap,
+    TunLike,
+)
 from ikev1d.dataplane.statefile import StateFile
+from ikev1d.dataplane.worker_protocol import Message, MsgType, encode
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network, TrapInstalled
 from ikev1d.status import Counters, DropCounters
 from ikev1d.wire.constants import IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE, NAT_KEEPALIVE
@@ -103,57 +115,46 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+worker_log = logging.getLogger("ikev1d.dataplane.worker")
+"""Where the worker's log lines are logged again, in the daemon."""
 
-_BATCH: Final = 256
-"""Packets handled per readiness event before yielding to the loop (fairness to IKE)."""
-_LOG_INTERVAL: Final = 10.0
-ACQUIRE_INTERVAL: Final = 1.0
-"""Seconds between two acquires for one trap: a burst of packets asks once."""
+COUNTERS_INTERVAL: Final = 0.5
+"""Seconds between two counter requests to the sealing worker: the outbound counters
+in ``status`` are at most this old (plus one round trip)."""
 NAT_KEEPALIVE_INTERVAL: Final = 20.0
 """RFC 3948 §4: keepalives every 20 s keep NAT mappings of UDP-encapsulated SAs alive."""
 
-DROP_REASONS: Final = (
-    "not_ip",        # TUN gave something that is not an IPv4/IPv6 packet
-    "no_sa",         # no SA covers the packet's addresses
-    "trapped",       # no SA yet, but a trap covers it: the child is being negotiated
-    "seq_exhausted", # the SA's sequence numbers ran out (RFC 4303 §3.3.3)
-    "life_bytes",    # the SA carried its life_bytes; a renewed one should have taken over
-    "send_error",    # the socket refused the ESP packet (buffer full, no route)
-    "unknown_spi",   # ESP for an SPI we do not have
-    "replay",        # RFC 4303 §3.4.3
-    "icv",           # RFC 4303 §3.4.4
-    "malformed",     # too short, bad padding, wrong next header
-    "policy",        # inner addresses outside the SA's selectors (RFC 4301 §5.2)
-    "tun_error",     # the TUN device refused the decrypted packet
-    "socket_error",  # reading the TUN device or raw socket failed
-    "too_big",       # larger than the SA's tunnel MTU, DF set or IPv6: ICMP sent back
-    "offload",       # a TUN read whose virtio-net header does not fit its packet
-)
 
-_QUIET_REASONS: Final = frozenset({"not_ip", "no_sa"})
-"""Drops logged at debug level only: the kernel itself sends packets into the TUN device
-(IPv6 router solicitations, MLD reports) that no SA covers, and that is not news."""
+#: How often the sealing worker may be restarted within ``_RESTART_WINDOW`` seconds before
+#: the daemon seals in-process instead (a worker that dies at once would loop for ever).
+_RESTARTS: Final = 5
+_RESTART_WINDOW: Final = 60.0
 
 
-SendUdpMany = Callable[[Sequence[bytes], Endpoint, Endpoint], None]
-"""``send_many(datagrams, local, remote)``: ESP-in-UDP datagrams of one size (the last may
-be shorter) to one peer in one go (UDP GSO)."""
+class WorkerLike(Protocol):
+    """The daemon's handle on a sealing worker (:class:`ikev1d.dataplane.worker.SealingWorker`)."""
+
+    @property
+    def pid(self) -> int | None: ...
+    def start(self) -> None: ...
+    def send(self, data: bytes) -> bool: ...
+    def stop(self) -> None: ...
 
 
-class TunLike(Protocol):
-    name: str
+WorkerFactory = Callable[
+    ["asyncio.AbstractEventLoop", dict[str, object], Sequence[int],
+     Callable[[Message], None], Callable[[str], None]],
+    WorkerLike,
+]
+"""``factory(loop, setup, fds, on_message, on_lost)``: a worker handle, not yet started."""
 
-    def fileno(self) -> int: ...
-    def read(self) -> bytes | None: ...
-    def write(self, packet: bytes) -> None: ...
-    def close(self) -> None: ...
 
+def _spawn_worker(loop: asyncio.AbstractEventLoop, setup: dict[str, object],
+                  fds: Sequence[int], on_message: Callable[[Message], None],
+                  on_lost: Callable[[str], None]) -> WorkerLike:
+    from ikev1d.dataplane.worker import SealingWorker
 
-class RawLike(Protocol):
-    def fileno(self) -> int: ...
-    def recv(self) -> tuple[bytes, str] | None: ...
-    def send(self, esp: bytes, local: str, remote: str) -> None: ...
-    def close(self) -> None: ...
+    return SealingWorker(loop, setup, fds, on_message, on_lost)
 
 
 class RoutesLike(Protocol):
@@ -194,23 +195,6 @@ def peer_inside(peer: str, networks: tuple[Network, ...]) -> bool:
     return any(addr.version == n.version and addr in n for n in networks)
 
 
-@dataclass
-class _Trap:
-    name: str
-    local_ts: tuple[Prefix, ...]
-    remote_ts: tuple[Prefix, ...]
-    routes: tuple[Network, ...]
-    bypass: str | None
-    acquired_at: float = -ACQUIRE_INTERVAL
-
-    def covers(self, key: bytes) -> bool:
-        half = len(key) // 2
-        version = 4 if half == 4 else 6
-        src, dst = int.from_bytes(key[:half], "big"), int.from_bytes(key[half:], "big")
-        return (any(p.contains(version, src) for p in self.local_ts)
-                and any(p.contains(version, dst) for p in self.remote_ts))
-
-
 class UserspaceBackend:
     """TUN + ESP in this process. One instance per daemon; single-threaded (the event loop)."""
 
@@ -225,11 +209,17 @@ class UserspaceBackend:
         raw6_factory: Callable[[], RawLike] | None = None,
         on_close: Callable[[], None] | None = None,
         path_mtu: Callable[[str], int] | None = None,
+        workers: int = 1,
+        worker_factory: WorkerFactory | None = None,
     ) -> None:
         """``on_close`` runs last in :meth:`close` (the netlink helper's shutdown);
-        ``path_mtu(peer)`` gives the MTU of the route to a peer (1500 when not given)."""
-        self.tun = tun
-        self.raw4 = raw4
+        ``path_mtu(peer)`` gives the MTU of the route to a peer (1500 when not given).
+        ``workers`` 2: the sealing direction runs in a worker process
+        (:mod:`ikev1d.dataplane.worker`, made by ``worker_factory``)."""
+        if workers not in (1, 2):
+            raise DataplaneError(f"dataplane_workers = {workers}: 1 or 2 are supported")
+        self._tun = tun
+        self._raw4 = raw4
         self.raw6: RawLike | None = None
         self._raw6_factory = raw6_factory
         self.routes = routes
@@ -241,21 +231,25 @@ class UserspaceBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: list[int] = []
         self._keepalive: asyncio.TimerHandle | None = None
-        self._log_next: dict[str, float] = {}
-        self._log_suppressed: dict[str, int] = {}
         self._closed = False
         self._on_close = on_close
         self._path_mtu = path_mtu
-        self._send_udp_many: SendUdpMany | None = None
-        self._batch: list[bytes] = []
-        """Sealed ESP-in-UDP datagrams for ``_batch_entry``'s peer, sent by :meth:`_flush_udp`."""
-        self._batch_entry: SaEntry | None = None
-        self._batch_bytes = 0
-        self._batch_inner = 0
-        self._icmp = IcmpLimiter()
-        self._expired: ExpireHandler | None = None
-        self._acquire: AcquireHandler | None = None
-        self._traps: dict[tuple[str, str], _Trap] = {}
+        self._traps: dict[tuple[str, str], Trap] = {}
+        self._drop = DropLog(self.drops, self._now)
+        self.sealer = Sealer(tun, self.sad, self._drop, self._traps, self._now)
+        """The sealing direction in this process (all of it with one worker; with two,
+        only after the worker could not be kept running)."""
+        self.sealer.raw4 = raw4
+        self.workers = workers
+        self._worker_factory = worker_factory or _spawn_worker
+        self.worker: WorkerLike | None = None
+        self._udp_fds: list[str] = []
+        self._worker_sas: dict[tuple[int, int], dict[str, object]] = {}
+        """What the worker needs to seal with each SA (keys included), to (re)install it."""
+        self._worker_drops = dict.fromkeys(DROP_REASONS, 0)
+        """The worker's drop totals last reported (added to ``drops`` as they grow)."""
+        self._worker_starts: list[float] = []
+        self._counters_timer: asyncio.TimerHandle | None = None
         self._state_file: StateFile | None = None
         self._vips: dict[tuple[int, int], tuple[Address, tuple[Network, ...]]] = {}
         """By (ISAKMP SA, address family): a dual-stack client holds one of each."""
@@ -267,9 +261,26 @@ class UserspaceBackend:
         the TCP segments of one receive batch can go in as one super-packet."""
         self._tun_pending_entries: list[SaEntry] = []
         self._tun_flush_scheduled = False
-        self._renewal_asked = False
-        """Set when an SA asked to be renewed: the packet loop yields, so that the
-        engine sends the Quick Mode before the rest of the batch uses up the SA."""
+
+    @property
+    def tun(self) -> TunLike:
+        return self._tun
+
+    @tun.setter
+    def tun(self, tun: TunLike) -> None:
+        self._tun = self.sealer.tun = tun
+
+    @property
+    def raw4(self) -> RawLike:
+        return self._raw4
+
+    @raw4.setter
+    def raw4(self, raw4: RawLike) -> None:
+        self._raw4 = raw4
+        self.sealer.raw4 = raw4
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
 
     # --- DataplaneBackend -----------------------------------------------------------
 
@@ -280,20 +291,37 @@ class UserspaceBackend:
         tests call :meth:`handle_tun_readable` / :meth:`handle_raw_readable` instead.
         """
         self._send_udp = send_udp
+        self.sealer.send_udp = send_udp
         self._loop = loop
-        self._add_reader(self.tun.fileno(), self.handle_tun_readable)
+        if self.workers == 1:
+            self._add_reader(self.tun.fileno(), self.handle_tun_readable)
         self._add_reader(self.raw4.fileno(), self.handle_raw_readable)
+        if self.workers > 1:
+            if self._raw6_factory is not None:
+                # Opened now, so that the worker inherits it with the rest.
+                try:
+                    self._open_raw6()
+                except DataplaneError as exc:
+                    log.info("userspace: no raw ESP over IPv6 (%s)", exc)
+            self._start_worker()
+
+    def attach_udp_sockets(self, sockets: Sequence[tuple[int, str, int, bool]]) -> None:
+        """The daemon's UDP sockets as (descriptor, address, port, wildcard), before
+        :meth:`attach`: the worker sends ESP-in-UDP through them (RFC 3948 §2: from
+        the port IKE negotiated NAT traversal on)."""
+        self._udp_fds = [f"{fd} {address} {port} {int(wildcard)}"
+                         for fd, address, port, wildcard in sockets]
 
     def attach_batch(self, send_many: SendUdpMany) -> None:
         """Send ESP-in-UDP in batches through ``send_many`` (the daemon's UDP GSO path):
         the packets one TUN readiness event yields for one SA go out in few system calls."""
-        self._send_udp_many = send_many
+        self.sealer.send_udp_many = send_many
 
     def set_expire_handler(self, handler: ExpireHandler) -> None:
-        self._expired = handler
+        self.sealer.expired = handler
 
     def set_acquire_handler(self, handler: AcquireHandler) -> None:
-        self._acquire = handler
+        self.sealer.acquire = handler
 
     def install_trap(self, trap: TrapInstalled) -> None:
         """Route the trapped child's remote networks into the TUN device (shared with
@@ -307,7 +335,7 @@ class UserspaceBackend:
         if not trap.local_ts or not trap.remote_ts:
             raise DataplaneError(f"{name}: no traffic selectors to trap")
         remote_networks = tuple(trap.remote_ts)
-        new = _Trap(name, prefixes(trap.local_ts), prefixes(trap.remote_ts),
+        new = Trap(name, prefixes(trap.local_ts), prefixes(trap.remote_ts),
                     tun_routes(remote_networks),
                     trap.remote if peer_inside(trap.remote, remote_networks) else None)
         # A trap for any source (a road warrior's, whose virtual IP is still to
@@ -331,6 +359,9 @@ class UserspaceBackend:
         # The old trap's references go after the new ones are taken: no route flaps.
         self.remove_trap(trap.conn, trap.child)
         self._traps[(trap.conn, trap.child)] = new
+        self._to_worker(encode(MsgType.INSTALL_TRAP, conn=trap.conn, child=trap.child,
+                               local_ts=[str(n) for n in trap.local_ts],
+                               remote_ts=[str(n) for n in trap.remote_ts]))
         log.debug("userspace: trap for %s: %s via %s", name,
                   ", ".join(map(str, remote_networks)), self.tun.name)
 
@@ -338,6 +369,7 @@ class UserspaceBackend:
         old = self._traps.pop((conn, child), None)
         if old is None:
             return
+        self._to_worker(encode(MsgType.REMOVE_TRAP, conn=conn, child=child))
         for net in old.routes:
             self._route_unref(net)
         if old.bypass is not None:
@@ -408,6 +440,22 @@ class UserspaceBackend:
         if sa.life_bytes > 0:
             entry.hard_bytes = sa.life_bytes
             entry.soft_bytes_out = entry.soft_bytes_in = soft_limit(sa.life_bytes, sa.spi_in)
+        worker_fields: dict[str, object] | None = None
+        if self.workers > 1:
+            worker_fields = {
+                "spi_in": sa.spi_in, "spi_out": sa.spi_out, "encryption": sa.encryption,
+                "key_length": sa.key_length, "integrity": sa.integrity or "",
+                "icv_length": sa.icv_length, "keymat": sa.keymat_out,
+                "local_ts": [str(n) for n in sa.local_ts],
+                "remote_ts": [str(n) for n in sa.remote_ts],
+                "name": entry.name, "child_id": sa.child_id, "mtu": entry.mtu,
+                "hard_bytes": entry.hard_bytes, "soft_bytes": entry.soft_bytes_out,
+                "soft_seq": entry.soft_seq,
+            }
+            try:  # checked before anything is installed: nothing half-installed
+                self._install_message(entry, worker_fields)
+            except ValueError as exc:
+                raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
         if self.sad.get(sa.spi_in, sa.spi_out) is not None:  # installed twice: replace
             self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
                                        sa.spi_in, sa.spi_out, "reinstalled"))
@@ -432,6 +480,9 @@ class UserspaceBackend:
                 self._bypass_unref(bypass)
             raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
         self.sad.add(entry)
+        if worker_fields is not None:
+            self._worker_sas[(sa.spi_in, sa.spi_out)] = worker_fields
+            self._install_in_worker(entry)
         if sa.encap:
             self._schedule_keepalive()
         log.debug(
@@ -515,6 +566,8 @@ class UserspaceBackend:
         entry = self.sad.remove(sa.spi_in, sa.spi_out)
         if entry is None:
             return
+        if self._worker_sas.pop((sa.spi_in, sa.spi_out), None) is not None:
+            self._to_worker(encode(MsgType.REMOVE_SA, spi_in=sa.spi_in, spi_out=sa.spi_out))
         for net in entry.routes:
             self._route_unref(net)
         if entry.bypass is not None:
@@ -528,7 +581,7 @@ class UserspaceBackend:
         if entry is None:
             return zero_counters()
         counters = entry.counters
-        esp = entry.inbound.counters
+        esp = entry.inbound.counters if entry.inbound is not None else EspCounters()
         return Counters(
             bytes_in=counters.bytes_in,
             bytes_out=counters.bytes_out,
@@ -554,6 +607,7 @@ class UserspaceBackend:
         if self._closed:
             return
         self._closed = True
+        self._stop_worker()
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
@@ -585,42 +639,8 @@ class UserspaceBackend:
     # --- the packet paths ------------------------------------------------------------
 
     def handle_tun_readable(self) -> None:
-        """Seal and send what the TUN device has queued (at most ``_BATCH`` packets,
-        segments of super-packets counted one by one)."""
-        read = self.tun.read
-        outbound = self._outbound
-        vnet = getattr(self.tun, "vnet_hdr", False) is True
-        budget = _BATCH
-        try:
-            while budget > 0:
-                try:
-                    packet = read()
-                except OSError as exc:
-                    self._drop("socket_error", f"reading {self.tun.name}: {exc}")
-                    return
-                if packet is None:
-                    return
-                if vnet:
-                    try:
-                        segments = vnet_packets(packet)
-                    except VnetHeaderError as exc:
-                        budget -= 1
-                        self._drop("offload", f"reading {self.tun.name}: {exc}")
-                        continue
-                    budget -= len(segments)
-                    for segment in segments:
-                        outbound(segment)
-                else:
-                    budget -= 1
-                    outbound(packet)
-                if self._renewal_asked:
-                    self._renewal_asked = False
-                    return
-        except Exception:
-            log.exception("userspace: unexpected error on the outbound path")
-        finally:
-            if self._batch:
-                self._flush_udp()
+        """Seal and send what the TUN device has queued (:meth:`Sealer.handle_tun_readable`)."""
+        self.sealer.handle_tun_readable()
 
     def handle_raw_readable(self) -> None:
         self._drain_raw(self.raw4)
@@ -662,7 +682,7 @@ class UserspaceBackend:
         recv = raw.recv
         inbound = self._inbound
         try:
-            for _ in range(_BATCH):
+            for _ in range(BATCH):
                 try:
                     got = recv()
                 except OSError as exc:  # e.g. an ICMP error reported on the socket
@@ -671,110 +691,11 @@ class UserspaceBackend:
                 if got is None:
                     return
                 inbound(got[0])
-                if self._renewal_asked:
-                    self._renewal_asked = False
+                if self.sealer.renewal_asked:
+                    self.sealer.renewal_asked = False
                     return
         except Exception:
             log.exception("userspace: unexpected error on the inbound path")
-
-    def _outbound(self, packet: bytes) -> None:
-        key = address_key(packet)
-        if key is None:
-            self._drop("not_ip", "outbound: not an IP packet")
-            return
-        entry = self.sad.lookup_outbound_key(key)
-        if entry is None:
-            if self._traps and self._trapped(key):
-                return
-            self._drop("no_sa", "outbound: no SA covers the packet")
-            return
-        if len(packet) > entry.mtu and self._too_big(packet, entry):
-            return
-        clamped = clamp_mss(packet, entry.mtu)
-        if clamped is not None:
-            packet = clamped
-        counters = entry.counters
-        if counters.bytes_out + len(packet) > entry.hard_bytes:
-            counters.dropped_out += 1
-            self._drop("life_bytes", f"outbound: {entry.name} carried its life_bytes")
-            self._hard_limit(entry, "life_bytes reached (outbound)")
-            return
-        try:
-            esp = entry.outbound.seal(packet, IPPROTO_IPIP if len(key) == 8 else IPPROTO_IPV6)
-        except EspSequenceExhausted as exc:
-            counters.dropped_out += 1
-            self._drop("seq_exhausted", str(exc))
-            self._hard_limit(entry, "sequence numbers used up")
-            return
-        except EspError as exc:
-            counters.dropped_out += 1
-            self._drop("malformed", f"outbound: {exc}")
-            return
-        if entry.encap and self._send_udp_many is not None:
-            self._queue_udp(esp, entry, len(packet))
-        else:
-            try:
-                self._send(esp, entry)
-            except OSError as exc:
-                counters.dropped_out += 1
-                self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
-                return
-        counters.packets_out += 1
-        counters.bytes_out += len(packet)
-        if counters.bytes_out >= entry.soft_bytes_out:
-            self._soft_limit(entry, "life_bytes nearly reached (outbound): renewing")
-        elif entry.outbound.seq >= entry.soft_seq:
-            self._soft_limit(entry, "sequence numbers nearly used up: renewing")
-
-    def _send(self, esp: bytes, entry: SaEntry) -> None:
-        """One ESP packet to the SA's peer, raw or UDP-encapsulated; OSError if refused."""
-        if entry.encap:
-            send_udp = self._send_udp
-            if send_udp is None:
-                raise OSError("not attached to the daemon's UDP sockets")
-            send_udp(esp, entry.local, entry.remote)
-        else:
-            raw = self.raw4 if ":" not in entry.remote[0] else self.raw6
-            if raw is None:
-                raise OSError("no IPv6 raw ESP socket")
-            raw.send(esp, entry.local[0], entry.remote[0])
-
-    def _queue_udp(self, esp: bytes, entry: SaEntry, inner_length: int) -> None:
-        """Add ``esp`` to the batch for its SA's peer, sending the batch first if ``esp``
-        cannot join it: another SA, a larger datagram than the batch's (GSO cuts every
-        datagram to the first one's size), or the batch is full. A shorter datagram
-        joins as the last one."""
-        batch = self._batch
-        if batch and (entry is not self._batch_entry or len(esp) > len(batch[0])
-                      or len(batch) >= MAX_SEGMENTS
-                      or self._batch_bytes + len(esp) > MAX_BYTES):
-            self._flush_udp()
-            batch = self._batch  # a fresh list: the old one went out
-        batch.append(esp)
-        self._batch_entry = entry
-        self._batch_bytes += len(esp)
-        self._batch_inner += inner_length
-        if len(esp) < len(batch[0]):
-            self._flush_udp()
-
-    def _flush_udp(self) -> None:
-        batch, entry = self._batch, self._batch_entry
-        inner = self._batch_inner
-        self._batch = []
-        self._batch_entry = None
-        self._batch_bytes = self._batch_inner = 0
-        if not batch or entry is None or self._send_udp_many is None:
-            return
-        try:
-            self._send_udp_many(batch, entry.local, entry.remote)
-        except OSError as exc:
-            # Counted as sent when queued: move them to the drops.
-            counters = entry.counters
-            counters.packets_out -= len(batch)
-            counters.bytes_out -= inner
-            counters.dropped_out += len(batch)
-            self.drops["send_error"] += len(batch) - 1
-            self._drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
 
     def _inbound(self, esp: bytes, remote: Endpoint | None = None) -> None:
         """Open ``esp`` and deliver it; ``remote``: where ESP-in-UDP came from (else None)."""
@@ -783,7 +704,7 @@ class UserspaceBackend:
             return
         spi = int.from_bytes(esp[:4], "big")
         entry = self.sad.by_spi_in(spi)
-        if entry is None:
+        if entry is None or entry.inbound is None:
             self._drop("unknown_spi", f"inbound: unknown SPI {spi:08x}")
             return
         try:
@@ -810,7 +731,7 @@ class UserspaceBackend:
         if counters.bytes_in + len(inner) > entry.hard_bytes:
             self._drop("life_bytes", f"inbound SPI {spi:08x}: {entry.name} carried its "
                        "life_bytes")
-            self._hard_limit(entry, "life_bytes reached (inbound)")
+            self.sealer.hard_limit(entry, "life_bytes reached (inbound)")
             return
         if not entry.permits_inbound_key(key):
             counters.dropped_policy_in += 1
@@ -837,24 +758,9 @@ class UserspaceBackend:
         counters.packets_in += 1
         counters.bytes_in += len(inner)
         if counters.bytes_in >= entry.soft_bytes_in:
-            self._soft_limit(entry, "life_bytes nearly reached (inbound): renewing")
+            self.sealer.soft_limit(entry, "life_bytes nearly reached (inbound): renewing")
 
     # --- helpers ---------------------------------------------------------------------
-
-    def _trapped(self, key: bytes) -> bool:
-        """A packet without SA: if a trap covers it, drop it and ask for the child."""
-        found = next((item for item in self._traps.items() if item[1].covers(key)), None)
-        if found is None:
-            return False
-        (conn, child), trap = found
-        self._drop("trapped", f"outbound: {trap.name} has no SA yet")
-        now = self._loop.time() if self._loop is not None else 0.0
-        if now - trap.acquired_at >= ACQUIRE_INTERVAL:
-            trap.acquired_at = now
-            log.debug("userspace: traffic for %s: acquiring", trap.name)
-            if self._acquire is not None:
-                self._acquire(conn, child)
-        return True
 
     def _tunnel_mtu(self, sa: ChildSaEstablished, alg: EspAlgorithm) -> int:
         """What fits both the TUN device and, once sealed, the path to the peer."""
@@ -867,23 +773,6 @@ class UserspaceBackend:
                   f"{sa.conn}/{sa.child}", mtu, path, peer)
         return mtu
 
-    def _too_big(self, packet: bytes, entry: SaEntry) -> bool:
-        """Answer an oversized packet that must not be fragmented; False: send it anyway
-        (IPv4 without DF: its ESP datagram is fragmented on the way)."""
-        answer = too_big(packet, entry.mtu)
-        if answer is None:
-            return False
-        entry.counters.dropped_out += 1
-        self._drop("too_big", f"outbound: {len(packet)}-octet packet for {entry.name}, "
-                   f"tunnel MTU {entry.mtu}")
-        now = self._loop.time() if self._loop is not None else 0.0
-        if self._icmp.allow(now):
-            try:
-                self.tun.write(answer)
-            except OSError as exc:
-                log.debug("userspace: ICMP too big into %s: %s", self.tun.name, exc)
-        return True
-
     def _nat_mapping_changed(self, entry: SaEntry, esp: bytes, remote: Endpoint) -> None:
         """Follow the peer's NAT mapping when authenticated ESP arrives from a new address/port.
 
@@ -893,47 +782,16 @@ class UserspaceBackend:
         move the SA, so an attacker replaying an old packet from elsewhere cannot
         (the kernel's XFRM does the same before reporting XFRM_MSG_MAPPING).
         """
-        if peek_seq(esp) != entry.inbound.replay.top:
+        if entry.inbound is None or peek_seq(esp) != entry.inbound.replay.top:
             return
         log.info("userspace: %s: peer's UDP-encapsulated ESP now comes from %s port %d "
                  "(was %s port %d); following the NAT mapping",
                  entry.name, remote[0], remote[1], entry.remote[0], entry.remote[1])
         entry.remote = remote
-
-    def _soft_limit(self, entry: SaEntry, reason: str) -> None:
-        """Ask once for the SA to be renewed (the limits are cleared so it is once)."""
-        entry.soft_bytes_out = entry.soft_bytes_in = entry.soft_seq = NO_LIMIT
-        self._renewal_asked = True
-        log.info("userspace: %s SPIs %08x_i %08x_o: %s", entry.name, entry.spi_in,
-                 entry.spi_out, reason)
-        if self._expired is not None:
-            self._expired(entry.child_id, False, reason)
-
-    def _hard_limit(self, entry: SaEntry, reason: str) -> None:
-        """The SA is not used any more: tell the engine once, which deletes it."""
-        if entry.hard_reported:
-            return
-        entry.hard_reported = True
-        log.warning("userspace: %s SPIs %08x_i %08x_o: %s; no longer used", entry.name,
-                    entry.spi_in, entry.spi_out, reason)
-        if self._expired is not None:
-            self._expired(entry.child_id, True, reason)
-
-    def _drop(self, reason: str, detail: str) -> None:
-        """Count a dropped packet; debug log each, info log at most every _LOG_INTERVAL s."""
-        self.drops[reason] += 1
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("ESP packet dropped (%s): %s", reason, detail)
-        if reason in _QUIET_REASONS:
-            return
-        now = self._loop.time() if self._loop is not None else 0.0
-        if now >= self._log_next.get(reason, 0.0):
-            suppressed = self._log_suppressed.pop(reason, 0)
-            more = f" ({suppressed} more since the last report)" if suppressed else ""
-            log.info("ESP packet dropped (%s): %s%s", reason, detail, more)
-            self._log_next[reason] = now + _LOG_INTERVAL
-        else:
-            self._log_suppressed[reason] = self._log_suppressed.get(reason, 0) + 1
+        if (entry.spi_in, entry.spi_out) in self._worker_sas:
+            self._to_worker(encode(MsgType.SA_REMOTE, spi_in=entry.spi_in,
+                                   spi_out=entry.spi_out, remote=remote[0],
+                                   remote_port=remote[1]))
 
     def _route_ref(self, net: Network, src: str | None) -> None:
         """Route ``net`` into the TUN device unless an SA already did.
@@ -978,6 +836,142 @@ class UserspaceBackend:
         self._loop.add_reader(fd, callback)
         self._readers.append(fd)
 
+    # --- the sealing worker (dataplane_workers = 2) ------------------------------------
+
+    def _start_worker(self) -> None:
+        """Start the worker and hand it every SA and trap; on failure seal in-process."""
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        now = loop.time()
+        self._worker_starts = [t for t in self._worker_starts if now - t < _RESTART_WINDOW]
+        if len(self._worker_starts) >= _RESTARTS:
+            self._seal_in_process(f"it was restarted {_RESTARTS} times within "
+                                  f"{_RESTART_WINDOW:.0f} s")
+            return
+        self._worker_starts.append(now)
+        raw6 = self.raw6.fileno() if self.raw6 is not None else -1
+        setup: dict[str, object] = {
+            "tun_fd": self.tun.fileno(), "tun_name": self.tun.name,
+            "vnet_hdr": getattr(self.tun, "vnet_hdr", False) is True,
+            "raw4_fd": self.raw4.fileno(), "raw6_fd": raw6, "udp": list(self._udp_fds),
+            "log_level": logging.getLogger("ikev1d").getEffectiveLevel(),
+        }
+        fds = [self.tun.fileno(), self.raw4.fileno(), raw6,
+               *(int(spec.split()[0]) for spec in self._udp_fds)]
+        worker = self._worker_factory(loop, setup, fds, self._on_worker_message,
+                                      self._on_worker_lost)
+        try:
+            worker.start()
+        except DataplaneError as exc:
+            self._seal_in_process(str(exc))
+            return
+        self.worker = worker
+        self._worker_drops = dict.fromkeys(DROP_REASONS, 0)
+        for key, trap in self._traps.items():
+            worker.send(encode(MsgType.INSTALL_TRAP, conn=key[0], child=key[1],
+                               local_ts=[_prefix_text(p) for p in trap.local_ts],
+                               remote_ts=[_prefix_text(p) for p in trap.remote_ts]))
+        for spi_in, spi_out in self._worker_sas:
+            entry = self.sad.get(spi_in, spi_out)
+            if entry is not None:
+                self._install_in_worker(entry)
+        if self._counters_timer is None:
+            self._counters_timer = loop.call_later(COUNTERS_INTERVAL, self._request_counters)
+
+    def _install_in_worker(self, entry: SaEntry) -> None:
+        """The SA in the worker, its sequence numbers continuing after the highest the
+        worker reserved (this process's copy of the outbound SA records that) and its
+        counters where the last report left them."""
+        fields = self._worker_sas.get((entry.spi_in, entry.spi_out))
+        if fields is not None:
+            self._to_worker(self._install_message(entry, fields))
+
+    @staticmethod
+    def _install_message(entry: SaEntry, fields: dict[str, object]) -> bytes:
+        counters = entry.counters
+        return encode(
+            MsgType.INSTALL_SA, **fields, local=entry.local[0], local_port=entry.local[1],
+            remote=entry.remote[0], remote_port=entry.remote[1], encap=entry.encap,
+            seq=entry.outbound.seq, bytes_out=counters.bytes_out,
+            packets_out=counters.packets_out, dropped_out=counters.dropped_out)
+
+    def _to_worker(self, data: bytes) -> None:
+        """A message to the worker; a worker that cannot take it is restarted, and the
+        restart installs the current state, so nothing is left half-installed."""
+        if self.worker is not None:
+            self.worker.send(data)
+
+    def _request_counters(self) -> None:
+        self._counters_timer = None
+        if self._closed or self.worker is None or self._loop is None:
+            return
+        self._to_worker(encode(MsgType.COUNTERS_REQUEST))
+        self._counters_timer = self._loop.call_later(COUNTERS_INTERVAL, self._request_counters)
+
+    def _on_worker_message(self, msg: Message) -> None:
+        kind = msg.type
+        if kind == MsgType.SEQ_RESERVED:
+            entry = self.sad.get(msg.get_int("spi_in"), msg.get_int("spi_out"))
+            if entry is not None:
+                upto = msg.get_int("upto")
+                if entry.outbound.seq < upto <= entry.outbound.max_seq:
+                    entry.outbound.seq = upto
+        elif kind == MsgType.COUNTERS:
+            for row in msg.get_rows("sas"):
+                if len(row) != 5:
+                    continue
+                entry = self.sad.get(row[0], row[1])
+                if entry is not None:
+                    c = entry.counters
+                    c.bytes_out, c.packets_out, c.dropped_out = row[2], row[3], row[4]
+            totals = msg.get_ints("drops")
+            for reason, total in zip(DROP_REASONS, totals, strict=False):
+                grew = total - self._worker_drops[reason]
+                if grew > 0:
+                    self.drops[reason] += grew
+                    self._worker_drops[reason] = total
+        elif kind == MsgType.EXPIRE:
+            if self.sealer.expired is not None:
+                self.sealer.expired(msg.get_int("child_id"), msg.get_bool("hard"),
+                                    msg.get_str("reason"))
+        elif kind == MsgType.ACQUIRE:
+            if self.sealer.acquire is not None:
+                self.sealer.acquire(msg.get_str("conn"), msg.get_str("child"))
+        elif kind == MsgType.LOG:
+            level = msg.get_int("level")
+            worker_log.log(level if 0 < level <= logging.CRITICAL else logging.ERROR,
+                           "%s", msg.get_str("text"))
+        elif kind == MsgType.READY:
+            log.info("userspace: sealing worker running (pid %d)", msg.get_int("pid"))
+
+    def _on_worker_lost(self, reason: str) -> None:
+        worker, self.worker = self.worker, None
+        if self._closed:
+            return
+        pid = worker.pid if worker is not None else None
+        log.warning("userspace: sealing worker (pid %s) is gone: %s; restarting it with "
+                    "the %d outbound SAs", pid, reason, len(self._worker_sas))
+        self._start_worker()
+
+    def _seal_in_process(self, reason: str) -> None:
+        """Give up on the worker: seal here, continuing every SA's sequence numbers
+        after the worker's last reservation."""
+        log.warning("userspace: no sealing worker (%s); sealing in the daemon from now on",
+                    reason)
+        self.workers = 1
+        self.worker = None
+        self._worker_sas.clear()
+        self._add_reader(self.tun.fileno(), self.handle_tun_readable)
+
+    def _stop_worker(self) -> None:
+        if self._counters_timer is not None:
+            self._counters_timer.cancel()
+            self._counters_timer = None
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.stop()
+
     def _open_raw6(self) -> None:
         if self.raw6 is not None:
             return
@@ -988,6 +982,7 @@ class UserspaceBackend:
         except OSError as exc:
             raise DataplaneError(f"raw ESP over IPv6: {exc}") from None
         self.raw6 = raw6
+        self.sealer.raw6 = raw6
         self._add_reader(raw6.fileno(), lambda: self._drain_raw(raw6))
 
     def _schedule_keepalive(self) -> None:
@@ -1011,6 +1006,10 @@ class UserspaceBackend:
             except OSError as exc:
                 log.debug("NAT-T keepalive to %s: %s", remote[0], exc)
         self._schedule_keepalive()
+
+
+def _prefix_text(p: Prefix) -> str:
+    return str(ipaddress.ip_network((p.network, p.length)))
 
 
 def _packets_in(buffer: bytes) -> int:
@@ -1041,6 +1040,8 @@ def create_backend(config: object = None) -> UserspaceBackend:
     name = getattr(daemon, "tun_name", None)
     mtu = getattr(daemon, "tun_mtu", None)
     wanted = getattr(daemon, "tun_offload", "gro")
+    workers = getattr(daemon, "dataplane_workers", 1)
+    workers = workers if isinstance(workers, int) and workers in (1, 2) else 1
     offload = str(wanted) if str(wanted) in ("off", "gro", "tso") else "gro"
     tun_name = name if isinstance(name, str) and name else DEFAULT_TUN_NAME
     tun_mtu = mtu if isinstance(mtu, int) and mtu >= 576 else DEFAULT_MTU
@@ -1062,8 +1063,8 @@ def create_backend(config: object = None) -> UserspaceBackend:
         for cleanup in reversed(cleanups):
             cleanup()
         raise DataplaneError(f"userspace data plane cannot start: {exc}") from None
-    log.info("userspace data plane on %s (MTU %d, TUN offload %s)", tun.name, tun_mtu,
-             tun.offload)
+    log.info("userspace data plane on %s (MTU %d, TUN offload %s%s)", tun.name, tun_mtu,
+             tun.offload, ", sealing in a worker process" if workers > 1 else "")
     return UserspaceBackend(tun, raw4, routes,
                             raw6_factory=RawEspSocket.ipv6,
-                            on_close=netlink.close, path_mtu=path_mtu)
+                            on_close=netlink.close, path_mtu=path_mtu, workers=workers)

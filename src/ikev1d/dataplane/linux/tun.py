@@ -309,6 +309,15 @@ class RawEspSocket:
             raise
 
     @classmethod
+    def adopt(cls, sock: socket.socket) -> RawEspSocket:
+        """A raw ESP socket opened (and set up) by another process and inherited."""
+        raw = cls.__new__(cls)
+        raw.family = sock.family
+        raw._sock = sock
+        raw._pktinfo = {}
+        return raw
+
+    @classmethod
     def ipv6(cls) -> RawEspSocket:
         """ESP over IPv6 (opened when the first SA with an IPv6 peer is installed)."""
         return cls(socket.AF_INET6)
