@@ -28,6 +28,7 @@ from ikev1d.engine.ike_sa import (
     QuickModeWork,
     WorkKind,
 )
+from ikev1d.engine.lifetimes import rekey_delay
 from ikev1d.engine.roadwarrior import RoadWarrior
 from ikev1d.engine.stats import PHASE1, PHASE2
 from ikev1d.engine.vendor import Extension
@@ -140,17 +141,10 @@ class Lifecycle:
         self.engine.drop_sa(sa)
 
     def rekey_delay(self, lifetime: float, initiator: bool) -> float:
-        """When to renew an SA of this lifetime: before the end by a margin (10 %,
-        at most 9 minutes) plus random jitter, so that both ends do not renew at
-        once; the side that did not initiate waits half the margin longer, so
-        that normally one side renews and the other sees the new SA arrive."""
-        margin = min(0.1 * lifetime, 540.0)
-        jitter = (int.from_bytes(self.engine.random_bytes(2), "big") / 65535
-                  * min(0.05 * lifetime, 60.0))
-        if not initiator:
-            margin /= 2
-            jitter /= 2
-        return max(lifetime - margin - jitter, 0.5 * lifetime)
+        """When to renew an SA of this lifetime (see :func:`lifetimes.rekey_delay`)."""
+        fraction = int.from_bytes(self.engine.random_bytes(2), "big") / 65535
+        return rekey_delay(lifetime, initiator, self.engine.config.daemon.retransmit_timeout,
+                           fraction)
 
     def _ike_rekey(self, sa: IkeSa, now: float) -> None:
         """Renew Phase 1 with a new Main Mode; the IPsec SAs move to it once it is up."""

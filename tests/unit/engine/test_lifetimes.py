@@ -9,7 +9,13 @@ import pytest
 
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished
 from ikev1d.engine.lifecycle import RENEWED_DELETE_DELAY_S
-from ikev1d.engine.lifetimes import MIN_LIFE_BYTES, agreed_life_bytes, agreed_lifetime
+from ikev1d.engine.lifetimes import (
+    MIN_LIFE_BYTES,
+    RENEWAL_RETRANSMITS,
+    agreed_life_bytes,
+    agreed_lifetime,
+    rekey_delay,
+)
 from tests.unit.engine.test_engine import (
     A_ADDR,
     B_ADDR,
@@ -38,6 +44,32 @@ def test_agreed_lifetime_takes_the_shorter_but_not_below_the_floor() -> None:
     assert agreed_lifetime(30, 1, 60, "x") == 30  # our own shorter choice stands
     assert agreed_lifetime(30, 20, 60, "x") == 30  # raised, but never above ours
     assert agreed_lifetime(3600, 1, 0, "x") == 1  # floor off
+
+
+def test_renewal_margin_is_a_tenth_of_long_lifetimes() -> None:
+    # 1 h with a 2 s retransmission interval: 6 minutes before the end, then up to
+    # a minute of jitter; the responder waits half as long.
+    assert rekey_delay(3600, True, 2.0, 0.0) == 3240
+    assert rekey_delay(3600, True, 2.0, 1.0) == 3180
+    assert rekey_delay(3600, False, 2.0, 0.0) == 3420
+    assert rekey_delay(86400, True, 2.0, 0.0) == 86400 - 540  # at most 9 minutes
+
+
+@pytest.mark.parametrize("lifetime", [2.0, 5.0, 12.0, 30.0])
+def test_short_lifetimes_leave_time_for_retransmissions(lifetime: float) -> None:
+    """Ten percent of a few seconds is less than one retransmission (or a slow host):
+    the old SA would end before its successor is up. The margin is at least
+    RENEWAL_RETRANSMITS intervals, never more than half the lifetime."""
+    timeout = 1.0
+    for fraction in (0.0, 0.5, 1.0):
+        for initiator in (True, False):
+            delay = rekey_delay(lifetime, initiator, timeout, fraction)
+            assert delay >= lifetime / 2
+            wanted = min(RENEWAL_RETRANSMITS * timeout, lifetime / 2)
+            assert lifetime - delay >= (wanted if initiator else wanted / 2) - 1e-9
+        # the initiator renews first, so the responder normally sees the new SA arrive
+        assert rekey_delay(lifetime, True, timeout, fraction) < rekey_delay(
+            lifetime, False, timeout, 0.0)
 
 
 def test_peer_cannot_force_short_lifetimes_on_the_responder(
