@@ -211,6 +211,14 @@ class _Trap:
                 and any(p.contains(version, dst) for p in self.remote_ts))
 
 
+#: How long an SA we renewed as Quick Mode initiator stands by, unless a packet from
+#: the peer on it shows earlier that the peer has installed it: the responder
+#: installs it when our message 3 arrives (RFC 2409 section 5.5), so sending on it
+#: at once loses what reaches the peer before that message. The SA it renews stays
+#: with the peer until we delete it, RENEWED_DELETE_DELAY_S (5 s) later.
+STANDBY_S = 2.0
+
+
 class UserspaceBackend:
     """TUN + ESP in this process. One instance per daemon; single-threaded (the event loop)."""
 
@@ -267,6 +275,8 @@ class UserspaceBackend:
         the TCP segments of one receive batch can go in as one super-packet."""
         self._tun_pending_entries: list[SaEntry] = []
         self._tun_flush_scheduled = False
+        self._standby: dict[tuple[int, int], tuple[SaEntry, asyncio.TimerHandle | None]] = {}
+        """SAs that receive but do not send yet (see STANDBY_S), by SPI pair."""
         self._renewal_asked = False
         """Set when an SA asked to be renewed: the packet loop yields, so that the
         engine sends the Quick Mode before the rest of the batch uses up the SA."""
@@ -427,7 +437,14 @@ class UserspaceBackend:
             if bypass is not None:
                 self._bypass_unref(bypass)
             raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
-        self.sad.add(entry)
+        # Make before break: a pair we installed on Quick Mode message 2 receives at
+        # once but sends only once the peer has it (see STANDBY_S); the pair it
+        # renews carries our traffic meanwhile.
+        self.sad.add(entry, standby=sa.initiator)
+        if sa.initiator:
+            timer = (self._loop.call_later(STANDBY_S, self._promote, entry)
+                     if self._loop is not None else None)
+            self._standby[(sa.spi_in, sa.spi_out)] = (entry, timer)
         if sa.encap:
             self._schedule_keepalive()
         log.debug(
@@ -507,7 +524,18 @@ class UserspaceBackend:
             except OSError as exc:
                 log.warning("userspace: removing virtual IP %s: %s", address, exc)
 
+    def _promote(self, entry: SaEntry) -> None:
+        """``entry`` stops standing by: the peer sent on it, or STANDBY_S passed."""
+        _, timer = self._standby.pop((entry.spi_in, entry.spi_out), (entry, None))
+        if timer is not None:
+            timer.cancel()
+        if self.sad.promote(entry):
+            log.debug("userspace: sending on %s SPI %08x_o", entry.name, entry.spi_out)
+
     def remove(self, sa: ChildSaDeleted) -> None:
+        _, timer = self._standby.pop((sa.spi_in, sa.spi_out), (None, None))
+        if timer is not None:
+            timer.cancel()
         entry = self.sad.remove(sa.spi_in, sa.spi_out)
         if entry is None:
             return
@@ -553,6 +581,10 @@ class UserspaceBackend:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+        for _, timer in self._standby.values():
+            if timer is not None:
+                timer.cancel()
+        self._standby.clear()
         if self._loop is not None:
             for fd in self._readers:
                 self._loop.remove_reader(fd)
@@ -793,6 +825,9 @@ class UserspaceBackend:
         except EspError as exc:
             self._drop("malformed", str(exc))
             return
+        if entry.serial < 0:
+            # Authenticated traffic on an SA we stand by with: the peer has it.
+            self._promote(entry)
         if remote is not None and remote != entry.remote and entry.encap:
             self._nat_mapping_changed(entry, esp, remote)
         if next_header == IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
@@ -910,6 +945,8 @@ class UserspaceBackend:
         if entry.hard_reported:
             return
         entry.hard_reported = True
+        for waiting, _ in list(self._standby.values()):
+            self._promote(waiting)  # its successor, if it has one, is needed now
         log.warning("userspace: %s SPIs %08x_i %08x_o: %s; no longer used", entry.name,
                     entry.spi_in, entry.spi_out, reason)
         if self._expired is not None:

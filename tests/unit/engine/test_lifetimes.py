@@ -124,6 +124,12 @@ def test_soft_expiry_from_the_data_plane_renews_make_before_break() -> None:
     net.pump()
     net.advance(RENEWED_DELETE_DELAY_S)
     assert len(net.b.of(ChildSaEstablished)) == 4
+    # Whoever started a Quick Mode says so to its data plane (it installs on message
+    # 2, the peer only on message 3): A for the first three pairs, B for the last.
+    assert [e.initiator for e in net.a.of(ChildSaEstablished)
+            if isinstance(e, ChildSaEstablished)] == [True, True, True, False]
+    assert [e.initiator for e in net.b.of(ChildSaEstablished)
+            if isinstance(e, ChildSaEstablished)] == [False, False, False, True]
     for peer in (net.a, net.b):
         (ike,) = peer.engine.status(net.now).to_json()["ike_sas"]
         assert len(ike["children"]) == 1
