@@ -214,9 +214,12 @@ class _Trap:
 #: How long an SA we renewed as Quick Mode initiator stands by, unless a packet from
 #: the peer on it shows earlier that the peer has installed it: the responder
 #: installs it when our message 3 arrives (RFC 2409 section 5.5), so sending on it
-#: at once loses what reaches the peer before that message. The SA it renews stays
-#: with the peer until we delete it, RENEWED_DELETE_DELAY_S (5 s) later.
-STANDBY_S = 2.0
+#: at once loses what reaches the peer before that message. Short beside the time
+#: the SA it renews has left (at least two retransmission intervals, see
+#: engine.lifetimes.rekey_delay): a peer that takes our Delete for the old SA
+#: while its last packets still wait in its queues drops them (seen with
+#: strongSwan's kernel-libipsec when the switch came as late as the Delete).
+STANDBY_S = 0.5
 
 
 class UserspaceBackend:
