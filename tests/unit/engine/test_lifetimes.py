@@ -182,3 +182,55 @@ def test_kilobyte_lifetimes_reach_both_data_planes(
     assert b_child.life_bytes == agreed
     # The initiator learns the responder's smaller volume only from RESPONDER-LIFETIME.
     assert a_child.life_bytes == (agreed if a_bytes else 0)
+
+
+def test_a_phase2_renewal_under_way_moves_to_the_renewed_isakmp_sa() -> None:
+    """Phase 2 falls due while our Phase 1 renewal is under way: its Quick Mode
+    starts over the old ISAKMP SA. A peer that moved the IPsec SAs to the new
+    ISAKMP SA (strongSwan does) no longer answers it there, so the take-over must
+    renew the IPsec SA over the new ISAKMP SA, or it ends without a successor."""
+    net = _net("4h", "1h")
+    establish(net)
+    (first,) = net.a.of(ChildSaEstablished)
+    assert isinstance(first, ChildSaEstablished)
+    (old,) = net.a.engine.all_sas()
+    old_cookies = old.cky_i + old.cky_r
+    # Quick Modes over the old ISAKMP SA go unanswered from now on.
+    net.drop = lambda d: d.data[:16] == old_cookies and d.data[18] == 32
+    net.a.engine.lifecycle._ike_rekey(old, net.now)  # Main Mode message 1 queued
+    net.a.engine.child_soft_expired(first.child_id, "life_bytes nearly reached", net.now)
+    net.pump()
+    new_sa = [sa for sa in net.a.engine.all_sas() if sa is not old]
+    assert len(new_sa) == 1
+    established = [e for e in net.a.of(ChildSaEstablished)
+                   if isinstance(e, ChildSaEstablished) and e is not first]
+    assert [e.ike_id for e in established] == [new_sa[0].ike_id]
+    net.drop = lambda d: False
+    net.advance(RENEWED_DELETE_DELAY_S + 1)
+    deleted = [e.spi_in for e in net.a.of(ChildSaDeleted) if isinstance(e, ChildSaDeleted)]
+    # The renewed SA goes once its successor is up; a late answer over the old
+    # ISAKMP SA (here the drop ends and a retransmission gets through) is deleted as
+    # a duplicate; the successor stays, on both sides.
+    assert first.spi_in in deleted and established[0].spi_in not in deleted
+    for peer in (net.a, net.b):
+        children = [c for sa in peer.engine.all_sas() for c in sa.children]
+        assert len(children) == 1
+
+
+def test_the_take_over_does_not_renew_an_sa_already_renewed() -> None:
+    """An IPsec SA renewed a moment ago waits for its Delete (REKEYING) when Phase 1
+    is renewed: only its successor is renewed over the new ISAKMP SA."""
+    net = _net("4h", "1h")
+    establish(net)
+    (first,) = net.a.of(ChildSaEstablished)
+    assert isinstance(first, ChildSaEstablished)
+    net.a.engine.child_soft_expired(first.child_id, "life_bytes nearly reached", net.now)
+    net.pump()
+    (old,) = net.a.engine.all_sas()
+    net.a.engine.lifecycle._ike_rekey(old, net.now)
+    net.pump()
+    assert len(net.a.of(ChildSaEstablished)) == 3  # first, its successor, the take-over's
+    net.advance(RENEWED_DELETE_DELAY_S + 1)
+    for peer in (net.a, net.b):
+        children = [c for sa in peer.engine.all_sas() for c in sa.children]
+        assert len(children) == 1
