@@ -19,6 +19,7 @@ the renewal's.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +34,8 @@ from ikev1d_lab.strongswan import Charon, strongswan_conf, swanctl_conf
 from ikev1d_lab.udpflow import FlowResult, Gap, run_flow
 
 __all__ = [
-    "PEERS", "Attributed", "IkeCapture", "IkeMessage", "Pair", "Renewals", "attribute",
-    "ike_capture", "pair", "renewals",
+    "PEERS", "Attributed", "IkeCapture", "IkeMessage", "Pair", "PeerQueues", "Renewals",
+    "attribute", "ike_capture", "pair", "renewals",
 ]
 
 PSK = "rekey-under-traffic-psk-0123456789"
@@ -49,6 +50,20 @@ _LONG = "8h"
 class Renewals:
     phase1: int
     phase2: int
+
+
+@dataclass(frozen=True)
+class PeerQueues:
+    """Datagrams B's kernel dropped in the queues in front of its daemon: its TUN
+    device's transmit queue (what B's daemon did not read in time, B->A) and its UDP
+    receive buffers (A->B, ESP-in-UDP the daemon did not read in time)."""
+
+    tun_dropped: int
+    udp_rcvbuf_errors: int
+
+    def __sub__(self, other: PeerQueues) -> PeerQueues:
+        return PeerQueues(self.tun_dropped - other.tun_dropped,
+                          self.udp_rcvbuf_errors - other.udp_rcvbuf_errors)
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,20 @@ class Pair:
                             size=size, seconds=seconds, gap_floor_ms=gap_floor_ms)
         return run_flow(t.a, t.b, t.inner_addr_a, t.inner_addr_b, port, pps=pps, size=size,
                         seconds=seconds, gap_floor_ms=gap_floor_ms)
+
+    def peer_queues(self) -> PeerQueues:
+        """B's queue drops so far (see :class:`PeerQueues`)."""
+        b = self.topo.b
+        tun = "ipsec0" if self.peer == "strongswan" else "ikev1d0"
+        shown = b.run(["ip", "-j", "-s", "link", "show", "dev", tun], check=False).stdout
+        try:
+            dropped = int(json.loads(shown)[0]["stats64"]["tx"]["dropped"])
+        except (ValueError, LookupError, TypeError):
+            dropped = 0
+        rows = [line.split() for line in b.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+                if line.startswith("Udp:")]
+        udp = dict(zip(rows[0][1:], rows[1][1:], strict=True)) if len(rows) == 2 else {}
+        return PeerQueues(dropped, int(udp.get("RcvbufErrors", 0)))
 
     def flows_both_ways(self, port: int, *, pps: float, size: int,
                         seconds: float) -> tuple[FlowResult, FlowResult]:

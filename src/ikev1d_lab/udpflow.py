@@ -79,7 +79,7 @@ def analyse(arrivals: Sequence[tuple[int, float, float]], pps: float,
 
 
 _RECEIVER = r"""
-import json, socket, struct, sys, time
+import json, socket, struct, sys, threading, time
 from ikev1d_lab.udpflow import analyse
 addr, port, pps, deadline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 gap_floor_ms = float(sys.argv[5])
@@ -87,7 +87,11 @@ fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
 s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS: struct timespec, CLOCK_REALTIME
-s.bind((addr, port)); s.settimeout(0.5)
+s.bind((addr, port)); s.settimeout(0.2)
+# The parent writes a line once the sender has finished; until then a silent
+# tunnel (a peer not scheduled for seconds) is an outage to measure, not the end.
+sender_done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), sender_done.set()), daemon=True).start()
 stamp = struct.Struct("@qq")
 print("READY", flush=True)
 head = struct.Struct("!Qd")
@@ -97,7 +101,7 @@ while time.monotonic() < end:
     try:
         data, anc, _flags, _addr = s.recvmsg(65536, 64)
     except TimeoutError:
-        if last is not None and time.monotonic() - last > 2.0:
+        if sender_done.is_set() and time.monotonic() - (last or 0.0) > 1.0:
             break
         continue
     last = time.monotonic()
@@ -164,8 +168,9 @@ def run_flow(
     """Run one flow from ``src`` (in ``sender``) to ``dst``:``port`` (in ``receiver``);
     its result lists the gaps longer than ``gap_floor_ms``."""
     rx = receiver.popen([sys.executable, "-c", _RECEIVER, dst, str(port), str(pps),
-                         str(seconds + 30), str(gap_floor_ms)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         str(seconds + 60), str(gap_floor_ms)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True)
     try:
         if rx.stdout is None or rx.stdout.readline().strip() != "READY":
             raise RuntimeError(f"UDP receiver did not start: {rx.communicate(timeout=5)}")
@@ -174,7 +179,8 @@ def run_flow(
         words = tx.stdout.split()
         if len(words) != 6 or words[0] != "SENT":
             raise RuntimeError(f"UDP sender failed: {tx.stdout}{tx.stderr}")
-        out, err = rx.communicate(timeout=40)
+        # The receiver drains what is still on its way, then reports.
+        out, err = rx.communicate(input="done\n", timeout=40)
         summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
         if summary is None:
             raise RuntimeError(f"UDP receiver failed: {err}")
