@@ -7,24 +7,36 @@ Phase 2 every ``child_life`` and Phase 1 every ``ike_life`` seconds (each renewe
 about 10 % before its end, RFC 2409 §4.5 leaves when to the implementation), B's
 are long. A paced UDP flow (:mod:`ikev1d_lab.udpflow`) runs from A's inner address
 to B's while that happens; the renewals are counted in A's log.
+
+To tell a gap in the received sequence caused by a renewal from one caused by a
+daemon that was not scheduled, :func:`ike_capture` records the IKE messages on
+A's link during the flow (their headers are in clear: exchange type and sender)
+and :func:`attribute` sets each gap beside the nearest of them: a gap that
+starts or ends within ``window`` of a renewal's message, or spans one, counts as
+the renewal's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ikev1d_lab.capture import Capture, tshark_fields
 from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
 from ikev1d_lab.netns import Topology
 from ikev1d_lab.ping import ping
 from ikev1d_lab.strongswan import Charon, strongswan_conf, swanctl_conf
-from ikev1d_lab.udpflow import FlowResult, run_flow
+from ikev1d_lab.udpflow import FlowResult, Gap, run_flow
 
-__all__ = ["PEERS", "Pair", "Renewals", "pair", "renewals"]
+__all__ = [
+    "PEERS", "Attributed", "IkeCapture", "IkeMessage", "Pair", "PeerQueues", "Renewals",
+    "attribute", "ike_capture", "pair", "renewals",
+]
 
 PSK = "rekey-under-traffic-psk-0123456789"
 IKE_PROPOSAL = "aes128-sha256-modp2048"
@@ -41,6 +53,20 @@ class Renewals:
 
 
 @dataclass(frozen=True)
+class PeerQueues:
+    """Datagrams B's kernel dropped in the queues in front of its daemon: its TUN
+    device's transmit queue (what B's daemon did not read in time, B->A) and its UDP
+    receive buffers (A->B, ESP-in-UDP the daemon did not read in time)."""
+
+    tun_dropped: int
+    udp_rcvbuf_errors: int
+
+    def __sub__(self, other: PeerQueues) -> PeerQueues:
+        return PeerQueues(self.tun_dropped - other.tun_dropped,
+                          self.udp_rcvbuf_errors - other.udp_rcvbuf_errors)
+
+
+@dataclass(frozen=True)
 class Pair:
     topo: Topology
     a: Ikev1dDaemon
@@ -48,14 +74,28 @@ class Pair:
     log_b: Path
 
     def flow(self, port: int, *, pps: float, size: int, seconds: float,
-             reverse: bool = False) -> FlowResult:
+             reverse: bool = False, gap_floor_ms: float = 50.0) -> FlowResult:
         """A flow from A's inner address to B's (``reverse``: from B to A)."""
         t = self.topo
         if reverse:
             return run_flow(t.b, t.a, t.inner_addr_b, t.inner_addr_a, port, pps=pps,
-                            size=size, seconds=seconds)
+                            size=size, seconds=seconds, gap_floor_ms=gap_floor_ms)
         return run_flow(t.a, t.b, t.inner_addr_a, t.inner_addr_b, port, pps=pps, size=size,
-                        seconds=seconds)
+                        seconds=seconds, gap_floor_ms=gap_floor_ms)
+
+    def peer_queues(self) -> PeerQueues:
+        """B's queue drops so far (see :class:`PeerQueues`)."""
+        b = self.topo.b
+        tun = "ipsec0" if self.peer == "strongswan" else "ikev1d0"
+        shown = b.run(["ip", "-j", "-s", "link", "show", "dev", tun], check=False).stdout
+        try:
+            dropped = int(json.loads(shown)[0]["stats64"]["tx"]["dropped"])
+        except (ValueError, LookupError, TypeError):
+            dropped = 0
+        rows = [line.split() for line in b.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+                if line.startswith("Udp:")]
+        udp = dict(zip(rows[0][1:], rows[1][1:], strict=True)) if len(rows) == 2 else {}
+        return PeerQueues(dropped, int(udp.get("RcvbufErrors", 0)))
 
     def flows_both_ways(self, port: int, *, pps: float, size: int,
                         seconds: float) -> tuple[FlowResult, FlowResult]:
@@ -65,6 +105,71 @@ class Pair:
             ba = pool.submit(self.flow, port + 1, pps=pps, size=size, seconds=seconds,
                              reverse=True)
             return ab.result(), ba.result()
+
+
+#: RFC 2408 section 3.1 / RFC 2409 exchange types, as the gap report names them.
+EXCHANGES = {2: "MM", 5: "INFO", 6: "TX", 32: "QM"}
+#: IKE only: port 500, and on 4500 what starts with the non-ESP marker (RFC 3948
+#: section 2.2), so that the ESP of a 100 Mbit/s flow stays in the kernel.
+IKE_FILTER = "udp port 500 or (udp port 4500 and udp[8:4] = 0)"
+#: A gap this close to a renewal's IKE message (either side) counts as the renewal's.
+WINDOW_S = 0.1
+
+
+@dataclass(frozen=True)
+class IkeMessage:
+    at: float  # epoch seconds, on A's link
+    sender: str  # "A" or "B"
+    exchange: str  # "MM", "QM", "INFO", "TX" or the number
+
+    def label(self, t0: float) -> str:
+        return f"{self.exchange} from {self.sender} at {self.at - t0:.2f} s"
+
+
+@dataclass
+class IkeCapture:
+    """The IKE messages seen on A's link while it was running (see :func:`ike_capture`)."""
+
+    messages: list[IkeMessage] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def ike_capture(topo: Topology, pcap: Path) -> Iterator[IkeCapture]:
+    """Record the IKE messages on A's link until the block ends."""
+    result = IkeCapture()
+    capture = Capture(topo.a, topo.if_a, pcap, capture_filter=IKE_FILTER)
+    try:
+        yield result
+    finally:
+        capture.stop()
+    for row in tshark_fields(pcap, ("frame.time_epoch", "ip.src", "isakmp.exchangetype")):
+        try:
+            at, kind = float(row["frame.time_epoch"]), int(row["isakmp.exchangetype"] or -1)
+        except ValueError:
+            continue
+        sender = "A" if row["ip.src"] == topo.addr_a else "B"
+        result.messages.append(IkeMessage(at, sender, EXCHANGES.get(kind, str(kind))))
+
+
+@dataclass(frozen=True)
+class Attributed:
+    gap: Gap
+    near: IkeMessage | None  # the renewal's message it is put down to (None: scheduling)
+
+
+def attribute(gaps: Sequence[Gap], messages: Sequence[IkeMessage],
+              window: float = WINDOW_S) -> list[Attributed]:
+    """Each gap with the IKE message nearest to it, when one lies within ``window``
+    of the gap's bounds (a message during the gap is at distance 0)."""
+    out = []
+    for gap in gaps:
+        best: tuple[float, IkeMessage] | None = None
+        for m in messages:
+            distance = max(gap.start - m.at, m.at - gap.end, 0.0)
+            if distance <= window and (best is None or distance < best[0]):
+                best = (distance, m)
+        out.append(Attributed(gap, best[1] if best else None))
+    return out
 
 
 def renewals(log_text: str) -> Renewals:

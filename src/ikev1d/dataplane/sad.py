@@ -151,7 +151,8 @@ class SaEntry:
     mode: str = "tunnel"
     name: str = ""
     serial: int = 0
-    """Install order, to prefer the newest of SAs with equal selectors (make-before-break)."""
+    """Install order, to prefer the newest of SAs with equal selectors (make-before-break);
+    negative while the SA stands by (:meth:`Sad.add`), so that an older one is preferred."""
     counters: SaCounters = field(default_factory=SaCounters)
     remote_networks: tuple[Network, ...] = ()
     local_networks: tuple[Network, ...] = ()
@@ -214,11 +215,13 @@ class Sad:
     def __iter__(self) -> Iterator[SaEntry]:
         return iter(list(self._by_pair.values()))
 
-    def add(self, entry: SaEntry) -> None:
-        """Install ``entry``; an entry with the same SPI pair is replaced."""
+    def add(self, entry: SaEntry, *, standby: bool = False) -> None:
+        """Install ``entry``; an entry with the same SPI pair is replaced. ``standby``:
+        it receives at once, but sends only where no other SA covers the packet until
+        :meth:`promote` (the SA it renews stays in use meanwhile)."""
         self.remove(entry.spi_in, entry.spi_out)
         self._serial += 1
-        entry.serial = self._serial
+        entry.serial = -self._serial if standby else self._serial
         self._by_spi_in[entry.spi_in] = entry
         self._by_pair[(entry.spi_in, entry.spi_out)] = entry
         self._index(entry, add=True)
@@ -233,6 +236,15 @@ class Sad:
         self._index(entry, add=False)
         self._cache.clear()
         return entry
+
+    def promote(self, entry: SaEntry) -> bool:
+        """A standing-by SA becomes the newest (False if it was not standing by)."""
+        if entry.serial >= 0 or self._by_pair.get((entry.spi_in, entry.spi_out)) is not entry:
+            return False
+        self._serial += 1
+        entry.serial = self._serial
+        self._cache.clear()
+        return True
 
     def _index(self, entry: SaEntry, *, add: bool) -> None:
         pair = (entry.spi_in, entry.spi_out)

@@ -177,6 +177,9 @@ class Sealer:
         self.send_udp_many: SendUdpMany | None = None
         self.expired: ExpireHandler | None = None
         self.acquire: AcquireHandler | None = None
+        self.hard_limited: Callable[[], None] | None = None
+        """Called when an SA reaches its hard limit (its owner promotes a successor
+        standing by, see :meth:`ikev1d.dataplane.sad.Sad.add`)."""
         self.icmp = IcmpLimiter()
         self.renewal_asked = False
         """Set when an SA asked to be renewed: the packet loop yields, so that the
@@ -373,6 +376,8 @@ class Sealer:
         if entry.hard_reported:
             return
         entry.hard_reported = True
+        if self.hard_limited is not None:
+            self.hard_limited()  # a successor standing by is needed now
         log.warning("userspace: %s SPIs %08x_i %08x_o: %s; no longer used", entry.name,
                     entry.spi_in, entry.spi_out, reason)
         if self.expired is not None:

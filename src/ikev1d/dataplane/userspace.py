@@ -195,6 +195,17 @@ def peer_inside(peer: str, networks: tuple[Network, ...]) -> bool:
     return any(addr.version == n.version and addr in n for n in networks)
 
 
+#: How long an SA we renewed as Quick Mode initiator stands by, unless a packet from
+#: the peer on it shows earlier that the peer has installed it: the responder
+#: installs it when our message 3 arrives (RFC 2409 section 5.5), so sending on it
+#: at once loses what reaches the peer before that message. Short beside the time
+#: the SA it renews has left (at least two retransmission intervals, see
+#: engine.lifetimes.rekey_delay): a peer that takes our Delete for the old SA
+#: while its last packets still wait in its queues drops them (seen with
+#: strongSwan's kernel-libipsec when the switch came as late as the Delete).
+STANDBY_S = 0.5
+
+
 class UserspaceBackend:
     """TUN + ESP in this process. One instance per daemon; single-threaded (the event loop)."""
 
@@ -237,6 +248,7 @@ class UserspaceBackend:
         self._traps: dict[tuple[str, str], Trap] = {}
         self._drop = DropLog(self.drops, self._now)
         self.sealer = Sealer(tun, self.sad, self._drop, self._traps, self._now)
+        self.sealer.hard_limited = self._promote_all
         """The sealing direction in this process (all of it with one worker; with two,
         only after the worker could not be kept running)."""
         self.sealer.raw4 = raw4
@@ -261,6 +273,8 @@ class UserspaceBackend:
         the TCP segments of one receive batch can go in as one super-packet."""
         self._tun_pending_entries: list[SaEntry] = []
         self._tun_flush_scheduled = False
+        self._standby: dict[tuple[int, int], tuple[SaEntry, asyncio.TimerHandle | None]] = {}
+        """SAs that receive but do not send yet (see STANDBY_S), by SPI pair."""
 
     @property
     def tun(self) -> TunLike:
@@ -479,7 +493,14 @@ class UserspaceBackend:
             if bypass is not None:
                 self._bypass_unref(bypass)
             raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
-        self.sad.add(entry)
+        # Make before break: a pair we installed on Quick Mode message 2 receives at
+        # once but sends only once the peer has it (see STANDBY_S); the pair it
+        # renews carries our traffic meanwhile.
+        self.sad.add(entry, standby=sa.initiator)
+        if sa.initiator:
+            timer = (self._loop.call_later(STANDBY_S, self._promote, entry)
+                     if self._loop is not None else None)
+            self._standby[(sa.spi_in, sa.spi_out)] = (entry, timer)
         if worker_fields is not None:
             self._worker_sas[(sa.spi_in, sa.spi_out)] = worker_fields
             self._install_in_worker(entry)
@@ -562,7 +583,26 @@ class UserspaceBackend:
             except OSError as exc:
                 log.warning("userspace: removing virtual IP %s: %s", address, exc)
 
+    def _promote(self, entry: SaEntry) -> None:
+        """``entry`` stops standing by: the peer sent on it, or STANDBY_S passed."""
+        _, timer = self._standby.pop((entry.spi_in, entry.spi_out), (entry, None))
+        if timer is not None:
+            timer.cancel()
+        if self.sad.promote(entry):
+            log.debug("userspace: sending on %s SPI %08x_o", entry.name, entry.spi_out)
+            if (entry.spi_in, entry.spi_out) in self._worker_sas:
+                self._to_worker(encode(MsgType.SA_PROMOTE, spi_in=entry.spi_in,
+                                       spi_out=entry.spi_out))
+
+    def _promote_all(self) -> None:
+        """An SA reached its hard limit: any successor standing by is needed now."""
+        for waiting, _ in list(self._standby.values()):
+            self._promote(waiting)
+
     def remove(self, sa: ChildSaDeleted) -> None:
+        _, timer = self._standby.pop((sa.spi_in, sa.spi_out), (None, None))
+        if timer is not None:
+            timer.cancel()
         entry = self.sad.remove(sa.spi_in, sa.spi_out)
         if entry is None:
             return
@@ -611,6 +651,10 @@ class UserspaceBackend:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+        for _, timer in self._standby.values():
+            if timer is not None:
+                timer.cancel()
+        self._standby.clear()
         if self._loop is not None:
             for fd in self._readers:
                 self._loop.remove_reader(fd)
@@ -718,6 +762,9 @@ class UserspaceBackend:
         except EspError as exc:
             self._drop("malformed", str(exc))
             return
+        if entry.serial < 0:
+            # Authenticated traffic on an SA we stand by with: the peer has it.
+            self._promote(entry)
         if remote is not None and remote != entry.remote and entry.encap:
             self._nat_mapping_changed(entry, esp, remote)
         if next_header == IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
@@ -894,7 +941,8 @@ class UserspaceBackend:
             MsgType.INSTALL_SA, **fields, local=entry.local[0], local_port=entry.local[1],
             remote=entry.remote[0], remote_port=entry.remote[1], encap=entry.encap,
             seq=entry.outbound.seq, bytes_out=counters.bytes_out,
-            packets_out=counters.packets_out, dropped_out=counters.dropped_out)
+            packets_out=counters.packets_out, dropped_out=counters.dropped_out,
+            standby=entry.serial < 0)
 
     def _to_worker(self, data: bytes) -> None:
         """A message to the worker; a worker that cannot take it is restarted, and the
@@ -932,6 +980,8 @@ class UserspaceBackend:
                     self.drops[reason] += grew
                     self._worker_drops[reason] = total
         elif kind == MsgType.EXPIRE:
+            if msg.get_bool("hard"):
+                self._promote_all()
             if self.sealer.expired is not None:
                 self.sealer.expired(msg.get_int("child_id"), msg.get_bool("hard"),
                                     msg.get_str("reason"))

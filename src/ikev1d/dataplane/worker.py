@@ -299,6 +299,13 @@ class _Worker:
     def send(self, data: bytes) -> None:
         send_message(self.control, data)
 
+    def _promote_all(self) -> None:
+        """An SA reached its hard limit: a successor standing by sends from now on
+        (the daemon, told by the EXPIRE that follows, does the same in its copy)."""
+        for entry in self.sad:
+            if entry.serial < 0:
+                self.sad.promote(entry)
+
     def _reserve(self, entry: SaEntry, upto: int) -> None:
         self.send(encode(MsgType.SEQ_RESERVED, spi_in=entry.spi_in, spi_out=entry.spi_out,
                          upto=upto))
@@ -327,6 +334,10 @@ class _Worker:
             found = self.sad.get(msg.get_int("spi_in"), msg.get_int("spi_out"))
             if found is not None:
                 found.remote = (msg.get_str("remote"), msg.get_int("remote_port"))
+        elif kind == MsgType.SA_PROMOTE:
+            found = self.sad.get(msg.get_int("spi_in"), msg.get_int("spi_out"))
+            if found is not None:
+                self.sad.promote(found)
         elif kind == MsgType.COUNTERS_REQUEST:
             self._counters()
         elif kind == MsgType.SHUTDOWN:
@@ -349,6 +360,7 @@ class _Worker:
         udp = _UdpSenders(msg.get_strs("udp"))
         sealer.send_udp = udp.send
         sealer.send_udp_many = udp.send_many
+        sealer.hard_limited = self._promote_all
         sealer.expired = lambda child_id, hard, reason: self.send(
             encode(MsgType.EXPIRE, child_id=child_id, hard=hard, reason=reason))
         sealer.acquire = lambda conn, child: self.send(
@@ -381,7 +393,7 @@ class _Worker:
         entry.counters.bytes_out = msg.get_int("bytes_out")
         entry.counters.packets_out = msg.get_int("packets_out")
         entry.counters.dropped_out = msg.get_int("dropped_out")
-        self.sad.add(entry)
+        self.sad.add(entry, standby=msg.get_bool("standby"))
         sealer.arm(entry, msg.get_int("soft_seq"))
 
     def _counters(self) -> None:

@@ -54,6 +54,7 @@ class MsgType(enum.IntEnum):
     SA_REMOTE = 6
     COUNTERS_REQUEST = 7
     SHUTDOWN = 8
+    SA_PROMOTE = 9
     # worker -> daemon
     READY = 64
     COUNTERS = 65
@@ -76,12 +77,13 @@ FIELDS: Final[Mapping[MsgType, Mapping[str, str]]] = {
         "remote": _STR, "remote_port": _INT, "encap": _BOOL, "name": _STR,
         "child_id": _INT, "mtu": _INT, "hard_bytes": _INT, "soft_bytes": _INT,
         "soft_seq": _INT, "seq": _INT, "bytes_out": _INT, "packets_out": _INT,
-        "dropped_out": _INT,
+        "dropped_out": _INT, "standby": _BOOL,
     },
     MsgType.REMOVE_SA: {"spi_in": _INT, "spi_out": _INT},
     MsgType.INSTALL_TRAP: {"conn": _STR, "child": _STR, "local_ts": _STRS, "remote_ts": _STRS},
     MsgType.REMOVE_TRAP: {"conn": _STR, "child": _STR},
     MsgType.SA_REMOTE: {"spi_in": _INT, "spi_out": _INT, "remote": _STR, "remote_port": _INT},
+    MsgType.SA_PROMOTE: {"spi_in": _INT, "spi_out": _INT},
     MsgType.COUNTERS_REQUEST: {},
     MsgType.SHUTDOWN: {},
     MsgType.READY: {"pid": _INT},

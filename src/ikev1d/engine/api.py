@@ -96,6 +96,11 @@ class ChildSaEstablished:
     keymat_out: bytes = field(repr=False)
     lifetime_s: float = 3600.0
     life_bytes: int = 0
+    initiator: bool = False
+    """We started its Quick Mode, so we install it on message 2 while the responder
+    installs it only when our message 3 arrives (RFC 2409 section 5.5): a data plane
+    that can should keep sending on an SA it renews until the peer shows it has the
+    new one."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from ikev1d.engine.ike_sa import (
     QuickModeWork,
     WorkKind,
 )
+from ikev1d.engine.lifetimes import rekey_delay
 from ikev1d.engine.roadwarrior import RoadWarrior
 from ikev1d.engine.stats import PHASE1, PHASE2
 from ikev1d.engine.vendor import Extension
@@ -140,17 +141,10 @@ class Lifecycle:
         self.engine.drop_sa(sa)
 
     def rekey_delay(self, lifetime: float, initiator: bool) -> float:
-        """When to renew an SA of this lifetime: before the end by a margin (10 %,
-        at most 9 minutes) plus random jitter, so that both ends do not renew at
-        once; the side that did not initiate waits half the margin longer, so
-        that normally one side renews and the other sees the new SA arrive."""
-        margin = min(0.1 * lifetime, 540.0)
-        jitter = (int.from_bytes(self.engine.random_bytes(2), "big") / 65535
-                  * min(0.05 * lifetime, 60.0))
-        if not initiator:
-            margin /= 2
-            jitter /= 2
-        return max(lifetime - margin - jitter, 0.5 * lifetime)
+        """When to renew an SA of this lifetime (see :func:`lifetimes.rekey_delay`)."""
+        fraction = int.from_bytes(self.engine.random_bytes(2), "big") / 65535
+        return rekey_delay(lifetime, initiator, self.engine.config.daemon.retransmit_timeout,
+                           fraction)
 
     def _ike_rekey(self, sa: IkeSa, now: float) -> None:
         """Renew Phase 1 with a new Main Mode; the IPsec SAs move to it once it is up."""
@@ -198,9 +192,21 @@ class Lifecycle:
         if not inherited:
             self.engine.deletion.delete_sa(old, "renewed", send=True, children=False)
             return
+        renewing = {id(w.replaces) for w in old.work.pending()
+                    if isinstance(w, QuickModeWork) and w.replaces is not None}
+        running = old.work.running
+        if isinstance(running, QuickMode) and running.replaces is not None:
+            renewing.add(id(running.replaces))
         for child in inherited:
             if child.rekey is not None:
                 child.rekey.cancel()
+            if child.state is ChildState.REKEYING and id(child) in renewing:
+                # Its renewal was queued or under way over the old ISAKMP SA: renew
+                # it over the new one instead, where the peer now keeps it
+                # (strongSwan moves the IPsec SAs to the new ISAKMP SA and no longer
+                # answers for them on the old one; the old SA's lifetime would end
+                # first). A late answer over the old SA is dropped in _child_up.
+                child.state = ChildState.INSTALLED
             self._child_rekey(child, now)
         self._retire(old, inherited, now + RETIRE_MAX_S, now)
 
@@ -314,8 +320,8 @@ class Lifecycle:
             if not isinstance(work, QuickModeWork):
                 self.engine.roadwarrior.run(sa, work, now)
                 continue
-            if work.replaces is not None and self.engine.owner_of(work.replaces) is None:
-                continue  # the SA to renew is gone meanwhile
+            if work.replaces is not None and self.engine.owner_of(work.replaces) is not sa:
+                continue  # the SA to renew is gone, or renewed over a newer ISAKMP SA
             local_ts = work.local_ts
             vip = sa.local_vip_for(work.remote_ts.version)
             if work.replaces is None and not work.child.local_ts and vip is not None:
@@ -420,8 +426,10 @@ class Lifecycle:
         log.warning("Quick Mode failed: %s", reason, extra=sa.log_extra)
         self.engine.stats.handshake_failed(PHASE2, qm.initiator, reason)
         if qm.replaces is not None:
-            # Renewal failed: the old SA runs on until its lifetime ends.
-            qm.replaces.state = ChildState.INSTALLED
+            # Renewal failed: the old SA runs on until its lifetime ends (unless a
+            # renewed ISAKMP SA took it over and renews it itself).
+            if self.engine.owner_of(qm.replaces) is sa:
+                qm.replaces.state = ChildState.INSTALLED
         elif qm.initiator:
             child_name = qm.child.name if qm.child is not None else None
             self.engine.emit(ConnectionFailed(sa.name, child_name, reason))
@@ -456,6 +464,12 @@ class Lifecycle:
             lambda t: self._child_rekey(child, t), owner=sa,
         )
         self.engine.emit(event)
+        if qm.replaces is not None and self.engine.owner_of(qm.replaces) not in (sa, None):
+            # A renewal over an ISAKMP SA whose IPsec SAs were taken over by its
+            # successor meanwhile (_take_over renews them there): a duplicate.
+            self.engine.deletion.delete_child(
+                sa, child, "duplicate: renewed over the new ISAKMP SA", send=True)
+            return
         for old in older:
             # The old SA is not renewed again; whoever renewed it deletes it.
             if old.rekey is not None:

@@ -6,6 +6,10 @@ an authenticated exchange going) that proposes one second would make us renew
 every second, so a proposal below a floor (``[daemon] min_phase1_lifetime`` /
 ``min_phase2_lifetime``) is raised to it. Our own configured lifetime is still
 honoured when it is shorter than the floor: the administrator chose it.
+
+When to renew within a lifetime is left to the implementation (RFC 2409
+section 4.5 only says SAs are renewed before they expire); :func:`rekey_delay`
+decides it for both phases.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections.abc import Mapping
 
 log = logging.getLogger("ikev1d.engine")
 
-__all__ = ["MIN_LIFE_BYTES", "agreed_life_bytes", "agreed_lifetime"]
+__all__ = ["MIN_LIFE_BYTES", "RENEWAL_RETRANSMITS", "agreed_life_bytes", "agreed_lifetime",
+           "rekey_delay"]
 
 #: The least volume lifetime a peer can impose on an IPsec SA: less would renew
 #: it every few hundred packets (a rekey storm by volume, like one by time).
@@ -54,3 +59,31 @@ def agreed_life_bytes(
                  extra=extra)
         return raised
     return min(ours, proposed) if ours else proposed
+
+
+#: A renewal starts at least this many retransmission intervals before the SA's
+#: end (when the lifetime allows), so that its exchange survives a lost message
+#: and a peer or host that is slow to answer, and the old SA is still there when
+#: the new one comes up (make before break).
+RENEWAL_RETRANSMITS = 2
+
+
+def rekey_delay(lifetime: float, initiator: bool, retransmit_timeout: float,
+                fraction: float) -> float:
+    """Seconds after an SA came up at which to renew it.
+
+    Before its end by a margin: 10 % of the lifetime (at most 9 minutes), but at
+    least :data:`RENEWAL_RETRANSMITS` retransmission intervals and at most half the
+    lifetime; then earlier by a jitter (``fraction`` in [0, 1] of 5 %, at most a
+    minute) so that both ends rarely renew at once. The side that did not
+    initiate the SA waits half the margin and jitter longer, so that normally one
+    side renews and the other sees the new SA arrive. Never before half the
+    lifetime.
+    """
+    margin = max(min(0.1 * lifetime, 540.0),
+                 min(RENEWAL_RETRANSMITS * retransmit_timeout, 0.5 * lifetime))
+    jitter = fraction * min(0.05 * lifetime, 60.0)
+    if not initiator:
+        margin /= 2
+        jitter /= 2
+    return max(lifetime - margin - jitter, 0.5 * lifetime)

@@ -220,3 +220,69 @@ def test_route_conflict_fails_the_install_cleanly() -> None:
         side.backend.install(child())
     assert len(side.backend.sad) == 0 and side.routes.routes == {}
     side.backend.close()
+
+
+def _spis_sent(side: Side) -> list[int]:
+    return [int.from_bytes(esp[:4], "big") for esp, _l, _r in side.raw.sent]
+
+
+def test_a_pair_we_renewed_as_initiator_stands_by_until_the_peer_uses_it(
+    sides: tuple[Side, Side, list[Report], list[Report]],
+) -> None:
+    """Make before break across the two ends: the Quick Mode initiator installs the
+    new pair on message 2, the responder on message 3 (RFC 2409 section 5.5). A
+    keeps sending on the old pair until B's first packet on the new one shows that
+    B has it; B, the responder, sends on the new pair at once."""
+    a, b, _, _ = sides
+    a.backend.install(child())
+    b.backend.install(child(initiator=False))
+    packet = udp_packet("10.1.0.1", "10.2.0.1", b"x" * 50)
+    reply = udp_packet("10.2.0.1", "10.1.0.1", b"y" * 50)
+    new_spis = (0xC0000011, 0xC0000012)
+    a.backend.install(replace(child(spis=new_spis), child_id=2, initiator=True))
+    a.tun.to_read.extend([packet] * 3)
+    _send_all(a)
+    assert _spis_sent(a) == [0xC0000002] * 3  # B has not installed the new pair yet
+    _carry_all(a, b)  # on the old pair, which B has: nothing lost
+    assert len(b.tun.written) == 3
+    b.backend.install(replace(child(initiator=False, spis=new_spis), child_id=2))
+    b.tun.to_read.append(reply)
+    _send_all(b)
+    assert _spis_sent(b) == [0xC0000011]  # the responder uses the new pair at once
+    _carry_all(b, a)
+    assert a.tun.written == [reply]
+    a.raw.sent.clear()
+    a.tun.to_read.append(packet)
+    _send_all(a)
+    assert _spis_sent(a) == [0xC0000012]  # B showed it has the new pair
+
+
+def test_a_standing_by_pair_takes_over_after_a_while_or_when_alone(
+    sides: tuple[Side, Side, list[Report], list[Report]],
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Traffic in one direction only: nothing comes back on the new pair, so A
+    switches after STANDBY_S; and an SA alone (the first, or the old one deleted)
+    is used whether it stands by or not."""
+    from ikev1d.dataplane import userspace
+
+    monkeypatch.setattr(userspace, "STANDBY_S", 0.01)
+    a, _b, _, _ = sides
+    old = child()
+    a.backend.install(old)
+    packet = udp_packet("10.1.0.1", "10.2.0.1", b"x" * 50)
+    a.backend.install(replace(child(spis=(0xC0000011, 0xC0000012)), child_id=2,
+                              initiator=True))
+    a.tun.to_read.append(packet)
+    _send_all(a)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    a.tun.to_read.append(packet)
+    _send_all(a)
+    assert _spis_sent(a) == [0xC0000002, 0xC0000012]
+    a.backend.install(replace(child(spis=(0xC0000021, 0xC0000022)), child_id=3,
+                              initiator=True))
+    a.backend.remove(deleted(old))
+    a.backend.remove(deleted(child(spis=(0xC0000011, 0xC0000012))))
+    a.tun.to_read.append(packet)
+    _send_all(a)
+    assert _spis_sent(a)[-1] == 0xC0000022

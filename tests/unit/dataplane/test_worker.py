@@ -10,6 +10,7 @@ one real worker process that sends garbage.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import socket
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from ikev1d.dataplane.esp import InboundSa, esp_algorithm, peek_seq
+from ikev1d.dataplane.esp import InboundSa, esp_algorithm, peek_seq, peek_spi
 from ikev1d.dataplane.userspace import UserspaceBackend
 from ikev1d.dataplane.worker import SEQ_BLOCK, SealingWorker, _Worker
 from ikev1d.dataplane.worker_protocol import (
@@ -43,12 +44,13 @@ SAMPLES: dict[MsgType, dict[str, object]] = {
         "local_port": 4500, "remote": "127.0.0.1", "remote_port": 4501, "encap": True,
         "name": "gw/net", "child_id": 7, "mtu": 1400, "hard_bytes": 1 << 62,
         "soft_bytes": 1 << 62, "soft_seq": 1 << 62, "seq": 0, "bytes_out": 0,
-        "packets_out": 0, "dropped_out": 0},
+        "packets_out": 0, "dropped_out": 0, "standby": False},
     MsgType.REMOVE_SA: {"spi_in": 1, "spi_out": 2},
     MsgType.INSTALL_TRAP: {"conn": "gw", "child": "net", "local_ts": ["10.1.0.0/24"],
                            "remote_ts": ["10.2.0.0/24"]},
     MsgType.REMOVE_TRAP: {"conn": "gw", "child": "net"},
     MsgType.SA_REMOTE: {"spi_in": 1, "spi_out": 2, "remote": "192.0.2.9", "remote_port": 1},
+    MsgType.SA_PROMOTE: {"spi_in": 1, "spi_out": 2},
     MsgType.COUNTERS_REQUEST: {},
     MsgType.SHUTDOWN: {},
     MsgType.READY: {"pid": 42},
@@ -287,6 +289,29 @@ def test_nat_rebinding_moves_the_sa(rig: WorkerRig) -> None:
     other.close()
 
 
+def test_a_renewed_pair_stands_by_until_promoted(rig: WorkerRig) -> None:
+    """Make before break across the processes: the pair we renewed as Quick Mode
+    initiator is installed standing by, the old one keeps sending until the daemon
+    promotes the new one (the peer has shown it has it)."""
+    rig.install()
+    rig.install(spi_in=0xC0000003, spi_out=0xC0000004, standby=True)
+    rig.messages()
+    rig.seal(PACKET)
+    assert [peek_spi(e) for e in rig.received(1)] == [0xC0000002]
+    rig.send(MsgType.SA_PROMOTE, spi_in=0xC0000003, spi_out=0xC0000004)
+    rig.seal(PACKET)
+    assert [peek_spi(e) for e in rig.received(1)] == [0xC0000004]
+
+
+def test_a_hard_limit_promotes_the_successor_standing_by(rig: WorkerRig) -> None:
+    rig.install(hard_bytes=len(PACKET))
+    rig.install(spi_in=0xC0000003, spi_out=0xC0000004, standby=True)
+    rig.messages()
+    rig.seal(PACKET, PACKET, PACKET)  # the second one meets the old pair's hard limit
+    assert [peek_spi(e) for e in rig.received(2)] == [0xC0000002, 0xC0000004]
+    assert rig.worker.drops["life_bytes"] == 1
+
+
 def test_commands_before_setup_and_daemon_only_types_are_refused() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     worker = _Worker(b)
@@ -392,6 +417,25 @@ def test_daemon_hands_the_worker_its_descriptors_and_sas(two: TwoWorkerSide) -> 
     assert install.get_int("seq") == 0 and install.get_str("integrity") == ""
     # The daemon does not seal: nothing read from the TUN device here.
     assert two.tun.fileno() < 0 or two.tun.fileno() not in two.backend._readers
+
+
+def test_a_pair_standing_by_is_promoted_in_the_worker_too(
+        two: TwoWorkerSide, loop: asyncio.AbstractEventLoop,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon decides when a renewed pair stops standing by (a packet from the
+    peer on it, or STANDBY_S); the worker, which seals, must hear of it."""
+    from ikev1d.dataplane import userspace
+
+    monkeypatch.setattr(userspace, "STANDBY_S", 0.01)
+    two.backend.install(child())
+    two.backend.install(dataclasses.replace(child(spis=(0xC0000011, 0xC0000012)),
+                                            child_id=2, initiator=True))
+    installs = two.worker.of(MsgType.INSTALL_SA)
+    assert [m.get_bool("standby") for m in installs] == [False, True]
+    assert two.worker.of(MsgType.SA_PROMOTE) == []
+    loop.run_until_complete(asyncio.sleep(0.05))
+    (promote,) = two.worker.of(MsgType.SA_PROMOTE)
+    assert (promote.get_int("spi_in"), promote.get_int("spi_out")) == (0xC0000011, 0xC0000012)
 
 
 def test_restart_continues_after_the_reservation_and_the_counters(

@@ -9,7 +9,13 @@ import pytest
 
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished
 from ikev1d.engine.lifecycle import RENEWED_DELETE_DELAY_S
-from ikev1d.engine.lifetimes import MIN_LIFE_BYTES, agreed_life_bytes, agreed_lifetime
+from ikev1d.engine.lifetimes import (
+    MIN_LIFE_BYTES,
+    RENEWAL_RETRANSMITS,
+    agreed_life_bytes,
+    agreed_lifetime,
+    rekey_delay,
+)
 from tests.unit.engine.test_engine import (
     A_ADDR,
     B_ADDR,
@@ -38,6 +44,32 @@ def test_agreed_lifetime_takes_the_shorter_but_not_below_the_floor() -> None:
     assert agreed_lifetime(30, 1, 60, "x") == 30  # our own shorter choice stands
     assert agreed_lifetime(30, 20, 60, "x") == 30  # raised, but never above ours
     assert agreed_lifetime(3600, 1, 0, "x") == 1  # floor off
+
+
+def test_renewal_margin_is_a_tenth_of_long_lifetimes() -> None:
+    # 1 h with a 2 s retransmission interval: 6 minutes before the end, then up to
+    # a minute of jitter; the responder waits half as long.
+    assert rekey_delay(3600, True, 2.0, 0.0) == 3240
+    assert rekey_delay(3600, True, 2.0, 1.0) == 3180
+    assert rekey_delay(3600, False, 2.0, 0.0) == 3420
+    assert rekey_delay(86400, True, 2.0, 0.0) == 86400 - 540  # at most 9 minutes
+
+
+@pytest.mark.parametrize("lifetime", [2.0, 5.0, 12.0, 30.0])
+def test_short_lifetimes_leave_time_for_retransmissions(lifetime: float) -> None:
+    """Ten percent of a few seconds is less than one retransmission (or a slow host):
+    the old SA would end before its successor is up. The margin is at least
+    RENEWAL_RETRANSMITS intervals, never more than half the lifetime."""
+    timeout = 1.0
+    for fraction in (0.0, 0.5, 1.0):
+        for initiator in (True, False):
+            delay = rekey_delay(lifetime, initiator, timeout, fraction)
+            assert delay >= lifetime / 2
+            wanted = min(RENEWAL_RETRANSMITS * timeout, lifetime / 2)
+            assert lifetime - delay >= (wanted if initiator else wanted / 2) - 1e-9
+        # the initiator renews first, so the responder normally sees the new SA arrive
+        assert rekey_delay(lifetime, True, timeout, fraction) < rekey_delay(
+            lifetime, False, timeout, 0.0)
 
 
 def test_peer_cannot_force_short_lifetimes_on_the_responder(
@@ -92,6 +124,12 @@ def test_soft_expiry_from_the_data_plane_renews_make_before_break() -> None:
     net.pump()
     net.advance(RENEWED_DELETE_DELAY_S)
     assert len(net.b.of(ChildSaEstablished)) == 4
+    # Whoever started a Quick Mode says so to its data plane (it installs on message
+    # 2, the peer only on message 3): A for the first three pairs, B for the last.
+    assert [e.initiator for e in net.a.of(ChildSaEstablished)
+            if isinstance(e, ChildSaEstablished)] == [True, True, True, False]
+    assert [e.initiator for e in net.b.of(ChildSaEstablished)
+            if isinstance(e, ChildSaEstablished)] == [False, False, False, True]
     for peer in (net.a, net.b):
         (ike,) = peer.engine.status(net.now).to_json()["ike_sas"]
         assert len(ike["children"]) == 1
@@ -144,3 +182,55 @@ def test_kilobyte_lifetimes_reach_both_data_planes(
     assert b_child.life_bytes == agreed
     # The initiator learns the responder's smaller volume only from RESPONDER-LIFETIME.
     assert a_child.life_bytes == (agreed if a_bytes else 0)
+
+
+def test_a_phase2_renewal_under_way_moves_to_the_renewed_isakmp_sa() -> None:
+    """Phase 2 falls due while our Phase 1 renewal is under way: its Quick Mode
+    starts over the old ISAKMP SA. A peer that moved the IPsec SAs to the new
+    ISAKMP SA (strongSwan does) no longer answers it there, so the take-over must
+    renew the IPsec SA over the new ISAKMP SA, or it ends without a successor."""
+    net = _net("4h", "1h")
+    establish(net)
+    (first,) = net.a.of(ChildSaEstablished)
+    assert isinstance(first, ChildSaEstablished)
+    (old,) = net.a.engine.all_sas()
+    old_cookies = old.cky_i + old.cky_r
+    # Quick Modes over the old ISAKMP SA go unanswered from now on.
+    net.drop = lambda d: d.data[:16] == old_cookies and d.data[18] == 32
+    net.a.engine.lifecycle._ike_rekey(old, net.now)  # Main Mode message 1 queued
+    net.a.engine.child_soft_expired(first.child_id, "life_bytes nearly reached", net.now)
+    net.pump()
+    new_sa = [sa for sa in net.a.engine.all_sas() if sa is not old]
+    assert len(new_sa) == 1
+    established = [e for e in net.a.of(ChildSaEstablished)
+                   if isinstance(e, ChildSaEstablished) and e is not first]
+    assert [e.ike_id for e in established] == [new_sa[0].ike_id]
+    net.drop = lambda d: False
+    net.advance(RENEWED_DELETE_DELAY_S + 1)
+    deleted = [e.spi_in for e in net.a.of(ChildSaDeleted) if isinstance(e, ChildSaDeleted)]
+    # The renewed SA goes once its successor is up; a late answer over the old
+    # ISAKMP SA (here the drop ends and a retransmission gets through) is deleted as
+    # a duplicate; the successor stays, on both sides.
+    assert first.spi_in in deleted and established[0].spi_in not in deleted
+    for peer in (net.a, net.b):
+        children = [c for sa in peer.engine.all_sas() for c in sa.children]
+        assert len(children) == 1
+
+
+def test_the_take_over_does_not_renew_an_sa_already_renewed() -> None:
+    """An IPsec SA renewed a moment ago waits for its Delete (REKEYING) when Phase 1
+    is renewed: only its successor is renewed over the new ISAKMP SA."""
+    net = _net("4h", "1h")
+    establish(net)
+    (first,) = net.a.of(ChildSaEstablished)
+    assert isinstance(first, ChildSaEstablished)
+    net.a.engine.child_soft_expired(first.child_id, "life_bytes nearly reached", net.now)
+    net.pump()
+    (old,) = net.a.engine.all_sas()
+    net.a.engine.lifecycle._ike_rekey(old, net.now)
+    net.pump()
+    assert len(net.a.of(ChildSaEstablished)) == 3  # first, its successor, the take-over's
+    net.advance(RENEWED_DELETE_DELAY_S + 1)
+    for peer in (net.a, net.b):
+        children = [c for sa in peer.engine.all_sas() for c in sa.children]
+        assert len(children) == 1

@@ -350,6 +350,7 @@ class QuickMode(Exchange):
             keymat_out=keymat_out,
             lifetime_s=self.lifetime_s,
             life_bytes=self.life_bytes,
+            initiator=self.initiator,
         )
         self.state = QmState.DONE
         self.cancel()
