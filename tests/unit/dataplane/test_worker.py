@@ -153,10 +153,13 @@ class WorkerRig:
         self.receiver.settimeout(2)
         self.worker = _Worker(worker_end)
         self._keep = (worker_end, tun_theirs)
+        # The worker adopts the descriptors it is given (as it adopts inherited ones)
+        # and closes them when its objects go: it gets copies of its own, or it would
+        # close descriptor numbers that a later test's sockets reuse.
         self.worker.handle(decode(encode(
-            MsgType.SETUP, tun_fd=tun_theirs.fileno(), tun_name="faketun", vnet_hdr=False,
-            raw4_fd=-1, raw6_fd=-1,
-            udp=[f"{self.udp.fileno()} 127.0.0.1 {self.udp.getsockname()[1]} 0"],
+            MsgType.SETUP, tun_fd=os.dup(tun_theirs.fileno()), tun_name="faketun",
+            vnet_hdr=False, raw4_fd=-1, raw6_fd=-1,
+            udp=[f"{os.dup(self.udp.fileno())} 127.0.0.1 {self.udp.getsockname()[1]} 0"],
             log_level=20)))
         assert self.messages()[0].type == MsgType.READY
 
