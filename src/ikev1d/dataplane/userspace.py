@@ -80,7 +80,15 @@ from ikev1d.dataplane.linux.gso import MAX_BYTES, MAX_SEGMENTS
 from ikev1d.dataplane.linux.offload import VNET_HDR, VNET_HDR_LEN, VnetHeaderError, coalesce_tcp
 from ikev1d.dataplane.linux.offload import packets as vnet_packets
 from ikev1d.dataplane.mss import IcmpLimiter, clamp_mss, too_big, tunnel_mtu
-from ikev1d.dataplane.sad import NO_LIMIT, Prefix, Sad, SaEntry, address_key, prefixes
+from ikev1d.dataplane.sad import (
+    CONTEXT_IDLE_S,
+    NO_LIMIT,
+    Prefix,
+    Sad,
+    SaEntry,
+    address_key,
+    prefixes,
+)
 from ikev1d.dataplane.statefile import StateFile
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Endpoint, Network, TrapInstalled
 from ikev1d.status import Counters, DropCounters
@@ -241,6 +249,7 @@ class UserspaceBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: list[int] = []
         self._keepalive: asyncio.TimerHandle | None = None
+        self._cool: asyncio.TimerHandle | None = None
         self._log_next: dict[str, float] = {}
         self._log_suppressed: dict[str, int] = {}
         self._closed = False
@@ -283,6 +292,7 @@ class UserspaceBackend:
         self._loop = loop
         self._add_reader(self.tun.fileno(), self.handle_tun_readable)
         self._add_reader(self.raw4.fileno(), self.handle_raw_readable)
+        self._cool = loop.call_later(CONTEXT_IDLE_S, self._cool_idle)
 
     def attach_batch(self, send_many: SendUdpMany) -> None:
         """Send ESP-in-UDP in batches through ``send_many`` (the daemon's UDP GSO path):
@@ -553,6 +563,9 @@ class UserspaceBackend:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+        if self._cool is not None:
+            self._cool.cancel()
+            self._cool = None
         if self._loop is not None:
             for fd in self._readers:
                 self._loop.remove_reader(fd)
@@ -989,6 +1002,16 @@ class UserspaceBackend:
     def _schedule_keepalive(self) -> None:
         if self._keepalive is None and self._loop is not None:
             self._keepalive = self._loop.call_later(NAT_KEEPALIVE_INTERVAL, self._send_keepalives)
+
+    def _cool_idle(self) -> None:
+        """Idle SAs let their cipher contexts go (see ``Sad.cool_idle``)."""
+        self._cool = None
+        if self._closed or self._loop is None:
+            return
+        cooled = self.sad.cool_idle()
+        if cooled:
+            log.debug("userspace: %d idle SAs let their cipher contexts go", cooled)
+        self._cool = self._loop.call_later(CONTEXT_IDLE_S, self._cool_idle)
 
     def _send_keepalives(self) -> None:
         """RFC 3948 §2.3: a one-octet 0xFF datagram to each UDP-encapsulating peer.
