@@ -100,7 +100,7 @@ class Engine:
         self._sas: dict[bytes, IkeSa] = {}
         """Every ISAKMP SA by CKY-I | CKY-R."""
         self._initiating: dict[bytes, IkeSa] = {}
-        self._by_identity: dict[PeerKey, dict[int, IkeSa]] = {}
+        self._by_identity: dict[PeerKey, tuple[IkeSa, ...]] = {}
         """Established ISAKMP SAs by (connection, our ID, the peer's ID, the XAUTH
         user), so that what asks for "the other SAs of this peer" (unique,
         INITIAL-CONTACT, a renewal by the peer) costs the same with ten thousand
@@ -206,10 +206,13 @@ class Engine:
     def handle_timer(self, now: float) -> None:
         self.logs.now = now
         while (timer := self.timers.pop_due(now)) is not None:
-            callback, owner = timer.callback, timer.owner
+            callback, owner, arg = timer.callback, timer.owner, timer.arg
             timer.cancel()
             try:
-                callback(now)
+                if arg is None:
+                    callback(now)
+                else:
+                    callback(arg, now)
             except Exception as exc:
                 sa = owner if isinstance(owner, IkeSa) else None
                 self._internal_error(exc, sa, "a timer", now)
@@ -638,8 +641,13 @@ class Engine:
 
     def register_established(self, sa: IkeSa) -> None:
         """``sa`` has authenticated its peer for good: index it by that identity."""
-        self._by_identity.setdefault(peer_key(sa), {})[sa.ike_id] = sa
-        sa.registered_as = peer_key(sa)
+        key = peer_key(sa)
+        # A tuple per identity, oldest first: almost always one SA, and a tuple of
+        # one costs a fifth of a dict of one, for as long as the SA lives.
+        entries = self._by_identity.get(key, ())
+        if not any(o is sa for o in entries):
+            self._by_identity[key] = (*entries, sa)
+        sa.registered_as = key
 
     def same_identity(self, sa: IkeSa) -> list[IkeSa]:
         """The other established (or renewing, or deleting but not yet dropped)
@@ -647,7 +655,7 @@ class Engine:
         found = self._by_identity.get(peer_key(sa))
         if not found:
             return []
-        return [o for o in found.values() if o is not sa]
+        return [o for o in found if o is not sa]
 
     def drop_sa(self, sa: IkeSa) -> None:
         """Forget an SA: its timers, its exchanges, its places in the tables."""
@@ -656,8 +664,10 @@ class Engine:
             sa.registered_as = None
             entries = self._by_identity.get(key)
             if entries is not None:
-                entries.pop(sa.ike_id, None)
-                if not entries:
+                rest = tuple(o for o in entries if o is not sa)
+                if rest:
+                    self._by_identity[key] = rest
+                else:
                     del self._by_identity[key]
         sa.cancel_timers()
         for exchange in sa.exchanges.values():

@@ -53,6 +53,23 @@ successor (checked every RETIRE_CHECK_S), at the latest after RETIRE_MAX_S."""
 class Lifecycle:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Bound once and shared by every SA's expiry and renewal timers (see
+        # Timers.schedule_call): a closure per timer was most of a timer's memory.
+        self._on_ike_expiry = self._ike_expiry_due
+        self._on_ike_rekey = self._ike_rekey
+        self._on_child_expiry = self._child_expiry_due
+        self._on_child_rekey = self._child_rekey
+        self._on_release_main_mode = self._release_main_mode_due
+
+    def _ike_expiry_due(self, sa: IkeSa, now: float) -> None:
+        self._ike_expired(sa)
+
+    def _child_expiry_due(self, child: ChildSa, now: float) -> None:
+        self._child_expired(child)
+
+    @staticmethod
+    def _release_main_mode_due(sa: IkeSa, now: float) -> None:
+        sa.release_main_mode()
 
     # -- Phase 1 ---------------------------------------------------------------------
 
@@ -96,11 +113,13 @@ class Lifecycle:
         else:
             # Message 6 is kept for a repeated message 5 while the peer may still be
             # retransmitting it (its first Quick Mode shows earlier that it needs none).
-            sa.schedule(now + self.engine.retransmit_budget(),
-                        lambda t: sa.release_main_mode())
-        sa.schedule(now + sa.lifetime_s, lambda t: self._ike_expired(sa))
+            # Not among the SA's own timers, which would keep the fired timer until
+            # the next one is added; firing after the SA is gone does nothing.
+            self.engine.timers.schedule_call(now + self.engine.retransmit_budget(),
+                                             self._on_release_main_mode, sa, owner=sa)
+        sa.schedule_call(now + sa.lifetime_s, self._on_ike_expiry)
         sa.rekey_at = now + self.rekey_delay(sa.lifetime_s, sa.initiator)
-        sa.schedule(sa.rekey_at, lambda t: self._ike_rekey(sa, t))
+        sa.schedule_call(sa.rekey_at, self._on_ike_rekey)
         old = sa.replaces
         if old is not None:
             sa.replaces = None
@@ -448,12 +467,12 @@ class Lifecycle:
         log.debug("IPsec SA %s_i lifetime %d s, life_bytes %d KB", child.spi_in.hex(),
                   int(child.lifetime_s), child.life_bytes // 1024, extra=sa.log_extra)
         timers = self.engine.timers
-        child.expiry = timers.schedule(
-            now + child.lifetime_s, lambda t: self._child_expired(child), owner=sa
+        child.expiry = timers.schedule_call(
+            now + child.lifetime_s, self._on_child_expiry, child, owner=sa
         )
-        child.rekey = timers.schedule(
+        child.rekey = timers.schedule_call(
             now + self.rekey_delay(child.lifetime_s, qm.initiator),
-            lambda t: self._child_rekey(child, t), owner=sa,
+            self._on_child_rekey, child, owner=sa,
         )
         self.engine.emit(event)
         for old in older:
