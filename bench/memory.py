@@ -234,8 +234,27 @@ def vm_rss_kib() -> int:
     return 0
 
 
+class GcTimer:
+    """Time spent in the cyclic garbage collector, per generation, while running."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.process_time()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.process_time() - self._began
+            self.runs[generation] += 1
+
+
 def run(tunnels: int, warmup: int, trace: bool, top: int, contexts: bool) -> int:
     base = Path(".")
+    collector = GcTimer()
+    gc.callbacks.append(collector)
     responder = Responder(base)
     for i in range(1, warmup + 1):
         one_tunnel(responder, i, base)
@@ -268,6 +287,8 @@ def run(tunnels: int, warmup: int, trace: bool, top: int, contexts: bool) -> int
         print(f"responder CPU ms per tunnel, first / last {part} of {len(responder.cpu)}: "
               f"{first:.3f} / {last:.3f} (x{last / first:.2f}); gc {gc.get_threshold()}, "
               f"load {os.getloadavg()[0]:.1f}")
+        print(f"cyclic GC over all {len(responder.cpu)} tunnels (both engines): runs per "
+              f"generation {collector.runs}, CPU s {[round(x, 2) for x in collector.seconds]}")
     print(f"RSS ({label}): {(rss_after - rss_before) * 1024 / tunnels:,.0f} bytes per tunnel "
           f"over {tunnels} tunnels after {warmup} ({rss_before} -> {rss_after} KiB)")
     if trace:
@@ -284,6 +305,7 @@ def run(tunnels: int, warmup: int, trace: bool, top: int, contexts: bool) -> int
             print(f"  {s.size_diff / tunnels:>8,.0f} B {s.count_diff / tunnels:>6.2f} blocks"
                   f"  {name}:{frame.lineno}")
         tracemalloc.stop()
+    gc.callbacks.remove(collector)
     if contexts:
         # What the contexts cost: build them in every SA (as traffic in every tunnel
         # would), then let the data plane's idle sweep drop them again.

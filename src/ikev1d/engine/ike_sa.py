@@ -197,6 +197,23 @@ class QuickModeWork:
     replaces: ChildSa | None = None
 
 
+# An SA holds its two endpoints for its lifetime, and many SAs share them (ours
+# always, the peer's when one peer has many tunnels): one tuple per endpoint.
+# Bounded, since peers' addresses are whatever arrives.
+_ENDPOINTS: dict[Endpoint, Endpoint] = {}
+_ENDPOINTS_CACHED = 4096
+
+
+def shared_endpoint(endpoint: Endpoint) -> Endpoint:
+    found = _ENDPOINTS.get(endpoint)
+    if found is not None:
+        return found
+    if len(_ENDPOINTS) >= _ENDPOINTS_CACHED:
+        _ENDPOINTS.clear()
+    _ENDPOINTS[endpoint] = endpoint
+    return endpoint
+
+
 PeerKey = tuple[str, str, str, str | None]
 """(connection, our ID, the peer's ID, the XAUTH user): one authenticated peer."""
 
@@ -356,8 +373,8 @@ class IkeSa:
         self.ctx = ctx
         self.ike_id = ctx.next_id()
         self.initiator = initiator
-        self.local = local
-        self.remote = remote
+        self.local = shared_endpoint(local)
+        self.remote = shared_endpoint(remote)
         self.conn = conn
         self.candidates = list(candidates)
         self.state = IkeState.CONNECTING
@@ -512,9 +529,9 @@ class IkeSa:
         """RFC 3947 section 4: once a NAT is detected, IKE moves to port 4500."""
         nat_t_port = self.ctx.config.daemon.port_nat_t
         if self.local[1] != nat_t_port:
-            self.local = (self.local[0], nat_t_port)
+            self.local = shared_endpoint((self.local[0], nat_t_port))
         if self.remote[1] != nat_t_port:
-            self.remote = (self.remote[0], nat_t_port)
+            self.remote = shared_endpoint((self.remote[0], nat_t_port))
 
     # -- message protection (RFC 2409 section 5.3, Appendix B) ---------------
 
