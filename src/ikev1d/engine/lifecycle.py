@@ -209,6 +209,7 @@ class Lifecycle:
         """
         inherited = list(old.children)
         new.children.extend(inherited)
+        self.engine.adopt_children(new, inherited)
         old.children.clear()
         RoadWarrior.hand_over(old, new)
         self.engine.stats.rekeys[PHASE1] += 1
@@ -380,11 +381,7 @@ class Lifecycle:
         self.run_work(sa, now)
 
     def _find_child(self, child_id: int) -> tuple[IkeSa, ChildSa] | None:
-        for sa in self.engine.all_sas():
-            for child in sa.children:
-                if child.child_id == child_id:
-                    return sa, child
-        return None
+        return self.engine.child_by_id(child_id)
 
     def child_soft_expired(self, child_id: int, reason: str, now: float) -> None:
         """The data plane says an IPsec SA nears a limit other than time (its volume,
@@ -454,6 +451,7 @@ class Lifecycle:
                  if c.config.name == child.config.name and c.local_ts == child.local_ts
                  and c.remote_ts == child.remote_ts]
         sa.children.append(child)
+        self.engine.adopt_children(sa, (child,))
         self.engine.stats.handshake_succeeded(PHASE2, qm.initiator)
         if older:
             self.engine.stats.rekeys[PHASE2] += 1
