@@ -377,7 +377,9 @@ def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
             responder = CharonResponder(resp_charon)
         initiator = start_charon(topo.a, run_dir / "initiator", LOAD_OPENSSL_FIRST,
                                  CHARON_THREADS, s.charon_log_level)
-        initiator.load_config(initiator_conf(topo, s.group, s.tunnels))
+        # swanctl loads N connections over vici: minutes on a loaded box at 10,000.
+        initiator.load_config(initiator_conf(topo, s.group, s.tunnels),
+                              timeout=max(30.0, s.tunnels / 20))
 
         time.sleep(1.0)  # settled after start and configuration
         result.status_empty_s = median_time(responder.status)
@@ -542,11 +544,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             topo.a.add_lo_address(PROBE_NET_A.replace(".0/24", ".1/24"))
             topo.b.add_lo_address(PROBE_NET_B.replace(".0/24", ".1/24"))
             for kind in kinds:
-                r = run_one(topo, kind, settings)
+                try:
+                    r = run_one(topo, kind, settings)
+                except Exception as exc:  # one responder's failure keeps the other's row
+                    r = ScaleResult("ikev1d" if kind == "ikev1d" else "strongSwan",
+                                    settings.tunnels, errors=[f"{type(exc).__name__}: {exc}"])
                 results.append(r)
                 print(f"  {r.responder}: {'ok' if r.complete else 'FAILED'}, "
                       f"{r.established}/{r.tunnels} in {r.seconds:.1f}s; load {os.getloadavg()}",
                       flush=True)
+                print(format_table([r]), flush=True)
                 for err in r.errors:
                     print(f"    {err}", flush=True)
                 ok = ok and r.complete
