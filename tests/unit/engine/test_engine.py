@@ -25,6 +25,7 @@ from ikev1d.engine.api import (
     IkeSaDeleted,
     IkeSaEstablished,
 )
+from ikev1d.engine.ike_sa import IkeSa
 from ikev1d.wire import ExchangeType, Flags, decode_message, split_message
 
 A_ADDR = "192.0.2.1"
@@ -822,12 +823,12 @@ def _no_child_walks(net: Net) -> list[str]:
     for peer in (net.a, net.b):
         walk = peer.engine._all_sas
 
-        def spy(walk: Callable[[], list[object]] = walk) -> list[object]:
+        def spy(walk: Callable[[], list[IkeSa]] = walk) -> list[IkeSa]:
             caller = sys._getframe(1).f_code.co_name
             if caller in ("owner_of", "child_by_id"):
                 walks.append(caller)
             return walk()
-        peer.engine._all_sas = spy  # type: ignore[method-assign, assignment]
+        peer.engine._all_sas = spy  # type: ignore[method-assign]
     return walks
 
 
