@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import cpu_seconds, drive, find_pid, start_charon, summarize_log, wait_count
+from benchlib import cpu_times, drive, find_pid, start_charon, summarize_log, wait_count
 from handshakes import (
     CHARON_THREADS,
     CHILD,
@@ -85,6 +85,42 @@ def vm_rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary context switches of process `pid`, all threads: how often it slept
+    (an event loop's wakeups, a worker thread's waits), from /proc/PID/task/*/status."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+@dataclass
+class SliceFigures:
+    """One slice of tunnels: the responder's user and system CPU, how often it woke
+    up, and the handshake rate and load meanwhile (to tell the cost of holding many
+    SAs from the cost of a slower initiator: fewer datagrams per wakeup)."""
+
+    tunnels: int
+    user_s: float
+    system_s: float
+    wakeups: int
+    seconds: float
+    load: float
+
+    def line(self, label: str) -> str:
+        n = self.tunnels or 1
+        return (f"{label} {self.tunnels}: user {1000 * self.user_s / n:.2f} + system "
+                f"{1000 * self.system_s / n:.2f} ms, {self.wakeups / n:.1f} wakeups per "
+                f"tunnel, {self.tunnels / self.seconds if self.seconds else 0:.0f} tunnels/s, "
+                f"load {self.load:.1f}")
 
 
 def slice_size(tunnels: int) -> int:
@@ -131,6 +167,8 @@ class ScaleResult:
     dpd_sent: int = 0
     dpd_acked: int = 0
     errors: list[str] = field(default_factory=list)
+    first: SliceFigures | None = None
+    last: SliceFigures | None = None
 
     @property
     def complete(self) -> bool:
@@ -339,7 +377,9 @@ def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
             responder = CharonResponder(resp_charon)
         initiator = start_charon(topo.a, run_dir / "initiator", LOAD_OPENSSL_FIRST,
                                  CHARON_THREADS, s.charon_log_level)
-        initiator.load_config(initiator_conf(topo, s.group, s.tunnels))
+        # swanctl loads N connections over vici: minutes on a loaded box at 10,000.
+        initiator.load_config(initiator_conf(topo, s.group, s.tunnels),
+                              timeout=max(30.0, s.tunnels / 20))
 
         time.sleep(1.0)  # settled after start and configuration
         result.status_empty_s = median_time(responder.status)
@@ -351,14 +391,23 @@ def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
         for part, label in ((first, "first"), (middle, ""), (last, "last")):
             if not part:
                 continue
-            cpu_before = cpu_seconds(responder.pid)
+            user_before, system_before = cpu_times(responder.pid)
+            switches_before = context_switches(responder.pid)
+            wall_before = time.monotonic()
             driven = drive(initiator, part, CHILD, s.window, s.timeout)
             time.sleep(0.3)  # the responder finishes the last QM3s
-            cpu = cpu_seconds(responder.pid) - cpu_before
+            user, system = cpu_times(responder.pid)
+            figures = SliceFigures(
+                len(part), user - user_before, system - system_before,
+                context_switches(responder.pid) - switches_before,
+                time.monotonic() - wall_before - 0.3, os.getloadavg()[0])
+            cpu = figures.user_s + figures.system_s
             if label == "first":
                 result.cpu_first_s = cpu
+                result.first = figures
             elif label == "last":
                 result.cpu_last_s = cpu
+                result.last = figures
             result.initiated_ok += driven.succeeded
             result.errors += driven.errors[:3]
             print(f"    {responder.name}: {result.initiated_ok}/{s.tunnels} up after "
@@ -449,6 +498,9 @@ def format_table(results: Sequence[ScaleResult]) -> str:
             rows.append(f"{r.responder}: CPU per tunnel last/first {growth:.2f} "
                         f"(slices of {r.slice}), status answer {r.status_bytes} bytes, "
                         f"{r.tunnels / r.seconds:.0f} tunnels/s")
+        for label, figures in (("first", r.first), ("last", r.last)):
+            if figures is not None:
+                rows.append(f"  {r.responder} {figures.line(label)}")
     return "\n".join(rows)
 
 
@@ -492,11 +544,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             topo.a.add_lo_address(PROBE_NET_A.replace(".0/24", ".1/24"))
             topo.b.add_lo_address(PROBE_NET_B.replace(".0/24", ".1/24"))
             for kind in kinds:
-                r = run_one(topo, kind, settings)
+                try:
+                    r = run_one(topo, kind, settings)
+                except Exception as exc:  # one responder's failure keeps the other's row
+                    r = ScaleResult("ikev1d" if kind == "ikev1d" else "strongSwan",
+                                    settings.tunnels, errors=[f"{type(exc).__name__}: {exc}"])
                 results.append(r)
                 print(f"  {r.responder}: {'ok' if r.complete else 'FAILED'}, "
                       f"{r.established}/{r.tunnels} in {r.seconds:.1f}s; load {os.getloadavg()}",
                       flush=True)
+                print(format_table([r]), flush=True)
                 for err in r.errors:
                     print(f"    {err}", flush=True)
                 ok = ok and r.complete

@@ -510,14 +510,16 @@ class Charon:
             )
         return proc
 
-    def load_config(self, swanctl_conf_text: str) -> str:
-        """Write swanctl.conf to the work dir and load it (connections and secrets)."""
+    def load_config(self, swanctl_conf_text: str, timeout: float = 30.0) -> str:
+        """Write swanctl.conf to the work dir and load it (connections and secrets);
+        ``timeout``: seconds swanctl may take (thousands of connections take long)."""
         self.swanctl_path.write_text(swanctl_conf_text)
         # swanctl loads credentials from these folders beside the file (certificate tests
         # put PEM files there); creating them keeps its output free of noise.
         for sub in _CRED_DIRS:
             (self.work_dir / sub).mkdir(exist_ok=True)
-        proc = self.swanctl(["--load-all", "--noprompt", "--file", str(self.swanctl_path)])
+        proc = self.swanctl(["--load-all", "--noprompt", "--file", str(self.swanctl_path)],
+                            timeout=timeout)
         out = proc.stdout + proc.stderr
         failed = [ln for ln in out.splitlines() if "failed" in ln and "opening directory" not in ln]
         if proc.returncode != 0 or failed:

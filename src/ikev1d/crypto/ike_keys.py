@@ -66,7 +66,7 @@ def skeyid_pke(
     return prf(prf_alg, hash_digest(hash_alg, ni_b + nr_b), cky_i + cky_r)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Phase1Keys:
     """SKEYID and the three keys derived from it (RFC 2409 §5)."""
 

@@ -27,6 +27,16 @@ to each packet's random IV (see ``_CbcEncryptor``), because building a
 ``Cipher`` object costs several times more than encrypting 1400 bytes.
 SAs are therefore stateful and not thread-safe: use each from one thread (the
 event loop).
+
+Those contexts are most of an idle SA's memory (OpenSSL's key schedules and
+HMAC states, outside Python's heap), and a gateway holding thousands of road
+warriors has most of them idle. So an SA keeps only its keys until it carries
+a packet: the first ``seal``/``open`` builds the contexts (``warm``), and
+:meth:`OutboundSa.cool` / :meth:`InboundSa.cool` let them go again, which the
+data plane does for SAs that carried nothing for a while. Sequence numbers,
+replay windows and counters are not contexts and are never dropped. A CBC
+context rebuilt this way starts from a zero chaining value, exactly as a new
+one does, so the output is unchanged (see ``_CbcEncryptor``).
 """
 
 from __future__ import annotations
@@ -335,8 +345,9 @@ class OutboundSa:
     """
 
     # Two per tunnel, held for its lifetime: slots instead of per-instance dicts.
-    __slots__ = ("_aesgcm", "_block", "_cbc", "_hmac", "_icv_length", "_iv_length",
-                 "_random_bytes", "_salt", "alg", "counters", "max_seq", "seq", "spi")
+    __slots__ = ("_aesgcm", "_block", "_cbc", "_enc_key", "_hmac", "_icv_length",
+                 "_integ_key", "_iv_length", "_random_bytes", "_salt", "alg", "counters",
+                 "idle_mark", "max_seq", "seq", "spi", "warm")
 
     def __init__(
         self,
@@ -359,17 +370,36 @@ class OutboundSa:
         self.counters = EspCounters()
         self._random_bytes = random_bytes
         enc_key, salt, integ_key = _split_keymat(alg, keymat)
+        self._enc_key = enc_key
+        self._integ_key = integ_key
         self._salt = salt
         self._block = alg.block_size
         self._iv_length = alg.iv_length
         self._icv_length = alg.icv_length
-        self._hmac = _make_hmac(alg, integ_key)
+        self._hmac: hmac.HMAC | None = None
+        self._cbc: _CbcEncryptor | None = None
+        self._aesgcm: AESGCM | None = None
+        self.warm = False
+        """Whether the OpenSSL contexts exist; the first ``seal`` builds them."""
+        self.idle_mark = -1
+        """``counters.packets`` when the data plane last looked (see ``Sad.cool_idle``)."""
+
+    def warm_up(self) -> None:
+        """Build the OpenSSL contexts from the keys (the first packet after idle pays this)."""
+        alg = self.alg
+        self._hmac = _make_hmac(alg, self._integ_key)
         self._cbc = (
-            _CbcEncryptor(_block_cipher(alg, enc_key), self._block)
+            _CbcEncryptor(_block_cipher(alg, self._enc_key), self._block)
             if alg.cbc
             else None
         )
-        self._aesgcm = AESGCM(enc_key) if alg.aead else None
+        self._aesgcm = AESGCM(self._enc_key) if alg.aead else None
+        self.warm = True
+
+    def cool(self) -> None:
+        """Let the contexts go; the keys, sequence number and counters stay."""
+        self._hmac = self._cbc = self._aesgcm = None
+        self.warm = False
 
     @property
     def exhausted(self) -> bool:
@@ -394,6 +424,8 @@ class OutboundSa:
             )
         if not 0 <= next_header <= 255:
             raise EspError(f"next header {next_header} is not an octet")
+        if not self.warm:
+            self.warm_up()
         seq = self.seq + 1
         self.seq = seq
         header = _HEADER.pack(self.spi, seq)
@@ -447,9 +479,9 @@ class InboundSa:
     and is counted; nothing decrypted is returned from a packet that failed.
     """
 
-    __slots__ = ("_aesgcm", "_block", "_cbc", "_gcm_key", "_hmac", "_icv_length",
-                 "_iv_length", "_min_ciphertext", "_min_length", "_salt", "alg", "counters",
-                 "replay", "spi")
+    __slots__ = ("_aesgcm", "_block", "_cbc", "_enc_key", "_hmac", "_icv_length",
+                 "_integ_key", "_iv_length", "_min_ciphertext", "_min_length", "_salt", "alg",
+                 "counters", "idle_mark", "replay", "spi", "warm")
 
     def __init__(
         self,
@@ -469,19 +501,40 @@ class InboundSa:
         self._block = alg.block_size
         self._iv_length = alg.iv_length
         self._icv_length = alg.icv_length
-        self._hmac = _make_hmac(alg, integ_key)
-        self._cbc = (
-            _CbcDecryptor(_block_cipher(alg, enc_key), self._block)
-            if alg.cbc
-            else None
-        )
-        self._gcm_key = enc_key if alg.aead else b""
-        self._aesgcm = AESGCM(enc_key) if alg.aead and alg.icv_length == 16 else None
+        self._integ_key = integ_key
+        self._enc_key = enc_key
+        self._hmac: hmac.HMAC | None = None
+        self._cbc: _CbcDecryptor | None = None
+        self._aesgcm: AESGCM | None = None
+        self.warm = False
+        """Whether the OpenSSL contexts exist; the first ``open`` of a packet with
+        this SPI and a plausible length builds them."""
+        self.idle_mark = -1
+        """``counters.packets`` when the data plane last looked (see ``Sad.cool_idle``)."""
         # Smallest valid ciphertext: one block for CBC; pad length + next header otherwise.
-        self._min_ciphertext = self._block if self._cbc is not None else 2
+        self._min_ciphertext = self._block if alg.cbc else 2
         self._min_length = ESP_HEADER_LENGTH + self._iv_length + self._min_ciphertext + (
             self._icv_length
         )
+
+    def warm_up(self) -> None:
+        """Build the OpenSSL contexts from the keys (the first packet after idle pays this)."""
+        alg = self.alg
+        self._hmac = _make_hmac(alg, self._integ_key)
+        self._cbc = (
+            _CbcDecryptor(_block_cipher(alg, self._enc_key), self._block)
+            if alg.cbc
+            else None
+        )
+        self._aesgcm = (
+            AESGCM(self._enc_key) if alg.aead and alg.icv_length == 16 else None
+        )
+        self.warm = True
+
+    def cool(self) -> None:
+        """Let the contexts go; the keys, replay window and counters stay."""
+        self._hmac = self._cbc = self._aesgcm = None
+        self.warm = False
 
     def open(self, packet: bytes) -> tuple[int, bytes]:
         """(next header, payload) of an ESP packet for this SA; raises an EspError to drop it.
@@ -502,6 +555,8 @@ class InboundSa:
             raise EspMalformedError(f"packet for SPI {spi:08x} given to SA {self.spi:08x}")
         ct_start = ESP_HEADER_LENGTH + self._iv_length
         ct_end = length - self._icv_length
+        if not self.warm:
+            self.warm_up()
         if self._cbc is not None and (ct_end - ct_start) % self._block:
             counters.malformed += 1
             raise EspMalformedError(
@@ -551,7 +606,7 @@ class InboundSa:
                 return self._aesgcm.decrypt(nonce, view[ct_start:], aad)
             ct_end = len(view) - self._icv_length
             decryptor = Cipher(
-                algorithms.AES(self._gcm_key),
+                algorithms.AES(self._enc_key),
                 modes.GCM(nonce, bytes(view[ct_end:]), min_tag_length=self._icv_length),
             ).decryptor()
             decryptor.authenticate_additional_data(aad)

@@ -29,6 +29,7 @@ from ikev1d.dataplane.esp import InboundSa, OutboundSa
 from ikev1d.engine.api import Endpoint, Network
 
 __all__ = [
+    "CONTEXT_IDLE_S",
     "NO_LIMIT",
     "Prefix",
     "SaCounters",
@@ -43,9 +44,12 @@ NO_LIMIT = 1 << 62
 """Larger than any counter can grow: a limit that is never reached (cheaper than None)."""
 _CACHE_LIMIT = 4096
 """Outbound cache entries kept before the cache is simply emptied (a scan refills it)."""
+CONTEXT_IDLE_S = 30.0
+"""How often :meth:`Sad.cool_idle` runs: an SA idle for one to two periods holds
+no cipher or HMAC context."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prefix:
     """A traffic selector network as integers: ``addr & mask == network``."""
 
@@ -63,7 +67,22 @@ class Prefix:
 
 
 def prefixes(nets: Iterable[Network]) -> tuple[Prefix, ...]:
-    return tuple(Prefix.of(n) for n in nets)
+    """The selectors as prefixes; equal selectors share one tuple (see ``_PREFIXES``)."""
+    key = tuple(nets)
+    try:
+        return _PREFIXES[key]
+    except KeyError:
+        pass
+    if len(_PREFIXES) >= _CACHE_LIMIT:
+        _PREFIXES.clear()
+    result = _PREFIXES[key] = tuple(Prefix.of(n) for n in key)
+    return result
+
+
+# Every SA pair holds its selectors for its lifetime and most tunnels of a gateway
+# share a few networks: one tuple of prefixes per distinct selector list, not one
+# per SA. Bounded, since the networks are whatever peers negotiate.
+_PREFIXES: dict[tuple[Network, ...], tuple[Prefix, ...]] = {}
 
 
 def inner_addresses(packet: bytes) -> tuple[int, int, int] | None:
@@ -266,6 +285,27 @@ class Sad:
 
     def get(self, spi_in: int, spi_out: int) -> SaEntry | None:
         return self._by_pair.get((spi_in, spi_out))
+
+    def cool_idle(self) -> int:
+        """Drop the OpenSSL contexts of every SA that carried no packet since the last call.
+
+        Called every :data:`CONTEXT_IDLE_S` seconds, so an SA idle that long
+        (at most twice that) holds only its keys; its next packet builds the
+        contexts again (``InboundSa.warm_up``, ``OutboundSa.warm_up``). Returns
+        how many SAs (one per direction) were cooled.
+        """
+        cooled = 0
+        for entry in self._by_pair.values():
+            for sa in (entry.inbound, entry.outbound):
+                if sa is None or not sa.warm:  # None: a sealing worker's copy
+                    continue
+                packets = sa.counters.packets
+                if packets == sa.idle_mark:
+                    sa.cool()
+                    cooled += 1
+                else:
+                    sa.idle_mark = packets
+        return cooled
 
     def by_spi_in(self, spi: int) -> SaEntry | None:
         """The SA an inbound ESP packet belongs to (RFC 4301 §4.4.2: the SPI selects it)."""

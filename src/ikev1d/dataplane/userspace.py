@@ -80,7 +80,7 @@ from ikev1d.dataplane.esp import (
 )
 from ikev1d.dataplane.linux.offload import VNET_HDR, VNET_HDR_LEN, coalesce_tcp
 from ikev1d.dataplane.mss import clamp_mss, tunnel_mtu
-from ikev1d.dataplane.sad import Prefix, Sad, SaEntry, address_key, prefixes
+from ikev1d.dataplane.sad import CONTEXT_IDLE_S, Prefix, Sad, SaEntry, address_key, prefixes
 from ikev1d.dataplane.sealing import (
     ACQUIRE_INTERVAL,
     BATCH,
@@ -242,6 +242,7 @@ class UserspaceBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: list[int] = []
         self._keepalive: asyncio.TimerHandle | None = None
+        self._cool: asyncio.TimerHandle | None = None
         self._closed = False
         self._on_close = on_close
         self._path_mtu = path_mtu
@@ -310,6 +311,7 @@ class UserspaceBackend:
         if self.workers == 1:
             self._add_reader(self.tun.fileno(), self.handle_tun_readable)
         self._add_reader(self.raw4.fileno(), self.handle_raw_readable)
+        self._cool = loop.call_later(CONTEXT_IDLE_S, self._cool_idle)
         if self.workers > 1:
             if self._raw6_factory is not None:
                 # Opened now, so that the worker inherits it with the rest.
@@ -655,6 +657,9 @@ class UserspaceBackend:
             if timer is not None:
                 timer.cancel()
         self._standby.clear()
+        if self._cool is not None:
+            self._cool.cancel()
+            self._cool = None
         if self._loop is not None:
             for fd in self._readers:
                 self._loop.remove_reader(fd)
@@ -1038,6 +1043,16 @@ class UserspaceBackend:
     def _schedule_keepalive(self) -> None:
         if self._keepalive is None and self._loop is not None:
             self._keepalive = self._loop.call_later(NAT_KEEPALIVE_INTERVAL, self._send_keepalives)
+
+    def _cool_idle(self) -> None:
+        """Idle SAs let their cipher contexts go (see ``Sad.cool_idle``)."""
+        self._cool = None
+        if self._closed or self._loop is None:
+            return
+        cooled = self.sad.cool_idle()
+        if cooled:
+            log.debug("userspace: %d idle SAs let their cipher contexts go", cooled)
+        self._cool = self._loop.call_later(CONTEXT_IDLE_S, self._cool_idle)
 
     def _send_keepalives(self) -> None:
         """RFC 3948 §2.3: a one-octet 0xFF datagram to each UDP-encapsulating peer.

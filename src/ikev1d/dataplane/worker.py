@@ -47,7 +47,7 @@ from ikev1d.dataplane.esp import EspError, OutboundSa, esp_algorithm
 from ikev1d.dataplane.linux import gso
 from ikev1d.dataplane.linux.offload import VNET_HDR_LEN, ZERO_VNET_HDR
 from ikev1d.dataplane.linux.tun import RawEspSocket
-from ikev1d.dataplane.sad import NO_LIMIT, Sad, SaEntry, prefixes
+from ikev1d.dataplane.sad import CONTEXT_IDLE_S, NO_LIMIT, Sad, SaEntry, prefixes
 from ikev1d.dataplane.sealing import DROP_REASONS, DropLog, Sealer, Trap
 from ikev1d.dataplane.worker_protocol import (
     MAX_MESSAGE,
@@ -295,6 +295,9 @@ class _Worker:
         self.tun: _TunQueue | None = None
         self.done = False
         self._reported: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self._next_cool = time.monotonic() + CONTEXT_IDLE_S
+        """When idle SAs next let their cipher contexts go (the daemon asks for
+        counters twice a second, which is when this is looked at)."""
 
     def send(self, data: bytes) -> None:
         send_message(self.control, data)
@@ -397,6 +400,10 @@ class _Worker:
         sealer.arm(entry, msg.get_int("soft_seq"))
 
     def _counters(self) -> None:
+        clock = time.monotonic()
+        if clock >= self._next_cool:
+            self._next_cool = clock + CONTEXT_IDLE_S
+            self.sad.cool_idle()
         rows: list[list[int]] = []
         reported = self._reported
         for entry in self.sad:

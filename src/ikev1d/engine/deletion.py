@@ -33,6 +33,7 @@ class Deletion:
         if child not in sa.children:
             return
         sa.children.remove(child)
+        self.engine.forget_child(sa, child)
         for timer in (child.expiry, child.rekey):
             if timer is not None:
                 timer.cancel()
@@ -103,5 +104,6 @@ class Deletion:
             # The peer renewed Phase 1: its IPsec SAs live on (RFC 2409 ties them
             # to no ISAKMP SA); the new one can delete them.
             successor.children.extend(sa.children)
+            self.engine.adopt_children(successor, sa.children)
             sa.children.clear()
         self.delete_sa(sa, "deleted by peer", send=False)

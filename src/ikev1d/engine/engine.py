@@ -17,7 +17,7 @@ import ipaddress
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ikev1d.config import Config, ConnectionConfig
 from ikev1d.engine.api import (
@@ -100,7 +100,10 @@ class Engine:
         self._sas: dict[bytes, IkeSa] = {}
         """Every ISAKMP SA by CKY-I | CKY-R."""
         self._initiating: dict[bytes, IkeSa] = {}
-        self._by_identity: dict[PeerKey, dict[int, IkeSa]] = {}
+        self._by_identity: dict[PeerKey, tuple[IkeSa, ...]] = {}
+        self._child_owners: dict[int, IkeSa] = {}
+        """child_id -> the ISAKMP SA whose ``children`` holds it, so that renewals,
+        expiries and the data plane's reports find it without a walk over every SA."""
         """Established ISAKMP SAs by (connection, our ID, the peer's ID, the XAUTH
         user), so that what asks for "the other SAs of this peer" (unique,
         INITIAL-CONTACT, a renewal by the peer) costs the same with ten thousand
@@ -206,10 +209,13 @@ class Engine:
     def handle_timer(self, now: float) -> None:
         self.logs.now = now
         while (timer := self.timers.pop_due(now)) is not None:
-            callback, owner = timer.callback, timer.owner
+            callback, owner, arg = timer.callback, timer.owner, timer.arg
             timer.cancel()
             try:
-                callback(now)
+                if arg is None:
+                    callback(now)
+                else:
+                    callback(arg, now)
             except Exception as exc:
                 sa = owner if isinstance(owner, IkeSa) else None
                 self._internal_error(exc, sa, "a timer", now)
@@ -638,8 +644,13 @@ class Engine:
 
     def register_established(self, sa: IkeSa) -> None:
         """``sa`` has authenticated its peer for good: index it by that identity."""
-        self._by_identity.setdefault(peer_key(sa), {})[sa.ike_id] = sa
-        sa.registered_as = peer_key(sa)
+        key = peer_key(sa)
+        # A tuple per identity, oldest first: almost always one SA, and a tuple of
+        # one costs a fifth of a dict of one, for as long as the SA lives.
+        entries = self._by_identity.get(key, ())
+        if not any(o is sa for o in entries):
+            self._by_identity[key] = (*entries, sa)
+        sa.registered_as = key
 
     def same_identity(self, sa: IkeSa) -> list[IkeSa]:
         """The other established (or renewing, or deleting but not yet dropped)
@@ -647,7 +658,7 @@ class Engine:
         found = self._by_identity.get(peer_key(sa))
         if not found:
             return []
-        return [o for o in found.values() if o is not sa]
+        return [o for o in found if o is not sa]
 
     def drop_sa(self, sa: IkeSa) -> None:
         """Forget an SA: its timers, its exchanges, its places in the tables."""
@@ -656,8 +667,10 @@ class Engine:
             sa.registered_as = None
             entries = self._by_identity.get(key)
             if entries is not None:
-                entries.pop(sa.ike_id, None)
-                if not entries:
+                rest = tuple(o for o in entries if o is not sa)
+                if rest:
+                    self._by_identity[key] = rest
+                else:
                     del self._by_identity[key]
         sa.cancel_timers()
         for exchange in sa.exchanges.values():
@@ -669,6 +682,7 @@ class Engine:
         self.leave_half_open(sa)
         for child in sa.children:
             self._spis.discard(child.spi_in)
+            self.forget_child(sa, child)
         self.roadwarrior.dropped(sa)
         if sa.state is not IkeState.DELETING:
             sa.state = IkeState.DELETING
@@ -688,10 +702,38 @@ class Engine:
         return self._all_sas()
 
     def owner_of(self, child: ChildSa) -> IkeSa | None:
-        for sa in self._all_sas():
-            if child in sa.children:
-                return sa
+        """The ISAKMP SA in the tables whose ``children`` holds ``child``, or None.
+
+        From the index, not a walk over every SA: renewals, expiries and the
+        data plane's reports ask this, and a walk costs milliseconds per call with
+        ten thousand tunnels. Every change of an SA's ``children`` goes through
+        :meth:`adopt_children` / :meth:`forget_child`."""
+        sa = self._child_owners.get(child.child_id)
+        if sa is not None and self._holds(sa) and any(c is child for c in sa.children):
+            return sa
         return None
+
+    def child_by_id(self, child_id: int) -> tuple[IkeSa, ChildSa] | None:
+        """The IPsec SA the engine calls ``child_id`` and the ISAKMP SA holding it."""
+        sa = self._child_owners.get(child_id)
+        if sa is not None and self._holds(sa):
+            for child in sa.children:
+                if child.child_id == child_id:
+                    return sa, child
+        return None
+
+    def adopt_children(self, sa: IkeSa, children: Iterable[ChildSa]) -> None:
+        """``children`` are (now) in ``sa.children``: index them."""
+        for child in children:
+            self._child_owners[child.child_id] = sa
+
+    def forget_child(self, sa: IkeSa, child: ChildSa) -> None:
+        if self._child_owners.get(child.child_id) is sa:
+            del self._child_owners[child.child_id]
+
+    def _holds(self, sa: IkeSa) -> bool:
+        """Whether ``sa`` is in the SA tables (what :meth:`_all_sas` walks)."""
+        return self._sas.get(sa.cky_i + sa.cky_r) is sa or self._initiating.get(sa.cky_i) is sa
 
     # -- status ------------------------------------------------------------------------------
 

@@ -12,9 +12,8 @@ import enum
 import hmac
 import ipaddress
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from ikev1d.config import Fragmentation
@@ -164,8 +163,7 @@ class ChildSa:
     encap: bool
     local_ts: tuple[Network, ...]
     remote_ts: tuple[Network, ...]
-    keymat_in: bytes = field(repr=False)
-    keymat_out: bytes = field(repr=False)
+    # No KEYMAT: it goes to the data plane in ChildSaEstablished and is not kept here.
     established_at: float
     lifetime_s: float
     life_bytes: int
@@ -197,6 +195,23 @@ class QuickModeWork:
     local_ts: Network
     remote_ts: Network
     replaces: ChildSa | None = None
+
+
+# An SA holds its two endpoints for its lifetime, and many SAs share them (ours
+# always, the peer's when one peer has many tunnels): one tuple per endpoint.
+# Bounded, since peers' addresses are whatever arrives.
+_ENDPOINTS: dict[Endpoint, Endpoint] = {}
+_ENDPOINTS_CACHED = 4096
+
+
+def shared_endpoint(endpoint: Endpoint) -> Endpoint:
+    found = _ENDPOINTS.get(endpoint)
+    if found is not None:
+        return found
+    if len(_ENDPOINTS) >= _ENDPOINTS_CACHED:
+        _ENDPOINTS.clear()
+    _ENDPOINTS[endpoint] = endpoint
+    return endpoint
 
 
 PeerKey = tuple[str, str, str, str | None]
@@ -358,8 +373,8 @@ class IkeSa:
         self.ctx = ctx
         self.ike_id = ctx.next_id()
         self.initiator = initiator
-        self.local = local
-        self.remote = remote
+        self.local = shared_endpoint(local)
+        self.remote = shared_endpoint(remote)
         self.conn = conn
         self.candidates = list(candidates)
         self.state = IkeState.CONNECTING
@@ -394,7 +409,7 @@ class IkeSa:
         self.children: list[ChildSa] = []
         self.exchanges: dict[int, Exchange] = {}
         """The exchanges under way or done, by message ID (Main Mode: zero)."""
-        self.completed_message_ids: OrderedDict[int, None] = OrderedDict()
+        self.completed_message_ids: tuple[int, ...] = ()
         """The last :data:`MAX_COMPLETED` ended exchanges, oldest first."""
         self.responses: dict[int, ResponseCache] = {}
         self.timers: list[Timer] = []
@@ -514,9 +529,9 @@ class IkeSa:
         """RFC 3947 section 4: once a NAT is detected, IKE moves to port 4500."""
         nat_t_port = self.ctx.config.daemon.port_nat_t
         if self.local[1] != nat_t_port:
-            self.local = (self.local[0], nat_t_port)
+            self.local = shared_endpoint((self.local[0], nat_t_port))
         if self.remote[1] != nat_t_port:
-            self.remote = (self.remote[0], nat_t_port)
+            self.remote = shared_endpoint((self.remote[0], nat_t_port))
 
     # -- message protection (RFC 2409 section 5.3, Appendix B) ---------------
 
@@ -621,12 +636,29 @@ class IkeSa:
         if exchange is not None:
             exchange.discard()
         self.exchange_ivs.pop(message_id, None)
-        self.completed_message_ids[message_id] = None
-        self.completed_message_ids.move_to_end(message_id)
-        while len(self.completed_message_ids) > MAX_COMPLETED:
-            oldest, _ = self.completed_message_ids.popitem(last=False)
-            if oldest not in self.exchanges:
-                self.responses.pop(oldest, None)
+        # A tuple, oldest first: an established SA mostly remembers one or two IDs,
+        # and a dict (which never shrinks) would cost several times more for each SA.
+        done = self.completed_message_ids
+        if message_id in done:
+            done = tuple(m for m in done if m != message_id)
+        done += (message_id,)
+        if len(done) > MAX_COMPLETED:
+            for oldest in done[:-MAX_COMPLETED]:
+                if oldest not in self.exchanges:
+                    self.responses.pop(oldest, None)
+            done = done[-MAX_COMPLETED:]
+        self.completed_message_ids = done
+        self.shrink_tables()
+
+    def shrink_tables(self) -> None:
+        """Emptied per-exchange tables become new empty dicts: a dict keeps the room
+        it once grew to, and an established SA holds these for its lifetime."""
+        if not self.exchanges:
+            self.exchanges = {}
+        if not self.exchange_ivs:
+            self.exchange_ivs = {}
+        if not self.responses:
+            self.responses = {}
 
     def release_main_mode(self) -> None:
         """Main Mode is over and the peer has our last message: let go of its task
@@ -638,9 +670,21 @@ class IkeSa:
             del self.exchanges[PHASE1_MESSAGE_ID]
             mm.discard()
             self.responses.pop(PHASE1_MESSAGE_ID, None)
+            if self.keys is not None:
+                # SKEYID only authenticated Main Mode (HASH_I/HASH_R, RFC 2409 §5);
+                # what follows uses SKEYID_d, _a and _e.
+                self.keys = replace(self.keys, skeyid=b"")
+        self.shrink_tables()
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:
         timer = self.ctx.timers.schedule(deadline, callback, owner=self)
+        self.timers.append(timer)
+        self.timers = [t for t in self.timers if not t.cancelled]
+        return timer
+
+    def schedule_call(self, deadline: float, callback: Callable[[IkeSa, float], None]) -> Timer:
+        """:meth:`schedule` for ``callback(self, now)``, without a closure per timer."""
+        timer = self.ctx.timers.schedule_call(deadline, callback, self, owner=self)
         self.timers.append(timer)
         self.timers = [t for t in self.timers if not t.cancelled]
         return timer

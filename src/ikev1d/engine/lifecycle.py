@@ -54,6 +54,23 @@ successor (checked every RETIRE_CHECK_S), at the latest after RETIRE_MAX_S."""
 class Lifecycle:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Bound once and shared by every SA's expiry and renewal timers (see
+        # Timers.schedule_call): a closure per timer was most of a timer's memory.
+        self._on_ike_expiry = self._ike_expiry_due
+        self._on_ike_rekey = self._ike_rekey
+        self._on_child_expiry = self._child_expiry_due
+        self._on_child_rekey = self._child_rekey
+        self._on_release_main_mode = self._release_main_mode_due
+
+    def _ike_expiry_due(self, sa: IkeSa, now: float) -> None:
+        self._ike_expired(sa)
+
+    def _child_expiry_due(self, child: ChildSa, now: float) -> None:
+        self._child_expired(child)
+
+    @staticmethod
+    def _release_main_mode_due(sa: IkeSa, now: float) -> None:
+        sa.release_main_mode()
 
     # -- Phase 1 ---------------------------------------------------------------------
 
@@ -97,11 +114,13 @@ class Lifecycle:
         else:
             # Message 6 is kept for a repeated message 5 while the peer may still be
             # retransmitting it (its first Quick Mode shows earlier that it needs none).
-            sa.schedule(now + self.engine.retransmit_budget(),
-                        lambda t: sa.release_main_mode())
-        sa.schedule(now + sa.lifetime_s, lambda t: self._ike_expired(sa))
+            # Not among the SA's own timers, which would keep the fired timer until
+            # the next one is added; firing after the SA is gone does nothing.
+            self.engine.timers.schedule_call(now + self.engine.retransmit_budget(),
+                                             self._on_release_main_mode, sa, owner=sa)
+        sa.schedule_call(now + sa.lifetime_s, self._on_ike_expiry)
         sa.rekey_at = now + self.rekey_delay(sa.lifetime_s, sa.initiator)
-        sa.schedule(sa.rekey_at, lambda t: self._ike_rekey(sa, t))
+        sa.schedule_call(sa.rekey_at, self._on_ike_rekey)
         old = sa.replaces
         if old is not None:
             sa.replaces = None
@@ -184,6 +203,7 @@ class Lifecycle:
         """
         inherited = list(old.children)
         new.children.extend(inherited)
+        self.engine.adopt_children(new, inherited)
         old.children.clear()
         RoadWarrior.hand_over(old, new)
         self.engine.stats.rekeys[PHASE1] += 1
@@ -367,11 +387,7 @@ class Lifecycle:
         self.run_work(sa, now)
 
     def _find_child(self, child_id: int) -> tuple[IkeSa, ChildSa] | None:
-        for sa in self.engine.all_sas():
-            for child in sa.children:
-                if child.child_id == child_id:
-                    return sa, child
-        return None
+        return self.engine.child_by_id(child_id)
 
     def child_soft_expired(self, child_id: int, reason: str, now: float) -> None:
         """The data plane says an IPsec SA nears a limit other than time (its volume,
@@ -443,6 +459,7 @@ class Lifecycle:
                  if c.config.name == child.config.name and c.local_ts == child.local_ts
                  and c.remote_ts == child.remote_ts]
         sa.children.append(child)
+        self.engine.adopt_children(sa, (child,))
         self.engine.stats.handshake_succeeded(PHASE2, qm.initiator)
         if older:
             self.engine.stats.rekeys[PHASE2] += 1
@@ -456,12 +473,12 @@ class Lifecycle:
         log.debug("IPsec SA %s_i lifetime %d s, life_bytes %d KB", child.spi_in.hex(),
                   int(child.lifetime_s), child.life_bytes // 1024, extra=sa.log_extra)
         timers = self.engine.timers
-        child.expiry = timers.schedule(
-            now + child.lifetime_s, lambda t: self._child_expired(child), owner=sa
+        child.expiry = timers.schedule_call(
+            now + child.lifetime_s, self._on_child_expiry, child, owner=sa
         )
-        child.rekey = timers.schedule(
+        child.rekey = timers.schedule_call(
             now + self.rekey_delay(child.lifetime_s, qm.initiator),
-            lambda t: self._child_rekey(child, t), owner=sa,
+            self._on_child_rekey, child, owner=sa,
         )
         self.engine.emit(event)
         if qm.replaces is not None and self.engine.owner_of(qm.replaces) not in (sa, None):

@@ -12,6 +12,9 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 #: Below this many entries the heap is not worth compacting.
 COMPACT_MIN = 64
@@ -25,18 +28,22 @@ def _nothing(now: float) -> None:
 class Timer:
     deadline: float
     seq: int
-    callback: Callable[[float], None]
+    callback: Callable[..., None]
+    """Called with ``now``, or with ``arg`` and ``now`` when ``arg`` is not None."""
     cancelled: bool = False
     owner: object | None = None
     """The ISAKMP SA the timer works for: an internal error while it runs
     destroys that SA and nothing else."""
     timers: Timers | None = field(default=None, repr=False)
+    arg: Any = None
+    """What the callback works on (see :meth:`Timers.schedule_call`)."""
 
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
             self.callback = _nothing
             self.owner = None
+            self.arg = None
             if self.timers is not None:
                 self.timers.cancelled_one()
                 self.timers = None
@@ -59,6 +66,18 @@ class Timers:
     ) -> Timer:
         seq = next(self._seq)
         timer = Timer(deadline, seq, callback, owner=owner, timers=self)
+        heapq.heappush(self._heap, (deadline, seq, timer))
+        return timer
+
+    def schedule_call(
+        self, deadline: float, callback: Callable[[_T, float], None], arg: _T,
+        owner: object | None = None,
+    ) -> Timer:
+        """:meth:`schedule` for ``callback(arg, now)``: with a callback shared by many
+        timers (a method bound once), a timer costs no closure of its own, which
+        matters for the expiry and renewal timers every established SA holds."""
+        seq = next(self._seq)
+        timer = Timer(deadline, seq, callback, owner=owner, timers=self, arg=arg)
         heapq.heappush(self._heap, (deadline, seq, timer))
         return timer
 
@@ -92,6 +111,9 @@ class Timers:
 
     def run_due(self, now: float) -> None:
         while (timer := self.pop_due(now)) is not None:
-            callback = timer.callback
+            callback, arg = timer.callback, timer.arg
             timer.cancel()
-            callback(now)
+            if arg is None:
+                callback(now)
+            else:
+                callback(arg, now)

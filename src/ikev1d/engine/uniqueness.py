@@ -141,6 +141,7 @@ class Uniqueness:
         for old in self._others(sa):
             if old.remote[0] == sa.remote[0]:
                 sa.children.extend(old.children)
+                self.engine.adopt_children(sa, old.children)
                 old.children.clear()
             log.info("deleting the older ISAKMP SA of %s from %s (unique = replace)",
                      printable(sa.remote_id), old.remote[0], extra=sa.log_extra)

@@ -212,6 +212,43 @@ def test_seal_matches_reference(transform: tuple[str, int, str | None, int]) -> 
 
 
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=IDS)
+def test_contexts_built_on_first_use_and_dropped_when_cooled(
+    transform: tuple[str, int, str | None, int],
+) -> None:
+    """An SA holds no OpenSSL context until it carries a packet; cooling it between
+    packets changes no octet sealed, no sequence number and no replay verdict."""
+    alg = _alg(transform)
+    keymat = os.urandom(keymat_length(alg))
+    out = OutboundSa(SPI, alg, keymat, random_bytes=_counting_iv())
+    inb = InboundSa(SPI, alg, keymat)
+    for sa in (out, inb):
+        assert not sa.warm
+        assert (sa._hmac, sa._cbc, sa._aesgcm) == (None, None, None)
+    ref_ivs = _counting_iv()
+    sent: list[bytes] = []
+    for n, size in enumerate((0, 17, 1400, 3, 64)):
+        payload = os.urandom(size)
+        iv = ref_ivs(alg.iv_length) if alg.iv_length and not alg.aead else b""
+        packet = out.seal(payload, 4)
+        assert out.warm
+        assert packet == reference_seal(alg, keymat, n + 1, payload, 4, iv)
+        assert inb.open(packet) == (4, payload)
+        assert inb.warm
+        sent.append(packet)
+        if n % 2 == 0:
+            out.cool()
+            inb.cool()
+            assert (out._hmac, out._cbc, out._aesgcm) == (None, None, None)
+            assert (inb._hmac, inb._cbc, inb._aesgcm) == (None, None, None)
+    assert out.seq == len(sent)
+    inb.cool()
+    with pytest.raises(EspReplayError):
+        inb.open(sent[-1])
+    assert inb.counters.packets == len(sent)
+    assert inb.counters.replayed == 1
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=IDS)
 def test_open_reference_packets_out_of_order(transform: tuple[str, int, str | None, int]) -> None:
     alg = _alg(transform)
     keymat = os.urandom(keymat_length(alg))
@@ -310,6 +347,7 @@ def test_icv_checked_before_decryption() -> None:
     alg = esp_algorithm("aes", 128, "sha256")
     keymat = os.urandom(keymat_length(alg))
     inb = InboundSa(SPI, alg, keymat)
+    inb.warm_up()
     decrypted: list[int] = []
     real = inb._cbc
     assert real is not None

@@ -199,3 +199,28 @@ def test_indexed_lookup_agrees_with_scoring_every_sa() -> None:
                 checked += 1
     assert checked == 52 and any(sad.lookup_outbound_addresses(s, d) for s in hosts4
                                  for d in hosts4)
+
+
+def test_cool_idle_drops_contexts_only_after_a_whole_idle_period() -> None:
+    """An SA is cooled at the second sweep without a packet in between, direction by
+    direction; a busy one keeps its contexts; a cooled one still carries packets."""
+    sad = Sad()
+    busy = entry(1, ["10.1.0.0/24"], ["10.2.0.0/24"])
+    idle = entry(2, ["10.1.1.0/24"], ["10.2.1.0/24"])
+    for e in (busy, idle):
+        sad.add(e)
+    assert sad.cool_idle() == 0  # nothing has carried a packet: nothing to drop
+    packet = idle.outbound.seal(b"x" * 40, 4)
+    busy.outbound.seal(b"y" * 40, 4)
+    assert idle.outbound.warm and busy.outbound.warm
+    assert sad.cool_idle() == 0  # first look: packets since the last one
+    busy.outbound.seal(b"y" * 40, 4)
+    assert sad.cool_idle() == 1  # idle's outbound was idle for a whole period
+    assert not idle.outbound.warm and busy.outbound.warm
+    assert sad.cool_idle() == 1  # now busy's, idle since the last sweep
+    assert not busy.outbound.warm
+    # Cooled SAs carry on where they were: sequence numbers and replay state kept.
+    opener = InboundSa(idle.spi_out, ALG, KEY)
+    assert opener.open(packet) == (4, b"x" * 40)
+    assert opener.open(idle.outbound.seal(b"z", 4)) == (4, b"z")
+    assert idle.outbound.seq == 2

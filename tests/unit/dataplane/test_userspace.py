@@ -297,6 +297,33 @@ def test_no_keepalives_without_encapsulation(sides: tuple[Side, Side]) -> None:
     assert a.udp_sent == [] and a.backend._keepalive is None
 
 
+def test_idle_sas_let_their_cipher_contexts_go(sides: tuple[Side, Side]) -> None:
+    """The periodic sweep cools SAs that carried nothing since the last one; traffic
+    then crosses as before (the first packet builds the contexts again)."""
+    a, b = sides
+    assert a.backend._cool is not None  # armed by attach
+    a.backend.install(child())
+    b.backend.install(child(initiator=False))
+    packet = udp_packet("10.1.0.1", "10.2.0.1", b"before")
+    a.tun.to_read.append(packet)
+    a.backend.handle_tun_readable()
+    carry_raw(a, b)
+    (entry,) = a.backend.sad
+    assert entry.inbound is not None
+    assert entry.outbound.warm and not entry.inbound.warm
+    a.backend._cool_idle()
+    assert entry.outbound.warm and a.backend._cool is not None  # rescheduled
+    a.backend._cool_idle()
+    assert not entry.outbound.warm
+    again = udp_packet("10.1.0.1", "10.2.0.1", b"after idle")
+    a.tun.to_read.append(again)
+    a.backend.handle_tun_readable()
+    carry_raw(a, b)
+    assert b.tun.written == [packet, again]
+    a.backend.close()
+    assert a.backend._cool is None
+
+
 def test_replayed_and_tampered_packets_are_dropped_and_counted(sides: tuple[Side, Side]) -> None:
     a, b = sides
     a.backend.install(child("aes256-sha256"))

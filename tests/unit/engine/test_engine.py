@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from ikev1d.engine.api import (
     IkeSaDeleted,
     IkeSaEstablished,
 )
+from ikev1d.engine.ike_sa import IkeSa
 from ikev1d.wire import ExchangeType, Flags, decode_message, split_message
 
 A_ADDR = "192.0.2.1"
@@ -812,3 +814,44 @@ def test_dynamic_peers_share_a_connection_without_disturbing_each_other() -> Non
     assert len(status) == 2
     # Neither peer's tunnel counts as a renewal of the other's: both keep their timers.
     assert all(ike["children"][0]["rekey_in_s"] is not None for ike in status)
+
+
+def _no_child_walks(net: Net) -> list[str]:
+    """Record each walk over every SA made to find an IPsec SA's owner (the index is
+    there to avoid them); other walks (commands, uniqueness) go on as before."""
+    walks: list[str] = []
+    for peer in (net.a, net.b):
+        walk = peer.engine._all_sas
+
+        def spy(walk: Callable[[], list[IkeSa]] = walk) -> list[IkeSa]:
+            caller = sys._getframe(1).f_code.co_name
+            if caller in ("owner_of", "child_by_id"):
+                walks.append(caller)
+            return walk()
+        peer.engine._all_sas = spy  # type: ignore[method-assign]
+    return walks
+
+
+def test_renewals_find_ipsec_sas_by_index_and_leave_no_entries() -> None:
+    """IPsec and ISAKMP SA renewals, expiry and deletion look an IPsec SA's owner up
+    in the index (no walk over all SAs, which at 10,000 tunnels costs milliseconds
+    per renewal) and the index holds exactly the live IPsec SAs."""
+    net = make_net(
+        _short_lifetimes(config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24"), "120s", "60s"),
+        _short_lifetimes(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24"), "120s", "60s"),
+    )
+    establish(net)
+    walks = _no_child_walks(net)
+    net.advance(250)  # two ISAKMP SA renewals, four IPsec SA renewals, old ones deleted
+    assert len(net.a.of(IkeSaEstablished)) >= 3
+    assert len(net.a.of(ChildSaEstablished)) >= 5
+    for peer in (net.a, net.b):
+        engine = peer.engine
+        live = {c.child_id: sa for sa in [*engine._sas.values(), *engine._initiating.values()]
+                for c in sa.children}
+        assert engine._child_owners == live and live  # no entry for a deleted IPsec SA
+        for sa in set(live.values()):
+            for child in sa.children:
+                assert engine.owner_of(child) is sa
+                assert engine.child_by_id(child.child_id) == (sa, child)
+    assert walks == []

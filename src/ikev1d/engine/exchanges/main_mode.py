@@ -43,7 +43,14 @@ from ikev1d.engine.auth.base import (
 )
 from ikev1d.engine.exchanges.base import NONCE_LENGTH, PHASE1_MESSAGE_ID, Exchange, Message
 from ikev1d.engine.halfopen import MAX_SA_OFFER
-from ikev1d.engine.ike_sa import IkeSa, Parsed, ProtocolFailure, first, parse
+from ikev1d.engine.ike_sa import (
+    IkeSa,
+    Parsed,
+    ProtocolFailure,
+    first,
+    parse,
+    shared_endpoint,
+)
 from ikev1d.engine.lifetimes import agreed_lifetime
 from ikev1d.engine.ratelimit import Lazy, truncated
 from ikev1d.engine.sa_proposals import (
@@ -530,7 +537,7 @@ class MainMode(Exchange):
         if message.local[1] != sa.local[1] or message.remote[1] != sa.remote[1]:
             # RFC 3947 section 4: the initiator moved to port 4500; follow it, now
             # that the message is authenticated (a forged one must not move us).
-            sa.local, sa.remote = message.local, message.remote
+            sa.local, sa.remote = shared_endpoint(message.local), shared_endpoint(message.remote)
         # Now that the identity is known, settle on the connection it belongs to.
         conn = next((c for c in sa.candidates if peer_matches(c.remote.id, peer_id)), None)
         if conn is None:

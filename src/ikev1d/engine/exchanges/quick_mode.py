@@ -317,10 +317,8 @@ class QuickMode(Exchange):
             proposal=proposal,
             mode=self.mode,
             encap=self.encap,
-            local_ts=(self.local_ts,),
-            remote_ts=(self.remote_ts,),
-            keymat_in=keymat_in,
-            keymat_out=keymat_out,
+            local_ts=_selectors(self.local_ts),
+            remote_ts=_selectors(self.remote_ts),
             established_at=now,
             lifetime_s=self.lifetime_s,
             life_bytes=self.life_bytes,
@@ -645,6 +643,24 @@ class QuickMode(Exchange):
 
 class QuickModeRefused(ProtocolFailure):
     """We told the peer why already; log nothing more than the engine does."""
+
+
+# Every IPsec SA keeps its selectors for its lifetime, and a gateway's tunnels
+# mostly share a few networks: one tuple per network, not one per SA. Bounded,
+# since the networks are whatever peers propose.
+_SELECTORS: dict[Network, tuple[Network]] = {}
+_SELECTORS_CACHED = 1024
+
+
+def _selectors(network: Network) -> tuple[Network]:
+    try:
+        return _SELECTORS[network]
+    except KeyError:
+        pass
+    if len(_SELECTORS) >= _SELECTORS_CACHED:
+        _SELECTORS.clear()
+    selectors = _SELECTORS[network] = (network,)
+    return selectors
 
 
 def _host(address: str) -> Network:
