@@ -315,6 +315,22 @@ def test_a_hard_limit_promotes_the_successor_standing_by(rig: WorkerRig) -> None
     assert rig.worker.drops["life_bytes"] == 1
 
 
+def test_idle_sas_let_their_contexts_go_in_the_worker_too(rig: WorkerRig) -> None:
+    rig.install()
+    rig.messages()
+    rig.seal(PACKET)
+    rig.received(1)
+    (entry,) = list(rig.worker.sad)
+    assert entry.outbound.warm
+    for _ in range(2):  # two sweeps without a packet between them: idle
+        rig.worker._next_cool = 0.0
+        rig.send(MsgType.COUNTERS_REQUEST)
+    assert not entry.outbound.warm
+    rig.seal(PACKET)  # built again on use, the sequence number carrying on
+    (esp,) = rig.received(1)
+    assert peek_seq(esp) == 2 and opener().open(esp) == (4, PACKET)
+
+
 def test_commands_before_setup_and_daemon_only_types_are_refused() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     worker = _Worker(b)
