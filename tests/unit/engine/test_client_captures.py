@@ -18,6 +18,7 @@ attributes strongSwan and Libreswan send).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from ikev1d.config import parse_config
+from ikev1d.config import Config, parse_config
 from ikev1d.crypto.dh import generate_keypair
 from ikev1d.engine import Engine
 from ikev1d.engine.api import ChildSaEstablished, Datagram, Endpoint
@@ -34,6 +35,7 @@ from ikev1d.engine.vendor import Extension, recognise
 from ikev1d.wire import (
     Attribute,
     AuthMethod,
+    CrPayload,
     DhGroup,
     ExchangeType,
     Header,
@@ -66,7 +68,17 @@ from ikev1d.wire.vendor_ids import (
     VID_NAT_T_RFC,
     VID_XAUTH,
 )
+from tests.unit.engine.auth.test_pubkey import Pki, ca, pair
 from tests.unit.engine.test_engine import A_ADDR, B_ADDR, default_net, establish
+
+__all__ = ["ca"]  # the fixture, used by name
+
+
+def replace_proposals(config: Config, proposals: str) -> Config:
+    conn = config.connections["gw"]
+    (proposal,) = parse_config(gateway_config(f'["{proposals}"]')).connections["gw"].proposals
+    return dataclasses.replace(config, connections={
+        "gw": dataclasses.replace(conn, proposals=(proposal,))})
 
 # Vendor IDs these implementations send that ikev1d does not act on; their values
 # are the published ones (MD5 of the draft names; Wireshark's vendor table).
@@ -440,3 +452,54 @@ def test_dpd_announced_in_message_3_and_answered_in_message_4_is_used_by_both() 
     for peer in (net.a, net.b):
         (ike_sa,) = peer.engine._sas.values()
         assert Extension.DPD in ike_sa.peer_vendors.extensions
+
+
+# --------------------------------------------------------------------------- Openswan
+
+OPENSWAN_COOKIE = bytes.fromhex("2122232425262728")
+
+
+def openswan_transform(number: int, hash_alg: int, group: int) -> Transform:
+    """the-tcpdump-group/tcpdump tests/isakmp4500.pcap, frame 3 (Openswan's pluto
+    initiating, with RSA signatures, towards a NAT): life type and a TV duration of
+    3600 first, then 3DES-CBC, the hash, RSA signatures, the group."""
+    return Transform(number, IkeTransformId.KEY_IKE, (
+        Attribute(IkeAttr.LIFE_TYPE, LifeType.SECONDS),
+        Attribute(IkeAttr.LIFE_DURATION, 3600),
+        Attribute(IkeAttr.ENCRYPTION_ALGORITHM, IkeEncryption.TRIPLE_DES_CBC),
+        Attribute(IkeAttr.HASH_ALGORITHM, hash_alg),
+        Attribute(IkeAttr.AUTHENTICATION_METHOD, AuthMethod.RSA_SIG),
+        Attribute(IkeAttr.GROUP_DESCRIPTION, group),
+    ))
+
+
+def test_openswan_numbering_from_zero_gets_its_second_transform_back(ca: Pki) -> None:
+    """The same frame: proposal #0 with transforms #0 to #3 (3DES with MD5 or SHA-1,
+    groups 5 then 2), then Vendor IDs Openswan's own, DPD, RFC 3947, drafts -03, -02
+    and -00. The gateway accepts 3des-sha1-modp1536 (MD5 would need
+    ``allow_insecure_algorithms``): transform #1, answered under proposal #0 as
+    numbered; RFC 3947 and
+    DPD answered as its responder in the capture did (frame 4). Frame 5: KE (group 5,
+    192 octets), nonce and two NAT-D; our message 4 has them too, and a CR."""
+    _a, b_cfg, _a_cert, _b_cert = pair(ca)
+    gw_conf = replace_proposals(b_cfg, "3des-sha1-modp1536")
+    engine = Engine(gw_conf, random_bytes=random.Random(5).randbytes)
+    gw = Gateway(engine, (B_ADDR, 500), (A_ADDR, 500))
+    offer = one_proposal(0, [openswan_transform(0, IkeHash.MD5, DhGroup.MODP_1536),
+                             openswan_transform(1, IkeHash.SHA, DhGroup.MODP_1536),
+                             openswan_transform(2, IkeHash.SHA, DhGroup.MODP_1024),
+                             openswan_transform(3, IkeHash.MD5, DhGroup.MODP_1024)])
+    reply_2 = gw.answer(main_mode(OPENSWAN_COOKIE, bytes(8), [
+        offer, VendorIdPayload(VID_PRIVATE), VendorIdPayload(VID_DPD),
+        VendorIdPayload(VID_NAT_T_RFC), VendorIdPayload(VID_NAT_T_DRAFTS[2]),
+        VendorIdPayload(VID_NAT_T_DRAFTS[1]), VendorIdPayload(VID_NAT_T_DRAFTS[3])]))
+    assert reply_2.payloads[0] == one_proposal(
+        0, [openswan_transform(1, IkeHash.SHA, DhGroup.MODP_1536)])
+    assert vids(reply_2) == [VID_IKEV1D, VID_NAT_T_RFC, VID_DPD]
+    ke = generate_keypair(DhGroup.MODP_1536).public_bytes
+    assert len(ke) == 192
+    cky_r = reply_2.header.responder_cookie
+    natd = natd_payload_data("sha1", OPENSWAN_COOKIE, cky_r, (A_ADDR, 500), (B_ADDR, 500))
+    reply_4 = gw.answer(main_mode(OPENSWAN_COOKIE, cky_r, [
+        KePayload(ke), NoncePayload(bytes(range(16))), *(NatDPayload(h) for h in natd)]))
+    assert kinds(reply_4) == [KePayload, NoncePayload, CrPayload, NatDPayload, NatDPayload]
