@@ -55,6 +55,16 @@ the policies stay when the pair goes. A trap also gets the routes an SA pair
 would, so that the host's own packets reach the policy. Trap policies carry
 our reqids and are in the state file like every other policy.
 
+A road warrior's trap whose local end is the virtual IP that Mode Config has not
+given yet has as local selector the whole address family (0.0.0.0/0 or ::/0, as
+strongSwan installs a dynamic local end with virtual IPs), and routes to the
+remote networks that name no source, at :data:`TRAP_ROUTE_METRIC`: the host's
+first packet leaves from an address of its own, matches the trap and is
+acquired. The SA pair then has the virtual IP as local network, so its policies
+are its own (more specific, so preferred) and its route, from the virtual IP at
+the default metric, is preferred to the trap's; both go with the pair, and the
+trap's stay.
+
 ``life_bytes`` becomes the SAs' hard byte lifetime, with a soft one before it
 (:func:`~ikev1d.dataplane.base.soft_limit`); the kernel reports both with
 XFRM_MSG_EXPIRE (read from :class:`~ikev1d.dataplane.linux.xfrm.XfrmExpireSocket`),
@@ -142,6 +152,12 @@ POLICY_PRIORITY_BASE: Final = 200_000
 REQIDS: Final = range(0x1D1D_0001, 0x1D1E_0000)
 """The reqids ikev1d gives its SAs and policies: the mark that tells them from other
 daemons' entries after a crash (see the module's docstring)."""
+
+TRAP_ROUTE_METRIC: Final = 2048
+"""The metric of a trap's route when the trap's local end is a virtual IP still to
+come: above both families' default (IPv4 0, IPv6 1024), so that the route the SA
+pair adds from the virtual IP is preferred while it is there, and this one is
+used again when it goes."""
 
 _GONE: Final = (errno.ENOENT, errno.ESRCH)
 """What the kernel answers for an SA or policy that is not (any longer) there."""
@@ -353,7 +369,12 @@ def _policy_record(policy: XfrmPolicy) -> list[object]:
 
 
 def _route_record(route: Route) -> list[object]:
-    return [str(route.dst), route.oif, route.gateway, route.prefsrc]
+    return [str(route.dst), route.oif, route.gateway, route.prefsrc, route.metric]
+
+
+def _dynamic_local(trap: TrapInstalled) -> bool:
+    """Whether the trap's local end is a virtual IP to come (the whole family)."""
+    return all(n.prefixlen == 0 for n in trap.local_ts)
 
 
 def _state_text(state: XfrmState) -> str:
@@ -472,7 +493,9 @@ class KernelBackend:
                 raise
             policy_set = _PolicySet(reqid, policies)
             self._policy_sets[key] = policy_set
-        if not policy_set.routes:
+        if not policy_set.routes and _dynamic_local(trap):
+            policy_set.routes = self._add_trap_routes(trap)
+        elif not policy_set.routes:
             # Its own references, also when an SA pair has the same routes already:
             # they must outlive that pair.
             policy_set.routes = self._add_routes(trap.conn, trap.child, trap.mode,
@@ -594,7 +617,8 @@ class KernelBackend:
             for row in _rows(recorded.get("routes"), 4):
                 try:
                     route = Route(ipaddress.ip_network(str(row[0])), int(str(row[1])),
-                                  str(row[2]), str(row[3]))
+                                  str(row[2]), None if row[3] is None else str(row[3]),
+                                  int(str(row[4])) if len(row) > 4 else 0)
                 except ValueError:  # not what this file's writer records: skipped
                     continue
                 if self._delete_leftover(self.routes.delete_route, route):
@@ -923,19 +947,46 @@ class KernelBackend:
             if source is None:
                 continue
             route = Route(remote_ts, oif, gateway or remote, str(source))
-            if route not in self._route_refs:
-                self._save(routes=(route,))
-                try:
-                    self.routes.add_route(route)
-                except OSError as exc:
-                    level = logging.INFO if exc.errno == errno.EEXIST else logging.WARNING
-                    log.log(level, "kernel data plane: route to %s not added: %s",
-                            remote_ts, _reason(exc), extra={"conn": conn})
-                    continue
-                self._route_refs[route] = 0
-            self._route_refs[route] += 1
-            added.append(route)
+            if self._add_route(route, conn):
+                added.append(route)
         return tuple(added)
+
+    def _add_trap_routes(self, trap: TrapInstalled) -> tuple[Route, ...]:
+        """The routes of a trap whose local end is a virtual IP to come: to each remote
+        network of the virtual IP's family, with no source and a metric above the SA
+        pair's route (see the module's docstring)."""
+        if self.routes is None or trap.mode != "tunnel":
+            return ()
+        try:
+            oif, gateway = self.routes.route_to(trap.remote)
+        except OSError as exc:
+            log.warning("kernel data plane: no routes for %s: %s", trap.child, _reason(exc),
+                        extra={"conn": trap.conn})
+            return ()
+        families = {n.version for n in trap.local_ts}
+        return tuple(
+            route for remote_ts in trap.remote_ts if remote_ts.version in families
+            for route in [Route(remote_ts, oif, gateway or trap.remote, None,
+                                TRAP_ROUTE_METRIC)]
+            if self._add_route(route, trap.conn))
+
+    def _add_route(self, route: Route, conn: str) -> bool:
+        """Add a route, or count one more user of it; False when it could not be added
+        (logged: the SAs still serve forwarded traffic)."""
+        if self.routes is None:
+            return False
+        if route not in self._route_refs:
+            self._save(routes=(route,))
+            try:
+                self.routes.add_route(route)
+            except OSError as exc:
+                level = logging.INFO if exc.errno == errno.EEXIST else logging.WARNING
+                log.log(level, "kernel data plane: route to %s not added: %s",
+                        route.dst, _reason(exc), extra={"conn": conn})
+                return False
+            self._route_refs[route] = 0
+        self._route_refs[route] += 1
+        return True
 
     def _remove_routes(self, routes: tuple[Route, ...]) -> list[str]:
         errors: list[str] = []

@@ -35,7 +35,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ikev1d.config import Config, ConnectionConfig, Dataplane, DpdAction, StartAction
+from ikev1d.config import Config, ConnectionConfig, DpdAction, StartAction
 from ikev1d.engine.api import (
     ChildSaEstablished,
     ConnectionFailed,
@@ -95,12 +95,6 @@ class Traps:
         child = conn.children[child_name]
         local_ts, remote_ts = child.traffic_selectors(local, remote)
         if conn.vips and not child.local_ts:
-            if self.engine.config.daemon.dataplane is Dataplane.KERNEL:
-                # The kernel plane's SA pair takes over the trap's policies and
-                # routes, which need our end to be known when the trap goes in.
-                raise EngineError("its local end is the virtual IP to come, which only "
-                                  "the userspace data plane traps (set local_ts, or "
-                                  "dataplane = \"userspace\")")
             # Our end will be the virtual IP that Mode Config has not given us yet:
             # trap every source of its family, as strongSwan's trap manager installs
             # a dynamic local selector as %any of the virtual IP's family. The first

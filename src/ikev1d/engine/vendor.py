@@ -89,11 +89,7 @@ def recognise(vids: list[bytes]) -> PeerVendors:
     # Every ISAKMP SA keeps its peer's PeerVendors for its whole life; peers of one
     # kind send the same Vendor IDs, so one shared object per set of extensions (at
     # most 2^len(Extension) of them, whatever peers send) serves them all.
-    key = frozenset(found)
-    shared = _SHARED.get(key)
-    if shared is None:
-        shared = _SHARED[key] = PeerVendors(key, 0)
-    return shared
+    return recognise_extensions(frozenset(found))
 
 
 _SHARED: dict[frozenset[Extension], PeerVendors] = {}
@@ -113,16 +109,61 @@ def our_vendor_ids() -> list[bytes]:
     ]
 
 
-def responder_vendor_ids(peer: PeerVendors) -> list[bytes]:
-    """Answer the known VIDs: exactly one NAT-T flavour, the best both speak."""
+def responder_vendor_ids(peer: PeerVendors, *, xauth: bool = False,
+                         unity: bool = False) -> list[bytes]:
+    """Answer the known VIDs: exactly one NAT-T flavour, the best both speak, and
+    the extensions of ``answer_vendor_ids``."""
     vids = [VID_IKEV1D]
     if Extension.NAT_T_RFC in peer.extensions:
         vids.append(VID_NAT_T_RFC)
     elif Extension.NAT_T_DRAFT in peer.extensions:
         vids.append(VID_NAT_T_DRAFTS[0])
-    if Extension.DPD in peer.extensions:
+    return vids + answer_vendor_ids(peer.extensions, xauth=xauth, unity=unity)
+
+
+def answer_vendor_ids(extensions: frozenset[Extension], *, xauth: bool,
+                      unity: bool) -> list[bytes]:
+    """The VIDs that answer a peer's announcements of DPD (RFC 3706 section 5.1:
+    DPD is used only when both sides sent the VID), of XAUTH when the connection
+    has an XAUTH round (``xauth``), and of Cisco Unity when we are its Mode Config
+    server (``unity``: our pools send UNITY_SPLIT_INCLUDE); Cisco and VPN clients
+    of its kind turn these extensions on only when the gateway answers them."""
+    vids = []
+    if Extension.DPD in extensions:
         vids.append(VID_DPD)
+    if xauth and Extension.XAUTH in extensions:
+        vids.append(VID_XAUTH)
+    if unity and Extension.CISCO_UNITY in extensions:
+        vids.append(VID_CISCO_UNITY)
     return vids
+
+
+#: Extensions a peer cannot start announcing after Main Mode messages 1 and 2:
+#: NAT-D goes in messages 3 and 4, so NAT-T is agreed before (RFC 3947 section 3).
+FIRST_MESSAGES_ONLY = frozenset({Extension.NAT_T_RFC, Extension.NAT_T_DRAFT})
+
+
+def merge_later(first: PeerVendors, later: PeerVendors) -> PeerVendors:
+    """What a peer announced in Main Mode messages 1/2 (``first``) and then in 3/4
+    (``later``): Cisco IOS, for one, sends its DPD, XAUTH and Unity VIDs in
+    messages 3 and 4 only. NAT-T announced that late is not taken up."""
+    added = later.extensions - first.extensions - FIRST_MESSAGES_ONLY
+    if not added and not later.unknown:
+        return first
+    extensions = first.extensions | added
+    unknown = first.unknown + later.unknown
+    if not unknown:
+        return recognise_extensions(extensions)
+    sample = (first.unknown_sample + later.unknown_sample)[:UNKNOWN_SAMPLE]
+    return PeerVendors(extensions, unknown, sample)
+
+
+def recognise_extensions(extensions: frozenset[Extension]) -> PeerVendors:
+    """The shared PeerVendors of a set of extensions and no unknown VIDs."""
+    shared = _SHARED.get(extensions)
+    if shared is None:
+        shared = _SHARED[extensions] = PeerVendors(extensions, 0)
+    return shared
 
 
 FRAGMENTATION_FLAGS = bytes.fromhex("80000000")

@@ -425,6 +425,9 @@ class FakeRoutes:
         self.addresses = addresses
         self.gateway = gateway
         self.table: dict[Network, Route] = {}
+        self.metric_table: dict[Network, Route] = {}
+        """Routes at a metric other than the default: the kernel keeps them beside
+        one to the same network at the default metric."""
         self.added: dict[str, tuple[int, int | None]] = {}
         """Addresses added through the backend (or by an earlier run): index, proto."""
         self.closed = False
@@ -438,12 +441,14 @@ class FakeRoutes:
         return 3, self.gateway
 
     def add_route(self, route: Route) -> None:
-        if route.dst in self.table:
+        table = self.metric_table if route.metric else self.table
+        if route.dst in table:
             raise OSError(errno.EEXIST, "File exists")
-        self.table[route.dst] = route
+        table[route.dst] = route
 
     def delete_route(self, route: Route) -> None:
-        if self.table.pop(route.dst, None) is None:
+        table = self.metric_table if route.metric else self.table
+        if table.pop(route.dst, None) is None:
             raise OSError(errno.ESRCH, "No such process")
 
     def host_addresses(self) -> list[tuple[str, int, int | None]]:

@@ -94,6 +94,7 @@ RTM_GETROUTE: Final = 26
 RTA_DST: Final = 1
 RTA_OIF: Final = 4
 RTA_GATEWAY: Final = 5
+RTA_PRIORITY: Final = 6
 RTA_PREFSRC: Final = 7
 IFA_ADDRESS: Final = 1
 IFA_LOCAL: Final = 2
@@ -732,12 +733,18 @@ class XfrmExpireSocket:
 
 @dataclass(frozen=True)
 class Route:
-    """``DST via GATEWAY dev OIF src PREFSRC`` in the main table."""
+    """``DST via GATEWAY dev OIF [src PREFSRC] [metric METRIC]`` in the main table.
+
+    Without ``prefsrc`` the kernel picks the source for each connection (by the
+    outgoing interface). The kernel holds routes to one destination at different
+    metrics side by side and uses the lowest (IPv4's default is 0, IPv6's 1024).
+    """
 
     dst: Network
     oif: int
     gateway: str
-    prefsrc: str
+    prefsrc: str | None
+    metric: int = 0
 
 
 def _parse_attributes(data: bytes, offset: int) -> dict[int, bytes]:
@@ -761,7 +768,11 @@ def encode_route(route: Route, delete: bool = False) -> bytes:
         _attribute(RTA_DST, route.dst.network_address.packed),
         _attribute(RTA_GATEWAY, ipaddress.ip_address(route.gateway).packed),
         _attribute(RTA_OIF, struct.pack("=I", route.oif)),
-        b"" if delete else _attribute(RTA_PREFSRC, ipaddress.ip_address(route.prefsrc).packed),
+        b"" if delete or route.prefsrc is None
+        else _attribute(RTA_PREFSRC, ipaddress.ip_address(route.prefsrc).packed),
+        # In a delete too: the kernel then removes the route of that metric only
+        # (fib_table_delete, ip6_route_del), not another one to the same network.
+        _attribute(RTA_PRIORITY, struct.pack("=I", route.metric)) if route.metric else b"",
     ))  # fmt: skip
 
 

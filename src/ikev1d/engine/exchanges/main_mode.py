@@ -60,6 +60,7 @@ from ikev1d.engine.sa_proposals import (
     offered_ike,
     select_ike,
 )
+from ikev1d.engine.vendor import Extension
 from ikev1d.wire import (
     AuthMethod,
     ExchangeType,
@@ -266,24 +267,47 @@ class MainMode(Exchange):
         # Our DH private value has done its only job (RFC 2409 section 5: g^xy).
         self.sa.dh = None
 
-    def _vendors(self, payloads: Sequence[Payload], now: float) -> None:
+    def _recognise(self, payloads: Sequence[Payload], now: float) -> vendor.PeerVendors:
         sa = self.sa
         vids = [p.data for p in payloads if isinstance(p, VendorIdPayload)]
-        sa.peer_vendors = vendor.recognise(vids)
-        if sa.peer_vendors.unknown:
-            sample = [v.hex() for v in sa.peer_vendors.unknown_sample]
+        peer = vendor.recognise(vids)
+        if peer.unknown:
+            sample = [v.hex() for v in peer.unknown_sample]
             sa.ctx.logs.log(log, logging.INFO, "unknown-vid", now,
                             "ignoring unknown vendor ID %s",
-                            truncated(sample, total=sa.peer_vendors.unknown),
+                            truncated(sample, total=peer.unknown),
                             extra=sa.log_extra)
-        if sa.peer_vendors.extensions:
+        if peer.extensions:
             log.debug(
                 "peer supports %s",
-                ", ".join(sorted(e.value for e in sa.peer_vendors.extensions)),
+                ", ".join(sorted(e.value for e in peer.extensions)),
                 extra=sa.log_extra,
             )
+        return peer
+
+    def _vendors(self, payloads: Sequence[Payload], now: float) -> None:
+        sa = self.sa
+        sa.peer_vendors = self._recognise(payloads, now)
         sa.nat_t = sa.peer_vendors.nat_t
         sa.nat_t_rfc = sa.peer_vendors.nat_t_rfc
+
+    def _later_vendors(self, payloads: Sequence[Payload], now: float) -> frozenset[Extension]:
+        """Vendor IDs in Main Mode message 3 or 4 (Cisco IOS announces DPD, XAUTH and
+        Unity there): taken up like those of messages 1 and 2, except NAT-T. Returns
+        the extensions that are new."""
+        sa = self.sa
+        before = sa.peer_vendors.extensions
+        sa.peer_vendors = vendor.merge_later(sa.peer_vendors, self._recognise(payloads, now))
+        return sa.peer_vendors.extensions - before
+
+    def _answer_flags(self) -> dict[str, bool]:
+        """Which extensions our connection answers beyond DPD (responder): XAUTH
+        when it has an XAUTH round, Cisco Unity when it hands out addresses."""
+        conn = self.sa.conn
+        if conn is None:
+            return {"xauth": False, "unity": False}
+        return {"xauth": conn.remote_xauth is not None or conn.local_xauth is not None,
+                "unity": bool(conn.pools)}
 
     def _established(self, now: float) -> None:
         self.state = MmState.DONE
@@ -418,6 +442,7 @@ class MainMode(Exchange):
         payloads = parse(message.header, message.body, opaque=auth.rule(4).opaque).payloads
         rules.check(auth.rule(4), payloads, "Main Mode message 4")
         auth.read_key_exchange(payloads)
+        self._later_vendors(payloads, now)
         self._shared_secret(self.material.g_xr)
         if self.sent_natd:
             self._process_natd(payloads)
@@ -476,7 +501,8 @@ class MainMode(Exchange):
         self.material.sa_i_b = sa_i_b
         self._vendors(payloads, now)
         out: list[Payload] = [choice.response_sa()]
-        out += [VendorIdPayload(v) for v in vendor.responder_vendor_ids(sa.peer_vendors)]
+        out += [VendorIdPayload(v) for v in vendor.responder_vendor_ids(
+            sa.peer_vendors, **self._answer_flags())]
         out += [VendorIdPayload(v) for v in vendor.fragmentation_vendor_ids(
             sa.conn.fragmentation is not Fragmentation.NO, sa.peer_vendors)]
         self.state = MmState.MM2_SENT
@@ -526,6 +552,8 @@ class MainMode(Exchange):
             self._process_natd(payloads)
         self._derive_keys()
         out = auth.key_exchange_payloads()
+        out += [VendorIdPayload(v) for v in vendor.answer_vendor_ids(
+            self._later_vendors(payloads, now), **self._answer_flags())]
         if has_natd:
             out += self._natd_payloads()
         self.state = MmState.MM4_SENT
