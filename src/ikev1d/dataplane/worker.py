@@ -45,8 +45,7 @@ from typing import TYPE_CHECKING, Final
 from ikev1d.dataplane.base import DataplaneError
 from ikev1d.dataplane.esp import EspError, OutboundSa, esp_algorithm
 from ikev1d.dataplane.linux import gso
-from ikev1d.dataplane.linux.offload import VNET_HDR_LEN, ZERO_VNET_HDR
-from ikev1d.dataplane.linux.tun import RawEspSocket
+from ikev1d.dataplane.linux.tun import RawEspSocket, TunDevice
 from ikev1d.dataplane.sad import CONTEXT_IDLE_S, NO_LIMIT, Sad, SaEntry, prefixes
 from ikev1d.dataplane.sealing import DROP_REASONS, DropLog, Sealer, Trap
 from ikev1d.dataplane.worker_protocol import (
@@ -82,7 +81,6 @@ round trip) for the outbound direction."""
 SEND_TIMEOUT: Final = 5.0
 """A peer process that takes no message for this long is treated as stuck."""
 _ROWS_PER_MESSAGE: Final = 1000
-_MAX_TUN_READ: Final = 65535 + VNET_HDR_LEN
 _NO_GSO: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 
 
@@ -112,34 +110,6 @@ def send_message(sock: socket.socket, data: bytes, timeout: float = SEND_TIMEOUT
 
 
 # --- the worker process ---------------------------------------------------------------
-
-
-class _TunQueue:
-    """The TUN device's descriptor as inherited from the daemon (reads; ICMP writes)."""
-
-    def __init__(self, fd: int, name: str, vnet_hdr: bool) -> None:
-        self._fd = fd
-        self.name = name
-        self.vnet_hdr = vnet_hdr
-        os.set_blocking(fd, False)
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def read(self) -> bytes | None:
-        try:
-            return os.read(self._fd, _MAX_TUN_READ)
-        except (BlockingIOError, InterruptedError):
-            return None
-
-    def write(self, packet: bytes) -> None:
-        if self.vnet_hdr:
-            os.writev(self._fd, (ZERO_VNET_HDR, packet))
-        else:
-            os.write(self._fd, packet)
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 class _UdpSenders:
@@ -225,7 +195,7 @@ class WorkerSealer(Sealer):
     it extends the reservation (:meth:`seq_mark`), and asks for renewal only when
     the SA's own soft limit is reached."""
 
-    def __init__(self, tun: _TunQueue, sad: Sad, drop: DropLog,
+    def __init__(self, tun: TunDevice, sad: Sad, drop: DropLog,
                  traps: dict[tuple[str, str], Trap], clock: Callable[[], float], *,
                  reserve: Callable[[SaEntry, int], None]) -> None:
         super().__init__(tun, sad, drop, traps, clock)
@@ -292,7 +262,7 @@ class _Worker:
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         self.traps: dict[tuple[str, str], Trap] = {}
         self.sealer: WorkerSealer | None = None
-        self.tun: _TunQueue | None = None
+        self.tun: TunDevice | None = None
         self.done = False
         self._reported: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._next_cool = time.monotonic() + CONTEXT_IDLE_S
@@ -352,7 +322,7 @@ class _Worker:
         if self.sealer is not None:
             raise WorkerProtocolError("SETUP twice")
         logging.getLogger().setLevel(msg.get_int("log_level"))
-        self.tun = _TunQueue(msg.get_int("tun_fd"), msg.get_str("tun_name"),
+        self.tun = TunDevice.adopt(msg.get_int("tun_fd"), msg.get_str("tun_name"),
                              msg.get_bool("vnet_hdr"))
         sealer = WorkerSealer(self.tun, self.sad, DropLog(self.drops, time.monotonic),
                               self.traps, time.monotonic, reserve=self._reserve)

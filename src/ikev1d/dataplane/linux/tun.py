@@ -124,6 +124,20 @@ class TunDevice:
         log.debug("TUN device %s (index %d, MTU %d, offload %s) open", self.name, self.index,
                   mtu, self.offload)
 
+    @classmethod
+    def adopt(cls, fd: int, name: str, vnet_hdr: bool) -> TunDevice:
+        """The device as opened (and set up) by another process and inherited as ``fd``:
+        reads and writes only; closing it leaves the device to its owner."""
+        tun = cls.__new__(cls)
+        tun._fd = fd
+        tun.name = name
+        tun.vnet_hdr = vnet_hdr
+        tun.tso = False
+        tun.mtu = 0
+        tun.index = -1
+        os.set_blocking(fd, False)
+        return tun
+
     @property
     def offload(self) -> str:
         """What was granted: ``"tso"``, ``"gro"`` or ``"off"``."""
