@@ -90,7 +90,6 @@ Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 """``callback(data, local, remote)``."""
 
 
-_NO_GSO = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 """What sendmsg with UDP_SEGMENT fails with where the offload is unavailable (udp(7))."""
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum flag arithmetic per packet is slow
 
@@ -282,16 +281,13 @@ class UdpSocket:
         refuses segmentation offload, they go one by one from then on.
         """
         if len(datagrams) > 1 and self.gso:
-            cmsgs = [gso.segment_cmsg(len(datagrams[0])), *self._source(local_address)]
-            try:
-                self.sock.sendmsg(datagrams, cmsgs, 0, remote)
+            refused = gso.send_segmented(self.sock, datagrams, self._source(local_address),
+                                         remote)
+            if refused is None:
                 return
-            except OSError as exc:
-                if exc.errno not in _NO_GSO:
-                    raise
-                self.gso = False
-                log.info("UDP port %d: no segmentation offload (%s); sending ESP-in-UDP "
-                         "datagrams one by one", self.port, exc.strerror or exc)
+            self.gso = False
+            log.info("UDP port %d: no segmentation offload (%s); sending ESP-in-UDP "
+                     "datagrams one by one", self.port, refused.strerror or refused)
         for data in datagrams:
             self.send(data, local_address, remote)
 

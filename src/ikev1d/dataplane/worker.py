@@ -29,7 +29,6 @@ report is lost.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
@@ -81,7 +80,6 @@ round trip) for the outbound direction."""
 SEND_TIMEOUT: Final = 5.0
 """A peer process that takes no message for this long is treated as stuck."""
 _ROWS_PER_MESSAGE: Final = 1000
-_NO_GSO: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 
 
 def networks(texts: Sequence[str]) -> tuple[Network, ...]:
@@ -166,15 +164,12 @@ class _UdpSenders:
             if found is None:
                 raise OSError(f"no socket for {local[0]} port {local[1]}")
             sock, cmsgs = found
-            try:
-                sock.sendmsg(datagrams, [gso.segment_cmsg(len(datagrams[0])), *cmsgs], 0, remote)
+            refused = gso.send_segmented(sock, datagrams, list(cmsgs), remote)
+            if refused is None:
                 return
-            except OSError as exc:
-                if exc.errno not in _NO_GSO:
-                    raise
-                self.gso = False
-                log.info("data plane worker: no UDP segmentation offload (%s); sending "
-                         "ESP-in-UDP datagrams one by one", exc.strerror or exc)
+            self.gso = False
+            log.info("data plane worker: no UDP segmentation offload (%s); sending "
+                     "ESP-in-UDP datagrams one by one", refused.strerror or refused)
         for data in datagrams:
             self.send(data, local, remote)
 

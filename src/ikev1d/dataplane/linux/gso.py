@@ -14,9 +14,10 @@ is exactly the equal-sized datagrams to one peer that GSO is for.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "enable_gro",
     "gro_segment_size",
     "segment_cmsg",
+    "send_segmented",
     "split",
 ]
 
@@ -54,6 +56,27 @@ def enable_gro(sock: socket.socket) -> bool:
 def segment_cmsg(size: int) -> tuple[int, int, bytes]:
     """The control message that makes ``sendmsg`` cut its data into ``size``-octet datagrams."""
     return (SOL_UDP, UDP_SEGMENT, _U16.pack(size))
+
+
+_NO_GSO: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+"""What ``sendmsg`` with ``UDP_SEGMENT`` fails with where the kernel, the device or
+the route cannot segment (udp(7)); any other error is the datagrams' own."""
+
+
+def send_segmented(sock: socket.socket, datagrams: Sequence[bytes],
+                   cmsgs: list[tuple[int, int, bytes]], remote: tuple[str, int],
+                   ) -> OSError | None:
+    """Send equal-sized ``datagrams`` (the last may be shorter) in one ``sendmsg``
+    with ``UDP_SEGMENT`` and the ancillary data ``cmsgs``: None when sent, the error
+    when segmentation offload is refused (the caller sends them one by one, and from
+    then on); any other error is raised."""
+    try:
+        sock.sendmsg(datagrams, [segment_cmsg(len(datagrams[0])), *cmsgs], 0, remote)
+    except OSError as exc:
+        if exc.errno not in _NO_GSO:
+            raise
+        return exc
+    return None
 
 
 def gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int:
