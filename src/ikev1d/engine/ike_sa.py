@@ -48,8 +48,9 @@ from ikev1d.wire import (
     ProtocolId,
     WireError,
     decode_payloads_with_spans,
-    encode_header,
+    encode_header_fields,
     encode_payloads,
+    first_payload_type,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ikev1d.engine")
 
 T = TypeVar("T")
+
+_ENCRYPTION = int(Flags.ENCRYPTION)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -535,21 +538,12 @@ class IkeSa:
 
     # -- message protection (RFC 2409 section 5.3, Appendix B) ---------------
 
-    def header(self, exchange: int, message_id: int, flags: int = 0) -> Header:
-        return Header(
-            initiator_cookie=self.cky_i,
-            responder_cookie=self.cky_r,
-            next_payload=0,
-            exchange_type=exchange,
-            flags=flags,
-            message_id=message_id,
-        )
-
     def plain_message(self, exchange: int, message_id: int, payloads: Sequence[Payload]) -> bytes:
         body = encode_payloads(payloads)
-        header = self.header(exchange, message_id)
-        header = _with_next(header, payloads)
-        return encode_header(header, len(body)) + body
+        return encode_header_fields(
+            self.cky_i, self.cky_r, first_payload_type(payloads), exchange, 0, message_id,
+            len(body),
+        ) + body
 
     def encrypted_message(
         self,
@@ -560,20 +554,39 @@ class IkeSa:
         flags: int = 0,
     ) -> tuple[bytes, bytes]:
         """The message and the IV for the next one in this CBC chain."""
-        if self.cipher is None:
+        return self.encrypted_body(
+            exchange, message_id, first_payload_type(payloads), encode_payloads(payloads), iv,
+            flags,
+        )
+
+    def encrypted_body(
+        self,
+        exchange: int,
+        message_id: int,
+        first_type: int,
+        body: bytes,
+        iv: bytes,
+        flags: int = 0,
+    ) -> tuple[bytes, bytes]:
+        """:meth:`encrypted_message` for a payload chain already encoded (starting
+        with a payload of ``first_type``): a Quick Mode or Informational message
+        encodes what follows its HASH once, for the hash and the message."""
+        cipher = self.cipher
+        if cipher is None:
             raise ProtocolFailure("no keys yet")
-        plaintext = pad_plaintext(encode_payloads(payloads), self.cipher.block_size)
-        ciphertext = self.cipher.encrypt(iv, plaintext)
-        header = _with_next(self.header(exchange, message_id, flags | Flags.ENCRYPTION), payloads)
-        return encode_header(header, len(ciphertext)) + ciphertext, ciphertext[
-            -self.cipher.block_size :
-        ]
+        block_size = cipher.block_size
+        ciphertext = cipher.encrypt(iv, pad_plaintext(body, block_size))
+        header = encode_header_fields(
+            self.cky_i, self.cky_r, first_type, exchange, int(flags) | _ENCRYPTION, message_id,
+            len(ciphertext),
+        )
+        return header + ciphertext, ciphertext[-block_size:]
 
     def decrypt(self, header: Header, body: bytes, iv: bytes) -> tuple[bytes, bytes]:
         """(plaintext, IV for the next message); ProtocolFailure if it cannot be."""
         if self.cipher is None:
             raise ProtocolFailure("encrypted message before keys exist")
-        if not header.flags & Flags.ENCRYPTION:
+        if not int(header.flags) & _ENCRYPTION:  # int(): an IntFlag's & is Python code
             raise ProtocolFailure("message should be encrypted", NotifyType.INVALID_FLAGS)
         try:
             plaintext = self.cipher.decrypt(iv, body)
@@ -604,8 +617,9 @@ class IkeSa:
         rest = encode_payloads(payloads)
         hash_1 = informational_hash(self.hash_alg, self.keys.skeyid_a, message_id, rest)
         iv = phase2_iv(self.hash_alg, self.phase1_iv, message_id, self.cipher.block_size)
-        data, _ = self.encrypted_message(
-            ExchangeType.INFORMATIONAL, message_id, [HashPayload(hash_1), *payloads], iv
+        body = encode_payloads([HashPayload(hash_1)], first_payload_type(payloads)) + rest
+        data, _ = self.encrypted_body(
+            ExchangeType.INFORMATIONAL, message_id, PayloadType.HASH, body, iv
         )
         self.transmit(data)
 
@@ -697,18 +711,6 @@ class IkeSa:
             for child_timer in (child.expiry, child.rekey):
                 if child_timer is not None:
                     child_timer.cancel()
-
-
-def _with_next(header: Header, payloads: Sequence[Payload]) -> Header:
-    first = payloads[0].payload_type if payloads else 0
-    return Header(
-        initiator_cookie=header.initiator_cookie,
-        responder_cookie=header.responder_cookie,
-        next_payload=first,
-        exchange_type=header.exchange_type,
-        flags=header.flags,
-        message_id=header.message_id,
-    )
 
 
 @dataclass(frozen=True)

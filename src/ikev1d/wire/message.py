@@ -57,6 +57,7 @@ __all__ = [
     "decode_payloads",
     "decode_payloads_with_spans",
     "encode_header",
+    "encode_header_fields",
     "encode_payloads",
     "first_payload_type",
     "split_message",
@@ -141,6 +142,26 @@ def split_message(data: bytes) -> tuple[Header, bytes]:
     return header, bytes(data[HEADER_LENGTH : header.length])
 
 
+def encode_header_fields(
+    initiator_cookie: bytes, responder_cookie: bytes, next_payload: int, exchange_type: int,
+    flags: int, message_id: int, body_length: int,
+) -> bytes:
+    """:func:`encode_header` of a version 1.0 header from its fields, without a
+    :class:`Header` built first: every message we send has one."""
+    length = HEADER_LENGTH + body_length
+    if (len(initiator_cookie) == COOKIE_LENGTH and len(responder_cookie) == COOKIE_LENGTH
+            and 0 <= body_length and length <= 0xFFFFFFFF):
+        try:
+            return _HEADER.pack(initiator_cookie, responder_cookie, next_payload,
+                                ISAKMP_VERSION, exchange_type, flags, message_id, length)
+        except struct.error:
+            pass
+    # Out of range somewhere: the general encoder says which field.
+    return encode_header(
+        Header(initiator_cookie, responder_cookie, next_payload, exchange_type, flags,
+               message_id), body_length)
+
+
 def encode_header(header: Header, body_length: int) -> bytes:
     """The 28 header bytes, with length = 28 + body_length (``header.length`` is ignored)."""
     if (
@@ -180,17 +201,23 @@ def first_payload_type(payloads: Sequence[Payload]) -> int:
     return int(payloads[0].payload_type) if payloads else int(PayloadType.NONE)
 
 
-def encode_payloads(payloads: Sequence[Payload]) -> bytes:
-    """Payloads with their generic headers, next-payload fields chained, the last NONE."""
-    out = bytearray()
+_GENERIC_HEADER = struct.Struct("!BxH")
+
+
+def encode_payloads(payloads: Sequence[Payload], then: int = 0) -> bytes:
+    """Payloads with their generic headers, next-payload fields chained, the last
+    one's ``then`` (NONE unless already encoded payloads of that type follow)."""
+    parts: list[bytes] = []
+    last = len(payloads) - 1
+    pack = _GENERIC_HEADER.pack
     for i, p in enumerate(payloads):
-        nxt = int(payloads[i + 1].payload_type) if i + 1 < len(payloads) else 0
         body = p.encode_body()
         length = GENERIC_HEADER_LENGTH + len(body)
         if length > 0xFFFF:
             raise ValueError(f"{p.payload_type} payload is {length} bytes, over 65535")
-        out += bytes((nxt, 0)) + length.to_bytes(2, "big") + body
-    return bytes(out)
+        parts.append(pack(payloads[i + 1].payload_type if i < last else then, length))
+        parts.append(body)
+    return b"".join(parts)
 
 
 def _decode_unknown(payload_type: int) -> Callable[[bytes], Payload]:

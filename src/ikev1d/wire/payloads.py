@@ -169,6 +169,12 @@ def decode_attributes(r: Reader) -> tuple[Attribute, ...]:
 
 # --------------------------------------------------------------------------- SA
 
+# Decoded transforms and SA payloads by their body bytes (see Transform.decode_body);
+# emptied when full, since the bytes are whatever peers send.
+_DECODED_CACHED = 256
+_TRANSFORMS: dict[bytes, Transform] = {}
+_SA_PAYLOADS: dict[bytes, SaPayload] = {}
+
 
 @dataclass(frozen=True, slots=True)
 class Transform:
@@ -187,6 +193,20 @@ class Transform:
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
+        # A peer offers the same transforms in every handshake and renewal (only the
+        # SPI of a Quick Mode proposal changes): a transform decoded once is the same
+        # immutable value next time. Bounded, since the bytes are the peer's.
+        known = _TRANSFORMS.get(data)
+        if known is not None and type(known) is cls:
+            return known
+        decoded = cls._decode_body(data)
+        if len(_TRANSFORMS) >= _DECODED_CACHED:
+            _TRANSFORMS.clear()
+        _TRANSFORMS[bytes(data)] = decoded
+        return decoded
+
+    @classmethod
+    def _decode_body(cls, data: bytes) -> Self:
         r = Reader(data, "transform payload")
         number = r.u8("transform number")
         transform_id = r.u8("transform id")
@@ -296,6 +316,19 @@ class SaPayload:
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
+        # Main Mode message 1 carries the same offer in every handshake of a peer
+        # (no SPI in an ISAKMP proposal): decoded once, like a transform above.
+        known = _SA_PAYLOADS.get(data)
+        if known is not None and type(known) is cls:
+            return known
+        decoded = cls._decode_body(data)
+        if len(_SA_PAYLOADS) >= _DECODED_CACHED:
+            _SA_PAYLOADS.clear()
+        _SA_PAYLOADS[bytes(data)] = decoded
+        return decoded
+
+    @classmethod
+    def _decode_body(cls, data: bytes) -> Self:
         r = Reader(data, "SA payload")
         doi = r.u32("DOI")
         situation = r.u32("situation")

@@ -77,10 +77,12 @@ from ikev1d.wire import (
     NotifyPayload,
     NotifyType,
     Payload,
+    PayloadType,
     ProtocolId,
     SaPayload,
     WireError,
     encode_payloads,
+    first_payload_type,
     id_from_network,
     make_attribute,
 )
@@ -93,6 +95,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ikev1d.engine")
 
 QM = ExchangeType.QUICK_MODE
+_COMMIT = int(Flags.COMMIT)  # tested on int(flags): an IntFlag's & is Python code
 
 
 class QmState(enum.Enum):
@@ -247,6 +250,18 @@ class QuickMode(Exchange):
         sa.exchange_ivs[self.message_id] = next_iv
         return data
 
+    def _encrypt_after_hash(self, hash_data: bytes, rest: Sequence[Payload], encoded: bytes,
+                            flags: int = 0) -> bytes:
+        """:meth:`_encrypt` of HASH(n) followed by ``rest``, whose encoding (what
+        the hash covers) is ``encoded``: encoded once, not again for the message."""
+        sa = self.sa
+        body = encode_payloads([HashPayload(hash_data)], first_payload_type(rest)) + encoded
+        data, next_iv = sa.encrypted_body(
+            QM, self.message_id, PayloadType.HASH, body, sa.exchange_iv(self.message_id), flags
+        )
+        sa.exchange_ivs[self.message_id] = next_iv
+        return data
+
     def _pfs_public(self, group: int | None) -> list[Payload]:
         if group is None:
             return []
@@ -385,8 +400,9 @@ class QuickMode(Exchange):
         rest += self._pfs_public(pfs_group)
         rest += [id_from_network(local_ts), id_from_network(remote_ts)]
         prf, skeyid_a, _d = self._keys
-        hash_1 = qm_hash1(prf, skeyid_a, self.message_id, encode_payloads(rest))
-        self.send_request(self._encrypt([HashPayload(hash_1), *rest]), now)
+        encoded = encode_payloads(rest)
+        hash_1 = qm_hash1(prf, skeyid_a, self.message_id, encoded)
+        self.send_request(self._encrypt_after_hash(hash_1, rest, encoded), now)
 
     def process(self, message: Message, now: float) -> None:
         if self.initiator:
@@ -515,13 +531,12 @@ class QuickMode(Exchange):
         notify = self._responder_lifetime_notify(choice)
         if notify is not None:
             out_rest.append(notify)
-        hash_2 = qm_hash2(prf, skeyid_a, self.message_id, self.ni, encode_payloads(out_rest))
+        rest = encode_payloads(out_rest)
+        hash_2 = qm_hash2(prf, skeyid_a, self.message_id, self.ni, rest)
         # An initiator that asks for the commit bit gets it back, and a CONNECTED
         # notification once QM3 is in (the 4th message).
-        self.commit = bool(message.header.flags & Flags.COMMIT)
-        data = self._encrypt(
-            [HashPayload(hash_2), *out_rest], Flags.COMMIT if self.commit else 0
-        )
+        self.commit = bool(int(message.header.flags) & _COMMIT)
+        data = self._encrypt_after_hash(hash_2, out_rest, rest, _COMMIT if self.commit else 0)
         self.remember(message.raw, data)
         self.state = QmState.QM2_SENT
         self.send_request(data, now)
