@@ -151,8 +151,13 @@ class IkeProposal:
 
     def render(self) -> str:
         """strongSwan syntax, e.g. ``aes256-sha256-modp2048``."""
-        enc = _encryption_text(self.encryption, self.key_length)
-        return f"{enc}-{self.integrity}-{dh_group_name(self.dh_group)}"
+        # Every tunnel's events and log lines name its proposal: the text is kept on
+        # the (immutable) proposal, outside the fields that equality and hashing use.
+        text: str | None = self.__dict__.get("_text")
+        if text is None:
+            enc = _encryption_text(self.encryption, self.key_length)
+            text = self.__dict__["_text"] = f"{enc}-{self.integrity}-{dh_group_name(self.dh_group)}"
+        return text
 
     def __str__(self) -> str:
         return self.render()
@@ -210,6 +215,9 @@ class EspProposal:
 
     def render(self) -> str:
         """strongSwan syntax, e.g. ``aes128gcm16-modp2048`` or ``aes256-sha256``."""
+        text: str | None = self.__dict__.get("_text")  # kept as IkeProposal.render does
+        if text is not None:
+            return text
         parts = [_encryption_text(self.encryption, self.key_length, self.icv_length)]
         if self.integrity is not None:
             parts.append(self.integrity)
@@ -217,7 +225,8 @@ class EspProposal:
             parts.append(dh_group_name(self.dh_group))
         if self.esn:
             parts.append("esn")
-        return "-".join(parts)
+        text = self.__dict__["_text"] = "-".join(parts)
+        return text
 
     def __str__(self) -> str:
         return self.render()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from .constants import NON_ESP_MARKER
 from .enums import ExchangeType, Flags, PayloadType
@@ -260,11 +261,13 @@ _DECODERS: dict[int, Callable[[bytes], Payload]] = {
 _NESTED_ONLY = frozenset({int(PayloadType.PROPOSAL), int(PayloadType.TRANSFORM)})
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedPayload:
+class DecodedPayload(NamedTuple):
     """A decoded payload and where it sat in the body: ``body[start:end]`` is the whole
     payload including its generic header, ``body[start + 4:end]`` its body (e.g.
-    SAi_b of RFC 2409 §5 exactly as the peer sent it)."""
+    SAi_b of RFC 2409 §5 exactly as the peer sent it).
+
+    A named tuple rather than a frozen dataclass: one is made for every payload
+    received, and a tuple is built in a fraction of the time."""
 
     payload: Payload
     start: int

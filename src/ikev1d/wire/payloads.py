@@ -174,6 +174,7 @@ def decode_attributes(r: Reader) -> tuple[Attribute, ...]:
 _DECODED_CACHED = 256
 _TRANSFORMS: dict[bytes, Transform] = {}
 _SA_PAYLOADS: dict[bytes, SaPayload] = {}
+_TRANSFORM_ENCODINGS: dict[int, tuple[Transform, bytes]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +188,21 @@ class Transform:
     payload_type: ClassVar[PayloadType] = PayloadType.TRANSFORM
 
     def encode_body(self) -> bytes:
+        # A responder answers with the transform it accepted, which (see
+        # decode_body) is the same object in every handshake with that peer: its
+        # encoding is kept beside it. Keyed by identity, holding the object, so the
+        # identity cannot be reused while the entry exists.
+        known = _TRANSFORM_ENCODINGS.get(id(self))
+        if known is not None and known[0] is self:
+            return known[1]
         _check_uint(self.number, 8, "transform number")
         _check_uint(self.transform_id, 8, "transform id")
-        return bytes((self.number, self.transform_id, 0, 0)) + encode_attributes(self.attributes)
+        encoded = bytes((self.number, self.transform_id, 0, 0)) + encode_attributes(
+            self.attributes)
+        if len(_TRANSFORM_ENCODINGS) >= _DECODED_CACHED:
+            _TRANSFORM_ENCODINGS.clear()
+        _TRANSFORM_ENCODINGS[id(self)] = (self, encoded)
+        return encoded
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
