@@ -20,8 +20,22 @@ def _address_bytes(address: str) -> bytes:
     return ipaddress.ip_address(address).packed
 
 
+# A responder checks the peer's NAT-D hashes (detect) and sends its own
+# (natd_payload_data) for the same cookies and endpoints in one message: the
+# last few hashes are kept, so each is computed once.
+_RECENT: dict[tuple[str, bytes, bytes, Endpoint], bytes] = {}
+_RECENT_KEPT = 8
+
+
 def natd_hash(hash_alg: str, cky_i: bytes, cky_r: bytes, endpoint: Endpoint) -> bytes:
-    return nat_d_hash(hash_alg, cky_i, cky_r, _address_bytes(endpoint[0]), endpoint[1])
+    key = (hash_alg, cky_i, cky_r, endpoint)
+    known = _RECENT.get(key)
+    if known is None:
+        known = nat_d_hash(hash_alg, cky_i, cky_r, _address_bytes(endpoint[0]), endpoint[1])
+        if len(_RECENT) >= _RECENT_KEPT:
+            _RECENT.clear()
+        _RECENT[key] = known
+    return known
 
 
 def natd_payload_data(

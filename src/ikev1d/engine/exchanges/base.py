@@ -158,9 +158,7 @@ class Exchange(abc.ABC):
 
     def remember(self, request: bytes, response: bytes) -> None:
         """Keep our response to ``request`` for when the request comes again."""
-        self.sa.responses[self.message_id] = ResponseCache(
-            ResponseCache.digest(request), [response]
-        )
+        self.sa.responses[self.message_id] = ResponseCache.of(request, response)
 
     def respond(self, request: bytes, response: bytes) -> None:
         self.remember(request, response)
