@@ -209,13 +209,15 @@ class Transform:
         # A peer offers the same transforms in every handshake and renewal (only the
         # SPI of a Quick Mode proposal changes): a transform decoded once is the same
         # immutable value next time. Bounded, since the bytes are the peer's.
+        if type(data) is not bytes:  # a cache key must be hashable
+            data = bytes(data)
         known = _TRANSFORMS.get(data)
         if known is not None and type(known) is cls:
             return known
         decoded = cls._decode_body(data)
         if len(_TRANSFORMS) >= _DECODED_CACHED:
             _TRANSFORMS.clear()
-        _TRANSFORMS[bytes(data)] = decoded
+        _TRANSFORMS[data] = decoded
         return decoded
 
     @classmethod
@@ -331,13 +333,15 @@ class SaPayload:
     def decode_body(cls, data: bytes) -> Self:
         # Main Mode message 1 carries the same offer in every handshake of a peer
         # (no SPI in an ISAKMP proposal): decoded once, like a transform above.
+        if type(data) is not bytes:  # a cache key must be hashable
+            data = bytes(data)
         known = _SA_PAYLOADS.get(data)
         if known is not None and type(known) is cls:
             return known
         decoded = cls._decode_body(data)
         if len(_SA_PAYLOADS) >= _DECODED_CACHED:
             _SA_PAYLOADS.clear()
-        _SA_PAYLOADS[bytes(data)] = decoded
+        _SA_PAYLOADS[data] = decoded
         return decoded
 
     @classmethod

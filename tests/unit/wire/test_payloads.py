@@ -389,3 +389,34 @@ def test_non_esp_marker() -> None:
     assert strip_non_esp_marker(b"\x00\x00\x00\x00abc") == b"abc"
     assert strip_non_esp_marker(b"\xc1\x23\x45\x67abc") is None
     assert strip_non_esp_marker(b"\xff") is None
+
+
+def test_decoded_transforms_and_sa_payloads_are_reused_by_their_bytes() -> None:
+    from ikev1d.wire import payloads
+
+    def transform(number: int, life: int) -> Transform:
+        return Transform(number, 1, (Attribute(1, 7), Attribute(12, life)))
+
+    a, b = transform(1, 3600), transform(2, 28800)
+    sa_a = SaPayload((Proposal(1, ProtocolId.ISAKMP, b"", (a,)),))
+    sa_b = SaPayload((Proposal(1, ProtocolId.ISAKMP, b"", (a, b)),))
+    # Each body decodes to its own value, the second time too (from the cache).
+    for _ in range(2):
+        assert Transform.decode_body(a.encode_body()) == a
+        assert Transform.decode_body(b.encode_body()) == b
+        assert SaPayload.decode_body(sa_a.encode_body()) == sa_a
+        assert SaPayload.decode_body(sa_b.encode_body()) == sa_b
+    decoded = Transform.decode_body(b.encode_body())
+    assert Transform.decode_body(b.encode_body()) is decoded
+    # A transform's kept encoding is its own, not the last one's.
+    assert decoded.encode_body() == b.encode_body() != a.encode_body()
+    assert Transform.decode_body(a.encode_body()).encode_body() == a.encode_body()
+    # Bounded: the bytes are the peer's.
+    for n in range(3 * payloads._DECODED_CACHED):
+        Transform.decode_body(transform(1, n).encode_body()).encode_body()
+    assert len(payloads._TRANSFORMS) <= payloads._DECODED_CACHED
+    assert len(payloads._TRANSFORM_ENCODINGS) <= payloads._DECODED_CACHED
+    # A malformed body is an error every time, never cached.
+    for _ in range(2):
+        with pytest.raises(WireError):
+            Transform.decode_body(a.encode_body()[:-1])
