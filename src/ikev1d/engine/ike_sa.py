@@ -14,7 +14,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, TypeVar
 
 from ikev1d.config import Fragmentation
 from ikev1d.crypto import (
@@ -722,23 +722,18 @@ class IkeSa:
                     child_timer.cancel()
 
 
-@dataclass(frozen=True)
-class Parsed:
+class Parsed(NamedTuple):
     """A decoded payload chain together with the bytes it came from.
 
     Several IKEv1 hashes cover payloads exactly as received (RFC 2409 section 5:
     SAi_b, IDii_b; section 5.5: everything after the HASH payload), so a message
-    is decoded once and both views are kept.
+    is decoded once and both views are kept. (A named tuple: one per message.)
     """
 
     data: bytes
     spans: tuple[DecodedPayload, ...]
-    payloads: tuple[Payload, ...] = ()
+    payloads: tuple[Payload, ...]
     """The payloads of ``spans`` in order (built once: the exchanges ask often)."""
-
-    def __post_init__(self) -> None:
-        if not self.payloads and self.spans:
-            object.__setattr__(self, "payloads", tuple(span.payload for span in self.spans))
 
     def body_of(self, payload_type: int) -> bytes:
         """The first payload of that type as received, without its generic header."""
@@ -776,4 +771,4 @@ def parse(header: Header, body: bytes, *, allow_trailing: bool = False,
         )
     except WireError as exc:
         raise ProtocolFailure(str(exc), exc.notify) from exc
-    return Parsed(body, spans)
+    return Parsed(body, spans, tuple([span[0] for span in spans]))

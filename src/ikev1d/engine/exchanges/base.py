@@ -13,8 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from ikev1d.engine.api import Endpoint
 from ikev1d.engine.ike_sa import (
@@ -36,9 +35,9 @@ log = logging.getLogger("ikev1d.engine")
 
 
 
-@dataclass(frozen=True)
-class Message:
-    """One received ISAKMP message, split into header and payload bytes."""
+class Message(NamedTuple):
+    """One received ISAKMP message, split into header and payload bytes (a named
+    tuple: one is made for every datagram)."""
 
     header: Header
     body: bytes
