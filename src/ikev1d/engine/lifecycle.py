@@ -470,8 +470,9 @@ class Lifecycle:
             ", UDP-encapsulated" if child.encap else "",
             extra=sa.log_extra,
         )
-        log.debug("IPsec SA %s_i lifetime %d s, life_bytes %d KB", child.spi_in.hex(),
-                  int(child.lifetime_s), child.life_bytes // 1024, extra=sa.log_extra)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("IPsec SA %s_i lifetime %d s, life_bytes %d KB", child.spi_in.hex(),
+                      int(child.lifetime_s), child.life_bytes // 1024, extra=sa.log_extra)
         timers = self.engine.timers
         child.expiry = timers.schedule_call(
             now + child.lifetime_s, self._on_child_expiry, child, owner=sa

@@ -175,6 +175,7 @@ _DECODED_CACHED = 256
 _TRANSFORMS: dict[bytes, Transform] = {}
 _SA_PAYLOADS: dict[bytes, SaPayload] = {}
 _TRANSFORM_ENCODINGS: dict[int, tuple[Transform, bytes]] = {}
+_PROPOSALS: dict[bytes, Proposal] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +260,26 @@ class Proposal:
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
+        # What follows the SPI is the same in every Quick Mode a peer starts (its
+        # transforms) and decodes the same whatever the SPI holds: kept by the
+        # bytes around the SPI, like a transform (the SPI size is among them).
+        if type(data) is not bytes:
+            data = bytes(data)
+        spi_end = 4 + data[2] if len(data) >= 4 else -1
+        if 0 <= spi_end <= len(data):
+            key = data[:4] + data[spi_end:]
+            known = _PROPOSALS.get(key)
+            if known is not None and type(known) is cls:
+                return cls(known.number, known.protocol_id, data[4:spi_end], known.transforms)
+            decoded = cls._decode_body(data)
+            if len(_PROPOSALS) >= _DECODED_CACHED:
+                _PROPOSALS.clear()
+            _PROPOSALS[key] = decoded
+            return decoded
+        return cls._decode_body(data)
+
+    @classmethod
+    def _decode_body(cls, data: bytes) -> Self:
         r = Reader(data, "proposal payload")
         number = r.u8("proposal number")
         protocol_id = r.u8("protocol id")

@@ -420,3 +420,17 @@ def test_decoded_transforms_and_sa_payloads_are_reused_by_their_bytes() -> None:
     for _ in range(2):
         with pytest.raises(WireError):
             Transform.decode_body(a.encode_body()[:-1])
+
+
+def test_decoded_proposals_keep_their_own_spi() -> None:
+    # Quick Mode proposals differ only in the SPI from one exchange to the next:
+    # the rest is reused, the SPI never.
+    transforms = (Transform(1, 12, (Attribute(4, 1), Attribute(5, 2))),)
+    for spi in (b"\x01\x02\x03\x04", b"\xca\xfe\xba\xbe", b"\x01\x02\x03\x04", b""):
+        proposal = Proposal(1, ProtocolId.ESP, spi, transforms)
+        assert Proposal.decode_body(proposal.encode_body()) == proposal
+        sa = SaPayload((proposal,))
+        assert SaPayload.decode_body(sa.encode_body()) == sa
+    with pytest.raises(WireError):
+        Proposal.decode_body(Proposal(1, ProtocolId.ESP, b"\x01\x02\x03\x04",
+                                      transforms).encode_body()[:-1])

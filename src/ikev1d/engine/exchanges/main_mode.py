@@ -249,11 +249,13 @@ class MainMode(Exchange):
         sa.phase1_iv = phase1_iv(prf, self.material.g_xi, self.material.g_xr,
                                  sa.cipher.block_size)
         # Debug level only: with these, tshark or a person can decrypt the exchange.
-        log.debug(
-            "Phase 1 keys: CKY-I %s CKY-R %s SKEYID_d %s SKEYID_a %s SKEYID_e %s Ka %s IV %s",
-            sa.cky_i.hex(), sa.cky_r.hex(), sa.keys.skeyid_d.hex(), sa.keys.skeyid_a.hex(),
-            sa.keys.skeyid_e.hex(), key.hex(), sa.phase1_iv.hex(), extra=sa.log_extra,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "Phase 1 keys: CKY-I %s CKY-R %s SKEYID_d %s SKEYID_a %s SKEYID_e %s Ka %s "
+                "IV %s", sa.cky_i.hex(), sa.cky_r.hex(), sa.keys.skeyid_d.hex(),
+                sa.keys.skeyid_a.hex(), sa.keys.skeyid_e.hex(), key.hex(), sa.phase1_iv.hex(),
+                extra=sa.log_extra,
+            )
 
     def _shared_secret(self, peer_public: bytes) -> None:
         if self.sa.dh is None:
@@ -277,7 +279,7 @@ class MainMode(Exchange):
                             "ignoring unknown vendor ID %s",
                             truncated(sample, total=peer.unknown),
                             extra=sa.log_extra)
-        if peer.extensions:
+        if peer.extensions and log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "peer supports %s",
                 ", ".join(sorted(e.value for e in peer.extensions)),
