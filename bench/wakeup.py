@@ -3,7 +3,7 @@
 Run by hand (root: it makes its own network namespace)::
 
     .venv/bin/python bench/wakeup.py [--sas N] [--count C] [--rate R] [--batch B]
-        [--kinds junk,mm1] [--dataplane userspace|none] [--profile]
+        [--kinds junk,mm1] [--dataplane userspace|none] [--profile] [--floor]
 
 The real daemon (``daemon/runtime.py``: the UDP transport with its batched,
 budgeted receive, the engine's timer, the control socket, the data plane's
@@ -36,7 +36,9 @@ the same datagrams: what a wakeup or a timer tick costs with N SAs held, and
 the idle CPU per second with them. ``--profile`` runs each window under
 cProfile and prints the top functions (inflated, but it shows where a
 wakeup's time goes: the selector, the loop's bookkeeping, our reader
-callback, the engine, the timer).
+callback, the engine, the timer). ``--floor`` sends the same ``junk`` to a bare
+asyncio reader instead of the daemon: the kernel's and the event loop's share
+of a wakeup.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import os
 import pstats
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -241,7 +244,42 @@ def print_profile(profiler: cProfile.Profile, title: str, top: int) -> None:
     stats.sort_stats("tottime").print_stats(top)
 
 
+async def floor(args: argparse.Namespace) -> int:
+    """The same arrivals read by a bare asyncio reader (recvmsg until EAGAIN, nothing
+    else) in place of the daemon: what the kernel and the event loop cost per wakeup."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((RESPONDER, 500))
+    sock.setblocking(False)
+
+    def readable() -> None:
+        while True:
+            try:
+                sock.recvmsg(65535, 64)
+            except BlockingIOError:
+                return
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ikev1d-wakeup-") as tmp:
+            path = Path(tmp) / "junk.bin"
+            path.write_bytes(junk_template())
+            print(f"load average {os.getloadavg()[0]:.2f}; a bare asyncio reader; "
+                  f"{args.count} datagrams at {args.rate:g}/s per run, batch {args.batch}")
+            for mode in ("gap", "batch"):
+                cpu, switches, _ = await run_case(path, mode, args.count, args.rate, args.batch,
+                                                  None)
+                print(f"floor  {mode:<6} {1e6 * cpu / args.count:>12.1f} us/datagram "
+                      f"{switches / args.count:>6.2f} sleeps/datagram", flush=True)
+    finally:
+        loop.remove_reader(sock.fileno())
+        sock.close()
+    return 0
+
+
 async def bench(args: argparse.Namespace) -> int:
+    if args.floor:
+        return await floor(args)
     with tempfile.TemporaryDirectory(prefix="ikev1d-wakeup-") as tmp:
         folder = Path(tmp)
         (folder / "ikev1d.toml").write_text(daemon_config(folder, args.dataplane, args.dpd))
@@ -313,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataplane", default="userspace", choices=("userspace", "none"))
     parser.add_argument("--dpd", action="store_true",
                         help="DPD every 30 s on the held tunnels (unanswered: no peer)")
+    parser.add_argument("--floor", action="store_true",
+                        help="a bare asyncio reader in place of the daemon")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
