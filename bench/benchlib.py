@@ -131,10 +131,13 @@ def _text(value: Any) -> str:
 
 
 def drive(
-    initiator: Charon, names: Sequence[str], child: str, window: int, timeout: float
+    initiator: Charon, names: Sequence[str], child: str, window: int, timeout: float,
+    rate: float | None = None,
 ) -> DriveResult:
     """Initiate child `child` of connections `names` with at most `window` handshakes in
-    flight.
+    flight; with `rate`, also at most `rate` initiates per second, on a fixed schedule
+    (initiate i not before start + i / rate), so that responders that both keep up see
+    the same arrival pattern whatever their speed.
 
     Each ``initiate`` returns at once (vici ``timeout = -1``), so no charon
     worker thread waits on it; completion comes from vici events on a second
@@ -190,7 +193,11 @@ def drive(
         listener.start()
         time.sleep(0.3)  # the listener has registered for the events
         start = time.monotonic()
-        for name in names:
+        for n, name in enumerate(names):
+            if rate is not None:
+                pause = start + n / rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
             while not slots.acquire(timeout=1.0):
                 _expire(started, lock, timeout, finish)
             with lock:

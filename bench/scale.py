@@ -2,7 +2,8 @@
 
 Run by hand, as root (it creates network namespaces)::
 
-    .venv/bin/python bench/scale.py [--tunnels N] [--window W] [--responders ikev1d,strongswan]
+    .venv/bin/python bench/scale.py [--tunnels N] [--window W] [--rate R]
+        [--responders ikev1d,strongswan]
 
 The load is the one of bench/handshakes.py and comes from its helpers: one
 charon initiator with N connections ``t1`` .. ``tN`` (Main Mode + one Quick
@@ -354,6 +355,7 @@ class Settings:
     work_dir: Path
     charon_log_level: int
     ikev1d_log_level: str
+    rate: float | None = None
 
 
 def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
@@ -394,7 +396,7 @@ def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
             user_before, system_before = cpu_times(responder.pid)
             switches_before = context_switches(responder.pid)
             wall_before = time.monotonic()
-            driven = drive(initiator, part, CHILD, s.window, s.timeout)
+            driven = drive(initiator, part, CHILD, s.window, s.timeout, s.rate)
             time.sleep(0.3)  # the responder finishes the last QM3s
             user, system = cpu_times(responder.pid)
             figures = SliceFigures(
@@ -513,6 +515,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated: ikev1d, strongswan (run in a random order)")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds one handshake may take before it counts as failed")
+    parser.add_argument(
+        "--rate", type=float, default=None,
+        help="initiates per second at most, on a fixed schedule (default: as fast as the "
+        "window allows); below what both responders and the generator sustain, both "
+        "responders see the same arrival pattern")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--ikev1d-log-level", default="info")
     parser.add_argument("--charon-log-level", type=int, default=1)
@@ -530,8 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     netns.cleanup_stale()
     work_dir = Path(tempfile.mkdtemp(prefix="ikev1d-scale-"))
     settings = Settings(args.tunnels, args.window, args.timeout, group, work_dir,
-                        args.charon_log_level, args.ikev1d_log_level)
-    print(f"{args.tunnels} tunnels ({group.name}, PSK), window {args.window}, "
+                        args.charon_log_level, args.ikev1d_log_level, args.rate)
+    pace = f", at most {args.rate:g} initiates/s" if args.rate else ""
+    print(f"{args.tunnels} tunnels ({group.name}, PSK), window {args.window}{pace}, "
           f"responders {', '.join(kinds)}, work dir {work_dir}; load {os.getloadavg()}",
           flush=True)
     results: list[ScaleResult] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -79,6 +80,14 @@ log = logging.getLogger("ikev1d.daemon")
 
 LINGER_S = 0.5
 """How long the daemon keeps running after shutdown so the Delete messages leave."""
+TIMER_GRID_S = 0.05
+"""The engine's timers are run at the next multiple of this many seconds of the loop
+clock at or after their deadline, never before it. Each established SA holds a few
+timers (releasing Main Mode state, DPD, renewal, expiry) set when it came up, so with
+thousands of SAs their deadlines are spread as the handshakes were, and run one at a
+time every deadline would cost the process a wakeup of its own; gathered on a grid,
+a wakeup runs all that fell due in its slot. Retransmission (seconds), DPD (seconds)
+and lifetimes (hours) are late by at most this much."""
 CONTROL_READ_TIMEOUT_S = 10.0
 
 
@@ -563,6 +572,8 @@ class Daemon:
         except Exception:
             log.exception("internal error asking the engine for its timer")
             when = None
+        if when is not None:
+            when = math.ceil(when / TIMER_GRID_S) * TIMER_GRID_S
         if when == self._timer_at and (when is None or self._timer is not None):
             return
         self._cancel_timer()

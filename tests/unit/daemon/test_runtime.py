@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -13,7 +14,13 @@ import pytest
 
 from ikev1d.config import Config, parse_config
 from ikev1d.daemon.control import UpRequest
-from ikev1d.daemon.runtime import ConfigLoadError, Daemon, DaemonError, DaemonOptions
+from ikev1d.daemon.runtime import (
+    TIMER_GRID_S,
+    ConfigLoadError,
+    Daemon,
+    DaemonError,
+    DaemonOptions,
+)
 from ikev1d.dataplane.base import DataplaneError
 from ikev1d.status import Counters
 from ikev1d.wire.constants import NON_ESP_MARKER
@@ -356,3 +363,34 @@ def test_start_action_start_initiates_when_the_daemon_starts() -> None:
             ]
 
     asyncio.run(main())
+
+
+def test_engine_timers_run_together_on_the_grid_and_never_early() -> None:
+    """Timers due within one TIMER_GRID_S slot share one wakeup (one handle_timer call),
+    each run with a ``now`` at or after its deadline."""
+    async def body() -> None:
+        async with running_daemon() as h:
+            engine, daemon = h.engine, h.daemon
+            calls: list[float] = []
+            handle_timer = engine.handle_timer
+
+            def counting(now: float) -> None:
+                calls.append(now)
+                handle_timer(now)
+
+            engine.handle_timer = counting  # type: ignore[method-assign]
+            ran: list[tuple[float, float]] = []
+            grid = TIMER_GRID_S
+            slot = math.ceil(daemon.now() / grid) * grid + grid
+            deadlines = [slot + grid * f for f in (0.1, 0.5, 0.9)]
+            for deadline in deadlines:
+                def record(now: float, deadline: float = deadline) -> None:
+                    ran.append((deadline, now))
+                engine.timers.schedule(deadline, record)
+            daemon._pump()
+            await eventually(lambda: len(ran) == 3)
+            assert all(now >= deadline for deadline, now in ran)
+            assert len(calls) == 1
+            assert calls[0] < slot + grid + 0.5  # on time, give or take a loaded machine
+
+    asyncio.run(body())
