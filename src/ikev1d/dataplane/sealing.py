@@ -31,7 +31,7 @@ from typing import Final, Protocol
 from ikev1d.dataplane.base import AcquireHandler, ExpireHandler
 from ikev1d.dataplane.esp import EspError, EspSequenceExhausted
 from ikev1d.dataplane.linux.gso import MAX_BYTES, MAX_SEGMENTS
-from ikev1d.dataplane.linux.offload import VnetHeaderError
+from ikev1d.dataplane.linux.offload import GSO_NONE, NEEDS_CSUM, VNET_HDR_LEN, VnetHeaderError
 from ikev1d.dataplane.linux.offload import packets as vnet_packets
 from ikev1d.dataplane.mss import IcmpLimiter, clamp_mss, too_big
 from ikev1d.dataplane.sad import NO_LIMIT, Prefix, Sad, SaEntry, address_key
@@ -76,6 +76,13 @@ DROP_REASONS: Final = (
     "too_big",       # larger than the SA's tunnel MTU, DF set or IPv6: ICMP sent back
     "offload",       # a TUN read whose virtio-net header does not fit its packet
 )
+
+_IPV4_HEADER: Final = 20
+_IPV6_HEADER: Final = 40
+_IPPROTO_TCP: Final = 6
+_TCP_FLAGS: Final = 13
+"""Offset of the flags octet in the TCP header (RFC 9293 §3.1)."""
+_TCP_SYN: Final = 0x02
 
 _QUIET_REASONS: Final = frozenset({"not_ip", "no_sa"})
 """Drops logged at debug level only: the kernel itself sends packets into the TUN device
@@ -206,18 +213,24 @@ class Sealer:
                     return
                 if packet is None:
                     return
+                budget -= 1
                 if vnet:
-                    try:
-                        segments = vnet_packets(packet)
-                    except VnetHeaderError as exc:
-                        budget -= 1
-                        self.drop("offload", f"reading {self.tun.name}: {exc}")
-                        continue
-                    budget -= len(segments)
-                    for segment in segments:
-                        outbound(segment)
+                    if (len(packet) > VNET_HDR_LEN and packet[1] == GSO_NONE
+                            and not packet[0] & NEEDS_CSUM):
+                        # The usual read without TSO: one packet whose checksums are
+                        # complete, taken as it is (what vnet_packets returns for it,
+                        # without a list and the header's unpacking).
+                        outbound(packet[VNET_HDR_LEN:])
+                    else:
+                        try:
+                            segments = vnet_packets(packet)
+                        except VnetHeaderError as exc:
+                            self.drop("offload", f"reading {self.tun.name}: {exc}")
+                            continue
+                        budget -= len(segments) - 1
+                        for segment in segments:
+                            outbound(segment)
                 else:
-                    budget -= 1
                     outbound(packet)
                 if self.renewal_asked:
                     self.renewal_asked = False
@@ -229,29 +242,45 @@ class Sealer:
                 self.flush_udp()
 
     def outbound(self, packet: bytes) -> None:
-        key = address_key(packet)
-        if key is None:
-            self.drop("not_ip", "outbound: not an IP packet")
-            return
+        """Seal one IP packet read from the TUN device and send it, or queue it for the
+        next GSO batch. The per-packet path: what it looks up once is held in locals."""
+        length = len(packet)
+        if length >= _IPV4_HEADER and packet[0] >> 4 == 4:
+            key = packet[12:20]  # address_key(), inline for the common case
+            v4 = True
+        else:
+            found = address_key(packet)
+            if found is None:
+                self.drop("not_ip", "outbound: not an IP packet")
+                return
+            key = found
+            v4 = len(key) == 8
         entry = self.sad.lookup_outbound_key(key)
         if entry is None:
             if self.traps and self._trapped(key):
                 return
             self.drop("no_sa", "outbound: no SA covers the packet")
             return
-        if len(packet) > entry.mtu and self._too_big(packet, entry):
+        mtu = entry.mtu
+        if length > mtu and self._too_big(packet, entry):
             return
-        clamped = clamp_mss(packet, entry.mtu)
-        if clamped is not None:
-            packet = clamped
+        # clamp_mss changes TCP SYNs only (RFC 9293 §3.7.1): TCP segments whose flags
+        # octet shows no SYN, and other protocols, need not call it.
+        if packet[9 if v4 else 6] == _IPPROTO_TCP:
+            flags_at = ((packet[0] & 0x0F) * 4 if v4 else _IPV6_HEADER) + _TCP_FLAGS
+            if flags_at >= length or packet[flags_at] & _TCP_SYN:
+                clamped = clamp_mss(packet, mtu)
+                if clamped is not None:
+                    packet = clamped
         counters = entry.counters
-        if counters.bytes_out + len(packet) > entry.hard_bytes:
+        if counters.bytes_out + length > entry.hard_bytes:
             counters.dropped_out += 1
             self.drop("life_bytes", f"outbound: {entry.name} carried its life_bytes")
             self.hard_limit(entry, "life_bytes reached (outbound)")
             return
+        sa = entry.outbound
         try:
-            esp = entry.outbound.seal(packet, IPPROTO_IPIP if len(key) == 8 else IPPROTO_IPV6)
+            esp = sa.seal(packet, IPPROTO_IPIP if v4 else IPPROTO_IPV6)
         except EspSequenceExhausted as exc:
             counters.dropped_out += 1
             self.drop("seq_exhausted", str(exc))
@@ -262,7 +291,22 @@ class Sealer:
             self.drop("malformed", f"outbound: {exc}")
             return
         if entry.encap and self.send_udp_many is not None:
-            self._queue_udp(esp, entry, len(packet))
+            # The batch for one peer, sent first if this datagram cannot join it: another
+            # SA, a larger datagram than the batch's (GSO cuts every datagram to the
+            # first one's size), or the batch is full. A shorter one joins as the last.
+            batch = self._batch
+            size = len(esp)
+            if batch and (entry is not self._batch_entry or size > len(batch[0])
+                          or len(batch) >= MAX_SEGMENTS
+                          or self._batch_bytes + size > MAX_BYTES):
+                self.flush_udp()
+                batch = self._batch  # a fresh list: the old one went out
+            batch.append(esp)
+            self._batch_entry = entry
+            self._batch_bytes += size
+            self._batch_inner += length
+            if size < len(batch[0]):
+                self.flush_udp()
         else:
             try:
                 self.send(esp, entry)
@@ -271,10 +315,10 @@ class Sealer:
                 self.drop("send_error", f"outbound to {entry.remote[0]}: {exc}")
                 return
         counters.packets_out += 1
-        counters.bytes_out += len(packet)
+        counters.bytes_out += length
         if counters.bytes_out >= entry.soft_bytes_out:
             self.soft_limit(entry, "life_bytes nearly reached (outbound): renewing")
-        elif entry.outbound.seq >= entry.soft_seq:
+        elif sa.seq >= entry.soft_seq:
             self.seq_mark(entry)
 
     def send(self, esp: bytes, entry: SaEntry) -> None:
@@ -289,24 +333,6 @@ class Sealer:
             if raw is None:
                 raise OSError("no raw ESP socket for that address family")
             raw.send(esp, entry.local[0], entry.remote[0])
-
-    def _queue_udp(self, esp: bytes, entry: SaEntry, inner_length: int) -> None:
-        """Add ``esp`` to the batch for its SA's peer, sending the batch first if ``esp``
-        cannot join it: another SA, a larger datagram than the batch's (GSO cuts every
-        datagram to the first one's size), or the batch is full. A shorter datagram
-        joins as the last one."""
-        batch = self._batch
-        if batch and (entry is not self._batch_entry or len(esp) > len(batch[0])
-                      or len(batch) >= MAX_SEGMENTS
-                      or self._batch_bytes + len(esp) > MAX_BYTES):
-            self.flush_udp()
-            batch = self._batch  # a fresh list: the old one went out
-        batch.append(esp)
-        self._batch_entry = entry
-        self._batch_bytes += len(esp)
-        self._batch_inner += inner_length
-        if len(esp) < len(batch[0]):
-            self.flush_udp()
 
     def flush_udp(self) -> None:
         batch, entry = self._batch, self._batch_entry
