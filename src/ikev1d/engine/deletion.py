@@ -64,11 +64,29 @@ class Deletion:
         elif sa.initiator:
             self.engine.emit(ConnectionFailed(sa.name, None, reason))
         if not children and sa.children:
-            # IPsec SAs outlive their ISAKMP SA (RFC 2409 allows it), but we have no
+            # IPsec SAs outlive their ISAKMP SA (RFC 2409 allows it). A successor with
+            # the same peer takes them (the peer may still keep them on this ISAKMP SA
+            # and send on them: our renewal of Phase 1 moved them on our side only, or
+            # the peer renewed Phase 2 over this SA meanwhile); without one we have no
             # way left to delete them cleanly: drop them with it.
-            for child in list(sa.children):
-                self.delete_child(sa, child, reason, send=False)
+            if not self._hand_to_successor(sa):
+                for child in list(sa.children):
+                    self.delete_child(sa, child, reason, send=False)
         self.engine.drop_sa(sa)
+
+    def _hand_to_successor(self, sa: IkeSa) -> bool:
+        """Move ``sa``'s IPsec SAs to a usable ISAKMP SA of the same authenticated
+        peer, if there is one (True)."""
+        successor = next(
+            (o for o in reversed(self.engine.same_identity(sa))  # the newest first
+             if o.usable and same_peer(o, sa)),
+            None)
+        if successor is None:
+            return False
+        successor.children.extend(sa.children)
+        self.engine.adopt_children(successor, sa.children)
+        sa.children.clear()
+        return True
 
     def peer_deleted(self, sa: IkeSa, delete: DeletePayload) -> None:
         """The peer's Delete, in an Informational exchange of ``sa``."""
@@ -97,13 +115,7 @@ class Deletion:
 
     def _isakmp_deleted(self, sa: IkeSa) -> None:
         log.info("peer deleted the ISAKMP SA", extra=sa.log_extra)
-        successor = next(
-            (o for o in self.engine.same_identity(sa) if o.usable and same_peer(o, sa)),
-            None)
-        if successor is not None:
-            # The peer renewed Phase 1: its IPsec SAs live on (RFC 2409 ties them
-            # to no ISAKMP SA); the new one can delete them.
-            successor.children.extend(sa.children)
-            self.engine.adopt_children(successor, sa.children)
-            sa.children.clear()
+        # The peer renewed Phase 1: its IPsec SAs live on (RFC 2409 ties them to no
+        # ISAKMP SA); the new one can delete them.
+        self._hand_to_successor(sa)
         self.delete_sa(sa, "deleted by peer", send=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, IkeSaEstablished
-from ikev1d.engine.lifecycle import RENEWED_DELETE_DELAY_S
+from ikev1d.engine.lifecycle import RENEWED_DELETE_DELAY_S, RETIRE_MAX_S
 from ikev1d.engine.lifetimes import (
     MIN_LIFE_BYTES,
     RENEWAL_RETRANSMITS,
@@ -234,3 +234,36 @@ def test_the_take_over_does_not_renew_an_sa_already_renewed() -> None:
     for peer in (net.a, net.b):
         children = [c for sa in peer.engine.all_sas() for c in sa.children]
         assert len(children) == 1
+
+
+def test_ipsec_sas_outlive_a_replaced_isakmp_sa_that_reaches_its_lifetime() -> None:
+    """A renewed Phase 1; B still keeps the IPsec SAs on the old ISAKMP SA until A's
+    Delete for it comes (B renewed Phase 2 over it meanwhile). If the old ISAKMP SA
+    reaches its lifetime on B first, its IPsec SAs move to the successor: dropped
+    without a Delete they would vanish on B while A keeps sending on them."""
+    net = _net("4h", "1h")
+    establish(net)
+    (old_a,) = net.a.engine.all_sas()
+    net.a.engine.lifecycle._ike_rekey(old_a, net.now)
+    (b_first,) = net.b.of(ChildSaEstablished)
+    assert isinstance(b_first, ChildSaEstablished)
+    net.b.engine.child_soft_expired(b_first.child_id, "life_bytes nearly reached", net.now)
+    net.pump()
+
+    def pairs() -> tuple[set[tuple[bytes, bytes]], set[tuple[bytes, bytes]]]:
+        return ({(c.spi_in, c.spi_out) for sa in net.a.engine.all_sas() for c in sa.children},
+                {(c.spi_out, c.spi_in) for sa in net.b.engine.all_sas() for c in sa.children})
+
+    (old_b,) = [sa for sa in net.b.engine.all_sas()
+                if (sa.cky_i, sa.cky_r) == (old_a.cky_i, old_a.cky_r)]
+    kept_on_old = {(c.spi_out, c.spi_in) for c in old_b.children}
+    assert kept_on_old, "B moved its IPsec SAs before A's Delete: nothing to test"
+    a_pairs, b_pairs = pairs()
+    assert a_pairs == b_pairs
+    net.b.engine.lifecycle._ike_expired(old_b)
+    net.pump()
+    a_pairs, b_pairs = pairs()
+    assert kept_on_old <= b_pairs and a_pairs == b_pairs
+    net.advance(RETIRE_MAX_S + RENEWED_DELETE_DELAY_S + 5)
+    a_pairs, b_pairs = pairs()
+    assert a_pairs and a_pairs == b_pairs
