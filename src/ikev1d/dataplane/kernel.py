@@ -704,6 +704,8 @@ class KernelBackend:
         policy_set = self._policy_sets.get(key)
         if policy_set is None or pair_id in self._pairs or pair_id in self._inbound_only:
             return
+        if sa.encap and self._prepare_sockets is not None and self._decap_sockets == 0:
+            return  # install refuses the pair, and says why
         inbound, _ = plan_states(sa, policy_set.reqid)
         self._save((inbound,))
         try:
@@ -725,15 +727,16 @@ class KernelBackend:
             raise DataplaneError(
                 f"IPsec SA {sa.child}: SPIs {sa.spi_in:08x}/{sa.spi_out:08x} already installed"
             )
-        if pair_id in self._inbound_only:
-            self._complete(sa)
-            return
         if sa.encap and self._prepare_sockets is not None and self._decap_sockets == 0:
+            self._remove_inbound_only(pair_id)
             problems = "; ".join(self._decap_problems) or "no NAT-T socket"
             raise DataplaneError(
                 f"IPsec SA {sa.child} is UDP-encapsulated but the kernel cannot receive it: "
                 f"{problems}"
             )
+        if pair_id in self._inbound_only:
+            self._complete(sa)
+            return
         key = _policy_key(sa)
         policy_set = self._policy_sets.get(key)
         reqid = policy_set.reqid if policy_set is not None else self._allocate_reqid()
