@@ -27,6 +27,9 @@ the baselines too (seen: up to 92 ms without any renewal); bench/rekey.py sets
 each gap beside the renewals' IKE messages. Breaking make-before-break (the old
 SA removed from the data plane as soon as the new one is installed) lost 9
 datagrams B->A here.
+
+The last case turns the roles round: charon renews Phase 2 and ikev1d answers
+(see its docstring).
 """
 
 from __future__ import annotations
