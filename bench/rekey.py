@@ -11,6 +11,12 @@ in which ikev1d on A renews Phase 2 every ``--child-life`` and Phase 1 every
 change in the machine's load falls on both kinds). Each run sends ``--mbps`` of
 ``--size``-octet UDP datagrams from 10.1.0.1 to 10.2.0.1 for ``--seconds``.
 
+With ``--renewer peer`` the peer renews Phase 2 instead (every ``--child-life``
+seconds: charon exactly then, a second ikev1d 2 s before its end) while A still
+renews Phase 1, and the flow runs from B to A: A answers the Quick Modes, and the
+peer may send on each new pair from its message 2 on (RFC 2409 section 5.5).
+A's drops of ESP for an SPI it did not know are printed (its metrics endpoint).
+
 It passes when the renewal run counted at least 10 Phase 2 and 3 Phase 1
 renewals, lost at most the worst baseline's share + 0.1 % of the datagrams, and
 had no gap longer than 50 ms within 100 ms of a renewal's IKE message (recorded
@@ -77,19 +83,25 @@ def attributed(r: FlowResult, messages: Sequence[IkeMessage]) -> tuple[int, int]
 
 def run_peer(peer: str, args: argparse.Namespace, work: Path, port: int) -> bool:
     pps = args.mbps * 1e6 / 8 / args.size
+    reverse = args.renewer == "peer"
     print(f"{peer}: {args.mbps} Mbit/s = {pps:.0f} datagrams/s of {args.size} octets "
-          f"for {args.seconds} s per run", flush=True)
+          f"for {args.seconds} s per run, {'B to A' if reverse else 'A to B'}; Phase 2 "
+          f"renewed by {'the peer' if reverse else 'A'}", flush=True)
     baselines: list[FlowResult] = []
     renewal_run: FlowResult | None = None
     messages: list[IkeMessage] = []
     counted = None
     with netns.two_hosts() as topo:
         for i, kind in enumerate(("baseline", "renewals", "baseline", "baseline")):
-            lives = ({"ike_life": f"{args.ike_life}s", "child_life": f"{args.child_life}s"}
+            child_life = "child_life" if not reverse else "peer_child_life"
+            lives = ({"ike_life": f"{args.ike_life}s", child_life: f"{args.child_life}s"}
                      if kind == "renewals" else {})
             with pair(topo, work / f"{peer}-{i}", peer, **lives) as p:
+                drops_before = p.esp_drops().get("unknown_spi", 0)
                 with ike_capture(topo, work / f"{peer}-{i}" / "ike.pcap") as ike:
-                    result = p.flow(port + i, pps=pps, size=args.size, seconds=args.seconds)
+                    result = p.flow(port + i, pps=pps, size=args.size, seconds=args.seconds,
+                                    reverse=reverse)
+                unknown = p.esp_drops().get("unknown_spi", 0) - drops_before
                 if kind == "renewals":
                     renewal_run = result
                     counted = renewals(p.a.log_path.read_text())
@@ -99,11 +111,13 @@ def run_peer(peer: str, args: argparse.Namespace, work: Path, port: int) -> bool
                                 if result.t0 - 1.0 <= m.at <= result.t0 + result.seconds + 1.0]
                     print(line(kind, result, f"; renewed: Phase 1 {counted.phase1}, "
                                              f"Phase 2 {counted.phase2}; IKE messages "
-                                             f"{len(messages)}"), flush=True)
+                                             f"{len(messages)}; A dropped {unknown} for "
+                                             "an unknown SPI"), flush=True)
                     print("\n".join(gap_lines(result, messages)), flush=True)
                 else:
                     baselines.append(result)
-                    print(line(kind, result), flush=True)
+                    print(line(kind, result, f"; A dropped {unknown} for an unknown SPI"),
+                          flush=True)
     if renewal_run is None or counted is None:
         return False
     worst = max(b.lost_percent for b in baselines)
@@ -139,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child-life", type=int, default=6,
                         help="Phase 2 lifetime on A (s); renewed 2 s before its end")
     parser.add_argument("--ike-life", type=int, default=12, help="Phase 1 lifetime on A (s)")
+    parser.add_argument("--renewer", choices=("a", "peer"), default="a",
+                        help="who renews Phase 2 (peer: A answers, the flow runs B to A)")
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)

@@ -44,7 +44,8 @@ from ikev1d_lab.errors import LabError
 from ikev1d_lab.netns import Namespace, Topology
 from ikev1d_lab.strongswan import Charon, CharonError, swanctl_conf
 
-__all__ = ["LossError", "LossPair", "LossResult", "clear_loss", "loss_pair", "set_loss"]
+__all__ = ["LossError", "LossPair", "LossResult", "clear_loss", "lose_every_other_quick_mode_3",
+           "loss_pair", "set_loss"]
 
 NFT_TABLE = "ikev1d_loss"
 PSK = "loss-test-pre-shared-key-0123456789"
@@ -76,6 +77,26 @@ def set_loss(ns: Namespace, percent: int) -> None:
         "  chain input {\n"
         "    type filter hook input priority 0; policy accept;\n"
         f"    udp dport {{ 500, 4500 }} numgen random mod 100 < {percent} counter drop\n"
+        "  }\n"
+        "}\n"
+    ))  # fmt: skip
+
+
+def lose_every_other_quick_mode_3(ns: Namespace) -> None:
+    """Drop every other short Quick Mode message arriving in `ns` over UDP 4500: the
+    message 3s (HDR and HASH(3), under 120 octets with the UDP header; a message 1
+    carries SA, nonce and IDs). The peer retransmits message 3 when the responder
+    retransmits message 2 (RFC 2408 section 5), so each renewal still completes, a
+    retransmission interval late. The ISAKMP header follows the UDP header and the
+    RFC 3948 non-ESP marker; its exchange type is octet 18 (RFC 2408 section 3.1).
+    Counted by :func:`dropped`; removed by :func:`clear_loss`."""
+    clear_loss(ns)
+    _nft(ns, (
+        f"table inet {NFT_TABLE} {{\n"
+        "  chain input {\n"
+        "    type filter hook input priority 0; policy accept;\n"
+        "    udp dport 4500 udp length < 120 @th,64,32 0 @th,240,8 32 "
+        "numgen inc mod 2 0 counter drop\n"
         "  }\n"
         "}\n"
     ))  # fmt: skip

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,15 @@ ESP_PROPOSAL = "aes128gcm16"
 CONN, CHILD = "gw", "net"
 PEERS = ("ikev1d", "strongswan")
 _LONG = "8h"
+#: A's Prometheus endpoint, inside A's namespace (its own loopback).
+METRICS = "127.0.0.1:9616"
+_FETCH_DROPS = (
+    "import re, urllib.request\n"
+    f"text = urllib.request.urlopen('http://{METRICS}/metrics', timeout=5).read().decode()\n"
+    "for m in re.finditer(r'^ikev1d_esp_dropped_packets_total\\{reason=\"(\\w+)\"\\} (\\S+)$',"
+    " text, re.M):\n"
+    "    print(m[1], int(float(m[2])))\n"
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,12 @@ class Pair:
                             size=size, seconds=seconds, gap_floor_ms=gap_floor_ms)
         return run_flow(t.a, t.b, t.inner_addr_a, t.inner_addr_b, port, pps=pps, size=size,
                         seconds=seconds, gap_floor_ms=gap_floor_ms)
+
+    def esp_drops(self) -> dict[str, int]:
+        """A's data plane drops so far, by reason (``ikev1d_esp_dropped_packets_total``)."""
+        out = self.topo.a.run([sys.executable, "-c", _FETCH_DROPS], timeout=15).stdout
+        return {reason: int(count) for reason, count in
+                (line.split() for line in out.splitlines() if line.strip())}
 
     def peer_queues(self) -> PeerQueues:
         """B's queue drops so far (see :class:`PeerQueues`)."""
@@ -181,8 +197,14 @@ def renewals(log_text: str) -> Renewals:
 
 @contextlib.contextmanager
 def pair(topo: Topology, work_dir: Path, peer: str, *, ike_life: str = _LONG,
-         child_life: str = _LONG, log_level: str = "info") -> Iterator[Pair]:
-    """A and B up with one IPsec SA that carries a ping; everything stopped afterwards."""
+         child_life: str = _LONG, peer_child_life: str = _LONG,
+         log_level: str = "info") -> Iterator[Pair]:
+    """A and B up with one IPsec SA that carries a ping; everything stopped afterwards.
+
+    ``peer_child_life``: B renews Phase 2 every so often (charon exactly then, its
+    ``rand_time`` 0, with a hard lifetime of three times that), so that A answers
+    the renewals' Quick Modes."""
+    peer_renews = peer_child_life != _LONG
     a_addr, b_addr = topo.addr_a, topo.addr_b
     encap = peer == "strongswan"
     with contextlib.ExitStack() as stack:
@@ -190,7 +212,7 @@ def pair(topo: Topology, work_dir: Path, peer: str, *, ike_life: str = _LONG,
             b = Ikev1dDaemon(topo.b, work_dir / "ikev1d-b", ikev1d_conf(
                 CONN, b_addr, a_addr, b_addr, a_addr, PSK, [IKE_PROPOSAL], [ESP_PROPOSAL],
                 topo.inner_net_b, topo.inner_net_a, dataplane="userspace",
-                rekey_time=_LONG, child_rekey_time=_LONG,
+                rekey_time=_LONG, child_rekey_time=peer_child_life,
             ), log_level=log_level)
             stack.callback(b.stop)
             b.start()
@@ -202,13 +224,17 @@ def pair(topo: Topology, work_dir: Path, peer: str, *, ike_life: str = _LONG,
             charon.start()
             charon.load_config(swanctl_conf(
                 CONN, b_addr, a_addr, b_addr, a_addr, PSK, [IKE_PROPOSAL], [ESP_PROPOSAL],
-                topo.inner_net_b, topo.inner_net_a, encap=True, child_rekey_time=_LONG,
+                topo.inner_net_b, topo.inner_net_a, encap=True,
+                child_rekey_time=peer_child_life,
+                life_time=f"{3 * int(peer_child_life[:-1])}s" if peer_renews else None,
+                extra_child="        rand_time = 0" if peer_renews else "",
             ))
             log_b = charon.log_path
         a = Ikev1dDaemon(topo.a, work_dir / "ikev1d-a", ikev1d_conf(
             CONN, a_addr, b_addr, a_addr, b_addr, PSK, [IKE_PROPOSAL], [ESP_PROPOSAL],
             topo.inner_net_a, topo.inner_net_b, dataplane="userspace", encap=encap,
             rekey_time=ike_life, child_rekey_time=child_life,
+            extra_daemon=f"metrics = {json.dumps(METRICS)}",
         ), log_level=log_level)
         stack.callback(a.stop)
         a.start()

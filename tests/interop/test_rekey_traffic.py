@@ -27,6 +27,9 @@ the baselines too (seen: up to 92 ms without any renewal); bench/rekey.py sets
 each gap beside the renewals' IKE messages. Breaking make-before-break (the old
 SA removed from the data plane as soon as the new one is installed) lost 9
 datagrams B->A here.
+
+The last case turns the roles round: charon renews Phase 2 and ikev1d answers
+(see its docstring).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import pytest
 
+from ikev1d_lab.loss import clear_loss, dropped, lose_every_other_quick_mode_3
 from ikev1d_lab.netns import Topology
 from ikev1d_lab.rekeyrun import Pair, PeerQueues, pair, renewals
 from ikev1d_lab.udpflow import FlowResult
@@ -93,3 +97,34 @@ def test_no_loss_and_no_gap_while_renewing(
         assert r.lost - qr <= b.lost - qb + 2, figures
         if peer == "ikev1d" and os.getloadavg()[0] < (os.cpu_count() or 1):
             assert r.max_gap_ms <= MAX_GAP_MS, figures
+
+
+
+def test_charon_renewing_sends_nothing_we_cannot_open(two_hosts: Topology,
+                                                      tmp_path: Path) -> None:
+    """charon renews Phase 2 every 2 s under a B->A flow, so ikev1d answers each Quick
+    Mode. charon installs the new pair on message 2 and sends on it from then on (RFC
+    2409 section 5.5 allows it): every other message 3 is lost on the way, so for a
+    retransmission interval (1 s) charon sends on SAs whose message 3 we have not
+    seen. The inbound half must be there since our message 2: nothing may be dropped
+    as ``unknown_spi``, nor lost beyond what charon's own TUN queue dropped."""
+    with pair(two_hosts, tmp_path / "peer-renews", "strongswan", peer_child_life="2s") as p:
+        lose_every_other_quick_mode_3(two_hosts.a)
+        try:
+            before, queues = p.esp_drops(), p.peer_queues()
+            flow = p.flow(32104, pps=PPS, size=SIZE, seconds=SECONDS + 1, reverse=True)
+            after, queues = p.esp_drops(), p.peer_queues() - queues
+            lost_qm3 = dropped(two_hosts.a)
+        finally:
+            clear_loss(two_hosts.a)
+        log_a = p.a.log_path.read_text()
+    counted = renewals(log_a)
+    unknown = after.get("unknown_spi", 0) - before.get("unknown_spi", 0)
+    figures = (f"renewals {counted}, Quick Mode message 3s lost {lost_qm3}; B->A lost "
+               f"{flow.lost}/{flow.sent} ({queues.tun_dropped} in charon's TUN queue), gap "
+               f"{flow.max_gap_ms:.1f} ms; dropped as unknown SPI: {unknown}")
+    print(figures)
+    assert counted.phase2 >= 2 and lost_qm3 >= 1, figures
+    assert "IPsec SA renewed" not in log_a, figures  # charon renewed, not A
+    assert unknown == 0, figures
+    assert flow.lost - queues.tun_dropped <= 2, figures

@@ -380,3 +380,27 @@ def test_kernel_and_ikev1d_userspace_esp_agree(two_hosts: Topology) -> None:
     for spi_in, spi_out in (spis(index) for index in range(len(PROPOSALS))):
         assert states[f"{spi_in:08x}"]["packets"] == 3, states[f"{spi_in:08x}"]["text"]
         assert states[f"{spi_out:08x}"]["packets"] == 3, states[f"{spi_out:08x}"]["text"]
+
+
+def test_charon_renewing_a_child_gets_our_inbound_state_before_message_3(
+    make_tunnel: MakeTunnel,
+) -> None:
+    """charon renews the child and ikev1d answers the Quick Mode. Its policies exist
+    (the pair it renews holds them), so the kernel plane adds the inbound state before
+    our message 2 leaves and the outbound one on message 3 (RFC 2409 section 5.5: charon
+    sends on the new pair from message 2 on); the new pair then carries traffic."""
+    tunnel = make_tunnel([("net", "aes128gcm16")])
+    topo = tunnel.topo
+    result = tunnel.ours.up("gw", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first = _children(tunnel)["net"]
+    proc = tunnel.theirs.swanctl(["--rekey", "--child", "net"], timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _wait(lambda: _children(tunnel)["net"]["spi_in"] != first["spi_in"], 60, "the renewed SA")
+    new = _children(tunnel)["net"]
+    assert tunnel.ours.wait_log(f"receiving on SA {new['spi_in']}_i", timeout=10), (
+        tunnel.ours.log_text()[-3000:])
+    assert f"installed SAs {new['spi_in']}_i {new['spi_out']}_o" in tunnel.ours.log_text()
+    states = _states(topo.a)
+    assert new["spi_in"] in states and new["spi_out"] in states
+    _ping_both_ways(tunnel)

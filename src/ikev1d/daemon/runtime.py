@@ -53,6 +53,7 @@ from ikev1d.dataplane.base import (
     CatchesTraffic,
     DataplaneBackend,
     DataplaneError,
+    InstallsInboundFirst,
     KeepsState,
     ReportsExpiry,
     create_backend,
@@ -61,6 +62,8 @@ from ikev1d.engine import Engine
 from ikev1d.engine.api import (
     ChildSaDeleted,
     ChildSaEstablished,
+    ChildSaInboundReady,
+    ChildSaInboundWithdrawn,
     ConnectionFailed,
     Endpoint,
     EngineError,
@@ -556,15 +559,25 @@ class Daemon:
         except Exception:
             log.exception("internal error collecting engine output")
             datagrams, events = [], []
+        if any(type(event) is ChildSaInboundReady for event in events):
+            # Before the datagrams: the Quick Mode message 2 among them lets the peer
+            # send on the new SAs at once (RFC 2409 section 5.5).
+            for event in events:
+                if type(event) is ChildSaInboundReady:
+                    self._dispatch_logged(event)
+            events = [e for e in events if type(e) is not ChildSaInboundReady]
         if self._udp is not None:
             for datagram in datagrams:
                 self._udp.send_ike(datagram)
         for event in events:
-            try:
-                self._dispatch(event)
-            except Exception:
-                log.exception("internal error handling %s", type(event).__name__)
+            self._dispatch_logged(event)
         self._reschedule()
+
+    def _dispatch_logged(self, event: Event) -> None:
+        try:
+            self._dispatch(event)
+        except Exception:
+            log.exception("internal error handling %s", type(event).__name__)
 
     def _reschedule(self) -> None:
         try:
@@ -636,6 +649,10 @@ class Daemon:
                 self._on_child_established(event)
             case ChildSaDeleted():
                 self._on_child_deleted(event)
+            case ChildSaInboundReady():
+                self._on_child_inbound_ready(event)
+            case ChildSaInboundWithdrawn():
+                self._on_child_inbound_withdrawn(event)
             case ConnectionFailed():
                 self._on_failed(event)
             case TrapInstalled() | TrapRemoved():
@@ -739,6 +756,40 @@ class Daemon:
                     waiter.finish(
                         True, f"{event.conn}: established {', '.join(waiter.established)}"
                     )
+
+    def _on_child_inbound_ready(self, event: ChildSaInboundReady) -> None:
+        """We answered a Quick Mode: receive on its SAs before our message 2 leaves
+        (the engine hands this over first), as the initiator may send at once."""
+        backend, sa = self._backend, event.pair
+        if not isinstance(backend, InstallsInboundFirst):
+            return
+        try:
+            backend.install_inbound(sa)
+        except Exception as exc:
+            extra = {"conn": sa.conn, "peer": sa.remote}
+            if not isinstance(exc, DataplaneError | OSError):
+                log.exception("data plane failed installing the inbound half of %s",
+                              sa.child, extra=extra)
+            # Not fatal: the whole pair is installed when message 3 arrives.
+            log.warning("inbound IPsec SA %08x_i of %s not installed before Quick Mode "
+                        "message 3: %s", sa.spi_in, sa.child, exc, extra=extra)
+            return
+        log.debug("event: inbound IPsec SA %08x_i of %s installed before Quick Mode "
+                  "message 3", sa.spi_in, sa.child, extra={"conn": sa.conn})
+
+    def _on_child_inbound_withdrawn(self, event: ChildSaInboundWithdrawn) -> None:
+        backend = self._backend
+        if not isinstance(backend, InstallsInboundFirst):
+            return
+        try:
+            backend.remove(ChildSaDeleted(event.conn, event.child, event.ike_id,
+                                          event.child_id, event.spi_in, event.spi_out,
+                                          event.reason))
+        except Exception:
+            log.exception("data plane failed removing the inbound half of %s", event.child,
+                          extra={"conn": event.conn})
+        log.debug("event: inbound IPsec SA %08x_i of %s withdrawn: %s", event.spi_in,
+                  event.child, event.reason, extra={"conn": event.conn})
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         if self._backend is not None:

@@ -1,7 +1,9 @@
 """The interface between the daemon and a data plane backend, and the "none" backend.
 
 The daemon hands every ``ChildSaEstablished`` event to ``install`` and every
-``ChildSaDeleted`` to ``remove``; it asks ``counters`` when building the status
+``ChildSaDeleted`` to ``remove``; a backend that ``InstallsInboundFirst`` gets
+the pair of a ``ChildSaInboundReady`` (we answer a Quick Mode) early, and a
+``ChildSaInboundWithdrawn`` as a ``remove``; it asks ``counters`` when building the status
 document. UDP-encapsulated ESP (RFC 3948) arrives on the daemon's NAT-T socket,
 which IKE shares, so the daemon passes those packets to ``receive_esp_udp`` and
 gives the backend a way to send them with ``attach``.
@@ -77,10 +79,12 @@ class DataplaneBackend(Protocol):
         the event loop to register readers (TUN, raw ESP socket) with."""
 
     def install(self, sa: ChildSaEstablished) -> None:
-        """Install both directions of an IPsec SA (and its policies/routes)."""
+        """Install both directions of an IPsec SA (and its policies/routes); if
+        ``install_inbound`` put the inbound half of this pair there, add the rest."""
 
     def remove(self, sa: ChildSaDeleted) -> None:
-        """Remove the SA pair; an unknown SPI pair is not an error."""
+        """Remove the SA pair, or the inbound half of it that ``install_inbound``
+        installed; an unknown SPI pair is not an error."""
 
     def counters(self, spi_in: int, spi_out: int) -> Counters:
         """The traffic of an SA pair (zeros for a pair it does not know)."""
@@ -98,6 +102,21 @@ class ReportsExpiry(Protocol):
 
     def set_expire_handler(self, handler: ExpireHandler) -> None:
         """Called once after ``attach``; the handler may run from the packet path."""
+
+
+@runtime_checkable
+class InstallsInboundFirst(Protocol):
+    """A backend that can receive on an IPsec SA pair before it may send on it.
+
+    As Quick Mode responder we send message 2 and the initiator may use the new
+    SAs at once (RFC 2409 section 5.5), while we may use them only once message 3
+    arrives. A backend without this installs the pair on message 3, and drops
+    what the peer sent on it before then."""
+
+    def install_inbound(self, sa: ChildSaEstablished) -> None:
+        """Install the inbound half of ``sa`` (``spi_in``, ``keymat_in``) and what
+        it needs to deliver packets; nothing that sends or seals. ``install`` of the
+        same SPIs completes it; ``remove`` takes it away. Raises DataplaneError."""
 
 
 @runtime_checkable
@@ -176,16 +195,22 @@ class NoneBackend:
 
     def __init__(self) -> None:
         self.installed: dict[tuple[int, int], ChildSaEstablished] = {}
+        self.inbound_only: dict[tuple[int, int], ChildSaEstablished] = {}
         self.closed = False
 
     def attach(self, send_udp: SendUdp, loop: asyncio.AbstractEventLoop) -> None:
         pass
 
+    def install_inbound(self, sa: ChildSaEstablished) -> None:
+        self.inbound_only[(sa.spi_in, sa.spi_out)] = sa
+
     def install(self, sa: ChildSaEstablished) -> None:
         # Kept only so tests and status can see what would have been installed.
+        self.inbound_only.pop((sa.spi_in, sa.spi_out), None)
         self.installed[(sa.spi_in, sa.spi_out)] = sa
 
     def remove(self, sa: ChildSaDeleted) -> None:
+        self.inbound_only.pop((sa.spi_in, sa.spi_out), None)
         self.installed.pop((sa.spi_in, sa.spi_out), None)
 
     def counters(self, spi_in: int, spi_out: int) -> Counters:
@@ -196,6 +221,7 @@ class NoneBackend:
 
     def close(self) -> None:
         self.installed.clear()
+        self.inbound_only.clear()
         self.closed = True
 
 

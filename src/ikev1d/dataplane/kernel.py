@@ -430,6 +430,8 @@ class KernelBackend:
         self._next_reqid = first_reqid
         self._policy_sets: dict[tuple[object, ...], _PolicySet] = {}
         self._pairs: dict[tuple[int, int], _InstalledPair] = {}
+        self._inbound_only: dict[tuple[int, int], tuple[tuple[object, ...], XfrmState]] = {}
+        """(spi_in, spi_out) -> (policy key, inbound state) from ``install_inbound``."""
         self._decap_sockets = 0
         self._decap_problems: list[str] = []
         self._vips: dict[tuple[int, int], tuple[Address, tuple[Network, ...]]] = {}
@@ -670,6 +672,7 @@ class KernelBackend:
         if self._state_file is None:
             return
         all_states = [s for p in self._pairs.values() for s in (p.inbound, p.outbound)]
+        all_states += [state for _, state in self._inbound_only.values()]
         self._state_file.save({
             "reqids": [REQIDS.start, REQIDS.stop - 1],
             "states": [_state_record(s) for s in (*all_states, *states)],
@@ -688,6 +691,34 @@ class KernelBackend:
                 return reqid
         raise DataplaneError("kernel data plane: no free reqid left")
 
+    def install_inbound(self, sa: ChildSaEstablished) -> None:
+        """The inbound state of ``sa`` alone, when the policies it needs are there
+        already (a renewal, or a trap): for a decrypted tunnel-mode packet the kernel
+        also wants an ``in`` (or ``fwd``) policy whose template names the state's
+        reqid, else it drops the packet (XfrmInNoPols). A new tunnel's policies
+        come with the whole pair in ``install``, on Quick Mode message 3."""
+        if self._closed:
+            raise DataplaneError("kernel data plane is closed")
+        pair_id = (sa.spi_in, sa.spi_out)
+        key = _policy_key(sa)
+        policy_set = self._policy_sets.get(key)
+        if policy_set is None or pair_id in self._pairs or pair_id in self._inbound_only:
+            return
+        if sa.encap and self._prepare_sockets is not None and self._decap_sockets == 0:
+            return  # install refuses the pair, and says why
+        inbound, _ = plan_states(sa, policy_set.reqid)
+        self._save((inbound,))
+        try:
+            self._call(f"adding {_state_text(inbound)}", self.xfrm.add_state, inbound)
+        except DataplaneError:
+            self._save()
+            raise
+        # A user of the policies: the pair it renews may go first.
+        policy_set.users.add(pair_id)
+        self._inbound_only[pair_id] = (key, inbound)
+        log.debug("kernel data plane: receiving on SA %08x_i reqid %d before Quick Mode "
+                  "message 3", sa.spi_in, policy_set.reqid, extra={"conn": sa.conn})
+
     def install(self, sa: ChildSaEstablished) -> None:
         if self._closed:
             raise DataplaneError("kernel data plane is closed")
@@ -697,11 +728,15 @@ class KernelBackend:
                 f"IPsec SA {sa.child}: SPIs {sa.spi_in:08x}/{sa.spi_out:08x} already installed"
             )
         if sa.encap and self._prepare_sockets is not None and self._decap_sockets == 0:
+            self._remove_inbound_only(pair_id)
             problems = "; ".join(self._decap_problems) or "no NAT-T socket"
             raise DataplaneError(
                 f"IPsec SA {sa.child} is UDP-encapsulated but the kernel cannot receive it: "
                 f"{problems}"
             )
+        if pair_id in self._inbound_only:
+            self._complete(sa)
+            return
         key = _policy_key(sa)
         policy_set = self._policy_sets.get(key)
         reqid = policy_set.reqid if policy_set is not None else self._allocate_reqid()
@@ -745,7 +780,57 @@ class KernelBackend:
             extra={"conn": sa.conn},
         )
 
+    def _complete(self, sa: ChildSaEstablished) -> None:
+        """The outbound state (and routes) joins the inbound half ``install_inbound``
+        put there; the policies are those it already uses."""
+        pair_id = (sa.spi_in, sa.spi_out)
+        key, inbound = self._inbound_only[pair_id]
+        policy_set = self._policy_sets[key]
+        _, outbound = plan_states(sa, policy_set.reqid)
+        self._save((outbound,))
+        try:
+            self._call(f"adding {_state_text(outbound)}", self.xfrm.add_state, outbound)
+        except DataplaneError:
+            self._remove_inbound_only(pair_id)
+            raise
+        del self._inbound_only[pair_id]
+        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, (), sa.child_id)
+        routes = self._add_routes(sa.conn, sa.child, sa.mode, sa.remote[0], sa.local_ts,
+                                  sa.remote_ts, sa.ike_id)
+        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, routes, sa.child_id)
+        self._save()
+        log.info(
+            "kernel data plane: installed SAs %08x_i %08x_o reqid %d (%s, %s%s), %s",
+            sa.spi_in, sa.spi_out, policy_set.reqid, sa.proposal, sa.mode,
+            ", UDP-encapsulated" if sa.encap else "", "policies shared",
+            extra={"conn": sa.conn},
+        )
+
+    def _remove_inbound_only(self, pair_id: tuple[int, int]) -> None:
+        found = self._inbound_only.pop(pair_id, None)
+        if found is None:
+            return
+        key, inbound = found
+        errors: list[str] = []
+        try:
+            self.xfrm.delete_state(inbound.dst, inbound.spi)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                errors.append(f"deleting {_state_text(inbound)}: {_reason(exc)}")
+        policy_set = self._policy_sets.get(key)
+        if policy_set is not None:
+            policy_set.users.discard(pair_id)
+            if not policy_set.users:
+                errors += self._delete_policy_set(key, policy_set)
+        log.debug("kernel data plane: removed SA %08x_i (no Quick Mode message 3)", pair_id[0])
+        self._save()
+        if errors:
+            raise DataplaneError("kernel data plane: " + "; ".join(errors))
+
     def remove(self, sa: ChildSaDeleted) -> None:
+        if (sa.spi_in, sa.spi_out) in self._inbound_only:
+            self._remove_inbound_only((sa.spi_in, sa.spi_out))
+            return
         self._remove_pair((sa.spi_in, sa.spi_out))
 
     # --- CarriesVirtualIps ---
@@ -846,6 +931,11 @@ class KernelBackend:
                     self._remove_pair(pair_id)
                 except DataplaneError as exc:
                     log.error("kernel data plane: %s", exc)
+            for pair_id in list(self._inbound_only):
+                try:
+                    self._remove_inbound_only(pair_id)
+                except DataplaneError as exc:
+                    log.error("kernel data plane: %s", exc)
             for conn, child in list(self._traps):
                 try:
                     self.remove_trap(conn, child)
@@ -862,7 +952,7 @@ class KernelBackend:
             if self.routes is not None:
                 self.routes.close()
             if (self._state_file is not None and not self._pairs and not self._policy_sets
-                    and not self._address_refs):
+                    and not self._address_refs and not self._inbound_only):
                 self._state_file.remove()
 
     def probe(self) -> None:

@@ -213,12 +213,18 @@ class SaEntry:
 
 
 class Sad:
-    """SA pairs by inbound SPI, and the outbound selector lookup."""
+    """SA pairs by inbound SPI, and the outbound selector lookup.
+
+    An entry added with :meth:`add_inbound` opens packets on its inbound SPI but
+    protects none until :meth:`add` completes it: as Quick Mode responder the
+    peer may send on a pair before we may (RFC 2409 section 5.5)."""
 
     def __init__(self) -> None:
         self._by_spi_in: dict[int, SaEntry] = {}
         self._by_pair: dict[tuple[int, int], SaEntry] = {}
         """Every entry, in install order (a dict: removing one of N is not a walk of N)."""
+        self._inbound_only: dict[tuple[int, int], SaEntry] = {}
+        """Entries that only receive yet (:meth:`add_inbound`); not in ``_by_pair``."""
         self._cache: dict[bytes, SaEntry | None] = {}
         self._serial = 0
         self._by_remote: dict[tuple[int, int], dict[int, dict[tuple[int, int], SaEntry]]] = {}
@@ -246,7 +252,27 @@ class Sad:
         self._index(entry, add=True)
         self._cache.clear()
 
+    def add_inbound(self, entry: SaEntry) -> None:
+        """Install only the inbound half of ``entry``: found by its inbound SPI, never
+        by the outbound lookup, until :meth:`add` of the same entry completes it."""
+        self.remove(entry.spi_in, entry.spi_out)
+        self._by_spi_in[entry.spi_in] = entry
+        self._inbound_only[(entry.spi_in, entry.spi_out)] = entry
+
+    def inbound_only(self, spi_in: int, spi_out: int) -> SaEntry | None:
+        """The entry :meth:`add_inbound` installed for this pair, if not completed."""
+        return self._inbound_only.get((spi_in, spi_out))
+
+    def inbound_only_entries(self) -> list[SaEntry]:
+        return list(self._inbound_only.values())
+
     def remove(self, spi_in: int, spi_out: int) -> SaEntry | None:
+        """Remove the pair, or its inbound half; the entry, or None if unknown."""
+        entry = self._inbound_only.pop((spi_in, spi_out), None)
+        if entry is not None:
+            if self._by_spi_in.get(spi_in) is entry:
+                del self._by_spi_in[spi_in]
+            return entry
         entry = self._by_pair.pop((spi_in, spi_out), None)
         if entry is None:
             return None

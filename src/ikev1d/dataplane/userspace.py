@@ -412,7 +412,77 @@ class UserspaceBackend:
             peers = self.routes.owned_bypasses()
             self._state_file.save({"bypass_routes": [*peers, *([pending] if pending else [])]})
 
+    def install_inbound(self, sa: ChildSaEstablished) -> None:
+        """Open what the peer sends on ``sa`` from now on; seal nothing on it until
+        ``install`` completes it (see ``InstallsInboundFirst``). Its routes go into
+        the TUN device now: the host's answers to what it receives must not leave
+        in the clear, and until then no SA takes them (a renewal's predecessor does)."""
+        entry = self._entry(sa)
+        if self.sad.get(sa.spi_in, sa.spi_out) is not None or self.sad.inbound_only(
+                sa.spi_in, sa.spi_out) is not None:
+            self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
+                                       sa.spi_in, sa.spi_out, "reinstalled"))
+        src = self._take_routes(sa, entry)
+        self.sad.add_inbound(entry)
+        log.debug("userspace: receiving on %s SPI %08x_i (SPI %08x_o once completed)%s",
+                  entry.name, sa.spi_in, sa.spi_out, f", src {src}" if src else "")
+
     def install(self, sa: ChildSaEstablished) -> None:
+        if self._closed:
+            raise DataplaneError("the userspace data plane is closed")
+        entry = self.sad.inbound_only(sa.spi_in, sa.spi_out)
+        if entry is None:
+            entry = self._entry(sa)
+            src: str | None = None
+            routed = False
+        else:
+            src, routed = None, True  # by install_inbound
+        worker_fields: dict[str, object] | None = None
+        if self.workers > 1:
+            worker_fields = {
+                "spi_in": sa.spi_in, "spi_out": sa.spi_out, "encryption": sa.encryption,
+                "key_length": sa.key_length, "integrity": sa.integrity or "",
+                "icv_length": sa.icv_length, "keymat": sa.keymat_out,
+                "local_ts": [str(n) for n in sa.local_ts],
+                "remote_ts": [str(n) for n in sa.remote_ts],
+                "name": entry.name, "child_id": sa.child_id, "mtu": entry.mtu,
+                "hard_bytes": entry.hard_bytes, "soft_bytes": entry.soft_bytes_out,
+                "soft_seq": entry.soft_seq,
+            }
+            try:  # checked before anything is installed: nothing half-installed
+                self._install_message(entry, worker_fields)
+            except ValueError as exc:
+                if routed:
+                    self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
+                                               sa.spi_in, sa.spi_out, "not installed"))
+                raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
+        if not routed:
+            if self.sad.get(sa.spi_in, sa.spi_out) is not None:  # installed twice: replace
+                self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
+                                           sa.spi_in, sa.spi_out, "reinstalled"))
+            src = self._take_routes(sa, entry)
+        # Make before break: a pair we installed on Quick Mode message 2 receives at
+        # once but sends only once the peer has it (see STANDBY_S); the pair it
+        # renews carries our traffic meanwhile. (A pair we answered for, the peer
+        # has: its message 3 says so.)
+        self.sad.add(entry, standby=sa.initiator)
+        if sa.initiator:
+            timer = (self._loop.call_later(STANDBY_S, self._promote, entry)
+                     if self._loop is not None else None)
+            self._standby[(sa.spi_in, sa.spi_out)] = (entry, timer)
+        if worker_fields is not None:
+            self._worker_sas[(sa.spi_in, sa.spi_out)] = worker_fields
+            self._install_in_worker(entry)
+        if sa.encap:
+            self._schedule_keepalive()
+        log.debug(
+            "userspace: installed %s SPIs %08x_i %08x_o, %s via %s%s",
+            entry.name, sa.spi_in, sa.spi_out,
+            ", ".join(map(str, sa.remote_ts)), self.tun.name, f" src {src}" if src else "",
+        )
+
+    def _entry(self, sa: ChildSaEstablished) -> SaEntry:
+        """The SA table entry for ``sa``, checked; nothing installed yet."""
         if self._closed:
             raise DataplaneError("the userspace data plane is closed")
         if sa.mode != "tunnel":
@@ -456,25 +526,11 @@ class UserspaceBackend:
         if sa.life_bytes > 0:
             entry.hard_bytes = sa.life_bytes
             entry.soft_bytes_out = entry.soft_bytes_in = soft_limit(sa.life_bytes, sa.spi_in)
-        worker_fields: dict[str, object] | None = None
-        if self.workers > 1:
-            worker_fields = {
-                "spi_in": sa.spi_in, "spi_out": sa.spi_out, "encryption": sa.encryption,
-                "key_length": sa.key_length, "integrity": sa.integrity or "",
-                "icv_length": sa.icv_length, "keymat": sa.keymat_out,
-                "local_ts": [str(n) for n in sa.local_ts],
-                "remote_ts": [str(n) for n in sa.remote_ts],
-                "name": entry.name, "child_id": sa.child_id, "mtu": entry.mtu,
-                "hard_bytes": entry.hard_bytes, "soft_bytes": entry.soft_bytes_out,
-                "soft_seq": entry.soft_seq,
-            }
-            try:  # checked before anything is installed: nothing half-installed
-                self._install_message(entry, worker_fields)
-            except ValueError as exc:
-                raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
-        if self.sad.get(sa.spi_in, sa.spi_out) is not None:  # installed twice: replace
-            self.remove(ChildSaDeleted(sa.conn, sa.child, sa.ike_id, sa.child_id,
-                                       sa.spi_in, sa.spi_out, "reinstalled"))
+        return entry
+
+    def _take_routes(self, sa: ChildSaEstablished, entry: SaEntry) -> str | None:
+        """Route ``entry``'s networks into the TUN device (counted per network) and pin
+        the route to the peer if needed; the source address chosen, if a route is new."""
         # A source address is only chosen for a route not yet there: looking it up means
         # listing the host's addresses over netlink, a stall of the event loop, and the
         # SAs of many peers share their routes.
@@ -495,24 +551,7 @@ class UserspaceBackend:
             if bypass is not None:
                 self._bypass_unref(bypass)
             raise DataplaneError(f"{sa.conn}/{sa.child}: {exc}") from None
-        # Make before break: a pair we installed on Quick Mode message 2 receives at
-        # once but sends only once the peer has it (see STANDBY_S); the pair it
-        # renews carries our traffic meanwhile.
-        self.sad.add(entry, standby=sa.initiator)
-        if sa.initiator:
-            timer = (self._loop.call_later(STANDBY_S, self._promote, entry)
-                     if self._loop is not None else None)
-            self._standby[(sa.spi_in, sa.spi_out)] = (entry, timer)
-        if worker_fields is not None:
-            self._worker_sas[(sa.spi_in, sa.spi_out)] = worker_fields
-            self._install_in_worker(entry)
-        if sa.encap:
-            self._schedule_keepalive()
-        log.debug(
-            "userspace: installed %s SPIs %08x_i %08x_o, %s via %s%s",
-            entry.name, sa.spi_in, sa.spi_out,
-            ", ".join(map(str, sa.remote_ts)), self.tun.name, f" src {src}" if src else "",
-        )
+        return src
 
     def _vip_for(self, sa: ChildSaEstablished) -> tuple[Address, tuple[Network, ...]] | None:
         for version in dict.fromkeys(n.version for n in sa.remote_ts):
@@ -664,7 +703,7 @@ class UserspaceBackend:
             for fd in self._readers:
                 self._loop.remove_reader(fd)
         self._readers.clear()
-        for entry in self.sad:
+        for entry in (*self.sad, *self.sad.inbound_only_entries()):
             self.sad.remove(entry.spi_in, entry.spi_out)
         self._traps.clear()
         self._route_refs.clear()  # routes.close() removes what is left

@@ -104,6 +104,37 @@ class ChildSaEstablished:
 
 
 @dataclass(frozen=True)
+class ChildSaInboundReady:
+    """As Quick Mode responder, before message 2 leaves: the IPsec SA pair that a
+    ``ChildSaEstablished`` will announce once message 3 arrives.
+
+    RFC 2409 section 5.5: the initiator has everything once it holds message 2,
+    and may send on the new SAs at once, before its message 3 reaches us. A data
+    plane that can installs the inbound half now (``pair.spi_in``,
+    ``pair.keymat_in``) and nothing that sends. Then either ``ChildSaEstablished``
+    for the same SPIs follows (the outbound half joins it) or
+    ``ChildSaInboundWithdrawn`` (message 3 never came, or the ISAKMP SA went away):
+    the inbound half is removed. Neither this nor the withdrawal is an IPsec SA
+    that status, counters or updown scripts know of.
+    """
+
+    pair: ChildSaEstablished
+
+
+@dataclass(frozen=True)
+class ChildSaInboundWithdrawn:
+    """The Quick Mode of a ``ChildSaInboundReady`` ended without message 3."""
+
+    conn: str
+    child: str
+    ike_id: int
+    child_id: int
+    spi_in: int
+    spi_out: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class ChildSaDeleted:
     conn: str
     child: str
@@ -186,6 +217,7 @@ class XauthCheck:
 
 Event: TypeAlias = (
     IkeSaEstablished | IkeSaDeleted | ChildSaEstablished | ChildSaDeleted | ConnectionFailed
+    | ChildSaInboundReady | ChildSaInboundWithdrawn
     | TrapInstalled | TrapRemoved
     | VirtualIpAssigned | VirtualIpReleased | XauthCheck
 )

@@ -10,8 +10,18 @@ import tempfile
 import pytest
 
 from ikev1d.daemon.runtime import Daemon, DaemonOptions, dataplane_state_file
-from ikev1d.dataplane.base import AcquireHandler, ExpireHandler
-from ikev1d.engine.api import TrapInstalled, TrapRemoved, VirtualIpAssigned, VirtualIpReleased
+from ikev1d.dataplane.base import AcquireHandler, DataplaneError, ExpireHandler
+from ikev1d.engine.api import (
+    ChildSaEstablished,
+    ChildSaInboundReady,
+    ChildSaInboundWithdrawn,
+    ConnectionFailed,
+    Datagram,
+    TrapInstalled,
+    TrapRemoved,
+    VirtualIpAssigned,
+    VirtualIpReleased,
+)
 from tests.unit.daemon._fakes import (
     FakeEngine,
     RecordingBackend,
@@ -166,5 +176,70 @@ def test_virtual_ip_goes_onto_the_data_plane_and_off_again(
             h.engine.emit(VirtualIpAssigned("site-ok", 5, vip))
             h.daemon._pump()
             assert "virtual IP 10.3.0.7 not put on this host: no TUN" in caplog.text
+
+    asyncio.run(body())
+
+
+def _pair(spi_in: int = 0xC1000001, spi_out: int = 0xD1000001) -> ChildSaEstablished:
+    return ChildSaEstablished(
+        "site-ok", "net", 1, 7, spi_in, spi_out, "aes128gcm16", "aes-gcm-16", 16, 16, None,
+        "tunnel", False, ("127.0.0.1", 500), ("127.0.0.2", 500),
+        (ipaddress.ip_network("10.1.0.0/24"),), (ipaddress.ip_network("10.2.0.0/24"),),
+        b"i" * 20, b"o" * 20)
+
+
+def test_inbound_half_goes_to_the_data_plane_before_quick_mode_message_2_is_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RFC 2409 section 5.5: the initiator may send on the SAs once it has our message 2,
+    so the data plane gets their inbound half before the datagram leaves; message 3
+    completes the pair, a withdrawal removes the half; no updown, no waiter."""
+    async def body() -> None:
+        async with running_daemon() as h:
+            order: list[str] = []
+            backend = h.backend
+            real_inbound = backend.install_inbound
+
+            def install_inbound(sa: ChildSaEstablished) -> None:
+                order.append(f"inbound {sa.spi_in:08x}")
+                real_inbound(sa)
+
+            backend.install_inbound = install_inbound  # type: ignore[method-assign]
+            udp = h.daemon._udp
+            assert udp is not None
+            def send_ike(d: Datagram) -> bool:
+                order.append("send")
+                return True
+
+            udp.send_ike = send_ike  # type: ignore[method-assign,assignment]
+            pair = _pair()
+            h.engine.emit(ConnectionFailed("site-ok", None, "an earlier event"))
+            h.engine.send(Datagram(b"qm2", ("127.0.0.1", 500), ("127.0.0.2", 500)))
+            h.engine.emit(ChildSaInboundReady(pair))
+            h.daemon._pump()
+            assert order == ["inbound c1000001", "send"]
+            assert backend.inbound_only == {(pair.spi_in, pair.spi_out): pair}
+            assert backend.installed == {}
+            h.engine.emit(pair)  # message 3
+            h.daemon._pump()
+            assert backend.inbound_only == {} and (pair.spi_in, pair.spi_out) in backend.installed
+            other = _pair(0xC1000002, 0xD1000002)
+            h.engine.emit(ChildSaInboundReady(other))
+            h.engine.emit(ChildSaInboundWithdrawn("site-ok", "net", 1, 8, other.spi_in,
+                                                  other.spi_out, "no response to Quick Mode"))
+            h.daemon._pump()
+            assert backend.inbound_only == {}
+            assert [(r.spi_in, r.reason) for r in backend.removed] == [
+                (other.spi_in, "no response to Quick Mode")]
+            # A data plane that cannot: a warning, and the whole pair goes in on message 3.
+            def refuse(sa: ChildSaEstablished) -> None:
+                raise DataplaneError("no room")
+
+            backend.install_inbound = refuse  # type: ignore[method-assign]
+            caplog.set_level("WARNING")
+            h.engine.emit(ChildSaInboundReady(_pair(0xC1000003, 0xD1000003)))
+            h.daemon._pump()
+            assert "inbound IPsec SA c1000003_i of net not installed before Quick Mode " \
+                   "message 3: no room" in caplog.text
 
     asyncio.run(body())

@@ -11,6 +11,7 @@ import pytest
 from ikev1d.dataplane.base import (
     DataplaneBackend,
     DataplaneError,
+    InstallsInboundFirst,
     NoneBackend,
     create_backend,
 )
@@ -36,6 +37,20 @@ def test_none_backend_installs_nothing_and_counts_zero() -> None:
     backend.remove(ChildSaDeleted("c", "net", 1, 1, 5, 6, "unknown pair is fine"))
     backend.close()
     assert backend.closed
+
+
+def test_none_backend_takes_an_inbound_half_and_completes_or_drops_it() -> None:
+    backend = NoneBackend()
+    assert isinstance(backend, InstallsInboundFirst)
+    sa = _sa()
+    backend.install_inbound(sa)
+    assert backend.inbound_only == {(sa.spi_in, sa.spi_out): sa} and backend.installed == {}
+    backend.install(sa)
+    assert backend.inbound_only == {} and backend.installed == {(sa.spi_in, sa.spi_out): sa}
+    backend.remove(ChildSaDeleted("c", "net", 1, 1, sa.spi_in, sa.spi_out, "test"))
+    backend.install_inbound(sa)
+    backend.remove(ChildSaDeleted("c", "net", 1, 1, sa.spi_in, sa.spi_out, "withdrawn"))
+    assert backend.inbound_only == {} and backend.installed == {}
 
 
 def test_unknown_backend_name() -> None:

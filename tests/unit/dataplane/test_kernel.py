@@ -923,3 +923,84 @@ def test_host_kernel_recovery_removes_only_policies_with_our_reqids(
     shown = host_netns("ip", "xfrm", "policy").stdout
     assert shown.count("\tdir ") == 3 and "reqid 1 " in shown, shown
     assert f"reqid {REQIDS.start}" not in shown
+
+
+# --- the responder's inbound half before Quick Mode message 3 --------------------------------
+
+
+def test_renewal_inbound_state_goes_in_early_outbound_on_completion(
+    backend: KernelBackend, fake: FakeXfrm, tmp_path: Path,
+) -> None:
+    """A renewal's policies exist: its inbound state alone lets the kernel open what the
+    peer sends on it (the ``in``/``fwd`` templates name its reqid); the outbound state
+    only on completion. The state file lists the half too."""
+    state_file = tmp_path / "k.json"
+    backend.recover(str(state_file))
+    old = make_sa()
+    backend.install(old)
+    policies = dict(fake.policies)
+    new = replace(old, spi_in=0xC5, spi_out=0xC6, child_id=2)
+    backend.install_inbound(new)
+    assert set(fake.states) == {(LOCAL, old.spi_in), (REMOTE, old.spi_out), (LOCAL, 0xC5)}
+    assert fake.states[(LOCAL, 0xC5)] == plan_states(new, REQIDS.start)[0]
+    assert fake.policies == policies
+    recorded = {(r[0], r[1]) for r in json.loads(state_file.read_text())["states"]}
+    assert (LOCAL, 0xC5) in recorded
+    assert backend.counters(0xC5, 0xC6) == Counters()  # not an installed pair yet
+    backend.remove(deleted(old))  # the pair it renews may go first: policies stay
+    assert fake.policies == policies
+    backend.install(new)
+    assert set(fake.states) == {(LOCAL, 0xC5), (REMOTE, 0xC6)}
+    assert fake.states[(REMOTE, 0xC6)] == plan_states(new, REQIDS.start)[1]
+    assert backend.installed == {(0xC5, 0xC6): plan_states(new, REQIDS.start)}
+    backend.remove(deleted(new))
+    assert fake.states == {} and fake.policies == {}
+
+
+def test_withdrawn_inbound_half_and_a_new_tunnel(backend: KernelBackend, fake: FakeXfrm) -> None:
+    """Withdrawn: the state goes, the policies only with their last user. A new
+    tunnel's inbound state waits for its policies, which come with the whole pair."""
+    new_tunnel = make_sa()
+    backend.install_inbound(new_tunnel)
+    assert fake.states == {} and fake.policies == {}
+    backend.install(new_tunnel)
+    assert len(fake.states) == 2 and len(fake.policies) == 3
+    policies = dict(fake.policies)
+    renewal = replace(new_tunnel, spi_in=0xC7, spi_out=0xC8, child_id=2)
+    backend.install_inbound(renewal)
+    assert (LOCAL, 0xC7) in fake.states
+    backend.remove(deleted(renewal))
+    assert (LOCAL, 0xC7) not in fake.states and fake.policies == policies
+    backend.remove(deleted(renewal))  # unknown now: not an error
+    backend.install_inbound(renewal)
+    backend.remove(deleted(new_tunnel))
+    backend.remove(deleted(renewal))  # the last user of the policies
+    assert fake.states == {} and fake.policies == {}
+
+
+def test_close_removes_an_inbound_half(fake: FakeXfrm, tmp_path: Path) -> None:
+    state_file = tmp_path / "k.json"
+    backend = KernelBackend(fake)
+    backend.recover(str(state_file))
+    sa = make_sa()
+    backend.install(sa)
+    backend.install_inbound(replace(sa, spi_in=0xC9, spi_out=0xCA, child_id=2))
+    backend.close()
+    assert fake.states == {} and fake.policies == {} and not state_file.exists()
+
+
+def test_a_killed_run_s_inbound_half_is_removed_on_restart(
+    fake: FakeXfrm, tmp_path: Path,
+) -> None:
+    state_file = str(tmp_path / "k.json")
+    first = KernelBackend(fake)
+    first.recover(state_file)
+    sa = make_sa()
+    first.install(sa)
+    first.install_inbound(replace(sa, spi_in=0xCB, spi_out=0xCC, child_id=2))
+    # The file is written again later: the half must stay listed.
+    first.install(make_sa(child="b", spi_in=0xCD, spi_out=0xCE, local_ts=("10.5.0.0/24",)))
+    assert len(fake.states) == 5
+    second = KernelBackend(fake)  # the first was SIGKILLed
+    second.recover(state_file)
+    assert fake.states == {} and fake.policies == {}

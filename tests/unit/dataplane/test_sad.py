@@ -224,3 +224,24 @@ def test_cool_idle_drops_contexts_only_after_a_whole_idle_period() -> None:
     assert opener.open(packet) == (4, b"x" * 40)
     assert opener.open(idle.outbound.seal(b"z", 4)) == (4, b"z")
     assert idle.outbound.seq == 2
+
+
+def test_an_inbound_half_opens_but_protects_nothing_until_completed() -> None:
+    """Quick Mode responder: the peer may send on the pair before we may (RFC 2409 5.5)."""
+    sad = Sad()
+    old = entry(1, ["10.1.0.0/24"], ["10.2.0.0/24"])
+    new = entry(2, ["10.1.0.0/24"], ["10.2.0.0/24"])
+    sad.add(old)
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.0.9") is old
+    sad.add_inbound(new)
+    assert sad.by_spi_in(2) is new and sad.inbound_only(2, 0x1002) is new
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.0.9") is old
+    assert sad.get(2, 0x1002) is None and len(sad) == 1 and list(sad) == [old]
+    sad.add(new)  # completed
+    assert sad.inbound_only(2, 0x1002) is None and sad.get(2, 0x1002) is new
+    assert sad.lookup_outbound_addresses("10.1.0.1", "10.2.0.9") is new
+    withdrawn = entry(3, ["10.1.0.0/24"], ["10.2.0.0/24"])
+    sad.add_inbound(withdrawn)
+    assert sad.remove(3, 0x1003) is withdrawn
+    assert sad.by_spi_in(3) is None and sad.inbound_only_entries() == []
+    assert sad.remove(3, 0x1003) is None

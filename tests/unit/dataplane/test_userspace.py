@@ -588,3 +588,74 @@ def test_send_errors_are_counted_per_sa(sides: tuple[Side, Side]) -> None:
     assert c.drops is not None
     assert (c.packets_out, c.drops.dropped_out) == (0, 3)
     assert a.backend.drops["send_error"] == 3
+
+
+# --- the responder's inbound half before Quick Mode message 3 --------------------------------
+
+
+def test_inbound_half_opens_before_completion_and_seals_only_after(
+    sides: tuple[Side, Side],
+) -> None:
+    """B answered A's Quick Mode: A sends on the pair at once (RFC 2409 section 5.5),
+    B opens it from message 2 on but seals on it only once message 3 completes it.
+    Its routes are taken at once, so B's answers meanwhile stay in the TUN device."""
+    a, b = sides
+    a.backend.install(child())
+    b.backend.install_inbound(child(initiator=False))
+    assert b.routes.routes == {"10.1.0.0/24": "10.2.0.1"}
+    ping = udp_packet("10.1.0.1", "10.2.0.1", b"early")
+    a.tun.to_read.append(ping)
+    a.backend.handle_tun_readable()
+    carry_raw(a, b)
+    assert b.tun.written == [ping] and b.backend.drops["unknown_spi"] == 0
+    back = udp_packet("10.2.0.1", "10.1.0.1", b"reply")
+    b.tun.to_read.append(back)
+    b.backend.handle_tun_readable()
+    assert b.raw.sent == [] and b.backend.drops["no_sa"] == 1
+    assert b.backend.counters(0xC0000002, 0xC0000001) == Counters(0, 0, 0, 0, drops=None)
+    b.backend.install(child(initiator=False))  # message 3
+    b.tun.to_read.append(back)
+    b.backend.handle_tun_readable()
+    assert [esp[:4] for esp, _, _ in b.raw.sent] == [(0xC0000001).to_bytes(4, "big")]
+    carry_raw(b, a)
+    assert a.tun.written == [back]
+    # What it opened before completion is the completed pair's, as is its replay window.
+    counters = b.backend.counters(0xC0000002, 0xC0000001)
+    assert (counters.packets_in, counters.packets_out) == (1, 1)
+    b.backend.remove(deleted(child(initiator=False)))
+    assert b.routes.routes == {}
+
+
+def test_withdrawn_inbound_half_leaves_nothing(sides: tuple[Side, Side]) -> None:
+    a, b = sides
+    a.backend.install(child())
+    half = child(initiator=False)
+    b.backend.install_inbound(half)
+    b.backend.install_inbound(half)  # again: one route reference
+    b.backend.remove(deleted(half))
+    assert b.routes.routes == {} and len(b.backend.sad) == 0
+    a.tun.to_read.append(udp_packet("10.1.0.1", "10.2.0.1", b"late"))
+    a.backend.handle_tun_readable()
+    carry_raw(a, b)
+    assert b.tun.written == [] and b.backend.drops["unknown_spi"] == 1
+    b.backend.install_inbound(half)
+    b.backend.close()  # an inbound half goes with the rest
+    assert b.backend.sad.by_spi_in(half.spi_in) is None
+    assert b.backend.sad.inbound_only_entries() == []
+
+
+def test_renewal_inbound_half_does_not_take_outbound_traffic(sides: tuple[Side, Side]) -> None:
+    """The pair it renews seals until message 3 completes the new one."""
+    _, b = sides
+    b.backend.install(child(initiator=False))
+    renewal = child(initiator=False, spis=(0xC0000003, 0xC0000004))
+    b.backend.install_inbound(renewal)
+    b.tun.to_read.append(udp_packet("10.2.0.1", "10.1.0.1", b"x"))
+    b.backend.handle_tun_readable()
+    assert b.raw.sent[-1][0][:4] == (0xC0000001).to_bytes(4, "big")
+    b.backend.install(renewal)
+    b.tun.to_read.append(udp_packet("10.2.0.1", "10.1.0.1", b"y"))
+    b.backend.handle_tun_readable()
+    assert b.raw.sent[-1][0][:4] == (0xC0000003).to_bytes(4, "big")
+    b.backend.remove(deleted(child(initiator=False)))
+    assert b.routes.routes == {"10.1.0.0/24": "10.2.0.1"}  # the renewal's

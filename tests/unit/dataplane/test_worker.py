@@ -31,6 +31,7 @@ from ikev1d.dataplane.worker_protocol import (
     decode,
     encode,
 )
+from ikev1d.engine.api import ChildSaDeleted
 from tests.unit.dataplane.test_userspace import FakeRaw, FakeRoutes, FakeTun, child, udp_packet
 
 KEYMAT = bytes(range(20))
@@ -582,3 +583,19 @@ def test_the_real_worker_starts_answers_and_stops(loop: asyncio.AbstractEventLoo
     assert lost == []
     tun_ours.close()
     assert os.path.exists(sys.executable)
+
+
+def test_the_worker_gets_a_responder_s_pair_only_on_completion(two: TwoWorkerSide) -> None:
+    """The inbound half stays in the daemon, which opens; the worker seals, so it hears
+    of the pair when Quick Mode message 3 completes it, and of a withdrawn half never."""
+    sa = dataclasses.replace(child(), initiator=False)
+    two.backend.install_inbound(sa)
+    assert two.worker.of(MsgType.INSTALL_SA) == []
+    two.backend.install(sa)
+    (install,) = two.worker.of(MsgType.INSTALL_SA)
+    assert install.get_bytes("keymat") == sa.keymat_out and not install.get_bool("standby")
+    other = dataclasses.replace(sa, spi_in=0xC0000021, spi_out=0xC0000022, child_id=3)
+    two.backend.install_inbound(other)
+    two.backend.remove(ChildSaDeleted("gw", "net", 1, 3, other.spi_in, other.spi_out, "t"))
+    assert len(two.worker.of(MsgType.INSTALL_SA)) == 1
+    assert two.worker.of(MsgType.REMOVE_SA) == []

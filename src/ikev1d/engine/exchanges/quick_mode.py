@@ -28,7 +28,12 @@ from ikev1d.crypto import (
     qm_hash3,
 )
 from ikev1d.engine import rules
-from ikev1d.engine.api import ChildSaEstablished, Network
+from ikev1d.engine.api import (
+    ChildSaEstablished,
+    ChildSaInboundReady,
+    ChildSaInboundWithdrawn,
+    Network,
+)
 from ikev1d.engine.exchanges.base import (
     NONCE_LENGTH,
     PHASE1_MESSAGE_ID,
@@ -152,6 +157,10 @@ class QuickMode(Exchange):
         self.replaces: ChildSa | None = None
         """The IPsec SA this exchange renews, deleted once this one is up (make
         before break, so that traffic never lacks an SA)."""
+        self.negotiated: tuple[ChildSa, ChildSaEstablished] | None = None
+        """As responder, from message 1 on: the pair announced as inbound-ready,
+        established by a valid message 3."""
+        self.end_reason = "Quick Mode not completed"
 
     @staticmethod
     def receive(sa: IkeSa, message: Message, now: float) -> None:
@@ -286,8 +295,15 @@ class QuickMode(Exchange):
             ) from exc
 
     def discard(self) -> None:
-        """An exchange that installed nothing gives its inbound SPI back."""
+        """An exchange that installed nothing gives its inbound SPI back, and the
+        inbound half it had announced (timed out, or its ISAKMP SA went away)."""
         super().discard()
+        if self.state is not QmState.DONE and self.negotiated is not None:
+            event = self.negotiated[1]
+            self.negotiated = None
+            self.sa.ctx.emit(ChildSaInboundWithdrawn(
+                event.conn, event.child, event.ike_id, event.child_id, event.spi_in,
+                event.spi_out, self.end_reason))
         if self.state is not QmState.DONE and self.spi_in:
             self.sa.ctx.release_spi(self.spi_in)
             self.spi_in = b""
@@ -307,11 +323,25 @@ class QuickMode(Exchange):
         self.fail(str(error), now)
 
     def fail(self, reason: str, now: float) -> None:
+        self.end_reason = reason
         self.cancel()
         self.state = QmState.FAILED
         self.sa.ctx.on_quick_mode_done(self, None, reason, now)
 
     def _install(self, now: float) -> None:
+        """Established: the pair goes to the data plane (the responder's inbound half
+        is there already, since message 2)."""
+        if self.negotiated is None:
+            self.negotiated = self._negotiate(now)
+        child_sa, event = self.negotiated
+        child_sa.established_at = now
+        self.state = QmState.DONE
+        self.cancel()
+        self.sa.ctx.on_quick_mode_done(self, (child_sa, event), "", now)
+
+    def _negotiate(self, now: float) -> tuple[ChildSa, ChildSaEstablished]:
+        """The IPsec SA pair with its KEYMAT (RFC 2409 section 5.5), once both nonces,
+        both SPIs, the proposal and any PFS secret are known."""
         sa = self.sa
         proposal = self.proposal
         child = self.child
@@ -365,9 +395,7 @@ class QuickMode(Exchange):
             life_bytes=self.life_bytes,
             initiator=self.initiator,
         )
-        self.state = QmState.DONE
-        self.cancel()
-        sa.ctx.on_quick_mode_done(self, (child_sa, event), "", now)
+        return child_sa, event
 
     def _lifetime(self, peer_seconds: int | None, peer_kilobytes: int | None) -> None:
         ours = self.child.rekey_time if self.child is not None else 3600.0
@@ -539,6 +567,12 @@ class QuickMode(Exchange):
         data = self._encrypt_after_hash(hash_2, out_rest, rest, _COMMIT if self.commit else 0)
         self.remember(message.raw, data)
         self.state = QmState.QM2_SENT
+        # RFC 2409 section 5.5: the initiator may send on the new SAs as soon as it
+        # has message 2 (strongSwan does), so our inbound half must exist before
+        # message 2 leaves; the outbound half waits for message 3, which proves the
+        # initiator has the SAs too (and HASH(3) that it is the peer).
+        self.negotiated = self._negotiate(now)
+        sa.ctx.emit(ChildSaInboundReady(self.negotiated[1]))
         self.send_request(data, now)
 
     def _choose_tunnel(self, ids: list[IdPayload], peer_spi: bytes) -> ChildConfig:
