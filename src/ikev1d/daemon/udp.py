@@ -88,6 +88,8 @@ _COOKIES_END = 16
 
 Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 """``callback(data, local, remote)``."""
+ManyReceiver = Callable[[list[bytes], Endpoint, Endpoint], None]
+"""``callback(datagrams, local, remote)``: datagrams in the order they arrived."""
 
 
 """What sendmsg with UDP_SEGMENT fails with where the offload is unavailable (udp(7))."""
@@ -239,9 +241,11 @@ class UdpSocket:
         if self.gro:
             size = gso.gro_segment_size(ancdata)
             if 0 < size < len(data):
-                first, *rest = gso.split(data, size)
-                self._pending.extend((d, local, remote) for d in rest)
-                return first, local, remote
+                # The datagrams of a coalesced receive (udp(7) UDP_GRO): ``size``
+                # octets each, the last possibly fewer; one slice (copy) each.
+                self._pending.extend([(data[start:start + size], local, remote)
+                                      for start in range(size, len(data), size)])
+                return data[:size], local, remote
         return data, local, remote
 
     def _source(self, local_address: str) -> list[tuple[int, int, bytes]]:
@@ -303,13 +307,18 @@ class UdpTransport:
         port_nat_t: int,
         on_ike: Receiver,
         on_esp: Receiver,
+        on_esp_many: ManyReceiver | None = None,
     ) -> None:
+        """``on_esp_many``, when given, takes the ESP datagrams of one wakeup that came
+        one after the other from one peer to one address in one call (``on_esp`` each
+        one otherwise)."""
         self._loop = loop
         self._listen = tuple(listen)
         self.port = port
         self.port_nat_t = port_nat_t
         self._on_ike = on_ike
         self._on_esp = on_esp
+        self._on_esp_many = on_esp_many
         self.sockets: list[UdpSocket] = []
         self._socket_cache: dict[Endpoint, UdpSocket | None] = {}
         self.budget = RequestBudget()
@@ -388,11 +397,31 @@ class UdpTransport:
                 requests.append((data, local, remote))
             else:  # a later message, or too short to be anything (the engine drops it)
                 current.append((data, local, remote, False))
-        for data, local, remote, esp in current:
-            if esp:
-                self._on_esp(data, local, remote)
-            else:
+        on_esp_many = self._on_esp_many
+        if on_esp_many is None:
+            for data, local, remote, esp in current:
+                if esp:
+                    self._on_esp(data, local, remote)
+                else:
+                    self._on_ike(data, local, remote)
+        else:
+            # In arrival order: runs of ESP between one pair of endpoints go together.
+            run: list[bytes] = []
+            run_local = run_remote = ("", 0)
+            for data, local, remote, esp in current:
+                if esp:
+                    if run and (remote != run_remote or local != run_local):
+                        on_esp_many(run, run_local, run_remote)
+                        run = []
+                    run.append(data)
+                    run_local, run_remote = local, remote
+                    continue
+                if run:
+                    on_esp_many(run, run_local, run_remote)
+                    run = []
                 self._on_ike(data, local, remote)
+            if run:
+                on_esp_many(run, run_local, run_remote)
         self._serve_requests(sock, requests, more or read >= BATCH or len(requests) >= BATCH)
         if more or sock.pending or sock in self._deferred:
             # Level-triggered readiness would come back too, but only after every other

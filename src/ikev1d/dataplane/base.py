@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 from ikev1d.engine.api import (
@@ -98,6 +98,16 @@ class ReportsExpiry(Protocol):
 
     def set_expire_handler(self, handler: ExpireHandler) -> None:
         """Called once after ``attach``; the handler may run from the packet path."""
+
+
+@runtime_checkable
+class ReceivesEspBatches(Protocol):
+    """A backend that takes the UDP-encapsulated ESP of one receive in one call."""
+
+    def receive_esp_udp_many(self, datagrams: Iterable[bytes], local: Endpoint,
+                             remote: Endpoint) -> None:
+        """ESP packets that arrived one after the other from ``remote`` to ``local``, as
+        ``receive_esp_udp`` would take them one by one, in their order."""
 
 
 @runtime_checkable
