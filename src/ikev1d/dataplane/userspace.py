@@ -81,7 +81,7 @@ from ikev1d.dataplane.esp import (
 )
 from ikev1d.dataplane.linux.offload import VNET_HDR, VNET_HDR_LEN, coalesce_tcp
 from ikev1d.dataplane.mss import clamp_mss, tunnel_mtu
-from ikev1d.dataplane.sad import CONTEXT_IDLE_S, Prefix, Sad, SaEntry, address_key, prefixes
+from ikev1d.dataplane.sad import CONTEXT_IDLE_S, Prefix, Sad, SaEntry, prefixes
 from ikev1d.dataplane.sealing import (
     ACQUIRE_INTERVAL,
     BATCH,
@@ -699,6 +699,13 @@ class UserspaceBackend:
     def _coalescing(self) -> bool:
         return getattr(self.tun, "vnet_hdr", False) is True and self._loop is not None
 
+    def _schedule_flush(self) -> bool:
+        """Have :meth:`_flush_tun` run after this batch (once); whether it will."""
+        if not self._tun_flush_scheduled and self._loop is not None:
+            self._tun_flush_scheduled = True
+            self._loop.call_soon(self._flush_tun)
+        return self._tun_flush_scheduled
+
     def _flush_tun(self) -> None:
         """Write what the last receive batch opened, TCP segments of one flow joined."""
         self._tun_flush_scheduled = False
@@ -781,6 +788,9 @@ class UserspaceBackend:
         coalescing = self._coalescing
         pending = self._tun_pending
         pending_entries = self._tun_pending_entries
+        permitted_key: bytes | None = None
+        permitted_entry: SaEntry | None = None
+        flush_scheduled = False
         for esp in packets:
             if len(esp) < 8:
                 drop("malformed", f"inbound: {len(esp)}-octet ESP packet")
@@ -809,23 +819,35 @@ class UserspaceBackend:
                 self._nat_mapping_changed(entry, esp, remote)
             if next_header == IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
                 continue
-            key = address_key(inner)
-            if key is None or next_header != (IPPROTO_IPIP if len(key) == 8 else IPPROTO_IPV6):
+            # The inner packet's addresses (sad.address_key, written out here).
+            length = len(inner)
+            version = inner[0] >> 4 if length else 0
+            if version == 4 and length >= 20:
+                key: bytes | None = inner[12:20]
+                inner_protocol = IPPROTO_IPIP
+            elif version == 6 and length >= 40:
+                key = inner[8:40]
+                inner_protocol = IPPROTO_IPV6
+            else:
+                key = None
+            if key is None or next_header != inner_protocol:
                 drop("malformed", f"inbound SPI {spi:08x}: next header {next_header} "
                      "does not introduce an IP packet of that version")
                 continue
             counters = entry.counters
-            length = len(inner)
             if counters.bytes_in + length > entry.hard_bytes:
                 drop("life_bytes", f"inbound SPI {spi:08x}: {entry.name} carried its "
                      "life_bytes")
                 self.sealer.hard_limit(entry, "life_bytes reached (inbound)")
                 continue
-            if not entry.permits_inbound_key(key):
+            # A flow's packets repeat the previous packet's addresses: its verdict holds.
+            if (key != permitted_key or entry is not permitted_entry) and \
+                    not entry.permits_inbound_key(key):
                 counters.dropped_policy_in += 1
                 drop("policy", f"inbound SPI {spi:08x}: inner packet outside the "
                      "SA's traffic selectors")
                 continue
+            permitted_key, permitted_entry = key, entry
             # Only a SYN carries an MSS option (RFC 9293 §3.7.1): an IPv4 packet without
             # options whose TCP flags say otherwise, or that is not TCP, needs no look.
             if inner[0] != 0x45 or length < 40 or (inner[9] == 6 and inner[33] & 0x02):
@@ -837,9 +859,8 @@ class UserspaceBackend:
                 # Counted now; a failed write moves it to the drops (see _flush_tun).
                 pending.append(inner)
                 pending_entries.append(entry)
-                if not self._tun_flush_scheduled and self._loop is not None:
-                    self._tun_flush_scheduled = True
-                    self._loop.call_soon(self._flush_tun)
+                if not flush_scheduled:
+                    flush_scheduled = self._schedule_flush()
             else:
                 try:
                     self.tun.write(inner)
