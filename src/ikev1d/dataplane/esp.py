@@ -312,24 +312,22 @@ class _CbcEncryptor:
 
 
 class _CbcDecryptor:
-    """CBC decryption on one context; the first output block is re-based on the packet's IV.
+    """CBC decryption on one context, the packet's IV fed in as the first block.
 
-    P0 = D(C0) ^ IV, and the context computed D(C0) ^ chain, so XOR chain ^ IV in.
+    Each output block is D(C[i]) ^ C[i-1] (RFC 3602 §2.3 / §3): given IV | C0 | C1 ...,
+    the context's output for C0 is D(C0) ^ IV = P0, whatever it held before; only the
+    output for the IV block itself depends on that (it is D(IV) ^ chain) and is dropped.
     """
 
-    __slots__ = ("_block", "_chain", "_ctx")
+    __slots__ = ("_block", "_ctx")
 
     def __init__(self, cipher: CipherAlgorithm, block: int) -> None:
         self._ctx = Cipher(cipher, modes.CBC(bytes(block))).decryptor()
         self._block = block
-        self._chain = 0
 
-    def decrypt(self, iv: memoryview, ciphertext: memoryview) -> bytes:
-        b = self._block
-        plaintext = self._ctx.update(ciphertext)
-        first = int.from_bytes(plaintext[:b], "big") ^ int.from_bytes(iv, "big") ^ self._chain
-        self._chain = int.from_bytes(ciphertext[-b:], "big")
-        return first.to_bytes(b, "big") + plaintext[b:]
+    def decrypt(self, iv_and_ciphertext: memoryview) -> bytes:
+        """The plaintext of the ciphertext that follows a one-block IV."""
+        return self._ctx.update(iv_and_ciphertext)[self._block:]
 
 
 # --- SAs ------------------------------------------------------------------------------
@@ -592,8 +590,9 @@ class InboundSa:
                 counters.failed_icv += 1
                 raise EspIcvError(f"SPI {self.spi:08x} seq {seq}: ICV mismatch")
             if self._cbc is not None:
-                plaintext = self._cbc.decrypt(view[ESP_HEADER_LENGTH:ct_start],
-                                              view[ct_start:ct_end])
+                # The IV is one cipher block (RFC 3602 §3, RFC 2451 §3), just before
+                # the ciphertext.
+                plaintext = self._cbc.decrypt(view[ESP_HEADER_LENGTH:ct_end])
             else:
                 plaintext = bytes(view[ct_start:ct_end])
 
