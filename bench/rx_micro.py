@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python bench/rx_micro.py                   # aes128gcm16 and aes128-sha256,
                                                          # ESP-in-UDP (GRO) and raw ESP
     .venv/bin/python bench/rx_micro.py --algs aes128gcm16 --paths udp --profile
-    .venv/bin/python bench/rx_micro.py --help            # --packets --rounds --gro
+    .venv/bin/python bench/rx_micro.py --help            # --packets --rounds --gro --dry
 
 What it measures: the whole receiving path of the daemon, from the socket's
 receive buffer to the TUN write, with the socket and the TUN device replaced by
@@ -274,10 +274,15 @@ class Rig:
 
 
 def measure(alg: str, path: str, packets: int, rounds: int, gro: int,
-            profile: bool) -> tuple[float, float, int]:
+            profile: bool, dry: bool = False) -> tuple[float, float, int]:
     rig = Rig(alg, path, gro)
     rig.prepare(512)  # warm up: contexts, caches
     rig.run()
+    if dry:  # everything but the receiving (see --dry)
+        for _ in range(rounds):
+            rig.prepare(packets)
+        rig.close()
+        return 0.0, 0.0, 0
     times: list[float] = []
     # CPU time of this thread, not wall time: the box is shared, and what counts is
     # the CPU a packet costs (wall time under load mostly measures the neighbours).
@@ -314,6 +319,10 @@ def main() -> None:
     parser.add_argument("--gro", type=int, default=64,
                         help="datagrams per GRO buffer (at most 64 KiB in all)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--dry", action="store_true",
+                        help="seal the packets but do not receive them: run under "
+                             "valgrind --tool=callgrind with and without it, and the "
+                             "difference is the receiving's instructions")
     args = parser.parse_args()
     print(f"receive path, {INNER}-octet inner TCP packets, {args.packets} packets x "
           f"{args.rounds} rounds; load {os.getloadavg()[0]:.2f}")
@@ -321,7 +330,7 @@ def main() -> None:
     for alg in args.algs.split(","):
         for path in args.paths.split(","):
             best, median, buffers = measure(alg, path, args.packets, args.rounds, args.gro,
-                                            args.profile)
+                                            args.profile, args.dry)
             print(f"{alg:<15} {path:<5} {best:15.2f} {median:8.2f} {buffers:10d}")
 
 
