@@ -378,4 +378,5 @@ def _joined(run: list[bytes], tcp: int, start: int, size: int, total: int) -> by
     partial = (pseudo + _IPPROTO_TCP + total - tcp) % 0xFFFF
     header[tcp + 16:tcp + 18] = (partial or 0xFFFF).to_bytes(2, "big")
     vnet = VNET_HDR.pack(NEEDS_CSUM, gso_type, start, size, tcp, 16)
-    return b"".join((vnet, header, *(memoryview(p)[start:] for p in run)))
+    # Slicing the payloads out as bytes costs less than a memoryview of each.
+    return b"".join([vnet, header, *[p[start:] for p in run]])
