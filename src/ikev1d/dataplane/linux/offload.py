@@ -321,7 +321,12 @@ def coalesce_tcp(packets: list[bytes]) -> list[bytes]:
         ack_at, ack_end = tcp + 8, tcp + 13
         ack = first[ack_at:ack_end]
         flags_at = tcp + 13
-        window = first[tcp + 14:tcp + 16]
+        window_end = tcp + 16
+        window = first[tcp + 14:window_end]
+        # Acknowledgment to window with the flags between: one comparison for a segment
+        # flagged as the first (ACK alone, or it would have ended the run), the two
+        # around the flags for the one with PSH.
+        ack_to_window = first[ack_at:window_end]
         rest_at = tcp + 18
         rest = first[rest_at:start]
         seq_at, seq_end = tcp + 4, tcp + 8
@@ -342,7 +347,8 @@ def coalesce_tcp(packets: list[bytes]) -> list[bytes]:
             if (nxt[addr_start:tcp + 4] != addresses or nxt[:head_end] != head
                     or nxt[mid_start:mid_end] != mid
                     or int.from_bytes(nxt[seq_at:seq_end], "big") != seq
-                    or nxt[ack_at:ack_end] != ack or nxt[tcp + 14:tcp + 16] != window
+                    or (nxt[ack_at:window_end] != ack_to_window
+                        and (nxt[ack_at:ack_end] != ack or nxt[tcp + 14:window_end] != window))
                     or nxt[rest_at:start] != rest):
                 break
             run.append(nxt)
