@@ -55,6 +55,7 @@ from ikev1d.dataplane.base import (
     DataplaneError,
     InstallsInboundFirst,
     KeepsState,
+    ReceivesEspBatches,
     ReportsExpiry,
     create_backend,
 )
@@ -316,6 +317,8 @@ class Daemon:
             config.daemon.port_nat_t,
             on_ike=self._on_ike,
             on_esp=self._on_esp,
+            on_esp_many=(self._esp_many_to(backend)
+                         if isinstance(backend, ReceivesEspBatches) else None),
         )
         try:
             udp.open()
@@ -618,6 +621,20 @@ class Daemon:
             self._backend.receive_esp_udp(data, local, remote)
         except Exception:
             log.exception("data plane error on ESP from %s", _endpoint_text(remote))
+
+    @staticmethod
+    def _esp_many_to(backend: ReceivesEspBatches) -> Callable[[list[bytes], Endpoint, Endpoint],
+                                                               None]:
+        """What the NAT-T socket hands the ESP datagrams of one wakeup to, a run at a time."""
+        receive = backend.receive_esp_udp_many
+
+        def on_esp_many(datagrams: list[bytes], local: Endpoint, remote: Endpoint) -> None:
+            try:
+                receive(datagrams, local, remote)
+            except Exception:
+                log.exception("data plane error on ESP from %s", _endpoint_text(remote))
+
+        return on_esp_many
 
     def _on_dataplane_expired(self, child_id: int, hard: bool, reason: str) -> None:
         """An IPsec SA reached a volume or sequence-number limit. This runs on the

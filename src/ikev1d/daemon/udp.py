@@ -45,7 +45,6 @@ import logging
 import socket
 import struct
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from ikev1d.dataplane.linux import gso
@@ -88,6 +87,8 @@ _COOKIES_END = 16
 
 Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 """``callback(data, local, remote)``."""
+ManyReceiver = Callable[[list[bytes], Endpoint, Endpoint], None]
+"""``callback(datagrams, local, remote)``: datagrams in the order they arrived."""
 
 
 """What sendmsg with UDP_SEGMENT fails with where the offload is unavailable (udp(7))."""
@@ -199,13 +200,16 @@ class UdpSocket:
         self.gro = gro and gso.enable_gro(sock)
         self.gso = True
         """Send batches with UDP_SEGMENT; cleared when the kernel refuses it once."""
-        self._pending: deque[tuple[bytes, Endpoint, Endpoint]] = deque()
+        self._rest: list[bytes] = []
+        self._rest_at = 0
+        self._rest_ends: tuple[Endpoint, Endpoint] = (("", 0), ("", 0))
         self._sources: dict[str, list[tuple[int, int, bytes]]] = {}
         """The rest of a coalesced receive, handed out by the next :meth:`recv` calls."""
 
     @property
     def pending(self) -> bool:
-        return bool(self._pending)
+        """Whether datagrams of a coalesced receive are left to hand out."""
+        return self._rest_at < len(self._rest)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -225,24 +229,47 @@ class UdpSocket:
 
     def recv(self) -> tuple[bytes, Endpoint, Endpoint] | None:
         """One packet as (data, local, remote), or None when nothing is waiting."""
-        if self._pending:
-            return self._pending.popleft()
+        got = self.recv_many(1)
+        if got is None:
+            return None
+        return got[0][0], got[1], got[2]
+
+    def recv_many(self, limit: int) -> tuple[list[bytes], Endpoint, Endpoint] | None:
+        """At most ``limit`` (at least 1) datagrams of one receive, as (datagrams, local,
+        remote), or None when nothing is waiting: a coalesced receive (UDP_GRO) is cut
+        into its datagrams, and what is over ``limit`` is handed out by the next calls.
+        A truncated datagram comes as an empty one."""
+        rest = self._rest
+        if rest:
+            at = self._rest_at
+            out = rest[at:at + limit]
+            at += len(out)
+            if at >= len(rest):
+                self._rest, self._rest_at = [], 0
+            else:
+                self._rest_at = at
+            return out, self._rest_ends[0], self._rest_ends[1]
         try:
             data, ancdata, flags, addr = self.sock.recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
         except (BlockingIOError, InterruptedError):
             return None
         if flags & _MSG_TRUNC:
             log.debug("dropping truncated datagram from %s", addr[0])
-            return b"", (self.address, self.port), (str(addr[0]), int(addr[1]))
+            return [b""], (self.address, self.port), (str(addr[0]), int(addr[1]))
         local = (self._local_address(ancdata), self.port)
         remote = (str(addr[0]), int(addr[1]))
         if self.gro:
             size = gso.gro_segment_size(ancdata)
             if 0 < size < len(data):
-                first, *rest = gso.split(data, size)
-                self._pending.extend((d, local, remote) for d in rest)
-                return first, local, remote
-        return data, local, remote
+                # The datagrams of a coalesced receive (udp(7) UDP_GRO): ``size``
+                # octets each, the last possibly fewer; one slice (copy) each.
+                datagrams = [data[start:start + size] for start in range(0, len(data), size)]
+                if len(datagrams) > limit:
+                    self._rest, self._rest_at = datagrams, limit
+                    self._rest_ends = (local, remote)
+                    return datagrams[:limit], local, remote
+                return datagrams, local, remote
+        return [data], local, remote
 
     def _source(self, local_address: str) -> list[tuple[int, int, bytes]]:
         """The control message choosing the source address when bound to the wildcard."""
@@ -303,13 +330,18 @@ class UdpTransport:
         port_nat_t: int,
         on_ike: Receiver,
         on_esp: Receiver,
+        on_esp_many: ManyReceiver | None = None,
     ) -> None:
+        """``on_esp_many``, when given, takes the ESP datagrams of one wakeup that came
+        one after the other from one peer to one address in one call (``on_esp`` each
+        one otherwise)."""
         self._loop = loop
         self._listen = tuple(listen)
         self.port = port
         self.port_nat_t = port_nat_t
         self._on_ike = on_ike
         self._on_esp = on_esp
+        self._on_esp_many = on_esp_many
         self.sockets: list[UdpSocket] = []
         self._socket_cache: dict[Endpoint, UdpSocket | None] = {}
         self.budget = RequestBudget()
@@ -354,45 +386,63 @@ class UdpTransport:
         self._deferred.clear()
 
     def _readable(self, sock: UdpSocket) -> None:
-        current: list[tuple[bytes, Endpoint, Endpoint, bool]] = []
+        # What is served at once, in arrival order: runs of ESP datagrams from one peer
+        # to one address (esp True), and IKE messages of exchanges under way (one each).
+        current: list[tuple[list[bytes], Endpoint, Endpoint, bool]] = []
         requests: list[tuple[bytes, Endpoint, Endpoint]] = self._deferred.pop(sock, [])
         nat_t = sock.port == self.port_nat_t
+        limit = BATCH if nat_t else DRAIN
         more = True
         read = size = 0
-        for _ in range(BATCH if nat_t else DRAIN):
-            if size >= DRAIN_BYTES:
+        for _ in range(limit):
+            if size >= DRAIN_BYTES or read >= limit:
                 break
             try:
-                packet = sock.recv()
+                got = sock.recv_many(limit - read)
             except OSError as exc:
                 # e.g. ECONNREFUSED from an ICMP error; nothing to do but go on.
                 log.debug("UDP receive error on port %d: %s", sock.port, exc)
                 continue
-            if packet is None:
+            if got is None:
                 more = False
                 break
-            data, local, remote = packet
-            read += 1
-            size += len(data)
-            if not data:
-                continue
-            if nat_t:
-                if not data.startswith(NON_ESP_MARKER):
-                    if data == NAT_KEEPALIVE:
-                        log.debug("NAT-T keepalive from %s port %d", remote[0], remote[1])
-                    else:
-                        current.append((data, local, remote, True))
+            datagrams, local, remote = got
+            read += len(datagrams)
+            run: list[bytes] | None = None
+            for data in datagrams:
+                size += len(data)
+                if not data:
                     continue
-                data = data[len(NON_ESP_MARKER):]
-            if data[8:_COOKIES_END] == _ZERO_COOKIE:
-                requests.append((data, local, remote))
-            else:  # a later message, or too short to be anything (the engine drops it)
-                current.append((data, local, remote, False))
-        for data, local, remote, esp in current:
-            if esp:
-                self._on_esp(data, local, remote)
+                if nat_t:
+                    if not data.startswith(NON_ESP_MARKER):
+                        if data == NAT_KEEPALIVE:
+                            log.debug("NAT-T keepalive from %s port %d", remote[0], remote[1])
+                            continue
+                        if run is None:
+                            last = current[-1] if current else None
+                            if (last is not None and last[3] and last[2] == remote
+                                    and last[1] == local):
+                                run = last[0]  # the same peer's run goes on
+                            else:
+                                run = []
+                                current.append((run, local, remote, True))
+                        run.append(data)
+                        continue
+                    data = data[len(NON_ESP_MARKER):]
+                if data[8:_COOKIES_END] == _ZERO_COOKIE:
+                    requests.append((data, local, remote))
+                else:  # a later message, or too short to be anything (the engine drops it)
+                    current.append(([data], local, remote, False))
+                    run = None
+        on_esp_many = self._on_esp_many
+        for datagrams, local, remote, esp in current:
+            if not esp:
+                self._on_ike(datagrams[0], local, remote)
+            elif on_esp_many is not None:
+                on_esp_many(datagrams, local, remote)
             else:
-                self._on_ike(data, local, remote)
+                for data in datagrams:
+                    self._on_esp(data, local, remote)
         self._serve_requests(sock, requests, more or read >= BATCH or len(requests) >= BATCH)
         if more or sock.pending or sock in self._deferred:
             # Level-triggered readiness would come back too, but only after every other

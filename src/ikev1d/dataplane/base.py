@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 from ikev1d.engine.api import (
@@ -117,6 +117,16 @@ class InstallsInboundFirst(Protocol):
         """Install the inbound half of ``sa`` (``spi_in``, ``keymat_in``) and what
         it needs to deliver packets; nothing that sends or seals. ``install`` of the
         same SPIs completes it; ``remove`` takes it away. Raises DataplaneError."""
+
+
+@runtime_checkable
+class ReceivesEspBatches(Protocol):
+    """A backend that takes the UDP-encapsulated ESP of one receive in one call."""
+
+    def receive_esp_udp_many(self, datagrams: Iterable[bytes], local: Endpoint,
+                             remote: Endpoint) -> None:
+        """ESP packets that arrived one after the other from ``remote`` to ``local``, as
+        ``receive_esp_udp`` would take them one by one, in their order."""
 
 
 @runtime_checkable

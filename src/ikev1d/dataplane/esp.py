@@ -325,24 +325,22 @@ class _CbcEncryptor:
 
 
 class _CbcDecryptor:
-    """CBC decryption on one context; the first output block is re-based on the packet's IV.
+    """CBC decryption on one context, the packet's IV fed in as the first block.
 
-    P0 = D(C0) ^ IV, and the context computed D(C0) ^ chain, so XOR chain ^ IV in.
+    Each output block is D(C[i]) ^ C[i-1] (RFC 3602 §2.3 / §3): given IV | C0 | C1 ...,
+    the context's output for C0 is D(C0) ^ IV = P0, whatever it held before; only the
+    output for the IV block itself depends on that (it is D(IV) ^ chain) and is dropped.
     """
 
-    __slots__ = ("_block", "_chain", "_ctx")
+    __slots__ = ("_block", "_ctx")
 
     def __init__(self, cipher: CipherAlgorithm, block: int) -> None:
         self._ctx = Cipher(cipher, modes.CBC(bytes(block))).decryptor()
         self._block = block
-        self._chain = 0
 
-    def decrypt(self, iv: memoryview, ciphertext: memoryview) -> bytes:
-        b = self._block
-        plaintext = self._ctx.update(ciphertext)
-        first = int.from_bytes(plaintext[:b], "big") ^ int.from_bytes(iv, "big") ^ self._chain
-        self._chain = int.from_bytes(ciphertext[-b:], "big")
-        return first.to_bytes(b, "big") + plaintext[b:]
+    def decrypt(self, iv_and_ciphertext: memoryview) -> bytes:
+        """The plaintext of the ciphertext that follows a one-block IV."""
+        return self._ctx.update(iv_and_ciphertext)[self._block:]
 
 
 # --- SAs ------------------------------------------------------------------------------
@@ -578,14 +576,28 @@ class InboundSa:
                 f"SPI {self.spi:08x} seq {seq}: ciphertext of {ct_end - ct_start} octets "
                 f"is not a multiple of the {self._block}-octet block"
             )
-        if not self.replay.check(seq):
+        replay = self.replay
+        # Right of the window is new (the common case, asked without a call); anything
+        # else the window decides (RFC 4303 §3.4.3).
+        if seq <= replay.top and not replay.check(seq):
             counters.replayed += 1
             raise EspReplayError(f"SPI {self.spi:08x}: sequence number {seq} replayed or too old")
 
-        view = memoryview(packet)
-        if self._hmac is None:
-            plaintext = self._open_gcm(view, seq, ct_start)
+        aesgcm = self._aesgcm
+        if aesgcm is not None:
+            # RFC 4106 §5: nonce = salt | explicit IV, AAD = SPI | seq; the tag is
+            # verified before any plaintext is released.
+            try:
+                plaintext = aesgcm.decrypt(self._salt + packet[ESP_HEADER_LENGTH:ct_start],
+                                           memoryview(packet)[ct_start:],
+                                           packet[:ESP_HEADER_LENGTH])
+            except InvalidTag:
+                counters.failed_icv += 1
+                raise EspIcvError(f"SPI {self.spi:08x} seq {seq}: ICV mismatch") from None
+        elif self._hmac is None:
+            plaintext = self._open_gcm(memoryview(packet), seq, ct_start)
         else:
+            view = memoryview(packet)
             mac = self._hmac.copy()
             mac.update(view[:ct_end])
             icv = mac.finalize()[: self._icv_length]
@@ -593,8 +605,9 @@ class InboundSa:
                 counters.failed_icv += 1
                 raise EspIcvError(f"SPI {self.spi:08x} seq {seq}: ICV mismatch")
             if self._cbc is not None:
-                plaintext = self._cbc.decrypt(view[ESP_HEADER_LENGTH:ct_start],
-                                              view[ct_start:ct_end])
+                # The IV is one cipher block (RFC 3602 §3, RFC 2451 §3), just before
+                # the ciphertext.
+                plaintext = self._cbc.decrypt(view[ESP_HEADER_LENGTH:ct_end])
             else:
                 plaintext = bytes(view[ct_start:ct_end])
 
@@ -602,23 +615,23 @@ class InboundSa:
         pad_length = plaintext[-2]
         next_header = plaintext[-1]
         payload_end = len(plaintext) - 2 - pad_length
-        if payload_end < 0 or plaintext[payload_end:-2] != _PAD_BYTES[:pad_length]:
+        if pad_length and (payload_end < 0
+                           or plaintext[payload_end:-2] != _PAD_BYTES[:pad_length]):
             counters.malformed += 1
             raise EspMalformedError(
                 f"SPI {self.spi:08x} seq {seq}: bad padding (pad length {pad_length})"
             )
-        self.replay.update(seq)
+        replay.update(seq)
         counters.packets += 1
         counters.bytes += payload_end
         return next_header, plaintext[:payload_end]
 
     def _open_gcm(self, view: memoryview, seq: int, ct_start: int) -> bytes:
-        """AES-GCM decryption that verifies the ICV first (RFC 4106 §5: AAD = SPI | seq)."""
+        """AES-GCM with a truncated ICV (8 or 12 octets, RFC 4106 §6), which ``AESGCM``
+        does not take: the ICV is verified first (RFC 4106 §5: AAD = SPI | seq)."""
         aad = view[:ESP_HEADER_LENGTH]
         nonce = self._salt + bytes(view[ESP_HEADER_LENGTH:ct_start])
         try:
-            if self._aesgcm is not None:
-                return self._aesgcm.decrypt(nonce, view[ct_start:], aad)
             ct_end = len(view) - self._icv_length
             decryptor = Cipher(
                 algorithms.AES(self._enc_key),

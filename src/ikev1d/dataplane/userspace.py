@@ -54,7 +54,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ikev1d.dataplane.base import (
@@ -80,7 +81,7 @@ from ikev1d.dataplane.esp import (
 )
 from ikev1d.dataplane.linux.offload import VNET_HDR, VNET_HDR_LEN, coalesce_tcp
 from ikev1d.dataplane.mss import clamp_mss, tunnel_mtu
-from ikev1d.dataplane.sad import CONTEXT_IDLE_S, Prefix, Sad, SaEntry, address_key, prefixes
+from ikev1d.dataplane.sad import CONTEXT_IDLE_S, Prefix, Sad, SaEntry, prefixes
 from ikev1d.dataplane.sealing import (
     ACQUIRE_INTERVAL,
     BATCH,
@@ -737,6 +738,13 @@ class UserspaceBackend:
     def _coalescing(self) -> bool:
         return getattr(self.tun, "vnet_hdr", False) is True and self._loop is not None
 
+    def _schedule_flush(self) -> bool:
+        """Have :meth:`_flush_tun` run after this batch (once); whether it will."""
+        if not self._tun_flush_scheduled and self._loop is not None:
+            self._tun_flush_scheduled = True
+            self._loop.call_soon(self._flush_tun)
+        return self._tun_flush_scheduled
+
     def _flush_tun(self) -> None:
         """Write what the last receive batch opened, TCP segments of one flow joined."""
         self._tun_flush_scheduled = False
@@ -767,89 +775,142 @@ class UserspaceBackend:
             counters.dropped_tun_in += 1
 
     def _drain_raw(self, raw: RawLike) -> None:
+        self._open_all(self._raw_packets(raw), None, "on the inbound path")
+
+    def _raw_packets(self, raw: RawLike) -> Iterator[bytes]:
+        """What one wakeup reads from a raw ESP socket: at most BATCH packets, and none
+        after a packet that asked for a renewal (the engine runs before the next)."""
         recv = raw.recv
-        inbound = self._inbound
-        try:
-            for _ in range(BATCH):
-                try:
-                    got = recv()
-                except OSError as exc:  # e.g. an ICMP error reported on the socket
-                    self._drop("socket_error", f"raw ESP socket: {exc}")
-                    continue
-                if got is None:
-                    return
-                inbound(got[0])
-                if self.sealer.renewal_asked:
-                    self.sealer.renewal_asked = False
-                    return
-        except Exception:
-            log.exception("userspace: unexpected error on the inbound path")
+        sealer = self.sealer
+        for _ in range(BATCH):
+            try:
+                got = recv()
+            except OSError as exc:  # e.g. an ICMP error reported on the socket
+                self._drop("socket_error", f"raw ESP socket: {exc}")
+                continue
+            if got is None:
+                return
+            yield got[0]
+            if sealer.renewal_asked:
+                sealer.renewal_asked = False
+                return
+
+    def receive_esp_udp_many(self, datagrams: Iterable[bytes], local: Endpoint,
+                             remote: Endpoint) -> None:
+        """ESP-in-UDP datagrams that one receive brought from one peer, in their order."""
+        self._open_all(iter(datagrams), remote, "on UDP-encapsulated ESP")
+
+    def _open_all(self, packets: Iterator[bytes], remote: Endpoint | None, where: str) -> None:
+        """:meth:`_open_many` over ``packets``; an unexpected error loses the packet it
+        happened on, never the rest of the batch, and never reaches the event loop."""
+        while True:
+            try:
+                self._open_many(packets, remote)
+                return
+            except Exception:
+                log.exception("userspace: unexpected error %s", where)
 
     def _inbound(self, esp: bytes, remote: Endpoint | None = None) -> None:
         """Open ``esp`` and deliver it; ``remote``: where ESP-in-UDP came from (else None)."""
-        if len(esp) < 8:
-            self._drop("malformed", f"inbound: {len(esp)}-octet ESP packet")
-            return
-        spi = int.from_bytes(esp[:4], "big")
-        entry = self.sad.by_spi_in(spi)
-        if entry is None or entry.inbound is None:
-            self._drop("unknown_spi", f"inbound: unknown SPI {spi:08x}")
-            return
-        try:
-            next_header, inner = entry.inbound.open(esp)
-        except EspReplayError as exc:
-            self._drop("replay", str(exc))
-            return
-        except EspIcvError as exc:
-            self._drop("icv", str(exc))
-            return
-        except EspError as exc:
-            self._drop("malformed", str(exc))
-            return
-        if entry.serial < 0:
-            # Authenticated traffic on an SA we stand by with: the peer has it.
-            self._promote(entry)
-        if remote is not None and remote != entry.remote and entry.encap:
-            self._nat_mapping_changed(entry, esp, remote)
-        if next_header == IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
-            return
-        key = address_key(inner)
-        if key is None or next_header != (IPPROTO_IPIP if len(key) == 8 else IPPROTO_IPV6):
-            self._drop("malformed", f"inbound SPI {spi:08x}: next header {next_header} "
-                       "does not introduce an IP packet of that version")
-            return
-        counters = entry.counters
-        if counters.bytes_in + len(inner) > entry.hard_bytes:
-            self._drop("life_bytes", f"inbound SPI {spi:08x}: {entry.name} carried its "
-                       "life_bytes")
-            self.sealer.hard_limit(entry, "life_bytes reached (inbound)")
-            return
-        if not entry.permits_inbound_key(key):
-            counters.dropped_policy_in += 1
-            self._drop("policy", f"inbound SPI {spi:08x}: inner packet outside the "
-                       "SA's traffic selectors")
-            return
-        clamped = clamp_mss(inner, entry.mtu)
-        if clamped is not None:
-            inner = clamped
-        if self._coalescing:
-            # Counted now; a failed write moves it to the drops (see _flush_tun).
-            self._tun_pending.append(inner)
-            self._tun_pending_entries.append(entry)
-            if not self._tun_flush_scheduled and self._loop is not None:
-                self._tun_flush_scheduled = True
-                self._loop.call_soon(self._flush_tun)
-        else:
+        self._open_many((esp,), remote)
+
+    def _open_many(self, packets: Iterable[bytes], remote: Endpoint | None) -> None:
+        """Open each of ``packets`` and deliver it, one after the other.
+
+        ``remote``: where ESP-in-UDP came from (None for raw ESP). Each packet takes
+        the same steps as it would alone (the SA looked up by its SPI, the counters
+        and limits checked with it); what one batch shares (the TUN device, the
+        lookup table, the drop log) is only looked up once.
+        """
+        drop = self._drop
+        by_spi_in = self.sad.by_spi_in
+        coalescing = self._coalescing
+        pending = self._tun_pending
+        pending_entries = self._tun_pending_entries
+        permitted_key: bytes | None = None
+        permitted_entry: SaEntry | None = None
+        flush_scheduled = False
+        for esp in packets:
+            if len(esp) < 8:
+                drop("malformed", f"inbound: {len(esp)}-octet ESP packet")
+                continue
+            spi = _SPI.unpack_from(esp)[0]
+            entry = by_spi_in(spi)
+            inbound = entry.inbound if entry is not None else None
+            if entry is None or inbound is None:
+                drop("unknown_spi", f"inbound: unknown SPI {spi:08x}")
+                continue
             try:
-                self.tun.write(inner)
-            except OSError as exc:
-                counters.dropped_tun_in += 1
-                self._drop("tun_error", f"inbound: TUN write: {exc}")
-                return
-        counters.packets_in += 1
-        counters.bytes_in += len(inner)
-        if counters.bytes_in >= entry.soft_bytes_in:
-            self.sealer.soft_limit(entry, "life_bytes nearly reached (inbound): renewing")
+                next_header, inner = inbound.open(esp)
+            except EspReplayError as exc:
+                drop("replay", str(exc))
+                continue
+            except EspIcvError as exc:
+                drop("icv", str(exc))
+                continue
+            except EspError as exc:
+                drop("malformed", str(exc))
+                continue
+            if entry.serial < 0:
+                # Authenticated traffic on an SA we stand by with: the peer has it.
+                self._promote(entry)
+            if remote is not None and remote != entry.remote and entry.encap:
+                self._nat_mapping_changed(entry, esp, remote)
+            if next_header == IPPROTO_NONE:  # RFC 4303 §2.6 dummy packet
+                continue
+            # The inner packet's addresses (sad.address_key, written out here).
+            length = len(inner)
+            version = inner[0] >> 4 if length else 0
+            if version == 4 and length >= 20:
+                key: bytes | None = inner[12:20]
+                inner_protocol = IPPROTO_IPIP
+            elif version == 6 and length >= 40:
+                key = inner[8:40]
+                inner_protocol = IPPROTO_IPV6
+            else:
+                key = None
+            if key is None or next_header != inner_protocol:
+                drop("malformed", f"inbound SPI {spi:08x}: next header {next_header} "
+                     "does not introduce an IP packet of that version")
+                continue
+            counters = entry.counters
+            if counters.bytes_in + length > entry.hard_bytes:
+                drop("life_bytes", f"inbound SPI {spi:08x}: {entry.name} carried its "
+                     "life_bytes")
+                self.sealer.hard_limit(entry, "life_bytes reached (inbound)")
+                continue
+            # A flow's packets repeat the previous packet's addresses: its verdict holds.
+            if (key != permitted_key or entry is not permitted_entry) and \
+                    not entry.permits_inbound_key(key):
+                counters.dropped_policy_in += 1
+                drop("policy", f"inbound SPI {spi:08x}: inner packet outside the "
+                     "SA's traffic selectors")
+                continue
+            permitted_key, permitted_entry = key, entry
+            # Only a SYN carries an MSS option (RFC 9293 §3.7.1): an IPv4 packet without
+            # options whose TCP flags say otherwise, or that is not TCP, needs no look.
+            if inner[0] != 0x45 or length < 40 or (inner[9] == 6 and inner[33] & 0x02):
+                clamped = clamp_mss(inner, entry.mtu)
+                if clamped is not None:
+                    inner = clamped
+                    length = len(inner)
+            if coalescing:
+                # Counted now; a failed write moves it to the drops (see _flush_tun).
+                pending.append(inner)
+                pending_entries.append(entry)
+                if not flush_scheduled:
+                    flush_scheduled = self._schedule_flush()
+            else:
+                try:
+                    self.tun.write(inner)
+                except OSError as exc:
+                    counters.dropped_tun_in += 1
+                    drop("tun_error", f"inbound: TUN write: {exc}")
+                    continue
+            counters.packets_in += 1
+            counters.bytes_in += length
+            if counters.bytes_in >= entry.soft_bytes_in:
+                self.sealer.soft_limit(entry, "life_bytes nearly reached (inbound): renewing")
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -1110,6 +1171,10 @@ class UserspaceBackend:
             except OSError as exc:
                 log.debug("NAT-T keepalive to %s: %s", remote[0], exc)
         self._schedule_keepalive()
+
+
+_SPI: Final = struct.Struct("!I")
+"""The SPI that starts an ESP packet (RFC 4303 §2.1)."""
 
 
 def _prefix_text(p: Prefix) -> str:

@@ -14,6 +14,7 @@ from ikev1d.daemon.udp import (
     RecentCookies,
     RequestBudget,
     UdpError,
+    UdpSocket,
     UdpTransport,
 )
 from ikev1d.engine.api import Datagram, Endpoint
@@ -24,13 +25,16 @@ Packets = list[tuple[bytes, Endpoint, Endpoint]]
 
 
 def _transport(
-    loop: asyncio.AbstractEventLoop, listen: tuple[str, ...], ike: Packets, esp: Packets
+    loop: asyncio.AbstractEventLoop, listen: tuple[str, ...], ike: Packets, esp: Packets,
+    *, many: bool = False,
 ) -> UdpTransport:
+    """``many``: ESP is taken in runs (``on_esp_many``), and recorded one by one."""
     port, port_nat_t = free_udp_ports(2)
     return UdpTransport(
         loop, listen, port, port_nat_t,
         on_ike=lambda d, lo, re: ike.append((d, lo, re)),
         on_esp=lambda d, lo, re: esp.append((d, lo, re)),
+        on_esp_many=(lambda ds, lo, re: esp.extend((d, lo, re) for d in ds)) if many else None,
     )
 
 
@@ -170,15 +174,16 @@ def _esp_batch(count: int, size: int, last: int) -> list[bytes]:
     return out
 
 
+@pytest.mark.parametrize("many", [False, True])
 @pytest.mark.parametrize("wildcard", [False, True])
-def test_esp_batches_arrive_as_the_datagrams_they_were(wildcard: bool) -> None:
+def test_esp_batches_arrive_as_the_datagrams_they_were(wildcard: bool, many: bool) -> None:
     """One sendmsg with UDP_SEGMENT (GSO) to a socket with UDP_GRO: the receiver gets
     the batch coalesced and hands on every datagram, in order, none merged or lost."""
     async def body() -> None:
         esp: Packets = []
         sender = _transport(asyncio.get_running_loop(),
                             ("0.0.0.0",) if wildcard else ("127.0.0.1",), [], [])
-        receiver = _transport(asyncio.get_running_loop(), ("127.0.0.1",), [], esp)
+        receiver = _transport(asyncio.get_running_loop(), ("127.0.0.1",), [], esp, many=many)
         sender.open()
         receiver.open()
         try:
@@ -236,10 +241,11 @@ class _FakeSocket:
         self._behind = behind
         """After the datagrams, more keep waiting (truncated ones, skipped unserved)."""
 
-    def recv(self) -> tuple[bytes, Endpoint, Endpoint] | None:
+    def recv_many(self, limit: int) -> tuple[list[bytes], Endpoint, Endpoint] | None:
         if not self._queue:
-            return (b"", ("192.0.2.1", self.port), ("198.18.0.2", 500)) if self._behind else None
-        return self._queue.pop(0), ("192.0.2.1", self.port), ("198.18.0.1", 500)
+            return ([b""], ("192.0.2.1", self.port), ("198.18.0.2", 500)) if self._behind \
+                else None
+        return [self._queue.pop(0)], ("192.0.2.1", self.port), ("198.18.0.1", 500)
 
 
 class _FakeLoop:
@@ -464,3 +470,88 @@ def test_recent_cookies_are_bounded() -> None:
     for n in range(4):
         recent.add(bytes([n + 10]) * 8)
     assert bytes([4]) * 8 not in recent and b"x" * 8 in recent
+
+
+class _MixedSocket:
+    """Datagrams from several peers, as (data, local, remote), like a UdpSocket."""
+
+    def __init__(self, port: int, datagrams: list[tuple[bytes, Endpoint, Endpoint]]) -> None:
+        self.port = port
+        self.pending = False
+        self._queue = list(datagrams)
+
+    def recv_many(self, limit: int) -> tuple[list[bytes], Endpoint, Endpoint] | None:
+        if not self._queue:
+            return None
+        data, local, remote = self._queue.pop(0)
+        return [data], local, remote
+
+
+def test_esp_goes_in_runs_per_peer_and_in_order_with_ike() -> None:
+    """ESP of one wakeup is handed on in runs from one peer to one address; IKE between
+    them keeps its place, and NAT-keepalives (dropped) do not cut a run."""
+    events: list[tuple[str, list[bytes], Endpoint, Endpoint]] = []
+    udp = UdpTransport(
+        _FakeLoop(), ("192.0.2.1",), 500, 4500,  # type: ignore[arg-type]
+        on_ike=lambda d, lo, re: events.append(("ike", [d], lo, re)),
+        on_esp=lambda d, lo, re: events.append(("esp", [d], lo, re)),
+        on_esp_many=lambda ds, lo, re: events.append(("esp", list(ds), lo, re)))
+    here, there = ("192.0.2.1", 4500), ("192.0.2.9", 4500)
+    r1, r2 = ("198.18.0.1", 4500), ("198.18.0.2", 4500)
+    esp = [b"\x00\x00\x10\x00" + bytes([n]) * 20 for n in range(7)]
+    ike = NON_ESP_MARKER + _isakmp(1, 2, b"qm")
+    udp._readable(_MixedSocket(4500, [  # type: ignore[arg-type]
+        (esp[0], here, r1), (esp[1], here, r1), (ike, here, r1), (esp[2], here, r1),
+        (esp[3], here, r2), (b"\xff", here, r2), (esp[4], here, r2), (esp[5], there, r2),
+        (esp[6], here, r2)]))
+    assert events == [
+        ("esp", esp[0:2], here, r1), ("ike", [ike[4:]], here, r1), ("esp", [esp[2]], here, r1),
+        ("esp", esp[3:5], here, r2), ("esp", [esp[5]], there, r2), ("esp", [esp[6]], here, r2)]
+
+
+class _GroSock:
+    """What recvmsg gives a socket with UDP_GRO: coalesced buffers, then EAGAIN."""
+
+    def __init__(self, buffers: list[tuple[bytes, int]]) -> None:
+        self.buffers = buffers
+
+    def recvmsg(self, size: int, anc: int) -> tuple[bytes, list[tuple[int, int, bytes]], int,
+                                                    tuple[str, int]]:
+        if not self.buffers:
+            raise BlockingIOError
+        data, segment = self.buffers.pop(0)
+        return data, [(17, 104, segment.to_bytes(4, "little"))], 0, ("198.18.0.1", 4500)
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_coalesced_receive_is_handed_out_up_to_the_batch_and_the_rest_later() -> None:
+    sock = UdpSocket("127.0.0.1", 0, gro=True)
+    sock.sock.close()
+    datagrams = [b"\x00\x00\x10\x00" + bytes([n]) * 96 for n in range(64)]
+    buffers = [(b"".join(datagrams[:40]), 100)] + [(b"".join(datagrams), 100)] * 4 + [
+        (datagrams[0][:50], 100)]
+    sock.sock = _GroSock(list(buffers))  # type: ignore[assignment]
+    sock.gro = True
+    sock.port = 4500
+    esp: Packets = []
+    loop = _FakeLoop()
+    udp = UdpTransport(loop, ("127.0.0.1",), 500, 4500,  # type: ignore[arg-type]
+                       on_ike=lambda d, lo, re: None,
+                       on_esp=lambda d, lo, re: esp.append((d, lo, re)),
+                       on_esp_many=lambda ds, lo, re: esp.extend((d, lo, re) for d in ds))
+    udp._readable(sock)
+    everything = datagrams[:40] + datagrams * 4 + [datagrams[0][:50]]
+    assert [d for d, _, _ in esp] == everything[:BATCH]  # the last buffer cut at 24
+    assert sock.pending and loop.soon == [(udp._readable, (sock,))]
+    udp._readable(sock)
+    assert [d for d, _, _ in esp] == everything
+    assert not sock.pending
+    # One at a time, as the IKE port reads.
+    sock.sock = _GroSock([(b"".join(datagrams[:3]), 100)])
+    assert [sock.recv() for _ in range(4)] == [
+        (d, ("127.0.0.1", 4500), ("198.18.0.1", 4500)) for d in datagrams[:3]] + [None]

@@ -346,15 +346,19 @@ def test_backend_rate_limits_icmp(pair: tuple[PmtuSide, PmtuSide]) -> None:
     assert 1 <= len(a.tun.written) < 200
 
 
-def test_backend_clamps_an_unclamped_syn_coming_in(pair: tuple[PmtuSide, PmtuSide]) -> None:
-    """A peer that does not clamp: B lowers the MSS before the SYN reaches its host."""
+@pytest.mark.parametrize("flags", [0x02, 0x12, 0xC2, 0x10])
+def test_backend_clamps_an_unclamped_syn_coming_in(pair: tuple[PmtuSide, PmtuSide],
+                                                   flags: int) -> None:
+    """A peer that does not clamp: B lowers the MSS before the SYN (SYN-ACK, SYN with
+    ECN flags) reaches its host; a segment without SYN keeps its option as it is."""
     _a, b = pair
     sa = child("aes128gcm16")  # A's view: its outbound keys are what B opens
     alg = esp_algorithm("aesgcm", 128, None, 16)
     sealer = OutboundSa(sa.spi_out, alg, sa.keymat_out)
-    syn = tcp_segment(V4_SRC, V4_DST, options=mss_option(1460))
+    syn = tcp_segment(V4_SRC, V4_DST, flags=flags, options=mss_option(1460))
     b.raw.to_recv.append((sealer.seal(syn, 4), "192.0.2.1"))
     b.backend.handle_raw_readable()
     (delivered,) = b.tun.written
-    assert mss_of(delivered) == tunnel_mtu(1300, alg, encap=False, outer_ipv6=False) - 40
+    clamped = tunnel_mtu(1300, alg, encap=False, outer_ipv6=False) - 40
+    assert mss_of(delivered) == (clamped if flags & 0x02 else 1460)
     assert l4_ok(delivered)

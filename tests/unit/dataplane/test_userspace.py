@@ -360,17 +360,20 @@ def test_inbound_packet_outside_the_selectors_is_dropped(sides: tuple[Side, Side
     # A (misconfigured or hostile) believes the SA covers 10.9.0.0/16 too; B does not.
     a.backend.install(child(local_ts=("10.1.0.0/24", "10.9.0.0/16")))
     b.backend.install(child(initiator=False))
+    # In one read: a spoofed packet right after a permitted one is judged on its own.
     a.tun.to_read.extend([
+        udp_packet("10.9.0.1", "10.2.0.1", b"spoofed source"),
+        udp_packet("10.1.0.1", "10.2.0.1", b"fine"),
         udp_packet("10.9.0.1", "10.2.0.1", b"spoofed source"),
         udp_packet("10.1.0.1", "10.2.0.1", b"fine"),
     ])
     a.backend.handle_tun_readable()
-    assert carry_raw(a, b) == 2
-    assert len(b.tun.written) == 1 and b.tun.written[0].endswith(b"fine")
+    assert carry_raw(a, b) == 4
+    assert len(b.tun.written) == 2 and all(p.endswith(b"fine") for p in b.tun.written)
     c = b.backend.counters(0xC0000002, 0xC0000001)
     assert c.drops is not None
-    assert c.drops.policy_dropped_in == 1 and c.packets_in == 1
-    assert b.backend.drops["policy"] == 1
+    assert c.drops.policy_dropped_in == 2 and c.packets_in == 2
+    assert b.backend.drops["policy"] == 2
 
 
 def test_outbound_without_matching_sa_is_dropped(sides: tuple[Side, Side]) -> None:

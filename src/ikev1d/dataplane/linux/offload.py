@@ -243,6 +243,7 @@ _MAX_COALESCED: Final = 0xFFFF
 """IPv4 total length (and IPv6 payload length) of a coalesced packet: a 16-bit field."""
 _COALESCE_FLAGS: Final = 0x10  # ACK only; PSH may end a run (see below)
 _PSH_ACK: Final = _TCP_PSH | 0x10
+_RUN_FLAGS: Final = frozenset((_COALESCE_FLAGS, _PSH_ACK))
 
 
 def _tcp_parts(packet: bytes) -> tuple[int, int] | None:
@@ -301,34 +302,59 @@ def coalesce_tcp(packets: list[bytes]) -> list[bytes]:
         tcp, start = parts
         size = len(first) - start
         seq = (int.from_bytes(first[tcp + 4:tcp + 8], "big") + size) & 0xFFFFFFFF
-        fixed_ip = first[:2] if tcp == _IPV4_HEADER else first[:4]
+        # What must be the same in every segment of the run, sliced out of the first
+        # once. IPv4: version/IHL and TOS, flags/fragment, TTL and protocol, then the
+        # addresses and ports together; IPv6: version/class/flow, then next header,
+        # hop limit, addresses and ports. TCP: acknowledgment number and data offset,
+        # window, urgent pointer and the options.
+        if tcp == _IPV4_HEADER:
+            head_end, mid_start = 2, 6
+            mid_end, addr_start = 10, 12
+            length_at, length_fix = 2, 0
+        else:
+            head_end = 4
+            mid_start = mid_end = addr_start = 6
+            length_at, length_fix = 4, _IPV6_HEADER
+        head = first[:head_end]
+        mid = first[mid_start:mid_end]
+        addresses = first[addr_start:tcp + 4]
+        ack_at, ack_end = tcp + 8, tcp + 13
+        ack = first[ack_at:ack_end]
+        flags_at = tcp + 13
+        window_end = tcp + 16
+        window = first[tcp + 14:window_end]
+        # Acknowledgment to window with the flags between: one comparison for a segment
+        # flagged as the first (ACK alone, or it would have ended the run), the two
+        # around the flags for the one with PSH.
+        ack_to_window = first[ack_at:window_end]
+        rest_at = tcp + 18
+        rest = first[rest_at:start]
+        seq_at, seq_end = tcp + 4, tcp + 8
         run = [first]
         total = len(first)
         j = i + 1
-        ended = first[tcp + 13] & _TCP_PSH
+        ended = first[flags_at] & _TCP_PSH
         while not ended and j < count:
             nxt = packets[j]
-            if (len(nxt) - start > size or len(nxt) <= start
-                    or total + len(nxt) - start > _MAX_COALESCED or _tcp_parts(nxt) != parts):
+            length = len(nxt) - start
+            # What _tcp_parts(nxt) == parts would ask, given that the fields compared
+            # below equal the first segment's: the length fields, a payload, the flags.
+            if (length > size or length <= 0 or total + length > _MAX_COALESCED
+                    or nxt[flags_at] not in _RUN_FLAGS
+                    or int.from_bytes(nxt[length_at:length_at + 2], "big") + length_fix
+                    != len(nxt)):
                 break
-            if tcp == _IPV4_HEADER:
-                # TOS, DF, TTL, protocol, addresses
-                if (nxt[:2] != fixed_ip or nxt[6:10] != first[6:10]
-                        or nxt[12:20] != first[12:20]):
-                    break
-            elif nxt[:4] != fixed_ip or nxt[6:40] != first[6:40]:
-                break
-            if (int.from_bytes(nxt[tcp + 4:tcp + 8], "big") != seq
-                    or nxt[tcp:tcp + 4] != first[tcp:tcp + 4]
-                    or nxt[tcp + 8:tcp + 13] != first[tcp + 8:tcp + 13]
-                    or nxt[tcp + 14:tcp + 16] != first[tcp + 14:tcp + 16]
-                    or nxt[tcp + 18:start] != first[tcp + 18:start]):
+            if (nxt[addr_start:tcp + 4] != addresses or nxt[:head_end] != head
+                    or nxt[mid_start:mid_end] != mid
+                    or int.from_bytes(nxt[seq_at:seq_end], "big") != seq
+                    or (nxt[ack_at:window_end] != ack_to_window
+                        and (nxt[ack_at:ack_end] != ack or nxt[tcp + 14:window_end] != window))
+                    or nxt[rest_at:start] != rest):
                 break
             run.append(nxt)
-            length = len(nxt) - start
             total += length
             seq = (seq + length) & 0xFFFFFFFF
-            ended = length < size or nxt[tcp + 13] & _TCP_PSH
+            ended = length < size or nxt[flags_at] & _TCP_PSH
             j += 1
         if len(run) == 1:
             out.append(ZERO_VNET_HDR + first)
@@ -358,4 +384,5 @@ def _joined(run: list[bytes], tcp: int, start: int, size: int, total: int) -> by
     partial = (pseudo + _IPPROTO_TCP + total - tcp) % 0xFFFF
     header[tcp + 16:tcp + 18] = (partial or 0xFFFF).to_bytes(2, "big")
     vnet = VNET_HDR.pack(NEEDS_CSUM, gso_type, start, size, tcp, 16)
-    return b"".join((vnet, header, *(memoryview(p)[start:] for p in run)))
+    # Slicing the payloads out as bytes costs less than a memoryview of each.
+    return b"".join([vnet, header, *[p[start:] for p in run]])
