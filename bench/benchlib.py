@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ipaddress
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from typing import Any
 
 import vici
 
+from ikev1d.engine.api import Network
 from ikev1d_lab.netns import Namespace
 from ikev1d_lab.strongswan import Charon, strongswan_conf
 
@@ -387,3 +389,41 @@ def find_pid(ns: Namespace, comm_prefix: str, hint: int | None = None) -> int:
         if _comm(pid).startswith(comm_prefix):
             return pid
     raise RuntimeError(f"no process {comm_prefix!r} in {ns.name}")
+
+
+class NullRoutes:
+    """The userspace data plane's routes for in-process benchmarks: nothing is routed;
+    ``local`` is the host's address inside every protected network asked about."""
+
+    def __init__(self, local: str) -> None:
+        self.local = ipaddress.ip_address(local)
+
+    def local_address_in(self, networks: tuple[Network, ...]) -> str | None:
+        return str(self.local) if any(self.local in n for n in networks) else None
+
+    def add(self, network: Network, src: str | None) -> None:
+        pass
+
+    def remove(self, network: Network) -> None:
+        pass
+
+    def add_bypass(self, peer: str) -> bool:
+        return True
+
+    def add_address(self, address: str) -> bool:
+        return True
+
+    def remove_address(self, address: str) -> None:
+        pass
+
+    def remove_bypass(self, peer: str) -> None:
+        pass
+
+    def owned_bypasses(self) -> list[str]:
+        return []
+
+    def remove_stale_bypass(self, peer: str) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import ipaddress
 import logging
 import os
 import sys
@@ -40,10 +39,12 @@ import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchlib import NullRoutes
+
 from ikev1d.config import parse_config
 from ikev1d.dataplane.userspace import UserspaceBackend
 from ikev1d.engine import Engine
-from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished, Network
+from ikev1d.engine.api import ChildSaDeleted, ChildSaEstablished
 
 INITIATOR = "192.0.2.1"
 RESPONDER = "192.0.2.2"
@@ -75,41 +76,6 @@ class _Raw:
 
     def send(self, esp: bytes, local: str, remote: str) -> None:
         pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Routes:
-    def __init__(self) -> None:
-        self.local = ipaddress.ip_address("10.2.0.1")
-
-    def local_address_in(self, networks: tuple[Network, ...]) -> str | None:
-        return str(self.local) if any(self.local in n for n in networks) else None
-
-    def add(self, network: Network, src: str | None) -> None:
-        pass
-
-    def remove(self, network: Network) -> None:
-        pass
-
-    def add_bypass(self, peer: str) -> bool:
-        return True
-
-    def add_address(self, address: str) -> bool:
-        return True
-
-    def remove_address(self, address: str) -> None:
-        pass
-
-    def remove_bypass(self, peer: str) -> None:
-        pass
-
-    def owned_bypasses(self) -> list[str]:
-        return []
-
-    def remove_stale_bypass(self, peer: str) -> bool:
-        return False
 
     def close(self) -> None:
         pass
@@ -184,7 +150,7 @@ class Responder:
     def __init__(self, base: Path) -> None:
         self.engine = Engine(parse_config(responder_config(), base_dir=base),
                              random_bytes=os.urandom, wall_clock=time.time)
-        self.backend = UserspaceBackend(_Tun(), _Raw(), _Routes())
+        self.backend = UserspaceBackend(_Tun(), _Raw(), NullRoutes("10.2.0.1"))
         self.established = 0
         self.now = time.monotonic()
         self.cpu: list[float] = []

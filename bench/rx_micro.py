@@ -47,11 +47,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from benchlib import NullRoutes
+
 from ikev1d.daemon.runtime import Daemon
 from ikev1d.daemon.udp import UdpSocket, UdpTransport
 from ikev1d.dataplane.esp import OutboundSa, esp_algorithm, keymat_length
 from ikev1d.dataplane.userspace import UserspaceBackend
-from ikev1d.engine.api import ChildSaEstablished, Endpoint, Network
+from ikev1d.engine.api import ChildSaEstablished, Endpoint
 
 ALGS = {
     "aes128gcm16": ("aesgcm", 128, None, 16),
@@ -107,38 +109,6 @@ class FakeRaw:
 
     def send(self, esp: bytes, local: str, remote: str) -> None:
         pass
-
-    def close(self) -> None:
-        pass
-
-
-class FakeRoutes:
-    def local_address_in(self, networks: tuple[Network, ...]) -> str | None:
-        return "10.1.0.1"
-
-    def add(self, network: Network, src: str | None) -> None:
-        pass
-
-    def remove(self, network: Network) -> None:
-        pass
-
-    def add_bypass(self, peer: str) -> bool:
-        return True
-
-    def add_address(self, address: str) -> bool:
-        return True
-
-    def remove_address(self, address: str) -> None:
-        pass
-
-    def remove_bypass(self, peer: str) -> None:
-        pass
-
-    def owned_bypasses(self) -> list[str]:
-        return []
-
-    def remove_stale_bypass(self, peer: str) -> bool:
-        return False
 
     def close(self) -> None:
         pass
@@ -204,7 +174,7 @@ class Rig:
         self.loop = asyncio.new_event_loop()
         self.tun = FakeTun()
         self.raw = FakeRaw()
-        self.backend = UserspaceBackend(self.tun, self.raw, FakeRoutes())
+        self.backend = UserspaceBackend(self.tun, self.raw, NullRoutes("10.1.0.1"))
         self.backend.attach(lambda data, local, remote: None, self.loop)
         self.backend.install(child(alg_name, keymat))
         self.sender = OutboundSa(SPI_IN, alg, keymat)

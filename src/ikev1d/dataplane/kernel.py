@@ -767,18 +767,8 @@ class KernelBackend:
             policy_set = _PolicySet(reqid, new_policies)
             self._policy_sets[key] = policy_set
         policy_set.users.add(pair_id)
-        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, (), sa.child_id)
-        routes = self._add_routes(sa.conn, sa.child, sa.mode, sa.remote[0], sa.local_ts,
-                                  sa.remote_ts, sa.ike_id)
-        self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, routes, sa.child_id)
-        self._save()
-        log.info(
-            "kernel data plane: installed SAs %08x_i %08x_o reqid %d (%s, %s%s), %s",
-            sa.spi_in, sa.spi_out, reqid, sa.proposal, sa.mode,
-            ", UDP-encapsulated" if sa.encap else "",
-            f"{len(new_policies)} policies" if new_policies else "policies shared",
-            extra={"conn": sa.conn},
-        )
+        self._installed(sa, key, inbound, outbound, reqid,
+                        f"{len(new_policies)} policies" if new_policies else "policies shared")
 
     def _complete(self, sa: ChildSaEstablished) -> None:
         """The outbound state (and routes) joins the inbound half ``install_inbound``
@@ -794,6 +784,13 @@ class KernelBackend:
             self._remove_inbound_only(pair_id)
             raise
         del self._inbound_only[pair_id]
+        self._installed(sa, key, inbound, outbound, policy_set.reqid, "policies shared")
+
+    def _installed(self, sa: ChildSaEstablished, key: tuple[object, ...], inbound: XfrmState,
+                   outbound: XfrmState, reqid: int, policies: str) -> None:
+        """Both states are in: the pair is recorded (before its routes, which the
+        state file lists by pair), gets its routes, and is saved and logged."""
+        pair_id = (sa.spi_in, sa.spi_out)
         self._pairs[pair_id] = _InstalledPair(key, inbound, outbound, (), sa.child_id)
         routes = self._add_routes(sa.conn, sa.child, sa.mode, sa.remote[0], sa.local_ts,
                                   sa.remote_ts, sa.ike_id)
@@ -801,8 +798,8 @@ class KernelBackend:
         self._save()
         log.info(
             "kernel data plane: installed SAs %08x_i %08x_o reqid %d (%s, %s%s), %s",
-            sa.spi_in, sa.spi_out, policy_set.reqid, sa.proposal, sa.mode,
-            ", UDP-encapsulated" if sa.encap else "", "policies shared",
+            sa.spi_in, sa.spi_out, reqid, sa.proposal, sa.mode,
+            ", UDP-encapsulated" if sa.encap else "", policies,
             extra={"conn": sa.conn},
         )
 

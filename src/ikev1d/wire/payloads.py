@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from ._reader import Reader
 from .enums import IdType, NotifyType, PayloadType
@@ -174,6 +174,30 @@ def decode_attributes(r: Reader) -> tuple[Attribute, ...]:
 _DECODED_CACHED = 256
 _TRANSFORMS: dict[bytes, Transform] = {}
 _SA_PAYLOADS: dict[bytes, SaPayload] = {}
+
+
+class _DecodesBody(Protocol):
+    @classmethod
+    def _decode_body(cls, data: bytes) -> Self: ...
+
+
+_D = TypeVar("_D", bound=_DecodesBody)
+
+
+def _decoded_once(cache: dict[bytes, Any], cls: type[_D], data: bytes) -> _D:
+    """``cls._decode_body(data)``, or the value decoded from the same bytes before.
+    Bounded (emptied when full), since the bytes are the peer's; only what decoded
+    is kept, so malformed input is never cached."""
+    if type(data) is not bytes:  # a cache key must be hashable
+        data = bytes(data)
+    known = cache.get(data)
+    if known is not None and type(known) is cls:
+        return known
+    decoded = cls._decode_body(data)
+    if len(cache) >= _DECODED_CACHED:
+        cache.clear()
+    cache[data] = decoded
+    return decoded
 _TRANSFORM_ENCODINGS: dict[int, tuple[Transform, bytes]] = {}
 _PROPOSALS: dict[bytes, Proposal] = {}
 
@@ -210,16 +234,7 @@ class Transform:
         # A peer offers the same transforms in every handshake and renewal (only the
         # SPI of a Quick Mode proposal changes): a transform decoded once is the same
         # immutable value next time. Bounded, since the bytes are the peer's.
-        if type(data) is not bytes:  # a cache key must be hashable
-            data = bytes(data)
-        known = _TRANSFORMS.get(data)
-        if known is not None and type(known) is cls:
-            return known
-        decoded = cls._decode_body(data)
-        if len(_TRANSFORMS) >= _DECODED_CACHED:
-            _TRANSFORMS.clear()
-        _TRANSFORMS[data] = decoded
-        return decoded
+        return _decoded_once(_TRANSFORMS, cls, data)
 
     @classmethod
     def _decode_body(cls, data: bytes) -> Self:
@@ -354,16 +369,7 @@ class SaPayload:
     def decode_body(cls, data: bytes) -> Self:
         # Main Mode message 1 carries the same offer in every handshake of a peer
         # (no SPI in an ISAKMP proposal): decoded once, like a transform above.
-        if type(data) is not bytes:  # a cache key must be hashable
-            data = bytes(data)
-        known = _SA_PAYLOADS.get(data)
-        if known is not None and type(known) is cls:
-            return known
-        decoded = cls._decode_body(data)
-        if len(_SA_PAYLOADS) >= _DECODED_CACHED:
-            _SA_PAYLOADS.clear()
-        _SA_PAYLOADS[data] = decoded
-        return decoded
+        return _decoded_once(_SA_PAYLOADS, cls, data)
 
     @classmethod
     def _decode_body(cls, data: bytes) -> Self:
