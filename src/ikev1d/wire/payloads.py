@@ -170,8 +170,11 @@ def decode_attributes(r: Reader) -> tuple[Attribute, ...]:
 # --------------------------------------------------------------------------- SA
 
 # Decoded transforms and SA payloads by their body bytes (see Transform.decode_body);
-# emptied when full, since the bytes are whatever peers send.
+# emptied when full, since the bytes are whatever peers send, and only bodies of
+# ordinary size: a peer's usual offer is a few hundred octets, and an unauthenticated
+# sender must not make each entry cost up to a datagram.
 _DECODED_CACHED = 256
+_CACHED_BODY_MAX = 2048
 _TRANSFORMS: dict[bytes, Transform] = {}
 _SA_PAYLOADS: dict[bytes, SaPayload] = {}
 
@@ -190,6 +193,8 @@ def _decoded_once(cache: dict[bytes, Any], cls: type[_D], data: bytes) -> _D:
     is kept, so malformed input is never cached."""
     if type(data) is not bytes:  # a cache key must be hashable
         data = bytes(data)
+    if len(data) > _CACHED_BODY_MAX:
+        return cls._decode_body(data)
     known = cache.get(data)
     if known is not None and type(known) is cls:
         return known
@@ -280,7 +285,7 @@ class Proposal:
         # bytes around the SPI, like a transform (the SPI size is among them).
         if type(data) is not bytes:
             data = bytes(data)
-        spi_end = 4 + data[2] if len(data) >= 4 else -1
+        spi_end = 4 + data[2] if 4 <= len(data) <= _CACHED_BODY_MAX else -1
         if 0 <= spi_end <= len(data):
             key = data[:4] + data[spi_end:]
             known = _PROPOSALS.get(key)

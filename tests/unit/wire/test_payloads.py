@@ -416,6 +416,14 @@ def test_decoded_transforms_and_sa_payloads_are_reused_by_their_bytes() -> None:
         Transform.decode_body(transform(1, n).encode_body()).encode_body()
     assert len(payloads._TRANSFORMS) <= payloads._DECODED_CACHED
     assert len(payloads._TRANSFORM_ENCODINGS) <= payloads._DECODED_CACHED
+    # An unusually large body (here an SA payload of 120 proposals) decodes but is
+    # not kept: no entry may cost up to a datagram.
+    big = SaPayload(tuple(Proposal(1, ProtocolId.ISAKMP, b"", (transform(1, n),))
+                          for n in range(120)))
+    body = big.encode_body()
+    assert len(body) > payloads._CACHED_BODY_MAX
+    assert SaPayload.decode_body(body) == big
+    assert body not in payloads._SA_PAYLOADS
     # A malformed body is an error every time, never cached.
     for _ in range(2):
         with pytest.raises(WireError):
