@@ -360,10 +360,24 @@ def test_undecryptable_message_3_is_answered_like_any_failure(
     the same failure, AUTHENTICATION-FAILED, and no line about decryption; also
     when message 3 carries A's certificate, encrypted with the key derived from
     the nonce B could not learn."""
-    invalid = _b_answers(tmp_path / "invalid", auth, payload, False, caplog,
-                         with_cert=with_cert)
-    valid = _b_answers(tmp_path / "valid", auth, payload, True, caplog,
-                       with_cert=with_cert)
+    def answers(name: str, valid_padding: bool) -> tuple[list[tuple[int, int, int]],
+                                                          list[str]]:
+        # Either way B derives its key from a nonce nobody knows, so what it
+        # decrypts with it is random: rarely (about one run in a few hundred) that
+        # passes the padding and length checks of the revised mode's KE, and B
+        # fails later, on the garbage certificate, with INVALID-CERTIFICATE. That
+        # happens as often with a valid padding as with an invalid one, so it
+        # tells an attacker nothing; such a run is drawn again, to compare the
+        # usual answers.
+        for attempt in range(3):
+            got = _b_answers(tmp_path / f"{name}{attempt}", auth, payload, valid_padding,
+                             caplog, with_cert=with_cert)
+            if not any("not an X.# signature certificate" in line for line in got[1]):
+                break
+        return got
+
+    invalid = answers("invalid", False)
+    valid = answers("valid", True)
     assert invalid == valid
     sent, log_lines = invalid
     failed = [line for line in log_lines if "Main Mode failed" in line]
