@@ -2,7 +2,7 @@
 
 Run by hand, as root (it creates network namespaces)::
 
-    .venv/bin/python bench/handshakes.py [--tunnels N] [--window W] [--quick]
+    .venv/bin/python bench/handshakes.py [--tunnels N] [--window W] [--rate R] [--quick]
 
 The load generator is a real strongSwan charon (independent of our code).
 strongSwan's `load-tester` plugin is not shipped by Debian 12 (it is missing
@@ -320,6 +320,7 @@ class Settings:
     ikev1d_log_level: str
     half_open: int
     timeline: bool = False
+    rate: float | None = None
 
 
 IKEV1D_USERSPACE = "ikev1d(userspace)"
@@ -426,7 +427,7 @@ def run_one(
         sys_before = cpu_times(resp_pid)[1]
         cpu_before = cpu_seconds(resp_pid)
         names = [f"t{i}" for i in range(1, s.tunnels + 1)]
-        driven = drive(initiator, names, CHILD, s.window, s.timeout)
+        driven = drive(initiator, names, CHILD, s.window, s.timeout, s.rate)
         time.sleep(0.3)  # the responder finishes the last QM3s
         cpu_after = cpu_seconds(resp_pid)
         result.sys_seconds = cpu_times(resp_pid)[1] - sys_before
@@ -570,6 +571,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--tunnels", type=int, default=1000, help="tunnels per run (1000)")
     parser.add_argument("--window", type=int, default=32, help="concurrent handshakes (32)")
+    parser.add_argument(
+        "--rate", type=float, default=None, metavar="R",
+        help="also at most R initiates per second on a fixed schedule, so that every "
+        "responder sees the same offered load (latency compared at equal load; by default "
+        "only the window limits, and a faster responder is offered more)",
+    )
     parser.add_argument("--quick", action="store_true", help="sanity run: 100 tunnels")
     parser.add_argument(
         "--repeat",
@@ -656,8 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.ikev1d_log_level,
         args.ikev1d_half_open,
         args.timeline,
+        args.rate,
     )
-    print(f"{args.tunnels} tunnels, window {args.window}, work dir {work_dir}", flush=True)
+    pace = f", at most {args.rate:g} initiates/s" if args.rate else ""
+    print(f"{args.tunnels} tunnels, window {args.window}{pace}, work dir {work_dir}", flush=True)
     results: list[RunResult] = []
     rng = random.Random(args.seed)
     ok = True
