@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
@@ -28,9 +29,10 @@ from ikev1d.crypto.errors import CryptoError, InvalidPublicValue
 
 # FFDH is marked deprecated in recent `cryptography` releases (every attribute access on
 # the dh module warns), but IKEv1 peers still negotiate MODP groups: import the names
-# once, silencing exactly that warning, so the hot path pays nothing for it.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+# once, silencing exactly that warning, so the hot path pays nothing for it. Releases
+# that move FFDH to the `decrepit` package (without the warning) are preferred; the
+# types are checked against the module every supported release has.
+if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.dh import (
         DHParameterNumbers,
         DHParameters,
@@ -38,6 +40,25 @@ with warnings.catch_warnings():
         DHPrivateNumbers,
         DHPublicNumbers,
     )
+else:
+    try:
+        from cryptography.hazmat.decrepit.asymmetric.dh import (
+            DHParameterNumbers,
+            DHParameters,
+            DHPrivateKey,
+            DHPrivateNumbers,
+            DHPublicNumbers,
+        )
+    except ImportError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            from cryptography.hazmat.primitives.asymmetric.dh import (
+                DHParameterNumbers,
+                DHParameters,
+                DHPrivateKey,
+                DHPrivateNumbers,
+                DHPublicNumbers,
+            )
 
 __all__ = [
     "GROUPS",

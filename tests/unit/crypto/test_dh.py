@@ -7,6 +7,8 @@ Sources: RFC 5903 §8 (ECP test vectors), RFC 7748 §6.1 (X25519), RFC 3526 / RF
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -291,3 +293,18 @@ def test_keypair_and_shared_secret_stay_cheap(group: int) -> None:
         generate_keypair(group).shared_secret(peer)
         samples.append(time.process_time() - start)
     assert sorted(samples)[len(samples) // 2] < 0.010
+
+
+def test_modp_works_without_deprecation_warnings() -> None:
+    # `cryptography` 50 deprecated FFDH (every name of its dh module warns on access):
+    # MODP groups, which IKEv1 peers still negotiate, must neither warn at import nor
+    # per handshake, in a fresh interpreter where warnings are errors.
+    code = (
+        "from ikev1d.crypto import dh\n"
+        "a = dh.generate_keypair(14)\n"
+        "b = dh.generate_keypair(14)\n"
+        "assert a.shared_secret(b.public_bytes) == b.shared_secret(a.public_bytes)\n"
+    )
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
