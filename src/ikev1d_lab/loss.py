@@ -45,6 +45,7 @@ from ikev1d_lab.netns import Namespace, Topology
 from ikev1d_lab.strongswan import Charon, CharonError, swanctl_conf
 
 __all__ = ["LossError", "LossPair", "LossResult", "clear_loss", "lose_every_other_quick_mode_3",
+           "lose_quick_mode_3",
            "loss_pair", "set_loss"]
 
 NFT_TABLE = "ikev1d_loss"
@@ -87,16 +88,28 @@ def lose_every_other_quick_mode_3(ns: Namespace) -> None:
     message 3s (HDR and HASH(3), under 120 octets with the UDP header; a message 1
     carries SA, nonce and IDs). The peer retransmits message 3 when the responder
     retransmits message 2 (RFC 2408 section 5), so each renewal still completes, a
-    retransmission interval late. The ISAKMP header follows the UDP header and the
-    RFC 3948 non-ESP marker; its exchange type is octet 18 (RFC 2408 section 3.1).
-    Counted by :func:`dropped`; removed by :func:`clear_loss`."""
+    retransmission interval late. Counted by :func:`dropped`; removed by
+    :func:`clear_loss`."""
+    _lose_quick_mode_3(ns, "numgen inc mod 2 0 ")
+
+
+def lose_quick_mode_3(ns: Namespace) -> None:
+    """Drop every Quick Mode message 3 arriving in `ns` over UDP 4500 (see
+    :func:`lose_every_other_quick_mode_3`) until :func:`clear_loss`: the responder
+    stays between its message 2 and message 3 for as long as the test needs."""
+    _lose_quick_mode_3(ns, "")
+
+
+def _lose_quick_mode_3(ns: Namespace, which: str) -> None:
+    # The ISAKMP header follows the UDP header and the RFC 3948 non-ESP marker; its
+    # exchange type is octet 18 (RFC 2408 section 3.1).
     clear_loss(ns)
     _nft(ns, (
         f"table inet {NFT_TABLE} {{\n"
         "  chain input {\n"
         "    type filter hook input priority 0; policy accept;\n"
         "    udp dport 4500 udp length < 120 @th,64,32 0 @th,240,8 32 "
-        "numgen inc mod 2 0 counter drop\n"
+        f"{which}counter drop\n"
         "  }\n"
         "}\n"
     ))  # fmt: skip

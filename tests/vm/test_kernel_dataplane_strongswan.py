@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
+from ikev1d_lab.loss import clear_loss, dropped, lose_quick_mode_3
 from ikev1d_lab.netns import Namespace, Topology
 from ikev1d_lab.ping import ping
 from ikev1d_lab.strongswan import DEFAULT_LOAD, Charon, strongswan_conf, swanctl_conf
@@ -403,4 +404,44 @@ def test_charon_renewing_a_child_gets_our_inbound_state_before_message_3(
     assert f"installed SAs {new['spi_in']}_i {new['spi_out']}_o" in tunnel.ours.log_text()
     states = _states(topo.a)
     assert new["spi_in"] in states and new["spi_out"] in states
+    _ping_both_ways(tunnel)
+
+
+def _xfrm_stat(ns: Namespace) -> dict[str, int]:
+    text = ns.run(["cat", "/proc/net/xfrm_stat"], check=False).stdout
+    return {name: int(value) for name, value in re.findall(r"(\w+)\s+(\d+)", text)}
+
+
+def test_charon_starting_a_tunnel_gets_our_inbound_half_before_message_3(
+    make_tunnel: MakeTunnel,
+) -> None:
+    """charon initiates a new tunnel and sends on it from our message 2 on (RFC 2409
+    section 5.5). While its message 3 is lost, the kernel plane holds the new tunnel's
+    inbound state with its in/fwd policies (no out policy: nothing of ours goes through
+    before message 3): what charon sends meanwhile is opened, none of it dropped for
+    want of a state or a policy. Then message 3 completes the pair."""
+    tunnel = make_tunnel([("net", "aes128gcm16")], encap=True)
+    topo = tunnel.topo
+    a, b = _inner_addr(1, 0), _inner_addr(2, 0)
+    before = _xfrm_stat(topo.a)
+    lose_quick_mode_3(topo.a)
+    try:
+        proc = tunnel.theirs.swanctl(["--initiate", "--child", "net"], timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _wait(lambda: dropped(topo.a) >= 1, 30, "charon's message 3 to be lost")
+        states = _states(topo.a)
+        assert len(states) == 1, states
+        directions = sorted(re.findall(r"\bdir (\w+)", "\n".join(_policies(topo.a))))
+        assert directions == ["fwd", "in"], _policies(topo.a)
+        _ping(topo.b, a, b, count=3)  # our replies cannot leave yet
+        (inbound,) = _states(topo.a).values()
+        stat = _xfrm_stat(topo.a)
+        assert inbound["packets"] >= 3, inbound["text"]
+        for name in ("XfrmInNoStates", "XfrmInNoPols", "XfrmInTmplMismatch"):
+            assert stat.get(name, 0) == before.get(name, 0), (name, stat)
+    finally:
+        clear_loss(topo.a)
+    # Our message 2 goes again (3 s), charon answers it with message 3.
+    _wait(lambda: len(_states(topo.a)) == 2, 60, "the outbound state after message 3")
+    assert len(_policies(topo.a)) == 3
     _ping_both_ways(tunnel)

@@ -348,6 +348,10 @@ class _PolicySet:
     """SA pairs (spi_in, spi_out) and traps ("trap", conn, child) using the policies."""
     routes: tuple[Route, ...] = ()
     """The routes the trap added (SA pairs keep their own)."""
+    pending: tuple[XfrmPolicy, ...] = ()
+    """``out`` policies not added yet: the set came with a new tunnel's inbound half
+    (``install_inbound``), and nothing is sent through the tunnel before its pair is
+    complete. ``policies`` holds what is in the kernel."""
 
 
 @dataclass(frozen=True)
@@ -495,6 +499,13 @@ class KernelBackend:
                 raise
             policy_set = _PolicySet(reqid, policies)
             self._policy_sets[key] = policy_set
+        elif policy_set.pending:
+            # A new tunnel's inbound half holds the set: a trap needs its out policies
+            # now (they raise the acquires).
+            self._save(policies=policy_set.pending)
+            self._add_entries((), policy_set.pending)
+            policy_set.policies += policy_set.pending
+            policy_set.pending = ()
         if not policy_set.routes and _dynamic_local(trap):
             policy_set.routes = self._add_trap_routes(trap)
         elif not policy_set.routes:
@@ -692,27 +703,33 @@ class KernelBackend:
         raise DataplaneError("kernel data plane: no free reqid left")
 
     def install_inbound(self, sa: ChildSaEstablished) -> None:
-        """The inbound state of ``sa`` alone, when the policies it needs are there
-        already (a renewal, or a trap): for a decrypted tunnel-mode packet the kernel
-        also wants an ``in`` (or ``fwd``) policy whose template names the state's
-        reqid, else it drops the packet (XfrmInNoPols). A new tunnel's policies
-        come with the whole pair in ``install``, on Quick Mode message 3."""
+        """The inbound state of ``sa`` alone, before Quick Mode message 3: for a
+        decrypted tunnel-mode packet the kernel also wants an ``in`` (or ``fwd``) policy
+        whose template names the state's reqid, else it drops the packet
+        (XfrmInNoPols). A renewal or a trap has its policies already; for a new tunnel
+        the ``in``/``fwd`` ones come with the state, and the ``out`` ones with the
+        outbound state in ``install`` (until then our side sends nothing on it)."""
         if self._closed:
             raise DataplaneError("kernel data plane is closed")
         pair_id = (sa.spi_in, sa.spi_out)
-        key = _policy_key(sa)
-        policy_set = self._policy_sets.get(key)
-        if policy_set is None or pair_id in self._pairs or pair_id in self._inbound_only:
+        if pair_id in self._pairs or pair_id in self._inbound_only:
             return
         if sa.encap and self._prepare_sockets is not None and self._decap_sockets == 0:
             return  # install refuses the pair, and says why
+        key = _policy_key(sa)
+        policy_set = self._policy_sets.get(key)
+        if policy_set is None:
+            reqid = self._allocate_reqid()
+            planned = plan_policies(sa, reqid)
+            policies = tuple(p for p in planned if p.direction != "out")
+            policy_set = _PolicySet(reqid, policies,
+                                    pending=tuple(p for p in planned if p.direction == "out"))
+        else:
+            policies = ()
         inbound, _ = plan_states(sa, policy_set.reqid)
-        self._save((inbound,))
-        try:
-            self._call(f"adding {_state_text(inbound)}", self.xfrm.add_state, inbound)
-        except DataplaneError:
-            self._save()
-            raise
+        self._save((inbound,), policies)
+        self._add_entries((inbound,), policies)
+        self._policy_sets[key] = policy_set
         # A user of the policies: the pair it renews may go first.
         policy_set.users.add(pair_id)
         self._inbound_only[pair_id] = (key, inbound)
@@ -743,29 +760,17 @@ class KernelBackend:
         inbound, outbound = plan_states(sa, reqid)
         new_policies = plan_policies(sa, reqid) if policy_set is None else ()
 
+        if policy_set is not None:
+            new_policies = policy_set.pending  # another pair's half added the rest
         # Recorded before they exist: a crash between the two leaves nothing unlisted.
         self._save((inbound, outbound), new_policies)
-        undo: list[Callable[[], None]] = []
-        try:
-            # States before policies: a policy without its SA would drop (and ACQUIRE).
-            for state in (inbound, outbound):
-                self._call(f"adding {_state_text(state)}", self.xfrm.add_state, state)
-                undo.append(functools.partial(self.xfrm.delete_state, state.dst, state.spi))
-            for policy in new_policies:
-                self._call(f"adding {_policy_text(policy)}", self.xfrm.add_policy, policy)
-                undo.append(functools.partial(
-                    self.xfrm.delete_policy, policy.selector, policy.direction))
-        except DataplaneError:
-            for step in reversed(undo):
-                try:
-                    step()
-                except OSError as exc:
-                    log.error("kernel data plane: rollback step failed: %s", exc)
-            self._save()
-            raise
+        self._add_entries((inbound, outbound), new_policies)
         if policy_set is None:
             policy_set = _PolicySet(reqid, new_policies)
             self._policy_sets[key] = policy_set
+        else:
+            policy_set.policies += policy_set.pending
+            policy_set.pending = ()
         policy_set.users.add(pair_id)
         self._installed(sa, key, inbound, outbound, reqid,
                         f"{len(new_policies)} policies" if new_policies else "policies shared")
@@ -777,14 +782,40 @@ class KernelBackend:
         key, inbound = self._inbound_only[pair_id]
         policy_set = self._policy_sets[key]
         _, outbound = plan_states(sa, policy_set.reqid)
-        self._save((outbound,))
+        pending = policy_set.pending
+        self._save((outbound,), pending)
         try:
-            self._call(f"adding {_state_text(outbound)}", self.xfrm.add_state, outbound)
+            self._add_entries((outbound,), pending)
         except DataplaneError:
             self._remove_inbound_only(pair_id)
             raise
+        policy_set.policies += pending
+        policy_set.pending = ()
         del self._inbound_only[pair_id]
-        self._installed(sa, key, inbound, outbound, policy_set.reqid, "policies shared")
+        self._installed(sa, key, inbound, outbound, policy_set.reqid,
+                        f"{len(policy_set.policies)} policies" if pending else "policies shared")
+
+    def _add_entries(self, states: tuple[XfrmState, ...],
+                     policies: tuple[XfrmPolicy, ...]) -> None:
+        """Add states, then policies (a policy without its SA would drop, and ACQUIRE);
+        on a failure take back what was added, record the rest, and raise."""
+        undo: list[Callable[[], None]] = []
+        try:
+            for state in states:
+                self._call(f"adding {_state_text(state)}", self.xfrm.add_state, state)
+                undo.append(functools.partial(self.xfrm.delete_state, state.dst, state.spi))
+            for policy in policies:
+                self._call(f"adding {_policy_text(policy)}", self.xfrm.add_policy, policy)
+                undo.append(functools.partial(
+                    self.xfrm.delete_policy, policy.selector, policy.direction))
+        except DataplaneError:
+            for step in reversed(undo):
+                try:
+                    step()
+                except OSError as exc:
+                    log.error("kernel data plane: rollback step failed: %s", exc)
+            self._save()
+            raise
 
     def _installed(self, sa: ChildSaEstablished, key: tuple[object, ...], inbound: XfrmState,
                    outbound: XfrmState, reqid: int, policies: str) -> None:

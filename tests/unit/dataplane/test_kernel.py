@@ -957,25 +957,106 @@ def test_renewal_inbound_state_goes_in_early_outbound_on_completion(
     assert fake.states == {} and fake.policies == {}
 
 
-def test_withdrawn_inbound_half_and_a_new_tunnel(backend: KernelBackend, fake: FakeXfrm) -> None:
-    """Withdrawn: the state goes, the policies only with their last user. A new
-    tunnel's inbound state waits for its policies, which come with the whole pair."""
-    new_tunnel = make_sa()
-    backend.install_inbound(new_tunnel)
-    assert fake.states == {} and fake.policies == {}
-    backend.install(new_tunnel)
+def test_withdrawn_inbound_half_of_a_renewal(backend: KernelBackend, fake: FakeXfrm) -> None:
+    """Withdrawn: the state goes, the policies only with their last user."""
+    tunnel = make_sa()
+    backend.install(tunnel)
     assert len(fake.states) == 2 and len(fake.policies) == 3
     policies = dict(fake.policies)
-    renewal = replace(new_tunnel, spi_in=0xC7, spi_out=0xC8, child_id=2)
+    renewal = replace(tunnel, spi_in=0xC7, spi_out=0xC8, child_id=2)
     backend.install_inbound(renewal)
     assert (LOCAL, 0xC7) in fake.states
     backend.remove(deleted(renewal))
     assert (LOCAL, 0xC7) not in fake.states and fake.policies == policies
     backend.remove(deleted(renewal))  # unknown now: not an error
     backend.install_inbound(renewal)
-    backend.remove(deleted(new_tunnel))
+    backend.remove(deleted(tunnel))
     backend.remove(deleted(renewal))  # the last user of the policies
     assert fake.states == {} and fake.policies == {}
+
+
+def _directions(fake: FakeXfrm) -> list[str]:
+    return sorted(direction for _, direction in fake.policies)
+
+
+def test_new_tunnel_inbound_half_brings_in_and_fwd_policies_out_waits_for_message_3(
+    backend: KernelBackend, fake: FakeXfrm, tmp_path: Path,
+) -> None:
+    """A new tunnel: what the peer sends from Quick Mode message 2 on is opened (the
+    inbound state and the in/fwd policies naming its reqid); nothing goes out through
+    the tunnel before message 3 (no out policy, no outbound state)."""
+    state_file = tmp_path / "k.json"
+    backend.recover(str(state_file))
+    sa = make_sa()
+    backend.install_inbound(sa)
+    inbound, outbound = plan_states(sa, REQIDS.start)
+    assert fake.states == {(LOCAL, sa.spi_in): inbound}
+    assert _directions(fake) == ["fwd", "in"]
+    assert {p.template.reqid for p in fake.policies.values()} == {REQIDS.start}
+    recorded = json.loads(state_file.read_text())
+    assert sorted(r[2] for r in recorded["policies"]) == ["fwd", "in"]
+    assert backend.installed == {}
+    backend.install(sa)
+    assert fake.states == {(LOCAL, sa.spi_in): inbound, (REMOTE, sa.spi_out): outbound}
+    assert set(fake.policies.values()) == set(plan_policies(sa, REQIDS.start))
+    assert len(json.loads(state_file.read_text())["policies"]) == 3
+    backend.remove(deleted(sa))
+    assert fake.states == {} and fake.policies == {}
+
+
+def test_withdrawn_new_tunnel_half_leaves_nothing(backend: KernelBackend, fake: FakeXfrm) -> None:
+    sa = make_sa()
+    backend.install_inbound(sa)
+    backend.remove(deleted(sa))
+    assert fake.states == {} and fake.policies == {} and backend.policies == []
+    backend.install(sa)  # and the tunnel can come again
+    assert len(fake.states) == 2 and len(fake.policies) == 3
+
+
+def test_new_tunnel_half_shares_its_policies_with_a_pair_completed_first(
+    backend: KernelBackend, fake: FakeXfrm,
+) -> None:
+    """Exchanges for the same selectors at once (e.g. both peers initiating): whichever
+    pair completes first adds the out policy, once; a pair of ours as the initiator
+    (installed whole) as well as a second responder half."""
+    first = make_sa()
+    second = replace(first, spi_in=0xD1, spi_out=0xD2, child_id=2)
+    ours = replace(first, spi_in=0xD3, spi_out=0xD4, child_id=3)
+    backend.install_inbound(first)
+    backend.install_inbound(second)
+    assert _directions(fake) == ["fwd", "in"] and len(fake.states) == 2
+    backend.install(ours)
+    assert _directions(fake) == ["fwd", "in", "out"] and len(fake.states) == 4
+    backend.install(second)  # FakeXfrm refuses a policy added twice
+    backend.install(first)
+    assert len(fake.states) == 6 and len(fake.policies) == 3
+    for sa in (second, ours):
+        backend.remove(deleted(sa))
+    assert len(fake.policies) == 3
+    backend.remove(deleted(first))
+    assert fake.states == {} and fake.policies == {}
+
+
+def test_failed_new_tunnel_half_is_taken_back(backend: KernelBackend, fake: FakeXfrm) -> None:
+    fake.fail = lambda name, arg: (OSError(errno.ENOBUFS, "No buffer space available")
+                                   if name == "add_policy" and getattr(arg, "direction", "")
+                                   == "fwd" else None)
+    with pytest.raises(DataplaneError, match="No buffer space"):
+        backend.install_inbound(make_sa())
+    assert fake.states == {} and fake.policies == {} and backend.policies == []
+
+
+def test_out_policy_added_when_completing_fails_takes_the_half_back(
+    backend: KernelBackend, fake: FakeXfrm,
+) -> None:
+    sa = make_sa()
+    backend.install_inbound(sa)
+    fake.fail = lambda name, arg: (OSError(errno.ENOBUFS, "No buffer space available")
+                                   if name == "add_policy" else None)
+    with pytest.raises(DataplaneError, match="No buffer space"):
+        backend.install(sa)
+    fake.fail = lambda name, arg: None
+    assert fake.states == {} and fake.policies == {} and backend.installed == {}
 
 
 def test_close_removes_an_inbound_half(fake: FakeXfrm, tmp_path: Path) -> None:

@@ -349,3 +349,21 @@ def test_host_kernel_acquires_for_a_virtual_ip_trap_and_prefers_the_sa_route(
     assert "src 10.3.0.7" in lines["WITH"], result.stdout
     assert "src 192.0.2.1" in lines["AFTER"], result.stdout
     assert lines["LEFT"] == "nothing", result.stdout
+
+
+def test_trap_on_a_new_tunnel_s_inbound_half_adds_the_out_policy() -> None:
+    """The trap's out policy raises the acquires: it goes in at once, also when a new
+    tunnel's inbound half (in/fwd only until its message 3) holds the policies."""
+    fake = FakeXfrm()
+    b, _ = backend(fake)
+    sa = make_sa()
+    b.install_inbound(sa)
+    assert sorted(d for _, d in fake.policies) == ["fwd", "in"]
+    b.install_trap(trap())
+    assert sorted(d for _, d in fake.policies) == ["fwd", "in", "out"]
+    b.install(sa)
+    assert len(fake.states) == 2 and len(fake.policies) == 3
+    b.remove(deleted(sa))
+    assert fake.states == {} and len(fake.policies) == 3  # the trap's
+    b.remove_trap("gw", "net")
+    assert fake.policies == {}
