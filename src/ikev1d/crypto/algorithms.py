@@ -131,7 +131,7 @@ def pad_plaintext(data: bytes, block_size: int) -> bytes:
 class IkeCipher:
     """CBC encryption of ISAKMP payloads (RFC 2409 Appendix B) with one key."""
 
-    __slots__ = ("_algorithm", "alg", "block_size", "key_length")
+    __slots__ = ("_algorithm", "_ecb_decrypt", "alg", "block_size", "key_length")
 
     alg: str
     block_size: int
@@ -150,6 +150,14 @@ class IkeCipher:
         self.alg = alg
         self.key_length = len(key)
         self._algorithm = algorithm
+        # CBC decryption is P_i = D_K(C_i) XOR C_(i-1) with C_0 = IV (NIST SP 800-38A
+        # section 6.2): each block's D_K is independent of the others, so one ECB
+        # decryption context per key (padding off, so update() returns every whole
+        # block and keeps no state between calls) serves every message of the SA,
+        # and the chaining is one XOR over the whole message. Setting up a CBC
+        # context per message costs some 40 Python calls of `cryptography`'s checks.
+        # The ECB here is the block primitive of CBC, never a mode messages use.
+        self._ecb_decrypt = Cipher(algorithm, modes.ECB()).decryptor().update  # noqa: S305
 
     def __repr__(self) -> str:  # never show the key
         return f"IkeCipher({self.alg!r}, key_length={self.key_length})"
@@ -178,5 +186,7 @@ class IkeCipher:
             )
         if len(iv) != self.block_size:
             raise DecryptError(f"IV must be {self.block_size} octets, not {len(iv)}")
-        dec = self._cipher(iv).decryptor()
-        return dec.update(ciphertext) + dec.finalize()
+        length = len(ciphertext)
+        chained = iv + ciphertext[: length - self.block_size]
+        return (int.from_bytes(self._ecb_decrypt(ciphertext), "big")
+                ^ int.from_bytes(chained, "big")).to_bytes(length, "big")
