@@ -548,10 +548,13 @@ class IkeSa:
     # -- message protection (RFC 2409 section 5.3, Appendix B) ---------------
 
     def plain_message(self, exchange: int, message_id: int, payloads: Sequence[Payload]) -> bytes:
-        body = encode_payloads(payloads)
+        return self.plain_body(exchange, message_id, first_payload_type(payloads),
+                               encode_payloads(payloads))
+
+    def plain_body(self, exchange: int, message_id: int, first_type: int, body: bytes) -> bytes:
+        """An unencrypted message of already encoded payloads, ``first_type`` first."""
         return encode_header_fields(
-            self.cky_i, self.cky_r, first_payload_type(payloads), exchange, 0, message_id,
-            len(body),
+            self.cky_i, self.cky_r, first_type, exchange, 0, message_id, len(body),
         ) + body
 
     def encrypted_message(

@@ -1,0 +1,137 @@
+"""The responder's shortcuts for what repeats between handshakes must decide and
+answer exactly as the whole path does: each case runs once through the whole
+path (caches emptied) and once through the shortcut, and compares the bytes
+sent and the state kept."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ikev1d.config import Config, parse_config
+from ikev1d.engine import Engine, ike_sa
+from ikev1d.engine.exchanges import main_mode
+from ikev1d.engine.ike_sa import IkeSa, Parsed
+from ikev1d.wire import (
+    Attribute,
+    Header,
+    IkeAttr,
+    Payload,
+    VendorIdPayload,
+)
+from ikev1d.wire.vendor_ids import (
+    VID_CISCO_UNITY,
+    VID_DPD,
+    VID_FRAGMENTATION,
+    VID_NAT_T_DRAFTS,
+    VID_NAT_T_RFC,
+    VID_STRONGSWAN,
+    VID_XAUTH,
+)
+from tests.unit.engine._mm import ike_transform, message_1
+from tests.unit.engine.test_engine import A_ADDR, B_ADDR, config_text
+
+INITIATOR = (A_ADDR, 500)
+RESPONDER = (B_ADDR, 500)
+FLAGS = bytes.fromhex("80000000")
+
+
+def _vids(*data: bytes) -> list[Payload]:
+    return [VendorIdPayload(d) for d in data]
+
+
+# (name, transforms, further payloads): the offers the responder config accepts
+# in several shapes, with the vendor IDs peers send.
+OFFERS: list[tuple[str, Callable[[], list[Any]], list[Payload]]] = [
+    ("plain", lambda: [ike_transform()], []),
+    ("strongswan", lambda: [ike_transform()],
+     _vids(VID_STRONGSWAN, VID_XAUTH, VID_DPD, VID_NAT_T_RFC, VID_FRAGMENTATION + FLAGS)),
+    ("draft-nat-t", lambda: [ike_transform()], _vids(VID_NAT_T_DRAFTS[0], VID_CISCO_UNITY)),
+    ("unknown-vid", lambda: [ike_transform()], _vids(VID_DPD, b"\x01\x02\x03\x04" * 4)),
+    ("short-life", lambda: [ike_transform(life=Attribute(IkeAttr.LIFE_DURATION, 1200))], []),
+    ("second-transform", lambda: [
+        ike_transform(1, key_length=Attribute(IkeAttr.KEY_LENGTH, 192)), ike_transform(2),
+    ], _vids(VID_DPD)),
+]
+
+
+def _config(encap: bool) -> Config:
+    return parse_config(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24", encap=encap))
+
+
+def _state(engine: Engine) -> dict[str, Any]:
+    (sa,) = engine._sas.values()
+    assert isinstance(sa, IkeSa)
+    mm = sa.exchanges[0]
+    assert isinstance(mm, main_mode.MainMode)
+    return {
+        "cookies": (sa.cky_i, sa.cky_r),
+        "candidates": [id(c) for c in sa.candidates],
+        "conn": id(sa.conn),
+        "proposal": sa.proposal,
+        "auth_method": sa.auth_method,
+        "hash_alg": sa.hash_alg,
+        "lifetime_s": sa.lifetime_s,
+        "xauth_role": sa.xauth_role,
+        "peer_vendors": sa.peer_vendors,
+        "nat_t": (sa.nat_t, sa.nat_t_rfc),
+        "sa_i_b": mm.material.sa_i_b,
+        "mm_state": mm.state,
+        "auth": type(mm.auth),
+        "responses": {k: (v.request_digest, v.responses, v.request_length)
+                      for k, v in sa.responses.items()},
+    }
+
+
+def _answer(config: Config, request: bytes) -> tuple[list[bytes], dict[str, Any]]:
+    engine = Engine(config, random_bytes=random.Random(7).randbytes, wall_clock=lambda: 0.0)
+    engine.receive_datagram(request, RESPONDER, INITIATOR, 10.0)
+    return [d.data for d in engine.datagrams_to_send()], _state(engine)
+
+
+@pytest.mark.parametrize("encap", [False, True])
+@pytest.mark.parametrize("name,transforms,extra", OFFERS, ids=[o[0] for o in OFFERS])
+def test_main_mode_1_answered_alike_from_the_cache(
+    name: str, transforms: Callable[[], list[Any]], extra: list[Payload], encap: bool,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = _config(encap)
+    request = message_1(bytes(range(1, 9)), transforms(), extra)
+    main_mode._MM1_ANSWERS.clear()
+    caplog.set_level(logging.INFO, logger="ikev1d")
+    whole_out, whole_state = _answer(config, request)
+    whole_logs = [r.getMessage() for r in caplog.records]
+    assert len(whole_out) == 1
+    caplog.clear()
+    parses: list[bytes] = []
+    real_parse = ike_sa.parse
+
+    def counted_parse(header: Header, body: bytes, **kw: Any) -> Parsed:
+        parses.append(body)
+        return real_parse(header, body, **kw)
+
+    monkeypatch.setattr(main_mode, "parse", counted_parse)
+    cached_out, cached_state = _answer(config, request)
+    assert parses == [], "the second request did not take the shortcut"
+    assert cached_out == whole_out
+    assert cached_state == whole_state
+    assert [r.getMessage() for r in caplog.records] == whole_logs
+    if name == "unknown-vid":
+        assert any("unknown vendor ID" in line for line in whole_logs)
+    # Another configuration (a reload makes new connection objects) is not
+    # answered from what the first one decided.
+    _answer(_config(encap), request)
+    assert len(parses) == 1
+
+
+def test_main_mode_1_refusals_are_not_kept() -> None:
+    config = _config(False)
+    main_mode._MM1_ANSWERS.clear()
+    unacceptable = ike_transform(key_length=Attribute(IkeAttr.KEY_LENGTH, 256))
+    engine = Engine(config, random_bytes=random.Random(7).randbytes, wall_clock=lambda: 0.0)
+    engine.receive_datagram(message_1(bytes(8 * [5]), [unacceptable]), RESPONDER, INITIATOR, 1.0)
+    assert not engine._sas and main_mode._MM1_ANSWERS == {}
