@@ -283,17 +283,25 @@ class WorkQueue:
         return True
 
 
+# A request up to this size is kept as it is, not as its digest: hashing every
+# request answered cost more than holding the few hundred octets until the next
+# message of the exchange (or the first Quick Mode) replaces them.
+_REQUEST_KEPT_MAX = 2048
+
+
 @dataclass
 class ResponseCache:
     """The last request seen and what we answered: a repeated request gets the
-    same answer again and is not processed twice (RFC 2408 section 5). The
-    request is kept as a digest: it may be as long as the peer likes."""
+    same answer again and is not processed twice (RFC 2408 section 5). A request
+    of ordinary size is kept; a longer one as a digest, since it may be as long
+    as the peer likes."""
 
-    request_digest: bytes
+    request_key: bytes
+    """The request (up to _REQUEST_KEPT_MAX octets), else its SHA-256."""
     responses: list[bytes]
     request_length: int = -1
-    """The request's length, when known: the next message of an exchange (not a
-    repetition) mostly differs in length, and then needs no digest."""
+    """The request's length: the next message of an exchange (not a repetition)
+    mostly differs in length, and then needs no comparison."""
 
     @staticmethod
     def digest(request: bytes) -> bytes:
@@ -301,12 +309,18 @@ class ResponseCache:
 
     @classmethod
     def of(cls, request: bytes, response: bytes) -> ResponseCache:
-        return cls(cls.digest(request), [response], len(request))
+        length = len(request)
+        if length > _REQUEST_KEPT_MAX:
+            return cls(cls.digest(request), [response], length)
+        return cls(request, [response], length)
 
     def answers(self, request: bytes) -> bool:
-        if self.request_length >= 0 and len(request) != self.request_length:
+        length = len(request)
+        if length != self.request_length:
             return False
-        return hmac.compare_digest(self.request_digest, self.digest(request))
+        if length > _REQUEST_KEPT_MAX:
+            return hmac.compare_digest(self.request_key, self.digest(request))
+        return hmac.compare_digest(self.request_key, request)
 
 
 class IkeSa:

@@ -15,7 +15,7 @@ import pytest
 from ikev1d.config import Config, parse_config
 from ikev1d.engine import Engine, ike_sa
 from ikev1d.engine.exchanges import main_mode
-from ikev1d.engine.ike_sa import IkeSa, Parsed
+from ikev1d.engine.ike_sa import IkeSa, Parsed, ResponseCache
 from ikev1d.wire import (
     Attribute,
     Header,
@@ -82,7 +82,7 @@ def _state(engine: Engine) -> dict[str, Any]:
         "sa_i_b": mm.material.sa_i_b,
         "mm_state": mm.state,
         "auth": type(mm.auth),
-        "responses": {k: (v.request_digest, v.responses, v.request_length)
+        "responses": {k: (v.request_key, v.responses, v.request_length)
                       for k, v in sa.responses.items()},
     }
 
@@ -135,3 +135,17 @@ def test_main_mode_1_refusals_are_not_kept() -> None:
     engine = Engine(config, random_bytes=random.Random(7).randbytes, wall_clock=lambda: 0.0)
     engine.receive_datagram(message_1(bytes(8 * [5]), [unacceptable]), RESPONDER, INITIATOR, 1.0)
     assert not engine._sas and main_mode._MM1_ANSWERS == {}
+
+
+def test_response_cache_answers_only_the_same_request() -> None:
+    """Requests of ordinary size are kept as they are, longer ones as a digest:
+    either way only the same bytes are answered again (RFC 2408 section 5)."""
+    for size in (1, 100, 2048, 2049, 60000):
+        request = bytes(random.Random(size).randbytes(size))
+        other = request[:-1] + bytes([request[-1] ^ 1])
+        cached = ResponseCache.of(request, b"answer")
+        assert cached.answers(bytes(request))
+        assert not cached.answers(other)
+        assert not cached.answers(request + b"\0")
+        assert not cached.answers(request[:-1])
+        assert len(cached.request_key) == (size if size <= 2048 else 32)
