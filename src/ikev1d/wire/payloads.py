@@ -204,6 +204,8 @@ def _decoded_once(cache: dict[bytes, Any], cls: type[_D], data: bytes) -> _D:
     cache[data] = decoded
     return decoded
 _TRANSFORM_ENCODINGS: dict[int, tuple[Transform, bytes]] = {}
+_IDS: dict[bytes, IdPayload] = {}
+_ID_ENCODINGS: dict[int, tuple[IdPayload, bytes]] = {}
 _PROPOSALS: dict[bytes, Proposal] = {}
 
 
@@ -476,13 +478,29 @@ class IdPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.ID
 
     def encode_body(self) -> bytes:
+        # A Quick Mode responder echoes the peer's IDci/IDcr, decoded objects that
+        # are the same in every exchange (see decode_body): their encoding is kept
+        # beside them, by identity and holding the object, as for transforms.
+        known = _ID_ENCODINGS.get(id(self))
+        if known is not None and known[0] is self:
+            return known[1]
         _check_uint(self.id_type, 8, "ID type")
         _check_uint(self.protocol, 8, "protocol")
         _check_uint(self.port, 16, "port")
-        return bytes((self.id_type, self.protocol)) + self.port.to_bytes(2, "big") + self.data
+        encoded = bytes((self.id_type, self.protocol)) + self.port.to_bytes(2, "big") + self.data
+        if len(_ID_ENCODINGS) >= _DECODED_CACHED:
+            _ID_ENCODINGS.clear()
+        _ID_ENCODINGS[id(self)] = (self, encoded)
+        return encoded
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
+        # A peer's Quick Mode IDs (its tunnel's networks) are the same in every
+        # exchange: decoded once, bounded, like a transform.
+        return _decoded_once(_IDS, cls, data)
+
+    @classmethod
+    def _decode_body(cls, data: bytes) -> Self:
         r = Reader(data, "ID payload")
         id_type = r.u8("ID type")
         protocol = r.u8("protocol")

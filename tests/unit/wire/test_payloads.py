@@ -442,3 +442,27 @@ def test_decoded_proposals_keep_their_own_spi() -> None:
     with pytest.raises(WireError):
         Proposal.decode_body(Proposal(1, ProtocolId.ESP, b"\x01\x02\x03\x04",
                                       transforms).encode_body()[:-1])
+
+
+def test_decoded_ids_are_reused_by_their_bytes_and_encode_as_their_own() -> None:
+    from ikev1d.wire import payloads
+
+    subnet = IdPayload(IdType.IPV4_ADDR_SUBNET, 17, 500, H("0a010000 ffffff00"))
+    fqdn = IdPayload(IdType.FQDN, 0, 0, b"gw.example")
+    for _ in range(2):
+        for payload in (subnet, fqdn):
+            decoded = IdPayload.decode_body(payload.encode_body())
+            assert decoded == payload
+            assert decoded.encode_body() == payload.encode_body()
+    assert IdPayload.decode_body(subnet.encode_body()) is IdPayload.decode_body(
+        subnet.encode_body())
+    # Another ID's kept encoding is never given for this one.
+    assert IdPayload.decode_body(fqdn.encode_body()).encode_body() != subnet.encode_body()
+    # Bounded: the bytes are the peer's; malformed bodies fail every time.
+    for n in range(3 * payloads._DECODED_CACHED):
+        IdPayload.decode_body(IdPayload(IdType.FQDN, 0, 0, b"h%d" % n).encode_body()).encode_body()
+    assert len(payloads._IDS) <= payloads._DECODED_CACHED
+    assert len(payloads._ID_ENCODINGS) <= payloads._DECODED_CACHED
+    for _ in range(2):
+        with pytest.raises(WireError):
+            IdPayload.decode_body(subnet.encode_body()[:-1])
