@@ -177,6 +177,7 @@ _DECODED_CACHED = 256
 _CACHED_BODY_MAX = 2048
 _TRANSFORMS: dict[bytes, Transform] = {}
 _SA_PAYLOADS: dict[bytes, SaPayload] = {}
+_SA_PAYLOADS_BY_SHAPE: dict[bytes, SaPayload] = {}
 
 
 class _DecodesBody(Protocol):
@@ -376,6 +377,27 @@ class SaPayload:
     def decode_body(cls, data: bytes) -> Self:
         # Main Mode message 1 carries the same offer in every handshake of a peer
         # (no SPI in an ISAKMP proposal): decoded once, like a transform above.
+        # A Quick Mode offer differs between exchanges only in its proposals'
+        # SPIs; the usual one proposal (DOI, situation, then a proposal header
+        # whose next payload is NONE and whose length reaches the end) is kept by
+        # the bytes around its SPI, as Proposal.decode_body does.
+        if type(data) is not bytes:
+            data = bytes(data)
+        size = len(data)
+        if 16 <= size <= _CACHED_BODY_MAX and data[14] and not data[8] \
+                and (data[10] << 8 | data[11]) == size - 8 and 16 + data[14] <= size:
+            spi_end = 16 + data[14]
+            key = data[:16] + data[spi_end:]
+            known = _SA_PAYLOADS_BY_SHAPE.get(key)
+            if known is not None and type(known) is cls:
+                (proposal,) = known.proposals
+                return cls((Proposal(proposal.number, proposal.protocol_id, data[16:spi_end],
+                                     proposal.transforms),), known.doi, known.situation)
+            decoded = cls._decode_body(data)
+            if len(_SA_PAYLOADS_BY_SHAPE) >= _DECODED_CACHED:
+                _SA_PAYLOADS_BY_SHAPE.clear()
+            _SA_PAYLOADS_BY_SHAPE[key] = decoded
+            return decoded
         return _decoded_once(_SA_PAYLOADS, cls, data)
 
     @classmethod

@@ -466,3 +466,39 @@ def test_decoded_ids_are_reused_by_their_bytes_and_encode_as_their_own() -> None
     for _ in range(2):
         with pytest.raises(WireError):
             IdPayload.decode_body(subnet.encode_body()[:-1])
+
+
+def test_quick_mode_offers_are_decoded_alike_whatever_their_spi() -> None:
+    """The decode kept by the bytes around a proposal's SPI must give what the
+    whole decoder gives, with this offer's SPI, for each shape of offer."""
+    from ikev1d.wire import payloads
+
+    def transform(number: int, life: int) -> Transform:
+        return Transform(number, 12, (Attribute(1, 1), Attribute(2, life), Attribute(4, 1),
+                                      Attribute(5, 12), Attribute(6, 128)))
+
+    offers = [
+        lambda spi: SaPayload((Proposal(1, ProtocolId.ESP, spi, (transform(1, 3600),)),)),
+        lambda spi: SaPayload((Proposal(1, ProtocolId.ESP, spi,
+                                        (transform(1, 3600), transform(2, 28800))),)),
+        lambda spi: SaPayload((Proposal(1, ProtocolId.ESP, spi, (transform(1, 3600),)),
+                               Proposal(2, ProtocolId.ESP, spi, (transform(1, 60),)))),
+        lambda spi: SaPayload((Proposal(3, ProtocolId.AH, spi, (transform(1, 3600),)),),
+                              situation=1),
+        lambda spi: SaPayload((Proposal(1, ProtocolId.ISAKMP, spi, (transform(1, 3600),)),)),
+    ]
+    payloads._SA_PAYLOADS_BY_SHAPE.clear()
+    for make in offers:
+        for spi in (b"\x01\x02\x03\x04", b"\xff\xfe\xfd\xfc", bytes(4), b"\x07" * 8, b""):
+            body = make(spi).encode_body()
+            for _ in range(2):
+                decoded = SaPayload.decode_body(body)
+                assert decoded == SaPayload._decode_body(body) == make(spi)
+                assert decoded.encode_body() == body
+    assert payloads._SA_PAYLOADS_BY_SHAPE
+    # A malformed offer of a known shape is an error every time, never kept.
+    body = offers[0](b"\x01\x02\x03\x04").encode_body()
+    for bad in (body[:-1], body[:10] + b"\x00\x05" + body[12:], body[:14] + b"\x09" + body[15:]):
+        for _ in range(2):
+            with pytest.raises(WireError):
+                SaPayload.decode_body(bad)
