@@ -4,6 +4,7 @@ errors for each kind of malformation, the open enums and the ID helpers."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 import pytest
 
@@ -477,7 +478,7 @@ def test_quick_mode_offers_are_decoded_alike_whatever_their_spi() -> None:
         return Transform(number, 12, (Attribute(1, 1), Attribute(2, life), Attribute(4, 1),
                                       Attribute(5, 12), Attribute(6, 128)))
 
-    offers = [
+    offers: list[Callable[[bytes], SaPayload]] = [
         lambda spi: SaPayload((Proposal(1, ProtocolId.ESP, spi, (transform(1, 3600),)),)),
         lambda spi: SaPayload((Proposal(1, ProtocolId.ESP, spi,
                                         (transform(1, 3600), transform(2, 28800))),)),
