@@ -205,6 +205,9 @@ def _decoded_once(cache: dict[bytes, Any], cls: type[_D], data: bytes) -> _D:
     cache[data] = decoded
     return decoded
 _TRANSFORM_ENCODINGS: dict[int, tuple[Transform, bytes]] = {}
+_LAST_TRANSFORMS: dict[int, tuple[Transform, bytes]] = {}
+"""A proposal's only transform, with its generic header (next payload NONE)."""
+_IPSEC_DOI_IDENTITY_ONLY = bytes((0, 0, 0, 1, 0, 0, 0, 1))
 _IDS: dict[bytes, IdPayload] = {}
 _ID_ENCODINGS: dict[int, tuple[IdPayload, bytes]] = {}
 _PROPOSALS: dict[bytes, Proposal] = {}
@@ -269,6 +272,26 @@ class Proposal:
     payload_type: ClassVar[PayloadType] = PayloadType.PROPOSAL
 
     def encode_body(self) -> bytes:
+        transforms = self.transforms
+        spi = self.spi
+        if len(transforms) == 1 and 0 <= self.number <= 0xFF \
+                and 0 <= self.protocol_id <= 0xFF and len(spi) <= 0xFF:
+            # A responder's answer: the one transform it accepted, the same object in
+            # every exchange with that peer (see Transform.encode_body), after a
+            # new SPI. Its payload is kept by identity, holding the transform.
+            transform = transforms[0]
+            known = _LAST_TRANSFORMS.get(id(transform))
+            if known is None or known[0] is not transform:
+                known = (transform, _generic(PayloadType.NONE, transform.encode_body(),
+                                             "transform payload"))
+                if len(_LAST_TRANSFORMS) >= _DECODED_CACHED:
+                    _LAST_TRANSFORMS.clear()
+                _LAST_TRANSFORMS[id(transform)] = known
+            return bytes((self.number, self.protocol_id, len(spi), 1)) + spi + known[1]
+        return self._encode_body()
+
+    def _encode_body(self) -> bytes:
+        """encode_body without the shortcut (tests compare the two)."""
         _check_uint(self.number, 8, "proposal number")
         _check_uint(self.protocol_id, 8, "protocol id")
         _check_uint(len(self.spi), 8, "SPI size")
@@ -364,6 +387,14 @@ class SaPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.SA
 
     def encode_body(self) -> bytes:
+        if self.doi == 1 and self.situation == 1 and len(self.proposals) == 1:
+            # The IPsec DOI with SIT_IDENTITY_ONLY and one proposal: every answer.
+            return _IPSEC_DOI_IDENTITY_ONLY + _generic(
+                PayloadType.NONE, self.proposals[0].encode_body(), "proposal payload")
+        return self._encode_body()
+
+    def _encode_body(self) -> bytes:
+        """encode_body without the shortcut (tests compare the two)."""
         _check_uint(self.doi, 32, "DOI")
         _check_uint(self.situation, 32, "situation")
         out = bytearray(self.doi.to_bytes(4, "big") + self.situation.to_bytes(4, "big"))

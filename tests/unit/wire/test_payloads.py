@@ -503,3 +503,26 @@ def test_quick_mode_offers_are_decoded_alike_whatever_their_spi() -> None:
         for _ in range(2):
             with pytest.raises(WireError):
                 SaPayload.decode_body(bad)
+
+
+def test_answers_encode_as_the_whole_encoder_does() -> None:
+    """The shortcut for an SA payload of one proposal with one transform (every
+    responder's answer) gives the bytes of the whole encoder."""
+    transforms = [Transform(n, t, (Attribute(1, life), Attribute(4, 1), Attribute(6, 128)))
+                  for n, t, life in ((1, 12, 3600), (2, 12, 28800), (1, 3, 60))]
+    for _ in range(2):  # the second time from what the first one kept
+        for transform in transforms:
+            for spi in (b"", b"\x01\x02\x03\x04", b"\xfe" * 8):
+                for number, protocol in ((1, ProtocolId.ISAKMP), (3, ProtocolId.ESP)):
+                    proposal = Proposal(number, protocol, spi, (transform,))
+                    assert proposal.encode_body() == proposal._encode_body()
+                    sa = SaPayload((proposal,))
+                    assert sa.encode_body() == sa._encode_body()
+                    assert SaPayload.decode_body(sa.encode_body()) == sa
+                    other = SaPayload((proposal,), doi=2, situation=4)
+                    assert other.encode_body()[:8] == bytes.fromhex("0000000200000004")
+    # Values out of range are refused as by the whole encoder.
+    for bad in (Proposal(256, 3, b"", (transforms[0],)), Proposal(1, 3, bytes(256), (
+            transforms[0],)), Proposal(1, -1, b"", (transforms[0],))):
+        with pytest.raises(ValueError, match=r"proposal number|protocol id|SPI size"):
+            bad.encode_body()
