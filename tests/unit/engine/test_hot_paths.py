@@ -16,6 +16,7 @@ from ikev1d.config import Config, parse_config
 from ikev1d.engine import Engine, ike_sa
 from ikev1d.engine.exchanges import main_mode
 from ikev1d.engine.ike_sa import IkeSa, Parsed, ResponseCache
+from ikev1d.proposals import EspProposal
 from ikev1d.wire import (
     Attribute,
     Header,
@@ -149,3 +150,33 @@ def test_response_cache_answers_only_the_same_request() -> None:
         assert not cached.answers(request + b"\0")
         assert not cached.answers(request[:-1])
         assert len(cached.request_key) == (size if size <= 2048 else 32)
+
+
+def test_esp_choice_for_a_known_offer_is_the_whole_path_s() -> None:
+    """select_esp keeps its choice per offered transforms and acceptable list: for
+    every offer and SPI it must return what the whole selection returns."""
+    from ikev1d.engine import sa_proposals
+    from ikev1d.proposals import parse_esp_proposal
+    from ikev1d.wire import EncapsulationMode, Proposal, ProtocolId, SaPayload
+
+    def accept(*texts: str) -> tuple[EspProposal, ...]:
+        return tuple(p for t in texts for p in parse_esp_proposal(t))
+
+    acceptables = [accept("aes128-sha256"), accept("aes256gcm16", "aes128-sha1"),
+                   accept("aes128-sha256-modp2048")]
+    offers = [sa_proposals.esp_sa_payload(list(a), b"\0\0\0\0", mode, life, kb)
+              for a in [*acceptables, accept("aes192-sha384")]
+              for mode in (EncapsulationMode.TUNNEL, EncapsulationMode.UDP_TUNNEL)
+              for life, kb in ((3600, 0), (1200, 1000))]
+    sa_proposals._ESP_CHOICES.clear()
+    for _ in range(2):
+        for offer in offers:
+            (proposal,) = offer.proposals
+            for spi in (b"\x01\x02\x03\x04", b"\xaa\xbb\xcc\xdd", b"\x01\x02\x03"):
+                # As received: the transforms decoded once, the SPI of each message.
+                received = SaPayload.decode_body(SaPayload((Proposal(
+                    proposal.number, ProtocolId.ESP, spi, proposal.transforms),)).encode_body())
+                for acceptable in acceptables:
+                    assert sa_proposals.select_esp(received, acceptable) == \
+                        sa_proposals._select_esp(received, acceptable)
+    assert sa_proposals._ESP_CHOICES
