@@ -180,3 +180,16 @@ def test_esp_choice_for_a_known_offer_is_the_whole_path_s() -> None:
                     assert sa_proposals.select_esp(received, acceptable) == \
                         sa_proposals._select_esp(received, acceptable)
     assert sa_proposals._ESP_CHOICES
+
+
+def test_selector_text_is_each_tuple_s_own() -> None:
+    import ipaddress
+
+    from ikev1d.engine import lifecycle
+
+    nets = [(ipaddress.ip_network("10.1.0.0/24"),),
+            (ipaddress.ip_network("10.2.0.0/24"), ipaddress.ip_network("fd00::/64")),
+            ()]
+    for _ in range(2):
+        for selectors in nets:
+            assert lifecycle._selectors_text(selectors) == ",".join(str(n) for n in selectors)
