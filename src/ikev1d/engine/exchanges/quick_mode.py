@@ -368,9 +368,10 @@ class QuickMode(Exchange):
             lifetime_s=self.lifetime_s,
             life_bytes=self.life_bytes,
         )
-        log.debug(
-            "KEYMAT in %s out %s", keymat_in.hex(), keymat_out.hex(), extra=sa.log_extra
-        )
+        if log.isEnabledFor(logging.DEBUG):  # hex dumps: built only when logged
+            log.debug(
+                "KEYMAT in %s out %s", keymat_in.hex(), keymat_out.hex(), extra=sa.log_extra
+            )
         event = ChildSaEstablished(
             conn=sa.name,
             child=child.name,
