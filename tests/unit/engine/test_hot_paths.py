@@ -193,3 +193,48 @@ def test_selector_text_is_each_tuple_s_own() -> None:
     for _ in range(2):
         for selectors in nets:
             assert lifecycle._selectors_text(selectors) == ",".join(str(n) for n in selectors)
+
+
+def test_quick_mode_tunnel_found_again_is_the_whole_path_s(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The responder keeps the child it found for (connection, IDs, addresses):
+    a second run of the same handshakes against the same configuration must
+    find the same children and selectors without searching, and establish the
+    same IPsec SAs."""
+    from ikev1d.engine.api import ChildSaEstablished
+    from ikev1d.engine.exchanges import quick_mode
+    from tests.unit.engine.test_engine import Net, Peer
+
+    nets_a = '"10.1.0.0/24", "10.1.1.0/24"'
+    nets_b = '"10.2.0.0/24", "10.2.1.0/24"'
+    a_text = config_text(A_ADDR, B_ADDR, "x", "y").replace(
+        'local_ts = ["x"]', f"local_ts = [{nets_a}]").replace(
+        'remote_ts = ["y"]', f"remote_ts = [{nets_b}]")
+    b_config = parse_config(config_text(B_ADDR, A_ADDR, "x", "y").replace(
+        'local_ts = ["x"]', f"local_ts = [{nets_b}]").replace(
+        'remote_ts = ["y"]', f"remote_ts = [{nets_a}]"))
+    searches: list[int] = []
+    real_find = quick_mode.QuickMode._find_child
+
+    def counted_find(self: quick_mode.QuickMode, *args: Any) -> Any:
+        searches.append(1)
+        return real_find(self, *args)
+
+    monkeypatch.setattr(quick_mode.QuickMode, "_find_child", counted_find)
+
+    def run() -> list[tuple[Any, ...]]:
+        rng = random.Random(3)
+        a = Engine(parse_config(a_text), random_bytes=rng.randbytes)
+        b = Engine(b_config, random_bytes=rng.randbytes)
+        net = Net(Peer(a, A_ADDR), Peer(b, B_ADDR))
+        net.a.engine.initiate("gw", None, net.now)
+        net.pump()
+        return [(e.child, e.local_ts, e.remote_ts, e.spi_in, e.spi_out, e.proposal)
+                for e in net.b.of(ChildSaEstablished) if isinstance(e, ChildSaEstablished)]
+
+    quick_mode._TUNNELS.clear()
+    whole = run()
+    assert len(whole) == 4 and len(searches) == 4
+    again = run()
+    assert len(searches) == 4, "the second run searched again"
+    assert again == whole
