@@ -78,6 +78,9 @@ def _generic(next_payload: int, body: bytes, what: str) -> bytes:
 
 
 _TV_ATTRIBUTE = struct.Struct("!HH")
+# RFC 2408 section 3.14: DOI, protocol, SPI size, notify message type.
+_NOTIFY_FIXED = struct.Struct("!IBBH")
+_NOTIFY_TYPES: dict[int, NotifyType] = {member.value: member for member in NotifyType}
 
 
 @dataclass(frozen=True, slots=True)
@@ -728,6 +731,20 @@ class NotifyPayload:
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
+        # The fixed fields in one unpack when they and the SPI are all there (every
+        # notification a peer sends); otherwise the Reader says what is missing.
+        if type(data) is bytes and len(data) >= 8:
+            doi, protocol_id, spi_size, raw_type = _NOTIFY_FIXED.unpack_from(data)
+            spi_end = 8 + spi_size
+            if spi_end <= len(data):
+                notify_type = _NOTIFY_TYPES.get(raw_type)
+                if notify_type is None:
+                    notify_type = NotifyType(raw_type)
+                return cls(notify_type, data[8:spi_end], data[spi_end:], protocol_id, doi)
+        return cls._decode_body(data)
+
+    @classmethod
+    def _decode_body(cls, data: bytes) -> Self:
         r = Reader(data, "notification payload")
         doi = r.u32("DOI")
         protocol_id = r.u8("protocol id")

@@ -238,3 +238,35 @@ def test_quick_mode_tunnel_found_again_is_the_whole_path_s(
     again = run()
     assert len(searches) == 4, "the second run searched again"
     assert again == whole
+
+
+def test_an_encrypted_main_mode_message_3_is_refused() -> None:
+    """Message 3 carries the key exchange in the clear (RFC 2409 section 5): one
+    with the E flag set gets no message 4."""
+    from dataclasses import replace
+
+    from ikev1d.engine.api import Datagram
+    from ikev1d.wire import ExchangeType, split_message
+    from tests.unit.engine.test_engine import default_net
+
+    net = default_net()
+    sent: list[int] = []
+
+    def set_e_flag_on_message_3(dgram: Datagram) -> Datagram:
+        header, _body = split_message(dgram.data)
+        if header.exchange_type != ExchangeType.IDENTITY_PROTECTION \
+                or dgram.local[0] != A_ADDR:
+            return dgram
+        sent.append(1)
+        if len(sent) != 2:
+            return dgram
+        data = bytearray(dgram.data)
+        data[19] |= 0x01  # the flags octet: E (RFC 2408 section 3.1)
+        return replace(dgram, data=bytes(data))
+
+    net.rewrite = set_e_flag_on_message_3
+    net.a.engine.initiate("gw", None, net.now)
+    net.pump()
+    answers = [d for s, d in net.wire if s == B_ADDR
+               and split_message(d.data)[0].exchange_type == ExchangeType.IDENTITY_PROTECTION]
+    assert len(sent) >= 2 and len(answers) == 1

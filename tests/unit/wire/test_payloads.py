@@ -526,3 +526,29 @@ def test_answers_encode_as_the_whole_encoder_does() -> None:
             transforms[0],)), Proposal(1, -1, b"", (transforms[0],))):
         with pytest.raises(ValueError, match=r"proposal number|protocol id|SPI size"):
             bad.encode_body()
+
+
+def test_notifications_decode_as_the_reader_decodes_them() -> None:
+    """The one-unpack decode of a notification gives what the field-by-field one
+    gives, and a short body fails alike."""
+    import random
+
+    rng = random.Random(11)
+    bodies = [NotifyPayload(t, spi, data, proto).encode_body()
+              for t in (24578, 16384, 14, 36136, 65535, 1)
+              for spi in (b"", bytes(4), rng.randbytes(16))
+              for data in (b"", b"\x01", rng.randbytes(40))
+              for proto in (1, 3)]
+    bodies += [rng.randbytes(n) for n in range(0, 40) for _ in range(5)]
+    for body in bodies:
+        try:
+            expected: NotifyPayload | str = NotifyPayload._decode_body(body)
+        except WireError as exc:
+            expected = f"{type(exc).__name__}: {exc}"
+        try:
+            got: NotifyPayload | str = NotifyPayload.decode_body(body)
+        except WireError as exc:
+            got = f"{type(exc).__name__}: {exc}"
+        assert got == expected
+        if isinstance(got, NotifyPayload) and isinstance(expected, NotifyPayload):
+            assert type(got.notify_type) is type(expected.notify_type)

@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ikev1d.engine")
 
 MM = ExchangeType.IDENTITY_PROTECTION
+_ENCRYPTION = int(Flags.ENCRYPTION)  # tested on int(flags): an IntFlag's & is Python code
 
 
 class _Mm1Answer(NamedTuple):
@@ -603,7 +604,7 @@ class MainMode(Exchange):
     def _process_message_3(self, message: Message, now: float) -> None:
         sa = self.sa
         auth = self._auth
-        if message.header.flags & Flags.ENCRYPTION:
+        if int(message.header.flags) & _ENCRYPTION:
             raise ProtocolFailure("Main Mode message 3 must not be encrypted")
         payloads = parse(message.header, message.body, opaque=auth.rule(3).opaque).payloads
         rules.check(auth.rule(3), payloads, "Main Mode message 3")
