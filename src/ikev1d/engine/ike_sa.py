@@ -13,7 +13,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, TypeVar
 
 from ikev1d.config import Fragmentation
@@ -260,6 +260,8 @@ class WorkQueue:
     def configured(self) -> bool:
         """XAUTH and Mode Config are done (or were never to be done): the peer's
         Quick Modes are welcome from now on."""
+        if self.running is None and not self._pending:
+            return True  # nothing queued: every Quick Mode of an established SA
         if any(w.kind < WorkKind.QUICK_MODE for w in self._pending):
             return False
         kind = getattr(self.running, "kind", WorkKind.QUICK_MODE)
@@ -713,7 +715,8 @@ class IkeSa:
             if self.keys is not None:
                 # SKEYID only authenticated Main Mode (HASH_I/HASH_R, RFC 2409 §5);
                 # what follows uses SKEYID_d, _a and _e.
-                self.keys = replace(self.keys, skeyid=b"")
+                keys = self.keys
+                self.keys = Phase1Keys(b"", keys.skeyid_d, keys.skeyid_a, keys.skeyid_e)
         self.shrink_tables()
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:

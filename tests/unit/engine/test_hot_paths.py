@@ -270,3 +270,21 @@ def test_an_encrypted_main_mode_message_3_is_refused() -> None:
     answers = [d for s, d in net.wire if s == B_ADDR
                and split_message(d.data)[0].exchange_type == ExchangeType.IDENTITY_PROTECTION]
     assert len(sent) >= 2 and len(answers) == 1
+
+
+def test_skeyid_is_dropped_once_main_mode_is_released() -> None:
+    """SKEYID only authenticated Main Mode (RFC 2409 section 5): once the first
+    Quick Mode is through, only SKEYID_d, _a and _e stay, unchanged."""
+    from tests.unit.engine.test_engine import default_net
+
+    net = default_net()
+    net.a.engine.initiate("gw", None, net.now)
+    net.pump(rounds=3)  # through Main Mode 6 and Quick Mode 1 and 2, not yet 3
+    (b_sa,) = net.b.engine.all_sas()
+    before = b_sa.keys
+    assert before is not None and before.skeyid
+    net.pump()
+    after = b_sa.keys
+    assert after is not None and after.skeyid == b""
+    assert (after.skeyid_d, after.skeyid_a, after.skeyid_e) == (
+        before.skeyid_d, before.skeyid_a, before.skeyid_e)
