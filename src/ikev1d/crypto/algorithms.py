@@ -131,7 +131,8 @@ def pad_plaintext(data: bytes, block_size: int) -> bytes:
 class IkeCipher:
     """CBC encryption of ISAKMP payloads (RFC 2409 Appendix B) with one key."""
 
-    __slots__ = ("_algorithm", "alg", "block_size", "key_length")
+    __slots__ = ("_cbc_chain", "_cbc_encrypt", "_ecb_decrypt", "alg",
+                 "block_size", "key_length")
 
     alg: str
     block_size: int
@@ -149,15 +150,24 @@ class IkeCipher:
         self.block_size = row.block_bytes
         self.alg = alg
         self.key_length = len(key)
-        self._algorithm = algorithm
+        # CBC decryption is P_i = D_K(C_i) XOR C_(i-1) with C_0 = IV (NIST SP 800-38A
+        # section 6.2): each block's D_K is independent of the others, so one ECB
+        # decryption context per key (padding off, so update() returns every whole
+        # block and keeps no state between calls) serves every message of the SA,
+        # and the chaining is one XOR over the whole message. Setting up a CBC
+        # context per message costs some 40 Python calls of `cryptography`'s checks.
+        # The ECB here is the block primitive of CBC, never a mode messages use.
+        self._ecb_decrypt = Cipher(algorithm, modes.ECB()).decryptor().update  # noqa: S305
+        # CBC encryption chains through the blocks, so it keeps one CBC context per
+        # key instead: the context continues from the last ciphertext block it gave
+        # (_cbc_chain), and a message with another IV starts from it by XORing its
+        # first block with IV XOR that block: C_1 = E_K(P_1 XOR IV) as for a fresh
+        # context. Whole blocks only, so update() never holds data back.
+        self._cbc_encrypt = Cipher(algorithm, modes.CBC(bytes(self.block_size))).encryptor().update
+        self._cbc_chain = 0
 
     def __repr__(self) -> str:  # never show the key
         return f"IkeCipher({self.alg!r}, key_length={self.key_length})"
-
-    def _cipher(self, iv: bytes) -> Cipher[modes.CBC]:
-        if len(iv) != self.block_size:
-            raise CryptoError(f"IV must be {self.block_size} octets, not {len(iv)}")
-        return Cipher(self._algorithm, modes.CBC(iv))
 
     def encrypt(self, iv: bytes, plaintext: bytes) -> bytes:
         """CBC-encrypt already padded plaintext (see pad_plaintext)."""
@@ -166,8 +176,14 @@ class IkeCipher:
                 f"plaintext length {len(plaintext)} is not a positive multiple of "
                 f"the block size {self.block_size}"
             )
-        enc = self._cipher(iv).encryptor()
-        return enc.update(plaintext) + enc.finalize()
+        size = self.block_size
+        if len(iv) != size:
+            raise CryptoError(f"IV must be {size} octets, not {len(iv)}")
+        first = (int.from_bytes(plaintext[:size], "big") ^ int.from_bytes(iv, "big")
+                 ^ self._cbc_chain).to_bytes(size, "big")
+        ciphertext: bytes = self._cbc_encrypt(first + plaintext[size:])
+        self._cbc_chain = int.from_bytes(ciphertext[-size:], "big")
+        return ciphertext
 
     def decrypt(self, iv: bytes, ciphertext: bytes) -> bytes:
         """CBC-decrypt; DecryptError unless the ciphertext is whole, non-empty blocks."""
@@ -178,5 +194,7 @@ class IkeCipher:
             )
         if len(iv) != self.block_size:
             raise DecryptError(f"IV must be {self.block_size} octets, not {len(iv)}")
-        dec = self._cipher(iv).decryptor()
-        return dec.update(ciphertext) + dec.finalize()
+        length = len(ciphertext)
+        chained = iv + ciphertext[: length - self.block_size]
+        return (int.from_bytes(self._ecb_decrypt(ciphertext), "big")
+                ^ int.from_bytes(chained, "big")).to_bytes(length, "big")

@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
@@ -361,12 +361,17 @@ class DhKeyPair:
                 f"expected {group.public_length}"
             )
         private = self._private
+        # By the group's kind, which decided the key's type (generate_keypair,
+        # keypair_from_private): isinstance against cryptography's key ABCs runs
+        # Python code of the ABC machinery for each check.
+        kind = group.kind
         try:
-            if isinstance(private, (DHPrivateKey, _PythonModpKey)):
-                return _modp_shared(group, private, peer_public)
-            if isinstance(private, ec.EllipticCurvePrivateKey):
-                return _ecp_shared(group, private, peer_public)
-            return _x25519_shared(private, peer_public)
+            if kind is DhKind.ECP:
+                return _ecp_shared(group, cast("ec.EllipticCurvePrivateKey", private), peer_public)
+            if kind is DhKind.MODP:
+                return _modp_shared(group, cast("DHPrivateKey | _PythonModpKey", private),
+                                    peer_public)
+            return _x25519_shared(cast("x25519.X25519PrivateKey", private), peer_public)
         except InvalidPublicValue:
             raise
         except (ValueError, UnsupportedAlgorithm) as exc:
@@ -413,15 +418,19 @@ def _x25519_shared(private: x25519.X25519PrivateKey, peer_public: bytes) -> byte
 
 
 def _public_bytes(group: DhGroup, private: _PrivateKey) -> bytes:
-    if isinstance(private, _PythonModpKey):
-        return private.public.to_bytes(group.public_length, "big")
-    if isinstance(private, DHPrivateKey):
-        y = private.public_key().public_numbers().y
-        return y.to_bytes(group.public_length, "big")  # left-padded, RFC 2409 §5
-    if isinstance(private, ec.EllipticCurvePrivateKey):
-        point = private.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    # By the group's kind, as in DhKeyPair.shared_secret.
+    kind = group.kind
+    if kind is DhKind.ECP:
+        point = cast("ec.EllipticCurvePrivateKey", private).public_key().public_bytes(
+            Encoding.X962, PublicFormat.UncompressedPoint)
         return point[1:]  # RFC 5903 §7: x | y, no point-format octet
-    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if kind is DhKind.MODP:
+        if type(private) is _PythonModpKey:
+            return private.public.to_bytes(group.public_length, "big")
+        y = cast("DHPrivateKey", private).public_key().public_numbers().y
+        return y.to_bytes(group.public_length, "big")  # left-padded, RFC 2409 §5
+    return cast("x25519.X25519PrivateKey", private).public_key().public_bytes(
+        Encoding.Raw, PublicFormat.Raw)
 
 
 def generate_keypair(group: int) -> DhKeyPair:

@@ -13,7 +13,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, TypeVar
 
 from ikev1d.config import Fragmentation
@@ -260,6 +260,8 @@ class WorkQueue:
     def configured(self) -> bool:
         """XAUTH and Mode Config are done (or were never to be done): the peer's
         Quick Modes are welcome from now on."""
+        if self.running is None and not self._pending:
+            return True  # nothing queued: every Quick Mode of an established SA
         if any(w.kind < WorkKind.QUICK_MODE for w in self._pending):
             return False
         kind = getattr(self.running, "kind", WorkKind.QUICK_MODE)
@@ -283,17 +285,25 @@ class WorkQueue:
         return True
 
 
+# A request up to this size is kept as it is, not as its digest: hashing every
+# request answered cost more than holding the few hundred octets until the next
+# message of the exchange (or the first Quick Mode) replaces them.
+_REQUEST_KEPT_MAX = 2048
+
+
 @dataclass
 class ResponseCache:
     """The last request seen and what we answered: a repeated request gets the
-    same answer again and is not processed twice (RFC 2408 section 5). The
-    request is kept as a digest: it may be as long as the peer likes."""
+    same answer again and is not processed twice (RFC 2408 section 5). A request
+    of ordinary size is kept; a longer one as a digest, since it may be as long
+    as the peer likes."""
 
-    request_digest: bytes
+    request_key: bytes
+    """The request (up to _REQUEST_KEPT_MAX octets), else its SHA-256."""
     responses: list[bytes]
     request_length: int = -1
-    """The request's length, when known: the next message of an exchange (not a
-    repetition) mostly differs in length, and then needs no digest."""
+    """The request's length: the next message of an exchange (not a repetition)
+    mostly differs in length, and then needs no comparison."""
 
     @staticmethod
     def digest(request: bytes) -> bytes:
@@ -301,12 +311,18 @@ class ResponseCache:
 
     @classmethod
     def of(cls, request: bytes, response: bytes) -> ResponseCache:
-        return cls(cls.digest(request), [response], len(request))
+        length = len(request)
+        if length > _REQUEST_KEPT_MAX:
+            return cls(cls.digest(request), [response], length)
+        return cls(request, [response], length)
 
     def answers(self, request: bytes) -> bool:
-        if self.request_length >= 0 and len(request) != self.request_length:
+        length = len(request)
+        if length != self.request_length:
             return False
-        return hmac.compare_digest(self.request_digest, self.digest(request))
+        if length > _REQUEST_KEPT_MAX:
+            return hmac.compare_digest(self.request_key, self.digest(request))
+        return hmac.compare_digest(self.request_key, request)
 
 
 class IkeSa:
@@ -548,10 +564,13 @@ class IkeSa:
     # -- message protection (RFC 2409 section 5.3, Appendix B) ---------------
 
     def plain_message(self, exchange: int, message_id: int, payloads: Sequence[Payload]) -> bytes:
-        body = encode_payloads(payloads)
+        return self.plain_body(exchange, message_id, first_payload_type(payloads),
+                               encode_payloads(payloads))
+
+    def plain_body(self, exchange: int, message_id: int, first_type: int, body: bytes) -> bytes:
+        """An unencrypted message of already encoded payloads, ``first_type`` first."""
         return encode_header_fields(
-            self.cky_i, self.cky_r, first_payload_type(payloads), exchange, 0, message_id,
-            len(body),
+            self.cky_i, self.cky_r, first_type, exchange, 0, message_id, len(body),
         ) + body
 
     def encrypted_message(
@@ -696,7 +715,8 @@ class IkeSa:
             if self.keys is not None:
                 # SKEYID only authenticated Main Mode (HASH_I/HASH_R, RFC 2409 §5);
                 # what follows uses SKEYID_d, _a and _e.
-                self.keys = replace(self.keys, skeyid=b"")
+                keys = self.keys
+                self.keys = Phase1Keys(b"", keys.skeyid_d, keys.skeyid_a, keys.skeyid_e)
         self.shrink_tables()
 
     def schedule(self, deadline: float, callback: Callable[[float], None]) -> Timer:

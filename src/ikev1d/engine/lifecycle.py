@@ -39,6 +39,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ikev1d.engine")
 
+# The text of an IPsec SA's selectors for its log line: the tuples are shared by
+# the SAs of a tunnel (see quick_mode._selectors), and str() of a network is a
+# few dozen Python steps. Kept by identity, holding the tuple; bounded.
+_SELECTOR_TEXTS: dict[int, tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+                                 str]] = {}
+_SELECTOR_TEXTS_CACHED = 1024
+
+
+def _selectors_text(selectors: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
+    known = _SELECTOR_TEXTS.get(id(selectors))
+    if known is not None and known[0] is selectors:
+        return known[1]
+    text = ",".join(map(str, selectors))
+    if len(_SELECTOR_TEXTS) >= _SELECTOR_TEXTS_CACHED:
+        _SELECTOR_TEXTS.clear()
+    _SELECTOR_TEXTS[id(selectors)] = (selectors, text)
+    return text
+
+
 RENEWED_DELETE_DELAY_S = 5.0
 """How long a renewed IPsec SA stays after its successor is up. The peer installs the
 new SA only when our third Quick Mode message arrives (RFC 2409 §5.5), so its last
@@ -466,7 +485,7 @@ class Lifecycle:
         log.info(
             "IPsec SA established: child %s, SPIs %s_i %s_o, %s, %s %s === %s%s",
             child.config.name, child.spi_in.hex(), child.spi_out.hex(), event.proposal,
-            child.mode, ",".join(map(str, child.local_ts)), ",".join(map(str, child.remote_ts)),
+            child.mode, _selectors_text(child.local_ts), _selectors_text(child.remote_ts),
             ", UDP-encapsulated" if child.encap else "",
             extra=sa.log_extra,
         )

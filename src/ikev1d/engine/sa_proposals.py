@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ikev1d.proposals import (
     EspProposal,
@@ -67,8 +68,10 @@ class IkeChoice:
         )
 
 
-@dataclass(frozen=True)
-class EspChoice:
+class EspChoice(NamedTuple):
+    """The ESP proposal a responder accepted from an offer. A named tuple: one is
+    made per Quick Mode, mostly from the one kept for the same offer (select_esp)."""
+
     proposal: EspProposal
     spi: bytes
     encapsulation_mode: int
@@ -268,7 +271,37 @@ def describe_esp_transform(transform: Transform) -> tuple[EspProposal | None, in
     return proposal, values.get(IpsecAttr.ENCAPSULATION_MODE), text
 
 
+# What select_esp chose for an offer of one proposal, by the identities of the
+# offered transforms (decoded once per peer: see Proposal.decode_body) and of the
+# acceptable proposals (a child's, immutable), with the SPI size and the proposal
+# number and protocol: all the choice depends on but the SPI. Entries hold both
+# objects, so that their ids stay unique; bounded, since the offers are the peer's.
+_ESP_CHOICES: dict[tuple[int, int, int, int, int],
+                   tuple[Sequence[EspProposal], tuple[Transform, ...], EspChoice | None]] = {}
+_ESP_CHOICES_CACHED = 256
+
+
 def select_esp(sa: SaPayload, acceptable: Sequence[EspProposal]) -> EspChoice | None:
+    """The first offered ESP transform we accept (RFC 2408 section 4.2), with the
+    offer's SPI; None if there is none."""
+    if len(sa.proposals) != 1:
+        return _select_esp(sa, acceptable)
+    offered = sa.proposals[0]
+    transforms = offered.transforms
+    key = (id(acceptable), id(transforms), offered.number, offered.protocol_id,
+           len(offered.spi))
+    known = _ESP_CHOICES.get(key)
+    if known is not None and known[0] is acceptable and known[1] is transforms:
+        choice = known[2]
+        return None if choice is None else choice._replace(spi=offered.spi)
+    choice = _select_esp(sa, acceptable)
+    if len(_ESP_CHOICES) >= _ESP_CHOICES_CACHED:
+        _ESP_CHOICES.clear()
+    _ESP_CHOICES[key] = (acceptable, transforms, choice)
+    return choice
+
+
+def _select_esp(sa: SaPayload, acceptable: Sequence[EspProposal]) -> EspChoice | None:
     proposal_protocols: dict[int, set[int]] = {}
     for proposal in sa.proposals:
         proposal_protocols.setdefault(proposal.number, set()).add(proposal.protocol_id)

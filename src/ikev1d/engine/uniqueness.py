@@ -52,6 +52,12 @@ def unique_to_one_peer(sa: IkeSa) -> bool:
     return all(a != ANY and "/" not in a and "-" not in a for a in conn.remote_addrs)
 
 
+def _who(sa: IkeSa) -> str:
+    """The peer's identity for a log line (and its XAUTH user, if any)."""
+    return printable(sa.remote_id) + (
+        f" (XAUTH user {printable(sa.xauth_user)})" if sa.xauth_user is not None else "")
+
+
 class Uniqueness:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -84,26 +90,27 @@ class Uniqueness:
         ISAKMP SAs of its identity and their IPsec SAs at once, without Deletes
         (the peer has none of them any more)."""
         conn = sa.conn
-        who = printable(sa.remote_id) + (
-            f" (XAUTH user {printable(sa.xauth_user)})" if sa.xauth_user is not None else "")
         if conn is not None and conn.unique is Unique.NEVER:
-            log.info("INITIAL-CONTACT from %s ignored (unique = never)", who,
+            log.info("INITIAL-CONTACT from %s ignored (unique = never)", _who(sa),
                      extra=sa.log_extra)
             return
         if not unique_to_one_peer(sa):
             log.info("INITIAL-CONTACT from %s ignored: the identity may be shared by "
                      "several peers (pre-shared key, dynamic addresses, no XAUTH user)",
-                     who, extra=sa.log_extra)
+                     _who(sa), extra=sa.log_extra)
             return
         stale = [o for o in self._others(sa)
                  if o.established_at is None or sa.established_at is None
                  or o.established_at <= sa.established_at]
         if not stale:
-            log.debug("INITIAL-CONTACT from %s: no stale SAs", who, extra=sa.log_extra)
+            # Every new peer's first handshake comes here: its text only when logged.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("INITIAL-CONTACT from %s: no stale SAs", _who(sa),
+                          extra=sa.log_extra)
             return
         children = sum(len(o.children) for o in stale)
         log.info("INITIAL-CONTACT from %s: removing %d stale ISAKMP SA%s and %d IPsec SA%s",
-                 who, len(stale), "" if len(stale) == 1 else "s",
+                 _who(sa), len(stale), "" if len(stale) == 1 else "s",
                  children, "" if children == 1 else "s", extra=sa.log_extra)
         for old in stale:
             self.engine.deletion.delete_sa(old, "INITIAL-CONTACT from the peer", send=False)

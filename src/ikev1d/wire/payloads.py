@@ -78,6 +78,9 @@ def _generic(next_payload: int, body: bytes, what: str) -> bytes:
 
 
 _TV_ATTRIBUTE = struct.Struct("!HH")
+# RFC 2408 section 3.14: DOI, protocol, SPI size, notify message type.
+_NOTIFY_FIXED = struct.Struct("!IBBH")
+_NOTIFY_TYPES: dict[int, NotifyType] = {member.value: member for member in NotifyType}
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,7 @@ _DECODED_CACHED = 256
 _CACHED_BODY_MAX = 2048
 _TRANSFORMS: dict[bytes, Transform] = {}
 _SA_PAYLOADS: dict[bytes, SaPayload] = {}
+_SA_PAYLOADS_BY_SHAPE: dict[bytes, SaPayload] = {}
 
 
 class _DecodesBody(Protocol):
@@ -204,6 +208,11 @@ def _decoded_once(cache: dict[bytes, Any], cls: type[_D], data: bytes) -> _D:
     cache[data] = decoded
     return decoded
 _TRANSFORM_ENCODINGS: dict[int, tuple[Transform, bytes]] = {}
+_LAST_TRANSFORMS: dict[int, tuple[Transform, bytes]] = {}
+"""A proposal's only transform, with its generic header (next payload NONE)."""
+_IPSEC_DOI_IDENTITY_ONLY = bytes((0, 0, 0, 1, 0, 0, 0, 1))
+_IDS: dict[bytes, IdPayload] = {}
+_ID_ENCODINGS: dict[int, tuple[IdPayload, bytes]] = {}
 _PROPOSALS: dict[bytes, Proposal] = {}
 
 
@@ -266,6 +275,26 @@ class Proposal:
     payload_type: ClassVar[PayloadType] = PayloadType.PROPOSAL
 
     def encode_body(self) -> bytes:
+        transforms = self.transforms
+        spi = self.spi
+        if len(transforms) == 1 and 0 <= self.number <= 0xFF \
+                and 0 <= self.protocol_id <= 0xFF and len(spi) <= 0xFF:
+            # A responder's answer: the one transform it accepted, the same object in
+            # every exchange with that peer (see Transform.encode_body), after a
+            # new SPI. Its payload is kept by identity, holding the transform.
+            transform = transforms[0]
+            known = _LAST_TRANSFORMS.get(id(transform))
+            if known is None or known[0] is not transform:
+                known = (transform, _generic(PayloadType.NONE, transform.encode_body(),
+                                             "transform payload"))
+                if len(_LAST_TRANSFORMS) >= _DECODED_CACHED:
+                    _LAST_TRANSFORMS.clear()
+                _LAST_TRANSFORMS[id(transform)] = known
+            return bytes((self.number, self.protocol_id, len(spi), 1)) + spi + known[1]
+        return self._encode_body()
+
+    def _encode_body(self) -> bytes:
+        """encode_body without the shortcut (tests compare the two)."""
         _check_uint(self.number, 8, "proposal number")
         _check_uint(self.protocol_id, 8, "protocol id")
         _check_uint(len(self.spi), 8, "SPI size")
@@ -361,6 +390,14 @@ class SaPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.SA
 
     def encode_body(self) -> bytes:
+        if self.doi == 1 and self.situation == 1 and len(self.proposals) == 1:
+            # The IPsec DOI with SIT_IDENTITY_ONLY and one proposal: every answer.
+            return _IPSEC_DOI_IDENTITY_ONLY + _generic(
+                PayloadType.NONE, self.proposals[0].encode_body(), "proposal payload")
+        return self._encode_body()
+
+    def _encode_body(self) -> bytes:
+        """encode_body without the shortcut (tests compare the two)."""
         _check_uint(self.doi, 32, "DOI")
         _check_uint(self.situation, 32, "situation")
         out = bytearray(self.doi.to_bytes(4, "big") + self.situation.to_bytes(4, "big"))
@@ -374,6 +411,27 @@ class SaPayload:
     def decode_body(cls, data: bytes) -> Self:
         # Main Mode message 1 carries the same offer in every handshake of a peer
         # (no SPI in an ISAKMP proposal): decoded once, like a transform above.
+        # A Quick Mode offer differs between exchanges only in its proposals'
+        # SPIs; the usual one proposal (DOI, situation, then a proposal header
+        # whose next payload is NONE and whose length reaches the end) is kept by
+        # the bytes around its SPI, as Proposal.decode_body does.
+        if type(data) is not bytes:
+            data = bytes(data)
+        size = len(data)
+        if 16 <= size <= _CACHED_BODY_MAX and data[14] and not data[8] \
+                and (data[10] << 8 | data[11]) == size - 8 and 16 + data[14] <= size:
+            spi_end = 16 + data[14]
+            key = data[:16] + data[spi_end:]
+            known = _SA_PAYLOADS_BY_SHAPE.get(key)
+            if known is not None and type(known) is cls:
+                (proposal,) = known.proposals
+                return cls((Proposal(proposal.number, proposal.protocol_id, data[16:spi_end],
+                                     proposal.transforms),), known.doi, known.situation)
+            decoded = cls._decode_body(data)
+            if len(_SA_PAYLOADS_BY_SHAPE) >= _DECODED_CACHED:
+                _SA_PAYLOADS_BY_SHAPE.clear()
+            _SA_PAYLOADS_BY_SHAPE[key] = decoded
+            return decoded
         return _decoded_once(_SA_PAYLOADS, cls, data)
 
     @classmethod
@@ -476,13 +534,29 @@ class IdPayload:
     payload_type: ClassVar[PayloadType] = PayloadType.ID
 
     def encode_body(self) -> bytes:
+        # A Quick Mode responder echoes the peer's IDci/IDcr, decoded objects that
+        # are the same in every exchange (see decode_body): their encoding is kept
+        # beside them, by identity and holding the object, as for transforms.
+        known = _ID_ENCODINGS.get(id(self))
+        if known is not None and known[0] is self:
+            return known[1]
         _check_uint(self.id_type, 8, "ID type")
         _check_uint(self.protocol, 8, "protocol")
         _check_uint(self.port, 16, "port")
-        return bytes((self.id_type, self.protocol)) + self.port.to_bytes(2, "big") + self.data
+        encoded = bytes((self.id_type, self.protocol)) + self.port.to_bytes(2, "big") + self.data
+        if len(_ID_ENCODINGS) >= _DECODED_CACHED:
+            _ID_ENCODINGS.clear()
+        _ID_ENCODINGS[id(self)] = (self, encoded)
+        return encoded
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
+        # A peer's Quick Mode IDs (its tunnel's networks) are the same in every
+        # exchange: decoded once, bounded, like a transform.
+        return _decoded_once(_IDS, cls, data)
+
+    @classmethod
+    def _decode_body(cls, data: bytes) -> Self:
         r = Reader(data, "ID payload")
         id_type = r.u8("ID type")
         protocol = r.u8("protocol")
@@ -657,6 +731,20 @@ class NotifyPayload:
 
     @classmethod
     def decode_body(cls, data: bytes) -> Self:
+        # The fixed fields in one unpack when they and the SPI are all there (every
+        # notification a peer sends); otherwise the Reader says what is missing.
+        if type(data) is bytes and len(data) >= 8:
+            doi, protocol_id, spi_size, raw_type = _NOTIFY_FIXED.unpack_from(data)
+            spi_end = 8 + spi_size
+            if spi_end <= len(data):
+                notify_type = _NOTIFY_TYPES.get(raw_type)
+                if notify_type is None:
+                    notify_type = NotifyType(raw_type)
+                return cls(notify_type, data[8:spi_end], data[spi_end:], protocol_id, doi)
+        return cls._decode_body(data)
+
+    @classmethod
+    def _decode_body(cls, data: bytes) -> Self:
         r = Reader(data, "notification payload")
         doi = r.u32("DOI")
         protocol_id = r.u8("protocol id")

@@ -81,7 +81,7 @@ def test_unknown_vendor_ids_are_counted_not_kept_nor_logged_each(
     assert len(lines) == 1 and "and 5997 more" in lines[0].getMessage()
     # The response cache holds a digest of the 60 KB request, not the request.
     (cached,) = sa.responses.values()
-    assert len(cached.request_digest) == 32
+    assert len(cached.request_key) == 32
 
 
 def test_an_oversized_sa_offer_is_refused_without_state() -> None:

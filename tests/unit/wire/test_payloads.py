@@ -4,6 +4,7 @@ errors for each kind of malformation, the open enums and the ID helpers."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 import pytest
 
@@ -442,3 +443,112 @@ def test_decoded_proposals_keep_their_own_spi() -> None:
     with pytest.raises(WireError):
         Proposal.decode_body(Proposal(1, ProtocolId.ESP, b"\x01\x02\x03\x04",
                                       transforms).encode_body()[:-1])
+
+
+def test_decoded_ids_are_reused_by_their_bytes_and_encode_as_their_own() -> None:
+    from ikev1d.wire import payloads
+
+    subnet = IdPayload(IdType.IPV4_ADDR_SUBNET, 17, 500, H("0a010000 ffffff00"))
+    fqdn = IdPayload(IdType.FQDN, 0, 0, b"gw.example")
+    for _ in range(2):
+        for payload in (subnet, fqdn):
+            decoded = IdPayload.decode_body(payload.encode_body())
+            assert decoded == payload
+            assert decoded.encode_body() == payload.encode_body()
+    assert IdPayload.decode_body(subnet.encode_body()) is IdPayload.decode_body(
+        subnet.encode_body())
+    # Another ID's kept encoding is never given for this one.
+    assert IdPayload.decode_body(fqdn.encode_body()).encode_body() != subnet.encode_body()
+    # Bounded: the bytes are the peer's; malformed bodies fail every time.
+    for n in range(3 * payloads._DECODED_CACHED):
+        IdPayload.decode_body(IdPayload(IdType.FQDN, 0, 0, b"h%d" % n).encode_body()).encode_body()
+    assert len(payloads._IDS) <= payloads._DECODED_CACHED
+    assert len(payloads._ID_ENCODINGS) <= payloads._DECODED_CACHED
+    for _ in range(2):
+        with pytest.raises(WireError):
+            IdPayload.decode_body(subnet.encode_body()[:-1])
+
+
+def test_quick_mode_offers_are_decoded_alike_whatever_their_spi() -> None:
+    """The decode kept by the bytes around a proposal's SPI must give what the
+    whole decoder gives, with this offer's SPI, for each shape of offer."""
+    from ikev1d.wire import payloads
+
+    def transform(number: int, life: int) -> Transform:
+        return Transform(number, 12, (Attribute(1, 1), Attribute(2, life), Attribute(4, 1),
+                                      Attribute(5, 12), Attribute(6, 128)))
+
+    offers: list[Callable[[bytes], SaPayload]] = [
+        lambda spi: SaPayload((Proposal(1, ProtocolId.ESP, spi, (transform(1, 3600),)),)),
+        lambda spi: SaPayload((Proposal(1, ProtocolId.ESP, spi,
+                                        (transform(1, 3600), transform(2, 28800))),)),
+        lambda spi: SaPayload((Proposal(1, ProtocolId.ESP, spi, (transform(1, 3600),)),
+                               Proposal(2, ProtocolId.ESP, spi, (transform(1, 60),)))),
+        lambda spi: SaPayload((Proposal(3, ProtocolId.AH, spi, (transform(1, 3600),)),),
+                              situation=1),
+        lambda spi: SaPayload((Proposal(1, ProtocolId.ISAKMP, spi, (transform(1, 3600),)),)),
+    ]
+    payloads._SA_PAYLOADS_BY_SHAPE.clear()
+    for make in offers:
+        for spi in (b"\x01\x02\x03\x04", b"\xff\xfe\xfd\xfc", bytes(4), b"\x07" * 8, b""):
+            body = make(spi).encode_body()
+            for _ in range(2):
+                decoded = SaPayload.decode_body(body)
+                assert decoded == SaPayload._decode_body(body) == make(spi)
+                assert decoded.encode_body() == body
+    assert payloads._SA_PAYLOADS_BY_SHAPE
+    # A malformed offer of a known shape is an error every time, never kept.
+    body = offers[0](b"\x01\x02\x03\x04").encode_body()
+    for bad in (body[:-1], body[:10] + b"\x00\x05" + body[12:], body[:14] + b"\x09" + body[15:]):
+        for _ in range(2):
+            with pytest.raises(WireError):
+                SaPayload.decode_body(bad)
+
+
+def test_answers_encode_as_the_whole_encoder_does() -> None:
+    """The shortcut for an SA payload of one proposal with one transform (every
+    responder's answer) gives the bytes of the whole encoder."""
+    transforms = [Transform(n, t, (Attribute(1, life), Attribute(4, 1), Attribute(6, 128)))
+                  for n, t, life in ((1, 12, 3600), (2, 12, 28800), (1, 3, 60))]
+    for _ in range(2):  # the second time from what the first one kept
+        for transform in transforms:
+            for spi in (b"", b"\x01\x02\x03\x04", b"\xfe" * 8):
+                for number, protocol in ((1, ProtocolId.ISAKMP), (3, ProtocolId.ESP)):
+                    proposal = Proposal(number, protocol, spi, (transform,))
+                    assert proposal.encode_body() == proposal._encode_body()
+                    sa = SaPayload((proposal,))
+                    assert sa.encode_body() == sa._encode_body()
+                    assert SaPayload.decode_body(sa.encode_body()) == sa
+                    other = SaPayload((proposal,), doi=2, situation=4)
+                    assert other.encode_body()[:8] == bytes.fromhex("0000000200000004")
+    # Values out of range are refused as by the whole encoder.
+    for bad in (Proposal(256, 3, b"", (transforms[0],)), Proposal(1, 3, bytes(256), (
+            transforms[0],)), Proposal(1, -1, b"", (transforms[0],))):
+        with pytest.raises(ValueError, match=r"proposal number|protocol id|SPI size"):
+            bad.encode_body()
+
+
+def test_notifications_decode_as_the_reader_decodes_them() -> None:
+    """The one-unpack decode of a notification gives what the field-by-field one
+    gives, and a short body fails alike."""
+    import random
+
+    rng = random.Random(11)
+    bodies = [NotifyPayload(t, spi, data, proto).encode_body()
+              for t in (24578, 16384, 14, 36136, 65535, 1)
+              for spi in (b"", bytes(4), rng.randbytes(16))
+              for data in (b"", b"\x01", rng.randbytes(40))
+              for proto in (1, 3)]
+    bodies += [rng.randbytes(n) for n in range(0, 40) for _ in range(5)]
+    for body in bodies:
+        try:
+            expected: NotifyPayload | str = NotifyPayload._decode_body(body)
+        except WireError as exc:
+            expected = f"{type(exc).__name__}: {exc}"
+        try:
+            got: NotifyPayload | str = NotifyPayload.decode_body(body)
+        except WireError as exc:
+            got = f"{type(exc).__name__}: {exc}"
+        assert got == expected
+        if isinstance(got, NotifyPayload) and isinstance(expected, NotifyPayload):
+            assert type(got.notify_type) is type(expected.notify_type)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ikev1d.config import Fragmentation
 from ikev1d.crypto import (
@@ -70,9 +70,11 @@ from ikev1d.wire import (
     NotifyPayload,
     NotifyType,
     Payload,
+    PayloadType,
     ProtocolId,
     SaPayload,
     VendorIdPayload,
+    encode_payloads,
 )
 
 if TYPE_CHECKING:
@@ -82,6 +84,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("ikev1d.engine")
 
 MM = ExchangeType.IDENTITY_PROTECTION
+_ENCRYPTION = int(Flags.ENCRYPTION)  # tested on int(flags): an IntFlag's & is Python code
+
+
+class _Mm1Answer(NamedTuple):
+    """What a Main Mode request decided (see MainMode.first_message): a peer
+    sends the same message 1 payloads in every handshake, so the decision and
+    our answer's payloads are kept by those bytes and the connections offered."""
+
+    offered_to: tuple[ConnectionConfig, ...]
+    """Held so that the ids in the key cannot be reused while the entry exists."""
+    candidates: tuple[ConnectionConfig, ...]
+    choice: IkeChoice
+    sa_i_b: bytes
+    peer_vendors: vendor.PeerVendors
+    answer: bytes
+    """Message 2's payloads, encoded (the SA payload first)."""
+
+
+# Keyed by (first payload type, the payloads' bytes, the ids of the connections
+# offered). Bounded and emptied when full, since the bytes are the peer's; only
+# requests that were answered are kept, so malformed or refused ones always take
+# the whole path, and so do bodies of more than ordinary size.
+_MM1_ANSWERS: dict[tuple[int, bytes, tuple[int, ...]], _Mm1Answer] = {}
+_MM1_ANSWERS_CACHED = 256
+_MM1_BODY_MAX = 2048
 
 
 class MmState(enum.Enum):
@@ -270,12 +297,16 @@ class MainMode(Exchange):
         self.sa.dh = None
 
     def _recognise(self, payloads: Sequence[Payload], now: float) -> vendor.PeerVendors:
-        sa = self.sa
         vids = [p.data for p in payloads if isinstance(p, VendorIdPayload)]
         peer = vendor.recognise(vids)
+        self._report_vendors(peer)
+        return peer
+
+    def _report_vendors(self, peer: vendor.PeerVendors) -> None:
+        sa = self.sa
         if peer.unknown:
             sample = [v.hex() for v in peer.unknown_sample]
-            sa.ctx.logs.log(log, logging.INFO, "unknown-vid", now,
+            sa.ctx.logs.log(log, logging.INFO, "unknown-vid", sa.ctx.logs.now,
                             "ignoring unknown vendor ID %s",
                             truncated(sample, total=peer.unknown),
                             extra=sa.log_extra)
@@ -285,7 +316,6 @@ class MainMode(Exchange):
                 ", ".join(sorted(e.value for e in peer.extensions)),
                 extra=sa.log_extra,
             )
-        return peer
 
     def _vendors(self, payloads: Sequence[Payload], now: float) -> None:
         sa = self.sa
@@ -473,7 +503,17 @@ class MainMode(Exchange):
         """Main Mode message 1: pick a proposal before any identity is known."""
         sa = self.sa
         sa.cky_i = message.header.initiator_cookie
-        parsed = parse(message.header, message.body)
+        header = message.header
+        body = message.body
+        known = None
+        key: tuple[int, bytes, tuple[int, ...]] | None = None
+        if len(body) <= _MM1_BODY_MAX:
+            key = (header.next_payload, body, tuple(map(id, sa.candidates)))
+            known = _MM1_ANSWERS.get(key)
+        if known is not None:
+            self._answer_known(known, message, now)
+            return
+        parsed = parse(header, body)
         payloads = parsed.payloads
         rules.check(rules.MAIN_MODE_SA[1], payloads, "Main Mode message 1")
         offer = first(payloads, SaPayload)
@@ -481,6 +521,7 @@ class MainMode(Exchange):
         if len(sa_i_b) > MAX_SA_OFFER:
             raise ProtocolFailure(f"SA payload of {len(sa_i_b)} bytes is longer than "
                                   f"the {MAX_SA_OFFER} we keep")
+        offered_to = tuple(sa.candidates)
         acceptable = acceptable_proposals(sa.candidates)
         choice = select_ike(offer, acceptable, REGISTRY.accepted_methods(sa.candidates))
         sa.cky_r = sa.ctx.random_bytes(8)
@@ -507,8 +548,35 @@ class MainMode(Exchange):
             sa.peer_vendors, **self._answer_flags())]
         out += [VendorIdPayload(v) for v in vendor.fragmentation_vendor_ids(
             sa.conn.fragmentation is not Fragmentation.NO, sa.peer_vendors)]
+        answer = encode_payloads(out)
+        if key is not None:
+            if len(_MM1_ANSWERS) >= _MM1_ANSWERS_CACHED:
+                _MM1_ANSWERS.clear()
+            _MM1_ANSWERS[key] = _Mm1Answer(offered_to, tuple(candidates), choice, sa_i_b,
+                                           sa.peer_vendors, answer)
         self.state = MmState.MM2_SENT
-        self.respond(message.raw, sa.plain_message(MM, PHASE1_MESSAGE_ID, out))
+        self.respond(message.raw, sa.plain_body(MM, PHASE1_MESSAGE_ID, PayloadType.SA, answer))
+
+    def _answer_known(self, known: _Mm1Answer, message: Message, now: float) -> None:
+        """Message 1 with the same payloads as one answered before, offered to the
+        same connections: the same proposal, vendor IDs and answer, without
+        decoding, choosing and encoding them again. What differs between
+        handshakes (the cookies, our authenticator, the lifetime agreed under the
+        daemon's current limits) is done here as in first_message."""
+        sa = self.sa
+        sa.cky_r = sa.ctx.random_bytes(8)
+        sa.candidates = list(known.candidates)
+        sa.conn = sa.candidates[0]
+        self._choose(known.choice)
+        self.material.sa_i_b = known.sa_i_b
+        peer = known.peer_vendors
+        self._report_vendors(peer)
+        sa.peer_vendors = peer
+        sa.nat_t = peer.nat_t
+        sa.nat_t_rfc = peer.nat_t_rfc
+        self.state = MmState.MM2_SENT
+        self.respond(message.raw,
+                     sa.plain_body(MM, PHASE1_MESSAGE_ID, PayloadType.SA, known.answer))
 
     def _no_proposal_chosen(self, offer: SaPayload, acceptable: Sequence[IkeProposal]) -> None:
         sa = self.sa
@@ -536,7 +604,7 @@ class MainMode(Exchange):
     def _process_message_3(self, message: Message, now: float) -> None:
         sa = self.sa
         auth = self._auth
-        if message.header.flags & Flags.ENCRYPTION:
+        if int(message.header.flags) & _ENCRYPTION:
             raise ProtocolFailure("Main Mode message 3 must not be encrypted")
         payloads = parse(message.header, message.body, opaque=auth.rule(3).opaque).payloads
         rules.check(auth.rule(3), payloads, "Main Mode message 3")

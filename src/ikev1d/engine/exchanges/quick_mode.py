@@ -95,7 +95,7 @@ from ikev1d.wire._reader import Reader
 from ikev1d.wire.payloads import decode_attributes, encode_attributes
 
 if TYPE_CHECKING:
-    from ikev1d.config import ChildConfig
+    from ikev1d.config import ChildConfig, ConnectionConfig
 
 log = logging.getLogger("ikev1d.engine")
 
@@ -368,9 +368,10 @@ class QuickMode(Exchange):
             lifetime_s=self.lifetime_s,
             life_bytes=self.life_bytes,
         )
-        log.debug(
-            "KEYMAT in %s out %s", keymat_in.hex(), keymat_out.hex(), extra=sa.log_extra
-        )
+        if log.isEnabledFor(logging.DEBUG):  # hex dumps: built only when logged
+            log.debug(
+                "KEYMAT in %s out %s", keymat_in.hex(), keymat_out.hex(), extra=sa.log_extra
+            )
         event = ChildSaEstablished(
             conn=sa.name,
             child=child.name,
@@ -582,6 +583,19 @@ class QuickMode(Exchange):
         if ids and len(ids) != 2:
             raise ProtocolFailure("Quick Mode needs both IDci and IDcr",
                                   NotifyType.INVALID_ID_INFORMATION)
+        conn = sa.conn
+        key: tuple[int, int, int, str, str] | None = None
+        if ids and conn is not None and not sa.local_vips and not sa.remote_vips:
+            # Without virtual IPs the child depends only on the connection, the two
+            # IDs (decoded once per peer, so the same objects each time) and the
+            # IKE addresses: a tunnel's renewals and its peer's next handshakes
+            # find it again here.
+            key = (id(conn), id(ids[0]), id(ids[1]), sa.local[0], sa.remote[0])
+            known = _TUNNELS.get(key)
+            if known is not None and known[0] is conn and known[1] is ids[0] \
+                    and known[2] is ids[1]:
+                self.child, self.local_ts, self.remote_ts = known[3], known[4], known[5]
+                return known[3]
         if ids:
             remote_net, local_net = ids[0].to_network(), ids[1].to_network()
         else:
@@ -598,6 +612,10 @@ class QuickMode(Exchange):
             sa.send_notify(NotifyType.INVALID_ID_INFORMATION, peer_spi, ProtocolId.ESP)
             raise QuickModeRefused("INVALID-ID-INFORMATION")
         self.child, self.local_ts, self.remote_ts = child, local_net, remote_net
+        if key is not None and conn is not None:
+            if len(_TUNNELS) >= _TUNNELS_CACHED:
+                _TUNNELS.clear()
+            _TUNNELS[key] = (conn, ids[0], ids[1], child, local_net, remote_net)
         return child
 
     def _choose_proposal(self, offer: SaPayload, child: ChildConfig, peer_spi: bytes) -> EspChoice:
@@ -688,6 +706,15 @@ class QuickMode(Exchange):
             self.sa.send_informational([NotifyPayload(
                 notify_type=NotifyType.CONNECTED, spi=self.spi_in, protocol_id=ProtocolId.ESP,
             )])
+
+
+# The child a responder found for (connection, IDci, IDcr, our address, the
+# peer's), SAs without virtual IPs only; entries hold the connection and the ID
+# objects, so that their ids stay unique. Only found children are kept, and
+# the IDs are the peer's: bounded, emptied when full.
+_TUNNELS: dict[tuple[int, int, int, str, str],
+               tuple[ConnectionConfig, IdPayload, IdPayload, ChildConfig, Network, Network]] = {}
+_TUNNELS_CACHED = 1024
 
 
 class QuickModeRefused(ProtocolFailure):
