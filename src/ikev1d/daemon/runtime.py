@@ -98,10 +98,11 @@ GC_YOUNG_THRESHOLD = 10_000
 """Net allocations of container objects between two young collections of the cyclic
 garbage collector while the daemon runs (Python's default is 700). Handling one IKE
 message allocates and frees hundreds of them (decoded payloads, events, log records);
-at 700 a young collection ran every few messages and scanned the ones still in use,
-and promoted them to be scanned again in the middle generation. At 10,000 most are
-freed by reference counting before any collection sees them; a young collection
-then takes about a millisecond."""
+at 700 a young collection caught many of them still in use and promoted them, to be
+scanned again in the middle and then the full collections, which grew with the SAs
+held. At 10,000 most are freed by reference counting before a collection sees them:
+over 1,500 handshakes a third of the young collections (0.15 ms each, median), a
+third of the middle ones, and no full collection, where there had been two."""
 
 
 @runtime_checkable
