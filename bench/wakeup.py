@@ -4,6 +4,7 @@ Run by hand (root: it makes its own network namespace)::
 
     .venv/bin/python bench/wakeup.py [--sas N] [--count C] [--rate R] [--batch B]
         [--kinds junk,mm1] [--dataplane userspace|none] [--profile] [--floor]
+        [--loop asyncio|uvloop] [--gc tuned|default]
 
 The real daemon (``daemon/runtime.py``: the UDP transport with its batched,
 budgeted receive, the engine's timer, the control socket, the data plane's
@@ -38,7 +39,11 @@ cProfile and prints the top functions (inflated, but it shows where a
 wakeup's time goes: the selector, the loop's bookkeeping, our reader
 callback, the engine, the timer). ``--floor`` sends the same ``junk`` to a bare
 asyncio reader instead of the daemon: the kernel's and the event loop's share
-of a wakeup.
+of a wakeup. ``--loop uvloop`` runs the daemon (or the floor's reader) on uvloop
+instead of the standard library's loop, to measure what a faster loop would
+change (uvloop is not a dependency of ikev1d); ``--gc default`` runs the daemon
+with Python's collector settings instead of the daemon's own
+(``DaemonOptions.tune_gc``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import importlib
 import logging
 import os
 import pstats
@@ -264,8 +270,8 @@ async def floor(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="ikev1d-wakeup-") as tmp:
             path = Path(tmp) / "junk.bin"
             path.write_bytes(junk_template())
-            print(f"load average {os.getloadavg()[0]:.2f}; a bare asyncio reader; "
-                  f"{args.count} datagrams at {args.rate:g}/s per run, batch {args.batch}")
+            print(f"load average {os.getloadavg()[0]:.2f}; a bare reader on the {args.loop}"
+                  f" loop; {args.count} datagrams at {args.rate:g}/s per run, batch {args.batch}")
             for mode in ("gap", "batch"):
                 cpu, switches, _ = await run_case(path, mode, args.count, args.rate, args.batch,
                                                   None)
@@ -287,7 +293,7 @@ async def bench(args: argparse.Namespace) -> int:
         logging.basicConfig(filename=folder / "ikev1d.log", level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         daemon = Daemon(DaemonOptions(str(folder / "ikev1d.toml"), str(folder / "ikev1d.sock"),
-                                      linger_s=0.05),
+                                      linger_s=0.05, tune_gc=args.gc == "tuned"),
                         install_signal_handlers=False)
         await daemon.start()
         try:
@@ -309,7 +315,7 @@ async def bench(args: argparse.Namespace) -> int:
             idle_cpu = idle_after.cpu - idle_before.cpu
             print(f"load average {os.getloadavg()[0]:.2f}; SAs held {args.sas}; data plane "
                   f"{args.dataplane}; {args.count} datagrams at {args.rate:g}/s per run, "
-                  f"batch {args.batch}")
+                  f"batch {args.batch}; loop {args.loop}; collector {args.gc}")
             print(f"idle: {1000 * idle_cpu / seconds:.2f} ms CPU per second, "
                   f"{(idle_after.switches - idle_before.switches) / seconds:.1f} sleeps per s, "
                   f"{1000 * (idle_after.gc_s - idle_before.gc_s) / seconds:.2f} ms per s in the"
@@ -355,8 +361,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a bare asyncio reader in place of the daemon")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"),
+                        help="the event loop: uvloop (not a dependency: pip install uvloop) "
+                             "only to measure what a faster loop would change")
+    parser.add_argument("--gc", default="tuned", choices=("tuned", "default"),
+                        help="the daemon's collector settings (DaemonOptions.tune_gc) or "
+                             "Python's defaults")
     args = parser.parse_args(argv)
     in_own_namespace()
+    if args.loop == "uvloop":
+        try:
+            # By name: not a dependency, so neither installed nor typed everywhere.
+            uvloop = importlib.import_module("uvloop")
+        except ImportError:
+            sys.exit("--loop uvloop: uvloop is not installed (.venv/bin/pip install uvloop)")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(bench(args))
     return asyncio.run(bench(args))
 
 

@@ -1,0 +1,113 @@
+"""What the daemon does around the engine on every input: the event table, the timer's
+re-arming, and the garbage collector's settings while it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import weakref
+from typing import get_args
+
+import pytest
+
+from ikev1d.daemon.runtime import GC_YOUNG_THRESHOLD, TIMER_GRID_S
+from ikev1d.engine.api import ConnectionFailed, Event, IkeSaDeleted
+from tests.unit.daemon._fakes import running_daemon
+
+
+def test_every_engine_event_type_has_a_handler() -> None:
+    """The daemon looks events up by their exact type: a type missing from the table
+    would be dropped without a word."""
+    async def body() -> None:
+        async with running_daemon() as h:
+            handled = set(h.daemon._handlers)
+            assert set(get_args(Event)) <= handled
+
+    asyncio.run(body())
+
+
+def test_events_reach_their_handlers_in_order() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            seen: list[str] = []
+            daemon = h.daemon
+            daemon._handlers[ConnectionFailed] = lambda e: seen.append(f"failed {e.reason}")
+            daemon._handlers[IkeSaDeleted] = lambda e: seen.append(f"deleted {e.reason}")
+            h.engine.emit(ConnectionFailed("site-ok", None, "one"))
+            h.engine.emit(IkeSaDeleted("site-ok", 1, "two"))
+            h.engine.emit(ConnectionFailed("site-ok", None, "three"))
+            daemon._pump()
+            assert seen == ["failed one", "deleted two", "failed three"]
+
+    asyncio.run(body())
+
+
+def test_timer_is_rearmed_exactly_when_the_deadline_moves_to_another_slot() -> None:
+    async def body() -> None:
+        async with running_daemon() as h:
+            engine, daemon = h.engine, h.daemon
+            grid = TIMER_GRID_S
+            base = math.ceil(daemon.now() / grid) * grid + 100 * grid
+            late = engine.timers.schedule(base + 0.5 * grid, lambda now: None)
+            daemon._pump()
+            first = daemon._timer
+            assert first is not None and daemon._timer_at == pytest.approx(base + grid)
+            # A later deadline, and one in the same slot: the loop's timer stays as it is.
+            engine.timers.schedule(base + 3.5 * grid, lambda now: None)
+            engine.timers.schedule(base + 0.9 * grid, lambda now: None)
+            daemon._pump()
+            assert daemon._timer is first
+            # An earlier slot: re-armed there.
+            early = engine.timers.schedule(base - 1.5 * grid, lambda now: None)
+            daemon._pump()
+            assert daemon._timer is not first and daemon._timer_at == pytest.approx(base - grid)
+            assert first.cancelled()
+            # The earliest one cancelled: back to the slot of the next deadline.
+            early.cancel()
+            late.cancel()
+            daemon._pump()
+            assert daemon._timer_at == pytest.approx(base + grid)
+            # None left: no timer at all.
+            for timer in list(engine.timers._heap):
+                timer[2].cancel()
+            daemon._pump()
+            assert daemon._timer is None and daemon._timer_at is None
+
+    asyncio.run(body())
+
+
+def test_collector_is_tuned_while_running_and_restored_at_stop() -> None:
+    before = gc.get_threshold()
+    frozen_before = gc.get_freeze_count()
+
+    async def body() -> None:
+        async with running_daemon():
+            assert gc.isenabled()
+            assert gc.get_threshold()[0] == max(before[0], GC_YOUNG_THRESHOLD)
+            assert gc.get_threshold()[1:] == before[1:]
+            assert gc.get_freeze_count() > frozen_before
+
+    asyncio.run(body())
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_cycles_made_while_running_are_still_collected() -> None:
+    """Freezing start-up's objects must not keep what the daemon makes later: SAs and
+    their timers form reference cycles that only the collector frees."""
+    class Node:
+        other: object = None
+
+    async def body() -> None:
+        async with running_daemon() as h:
+            a, b = Node(), Node()
+            a.other, b.other = b, a
+            gone = weakref.ref(a)
+            del a, b
+            h.daemon._pump()  # what every input does
+            await asyncio.sleep(0)
+            gc.collect()
+            assert gone() is None
+
+    asyncio.run(body())
