@@ -2,7 +2,7 @@
 the whole sealing path of the userspace data plane.
 
 Usage: .venv/bin/python bench/esp_micro.py [packets] [--sealer-only] [--rounds N]
-       [--profile TRANSFORM]
+       [--profile TRANSFORM] [--raw-socket]
 
 Prints, per transform, the time to seal and to open one packet and the
 throughput one core would reach doing only that (payload bits per second).
@@ -18,6 +18,11 @@ send that only counts. The figure is µs per packet, the best of ``--rounds``
 rounds, in CPU time of the thread (so that other processes of a loaded box count
 less); what the kernel costs (the read and send system calls) is not in it.
 ``--profile aes128gcm16`` prints a cProfile of that path.
+
+``--raw-socket`` (root) measures instead raw ESP through real sockets, in a network
+namespace of its own: the sealing path sending to the kernel and the receiving
+backend reading, opening and writing what was sent, with ``sendmmsg``/``recvmmsg``
+and with one system call per packet, rounds interleaved.
 """
 
 from __future__ import annotations
