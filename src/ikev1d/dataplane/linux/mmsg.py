@@ -28,8 +28,8 @@ Where the C library lacks the calls, or the kernel refuses them (``ENOSYS``; or
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import mmap
 import os
 import socket
@@ -93,11 +93,15 @@ MmsgCall = Callable[[int, int, int, int, int], int]
 """``(fd, struct mmsghdr *, vlen, flags, struct timespec * or 0 for send) -> count or -1``."""
 
 
+@functools.cache
 def libc_mmsg() -> tuple[MmsgCall | None, MmsgCall | None]:
-    """(sendmmsg, recvmmsg) of the C library, None for one it does not have."""
-    name = ctypes.util.find_library("c")
+    """(sendmmsg, recvmmsg) of the C library, None for one it does not have.
+
+    Looked up once, in the symbols the interpreter is linked with (``dlopen(NULL)``):
+    that is the C library the process runs on, found without
+    ``ctypes.util.find_library``, which runs ``ldconfig`` in a subprocess."""
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None, None
     calls: list[MmsgCall | None] = []
