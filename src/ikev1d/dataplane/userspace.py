@@ -778,8 +778,10 @@ class UserspaceBackend:
         self._open_all(self._raw_packets(raw), None, "on the inbound path")
 
     def _raw_packets(self, raw: RawLike) -> Iterator[bytes]:
-        """What one wakeup reads from a raw ESP socket: at most BATCH packets, and none
-        after a packet that asked for a renewal (the engine runs before the next)."""
+        """What one wakeup reads from a raw ESP socket: at most BATCH packets (give or
+        take one ``recvmmsg``), and none after a packet that asked for a renewal (the
+        engine runs before the next): with ``recv_many``, none after the rest of the
+        batch that packet came in, which is out of the kernel already."""
         sealer = self.sealer
         recv_many = getattr(raw, "recv_many", None)
         if recv_many is not None:

@@ -158,3 +158,21 @@ def test_a_socket_error_between_batches_loses_nothing_else(
     b.backend.handle_raw_readable()
     assert b.tun.written == inner
     assert b.backend.drops["socket_error"] == 1
+
+
+def test_a_renewal_asked_stops_reading_after_its_batch(
+        sides: tuple[BatchRawSide, BatchRawSide]) -> None:
+    """A packet that asks for a renewal lets the engine run before more is read: the
+    rest of its recvmmsg batch (out of the kernel already) is opened, the next
+    batch waits for the next wakeup."""
+    a, b = sides
+    inner = _seal(a, 8)
+    esp = [p for p, _, _ in a.raw.sent]
+    (entry,) = b.backend.sad
+    entry.soft_bytes_in = sum(map(len, inner[:2]))  # reached by the second packet
+    b.raw.received.extend([(esp[:4], 0), (esp[4:], 0)])
+    b.backend.handle_raw_readable()
+    assert b.tun.written == inner[:4]
+    assert len(b.raw.received) == 1
+    b.backend.handle_raw_readable()
+    assert b.tun.written == inner
