@@ -22,9 +22,11 @@ Transforms:
 
 Speed matters here (this is the per-packet path), so each SA keeps long-lived
 OpenSSL contexts: an ``AESGCM`` object, a pre-keyed HMAC that is ``copy()``-ed
-per packet, and one CBC context per direction whose chaining value is steered
-to each packet's random IV (see ``_CbcEncryptor``), because building a
-``Cipher`` object costs several times more than encrypting 1400 bytes.
+per packet, and one CBC context per direction, because building a ``Cipher``
+object costs several times more than encrypting 1400 bytes. Sealing, that
+context also makes each packet's unpredictable IV, as the encryption of the
+sequence number chained to the previous packet, in the same call that
+encrypts the payload (see ``_CbcEncryptor``).
 SAs are therefore stateful and not thread-safe: use each from one thread (the
 event loop).
 
@@ -42,7 +44,6 @@ one does, so the output is unchanged (see ``_CbcEncryptor``).
 from __future__ import annotations
 
 import hmac as stdlib_hmac  # compare_digest only; the MACs come from `cryptography`
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -301,18 +302,33 @@ class _CbcEncryptor:
     """CBC encryption with a fresh IV per packet, on one OpenSSL context per SA.
 
     A CBC context XORs the first block of its next input with the last
-    ciphertext block it produced (its chaining value C). Feeding it
-    P0 ^ C ^ IV instead of P0 yields E(P0 ^ IV): exactly CBC under IV, so the
-    output is that of a new context keyed with the packet's IV (RFC 3602 §3).
+    ciphertext block it produced (its chaining value C). Two ways to use that:
+
+    * :meth:`encrypt_with_iv` (the default, ``update`` of the context): the input
+      is one block S (the packet's sequence number) followed by the plaintext. The
+      first output block is E(S ^ C), which becomes the packet's IV: the next
+      block is E(P0 ^ E(S ^ C)), exactly CBC under that IV (RFC 3602 §3). An IV
+      that is the block cipher applied, under the SA's key, to an input never
+      enciphered before is unpredictable to anyone without the key, as RFC 3602
+      §2.4 and RFC 4303 §3.3.2 require (NIST SP 800-38A Appendix C gives this
+      construction; S is unique per SA since sequence numbers never repeat,
+      RFC 4303 §3.3.3, and C is the previous packet's last ciphertext block). It
+      costs one block of encryption instead of a ``getrandom`` call, and the IV
+      and ciphertext come out of one call, already adjacent.
+    * :meth:`encrypt` with an IV from a random source (``OutboundSa(random_bytes=...)``):
+      feeding P0 ^ C ^ IV instead of P0 yields E(P0 ^ IV), CBC under that IV.
+
     Every input is a whole number of blocks, so the context holds nothing back.
     """
 
-    __slots__ = ("_block", "_chain", "_ctx")
+    __slots__ = ("_block", "_chain", "_ctx", "encrypt_with_iv")
 
     def __init__(self, cipher: CipherAlgorithm, block: int) -> None:
         self._ctx = Cipher(cipher, modes.CBC(bytes(block))).encryptor()
         self._block = block
         self._chain = 0
+        self.encrypt_with_iv: Callable[[bytes], bytes] = self._ctx.update
+        """IV block source S | plaintext (block aligned) -> IV | ciphertext (see above)."""
 
     def encrypt(self, iv: bytes, plaintext: bytearray) -> bytes:
         """Encrypt `plaintext` (block aligned; its first block is overwritten) under `iv`."""
@@ -332,15 +348,15 @@ class _CbcDecryptor:
     output for the IV block itself depends on that (it is D(IV) ^ chain) and is dropped.
     """
 
-    __slots__ = ("_block", "_ctx")
+    __slots__ = ("_block", "_ctx", "decrypt_with_iv")
 
     def __init__(self, cipher: CipherAlgorithm, block: int) -> None:
         self._ctx = Cipher(cipher, modes.CBC(bytes(block))).decryptor()
         self._block = block
+        self.decrypt_with_iv: Callable[[memoryview], bytes] = self._ctx.update
+        """IV | ciphertext -> one block to drop (the IV's) | plaintext: the caller
+        slices once, where it cuts the padding off anyway."""
 
-    def decrypt(self, iv_and_ciphertext: memoryview) -> bytes:
-        """The plaintext of the ciphertext that follows a one-block IV."""
-        return self._ctx.update(iv_and_ciphertext)[self._block:]
 
 
 # --- SAs ------------------------------------------------------------------------------
@@ -349,10 +365,12 @@ class _CbcDecryptor:
 class OutboundSa:
     """Seals packets for one outbound SA: sequence numbers, padding, IV, encryption, ICV.
 
-    `random_bytes` supplies CBC IVs, which RFC 4303 §3.3.2 / RFC 3602 §2.4 require
-    to be unpredictable; the edge passes ``os.urandom`` (the default), tests a
-    deterministic source. AES-GCM uses the sequence number as its explicit IV,
-    unique per key as RFC 4106 §3.1 requires, so it needs no randomness.
+    CBC IVs must be unpredictable (RFC 4303 §3.3.2, RFC 3602 §2.4): by default
+    each is the block cipher's encryption of the sequence number chained to the
+    previous packet (see ``_CbcEncryptor``); `random_bytes`, if given, supplies
+    them instead (tests pass a deterministic source to compare with reference
+    packets). AES-GCM uses the sequence number as its explicit IV, unique per key
+    as RFC 4106 §3.1 requires, so it needs no randomness.
     """
 
     # Two per tunnel, held for its lifetime: slots instead of per-instance dicts.
@@ -367,7 +385,7 @@ class OutboundSa:
         keymat: bytes,
         *,
         max_seq: int = 2**32 - 1,
-        random_bytes: Callable[[int], bytes] = os.urandom,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
         if not 0 < spi < 2**32:
             raise EspError(f"SPI {spi:#x} is not a non-zero 32-bit value")
@@ -456,8 +474,16 @@ class OutboundSa:
                 # RFC 4106 §6: a shorter ICV is the full GCM tag truncated.
                 sealed = sealed[: len(sealed) - 16 + self._icv_length]
             packet = head + sealed
+        elif self._cbc is not None and self._hmac is not None and self._random_bytes is None:
+            # The IV is the first output block (_CbcEncryptor): header, IV and
+            # ciphertext in one concatenation; the ICV over all of it (RFC 4303 §3.3.2).
+            packet = _HEADER.pack(self.spi, seq) + self._cbc.encrypt_with_iv(
+                seq.to_bytes(self._block, "big") + payload + trailer)
+            mac = self._hmac.copy()
+            mac.update(packet)
+            packet += mac.finalize()[: self._icv_length]
         elif self._cbc is not None:
-            iv = self._random_bytes(self._iv_length)
+            iv = self._iv(self._iv_length)
             if len(iv) != self._iv_length:
                 raise EspError(f"random source gave {len(iv)} octets for a "
                                f"{self._iv_length}-octet IV")
@@ -474,6 +500,12 @@ class OutboundSa:
         counters.packets += 1
         counters.bytes += length
         return packet
+
+    def _iv(self, length: int) -> bytes:
+        """A CBC IV from the random source given to the constructor."""
+        if self._random_bytes is None:  # pragma: no cover - seal takes the other branch
+            raise EspError("no random source")
+        return self._random_bytes(length)
 
     def _icv(self, data: bytes) -> bytes:
         if self._hmac is None:  # pragma: no cover - AEAD never gets here
@@ -583,6 +615,7 @@ class InboundSa:
             counters.replayed += 1
             raise EspReplayError(f"SPI {self.spi:08x}: sequence number {seq} replayed or too old")
 
+        start = 0  # where the plaintext begins in what was decrypted
         aesgcm = self._aesgcm
         if aesgcm is not None:
             # RFC 4106 §5: nonce = salt | explicit IV, AAD = SPI | seq; the tag is
@@ -606,8 +639,9 @@ class InboundSa:
                 raise EspIcvError(f"SPI {self.spi:08x} seq {seq}: ICV mismatch")
             if self._cbc is not None:
                 # The IV is one cipher block (RFC 3602 §3, RFC 2451 §3), just before
-                # the ciphertext.
-                plaintext = self._cbc.decrypt(view[ESP_HEADER_LENGTH:ct_end])
+                # the ciphertext; its own output block is skipped by the slice below.
+                plaintext = self._cbc.decrypt_with_iv(view[ESP_HEADER_LENGTH:ct_end])
+                start = self._block
             else:
                 plaintext = bytes(view[ct_start:ct_end])
 
@@ -615,7 +649,7 @@ class InboundSa:
         pad_length = plaintext[-2]
         next_header = plaintext[-1]
         payload_end = len(plaintext) - 2 - pad_length
-        if pad_length and (payload_end < 0
+        if pad_length and (payload_end < start
                            or plaintext[payload_end:-2] != _PAD_BYTES[:pad_length]):
             counters.malformed += 1
             raise EspMalformedError(
@@ -623,8 +657,8 @@ class InboundSa:
             )
         replay.update(seq)
         counters.packets += 1
-        counters.bytes += payload_end
-        return next_header, plaintext[:payload_end]
+        counters.bytes += payload_end - start
+        return next_header, plaintext[start:payload_end]
 
     def _open_gcm(self, view: memoryview, seq: int, ct_start: int) -> bytes:
         """AES-GCM with a truncated ICV (8 or 12 octets, RFC 4106 §6), which ``AESGCM``

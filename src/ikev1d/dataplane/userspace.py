@@ -778,10 +778,39 @@ class UserspaceBackend:
         self._open_all(self._raw_packets(raw), None, "on the inbound path")
 
     def _raw_packets(self, raw: RawLike) -> Iterator[bytes]:
-        """What one wakeup reads from a raw ESP socket: at most BATCH packets, and none
-        after a packet that asked for a renewal (the engine runs before the next)."""
-        recv = raw.recv
+        """What one wakeup reads from a raw ESP socket: at most BATCH packets (give or
+        take one ``recvmmsg``), and none after a packet that asked for a renewal (the
+        engine runs before the next): with ``recv_many``, none after the rest of the
+        batch that packet came in, which is out of the kernel already."""
         sealer = self.sealer
+        recv_many = getattr(raw, "recv_many", None)
+        if recv_many is not None:
+            budget = BATCH
+            while budget > 0:
+                try:
+                    got = recv_many()
+                except OSError as exc:  # e.g. an ICMP error reported on the socket
+                    self._drop("socket_error", f"raw ESP socket: {exc}")
+                    budget -= 1
+                    continue
+                if got is None:
+                    return
+                packets, truncated = got
+                if truncated:
+                    self.drops["malformed"] += truncated - 1
+                    self._drop("malformed", f"inbound: {truncated} raw ESP datagram(s) "
+                               "larger than the receive buffer (truncated)")
+                budget -= len(packets) + truncated
+                # Read out of the kernel already: all of them are opened, and only
+                # then does a renewal asked for on the way stop the reading.
+                yield from packets
+                if sealer.renewal_asked:
+                    sealer.renewal_asked = False
+                    return
+                if not packets and not truncated:
+                    return
+            return
+        recv = raw.recv
         for _ in range(BATCH):
             try:
                 got = recv()

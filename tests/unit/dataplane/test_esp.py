@@ -211,6 +211,45 @@ def test_seal_matches_reference(transform: tuple[str, int, str | None, int]) -> 
         assert out.seal(payload, 4) == expected
 
 
+CBC_TRANSFORMS = [t for t in TRANSFORMS if t[0] in ("aes", "3des")]
+
+
+@pytest.mark.parametrize("transform", CBC_TRANSFORMS, ids=[f"{t[0]}{t[1]}-{t[2]}"
+                                                          for t in CBC_TRANSFORMS])
+def test_default_cbc_ivs_are_the_cipher_applied_to_a_fresh_input(
+    transform: tuple[str, int, str | None, int],
+) -> None:
+    """Without a random source, each IV is E_K(seq ^ the previous packet's last
+    ciphertext block) (RFC 3602 §2.4: unpredictable without the key): checked with an
+    independent single-block encryption; the packet is byte-exact CBC under the IV
+    it carries, opens, and no IV repeats, also across cooling (the chain restarts
+    at zero, the sequence number does not)."""
+    alg = _alg(transform)
+    keymat = os.urandom(keymat_length(alg))
+    out, inb = OutboundSa(SPI, alg, keymat), InboundSa(SPI, alg, keymat)
+    key = keymat[: alg.key_length]
+    cipher = TripleDES(key) if alg.encryption == "3des-cbc" else algorithms.AES(key)
+    block = alg.block_size
+    chain = bytes(block)
+    ivs = set()
+    for n, size in enumerate((0, 1, 15, 16, 17, 200, 1400, 3, 64, 64)):
+        payload = os.urandom(size)
+        packet = out.seal(payload, 4)
+        seq = n + 1
+        iv = packet[8:8 + block]
+        fresh = seq ^ int.from_bytes(chain, "big")
+        single = Cipher(cipher, modes.ECB()).encryptor()
+        assert iv == single.update(fresh.to_bytes(block, "big")) + single.finalize()
+        assert packet == reference_seal(alg, keymat, seq, payload, 4, iv)
+        assert inb.open(packet) == (4, payload)
+        ivs.add(iv)
+        chain = packet[len(packet) - alg.icv_length - block: len(packet) - alg.icv_length]
+        if n == 5:
+            out.cool()
+            chain = bytes(block)
+    assert len(ivs) == 10
+
+
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=IDS)
 def test_contexts_built_on_first_use_and_dropped_when_cooled(
     transform: tuple[str, int, str | None, int],
@@ -353,10 +392,10 @@ def test_icv_checked_before_decryption() -> None:
     assert real is not None
 
     class Spy:
-        def decrypt(self, iv_and_ct: memoryview) -> bytes:
+        def decrypt_with_iv(self, iv_and_ct: memoryview) -> bytes:
             decrypted.append(len(iv_and_ct) - 16)
             assert real is not None
-            return real.decrypt(iv_and_ct)
+            return real.decrypt_with_iv(iv_and_ct)
 
     inb._cbc = Spy()  # type: ignore[assignment]
     forged = struct.pack("!II", SPI, 1) + os.urandom(16 + 32 + 16)

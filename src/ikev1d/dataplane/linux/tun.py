@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
+from ikev1d.dataplane.linux.mmsg import MmsgSocket
 from ikev1d.dataplane.linux.offload import VNET_HDR_LEN, ZERO_VNET_HDR
 from ikev1d.dataplane.linux.sockbuf import enlarge_buffers
 from ikev1d.dataplane.linux.xfrm import RTPROT_IKEV1D
@@ -309,6 +310,8 @@ class RawEspSocket:
         self.family = family
         self._sock = sock
         self._pktinfo: dict[str, list[tuple[int, int, bytes]]] = {}
+        self._mmsg: MmsgSocket | None = None
+        self._mmsg_failed = False
         try:
             sock.setblocking(False)
             if family == socket.AF_INET:
@@ -329,6 +332,8 @@ class RawEspSocket:
         raw.family = sock.family
         raw._sock = sock
         raw._pktinfo = {}
+        raw._mmsg = None
+        raw._mmsg_failed = False
         return raw
 
     @classmethod
@@ -356,6 +361,47 @@ class RawEspSocket:
             data = data[(data[0] & 0x0F) * 4:]
         return data, str(addr[0])
 
+    def _batcher(self) -> MmsgSocket | None:
+        """The ``sendmmsg``/``recvmmsg`` vectors, made at the first batch (a socket that
+        only ever sends, or only receives, maps no buffers for the other direction's
+        use until then); None where they cannot be made."""
+        mmsg = self._mmsg
+        if mmsg is None and not self._mmsg_failed:
+            try:
+                mmsg = self._mmsg = MmsgSocket(self._sock)
+            except (OSError, ValueError) as exc:
+                log.info("raw ESP: no batched system calls (%s): one per packet", exc)
+                self._mmsg_failed = True
+        return mmsg
+
+    def recv_many(self) -> tuple[list[bytes], int] | None:
+        """(ESP packets, how many were truncated and dropped) of one ``recvmmsg``, the
+        IPv4 header cut off; None when the queue is empty. Without batching (the
+        call missing or refused), one packet by :meth:`recv`. OSError for a
+        pending socket error, as :meth:`recv`."""
+        mmsg = self._batcher()
+        if mmsg is not None and mmsg.recv_batching:
+            got = mmsg.recv_many()
+            if got is not None or mmsg.recv_batching:
+                return got
+        one = self.recv()
+        return None if one is None else ([one[0]], 0)
+
+    def send_many(self, packets: list[tuple[bytes, str, str]]) -> list[tuple[int, OSError]]:
+        """Send (ESP packet, local, remote) items with ``sendmmsg``, in order: the
+        (index, error) of each one refused. Falls back to :meth:`send` per packet
+        where the call is missing or refused."""
+        mmsg = self._batcher()
+        if mmsg is None or not mmsg.send_batching:
+            failed: list[tuple[int, OSError]] = []
+            for i, item in enumerate(packets):
+                try:
+                    self.send(*item)
+                except OSError as exc:
+                    failed.append((i, exc))
+            return failed
+        return mmsg.send_many(packets, self.send)
+
     def send(self, esp: bytes, local: str, remote: str) -> None:
         """Send ``esp`` to ``remote`` from ``local`` (IP_PKTINFO picks the source address)."""
         cmsg = self._pktinfo.get(local)
@@ -375,6 +421,9 @@ class RawEspSocket:
         return [(socket.IPPROTO_IP, _IP_PKTINFO, info)]
 
     def close(self) -> None:
+        if self._mmsg is not None:
+            self._mmsg.close()
+            self._mmsg = None
         self._sock.close()
 
 
