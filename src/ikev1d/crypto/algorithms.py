@@ -7,6 +7,9 @@ the payloads following the ISAKMP header (RFC 2408 §3.1 E flag, RFC 2409 Append
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, modes
 
@@ -128,11 +131,32 @@ def pad_plaintext(data: bytes, block_size: int) -> bytes:
     return data + bytes(block_size - len(data) % block_size)
 
 
-class IkeCipher:
-    """CBC encryption of ISAKMP payloads (RFC 2409 Appendix B) with one key."""
+_WARM_MAX = 256
+"""IKE ciphers holding their OpenSSL contexts at once (see IkeCipher)."""
+_warm: dict[int, weakref.ReferenceType[IkeCipher]] = {}
 
-    __slots__ = ("_cbc_chain", "_cbc_encrypt", "_ecb_decrypt", "alg",
-                 "block_size", "key_length")
+
+def _warmed(cipher: IkeCipher) -> None:
+    """Note a cipher that has just built its contexts; the one that built them
+    longest ago lets them go when more than _WARM_MAX hold theirs."""
+    _warm[id(cipher)] = weakref.ref(cipher)
+    if len(_warm) > _WARM_MAX:
+        oldest = _warm.pop(next(iter(_warm)))()
+        if oldest is not None and oldest is not cipher:
+            oldest._cool()
+
+
+class IkeCipher:
+    """CBC encryption of ISAKMP payloads (RFC 2409 Appendix B) with one key.
+
+    Its OpenSSL contexts (about 1.2 KiB of memory outside Python's heap) serve the
+    messages of an exchange in quick succession; an established ISAKMP SA then sends
+    a message now and then (DPD, Quick Modes, Deletes), and a gateway may hold
+    thousands. So only the _WARM_MAX ciphers that built their contexts last keep
+    them; another builds them again when it next needs them."""
+
+    __slots__ = ("__weakref__", "_algorithm", "_cbc_chain", "_cbc_encrypt", "_ecb_decrypt",
+                 "alg", "block_size", "key_length")
 
     alg: str
     block_size: int
@@ -146,10 +170,16 @@ class IkeCipher:
             raise CryptoError(f"{alg} key must be {allowed} octets, not {len(key)}")
         if row.primitive is None:  # excluded from _CIPHER_ROWS; keeps mypy informed
             raise CryptoError(f"unknown cipher {alg!r}")
-        algorithm: CipherAlgorithm = row.primitive(key)
+        self._algorithm: CipherAlgorithm = row.primitive(key)
         self.block_size = row.block_bytes
         self.alg = alg
         self.key_length = len(key)
+        self._ecb_decrypt: Callable[[bytes], bytes] | None = None
+        self._cbc_encrypt: Callable[[bytes], bytes] | None = None
+        self._cbc_chain = 0
+
+    def _contexts(self) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
+        algorithm = self._algorithm
         # CBC decryption is P_i = D_K(C_i) XOR C_(i-1) with C_0 = IV (NIST SP 800-38A
         # section 6.2): each block's D_K is independent of the others, so one ECB
         # decryption context per key (padding off, so update() returns every whole
@@ -157,14 +187,20 @@ class IkeCipher:
         # and the chaining is one XOR over the whole message. Setting up a CBC
         # context per message costs some 40 Python calls of `cryptography`'s checks.
         # The ECB here is the block primitive of CBC, never a mode messages use.
-        self._ecb_decrypt = Cipher(algorithm, modes.ECB()).decryptor().update  # noqa: S305
+        ecb_decrypt = Cipher(algorithm, modes.ECB()).decryptor().update  # noqa: S305
         # CBC encryption chains through the blocks, so it keeps one CBC context per
         # key instead: the context continues from the last ciphertext block it gave
         # (_cbc_chain), and a message with another IV starts from it by XORing its
         # first block with IV XOR that block: C_1 = E_K(P_1 XOR IV) as for a fresh
         # context. Whole blocks only, so update() never holds data back.
-        self._cbc_encrypt = Cipher(algorithm, modes.CBC(bytes(self.block_size))).encryptor().update
-        self._cbc_chain = 0
+        cbc_encrypt = Cipher(algorithm, modes.CBC(bytes(self.block_size))).encryptor().update
+        self._ecb_decrypt, self._cbc_encrypt = ecb_decrypt, cbc_encrypt
+        self._cbc_chain = 0  # a fresh context starts from an all-zero IV
+        _warmed(self)
+        return ecb_decrypt, cbc_encrypt
+
+    def _cool(self) -> None:
+        self._ecb_decrypt = self._cbc_encrypt = None
 
     def __repr__(self) -> str:  # never show the key
         return f"IkeCipher({self.alg!r}, key_length={self.key_length})"
@@ -179,9 +215,12 @@ class IkeCipher:
         size = self.block_size
         if len(iv) != size:
             raise CryptoError(f"IV must be {size} octets, not {len(iv)}")
+        encrypt = self._cbc_encrypt
+        if encrypt is None:
+            encrypt = self._contexts()[1]
         first = (int.from_bytes(plaintext[:size], "big") ^ int.from_bytes(iv, "big")
                  ^ self._cbc_chain).to_bytes(size, "big")
-        ciphertext: bytes = self._cbc_encrypt(first + plaintext[size:])
+        ciphertext: bytes = encrypt(first + plaintext[size:])
         self._cbc_chain = int.from_bytes(ciphertext[-size:], "big")
         return ciphertext
 
@@ -194,7 +233,10 @@ class IkeCipher:
             )
         if len(iv) != self.block_size:
             raise DecryptError(f"IV must be {self.block_size} octets, not {len(iv)}")
+        decrypt = self._ecb_decrypt
+        if decrypt is None:
+            decrypt = self._contexts()[0]
         length = len(ciphertext)
         chained = iv + ciphertext[: length - self.block_size]
-        return (int.from_bytes(self._ecb_decrypt(ciphertext), "big")
+        return (int.from_bytes(decrypt(ciphertext), "big")
                 ^ int.from_bytes(chained, "big")).to_bytes(length, "big")

@@ -207,3 +207,30 @@ def test_cbc_encrypt_matches_a_cbc_context(alg: str, key_octets: int) -> None:
             got = cipher.encrypt(iv, plaintext)
             assert got == expected
             last = got[-block:]
+
+
+def test_only_the_last_warmed_ciphers_keep_their_contexts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Contexts are memory outside Python's heap: at most _WARM_MAX ciphers hold
+    them; one that let them go builds them again, and its messages still come out
+    as a fresh CBC context with their IV makes them (its chaining starts over)."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from ikev1d.crypto import algorithms as ours
+
+    monkeypatch.setattr(ours, "_WARM_MAX", 2)
+    monkeypatch.setattr(ours, "_warm", {})
+    keys = [os.urandom(16) for _ in range(3)]
+    ciphers = [IkeCipher("aes", key) for key in keys]
+    for _ in range(4):
+        for key, cipher in zip(keys, ciphers, strict=True):
+            iv, plaintext = os.urandom(16), os.urandom(48)
+            reference = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+            assert cipher.encrypt(iv, plaintext) == reference.update(plaintext)
+            assert cipher.decrypt(iv, cipher.encrypt(iv, plaintext)) == plaintext
+        warm = [c for c in ciphers if c._cbc_encrypt is not None]
+        assert warm == ciphers[1:], "the first one built its contexts longest ago"
+    assert len(ours._warm) == 2
