@@ -12,8 +12,8 @@ from typing import get_args
 import pytest
 
 from ikev1d.daemon.runtime import GC_YOUNG_THRESHOLD, TIMER_GRID_S
-from ikev1d.engine.api import ConnectionFailed, Event, IkeSaDeleted
-from tests.unit.daemon._fakes import running_daemon
+from ikev1d.engine.api import ConnectionFailed, Endpoint, Event, IkeSaDeleted
+from tests.unit.daemon._fakes import UdpPeer, running_daemon
 
 
 def test_every_engine_event_type_has_a_handler() -> None:
@@ -109,5 +109,32 @@ def test_cycles_made_while_running_are_still_collected() -> None:
             await asyncio.sleep(0)
             gc.collect()
             assert gone() is None
+
+    asyncio.run(body())
+
+
+def test_a_datagram_reaches_the_engine_with_the_loop_clock_and_its_answer_leaves() -> None:
+    """The reader calls the engine directly: with the loop's clock (the engine's timers
+    run on it), then sends what the engine wants sent."""
+    async def body() -> None:
+        async with running_daemon() as h:
+            engine, daemon = h.engine, h.daemon
+            seen: list[float] = []
+            receive = engine.receive_datagram
+
+            def recording(data: bytes, local: Endpoint, remote: Endpoint, now: float) -> None:
+                seen.append(now)
+                receive(data, local, remote, now)
+
+            engine.receive_datagram = recording  # type: ignore[method-assign]
+            peer = UdpPeer()
+            try:
+                peer.send(b"ping-7", ("127.0.0.1", h.config.daemon.port))
+                data, _ = await peer.recv()
+            finally:
+                peer.close()
+            assert data == b"pong-7"
+            assert len(seen) == 1
+            assert daemon.now() - 1.0 < seen[0] <= daemon.now()
 
     asyncio.run(body())
