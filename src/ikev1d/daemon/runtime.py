@@ -393,6 +393,17 @@ class Daemon:
         young, *older = self._gc_threshold
         gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
 
+    def _refreeze_gc(self) -> None:
+        """After a reload: what start-up (or the last reload) froze may be garbage now,
+        the previous configuration first; frozen objects are never collected, so they
+        thaw, one full collection frees what is gone, and what lives on is frozen again.
+        A reload is rare and asked for; the collection runs once, on the loop."""
+        if self._gc_threshold is None:
+            return
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
     def _restore_gc(self) -> None:
         threshold, self._gc_threshold = self._gc_threshold, None
         if threshold is None:
@@ -556,6 +567,7 @@ class Daemon:
             return False, f"reload failed: {exc}"
         self._config = config
         self._pump()
+        self._refreeze_gc()
         message = f"reloaded {self.options.config_path}"
         log.info("%s", message)
         return True, message

@@ -113,6 +113,29 @@ def test_cycles_made_while_running_are_still_collected() -> None:
     asyncio.run(body())
 
 
+def test_a_reload_lets_go_of_what_start_up_froze_and_is_garbage_now() -> None:
+    """Start-up's objects are frozen (never collected); a reload replaces some of them
+    (the previous configuration): a cycle alive at start-up and dropped later is freed
+    after the next reload, not kept for the life of the process."""
+    class Node:
+        other: object = None
+
+    async def body() -> None:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        gone = weakref.ref(a)
+        async with running_daemon() as h:
+            del a, b
+            gc.collect()
+            assert gone() is not None  # frozen at start-up
+            ok, message = h.daemon.reload()
+            assert ok, message
+            assert gone() is None
+            assert gc.get_freeze_count() > 0  # what lives on is frozen again
+
+    asyncio.run(body())
+
+
 def test_a_datagram_reaches_the_engine_with_the_loop_clock_and_its_answer_leaves() -> None:
     """The reader calls the engine directly: with the loop's clock (the engine's timers
     run on it), then sends what the engine wants sent."""
