@@ -38,6 +38,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from benchlib import NullRoutes
+
 from ikev1d.dataplane.esp import InboundSa, OutboundSa, esp_algorithm, keymat_length
 from ikev1d.dataplane.linux.offload import VNET_HDR_LEN
 from ikev1d.dataplane.linux.tun import RawEspSocket
@@ -233,7 +235,7 @@ def bench_raw_socket(args: tuple[str, int, str | None, int], batched: bool, coun
     entry.outbound = OutboundSa(0xC0FFEE02, alg, keymat)
     sealer.raw4 = tx
     net = ipaddress.ip_network
-    backend = UserspaceBackend(_CountingTun(), rx, _NoRoutes())
+    backend = UserspaceBackend(_CountingTun(), rx, NullRoutes("10.1.0.1"))
     backend.install(ChildSaEstablished(
         conn="bench", child="net", ike_id=1, child_id=1, spi_in=0xC0FFEE02, spi_out=0xC0FFEE03,
         proposal="bench", encryption=args[0], key_length=args[1], icv_length=alg.icv_length,
@@ -261,40 +263,6 @@ def bench_raw_socket(args: tuple[str, int, str | None, int], batched: bool, coun
     tx.close()
     per = events * READ_BATCH
     return seal_time / per * 1e6, open_time / per * 1e6
-
-
-class _NoRoutes:
-    """Routes that are never needed (nothing is routed into a TUN device here)."""
-
-    def local_address_in(self, networks: object) -> str | None:
-        return None
-
-    def add(self, network: object, src: str | None) -> None:
-        pass
-
-    def remove(self, network: object) -> None:
-        pass
-
-    def add_bypass(self, peer: str) -> bool:
-        return False
-
-    def remove_bypass(self, peer: str) -> None:
-        pass
-
-    def add_address(self, address: str) -> bool:
-        return False
-
-    def remove_address(self, address: str) -> None:
-        pass
-
-    def owned_bypasses(self) -> list[str]:
-        return []
-
-    def remove_stale_bypass(self, peer: str) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
 
 
 def main_raw_socket(count: int, rounds: int) -> None:
