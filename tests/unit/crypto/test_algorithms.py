@@ -3,7 +3,11 @@ against FIPS 180 / RFC 1321 "abc" digests, CBC against NIST SP 800-38A, padding.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, modes
 
 from ikev1d.crypto import (
     HASHES,
@@ -15,6 +19,7 @@ from ikev1d.crypto import (
     hash_digest,
     pad_plaintext,
     prf,
+    transforms,
 )
 
 # RFC 4231 §4.2 (test case 1) and §4.3 (test case 2); RFC 2202 §2/§3 test cases 1 and 2.
@@ -153,20 +158,20 @@ def test_pad_plaintext_like_strongswan(length: int) -> None:
     assert set(padded[length:]) == {0}
 
 
+def _primitive(alg: str) -> Callable[[bytes], CipherAlgorithm]:
+    """The `cryptography` block cipher behind a Phase 1 cipher name."""
+    primitive = next(r.primitive for r in transforms.ENCRYPTIONS if r.name == alg)
+    if primitive is None:
+        pytest.fail(f"{alg} has no primitive")
+    return primitive
+
+
 @pytest.mark.parametrize("alg,key_octets", [("aes", 16), ("aes", 24), ("aes", 32), ("3des", 24)])
 def test_cbc_decrypt_matches_a_cbc_context(alg: str, key_octets: int) -> None:
     """decrypt() chains the blocks itself over one ECB context per key; it must
     give what a fresh CBC context gives, for every length and across messages
     (the context is reused, so no state may carry from one call to the next)."""
-    import os
-
-    from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
-    from ikev1d.crypto import transforms
-
-    primitive = next(r.primitive for r in transforms.ENCRYPTIONS if r.name == alg)
-    if primitive is None:
-        pytest.fail(f"{alg} has no primitive")
+    primitive = _primitive(alg)
     key = os.urandom(key_octets)
     cipher = IkeCipher(alg, key)
     block = cipher.block_size
@@ -186,15 +191,7 @@ def test_cbc_encrypt_matches_a_cbc_context(alg: str, key_octets: int) -> None:
     """encrypt() continues one CBC context per key from message to message; each
     message must come out as a fresh CBC context with its own IV makes it, the
     same IV twice in a row and an IV equal to the last ciphertext block too."""
-    import os
-
-    from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
-    from ikev1d.crypto import transforms
-
-    primitive = next(r.primitive for r in transforms.ENCRYPTIONS if r.name == alg)
-    if primitive is None:
-        pytest.fail(f"{alg} has no primitive")
+    primitive = _primitive(alg)
     key = os.urandom(key_octets)
     cipher = IkeCipher(alg, key)
     block = cipher.block_size
