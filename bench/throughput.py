@@ -126,6 +126,9 @@ class Sample:
     iperf_cpu: float = 0.0  # CPU seconds of the iperf3 client and server (their own report)
     load: float = 0.0  # the 1-minute load average when the run ended
     udp_buffer_drops: tuple[int, int] = (0, 0)  # UDP socket buffer overflows in A and B
+    # Packets the kernel dropped handing them to the daemon's TUN device in A and B: its
+    # ring (txqueuelen slots) was full while the daemon was not reading.
+    tun_drops: tuple[int, int] = (0, 0)
 
     @property
     def others(self) -> float:
@@ -215,6 +218,18 @@ def snmp(ns: Namespace) -> dict[str, int]:
         for k, v in zip(head.split()[1:], values.split()[1:], strict=False):
             out[f"{proto}.{k}"] = int(v)
     return out
+
+
+def tun_tx_drops(ns: Namespace) -> int:
+    """TX drops of the TUN devices in `ns`: packets routed into the tunnel that found the
+    device's ring full (the TUN driver drops then instead of stopping the queue)."""
+    out = ns.run(["ip", "-d", "-s", "-j", "link", "show"], check=True).stdout
+    total = 0
+    for link in json.loads(out):
+        if link.get("linkinfo", {}).get("info_kind") != "tun":
+            continue
+        total += int(link.get("stats64", {}).get("tx", {}).get("dropped", 0))
+    return total
 
 
 def load_average() -> float:
@@ -388,6 +403,7 @@ def measure(
 ) -> Sample:
     pids = [p for p in (t.pid_a, t.pid_b) if p is not None]
     snmp_before = [snmp(ns) for ns in (topo.a, topo.b)]
+    tun_before = [tun_tx_drops(ns) for ns in (topo.a, topo.b)]
     before = [cpu_times(p) for p in pids]
     children_before = [children_cpu(p) for p in pids]
     busy_before = box_busy_seconds()
@@ -398,6 +414,7 @@ def measure(
     children_after = [children_cpu(p) for p in pids]
     busy = box_busy_seconds() - busy_before
     snmp_after = [snmp(ns) for ns in (topo.a, topo.b)]
+    tun_after = [tun_tx_drops(ns) for ns in (topo.a, topo.b)]
     kernel_drops = tuple(
         sum(a.get(k, 0) - b.get(k, 0) for k in ("Udp.RcvbufErrors", "Udp.SndbufErrors"))
         for a, b in zip(snmp_after, snmp_before, strict=True))
@@ -410,6 +427,7 @@ def measure(
         box_busy=busy,
         load=load_average(),
         udp_buffer_drops=(kernel_drops[0], kernel_drops[1]),
+        tun_drops=(tun_after[0] - tun_before[0], tun_after[1] - tun_before[1]),
     )
     # iperf3's CPU figures are % of one core over its own test time.
     util = end.get("cpu_utilization_percent", {})
@@ -484,6 +502,10 @@ def format_table(results: Sequence[Result]) -> str:
                        f"{max(x.mbps for x in r.samples):.0f}"
             if proto == "tcp":
                 note += f"; retr {int(_median([x.retransmits for x in r.samples]))}"
+            tun_a = int(_median([x.tun_drops[0] for x in r.samples]))
+            tun_b = int(_median([x.tun_drops[1] for x in r.samples]))
+            if tun_a or tun_b:
+                note += f"; TUN drops {tun_a}/{tun_b}"
             if r.setup != VETH.name:
                 ka = _median([x.sys_a / x.cpu_a if x.cpu_a else 0.0 for x in r.samples])
                 kb = _median([x.sys_b / x.cpu_b if x.cpu_b else 0.0 for x in r.samples])
@@ -552,7 +574,8 @@ def run_setup(
                     + f"; iperf3 {sample.iperf_cpu / sample.seconds:.2f} cores, "
                     f"other processes {sample.others:.2f} cores, load {sample.load:.2f}"
                     + (f", retr {sample.retransmits}" if r.proto == "tcp" else "")
-                    + ", UDP buffer overflows A/B {}/{}".format(*sample.udp_buffer_drops),
+                    + ", UDP buffer overflows A/B {}/{}".format(*sample.udp_buffer_drops)
+                    + ", TUN ring drops A/B {}/{}".format(*sample.tun_drops),
                     flush=True,
                 )
                 time.sleep(0.5)
