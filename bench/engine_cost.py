@@ -17,6 +17,12 @@ asyncio/UDP layer and without logging (the engine loggers are set to
 WARNING).  Compare with the daemon's figure from handshakes.py to see what
 the I/O layer and logging add.
 
+``--evict MB`` writes one octet per 64-octet cache line of an MB-sized buffer
+before each message the responder is given (outside the timed part), so that
+every message finds the caches as a wakeup of the live daemon finds them, after
+charon, the kernel and other processes ran on the core: the in-process model
+of the daemon's cold-cache cost per message.
+
 ``--cprofile`` profiles the responder calls only and prints the top functions
 with calls per tunnel: what to make cheaper, deterministically (py-spy in
 handshakes.py --profile samples the real daemon instead).
@@ -113,16 +119,24 @@ ids = ["{remote}"]
 """
 
 
+CACHE_LINE = 64
+
+
 class TimedResponder:
     """The responder engine; only time spent inside it is counted (and profiled)."""
 
-    def __init__(self, engine: Engine, profiler: cProfile.Profile | None) -> None:
+    def __init__(self, engine: Engine, profiler: cProfile.Profile | None,
+                 evict_mb: int = 0) -> None:
         self.engine = engine
         self.profiler = profiler
+        self._evict = bytearray(evict_mb * 1024 * 1024)
+        self._lines = bytes(-(-len(self._evict) // CACHE_LINE))
         self.cpu = 0.0
         self.established = 0
 
     def deliver(self, dgram: Datagram, now: float) -> list[Datagram]:
+        if self._evict:
+            self._evict[::CACHE_LINE] = self._lines  # untimed: the caches emptied
         if self.profiler is not None:
             self.profiler.enable()
         began = time.process_time()
@@ -170,7 +184,7 @@ def write_credentials(folder: Path, kind: str, tunnels: int) -> None:
 
 
 def measure(group: Group, tunnels: int, profiler: cProfile.Profile | None,
-            auth: str = "psk", same_id: bool = False) -> TimedResponder:
+            auth: str = "psk", same_id: bool = False, evict_mb: int = 0) -> TimedResponder:
     with tempfile.TemporaryDirectory(prefix="ikev1d-engine-cost-") as tmp:
         folder = Path(tmp)
         if auth != "psk":
@@ -181,6 +195,7 @@ def measure(group: Group, tunnels: int, profiler: cProfile.Profile | None,
             Engine(parse_config(responder_cfg, base_dir=folder), random_bytes=os.urandom,
                    wall_clock=time.time),
             profiler,
+            evict_mb,
         )
         for i in range(1, tunnels + 1):
             initiator_cfg = config_text(INITIATOR, RESPONDER, "10.1.0.0/24", "10.2.0.0/24",
@@ -200,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--same-id", action="store_true",
         help="PSK: every initiator with the same ID (the load before per-tunnel IDs: each "
         "handshake's INITIAL-CONTACT then removes the previous tunnel on the responder)")
+    parser.add_argument(
+        "--evict", type=int, default=0, metavar="MB",
+        help="before each message, write a byte per cache line of an MB-sized buffer "
+        "(untimed): every message with cold caches, as in the live daemon (e.g. 16)")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
     logging.getLogger("ikev1d").setLevel(logging.WARNING)
@@ -212,13 +231,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for group, auth in itertools.product([g for g in GROUPS if g.name in wanted], auths):
         label = f"{group.name}/{auth}"
         profiler = cProfile.Profile() if args.cprofile else None
-        responder = measure(group, args.tunnels, profiler, auth, args.same_id)
+        responder = measure(group, args.tunnels, profiler, auth, args.same_id, args.evict)
         if responder.established != args.tunnels:
             print(f"{label:<15} FAILED: {responder.established}/{args.tunnels} established")
             ok = False
             continue
         per_tunnel = 1000 * responder.cpu / args.tunnels
         note = " (under cProfile: inflated)" if profiler else ""
+        if args.evict:
+            note += f" (caches emptied: {args.evict} MB written before each message)"
         print(f"{label:<15} {args.tunnels:>8} {per_tunnel:>32.3f}{note}", flush=True)
         if profiler is not None:
             print(
