@@ -1119,7 +1119,7 @@ class Daemon:
 
     def _already_up(self, name: str, children: list[str]) -> bool:
         try:
-            document = self.engine.status(self.now())
+            document = self.engine.status(self.now(), conn=name)
         except Exception:
             return False
         for ike_sa in document.ike_sas:
@@ -1158,7 +1158,7 @@ class Daemon:
         if self._children_of(name) is None:
             return False, f"no connection named {name!r}"
         try:
-            document = self.engine.status(self.now())
+            document = self.engine.status(self.now(), conn=name)
         except Exception as exc:
             log.exception("internal error listing SAs", extra={"conn": name})
             return False, f"{name}: internal error: {exc}"
@@ -1194,7 +1194,7 @@ class Daemon:
 
     def _count_sas(self, name: str) -> tuple[int, int]:
         try:
-            document = self.engine.status(self.now())
+            document = self.engine.status(self.now(), conn=name)
         except Exception:
             return 0, 0
         ike_sas = [s for s in document.ike_sas if s.name == name]

@@ -109,6 +109,8 @@ class FakeEngine(Engine):
         self.peer: Endpoint = PEER
         """Where terminate/shutdown address their Delete messages."""
         self.next_spi = 0xC0000001
+        self.status_asked: list[str | None] = []
+        """The ``conn`` of every status call (None: the whole document)."""
 
     # --- the inputs, scripted ---
 
@@ -174,10 +176,11 @@ class FakeEngine(Engine):
 
     # --- the output that follows from the script ---
 
-    def status(self, now: float) -> StatusDocument:
+    def status(self, now: float, conn: str | None = None) -> StatusDocument:
+        self.status_asked.append(conn)
         return StatusDocument(tuple(
             IkeSaStatus(
-                name=conn, state="ESTABLISHED",
+                name=held, state="ESTABLISHED",
                 local=("127.0.0.1", 500), remote=("127.0.0.2", 500),
                 local_id="127.0.0.1", remote_id="127.0.0.2", initiator=True,
                 cookies=(bytes.fromhex("0102030405060708"), bytes.fromhex("1112131415161718")),
@@ -195,7 +198,8 @@ class FakeEngine(Engine):
                     for name in children
                 ),
             )
-            for conn, children in self.established.items()
+            for held, children in self.established.items()
+            if conn is None or held == conn
         ))
 
 

@@ -166,6 +166,27 @@ def test_up_waits_for_every_child_and_streams_progress() -> None:
     asyncio.run(body())
 
 
+def test_commands_about_one_connection_describe_only_its_sas() -> None:
+    # `up` (already established?) and `down` (what was deleted?) look at one
+    # connection: building the whole status document for it would cost as much as
+    # `status` itself on a gateway holding thousands of SAs.
+    async def body() -> None:
+        async with running_daemon() as h:
+            assert (await _call(h.socket_path, UpRequest("site-ok", None, 5))).ok
+            assert (await _call(h.socket_path, UpRequest("site-nochild", None, 5))).ok
+            h.engine.status_asked.clear()
+            again = await _call(h.socket_path, UpRequest("site-ok", None, 5))
+            assert again.ok and "already established" in again.message
+            down = await _call(h.socket_path, DownRequest("site-ok"))
+            assert down.ok and down.message == "site-ok: deleted 1 ISAKMP SA(s) and 2 IPsec SA(s)"
+            assert h.engine.status_asked == ["site-ok", "site-ok"]
+            status = decode_status(await _call(h.socket_path, StatusRequest()))
+            assert [s.name for s in status.ike_sas] == ["site-nochild"]
+            assert h.engine.status_asked[2:] == [None]
+
+    asyncio.run(body())
+
+
 def test_up_one_child_and_a_connection_without_children() -> None:
     async def body() -> None:
         async with running_daemon() as h:
@@ -305,7 +326,7 @@ def test_overlong_request_is_refused() -> None:
 def test_internal_error_is_an_answer_not_a_hangup() -> None:
     async def body() -> None:
         async with running_daemon() as h:
-            def broken(now: float) -> StatusDocument:
+            def broken(now: float, conn: str | None = None) -> StatusDocument:
                 raise RuntimeError("status bug")
 
             h.engine.status = broken  # type: ignore[method-assign]

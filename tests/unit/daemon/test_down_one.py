@@ -25,7 +25,8 @@ class RoadWarriorEngine(FakeEngine):
 
     alive: dict[int, tuple[str, str]]
 
-    def status(self, now: float) -> StatusDocument:
+    def status(self, now: float, conn: str | None = None) -> StatusDocument:
+        self.status_asked.append(conn)
         return StatusDocument(tuple(
             IkeSaStatus(
                 name="site-ok", state="ESTABLISHED", local=("127.0.0.1", 4500),
@@ -111,6 +112,9 @@ def test_down_one_road_warrior_by_peer_id_or_ike_id(capsys: pytest.CaptureFixtur
             # By the peer's address: the last one.
             assert await cli("down", "site-ok", "--peer", "198.51.100.7", *sock) == 0
             assert engine.alive == {}
+            # Only `status` asked for every connection's SAs; each `down` for its own.
+            assert engine.status_asked[0] is None
+            assert set(engine.status_asked[1:]) == {"site-ok"}
 
     asyncio.run(body())
 

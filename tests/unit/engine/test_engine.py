@@ -202,6 +202,9 @@ def test_main_mode_and_quick_mode_establish_with_matching_keys() -> None:
     assert ike["proposal"] == "aes128-sha256-modp2048" and ike["auth"] == "psk"
     (child,) = ike["children"]
     assert child["state"] == "INSTALLED" and child["spi_in"] == f"{ca.spi_in:08x}"
+    # A command about one connection asks for that connection's SAs alone.
+    assert net.a.engine.status(net.now, conn=ike["name"]).to_json() == status
+    assert net.a.engine.status(net.now, conn="another").ike_sas == ()
 
 
 def test_messages_5_and_6_are_encrypted_and_first_four_are_not() -> None:
