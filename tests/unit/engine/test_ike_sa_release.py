@@ -8,6 +8,8 @@ section 5): after that, tens of thousands of tunnels would carry them for nothin
 
 from __future__ import annotations
 
+import math
+
 from ikev1d.engine.api import ChildSaEstablished, Datagram
 from ikev1d.engine.ike_sa import IkeSa
 from ikev1d.wire import ExchangeType, split_message
@@ -72,3 +74,28 @@ def test_a_late_quick_mode_message_1_is_neither_answered_nor_processed_again() -
     assert b.datagrams_to_send() == []
     assert [e for e in b.events() if isinstance(e, ChildSaEstablished)] == []
     assert len(only_sa(net, "b").children) == 1
+
+
+def test_the_releases_of_tunnels_set_up_within_one_second_fall_due_together() -> None:
+    # Each would otherwise be a wakeup of the daemon of its own, cold caches and all.
+    nets = []
+    for start in (1000.1, 1000.6):
+        net = default_net()
+        net.now = start
+        # A's Quick Mode never arrives, so B keeps message 6 until the release.
+        net.drop = lambda d: (d.local[0] == A_ADDR and split_message(d.data)[0].exchange_type
+                              == ExchangeType.QUICK_MODE)
+        establish(net)
+        nets.append(net)
+    budget = nets[0].b.engine.retransmit_budget()
+    together = math.ceil(1000.6 + budget)
+    assert together > 1000.6 + budget > 1000.1 + budget
+    for net in nets:
+        b = net.b.engine
+        assert b.get_timer() == together  # nothing else falls due before
+        b.handle_timer(together - 0.01)
+        assert only_sa(net, "b").exchanges != {}  # message 6 still kept
+    for net in nets:
+        net.b.engine.handle_timer(together)
+        assert only_sa(net, "b").exchanges == {}
+        assert only_sa(net, "b").usable
