@@ -1123,7 +1123,7 @@ class Daemon:
         except Exception:
             return False
         for ike_sa in document.ike_sas:
-            if ike_sa.name != name or ike_sa.state != "ESTABLISHED":
+            if ike_sa.state != "ESTABLISHED":
                 continue
             installed = {child.name for child in ike_sa.children if child.state == "INSTALLED"}
             if set(children) <= installed:
@@ -1162,7 +1162,7 @@ class Daemon:
         except Exception as exc:
             log.exception("internal error listing SAs", extra={"conn": name})
             return False, f"{name}: internal error: {exc}"
-        mine = [s for s in document.ike_sas if s.name == name]
+        mine = document.ike_sas
         if ike_id is not None:
             chosen = [s for s in mine if s.ike_id == ike_id]
             what = f"ISAKMP SA #{ike_id}"
@@ -1197,7 +1197,7 @@ class Daemon:
             document = self.engine.status(self.now(), conn=name)
         except Exception:
             return 0, 0
-        ike_sas = [s for s in document.ike_sas if s.name == name]
+        ike_sas = document.ike_sas
         return len(ike_sas), sum(len(s.children) for s in ike_sas)
 
     def status(self) -> StatusDocument:
