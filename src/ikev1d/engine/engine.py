@@ -100,15 +100,20 @@ class Engine:
         self._sas: dict[bytes, IkeSa] = {}
         """Every ISAKMP SA by CKY-I | CKY-R."""
         self._initiating: dict[bytes, IkeSa] = {}
+        """Our Main Mode requests not answered yet, by CKY-I."""
         self._by_identity: dict[PeerKey, tuple[IkeSa, ...]] = {}
-        self._child_owners: dict[int, IkeSa] = {}
-        """child_id -> the ISAKMP SA whose ``children`` holds it, so that renewals,
-        expiries and the data plane's reports find it without a walk over every SA."""
         """Established ISAKMP SAs by (connection, our ID, the peer's ID, the XAUTH
         user), so that what asks for "the other SAs of this peer" (unique,
         INITIAL-CONTACT, a renewal by the peer) costs the same with ten thousand
         road warriors as with one."""
-        """Our Main Mode requests not answered yet, by CKY-I."""
+        self._by_conn: dict[str, dict[int, IkeSa]] = {}
+        """The ISAKMP SAs a connection holds, by ike_id: ours from the first message,
+        the peer's once established (before that a responder's connection is not
+        settled). What asks about one connection (``up``, ``down``, a trap's acquire,
+        INITIAL-CONTACT on our Main Mode) reads its own SAs, not every SA held."""
+        self._child_owners: dict[int, IkeSa] = {}
+        """child_id -> the ISAKMP SA whose ``children`` holds it, so that renewals,
+        expiries and the data plane's reports find it without a walk over every SA."""
         self._half_open = HalfOpenTable(config.daemon.half_open_total,
                                         config.daemon.half_open_per_peer)
         """Responder SAs before authentication, by (CKY-I, peer address)."""
@@ -229,7 +234,7 @@ class Engine:
         if child is not None and child not in config.children:
             raise EngineError(f"connection {conn!r} has no child {child!r}")
         children = [child] if child is not None else list(config.children)
-        for sa in self._sas_of(conn):
+        for sa in self.sas_of(conn):
             if sa.state is IkeState.ESTABLISHED:
                 for name in children:
                     self.lifecycle.start_quick_modes(sa, name, now)
@@ -270,13 +275,13 @@ class Engine:
         """Whether an IPsec SA of this connection's child is installed (or being renewed)."""
         return any(c.config.name == child
                    and c.state in (ChildState.INSTALLED, ChildState.REKEYING)
-                   for sa in self._sas_of(conn) if sa.state is not IkeState.DELETING
+                   for sa in self.sas_of(conn) if sa.state is not IkeState.DELETING
                    for c in sa.children)
 
     def child_in_progress(self, conn: str, child: str) -> bool:
         """Whether a negotiation we started for this child runs: a Main Mode that will
         go on to it, or its Quick Mode."""
-        for sa in self._sas_of(conn):
+        for sa in self.sas_of(conn):
             if sa.state is IkeState.CONNECTING and sa.initiator and (
                 sa.requested_children is None or child in sa.requested_children
             ):
@@ -301,6 +306,7 @@ class Engine:
         self.stats.handshake_started(PHASE1, True)
         mm.start(now)
         self._initiating[sa.cky_i] = sa
+        self._index_by_conn(sa)
 
     def _default_local(self, remote: str) -> str:
         family = ipaddress.ip_address(remote).version
@@ -312,10 +318,10 @@ class Engine:
         raise EngineError("set local_addrs on the connection to initiate it")
 
     def terminate(self, conn: str, now: float) -> None:
-        if conn not in self.config.connections and not self._sas_of(conn):
+        if conn not in self.config.connections and not self.sas_of(conn):
             raise EngineError(f"no connection named {conn!r}")
         self.traps.release(conn, "taken down by local request")
-        for sa in self._sas_of(conn):
+        for sa in self.sas_of(conn):
             self.deletion.delete_sa(sa, "deleted by local request", send=True)
 
     def terminate_ike(self, ike_id: int, now: float) -> bool:
@@ -332,13 +338,13 @@ class Engine:
         """The ISAKMP SAs of ``conn`` whose peer has ID ``peer`` (as status shows
         ``remote_id``), that outer address, or that XAUTH user name (which tells road
         warriors apart that share a group ID)."""
-        return [sa.ike_id for sa in self._sas_of(conn) if sa.state is not IkeState.DELETING
+        return [sa.ike_id for sa in self.sas_of(conn) if sa.state is not IkeState.DELETING
                 and peer in (sa.remote_id, sa.remote[0], sa.xauth_user)]
 
     def terminate_peer(self, conn: str, peer: str, now: float) -> int:
         """Delete the ISAKMP SAs :meth:`peer_ike_ids` names, each with its IPsec SAs;
         how many."""
-        if conn not in self.config.connections and not self._sas_of(conn):
+        if conn not in self.config.connections and not self.sas_of(conn):
             raise EngineError(f"no connection named {conn!r}")
         return sum(self.terminate_ike(ike_id, now) for ike_id in self.peer_ike_ids(conn, peer))
 
@@ -401,7 +407,7 @@ class Engine:
                 sa.conn = new
         self.traps.sync(config)
         for name, conn in config.connections.items():
-            if conn.start_action == "start" and not self._sas_of(name):
+            if conn.start_action == "start" and not self.sas_of(name):
                 try:
                     self.initiate(name, None, now)
                 except EngineError as exc:
@@ -651,6 +657,12 @@ class Engine:
         if not any(o is sa for o in entries):
             self._by_identity[key] = (*entries, sa)
         sa.registered_as = key
+        self._index_by_conn(sa)
+
+    def _index_by_conn(self, sa: IkeSa) -> None:
+        if sa.indexed_as is None and sa.conn is not None:
+            sa.indexed_as = sa.name
+            self._by_conn.setdefault(sa.indexed_as, {})[sa.ike_id] = sa
 
     def same_identity(self, sa: IkeSa) -> list[IkeSa]:
         """The other established (or renewing, or deleting but not yet dropped)
@@ -672,6 +684,14 @@ class Engine:
                     self._by_identity[key] = rest
                 else:
                     del self._by_identity[key]
+        name = sa.indexed_as
+        if name is not None:
+            sa.indexed_as = None
+            held = self._by_conn.get(name)
+            if held is not None:
+                held.pop(sa.ike_id, None)
+                if not held:
+                    del self._by_conn[name]
         sa.cancel_timers()
         for exchange in sa.exchanges.values():
             exchange.discard()
@@ -743,9 +763,13 @@ class Engine:
             seen[sa.ike_id] = sa
         return list(seen.values())
 
-    def _sas_of(self, conn: str) -> list[IkeSa]:
-        return [sa for sa in self._all_sas() if sa.conn is not None and sa.name == conn
-                and (sa.initiator or sa.state is not IkeState.CONNECTING)]
+    def sas_of(self, conn: str) -> list[IkeSa]:
+        """The ISAKMP SAs of connection ``conn``: ours, and the peer's once established."""
+        held = self._by_conn.get(conn)
+        if not held:
+            return []
+        return [sa for sa in held.values()
+                if sa.initiator or sa.state is not IkeState.CONNECTING]
 
     def ike_sa_count(self) -> int:
         return len(self._all_sas())

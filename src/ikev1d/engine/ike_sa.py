@@ -351,6 +351,7 @@ class IkeSa:
         "half_open_timer",
         "hash_alg",
         "ike_id",
+        "indexed_as",
         "initial_contact_seen",
         "initiator",
         "keys",
@@ -462,6 +463,8 @@ class IkeSa:
         and the pools' leases."""
         self.registered_as: PeerKey | None = None
         """The key under which the engine indexes this SA once established."""
+        self.indexed_as: str | None = None
+        """The connection name under which the engine lists this SA (``sas_of``)."""
         self.peer_certificate: str | None = None
         """The subject DN of the certificate the peer authenticated with (sent in
         CERT or pinned), for ``status``."""

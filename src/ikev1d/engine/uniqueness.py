@@ -78,10 +78,10 @@ class Uniqueness:
         if conn is None or conn.unique is Unique.NEVER:
             return False
         return not any(
-            o is not sa and o.state is not IkeState.DELETING and o.name == sa.name
+            o is not sa and o.state is not IkeState.DELETING
             and o.local_id == sa.local_id and o.remote[0] == sa.remote[0]
             and (o.usable or o.initiator)
-            for o in self.engine.all_sas())
+            for o in self.engine.sas_of(sa.name))
 
     # -- receiving ---------------------------------------------------------------------
 
