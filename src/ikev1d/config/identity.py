@@ -253,6 +253,11 @@ class Identity:
         """Is the peer's ID this one?  ``%any`` accepts any."""
         return self.is_any or self == Identity.from_id_payload(payload)
 
+    @property
+    def compare_key(self) -> object:
+        """What equality compares: equal keys, equal identities."""
+        return self._key
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Identity):
             return NotImplemented

@@ -286,6 +286,13 @@ class ConnectionConfig:
     remote_xauth: XauthRound | None = None
     """We are the XAUTH server after Phase 1 ([connections.X.remote_xauth])."""
 
+    @functools.cached_property
+    def remote_id_key(self) -> object:
+        """What the peer's proven ID is compared with (``Identity.compare_key``); None
+        when the remote ID accepts any peer (none configured, or ``%any``)."""
+        remote_id = self.remote.id
+        return None if remote_id is None or remote_id.is_any else remote_id.compare_key
+
     @property
     def dynamic_peer(self) -> bool:
         """The peer may come from any address (``remote_addrs`` has ``%any``)."""

@@ -591,10 +591,13 @@ class Engine:
     # -- new responder SAs ------------------------------------------------------------
 
     def _connections_for(self, local: str, remote: str) -> list[ConnectionConfig]:
+        """The connections a Main Mode request from ``remote`` to ``local`` may be for:
+        those naming that very address if any do, else all that match it."""
         key = (local, remote)
         cached = self._candidates_cache.get(key)
         if cached is None:
-            cached = list(self.config.connections_for_addresses(local, remote))
+            candidates = self.config.connections_for_addresses(local, remote)
+            cached = [c for c in candidates if remote in c.remote_addrs] or candidates
             self._candidates_cache[key] = cached
             while len(self._candidates_cache) > CANDIDATES_CACHE_SIZE:
                 self._candidates_cache.popitem(last=False)
@@ -604,9 +607,7 @@ class Engine:
 
     def _new_responder(self, message: Message, now: float) -> None:
         local, remote = message.local, message.remote
-        candidates = self._connections_for(local[0], remote[0])
-        specific = [c for c in candidates if remote[0] in c.remote_addrs]
-        pool = specific or candidates
+        pool = self._connections_for(local[0], remote[0])
         if not pool:
             self.logs.log(log, logging.WARNING, "no-connection", now,
                           "no connection for a Main Mode request from %s to %s", remote[0],

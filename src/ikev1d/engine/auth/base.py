@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from ikev1d.config.identity import Identity
 from ikev1d.crypto import hash_i, hash_r
 from ikev1d.engine import rules
 from ikev1d.engine.identity import IdentityError, describe, id_payload, matches
@@ -27,7 +28,7 @@ from ikev1d.engine.ike_sa import ProtocolFailure, first
 from ikev1d.wire import AuthMethod, IdPayload, KePayload, NoncePayload, NotifyType, Payload
 
 if TYPE_CHECKING:
-    from ikev1d.config import ConnectionConfig, Identity
+    from ikev1d.config import ConnectionConfig
     from ikev1d.engine.ike_sa import IkeSa, Parsed
 
 T = TypeVar("T")
@@ -331,6 +332,23 @@ def our_id(sa: IkeSa) -> IdPayload:
 def peer_matches(expected: Identity | None, received: IdPayload) -> bool:
     """Does the peer's proven ID equal the configured one (None or %any: any)?"""
     return matches(expected, received)
+
+
+def peer_matching(conns: Iterable[ConnectionConfig], received: IdPayload, *,
+                  first: bool = False) -> list[ConnectionConfig]:
+    """Those of ``conns`` whose remote ID accepts the peer's ``received`` (None or
+    %any: any), in order; with ``first``, only the first of them. The peer's ID is
+    read once, not once per connection: a gateway with a connection per peer ID has
+    thousands of candidates here."""
+    peer = Identity.from_id_payload(received).compare_key
+    found = []
+    for conn in conns:
+        expected = conn.remote_id_key
+        if expected is None or expected == peer:
+            found.append(conn)
+            if first:
+                break
+    return found
 
 
 def id_text(payload: IdPayload) -> str:

@@ -92,7 +92,7 @@ from ikev1d.engine.auth.base import (
     XauthRole,
     id_text,
     our_id,
-    peer_matches,
+    peer_matching,
 )
 from ikev1d.engine.auth.pubkey import (
     MAX_RSA_BITS,
@@ -462,7 +462,7 @@ class PublicKeyEncryptionAuthenticator(Authenticator):
         that matches none must not be answered differently: the first candidate's
         key is used and HASH_I fails."""
         sa = self.sa
-        matching = [c for c in sa.candidates if peer_matches(c.remote.id, self.peer_id)]
+        matching = peer_matching(sa.candidates, self.peer_id)
         if not matching:
             self.undecryptable = True
             return

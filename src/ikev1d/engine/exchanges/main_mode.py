@@ -40,6 +40,7 @@ from ikev1d.engine.auth.base import (
     id_text,
     our_id,
     peer_matches,
+    peer_matching,
 )
 from ikev1d.engine.exchanges.base import NONCE_LENGTH, PHASE1_MESSAGE_ID, Exchange, Message
 from ikev1d.engine.halfopen import MAX_SA_OFFER
@@ -637,7 +638,8 @@ class MainMode(Exchange):
             # that the message is authenticated (a forged one must not move us).
             sa.local, sa.remote = shared_endpoint(message.local), shared_endpoint(message.remote)
         # Now that the identity is known, settle on the connection it belongs to.
-        conn = next((c for c in sa.candidates if peer_matches(c.remote.id, peer_id)), None)
+        found = peer_matching(sa.candidates, peer_id, first=True)
+        conn = found[0] if found else None
         if conn is None:
             raise ProtocolFailure(
                 f"authentication failed: peer identity {id_text(peer_id)} matches "
