@@ -253,17 +253,18 @@ def _swanctl_secret(initiator: str, responder: str) -> str:
 
 def initiator_swanctl_conf(
     n: int, local: str, remote: str, group: Group, local_net: str, remote_net: str,
-    auth: str = "psk",
+    auth: str = "psk", peers: int = 1,
 ) -> str:
-    """N connections t1..tN, equal except for the local ID (tI.bench.example).
+    """N connections t1..tN, equal except for the local ID (tI.bench.example) and, with
+    ``peers`` > 1, the local address: tI comes from peer_address((I - 1) % peers).
 
     With certificates each presents its own (``x509/tI.pem``, see Credentials).
     """
     remote_id = remote if auth == "psk" else RESPONDER_ID
     body = "".join(
         _swanctl_conn(
-            f"t{i}", local, remote, f"t{i}.{ID_DOMAIN}", remote_id, group, local_net,
-            remote_net, auth, f"t{i}.pem",
+            f"t{i}", local if peers == 1 else peer_address((i - 1) % peers), remote,
+            f"t{i}.{ID_DOMAIN}", remote_id, group, local_net, remote_net, auth, f"t{i}.pem",
         )
         for i in range(1, n + 1)
     )
@@ -272,14 +273,57 @@ def initiator_swanctl_conf(
 
 
 def responder_swanctl_conf(
-    local: str, remote: str, group: Group, local_net: str, remote_net: str, auth: str = "psk"
+    local: str, remote: str, group: Group, local_net: str, remote_net: str, auth: str = "psk",
+    peers: int = 1,
 ) -> str:
-    """One connection accepting any initiator ID from `remote`."""
+    """One connection accepting any initiator ID from `remote`; with ``peers`` > 1 (PSK
+    only), one such connection and one PSK per peer address instead, as a hub has."""
     local_id = local if auth == "psk" else RESPONDER_ID
+    if peers > 1:
+        conns = "".join(
+            _swanctl_conn(f"p{j}", local, peer_address(j), local_id, "%any", group,
+                          local_net, remote_net)
+            for j in range(peers))
+        secrets = "".join(
+            f"  ike-p{j} {{\n    id-1 = {peer_address(j)}\n"
+            f"    secret = 0x{PSK.encode().hex()}\n  }}\n"
+            for j in range(peers))
+        return f"connections {{\n{conns}}}\nsecrets {{\n{secrets}}}\n"
     conn = _swanctl_conn("bench", local, remote, local_id, "%any", group, local_net,
                          remote_net, auth, "responder.pem")
     secrets = _swanctl_secret(remote, local) if auth == "psk" else ""
     return f"connections {{\n{conn}}}\n{secrets}"
+
+
+def peer_address(j: int) -> str:
+    """Initiator address ``j`` with ``--peers``: 198.18.0.0/15 (RFC 2544, set aside for
+    benchmarks), added to A's link."""
+    return f"198.{18 + j // 64000}.{(j // 250) % 256}.{1 + j % 250}"
+
+
+PEER_NET = "198.18.0.0/15"
+
+
+def add_peer_addresses(topo: Topology, peers: int, work_dir: Path) -> None:
+    """Give A the ``peers`` initiator addresses and B a route to them through A's own
+    address (on-link, B's neighbour table would overflow beyond 1,024 peers)."""
+    batch = work_dir / "peer-addresses.ip"
+    batch.write_text("".join(f"addr add {peer_address(j)}/32 dev {topo.if_a}\n"
+                             for j in range(peers)))
+    topo.a.run(["ip", "-batch", str(batch)])
+    topo.b.run(["ip", "route", "add", PEER_NET, "via", topo.addr_a, "dev", topo.if_b])
+
+
+def ikev1d_peers_conf(conf: str, initiator: str, peers: int) -> str:
+    """The responder's configuration with its one connection (and PSK) for the initiator's
+    address repeated for each peer address, as a hub has one per static peer."""
+    at = conf.index("[connections.bench]")
+    head, block = conf[:at], conf[at:]
+    return head + "".join(
+        block.replace("[connections.bench", f"[connections.p{j}")
+        .replace("[secrets.bench]", f"[secrets.p{j}]")
+        .replace(f'"{initiator}"', f'"{peer_address(j)}"')
+        for j in range(peers))
 
 
 
@@ -321,6 +365,7 @@ class Settings:
     half_open: int
     timeline: bool = False
     rate: float | None = None
+    peers: int = 1
 
 
 IKEV1D_USERSPACE = "ikev1d(userspace)"
@@ -385,6 +430,8 @@ def run_one(
             if creds is not None:
                 conf = ikev1d_pubkey_conf(conf)
                 creds.install_ikev1d(run_dir / "ikev1d")
+            elif s.peers > 1:
+                conf = ikev1d_peers_conf(conf, a, s.peers)
             daemon = Ikev1dDaemon(topo.b, run_dir / "ikev1d", conf, log_level=s.ikev1d_log_level)
             daemon.start()
             stack.callback(daemon.stop)
@@ -398,7 +445,9 @@ def run_one(
             if creds is not None:
                 creds.install_charon(resp_charon.work_dir, responder=True)
             resp_charon.load_config(
-                responder_swanctl_conf(b, a, group, net_b, net_a, swan_auth))
+                responder_swanctl_conf(b, a, group, net_b, net_a, swan_auth,
+                                       s.peers if creds is None else 1),
+                timeout=30.0 + s.peers / 50)
             resp_pid = find_pid(
                 topo.b, "charon", resp_charon.proc.pid if resp_charon.proc else None
             )
@@ -409,7 +458,9 @@ def run_one(
         if creds is not None:
             creds.install_charon(initiator.work_dir, responder=False)
         initiator.load_config(
-            initiator_swanctl_conf(s.tunnels, a, b, group, net_a, net_b, swan_auth))
+            initiator_swanctl_conf(s.tunnels, a, b, group, net_a, net_b, swan_auth,
+                                   s.peers if creds is None else 1),
+            timeout=30.0 + s.tunnels / 50)
 
         cap: capture.Capture | None = None
         if s.timeline:
@@ -621,6 +672,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "per message at the responder, and at the initiator (the capture costs CPU too: "
         "compare rows of one run, not with runs without it)",
     )
+    parser.add_argument(
+        "--peers", type=int, default=1, metavar="N",
+        help="the tunnels come from N initiator addresses (198.18.0.0/15, tunnel I from "
+        "address (I - 1) %% N) and each responder has a connection and a PSK per address, "
+        "as a hub with N static peers (PSK rows only; 1: one address, one connection)",
+    )
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the responders' order per round (random by default)")
     parser.add_argument("--ikev1d-log-level", default="info")
@@ -664,14 +721,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.ikev1d_half_open,
         args.timeline,
         args.rate,
+        args.peers,
     )
+    if not 1 <= args.peers <= 128000:
+        parser.error("--peers: 1 to 128000")
     pace = f", at most {args.rate:g} initiates/s" if args.rate else ""
+    if args.peers > 1:
+        pace += f", from {args.peers} peer addresses"
     print(f"{args.tunnels} tunnels, window {args.window}{pace}, work dir {work_dir}", flush=True)
     results: list[RunResult] = []
     rng = random.Random(args.seed)
     ok = True
     try:
         with netns.two_hosts() as topo:
+            if args.peers > 1:
+                add_peer_addresses(topo, args.peers, work_dir)
             for rep, group, auth in itertools.product(range(args.repeat), groups, auths):
                 responders: list[tuple[str, str | None, str]] = []
                 if "ikev1d" in kinds:
