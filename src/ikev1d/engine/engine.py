@@ -346,15 +346,21 @@ class Engine:
         how many."""
         if conn not in self.config.connections and not self.sas_of(conn):
             raise EngineError(f"no connection named {conn!r}")
-        return sum(self.terminate_ike(ike_id, now) for ike_id in self.peer_ike_ids(conn, peer))
+        deleted = 0
+        for sa in self.sas_of(conn):
+            # Checked as each is reached: deleting one may have dropped another.
+            if sa.state is not IkeState.DELETING and peer in (
+                    sa.remote_id, sa.remote[0], sa.xauth_user):
+                self.deletion.delete_sa(sa, "deleted by local request", send=True)
+                deleted += 1
+        return deleted
 
     def install_failed(self, child_id: int, reason: str, now: float) -> None:
         """The data plane could not install an IPsec SA: delete it, telling the peer,
         so that nothing is left half-installed on either side."""
-        for sa in self._all_sas():
-            for child in list(sa.children):
-                if child.child_id == child_id:
-                    self.deletion.delete_child(sa, child, reason, send=True)
+        found = self.child_by_id(child_id)
+        if found is not None:
+            self.deletion.delete_child(*found, reason, send=True)
 
     def xauth_result(self, request_id: int, ok: bool, now: float) -> None:
         """The runtime's answer to an XauthCheck event (a RADIUS server's verdict);

@@ -134,3 +134,9 @@ def test_one_connection_asked_about_does_not_walk_every_sa(
     assert a.child_is_up("c5", "net") and not a.child_in_progress("c5", "net")
     a.initiate("c5", None, net.now)  # up already: nothing new
     assert len(a.sas_of("c5")) == 1
+    # `down --peer` and an install the data plane refused: no walk either.
+    assert a.terminate_peer("c4", B_ADDR, net.now) == 1
+    assert a.sas_of("c4") == [] and a.terminate_peer("c4", B_ADDR, net.now) == 0
+    c3 = a.sas_of("c3")[0]
+    a.install_failed(c3.children[0].child_id, "refused", net.now)
+    assert c3.children == [] and len(a.sas_of("c3")) == 1
