@@ -12,6 +12,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ikev1d.daemon.control import (
     DEFAULT_UP_TIMEOUT,
@@ -25,14 +26,10 @@ from ikev1d.daemon.control import (
     decode_status,
     resolve_socket_path,
 )
-from ikev1d.logsetup import LEVELS
-from ikev1d.status import (
-    ChildSaStatus,
-    IkeSaStatus,
-    Network,
-    StatusDocument,
-    endpoint_text,
-)
+from ikev1d.levels import LEVELS
+
+if TYPE_CHECKING:
+    from ikev1d.status import ChildSaStatus, IkeSaStatus, Network, StatusDocument
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -322,6 +319,8 @@ def format_status(document: StatusDocument) -> str:
 
 
 def _ike_sa_lines(ike: IkeSaStatus) -> list[str]:
+    from ikev1d.status import endpoint_text  # loaded with the document it formats
+
     role = "initiator" if ike.initiator else "responder"
     cky_i, cky_r = ike.cookies
     nat_l = ", behind NAT" if ike.nat_local else ""

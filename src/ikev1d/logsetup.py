@@ -23,15 +23,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from ikev1d.errors import Ikev1dError
-
-LEVELS: dict[str, int] = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
-"""Accepted ``--log-level`` / ``[daemon] log_level`` values (case-insensitive)."""
+from ikev1d.levels import LEVELS
 
 ROOT_LOGGER = "ikev1d"
 

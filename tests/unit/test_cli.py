@@ -335,3 +335,14 @@ def test_status_table_shows_virtual_ips_and_pools() -> None:
     document = StatusDocument((dual,), (pool,))
     assert document.to_json()["ike_sas"][0]["virtual_ips"] == ["10.3.0.7", "fd00:3::7"]
     assert StatusDocument.from_json(document.to_json()) == document
+
+
+def test_a_command_does_not_load_what_only_status_or_the_daemon_needs() -> None:
+    # Every `ikev1d up/down/reload` starts a fresh interpreter: the status document's
+    # module and logging are loaded by `status` and `daemon` when they run, not by
+    # the command line itself (together about half of a command's start-up).
+    probe = ("import sys, ikev1d.cli; "
+             "print(sorted(m for m in ('logging', 'ikev1d.status') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

@@ -38,6 +38,15 @@ def test_levels() -> None:
         parse_level("loud")
 
 
+def test_every_level_name_has_the_logging_modules_value() -> None:
+    # ikev1d.levels writes the numbers out (the command line checks names without
+    # importing logging): they must be logging's own.
+    assert {name: parse_level(name) for name in ("debug", "info", "warning", "error",
+                                                 "critical")} == {
+        "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+        "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
 def test_setup_writes_stderr_and_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "ikev1d.log"
     logger = logging.getLogger("ikev1d")

@@ -33,10 +33,12 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ikev1d.errors import Ikev1dError
-from ikev1d.status import StatusDocument, StatusFormatError
+
+if TYPE_CHECKING:
+    from ikev1d.status import StatusDocument
 
 DEFAULT_SOCKET_PATH = "/run/ikev1d/ikev1d.sock"
 SOCKET_ENV = "IKEV1D_SOCKET"
@@ -247,6 +249,10 @@ def decode_response(line: bytes) -> Response:
 def decode_status(response: Response) -> StatusDocument:
     """The document of a successful ``status`` answer; raises ControlProtocolError when
     it is missing or malformed."""
+    # Here, not at the top: the status document's module is a fifth of what every
+    # `ikev1d` command imports, and only `status` decodes one.
+    from ikev1d.status import StatusDocument, StatusFormatError
+
     try:
         return StatusDocument.from_json(response.body.get("status"))
     except StatusFormatError as exc:
