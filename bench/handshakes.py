@@ -7,7 +7,8 @@ Run by hand, as root (it creates network namespaces)::
 The load generator is a real strongSwan charon (independent of our code).
 strongSwan's `load-tester` plugin is not shipped by Debian 12 (it is missing
 from libcharon-extra-plugins), so the charon initiator gets N identical
-IKEv1 connections (``t1`` .. ``tN``, same addresses, IDs and PSK) and the
+IKEv1 connections (``t1`` .. ``tN``, same addresses and PSK, IDs of their own;
+with ``--peers M`` each from one of M addresses with that address's own PSK) and the
 benchmark initiates them over vici from W threads, so at most W handshakes
 (Main Mode + Quick Mode, PSK, no PFS) are in flight at any time.  charon
 never reuses an IKE SA across connection configs, so every initiate is a full
@@ -268,7 +269,17 @@ def initiator_swanctl_conf(
         )
         for i in range(1, n + 1)
     )
-    secrets = _swanctl_secret(local, remote) if auth == "psk" else ""
+    if auth != "psk":
+        secrets = ""
+    elif peers == 1:
+        secrets = _swanctl_secret(local, remote)
+    else:
+        # Each peer address its own key: tunnel I presents the one of its address,
+        # found by its own ID and the responder's.
+        secrets = "secrets {\n" + "".join(
+            f"  ike-t{i} {{\n    id-1 = t{i}.{ID_DOMAIN}\n    id-2 = {remote}\n"
+            f"    secret = 0x{peer_psk((i - 1) % peers).encode().hex()}\n  }}\n"
+            for i in range(1, n + 1)) + "}\n"
     return f"connections {{\n{body}}}\n{secrets}"
 
 
@@ -286,7 +297,7 @@ def responder_swanctl_conf(
             for j in range(peers))
         secrets = "".join(
             f"  ike-p{j} {{\n    id-1 = {peer_address(j)}\n"
-            f"    secret = 0x{PSK.encode().hex()}\n  }}\n"
+            f"    secret = 0x{peer_psk(j).encode().hex()}\n  }}\n"
             for j in range(peers))
         return f"connections {{\n{conns}}}\nsecrets {{\n{secrets}}}\n"
     conn = _swanctl_conn("bench", local, remote, local_id, "%any", group, local_net,
@@ -302,6 +313,12 @@ def peer_address(j: int) -> str:
 
 
 PEER_NET = "198.18.0.0/15"
+
+
+def peer_psk(j: int) -> str:
+    """The pre-shared key of peer address ``j``: one of its own, so that a key looked up
+    for the wrong peer fails the handshake."""
+    return f"{PSK}-{j}"
 
 
 def add_peer_addresses(topo: Topology, peers: int, work_dir: Path) -> None:
@@ -323,6 +340,7 @@ def ikev1d_peers_conf(conf: str, initiator: str, peers: int) -> str:
         block.replace("[connections.bench", f"[connections.p{j}")
         .replace("[secrets.bench]", f"[secrets.p{j}]")
         .replace(f'"{initiator}"', f'"{peer_address(j)}"')
+        .replace(f'secret = "{PSK}"', f'secret = "{peer_psk(j)}"')
         for j in range(peers))
 
 
