@@ -290,8 +290,8 @@ class ConnectionConfig:
     def remote_id_key(self) -> object:
         """What the peer's proven ID is compared with (``Identity.compare_key``); None
         when the remote ID accepts any peer (none configured, or ``%any``)."""
-        remote_id = self.remote.id
-        return None if remote_id is None or remote_id.is_any else remote_id.compare_key
+        remote_id = _static_id(self)
+        return None if remote_id is None else remote_id.compare_key
 
     @property
     def dynamic_peer(self) -> bool:

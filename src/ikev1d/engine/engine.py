@@ -338,8 +338,7 @@ class Engine:
         """The ISAKMP SAs of ``conn`` whose peer has ID ``peer`` (as status shows
         ``remote_id``), that outer address, or that XAUTH user name (which tells road
         warriors apart that share a group ID)."""
-        return [sa.ike_id for sa in self.sas_of(conn) if sa.state is not IkeState.DELETING
-                and peer in (sa.remote_id, sa.remote[0], sa.xauth_user)]
+        return [sa.ike_id for sa in self.sas_of(conn) if _names_peer(sa, peer)]
 
     def terminate_peer(self, conn: str, peer: str, now: float) -> int:
         """Delete the ISAKMP SAs :meth:`peer_ike_ids` names, each with its IPsec SAs;
@@ -349,8 +348,7 @@ class Engine:
         deleted = 0
         for sa in self.sas_of(conn):
             # Checked as each is reached: deleting one may have dropped another.
-            if sa.state is not IkeState.DELETING and peer in (
-                    sa.remote_id, sa.remote[0], sa.xauth_user):
+            if _names_peer(sa, peer):
                 self.deletion.delete_sa(sa, "deleted by local request", send=True)
                 deleted += 1
         return deleted
@@ -851,4 +849,12 @@ def _child_status(child: ChildSa, now: float) -> ChildSaStatus:
     )
 
 
+def _names_peer(sa: IkeSa, peer: str) -> bool:
+    """``sa`` is held (not being deleted) with ``peer`` as its ID, outer address or
+    XAUTH user: what ``down --peer`` names."""
+    return sa.state is not IkeState.DELETING and peer in (
+        sa.remote_id, sa.remote[0], sa.xauth_user)
+
+
 __all__ = ["ConnectionConfig", "Engine", "EngineError"]
+
