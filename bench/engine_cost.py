@@ -183,14 +183,39 @@ def write_credentials(folder: Path, kind: str, tunnels: int) -> None:
                   sans=(f"dns:t{i}.bench.example",)).write(folder, f"t{i}")
 
 
+def peer_address(j: int) -> str:
+    """Initiator address ``j`` with ``--peers`` (198.18.0.0/15, as in handshakes.py)."""
+    return f"198.{18 + j // 64000}.{(j // 250) % 256}.{1 + j % 250}"
+
+
+def as_peer(text: str, j: int) -> str:
+    """``text`` (a configuration) with the initiator's address and the PSK of peer ``j``."""
+    return (text.replace(f'"{INITIATOR}"', f'"{peer_address(j)}"')
+            .replace(f'secret = "{PSK}"', f'secret = "{PSK}-{j}"'))
+
+
+def hub_config(text: str, peers: int) -> str:
+    """The responder's configuration with its connection and secret repeated for each of
+    ``peers`` addresses, a key of its own each: a hub with static peers."""
+    at = text.index("[connections.bench]")
+    head, block = text[:at], text[at:]
+    return head + "".join(
+        as_peer(block.replace("[connections.bench", f"[connections.p{j}")
+                .replace("[secrets.bench]", f"[secrets.p{j}]"), j)
+        for j in range(peers))
+
+
 def measure(group: Group, tunnels: int, profiler: cProfile.Profile | None,
-            auth: str = "psk", same_id: bool = False, evict_mb: int = 0) -> TimedResponder:
+            auth: str = "psk", same_id: bool = False, evict_mb: int = 0,
+            peers: int = 1) -> TimedResponder:
     with tempfile.TemporaryDirectory(prefix="ikev1d-engine-cost-") as tmp:
         folder = Path(tmp)
         if auth != "psk":
             write_credentials(folder, auth, tunnels)
         responder_cfg = config_text(RESPONDER, INITIATOR, "10.2.0.0/24", "10.1.0.0/24", group,
                                     auth, "responder", same_id)
+        if peers > 1:
+            responder_cfg = hub_config(responder_cfg, peers)
         responder = TimedResponder(
             Engine(parse_config(responder_cfg, base_dir=folder), random_bytes=os.urandom,
                    wall_clock=time.time),
@@ -200,6 +225,8 @@ def measure(group: Group, tunnels: int, profiler: cProfile.Profile | None,
         for i in range(1, tunnels + 1):
             initiator_cfg = config_text(INITIATOR, RESPONDER, "10.1.0.0/24", "10.2.0.0/24",
                                         group, auth, f"t{i}", same_id)
+            if peers > 1:
+                initiator_cfg = as_peer(initiator_cfg, (i - 1) % peers)
             one_tunnel(responder, initiator_cfg, folder)
     return responder
 
@@ -219,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--evict", type=int, default=0, metavar="MB",
         help="before each message, write a byte per cache line of an MB-sized buffer "
         "(untimed): every message with cold caches, as in the live daemon (e.g. 16)")
+    parser.add_argument(
+        "--peers", type=int, default=1, metavar="N",
+        help="PSK: the responder as a hub with N static peers (a connection and a key "
+        "each, by address); tunnel I comes from peer (I - 1) mod N")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args(argv)
     logging.getLogger("ikev1d").setLevel(logging.WARNING)
@@ -226,12 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     auths = [a.strip() for a in args.auth.split(",") if a.strip()]
     if not set(auths) <= {"psk", *AUTH_KEYS}:
         parser.error("--auth: choose from psk, rsa, ecdsa")
+    if args.peers > 1 and auths != ["psk"]:
+        parser.error("--peers: PSK only")
     print(f"{'group/auth':<15} {'tunnels':>8} {'responder engine CPU ms/tunnel':>32}")
     ok = True
     for group, auth in itertools.product([g for g in GROUPS if g.name in wanted], auths):
         label = f"{group.name}/{auth}"
         profiler = cProfile.Profile() if args.cprofile else None
-        responder = measure(group, args.tunnels, profiler, auth, args.same_id, args.evict)
+        responder = measure(group, args.tunnels, profiler, auth, args.same_id, args.evict,
+                            args.peers)
         if responder.established != args.tunnels:
             print(f"{label:<15} FAILED: {responder.established}/{args.tunnels} established")
             ok = False

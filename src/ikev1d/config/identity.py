@@ -21,6 +21,7 @@ in logs and status.  X.501 names are read and written by
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from ikev1d.errors import Ikev1dError
 from ikev1d.wire import IdPayload, IdType, id_to_text
 
-__all__ = ["ANY", "IdKind", "Identity", "IdentityError"]
+__all__ = ["ANY", "IdKind", "Identity", "IdentityError", "ip_or_none"]
 
 ANY = "%any"
 
@@ -126,7 +127,7 @@ class Identity:
             return cls(IdKind.ANY, b"", ANY)
         if not value:
             raise IdentityError("empty identity")
-        address = _ip_or_none(value)
+        address = ip_or_none(value)
         if address is not None:
             return cls.from_address(address)
         if value.startswith(_KEY_ID_PREFIXES):
@@ -155,7 +156,9 @@ class Identity:
     @classmethod
     def from_address(cls, address: str | IPAddress) -> Self:
         """ID_IPV4_ADDR / ID_IPV6_ADDR: our IKE address when no ``id`` is configured."""
-        ip = ipaddress.ip_address(address)
+        # An address object as it is: parsing its text again costs microseconds, and a
+        # responder makes an identity of every new peer's address.
+        ip = address if isinstance(address, _ADDRESS_TYPES) else ipaddress.ip_address(address)
         if ip.version == 4:
             return cls(IdKind.IPV4_ADDR, ip.packed, str(ip), IdType.IPV4_ADDR)
         return cls(IdKind.IPV6_ADDR, ip.packed, str(ip), IdType.IPV6_ADDR)
@@ -209,7 +212,7 @@ class Identity:
     @classmethod
     def _fqdn(cls, name: str) -> Self:
         # Shown with the "@" only where the bare name would read as something else.
-        ambiguous = _ip_or_none(name) is not None or name.startswith(_KEY_ID_PREFIXES)
+        ambiguous = ip_or_none(name) is not None or name.startswith(_KEY_ID_PREFIXES)
         text = "@" + name if ambiguous else name
         return cls(IdKind.FQDN, name.encode("ascii"), text, IdType.FQDN)
 
@@ -285,11 +288,23 @@ def _comparison_key(identity: Identity) -> object:
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _ip_or_none(text: str) -> IPAddress | None:
+_ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_or_none(text: str) -> IPAddress | None:
+    """``text`` (surrounding blanks ignored) as an IP address, or None.
+
+    Cached: a responder asks about the same peer and local address texts several times
+    per handshake (its connections, its key, the peer's identity), and parsing one costs
+    a few microseconds in Python. The texts come from the configuration and from the
+    sockets (any sender chooses its source address), so the cache is bounded; the
+    addresses are immutable, so sharing them is safe."""
     try:
-        return ipaddress.ip_address(text)
+        return ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+
 
 
 def _valid_fqdn(name: str) -> bool:

@@ -26,7 +26,7 @@ from typing import TypeVar
 from ikev1d.proposals import EspProposal, IkeProposal
 
 from .credentials import Credentials
-from .identity import ANY, Identity, IdentityError
+from .identity import ANY, Identity, IdentityError, ip_or_none
 
 __all__ = [
     "DEFAULT_ESP_PROPOSALS",
@@ -391,8 +391,8 @@ class Config:
         address before a subnet containing it), then the ``%any`` ones; ties
         keep file order, a specific local address before "any local".
         """
-        local = _ip_or_none(local_addr)
-        remote = _ip_or_none(remote_addr)
+        local = ip_or_none(local_addr)
+        remote = ip_or_none(remote_addr)
         if local is None or remote is None:
             return []
         index = self._address_index
@@ -470,7 +470,7 @@ class _AddressIndex:
                 else:
                     self.exact.setdefault(ipaddress.ip_address(entry), []).append(position)
             self.local_addrs.append(
-                frozenset(a for a in map(_ip_or_none, conn.local_addrs) if a is not None)
+                frozenset(a for a in map(ip_or_none, conn.local_addrs) if a is not None)
                 if conn.local_addrs else None)
         self.exact_ids: dict[IPAddress, frozenset[Identity]] = {
             address: frozenset(ids) for address, positions in self.exact.items()
@@ -551,13 +551,6 @@ def _as_identity(value: Identity | str) -> Identity | None:
     try:
         return Identity.parse(value)
     except IdentityError:
-        return None
-
-
-def _ip_or_none(text: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(text.strip())
-    except ValueError:
         return None
 
 

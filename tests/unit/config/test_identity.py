@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ikev1d.config import Identity, IdKind, parse_config
+from ikev1d.config import Identity, IdKind, identity, parse_config
 from ikev1d.engine.api import IkeSaEstablished
 from ikev1d.engine.identity import describe, id_payload, matches
 from ikev1d.wire import IdPayload, IdType
@@ -139,3 +141,35 @@ def test_two_engines_agree_on_identities(a_id: str, b_id: str, a_sees: str, b_se
     assert isinstance(ike_a, IkeSaEstablished) and isinstance(ike_b, IkeSaEstablished)
     assert (ike_a.local_id, ike_a.remote_id) == (str(Identity.parse(a_id)), a_sees)
     assert (ike_b.local_id, ike_b.remote_id) == (str(Identity.parse(b_id)), b_sees)
+
+
+def test_ip_or_none_parses_once_per_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Addresses as text (configuration, sockets): parsed, blanks ignored, anything
+    else None; a text asked about again is answered without parsing it again."""
+    identity.ip_or_none.cache_clear()
+    parsed: list[object] = []
+    real = ipaddress.ip_address
+
+    def counted(value: object) -> object:
+        parsed.append(value)
+        return real(value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ipaddress, "ip_address", counted)
+    assert identity.ip_or_none(" 192.0.2.1 ") == ipaddress.IPv4Address("192.0.2.1")
+    assert identity.ip_or_none("2001:db8::1") == ipaddress.IPv6Address("2001:db8::1")
+    assert identity.ip_or_none("gw.example.org") is None
+    assert identity.ip_or_none("") is None
+    count = len(parsed)
+    assert identity.ip_or_none(" 192.0.2.1 ") == ipaddress.IPv4Address("192.0.2.1")
+    assert len(parsed) == count
+    assert identity.ip_or_none.cache_info().maxsize == 4096
+
+
+def test_address_identity_from_an_address_object_is_not_parsed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    address = ipaddress.IPv6Address("2001:db8::7")
+    monkeypatch.setattr(ipaddress, "ip_address", lambda value: pytest.fail(
+        f"parsed {value!r} again"))
+    made = Identity.from_address(address)
+    assert (made.kind, made.data, made.text) == (IdKind.IPV6_ADDR, address.packed, "2001:db8::7")

@@ -60,8 +60,9 @@ OFFERS: list[tuple[str, Callable[[], list[Any]], list[Payload]]] = [
 ]
 
 
-def _config(encap: bool) -> Config:
-    return parse_config(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24", encap=encap))
+def _config(encap: bool, **settings: str) -> Config:
+    return parse_config(config_text(B_ADDR, A_ADDR, "10.2.0.0/24", "10.1.0.0/24", encap=encap,
+                                    **settings))
 
 
 def _state(engine: Engine) -> dict[str, Any]:
@@ -123,10 +124,88 @@ def test_main_mode_1_answered_alike_from_the_cache(
     assert [r.getMessage() for r in caplog.records] == whole_logs
     if name == "unknown-vid":
         assert any("unknown vendor ID" in line for line in whole_logs)
-    # Another configuration (a reload makes new connection objects) is not
-    # answered from what the first one decided.
-    _answer(_config(encap), request)
+    # A configuration loaded again (a reload makes new connection objects) with the
+    # same settings is answered alike, with its own connections.
+    again = _config(encap)
+    reloaded_out, reloaded_state = _answer(again, request)
+    assert parses == [] and reloaded_out == whole_out
+    assert reloaded_state["conn"] == id(again.connections["gw"])
+    # One whose connection differs in what the answer takes from it is not.
+    _answer(_config(encap, proposals='["aes256-sha256-modp2048", "aes128-sha256-modp2048"]'),
+            request)
     assert len(parses) == 1
+
+
+PEER_A, PEER_B = "192.0.2.10", "192.0.2.11"
+
+
+def _hub(fragmentation_b: str) -> Config:
+    """A responder with a connection (and a key) per static peer, alike but for the
+    peer's address, ID and key, and for ``fragmentation`` in the second."""
+    text = '[daemon]\ndataplane = "none"\n'
+    for name, peer, fragmentation in (("pa", PEER_A, "yes"), ("pb", PEER_B, fragmentation_b)):
+        text += f"""
+[connections.{name}]
+local_addrs = ["{B_ADDR}"]
+remote_addrs = ["{peer}"]
+proposals = ["aes128-sha256-modp2048"]
+fragmentation = "{fragmentation}"
+[connections.{name}.local]
+auth = "psk"
+[connections.{name}.remote]
+auth = "psk"
+id = "{peer}"
+[connections.{name}.children.net]
+local_ts = ["10.2.0.0/24"]
+remote_ts = ["10.1.0.0/24"]
+[secrets.{name}]
+secret = "the key of {name}, long enough for a test"
+ids = ["{peer}"]
+"""
+    return parse_config(text)
+
+
+@pytest.mark.parametrize("fragmentation_b", ["yes", "no"])
+def test_main_mode_1_of_a_new_peer_answered_from_an_alike_connection(
+    fragmentation_b: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hub's static peers each have a connection of their own: the first request
+    of a new peer is answered from what an alike connection decided (and with the
+    new peer's own connection), unless its connection differs in what the answer
+    takes from it (fragmentation: the answer then lacks the vendor ID)."""
+    request = message_1(bytes(range(1, 9)), [ike_transform()],
+                        _vids(VID_DPD, VID_FRAGMENTATION + FLAGS))
+    config = _hub(fragmentation_b)
+    main_mode._MM1_ANSWERS.clear()
+    whole: dict[str, tuple[list[bytes], str | None]] = {}
+    for peer in (PEER_A, PEER_B):  # each through the whole path
+        main_mode._MM1_ANSWERS.clear()
+        engine = Engine(config, random_bytes=random.Random(7).randbytes, wall_clock=lambda: 0.0)
+        engine.receive_datagram(request, RESPONDER, (peer, 500), 10.0)
+        (sa,) = engine._sas.values()
+        assert isinstance(sa, IkeSa) and sa.conn is not None
+        whole[peer] = ([d.data for d in engine.datagrams_to_send()], sa.conn.name)
+    assert (VID_FRAGMENTATION in whole[PEER_B][0][0]) == (fragmentation_b == "yes")
+
+    main_mode._MM1_ANSWERS.clear()
+    engine = Engine(config, random_bytes=random.Random(7).randbytes, wall_clock=lambda: 0.0)
+    engine.receive_datagram(request, RESPONDER, (PEER_A, 500), 10.0)
+    engine.datagrams_to_send()
+    parses: list[bytes] = []
+    real_parse = ike_sa.parse
+
+    def counted_parse(header: Header, body: bytes, **kw: Any) -> Parsed:
+        parses.append(body)
+        return real_parse(header, body, **kw)
+
+    monkeypatch.setattr(main_mode, "parse", counted_parse)
+    second = Engine(config, random_bytes=random.Random(7).randbytes, wall_clock=lambda: 0.0)
+    second.receive_datagram(request, RESPONDER, (PEER_B, 500), 10.0)
+    (sa,) = second._sas.values()
+    assert isinstance(sa, IkeSa) and sa.conn is not None
+    assert ([d.data for d in second.datagrams_to_send()], sa.conn.name) == whole[PEER_B]
+    assert whole[PEER_B][1] == "pb"
+    assert len(parses) == (0 if fragmentation_b == "yes" else 1)
 
 
 def test_main_mode_1_refusals_are_not_kept() -> None:
@@ -288,3 +367,30 @@ def test_skeyid_is_dropped_once_main_mode_is_released() -> None:
     assert after is not None and after.skeyid == b""
     assert (after.skeyid_d, after.skeyid_a, after.skeyid_e) == (
         before.skeyid_d, before.skeyid_a, before.skeyid_e)
+
+
+def test_main_mode_1_profiles_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profile tables are bounded; when the numbers start again, no answer keyed by
+    an old number is kept (it could name another profile)."""
+    monkeypatch.setattr(main_mode, "_MM1_PROFILES_KEPT", 3)
+    main_mode._MM1_PROFILES.clear()
+    main_mode._MM1_PROFILE_OF.clear()
+    groups = ["modp2048", "modp3072", "ecp256", "ecp384", "modp4096"]
+    conns = [_config(False, proposals=f'["aes128-sha256-{g}"]').connections["gw"]
+             for g in groups]
+    numbers = [main_mode._mm1_profile(c) for c in conns[:3]]
+    kept: Any = object()  # an answer, kept while the numbers stand
+    main_mode._MM1_ANSWERS[(0, b"", (2,))] = kept
+    assert main_mode._mm1_profile(conns[0]) == 0  # known: from the table, nothing cleared
+    assert main_mode._MM1_ANSWERS[(0, b"", (2,))] is kept
+    numbers += [main_mode._mm1_profile(c) for c in conns[3:]]
+    assert numbers == [0, 1, 2, 0, 1]
+    assert len(main_mode._MM1_PROFILES) <= 3 and len(main_mode._MM1_PROFILE_OF) <= 3
+    assert main_mode._MM1_ANSWERS == {}
+    assert main_mode._mm1_profile(conns[4]) == 1
+    # Many connections alike (a hub's peers): one profile, the memo by connection bounded.
+    alike = [_config(False).connections["gw"] for _ in range(5)]
+    assert len({main_mode._mm1_profile(c) for c in alike}) == 1
+    assert len(main_mode._MM1_PROFILE_OF) <= 3
+    main_mode._MM1_PROFILES.clear()
+    main_mode._MM1_PROFILE_OF.clear()

@@ -91,11 +91,11 @@ _ENCRYPTION = int(Flags.ENCRYPTION)  # tested on int(flags): an IntFlag's & is P
 class _Mm1Answer(NamedTuple):
     """What a Main Mode request decided (see MainMode.first_message): a peer
     sends the same message 1 payloads in every handshake, so the decision and
-    our answer's payloads are kept by those bytes and the connections offered."""
+    our answer's payloads are kept by those bytes and the kind of connections
+    offered (:func:`_mm1_profile`)."""
 
-    offered_to: tuple[ConnectionConfig, ...]
-    """Held so that the ids in the key cannot be reused while the entry exists."""
-    candidates: tuple[ConnectionConfig, ...]
+    kept: tuple[int, ...]
+    """The positions, among the connections offered, of those that offered the choice."""
     choice: IkeChoice
     sa_i_b: bytes
     peer_vendors: vendor.PeerVendors
@@ -103,13 +103,47 @@ class _Mm1Answer(NamedTuple):
     """Message 2's payloads, encoded (the SA payload first)."""
 
 
-# Keyed by (first payload type, the payloads' bytes, the ids of the connections
+# Keyed by (first payload type, the payloads' bytes, the profiles of the connections
 # offered). Bounded and emptied when full, since the bytes are the peer's; only
 # requests that were answered are kept, so malformed or refused ones always take
 # the whole path, and so do bodies of more than ordinary size.
 _MM1_ANSWERS: dict[tuple[int, bytes, tuple[int, ...]], _Mm1Answer] = {}
 _MM1_ANSWERS_CACHED = 256
 _MM1_BODY_MAX = 2048
+_MM1_PROFILES: dict[tuple[object, ...], int] = {}
+"""Each distinct profile (what message 1's answer takes from a candidate) by its number."""
+_MM1_PROFILE_OF: dict[int, tuple[ConnectionConfig, int]] = {}
+"""id(connection) -> (the connection, held so that its id stays its own; its profile)."""
+_MM1_PROFILES_KEPT = 4096
+
+
+def _mm1_profile(conn: ConnectionConfig) -> int:
+    """A number for what a candidate connection contributes to the answer to Main Mode
+    message 1: its proposals, the wire methods it accepts, and what the answer's vendor
+    IDs take from it (see first_message). Candidates with equal numbers give equal
+    answers, so the cache serves a hub whose static peers each have a connection of
+    their own, alike but for addresses and IDs, instead of missing for every new peer.
+    The numbers come from configurations, not from peers; both tables are bounded and
+    emptied (with the answers keyed by them) when full."""
+    known = _MM1_PROFILE_OF.get(id(conn))
+    if known is not None and known[0] is conn:
+        return known[1]
+    if len(_MM1_PROFILE_OF) >= _MM1_PROFILES_KEPT:
+        _MM1_PROFILE_OF.clear()  # replaced configurations, or a hub's many peers: again
+    profile = (conn.proposals, frozenset(REGISTRY.accepted_methods([conn])),
+               conn.remote_xauth is not None or conn.local_xauth is not None,
+               bool(conn.pools), conn.fragmentation is not Fragmentation.NO)
+    number = _MM1_PROFILES.get(profile)
+    if number is None:
+        if len(_MM1_PROFILES) >= _MM1_PROFILES_KEPT:
+            # New numbers from here on: nothing may keep an old one.
+            _MM1_PROFILES.clear()
+            _MM1_PROFILE_OF.clear()
+            _MM1_ANSWERS.clear()
+        number = len(_MM1_PROFILES)
+        _MM1_PROFILES[profile] = number
+    _MM1_PROFILE_OF[id(conn)] = (conn, number)
+    return number
 
 
 class MmState(enum.Enum):
@@ -509,7 +543,7 @@ class MainMode(Exchange):
         known = None
         key: tuple[int, bytes, tuple[int, ...]] | None = None
         if len(body) <= _MM1_BODY_MAX:
-            key = (header.next_payload, body, tuple(map(id, sa.candidates)))
+            key = (header.next_payload, body, tuple(map(_mm1_profile, sa.candidates)))
             known = _MM1_ANSWERS.get(key)
         if known is not None:
             self._answer_known(known, message, now)
@@ -522,7 +556,7 @@ class MainMode(Exchange):
         if len(sa_i_b) > MAX_SA_OFFER:
             raise ProtocolFailure(f"SA payload of {len(sa_i_b)} bytes is longer than "
                                   f"the {MAX_SA_OFFER} we keep")
-        offered_to = tuple(sa.candidates)
+        offered = sa.candidates
         acceptable = acceptable_proposals(sa.candidates)
         choice = select_ike(offer, acceptable, REGISTRY.accepted_methods(sa.candidates))
         sa.cky_r = sa.ctx.random_bytes(8)
@@ -530,12 +564,12 @@ class MainMode(Exchange):
             self._no_proposal_chosen(offer, acceptable)
             return
         # Keep the connections that offered the chosen proposal and method.
-        candidates = [c for c in sa.candidates if choice.proposal in c.proposals
-                      and choice.auth_method in REGISTRY.accepted_methods([c])]
-        if not candidates:
+        kept = tuple(n for n, c in enumerate(offered) if choice.proposal in c.proposals
+                     and choice.auth_method in REGISTRY.accepted_methods([c]))
+        if not kept:
             self._no_proposal_chosen(offer, acceptable)
             return
-        sa.candidates = candidates
+        sa.candidates = [offered[n] for n in kept]
         sa.conn = sa.candidates[0]
         try:
             self._choose(choice)
@@ -553,8 +587,7 @@ class MainMode(Exchange):
         if key is not None:
             if len(_MM1_ANSWERS) >= _MM1_ANSWERS_CACHED:
                 _MM1_ANSWERS.clear()
-            _MM1_ANSWERS[key] = _Mm1Answer(offered_to, tuple(candidates), choice, sa_i_b,
-                                           sa.peer_vendors, answer)
+            _MM1_ANSWERS[key] = _Mm1Answer(kept, choice, sa_i_b, sa.peer_vendors, answer)
         self.state = MmState.MM2_SENT
         self.respond(message.raw, sa.plain_body(MM, PHASE1_MESSAGE_ID, PayloadType.SA, answer))
 
@@ -566,7 +599,8 @@ class MainMode(Exchange):
         daemon's current limits) is done here as in first_message."""
         sa = self.sa
         sa.cky_r = sa.ctx.random_bytes(8)
-        sa.candidates = list(known.candidates)
+        offered = sa.candidates
+        sa.candidates = [offered[n] for n in known.kept]
         sa.conn = sa.candidates[0]
         self._choose(known.choice)
         self.material.sa_i_b = known.sa_i_b
