@@ -3,7 +3,7 @@
 Run by hand::
 
     .venv/bin/python bench/engine_cost.py [--tunnels N] [--groups modp2048,ecp256]
-        [--auth psk,rsa,ecdsa] [--cprofile]
+        [--auth psk,rsa,ecdsa] [--cprofile] [--evict MB] [--peers N]
 
 One ikev1d Engine is the responder; every tunnel has a fresh initiator
 Engine (so each is a full Main Mode + Quick Mode, PSK, no PFS, the
@@ -22,6 +22,10 @@ before each message the responder is given (outside the timed part), so that
 every message finds the caches as a wakeup of the live daemon finds them, after
 charon, the kernel and other processes ran on the core: the in-process model
 of the daemon's cold-cache cost per message.
+
+``--peers N`` (PSK) makes the responder a hub with a connection and a key per peer
+address, as ``handshakes.py --peers`` does: tunnel I comes from peer (I - 1) mod N, so
+what a responder works out per new peer is in the figure.
 
 ``--cprofile`` profiles the responder calls only and prints the top functions
 with calls per tunnel: what to make cheaper, deterministically (py-spy in
