@@ -391,6 +391,21 @@ class Config:
         address before a subnet containing it), then the ``%any`` ones; ties
         keep file order, a specific local address before "any local".
         """
+        return [item[3] for item in self._ranked(local_addr, remote_addr)]
+
+    def responder_candidates(self, local_addr: str, remote_addr: str) -> list[ConnectionConfig]:
+        """What a Main Mode request from ``remote_addr`` to ``local_addr`` may be for: the
+        connections that name that very address (an exact entry, however it is spelt:
+        ``2001:DB8::1`` names ``2001:db8::1``) when any do, else all that
+        :meth:`connections_for_addresses` gives, best first."""
+        ranked = self._ranked(local_addr, remote_addr)
+        exact = [item[3] for item in ranked if item[0] == 0]
+        return exact or [item[3] for item in ranked]
+
+    def _ranked(self, local_addr: str, remote_addr: str
+                ) -> list[tuple[int, int, int, ConnectionConfig]]:
+        """(how the connection names the remote address, 0 for a specific local address,
+        file position, connection), sorted: see :meth:`connections_for_addresses`."""
         local = ip_or_none(local_addr)
         remote = ip_or_none(remote_addr)
         if local is None or remote is None:
@@ -404,7 +419,7 @@ class Config:
                 continue
             ranked.append((rank, 0 if locals_ is not None else 1, position, conn))
         ranked.sort(key=lambda item: item[:3])
-        return [item[3] for item in ranked]
+        return ranked
 
     @functools.cached_property
     def _address_index(self) -> _AddressIndex:

@@ -600,8 +600,7 @@ class Engine:
         key = (local, remote)
         cached = self._candidates_cache.get(key)
         if cached is None:
-            candidates = self.config.connections_for_addresses(local, remote)
-            cached = [c for c in candidates if remote in c.remote_addrs] or candidates
+            cached = self.config.responder_candidates(local, remote)
             self._candidates_cache[key] = cached
             while len(self._candidates_cache) > CANDIDATES_CACHE_SIZE:
                 self._candidates_cache.popitem(last=False)

@@ -830,6 +830,22 @@ def test_connections_for_addresses() -> None:
     assert cfg.connections_for_addresses("not-an-ip", "192.0.2.2") == []
 
 
+def test_responder_candidates_name_the_very_address_if_any_do() -> None:
+    cfg = load(LOOKUP)
+    assert names(cfg.responder_candidates("192.0.2.1", "192.0.2.2")) == [
+        "static", "static-any-local",
+    ]
+    assert names(cfg.responder_candidates("192.0.2.1", "198.51.100.9")) == [
+        "subnet", "any-a", "any-b",
+    ]
+    assert names(cfg.responder_candidates("192.0.2.1", "192.0.2.99")) == ["any-a", "any-b"]
+    assert cfg.responder_candidates("192.0.2.1", "not-an-ip") == []
+    # However the configuration spells it.
+    v6 = load("[connections.c]\nremote_addrs = ['2001:DB8::0:2']\n"
+              "[connections.d]\nremote_addrs = ['%any']\n")
+    assert names(v6.responder_candidates("2001:db8::1", "2001:db8::2")) == ["c"]
+
+
 def test_dynamic_peer_proposals_are_the_union() -> None:
     cfg = load(LOOKUP)
     assert [p.render() for p in cfg.dynamic_peer_proposals()] == [

@@ -140,8 +140,11 @@ def test_lookups_match_their_definition(
     cfg = _config(conns, secrets)
     assert cfg.psk_for(local_id, remote) == _plain_psk(cfg, local_id, remote)
     if remote[0].isdigit():
-        assert ([c.name for c in cfg.connections_for_addresses(local, remote)]
-                == _plain_candidates(cfg, local, remote))
+        plain = _plain_candidates(cfg, local, remote)
+        assert [c.name for c in cfg.connections_for_addresses(local, remote)] == plain
+        # A Main Mode request: those naming that very address if any do, else all.
+        exact = [n for n in plain if remote in cfg.connections[n].remote_addrs]
+        assert [c.name for c in cfg.responder_candidates(local, remote)] == (exact or plain)
 
 
 class _CountingDict(dict[str, ConnectionConfig]):
