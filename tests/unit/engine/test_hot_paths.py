@@ -89,6 +89,20 @@ def _state(engine: Engine) -> dict[str, Any]:
     }
 
 
+def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The message bodies Main Mode parses from now on (the whole path parses message 1,
+    the cached one does not)."""
+    parses: list[bytes] = []
+    real_parse = ike_sa.parse
+
+    def counted_parse(header: Header, body: bytes, **kw: Any) -> Parsed:
+        parses.append(body)
+        return real_parse(header, body, **kw)
+
+    monkeypatch.setattr(main_mode, "parse", counted_parse)
+    return parses
+
+
 def _answer(config: Config, request: bytes) -> tuple[list[bytes], dict[str, Any]]:
     engine = Engine(config, random_bytes=random.Random(7).randbytes, wall_clock=lambda: 0.0)
     engine.receive_datagram(request, RESPONDER, INITIATOR, 10.0)
@@ -109,14 +123,7 @@ def test_main_mode_1_answered_alike_from_the_cache(
     whole_logs = [r.getMessage() for r in caplog.records]
     assert len(whole_out) == 1
     caplog.clear()
-    parses: list[bytes] = []
-    real_parse = ike_sa.parse
-
-    def counted_parse(header: Header, body: bytes, **kw: Any) -> Parsed:
-        parses.append(body)
-        return real_parse(header, body, **kw)
-
-    monkeypatch.setattr(main_mode, "parse", counted_parse)
+    parses = _count_parses(monkeypatch)
     cached_out, cached_state = _answer(config, request)
     assert parses == [], "the second request did not take the shortcut"
     assert cached_out == whole_out
@@ -191,14 +198,7 @@ def test_main_mode_1_of_a_new_peer_answered_from_an_alike_connection(
     engine = Engine(config, random_bytes=random.Random(7).randbytes, wall_clock=lambda: 0.0)
     engine.receive_datagram(request, RESPONDER, (PEER_A, 500), 10.0)
     engine.datagrams_to_send()
-    parses: list[bytes] = []
-    real_parse = ike_sa.parse
-
-    def counted_parse(header: Header, body: bytes, **kw: Any) -> Parsed:
-        parses.append(body)
-        return real_parse(header, body, **kw)
-
-    monkeypatch.setattr(main_mode, "parse", counted_parse)
+    parses = _count_parses(monkeypatch)
     second = Engine(config, random_bytes=random.Random(7).randbytes, wall_clock=lambda: 0.0)
     second.receive_datagram(request, RESPONDER, (PEER_B, 500), 10.0)
     (sa,) = second._sas.values()
