@@ -38,6 +38,7 @@ __all__ = ["ANY", "IdKind", "Identity", "IdentityError", "ip_or_none"]
 ANY = "%any"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 _FQDN_LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _USER_RE = re.compile(r"^[^\s@]+$")
@@ -288,9 +289,6 @@ def _comparison_key(identity: Identity) -> object:
 # -- helpers -----------------------------------------------------------------------------
 
 
-_ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
-
-
 @functools.lru_cache(maxsize=4096)
 def ip_or_none(text: str) -> IPAddress | None:
     """``text`` (surrounding blanks ignored) as an IP address, or None.
@@ -304,7 +302,6 @@ def ip_or_none(text: str) -> IPAddress | None:
         return ipaddress.ip_address(text.strip())
     except ValueError:
         return None
-
 
 
 def _valid_fqdn(name: str) -> bool:

@@ -856,4 +856,3 @@ def _names_peer(sa: IkeSa, peer: str) -> bool:
 
 
 __all__ = ["ConnectionConfig", "Engine", "EngineError"]
-

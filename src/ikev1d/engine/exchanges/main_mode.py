@@ -117,6 +117,19 @@ _MM1_PROFILE_OF: dict[int, tuple[ConnectionConfig, int]] = {}
 _MM1_PROFILES_KEPT = 4096
 
 
+def _answer_flags(conn: ConnectionConfig | None) -> dict[str, bool]:
+    """Which extensions a connection answers beyond DPD (responder): XAUTH when it has
+    an XAUTH round, Cisco Unity when it hands out addresses."""
+    if conn is None:
+        return {"xauth": False, "unity": False}
+    return {"xauth": conn.remote_xauth is not None or conn.local_xauth is not None,
+            "unity": bool(conn.pools)}
+
+
+def _announces_fragmentation(conn: ConnectionConfig) -> bool:
+    return conn.fragmentation is not Fragmentation.NO
+
+
 def _mm1_profile(conn: ConnectionConfig) -> int:
     """A number for what a candidate connection contributes to the answer to Main Mode
     message 1: its proposals, the wire methods it accepts, and what the answer's vendor
@@ -131,8 +144,7 @@ def _mm1_profile(conn: ConnectionConfig) -> int:
     if len(_MM1_PROFILE_OF) >= _MM1_PROFILES_KEPT:
         _MM1_PROFILE_OF.clear()  # replaced configurations, or a hub's many peers: again
     profile = (conn.proposals, frozenset(REGISTRY.accepted_methods([conn])),
-               conn.remote_xauth is not None or conn.local_xauth is not None,
-               bool(conn.pools), conn.fragmentation is not Fragmentation.NO)
+               tuple(_answer_flags(conn).items()), _announces_fragmentation(conn))
     number = _MM1_PROFILES.get(profile)
     if number is None:
         if len(_MM1_PROFILES) >= _MM1_PROFILES_KEPT:
@@ -367,15 +379,6 @@ class MainMode(Exchange):
         sa.peer_vendors = vendor.merge_later(sa.peer_vendors, self._recognise(payloads, now))
         return sa.peer_vendors.extensions - before
 
-    def _answer_flags(self) -> dict[str, bool]:
-        """Which extensions our connection answers beyond DPD (responder): XAUTH
-        when it has an XAUTH round, Cisco Unity when it hands out addresses."""
-        conn = self.sa.conn
-        if conn is None:
-            return {"xauth": False, "unity": False}
-        return {"xauth": conn.remote_xauth is not None or conn.local_xauth is not None,
-                "unity": bool(conn.pools)}
-
     def _established(self, now: float) -> None:
         self.state = MmState.DONE
         self.cancel()
@@ -453,7 +456,7 @@ class MainMode(Exchange):
         payloads: list[Payload] = [sa_payload]
         payloads += [VendorIdPayload(v) for v in vendor.our_vendor_ids()]
         payloads += [VendorIdPayload(v) for v in vendor.fragmentation_vendor_ids(
-            conn.fragmentation is not Fragmentation.NO)]
+            _announces_fragmentation(conn))]
         self.send_request(sa.plain_message(MM, PHASE1_MESSAGE_ID, payloads), now)
 
     def process(self, message: Message, now: float) -> None:
@@ -580,9 +583,9 @@ class MainMode(Exchange):
         self._vendors(payloads, now)
         out: list[Payload] = [choice.response_sa()]
         out += [VendorIdPayload(v) for v in vendor.responder_vendor_ids(
-            sa.peer_vendors, **self._answer_flags())]
+            sa.peer_vendors, **_answer_flags(sa.conn))]
         out += [VendorIdPayload(v) for v in vendor.fragmentation_vendor_ids(
-            sa.conn.fragmentation is not Fragmentation.NO, sa.peer_vendors)]
+            _announces_fragmentation(sa.conn), sa.peer_vendors)]
         answer = encode_payloads(out)
         if key is not None:
             if len(_MM1_ANSWERS) >= _MM1_ANSWERS_CACHED:
@@ -658,7 +661,7 @@ class MainMode(Exchange):
         self._derive_keys()
         out = auth.key_exchange_payloads()
         out += [VendorIdPayload(v) for v in vendor.answer_vendor_ids(
-            self._later_vendors(payloads, now), **self._answer_flags())]
+            self._later_vendors(payloads, now), **_answer_flags(self.sa.conn))]
         if has_natd:
             out += self._natd_payloads()
         self.state = MmState.MM4_SENT
