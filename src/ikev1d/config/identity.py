@@ -24,7 +24,7 @@ import enum
 import functools
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Self
 
 from cryptography import x509
@@ -114,9 +114,11 @@ class Identity:
     #: The ID type on the wire; it tells OTHER identities apart.
     id_type: int = 0
     _key: object = field(init=False, repr=False, compare=False)
+    #: A DN identity's data already parsed (it is not parsed again for the key).
+    name: InitVar[x509.Name | None] = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", (self.id_type, _comparison_key(self)))
+    def __post_init__(self, name: x509.Name | None) -> None:
+        object.__setattr__(self, "_key", (self.id_type, _comparison_key(self, name)))
 
     # -- construction ----------------------------------------------------------------
 
@@ -177,8 +179,9 @@ class Identity:
             kind = IdKind.OTHER
         elif kind is IdKind.DN:
             name = _name_or_none(data)
-            text = _dn_text(name) if name is not None else "DN:" + data.hex()
-            return cls(kind, data, text, payload.id_type)
+            if name is None:
+                return cls(kind, data, "DN:" + data.hex(), payload.id_type)
+            return cls(kind, data, _dn_text(name), payload.id_type, name)
         elif kind is IdKind.KEY_ID:
             return cls(kind, data, "@#" + data.hex(), payload.id_type)
         elif kind in (IdKind.FQDN, IdKind.USER_FQDN):
@@ -191,24 +194,38 @@ class Identity:
         """The identities a certificate vouches for: its subject DN and each
         subjectAltName of a type IKE names (dNSName, rfc822Name, iPAddress;
         RFC 4945 section 3.1)."""
-        found = [cls(IdKind.DN, cert.subject.public_bytes(), _dn_text(cert.subject),
-                     IdType.DER_ASN1_DN)]
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except (x509.ExtensionNotFound, ValueError):
-            return tuple(found)
-        for name in san:
-            if isinstance(name, x509.DNSName) and name.value.isascii():
-                found.append(cls(IdKind.FQDN, name.value.encode("ascii"), name.value,
-                                 IdType.FQDN))
-            elif isinstance(name, x509.RFC822Name) and name.value.isascii():
-                found.append(cls(IdKind.USER_FQDN, name.value.encode("ascii"), name.value,
-                                 IdType.USER_FQDN))
-            elif isinstance(name, x509.IPAddress) and isinstance(
-                name.value, ipaddress.IPv4Address | ipaddress.IPv6Address
-            ):
-                found.append(cls.from_address(name.value))
+        subject = cert.subject
+        found = [cls(IdKind.DN, subject.public_bytes(), _dn_text(subject),
+                     IdType.DER_ASN1_DN, subject)]
+        found.extend(identity for identity in map(cls._of_general_name, _alt_names(cert))
+                     if identity is not None)
         return tuple(found)
+
+    def in_certificate(self, cert: x509.Certificate) -> bool:
+        """Whether ``cert`` vouches for this identity: ``self in of_certificate(cert)``,
+        without making the identities of the other names (a responder asks this of
+        every peer's certificate)."""
+        if self.kind is IdKind.DN:
+            return bool(self._key == (IdType.DER_ASN1_DN, _dn_key(cert.subject)))
+        wanted = _ALT_NAME_TYPES.get(self.kind)
+        if wanted is None:
+            return False
+        return any(self == self._of_general_name(name)
+                   for name in _alt_names(cert) if isinstance(name, wanted))
+
+    @classmethod
+    def _of_general_name(cls, name: x509.GeneralName) -> Self | None:
+        """The identity a subjectAltName entry names, None for types IKE does not."""
+        if isinstance(name, x509.DNSName) and name.value.isascii():
+            return cls(IdKind.FQDN, name.value.encode("ascii"), name.value, IdType.FQDN)
+        if isinstance(name, x509.RFC822Name) and name.value.isascii():
+            return cls(IdKind.USER_FQDN, name.value.encode("ascii"), name.value,
+                       IdType.USER_FQDN)
+        if isinstance(name, x509.IPAddress) and isinstance(
+            name.value, ipaddress.IPv4Address | ipaddress.IPv6Address
+        ):
+            return cls.from_address(name.value)
+        return None
 
     @classmethod
     def _fqdn(cls, name: str) -> Self:
@@ -274,16 +291,37 @@ class Identity:
         return self.text
 
 
-def _comparison_key(identity: Identity) -> object:
+def _comparison_key(identity: Identity, name: x509.Name | None = None) -> object:
     if identity.kind in (IdKind.FQDN, IdKind.USER_FQDN):
         return identity.data.lower().removesuffix(b".")
     if identity.kind is IdKind.DN:
-        name = _name_or_none(identity.data)
+        if name is None:
+            name = _name_or_none(identity.data)
         if name is not None:
-            return tuple(
-                frozenset((a.oid.dotted_string, a.value) for a in rdn) for rdn in name.rdns
-            )
+            return _dn_key(name)
     return identity.data
+
+
+def _dn_key(name: x509.Name) -> object:
+    """What DN equality compares: attribute by attribute, whatever string type."""
+    return tuple(frozenset((a.oid.dotted_string, a.value) for a in rdn) for rdn in name.rdns)
+
+
+#: The subjectAltName entry type that can name an identity of each kind.
+_ALT_NAME_TYPES: dict[IdKind, type[x509.GeneralName]] = {
+    IdKind.FQDN: x509.DNSName,
+    IdKind.USER_FQDN: x509.RFC822Name,
+    IdKind.IPV4_ADDR: x509.IPAddress,
+    IdKind.IPV6_ADDR: x509.IPAddress,
+}
+
+
+def _alt_names(cert: x509.Certificate) -> list[x509.GeneralName]:
+    """The certificate's subjectAltName entries; none when it has none or a bad one."""
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except (x509.ExtensionNotFound, ValueError):
+        return []
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -41,6 +42,8 @@ from ikev1d.text import printable
 __all__ = [
     "CertificateError",
     "Problem",
+    "anchor_subject",
+    "anchor_text",
     "dn_text",
     "same_public_key",
     "verify_path",
@@ -93,6 +96,21 @@ def dn_text(name: x509.Name) -> str:
     control characters in it (the peer chose them) come out escaped."""
     return printable(", ".join(rdn.rfc4514_string(_SHORT_NAMES) for rdn in name.rdns),
                      limit=1024)
+
+
+@functools.lru_cache(maxsize=64)
+def anchor_text(anchor: x509.Certificate) -> str:
+    """:func:`dn_text` of a trust anchor's subject, kept: a path ends in one of the
+    configured anchors on every handshake (only they are passed here; a
+    certificate hashes and compares by its encoding)."""
+    return dn_text(anchor.subject)
+
+
+@functools.lru_cache(maxsize=64)
+def anchor_subject(anchor: x509.Certificate) -> bytes:
+    """A trust anchor's subject DN, DER-encoded (the CR payload's data, RFC 2408
+    section 3.10), kept like :func:`anchor_text`."""
+    return anchor.subject.public_bytes()
 
 
 def _public_der(key: object) -> bytes:
@@ -181,6 +199,14 @@ def _check_extensions(cert: x509.Certificate, *, ca: bool, below: int,
                                Problem.INVALID)
 
 
+@functools.lru_cache(maxsize=64)
+def _check_anchor(anchor: x509.Certificate, below: int) -> None:
+    """:func:`_check_extensions` of a configured trust anchor as the CA above
+    ``below`` intermediates. What passed is kept (the anchor and the count
+    decide it); a refusal is not, and is worked out and raised again each time."""
+    _check_extensions(anchor, ca=True, below=below)
+
+
 def _check_validity(cert: x509.Certificate, now: datetime.datetime) -> None:
     if now < cert.not_valid_before_utc:
         raise CertificateError(f"certificate {_subject(cert)} is not valid before "
@@ -267,9 +293,11 @@ def verify_path(
         _check_validity(link.cert, now)
         if link.is_anchor and index == 0:
             _check_extensions(link.cert, ca=False, below=0, encipher=encipher)
-            continue
-        _check_extensions(link.cert, ca=index > 0, below=max(index - 1, 0),
-                          encipher=encipher)
+        elif link.is_anchor:
+            _check_anchor(link.cert, index - 1)
+        else:
+            _check_extensions(link.cert, ca=index > 0, below=max(index - 1, 0),
+                              encipher=encipher)
     for index, link in enumerate(path[:-1]):
         # Every key that could sign the path's certificates can sign a CRL.
         issuer = cast(CertificateIssuerPublicKeyTypes, path[index + 1].cert.public_key())

@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 from cryptography import x509
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from ikev1d.config import Identity, IdKind, identity, parse_config
@@ -173,3 +174,69 @@ def test_address_identity_from_an_address_object_is_not_parsed_again(
         f"parsed {value!r} again"))
     made = Identity.from_address(address)
     assert (made.kind, made.data, made.text) == (IdKind.IPV6_ADDR, address.packed, "2001:db8::7")
+
+
+def _ids(*payloads: IdPayload) -> list[Identity]:
+    return [Identity.from_id_payload(p) for p in payloads]
+
+
+def test_in_certificate_is_membership_of_the_certificates_identities() -> None:
+    """``in_certificate`` (asked of every peer's certificate) answers what
+    ``identity in Identity.of_certificate(cert)`` answers, for identities as peers
+    send them and as configured, of every kind, against certificates with and
+    without subjectAltNames."""
+    from ikev1d_lab import pki
+
+    root = pki.issue("C=CH, O=Test, CN=Root", ca=True, key="p256")
+    certs = [
+        pki.issue("C=DE, O=X, CN=gw", root, key="p256",
+                  sans=("dns:gw.example.org", "email:me@example.org", "ip:192.0.2.1",
+                        "ip:2001:db8::1")).cert,
+        pki.issue("C=DE, O=X, CN=gw", root, key="p256").cert,
+        pki.issue("CN=other", root, key="p256", sans=("dns:Other.Example.ORG",)).cert,
+        root.cert,
+    ]
+    dn_der = x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "X"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "gw"),
+    ]).public_bytes()
+    # The same attributes in other string types: other octets, the same DN.
+    other_types = x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "DE", _type=_ASN1Type.UTF8String),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "X", _type=_ASN1Type.PrintableString),
+        x509.NameAttribute(NameOID.COMMON_NAME, "gw", _type=_ASN1Type.PrintableString),
+    ]).public_bytes()
+    assert other_types != dn_der
+    retyped = Identity.from_id_payload(IdPayload(IdType.DER_ASN1_DN, 0, 0, other_types))
+    candidates = [
+        retyped,
+        *(Identity.parse(text) for text in (
+            "C=DE, O=X, CN=gw", "C=DE, O=Y, CN=gw", "CN=other", "C=CH, O=Test, CN=Root",
+            "gw.example.org", "GW.example.org.", "other.example.org", "@gw",
+            "me@example.org", "ME@Example.org", "you@example.org",
+            "192.0.2.1", "192.0.2.2", "2001:db8::1", "@#0102", "%any")),
+        *_ids(
+            IdPayload(IdType.DER_ASN1_DN, 0, 0, dn_der),
+            IdPayload(IdType.DER_ASN1_DN, 0, 0, _strongswan_dn()),
+            IdPayload(IdType.DER_ASN1_DN, 0, 0, b"\x30\x03not a name"),
+            IdPayload(IdType.FQDN, 0, 0, b"gw.example.org"),
+            IdPayload(IdType.USER_FQDN, 0, 0, b"me@example.org"),
+            IdPayload(IdType.IPV4_ADDR, 0, 0, bytes([192, 0, 2, 1])),
+            IdPayload(IdType.IPV4_ADDR, 0, 0, bytes(16)),
+            IdPayload(IdType.IPV6_ADDR, 0, 0, ipaddress.IPv6Address("2001:db8::1").packed),
+            IdPayload(IdType.IPV4_ADDR_SUBNET, 0, 0, bytes([192, 0, 2, 1, 255, 255, 255, 255])),
+            IdPayload(IdType.KEY_ID, 0, 0, b"gw.example.org"),
+        ),
+    ]
+    answers = [[c.in_certificate(cert) for cert in certs] for c in candidates]
+    assert answers == [[c in Identity.of_certificate(cert) for cert in certs]
+                       for c in candidates]
+    # Both ways of being vouched for occur, and so does not being vouched for.
+    vouched = {(str(c), i) for c, row in zip(candidates, answers, strict=True)
+               for i, yes in enumerate(row) if yes}
+    assert answers[0] == [True, True, False, False]  # retyped: the DN of the first two
+    assert {("C=DE, O=X, CN=gw", 1), ("gw.example.org", 0), ("GW.example.org.", 0),
+            ("2001:db8::1", 0), ("other.example.org", 2), ("ME@Example.org", 0),
+            ("C=CH, O=Test, CN=Root", 3)} <= vouched
+    assert not {("gw.example.org", 1), ("192.0.2.2", 0), ("@gw", 0)} & vouched

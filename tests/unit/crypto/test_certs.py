@@ -102,3 +102,39 @@ def test_end_entity_to_encrypt_to_needs_key_encipherment(root: pki.Issued) -> No
     assert verify_path(both.cert, [], [root.cert], [], NOW, encipher=True)[0] == both.cert
     assert verify_path(both.cert, [], [root.cert], [], NOW)[0] == both.cert
     assert verify_path(bare.cert, [], [root.cert], [], NOW, encipher=True)[0] == bare.cert
+
+
+def test_anchor_checks_kept_only_when_passed(root: pki.Issued,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A configured anchor's extensions are checked once per anchor and path length
+    and then kept; its validity is checked every time, and an anchor that fails is
+    refused every time (a refusal is not kept)."""
+    from ikev1d.crypto import certs
+
+    checked: list[str] = []
+    real = certs._check_extensions
+
+    def counting(cert: x509.Certificate, **kwargs: object) -> None:
+        checked.append(cert.subject.rfc4514_string())
+        real(cert, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(certs, "_check_extensions", counting)
+    certs._check_anchor.cache_clear()
+    anchor = pki.issue("CN=Kept Root", ca=True, key="p256")
+    leaf = pki.issue("CN=leaf", anchor, key="p256",
+                     not_after=NOW + datetime.timedelta(days=60))
+    for _ in range(3):
+        assert verify_path(leaf.cert, [], [anchor.cert], [], NOW)[-1] == anchor.cert
+    assert checked == ["CN=leaf", "CN=Kept Root", "CN=leaf", "CN=leaf"]
+    # The anchor (30 days) has expired by then, the leaf (60) not: refused although
+    # its extensions passed before.
+    with pytest.raises(CertificateError, match='"CN=Kept Root" expired'):
+        verify_path(leaf.cert, [], [anchor.cert], [], NOW + datetime.timedelta(days=40))
+    not_ca = pki.issue("CN=No CA Root", key="p256")
+    leaf2 = pki.issue("CN=leaf2", not_ca, key="p256")
+    for _ in range(2):
+        with pytest.raises(CertificateError, match="is no CA"):
+            verify_path(leaf2.cert, [], [not_ca.cert], [], NOW)
+    assert certs._check_anchor.cache_info().maxsize == 64
+    assert certs.anchor_text.cache_info().maxsize == 64
+    assert certs.anchor_subject.cache_info().maxsize == 64

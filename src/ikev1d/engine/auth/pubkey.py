@@ -49,6 +49,8 @@ from ikev1d.crypto.certs import (
     MAX_PATH,
     CertificateError,
     Problem,
+    anchor_subject,
+    anchor_text,
     dn_text,
     same_public_key,
     verify_path,
@@ -104,11 +106,13 @@ def peer_certificate_key(
     now: datetime.datetime,
     *,
     encipher: bool = False,
+    subject_text: str | None = None,
 ) -> tuple[PublicKey, str, str]:
     """The key the peer must have signed (or, RFC 2409 section 5.3, encrypted)
     with for ``conn``, who it is, and the rest of the verified chain for the
     log. CertificateRefused says why ``certs`` do not satisfy ``conn``.
-    ``encipher``: the key is to encrypt to (keyUsage keyEncipherment)."""
+    ``encipher``: the key is to encrypt to (keyUsage keyEncipherment);
+    ``subject_text``: ``dn_text`` of the end entity's subject, if the caller has it."""
     credentials = conn.remote.credentials
     if not certs:
         if credentials.pubkey is None:
@@ -116,13 +120,15 @@ def peer_certificate_key(
                                      f"for connection {conn.name}",
                            NotifyType.CERTIFICATE_UNAVAILABLE)
         pinned = credentials.pinned_cert
-        if pinned is not None and peer not in Identity.of_certificate(pinned):
+        if pinned is not None and not peer.in_certificate(pinned):
             raise CertificateRefused(
                 f'ID "{printable(str(peer))}" not in the pinned certificate '
                 f'"{dn_text(pinned.subject)}"', NotifyType.INVALID_ID_INFORMATION)
         return credentials.pubkey, "the pinned key", ""
     end_entity = certs[0]
-    subject = f'"{dn_text(end_entity.subject)}"'
+    if subject_text is None:
+        subject_text = dn_text(end_entity.subject)
+    subject = f'"{subject_text}"'
     if credentials.pubkey is not None and not same_public_key(end_entity, credentials.pubkey):
         raise CertificateRefused(f"certificate {subject} does not hold the pinned pubkey",
                        NotifyType.INVALID_CERTIFICATE)
@@ -133,8 +139,10 @@ def peer_certificate_key(
                                credentials.crls, now, encipher=encipher)
         except CertificateError as exc:
             raise CertificateRefused(str(exc), _NOTIFY_BY_PROBLEM[exc.problem]) from None
-        chain = "".join(f' <- "{dn_text(c.subject)}"' for c in path[1:])
-    if peer not in Identity.of_certificate(end_entity):
+        chain = "".join(f' <- "{dn_text(c.subject)}"' for c in path[1:-1])
+        if len(path) > 1:
+            chain += f' <- "{anchor_text(path[-1])}"'
+    if not peer.in_certificate(end_entity):
         raise CertificateRefused(f'ID "{printable(str(peer))}" not in certificate {subject}',
                        NotifyType.INVALID_ID_INFORMATION)
     try:
@@ -180,23 +188,23 @@ class SignatureAuthenticator(Authenticator):
 
     # -- messages 3 and 4: certificate requests ---------------------------------------
 
-    def _trusted_cas(self) -> list[x509.Certificate]:
-        """Our initiator's connection's CAs, or, as responder, the CAs of every
-        connection the peer may still turn out to belong to."""
+    def _trusted_cas(self) -> list[bytes]:
+        """The subject DNs (DER) of our initiator's connection's CAs, or, as
+        responder, of the CAs of every connection the peer may still turn out to
+        belong to; each once."""
         sa = self.sa
         conns = [sa.conn] if sa.initiator else list(sa.candidates)
-        seen: dict[bytes, x509.Certificate] = {}
+        seen: dict[bytes, None] = {}
         for conn in conns:
             if conn is None or conn.remote.auth is not Auth.PUBKEY:
                 continue
             for ca in conn.remote.credentials.cacerts:
-                seen.setdefault(ca.subject.public_bytes(), ca)
-        return list(seen.values())
+                seen[anchor_subject(ca)] = None
+        return list(seen)
 
     def key_exchange_payloads(self) -> list[Payload]:
         requests: list[Payload] = [
-            CrPayload(CertEncoding.X509_SIG, ca.subject.public_bytes())
-            for ca in self._trusted_cas()
+            CrPayload(CertEncoding.X509_SIG, subject) for subject in self._trusted_cas()
         ]
         return super().key_exchange_payloads() + requests
 
@@ -257,12 +265,15 @@ class SignatureAuthenticator(Authenticator):
             raise failure("no wall clock to check certificate validity with",
                           NotifyType.AUTHENTICATION_FAILED)
         peer = Identity.from_id_payload(peer_id)
+        # The subject's text once: for each candidate's messages and the SA's status.
+        subject_text = dn_text(certs[0].subject) if certs else None
         refusals: list[_Refusal] = []
         accepted: list[ConnectionConfig] = []
         subject, chain = "", ""
         for conn in matching:
             try:
-                key, subject, chain = peer_certificate_key(conn, peer, certs, now)
+                key, subject, chain = peer_certificate_key(conn, peer, certs, now,
+                                                           subject_text=subject_text)
                 if not self.fits(key):
                     raise CertificateRefused(f"the peer's key is not a {self.key_name} key "
                                              f"({AuthMethod(self.method).name} was negotiated)",
@@ -289,8 +300,9 @@ class SignatureAuthenticator(Authenticator):
             # identity is known only now).
             sa.candidates = accepted
         pinned = accepted[0].remote.credentials.pinned_cert
-        end_entity = certs[0] if certs else pinned
-        sa.peer_certificate = dn_text(end_entity.subject) if end_entity is not None else None
+        if subject_text is None and pinned is not None:
+            subject_text = dn_text(pinned.subject)
+        sa.peer_certificate = subject_text
         log.info("peer %s authenticated by %s signature (%s%s)", id_text(peer_id),
                  self.key_name, subject, chain, extra=sa.log_extra)
         return peer_id
