@@ -282,6 +282,26 @@ def test_pinned_certificate_without_a_ca(ca: Pki) -> None:
     assert net.b.engine.status(net.now).ike_sas[0].remote_cert == dn_text(a.cert.subject)
 
 
+def test_pinned_certificate_must_name_the_peer(ca: Pki,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A sends no certificate and signs with the pinned key, but the pinned
+    certificate (for the same key) names someone else: A's ID is refused."""
+    a_cfg, b_cfg, a, _ = pair(ca)
+    a_local = a_cfg.connections["gw"].local
+    a_cfg = replace_local(a_cfg, dataclasses.replace(
+        a_local, credentials=dataclasses.replace(a_local.credentials, certs=())))
+    other = pki.issue("C=CH, O=Test, CN=someone else", ca.ca, private_key=a.key)
+    b_conn = b_cfg.connections["gw"]
+    pinned = dataclasses.replace(b_conn.remote.credentials, cacerts=(), pubkey=a.key.public_key(),
+                                 pinned_cert=other.cert)
+    b_cfg = dataclasses.replace(b_cfg, connections={"gw": dataclasses.replace(
+        b_conn, remote=dataclasses.replace(b_conn.remote, credentials=pinned))})
+    with caplog.at_level(logging.INFO):
+        net = run(net_of(a_cfg, b_cfg))
+    refused(net, caplog, 'ID "C=CH, O=Test, CN=gw-a" not in the pinned certificate '
+                         '"C=CH, O=Test, CN=someone else"')
+
+
 def test_psk_responder_refuses_a_signature_proposal(ca: Pki) -> None:
     from tests.unit.engine.test_engine import config_text
     a_cfg, _, _, _ = pair(ca)
