@@ -114,11 +114,12 @@ class Identity:
     #: The ID type on the wire; it tells OTHER identities apart.
     id_type: int = 0
     _key: object = field(init=False, repr=False, compare=False)
-    #: A DN identity's data already parsed (it is not parsed again for the key).
-    name: InitVar[x509.Name | None] = None
+    #: A DN identity's data already parsed (it is not parsed again for the key);
+    #: passed by position, never stored.
+    _parsed: InitVar[x509.Name | None] = None
 
-    def __post_init__(self, name: x509.Name | None) -> None:
-        object.__setattr__(self, "_key", (self.id_type, _comparison_key(self, name)))
+    def __post_init__(self, _parsed: x509.Name | None) -> None:
+        object.__setattr__(self, "_key", (self.id_type, _comparison_key(self, _parsed)))
 
     # -- construction ----------------------------------------------------------------
 
