@@ -207,7 +207,7 @@ class Identity:
         without making the identities of the other names (a responder asks this of
         every peer's certificate)."""
         if self.kind is IdKind.DN:
-            return bool(self._key == (IdType.DER_ASN1_DN, _dn_key(cert.subject)))
+            return self._key == (IdType.DER_ASN1_DN, _dn_key(cert.subject))
         wanted = _ALT_NAME_TYPES.get(self.kind)
         if wanted is None:
             return False

@@ -188,7 +188,7 @@ class SignatureAuthenticator(Authenticator):
 
     # -- messages 3 and 4: certificate requests ---------------------------------------
 
-    def _trusted_cas(self) -> list[bytes]:
+    def _ca_subjects(self) -> list[bytes]:
         """The subject DNs (DER) of our initiator's connection's CAs, or, as
         responder, of the CAs of every connection the peer may still turn out to
         belong to; each once."""
@@ -204,7 +204,7 @@ class SignatureAuthenticator(Authenticator):
 
     def key_exchange_payloads(self) -> list[Payload]:
         requests: list[Payload] = [
-            CrPayload(CertEncoding.X509_SIG, subject) for subject in self._trusted_cas()
+            CrPayload(CertEncoding.X509_SIG, subject) for subject in self._ca_subjects()
         ]
         return super().key_exchange_payloads() + requests
 
