@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 from ikev1d import config as config_module
 from ikev1d import logsetup
 from ikev1d.config import Config
+from ikev1d.daemon.collector import Collector
 from ikev1d.daemon.control import (
     MAX_REQUEST_LINE,
     ControlProtocolError,
@@ -94,15 +94,6 @@ time every deadline would cost the process a wakeup of its own; gathered on a gr
 a wakeup runs all that fell due in its slot. Retransmission (seconds), DPD (seconds)
 and lifetimes (hours) are late by at most this much."""
 CONTROL_READ_TIMEOUT_S = 10.0
-GC_YOUNG_THRESHOLD = 10_000
-"""Net allocations of container objects between two young collections of the cyclic
-garbage collector while the daemon runs (Python's default is 700). Handling one IKE
-message allocates and frees hundreds of them (decoded payloads, events, log records);
-at 700 a young collection caught many of them still in use and promoted them, to be
-scanned again in the middle and then the full collections, which grew with the SAs
-held. At 10,000 most are freed by reference counting before a collection sees them:
-over 1,500 handshakes a third of the young collections (0.15 ms each, median), a
-third of the middle ones, and no full collection, where there had been two."""
 
 
 @runtime_checkable
@@ -238,7 +229,7 @@ class Daemon:
         self._radius: RadiusChecker | None = None
         self._radius_tasks: set[asyncio.Task[None]] = set()
         self._handlers = self._event_handlers()
-        self._gc_threshold: tuple[int, int, int] | None = None
+        self._collector: Collector | None = None
         """The collector's thresholds before ``start`` tuned them (None: not tuned)."""
 
     # properties for tests and callers that know the daemon is started
@@ -379,37 +370,30 @@ class Daemon:
             self._cleanups.append(("signal handlers", self._remove_signal_handlers))
 
     def _settle_gc(self) -> None:
-        """Tune the cyclic garbage collector for a long-running daemon.
-
-        What start-up made (modules, the configuration, the engine, the data plane) lives
-        as long as the process: frozen (``gc.freeze``), a full collection no longer
-        scans it again each time the SAs held grow by a quarter. The young generation's
-        threshold goes up to :data:`GC_YOUNG_THRESHOLD`. Both are undone by ``stop()``."""
-        if not self.options.tune_gc or self._gc_threshold is not None:
+        """Tune the cyclic garbage collector for a long-running daemon (see
+        :mod:`ikev1d.daemon.collector`); ``stop()`` undoes it."""
+        if not self.options.tune_gc or self._collector is not None:
             return
-        self._gc_threshold = gc.get_threshold()
-        gc.collect()  # garbage of start-up goes now, not frozen for ever
-        gc.freeze()
-        young, *older = self._gc_threshold
-        gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
+        loop = self.loop
+
+        def schedule(fn: Callable[[], None]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(fn)
+
+        self._collector = Collector(schedule)
+        self._collector.settle()
 
     def _refreeze_gc(self) -> None:
         """After a reload: what start-up (or the last reload) froze may be garbage now,
-        the previous configuration first; frozen objects are never collected, so they
-        thaw, one full collection frees what is gone, and what lives on is frozen again.
-        A reload is rare and asked for; the collection runs once, on the loop."""
-        if self._gc_threshold is None:
-            return
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        the previous configuration first. A reload is rare and asked for; the full
+        collection runs once, on the loop."""
+        if self._collector is not None:
+            self._collector.refreeze()
 
     def _restore_gc(self) -> None:
-        threshold, self._gc_threshold = self._gc_threshold, None
-        if threshold is None:
-            return
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
+        collector, self._collector = self._collector, None
+        if collector is not None:
+            collector.restore()
 
     def _open_keylog(self, config: Config) -> None:
         directory = config.daemon.keylog_dir

@@ -11,7 +11,8 @@ from typing import get_args
 
 import pytest
 
-from ikev1d.daemon.runtime import GC_YOUNG_THRESHOLD, TIMER_GRID_S
+from ikev1d.daemon.collector import GC_YOUNG_THRESHOLD
+from ikev1d.daemon.runtime import TIMER_GRID_S
 from ikev1d.engine.api import ConnectionFailed, Endpoint, Event, IkeSaDeleted
 from tests.unit.daemon._fakes import UdpPeer, running_daemon
 
@@ -82,11 +83,18 @@ def test_collector_is_tuned_while_running_and_restored_at_stop() -> None:
     frozen_before = gc.get_freeze_count()
 
     async def body() -> None:
-        async with running_daemon():
+        async with running_daemon() as h:
             assert gc.isenabled()
             assert gc.get_threshold()[0] == max(before[0], GC_YOUNG_THRESHOLD)
             assert gc.get_threshold()[1:] == before[1:]
             assert gc.get_freeze_count() > frozen_before
+            # What survives a collection from now on is frozen after it.
+            collector = h.daemon._collector
+            assert collector is not None
+            assert collector._after_collection in gc.callbacks
+            kept = [object()]
+            gc.collect(0)
+            assert not any(o is kept for g in range(3) for o in gc.get_objects(g))
 
     asyncio.run(body())
     assert gc.get_threshold() == before
@@ -94,8 +102,8 @@ def test_collector_is_tuned_while_running_and_restored_at_stop() -> None:
 
 
 def test_cycles_made_while_running_are_still_collected() -> None:
-    """Freezing start-up's objects must not keep what the daemon makes later: SAs and
-    their timers form reference cycles that only the collector frees."""
+    """Freezing must not keep a reference cycle that the daemon made and dropped before
+    a collection found it alive (what frees the others: ``test_collector.py``)."""
     class Node:
         other: object = None
 

@@ -8,6 +8,7 @@ counters, drops, routes and cleanup, without a TUN device or root.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 from collections import deque
 from collections.abc import Iterator
@@ -662,3 +663,30 @@ def test_renewal_inbound_half_does_not_take_outbound_traffic(sides: tuple[Side, 
     assert b.raw.sent[-1][0][:4] == (0xC0000003).to_bytes(4, "big")
     b.backend.remove(deleted(child(initiator=False)))
     assert b.routes.routes == {"10.1.0.0/24": "10.2.0.1"}  # the renewal's
+
+
+def test_sas_installed_used_and_removed_leave_no_reference_cycles(
+    sides: tuple[Side, Side],
+) -> None:
+    """The daemon freezes what survives a collection (``ikev1d.daemon.collector``): an
+    SA's entries must be freed by reference counting when it goes, cycles would stay."""
+    a, b = sides
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    gc.garbage.clear()
+    try:
+        for spis in ((0xC0000001, 0xC0000002), (0xC0000003, 0xC0000004)):
+            sa_a, sa_b = child(spis=spis), child(initiator=False, spis=spis)
+            a.backend.install_inbound(sa_a)
+            a.backend.install(sa_a)
+            b.backend.install(sa_b)
+            a.tun.to_read.append(udp_packet("10.1.0.1", "10.2.0.1", b"x" * 100))
+            a.backend.handle_tun_readable()
+            assert carry_raw(a, b) == 1
+            a.backend.remove(deleted(sa_a))
+            b.backend.remove(deleted(sa_b))
+        gc.collect()
+        assert [type(o).__qualname__ for o in gc.garbage] == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
