@@ -265,6 +265,49 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+GC_PROBE_DIR = Path(__file__).resolve().parent / "gcprobe"
+
+
+@contextlib.contextmanager
+def gc_pauses(prefix: Path | None) -> Iterator[None]:
+    """While open (and ``prefix`` is given), ikev1d daemons started from this process
+    time the cyclic garbage collector's pauses into ``prefix.PID`` files
+    (``gcprobe/sitecustomize.py``)."""
+    if prefix is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "IKEV1D_BENCH_GC_LOG")}
+    paths = [str(GC_PROBE_DIR), *filter(None, [saved["PYTHONPATH"]])]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    os.environ["IKEV1D_BENCH_GC_LOG"] = str(prefix)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def gc_pause_summary(prefix: Path, since: float, until: float) -> str:
+    """One line from the files of ``gc_pauses``: per generation the collections that
+    began between ``since`` and ``until`` (``time.monotonic()``), their pauses in total
+    and the longest (ms)."""
+    runs = [[0, 0.0, 0.0] for _ in range(3)]
+    for path in sorted(prefix.parent.glob(prefix.name + ".*")):
+        for line in path.read_text(encoding="ascii").splitlines():
+            began, generation, ms = (float(x) for x in line.split()[:3])
+            if not since <= began <= until:
+                continue
+            row = runs[int(generation)]
+            row[0] += 1
+            row[1] += ms
+            row[2] = max(row[2], ms)
+    return "; ".join(f"{['young', 'middle', 'full'][g]} {int(n)} ({total:.0f} ms, longest "
+                     f"{longest:.1f})" for g, (n, total, longest) in enumerate(runs))
+
+
 def start_profiler(pid: int, out: Path, native: bool = False) -> subprocess.Popen[bytes] | None:
     """``py-spy record`` of `pid` into `out` (collapsed stacks); None if py-spy is missing."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")

@@ -46,6 +46,8 @@ from benchlib import (
     cpu_times,
     drive,
     find_pid,
+    gc_pause_summary,
+    gc_pauses,
     median,
     own_cpu,
     percentile,
@@ -384,6 +386,8 @@ class Settings:
     timeline: bool = False
     rate: float | None = None
     peers: int = 1
+    responder_nice: int = 0
+    gc_pauses: bool = False
 
 
 IKEV1D_USERSPACE = "ikev1d(userspace)"
@@ -416,6 +420,8 @@ def run_one(
     a, b = topo.addr_a, topo.addr_b
     net_a, net_b = topo.inner_net_a, topo.inner_net_b
     threads = CHARON_THREADS
+    gc_prefix: Path | None = None
+    window = (0.0, 0.0)
     with contextlib.ExitStack() as stack:
         daemon: Ikev1dDaemon | None = None
         resp_charon: Charon | None = None
@@ -451,7 +457,10 @@ def run_one(
             elif s.peers > 1:
                 conf = ikev1d_peers_conf(conf, a, s.peers)
             daemon = Ikev1dDaemon(topo.b, run_dir / "ikev1d", conf, log_level=s.ikev1d_log_level)
-            daemon.start()
+            if s.gc_pauses:
+                gc_prefix = run_dir / "gc-pauses"
+            with gc_pauses(gc_prefix):
+                daemon.start()
             stack.callback(daemon.stop)
             proc = daemon.process
             resp_pid = find_pid(topo.b, "python", proc.pid if proc else None)
@@ -469,6 +478,8 @@ def run_one(
             resp_pid = find_pid(
                 topo.b, "charon", resp_charon.proc.pid if resp_charon.proc else None
             )
+        if s.responder_nice:
+            renice_all(resp_pid, s.responder_nice)
         initiator = start_charon(
             topo.a, run_dir / "initiator", LOAD_OPENSSL_FIRST, threads, s.charon_log_level
         )
@@ -496,8 +507,10 @@ def run_one(
         sys_before = cpu_times(resp_pid)[1]
         cpu_before = cpu_seconds(resp_pid)
         names = [f"t{i}" for i in range(1, s.tunnels + 1)]
+        began = time.monotonic()
         driven = drive(initiator, names, CHILD, s.window, s.timeout, s.rate)
         time.sleep(0.3)  # the responder finishes the last QM3s
+        window = (began, time.monotonic())
         cpu_after = cpu_seconds(resp_pid)
         result.sys_seconds = cpu_times(resp_pid)[1] - sys_before
         result.initiator_cpu_seconds = cpu_seconds(init_pid) - init_before
@@ -521,7 +534,22 @@ def run_one(
                 result.errors.append(f"ikev1d exited with {daemon.process.returncode}")
         elif resp_charon is not None:
             result.established = wait_count(lambda: count_charon(resp_charon), s.tunnels, 10.0)
+    if gc_prefix is not None:  # written as the daemon exited
+        result.timeline.append(f"collector pauses: {gc_pause_summary(gc_prefix, *window)}")
     return result
+
+
+def renice_all(pid: int, nice: int) -> None:
+    """Every thread of ``pid`` and of its child processes to ``nice`` (Linux keeps a
+    nice value per thread)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    for p in pids:
+        for task in Path(f"/proc/{p}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
 
 
 # --- where a handshake waits (--timeline) -------------------------------------------------
@@ -706,6 +734,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1_000_000,
         help="ikev1d half_open_per_peer and half_open_total (all tunnels come from one address)",
     )
+    parser.add_argument(
+        "--gc-pauses", action="store_true",
+        help="time the cyclic garbage collector's pauses in ikev1d during each run "
+             "(bench/gcprobe): collections per generation, their total and longest pause")
+    parser.add_argument(
+        "--responder-nice", type=int, default=0,
+        help="nice value for the responder under test, whichever it is (every thread and "
+             "child process; e.g. -5: the responder before the load generator, as on a "
+             "gateway that does not share its cores with its peers)")
     args = parser.parse_args(argv)
     if args.quick:
         args.tunnels = 100
@@ -740,6 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.timeline,
         args.rate,
         args.peers,
+        args.responder_nice,
+        args.gc_pauses,
     )
     if not 1 <= args.peers <= 128000:
         parser.error("--peers: 1 to 128000")

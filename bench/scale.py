@@ -47,7 +47,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import cpu_times, drive, find_pid, start_charon, summarize_log, wait_count
+from benchlib import (
+    cpu_times,
+    drive,
+    find_pid,
+    gc_pause_summary,
+    gc_pauses,
+    start_charon,
+    summarize_log,
+    wait_count,
+)
 from handshakes import (
     CHARON_THREADS,
     CHILD,
@@ -170,6 +179,8 @@ class ScaleResult:
     errors: list[str] = field(default_factory=list)
     first: SliceFigures | None = None
     last: SliceFigures | None = None
+    gc_pauses: str = ""
+    """ikev1d's collector pauses from the first tunnel to the end (``--gc-pauses``)."""
 
     @property
     def complete(self) -> bool:
@@ -356,6 +367,7 @@ class Settings:
     charon_log_level: int
     ikev1d_log_level: str
     rate: float | None = None
+    gc_pauses: bool = False
 
 
 def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
@@ -364,13 +376,16 @@ def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
     daemon: Ikev1dDaemon | None = None
     resp_charon: Charon | None = None
     initiator: Charon | None = None
+    gc_prefix = run_dir / "gc-pauses" if s.gc_pauses and kind == "ikev1d" else None
+    window = [0.0, 0.0]
     try:
         responder: Responder
         if kind == "ikev1d":
             daemon = Ikev1dDaemon(topo.b, run_dir / "ikev1d",
                                   ikev1d_responder_conf(topo, s.group, "userspace"),
                                   log_level=s.ikev1d_log_level)
-            daemon.start()
+            with gc_pauses(gc_prefix):
+                daemon.start()
             responder = Ikev1dResponder(daemon)
         else:
             resp_charon = start_charon(topo.b, run_dir / "responder", LOAD_OPENSSL_FIRST,
@@ -389,7 +404,7 @@ def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
         names = [f"t{i}" for i in range(1, s.tunnels + 1)]
         first, middle, last = slices(names)
         result.slice = len(last) and len(first)
-        began = time.monotonic()
+        began = window[0] = time.monotonic()
         for part, label in ((first, "first"), (middle, ""), (last, "last")):
             if not part:
                 continue
@@ -446,6 +461,7 @@ def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
             result.errors.append(f"only {held}/{s.tunnels} tunnels held after the probe")
             result.established = held
         result.errors += responder.log_lines()
+        window[1] = time.monotonic()
     finally:
         if initiator is not None:
             initiator.stop()
@@ -453,6 +469,8 @@ def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
             daemon.stop(timeout=60)
         if resp_charon is not None:
             resp_charon.stop()
+    if gc_prefix is not None and window[1]:  # written as the daemon exited
+        result.gc_pauses = gc_pause_summary(gc_prefix, window[0], window[1])
     return result
 
 
@@ -523,6 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--ikev1d-log-level", default="info")
     parser.add_argument("--charon-log-level", type=int, default=1)
+    parser.add_argument(
+        "--gc-pauses", action="store_true",
+        help="time the cyclic garbage collector's pauses in ikev1d from the first tunnel "
+             "to the end (bench/gcprobe): collections per generation, total, longest")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.responders.split(",") if k.strip()]
     if not kinds or not set(kinds) <= {"ikev1d", "strongswan"}:
@@ -537,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     netns.cleanup_stale()
     work_dir = Path(tempfile.mkdtemp(prefix="ikev1d-scale-"))
     settings = Settings(args.tunnels, args.window, args.timeout, group, work_dir,
-                        args.charon_log_level, args.ikev1d_log_level, args.rate)
+                        args.charon_log_level, args.ikev1d_log_level, args.rate,
+                        args.gc_pauses)
     pace = f", at most {args.rate:g} initiates/s" if args.rate else ""
     print(f"{args.tunnels} tunnels ({group.name}, PSK), window {args.window}{pace}, "
           f"responders {', '.join(kinds)}, work dir {work_dir}; load {os.getloadavg()}",
@@ -562,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{r.established}/{r.tunnels} in {r.seconds:.1f}s; load {os.getloadavg()}",
                       flush=True)
                 print(format_table([r]), flush=True)
+                if r.gc_pauses:
+                    print(f"  ikev1d collector pauses: {r.gc_pauses}", flush=True)
                 for err in r.errors:
                     print(f"    {err}", flush=True)
                 ok = ok and r.complete
