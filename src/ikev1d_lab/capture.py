@@ -28,6 +28,7 @@ __all__ = [
     "Capture",
     "CaptureError",
     "isakmp_decryption_table",
+    "resent_frames",
     "tshark_available",
     "tshark_json",
     "uat_option",
@@ -228,6 +229,22 @@ def write_raw_pcap(path: Path, packets: Sequence[bytes]) -> Path:
         for i, packet in enumerate(packets):
             f.write(struct.pack("<IIII", 1_700_000_000, i, len(packet), len(packet)) + packet)
     return path
+
+
+def resent_frames(pcap: Path) -> set[str]:
+    """Frame numbers of UDP datagrams whose payload an earlier frame carried already.
+
+    A message sent again is the same octets (RFC 2408 section 5.1), but tshark decrypts
+    an encrypted IKEv1 copy with the IV that follows the copy before it, so the copy's
+    first block comes out garbled and tshark calls it malformed; its first sending is
+    the one to judge."""
+    seen: set[str] = set()
+    again: set[str] = set()
+    for row in tshark_fields(pcap, ["frame.number", "udp.payload"]):
+        if row["udp.payload"] and row["udp.payload"] in seen:
+            again.add(row["frame.number"])
+        seen.add(row["udp.payload"])
+    return again
 
 
 def tshark_fields(pcap: Path, fields: Sequence[str], preferences: Sequence[str] = (),

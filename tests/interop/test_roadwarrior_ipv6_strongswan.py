@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from ikev1d_lab import netns
-from ikev1d_lab.capture import Capture, isakmp_decryption_table, tshark_json
+from ikev1d_lab.capture import Capture, isakmp_decryption_table, resent_frames, tshark_json
 from ikev1d_lab.daemon import Ikev1dDaemon
 from ikev1d_lab.netns import Topology
 from ikev1d_lab.ping import ping
@@ -291,8 +291,11 @@ def test_tshark_dissects_the_ipv6_attributes(rig: Rig, tmp_path: Path) -> None:
                            rig.server.log_text()))
     assert keys
     packets = tshark_json(pcap, isakmp_decryption_table(keys), display_filter="isakmp")
+    again = resent_frames(pcap)
     for packet in packets:
         text = str(packet)
+        if set(_values(packet, "frame.number")) & again:
+            continue  # a copy tshark decrypts with the wrong IV (see resent_frames)
         assert "_ws.malformed" not in text and "Malformed" not in text, packet
     seen = set()
     for packet in packets:
