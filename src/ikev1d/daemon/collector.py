@@ -69,8 +69,6 @@ class Collector:
         self._last_check = 0.0
         self.frozen_after_full = 0
         """Objects frozen right after the last full collection."""
-        self.last_full = 0.0
-        """``time.monotonic()`` of the last full collection."""
         self.full_collections = 0
         """Full collections this policy ran (start-up's and reloads' included)."""
 
@@ -111,7 +109,7 @@ class Collector:
         finally:
             self._collecting_all = False
         self.frozen_after_full = gc.get_freeze_count()
-        self.last_full = self._last_check = time.monotonic()
+        self._last_check = time.monotonic()
         self.full_collections += 1
         log.debug("collector: full collection freed %d objects in %.1f ms; %d frozen",
                   freed, 1000 * (time.perf_counter() - began), self.frozen_after_full)
