@@ -245,36 +245,45 @@ def _swanctl_conn(
     )
 
 
-def _swanctl_secret(initiator: str, responder: str) -> str:
+def _swanctl_secret(initiator: str, *responders: str) -> str:
     # One PSK for both addresses: charon's Main Mode responder looks it up by its own and the
     # peer's IP (the peer's ID is not known yet), the initiator finds it by the responder's ID.
+    ids = "".join(f"    id-{k} = {address}\n"
+                  for k, address in enumerate((initiator, *responders), 1))
     return (
-        f"secrets {{\n  ike-bench {{\n    id-1 = {initiator}\n    id-2 = {responder}\n"
+        f"secrets {{\n  ike-bench {{\n{ids}"
         f"    secret = 0x{PSK.encode().hex()}\n  }}\n}}\n"
     )
 
 
 def initiator_swanctl_conf(
-    n: int, local: str, remote: str, group: Group, local_net: str, remote_net: str,
-    auth: str = "psk", peers: int = 1,
+    n: int, local: str, remote: str | Sequence[str], group: Group, local_net: str,
+    remote_net: str, auth: str = "psk", peers: int = 1,
 ) -> str:
     """N connections t1..tN, equal except for the local ID (tI.bench.example) and, with
-    ``peers`` > 1, the local address: tI comes from peer_address((I - 1) % peers).
+    ``peers`` > 1, the local address: tI comes from peer_address((I - 1) % peers). With
+    several ``remote`` addresses (``--shards``), tI goes to the ((I - 1) % count)th.
 
     With certificates each presents its own (``x509/tI.pem``, see Credentials).
     """
-    remote_id = remote if auth == "psk" else RESPONDER_ID
+    remotes = [remote] if isinstance(remote, str) else list(remote)
+    remote = remotes[0]
+
+    def remote_of(i: int) -> str:
+        return remotes[(i - 1) % len(remotes)]
+
     body = "".join(
         _swanctl_conn(
-            f"t{i}", local if peers == 1 else peer_address((i - 1) % peers), remote,
-            f"t{i}.{ID_DOMAIN}", remote_id, group, local_net, remote_net, auth, f"t{i}.pem",
+            f"t{i}", local if peers == 1 else peer_address((i - 1) % peers), remote_of(i),
+            f"t{i}.{ID_DOMAIN}", remote_of(i) if auth == "psk" else RESPONDER_ID, group,
+            local_net, remote_net, auth, f"t{i}.pem",
         )
         for i in range(1, n + 1)
     )
     if auth != "psk":
         secrets = ""
     elif peers == 1:
-        secrets = _swanctl_secret(local, remote)
+        secrets = _swanctl_secret(local, *remotes)
     else:
         # Each peer address its own key: tunnel I presents the one of its address,
         # found by its own ID and the responder's.
@@ -331,6 +340,53 @@ def add_peer_addresses(topo: Topology, peers: int, work_dir: Path) -> None:
                              for j in range(peers)))
     topo.a.run(["ip", "-batch", str(batch)])
     topo.b.run(["ip", "route", "add", PEER_NET, "via", topo.addr_a, "dev", topo.if_b])
+
+
+SHARD_NET = "198.51.100.0/24"
+
+
+def shard_address(topo: Topology, k: int) -> str:
+    """The responder address of keying shard ``k`` with ``--shards``: B's own address for
+    shard 0, 198.51.100.k (TEST-NET-2, inside the namespaces only) for the others."""
+    return topo.addr_b if k == 0 else f"198.51.100.{k}"
+
+
+def add_shard_addresses(topo: Topology, shards: int) -> None:
+    """Give B the addresses of shards 1..N-1 and A a route to them through B's address."""
+    for k in range(1, shards):
+        topo.b.run(["ip", "addr", "add", f"{shard_address(topo, k)}/32", "dev", topo.if_b])
+    topo.a.run(["ip", "route", "add", SHARD_NET, "via", topo.addr_b, "dev", topo.if_a])
+
+
+def group_processes(pids: Sequence[int], name: str) -> Path | None:
+    """Put ``pids`` (every thread) into one new CPU cgroup ``name`` at the root, as systemd
+    puts a service's processes into one: the scheduler then shares the CPU between that
+    group and the others (charon's threads are one session, one autogroup) rather than
+    between each process's own group. cgroup v1 (``cpu`` hierarchy) or v2; None where
+    neither offers the CPU controller."""
+    for root in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")):
+        controllers = root / "cgroup.controllers"
+        if root.name != "cpu" and not (controllers.exists()
+                                       and "cpu" in controllers.read_text().split()):
+            continue
+        if not (root / "cgroup.procs").exists():
+            continue
+        group = root / name
+        try:
+            group.mkdir(exist_ok=True)
+            for pid in pids:
+                (group / "cgroup.procs").write_text(str(pid))
+        except OSError:
+            continue
+        return group
+    return None
+
+
+def remove_groups(groups: Sequence[Path]) -> None:
+    """Remove the cgroups of group_processes once their processes are gone."""
+    for group in groups:
+        with contextlib.suppress(OSError):
+            group.rmdir()
 
 
 def ikev1d_peers_conf(conf: str, initiator: str, peers: int) -> str:
@@ -407,10 +463,13 @@ def run_one(
     rep: int = 0,
     extra_conf: str = "",
     creds: Credentials | None = None,
+    shards: int = 1,
 ) -> RunResult:
     """One measured run: fresh responder (ikev1d if `load` is None, else charon) and initiator.
 
     Without `creds` the tunnels authenticate with the PSK, else with those certificates.
+    With ``shards`` > 1 (ikev1d only) that many daemons answer, each on an address of its
+    own, and the initiator spreads its connections over them.
     """
     auth = creds.kind if creds is not None else "psk"
     swan_auth = "psk" if creds is None else "pubkey"
@@ -423,47 +482,62 @@ def run_one(
     gc_prefix: Path | None = None
     window = (0.0, 0.0)
     with contextlib.ExitStack() as stack:
-        daemon: Ikev1dDaemon | None = None
+        daemons: list[Ikev1dDaemon] = []
         resp_charon: Charon | None = None
+        remotes = [shard_address(topo, k) for k in range(shards)] if load is None else [b]
+        cgroups: list[Path] = []  # removed after the daemons stopped (callbacks run LIFO)
+        stack.callback(remove_groups, cgroups)
         if load is None:
-            conf = ikev1d_conf(
-                "bench",
-                b,
-                a,
-                b,
-                "%any",
-                PSK,
-                [group.ike_proposal],
-                [group.esp_proposal],
-                net_b,
-                net_a,
-                child=CHILD,
-                # ikev1d(userspace): every IPsec SA goes into the userspace data plane,
-                # as charon puts each into kernel-libipsec; ikev1d(none) keys only.
-                dataplane="none" if responder == IKEV1D_NONE else "userspace",
-                secret_ids=[a],
-                retransmit_timeout="4s",
-                retransmit_tries=5,
-                rekey_time="24h",
-                child_rekey_time="8h",
-                extra_daemon=(
-                    f"half_open_per_peer = {s.half_open}\nhalf_open_total = {s.half_open}\n"
-                    'half_open_timeout = "60s"'
-                ),
-            )
-            if creds is not None:
-                conf = ikev1d_pubkey_conf(conf)
-                creds.install_ikev1d(run_dir / "ikev1d")
-            elif s.peers > 1:
-                conf = ikev1d_peers_conf(conf, a, s.peers)
-            daemon = Ikev1dDaemon(topo.b, run_dir / "ikev1d", conf, log_level=s.ikev1d_log_level)
-            if s.gc_pauses:
-                gc_prefix = run_dir / "gc-pauses"
-            with gc_pauses(gc_prefix):
-                daemon.start()
-            stack.callback(daemon.stop)
-            proc = daemon.process
-            resp_pid = find_pid(topo.b, "python", proc.pid if proc else None)
+            for k, address in enumerate(remotes):
+                conf = ikev1d_conf(
+                    "bench",
+                    address,
+                    a,
+                    address,
+                    "%any",
+                    PSK,
+                    [group.ike_proposal],
+                    [group.esp_proposal],
+                    net_b,
+                    net_a,
+                    child=CHILD,
+                    # ikev1d(userspace): every IPsec SA goes into the userspace data plane,
+                    # as charon puts each into kernel-libipsec; ikev1d(none) keys only.
+                    dataplane="none" if responder.startswith(IKEV1D_NONE) else "userspace",
+                    secret_ids=[a],
+                    retransmit_timeout="4s",
+                    retransmit_tries=5,
+                    rekey_time="24h",
+                    child_rekey_time="8h",
+                    extra_daemon=(
+                        f"half_open_per_peer = {s.half_open}\n"
+                        f"half_open_total = {s.half_open}\n"
+                        'half_open_timeout = "60s"'
+                    ),
+                )
+                folder = run_dir / ("ikev1d" if shards == 1 else f"ikev1d-{k}")
+                if creds is not None:
+                    conf = ikev1d_pubkey_conf(conf)
+                    creds.install_ikev1d(folder)
+                elif s.peers > 1:
+                    conf = ikev1d_peers_conf(conf, a, s.peers)
+                daemon = Ikev1dDaemon(topo.b, folder, conf, log_level=s.ikev1d_log_level)
+                if s.gc_pauses:
+                    gc_prefix = run_dir / "gc-pauses"
+                with gc_pauses(gc_prefix):
+                    daemon.start()
+                stack.callback(daemon.stop)
+                daemons.append(daemon)
+            resp_pids = [find_pid(topo.b, "python", d.process.pid if d.process else None)
+                         for d in daemons]
+            if shards > 1:
+                # Each daemon is a session (an autogroup) of its own; N of them would get N
+                # shares of the CPU against charon's one. One group, as one service.
+                cgroup = group_processes(resp_pids, f"{run_dir.parent.name}-{tag}-{rep}")
+                if cgroup is None:
+                    result.errors.append("no CPU cgroup for the shards: each got a share")
+                else:
+                    cgroups.append(cgroup)
         else:
             resp_charon = start_charon(
                 topo.b, run_dir / "responder", load, threads, s.charon_log_level, extra_conf
@@ -475,11 +549,12 @@ def run_one(
                 responder_swanctl_conf(b, a, group, net_b, net_a, swan_auth,
                                        s.peers if creds is None else 1),
                 timeout=30.0 + s.peers / 50)
-            resp_pid = find_pid(
+            resp_pids = [find_pid(
                 topo.b, "charon", resp_charon.proc.pid if resp_charon.proc else None
-            )
+            )]
         if s.responder_nice:
-            renice_all(resp_pid, s.responder_nice)
+            for pid in resp_pids:
+                renice_all(pid, s.responder_nice)
         initiator = start_charon(
             topo.a, run_dir / "initiator", LOAD_OPENSSL_FIRST, threads, s.charon_log_level
         )
@@ -487,7 +562,7 @@ def run_one(
         if creds is not None:
             creds.install_charon(initiator.work_dir, responder=False)
         initiator.load_config(
-            initiator_swanctl_conf(s.tunnels, a, b, group, net_a, net_b, swan_auth,
+            initiator_swanctl_conf(s.tunnels, a, remotes, group, net_a, net_b, swan_auth,
                                    s.peers if creds is None else 1),
             timeout=30.0 + s.tunnels / 50)
 
@@ -497,28 +572,28 @@ def run_one(
             cap = capture.Capture(topo.b, topo.if_b, run_dir / "responder.pcap",
                                   "udp port 500 or udp port 4500")
         profiler: subprocess.Popen[bytes] | None = None
-        if s.profile_dir is not None and daemon is not None and rep == 0:
+        if s.profile_dir is not None and daemons and rep == 0:
             profiler = start_profiler(
-                resp_pid, s.profile_dir / f"{group.name}-{auth}-{_tag(responder)}.collapsed")
+                resp_pids[0], s.profile_dir / f"{group.name}-{auth}-{_tag(responder)}.collapsed")
 
         init_pid = find_pid(topo.a, "charon", initiator.proc.pid if initiator.proc else None)
         init_before = cpu_seconds(init_pid)
         driver_before = own_cpu()
-        sys_before = cpu_times(resp_pid)[1]
-        cpu_before = cpu_seconds(resp_pid)
+        sys_before = sum(cpu_times(pid)[1] for pid in resp_pids)
+        cpu_before = sum(cpu_seconds(pid) for pid in resp_pids)
         names = [f"t{i}" for i in range(1, s.tunnels + 1)]
         began = time.monotonic()
         driven = drive(initiator, names, CHILD, s.window, s.timeout, s.rate)
         time.sleep(0.3)  # the responder finishes the last QM3s
         window = (began, time.monotonic())
-        cpu_after = cpu_seconds(resp_pid)
-        result.sys_seconds = cpu_times(resp_pid)[1] - sys_before
+        cpu_after = sum(cpu_seconds(pid) for pid in resp_pids)
+        result.sys_seconds = sum(cpu_times(pid)[1] for pid in resp_pids) - sys_before
         result.initiator_cpu_seconds = cpu_seconds(init_pid) - init_before
         result.driver_cpu_seconds = own_cpu() - driver_before
         if profiler is not None:
             stop_profiler(profiler)
         if cap is not None:
-            result.timeline = timeline(cap.stop(), b)
+            result.timeline = timeline(cap.stop(), remotes)
 
         result.initiated_ok = driven.succeeded
         result.seconds = driven.seconds
@@ -527,11 +602,13 @@ def run_one(
         errors = driven.errors
         result.cpu_seconds = cpu_after - cpu_before
         result.errors = errors[:5] + ([f"... {len(errors) - 5} more"] if len(errors) > 5 else [])
-        if daemon is not None:
-            result.established = wait_count(lambda: count_ikev1d(daemon), s.tunnels, 10.0)
-            result.errors += [f"log: {line}" for line in summarize_log(daemon.log_text())]
-            if daemon.process is not None and daemon.process.poll() is not None:
-                result.errors.append(f"ikev1d exited with {daemon.process.returncode}")
+        if daemons:
+            result.established = wait_count(
+                lambda: sum(count_ikev1d(d) for d in daemons), s.tunnels, 10.0)
+            for daemon in daemons:
+                result.errors += [f"log: {line}" for line in summarize_log(daemon.log_text())]
+                if daemon.process is not None and daemon.process.poll() is not None:
+                    result.errors.append(f"ikev1d exited with {daemon.process.returncode}")
         elif resp_charon is not None:
             result.established = wait_count(lambda: count_charon(resp_charon), s.tunnels, 10.0)
     if gc_prefix is not None:  # written as the daemon exited
@@ -555,7 +632,7 @@ def renice_all(pid: int, nice: int) -> None:
 # --- where a handshake waits (--timeline) -------------------------------------------------
 
 
-def timeline(pcap: Path, responder: str) -> list[str]:
+def timeline(pcap: Path, responders: Sequence[str]) -> list[str]:
     """Per handshake (initiator cookie), from a capture at the responder's interface:
     how long each request waited there before its answer left (queueing + processing
     in the responder), and how long each answer took to bring the next request (the
@@ -565,7 +642,7 @@ def timeline(pcap: Path, responder: str) -> list[str]:
     for row in rows:
         if row["isakmp.ispi"]:
             flows.setdefault(row["isakmp.ispi"], []).append(
-                (float(row["frame.time_epoch"]), row["ip.src"] == responder))
+                (float(row["frame.time_epoch"]), row["ip.src"] in responders))
     at_responder: dict[int, list[float]] = {}
     responder_total: list[float] = []
     initiator_total: list[float] = []
@@ -743,7 +820,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="nice value for the responder under test, whichever it is (every thread and "
              "child process; e.g. -5: the responder before the load generator, as on a "
              "gateway that does not share its cores with its peers)")
+    parser.add_argument(
+        "--shards", type=int, default=1, metavar="N",
+        help="also a row of N ikev1d daemons (dataplane = none), each on an address of its "
+             "own, the initiator's connections spread over them: what keying in N processes "
+             "would buy at most, with no state shared between them (PSK, one peer address)")
     args = parser.parse_args(argv)
+    if args.shards > 1 and (args.peers > 1 or set(a.strip() for a in args.auth.split(","))
+                            != {"psk"}):
+        parser.error("--shards: with --auth psk and one peer address only")
+    if not 1 <= args.shards <= 200:
+        parser.error("--shards: 1 to 200")
     if args.quick:
         args.tunnels = 100
     if os.geteuid() != 0:
@@ -793,12 +880,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with netns.two_hosts() as topo:
             if args.peers > 1:
                 add_peer_addresses(topo, args.peers, work_dir)
+            if args.shards > 1:
+                add_shard_addresses(topo, args.shards)
             for rep, group, auth in itertools.product(range(args.repeat), groups, auths):
                 responders: list[tuple[str, str | None, str]] = []
                 if "ikev1d" in kinds:
                     responders.append((IKEV1D_USERSPACE, None, ""))
                 if "ikev1d-none" in kinds:
                     responders.append((IKEV1D_NONE, None, ""))
+                if args.shards > 1:
+                    responders.append((f"{IKEV1D_NONE}x{args.shards}", None, ""))
                 if "openssl" in kinds:
                     responders.append(("strongSwan(openssl)", LOAD_OPENSSL_FIRST, ""))
                 # gmp has no ECP groups; openssl does those in both plugin orders.
@@ -814,8 +905,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # should always run first (or last) in a round.
                 rng.shuffle(responders)
                 for name, load, extra in responders:
+                    shards = args.shards if name.startswith(f"{IKEV1D_NONE}x") else 1
                     r = run_one(topo, group, name, load, settings, rep, extra,
-                                credentials.get(auth))
+                                credentials.get(auth), shards)
                     results.append(r)
                     state = "ok" if r.complete else "FAILED"
                     print(

@@ -255,9 +255,14 @@ class Ikev1dDaemon:
                str(self.socket_path), "--log-file", str(self.log_path),
                "--log-level", self.log_level]
         self.stderr_path = self.work_dir / "stderr.txt"
+        # A session of its own, as systemd gives a service and the lab gives charon: with
+        # the scheduler's autogroups, the processes of one session share one slice of the
+        # CPU, so a daemon in the session of the program that drives it (a benchmark's
+        # load generator, iperf3) would compete with them for that slice alone.
         with open(self.stderr_path, "wb") as err:
             self.process = self.ns.popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
