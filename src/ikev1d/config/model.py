@@ -363,6 +363,12 @@ class Config:
     notes: tuple[str, ...] = ()
     xauth: XauthConfig = field(default_factory=XauthConfig)
 
+    def build_indexes(self) -> None:
+        """Build the lookup indexes now (connections by address, IKE and XAUTH secrets
+        by identity) rather than at the first request that needs them: the daemon does
+        it with the loading, away from its event loop on a reload."""
+        _ = self._address_index, self._ike_secrets, self._xauth_passwords
+
     def xauth_secret(self, user: str) -> bytes | None:
         """The XAUTH password of ``user``: the first secret of type xauth naming it in ids."""
         return self._xauth_passwords.get(user)

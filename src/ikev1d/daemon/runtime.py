@@ -228,6 +228,10 @@ class Daemon:
         """Makes the client that answers XauthCheck events (tests hand in another)."""
         self._radius: RadiusChecker | None = None
         self._radius_tasks: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
+        """One reload at a time: a second waits for the first to be applied."""
+        self._reload_tasks: set[asyncio.Task[tuple[bool, str]]] = set()
+        """Reloads SIGHUP started, cancelled when the daemon stops."""
         self._handlers = self._event_handlers()
         self._collector: Collector | None = None
         """The collector's thresholds before ``start`` tuned them (None: not tuned)."""
@@ -300,12 +304,12 @@ class Daemon:
 
     def _start(self) -> None:
         try:
-            config = self._config_loader(self.options.config_path)
+            config, warnings = self._load()
         except ConfigLoadError as exc:
             raise DaemonError(str(exc)) from None
         self._config = config
         self._apply_log_level(config)
-        self._log_warnings(config)
+        self._log_warnings(warnings)
         _check_control_socket(self.options.socket_path)
         self._open_keylog(config)
         self._updown = UpdownRunner()
@@ -382,13 +386,6 @@ class Daemon:
 
         self._collector = Collector(schedule)
         self._collector.settle()
-
-    def _refreeze_gc(self) -> None:
-        """After a reload: what start-up (or the last reload) froze may be garbage now,
-        the previous configuration first. A reload is rare and asked for; the full
-        collection runs once, on the loop."""
-        if self._collector is not None:
-            self._collector.refreeze()
 
     def _restore_gc(self) -> None:
         collector, self._collector = self._collector, None
@@ -493,6 +490,8 @@ class Daemon:
             self._metrics.close()
         for waiter in self._waiters:
             waiter.finish(False, f"{waiter.conn}: the daemon is shutting down")
+        for task in list(self._reload_tasks):
+            task.cancel()  # a file still being parsed is not applied any more
         if self._engine is not None:
             self._call_engine("shutting down", lambda e, now: e.shutdown(now))
             await asyncio.sleep(self.options.linger_s)
@@ -507,7 +506,9 @@ class Daemon:
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.options.config_path)
-        self.reload()
+        task = self.loop.create_task(self.reload())
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
 
     def _on_sigusr1(self) -> None:
         # logrotate has moved the file away: write to a new one at the old name.
@@ -518,30 +519,55 @@ class Daemon:
             return
         log.info("SIGUSR1: reopened %s", ", ".join(reopened) or "no log file")
 
-    def reload(self) -> tuple[bool, str]:
+    async def reload(self) -> tuple[bool, str]:
         """Load the config file again; on error keep running with the old one.
+
+        The file is read, parsed, checked and indexed in a worker thread, so that the
+        event loop goes on serving IKE, DPD, the control socket and the data plane
+        meanwhile (with thousands of connections that takes seconds; the thread and the
+        loop share the interpreter, so the loop runs at least every switch interval);
+        only applying the result to the engine happens on the loop. Reloads run one at
+        a time, in the order asked.
 
         systemd hears RELOADING=1 before and READY=1 after, whatever the outcome:
         the daemon runs on either way (with the old configuration on failure), and
         ``ikev1d reload`` reports the failure to systemd's ExecReload."""
-        self._notifier.reloading()
-        try:
-            return self._reload()
-        finally:
-            self._notifier.ready("running")
+        async with self._reload_lock:
+            self._notifier.reloading()
+            try:
+                try:
+                    loaded = await asyncio.to_thread(self._load)
+                except ConfigLoadError as exc:
+                    message = f"reload failed, keeping the previous configuration: {exc}"
+                    log.error("%s", message)
+                    return False, message
+                except Exception as exc:
+                    log.exception("reload failed while loading %s", self.options.config_path)
+                    return False, f"reload failed, keeping the previous configuration: {exc}"
+                return self._reload(*loaded)
+            finally:
+                self._notifier.ready("running")
 
-    def _reload(self) -> tuple[bool, str]:
+    def _load(self) -> tuple[Config, list[str]]:
+        """The configuration file loaded, its indexes built and its warnings made: all
+        that does not touch the running daemon (a reload runs it in a worker thread)."""
+        config = self._config_loader(self.options.config_path)
+        config.build_indexes()
         try:
-            config = self._config_loader(self.options.config_path)
-        except ConfigLoadError as exc:
-            message = f"reload failed, keeping the previous configuration: {exc}"
-            log.error("%s", message)
-            return False, message
+            warnings = self._warnings(config)
+        except Exception:
+            log.exception("cannot compute configuration warnings")
+            warnings = []
+        return config, warnings
+
+    def _reload(self, config: Config, warnings: list[str]) -> tuple[bool, str]:
+        if self._stopped:
+            return False, "reload not applied: the daemon is shutting down"
         old = self._config
         if old is not None and _daemon_section_changed(old, config):
             log.warning("changes to [daemon] listen/port/port_nat_t/dataplane/metrics/"
                         "keylog_dir/tun_offload/dataplane_workers need a restart")
-        self._log_warnings(config)
+        self._log_warnings(warnings)
         self._apply_log_level(config)
         try:
             self.engine.reload(config, self.now())
@@ -551,7 +577,6 @@ class Daemon:
             return False, f"reload failed: {exc}"
         self._config = config
         self._pump()
-        self._refreeze_gc()
         message = f"reloaded {self.options.config_path}"
         log.info("%s", message)
         return True, message
@@ -566,12 +591,8 @@ class Daemon:
             except logsetup.LogSetupError as exc:
                 log.warning("[daemon] log_level: %s", exc)
 
-    def _log_warnings(self, config: Config) -> None:
-        try:
-            warnings = self._warnings(config)
-        except Exception:
-            log.exception("cannot compute configuration warnings")
-            return
+    @staticmethod
+    def _log_warnings(warnings: list[str]) -> None:
         for warning in warnings:
             log.warning("config: %s", warning)
 
@@ -1052,7 +1073,7 @@ class Daemon:
             case StatusRequest():
                 return encode_status_response(self.status())
             case ReloadRequest():
-                ok, message = self.reload()
+                ok, message = await self.reload()
                 return encode_response(ok, message)
             case PingRequest():
                 return encode_response(True, "pong", pid=os.getpid())

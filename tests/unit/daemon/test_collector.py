@@ -91,7 +91,7 @@ def test_a_cycle_dropped_before_a_collection_is_collected(settled: Settled) -> N
 
 
 def test_a_cycle_frozen_alive_and_dropped_later_waits_for_a_full_collection(
-    settled: Settled,
+    settled: Settled, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a, b = Node(), Node()
     a.other, b.other = b, a
@@ -100,8 +100,13 @@ def test_a_cycle_frozen_alive_and_dropped_later_waits_for_a_full_collection(
     del a, b
     gc.collect()
     assert gone() is not None  # frozen: no collection frees it ...
-    settled.collector.refreeze()  # ... but a full one (a reload runs one)
-    assert gone() is None
+    # ... but the full one does, which the check runs once the frozen have doubled.
+    monkeypatch.setattr(collector_module, "FULL_COLLECTION_MIN_FROZEN", 0)
+    monkeypatch.setattr(collector_module, "FULL_COLLECTION_INTERVAL_S", 0.0)
+    settled.collector.frozen_after_full = gc.get_freeze_count() // 10
+    gc.collect(0)
+    settled.run_due()
+    assert gone() is None and settled.collector.full_collections == 2
     assert gc.get_freeze_count() > 0
 
 
@@ -138,10 +143,11 @@ def test_the_full_collection_is_due_when_the_frozen_objects_have_doubled(
 def test_the_check_runs_at_most_once_per_interval(
     settled: Settled, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = [1000.0]
+    clock = [time.monotonic() + 1e6]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(collector_module, "FULL_COLLECTION_INTERVAL_S", 60.0)
-    settled.collector.refreeze()  # the interval runs from now
+    gc.collect(0)  # long after start-up's full collection: a check ...
+    settled.run_due()  # ... and the interval runs from now
     for _ in range(3):
         gc.collect(0)
     assert settled.due == []

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import signal
 import socket
 import stat
 import tempfile
+import threading
 
 import pytest
 
@@ -203,10 +205,146 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one() -> None:
             await eventually(lambda: "reload" in h.engine.calls)
             assert len(h.engine.reloaded) == 1 and h.engine.reloaded[0] is second
             assert h.engine.config is second
-            ok, message = h.daemon.reload()
+            ok, message = await h.daemon.reload()
             assert not ok
             assert "unknown algorithm 'foo'" in message
             assert h.engine.calls.count("reload") == 1
+
+    asyncio.run(body())
+
+
+class GatedLoader:
+    """A config loader for reloads that waits, in whatever thread calls it, until the
+    test opens its gate (at most 5 s), noting how many calls overlapped."""
+
+    def __init__(self, configs: list[Config]) -> None:
+        self.configs = configs
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.threads: set[int] = set()
+        self.running = 0
+        self.most_at_once = 0
+        self.started = False  # the daemon's own start-up load passes straight through
+
+    def __call__(self, path: str) -> Config:
+        if not self.started:
+            self.started = True
+            return self.configs.pop(0)
+        self.threads.add(threading.get_ident())
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        self.entered.set()
+        try:
+            self.gate.wait(5.0)
+            return self.configs.pop(0)
+        finally:
+            self.running -= 1
+
+
+def test_a_reload_loads_the_file_while_the_loop_goes_on() -> None:
+    """With thousands of connections parsing takes seconds: the loop serves meanwhile
+    (the loader runs in another thread), and only the result is applied on the loop."""
+    port, port_nat_t = free_udp_ports(2)
+    second = make_config(port, port_nat_t)
+    loader = GatedLoader([make_config(port, port_nat_t), second])
+
+    async def body() -> None:
+        async with running_daemon(config_loader=loader) as h:
+            loop = asyncio.get_running_loop()
+            reload = asyncio.ensure_future(h.daemon.reload())
+            await loop.run_in_executor(None, loader.entered.wait, 5.0)
+            ticks = 0
+            for _ in range(5):  # the loop runs while the loader is held
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert not reload.done() and "reload" not in h.engine.calls
+            loader.gate.set()
+            ok, message = await asyncio.wait_for(reload, 5.0)
+            assert ok, message
+            assert ticks == 5
+            assert threading.get_ident() not in loader.threads
+            assert h.engine.reloaded == [second]
+
+    asyncio.run(body())
+
+
+def test_reloads_asked_together_are_loaded_and_applied_one_at_a_time_in_order() -> None:
+    port, port_nat_t = free_udp_ports(2)
+    second, third = make_config(port, port_nat_t), make_config(port, port_nat_t)
+    loader = GatedLoader([make_config(port, port_nat_t), second, third])
+
+    async def body() -> None:
+        async with running_daemon(config_loader=loader) as h:
+            first = asyncio.ensure_future(h.daemon.reload())
+            then = asyncio.ensure_future(h.daemon.reload())
+            await asyncio.sleep(0.05)
+            loader.gate.set()
+            results = await asyncio.wait_for(asyncio.gather(first, then), 5.0)
+            assert [ok for ok, _ in results] == [True, True]
+            assert loader.most_at_once == 1
+            assert h.engine.reloaded == [second, third]
+
+    asyncio.run(body())
+
+
+def test_a_reload_still_loading_when_the_daemon_stops_is_not_applied() -> None:
+    port, port_nat_t = free_udp_ports(2)
+    loader = GatedLoader([make_config(port, port_nat_t), make_config(port, port_nat_t)])
+
+    async def body() -> None:
+        async with running_daemon(config_loader=loader) as h:
+            loop = asyncio.get_running_loop()
+            reload = asyncio.ensure_future(h.daemon.reload())
+            await loop.run_in_executor(None, loader.entered.wait, 5.0)
+            h.daemon.request_stop()
+            await h.daemon.stop()
+            loader.gate.set()
+            ok, message = await asyncio.wait_for(reload, 5.0)
+            assert not ok and "shutting down" in message
+            assert "reload" not in h.engine.calls
+
+    asyncio.run(body())
+
+
+def test_a_loader_that_fails_unexpectedly_leaves_the_daemon_running_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port, port_nat_t = free_udp_ports(2)
+    configs: list[Config] = [make_config(port, port_nat_t)]
+
+    def loader(path: str) -> Config:
+        if configs:
+            return configs.pop(0)
+        raise RuntimeError("disk on fire")
+
+    async def body() -> None:
+        async with running_daemon(config_loader=loader) as h:
+            ok, message = await h.daemon.reload()
+            assert not ok and "disk on fire" in message
+            assert "reload" not in h.engine.calls
+            ok, message = await h.daemon.reload()  # and it can be asked again
+            assert not ok
+
+    with caplog.at_level(logging.ERROR, logger="ikev1d"):
+        asyncio.run(body())
+    assert "reload failed while loading" in caplog.text
+
+
+def test_the_lookup_indexes_are_built_with_the_configuration() -> None:
+    """At start-up and on a reload (in the loading thread): not by the first peer's
+    request, which would wait for them."""
+    port, port_nat_t = free_udp_ports(2)
+    second = make_config(port, port_nat_t)
+    configs = [make_config(port, port_nat_t), second]
+
+    async def body() -> None:
+        async with running_daemon(config_loader=lambda path: configs.pop(0)) as h:
+            for config in (h.engine.config, second):
+                if config is second:
+                    ok, message = await h.daemon.reload()
+                    assert ok, message
+                assert {"_address_index", "_ike_secrets", "_xauth_passwords"} <= \
+                    set(vars(config))
 
     asyncio.run(body())
 
