@@ -27,6 +27,10 @@ benchmark's strongSwan).  For each responder it prints:
   its log: requests sent and R-U-THERE-ACKs received), ``down``
   (``ikev1d down probe``, ``swanctl --terminate``) and ``up`` again, each in
   wall time of the command;
+* for ikev1d, how long its event loop answered nothing while it made the
+  ``status --json`` answer and while it answered a Prometheus scrape with the N
+  tunnels: the longest round trip of ``ping`` requests sent over its control
+  socket every 2 ms meanwhile (each ping is answered by the loop);
 
 then the ratios ikev1d / strongSwan.  See bench/README.md.
 """
@@ -42,6 +46,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,9 +75,11 @@ from handshakes import (
     responder_swanctl_conf,
 )
 
+from ikev1d.daemon.control import PingRequest
+from ikev1d.daemon.control_client import send_request
 from ikev1d_lab import netns
 from ikev1d_lab.daemon import Ikev1dDaemon, ikev1d_conf
-from ikev1d_lab.netns import Topology
+from ikev1d_lab.netns import Namespace, Topology
 from ikev1d_lab.strongswan import Charon
 
 #: The probe connection's end on the initiator host: a second address, so that no
@@ -181,6 +188,11 @@ class ScaleResult:
     last: SliceFigures | None = None
     gc_pauses: str = ""
     """ikev1d's collector pauses from the first tunnel to the end (``--gc-pauses``)."""
+    status_stall_s: float = float("nan")
+    """ikev1d: the longest control-socket ping round trip while it made ``status``."""
+    scrape_s: float = float("nan")
+    scrape_stall_s: float = float("nan")
+    """ikev1d: a metrics scrape's wall time and the longest ping round trip during it."""
 
     @property
     def complete(self) -> bool:
@@ -202,6 +214,40 @@ class ScaleResult:
         return 1000 * self.cpu_last_s / self.slice if self.slice else float("nan")
 
 
+METRICS_PORT = 9616
+
+
+def longest_ping_while(socket_path: Path, fn: Callable[[], object]) -> float:
+    """Run ``fn`` while a thread sends ``ping`` over the daemon's control socket every
+    2 ms: the longest round trip, how long the daemon's loop answered nothing."""
+    stop = threading.Event()
+    rtts: list[float] = []
+
+    def pinger() -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            send_request(str(socket_path), PingRequest())
+            rtts.append(time.monotonic() - began)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=pinger, daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    try:
+        fn()
+    finally:
+        stop.set()
+        thread.join(60)
+    return max(rtts, default=float("nan"))
+
+
+def scrape(ns: Namespace) -> int:
+    """One Prometheus scrape of the daemon in ``ns``: the size of the answer."""
+    code = ("import urllib.request; print(len(urllib.request.urlopen("
+            f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=300).read()))")
+    return int(ns.run([sys.executable, "-c", code], timeout=330).stdout)
+
+
 def ikev1d_responder_conf(topo: Topology, group: Group, log_dataplane: str) -> str:
     """The bench connection of handshakes.py (any initiator ID from the initiator's
     address) and the probe connection to the initiator's second address."""
@@ -212,7 +258,7 @@ def ikev1d_responder_conf(topo: Topology, group: Group, log_dataplane: str) -> s
         secret_ids=[a], retransmit_timeout="4s", retransmit_tries=5, rekey_time="24h",
         child_rekey_time="8h",
         extra_daemon=('half_open_per_peer = 1000000\nhalf_open_total = 1000000\n'
-                      'half_open_timeout = "60s"'),
+                      f'half_open_timeout = "60s"\nmetrics = "127.0.0.1:{METRICS_PORT}"'),
     )
     probe = ikev1d_conf(
         "probe", b, PROBE_ADDR, b, PROBE_ID, PSK, [group.ike_proposal],
@@ -435,6 +481,11 @@ def run_one(topo: Topology, kind: str, s: Settings) -> ScaleResult:
         result.rss_after_kib = vm_rss_kib(responder.pid)
         result.status_full_s = median_time(responder.status)
         result.status_bytes = responder.status()
+        if daemon is not None:
+            ns = daemon.ns
+            result.status_stall_s = longest_ping_while(daemon.socket_path, responder.status)
+            result.scrape_s = timed(lambda: scrape(ns))
+            result.scrape_stall_s = longest_ping_while(daemon.socket_path, lambda: scrape(ns))
 
         # Holding N tunnels: one more connection up, DPD on it, down, up again.
         began = time.monotonic()
@@ -518,6 +569,12 @@ def format_table(results: Sequence[ScaleResult]) -> str:
             rows.append(f"{r.responder}: CPU per tunnel last/first {growth:.2f} "
                         f"(slices of {r.slice}), status answer {r.status_bytes} bytes, "
                         f"{r.tunnels / r.seconds:.0f} tunnels/s")
+            if r.status_stall_s == r.status_stall_s:  # measured (ikev1d)
+                rows.append(
+                    f"{r.responder}: with {r.tunnels} tunnels the event loop answered "
+                    f"nothing for at most {1000 * r.status_stall_s:.0f} ms while making "
+                    f"status, {1000 * r.scrape_stall_s:.0f} ms while answering a metrics "
+                    f"scrape ({r.scrape_s:.2f} s)")
         for label, figures in (("first", r.first), ("last", r.last)):
             if figures is not None:
                 rows.append(f"  {r.responder} {figures.line(label)}")

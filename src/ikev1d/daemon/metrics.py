@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -231,10 +231,14 @@ class MetricsServer:
     """A minimal HTTP/1.x listener on the daemon's loop: ``GET /metrics`` only.
 
     Each connection gets one answer and is closed; requests are read with a
-    size and time limit, so a slow or hostile client costs little."""
+    size and time limit, so a slow or hostile client costs little. The snapshot is
+    taken on the loop (``snapshot()``, which may let the loop serve while it is made);
+    turning it into the exposition text runs in a worker thread (with 10,000 SAs,
+    40,000 series and 0.35 s of work that would otherwise hold the loop)."""
 
-    def __init__(self, registry: CollectorRegistry, address: tuple[str, int]) -> None:
-        self.registry = registry
+    def __init__(self, snapshot: Callable[[], Awaitable[MetricsSnapshot]],
+                 address: tuple[str, int]) -> None:
+        self._snapshot = snapshot
         self.address = address
         self._server: asyncio.Server | None = None
         self._connections = 0
@@ -302,7 +306,9 @@ class MetricsServer:
             name, sep, value = line.partition(":")
             if sep and name.strip().lower() == "accept":
                 accept = value.strip()
-        body, content_type = render(self.registry, accept)
+        taken = await self._snapshot()
+        body, content_type = await asyncio.to_thread(
+            render, make_registry(lambda: taken), accept)
         await self._answer(writer, 200, body, ("Content-Type", content_type),
                            send_body=method == "GET")
 

@@ -41,10 +41,11 @@ from ikev1d.daemon.control import (
     decode_request,
     encode_progress,
     encode_response,
-    encode_status_response,
+    status_response_parts,
 )
 from ikev1d.daemon.keylog import KeyLog, KeyLogError
-from ikev1d.daemon.metrics import MetricsError, MetricsServer, MetricsSnapshot, make_registry
+from ikev1d.daemon.malloc import limit_arenas
+from ikev1d.daemon.metrics import MetricsError, MetricsServer, MetricsSnapshot
 from ikev1d.daemon.radius import RadiusClient, RadiusError, RadiusResult, RadiusServer
 from ikev1d.daemon.systemd import Notifier
 from ikev1d.daemon.udp import UdpError, UdpTransport
@@ -79,7 +80,7 @@ from ikev1d.engine.api import (
     XauthCheck,
 )
 from ikev1d.errors import Ikev1dError
-from ikev1d.status import ChildSaStatus, StatusDocument
+from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument
 
 log = logging.getLogger("ikev1d.daemon")
 
@@ -429,7 +430,7 @@ class Daemon:
         config = self._config
         if config is None or config.daemon.metrics is None:
             return
-        server = MetricsServer(make_registry(self.metrics_snapshot), config.daemon.metrics)
+        server = MetricsServer(self.metrics_snapshot_async, config.daemon.metrics)
         try:
             await server.start()
         except MetricsError as exc:
@@ -442,10 +443,18 @@ class Daemon:
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """What a scrape shows; runs on the loop, like every other use of the engine."""
+        return self._metrics_snapshot(self.status())
+
+    async def metrics_snapshot_async(self) -> MetricsSnapshot:
+        """:meth:`metrics_snapshot` with the SAs described a chunk at a time, the loop
+        serving in between (:meth:`status_snapshot`)."""
+        return self._metrics_snapshot(await self.status_snapshot())
+
+    def _metrics_snapshot(self, status: StatusDocument) -> MetricsSnapshot:
         engine = self.engine
         drops = getattr(self._backend, "drops", None)
         return MetricsSnapshot(
-            status=self.status(),
+            status=status,
             stats=engine.stats.snapshot(),
             half_open=engine.half_open_count(),
             requests_dropped=self._udp.requests_dropped if self._udp is not None else 0,
@@ -1071,7 +1080,15 @@ class Daemon:
                     ok, message = self.down_one(name, peer, ike_id)
                 return encode_response(ok, message)
             case StatusRequest():
-                return encode_status_response(self.status())
+                # Made and encoded a piece at a time, serving in between: with 10,000
+                # SAs the document is 0.2 s of work and its 6.6 MB of JSON 0.13 s more.
+                # (Not in a thread: the JSON encoder holds the interpreter throughout.)
+                document = await self.status_snapshot()
+                parts = []
+                for part in status_response_parts(document):
+                    parts.append(part)
+                    await asyncio.sleep(0)
+                return b"".join(parts)
             case ReloadRequest():
                 ok, message = await self.reload()
                 return encode_response(ok, message)
@@ -1209,15 +1226,30 @@ class Daemon:
         """The engine's status document with the data plane's counters in place of the
         engine's zeros."""
         document = self.engine.status(self.now())
+        if self._backend is None:
+            return document
+        return replace(document, ike_sas=self._counted(document.ike_sas))
+
+    async def status_snapshot(self) -> StatusDocument:
+        """:meth:`status`, made a chunk of SAs at a time with the loop serving IKE, the
+        data plane and the control socket between two chunks: with 10,000 SAs the whole
+        document is 0.2 s of work. An SA that goes meanwhile is left out, one that comes
+        is not listed yet."""
+        engine = self.engine
+        ike_sas: list[IkeSaStatus] = []
+        for chunk in engine.status_chunks(self.now()):
+            ike_sas.extend(self._counted(chunk))
+            await asyncio.sleep(0)
+        return engine.status_document(tuple(ike_sas))
+
+    def _counted(self, ike_sas: tuple[IkeSaStatus, ...]) -> tuple[IkeSaStatus, ...]:
         backend = self._backend
         if backend is None:
-            return document
-        return replace(document, ike_sas=tuple(
+            return ike_sas
+        return tuple(
             replace(ike_sa, children=tuple(
-                self._with_counters(backend, child) for child in ike_sa.children
-            ))
-            for ike_sa in document.ike_sas
-        ))
+                self._with_counters(backend, child) for child in ike_sa.children))
+            for ike_sa in ike_sas)
 
     @staticmethod
     def _with_counters(backend: DataplaneBackend, child: ChildSaStatus) -> ChildSaStatus:
@@ -1280,6 +1312,7 @@ def _check_control_socket(path: str) -> None:
 
 def run_daemon(options: DaemonOptions) -> int:
     """Run in the foreground until SIGTERM/SIGINT; exit status. Raises DaemonError."""
+    limit_arenas()  # before any thread allocates: see ikev1d.daemon.malloc
     daemon = Daemon(options, notifier=Notifier())
     asyncio.run(daemon.run())
     return 0

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from ikev1d.config import Config, parse_config
@@ -201,6 +201,13 @@ class FakeEngine(Engine):
             for held, children in self.established.items()
             if conn is None or held == conn
         ))
+
+
+    def status_chunks(self, now: float, conn: str | None = None,
+                      size: int = 1) -> Iterator[tuple[IkeSaStatus, ...]]:
+        """The scripted SAs, one per chunk (the daemon lets the loop run between)."""
+        for sa in self.status(now, conn).ike_sas:
+            yield (sa,)
 
 
 class RecordingBackend(NoneBackend):

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
+from ikev1d.daemon import runtime
 from ikev1d.daemon.control import (
     DEFAULT_SOCKET_PATH,
     ControlProtocolError,
@@ -30,9 +33,17 @@ from ikev1d.daemon.control import (
     encode_response,
     encode_status_response,
     resolve_socket_path,
+    status_response_parts,
 )
 from ikev1d.daemon.control_client import DaemonUnreachable, send_request
-from ikev1d.status import ChildSaStatus, Counters, IkeSaStatus, StatusDocument
+from ikev1d.status import (
+    ChildSaStatus,
+    Counters,
+    IkeSaStatus,
+    PoolStatus,
+    StatusDocument,
+    TrapStatus,
+)
 from tests.unit.daemon._fakes import running_daemon
 
 # --- codec ---------------------------------------------------------------------------
@@ -127,6 +138,35 @@ def test_status_answer_carries_the_document_and_reads_back() -> None:
         decode_status(decode_response(encode_response(True, "", status={})))
     with pytest.raises(ControlProtocolError, match="status: expected an object, got null"):
         decode_status(decode_response(encode_response(True, "")))
+
+
+def test_the_status_answer_in_pieces_is_the_same_line() -> None:
+    """What the daemon writes a piece at a time joins into encode_status_response's
+    line, whatever the number of SAs, the piece size, the pools and traps."""
+    def sa(i: int) -> IkeSaStatus:
+        child = ChildSaStatus(
+            name=f"net{i}", state="INSTALLED", mode="tunnel", encap=bool(i % 2),
+            spi_in=0xC0000000 + i, spi_out=0xD0000000 + i, proposal="aes128gcm16",
+            local_ts=(), remote_ts=(), rekey_in_s=None, expires_in_s=60,
+            counters=Counters(i, 2, 3, 4))
+        return IkeSaStatus(
+            name=f"site-\u00e9{i}", state="ESTABLISHED", local=("192.0.2.1", 500),
+            remote=("192.0.2.2", 500), local_id="192.0.2.1", remote_id=f"r\"{i}",
+            initiator=False, cookies=(bytes([i % 256]) * 8, b"\xc3" * 8), proposal=None,
+            auth="psk", nat_local=False, nat_remote=True, established_s=i, rekey_in_s=None,
+            virtual_ip=None, children=(child,) * (i % 3))
+
+    pools = (PoolStatus(name="rw", addrs="10.3.0.0/28", size=14, online=1, offline=0),)
+    traps = (TrapStatus(name="t", child="c", origin="start_action", mode="tunnel",
+                        local_ts=(), remote_ts=()),)
+    for count in (0, 1, 3, 600):
+        for extra in ({}, {"pools": pools}, {"traps": traps}, {"pools": pools, "traps": traps}):
+            document = StatusDocument(tuple(sa(i) for i in range(count)), **extra)
+            line = encode_status_response(document)
+            for size in (1, 2, 256):
+                parts = list(status_response_parts(document, size))
+                assert b"".join(parts) == line
+                assert len(parts) == 2 + -(-count // size)
 
 
 def test_socket_path_resolution() -> None:
@@ -333,5 +373,55 @@ def test_internal_error_is_an_answer_not_a_hangup() -> None:
             response = await _call(h.socket_path, StatusRequest())
             assert not response.ok
             assert response.message == "internal error: status bug"
+
+    asyncio.run(body())
+
+
+def test_status_is_made_and_encoded_a_chunk_at_a_time_with_the_loop_serving_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With 10,000 SAs the document is 0.2 s of work and its JSON 0.13 s more: the loop
+    serves between two chunks of SAs, and between two pieces of the JSON."""
+    ticks = 0
+    described: list[int] = []
+    encoded: list[int] = []
+    parts = status_response_parts
+
+    def counted_parts(document: StatusDocument, size: int = 256) -> Iterator[bytes]:
+        for part in parts(document, 1):
+            encoded.append(ticks)
+            yield part
+
+    monkeypatch.setattr(runtime, "status_response_parts", counted_parts)
+
+    async def body() -> None:
+        nonlocal ticks
+        async with running_daemon() as h:
+            for name in ("site-ok", "site-nochild"):
+                assert (await _call(h.socket_path, UpRequest(name, None, 5))).ok
+            chunks = h.engine.status_chunks
+
+            def counted(now: float, conn: str | None = None,
+                        size: int = 1) -> Iterator[tuple[IkeSaStatus, ...]]:
+                for chunk in chunks(now, conn, size):
+                    described.append(ticks)
+                    yield chunk
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            monkeypatch.setattr(h.engine, "status_chunks", counted)
+            task = asyncio.ensure_future(ticker())
+            try:
+                status = decode_status(await _call(h.socket_path, StatusRequest()))
+            finally:
+                task.cancel()
+            assert sorted(s.name for s in status.ike_sas) == ["site-nochild", "site-ok"]
+            assert len(described) == 2 and described[1] > described[0]
+            # head, one piece per SA, tail: the loop ran between any two
+            assert len(encoded) == 4 and all(b > a for a, b in itertools.pairwise(encoded))
 
     asyncio.run(body())

@@ -8,13 +8,16 @@ import ipaddress
 import os
 import socket
 import tempfile
+import threading
 from collections import Counter
 from dataclasses import replace
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
+from ikev1d.daemon import metrics as metrics_module
 from ikev1d.daemon.control import UpRequest
 from ikev1d.daemon.metrics import (
     SA_LABELS,
@@ -214,7 +217,10 @@ async def http(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
 
 def test_http_listener_answers_get_metrics_only() -> None:
     async def body() -> None:
-        server = MetricsServer(make_registry(snapshot), ("127.0.0.1", 0))
+        async def taken() -> MetricsSnapshot:
+            return snapshot()
+
+        server = MetricsServer(taken, ("127.0.0.1", 0))
         await server.start()
         try:
             port = server.port
@@ -309,3 +315,55 @@ def test_daemon_serves_the_status_counters_and_refuses_a_busy_port() -> None:
                 pass
 
     asyncio.run(body())
+
+
+def test_a_scrape_is_rendered_beside_the_loop_from_a_snapshot_taken_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With 10,000 SAs the exposition is 40,000 series and 0.35 s of work: it is made in
+    a worker thread, from a snapshot the daemon took on its loop."""
+    rendered_in: list[int] = []
+    taken_in: list[int] = []
+    render = metrics_module.render
+    take = Daemon.metrics_snapshot_async
+
+    def recording(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+        rendered_in.append(threading.get_ident())
+        return render(registry, accept)
+
+    async def taking(self: Daemon) -> MetricsSnapshot:
+        taken_in.append(threading.get_ident())
+        return await take(self)
+
+    monkeypatch.setattr(metrics_module, "render", recording)
+    monkeypatch.setattr(Daemon, "metrics_snapshot_async", taking)
+
+    async def body() -> None:
+        config = fresh_config()
+        config = replace(config, daemon=replace(config.daemon, metrics=("127.0.0.1", 0)))
+        with tempfile.TemporaryDirectory() as tmp:
+            daemon = Daemon(
+                DaemonOptions(os.path.join(tmp, "c.toml"), os.path.join(tmp, "s.sock"),
+                              linger_s=0.01),
+                config_loader=lambda path: config,
+                engine_factory=collecting_factory([]),
+                backend_factory=lambda name, cfg: RecordingBackend(),
+                warnings=lambda cfg: [],
+                install_signal_handlers=False,
+            )
+            await daemon.start()
+            try:
+                ok, message = await daemon.up(UpRequest("site-ok", timeout=5), lambda t: None)
+                assert ok, message
+                server = daemon.metrics_server
+                assert server is not None
+                _, _, data = await http(server.port, b"GET /metrics HTTP/1.0\r\n\r\n")
+                samples = parse(data.decode())
+                assert series(samples, "ikev1d_ipsec_sas")[(("state", "INSTALLED"),)] == 2
+            finally:
+                await daemon.stop()
+
+    asyncio.run(body())
+    loop_thread = threading.get_ident()
+    assert taken_in == [loop_thread]
+    assert rendered_in and loop_thread not in rendered_in

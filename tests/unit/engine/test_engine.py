@@ -858,3 +858,26 @@ def test_renewals_find_ipsec_sas_by_index_and_leave_no_entries() -> None:
                 assert engine.owner_of(child) is sa
                 assert engine.child_by_id(child.child_id) == (sa, child)
     assert walks == []
+
+
+def test_status_chunks_describe_the_sas_a_few_at_a_time_and_leave_out_one_gone_meanwhile(
+) -> None:
+    """``status_chunks`` gives what ``status`` lists, ``size`` SAs at a time, so that
+    the daemon can serve between two chunks; an SA deleted in between is left out."""
+    text = config_text(A_ADDR, B_ADDR, "10.1.0.0/24", "10.2.0.0/24")
+    at = text.index("[connections.gw]")
+    block = text[at:text.index("[secrets.gw]")]
+    engine = Engine(parse_config(text + block.replace("connections.gw", "connections.gw2")
+                                 + block.replace("connections.gw", "connections.gw3")),
+                    random_bytes=random.Random(3).randbytes)
+    for name in ("gw", "gw2", "gw3"):
+        engine.initiate(name, None, 1000.0)  # each an ISAKMP SA, connecting
+    whole = engine.status(1000.0).ike_sas
+    assert [sa.name for sa in whole] == ["gw", "gw2", "gw3"]
+    assert list(engine.status_chunks(1000.0, size=2)) == [whole[:2], whole[2:]]
+    chunks = engine.status_chunks(1000.0, size=1)
+    assert next(chunks) == whole[:1]
+    engine.terminate("gw2", 1000.0)
+    assert [sa.name for chunk in chunks for sa in chunk] == ["gw3"]
+    assert [sa.name for chunk in engine.status_chunks(1000.0, "gw3") for sa in chunk] == ["gw3"]
+    assert engine.status_document(whole[:1]).ike_sas == whole[:1]
