@@ -555,7 +555,8 @@ class Daemon:
                     return False, f"reload failed, keeping the previous configuration: {exc}"
                 return self._reload(*loaded)
             finally:
-                self._notifier.ready("running")
+                if not self._stopped:  # no READY=1 after STOPPING=1
+                    self._notifier.ready("running")
 
     def _load(self) -> tuple[Config, list[str]]:
         """The configuration file loaded, its indexes built and its warnings made: all

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ikev1d.config import Config, parse_config
 from ikev1d.daemon.runtime import Daemon, DaemonOptions
+from ikev1d.daemon.systemd import Notifier
 from ikev1d.dataplane.base import Address, DataplaneError, NoneBackend, SendUdp
 from ikev1d.engine import Engine
 from ikev1d.engine.api import (
@@ -272,6 +273,7 @@ async def running_daemon(
     install_signal_handlers: bool = False,
     config_loader: Callable[[str], Config] | None = None,
     extra_config: str = "",
+    notifier: Notifier | None = None,
 ) -> AsyncIterator[Harness]:
     """A started Daemon with a FakeEngine on free loopback ports and a temp control socket
     (``extra_config``: more TOML after the fakes' connections)."""
@@ -290,6 +292,7 @@ async def running_daemon(
             backend_factory=lambda name, cfg: backend,
             warnings=lambda cfg: [],
             install_signal_handlers=install_signal_handlers,
+            notifier=notifier,
         )
         await daemon.start()
         try:

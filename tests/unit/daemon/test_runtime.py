@@ -23,6 +23,7 @@ from ikev1d.daemon.runtime import (
     DaemonError,
     DaemonOptions,
 )
+from ikev1d.daemon.systemd import Notifier
 from ikev1d.dataplane.base import DataplaneError
 from ikev1d.status import Counters
 from ikev1d.wire.constants import NON_ESP_MARKER
@@ -287,12 +288,25 @@ def test_reloads_asked_together_are_loaded_and_applied_one_at_a_time_in_order() 
     asyncio.run(body())
 
 
+class RecordingNotifier(Notifier):
+    """What the daemon would tell systemd, in order."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.sent: list[str] = []
+
+    def notify(self, *assignments: str) -> bool:
+        self.sent.append(" ".join(assignments))
+        return True
+
+
 def test_a_reload_still_loading_when_the_daemon_stops_is_not_applied() -> None:
     port, port_nat_t = free_udp_ports(2)
     loader = GatedLoader([make_config(port, port_nat_t), make_config(port, port_nat_t)])
+    notifier = RecordingNotifier()
 
     async def body() -> None:
-        async with running_daemon(config_loader=loader) as h:
+        async with running_daemon(config_loader=loader, notifier=notifier) as h:
             loop = asyncio.get_running_loop()
             reload = asyncio.ensure_future(h.daemon.reload())
             await loop.run_in_executor(None, loader.entered.wait, 5.0)
@@ -302,6 +316,8 @@ def test_a_reload_still_loading_when_the_daemon_stops_is_not_applied() -> None:
             ok, message = await asyncio.wait_for(reload, 5.0)
             assert not ok and "shutting down" in message
             assert "reload" not in h.engine.calls
+            # systemd heard of the reload and then of the stop, and nothing after it.
+            assert notifier.sent[-2:] == ["RELOADING=1", "STOPPING=1"]
 
     asyncio.run(body())
 
