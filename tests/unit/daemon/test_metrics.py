@@ -258,29 +258,41 @@ def test_http_listener_answers_get_metrics_only() -> None:
 # --- in the daemon ---------------------------------------------------------------------
 
 
+async def _daemon_up_and_scraped(tmp: str) -> tuple[Daemon, Samples]:
+    """A started daemon (fake engine, recording backend, metrics on a free port) with
+    ``site-ok`` up, and its first scrape; the caller stops it."""
+    config = fresh_config()
+    config = replace(config, daemon=replace(config.daemon, metrics=("127.0.0.1", 0)))
+    backend = RecordingBackend()
+    daemon = Daemon(
+        DaemonOptions(os.path.join(tmp, "c.toml"), os.path.join(tmp, "s.sock"),
+                      linger_s=0.01),
+        config_loader=lambda path: config,
+        engine_factory=collecting_factory([]),
+        backend_factory=lambda name, cfg: backend,
+        warnings=lambda cfg: [],
+        install_signal_handlers=False,
+    )
+    await daemon.start()
+    try:
+        ok, message = await daemon.up(UpRequest("site-ok", timeout=5), lambda t: None)
+        assert ok, message
+        server = daemon.metrics_server
+        assert server is not None
+        _, _, data = await http(server.port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    except BaseException:
+        await daemon.stop()
+        raise
+    return daemon, parse(data.decode())
+
+
 def test_daemon_serves_the_status_counters_and_refuses_a_busy_port() -> None:
     async def body() -> None:
-        config = fresh_config()
-        config = replace(config, daemon=replace(config.daemon, metrics=("127.0.0.1", 0)))
-        backend = RecordingBackend()
         with tempfile.TemporaryDirectory() as tmp:
-            daemon = Daemon(
-                DaemonOptions(os.path.join(tmp, "c.toml"), os.path.join(tmp, "s.sock"),
-                              linger_s=0.01),
-                config_loader=lambda path: config,
-                engine_factory=collecting_factory([]),
-                backend_factory=lambda name, cfg: backend,
-                warnings=lambda cfg: [],
-                install_signal_handlers=False,
-            )
-            await daemon.start()
+            daemon, samples = await _daemon_up_and_scraped(tmp)
+            server = daemon.metrics_server
+            assert server is not None
             try:
-                ok, message = await daemon.up(UpRequest("site-ok", timeout=5), lambda t: None)
-                assert ok, message
-                server = daemon.metrics_server
-                assert server is not None
-                _, _, data = await http(server.port, b"GET /metrics HTTP/1.0\r\n\r\n")
-                samples = parse(data.decode())
                 document = daemon.status()
                 (ike_sa,) = document.ike_sas
                 assert len(ike_sa.children) == 2
@@ -339,26 +351,9 @@ def test_a_scrape_is_rendered_beside_the_loop_from_a_snapshot_taken_on_it(
     monkeypatch.setattr(Daemon, "metrics_snapshot_async", taking)
 
     async def body() -> None:
-        config = fresh_config()
-        config = replace(config, daemon=replace(config.daemon, metrics=("127.0.0.1", 0)))
         with tempfile.TemporaryDirectory() as tmp:
-            daemon = Daemon(
-                DaemonOptions(os.path.join(tmp, "c.toml"), os.path.join(tmp, "s.sock"),
-                              linger_s=0.01),
-                config_loader=lambda path: config,
-                engine_factory=collecting_factory([]),
-                backend_factory=lambda name, cfg: RecordingBackend(),
-                warnings=lambda cfg: [],
-                install_signal_handlers=False,
-            )
-            await daemon.start()
+            daemon, samples = await _daemon_up_and_scraped(tmp)
             try:
-                ok, message = await daemon.up(UpRequest("site-ok", timeout=5), lambda t: None)
-                assert ok, message
-                server = daemon.metrics_server
-                assert server is not None
-                _, _, data = await http(server.port, b"GET /metrics HTTP/1.0\r\n\r\n")
-                samples = parse(data.decode())
                 assert series(samples, "ikev1d_ipsec_sas")[(("state", "INSTALLED"),)] == 2
             finally:
                 await daemon.stop()
