@@ -205,8 +205,12 @@ def decode_request(line: bytes) -> Request:
     raise ControlProtocolError(f"unknown command {command!r}")
 
 
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _line(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+    return _compact(body).encode("utf-8") + b"\n"
 
 
 def encode_progress(message: str) -> bytes:
@@ -222,24 +226,20 @@ def encode_status_response(document: StatusDocument) -> bytes:
     return encode_response(True, "", status=document.to_json())
 
 
-def status_response_parts(document: StatusDocument, size: int = 256) -> Iterator[bytes]:
+def status_response_parts(document: StatusDocument, size: int) -> Iterator[bytes]:
     """:func:`encode_status_response` in pieces, ``size`` ISAKMP SAs each, which joined
     are the same line: with 10,000 SAs the whole is 6.6 MB of JSON and 0.13 s of work
     that the daemon does a piece at a time, serving in between."""
-    head = _line({"ok": True, "message": ""})
-    yield head[:-2] + b',"status":{"ike_sas":['
+    yield _line({"ok": True, "message": ""})[:-2] + b',"status":{"ike_sas":['
     sas = document.ike_sas
     for start in range(0, len(sas), size):
-        text = ",".join(json.dumps(sa.to_json(), separators=(",", ":"))
-                        for sa in sas[start:start + size])
+        text = ",".join(_compact(sa.to_json()) for sa in sas[start:start + size])
         yield ("," if start else "").encode() + text.encode("utf-8")
     tail = "]"
     if document.pools:
-        tail += ',"pools":' + json.dumps([p.to_json() for p in document.pools],
-                                         separators=(",", ":"))
+        tail += ',"pools":' + _compact([p.to_json() for p in document.pools])
     if document.traps:
-        tail += ',"traps":' + json.dumps([t.to_json() for t in document.traps],
-                                         separators=(",", ":"))
+        tail += ',"traps":' + _compact([t.to_json() for t in document.traps])
     yield tail.encode("utf-8") + b"}}\n"
 
 

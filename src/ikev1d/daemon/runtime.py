@@ -79,6 +79,7 @@ from ikev1d.engine.api import (
     VirtualIpReleased,
     XauthCheck,
 )
+from ikev1d.engine.engine import STATUS_CHUNK
 from ikev1d.errors import Ikev1dError
 from ikev1d.status import ChildSaStatus, IkeSaStatus, StatusDocument
 
@@ -1086,7 +1087,7 @@ class Daemon:
                 # (Not in a thread: the JSON encoder holds the interpreter throughout.)
                 document = await self.status_snapshot()
                 parts = []
-                for part in status_response_parts(document):
+                for part in status_response_parts(document, STATUS_CHUNK):
                     parts.append(part)
                     await asyncio.sleep(0)
                 return b"".join(parts)

@@ -875,4 +875,4 @@ def _names_peer(sa: IkeSa, peer: str) -> bool:
         sa.remote_id, sa.remote[0], sa.xauth_user)
 
 
-__all__ = ["ConnectionConfig", "Engine", "EngineError"]
+__all__ = ["STATUS_CHUNK", "ConnectionConfig", "Engine", "EngineError"]

@@ -387,7 +387,7 @@ def test_status_is_made_and_encoded_a_chunk_at_a_time_with_the_loop_serving_betw
     encoded: list[int] = []
     parts = status_response_parts
 
-    def counted_parts(document: StatusDocument, size: int = 256) -> Iterator[bytes]:
+    def counted_parts(document: StatusDocument, size: int) -> Iterator[bytes]:
         for part in parts(document, 1):
             encoded.append(ticks)
             yield part
