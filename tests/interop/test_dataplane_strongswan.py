@@ -15,6 +15,7 @@ packets and bytes must be equal exactly.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from .test_dataplane_ikev1d import (
     kernel_drops,
     settled,
     traffic_both_ways,
+    wait_until,
 )
 
 pytestmark = pytest.mark.interop
@@ -139,3 +141,49 @@ def test_tso_with_strongswan(make_pair: Callable[..., Pair]) -> None:
     assert ours["packets_out"] > 200 and ours["packets_in"] > 200
     assert_counters_agree(ours, theirs, kernel_drops(topo.a, topo.b) - drops_before)
     assert ours["replayed_in"] == ours["icv_failed_in"] == ours["malformed_in"] == 0
+
+
+_SEND_BURST = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind((sys.argv[1], 0))\n"
+    "for _ in range(int(sys.argv[3])):\n"
+    "    s.sendto(bytes(200), (sys.argv[2], 9))\n"
+)
+
+
+def test_a_route_to_the_peer_gone_under_traffic(make_pair: Callable[..., Pair]) -> None:
+    """A blackhole route to strongSwan's address while packets go into the tunnel: the
+    kernel refuses every ESP-in-UDP send (EINVAL). The packets are counted as dropped,
+    not as sent (afterwards both sides' counters still agree); the log gets a line per
+    interval, not one per packet; and once the route is gone again traffic flows, still
+    in segmented sends (the refusal was the route's, not the offload's)."""
+    pair = make_pair("aes128gcm16")
+    topo = pair.topo
+    result = pair.ours.up("gw")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ping(topo.a, topo.inner_addr_b, count=2) == (2, 2)
+    before = child_of(pair.ours)
+
+    topo.a.run(["ip", "route", "add", "blackhole", f"{topo.addr_b}/32"])
+    try:
+        topo.a.run([sys.executable, "-c", _SEND_BURST, topo.inner_addr_a, topo.inner_addr_b,
+                    "2000"])
+        assert wait_until(lambda: child_of(pair.ours)["dropped_out"]
+                          - before["dropped_out"] >= 500), pair.ours.log_text()[-2000:]
+    finally:
+        topo.a.run(["ip", "route", "del", "blackhole", f"{topo.addr_b}/32"])
+    during = child_of(pair.ours)
+    assert during["packets_out"] == before["packets_out"]
+    log = pair.ours.log_text()
+    assert "cannot send" not in log
+    refused = [line for line in log.splitlines()
+               if "ESP packet dropped (send_error)" in line and " DEBUG " not in line]
+    assert 1 <= len(refused) <= 2, refused
+
+    assert ping(topo.a, topo.inner_addr_b, count=2) == (2, 2)
+    traffic_both_ways(topo)
+    ours, theirs = settled(lambda: (child_of(pair.ours), their_counters(pair)), _agree)
+    assert ours["packets_out"] > during["packets_out"] + 200
+    assert _agree(ours, theirs), (ours, theirs)  # what was refused was not counted as sent
+    assert "no segmentation offload" not in pair.ours.log_text()

@@ -312,9 +312,14 @@ class UdpSocket:
                                          remote)
             if refused is None:
                 return
+            # The same errors also mean "not to that destination" (EINVAL for a
+            # blackhole route, say): only if one datagram alone goes out was it the
+            # offload that was refused. Otherwise this raises and the offload stays.
+            self.send(datagrams[0], local_address, remote)
             self.gso = False
             log.info("UDP port %d: no segmentation offload (%s); sending ESP-in-UDP "
                      "datagrams one by one", self.port, refused.strerror or refused)
+            datagrams = datagrams[1:]
         for data in datagrams:
             self.send(data, local_address, remote)
 
@@ -530,20 +535,24 @@ class UdpTransport:
         return wildcard
 
     def _send(self, data: bytes, local: Endpoint, remote: Endpoint) -> bool:
-        sock = self._socket_for(local)
-        if sock is None:
-            log.warning(
-                "no socket for local address %s port %d; dropping datagram to %s",
-                local[0], local[1], remote[0],
-            )
-            return False
+        """An ISAKMP message: a refusal is logged (at a limited rate: a route that goes
+        away, or requests from spoofed unreachable sources, refuse one send after
+        another) and the message is lost like any UDP packet; IKE retransmits."""
         try:
-            sock.send(data, local[0], remote)
+            self._send_or_raise(data, local, remote)
         except OSError as exc:
-            # Lost like any UDP packet; IKE retransmits.
-            log.warning("cannot send to %s port %d: %s", remote[0], remote[1], exc)
+            self._log_limiter.log(
+                log, logging.WARNING, "send refused", time.monotonic(),
+                "cannot send to %s port %d: %s", remote[0], remote[1], exc.strerror or exc)
             return False
         return True
+
+    def _send_or_raise(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
+        sock = self._socket_for(local)
+        if sock is None:
+            raise OSError(errno.EADDRNOTAVAIL,
+                          f"no socket for local address {local[0]} port {local[1]}")
+        sock.send(data, local[0], remote)
 
     def send_ike(self, datagram: Datagram) -> bool:
         """Send an ISAKMP message; from the NAT-T port it gets the non-ESP marker."""
@@ -553,19 +562,19 @@ class UdpTransport:
         return self._send(data, datagram.local, datagram.remote)
 
     def send_esp_udp(self, data: bytes, local: Endpoint, remote: Endpoint) -> None:
-        """Send UDP-encapsulated ESP (RFC 3948): no marker, ESP starts with a non-zero SPI."""
-        self._send(data, local, remote)
+        """Send UDP-encapsulated ESP (RFC 3948): no marker, ESP starts with a non-zero SPI.
+
+        OSError when the kernel refuses it: the data plane counts the packet as
+        dropped (``send_error``) and logs at its own limited rate."""
+        self._send_or_raise(data, local, remote)
 
     def send_esp_udp_many(self, datagrams: Sequence[bytes], local: Endpoint,
                           remote: Endpoint) -> None:
         """:meth:`send_esp_udp` for a batch of equal-sized datagrams (the last may be
-        shorter) to one peer: one system call with UDP GSO where the kernel offers it."""
+        shorter) to one peer: one system call with UDP GSO where the kernel offers it.
+        OSError as there, for the whole batch."""
         sock = self._socket_for(local)
         if sock is None:
-            log.warning("no socket for local address %s port %d; dropping %d datagrams to %s",
-                        local[0], local[1], len(datagrams), remote[0])
-            return
-        try:
-            sock.send_many(datagrams, local[0], remote)
-        except OSError as exc:
-            log.warning("cannot send to %s port %d: %s", remote[0], remote[1], exc)
+            raise OSError(errno.EADDRNOTAVAIL,
+                          f"no socket for local address {local[0]} port {local[1]}")
+        sock.send_many(datagrams, local[0], remote)

@@ -122,6 +122,10 @@ class _UdpSenders:
         self._cache: dict[Endpoint, tuple[socket.socket, list[tuple[int, int, bytes]]] | None] = {}
         self.gso = True
 
+    def close(self) -> None:
+        for sock, *_ in self._socks:
+            sock.close()
+
     def _find(self, local: Endpoint) -> tuple[socket.socket, list[tuple[int, int, bytes]]] | None:
         try:
             return self._cache[local]
@@ -167,9 +171,11 @@ class _UdpSenders:
             refused = gso.send_segmented(sock, datagrams, list(cmsgs), remote)
             if refused is None:
                 return
+            self.send(datagrams[0], local, remote)  # raises if the destination refuses it
             self.gso = False
             log.info("data plane worker: no UDP segmentation offload (%s); sending "
                      "ESP-in-UDP datagrams one by one", refused.strerror or refused)
+            datagrams = datagrams[1:]
         for data in datagrams:
             self.send(data, local, remote)
 

@@ -555,3 +555,81 @@ def test_a_coalesced_receive_is_handed_out_up_to_the_batch_and_the_rest_later() 
     sock.sock = _GroSock([(b"".join(datagrams[:3]), 100)])
     assert [sock.recv() for _ in range(4)] == [
         (d, ("127.0.0.1", 4500), ("198.18.0.1", 4500)) for d in datagrams[:3]] + [None]
+
+
+# --- sends the kernel refuses -------------------------------------------------------------
+# A UDP send to port 0 is refused by the kernel (EINVAL) without anything leaving the host,
+# as a blackhole route refuses one; an unreachable route gives EHOSTUNREACH the same way.
+_REFUSING = ("127.0.0.1", 0)
+
+
+def test_ike_sends_the_kernel_refuses_are_logged_at_a_limited_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Requests from spoofed, unreachable sources, or every peer's retransmissions while a
+    route is gone: each refused answer must not write a line of its own."""
+    async def body() -> None:
+        transport = _transport(asyncio.get_running_loop(), ("127.0.0.1",), [], [])
+        transport.open()
+        try:
+            local = ("127.0.0.1", transport.port)
+            with caplog.at_level("WARNING", logger="ikev1d.daemon"):
+                sent = [transport.send_ike(Datagram(b"\x00" * 28, local, _REFUSING))
+                        for _ in range(200)]
+                sent.append(transport.send_ike(Datagram(b"\x00" * 28, ("127.0.0.9", 500),
+                                                        ("127.0.0.1", 500))))
+            assert not any(sent)
+            lines = [r.getMessage() for r in caplog.records if "cannot send" in r.getMessage()]
+            assert 1 <= len(lines) <= 10, lines
+            assert "port 0: Invalid argument" in lines[0]
+        finally:
+            transport.close()
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_esp_sends_the_kernel_refuses_reach_the_data_plane_as_drops(
+    batched: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The data plane sends ESP-in-UDP through these sockets; a refused packet must come
+    back to it as an error, to be counted as dropped (not as sent) and logged at the
+    data plane's limited rate, not once per packet here. Segmentation offload stays on:
+    the destination refused, not the offload."""
+    from dataclasses import replace
+
+    from tests.unit.dataplane.test_userspace import Side, child, udp_packet
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        transport = _transport(loop, ("127.0.0.1",), [], [])
+        transport.open()
+        side = Side(["10.1.0.1"])
+        try:
+            side.backend.attach(transport.send_esp_udp, loop)
+            if batched:
+                side.backend.attach_batch(transport.send_esp_udp_many)
+            sa = replace(child(encap=True), local=("127.0.0.1", transport.port_nat_t),
+                         remote=_REFUSING)
+            side.backend.install(sa)
+            with caplog.at_level("INFO"):
+                for _ in range(5):
+                    side.tun.to_read.extend(udp_packet("10.1.0.1", "10.2.0.1", bytes(100))
+                                            for _ in range(20))
+                    side.backend.handle_tun_readable()
+            counters = side.backend.counters(sa.spi_in, sa.spi_out)
+            assert counters.drops is not None
+            assert (counters.packets_out, counters.bytes_out) == (0, 0)
+            assert counters.drops.dropped_out == 100
+            assert side.backend.drops["send_error"] == 100
+            lines = [r.getMessage() for r in caplog.records]
+            assert not [line for line in lines if "cannot send" in line], lines
+            refused = [line for line in lines if "ESP packet dropped (send_error)" in line]
+            assert len(refused) == 1, lines
+            (nat_t,) = [s for s in transport.sockets if s.port == transport.port_nat_t]
+            assert nat_t.gso
+        finally:
+            side.backend.close()
+            transport.close()
+
+    asyncio.run(body())

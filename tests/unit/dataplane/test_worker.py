@@ -599,3 +599,27 @@ def test_the_worker_gets_a_responder_s_pair_only_on_completion(two: TwoWorkerSid
     two.backend.remove(ChildSaDeleted("gw", "net", 1, 3, other.spi_in, other.spi_out, "t"))
     assert len(two.worker.of(MsgType.INSTALL_SA)) == 1
     assert two.worker.of(MsgType.REMOVE_SA) == []
+
+
+def test_a_destination_that_refuses_does_not_turn_off_segmentation_offload() -> None:
+    """EINVAL from a segmented send can mean "no offload" or "not to that destination"
+    (port 0 here, a blackhole route elsewhere): only the first turns the offload off."""
+    from ikev1d.dataplane.worker import _UdpSenders
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(2)
+        port = sock.getsockname()[1]
+        senders = _UdpSenders([f"{sock.detach()} 127.0.0.1 {port} 0"])
+        with pytest.raises(OSError):
+            senders.send_many([bytes(100)] * 3, ("127.0.0.1", port), ("127.0.0.1", 0))
+        assert senders.gso
+        senders.send_many([bytes(100)] * 3, ("127.0.0.1", port), sink.getsockname())
+        assert [len(sink.recv(2000)) for _ in range(3)] == [100, 100, 100]
+        senders.close()
+    finally:
+        sock.close()
+        sink.close()
