@@ -90,9 +90,8 @@ Receiver = Callable[[bytes, Endpoint, Endpoint], None]
 ManyReceiver = Callable[[list[bytes], Endpoint, Endpoint], None]
 """``callback(datagrams, local, remote)``: datagrams in the order they arrived."""
 
-
-"""What sendmsg with UDP_SEGMENT fails with where the offload is unavailable (udp(7))."""
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum flag arithmetic per packet is slow
+
 
 class UdpError(Ikev1dError):
     """A socket could not be opened; the message names address and port."""
