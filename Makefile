@@ -89,7 +89,9 @@ clean:
 # test-libreswan boots it a second time for the Libreswan suite (results in
 # vm-out-libreswan/): some 40 cases, rekeying and DPD waiting for real timers, so it
 # gets up to an hour (VM_TIMEOUT); VM_K=... selects cases (scripts/run-vm-tests.sh).
-VM_DEB_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static
+# openssl: the Libreswan road-warrior suite hashes pluto's XAUTH passwords with
+# `openssl passwd` (today freeradius brings it too; the suite should not rely on that).
+VM_DEB_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static openssl
 .PHONY: test-kernel test-libreswan vm-deps
 vm-deps: deps venv
 	@missing=""; for p in $(VM_DEB_PACKAGES); do \
