@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from benchlib import (
     cpu_times,
@@ -132,12 +133,37 @@ class SliceFigures:
     seconds: float
     load: float
 
+    @property
+    def rate(self) -> float:
+        return self.tunnels / self.seconds if self.seconds else 0.0
+
     def line(self, label: str) -> str:
         n = self.tunnels or 1
         return (f"{label} {self.tunnels}: user {1000 * self.user_s / n:.2f} + system "
                 f"{1000 * self.system_s / n:.2f} ms, {self.wakeups / n:.1f} wakeups per "
-                f"tunnel, {self.tunnels / self.seconds if self.seconds else 0:.0f} tunnels/s, "
-                f"load {self.load:.1f}")
+                f"tunnel, {self.rate:.0f} tunnels/s, load {self.load:.1f}")
+
+
+UNEQUAL_PACE: Final = 1.25
+"""Slice rates further apart than this make last/first a figure of the arrival
+pattern as much as of the SAs held (see :func:`pace_warning`)."""
+
+
+def pace_warning(first: SliceFigures | None, last: SliceFigures | None) -> str | None:
+    """A warning when the two slices came at rates too far apart to compare.
+
+    Uncapped, the generator slows down as it holds more SAs; a responder then
+    wakes for each message instead of for a batch, and each message costs more
+    with cold caches whatever the SA count. Only ``--rate`` below what every
+    party sustains to the end gives both slices the same arrivals."""
+    if first is None or last is None or not first.rate or not last.rate:
+        return None
+    fast, slow = max(first.rate, last.rate), min(first.rate, last.rate)
+    if fast <= UNEQUAL_PACE * slow:
+        return None
+    return (f"the slices came at {first.rate:.0f} and {last.rate:.0f} tunnels/s: "
+            "last/first is the arrival pattern's as much as the SAs'; compare at an "
+            "equal pace with --rate")
 
 
 def slice_size(tunnels: int) -> int:
@@ -569,6 +595,9 @@ def format_table(results: Sequence[ScaleResult]) -> str:
             rows.append(f"{r.responder}: CPU per tunnel last/first {growth:.2f} "
                         f"(slices of {r.slice}), status answer {r.status_bytes} bytes, "
                         f"{r.tunnels / r.seconds:.0f} tunnels/s")
+            warning = pace_warning(r.first, r.last)
+            if warning is not None:
+                rows.append(f"{r.responder}: {warning}")
             if r.status_stall_s == r.status_stall_s:  # measured (ikev1d)
                 rows.append(
                     f"{r.responder}: with {r.tunnels} tunnels the event loop answered "
