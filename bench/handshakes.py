@@ -632,9 +632,19 @@ def run_one(
     return result
 
 
+AUTOGROUP_SWITCH: Final = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
 def renice_all(pid: int, nice: int) -> None:
     """Every thread of ``pid`` and of its child processes to ``nice`` (Linux keeps a
-    nice value per thread)."""
+    nice value per thread), and with autogroups on, their session too.
+
+    With autogroups (sched(7), "The autogroup feature"; on unless a cgroup of the
+    CPU controller holds the processes) a thread's nice value weighs only against
+    the threads of its own session: against the generator's and the driver's
+    sessions the session's own nice value counts (``/proc/PID/autogroup``). The
+    responder is a session of its own (``Ikev1dDaemon.start``, ``start_charon``),
+    so that is the value that puts it before the generator."""
     pids = [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
@@ -643,6 +653,12 @@ def renice_all(pid: int, nice: int) -> None:
         for task in Path(f"/proc/{p}/task").iterdir():
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+    with contextlib.suppress(OSError):
+        if AUTOGROUP_SWITCH.read_text().strip() != "1":
+            return
+    for p in pids:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{p}/autogroup").write_text(f"{nice}\n")
 
 
 # --- where a handshake waits (--timeline) -------------------------------------------------
