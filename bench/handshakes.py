@@ -854,8 +854,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--responder-nice", type=int, default=0,
         help="nice value for the responder under test, whichever it is (every thread and "
-             "child process; e.g. -5: the responder before the load generator, as on a "
-             "gateway that does not share its cores with its peers)")
+             "child process, and its session's autogroup; e.g. -5: the responder before "
+             "the load generator, as on a gateway that does not share its cores with its "
+             "peers)")
     parser.add_argument(
         "--shards", type=int, default=1, metavar="N",
         help="also a row of N ikev1d daemons (dataplane = none), each on an address of its "
