@@ -635,6 +635,14 @@ def run_one(
 AUTOGROUP_SWITCH: Final = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
 
+def autogroups_on() -> bool:
+    """Whether the kernel groups the CPU share by session (sched(7))."""
+    try:
+        return AUTOGROUP_SWITCH.read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def renice_all(pid: int, nice: int) -> None:
     """Every thread of ``pid`` and of its child processes to ``nice`` (Linux keeps a
     nice value per thread), and with autogroups on, their session too.
@@ -653,9 +661,8 @@ def renice_all(pid: int, nice: int) -> None:
         for task in Path(f"/proc/{p}/task").iterdir():
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
-    with contextlib.suppress(OSError):
-        if AUTOGROUP_SWITCH.read_text().strip() != "1":
-            return
+    if not autogroups_on():
+        return
     for p in pids:
         with contextlib.suppress(OSError):
             Path(f"/proc/{p}/autogroup").write_text(f"{nice}\n")

@@ -15,17 +15,10 @@ import pytest
 BENCH = Path(__file__).resolve().parents[3] / "bench"
 sys.path.append(str(BENCH))
 
-from handshakes import AUTOGROUP_SWITCH, renice_all  # noqa: E402
+from handshakes import autogroups_on, renice_all  # noqa: E402
 
 _THREADED = ("import threading, time; "
              "threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)")
-
-
-def _autogroups_on() -> bool:
-    try:
-        return AUTOGROUP_SWITCH.read_text().strip() == "1"
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -50,7 +43,7 @@ def test_every_thread_gets_the_nice_value(session_process: subprocess.Popen[byte
     assert {os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in tasks} == {3}
 
 
-@pytest.mark.skipif(not _autogroups_on(), reason="autogroups are off on this kernel")
+@pytest.mark.skipif(not autogroups_on(), reason="autogroups are off on this kernel")
 def test_the_session_gets_it_too(session_process: subprocess.Popen[bytes]) -> None:
     autogroup = Path(f"/proc/{session_process.pid}/autogroup")
     ours = Path("/proc/self/autogroup").read_text()
