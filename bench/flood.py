@@ -124,7 +124,7 @@ def _repeat(args: argparse.Namespace) -> int:
                 sent, errors = attack.communicate(timeout=args.seconds + 60)
                 sampler.join()
                 queue = sampler.samples or [0]
-                log = target.ours.log_text()
+                tracebacks = target.tracebacks()
                 alive = target.alive()
                 drops = [udp_counters(ns).get("RcvbufErrors", 0) - n
                          for ns, n in zip((topo.a, topo.b), drops_before, strict=True)]
@@ -139,7 +139,7 @@ def _repeat(args: argparse.Namespace) -> int:
               f"{sent.strip() or errors.strip()}; {len(attempts) - len(failed)} of "
               f"{len(attempts)} attempts established; UDP receive buffer drops: A {drops[0]}, "
               f"B {drops[1]}; port 500 queue in A: mean {statistics.mean(queue):.0f} KiB, max "
-              f"{max(queue)} KiB; tracebacks: {log.count('Traceback')}; "
+              f"{max(queue)} KiB; tracebacks: {tracebacks}; "
               f"alive: {alive}")
         for began_s, took, outcome in attempts:
             print(f"  attempt at {began_s:5.1f} s: {took:6.2f} s, {outcome}")
@@ -192,11 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sent, errors = attack.communicate(timeout=args.seconds + 60)
             rss_after = target.rss_kib()
             lines = target.log_lines() - lines_before
-            log = target.ours.log_text()
-            tracebacks = log.count("Traceback")
-            # Before the daemon is stopped at the end of the block: read after it,
-            # the verdict was always "not alive".
-            alive = target.alive()
+            tracebacks = target.tracebacks()
+            alive = target.alive()  # inside the block: it stops the daemon
             print(f"flood: {sent.strip() or errors.strip()}; "
                   f"{arrived(topo.a) - arrived_before} IKE datagrams arrived in A")
             print(_line("baseline", baseline, baseline_s))

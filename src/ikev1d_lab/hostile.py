@@ -117,6 +117,8 @@ class Target:
     ours: Ikev1dDaemon
     theirs: Charon
     pid: int
+    stopped: bool = False
+    """Set when :func:`hostile_target` has stopped both daemons."""
 
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
@@ -141,7 +143,15 @@ class Target:
         return len(self.ours.log_text().splitlines())
 
     def alive(self) -> bool:
+        """Whether ikev1d is still running; only inside the ``hostile_target`` block:
+        after it the daemon has been stopped, and "no" would say nothing about the run."""
+        if self.stopped:
+            raise HostileError("alive() asked after hostile_target stopped the daemon")
         return self.ours.process is not None and self.ours.process.poll() is None
+
+    def tracebacks(self) -> int:
+        """Python tracebacks in ikev1d's log so far."""
+        return self.ours.log_text().count("Traceback")
 
 
 def start_attack(ns: Namespace, *args: str) -> subprocess.Popen[str]:
@@ -173,6 +183,7 @@ def hostile_target(topo: Topology, work_dir: Path, extra_daemon: str = "",
     ))  # fmt: skip
     ours = Ikev1dDaemon(topo.a, work_dir / "ikev1d", conf, log_level=log_level)
     theirs = Charon(topo.b, work_dir / "charon", start=False)
+    target: Target | None = None
     try:
         ours.start(timeout=20.0)
         theirs.start()
@@ -183,8 +194,11 @@ def hostile_target(topo: Topology, work_dir: Path, extra_daemon: str = "",
         ))  # fmt: skip
         if ours.process is None:
             raise HostileError("ikev1d did not start")
-        yield Target(topo, ours, theirs, ours.process.pid)
+        target = Target(topo, ours, theirs, ours.process.pid)
+        yield target
     finally:
+        if target is not None:
+            target.stopped = True
         theirs.stop()
         ours.stop()
         nft = shutil.which("nft") or "/usr/sbin/nft"

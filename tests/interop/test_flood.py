@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ikev1d_lab.hostile import arrived, hostile_target, start_attack
+from ikev1d_lab.hostile import HostileError, arrived, hostile_target, start_attack
 from ikev1d_lab.netns import Topology
 
 pytestmark = pytest.mark.interop
@@ -62,3 +62,5 @@ def test_peer_establishes_under_a_spoofed_flood(two_hosts: Topology, tmp_path: P
         assert "too many half-open SAs" in log  # the table was full: the flood mattered
         assert target.rss_kib() - rss_before < RSS_BOUND_KIB
         assert target.log_lines() - lines_before < LOG_LINES_BOUND
+    with pytest.raises(HostileError):  # stopped now: "dead" would be no verdict
+        target.alive()
